@@ -1,0 +1,127 @@
+"""`pipe`: the one command line. Stages are imported inside their commands (one-way data flow)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from common.config import ConfigError, load_config
+from common.progress import console
+from common.store import StoreError
+
+DEFAULT_CONFIG = "pipeline.toml"
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
+class _Cli(click.Group):
+    """Turns the project's expected errors into one red line instead of a traceback."""
+
+    def invoke(self, ctx):
+        from common.corpora import CorpusError
+        from common.model import ModelError
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, StoreError, CorpusError, ModelError) as e:
+            _fail(str(e))
+
+
+@click.group(cls=_Cli)
+@click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True,
+              type=click.Path(dir_okay=False), help="pipeline config (TOML)")
+@click.pass_context
+def main(ctx: click.Context, config_path: str) -> None:
+    """orthosae: harvest activations, train orthogonal grouped SAEs, evaluate unlearning."""
+    ctx.obj = {"config_path": config_path}
+
+
+def _config(ctx: click.Context):
+    return load_config(ctx.obj["config_path"])
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="delete a complete store and harvest again")
+@click.pass_context
+def harvest(ctx: click.Context, force: bool) -> None:
+    """Run the model once up to [harvest] layer and cache its residual stream (resumable)."""
+    from harvest import harvest as run_harvest
+    cfg = _config(ctx)
+    result = run_harvest(cfg, force=force)
+    from accelerate import PartialState
+    if PartialState().is_main_process and not result.skipped:
+        rate = result.rows_written / max(result.seconds, 1e-9)
+        console.print(f"[green]harvest done[/]: {result.rows_written:,} rows in {result.seconds:.0f} s "
+                      f"({rate:,.0f} tok/s, model load included) -> [bold]{result.store}[/]")
+
+
+def _store_urls(cfg, paths: tuple[str, ...]) -> list[str]:
+    if paths:
+        return list(paths)
+    return [cfg.harvest.store]
+
+
+@main.command()
+@click.argument("stores", nargs=-1)
+@click.pass_context
+def status(ctx: click.Context, stores: tuple[str, ...]) -> None:
+    """List stores (default: the config's) with metadata, tokens, completion and size on disk."""
+    from common.store import StoreReader, store_exists
+    cfg = None if stores else _config(ctx)
+    for url in _store_urls(cfg, stores):
+        if not store_exists(url):
+            console.print(f"[yellow]{url}[/]: not harvested yet")
+            continue
+        reader = StoreReader(url)
+        m = reader.meta
+        state = "[green]complete[/]" if reader.complete else "[yellow]incomplete[/]"
+        console.print(f"[bold]{url}[/]  {state}  {_human_bytes(reader.size_on_disk())} on disk")
+        console.print(f"  model {m['model_id']} (rev {m.get('revision')}, sha256 {str(m.get('file_sha256'))[:12]}) "
+                      f"layer {m['layer']} {m['hook']}  d_model {m['d_model']}  {m['storage_dtype']}  "
+                      f"T={m['context_length']}  created {m.get('created')}", highlight=False)
+        table = Table("corpus", "role", "split", "tokens", "contexts", "chunks", "state")
+        for name, g in reader.groups().items():
+            table.add_row(name, g.role, g.split, f"{g.n_rows:,}", f"{g.n_contexts:,}",
+                          f"{g.chunks_done}/{g.n_chunks}", "complete" if g.complete else "incomplete")
+        console.print(table)
+
+
+@main.command()
+@click.argument("stores", nargs=-1)
+@click.pass_context
+def verify(ctx: click.Context, stores: tuple[str, ...]) -> None:
+    """Re-check shapes, metadata, completion and every chunk; names any corrupted chunk."""
+    from common.progress import progress
+    from common.store import StoreReader
+    cfg = None if stores else _config(ctx)
+    bad = False
+    for url in _store_urls(cfg, stores):
+        reader = StoreReader(url)
+        total = sum(g.n_chunks for g in reader.groups().values())
+        with progress("chunk") as bar:
+            task = bar.add_task(f"verify {url}", total=total)
+            problems = reader.verify(progress=lambda *_: bar.advance(task))
+        for p in problems:
+            console.print(f"[red]{p}[/]", highlight=False, soft_wrap=True)
+        if problems:
+            bad = True
+        else:
+            console.print(f"[green]{url}: ok[/] ({total} chunks checked, complete)")
+    if bad:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

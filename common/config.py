@@ -1,0 +1,364 @@
+"""`pipeline.toml`: typed sections, validated once before any work starts.
+
+Every error is one line naming the file and the key at fault, e.g.
+``pipeline.toml: [harvest] layer: expected int, got str``. Paths in the config are relative to the
+current working directory (as in SAELens and most CLIs), so the same file works from any checkout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config problem; the message is one line naming the file and key."""
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+RUN_TYPES = ("baseline", "fixed", "adaptive")
+
+
+def _choice(*options: str):
+    def check(value):
+        if value not in options:
+            return f"must be one of {', '.join(options)}, got {value!r}"
+    return check
+
+
+def _positive(value):
+    if isinstance(value, list):
+        bad = [v for v in value if not v > 0]
+        return f"every entry must be > 0, got {bad[0]!r}" if bad else None
+    if not value > 0:
+        return f"must be > 0, got {value!r}"
+
+
+def _non_negative(value):
+    if value < 0:
+        return f"must be >= 0, got {value!r}"
+
+
+def _fraction(value):
+    if not 0 <= value < 1:
+        return f"must be in [0, 1), got {value!r}"
+
+
+def _key(default=dataclasses.MISSING, check=None, doc: str = ""):
+    """A config key: default, optional validator returning an error string, and its documentation."""
+    meta = {"check": check, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    id: str = _key(doc='"embedded:gemma-3-270m" (offline default) or a Hugging Face id / local dir')
+    revision: str = _key("main", doc="hub revision (branch, tag or commit) recorded in the store")
+    dtype: str = _key("float32", _choice(*DTYPES), "compute dtype of the forward pass")
+    device: str = _key("auto", doc='"auto" (cuda if present), "cpu", "cuda", "cuda:N"')
+    trust_remote_code: bool = _key(False, doc="only when a hub model needs its own code")
+    d_model: int | None = _key(None, _positive, "optional: checked against the model when given")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HarvestConfig:
+    layer: int = _key(check=_non_negative, doc="block index L; the hook is the residual stream after block L")
+    store: str = _key(doc="zarr store URL: a local path or any fsspec URL zarr accepts (s3://, gs://)")
+    hook: str = _key("resid_post", _choice("resid_post"), "residual stream after block `layer`")
+    context_length: int = _key(128, _positive, "tokens per context including the leading BOS")
+    batch_size: int = _key(8, _positive, "contexts per forward pass")
+    chunk_tokens: int = _key(8192, _positive, "rows per zarr chunk (rounded down to whole contexts)")
+    codec: str = _key("zstd", _choice("zstd", "blosc", "none"), "compressor for activation chunks")
+    level: int = _key(3, _non_negative, "compression level")
+    storage_dtype: str = _key("bfloat16", _choice(*DTYPES), "bfloat16 is stored as uint16 bit patterns")
+    heldout_fraction: float = _key(0.1, _fraction, "documents (by text hash) kept out of training splits")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorpusConfig:
+    name: str
+    source: str = _key(doc='"embedded:wiki", "hf:<dataset>" or "file:<path.jsonl|.txt>"')
+    role: str = _key(check=_choice("retain", "forget"), doc="what unlearning should keep or remove")
+    split: str = _key("train", _choice("train", "heldout"), "heldout documents are never trained on")
+    tokens: int = _key(check=_positive, doc="token budget for this corpus (rows stored = budget minus BOS)")
+    subset: str | None = _key(None, doc='embedded:wiki: "retain"/"forget"; hf: dataset config name')
+    hf_split: str = _key("train", doc="hf datasets split to read")
+    text_field: str = _key("text", doc="field holding the document text (hf and jsonl)")
+    min_chars: int = _key(1, _non_negative, "drop documents shorter than this (WikiText blank lines)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    runs_dir: str = _key("runs", doc="one folder per run: sae_weights.safetensors, cfg.json, log.jsonl")
+    d_sae: int = _key(2048, _positive, "dictionary size")
+    batch_size: int = _key(1024, _positive, "activation rows per optimiser step")
+    tokens: int = _key(1_000_000, _positive, "training tokens (steps = tokens // batch_size); loops epochs")
+    mix: dict = _key({}, doc="corpus name -> proportion of each batch; empty = proportional to size")
+    lr: float = _key(4e-4, _positive, "Adam learning rate")
+    adam_betas: list = _key([0.9, 0.999], doc="Adam (beta1, beta2)")
+    lr_warmup_steps: int = _key(100, _non_negative, "linear lr warm-up")
+    lr_decay_frac: float = _key(0.2, _fraction, "final fraction of steps with linear decay to 0")
+    l1_coefficient: float = _key(5.0, _non_negative, "λ1, weight of L_sparse")
+    l1_warmup_steps: int = _key(100, _non_negative, "λ1 ramps linearly from 0 (SAELens style)")
+    grad_clip: float = _key(1.0, _non_negative, "max gradient norm (0 = off)")
+    normalize: bool = _key(True, doc="scale activations to unit mean squared norm; scale saved in cfg.json")
+    buffer_rows: int = _key(65536, _positive, "shuffle buffer; loader memory is set by this, not the cache")
+    heldout_rows: int = _key(0, _non_negative, "rows at the end of each train group also kept out")
+    seed: int = _key(0, doc="seeds init, shuffling and sampling")
+    device: str = _key("auto", doc='"auto", "cpu", "cuda", "cuda:N"')
+    checkpoint_every: int = _key(500, _positive, "steps between checkpoints")
+    log_every: int = _key(10, _positive, "steps between JSONL log lines")
+    dead_window: int = _key(200, _positive, "steps a feature may stay silent before it counts as dead")
+    resample_dead: bool = _key(False, doc="re-initialise dead features from high-loss rows")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrthoConfig:
+    lambda2_max: float = _key(0.1, _non_negative, "λ2_max: weight of L_ortho once warmed up")
+    t0: int = _key(500, _positive, "steps over which λ2(t) = λ2_max·min(1, t/t0) ramps (adaptive)")
+    alpha: float = _key(0.0, _non_negative, "α in ||W_gᵀW_h − αI||_F: allowed sharing between groups")
+    weights: str = _key("decoder", _choice("decoder", "encoder"), "which weights L_ortho constrains")
+    groups: int = _key(2, _positive, "number of feature groups G")
+    regroup_every: int = _key(100, _positive, "n: steps between group re-assignments")
+    stats_decay: float = _key(0.99, _fraction, "EMA decay of per-feature forget/retain activation mass")
+    cond_max: float = _key(1e4, _positive, "stop early when a group's condition number exceeds this")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    name: str
+    type: str
+    overrides: dict  # [train] / [train.ortho] keys set for this run only
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnlearningConfig:
+    modes: list = _key(["mcq", "loss"], doc='"mcq" (SAEBench accuracy) and/or "loss" (CE selectivity)')
+    forget_questions: str = _key("embedded:mmlu", doc="MCQ source for the forget set")
+    forget_subjects: list = _key(["high_school_biology", "college_biology", "virology",
+                                  "medical_genetics", "anatomy"])
+    retain_questions: str = _key("embedded:mmlu", doc="MCQ source for the retain set")
+    retain_subjects: list = _key(["high_school_us_history", "college_computer_science",
+                                  "high_school_geography", "human_aging"])
+    max_questions: int = _key(0, _non_negative, "cap per set (0 = all)")
+    chat_template: bool = _key(False, doc="wrap prompts in the tokenizer's chat template (-it models)")
+    retain_thresholds: list = _key([0.01], _positive, "max feature frequency on retain rows")
+    n_features_list: list = _key([10, 20], _positive, "how many forget features to clamp")
+    multipliers: list = _key([25.0, 50.0], _positive, "clamp value −multiplier in activation units")
+    loss_contexts: int = _key(32, _positive, "held-out contexts per corpus for the loss-based mode")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    reports_dir: str = _key("reports", doc="reports/<name>/ gets report.json, report.md, *.png")
+    name: str = _key("default", doc="report folder name")
+    rows: int = _key(20000, _positive, "held-out rows for reconstruction metrics")
+    ce_contexts: int = _key(32, _positive, "held-out contexts for the spliced CE / KL scores")
+    batch_size: int = _key(8, _positive, "contexts per model forward in eval")
+    unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    path: Path
+    model: ModelConfig
+    harvest: HarvestConfig
+    corpora: dict[str, CorpusConfig]
+    train: TrainConfig
+    ortho: OrthoConfig
+    runs: list[RunConfig]
+    eval: EvalConfig
+
+    def run(self, name: str) -> RunConfig:
+        for run in self.runs:
+            if run.name == name:
+                return run
+        raise ConfigError(f"{self.path}: no [[runs]] entry named {name!r} "
+                          f"(have: {', '.join(r.name for r in self.runs)})")
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    if annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:  # TOML ints are fine where floats are expected
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or annotation)
+
+
+def _type_name(annotation: Any) -> str:
+    return str(annotation).replace("<class '", "").replace("'>", "").replace("typing.", "")
+
+
+def _build(cls, raw: Any, where: str, file: Path, extra: dict | None = None):
+    """Construct dataclass `cls` from a TOML table, naming `where` in every error."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: {where}: expected a table, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known or key in (extra or {}):
+            raise ConfigError(f"{file}: {where} {key}: unknown key "
+                              f"(known: {', '.join(k for k in known if k not in (extra or {}))})")
+    kwargs = dict(extra or {})
+    for name, f in known.items():
+        if name in kwargs:
+            continue
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{file}: {where} {name}: required key is missing")
+            continue
+        value, hint = raw[name], hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where[:-1]}.{name}]", file)
+            continue
+        if not _type_ok(value, hint):
+            raise ConfigError(f"{file}: {where} {name}: expected {_type_name(hint)}, "
+                              f"got {type(value).__name__} {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{file}: {where} {name}: must be finite, got {value!r}")
+        check = f.metadata.get("check")
+        problem = check(value) if check and value is not None else None
+        if problem:
+            raise ConfigError(f"{file}: {where} {name}: {problem}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+ORTHO_KEYS = {f.name for f in dataclasses.fields(OrthoConfig)}
+# Keys that define the shared data stream: every run of one config trains on the same batches.
+STREAM_KEYS = {"batch_size", "tokens", "mix", "normalize", "buffer_rows", "heldout_rows", "seed",
+               "device", "runs_dir", "checkpoint_every", "log_every"}
+RUN_OVERRIDABLE = (TRAIN_KEYS - STREAM_KEYS) | ORTHO_KEYS
+
+
+def _build_runs(raw: Any, file: Path, train: TrainConfig, ortho: OrthoConfig) -> list[RunConfig]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{file}: [[runs]]: expected at least one [[runs]] table")
+    runs, seen = [], set()
+    for i, table in enumerate(raw):
+        where = f"[[runs]] #{i + 1}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{file}: {where}: expected a table")
+        name, run_type = table.get("name"), table.get("type")
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ConfigError(f"{file}: {where} name: required, a string without '/'")
+        if name in seen:
+            raise ConfigError(f"{file}: {where} name: duplicate run name {name!r}")
+        seen.add(name)
+        if run_type not in RUN_TYPES:
+            raise ConfigError(f"{file}: [[runs]] {name} type: must be one of "
+                              f"{', '.join(RUN_TYPES)}, got {run_type!r}")
+        overrides = {k: v for k, v in table.items() if k not in ("name", "type")}
+        for key in overrides:
+            if key not in RUN_OVERRIDABLE:
+                why = "shared by all runs (one data stream)" if key in STREAM_KEYS else "unknown key"
+                raise ConfigError(f"{file}: [[runs]] {name} {key}: {why}")
+        # Validate overrides by building the sections they would produce.
+        _build(TrainConfig, {**_asdict(train), **{k: v for k, v in overrides.items() if k in TRAIN_KEYS}},
+               f"[[runs]] {name}", file)
+        _build(OrthoConfig, {**_asdict(ortho), **{k: v for k, v in overrides.items() if k in ORTHO_KEYS}},
+               f"[[runs]] {name}", file)
+        runs.append(RunConfig(name=name, type=run_type, overrides=overrides))
+    return runs
+
+
+def _asdict(section) -> dict:
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+
+
+def run_sections(train: TrainConfig, ortho: OrthoConfig, run: RunConfig) -> tuple[TrainConfig, OrthoConfig]:
+    """The [train] and [train.ortho] sections as one run sees them (its overrides applied)."""
+    return (dataclasses.replace(train, **{k: v for k, v in run.overrides.items() if k in TRAIN_KEYS}),
+            dataclasses.replace(ortho, **{k: v for k, v in run.overrides.items() if k in ORTHO_KEYS}))
+
+
+def load_config(path: str | Path) -> Config:
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{file}: not valid TOML: {e}") from None
+    sections = {"model", "harvest", "corpora", "train", "runs", "eval"}
+    for key in raw:
+        if key not in sections:
+            raise ConfigError(f"{file}: [{key}]: unknown section (known: {', '.join(sorted(sections))})")
+    for key in ("model", "harvest", "corpora"):
+        if key not in raw:
+            raise ConfigError(f"{file}: [{key}]: required section is missing")
+
+    model = _build(ModelConfig, raw["model"], "[model]", file)
+    harvest = _build(HarvestConfig, raw["harvest"], "[harvest]", file)
+    if harvest.context_length < 2:
+        raise ConfigError(f"{file}: [harvest] context_length: must be >= 2 (BOS + tokens)")
+    if not isinstance(raw["corpora"], dict) or not raw["corpora"]:
+        raise ConfigError(f"{file}: [corpora]: expected at least one [corpora.<name>] table")
+    corpora = {name: _build(CorpusConfig, table, f"[corpora.{name}]", file, {"name": name})
+               for name, table in raw["corpora"].items()}
+    if not any(c.split == "train" for c in corpora.values()):
+        raise ConfigError(f"{file}: [corpora]: no corpus has split = \"train\"")
+
+    train_raw = dict(raw.get("train", {}))
+    ortho_raw = train_raw.pop("ortho", {})
+    train = _build(TrainConfig, train_raw, "[train]", file)
+    ortho = _build(OrthoConfig, ortho_raw, "[train.ortho]", file)
+    for name, share in train.mix.items():
+        if name not in corpora or corpora[name].split != "train":
+            raise ConfigError(f"{file}: [train] mix.{name}: not a corpus with split = \"train\"")
+        if not _type_ok(share, float) or share <= 0:
+            raise ConfigError(f"{file}: [train] mix.{name}: must be a number > 0, got {share!r}")
+    if len(train.adam_betas) != 2 or not all(_type_ok(b, float) and 0 <= b < 1 for b in train.adam_betas):
+        raise ConfigError(f"{file}: [train] adam_betas: expected two numbers in [0, 1)")
+    runs = _build_runs(raw.get("runs", [{"name": "baseline", "type": "baseline"}]), file, train, ortho)
+    evaluation = _build(EvalConfig, raw.get("eval", {}), "[eval]", file)
+    bad_modes = set(evaluation.unlearning.modes) - {"mcq", "loss"}
+    if bad_modes:
+        raise ConfigError(f"{file}: [eval.unlearning] modes: unknown mode {sorted(bad_modes)[0]!r} "
+                          "(known: mcq, loss)")
+    return Config(path=file, model=model, harvest=harvest, corpora=corpora, train=train,
+                  ortho=ortho, runs=runs, eval=evaluation)
+
+
+def check_model_fits(cfg: Config, n_layers: int, d_model: int) -> None:
+    """Checks that need the model's shape; called before any store is opened for writing."""
+    if cfg.harvest.layer >= n_layers:
+        raise ConfigError(f"{cfg.path}: [harvest] layer: {cfg.harvest.layer} is beyond the model's "
+                          f"{n_layers} blocks (0..{n_layers - 1})")
+    if cfg.model.d_model is not None and cfg.model.d_model != d_model:
+        raise ConfigError(f"{cfg.path}: [model] d_model: config says {cfg.model.d_model}, "
+                          f"model {cfg.model.id} has {d_model}")
+
+
+def documented_keys() -> dict[str, list[tuple[str, str, Any]]]:
+    """(key, doc, default) per section: the README's config reference is generated from this."""
+    out = {}
+    for section, cls in [("model", ModelConfig), ("harvest", HarvestConfig),
+                         ("corpora.<name>", CorpusConfig), ("train", TrainConfig),
+                         ("train.ortho", OrthoConfig), ("eval", EvalConfig),
+                         ("eval.unlearning", UnlearningConfig)]:
+        rows = []
+        for f in dataclasses.fields(cls):
+            if f.name == "name" or dataclasses.is_dataclass(f.default_factory if f.default_factory
+                                                            is not dataclasses.MISSING else None):
+                continue
+            default = (f.default if f.default is not dataclasses.MISSING else
+                       f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+            rows.append((f.name, f.metadata.get("doc", ""), default))
+        out[section] = rows
+    return out

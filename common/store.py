@@ -1,0 +1,391 @@
+"""The activation store: one zarr v3 group per corpus, written chunk by chunk, read by train and eval.
+
+Layout (see docs/architecture.md)::
+
+    <store>.zarr/            attrs["orthosae"]: identity of what was harvested (model, layer, ...)
+      <corpus>/acts          [rows, d_model]  uint16 (bf16 bits) | float16 | float32
+      <corpus>/tokens        [rows] int32     token id of each row
+      <corpus>/context       [rows] int32     context index
+      <corpus>/position      [rows] int16     position in the context (1..T-1; BOS is not stored)
+      <corpus>/committed     [n_chunks] int64 0 = not written; else a checksum of the chunk's rows
+
+Chunk k of a corpus holds contexts [k·C, (k+1)·C) and is the unit of work: every array is chunked
+on the same row boundaries, so a chunk's rows are written by exactly one process, a rewrite is
+idempotent, and `committed[k]` (its own zarr chunk) is set only after the rows are fully written.
+Sharding is not used: a shard groups several chunks into one object, which would make commit
+units share objects across writers; chunks are already ~10 MB objects at the default size.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import torch
+import zarr
+
+SCHEMA = 1
+# Attributes that must match for a store to be reused (resume, train, eval).
+IDENTITY_KEYS = ("model_id", "revision", "file_sha256", "layer", "hook", "d_model", "storage_dtype",
+                 "context_length", "tokenizer", "bos_policy")
+LOCK_NAME = "orthosae-lock"
+
+
+class StoreError(ValueError):
+    """A store problem; the message is one line naming the store path (and key or chunk)."""
+
+
+def numpy_storage_dtype(storage_dtype: str) -> np.dtype:
+    # zarr v3 has no bfloat16: its bit patterns are stored as uint16 (same bytes as bf16).
+    return np.dtype({"bfloat16": "uint16", "float16": "float16", "float32": "float32"}[storage_dtype])
+
+
+def to_storage(x: torch.Tensor, storage_dtype: str) -> np.ndarray:
+    if storage_dtype == "bfloat16":
+        return x.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
+    return x.to(getattr(torch, storage_dtype)).cpu().numpy()
+
+
+def from_storage(a: np.ndarray, storage_dtype: str) -> torch.Tensor:
+    """Stored rows -> float32 tensor."""
+    if storage_dtype == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16).float()
+    return torch.from_numpy(np.ascontiguousarray(a)).float()
+
+
+def chunk_digest(acts: np.ndarray, tokens: np.ndarray) -> int:
+    """Checksum of a chunk's rows; bit 40 is set so a written chunk is never 0."""
+    crc = zlib.crc32(np.ascontiguousarray(acts).tobytes())
+    crc = zlib.crc32(np.ascontiguousarray(tokens).tobytes(), crc)
+    return int(crc) | (1 << 40)
+
+
+def _compressors(codec: str, level: int):
+    if codec == "zstd":
+        return [zarr.codecs.ZstdCodec(level=level, checksum=True)]  # checksum: corruption is caught
+    if codec == "blosc":
+        return [zarr.codecs.BloscCodec(cname="zstd", clevel=level, shuffle="bitshuffle")]
+    return None
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """What one corpus group will hold; fixed before the first chunk is written."""
+    name: str
+    role: str
+    split: str
+    source: str
+    fingerprint: str         # of the documents
+    tokens_fingerprint: str  # of the tokenised contexts
+    n_contexts: int
+    context_length: int
+    contexts_per_chunk: int
+
+    @property
+    def rows_per_context(self) -> int:
+        return self.context_length - 1
+
+    @property
+    def rows_per_chunk(self) -> int:
+        return self.contexts_per_chunk * self.rows_per_context
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_contexts * self.rows_per_context
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_contexts // self.contexts_per_chunk)
+
+
+def _open_root(url: str, mode: str):
+    try:
+        return zarr.open_group(store=url, mode=mode, zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise StoreError(f"{url}: no zarr store here") from None
+    except Exception as e:  # noqa: BLE001 - zarr raises many kinds for a broken store
+        raise StoreError(f"{url}: cannot open as a zarr v3 store: {e}") from None
+
+
+def store_exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(f"{path}/zarr.json")
+
+
+class StoreLock:
+    """Refuses a second writer: an exclusively created lock file holding host, pid and time.
+
+    A lock left by a killed process on this host (its pid is gone) is taken over, so a harvest killed
+    with -9 resumes without manual cleanup. On object stores without exclusive create the check is
+    best effort; use one writer job per store there.
+    """
+
+    def __init__(self, url: str):
+        self.fs, root = fsspec.core.url_to_fs(url)
+        self.url = url
+        # Beside the store, not in it: creating or --force-removing the store must not drop the lock.
+        self.path = f"{root.rstrip('/')}.{LOCK_NAME}"
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+
+    def _holder(self) -> dict | None:
+        try:
+            return json.loads(self.fs.cat_file(self.path))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {"host": "?", "pid": -1, "since": 0}
+
+    def _alive(self, holder: dict) -> bool:
+        if holder.get("host") != socket.gethostname():
+            return True  # cannot check another host's process: assume it is alive
+        try:
+            os.kill(int(holder["pid"]), 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+
+    def acquire(self) -> None:
+        self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
+        for _ in range(2):
+            try:
+                with self.fs.open(self.path, "xb") as f:
+                    f.write(json.dumps(self.owner).encode())
+                return
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None:
+                    continue
+                if self._alive(holder):
+                    raise StoreError(
+                        f"{self.url}: another writer holds the store (pid {holder.get('pid')} on "
+                        f"{holder.get('host')}, lock {self.path}); wait for it or stop it") from None
+                self.fs.rm(self.path)  # stale lock of a killed run
+        raise StoreError(f"{self.url}: could not take the write lock {self.path}")
+
+    def release(self) -> None:
+        holder = self._holder()
+        if holder and holder.get("pid") == self.owner["pid"] and holder.get("host") == self.owner["host"]:
+            self.fs.rm(self.path)
+
+
+class StoreWriter:
+    """Creates or reopens a store for harvesting; refuses one that holds something else."""
+
+    def __init__(self, url: str, identity: dict[str, Any], *, codec: str = "zstd", level: int = 3,
+                 create: bool = True):
+        self.url = url
+        self.identity = identity
+        self.codec, self.level = codec, level
+        if store_exists(url):
+            self.root = _open_root(url, "r+")
+            stored = self.root.attrs.get("orthosae")
+            if stored is None:
+                raise StoreError(f"{url}: exists but is not an orthosae store (no 'orthosae' attrs)")
+            for key in IDENTITY_KEYS:
+                if stored.get(key) != identity.get(key):
+                    raise StoreError(f"{url}: holds {key}={stored.get(key)!r}, config wants "
+                                     f"{identity.get(key)!r}; use another [harvest] store or --force")
+        elif create:
+            self.root = zarr.open_group(store=url, mode="w", zarr_format=3)
+            self.root.attrs["orthosae"] = {**identity, "schema": SCHEMA, "complete": False}
+        else:
+            raise StoreError(f"{url}: no zarr store here")
+
+    def ensure_group(self, plan: GroupPlan) -> zarr.Group:
+        """Create the corpus group, or check an existing one was planned identically."""
+        d_model = self.identity["d_model"]
+        if plan.name in self.root:
+            group = self.root[plan.name]
+            for key in ("fingerprint", "tokens_fingerprint", "n_contexts", "contexts_per_chunk"):
+                if group.attrs.get(key) != getattr(plan, key):
+                    raise StoreError(f"{self.url}/{plan.name}: holds {key}={group.attrs.get(key)!r}, "
+                                     f"this harvest plans {getattr(plan, key)!r}; rerun with --force")
+            return group
+        group = self.root.create_group(plan.name)
+        rows, chunk = plan.n_rows, plan.rows_per_chunk
+        comp = _compressors(self.codec, self.level)
+        group.create_array("acts", shape=(rows, d_model), chunks=(chunk, d_model),
+                           dtype=numpy_storage_dtype(self.identity["storage_dtype"]),
+                           compressors=comp, fill_value=0)
+        group.create_array("tokens", shape=(rows,), chunks=(chunk,), dtype="int32", compressors=comp,
+                           fill_value=0)
+        group.create_array("context", shape=(rows,), chunks=(chunk,), dtype="int32", compressors=comp,
+                           fill_value=0)
+        group.create_array("position", shape=(rows,), chunks=(chunk,), dtype="int16", compressors=comp,
+                           fill_value=0)
+        # One flag per zarr chunk: writers never read-modify-write each other's flags.
+        group.create_array("committed", shape=(plan.n_chunks,), chunks=(1,), dtype="int64",
+                           fill_value=0, compressors=None)
+        group.attrs.update({
+            "role": plan.role, "split": plan.split, "source": plan.source,
+            "fingerprint": plan.fingerprint, "tokens_fingerprint": plan.tokens_fingerprint,
+            "n_contexts": plan.n_contexts, "rows_per_context": plan.rows_per_context,
+            "contexts_per_chunk": plan.contexts_per_chunk, "n_chunks": plan.n_chunks,
+            "n_rows": rows, "complete": False,
+        })
+        return group
+
+    def pending_chunks(self, name: str) -> list[int]:
+        committed = self.root[name]["committed"][:]
+        return [int(k) for k in np.flatnonzero(committed == 0)]
+
+    def write_chunk(self, plan: GroupPlan, k: int, acts: np.ndarray, tokens: np.ndarray) -> None:
+        """Write chunk k's rows (contexts k·C..), then commit it. acts: [rows, d], tokens: [ctx, T]."""
+        group = self.root[plan.name]
+        first_ctx = k * plan.contexts_per_chunk
+        n_ctx = tokens.shape[0]
+        rows = tokens[:, 1:].reshape(-1).astype(np.int32)  # BOS (position 0) is not stored
+        start, stop = first_ctx * plan.rows_per_context, (first_ctx + n_ctx) * plan.rows_per_context
+        if acts.shape != (stop - start, self.identity["d_model"]):
+            raise StoreError(f"{self.url}/{plan.name}: chunk {k} got acts {acts.shape}, "
+                             f"expected {(stop - start, self.identity['d_model'])}")
+        group["acts"][start:stop] = acts
+        group["tokens"][start:stop] = rows
+        group["context"][start:stop] = np.repeat(np.arange(first_ctx, first_ctx + n_ctx, dtype=np.int32),
+                                                 plan.rows_per_context)
+        group["position"][start:stop] = np.tile(np.arange(1, plan.context_length, dtype=np.int16), n_ctx)
+        group["committed"][k] = chunk_digest(acts, rows)
+
+    def finish_group(self, name: str) -> bool:
+        group = self.root[name]
+        done = bool((group["committed"][:] != 0).all())
+        if done:
+            group.attrs["complete"] = True
+        return done
+
+    def finish(self) -> bool:
+        done = all(self.root[name].attrs.get("complete") for name in self.group_names())
+        meta = dict(self.root.attrs["orthosae"])
+        meta["complete"] = done
+        if done:
+            meta["completed"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.root.attrs["orthosae"] = meta
+        return done
+
+    def group_names(self) -> list[str]:
+        return sorted(name for name, _ in self.root.groups())
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    name: str
+    role: str
+    split: str
+    n_rows: int
+    n_contexts: int
+    rows_per_context: int
+    rows_per_chunk: int
+    n_chunks: int
+    chunks_done: int
+    complete: bool
+    attrs: dict
+
+
+class StoreReader:
+    """Read access for train and eval: metadata, completion, and rows as float32 tensors."""
+
+    def __init__(self, url: str):
+        self.url = url
+        if not store_exists(url):
+            raise StoreError(f"{url}: no zarr store here (run `pipe harvest` first)")
+        self.root = _open_root(url, "r")
+        meta = self.root.attrs.get("orthosae")
+        if meta is None:
+            raise StoreError(f"{url}: not an orthosae store (no 'orthosae' attrs)")
+        self.meta: dict = dict(meta)
+        self.storage_dtype: str = self.meta["storage_dtype"]
+        self.d_model: int = int(self.meta["d_model"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete"))
+
+    def groups(self) -> dict[str, GroupInfo]:
+        out = {}
+        for name, group in sorted(self.root.groups()):
+            a = dict(group.attrs)
+            committed = group["committed"][:]
+            out[name] = GroupInfo(
+                name=name, role=a["role"], split=a["split"], n_rows=int(a["n_rows"]),
+                n_contexts=int(a["n_contexts"]), rows_per_context=int(a["rows_per_context"]),
+                rows_per_chunk=int(a["contexts_per_chunk"]) * int(a["rows_per_context"]),
+                n_chunks=int(a["n_chunks"]), chunks_done=int((committed != 0).sum()),
+                complete=bool(a.get("complete")), attrs=a)
+        return out
+
+    def require_complete(self, names: list[str] | None = None) -> None:
+        groups = self.groups()
+        for name in names or list(groups):
+            if name not in groups:
+                raise StoreError(f"{self.url}: has no corpus group {name!r} (has: {', '.join(groups)})")
+            info = groups[name]
+            if not info.complete:
+                raise StoreError(f"{self.url}/{name}: incomplete ({info.chunks_done}/{info.n_chunks} "
+                                 "chunks); rerun `pipe harvest` to finish it")
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return from_storage(self.root[name]["acts"][start:stop], self.storage_dtype)
+
+    def read_tokens(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self.root[name]["tokens"][start:stop]
+
+    def contexts(self, name: str, first: int, count: int, bos_token_id: int) -> torch.Tensor:
+        """Full token contexts [count, T] rebuilt as BOS + stored tokens (for downstream evals)."""
+        info = self.groups()[name]
+        r = info.rows_per_context
+        toks = self.read_tokens(name, first * r, (first + count) * r).reshape(count, r)
+        bos = np.full((count, 1), bos_token_id, dtype=np.int64)
+        return torch.from_numpy(np.concatenate([bos, toks.astype(np.int64)], axis=1))
+
+    def size_on_disk(self) -> int:
+        fs, path = fsspec.core.url_to_fs(self.url)
+        return int(fs.du(path))
+
+    def verify(self, progress=None) -> list[str]:
+        """Re-read every chunk; returns problems, each naming the corpus and chunk (empty = all good)."""
+        problems = []
+        for key in IDENTITY_KEYS:
+            if key not in self.meta:
+                problems.append(f"{self.url}: attribute orthosae.{key} is missing")
+        for name, info in self.groups().items():
+            group = self.root[name]
+            expect = {"acts": (info.n_rows, self.d_model), "tokens": (info.n_rows,),
+                      "context": (info.n_rows,), "position": (info.n_rows,), "committed": (info.n_chunks,)}
+            for arr, shape in expect.items():
+                if arr not in group or tuple(group[arr].shape) != shape:
+                    problems.append(f"{self.url}/{name}/{arr}: missing or shape != {shape}")
+            if any(p.startswith(f"{self.url}/{name}/") for p in problems):
+                continue
+            committed = group["committed"][:]
+            for k in range(info.n_chunks):
+                if progress:
+                    progress(name, k, info.n_chunks)
+                where = f"{self.url}/{name} chunk {k} (acts/c/{k}/0)"
+                if committed[k] == 0:
+                    problems.append(f"{where}: not written (harvest incomplete)")
+                    continue
+                start, stop = k * info.rows_per_chunk, min((k + 1) * info.rows_per_chunk, info.n_rows)
+                try:
+                    acts = group["acts"][start:stop]
+                    toks = group["tokens"][start:stop]
+                    pos = group["position"][start:stop]
+                except Exception as e:  # noqa: BLE001 - codec errors name no chunk themselves
+                    problems.append(f"{where}: unreadable ({type(e).__name__}: {e})")
+                    continue
+                if chunk_digest(acts, toks) != int(committed[k]):
+                    problems.append(f"{where}: checksum mismatch (data changed after commit)")
+                elif not np.array_equal(pos, np.tile(np.arange(1, info.rows_per_context + 1,
+                                                                dtype=np.int16),
+                                                      len(pos) // info.rows_per_context)):
+                    problems.append(f"{where}: positions out of order")
+            if info.chunks_done == info.n_chunks and not info.complete:
+                problems.append(f"{self.url}/{name}: all chunks written but not marked complete")
+        return problems

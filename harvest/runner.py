@@ -1,0 +1,172 @@
+"""`pipe harvest`: one model pass per corpus into the zarr activation store.
+
+Reads top to bottom: load the model, plan every corpus (documents -> fixed contexts -> chunks), take
+the store's write lock, then for each chunk this process owns (k % world_size == rank), run the
+model up to block L and commit the chunk. A rerun skips committed chunks, so a killed harvest
+resumes to the same store an uninterrupted one makes; N processes (accelerate / torchrun) write
+disjoint chunks of one store.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import torch
+from accelerate import PartialState
+
+from common import __version__
+from common.config import Config, check_model_fits
+from common.corpora import CorpusSpec, fingerprint, load_documents, tokenize_contexts, tokens_fingerprint
+from common.model import LoadedModel, load_model, pick_device
+from common.progress import console, progress
+from common.store import GroupPlan, StoreError, StoreLock, StoreWriter, store_exists, to_storage
+from harvest.capture import residual_after_block
+
+BOS_POLICY = "bos-first-not-stored"  # every context starts with BOS; its outlier row is not stored
+
+
+@dataclass
+class HarvestResult:
+    store: str
+    rows_written: int
+    seconds: float
+    skipped: bool  # the store was already complete
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """Class, size, BOS and a hash of the vocabulary: stable across machines and cache paths."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    digest = hashlib.sha256(repr(vocab).encode()).hexdigest()[:16]
+    return f"{type(tokenizer).__name__}:vocab={len(tokenizer)}:bos={tokenizer.bos_token_id}:sha={digest}"
+
+
+def store_identity(cfg: Config, lm: LoadedModel) -> dict:
+    return {
+        "model_id": lm.model_id, "revision": lm.revision, "file_sha256": lm.file_sha256,
+        "layer": cfg.harvest.layer, "hook": cfg.harvest.hook, "d_model": lm.d_model,
+        "storage_dtype": cfg.harvest.storage_dtype, "context_length": cfg.harvest.context_length,
+        "tokenizer": tokenizer_identity(lm.tokenizer), "bos_policy": BOS_POLICY,
+        "compute_dtype": cfg.model.dtype, "package_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def plan_corpora(cfg: Config, tokenizer) -> tuple[list[GroupPlan], dict[str, np.ndarray]]:
+    """Documents -> fixed contexts for every corpus; the same on every process and every rerun."""
+    T = cfg.harvest.context_length
+    per_chunk = max(1, cfg.harvest.chunk_tokens // (T - 1))
+    plans, contexts = [], {}
+    for name, c in cfg.corpora.items():
+        spec = CorpusSpec(source=c.source, subset=c.subset, hf_split=c.hf_split, text_field=c.text_field,
+                          split=c.split, heldout_fraction=cfg.harvest.heldout_fraction,
+                          min_chars=c.min_chars)
+        docs = load_documents(spec, max_chars=c.tokens * 12)  # bounds hub streaming; ~4 chars/token
+        wanted = c.tokens // T
+        ctx = tokenize_contexts(docs, tokenizer, T, wanted)
+        if len(ctx) == 0:
+            raise StoreError(f"{cfg.path}: [corpora.{name}]: no complete context of {T} tokens in {c.source}")
+        if len(ctx) < wanted:
+            console.print(f"[yellow]{name}: corpus holds {len(ctx) * T:,} tokens, "
+                          f"fewer than the budget {c.tokens:,}; harvesting all of it")
+        plans.append(GroupPlan(name=name, role=c.role, split=c.split, source=c.source,
+                               fingerprint=fingerprint(docs), tokens_fingerprint=tokens_fingerprint(ctx),
+                               n_contexts=len(ctx), context_length=T, contexts_per_chunk=per_chunk))
+        contexts[name] = ctx
+    return plans, contexts
+
+
+def _remove_store(url: str) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def harvest(cfg: Config, *, force: bool = False, show_progress: bool = True) -> HarvestResult:
+    """Harvest every corpus of `cfg` into its store (resuming a partial one)."""
+    state = PartialState(cpu=pick_device(cfg.model.device).type == "cpu")
+    device = state.device if state.num_processes > 1 else pick_device(cfg.model.device)
+    url = cfg.harvest.store
+    t_start = time.perf_counter()
+    lm = load_model(cfg.model.id, revision=cfg.model.revision, dtype=cfg.model.dtype, device=str(device),
+                    trust_remote_code=cfg.model.trust_remote_code)
+    check_model_fits(cfg, lm.n_layers, lm.d_model)
+    identity = store_identity(cfg, lm)
+    plans, contexts = plan_corpora(cfg, lm.tokenizer)
+
+    lock = StoreLock(url)
+    if state.is_main_process:
+        if force:
+            lock.acquire()
+            _remove_store(url)
+        elif store_exists(url) and _already_complete(url, identity, plans, cfg):
+            console.print(f"[green]{url}: complete, left alone[/] (use --force to harvest again)")
+            state.wait_for_everyone()
+            return HarvestResult(url, 0, time.perf_counter() - t_start, skipped=True)
+        else:
+            lock.acquire()
+        try:
+            writer = StoreWriter(url, identity, codec=cfg.harvest.codec, level=cfg.harvest.level)
+            for plan in plans:
+                writer.ensure_group(plan)
+        except BaseException:
+            lock.release()
+            raise
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        if _already_complete(url, identity, plans, cfg):
+            state.wait_for_everyone()
+            return HarvestResult(url, 0, time.perf_counter() - t_start, skipped=True)
+        writer = StoreWriter(url, identity, codec=cfg.harvest.codec, level=cfg.harvest.level, create=False)
+
+    rows_written = 0
+    try:
+        mine = {p.name: [k for k in writer.pending_chunks(p.name) if k % state.num_processes ==
+                         state.process_index] for p in plans}
+        total = sum(min((k + 1) * p.contexts_per_chunk, p.n_contexts) - k * p.contexts_per_chunk
+                    for p in plans for k in mine[p.name]) * (cfg.harvest.context_length - 1)
+        with progress("tok", disable=not (show_progress and state.is_main_process)) as bar:
+            task = bar.add_task(f"harvest L{cfg.harvest.layer}", total=total)
+            for plan in plans:
+                ctx_all = contexts[plan.name]
+                for k in mine[plan.name]:
+                    bar.update(task, description=f"{plan.name} chunk {k + 1}/{plan.n_chunks}")
+                    ctx = ctx_all[k * plan.contexts_per_chunk:(k + 1) * plan.contexts_per_chunk]
+                    acts = _chunk_activations(lm.model, cfg, ctx, device)
+                    writer.write_chunk(plan, k, acts, ctx)
+                    rows_written += acts.shape[0]
+                    bar.advance(task, acts.shape[0])
+        state.wait_for_everyone()
+        if state.is_main_process:
+            for plan in plans:
+                writer.finish_group(plan.name)
+            writer.finish()
+    finally:
+        if state.is_main_process:
+            lock.release()
+    return HarvestResult(url, rows_written, time.perf_counter() - t_start, skipped=False)
+
+
+def _chunk_activations(model, cfg: Config, ctx: np.ndarray, device) -> np.ndarray:
+    """Rows of one chunk in storage dtype: positions 1..T-1 of each context, contexts in order."""
+    out = []
+    for i in range(0, len(ctx), cfg.harvest.batch_size):
+        ids = torch.from_numpy(ctx[i:i + cfg.harvest.batch_size].astype(np.int64)).to(device)
+        resid = residual_after_block(model, cfg.harvest.layer, ids)[:, 1:]  # drop BOS rows
+        out.append(to_storage(resid.reshape(-1, resid.shape[-1]), cfg.harvest.storage_dtype))
+    return np.concatenate(out)
+
+
+def _already_complete(url: str, identity: dict, plans: list[GroupPlan], cfg: Config) -> bool:
+    """Complete = same identity and every planned corpus present, planned the same, complete."""
+    writer = StoreWriter(url, identity, codec=cfg.harvest.codec, level=cfg.harvest.level, create=False)
+    names = set(writer.group_names())
+    for plan in plans:
+        if plan.name not in names:
+            return False
+        attrs = writer.root[plan.name].attrs
+        if attrs.get("tokens_fingerprint") != plan.tokens_fingerprint or not attrs.get("complete"):
+            return False
+    return True

@@ -1,0 +1,97 @@
+"""Every bad config gets a one-line error naming the file and the key."""
+from pathlib import Path
+
+import pytest
+
+from common.config import ConfigError, check_model_fits, load_config, run_sections
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MINIMAL = """
+[model]
+id = "tiny"
+[harvest]
+layer = 1
+store = "s.zarr"
+[corpora.a]
+source = "file:a.jsonl"
+role = "retain"
+tokens = 1000
+"""
+
+
+def write(tmp_path, text):
+    p = tmp_path / "p.toml"
+    p.write_text(text)
+    return p
+
+
+def error_of(tmp_path, text) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    msg = str(e.value)
+    assert "\n" not in msg and "p.toml" in msg
+    return msg
+
+
+def test_shipped_configs_load():
+    default = load_config(ROOT / "pipeline.toml")
+    assert default.model.id == "embedded:gemma-3-270m" and default.harvest.layer == 12
+    assert {r.type for r in default.runs} == {"baseline", "fixed", "adaptive"}
+    ref = load_config(ROOT / "configs/gemma-2-2b.toml")
+    assert (ref.model.id, ref.harvest.layer, ref.model.d_model, ref.model.dtype) == \
+        ("google/gemma-2-2b", 19, 2304, "bfloat16")
+    assert ref.corpora["forget"].source == "hf:cais/wmdp-bio-forget-corpus"
+
+
+def test_minimal_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert cfg.harvest.context_length == 128 and cfg.corpora["a"].split == "train"
+    assert [r.name for r in cfg.runs] == ["baseline"]
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (("layer = 1", 'layer = "one"'), "[harvest] layer: expected int"),
+    (("layer = 1", "layer = -1"), "[harvest] layer: must be >= 0"),
+    (('id = "tiny"', 'id = "tiny"\ncolour = "red"'), "[model] colour: unknown key"),
+    (("tokens = 1000", "tokens = 0"), "[corpora.a] tokens: must be > 0"),
+    (('role = "retain"', 'role = "keep"'), "[corpora.a] role: must be one of retain, forget"),
+    (('store = "s.zarr"', ""), "[harvest] store: required key is missing"),
+    (("[harvest]", "[harvst]"), "[harvst]: unknown section"),
+    (('id = "tiny"', 'id = "tiny"\ndtype = "int8"'), "[model] dtype: must be one of"),
+])
+def test_bad_keys_are_named(tmp_path, edit, needle):
+    assert needle in error_of(tmp_path, MINIMAL.replace(*edit))
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    assert "not valid TOML" in error_of(tmp_path, MINIMAL + "\n[[[")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_runs_validated(tmp_path):
+    assert "[[runs]] x type: must be one of" in error_of(
+        tmp_path, MINIMAL + '[[runs]]\nname = "x"\ntype = "magic"\n')
+    assert "[[runs]] x batch_size: shared by all runs" in error_of(
+        tmp_path, MINIMAL + '[[runs]]\nname = "x"\ntype = "baseline"\nbatch_size = 3\n')
+    assert "[[runs]] x alpha: expected float" in error_of(
+        tmp_path, MINIMAL + '[[runs]]\nname = "x"\ntype = "fixed"\nalpha = "lots"\n')
+    assert "duplicate run name" in error_of(
+        tmp_path, MINIMAL + '[[runs]]\nname = "x"\ntype = "baseline"\n[[runs]]\nname = "x"\ntype = "fixed"\n')
+    cfg = load_config(write(tmp_path, MINIMAL + '[[runs]]\nname = "x"\ntype = "adaptive"\nalpha = 0.2\nlr = 1e-3\n'))
+    train, ortho = run_sections(cfg.train, cfg.ortho, cfg.run("x"))
+    assert (ortho.alpha, train.lr, cfg.ortho.alpha) == (0.2, 1e-3, 0.0)
+
+
+def test_mix_must_name_train_corpora(tmp_path):
+    assert "[train] mix.b: not a corpus" in error_of(tmp_path, MINIMAL + "[train]\nmix = { b = 1.0 }\n")
+
+
+def test_layer_beyond_model_and_d_model_mismatch(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL.replace("layer = 1", "layer = 5")))
+    with pytest.raises(ConfigError, match=r"\[harvest\] layer: 5 is beyond the model's 2 blocks"):
+        check_model_fits(cfg, n_layers=2, d_model=64)
+    cfg = load_config(write(tmp_path, MINIMAL.replace('id = "tiny"', 'id = "tiny"\nd_model = 32')))
+    with pytest.raises(ConfigError, match=r"\[model\] d_model: config says 32, model tiny has 64"):
+        check_model_fits(cfg, n_layers=2, d_model=64)

@@ -1,0 +1,106 @@
+"""Store schema: round trip, commit flags, corruption named by chunk, one writer at a time."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from common.store import (GroupPlan, StoreError, StoreLock, StoreReader, StoreWriter, from_storage,
+                          to_storage)
+
+D, T = 8, 5
+IDENTITY = {"model_id": "m", "revision": "r", "file_sha256": None, "layer": 1, "hook": "resid_post",
+            "d_model": D, "storage_dtype": "bfloat16", "context_length": T, "tokenizer": "tok",
+            "bos_policy": "bos-first-not-stored"}
+
+
+def plan(n_contexts=5, per_chunk=2, name="c"):
+    return GroupPlan(name=name, role="retain", split="train", source="file:x", fingerprint="f",
+                     tokens_fingerprint="t", n_contexts=n_contexts, context_length=T,
+                     contexts_per_chunk=per_chunk)
+
+
+def fill(writer, p, seed=0):
+    rng = np.random.default_rng(seed)
+    ctx = rng.integers(3, 100, size=(p.n_contexts, T)).astype(np.int32)
+    ctx[:, 0] = 2
+    acts = rng.standard_normal((p.n_rows, D)).astype(np.float32)
+    for k in range(p.n_chunks):
+        c0, c1 = k * p.contexts_per_chunk, min((k + 1) * p.contexts_per_chunk, p.n_contexts)
+        rows = acts[c0 * (T - 1):c1 * (T - 1)]
+        writer.write_chunk(p, k, to_storage(torch.from_numpy(rows), "bfloat16"), ctx[c0:c1])
+    return ctx, acts
+
+
+def test_bf16_round_trip_is_bf16_rounding():
+    x = torch.randn(100, D) * 1e4
+    back = from_storage(to_storage(x, "bfloat16"), "bfloat16")
+    assert torch.equal(back, x.to(torch.bfloat16).float())
+
+
+def test_write_read_and_complete(tmp_path):
+    url = str(tmp_path / "s.zarr")
+    p = plan()
+    w = StoreWriter(url, IDENTITY)
+    w.ensure_group(p)
+    assert w.pending_chunks("c") == [0, 1, 2]
+    ctx, acts = fill(w, p)
+    assert w.pending_chunks("c") == [] and w.finish_group("c") and w.finish()
+    r = StoreReader(url)
+    assert r.complete and r.groups()["c"].n_rows == 5 * (T - 1)
+    assert torch.equal(r.read_rows("c", 0, p.n_rows), torch.from_numpy(acts).to(torch.bfloat16).float())
+    assert torch.equal(r.contexts("c", 1, 3, bos_token_id=2), torch.from_numpy(ctx[1:4]).long())
+    assert r.verify() == []
+
+
+def test_identity_mismatch_is_refused(tmp_path):
+    url = str(tmp_path / "s.zarr")
+    StoreWriter(url, IDENTITY)
+    with pytest.raises(StoreError, match=r"s.zarr: holds layer=1, config wants 7"):
+        StoreWriter(url, {**IDENTITY, "layer": 7})
+    w = StoreWriter(url, IDENTITY)
+    w.ensure_group(plan())
+    with pytest.raises(StoreError, match=r"s.zarr/c: holds n_contexts=5"):
+        w.ensure_group(plan(n_contexts=6))
+
+
+def test_verify_names_corrupted_and_missing_chunk(tmp_path):
+    url = str(tmp_path / "s.zarr")
+    p = plan()
+    w = StoreWriter(url, IDENTITY)
+    w.ensure_group(p)
+    fill(w, p)
+    w.finish_group("c")
+    chunk = tmp_path / "s.zarr" / "c" / "acts" / "c" / "1" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    problems = StoreReader(url).verify()
+    assert len(problems) == 1 and "c chunk 1" in problems[0], problems
+    w.root["c"]["committed"][2] = 0
+    problems = StoreReader(url).verify()
+    assert any("chunk 2" in p and "not written" in p for p in problems)
+
+
+def test_second_writer_is_refused_and_stale_lock_taken_over(tmp_path):
+    url = str(tmp_path / "s.zarr")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = StoreLock(url)
+        lock.fs.makedirs(str(tmp_path), exist_ok=True)
+        lock.fs.pipe_file(lock.path, f'{{"host": "{os.uname().nodename}", "pid": {holder.pid}}}'.encode())
+        with pytest.raises(StoreError, match=f"another writer holds the store \\(pid {holder.pid}"):
+            StoreLock(url).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    mine = StoreLock(url)
+    mine.acquire()  # the holder is dead: its lock is stale and is taken over
+    code = f"from common.store import StoreLock; StoreLock({url!r}).acquire()"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert other.returncode != 0 and f"pid {os.getpid()}" in other.stderr
+    mine.release()
+    assert not mine.fs.exists(mine.path)
