@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from common.config import ConfigError, load_config
 from common.progress import console
@@ -15,7 +16,7 @@ DEFAULT_CONFIG = "pipeline.toml"
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(Text.assemble(("error: ", "bold red"), message))  # Text: no markup in paths/keys
     sys.exit(2)
 
 
@@ -67,6 +68,21 @@ def harvest(ctx: click.Context, force: bool) -> None:
                       f"({rate:,.0f} tok/s, model load included) -> [bold]{result.store}[/]")
 
 
+@main.command()
+@click.option("--run", "run_names", multiple=True, help="train only this run (repeatable); "
+              "lets a scheduler spread runs over GPUs")
+@click.option("--force", is_flag=True, help="retrain runs that are already complete")
+@click.pass_context
+def train(ctx: click.Context, run_names: tuple[str, ...], force: bool) -> None:
+    """Stream the store into every [[runs]] SAE (one pass over the data for all of them)."""
+    from train import train as run_train
+    cfg = _config(ctx)
+    summaries = run_train(cfg, run_names=list(run_names) or None, force=force)
+    console.print(f"[green]train done[/]: {len(summaries)} run(s) in [bold]{cfg.train.runs_dir}/[/]")
+    if any(s["status"] == "failed" for s in summaries):
+        sys.exit(1)
+
+
 def _store_urls(cfg, paths: tuple[str, ...]) -> list[str]:
     if paths:
         return list(paths)
@@ -114,7 +130,7 @@ def verify(ctx: click.Context, stores: tuple[str, ...]) -> None:
             task = bar.add_task(f"verify {url}", total=total)
             problems = reader.verify(progress=lambda *_: bar.advance(task))
         for p in problems:
-            console.print(f"[red]{p}[/]", highlight=False, soft_wrap=True)
+            console.print(Text(p, style="red"))
         if problems:
             bad = True
         else:

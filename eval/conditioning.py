@@ -1,0 +1,129 @@
+"""Group health of a trained SAE and its training curves.
+
+Per group g (features with ``groups == g``; a non-grouped SAE is one group) and for the decoder
+(rows of ``W_dec``) and the encoder (columns of ``W_enc``), each seen as a ``d_model × n_g`` matrix
+whose columns are the features' directions:
+
+- condition number σ_max/σ_min and effective rank exp(H(σ/Σσ)), from
+  ``train.sae.grouping.group_condition_numbers`` / ``group_effective_ranks``;
+- per pair g < h: overlap ``‖W_gᵀW_h‖_F = sqrt(tr(W_gW_gᵀ · W_hW_hᵀ))`` from the d_model × d_model
+  Grams (never the n_g × n_h product), also divided by ``‖W_g‖_F‖W_h‖_F`` (scale-free, in [0, 1]);
+- principal angles between the column spaces: cosines = svdvals(Q_gᵀQ_h) with Q an orthonormal
+  basis of each column space; reported as min and mean angle in degrees.
+
+The bases come from the eigenvectors of the Gram ``W_gW_gᵀ`` with eigenvalue above a relative
+tolerance, not from a plain QR: unpivoted QR is not rank-revealing, and a group with n_g > d_model
+columns (or near-collinear ones) spans at most d_model directions. So rank ≤ d_model always, and
+when rank_g + rank_h > d_model the spaces must intersect: the min angle is then 0 by dimension
+count alone, which is why the mean angle and the overlap are reported too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from train.sae.grouping import group_condition_numbers, group_effective_ranks
+
+RANK_RTOL = 1e-10  # on eigenvalues (σ²) of the Gram, i.e. σ relative 1e-5, in float64
+
+
+def _groups_of(sae: nn.Module, groups: Tensor | None, n_groups: int | None) -> tuple[Tensor, int]:
+    if groups is None:
+        groups = getattr(sae, "groups", None)
+    if groups is None:
+        groups = torch.zeros(sae.W_dec.shape[0], dtype=torch.long)
+    groups = groups.detach().to("cpu", torch.long)
+    G = int(n_groups) if n_groups is not None else int(groups.max().item()) + 1
+    return groups, G
+
+
+def _gram(W: Tensor, idx: Tensor) -> Tensor:
+    """W_gW_gᵀ [d_model, d_model] for rows ``W[idx]`` (float64)."""
+    A = W[idx].to(torch.float64)
+    return A.T @ A
+
+
+def _basis(gram: Tensor) -> Tensor:
+    """Orthonormal basis [d_model, rank] of the column space whose Gram is given."""
+    evals, evecs = torch.linalg.eigh(gram)
+    keep = evals > RANK_RTOL * evals.max().clamp_min(0)
+    return evecs[:, keep] if evals.max() > 0 else evecs[:, :0]
+
+
+def principal_angles_deg(Qa: Tensor, Qb: Tensor) -> Tensor:
+    """Principal angles (degrees, ascending) between spaces with orthonormal bases Qa, Qb."""
+    if Qa.shape[1] == 0 or Qb.shape[1] == 0:
+        return torch.empty(0, dtype=torch.float64)
+    cos = torch.linalg.svdvals(Qa.T @ Qb).clamp(0.0, 1.0)
+    return torch.rad2deg(torch.arccos(cos)).sort().values
+
+
+def pair_stats(W: Tensor, idx_g: Tensor, idx_h: Tensor) -> dict[str, float]:
+    """Overlap and principal angles of two groups of rows of ``W [d_sae, d_model]``."""
+    Gg, Gh = _gram(W, idx_g), _gram(W, idx_h)
+    overlap = math.sqrt(max((Gg * Gh).sum().item(), 0.0))  # tr(GgGh), both symmetric
+    norms = math.sqrt(Gg.trace().item() * Gh.trace().item())
+    ang = principal_angles_deg(_basis(Gg), _basis(Gh))
+    nan = math.nan
+    return {
+        "overlap_fro": overlap,
+        "overlap_fro_normalized": overlap / norms if norms > 0 else nan,
+        "min_angle_deg": ang.min().item() if ang.numel() else nan,
+        "mean_angle_deg": ang.mean().item() if ang.numel() else nan,
+    }
+
+
+@torch.no_grad()
+def conditioning_report(sae: nn.Module, groups: Tensor | None = None, n_groups: int | None = None) -> dict:
+    """Condition numbers, effective ranks, cross-group overlaps and angles (JSON-able dict)."""
+    groups, G = _groups_of(sae, groups, n_groups)
+    mats = {"decoder": sae.W_dec.detach().cpu(), "encoder": sae.W_enc.detach().cpu().T}  # rows = features
+    idx = [torch.nonzero(groups == g, as_tuple=True)[0] for g in range(G)]
+    report: dict = {"n_groups": G, "group_sizes": [len(i) for i in idx]}
+    for name, W in mats.items():
+        report[name] = {
+            "cond": group_condition_numbers(W, groups, G).tolist(),
+            "eff_rank": group_effective_ranks(W, groups, G).tolist(),
+        }
+    pairs = []
+    for g in range(G):
+        for h in range(g + 1, G):
+            row: dict = {"g": g, "h": h}
+            if len(idx[g]) and len(idx[h]):
+                for name, W in mats.items():
+                    row.update({f"{name}_{k}": v for k, v in pair_stats(W, idx[g], idx[h]).items()})
+            pairs.append(row)
+    report["pairs"] = pairs
+    return report
+
+
+def training_curves(log_path: str | Path) -> dict[str, list]:
+    """Series from the JSONL training log, one entry per line (None where a line lacks the key).
+
+    List-valued keys (``cond``, ``group_sizes``) are kept as lists and also split into
+    ``cond_0``, ``cond_1``, ... A truncated or blank line (a run still writing) is skipped.
+    """
+    records = []
+    for line in Path(log_path).read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    for rec in records:
+        for key in ("cond", "group_sizes"):
+            if isinstance(rec.get(key), list):
+                rec.update({f"{key}_{i}": v for i, v in enumerate(rec[key])})
+    keys: list[str] = []
+    for rec in records:
+        keys += [k for k in rec if k not in keys]
+    return {k: [rec.get(k) for rec in records] for k in keys}

@@ -1,0 +1,134 @@
+"""Reconstruction metrics on held-out activation rows, with SAEBench "core" definitions.
+
+Matched against ``sae_bench/evals/core/main.py::get_sparsity_and_variance_metrics`` (0.6.0) and
+``sae_lens/evals.py::ExplainedVarianceCalculator`` (6.x). Every per-token metric is averaged over
+all rows (SAEBench concatenates per-token values over batches, then takes one mean); metrics that
+SAEBench computes per batch (legacy EV, relative reconstruction bias, ``mse_saebench``) use the
+batches exactly as the caller yields them, so pass the same batch split to compare.
+
+Three explained variances, each under its own name:
+
+- ``explained_variance_legacy``: SAEBench legacy per-token form (the SAEBench paper's number):
+  mean over tokens of ``1 − ‖x−x̂‖² / ‖x − mean_batch(x)‖²``, centring on the batch mean.
+- ``explained_variance``: ``1 − E‖x−x̂‖² / Σ_d Var(x_d)`` over all rows (SAELens after its fix;
+  float64 sums). Not SAEBench 0.6.0's own ``explained_variance``, which subtracts
+  ``(mean_d E[x_d²])²`` instead of ``Σ_d E[x_d]²``.
+- ``explained_variance_dictionary_learning``: ``1 − Σ_d Var(x_d−x̂_d) / Σ_d Var(x_d)`` over all rows
+  (dictionary_learning computes it per batch and averages; here it is over all rows at once).
+
+MSE: ``mse`` = E‖x−x̂‖² (sum over d_model, mean over rows: SAELens 6.x and our training loss).
+``mse_saebench`` = SAEBench 0.6.0's value, which divides each row's ‖x−x̂‖² by the number of rows
+in its batch before averaging (batch-size dependent; kept only for side-by-side comparison).
+
+Cosine similarity of a row whose x or x̂ is exactly 0 counts as 0 (SAEBench would give nan).
+Feature activity is ``f > 0`` (SAEBench's feature density). ``frac_dense`` uses SAEBench's highest
+density cut-off in ``calculate_misc_metrics`` (``freq_over_10_percent``: density > 0.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+DENSE_THRESHOLD = 0.1  # SAEBench calculate_misc_metrics: freq_over_10_percent
+
+
+def _rows(batch: Tensor | np.ndarray, sae: nn.Module) -> Tensor:
+    x = torch.as_tensor(batch)
+    w = sae.W_dec
+    return x.reshape(-1, x.shape[-1]).to(device=w.device, dtype=w.dtype)
+
+
+@torch.no_grad()
+def feature_frequencies(sae: nn.Module, batches: Iterable[Tensor | np.ndarray]) -> Tensor:
+    """Fraction of rows on which each feature is active (f > 0) -> float64 ``[d_sae]``."""
+    counts: Tensor | None = None
+    n = 0
+    for batch in batches:
+        x = _rows(batch, sae)
+        c = (sae.encode(x) > 0).sum(dim=0).to(torch.float64)
+        counts = c if counts is None else counts + c
+        n += x.shape[0]
+    if counts is None or n == 0:
+        raise ValueError("feature_frequencies: no rows")
+    return (counts / n).cpu()
+
+
+@torch.no_grad()
+def reconstruction_metrics(
+    sae: nn.Module,
+    batches: Iterable[Tensor | np.ndarray],
+    dense_threshold: float = DENSE_THRESHOLD,
+) -> dict[str, float]:
+    """Stream raw activation rows ``[B, d_model]`` through the SAE and return scalar metrics."""
+    f64 = torch.float64
+    per_token: dict[str, list[Tensor]] = {k: [] for k in (
+        "l0", "l1", "l2_norm_in", "l2_norm_out", "l2_ratio", "cossim", "mse_saebench",
+        "explained_variance_legacy")}
+    rel_bias: list[Tensor] = []
+    n = 0
+    sum_x = sum_x2 = sum_r = sum_r2 = active = None  # float64 sums over rows (per dim / feature)
+    sse_total = 0.0
+    for batch in batches:
+        x = _rows(batch, sae)
+        if x.shape[0] == 0:
+            continue
+        f = sae.encode(x)
+        x_hat = sae.decode(f).to(x.dtype)
+        resid = x - x_hat
+        sse = resid.pow(2).sum(dim=-1)
+        norm_in, norm_out = x.norm(dim=-1), x_hat.norm(dim=-1)
+
+        per_token["l0"].append((f != 0).sum(dim=-1).to(f64))
+        per_token["l1"].append(f.abs().sum(dim=-1).to(f64))
+        per_token["l2_norm_in"].append(norm_in.to(f64))
+        per_token["l2_norm_out"].append(norm_out.to(f64))
+        # SAEBench: rows with ‖x‖ < 1e-4 divide by 1 instead
+        per_token["l2_ratio"].append((norm_out / torch.where(norm_in.abs() < 1e-4, 1.0, norm_in)).to(f64))
+        cos = (x * x_hat).sum(dim=-1) / (norm_in * norm_out)
+        per_token["cossim"].append(torch.where((norm_in > 0) & (norm_out > 0), cos, 0.0).to(f64))
+        per_token["mse_saebench"].append((sse / x.shape[0]).to(f64))
+        centred = (x - x.mean(dim=0)).pow(2).sum(dim=-1)
+        per_token["explained_variance_legacy"].append((1 - sse / centred).to(f64))
+        # Equation 10 of arXiv:2404.16014, one value per batch as in SAEBench
+        rel_bias.append(((norm_out.pow(2).mean() / (x * x_hat).sum(dim=-1).mean())).to(f64).reshape(1))
+
+        xd, rd = x.to(f64), resid.to(f64)
+        parts = (xd.sum(0), xd.pow(2).sum(0), rd.sum(0), rd.pow(2).sum(0), (f > 0).sum(0).to(f64))
+        if sum_x is None:
+            sum_x, sum_x2, sum_r, sum_r2, active = parts
+        else:
+            sum_x, sum_x2, sum_r, sum_r2, active = (a + b for a, b in
+                                                    zip((sum_x, sum_x2, sum_r, sum_r2, active), parts))
+        sse_total += sse.to(f64).sum().item()
+        n += x.shape[0]
+    if n == 0:
+        raise ValueError("reconstruction_metrics: no rows")
+
+    out = {k: torch.cat(v).mean().item() for k, v in per_token.items()}
+    out["relative_reconstruction_bias"] = torch.cat(rel_bias).mean().item()
+    mse = sse_total / n
+    var_x = sum_x2 / n - (sum_x / n).pow(2)  # per-dim population variance
+    var_r = sum_r2 / n - (sum_r / n).pow(2)
+    total_var = var_x.sum().item()
+    out["mse"] = mse
+    out["explained_variance"] = _ratio_ev(mse, total_var)
+    out["explained_variance_dictionary_learning"] = _ratio_ev(var_r.sum().item(), total_var)
+    density = active / n
+    out["frac_dead"] = (density == 0).to(f64).mean().item()
+    out["frac_alive"] = 1.0 - out["frac_dead"]
+    out["frac_dense"] = (density > dense_threshold).to(f64).mean().item()
+    out["freq_over_1_percent"] = (density > 0.01).to(f64).mean().item()
+    out["freq_over_10_percent"] = (density > 0.1).to(f64).mean().item()
+    out["n_rows"] = n
+    return out
+
+
+def _ratio_ev(residual: float, total: float) -> float:
+    # SAELens ExplainedVarianceCalculator guard for constant inputs
+    if total < 1e-10:
+        return 1.0 if residual < 1e-10 else 0.0
+    return 1.0 - residual / total

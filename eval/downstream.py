@@ -1,0 +1,160 @@
+"""Splice an SAE into the model: CE loss and KL with the reconstruction in place of the residual.
+
+Definitions match ``sae_bench/evals/core/main.py::get_downstream_reconstruction_metrics`` /
+``get_recons_loss`` (same as ``sae_lens/evals.py``), run the way SAEBench recommends
+(``exclude_special_tokens_from_reconstruction`` with BOS among the ignored tokens):
+
+- the SAE replaces block ``layer``'s output at positions 1.. only. Position 0 is BOS: its residual
+  is a ~10⁵-norm outlier that SAEBench excludes and the store never holds, so the SAE never saw it;
+- CE: next-token loss at positions 1..T-2 (the prediction made *at* BOS is left out, as SAEBench's
+  token mask does), averaged over all those tokens of all contexts;
+- KL(clean ‖ spliced) per position over the full vocabulary, averaged over positions 1..T-1;
+- ``ce_loss_score = (ce_zero − ce_sae) / (ce_zero − ce_clean)``,
+  ``kl_div_score = (kl_zero − kl_sae) / kl_zero``.
+
+One deliberate difference: by default zero-ablation zeroes the same positions the SAE replaces
+(1..), so an SAE that outputs zeros scores exactly 0. SAEBench/SAELens zero every position,
+BOS included; ``ablate_bos=True`` reproduces that.
+
+Logits are never held for the whole context: the model runs up to its final hidden states and
+the LM head is applied in position chunks (Gemma 3's head has 262k outputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from common.model import decoder_layers
+
+ResidFn = Callable[[Tensor], Tensor]
+LOGIT_BUDGET = 1 << 24  # elements of one [batch, chunk, vocab] logits tensor
+
+
+@contextmanager
+def splice(model: nn.Module, layer: int, fn: ResidFn, start: int = 1) -> Iterator[None]:
+    """Within the block, block ``layer``'s output at positions ``start..`` is replaced by ``fn(resid)``.
+
+    ``fn`` gets and returns ``[batch, T - start, d_model]``. Handles blocks that return a tensor
+    (transformers ≥ 5) or a tuple whose first element is the hidden state. The hook is removed on
+    exit, also after an exception.
+    """
+
+    def hook(_module, _inputs, output):
+        h = output[0] if isinstance(output, tuple) else output
+        new = h.clone()
+        new[:, start:] = fn(h[:, start:]).to(h.dtype)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    handle = decoder_layers(model)[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def sae_fn(sae: nn.Module) -> ResidFn:
+    """resid -> SAE reconstruction, computed in the SAE's dtype and device."""
+    w = sae.W_dec
+
+    def fn(r: Tensor) -> Tensor:
+        return sae.decode(sae.encode(r.to(device=w.device, dtype=w.dtype))).to(device=r.device, dtype=r.dtype)
+
+    return fn
+
+
+def zero_fn(r: Tensor) -> Tensor:
+    return torch.zeros_like(r)
+
+
+def final_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Hidden states after the final norm, ``[batch, T, d_model]`` (everything but the LM head)."""
+    out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def head_logits(model: nn.Module, hidden: Tensor) -> Tensor:
+    """The model's LM head (with Gemma's final logit soft-capping when configured), in float32."""
+    logits = model.get_output_embeddings()(hidden).float()
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def _chunk_len(model: nn.Module, batch: int) -> int:
+    """Positions per LM-head call so one float32 logits tensor stays within LOGIT_BUDGET."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    return max(1, LOGIT_BUDGET // max(1, batch * vocab))
+
+
+def token_ce(model: nn.Module, input_ids: Tensor, hidden: Tensor | None = None) -> Tensor:
+    """Per-token next-token CE ``[batch, T-1]`` (entry p is the loss of predicting token p+1)."""
+    if hidden is None:
+        hidden = final_hidden(model, input_ids)
+    B, T = input_ids.shape
+    step = _chunk_len(model, B)
+    out = []
+    for s in range(0, T - 1, step):
+        e = min(s + step, T - 1)
+        logp = F.log_softmax(head_logits(model, hidden[:, s:e]), dim=-1)
+        out.append(-logp.gather(-1, input_ids[:, s + 1:e + 1, None])[..., 0])
+    return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def spliced_ce(
+    model: nn.Module,
+    layer: int,
+    sae: nn.Module,
+    contexts: Tensor,
+    batch_size: int,
+    *,
+    ablate_bos: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """CE and KL of the model clean, with the SAE spliced in, and zero-ablated (see module doc).
+
+    ``contexts`` is ``[n, T]`` token ids, each starting with BOS. ``progress(k)`` is called with the
+    number of contexts finished in each batch.
+    """
+    device = next(model.parameters()).device
+    ce = {"clean": [], "sae": [], "zero": []}
+    kl = {"sae": [], "zero": []}
+    for i in range(0, contexts.shape[0], batch_size):
+        ids = torch.as_tensor(contexts[i:i + batch_size], dtype=torch.long, device=device)
+        hid = {"clean": final_hidden(model, ids)}
+        with splice(model, layer, sae_fn(sae)):
+            hid["sae"] = final_hidden(model, ids)
+        with splice(model, layer, zero_fn, start=0 if ablate_bos else 1):
+            hid["zero"] = final_hidden(model, ids)
+        B, T = ids.shape
+        step = _chunk_len(model, B)
+        for s in range(0, T, step):
+            e = min(s + step, T)
+            lp = {k: F.log_softmax(head_logits(model, h[:, s:e]), dim=-1) for k, h in hid.items()}
+            pos = torch.arange(s, e, device=device)
+            tgt = ids[:, torch.clamp(pos + 1, max=T - 1)]
+            ce_mask = (pos >= 1) & (pos <= T - 2)  # predictions from positions 1..T-2
+            kl_mask = pos >= 1
+            p_clean = lp["clean"].exp()
+            for k in ce:
+                ce[k].append(-lp[k].gather(-1, tgt[..., None])[..., 0][:, ce_mask].flatten())
+            for k in kl:
+                kl[k].append((p_clean * (lp["clean"] - lp[k])).sum(-1)[:, kl_mask].flatten())
+        if progress is not None:
+            progress(B)
+
+    m = {f"ce_loss_{name}": torch.cat(ce[k]).double().mean().item()
+         for k, name in (("clean", "without_sae"), ("sae", "with_sae"), ("zero", "with_ablation"))}
+    m.update({f"kl_div_{name}": torch.cat(kl[k]).double().mean().item()
+              for k, name in (("sae", "with_sae"), ("zero", "with_ablation"))})
+    m["ce_loss_score"] = (m["ce_loss_with_ablation"] - m["ce_loss_with_sae"]) / (
+        m["ce_loss_with_ablation"] - m["ce_loss_without_sae"])
+    m["kl_div_score"] = (m["kl_div_with_ablation"] - m["kl_div_with_sae"]) / m["kl_div_with_ablation"]
+    m["ce_loss_increase"] = m["ce_loss_with_sae"] - m["ce_loss_without_sae"]
+    m["n_tokens_ce"] = int(sum(t.numel() for t in ce["clean"]))
+    return m

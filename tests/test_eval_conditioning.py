@@ -1,0 +1,82 @@
+"""eval.conditioning on matrices with known answers."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from eval.conditioning import conditioning_report, pair_stats, principal_angles_deg, training_curves
+
+
+def _sae(W_dec: torch.Tensor, groups: torch.Tensor | None = None, W_enc: torch.Tensor | None = None):
+    sae = SimpleNamespace(W_dec=W_dec, W_enc=W_dec.T.clone() if W_enc is None else W_enc)
+    if groups is not None:
+        sae.groups = groups
+    return sae
+
+
+def test_orthonormal_single_group():
+    Q = torch.linalg.qr(torch.randn(8, 5, generator=torch.Generator().manual_seed(0)))[0]  # [8, 5]
+    r = conditioning_report(_sae(Q.T))  # rows = 5 orthonormal features, no groups -> one group
+    assert r["n_groups"] == 1 and r["group_sizes"] == [5] and r["pairs"] == []
+    assert r["decoder"]["cond"][0] == pytest.approx(1.0)
+    assert r["decoder"]["eff_rank"][0] == pytest.approx(5.0)
+    assert r["encoder"]["cond"][0] == pytest.approx(1.0)
+
+
+def test_diag_condition_number():
+    W = torch.tensor([[3.0, 0.0], [0.0, 1.0]])  # two features along e1 (norm 3) and e2
+    r = conditioning_report(_sae(W))
+    assert r["decoder"]["cond"][0] == pytest.approx(3.0)
+
+
+def test_identical_groups_have_zero_angle():
+    A = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))  # 3 features in R^6
+    W = torch.cat([A, 2 * A])
+    r = conditioning_report(_sae(W, torch.tensor([0, 0, 0, 1, 1, 1])))
+    p = r["pairs"][0]
+    assert (p["g"], p["h"]) == (0, 1)
+    assert p["decoder_min_angle_deg"] == pytest.approx(0.0, abs=1e-3)
+    assert p["decoder_mean_angle_deg"] == pytest.approx(0.0, abs=1e-3)
+    naive = (A @ (2 * A).T).norm().item()
+    assert p["decoder_overlap_fro"] == pytest.approx(naive, rel=1e-6)
+
+
+def test_orthogonal_groups_are_at_90_degrees():
+    E = torch.eye(6)
+    W = torch.cat([E[:2], E[2:5]])  # groups span e1,e2 and e3..e5
+    s = pair_stats(W, torch.tensor([0, 1]), torch.tensor([2, 3, 4]))
+    assert s["min_angle_deg"] == pytest.approx(90.0) and s["mean_angle_deg"] == pytest.approx(90.0)
+    assert s["overlap_fro"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_partial_overlap_and_rank_cap():
+    E = torch.eye(3)
+    # 45° between span{e1} and span{(e1+e2)/√2}
+    ang = principal_angles_deg(E[:, :1].double(), (E[:, :1] + E[:, 1:2]).double() / math.sqrt(2))
+    assert ang.tolist() == pytest.approx([45.0])
+    # a group with more features than d_model spans all of R^3: meets any other group at 0°
+    W = torch.cat([torch.randn(5, 3, generator=torch.Generator().manual_seed(2)), E[:1]])
+    s = pair_stats(W, torch.arange(5), torch.tensor([5]))
+    assert s["min_angle_deg"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_empty_group_is_nan():
+    r = conditioning_report(_sae(torch.eye(3)), groups=torch.tensor([0, 0, 0]), n_groups=2)
+    assert math.isnan(r["decoder"]["cond"][1]) and r["pairs"] == [{"g": 0, "h": 1}]
+
+
+def test_training_curves(tmp_path):
+    log = tmp_path / "log.jsonl"
+    lines = [{"step": 0, "recon": 1.0, "cond": [1.0, 2.0], "group_sizes": [3, 5]},
+             {"step": 10, "recon": 0.5, "lr": 1e-3},
+             {"step": 20, "recon": 0.25, "cond": [1.5, float("inf")], "l0": 4}]
+    log.write_text("\n".join(json.dumps(x) for x in lines) + '\n{"step": 3')  # truncated tail
+    c = training_curves(log)
+    assert c["step"] == [0, 10, 20] and c["recon"] == [1.0, 0.5, 0.25]
+    assert c["lr"] == [None, 1e-3, None] and c["l0"] == [None, None, 4]
+    assert c["cond_1"] == [2.0, None, float("inf")] and c["group_sizes_0"] == [3, None, None]

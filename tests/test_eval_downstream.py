@@ -1,0 +1,111 @@
+"""eval.downstream on the tiny random Gemma2: splicing, CE/KL scores, hook hygiene."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import eval.downstream as ds
+from common.model import decoder_layers
+from tests._identity_sae import IdentitySAE, ZeroSAE
+
+LAYER = 0
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def contexts():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 260, (5, 12), generator=g)
+    ids[:, 0] = 2  # BOS
+    return ids
+
+
+def _block_out(model, ids):
+    """Block LAYER's output, captured by a plain hook."""
+    seen = {}
+    h = decoder_layers(model)[LAYER].register_forward_hook(
+        lambda m, i, o: seen.__setitem__("x", (o[0] if isinstance(o, tuple) else o).clone()))
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        h.remove()
+    return seen["x"]
+
+
+def test_head_and_ce_match_full_forward(model, contexts, monkeypatch):
+    monkeypatch.setattr(ds, "LOGIT_BUDGET", 3 * 512)  # force several position chunks
+    with torch.no_grad():
+        logits = model(contexts).logits
+        ours = ds.head_logits(model, ds.final_hidden(model, contexts))
+        ce = ds.token_ce(model, contexts)
+    assert torch.allclose(ours, logits.float(), atol=1e-5)
+    ref = F.cross_entropy(logits[:, :-1].flatten(0, 1), contexts[:, 1:].flatten(), reduction="none")
+    assert torch.allclose(ce.flatten(), ref, atol=1e-5)
+
+
+def test_identity_sae_scores_one(model, contexts):
+    m = ds.spliced_ce(model, LAYER, IdentitySAE(64), contexts, batch_size=2)
+    assert m["ce_loss_score"] == pytest.approx(1.0, abs=1e-4)
+    assert m["kl_div_with_sae"] == pytest.approx(0.0, abs=1e-6)
+    assert m["kl_div_score"] == pytest.approx(1.0, abs=1e-4)
+    assert m["ce_loss_with_ablation"] != m["ce_loss_without_sae"]
+    assert m["n_tokens_ce"] == 5 * (12 - 2)
+
+
+def test_zero_sae_scores_zero(model, contexts, monkeypatch):
+    m = ds.spliced_ce(model, LAYER, ZeroSAE(64), contexts, batch_size=3)
+    assert m["ce_loss_score"] == pytest.approx(0.0, abs=1e-4)
+    assert m["kl_div_score"] == pytest.approx(0.0, abs=1e-4)
+    monkeypatch.setattr(ds, "LOGIT_BUDGET", 2 * 512)  # chunking must not change the numbers
+    m2 = ds.spliced_ce(model, LAYER, ZeroSAE(64), contexts, batch_size=5)
+    assert m2["ce_loss_with_sae"] == pytest.approx(m["ce_loss_with_sae"], rel=1e-6)
+    # SAEBench's zero-ablation also zeroes BOS: a different (larger-damage) baseline
+    m3 = ds.spliced_ce(model, LAYER, ZeroSAE(64), contexts, batch_size=5, ablate_bos=True)
+    assert m3["ce_loss_with_ablation"] != pytest.approx(m["ce_loss_with_ablation"], rel=1e-9)
+
+
+def test_splice_skips_bos_and_is_removed(model, contexts):
+    clean = _block_out(model, contexts)
+    with ds.splice(model, LAYER, ds.zero_fn):
+        spliced = _block_out(model, contexts)
+    assert torch.equal(spliced[:, 0], clean[:, 0]) and spliced[:, 1:].abs().max() == 0
+    with torch.no_grad():
+        before = model(contexts).logits
+    with pytest.raises(RuntimeError):
+        with ds.splice(model, LAYER, ds.zero_fn):
+            raise RuntimeError("boom")
+    with torch.no_grad():
+        after = model(contexts).logits
+    assert torch.equal(before, after)
+    assert not decoder_layers(model)[LAYER]._forward_hooks
+
+
+class _TupleBlock(nn.Module):
+    def forward(self, x):
+        return x + 1, "extra"
+
+
+class _Wrapper(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.model = nn.Module()
+        self.model.layers = nn.ModuleList([_TupleBlock()])
+
+
+def test_splice_handles_tuple_outputs():
+    w = _Wrapper()
+    x = torch.zeros(2, 4, 3)
+    with ds.splice(w, 0, lambda r: r * 10):
+        out, extra = w.model.layers[0](x)
+    assert extra == "extra"
+    assert torch.equal(out[:, 0], torch.ones(2, 3)) and torch.equal(out[:, 1:], torch.full((2, 3, 3), 10.0))

@@ -1,0 +1,208 @@
+"""eval.unlearning: selection, clamp, prompt format, score, and the protocol on the tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import eval.unlearning as ul
+from tests._identity_sae import IdentitySAE, RandomSAE
+
+LAYER = 0
+GEMMA_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}"
+                  "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+QUESTIONS = [
+    {"subject": "anatomy", "question": "Which organ pumps blood?", "choices": ["Lung", "Heart", "Liver", "Kidney"], "answer": 1},
+    {"subject": "virology", "question": "What does a virus need?", "choices": ["A host cell", "Sun", "Soil", "Salt"], "answer": 0},
+    {"subject": "anatomy", "question": "How many chambers has the heart?", "choices": ["2", "3", "4", "5"], "answer": 2},
+    {"subject": "high_school_geography", "question": "Largest ocean?", "choices": ["Atlantic", "Indian", "Arctic", "Pacific"], "answer": 3},
+    {"subject": "human_aging", "question": "Which sense often declines with age?", "choices": ["Hearing", "None", "Taste only", "Smell only"], "answer": 0},
+]
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def _contexts(seed: int, n: int = 3, T: int = 10) -> torch.Tensor:
+    ids = torch.randint(4, 260, (n, T), generator=torch.Generator().manual_seed(seed))
+    ids[:, 0] = 2
+    return ids
+
+
+# ---- clamp ----
+
+
+def test_clamped_activations_touch_only_active_chosen_features():
+    f = torch.tensor([[0.5, 0.0, 2.0, 1.0], [0.0, 3.0, 0.0, 0.0]])
+    out = ul.clamped_activations(f, torch.tensor([0, 1]), 7)
+    assert out.tolist() == [[-7.0, 0.0, 2.0, 1.0], [0.0, -7.0, 0.0, 0.0]]
+    assert f[0, 0] == 0.5  # input untouched
+
+
+def test_clamp_keeps_error_term():
+    sae = RandomSAE(8, 20, seed=1)
+    x = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(2))
+    feats = [0, 3, 7, 11]
+    with torch.no_grad():
+        f = sae.encode(x)
+        got = ul.clamp_features(sae, feats, 25.0)(x)
+        # linear decoder: x_new − x = (f_clamped − f) @ W_dec, i.e. error term and others unchanged
+        want = x + (ul.clamped_activations(f, torch.tensor(feats), 25.0) - f) @ sae.W_dec
+    assert torch.allclose(got, want, atol=1e-5)
+    assert (f[..., feats] == 0).any() and (f[..., feats] > 0).any()  # both cases exercised
+    assert torch.equal(ul.clamp_features(sae, [], 25.0)(x), x)
+
+
+def test_clamp_matches_saebench_hook():
+    inter = pytest.importorskip("sae_bench.evals.unlearning.utils.intervention", reason="sae_bench not installed")
+    sae = RandomSAE(8, 20, seed=3)
+    x = torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(4))
+    feats = [1, 2, 5, 9]
+    with torch.no_grad():
+        ref = inter.anthropic_clamp_resid_SAE_features(x.clone(), None, sae, feats, multiplier=50.0)
+        got = x.clone()
+        got[:, 1:] = ul.clamp_features(sae, feats, 50.0)(x[:, 1:])  # what splice does
+    # SAEBench zeroes f at position 0, leaving it as decode(0) + (x − decode(0)) = x (to rounding)
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_fold_decoder_norms():
+    sae = RandomSAE(8, 20, seed=5)
+    W_dec0 = sae.W_dec.detach().clone()
+    folded = ul.fold_decoder_norms(sae)
+    x = torch.randn(10, 8, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert torch.allclose(folded.W_dec.norm(dim=1), torch.ones(20), atol=1e-6)
+        assert torch.allclose(folded(x), sae(x), atol=1e-5)
+        assert torch.allclose(folded.encode(x), sae.encode(x) * W_dec0.norm(dim=1), atol=1e-5)
+    assert torch.equal(sae.W_dec, W_dec0)  # a copy
+
+
+# ---- selection and score ----
+
+
+def test_select_features_respects_retain_threshold():
+    forget = np.array([0.5, 0.9, 0.0, 0.3, 0.8, 0.05])
+    retain = np.array([0.0, 0.02, 0.0, 0.001, 0.0099, 0.01])
+    got = ul.select_features(forget, retain, 0.01)
+    assert got.tolist() == [4, 0, 3]  # 1 and 5 (retain ≥ 0.01) out, 2 never fires on forget
+    fa = pytest.importorskip("sae_bench.evals.unlearning.utils.feature_activation", reason="sae_bench not installed")
+    assert fa.get_top_features(forget, retain, retain_threshold=0.01).tolist() == got.tolist()
+    assert ul.select_features(torch.tensor(forget), torch.tensor(retain), 1e-6).tolist() == [0]
+
+
+def test_unlearning_score_by_hand_and_saebench():
+    rows = [{"forget_accuracy": 0.6, "retain_accuracy": 0.995},
+            {"forget_accuracy": 0.3, "retain_accuracy": 0.98},  # too much collateral: ignored
+            {"forget_accuracy": 0.7, "retain_accuracy": 0.99}]
+    assert ul.unlearning_score(rows) == pytest.approx(0.4)
+    assert ul.unlearning_score(rows[1:2]) == 0.0
+    assert math.isnan(ul.unlearning_score([{"forget_accuracy": math.nan, "retain_accuracy": 1.0}]))
+    main = pytest.importorskip("sae_bench.evals.unlearning.main", reason="sae_bench not installed")
+    import pandas as pd
+
+    df = pd.DataFrame({"wmdp-bio": [r["forget_accuracy"] for r in rows],
+                       "all_side_effects_mcq": [r["retain_accuracy"] for r in rows]})
+    assert ul.unlearning_score(rows) == pytest.approx(main.get_unlearning_scores(df))
+
+
+# ---- prompts ----
+
+
+def test_prompt_format_matches_saebench(lm):
+    metrics = pytest.importorskip("sae_bench.evals.unlearning.utils.metrics", reason="sae_bench not installed")
+    var = pytest.importorskip("sae_bench.evals.unlearning.utils.var")
+    q = QUESTIONS[3]
+    pre = var.PRE_QUESTION_FORMAT.format(subject="high school geography")
+    ref = metrics.convert_wmdp_data_to_prompt(q["question"], q["choices"], prompt_format=None, pre_question=pre)
+    assert ul.mcq_prompt(q["question"], q["choices"], q["subject"]) == ref
+    bio = metrics.convert_wmdp_data_to_prompt(q["question"], q["choices"])  # PRE_WMDP_BIO
+    assert ul.mcq_prompt(q["question"], q["choices"], "wmdp-bio") == bio
+    _, tok = lm
+    tok = type(tok).from_pretrained(tok.name_or_path) if tok.name_or_path else tok
+    with pytest.raises(ValueError):
+        ul.mcq_prompt(q["question"], q["choices"], "x", tokenizer=tok, chat=True)
+    tok.chat_template = GEMMA_TEMPLATE
+    chat_ref = metrics.convert_wmdp_data_to_prompt(q["question"], q["choices"], prompt_format="GEMMA_INST_FORMAT",
+                                                   pre_question=pre)
+    assert ul.mcq_prompt(q["question"], q["choices"], q["subject"], tokenizer=tok, chat=True) == chat_ref
+    ids = ul._encode(tok, chat_ref, chat=True)
+    assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id
+
+
+# ---- on the tiny model ----
+
+
+def test_letter_logits_match_full_forward(lm):
+    model, tok = lm
+    letters = ul.letter_token_ids(tok)
+    assert all(len(v) == 1 for v in letters)  # byte-level: " A" is two tokens, so "A" only
+    prompts = [ul._encode(tok, ul.mcq_prompt(q["question"], q["choices"], q["subject"]), False) for q in QUESTIONS]
+    got = ul.letter_logits(model, prompts, letters, batch_size=2)  # padded batches
+    flat = [v[0] for v in letters]
+    with torch.no_grad():
+        ref = torch.stack([model(torch.tensor([p])).logits[0, -1, flat] for p in prompts])
+    assert torch.allclose(got, ref, atol=1e-4)
+
+
+def test_mcq_correct_shapes(lm):
+    model, tok = lm
+    c = ul.mcq_correct(model, tok, QUESTIONS[:2], batch_size=16, all_permutations=True)
+    assert c.shape == (2, 24) and c.dtype == torch.bool
+    c1 = ul.mcq_correct(model, tok, QUESTIONS[:2], batch_size=16)
+    assert torch.equal(c1[:, 0], c[:, 0])  # identity order comes first
+
+
+def test_base_correct_filter(lm, monkeypatch):
+    model, tok = lm
+    base = {"anatomy": True, "virology": False, "high_school_geography": True, "human_aging": False}
+    seen = []
+
+    def fake(model, tokenizer, mcqs, batch_size, *, chat=False, all_permutations=False):
+        seen.append((all_permutations, [q["question"] for q in mcqs]))
+        if all_permutations:  # the unmodified model: correct per subject, on every order but one
+            out = torch.ones(len(mcqs), 24, dtype=torch.bool)
+            out[[not base[q["subject"]] for q in mcqs], 5] = False
+            return out
+        return torch.tensor([[q["subject"] != "anatomy"] for q in mcqs])  # the clamp hits anatomy
+
+    monkeypatch.setattr(ul, "mcq_correct", fake)
+    freq = torch.tensor([0.3] + [0.0] * 127, dtype=torch.float64)
+    res = ul.run_unlearning(model, tok, LAYER, IdentitySAE(64), freq, torch.zeros(128), forget_mcqs=QUESTIONS[:3],
+                            retain_mcqs=QUESTIONS[3:], forget_contexts=None, retain_contexts=None,
+                            retain_thresholds=[0.01], n_features_list=[1], multipliers=[10.0], batch_size=4)
+    assert res["forget_base_correct"] == 2 and res["retain_base_correct"] == 1
+    kept = [s for p, s in seen if not p]
+    assert kept[0] == [QUESTIONS[0]["question"], QUESTIONS[2]["question"]] and kept[1] == [QUESTIONS[3]["question"]]
+    row = res["rows"][0]
+    assert row["forget_accuracy"] == 0.0 and row["retain_accuracy"] == 1.0
+    assert res["unlearning_score"] == pytest.approx(1.0)
+
+
+def test_run_unlearning_end_to_end(lm):
+    model, tok = lm
+    g = torch.Generator().manual_seed(0)
+    forget_freq, retain_freq = torch.rand(128, generator=g) * 0.2, torch.rand(128, generator=g) * 0.02
+    steps = []
+    res = ul.run_unlearning(model, tok, LAYER, IdentitySAE(64), forget_freq, retain_freq,
+                            forget_mcqs=QUESTIONS[:3], retain_mcqs=QUESTIONS[3:],
+                            forget_contexts=_contexts(1), retain_contexts=_contexts(2),
+                            retain_thresholds=[0.01, 1e-9], n_features_list=[2, 5], multipliers=[5.0, 50.0],
+                            batch_size=4, progress=steps.append, all_permutations=False)
+    assert len(res["rows"]) == 8 and sum(steps) == 8
+    assert len(res["features"]["0.01"]) == 5 and res["features"]["1e-09"] == []
+    for r in res["rows"]:
+        assert {"forget_accuracy", "retain_accuracy", "forget_ce_increase", "retain_ce_increase",
+                "selectivity", "selectivity_ratio"} <= set(r)
+        if r["retain_threshold"] == 1e-9:  # nothing qualifies: no intervention at all
+            assert r["n_features_used"] == 0 and r["forget_ce_increase"] == 0.0 and r["retain_ce_increase"] == 0.0
+        else:
+            assert r["forget_ce_increase"] != 0.0
+    assert "unlearning_score" in res and res["loss_unlearning_score"] >= 0.0

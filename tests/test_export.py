@@ -1,0 +1,125 @@
+"""Export in the SAELens layout: round trip, scale folding, sae_lens loading, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from train.export import CFG_FILENAME, WEIGHTS_FILENAME, ExportError, load_sae, save_sae
+from train.sae import make_sae
+
+D, S, SCALE = 6, 16, 0.25
+KW = {
+    "baseline": dict(l1_coefficient=1e-3, seed=3),
+    "fixed": dict(l1_coefficient=1e-3, seed=3, lambda2=0.1, n_groups=2),
+    "adaptive": dict(l1_coefficient=1e-3, seed=3, lambda2_max=0.1, t0=4, n_groups=3, regroup_every=3),
+}
+EXTRA = {"hook_name": "blocks.3.hook_resid_post", "model_name": "tiny", "run_name": "t"}
+
+
+def trained(run_type: str):
+    """A few optimiser steps on normalised activations x_n = SCALE · x_raw."""
+    torch.manual_seed(0)
+    sae = make_sae(run_type, D, S, **KW[run_type])
+    sae.init_b_dec(torch.full((D,), 0.3))
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-2)
+    for step in range(1, 10):
+        x_raw = torch.randn(32, D) * 4 + 1.0
+        fg = torch.arange(32) < 12
+        x_raw[fg] += 6.0
+        out = sae.training_loss(SCALE * x_raw, fg, step)
+        opt.zero_grad()
+        out.total.backward()
+        opt.step()
+        sae.on_step_end(step, out.f, fg)
+    if run_type == "adaptive":
+        assert sae.group_bias.detach().abs().sum() > 0
+    return sae
+
+
+def raw_batch():
+    torch.manual_seed(1)
+    x = torch.randn(20, D) * 4 + 1.0
+    x[:8] += 6.0
+    return x
+
+
+@pytest.mark.parametrize("run_type", ["baseline", "fixed", "adaptive"])
+def test_round_trip_on_raw_activations(tmp_path, run_type):
+    sae = trained(run_type)
+    save_sae(sae, tmp_path, scale=SCALE, extra_cfg=EXTRA)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CFG_FILENAME, WEIGHTS_FILENAME]
+    loaded, cfg = load_sae(tmp_path)
+    assert type(loaded) is type(sae)
+    x_raw = raw_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x_raw) * SCALE, sae(SCALE * x_raw), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loaded.encode(x_raw), sae.encode(SCALE * x_raw), rtol=1e-5, atol=1e-5)
+    assert cfg["activation_scale"] == SCALE and cfg["architecture"] == sae.architecture
+    assert cfg["d_in"] == D and cfg["d_sae"] == S and cfg["normalize_activations"] == "none"
+    assert cfg["orthosae"] == sae.hyperparams() and cfg["run_name"] == "t"
+    assert cfg["metadata"]["hook_name"] == EXTRA["hook_name"] and cfg["metadata"]["sae_lens_version"]
+    if run_type == "adaptive":
+        assert torch.equal(loaded.groups, sae.groups) and cfg["n_groups"] == 3
+
+
+def test_save_rejects_bad_scale_and_reserved_keys(tmp_path):
+    sae = make_sae("baseline", D, S, **KW["baseline"])
+    with pytest.raises(ExportError, match="scale"):
+        save_sae(sae, tmp_path, scale=0.0, extra_cfg={})
+    with pytest.raises(ExportError, match="d_sae"):
+        save_sae(sae, tmp_path, scale=1.0, extra_cfg={"d_sae": 3})
+    assert not any(tmp_path.iterdir())
+
+
+def test_load_bad_dir_one_line_naming_path(tmp_path):
+    for bad in (tmp_path / "missing", tmp_path):
+        with pytest.raises(ExportError) as e:
+            load_sae(bad)
+        assert str(bad) in str(e.value) and "\n" not in str(e.value)
+    save_sae(make_sae("baseline", D, S, **KW["baseline"]), tmp_path, scale=1.0)
+    (tmp_path / CFG_FILENAME).write_text("{not json")
+    with pytest.raises(ExportError) as e:
+        load_sae(tmp_path)
+    assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("run_type", ["baseline", "fixed"])
+def test_standard_export_loads_in_sae_lens(tmp_path, run_type):
+    sae_lens = pytest.importorskip("sae_lens", reason="sae_lens not installed")
+    save_sae(trained(run_type), tmp_path, scale=SCALE, extra_cfg=EXTRA)
+    ours, _ = load_sae(tmp_path)
+    theirs = sae_lens.SAE.load_from_disk(tmp_path)
+    assert type(theirs).__name__ == "StandardSAE"
+    assert theirs.cfg.metadata.hook_name == EXTRA["hook_name"]
+    x = raw_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.encode(x), ours.encode(x))
+        f = ours.encode(x)
+        torch.testing.assert_close(theirs.decode(f), ours.decode(f))
+
+
+def test_grouped_export_loads_in_sae_lens(tmp_path):
+    sae_lens = pytest.importorskip("sae_lens", reason="sae_lens not installed")
+    from train.export import register_with_sae_lens
+
+    sae = trained("adaptive")
+    save_sae(sae, tmp_path, scale=SCALE, extra_cfg=EXTRA)
+    first = register_with_sae_lens()
+    assert register_with_sae_lens() == first  # idempotent
+    ours, _ = load_sae(tmp_path)
+    theirs = sae_lens.SAE.load_from_disk(tmp_path)
+    assert type(theirs).__name__ == "OrthoSAEGroupedSAE" and theirs.cfg.n_groups == 3
+    assert theirs.groups.dtype == torch.int64 and torch.equal(theirs.groups, sae.groups)
+    x = raw_batch()
+    with torch.no_grad():
+        f = ours.encode(x)
+        torch.testing.assert_close(theirs.encode(x), f)
+        torch.testing.assert_close(theirs.decode(f), ours.decode(f))
+        torch.testing.assert_close(theirs(x), ours(x))
+        # folding the (uniform) decoder norms keeps reconstructions, as SAEBench does
+        theirs.fold_W_dec_norm()
+        torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
+    assert json.loads((tmp_path / CFG_FILENAME).read_text())["architecture"] == "orthosae_grouped"

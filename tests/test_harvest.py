@@ -1,0 +1,221 @@
+"""Harvest on a tiny random-weight Gemma2: equals a direct forward, resumes after kill -9, scales out."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+from transformers import AutoModelForCausalLM
+
+from common.cli import main
+from common.config import ConfigError, load_config
+from common.store import StoreError, StoreLock, StoreReader
+from harvest import harvest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "tests/fixtures/docs.jsonl"
+
+
+def write_config(tmp_path, model_dir, *, store="s.zarr", layer=0, storage="float32", name="p.toml") -> Path:
+    text = f"""
+    [model]
+    id = "{model_dir}"
+    dtype = "float32"
+    device = "cpu"
+    [harvest]
+    layer = {layer}
+    store = "{tmp_path / store}"
+    context_length = 16
+    batch_size = 3
+    chunk_tokens = 30
+    storage_dtype = "{storage}"
+    heldout_fraction = 0.3
+    [corpora.retain]
+    source = "file:{DOCS}"
+    role = "retain"
+    tokens = 640
+    [corpora.heldout]
+    source = "file:{DOCS}"
+    role = "forget"
+    split = "heldout"
+    tokens = 160
+    """
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def arrays(url) -> dict[str, np.ndarray]:
+    root = zarr.open_group(url, mode="r")
+    return {f"{g}/{a}": root[g][a][:] for g, _ in root.groups() for a in
+            ("acts", "tokens", "context", "position", "committed")}
+
+
+def assert_same_store(a, b):
+    xa, xb = arrays(a), arrays(b)
+    assert xa.keys() == xb.keys()
+    for key in xa:
+        np.testing.assert_array_equal(xa[key], xb[key], err_msg=key)
+
+
+def test_rows_equal_direct_forward(tmp_path, tiny_model_dir):
+    cfg = load_config(write_config(tmp_path, tiny_model_dir))
+    result = harvest(cfg, show_progress=False)
+    reader = StoreReader(cfg.harvest.store)
+    assert reader.complete and result.rows_written == sum(g.n_rows for g in reader.groups().values())
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    for name, info in reader.groups().items():
+        assert info.n_chunks > 2 and info.complete  # several chunks, so chunking is exercised
+        ctx = reader.contexts(name, 0, info.n_contexts, bos_token_id=2)
+        with torch.no_grad():
+            hidden = model(ctx, output_hidden_states=True).hidden_states[cfg.harvest.layer + 1]
+        stored = reader.read_rows(name, 0, info.n_rows)
+        torch.testing.assert_close(stored, hidden[:, 1:].reshape(-1, hidden.shape[-1]), rtol=1e-5, atol=1e-5)
+        assert np.array_equal(reader.read_tokens(name, 0, info.n_rows), ctx[:, 1:].reshape(-1).numpy())
+    meta = reader.meta
+    assert (meta["layer"], meta["d_model"], meta["bos_policy"]) == (0, 64, "bos-first-not-stored")
+    assert reader.groups()["heldout"].attrs["split"] == "heldout"
+
+
+def test_bf16_storage_is_bf16_rounding(tmp_path, tiny_model_dir):
+    f32 = load_config(write_config(tmp_path, tiny_model_dir, store="f.zarr", name="f.toml"))
+    bf = load_config(write_config(tmp_path, tiny_model_dir, store="b.zarr", storage="bfloat16", name="b.toml"))
+    harvest(f32, show_progress=False)
+    harvest(bf, show_progress=False)
+    a, b = StoreReader(f32.harvest.store), StoreReader(bf.harvest.store)
+    n = a.groups()["retain"].n_rows
+    assert torch.equal(b.read_rows("retain", 0, n), a.read_rows("retain", 0, n).to(torch.bfloat16).float())
+    assert b.root["retain"]["acts"].dtype == np.uint16
+
+
+KILL_AFTER = """
+import os, signal, sys
+from common.config import load_config
+from common.store import StoreWriter
+from harvest import harvest
+calls = {"n": 0}
+real_write = StoreWriter.write_chunk
+def dying_write(self, plan, k, acts, tokens):
+    calls["n"] += 1
+    if calls["n"] == int(sys.argv[2]):
+        # Half a chunk reaches the store, then the process dies before the commit flag: kill -9.
+        group = self.root[plan.name]
+        start = k * plan.rows_per_chunk
+        group["acts"][start:start + len(acts) // 2] = acts[:len(acts) // 2]
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_write(self, plan, k, acts, tokens)
+StoreWriter.write_chunk = dying_write
+harvest(load_config(sys.argv[1]), show_progress=False)
+"""
+
+
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_model_dir):
+    ref = load_config(write_config(tmp_path, tiny_model_dir, store="ref.zarr", name="ref.toml"))
+    harvest(ref, show_progress=False)
+    path = write_config(tmp_path, tiny_model_dir, store="killed.zarr", name="killed.toml")
+    script = tmp_path / "die.py"
+    script.write_text(KILL_AFTER)
+    for kill_at in (3, 7):  # killed twice, at different chunks
+        out = subprocess.run([sys.executable, str(script), str(path), str(kill_at)], cwd=ROOT,
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert out.returncode == -9, out.stderr
+    reader = StoreReader(str(tmp_path / "killed.zarr"))
+    assert not reader.complete
+    assert reader.groups()["retain"].chunks_done < reader.groups()["retain"].n_chunks
+    result = harvest(load_config(path), show_progress=False)  # the dead writer's lock is taken over
+    assert not result.skipped
+    assert StoreReader(str(tmp_path / "killed.zarr")).complete
+    assert_same_store(str(tmp_path / "ref.zarr"), str(tmp_path / "killed.zarr"))
+    assert StoreReader(str(tmp_path / "killed.zarr")).verify() == []
+
+
+TWO_RANKS = """
+import sys
+from common.config import load_config
+from harvest import harvest
+harvest(load_config(sys.argv[1]), show_progress=False)
+"""
+
+
+def test_two_processes_equal_one(tmp_path, tiny_model_dir):
+    one = load_config(write_config(tmp_path, tiny_model_dir, store="one.zarr", name="one.toml"))
+    harvest(one, show_progress=False)
+    two = write_config(tmp_path, tiny_model_dir, store="two.zarr", name="two.toml")
+    script = tmp_path / "h.py"
+    script.write_text(TWO_RANKS)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", str(script), str(two)],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert StoreReader(str(tmp_path / "two.zarr")).complete
+    assert_same_store(str(tmp_path / "one.zarr"), str(tmp_path / "two.zarr"))
+
+
+def test_complete_store_left_alone_unless_force(tmp_path, tiny_model_dir):
+    cfg = load_config(write_config(tmp_path, tiny_model_dir))
+    harvest(cfg, show_progress=False)
+    chunk = Path(cfg.harvest.store) / "retain/acts/c/0/0"
+    before = chunk.stat().st_mtime_ns
+    assert harvest(cfg, show_progress=False).skipped
+    assert chunk.stat().st_mtime_ns == before
+    assert not harvest(cfg, force=True, show_progress=False).skipped
+    assert StoreReader(cfg.harvest.store).complete
+
+
+def test_other_layer_store_and_layer_beyond_depth_refused(tmp_path, tiny_model_dir):
+    harvest(load_config(write_config(tmp_path, tiny_model_dir)), show_progress=False)
+    before = arrays(str(tmp_path / "s.zarr"))
+    other = load_config(write_config(tmp_path, tiny_model_dir, layer=1, name="l1.toml"))
+    with pytest.raises(StoreError, match=r"s.zarr: holds layer=0, config wants 1"):
+        harvest(other, show_progress=False)
+    deep = load_config(write_config(tmp_path, tiny_model_dir, layer=9, name="l9.toml"))
+    with pytest.raises(ConfigError, match=r"\[harvest\] layer: 9 is beyond the model's 2 blocks"):
+        harvest(deep, show_progress=False)
+    after = arrays(str(tmp_path / "s.zarr"))  # nothing already written was touched
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_concurrent_writer_refused(tmp_path, tiny_model_dir):
+    cfg = load_config(write_config(tmp_path, tiny_model_dir))
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock = StoreLock(cfg.harvest.store)
+        lock.fs.pipe_file(lock.path, f'{{"host": "{os.uname().nodename}", "pid": {holder.pid}}}'.encode())
+        with pytest.raises(StoreError, match="another writer holds the store"):
+            harvest(cfg, show_progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_cli_status_and_verify_name_corrupted_chunk(tmp_path, tiny_model_dir):
+    path = write_config(tmp_path, tiny_model_dir)
+    runner = CliRunner()
+    res = runner.invoke(main, ["--config", str(path), "status"])
+    assert res.exit_code == 0 and "not harvested yet" in res.output
+    assert runner.invoke(main, ["--config", str(path), "harvest"]).exit_code == 0
+    res = runner.invoke(main, ["--config", str(path), "status"])
+    assert res.exit_code == 0 and "complete" in res.output and "retain" in res.output
+    res = runner.invoke(main, ["--config", str(path), "verify"])
+    assert res.exit_code == 0 and "ok" in res.output
+    chunk = tmp_path / "s.zarr/retain/acts/c/2/0"
+    data = bytearray(chunk.read_bytes())
+    data[-20] ^= 0x55
+    chunk.write_bytes(bytes(data))
+    res = runner.invoke(main, ["--config", str(path), "verify"])
+    assert res.exit_code == 1 and "retain chunk 2" in res.output, res.output
+
+
+def test_cli_bad_config_is_one_line(tmp_path, tiny_model_dir):
+    path = write_config(tmp_path, tiny_model_dir)
+    path.write_text(path.read_text().replace("layer = 0", 'layer = "zero"'))
+    res = CliRunner().invoke(main, ["--config", str(path), "harvest"])
+    assert res.exit_code == 2
+    assert "[harvest] layer: expected int" in res.output and len(res.output.strip().splitlines()) == 1

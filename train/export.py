@@ -1,0 +1,263 @@
+"""Export trained SAEs in the SAELens on-disk layout, load them back, and register with sae_lens.
+
+Layout (``run_dir/``): ``sae_weights.safetensors`` + ``cfg.json``, each written atomically
+(temporary file in the same directory + ``os.replace``; weights first, cfg last).
+
+Tensors: ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``, ``b_enc [d_sae]``, ``b_dec [d_in]``; the
+grouped SAE adds ``group_bias [G, d_in]`` and ``groups [d_sae]`` (int64). Training ran on
+x_n = scale·x; the scale is folded in so the saved SAE works on RAW activations:
+W_enc' = scale·W_enc, W_dec' = W_dec/scale, b_dec' = b_dec/scale, group_bias' = group_bias/scale
+(b_enc unchanged; feature activations are identical, reconstructions are x̂_norm/scale). This is
+SAELens' ``fold_activation_norm_scaling_factor``. Decoder rows therefore have norm 1/scale.
+
+cfg.json keys read by sae_lens 6.x: ``architecture`` ("standard" for baseline/fixed,
+"orthosae_grouped" for adaptive), ``d_in``, ``d_sae``, ``dtype``, ``device``,
+``apply_b_dec_to_input`` (true), ``normalize_activations`` ("none": already folded),
+``reshape_activations`` ("none"), ``metadata`` (``sae_lens_version``, which makes sae_lens skip
+its pre-6.0 conversion, plus any of hook_name/model_name/context_size/... found in ``extra_cfg``;
+SAEBench reads model_name and hook_name from here), and for the grouped SAE ``n_groups``. Ours:
+``activation_scale``, ``orthosae`` (= ``sae.hyperparams()``, what ``load_sae`` rebuilds from),
+and the caller's ``extra_cfg`` keys (top level; a key that collides with the above is an error).
+
+Using an export elsewhere:
+
+- sae_lens, baseline/fixed: ``sae_lens.SAE.load_from_disk(run_dir)`` (a ``StandardSAE``).
+- sae_lens, adaptive: ``from train.export import register_with_sae_lens; register_with_sae_lens();
+  sae_lens.SAE.load_from_disk(run_dir)`` returns an ``OrthoSAEGroupedSAE`` whose ``decode`` adds
+  the per-token group bias. ``fold_W_dec_norm()`` works (decoder norms are uniform, 1/scale, so
+  the group shares π are unchanged) and raises if norms are not uniform.
+- SAEBench custom-SAE path: pass the sae_lens object above (it has encode/decode/forward,
+  W_enc/W_dec/b_enc/b_dec, dtype, device and ``cfg.metadata`` with model_name/hook_name when
+  ``extra_cfg`` supplied them) as the SAE object to a ``run_eval``; call ``sae.fold_W_dec_norm()``
+  first so SAEBench's unit-norm check passes (our ``load_sae`` objects also have encode/decode and
+  the weights, but no ``cfg``).
+- Without sae_lens: ``load_sae(run_dir) -> (sae, cfg)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .sae import SAE, make_sae
+from .sae.base import dtype_name
+
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+CFG_FILENAME = "cfg.json"
+GROUPED_ARCH = "orthosae_grouped"
+DEFAULT_SAE_LENS_FORMAT = "6.0.0"
+METADATA_KEYS = (
+    "model_name", "hook_name", "hook_layer", "hook_head_index", "context_size", "prepend_bos",
+    "dataset_path", "dataset_trust_remote_code", "model_from_pretrained_kwargs", "seqpos_slice",
+    "exclude_special_tokens", "neuronpedia_id",
+)
+
+
+class ExportError(RuntimeError):
+    """A run directory that cannot be written or read as an exported SAE (one line, names the path)."""
+
+
+def _sae_lens_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("sae-lens")
+    except Exception:
+        return DEFAULT_SAE_LENS_FORMAT
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@torch.no_grad()
+def export_tensors(sae: SAE, scale: float) -> dict[str, torch.Tensor]:
+    """The raw-activation tensors of ``sae`` (scale folded in, computed in float32 or better)."""
+    ct = torch.promote_types(sae.dtype, torch.float32)
+    out = {
+        "W_enc": sae.W_enc.to(ct) * scale,
+        "W_dec": sae.W_dec.to(ct) / scale,
+        "b_enc": sae.b_enc.to(ct),
+        "b_dec": sae.b_dec.to(ct) / scale,
+    }
+    if sae.architecture == GROUPED_ARCH:
+        out["group_bias"] = sae.group_bias.to(ct) / scale
+    out = {k: v.to(sae.dtype).detach().cpu().contiguous() for k, v in out.items()}
+    if sae.architecture == GROUPED_ARCH:
+        out["groups"] = sae.groups.detach().to(torch.int64).cpu().contiguous()
+    return out
+
+
+def save_sae(sae: SAE, run_dir: str | Path, *, scale: float, extra_cfg: dict[str, Any] | None = None) -> Path:
+    """Write ``sae_weights.safetensors`` + ``cfg.json`` (SAELens layout) into ``run_dir``; returns it."""
+    scale = float(scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ExportError(f"save_sae: scale must be a positive finite number, got {scale} ({run_dir})")
+    run_dir = Path(run_dir)
+    extra = dict(extra_cfg or {})
+    version = _sae_lens_version()
+    metadata = {"sae_lens_version": version, "sae_lens_training_version": version}
+    metadata.update({k: extra[k] for k in METADATA_KEYS if k in extra})
+    metadata.update(extra.pop("metadata", None) or {})
+    cfg: dict[str, Any] = {
+        "architecture": sae.architecture,
+        "d_in": sae.d_model,
+        "d_sae": sae.d_sae,
+        "dtype": dtype_name(sae.dtype),
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": metadata,
+        "activation_scale": scale,
+        "orthosae": sae.hyperparams(),
+    }
+    if sae.architecture == GROUPED_ARCH:
+        cfg["n_groups"] = sae.n_groups
+    clash = sorted(set(extra) & set(cfg))
+    if clash:
+        raise ExportError(f"save_sae: extra_cfg may not set reserved key(s) {clash} ({run_dir})")
+    cfg.update(extra)
+    try:
+        text = json.dumps(cfg, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"save_sae: cfg for {run_dir} is not plain JSON: {e}") from None
+    tensors = export_tensors(sae, scale)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(run_dir / WEIGHTS_FILENAME, lambda p: save_file(tensors, str(p)))
+    _atomic_write(run_dir / CFG_FILENAME, lambda p: p.write_text(text + "\n"))
+    return run_dir
+
+
+def load_sae(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[SAE, dict[str, Any]]:
+    """Our own loader (no sae_lens): ``(sae, cfg)`` with raw-activation weights (scale folded in).
+
+    The returned SAE is for inference: its decoder rows have norm 1/scale, so do not train it
+    further with ``on_step_end`` (which renormalises). A plain SAELens "standard" export without
+    our ``orthosae`` key loads as a ``BaselineSAE`` with ``l1_coefficient=0``.
+    """
+    run_dir = Path(run_dir)
+    cfg_path, w_path = run_dir / CFG_FILENAME, run_dir / WEIGHTS_FILENAME
+    if not run_dir.is_dir():
+        raise ExportError(f"not an exported SAE: {run_dir} is not a directory")
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise ExportError(f"not an exported SAE: {p} is missing")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        hp = dict(cfg.get("orthosae") or {})
+        if not hp:
+            if cfg.get("architecture", "standard") != "standard":
+                raise ValueError(f"architecture {cfg.get('architecture')!r} without an 'orthosae' section")
+            hp = {"run_type": "baseline", "d_model": cfg["d_in"], "d_sae": cfg["d_sae"],
+                  "l1_coefficient": 0.0, "dtype": cfg.get("dtype", "float32")}
+        sae = make_sae(hp.pop("run_type"), hp.pop("d_model"), hp.pop("d_sae"), device=device, **hp)
+        tensors = load_file(str(w_path), device=str(device))
+    except Exception as e:  # noqa: BLE001 - one line naming the path, whatever went wrong
+        raise ExportError(f"cannot load SAE from {run_dir}: {type(e).__name__}: {e}".replace("\n", " ")) from None
+    expected = {"W_enc", "W_dec", "b_enc", "b_dec"} | ({"group_bias", "groups"} if sae.architecture == GROUPED_ARCH else set())
+    if set(tensors) != expected:
+        raise ExportError(f"cannot load SAE from {run_dir}: tensors {sorted(tensors)} != expected {sorted(expected)}")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            target = getattr(sae, name)
+            if t.shape != target.shape:
+                raise ExportError(f"cannot load SAE from {run_dir}: {name} has shape {tuple(t.shape)}, expected {tuple(target.shape)}")
+            target.copy_(t.to(target.dtype))
+    return sae, cfg
+
+
+# ---------------------------------------------------------------- sae_lens integration (optional)
+
+def register_with_sae_lens() -> tuple[type, type]:
+    """Register architecture "orthosae_grouped" with sae_lens (idempotent); returns (SAE class, config class).
+
+    Imports sae_lens only when called. The classes become ``train.export.OrthoSAEGroupedSAE`` /
+    ``OrthoSAEGroupedConfig`` (module globals, so they pickle).
+    """
+    from sae_lens import register_sae_class
+    from sae_lens.registry import SAE_CLASS_REGISTRY
+
+    if GROUPED_ARCH in SAE_CLASS_REGISTRY:
+        return SAE_CLASS_REGISTRY[GROUPED_ARCH]
+    sae_cls, cfg_cls = _build_sae_lens_classes()
+    register_sae_class(GROUPED_ARCH, sae_cls, cfg_cls)
+    return sae_cls, cfg_cls
+
+
+def _build_sae_lens_classes() -> tuple[type, type]:
+    from dataclasses import dataclass
+
+    from sae_lens import SAE as SLSAE
+    from sae_lens import SAEConfig
+    from torch import nn
+
+    from .sae.adaptive_ortho import group_shares
+
+    @dataclass
+    class OrthoSAEGroupedConfig(SAEConfig):
+        """sae_lens config of the grouped adaptive-orthogonal SAE."""
+
+        n_groups: int = 2
+
+        @classmethod
+        def architecture(cls) -> str:
+            return GROUPED_ARCH
+
+    class OrthoSAEGroupedSAE(SLSAE[OrthoSAEGroupedConfig]):
+        """ReLU SAE with per-token group decoder bias: x̂ = f W_dec + b_dec + Σ_g π_g(f) group_bias[g]."""
+
+        b_enc: nn.Parameter
+        group_bias: nn.Parameter
+        groups: torch.Tensor
+
+        def initialize_weights(self) -> None:
+            super().initialize_weights()
+            kw = dict(dtype=self.dtype, device=self.device)
+            self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, **kw))
+            self.group_bias = nn.Parameter(torch.zeros(self.cfg.n_groups, self.cfg.d_in, **kw))
+            groups = (torch.arange(self.cfg.d_sae, device=self.device) * self.cfg.n_groups) // self.cfg.d_sae
+            self.register_buffer("groups", groups)
+
+        def encode(self, x: torch.Tensor) -> torch.Tensor:
+            sae_in = self.process_sae_in(x)
+            hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
+            return self.hook_sae_acts_post(self.activation_fn(hidden_pre))
+
+        def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+            pi = group_shares(feature_acts, self.groups, self.cfg.n_groups)
+            out = feature_acts @ self.W_dec + self.b_dec + pi @ self.group_bias
+            out = self.hook_sae_recons(out)
+            out = self.run_time_activation_norm_fn_out(out)
+            return self.reshape_fn_out(out, self.d_head)
+
+        def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+            # sae_lens' disk loader casts every tensor to cfg.dtype; group ids are small integers
+            if "groups" in state_dict:
+                state_dict["groups"] = state_dict["groups"].round().to(torch.int64)
+
+        @torch.no_grad()
+        def fold_and_get_W_dec_norm(self) -> torch.Tensor:
+            norms = self.get_W_dec_norm()
+            if not torch.allclose(norms, norms.mean().expand_as(norms), rtol=1e-3):
+                raise ValueError("orthosae_grouped: folding non-uniform decoder norms would change the group shares π")
+            return super().fold_and_get_W_dec_norm()
+
+    for cls in (OrthoSAEGroupedConfig, OrthoSAEGroupedSAE):
+        cls.__qualname__ = cls.__name__
+        globals()[cls.__name__] = cls
+    return OrthoSAEGroupedSAE, OrthoSAEGroupedConfig
