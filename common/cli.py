@@ -83,6 +83,41 @@ def train(ctx: click.Context, run_names: tuple[str, ...], force: bool) -> None:
         sys.exit(1)
 
 
+@main.command("eval")
+@click.option("--run", "run_names", multiple=True, help="evaluate only this run (repeatable)")
+@click.pass_context
+def eval_(ctx: click.Context, run_names: tuple[str, ...]) -> None:
+    """Reconstruction, downstream CE/KL, conditioning and unlearning reports across runs."""
+    from eval import evaluate
+    cfg = _config(ctx)
+    out = evaluate(cfg, run_names=list(run_names) or None)
+    console.print(f"[green]eval done[/]: report in [bold]{out}/report.md[/] (+ report.json, plots)")
+
+
+@main.command()
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """harvest -> train -> eval, skipping each stage (or run) that is already complete."""
+    from eval import evaluate, report_is_current
+    from harvest import harvest as run_harvest
+    from train import train as run_train
+    cfg = _config(ctx)
+    console.rule("1/3 harvest")
+    run_harvest(cfg)
+    console.rule("2/3 train")
+    summaries = run_train(cfg)
+    if any(s["status"] == "failed" for s in summaries):
+        _fail(f"a run failed in training (see {cfg.train.runs_dir}/*/summary.json); eval not started")
+    console.rule("3/3 eval")
+    if report_is_current(cfg):
+        out = Path(cfg.eval.reports_dir) / cfg.eval.name
+        console.print(f"[green]{out}: report is current, left alone[/]")
+    else:
+        out = evaluate(cfg)
+    console.print(f"[green]pipeline done[/]: store [bold]{cfg.harvest.store}[/], runs "
+                  f"[bold]{cfg.train.runs_dir}/[/], report [bold]{out}/report.md[/]")
+
+
 def _store_urls(cfg, paths: tuple[str, ...]) -> list[str]:
     if paths:
         return list(paths)

@@ -149,6 +149,8 @@ class UnlearningConfig:
                                   "high_school_geography", "human_aging"])
     max_questions: int = _key(0, _non_negative, "cap per set (0 = all)")
     chat_template: bool = _key(False, doc="wrap prompts in the tokenizer's chat template (-it models)")
+    all_permutations: bool = _key(True, doc="SAEBench: a question counts only if the base model "
+                                  "answers all 24 orderings right (false: the given order only)")
     retain_thresholds: list = _key([0.01], _positive, "max feature frequency on retain rows")
     n_features_list: list = _key([10, 20], _positive, "how many forget features to clamp")
     multipliers: list = _key([25.0, 50.0], _positive, "clamp value −multiplier in activation units")

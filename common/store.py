@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import zarr
 
+from common.config import Config
+
 SCHEMA = 1
 # Attributes that must match for a store to be reused (resume, train, eval).
 IDENTITY_KEYS = ("model_id", "revision", "file_sha256", "layer", "hook", "d_model", "storage_dtype",
@@ -389,3 +391,22 @@ class StoreReader:
             if info.chunks_done == info.n_chunks and not info.complete:
                 problems.append(f"{self.url}/{name}: all chunks written but not marked complete")
         return problems
+
+
+def open_store_for(cfg: Config) -> StoreReader:
+    """The config's store, checked to hold what the config describes, complete."""
+    reader = StoreReader(cfg.harvest.store)
+    meta = reader.meta
+    want = {"layer": cfg.harvest.layer, "hook": cfg.harvest.hook,
+            "context_length": cfg.harvest.context_length}
+    if cfg.model.d_model is not None:
+        want["d_model"] = cfg.model.d_model
+    for key, value in want.items():
+        if meta.get(key) != value:
+            raise StoreError(f"{cfg.harvest.store}: holds {key}={meta.get(key)!r}, {cfg.path} wants "
+                             f"{value!r} ([harvest]/[model] {key}); harvest into another store")
+    if meta.get("model_id") != cfg.model.id:
+        raise StoreError(f"{cfg.harvest.store}: holds activations of {meta.get('model_id')}, "
+                         f"{cfg.path} [model] id is {cfg.model.id}")
+    reader.require_complete(list(cfg.corpora))
+    return reader

@@ -1,1 +1,23 @@
-""""""
+"""`pipe eval`: reconstruction, downstream, conditioning and unlearning reports across runs."""
+import json
+from pathlib import Path
+
+from eval.runner import evaluate
+
+
+def report_is_current(cfg) -> bool:
+    """A report exists and was made from the runs as they are now (same training fingerprints)."""
+    path = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.json"
+    if not path.exists():
+        return False
+    reported = json.loads(path.read_text()).get("runs", {})
+    for run in cfg.runs:
+        summary = Path(cfg.train.runs_dir) / run.name / "summary.json"
+        if run.name not in reported or not summary.exists():
+            return False
+        if json.loads(summary.read_text()).get("fingerprint") != reported[run.name]["summary"].get("fingerprint"):
+            return False
+    return True
+
+
+__all__ = ["evaluate", "report_is_current"]

@@ -109,52 +109,61 @@ def token_ce(model: nn.Module, input_ids: Tensor, hidden: Tensor | None = None) 
 def spliced_ce(
     model: nn.Module,
     layer: int,
-    sae: nn.Module,
+    saes: dict[str, nn.Module],
     contexts: Tensor,
     batch_size: int,
     *,
     ablate_bos: bool = False,
     progress: Callable[[int], None] | None = None,
-) -> dict[str, float]:
-    """CE and KL of the model clean, with the SAE spliced in, and zero-ablated (see module doc).
+) -> dict[str, dict[str, float]]:
+    """CE and KL of the model clean, with each SAE spliced in, and zero-ablated (see module doc).
 
-    ``contexts`` is ``[n, T]`` token ids, each starting with BOS. ``progress(k)`` is called with the
-    number of contexts finished in each batch.
+    ``saes`` maps a name to an SAE; the clean and zero-ablated passes run once per batch and serve
+    every SAE. ``contexts`` is ``[n, T]`` token ids, each starting with BOS. ``progress(k)`` is
+    called with the number of contexts finished in each batch. Returns name -> metrics.
     """
     device = next(model.parameters()).device
-    ce = {"clean": [], "sae": [], "zero": []}
-    kl = {"sae": [], "zero": []}
+    ce: dict[str, list] = {"clean": [], "zero": [], **{n: [] for n in saes}}
+    kl: dict[str, list] = {"zero": [], **{n: [] for n in saes}}
     for i in range(0, contexts.shape[0], batch_size):
         ids = torch.as_tensor(contexts[i:i + batch_size], dtype=torch.long, device=device)
         hid = {"clean": final_hidden(model, ids)}
-        with splice(model, layer, sae_fn(sae)):
-            hid["sae"] = final_hidden(model, ids)
+        for name, sae in saes.items():
+            with splice(model, layer, sae_fn(sae)):
+                hid[name] = final_hidden(model, ids)
         with splice(model, layer, zero_fn, start=0 if ablate_bos else 1):
             hid["zero"] = final_hidden(model, ids)
         B, T = ids.shape
         step = _chunk_len(model, B)
         for s in range(0, T, step):
             e = min(s + step, T)
-            lp = {k: F.log_softmax(head_logits(model, h[:, s:e]), dim=-1) for k, h in hid.items()}
             pos = torch.arange(s, e, device=device)
             tgt = ids[:, torch.clamp(pos + 1, max=T - 1)]
             ce_mask = (pos >= 1) & (pos <= T - 2)  # predictions from positions 1..T-2
             kl_mask = pos >= 1
-            p_clean = lp["clean"].exp()
-            for k in ce:
-                ce[k].append(-lp[k].gather(-1, tgt[..., None])[..., 0][:, ce_mask].flatten())
-            for k in kl:
-                kl[k].append((p_clean * (lp["clean"] - lp[k])).sum(-1)[:, kl_mask].flatten())
+            lp_clean = F.log_softmax(head_logits(model, hid["clean"][:, s:e]), dim=-1)
+            p_clean = lp_clean.exp()
+            for k in ce:  # one logits tensor alive at a time (262k-vocab heads are large)
+                lp = lp_clean if k == "clean" else F.log_softmax(head_logits(model, hid[k][:, s:e]), dim=-1)
+                ce[k].append(-lp.gather(-1, tgt[..., None])[..., 0][:, ce_mask].flatten())
+                if k in kl:
+                    kl[k].append((p_clean * (lp_clean - lp)).sum(-1)[:, kl_mask].flatten())
         if progress is not None:
             progress(B)
 
-    m = {f"ce_loss_{name}": torch.cat(ce[k]).double().mean().item()
-         for k, name in (("clean", "without_sae"), ("sae", "with_sae"), ("zero", "with_ablation"))}
-    m.update({f"kl_div_{name}": torch.cat(kl[k]).double().mean().item()
-              for k, name in (("sae", "with_sae"), ("zero", "with_ablation"))})
-    m["ce_loss_score"] = (m["ce_loss_with_ablation"] - m["ce_loss_with_sae"]) / (
-        m["ce_loss_with_ablation"] - m["ce_loss_without_sae"])
-    m["kl_div_score"] = (m["kl_div_with_ablation"] - m["kl_div_with_sae"]) / m["kl_div_with_ablation"]
-    m["ce_loss_increase"] = m["ce_loss_with_sae"] - m["ce_loss_without_sae"]
-    m["n_tokens_ce"] = int(sum(t.numel() for t in ce["clean"]))
-    return m
+    def mean(xs: list) -> float:
+        return torch.cat(xs).double().mean().item()
+
+    ce_clean, ce_zero, kl_zero = mean(ce["clean"]), mean(ce["zero"]), mean(kl["zero"])
+    out = {}
+    for name in saes:
+        ce_sae, kl_sae = mean(ce[name]), mean(kl[name])
+        out[name] = {
+            "ce_loss_without_sae": ce_clean, "ce_loss_with_sae": ce_sae, "ce_loss_with_ablation": ce_zero,
+            "kl_div_with_sae": kl_sae, "kl_div_with_ablation": kl_zero,
+            "ce_loss_score": (ce_zero - ce_sae) / (ce_zero - ce_clean),
+            "kl_div_score": (kl_zero - kl_sae) / kl_zero,
+            "ce_loss_increase": ce_sae - ce_clean,
+            "n_tokens_ce": int(sum(t.numel() for t in ce["clean"])),
+        }
+    return out

@@ -293,28 +293,23 @@ def run_unlearning(
     chat: bool = False,
     all_permutations: bool = True,
     fold: bool = True,
+    baseline: dict | None = None,
 ) -> dict:
     """Sweep thresholds × n_features × multipliers; MCQ mode when both question sets are given,
-    loss mode when both context sets are given. ``progress(1)`` after each setting."""
+    loss mode when both context sets are given. ``progress(1)`` after each setting.
+
+    ``baseline`` (from :func:`unlearning_baseline`) holds what does not depend on the SAE — the
+    base-correct questions and clean CE — so a report computes it once for all runs.
+    """
     sae = fold_decoder_norms(sae) if fold else sae
     do_mcq = bool(forget_mcqs) and bool(retain_mcqs)
     do_loss = forget_contexts is not None and retain_contexts is not None
-    result: dict = {"rows": [], "features": {}}
-
-    if do_mcq:
-        sets = {}
-        for name, qs in (("forget", forget_mcqs), ("retain", retain_mcqs)):
-            base = mcq_correct(model, tokenizer, qs, batch_size, chat=chat, all_permutations=all_permutations)
-            keep = torch.nonzero(base.all(dim=1), as_tuple=True)[0].tolist()
-            sets[name] = [qs[i] for i in keep]
-            result[f"{name}_questions"] = len(qs)
-            result[f"{name}_base_accuracy"] = _accuracy(base[:, 0])
-            result[f"{name}_base_correct"] = len(keep)
-        result.update(chat=chat, all_permutations=all_permutations)
-    if do_loss:
-        clean = {"forget": _mean_ce(model, forget_contexts, batch_size),
-                 "retain": _mean_ce(model, retain_contexts, batch_size)}
-        result.update(forget_ce_clean=clean["forget"], retain_ce_clean=clean["retain"])
+    if baseline is None:
+        baseline = unlearning_baseline(model, tokenizer, forget_mcqs=forget_mcqs, retain_mcqs=retain_mcqs,
+                                       forget_contexts=forget_contexts, retain_contexts=retain_contexts,
+                                       batch_size=batch_size, chat=chat, all_permutations=all_permutations)
+    result: dict = {"rows": [], "features": {}, **baseline["summary"]}
+    sets, clean = baseline.get("sets"), baseline.get("clean")
 
     cache: dict[tuple, dict] = {}  # the same features and multiplier twice (few features qualify)
     for thr in retain_thresholds:
@@ -343,6 +338,28 @@ def run_unlearning(
         result["loss_unlearning_score"] = loss_unlearning_score(result["rows"])
         result["best_selectivity"] = max((r["selectivity"] for r in result["rows"]), default=math.nan)
     return result
+
+
+def unlearning_baseline(model: nn.Module, tokenizer, *, forget_mcqs, retain_mcqs, forget_contexts,
+                        retain_contexts, batch_size: int, chat: bool = False,
+                        all_permutations: bool = True) -> dict:
+    """What unlearning compares against, independent of the SAE: base-correct question subsets
+    (SAEBench counts only questions the unmodified model answers right) and clean CE."""
+    out: dict = {"summary": {}}
+    if forget_mcqs and retain_mcqs:
+        out["sets"] = {}
+        for name, qs in (("forget", forget_mcqs), ("retain", retain_mcqs)):
+            base = mcq_correct(model, tokenizer, qs, batch_size, chat=chat, all_permutations=all_permutations)
+            keep = torch.nonzero(base.all(dim=1), as_tuple=True)[0].tolist()
+            out["sets"][name] = [qs[i] for i in keep]
+            out["summary"].update({f"{name}_questions": len(qs), f"{name}_base_accuracy": _accuracy(base[:, 0]),
+                                   f"{name}_base_correct": len(keep)})
+        out["summary"].update(chat=chat, all_permutations=all_permutations)
+    if forget_contexts is not None and retain_contexts is not None:
+        out["clean"] = {"forget": _mean_ce(model, forget_contexts, batch_size),
+                        "retain": _mean_ce(model, retain_contexts, batch_size)}
+        out["summary"].update(forget_ce_clean=out["clean"]["forget"], retain_ce_clean=out["clean"]["retain"])
+    return out
 
 
 def _evaluate_setting(model, tokenizer, layer, sae, chosen: Tensor, mult: float, sets: dict | None,

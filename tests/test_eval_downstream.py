@@ -54,7 +54,9 @@ def test_head_and_ce_match_full_forward(model, contexts, monkeypatch):
 
 
 def test_identity_sae_scores_one(model, contexts):
-    m = ds.spliced_ce(model, LAYER, IdentitySAE(64), contexts, batch_size=2)
+    both = ds.spliced_ce(model, LAYER, {"id": IdentitySAE(64), "zero": ZeroSAE(64)}, contexts, batch_size=2)
+    m = both["id"]
+    assert both["zero"]["ce_loss_score"] == pytest.approx(0.0, abs=1e-4)  # one pass serves both
     assert m["ce_loss_score"] == pytest.approx(1.0, abs=1e-4)
     assert m["kl_div_with_sae"] == pytest.approx(0.0, abs=1e-6)
     assert m["kl_div_score"] == pytest.approx(1.0, abs=1e-4)
@@ -63,14 +65,14 @@ def test_identity_sae_scores_one(model, contexts):
 
 
 def test_zero_sae_scores_zero(model, contexts, monkeypatch):
-    m = ds.spliced_ce(model, LAYER, ZeroSAE(64), contexts, batch_size=3)
+    m = ds.spliced_ce(model, LAYER, {"z": ZeroSAE(64)}, contexts, batch_size=3)["z"]
     assert m["ce_loss_score"] == pytest.approx(0.0, abs=1e-4)
     assert m["kl_div_score"] == pytest.approx(0.0, abs=1e-4)
     monkeypatch.setattr(ds, "LOGIT_BUDGET", 2 * 512)  # chunking must not change the numbers
-    m2 = ds.spliced_ce(model, LAYER, ZeroSAE(64), contexts, batch_size=5)
+    m2 = ds.spliced_ce(model, LAYER, {"z": ZeroSAE(64)}, contexts, batch_size=5)["z"]
     assert m2["ce_loss_with_sae"] == pytest.approx(m["ce_loss_with_sae"], rel=1e-6)
     # SAEBench's zero-ablation also zeroes BOS: a different (larger-damage) baseline
-    m3 = ds.spliced_ce(model, LAYER, ZeroSAE(64), contexts, batch_size=5, ablate_bos=True)
+    m3 = ds.spliced_ce(model, LAYER, {"z": ZeroSAE(64)}, contexts, batch_size=5, ablate_bos=True)["z"]
     assert m3["ce_loss_with_ablation"] != pytest.approx(m["ce_loss_with_ablation"], rel=1e-9)
 
 

@@ -18,7 +18,7 @@ import torch
 from common.config import Config, ConfigError, RunConfig, run_sections
 from common.model import pick_device
 from common.progress import console, progress
-from common.store import StoreError, StoreReader
+from common.store import StoreReader, open_store_for
 from train.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from train.export import save_sae
 from train.resample import resample_dead
@@ -47,25 +47,6 @@ class RunState:
 
 def train_groups(cfg: Config) -> list[str]:
     return [name for name, c in cfg.corpora.items() if c.split == "train"]
-
-
-def open_store_for(cfg: Config) -> StoreReader:
-    """The config's store, checked to hold what the config describes, complete."""
-    reader = StoreReader(cfg.harvest.store)
-    meta = reader.meta
-    want = {"layer": cfg.harvest.layer, "hook": cfg.harvest.hook,
-            "context_length": cfg.harvest.context_length}
-    if cfg.model.d_model is not None:
-        want["d_model"] = cfg.model.d_model
-    for key, value in want.items():
-        if meta.get(key) != value:
-            raise StoreError(f"{cfg.harvest.store}: holds {key}={meta.get(key)!r}, {cfg.path} wants "
-                             f"{value!r} ([harvest]/[model] {key}); harvest into another store")
-    if not cfg.model.id.startswith("embedded:") and meta.get("model_id") != cfg.model.id:
-        raise StoreError(f"{cfg.harvest.store}: holds activations of {meta.get('model_id')}, "
-                         f"{cfg.path} [model] id is {cfg.model.id}")
-    reader.require_complete(list(cfg.corpora))
-    return reader
 
 
 def run_fingerprint(cfg: Config, run: RunConfig, reader: StoreReader) -> str:
@@ -208,11 +189,11 @@ def train(cfg: Config, *, run_names: list[str] | None = None, force: bool = Fals
     stream = ActivationStream(reader, groups, batch_size=cfg.train.batch_size,
                               buffer_rows=cfg.train.buffer_rows, seed=cfg.train.seed,
                               mix=cfg.train.mix or None, heldout_rows=cfg.train.heldout_rows,
-                              device=device, scale=scale)
+                              device=device, scale=scale, total_batches=steps)
     stream.load_state_dict({"batches_served": start})
     t0 = time.perf_counter()
     names = ", ".join(rs.cfg.name for rs in states)
-    console.print(f"training {len(states)} run(s) [{names}] on {device}, {steps} steps of "
+    console.print(f"training {len(states)} run(s) ({names}) on {device}, {steps} steps of "
                   f"{cfg.train.batch_size} rows from {cfg.harvest.store}")
     try:
         with progress("step", disable=not show_progress, extra="{task.fields[stats]}") as bar:
@@ -281,7 +262,7 @@ def _train_step(rs: RunState, x: torch.Tensor, is_forget: torch.Tensor, step: in
                       f"{rs.ortho.cond_max:g} at step {rs.step}")
     if rs.step % train.log_every == 0 or rs.step == steps or info.get("regrouped") or rs.status != "running":
         stats = _batch_stats(x, out, rs.sae)
-        stats.update({"step": rs.step, "loss": float(out.total), "lr": lr, "l1_scale": l1_scale,
+        stats.update({"step": rs.step, "loss": float(out.total.detach()), "lr": lr, "l1_scale": l1_scale,
                       "dead": int(dead.sum()), "dead_frac": float(dead.float().mean())})
         for key in ("group_sizes", "cond", "eff_rank", "regrouped", "n_moved"):
             if key in info:

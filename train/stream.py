@@ -13,6 +13,7 @@ A background thread reads ahead while the consumer trains.
 """
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from collections.abc import Iterator
@@ -63,8 +64,10 @@ class ActivationStream:
 
     def __init__(self, reader: StoreReader, groups: list[str], *, batch_size: int, buffer_rows: int,
                  seed: int, mix: dict[str, float] | None = None, heldout_rows: int = 0,
-                 device: torch.device | str = "cpu", scale: float = 1.0, prefetch: int = 4):
+                 device: torch.device | str = "cpu", scale: float = 1.0, prefetch: int = 4,
+                 total_batches: int | None = None):
         self.reader, self.batch_size, self.seed = reader, batch_size, seed
+        self.total_batches = total_batches  # the reader never reads ahead past the last batch
         self.device, self.scale, self.prefetch = torch.device(device), scale, prefetch
         self.batches_served = 0
         info = reader.groups()
@@ -127,7 +130,7 @@ class ActivationStream:
         sources = [self._pool_rows(p, start_batch * p.rows_per_batch) for p in self.pools]
         pending = [(torch.empty(0, self.reader.d_model), torch.empty(0, dtype=torch.bool))
                    for _ in self.pools]
-        while True:
+        for _ in itertools.count(start_batch) if self.total_batches is None else range(start_batch, self.total_batches):
             xs, fs = [], []
             for i, pool in enumerate(self.pools):
                 acts, forget = pending[i]
@@ -142,6 +145,7 @@ class ActivationStream:
     # -- iteration with read-ahead -------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        done = object()
         stop = threading.Event()
         pin = self.device.type == "cuda"
 
@@ -160,12 +164,16 @@ class ActivationStream:
                         return
             except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises
                 q.put(e)
+                return
+            q.put(done)
 
         thread = threading.Thread(target=produce, daemon=True, name="activation-reader")
         thread.start()
         try:
             while True:
                 item = q.get()
+                if item is done:
+                    return
                 if isinstance(item, BaseException):
                     raise item
                 x, f = item

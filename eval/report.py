@@ -1,0 +1,231 @@
+"""report.json, report.md and plots for one evaluation across runs.
+
+Headline explained variance is the corrected definition `1 − E‖x−x̂‖² / Σ_d Var(x_d)` (SAELens
+after its fix); SAEBench's legacy per-token form and dictionary_learning's form are reported
+beside it under their own names. Runs are compared at matched L0 where possible: runs whose L0
+lies within ±25 % of each other form a band, and each band names its own winners.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on CI or batch nodes
+import matplotlib.pyplot as plt  # noqa: E402
+
+from common import __version__  # noqa: E402
+from common.config import Config  # noqa: E402
+from common.store import StoreReader  # noqa: E402
+
+HEADLINE_EV = "explained_variance"
+L0_BAND = 0.25
+# metric -> (section, higher is better)
+COMPARED = {
+    "explained_variance": ("reconstruction", True),
+    "mse": ("reconstruction", False),
+    "cossim": ("reconstruction", True),
+    "ce_loss_score": ("downstream", True),
+    "kl_div_score": ("downstream", True),
+    "unlearning_score": ("unlearning", True),
+    "loss_unlearning_score": ("unlearning", True),
+    "best_selectivity": ("unlearning", True),
+}
+
+
+def _get(result: dict, section: str, key: str) -> float:
+    value = result.get(section, {}).get(key)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
+
+
+def l0_bands(results: dict[str, dict]) -> list[list[str]]:
+    """Runs sorted by L0, split where the next run's L0 exceeds the band's first by > L0_BAND."""
+    order = sorted(results, key=lambda n: _get(results[n], "reconstruction", "l0"))
+    bands: list[list[str]] = []
+    for name in order:
+        l0 = _get(results[name], "reconstruction", "l0")
+        if bands and l0 <= _get(results[bands[-1][0]], "reconstruction", "l0") * (1 + L0_BAND):
+            bands[-1].append(name)
+        else:
+            bands.append([name])
+    return bands
+
+
+def winners(results: dict[str, dict], names: list[str]) -> dict[str, str]:
+    out = {}
+    for metric, (section, higher) in COMPARED.items():
+        scored = [(n, _get(results[n], section, metric)) for n in names]
+        scored = [(n, v) for n, v in scored if not math.isnan(v)]
+        if scored:
+            out[metric] = (max if higher else min)(scored, key=lambda nv: nv[1])[0]
+    return out
+
+
+def comparison(results: dict[str, dict]) -> dict:
+    bands = l0_bands(results)
+    return {"overall": winners(results, list(results)),
+            "matched_l0": [{"runs": band, "winners": winners(results, band)} for band in bands if len(band) > 1],
+            "l0_band": L0_BAND}
+
+
+def _alpha(result: dict) -> float:
+    hp = result.get("cfg", {}).get("orthosae", {})
+    return float(hp.get("alpha", math.nan)) if "alpha" in hp else math.nan
+
+
+def _fmt(v, digits=3) -> str:
+    if isinstance(v, float):
+        return "n/a" if math.isnan(v) else f"{v:.{digits}g}" if abs(v) >= 1e4 or abs(v) < 1e-3 and v else f"{v:.{digits}f}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _markdown(cfg: Config, reader: StoreReader, results: dict, comp: dict, timings: dict, plots: list[str]) -> str:
+    names = list(results)
+    rec = [[n, results[n]["summary"].get("type"), _fmt(_alpha(results[n]), 2),
+            *[_get(results[n], "reconstruction", k) for k in
+              ("l0", HEADLINE_EV, "explained_variance_legacy", "explained_variance_dictionary_learning",
+               "mse", "cossim", "l2_ratio", "relative_reconstruction_bias", "frac_dead", "frac_dense")]]
+           for n in names]
+    down = [[n, *[_get(results[n], "downstream", k) for k in
+                  ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation", "ce_loss_score",
+                   "kl_div_with_sae", "kl_div_score")]] for n in names]
+    unl = [[n, *[_get(results[n], "unlearning", k) for k in
+                 ("unlearning_score", "loss_unlearning_score", "best_selectivity",
+                  "forget_base_correct", "retain_base_correct")]] for n in names]
+    cond = []
+    for n in names:
+        c = results[n].get("conditioning", {})
+        pair = (c.get("pairs") or [{}])[0]
+        cond.append([n, c.get("grouping", ""), " / ".join(str(s) for s in c.get("group_sizes", [])),
+                     " / ".join(_fmt(x) for x in c.get("decoder", {}).get("cond", [])),
+                     " / ".join(_fmt(x) for x in c.get("encoder", {}).get("cond", [])),
+                     pair.get("decoder_overlap_fro_normalized", math.nan),
+                     pair.get("decoder_mean_angle_deg", math.nan)])
+    win = "\n".join(f"- **{m}**: {w}" for m, w in comp["overall"].items())
+    bands = "\n".join(f"- L0 band {', '.join(b['runs'])}: " + "; ".join(f"{m} → {w}" for m, w in b["winners"].items())
+                      for b in comp["matched_l0"]) or "- no two runs within ±25 % L0 of each other"
+    meta = reader.meta
+    return f"""# orthosae report: {cfg.eval.name}
+
+Config `{cfg.path}` · store `{reader.url}` ({meta.get('model_id')}, layer {meta.get('layer')} {meta.get('hook')},
+d_model {meta.get('d_model')}) · runs {', '.join(f'`{cfg.train.runs_dir}/{n}`' for n in names)} ·
+orthosae {__version__} · {time.strftime('%Y-%m-%d %H:%M:%S')}
+
+## Reconstruction (held-out rows; headline EV = `{HEADLINE_EV}`, the corrected SAELens definition)
+{_table(["run", "type", "α", "L0", "EV", "EV legacy (SAEBench)", "EV dictionary_learning", "MSE", "cos sim", "L2 ratio", "rel. bias", "dead", "dense"], rec)}
+
+## Downstream (SAE spliced in at layer {cfg.harvest.layer}; BOS position left clean)
+{_table(["run", "CE clean", "CE with SAE", "CE zero-abl.", "CE-loss score", "KL with SAE", "KL score"], down)}
+
+## Unlearning (SAEBench protocol; loss mode: CE on held-out forget vs retain text)
+{_table(["run", "MCQ unlearning score", "loss unlearning score", "best selectivity", "forget Qs base-correct", "retain Qs base-correct"], unl)}
+
+## Condition numbers of feature groups (σ_max/σ_min per group; overlap = ‖W_gᵀW_h‖_F normalised)
+{_table(["run", "grouping", "group sizes", "decoder cond", "encoder cond", "decoder overlap", "mean principal angle (°)"], cond)}
+
+## Who wins
+Overall:
+{win}
+
+At matched L0:
+{bands}
+
+## Plots
+{chr(10).join(f'![{p}]({p})' for p in plots)}
+
+## Eval wall time (s)
+{_table(["family", "seconds"], [[k, v] for k, v in timings.items()])}
+"""
+
+
+def _plots(out_dir: Path, results: dict) -> list[str]:
+    names = list(results)
+    made = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n in names:
+        ax.scatter(_get(results[n], "reconstruction", "l0"), _get(results[n], "reconstruction", HEADLINE_EV))
+        ax.annotate(n, (_get(results[n], "reconstruction", "l0"), _get(results[n], "reconstruction", HEADLINE_EV)),
+                    fontsize=7)
+    ax.set(xlabel="L0 (active features per token)", ylabel="explained variance", title="Reconstruction vs L0")
+    made.append(_save(fig, out_dir, "recon_vs_l0.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for metric in ("unlearning_score", "loss_unlearning_score", "best_selectivity"):
+        for kind, marker in (("adaptive", "o-"), ("fixed", "s--")):
+            pts = sorted((_alpha(results[n]), _get(results[n], "unlearning", metric)) for n in names
+                         if results[n]["summary"].get("type") == kind)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, label=f"{kind}: {metric}")
+        base = [_get(results[n], "unlearning", metric) for n in names if results[n]["summary"].get("type") == "baseline"]
+        if base and not math.isnan(base[0]):
+            ax.axhline(base[0], linestyle=":", color="grey")
+    ax.set(xlabel="α", ylabel="score", title="Unlearning vs α (dotted: baseline)")
+    ax.legend(fontsize=6)
+    made.append(_save(fig, out_dir, "unlearning_vs_alpha.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(1, max(len(results[n].get("conditioning", {}).get("decoder", {}).get("cond", [])) for n in names))
+    for i, n in enumerate(names):
+        conds = results[n].get("conditioning", {}).get("decoder", {}).get("cond", [])
+        for g, c in enumerate(conds):
+            ax.bar(i + g * width, c if c and math.isfinite(c) else 0, width, color=f"C{g}",
+                   label=f"group {g}" if i == 0 else None)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+    ax.set(ylabel="σ_max / σ_min (decoder)", title="Condition number per feature group")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    made.append(_save(fig, out_dir, "condition_numbers.png"))
+
+    keys = ["recon", "sparse", "ortho", "lambda2", "l0", "explained_variance"]
+    fig, axes = plt.subplots(2, 3, figsize=(11, 6))
+    for ax, key in zip(axes.flat, keys):
+        for n in names:
+            curves = results[n].get("curves", {})
+            if key in curves and "step" in curves:
+                pts = [(s, v) for s, v in zip(curves["step"], curves[key]) if v is not None]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=n, linewidth=1)
+        ax.set(title="λ2(t)" if key == "lambda2" else key, xlabel="step")
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    made.append(_save(fig, out_dir, "training_curves.png"))
+    return made
+
+
+def _save(fig, out_dir: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out_dir / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict, timings: dict) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    comp = comparison(results)
+    plots = _plots(out_dir, results)
+    report = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "orthosae_version": __version__,
+        "config": str(cfg.path), "store": reader.url, "store_meta": reader.meta,
+        "runs_dir": cfg.train.runs_dir, "headline_explained_variance": HEADLINE_EV,
+        "runs": results, "comparison": comp, "timings_s": timings, "plots": plots,
+    }
+    tmp = out_dir / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1, default=_json_default, allow_nan=True))
+    tmp.rename(out_dir / "report.json")
+    (out_dir / "report.md").write_text(_markdown(cfg, reader, results, comp, timings, plots))
+    return out_dir
+
+
+def _json_default(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)

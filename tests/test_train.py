@@ -1,0 +1,230 @@
+"""`pipe train` end to end on a synthetic store: one pass for a sweep, resume, NaN, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from common.config import load_config
+from common.store import GroupPlan, StoreError, StoreReader, StoreWriter, to_storage
+from train import load_sae, train
+from train.runner import lr_at
+
+ROOT = Path(__file__).resolve().parents[1]
+D, T = 16, 9
+
+
+def make_store(url, d_model=D, complete=True, n_contexts=64):
+    """Retain and forget rows drawn around different directions, like two topics would be."""
+    ident = {"model_id": "tiny", "revision": "main", "file_sha256": None, "layer": 0, "hook": "resid_post",
+             "d_model": d_model, "storage_dtype": "float32", "context_length": T, "tokenizer": "t",
+             "bos_policy": "bos-first-not-stored"}
+    w = StoreWriter(url, ident)
+    g = torch.Generator().manual_seed(0)
+    for name, role, split, offset in [("retain", "retain", "train", 0), ("forget", "forget", "train", 1),
+                                      ("retain_heldout", "retain", "heldout", 0)]:
+        p = GroupPlan(name=name, role=role, split=split, source="x", fingerprint=name, tokens_fingerprint=name,
+                      n_contexts=n_contexts, context_length=T, contexts_per_chunk=8)
+        w.ensure_group(p)
+        base = torch.zeros(d_model)
+        base[offset] = 3.0
+        for k in range(p.n_chunks if complete or name != "forget" else 1):
+            rows = 8 * (T - 1)
+            sparse = (torch.rand(rows, d_model, generator=g) < 0.2) * torch.rand(rows, d_model, generator=g)
+            acts = 10 * (base + sparse)  # raw scale far from 1: normalisation must handle it
+            w.write_chunk(p, k, to_storage(acts, "float32"), np.full((8, T), 7, dtype=np.int32))
+        w.finish_group(name)
+    w.finish()
+
+
+def write_config(tmp_path, runs='[[runs]]\nname = "baseline"\ntype = "baseline"\n', tokens=40_960,
+                 extra_train="", store="s.zarr"):
+    text = textwrap.dedent(f"""
+    [model]
+    id = "tiny"
+    device = "cpu"
+    [harvest]
+    layer = 0
+    store = "{tmp_path / store}"
+    context_length = {T}
+    [corpora.retain]
+    source = "file:x"
+    role = "retain"
+    tokens = 100
+    [corpora.forget]
+    source = "file:x"
+    role = "forget"
+    tokens = 100
+    [corpora.retain_heldout]
+    source = "file:x"
+    role = "retain"
+    split = "heldout"
+    tokens = 100
+    [train]
+    runs_dir = "{tmp_path / 'runs'}"
+    d_sae = 64
+    batch_size = 128
+    tokens = {tokens}
+    buffer_rows = 256
+    lr = 3e-3
+    lr_warmup_steps = 10
+    l1_coefficient = 0.3
+    l1_warmup_steps = 20
+    checkpoint_every = 40
+    log_every = 10
+    {extra_train}
+    [train.ortho]
+    lambda2_max = 0.5
+    t0 = 100
+    regroup_every = 50
+    """) + runs
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    return path
+
+
+SWEEP = """
+[[runs]]
+name = "baseline"
+type = "baseline"
+[[runs]]
+name = "fixed"
+type = "fixed"
+alpha = 0.1
+[[runs]]
+name = "adaptive"
+type = "adaptive"
+alpha = 0.0
+"""
+
+
+def test_sweep_trains_all_variants_in_one_pass(tmp_path, monkeypatch):
+    make_store(str(tmp_path / "s.zarr"))
+    reads = {"n": 0}
+    real = StoreReader.read_rows
+
+    def counting(self, name, start, stop):
+        reads["n"] += 1
+        return real(self, name, start, stop)
+    monkeypatch.setattr(StoreReader, "read_rows", counting)
+    one = load_config(write_config(tmp_path / "one" if (tmp_path / "one").mkdir() is None else None))
+    make_store(str(tmp_path / "one" / "s.zarr"))
+    reads["n"] = 0
+    train(one, show_progress=False)
+    reads_one = reads["n"]
+    cfg = load_config(write_config(tmp_path, runs=SWEEP))
+    reads["n"] = 0
+    summaries = train(cfg, show_progress=False)
+    assert reads["n"] == reads_one  # three runs read the data exactly as often as one
+    assert [s["status"] for s in summaries] == ["complete"] * 3
+    for s in summaries:
+        run_dir = tmp_path / "runs" / s["run"]
+        for f in ("sae_weights.safetensors", "cfg.json", "log.jsonl", "summary.json"):
+            assert (run_dir / f).exists()
+        log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+        assert log[-1]["step"] == 320 and 0 < log[-1]["l0"] < 0.5 * 64  # sparse
+        assert log[-1]["explained_variance"] > 0.5
+        assert {"recon", "sparse", "ortho", "lambda2", "l0", "dead", "lr"} <= log[-1].keys()
+    adaptive = [json.loads(line) for line in (tmp_path / "runs/adaptive/log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in adaptive if r.get("regrouped")] == [50, 100, 150, 200, 250, 300]
+    assert adaptive[-1]["lambda2"] == pytest.approx(0.5) and adaptive[0]["lambda2"] < 0.1
+    sae, sae_cfg = load_sae(tmp_path / "runs/adaptive")
+    assert sae_cfg["architecture"] == "orthosae_grouped" and sae.group_bias.shape == (2, D)
+    assert sae_cfg["activation_scale"] == pytest.approx(summaries[0]["activation_scale"])
+
+
+def test_run_selection_and_complete_runs_left_alone(tmp_path):
+    make_store(str(tmp_path / "s.zarr"))
+    cfg = load_config(write_config(tmp_path, runs=SWEEP, tokens=5120))
+    assert [s["run"] for s in train(cfg, run_names=["fixed"], show_progress=False)] == ["fixed"]
+    assert not (tmp_path / "runs/baseline").exists()
+    before = (tmp_path / "runs/fixed/sae_weights.safetensors").stat().st_mtime_ns
+    train(cfg, run_names=["fixed"], show_progress=False)
+    assert (tmp_path / "runs/fixed/sae_weights.safetensors").stat().st_mtime_ns == before
+
+
+KILLER = """
+import os, signal, sys
+import train.runner as r
+from common.config import load_config
+real = r._checkpoint
+count = {"n": 0}
+def dying(rs, stream_state, scale):
+    real(rs, stream_state, scale)
+    count["n"] += 1
+    if count["n"] == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+r._checkpoint = dying
+r.train(load_config(sys.argv[1]), show_progress=False)
+"""
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    make_store(str(tmp_path / "s.zarr"))
+    ref_cfg = load_config(write_config(tmp_path, runs=SWEEP))
+    train(ref_cfg, show_progress=False)
+    reference = {n: load_file(str(tmp_path / "runs" / n / "sae_weights.safetensors")) for n in ("baseline", "fixed", "adaptive")}
+    killed_dir = tmp_path / "k"
+    killed_dir.mkdir()
+    path = write_config(killed_dir, runs=SWEEP, store="../s.zarr")
+    script = tmp_path / "kill.py"
+    script.write_text(KILLER)
+    # 3 runs checkpoint together: dying after the 5th checkpoint leaves runs at different steps.
+    out = subprocess.run([sys.executable, str(script), str(path), "5"], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+    steps = {n: json.loads((killed_dir / "runs" / n / "checkpoint/state.json").read_text())["step"]
+             for n in ("baseline", "fixed")}
+    assert steps == {"baseline": 80, "fixed": 80}
+    train(load_config(path), show_progress=False)
+    for name, ref in reference.items():
+        got = load_file(str(killed_dir / "runs" / name / "sae_weights.safetensors"))
+        assert ref.keys() == got.keys()
+        for key in ref:
+            assert torch.equal(ref[key], got[key]), (name, key)
+
+
+def test_nan_stops_run_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    make_store(str(tmp_path / "s.zarr"))
+    cfg = load_config(write_config(tmp_path, runs=SWEEP))
+    from train.sae.fixed_ortho import FixedOrthoSAE
+    real = FixedOrthoSAE.training_loss
+
+    def poisoned(self, x, is_forget=None, step=0, **kw):
+        out = real(self, x, is_forget, step, **kw)
+        if type(self) is FixedOrthoSAE and step >= 100:
+            out.total = out.total * float("nan")
+        return out
+    monkeypatch.setattr(FixedOrthoSAE, "training_loss", poisoned)
+    summaries = {s["run"]: s for s in train(cfg, show_progress=False)}
+    assert summaries["fixed"]["status"] == "failed" and "nan at step 100" in summaries["fixed"]["message"]
+    assert not (tmp_path / "runs/fixed/sae_weights.safetensors").exists()
+    ckpt = json.loads((tmp_path / "runs/fixed/checkpoint/state.json").read_text())
+    assert ckpt["step"] == 80  # the last good checkpoint
+    assert summaries["baseline"]["status"] == summaries["adaptive"]["status"] == "complete"
+
+
+def test_bad_store_refused_before_training(tmp_path):
+    make_store(str(tmp_path / "s.zarr"), d_model=8)
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace('id = "tiny"', 'id = "tiny"\nd_model = 16'))
+    with pytest.raises(StoreError, match=r"s.zarr: holds d_model=8, .* wants 16"):
+        train(load_config(path), show_progress=False)
+    make_store(str(tmp_path / "inc.zarr"), complete=False)
+    with pytest.raises(StoreError, match=r"inc.zarr/forget: incomplete \(1/8 chunks\)"):
+        train(load_config(write_config(tmp_path, store="inc.zarr")), show_progress=False)
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_lr_schedule():
+    from common.config import TrainConfig
+    t = TrainConfig(lr=1.0, lr_warmup_steps=10, lr_decay_frac=0.2)
+    assert lr_at(0, 100, t) == pytest.approx(0.1) and lr_at(9, 100, t) == 1.0
+    assert lr_at(50, 100, t) == 1.0 and lr_at(90, 100, t) == pytest.approx(0.5)
