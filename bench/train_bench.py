@@ -1,0 +1,266 @@
+"""Training throughput, measured side by side in one process (the machine is noisy: compare ratios).
+
+    python -m bench.train_bench [--quick]
+
+1. Our loop fed by `ActivationStream` from a zarr store (bf16 rows, zstd, as the harvest writes) vs
+   the same loop fed by an in-memory tensor of the same rows: same SAE, same `train.runner._train_step`.
+2. L_ortho overhead: adaptive-orthogonal vs baseline step time at two sizes (λ2 > 0, so the ortho term
+   has a graph); at the first size one regroup (svdvals, every `regroup_every` steps) is timed, amortised.
+3. Our baseline step vs dictionary_learning's `StandardTrainer.update` and sae-lens'
+   `SAETrainer._train_step` (StandardTrainingSAE) on the same in-memory batches and SAE size.
+
+Every comparison alternates its contenders in short rounds (order rotated each round); tokens/s are
+medians over rounds, ratios the median of the per-round ratios (min-max in brackets). Torch threads are
+left at the default. `--quick` shrinks everything to a smoke check of under a minute.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.config import OrthoConfig, RunConfig, TrainConfig
+from common.store import GroupPlan, StoreReader, StoreWriter, to_storage
+from train.runner import RunState, _train_step
+from train.sae import make_sae
+from train.stream import ActivationStream
+
+# (steps per round, rounds) per comparison: short rounds keep each pair adjacent in time (bursty noise);
+# the stream's round is one shuffle window (buffer_rows / batch steps) so its reads are amortised fairly.
+FULL = dict(rows=200_000, d=640, d_sae=4096, batch=4096, stream=(16, 3), ortho=(2, 4),
+            big=(2304, 16384, 1024), big_rounds=(1, 3), lib=(2, 4))
+QUICK = dict(rows=24_000, d=640, d_sae=1024, batch=1024, stream=(8, 3), ortho=(1, 3),
+             big=(1152, 2048, 256), big_rounds=(1, 3), lib=(1, 3))
+TOTAL_STEPS = 10**6  # schedules' horizon: warm-ups pass, no decay inside the benchmark
+CONTEXT = 128  # rows per context = CONTEXT - 1 (BOS not stored), as the harvest lays them out
+ORTHO = dict(lambda2_max=0.1, t0=1, alpha=0.0, groups=2, weights="decoder", regroup_every=100,
+             stats_decay=0.99)
+
+
+def synthetic_rows(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    """Gaussian rows with uneven per-dimension scale and an offset, rounded to bf16 like the store."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.rand(d, generator=g) * 2 + 0.2
+    x = torch.randn(n, d, generator=g).mul_(scale).add_(torch.randn(d, generator=g))
+    return x.to(torch.bfloat16).float()
+
+
+def write_store(url: str, rows: torch.Tensor) -> StoreReader:
+    """One retain corpus written chunk by chunk with the harvest's layout (bf16 bits, zstd level 3)."""
+    T, d = CONTEXT, rows.shape[1]
+    ident = {"model_id": "bench", "revision": None, "file_sha256": None, "layer": 0, "hook": "resid_post",
+             "d_model": d, "storage_dtype": "bfloat16", "context_length": T, "tokenizer": "t", "bos_policy": "x"}
+    w = StoreWriter(url, ident, codec="zstd", level=3)
+    plan = GroupPlan(name="retain", role="retain", split="train", source="synthetic", fingerprint="f",
+                     tokens_fingerprint="t", n_contexts=len(rows) // (T - 1), context_length=T,
+                     contexts_per_chunk=8192 // (T - 1))
+    w.ensure_group(plan)
+    for k in range(plan.n_chunks):
+        c0, c1 = k * plan.contexts_per_chunk, min((k + 1) * plan.contexts_per_chunk, plan.n_contexts)
+        acts = rows[c0 * (T - 1):c1 * (T - 1)]
+        w.write_chunk(plan, k, to_storage(acts, "bfloat16"), np.ones((c1 - c0, T), dtype=np.int32))
+    w.finish_group("retain")
+    w.finish()
+    return StoreReader(url)
+
+
+def our_run(kind: str, d: int, d_sae: int, batch: int, log_dir: Path) -> RunState:
+    """A run as `train.runner` builds it (default [train] settings, one JSONL log per run)."""
+    train = TrainConfig(d_sae=d_sae, batch_size=batch)
+    ortho = OrthoConfig(**ORTHO)
+    extra = {} if kind == "baseline" else dict(
+        lambda2_max=ortho.lambda2_max, t0=ortho.t0, alpha=ortho.alpha, n_groups=ortho.groups,
+        ortho_weights=ortho.weights, regroup_every=ortho.regroup_every, stats_decay=ortho.stats_decay)
+    sae = make_sae(kind, d, d_sae, l1_coefficient=train.l1_coefficient, seed=train.seed, **extra)
+    opt = torch.optim.Adam(sae.parameters(), lr=train.lr, betas=tuple(train.adam_betas))
+    name = f"{kind}-{d}x{d_sae}"
+    return RunState(cfg=RunConfig(name=name, type=kind, overrides={}), dir=log_dir, sae=sae, opt=opt,
+                    train=train, ortho=ortho, steps_since_fired=torch.zeros(d_sae, dtype=torch.long),
+                    log=open(log_dir / f"{name}.jsonl", "w"))
+
+
+def our_steps(rs: RunState, batches):
+    """n steps of `_train_step` on `batches(i) -> (x, is_forget)`; returns seconds."""
+    def run(n: int) -> float:
+        t = time.perf_counter()
+        for _ in range(n):
+            x, fm = batches(rs.step)
+            _train_step(rs, x, fm, rs.step + 1, TOTAL_STEPS)  # steps from 1: λ2(t) = λ2_max with t0 = 1
+        assert rs.status == "running", rs.message
+        return time.perf_counter() - t
+    return run
+
+
+def memory_batches(rows: torch.Tensor, batch: int, forget_frac: float = 0.0):
+    fm = torch.rand(batch, generator=torch.Generator().manual_seed(1)) < forget_frac
+    n = len(rows) // batch
+    return lambda i: (rows[(i % n) * batch:(i % n + 1) * batch], fm)
+
+
+def interleave(contenders: dict, steps_rounds: tuple[int, int]) -> dict[str, list[float]]:
+    """Seconds per step of each contender per round; order rotated every round (1 warm-up step each)."""
+    steps, repeats = steps_rounds
+    for run in contenders.values():
+        run(1)
+    names, out = list(contenders), {k: [] for k in contenders}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            out[name].append(contenders[name](steps) / steps)
+    return out
+
+
+def pair(sec: dict, a: str, b: str, batch: int) -> dict:
+    """Throughput of a and b and the ratio tok/s(a) / tok/s(b) per round (paired: adjacent in time)."""
+    ratios = [tb / ta for ta, tb in zip(sec[a], sec[b])]
+    return {"a": batch / statistics.median(sec[a]), "b": batch / statistics.median(sec[b]),
+            "ratio": statistics.median(ratios), "lo": min(ratios), "hi": max(ratios)}
+
+
+def bench_stream(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
+    reader = write_store(str(tmp / "bench.zarr"), rows)
+    buffer_rows = TrainConfig().buffer_rows
+    stream = ActivationStream(reader, ["retain"], batch_size=c["batch"], buffer_rows=buffer_rows, seed=0)
+    rs_store, rs_mem = (our_run("baseline", c["d"], c["d_sae"], c["batch"], tmp) for _ in range(2))
+
+    def from_store(n: int) -> float:
+        it = iter(stream)  # continues where the last round stopped (stream.batches_served)
+        x, fm = next(it)  # the first window's read happens once per training run: not timed
+        t = time.perf_counter()
+        for i in range(n):
+            _train_step(rs_store, x, fm, rs_store.step + 1, TOTAL_STEPS)
+            if i + 1 < n:
+                x, fm = next(it)
+        elapsed = time.perf_counter() - t
+        it.close()  # stops and joins the reader thread before the next contender runs
+        return elapsed
+
+    sec = interleave({"store": from_store, "memory": our_steps(rs_mem, memory_batches(rows, c["batch"]))},
+                     c["stream"])
+    p = pair(sec, "store", "memory", c["batch"])
+    mb = reader.size_on_disk() / 2**20
+    return [("1. zarr store → train vs in-memory → train", f"{c['d']}×{c['d_sae']}, batch {c['batch']}",
+             p["a"], p["b"], f"ratio {p['ratio']:.3f} ({p['lo']:.3f}–{p['hi']:.3f})", "≥ 0.90",
+             p["ratio"] >= 0.9, f"{len(rows):,} rows, {mb:.0f} MiB on disk, buffer {buffer_rows} rows")]
+
+
+def bench_ortho(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
+    out = []
+    big_rows = synthetic_rows(4 * c["big"][2], c["big"][0], seed=2)
+    for (d, d_sae, batch), data, rounds in [((c["d"], c["d_sae"], c["batch"]), rows, c["ortho"]),
+                                            (c["big"], big_rows, c["big_rounds"])]:
+        runs = {k: our_run(k, d, d_sae, batch, tmp) for k in ("baseline", "adaptive")}
+        batches = memory_batches(data, batch, forget_frac=0.5)
+        sec = interleave({k: our_steps(rs, batches) for k, rs in runs.items()}, rounds)
+        p = pair(sec, "baseline", "adaptive", batch)
+        over = p["ratio"] - 1  # baseline speed / adaptive speed - 1 = extra time per step
+        note = "regroup not timed here: its float64 SVDs of [d_sae/G, d] matrices take minutes"
+        if not out:  # first size only: one regroup (stats, re-binning, 2×G svdvals), amortised
+            sae, (x, fm) = runs["adaptive"].sae, batches(0)
+            with torch.no_grad():
+                f = sae.encode(x)
+            t = time.perf_counter()
+            assert sae.on_step_end(sae.regroup_every, f, fm)["regrouped"]
+            regroup = (time.perf_counter() - t) / sae.regroup_every
+            over_rg = (statistics.median(sec["adaptive"]) + regroup) / statistics.median(sec["baseline"]) - 1
+            note = f"{over_rg:+.1%} with regroup every {sae.regroup_every} steps ({regroup * 1e3:.0f} ms/step)"
+        out.append(("2. L_ortho: adaptive vs baseline step", f"{d}×{d_sae}, batch {batch}", p["b"], p["a"],
+                    f"overhead {over:+.1%} ({p['lo'] - 1:+.1%}…{p['hi'] - 1:+.1%})", "≤ 10 %",
+                    over <= 0.10, note))
+        for rs in runs.values():
+            rs.log.close()
+        del runs
+    return out
+
+
+def dictionary_learning_trainer(d: int, d_sae: int, lr: float, l1: float):
+    try:
+        from dictionary_learning.trainers.standard import StandardTrainer
+    except ModuleNotFoundError as e:  # its package __init__ imports nnsight (only for ActivationBuffer)
+        if e.name != "nnsight":
+            raise
+        sys.modules["nnsight"] = types.SimpleNamespace(LanguageModel=object)
+        from dictionary_learning.trainers.standard import StandardTrainer
+    return StandardTrainer(steps=TOTAL_STEPS, activation_dim=d, dict_size=d_sae, layer=0, lm_name="bench",
+                           lr=lr, l1_penalty=l1, warmup_steps=100, sparsity_warmup_steps=100, seed=0,
+                           device="cpu", wandb_name=None)
+
+
+def sae_lens_trainer(d: int, d_sae: int, batch: int, lr: float, l1: float):
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=d_sae, l1_coefficient=l1,
+                                                        l1_warm_up_steps=100))
+    cfg = SAETrainerConfig(total_training_samples=TOTAL_STEPS * batch, train_batch_size_samples=batch, lr=lr,
+                           lr_end=lr, lr_warm_up_steps=100, device="cpu")  # lr_end: set by the runner config
+    return SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+
+
+def bench_libraries(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
+    d, d_sae, batch = c["d"], c["d_sae"], c["batch"]
+    train = TrainConfig()
+    batches = memory_batches(rows, batch)
+    ours = our_run("baseline", d, d_sae, batch, tmp)
+    dl = dictionary_learning_trainer(d, d_sae, train.lr, train.l1_coefficient)
+    sl = sae_lens_trainer(d, d_sae, batch, train.lr, train.l1_coefficient)
+    count = {"dl": 0, "sl": 0}
+
+    def dl_run(n: int) -> float:
+        t = time.perf_counter()
+        for _ in range(n):
+            dl.update(count["dl"], batches(count["dl"])[0])
+            count["dl"] += 1
+        return time.perf_counter() - t
+
+    def sl_run(n: int) -> float:  # SAETrainer.fit's per-batch work minus logging/eval/checkpoints
+        t = time.perf_counter()
+        for _ in range(n):
+            sl._train_step(sl.sae, batches(count["sl"])[0])
+            sl.n_training_steps += 1
+            sl.n_training_samples += batch
+            count["sl"] += 1
+        return time.perf_counter() - t
+
+    sec = interleave({"ours": our_steps(ours, batches), "dictionary_learning": dl_run, "sae_lens": sl_run},
+                     c["lib"])
+    ours.log.close()
+    out = []
+    for ref, note in [("dictionary_learning", "StandardTrainer.update (ConstrainedAdam, no clipping)"),
+                      ("sae_lens", "SAETrainer._train_step (StandardTrainingSAE, clip 1.0)")]:
+        p = pair(sec, "ours", ref, batch)
+        out.append((f"3. ours vs {ref}", f"{d}×{d_sae}, batch {batch}", p["a"], p["b"],
+                    f"speed ×{p['ratio']:.3f} ({p['lo']:.3f}–{p['hi']:.3f})", "≥ 1.00", p["ratio"] >= 1.0, note))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes and few steps (smoke check, < 1 min)")
+    c = QUICK if ap.parse_args().quick else FULL
+    start = time.perf_counter()
+    print(f"command: python -m bench.train_bench {shlex.join(sys.argv[1:])}".rstrip())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (default), CPU, "
+          "contenders alternate in rounds, order rotated\n")
+    rows = synthetic_rows(c["rows"], c["d"])
+    table = []
+    with tempfile.TemporaryDirectory(prefix="train_bench-") as tmp:
+        for bench in (bench_stream, bench_ortho, bench_libraries):
+            table += bench(c, Path(tmp), rows)
+    print("| measurement | size | ours / A tok/s | reference / B tok/s | result | goal | met | notes |")
+    print("|---|---|---:|---:|---|---|---|---|")
+    for name, size, a, b, result, goal, met, note in table:
+        print(f"| {name} | {size} | {a:,.0f} | {b:,.0f} | {result} | {goal} | {'yes' if met else 'NO'} | {note} |")
+    print(f"\ntokens/s are medians over rounds; ratios are medians of per-round ratios (min–max). "
+          f"Row 2: A = adaptive, B = baseline. Total {time.perf_counter() - start:.0f} s.")
+
+
+if __name__ == "__main__":
+    main()

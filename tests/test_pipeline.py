@@ -1,0 +1,134 @@
+"""`pipe run` on the tiny model: harvest -> train -> eval writes the report; a rerun skips all three."""
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from common.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "tests/fixtures/docs.jsonl"
+MCQ = ROOT / "tests/fixtures/mcq.jsonl"
+
+
+def write_config(tmp_path: Path, model_dir: Path) -> Path:
+    text = f"""
+    [model]
+    id = "{model_dir}"
+    device = "cpu"
+    [harvest]
+    layer = 0
+    store = "{tmp_path / 's.zarr'}"
+    context_length = 16
+    chunk_tokens = 60
+    heldout_fraction = 0.3
+    [corpora.retain]
+    source = "file:{DOCS}"
+    role = "retain"
+    tokens = 640
+    [corpora.forget]
+    source = "file:{DOCS}"
+    role = "forget"
+    tokens = 320
+    [corpora.retain_heldout]
+    source = "file:{DOCS}"
+    role = "retain"
+    split = "heldout"
+    tokens = 160
+    [corpora.forget_heldout]
+    source = "file:{DOCS}"
+    role = "forget"
+    split = "heldout"
+    tokens = 160
+    [train]
+    runs_dir = "{tmp_path / 'runs'}"
+    d_sae = 128
+    batch_size = 64
+    tokens = 6400
+    buffer_rows = 256
+    lr = 3e-3
+    l1_coefficient = 0.1
+    lr_warmup_steps = 5
+    l1_warmup_steps = 10
+    checkpoint_every = 50
+    [train.ortho]
+    t0 = 50
+    regroup_every = 20
+    [[runs]]
+    name = "baseline"
+    type = "baseline"
+    [[runs]]
+    name = "fixed"
+    type = "fixed"
+    alpha = 0.1
+    [[runs]]
+    name = "adaptive-a0.0"
+    type = "adaptive"
+    [[runs]]
+    name = "adaptive-a0.2"
+    type = "adaptive"
+    alpha = 0.2
+    [eval]
+    reports_dir = "{tmp_path / 'reports'}"
+    name = "tiny"
+    rows = 500
+    ce_contexts = 4
+    batch_size = 4
+    [eval.unlearning]
+    forget_questions = "file:{MCQ}"
+    forget_subjects = ["anatomy", "virology"]
+    retain_questions = "file:{MCQ}"
+    retain_subjects = ["high_school_geography"]
+    all_permutations = false
+    retain_thresholds = [0.5]
+    n_features_list = [2, 4]
+    multipliers = [5.0]
+    loss_contexts = 4
+    """
+    path = tmp_path / "p.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_pipe_run_end_to_end_then_skips(tmp_path, tiny_model_dir):
+    path = write_config(tmp_path, tiny_model_dir)
+    runner = CliRunner()
+    res = runner.invoke(main, ["--config", str(path), "run"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    out = tmp_path / "reports/tiny"
+    for f in ("report.json", "report.md", "recon_vs_l0.png", "unlearning_vs_alpha.png",
+              "condition_numbers.png", "training_curves.png"):
+        assert (out / f).stat().st_size > 0, f
+    report = json.loads((out / "report.json").read_text())
+    assert report["store"] == str(tmp_path / "s.zarr") and report["config"] == str(path)
+    assert set(report["runs"]) == {"baseline", "fixed", "adaptive-a0.0", "adaptive-a0.2"}
+    for name, r in report["runs"].items():
+        rec = r["reconstruction"]
+        assert {"explained_variance", "explained_variance_legacy", "explained_variance_dictionary_learning",
+                "mse", "cossim", "l0", "l1", "l2_ratio", "relative_reconstruction_bias", "frac_dead",
+                "frac_dense"} <= rec.keys()
+        assert {"ce_loss_score", "kl_div_score", "ce_loss_with_sae", "ce_loss_without_sae"} <= r["downstream"].keys()
+        u = r["unlearning"]
+        assert len(u["rows"]) == 2 and "loss_unlearning_score" in u and "unlearning_score" in u
+        assert len(r["conditioning"]["decoder"]["cond"]) == 2
+    assert report["runs"]["adaptive-a0.0"]["conditioning"]["grouping"] == "learned"
+    assert report["runs"]["baseline"]["conditioning"]["grouping"].startswith("post hoc")
+    md = (out / "report.md").read_text()
+    assert str(tmp_path / "s.zarr") in md and "Who wins" in md and "explained_variance" in md
+    assert set(report["timings_s"]) >= {"reconstruction", "downstream", "unlearning", "conditioning"}
+
+    before = (out / "report.json").stat().st_mtime_ns
+    res = runner.invoke(main, ["--config", str(path), "run"])
+    assert res.exit_code == 0
+    assert "complete, left alone" in res.output and "report is current" in res.output
+    assert (out / "report.json").stat().st_mtime_ns == before
+
+
+def test_eval_before_train_is_one_line_error(tmp_path, tiny_model_dir):
+    path = write_config(tmp_path, tiny_model_dir)
+    runner = CliRunner()
+    assert runner.invoke(main, ["--config", str(path), "harvest"]).exit_code == 0
+    res = runner.invoke(main, ["--config", str(path), "eval"])
+    assert res.exit_code == 2 and "is not trained yet (run `pipe train`)" in res.output
