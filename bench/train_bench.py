@@ -16,6 +16,7 @@ left at the default. `--quick` shrinks everything to a smoke check of under a mi
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import statistics
 import sys
@@ -72,7 +73,7 @@ def write_store(url: str, rows: torch.Tensor) -> StoreReader:
     return StoreReader(url)
 
 
-def our_run(kind: str, d: int, d_sae: int, batch: int, log_dir: Path) -> RunState:
+def our_run(kind: str, d: int, d_sae: int, batch: int, log_dir: Path, tag: str = "") -> RunState:
     """A run as `train.runner` builds it (default [train] settings, one JSONL log per run)."""
     train = TrainConfig(d_sae=d_sae, batch_size=batch)
     ortho = OrthoConfig(**ORTHO)
@@ -81,22 +82,31 @@ def our_run(kind: str, d: int, d_sae: int, batch: int, log_dir: Path) -> RunStat
         ortho_weights=ortho.weights, regroup_every=ortho.regroup_every, stats_decay=ortho.stats_decay)
     sae = make_sae(kind, d, d_sae, l1_coefficient=train.l1_coefficient, seed=train.seed, **extra)
     opt = torch.optim.Adam(sae.parameters(), lr=train.lr, betas=tuple(train.adam_betas))
-    name = f"{kind}-{d}x{d_sae}"
+    name = f"{kind}-{d}x{d_sae}{tag}"
     return RunState(cfg=RunConfig(name=name, type=kind, overrides={}), dir=log_dir, sae=sae, opt=opt,
                     train=train, ortho=ortho, steps_since_fired=torch.zeros(d_sae, dtype=torch.long),
                     log=open(log_dir / f"{name}.jsonl", "w"))
 
 
-def our_steps(rs: RunState, batches):
-    """n steps of `_train_step` on `batches(i) -> (x, is_forget)`; returns seconds."""
+def timed(step):
+    """run(n): n calls of `step(i)` with a running step counter i; returns the seconds they took."""
+    count = [0]
+
     def run(n: int) -> float:
         t = time.perf_counter()
         for _ in range(n):
-            x, fm = batches(rs.step)
-            _train_step(rs, x, fm, rs.step + 1, TOTAL_STEPS)  # steps from 1: λ2(t) = λ2_max with t0 = 1
-        assert rs.status == "running", rs.message
+            step(count[0])
+            count[0] += 1
         return time.perf_counter() - t
     return run
+
+
+def our_step(rs: RunState, batches):
+    """One `_train_step` on `batches(i) -> (x, is_forget)`; steps count from 1 (λ2 = λ2_max with t0 = 1)."""
+    def step(i: int) -> None:
+        _train_step(rs, *batches(i), rs.step + 1, TOTAL_STEPS)
+        assert rs.status == "running", rs.message
+    return step
 
 
 def memory_batches(rows: torch.Tensor, batch: int, forget_frac: float = 0.0):
@@ -128,7 +138,7 @@ def bench_stream(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
     reader = write_store(str(tmp / "bench.zarr"), rows)
     buffer_rows = TrainConfig().buffer_rows
     stream = ActivationStream(reader, ["retain"], batch_size=c["batch"], buffer_rows=buffer_rows, seed=0)
-    rs_store, rs_mem = (our_run("baseline", c["d"], c["d_sae"], c["batch"], tmp) for _ in range(2))
+    rs_store, rs_mem = (our_run("baseline", c["d"], c["d_sae"], c["batch"], tmp, tag) for tag in ("-s", "-m"))
 
     def from_store(n: int) -> float:
         it = iter(stream)  # continues where the last round stopped (stream.batches_served)
@@ -142,7 +152,7 @@ def bench_stream(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
         it.close()  # stops and joins the reader thread before the next contender runs
         return elapsed
 
-    sec = interleave({"store": from_store, "memory": our_steps(rs_mem, memory_batches(rows, c["batch"]))},
+    sec = interleave({"store": from_store, "memory": timed(our_step(rs_mem, memory_batches(rows, c["batch"])))},
                      c["stream"])
     p = pair(sec, "store", "memory", c["batch"])
     mb = reader.size_on_disk() / 2**20
@@ -158,7 +168,7 @@ def bench_ortho(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
                                             (c["big"], big_rows, c["big_rounds"])]:
         runs = {k: our_run(k, d, d_sae, batch, tmp) for k in ("baseline", "adaptive")}
         batches = memory_batches(data, batch, forget_frac=0.5)
-        sec = interleave({k: our_steps(rs, batches) for k, rs in runs.items()}, rounds)
+        sec = interleave({k: timed(our_step(rs, batches)) for k, rs in runs.items()}, rounds)
         p = pair(sec, "baseline", "adaptive", batch)
         over = p["ratio"] - 1  # baseline speed / adaptive speed - 1 = extra time per step
         note = "regroup not timed here: its float64 SVDs of [d_sae/G, d] matrices take minutes"
@@ -208,29 +218,17 @@ def bench_libraries(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
     d, d_sae, batch = c["d"], c["d_sae"], c["batch"]
     train = TrainConfig()
     batches = memory_batches(rows, batch)
-    ours = our_run("baseline", d, d_sae, batch, tmp)
+    ours = our_run("baseline", d, d_sae, batch, tmp, "-lib")
     dl = dictionary_learning_trainer(d, d_sae, train.lr, train.l1_coefficient)
     sl = sae_lens_trainer(d, d_sae, batch, train.lr, train.l1_coefficient)
-    count = {"dl": 0, "sl": 0}
 
-    def dl_run(n: int) -> float:
-        t = time.perf_counter()
-        for _ in range(n):
-            dl.update(count["dl"], batches(count["dl"])[0])
-            count["dl"] += 1
-        return time.perf_counter() - t
+    def sl_step(i: int) -> None:  # SAETrainer.fit's per-batch work, less logging, evals and checkpoints
+        sl._train_step(sl.sae, batches(i)[0])
+        sl.n_training_steps += 1
+        sl.n_training_samples += batch
 
-    def sl_run(n: int) -> float:  # SAETrainer.fit's per-batch work minus logging/eval/checkpoints
-        t = time.perf_counter()
-        for _ in range(n):
-            sl._train_step(sl.sae, batches(count["sl"])[0])
-            sl.n_training_steps += 1
-            sl.n_training_samples += batch
-            count["sl"] += 1
-        return time.perf_counter() - t
-
-    sec = interleave({"ours": our_steps(ours, batches), "dictionary_learning": dl_run, "sae_lens": sl_run},
-                     c["lib"])
+    sec = interleave({"ours": timed(our_step(ours, batches)), "sae_lens": timed(sl_step),
+                      "dictionary_learning": timed(lambda i: dl.update(i, batches(i)[0]))}, c["lib"])
     ours.log.close()
     out = []
     for ref, note in [("dictionary_learning", "StandardTrainer.update (ConstrainedAdam, no clipping)"),
@@ -245,7 +243,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes and few steps (smoke check, < 1 min)")
     c = QUICK if ap.parse_args().quick else FULL
-    start = time.perf_counter()
+    start, load = time.perf_counter(), os.getloadavg()[0]
     print(f"command: python -m bench.train_bench {shlex.join(sys.argv[1:])}".rstrip())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (default), CPU, "
           "contenders alternate in rounds, order rotated\n")
@@ -259,7 +257,8 @@ def main() -> None:
     for name, size, a, b, result, goal, met, note in table:
         print(f"| {name} | {size} | {a:,.0f} | {b:,.0f} | {result} | {goal} | {'yes' if met else 'NO'} | {note} |")
     print(f"\ntokens/s are medians over rounds; ratios are medians of per-round ratios (min–max). "
-          f"Row 2: A = adaptive, B = baseline. Total {time.perf_counter() - start:.0f} s.")
+          f"Row 2: A = adaptive, B = baseline. Total {time.perf_counter() - start:.0f} s; load average "
+          f"{load:.2f} at start, {os.getloadavg()[0]:.2f} at end ({os.cpu_count()} CPUs).")
 
 
 if __name__ == "__main__":
