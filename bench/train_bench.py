@@ -2,16 +2,18 @@
 
     python -m bench.train_bench [--quick]
 
-1. Our loop fed by `ActivationStream` from a zarr store (bf16 rows, zstd, as the harvest writes) vs
-   the same loop fed by an in-memory tensor of the same rows: same SAE, same `train.runner._train_step`.
-2. L_ortho overhead: adaptive-orthogonal vs baseline step time at two sizes (λ2 > 0, so the ortho term
-   has a graph); at the first size one regroup (svdvals, every `regroup_every` steps) is timed, amortised.
+1. Our loop fed by `ActivationStream` from a zarr store (bf16 rows, zstd, as the harvest writes) vs the
+   same loop fed by an in-memory tensor of the same rows: same SAE, same `train.runner._train_step`.
+2. L_ortho overhead: adaptive-orthogonal vs baseline step at two sizes (λ2 > 0, so the ortho term has a
+   graph); at the first size one regroup (svdvals, every `regroup_every` steps) is timed, amortised.
 3. Our baseline step vs dictionary_learning's `StandardTrainer.update` and sae-lens'
    `SAETrainer._train_step` (StandardTrainingSAE) on the same in-memory batches and SAE size.
 
-Every comparison alternates its contenders in short rounds (order rotated each round); tokens/s are
-medians over rounds, ratios the median of the per-round ratios (min-max in brackets). Torch threads are
-left at the default. `--quick` shrinks everything to a smoke check of under a minute.
+Contenders alternate in short rounds (order rotated each round); tokens/s are medians over rounds,
+ratios the median of per-round ratios (min-max in brackets). Torch threads stay at the default.
+Under outside CPU load, libgomp's active spin-waiting (OMP_WAIT_POLICY unset) wastes the contended
+cores except while the stream's reader thread runs torch ops (more OpenMP threads than CPUs throttle
+the spinning), which favours the store in row 1: on a shared machine use OMP_WAIT_POLICY=PASSIVE.
 """
 from __future__ import annotations
 
@@ -179,14 +181,13 @@ def bench_ortho(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
             t = time.perf_counter()
             assert sae.on_step_end(sae.regroup_every, f, fm)["regrouped"]
             regroup = (time.perf_counter() - t) / sae.regroup_every
-            over_rg = (statistics.median(sec["adaptive"]) + regroup) / statistics.median(sec["baseline"]) - 1
+            over_rg = statistics.median((a + regroup) / b for a, b in zip(sec["adaptive"], sec["baseline"])) - 1
             note = f"{over_rg:+.1%} with regroup every {sae.regroup_every} steps ({regroup * 1e3:.0f} ms/step)"
         out.append(("2. L_ortho: adaptive vs baseline step", f"{d}×{d_sae}, batch {batch}", p["b"], p["a"],
                     f"overhead {over:+.1%} ({p['lo'] - 1:+.1%}…{p['hi'] - 1:+.1%})", "≤ 10 %",
                     over <= 0.10, note))
         for rs in runs.values():
             rs.log.close()
-        del runs
     return out
 
 
@@ -244,9 +245,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes and few steps (smoke check, < 1 min)")
     c = QUICK if ap.parse_args().quick else FULL
     start, load = time.perf_counter(), os.getloadavg()[0]
-    print(f"command: python -m bench.train_bench {shlex.join(sys.argv[1:])}".rstrip())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (default), CPU, "
-          "contenders alternate in rounds, order rotated\n")
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    env = f"OMP_WAIT_POLICY={policy} " if policy else ""
+    print(f"command: {env}python -m bench.train_bench {shlex.join(sys.argv[1:])}".rstrip())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (default), CPU, OMP_WAIT_POLICY "
+          f"{policy or 'unset'}; contenders alternate in rounds, order rotated\n")
     rows = synthetic_rows(c["rows"], c["d"])
     table = []
     with tempfile.TemporaryDirectory(prefix="train_bench-") as tmp:
