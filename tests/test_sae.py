@@ -359,3 +359,18 @@ def test_group_shares_ignore_negative_clamped_activations():
     f = torch.tensor([[2.0, -25.0, 1.0, 0.0], [0.0, -25.0, 0.0, 0.0]])
     pi = group_shares(f, groups, 2)
     assert torch.allclose(pi, torch.tensor([[2 / 3, 1 / 3], [0.0, 0.0]]))
+
+
+def test_group_spectra_match_svd_for_wide_and_tall_groups():
+    """The Gram/eigvalsh shortcut gives the SVD's condition numbers and effective ranks."""
+    from train.sae.grouping import group_condition_numbers, group_effective_ranks
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(40, 16, generator=g, dtype=torch.float64)
+    groups = torch.tensor([0] * 30 + [1] * 10)  # 30 > d_model rows, 10 < d_model rows
+    conds = group_condition_numbers(W, groups, 2)
+    ranks = group_effective_ranks(W, groups, 2)
+    for k, idx in enumerate((slice(0, 30), slice(30, 40))):
+        s = torch.linalg.svdvals(W[idx])
+        assert conds[k].item() == pytest.approx((s[0] / s[-1]).item(), rel=1e-8)
+        p = s / s.sum()
+        assert ranks[k].item() == pytest.approx(torch.exp(-(p * p.log()).sum()).item(), rel=1e-8)

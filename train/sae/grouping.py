@@ -88,8 +88,13 @@ def _svdvals_per_group(W: Tensor, groups: Tensor, n_groups: int) -> list[Tensor 
     for idx in group_indices(groups, n_groups):
         if len(idx) == 0:
             out.append(None)
-        else:  # rows W[idx] are the columns of the d_model × n_g matrix: same singular values
-            out.append(torch.linalg.svdvals(W[idx].detach().to(torch.float64)))
+        else:
+            # Singular values of the n_g × d_model rows via the smaller float64 Gram matrix: an SVD
+            # of an 8192×2304 group took 52 s on CPU, eigvalsh of its 2304² Gram a few seconds.
+            # Squaring the spectrum costs accuracy only beyond cond ~1e6 in float64.
+            A = W[idx].detach().to(torch.float64)
+            gram = A @ A.T if A.shape[0] <= A.shape[1] else A.T @ A
+            out.append(torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(0))
     return out
 
 
