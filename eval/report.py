@@ -59,8 +59,17 @@ def winners(results: dict[str, dict], names: list[str]) -> dict[str, str]:
     for metric, (section, higher) in COMPARED.items():
         scored = [(n, _get(results[n], section, metric)) for n in names]
         scored = [(n, v) for n, v in scored if not math.isnan(v)]
-        if scored:
-            out[metric] = (max if higher else min)(scored, key=lambda nv: nv[1])[0]
+        if not scored:
+            continue
+        best = (max if higher else min)(v for _, v in scored)
+        # A tie must not read as a win for whichever run happens to be listed first.
+        tied = [n for n, v in scored if math.isclose(v, best, rel_tol=1e-9, abs_tol=1e-12)]
+        if len(tied) == 1:
+            out[metric] = tied[0]
+        elif len(tied) == len(scored):
+            out[metric] = f"tie (all {len(tied)} runs at {_fmt(best)})"
+        else:
+            out[metric] = "tie: " + ", ".join(tied)
     return out
 
 
@@ -77,6 +86,8 @@ def _alpha(result: dict) -> float:
 
 
 def _fmt(v, digits=3) -> str:
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e6 and not math.isnan(v):
+        return str(int(v))  # counts (questions, group sizes) read as counts
     if isinstance(v, float):
         return "n/a" if math.isnan(v) else f"{v:.{digits}g}" if abs(v) >= 1e4 or abs(v) < 1e-3 and v else f"{v:.{digits}f}"
     return str(v)
@@ -113,6 +124,11 @@ def _markdown(cfg: Config, reader: StoreReader, results: dict, comp: dict, timin
     win = "\n".join(f"- **{m}**: {w}" for m, w in comp["overall"].items())
     bands = "\n".join(f"- L0 band {', '.join(b['runs'])}: " + "; ".join(f"{m} → {w}" for m, w in b["winners"].items())
                       for b in comp["matched_l0"]) or "- no two runs within ±25 % L0 of each other"
+    d_model = int(reader.meta.get("d_model") or 0)
+    wide = any(min(results[n].get("conditioning", {}).get("group_sizes") or [0]) >= d_model > 0 for n in names)
+    angle_note = ("\nGroups with at least d_model features each span the whole residual space, so their "
+                  "principal angles are 0 by dimension count alone; read the overlap column for them.\n"
+                  if wide else "")
     meta = reader.meta
     return f"""# orthosae report: {cfg.eval.name}
 
@@ -131,7 +147,7 @@ orthosae {__version__} · {time.strftime('%Y-%m-%d %H:%M:%S')}
 
 ## Condition numbers of feature groups (σ_max/σ_min per group; overlap = ‖W_gᵀW_h‖_F normalised)
 {_table(["run", "grouping", "group sizes", "decoder cond", "encoder cond", "decoder overlap", "mean principal angle (°)"], cond)}
-
+{angle_note}
 ## Who wins
 Overall:
 {win}

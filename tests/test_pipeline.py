@@ -117,7 +117,8 @@ def test_pipe_run_end_to_end_then_skips(tmp_path, tiny_model_dir):
     assert report["runs"]["baseline"]["conditioning"]["grouping"].startswith("post hoc")
     md = (out / "report.md").read_text()
     assert str(tmp_path / "s.zarr") in md and "Who wins" in md and "explained_variance" in md
-    assert set(report["timings_s"]) >= {"reconstruction", "downstream", "unlearning", "conditioning"}
+    assert set(report["timings_s"]) >= {"reconstruction", "downstream", "unlearning_baseline",
+                                              "unlearning_interventions", "conditioning"}
 
     before = (out / "report.json").stat().st_mtime_ns
     res = runner.invoke(main, ["--config", str(path), "run"])
@@ -132,3 +133,23 @@ def test_eval_before_train_is_one_line_error(tmp_path, tiny_model_dir):
     assert runner.invoke(main, ["--config", str(path), "harvest"]).exit_code == 0
     res = runner.invoke(main, ["--config", str(path), "eval"])
     assert res.exit_code == 2 and "is not trained yet (run `pipe train`)" in res.output
+
+
+def test_winners_name_ties_instead_of_the_first_run():
+    from eval.report import comparison, winners
+
+    def res(l0, ev, score):
+        return {"reconstruction": {"l0": l0, "explained_variance": ev},
+                "unlearning": {"unlearning_score": score}}
+
+    results = {"a": res(50.0, 0.6, 0.0), "b": res(55.0, 0.7, 0.0), "c": res(200.0, 0.9, 0.0)}
+    w = winners(results, list(results))
+    assert w["explained_variance"] == "c"
+    assert w["unlearning_score"] == "tie (all 3 runs at 0)"
+    results["c"]["unlearning"]["unlearning_score"] = 0.4
+    results["b"]["unlearning"]["unlearning_score"] = 0.4
+    assert winners(results, list(results))["unlearning_score"] == "tie: b, c"
+    comp = comparison(results)
+    # a and b are within ±25 % L0 of each other, c is not
+    assert [band["runs"] for band in comp["matched_l0"]] == [["a", "b"]]
+    assert comp["matched_l0"][0]["winners"]["explained_variance"] == "b"
