@@ -127,6 +127,8 @@ class OrthoConfig:
     weights: str = _key("decoder", _choice("decoder", "encoder"), "which weights L_ortho constrains")
     groups: int = _key(2, _positive, "number of feature groups G")
     regroup_every: int = _key(100, _positive, "n: steps between group re-assignments")
+    every: int = _key(1, _positive, "apply L_ortho every k steps with weight k·λ2(t) (lazy "
+                      "regularisation: cost ÷ k; 1 = every step, the exact loss)")
     stats_decay: float = _key(0.99, _fraction, "EMA decay of per-feature forget/retain activation mass")
     cond_max: float = _key(1e4, _positive, "stop early when a group's condition number exceeds this")
 
@@ -364,3 +366,14 @@ def documented_keys() -> dict[str, list[tuple[str, str, Any]]]:
             rows.append((f.name, f.metadata.get("doc", ""), default))
         out[section] = rows
     return out
+
+
+def config_reference() -> str:
+    """The README's config reference tables (a test keeps the README equal to this)."""
+    blocks = []
+    for section, rows in documented_keys().items():
+        lines = [f"**[{section}]**", "", "| key | default | meaning |", "|---|---|---|"]
+        lines += [f"| `{key}` | {'required' if default == 'required' else f'`{default!r}`'} | {doc} |"
+                  for key, doc, default in rows]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"

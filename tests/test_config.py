@@ -59,6 +59,7 @@ def test_minimal_defaults(tmp_path):
     (('store = "s.zarr"', ""), "[harvest] store: required key is missing"),
     (("[harvest]", "[harvst]"), "[harvst]: unknown section"),
     (('id = "tiny"', 'id = "tiny"\ndtype = "int8"'), "[model] dtype: must be one of"),
+    (("tokens = 1000", "tokens = 1000\n[train.ortho]\nevery = 0"), "[train.ortho] every: must be > 0"),
 ])
 def test_bad_keys_are_named(tmp_path, edit, needle):
     assert needle in error_of(tmp_path, MINIMAL.replace(*edit))
@@ -95,3 +96,10 @@ def test_layer_beyond_model_and_d_model_mismatch(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL.replace('id = "tiny"', 'id = "tiny"\nd_model = 32')))
     with pytest.raises(ConfigError, match=r"\[model\] d_model: config says 32, model tiny has 64"):
         check_model_fits(cfg, n_layers=2, d_model=64)
+
+
+def test_readme_config_reference_is_current():
+    """Every documented key, default and meaning appears in the README exactly as the code has it."""
+    from common.config import config_reference
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert config_reference() in readme, "README config reference is stale: paste common.config.config_reference()"

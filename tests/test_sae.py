@@ -192,6 +192,36 @@ def test_lambda2_schedule():
     assert b.training_loss(x, fg, 5).terms["lambda2"].item() == 0.0
 
 
+def test_lazy_ortho_every_k_steps():
+    """every = k: k·λ2·L_ortho on steps ≡ 0 (mod k), nothing on the others; the log keeps the value."""
+    x, fg = torch.randn(8, D), torch.zeros(8, dtype=torch.bool)
+    lazy = make_sae("fixed", D, S, lambda2=0.3, ortho_every=3, **COMMON)
+    plain = make_sae("baseline", D, S, **COMMON)
+    plain.load_state_dict(lazy.state_dict())
+    applied = lazy.training_loss(x, fg, 0)
+    assert applied.terms["ortho"].item() > 0
+    torch.testing.assert_close(applied.total, applied.terms["recon"] + 0.01 * applied.terms["sparse"]
+                               + 0.9 * applied.terms["ortho"])
+    for step in (1, 2):
+        skipped = lazy.training_loss(x, fg, step)
+        assert skipped.terms["lambda2"].item() == pytest.approx(0.3)  # nominal λ2(t) is logged
+        torch.testing.assert_close(skipped.terms["ortho"], applied.terms["ortho"])
+        ref = plain.training_loss(x, fg, step)
+        torch.testing.assert_close(skipped.total, ref.total)
+        lazy.zero_grad(), plain.zero_grad()
+        skipped.total.backward(), ref.total.backward()
+        torch.testing.assert_close(lazy.W_dec.grad, plain.W_dec.grad)  # no L_ortho gradient
+    again = lazy.training_loss(x, fg, 3)
+    torch.testing.assert_close(again.total - again.terms["recon"] - 0.01 * again.terms["sparse"],
+                               0.9 * again.terms["ortho"])
+    a = adaptive(ortho_every=2, t0=0)
+    assert a.hyperparams()["ortho_every"] == 2
+    assert make_sae(**{"d_model" if k == "d_model" else k: v for k, v in a.hyperparams().items()
+                       if k != "run_type"}, run_type="adaptive").ortho_every == 2
+    with pytest.raises(ValueError, match="ortho_every must be >= 1"):
+        make_sae("fixed", D, S, lambda2=0.3, ortho_every=0, **COMMON)
+
+
 def test_fixed_groups_are_contiguous_and_not_persistent():
     f = make_sae("fixed", D, S, lambda2=0.3, n_groups=3, **COMMON)
     assert f.penalty_groups().tolist() == [0] * 8 + [1] * 8 + [2] * 8
@@ -350,6 +380,20 @@ def test_condition_numbers_and_effective_ranks():
     assert not should_stop(torch.tensor([1.0, 3.0]), 3.5)
     assert not should_stop([math.nan, 1.0], 2.0) and should_stop([math.inf], 1e9)
     assert not should_stop([], 2.0)
+
+
+def test_training_decode_skips_clamp_only_for_encoder_output():
+    a = adaptive()
+    x = torch.randn(16, D)
+    with torch.no_grad():
+        a.group_bias.copy_(torch.randn(2, D))
+    f = a.encode(x)
+    assert (f >= 0).all()
+    torch.testing.assert_close(a.decode(f, nonneg=True), a.decode(f))
+    torch.testing.assert_close(group_shares(f, a.groups, 2, nonneg=True), group_shares(f, a.groups, 2))
+    out = a.training_loss(x, torch.zeros(16, dtype=torch.bool), 0)
+    assert torch.equal(out.fired, (out.f > 0).any(0))
+    assert out.terms["l0"].item() == pytest.approx((out.f > 0).sum(-1).float().mean().item())
 
 
 def test_group_shares_ignore_negative_clamped_activations():

@@ -102,6 +102,7 @@ alpha = 0.1
 name = "adaptive"
 type = "adaptive"
 alpha = 0.0
+every = 3
 """
 
 

@@ -80,10 +80,10 @@ def _sae_for(run: RunConfig, d_model: int, train, ortho, device) -> torch.nn.Mod
     common = dict(l1_coefficient=train.l1_coefficient, seed=train.seed, device=device)
     if run.type == "fixed":
         common.update(lambda2=ortho.lambda2_max, alpha=ortho.alpha, n_groups=ortho.groups,
-                      ortho_weights=ortho.weights)
+                      ortho_weights=ortho.weights, ortho_every=ortho.every)
     elif run.type == "adaptive":
         common.update(lambda2_max=ortho.lambda2_max, t0=ortho.t0, alpha=ortho.alpha,
-                      n_groups=ortho.groups, ortho_weights=ortho.weights,
+                      n_groups=ortho.groups, ortho_weights=ortho.weights, ortho_every=ortho.every,
                       regroup_every=ortho.regroup_every, stats_decay=ortho.stats_decay)
     return make_sae(run.type, d_model, train.d_sae, **common)
 
@@ -249,7 +249,7 @@ def _train_step(rs: RunState, x: torch.Tensor, is_forget: torch.Tensor, step: in
         torch.nn.utils.clip_grad_norm_(rs.sae.parameters(), train.grad_clip)
     rs.opt.step()
     info = rs.sae.on_step_end(step + 1, out.f, is_forget) or {}
-    fired = (out.f > 0).any(0)
+    fired = out.fired if out.fired is not None else (out.f > 0).any(0)
     rs.steps_since_fired = torch.where(fired, 0, rs.steps_since_fired + 1)
     dead = rs.steps_since_fired > train.dead_window
     if train.resample_dead and (step + 1) % train.dead_window == 0 and dead.any():

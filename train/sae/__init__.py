@@ -25,8 +25,8 @@ SAE_CLASSES: dict[str, type[SAE]] = {
 def make_sae(run_type: str, d_model: int, d_sae: int, **kwargs) -> SAE:
     """Build an SAE variant: run_type in {"baseline", "fixed", "adaptive"}.
 
-    kwargs: all: l1_coefficient, seed, dtype, device; fixed: lambda2, alpha, n_groups, ortho_weights;
-    adaptive: lambda2_max, t0, alpha, n_groups, ortho_weights, regroup_every, stats_decay.
+    kwargs: all: l1_coefficient, seed, dtype, device; fixed: lambda2, alpha, n_groups, ortho_weights, ortho_every;
+    adaptive: lambda2_max, t0, alpha, n_groups, ortho_weights, ortho_every, regroup_every, stats_decay.
     """
     try:
         cls = SAE_CLASSES[run_type]

@@ -20,13 +20,17 @@ from .fixed_ortho import FixedOrthoSAE
 from .grouping import GroupStats, assign_groups, group_condition_numbers, group_effective_ranks
 
 
-def group_shares(f: Tensor, groups: Tensor, n_groups: int) -> Tensor:
+def group_shares(f: Tensor, groups: Tensor, n_groups: int, *, nonneg: bool = False) -> Tensor:
     """π ``[..., G]``: share of each token's activation mass per group (0 where no feature fires).
 
     Mass counts only positive activations: an intervention that clamps features to −m (SAEBench's
-    unlearning) must not turn π into huge or negative weights of the group biases.
+    unlearning) must not turn π into huge or negative weights of the group biases. ``nonneg=True``
+    says f came straight from the ReLU encoder, which skips that clamp (a full [batch, d_sae] pass
+    forward and backward). The mass is a matmul with the one-hot group matrix: on CPU it is about
+    twice as fast as ``index_add`` over the feature axis, forward plus backward.
     """
-    mass = f.new_zeros(*f.shape[:-1], n_groups).index_add(-1, groups, f.clamp_min(0))
+    onehot = torch.nn.functional.one_hot(groups, n_groups).to(f.dtype)  # [d_sae, G]
+    mass = (f if nonneg else f.clamp_min(0)) @ onehot
     tot = mass.sum(dim=-1, keepdim=True)
     return mass / torch.where(tot > 0, tot, torch.ones_like(tot))
 
@@ -53,8 +57,8 @@ class AdaptiveOrthoSAE(FixedOrthoSAE):
             return self.lambda2
         return self.lambda2 * min(1.0, max(step, 0) / self.t0)
 
-    def decode(self, f: Tensor) -> Tensor:
-        pi = group_shares(f, self.groups, self.n_groups)
+    def decode(self, f: Tensor, *, nonneg: bool = False) -> Tensor:
+        pi = group_shares(f, self.groups, self.n_groups, nonneg=nonneg)
         return super().decode(f) + pi @ self.group_bias
 
     @torch.no_grad()

@@ -27,6 +27,7 @@ class LossOutput:
     total: Tensor  # scalar, for backward
     terms: dict[str, Tensor] = field(default_factory=dict)  # detached scalars
     f: Tensor | None = None  # feature activations [batch, d_sae], detached
+    fired: Tensor | None = None  # [d_sae] bool: fired on any row of the batch (dead-feature tracking)
 
 
 def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -89,37 +90,44 @@ class SAE(nn.Module):
         self.b_dec.copy_(mean.to(self.b_dec))
 
     def encode(self, x: Tensor) -> Tensor:
-        return torch.relu((x.to(self.dtype) - self.b_dec) @ self.W_enc + self.b_enc)
+        # addmm fuses the bias add; relu_ reuses addmm's output (its backward does not need it)
+        x = x.to(self.dtype) - self.b_dec
+        f = torch.addmm(self.b_enc, x.reshape(-1, self.d_model), self.W_enc).relu_()
+        return f.reshape(*x.shape[:-1], self.d_sae)
 
-    def decode(self, f: Tensor) -> Tensor:
-        return f @ self.W_dec + self.b_dec
+    def decode(self, f: Tensor, *, nonneg: bool = False) -> Tensor:
+        """``nonneg``: f is the encoder's own ReLU output (variants may skip work on that promise)."""
+        return torch.addmm(self.b_dec, f.reshape(-1, self.d_sae), self.W_dec).reshape(*f.shape[:-1], self.d_model)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
 
-    def ortho_penalty(self, step: int) -> tuple[Tensor, float]:
-        """(L_ortho, λ2(step)); the baseline has none."""
-        return self.W_dec.new_zeros(()), 0.0
+    def ortho_penalty(self, step: int) -> tuple[Tensor, float, float]:
+        """(L_ortho, nominal λ2(step), weight applied this step); the baseline has none."""
+        return self.W_dec.new_zeros(()), 0.0, 0.0
 
     def training_loss(self, x: Tensor, is_forget: Tensor | None = None, step: int = 0, *, l1_scale: float = 1.0) -> LossOutput:
         x = x.to(self.dtype)
         f = self.encode(x)
-        x_hat = self.decode(f)
+        x_hat = self.decode(f, nonneg=True)
         recon = (x_hat - x).pow(2).sum(dim=-1).mean()
-        sparse = (f * self.W_dec.norm(dim=1)).sum(dim=-1).mean()
-        ortho, lam2 = self.ortho_penalty(step)
+        # Σ_t Σ_i f_ti·||W_dec[i]|| / T, summed over tokens first: no [batch, d_sae] product tensor
+        sparse = f.sum(dim=0) @ self.W_dec.norm(dim=1) / f.shape[0]
+        ortho, lam2, weight = self.ortho_penalty(step)
         l1 = self.l1_coefficient * float(l1_scale)
-        total = recon + l1 * sparse + (lam2 * ortho if lam2 != 0.0 else 0.0)
+        total = recon + l1 * sparse + (weight * ortho if weight != 0.0 else 0.0)
+        active = f.detach() > 0  # one pass serves L0 and the dead-feature mask
         terms = {
             "recon": recon,
             "sparse": sparse,
             "ortho": ortho,
             "lambda2": torch.tensor(float(lam2)),
             "lambda1": torch.tensor(l1),
-            "l0": (f > 0).to(torch.float32).sum(dim=-1).mean(),
+            "l0": active.sum(dim=-1, dtype=torch.float32).mean(),
             "total": total,
         }
-        return LossOutput(total=total, terms={k: v.detach() for k, v in terms.items()}, f=f.detach())
+        return LossOutput(total=total, terms={k: v.detach() for k, v in terms.items()}, f=f.detach(),
+                          fired=active.any(dim=0))
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

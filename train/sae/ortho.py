@@ -16,7 +16,10 @@ Gram rewrite (never forms ``n_g × n_h`` or ``d_sae × d_sae``), with A = W_g, B
 (eps = 1e-12): finite gradient at s = 0, an orthogonal pair costs exactly 0, and any other pair is
 off by at most sqrt(eps) = 1e-6. The naive path uses the same eps, so both agree to rounding in
 value and gradient. Pairs where either group is empty contribute exactly 0 (both paths).
-Cost: O(d_sae·d_model²) for the Grams plus O(G²·d_model²), memory O(G·d_model²).
+Cost: O(d_sae·d_model²) for the Grams plus O(G²·d_model²), memory O(G·d_model²). The Gram's
+backward is one matmul (``_Gram``) instead of autograd's two for ``AᵀA``: a third off L_ortho.
+Lazy application (``every`` > 1, StyleGAN2's lazy regularisation) is the caller's: see
+``FixedOrthoSAE.ortho_penalty``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,25 @@ import torch
 from torch import Tensor
 
 EPS = 1e-12
+
+
+class _Gram(torch.autograd.Function):
+    """G = AᵀA with the backward dA = A(dG + dGᵀ): one matmul where autograd would run two."""
+
+    @staticmethod
+    def forward(ctx, A: Tensor) -> Tensor:
+        ctx.save_for_backward(A)
+        return A.T @ A
+
+    @staticmethod
+    def backward(ctx, dG: Tensor) -> Tensor:
+        (A,) = ctx.saved_tensors
+        return A @ (dG + dG.T)
+
+
+def gram(A: Tensor) -> Tensor:
+    """``AᵀA`` (``[d_model, d_model]`` for rows ``A [n, d_model]``), differentiable."""
+    return _Gram.apply(A)
 
 
 def group_indices(groups: Tensor, n_groups: int) -> list[Tensor]:
@@ -59,7 +81,7 @@ def ortho_loss(
                 total = total + (torch.sqrt(M.pow(2).sum().clamp_min(0) + eps) - eps**0.5)
         return total
 
-    grams = [W[i].T @ W[i] if len(i) else None for i in idx]  # each [d_model, d_model]
+    grams = [gram(W[i]) if len(i) else None for i in idx]  # each [d_model, d_model]
     for g in range(n_groups):
         for h in range(g + 1, n_groups):
             if grams[g] is None or grams[h] is None:
