@@ -1,6 +1,5 @@
 """Harvest on a tiny random-weight Gemma2: equals a direct forward, resumes after kill -9, scales out."""
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,8 @@ from common.cli import main
 from common.config import ConfigError, load_config
 from common.store import StoreError, StoreLock, StoreReader
 from harvest import harvest
+
+from tests._subprocess import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "tests/fixtures/docs.jsonl"
@@ -119,11 +120,8 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_model_dir):
     ref = load_config(write_config(tmp_path, tiny_model_dir, store="ref.zarr", name="ref.toml"))
     harvest(ref, show_progress=False)
     path = write_config(tmp_path, tiny_model_dir, store="killed.zarr", name="killed.toml")
-    script = tmp_path / "die.py"
-    script.write_text(KILL_AFTER)
     for kill_at in (3, 7):  # killed twice, at different chunks
-        out = subprocess.run([sys.executable, str(script), str(path), str(kill_at)], cwd=ROOT,
-                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        out = run_script(tmp_path, KILL_AFTER, path, kill_at)
         assert out.returncode == -9, out.stderr
     reader = StoreReader(str(tmp_path / "killed.zarr"))
     assert not reader.complete
@@ -147,12 +145,9 @@ def test_two_processes_equal_one(tmp_path, tiny_model_dir):
     one = load_config(write_config(tmp_path, tiny_model_dir, store="one.zarr", name="one.toml"))
     harvest(one, show_progress=False)
     two = write_config(tmp_path, tiny_model_dir, store="two.zarr", name="two.toml")
-    script = tmp_path / "h.py"
-    script.write_text(TWO_RANKS)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", str(script), str(two)],
-                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    out = run_script(tmp_path, TWO_RANKS, two, launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29517"],
+                     env={"OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert StoreReader(str(tmp_path / "two.zarr")).complete
     assert_same_store(str(tmp_path / "one.zarr"), str(tmp_path / "two.zarr"))

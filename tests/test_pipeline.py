@@ -3,7 +3,6 @@ import json
 import textwrap
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from common.cli import main

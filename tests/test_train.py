@@ -1,9 +1,6 @@
 """`pipe train` end to end on a synthetic store: one pass for a sweep, resume, NaN, bad input."""
 import json
-import os
 import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,6 +13,8 @@ from common.config import load_config
 from common.store import GroupPlan, StoreError, StoreReader, StoreWriter, to_storage
 from train import load_sae, train
 from train.runner import lr_at
+
+from tests._subprocess import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 D, T = 16, 9
@@ -175,11 +174,8 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     killed_dir = tmp_path / "k"
     killed_dir.mkdir()
     path = write_config(killed_dir, runs=SWEEP, store="../s.zarr")
-    script = tmp_path / "kill.py"
-    script.write_text(KILLER)
     # 3 runs checkpoint together: dying after the 5th checkpoint leaves runs at different steps.
-    out = subprocess.run([sys.executable, str(script), str(path), "5"], cwd=ROOT, capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = run_script(tmp_path, KILLER, path, 5)
     assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
     steps = {n: json.loads((killed_dir / "runs" / n / "checkpoint/state.json").read_text())["step"]
              for n in ("baseline", "fixed")}
