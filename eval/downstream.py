@@ -77,13 +77,17 @@ def final_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | N
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
-def head_logits(model: nn.Module, hidden: Tensor) -> Tensor:
-    """The model's LM head (with Gemma's final logit soft-capping when configured), in float32."""
-    # contiguous: on CPU a strided bf16 slice (hidden[:, s:e]) hits a ~150x slower matmul path
-    logits = model.get_output_embeddings()(hidden.contiguous()).float()
+def softcap(model: nn.Module, logits: Tensor) -> Tensor:
+    """Gemma's final logit soft-capping ``cap·tanh(z/cap)`` when the model configures it."""
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     cap = getattr(cfg, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def head_logits(model: nn.Module, hidden: Tensor) -> Tensor:
+    """The model's LM head (with Gemma's final logit soft-capping when configured), in float32."""
+    # contiguous: on CPU a strided bf16 slice (hidden[:, s:e]) hits a ~150x slower matmul path
+    return softcap(model, model.get_output_embeddings()(hidden.contiguous()).float())
 
 
 def _chunk_len(model: nn.Module, batch: int) -> int:

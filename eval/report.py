@@ -124,12 +124,12 @@ def _markdown(cfg: Config, reader: StoreReader, results: dict, comp: dict, timin
     win = "\n".join(f"- **{m}**: {w}" for m, w in comp["overall"].items())
     bands = "\n".join(f"- L0 band {', '.join(b['runs'])}: " + "; ".join(f"{m} → {w}" for m, w in b["winners"].items())
                       for b in comp["matched_l0"]) or "- no two runs within ±25 % L0 of each other"
-    d_model = int(reader.meta.get("d_model") or 0)
+    meta = reader.meta
+    d_model = int(meta.get("d_model") or 0)
     wide = any(min(results[n].get("conditioning", {}).get("group_sizes") or [0]) >= d_model > 0 for n in names)
     angle_note = ("\nGroups with at least d_model features each span the whole residual space, so their "
                   "principal angles are 0 by dimension count alone; read the overlap column for them.\n"
                   if wide else "")
-    meta = reader.meta
     return f"""# orthosae report: {cfg.eval.name}
 
 Config `{cfg.path}` · store `{reader.url}` ({meta.get('model_id')}, layer {meta.get('layer')} {meta.get('hook')},
@@ -212,7 +212,6 @@ def _plots(out_dir: Path, results: dict) -> list[str]:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], label=n, linewidth=1)
         ax.set(title="λ2(t)" if key == "lambda2" else key, xlabel="step")
     axes.flat[0].legend(fontsize=6)
-    fig.tight_layout()
     made.append(_save(fig, out_dir, "training_curves.png"))
     return made
 

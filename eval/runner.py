@@ -24,7 +24,7 @@ from eval.downstream import spliced_ce
 from eval.report import write_report
 from eval.unlearning import run_unlearning, unlearning_baseline
 from train.export import load_sae
-from train.sae.grouping import assign_groups
+from train.sae.grouping import assign_groups, forget_share
 
 ROW_BATCH = 4096
 
@@ -73,10 +73,9 @@ def _feature_groups(sae, forget_freq: torch.Tensor, retain_freq: torch.Tensor, n
     condition numbers compare like with like across baseline, fixed and adaptive runs."""
     if hasattr(sae, "groups"):
         return sae.groups, "learned"
-    total = forget_freq + retain_freq
-    ratio = torch.where(total > 0, forget_freq / total.clamp_min(1e-12), torch.full_like(total, float("nan")))
-    current = torch.zeros(len(ratio), dtype=torch.long)
-    return assign_groups(torch.nan_to_num(ratio, nan=0.0).float(), current, n_groups), "post hoc (eval frequencies)"
+    # features silent on both corpora (nan share) keep group 0
+    current = torch.zeros(len(forget_freq), dtype=torch.long)
+    return assign_groups(forget_share(forget_freq, retain_freq), current, n_groups), "post hoc (eval frequencies)"
 
 
 def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: bool = True) -> Path:

@@ -45,7 +45,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from eval.downstream import ResidFn, final_hidden, splice, token_ce
+from eval.downstream import ResidFn, final_hidden, softcap, splice, token_ce
+from train.sae.adaptive_ortho import require_uniform_norms
 
 LETTERS = "ABCDEFGHIJ"
 MIN_RETAIN_ACCURACY = 0.99  # SAEBench get_unlearning_scores
@@ -70,8 +71,8 @@ def fold_decoder_norms(sae: nn.Module) -> nn.Module:
     out = copy.deepcopy(sae)
     n = out.W_dec.norm(dim=1)
     n = torch.where(n > 0, n, torch.ones_like(n))
-    if hasattr(out, "group_bias") and not torch.allclose(n, n.mean().expand_as(n), rtol=1e-3):
-        raise ValueError("fold_decoder_norms: non-uniform decoder norms would change the group shares π")
+    if hasattr(out, "group_bias"):
+        require_uniform_norms(n)
     out.W_enc.mul_(n.to(out.W_enc.dtype))
     out.b_enc.mul_(n.to(out.b_enc.dtype))
     out.W_dec.div_(n[:, None].to(out.W_dec.dtype))
@@ -173,8 +174,6 @@ def letter_logits(model: nn.Module, prompts: list[list[int]], letters: list[list
     flat = torch.tensor([t for ids in letters for t in ids], device=device)
     W = head.weight[flat]
     bias = head.bias[flat] if getattr(head, "bias", None) is not None else None
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    cap = getattr(cfg, "final_logit_softcapping", None)
     owner = torch.tensor([i for i, ids in enumerate(letters) for _ in ids], device=device)
     out = torch.empty(len(prompts), len(letters), dtype=torch.float32)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -191,8 +190,7 @@ def letter_logits(model: nn.Module, prompts: list[list[int]], letters: list[list
         z = (last @ W.T.to(last.dtype)).float()
         if bias is not None:
             z = z + bias.float()
-        if cap:
-            z = torch.tanh(z / cap) * cap
+        z = softcap(model, z)
         per_letter = torch.full((len(rows), len(letters)), -math.inf, device=device)
         per_letter = per_letter.scatter_reduce(1, owner.expand(len(rows), -1), z, reduce="amax")
         out[rows] = per_letter.cpu()

@@ -16,8 +16,7 @@ from train.sae import (
     GroupStats,
     assign_groups,
     contiguous_groups,
-    group_condition_numbers,
-    group_effective_ranks,
+    group_health,
     group_shares,
     make_sae,
     ortho_loss,
@@ -365,17 +364,17 @@ def test_condition_numbers_and_effective_ranks():
     diag = torch.tensor([[3.0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0]], dtype=torch.float64)
     W = torch.cat([ortho, diag])
     groups = torch.tensor([0, 0, 0, 1, 1])
-    torch.testing.assert_close(group_condition_numbers(W, groups, 2), torch.tensor([1.0, 3.0], dtype=torch.float64))
-    er = group_effective_ranks(W, groups, 2)
+    torch.testing.assert_close(group_health(W, groups, 2)[0], torch.tensor([1.0, 3.0], dtype=torch.float64))
+    er = group_health(W, groups, 2)[1]
     assert er[0].item() == pytest.approx(3.0)
     p = torch.tensor([0.75, 0.25])
     assert er[1].item() == pytest.approx(math.exp(-(p * p.log()).sum().item()))
     # empty group → nan, one feature → 1, rank-deficient → inf; more features than d_model is fine
-    c = group_condition_numbers(W, torch.tensor([0, 0, 0, 0, 2]), 3)
+    c = group_health(W, torch.tensor([0, 0, 0, 0, 2]), 3)[0]
     assert math.isnan(c[1].item()) and c[2].item() == 1.0
-    assert group_condition_numbers(torch.tensor([[1.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 0]), 1)[0] == math.inf
+    assert group_health(torch.tensor([[1.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 0]), 1)[0][0] == math.inf
     wide = torch.randn(40, 4)
-    assert torch.isfinite(group_condition_numbers(wide, contiguous_groups(40, 2), 2)).all()
+    assert torch.isfinite(group_health(wide, contiguous_groups(40, 2), 2)[0]).all()
     assert should_stop(torch.tensor([1.0, 3.0]), 2.5)
     assert not should_stop(torch.tensor([1.0, 3.0]), 3.5)
     assert not should_stop([math.nan, 1.0], 2.0) and should_stop([math.inf], 1e9)
@@ -407,12 +406,10 @@ def test_group_shares_ignore_negative_clamped_activations():
 
 def test_group_spectra_match_svd_for_wide_and_tall_groups():
     """The Gram/eigvalsh shortcut gives the SVD's condition numbers and effective ranks."""
-    from train.sae.grouping import group_condition_numbers, group_effective_ranks
     g = torch.Generator().manual_seed(0)
     W = torch.randn(40, 16, generator=g, dtype=torch.float64)
     groups = torch.tensor([0] * 30 + [1] * 10)  # 30 > d_model rows, 10 < d_model rows
-    conds = group_condition_numbers(W, groups, 2)
-    ranks = group_effective_ranks(W, groups, 2)
+    conds, ranks = group_health(W, groups, 2)
     for k, idx in enumerate((slice(0, 30), slice(30, 40))):
         s = torch.linalg.svdvals(W[idx])
         assert conds[k].item() == pytest.approx((s[0] / s[-1]).item(), rel=1e-8)

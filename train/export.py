@@ -206,7 +206,7 @@ def _build_sae_lens_classes() -> tuple[type, type]:
     from sae_lens import SAEConfig
     from torch import nn
 
-    from .sae.adaptive_ortho import group_shares
+    from .sae.adaptive_ortho import group_shares, require_uniform_norms
 
     @dataclass
     class OrthoSAEGroupedConfig(SAEConfig):
@@ -252,9 +252,7 @@ def _build_sae_lens_classes() -> tuple[type, type]:
 
         @torch.no_grad()
         def fold_and_get_W_dec_norm(self) -> torch.Tensor:
-            norms = self.get_W_dec_norm()
-            if not torch.allclose(norms, norms.mean().expand_as(norms), rtol=1e-3):
-                raise ValueError("orthosae_grouped: folding non-uniform decoder norms would change the group shares π")
+            require_uniform_norms(self.get_W_dec_norm())
             return super().fold_and_get_W_dec_norm()
 
     for cls in (OrthoSAEGroupedConfig, OrthoSAEGroupedSAE):

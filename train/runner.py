@@ -134,9 +134,8 @@ def _batch_stats(x: torch.Tensor, out, sae) -> dict:
         x_hat = sae.decode(out.f)
         resid = (x - x_hat).pow(2).sum(-1).mean()
         total = (x - x.mean(0)).pow(2).sum(-1).mean()
-        stats = {k: float(v) for k, v in out.terms.items()}
+        stats = {k: float(v) for k, v in out.terms.items()}  # l0 among them
         stats["explained_variance"] = float(1 - resid / total)
-        stats["l0"] = float((out.f > 0).sum(-1).float().mean())
     return stats
 
 
@@ -249,8 +248,7 @@ def _train_step(rs: RunState, x: torch.Tensor, is_forget: torch.Tensor, step: in
         torch.nn.utils.clip_grad_norm_(rs.sae.parameters(), train.grad_clip)
     rs.opt.step()
     info = rs.sae.on_step_end(step + 1, out.f, is_forget) or {}
-    fired = out.fired if out.fired is not None else (out.f > 0).any(0)
-    rs.steps_since_fired = torch.where(fired, 0, rs.steps_since_fired + 1)
+    rs.steps_since_fired = torch.where(out.fired, 0, rs.steps_since_fired + 1)
     dead = rs.steps_since_fired > train.dead_window
     if train.resample_dead and (step + 1) % train.dead_window == 0 and dead.any():
         resample_dead(rs.sae, rs.opt, dead, x)

@@ -9,8 +9,7 @@ from .fixed_ortho import FixedOrthoSAE
 from .grouping import (
     GroupStats,
     assign_groups,
-    group_condition_numbers,
-    group_effective_ranks,
+    group_health,
     should_stop,
 )
 from .ortho import contiguous_groups, ortho_loss
@@ -37,6 +36,6 @@ def make_sae(run_type: str, d_model: int, d_sae: int, **kwargs) -> SAE:
 
 __all__ = [
     "SAE", "LossOutput", "BaselineSAE", "FixedOrthoSAE", "AdaptiveOrthoSAE", "SAE_CLASSES", "make_sae",
-    "ortho_loss", "contiguous_groups", "GroupStats", "assign_groups", "group_condition_numbers",
-    "group_effective_ranks", "should_stop", "group_shares",
+    "ortho_loss", "contiguous_groups", "GroupStats", "assign_groups", "group_health",
+    "should_stop", "group_shares",
 ]

@@ -17,7 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from .fixed_ortho import FixedOrthoSAE
-from .grouping import GroupStats, assign_groups, group_condition_numbers, group_effective_ranks
+from .grouping import GroupStats, assign_groups, group_health
+
+
+def require_uniform_norms(norms: Tensor) -> None:
+    """Folding decoder norms into the encoder rescales f per feature; π is invariant only under a
+    uniform scale, so a grouped SAE with non-uniform decoder norms cannot be folded."""
+    if not torch.allclose(norms, norms.mean().expand_as(norms), rtol=1e-3):
+        raise ValueError("orthosae_grouped: folding non-uniform decoder norms would change the group shares π")
 
 
 def group_shares(f: Tensor, groups: Tensor, n_groups: int, *, nonneg: bool = False) -> Tensor:
@@ -71,10 +78,8 @@ class AdaptiveOrthoSAE(FixedOrthoSAE):
             new = assign_groups(self.group_stats.forget_ratio(), self.groups, self.n_groups)
             out["n_moved"] = int((new != self.groups).sum().item())
             self.groups.copy_(new)
-            W = self.directions()
-            out.update(regrouped=True,
-                       cond=group_condition_numbers(W, self.groups, self.n_groups).tolist(),
-                       eff_rank=group_effective_ranks(W, self.groups, self.n_groups).tolist())
+            cond, eff_rank = group_health(self.directions(), self.groups, self.n_groups)
+            out.update(regrouped=True, cond=cond.tolist(), eff_rank=eff_rank.tolist())
         out["group_sizes"] = torch.bincount(self.groups, minlength=self.n_groups).tolist()
         return out
 

@@ -19,11 +19,11 @@ so group G−1 is the most forget-specific; for G = 2, r ≥ 0.5 → group 1 (fo
 Features with no mass (m_forget + m_retain = 0: dead so far) keep their group. If no forget row
 or no retain row has been seen yet, r is undefined and every feature keeps its group.
 
-Health: ``group_condition_numbers`` is σ_max/σ_min of each group's ``d_model × n_g`` direction
-matrix (σ_min = the min(d_model, n_g)-th singular value; inf when it is 0; empty group → nan;
-one-feature group → 1). ``group_effective_ranks`` is exp(entropy of σ/Σσ) (empty → nan, one
-feature → 1). ``should_stop`` is true once any group's condition number exceeds ``cond_max``
-(nan ignored, inf counts): the grouped subspace has degenerated.
+Health: ``group_health`` returns, from one spectrum per group, the condition number σ_max/σ_min of
+each group's ``d_model × n_g`` direction matrix (σ_min = the min(d_model, n_g)-th singular value;
+inf when it is 0; empty group → nan; one-feature group → 1) and its effective rank exp(entropy of
+σ/Σσ) (empty → nan, one feature → 1). ``should_stop`` is true once any group's condition number
+exceeds ``cond_max`` (nan ignored, inf counts): the grouped subspace has degenerated.
 """
 
 from __future__ import annotations
@@ -69,10 +69,14 @@ class GroupStats(nn.Module):
         """r_i per feature (nan where the feature has no mass); None before both row kinds are seen."""
         if self.n_forget.item() <= 0 or self.n_retain.item() <= 0:
             return None
-        mf = self.sum_forget / self.n_forget
-        mr = self.sum_retain / self.n_retain
-        tot = mf + mr
-        return torch.where(tot > 0, mf / torch.where(tot > 0, tot, torch.ones_like(tot)), torch.full_like(tot, math.nan))
+        return forget_share(self.sum_forget / self.n_forget, self.sum_retain / self.n_retain)
+
+
+def forget_share(forget_mass: Tensor, retain_mass: Tensor) -> Tensor:
+    """r_i = m_forget,i / (m_forget,i + m_retain,i) per feature; nan where both are 0."""
+    tot = forget_mass + retain_mass
+    return torch.where(tot > 0, forget_mass / torch.where(tot > 0, tot, torch.ones_like(tot)),
+                       torch.full_like(tot, math.nan))
 
 
 def assign_groups(r: Tensor | None, current: Tensor, n_groups: int) -> Tensor:
@@ -99,30 +103,24 @@ def _svdvals_per_group(W: Tensor, groups: Tensor, n_groups: int) -> list[Tensor 
 
 
 @torch.no_grad()
-def group_condition_numbers(W: Tensor, groups: Tensor, n_groups: int) -> Tensor:
-    """σ_max/σ_min per group of ``W [d_sae, d_model]`` (rows = directions) -> float64 ``[G]``."""
-    res = []
+def group_health(W: Tensor, groups: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
+    """(σ_max/σ_min, exp(entropy of σ/Σσ)) per group of ``W [d_sae, d_model]`` (rows = directions),
+    each float64 ``[G]``, from one spectrum per group (the spectra are the expensive part)."""
+    conds, ranks = [], []
     for s in _svdvals_per_group(W, groups, n_groups):
         if s is None:
-            res.append(math.nan)
-        else:
-            smin, smax = s[-1].item(), s[0].item()
-            res.append(math.inf if smin == 0.0 else smax / smin)
-    return torch.tensor(res, dtype=torch.float64)
-
-
-@torch.no_grad()
-def group_effective_ranks(W: Tensor, groups: Tensor, n_groups: int) -> Tensor:
-    """exp(entropy of normalised singular values) per group -> float64 ``[G]``."""
-    res = []
-    for s in _svdvals_per_group(W, groups, n_groups):
-        if s is None or s.sum() == 0:
-            res.append(math.nan)
+            conds.append(math.nan)
+            ranks.append(math.nan)
+            continue
+        smin, smax = s[-1].item(), s[0].item()
+        conds.append(math.inf if smin == 0.0 else smax / smin)
+        if s.sum() == 0:
+            ranks.append(math.nan)
         else:
             p = s / s.sum()
             p = p[p > 0]
-            res.append(math.exp(-(p * p.log()).sum().item()))
-    return torch.tensor(res, dtype=torch.float64)
+            ranks.append(math.exp(-(p * p.log()).sum().item()))
+    return torch.tensor(conds, dtype=torch.float64), torch.tensor(ranks, dtype=torch.float64)
 
 
 def should_stop(conds: Tensor | list[float], cond_max: float) -> bool:
