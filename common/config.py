@@ -135,9 +135,44 @@ class OrthoConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
+    """One run's settings, whole: its [[runs]] name and type plus the [train] and [train.ortho]
+    sections after the run's overrides. The SAE and its Trainer read every setting from here under
+    its `pipeline.toml` name, and `cfg.json` saves it as `to_dict()`."""
     name: str
     type: str
-    overrides: dict  # [train] / [train.ortho] keys set for this run only
+    train: TrainConfig
+    ortho: OrthoConfig
+    overrides: dict = field(default_factory=dict)  # the keys this run's [[runs]] table set
+
+    @property
+    def has_ortho(self) -> bool:
+        return self.type in ("fixed", "adaptive")
+
+    @property
+    def grouped(self) -> bool:
+        """Learned feature groups with their own decoder biases (the method)."""
+        return self.type == "adaptive"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "type": self.type, "train": _asdict(self.train),
+                "ortho": _asdict(self.ortho), "overrides": dict(self.overrides)}
+
+    @classmethod
+    def of(cls, type: str, name: str | None = None, *, train: "TrainConfig | None" = None,
+           ortho: "OrthoConfig | None" = None, **keys) -> "RunConfig":
+        """A run from [train] / [train.ortho] keys over given (or default) sections: for notebooks,
+        tests and benchmarks. Keys are checked against the sections' names, not validated."""
+        unknown = set(keys) - TRAIN_KEYS - ORTHO_KEYS
+        if unknown:
+            raise ConfigError(f"RunConfig.of: unknown key(s) {sorted(unknown)}")
+        train = dataclasses.replace(train or TrainConfig(), **{k: v for k, v in keys.items() if k in TRAIN_KEYS})
+        ortho = dataclasses.replace(ortho or OrthoConfig(), **{k: v for k, v in keys.items() if k in ORTHO_KEYS})
+        return cls(name=name or type, type=type, train=train, ortho=ortho, overrides=keys)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        return cls(name=d["name"], type=d["type"], train=TrainConfig(**d["train"]),
+                   ortho=OrthoConfig(**d["ortho"]), overrides=dict(d.get("overrides", {})))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -272,23 +307,17 @@ def _build_runs(raw: Any, file: Path, train: TrainConfig, ortho: OrthoConfig) ->
             if key not in RUN_OVERRIDABLE:
                 why = "shared by all runs (one data stream)" if key in STREAM_KEYS else "unknown key"
                 raise ConfigError(f"{file}: [[runs]] {name} {key}: {why}")
-        # Validate overrides by building the sections they would produce.
-        _build(TrainConfig, {**_asdict(train), **{k: v for k, v in overrides.items() if k in TRAIN_KEYS}},
-               f"[[runs]] {name}", file)
-        _build(OrthoConfig, {**_asdict(ortho), **{k: v for k, v in overrides.items() if k in ORTHO_KEYS}},
-               f"[[runs]] {name}", file)
-        runs.append(RunConfig(name=name, type=run_type, overrides=overrides))
+        # The run's sections, validated as the tables they would be.
+        run_train = _build(TrainConfig, {**_asdict(train), **{k: v for k, v in overrides.items()
+                                                             if k in TRAIN_KEYS}}, f"[[runs]] {name}", file)
+        run_ortho = _build(OrthoConfig, {**_asdict(ortho), **{k: v for k, v in overrides.items()
+                                                             if k in ORTHO_KEYS}}, f"[[runs]] {name}", file)
+        runs.append(RunConfig(name=name, type=run_type, train=run_train, ortho=run_ortho, overrides=overrides))
     return runs
 
 
 def _asdict(section) -> dict:
     return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
-
-
-def run_sections(train: TrainConfig, ortho: OrthoConfig, run: RunConfig) -> tuple[TrainConfig, OrthoConfig]:
-    """The [train] and [train.ortho] sections as one run sees them (its overrides applied)."""
-    return (dataclasses.replace(train, **{k: v for k, v in run.overrides.items() if k in TRAIN_KEYS}),
-            dataclasses.replace(ortho, **{k: v for k, v in run.overrides.items() if k in ORTHO_KEYS}))
 
 
 def load_config(path: str | Path) -> Config:

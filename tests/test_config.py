@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import ConfigError, check_model_fits, load_config, run_sections
+from common.config import ConfigError, check_model_fits, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,8 +81,9 @@ def test_runs_validated(tmp_path):
     assert "duplicate run name" in error_of(
         tmp_path, MINIMAL + '[[runs]]\nname = "x"\ntype = "baseline"\n[[runs]]\nname = "x"\ntype = "fixed"\n')
     cfg = load_config(write(tmp_path, MINIMAL + '[[runs]]\nname = "x"\ntype = "adaptive"\nalpha = 0.2\nlr = 1e-3\n'))
-    train, ortho = run_sections(cfg.train, cfg.ortho, cfg.run("x"))
-    assert (ortho.alpha, train.lr, cfg.ortho.alpha) == (0.2, 1e-3, 0.0)
+    run = cfg.run("x")
+    assert (run.ortho.alpha, run.train.lr, cfg.ortho.alpha, cfg.train.lr) == (0.2, 1e-3, 0.0, 4e-4)
+    assert run.overrides == {"alpha": 0.2, "lr": 1e-3} and run.to_dict()["ortho"]["alpha"] == 0.2
 
 
 def test_mix_must_name_train_corpora(tmp_path):

@@ -7,14 +7,17 @@ import json
 import pytest
 import torch
 
+from common.config import RunConfig
 from train.export import CFG_FILENAME, WEIGHTS_FILENAME, ExportError, load_sae, save_sae
 from train.sae import make_sae
+from train.trainer import Trainer
 
 D, S, SCALE = 6, 16, 0.25
-KW = {
-    "baseline": dict(l1_coefficient=1e-3, seed=3),
-    "fixed": dict(l1_coefficient=1e-3, seed=3, lambda2=0.1, n_groups=2),
-    "adaptive": dict(l1_coefficient=1e-3, seed=3, lambda2_max=0.1, t0=4, n_groups=3, regroup_every=3),
+COMMON = dict(d_sae=S, l1_coefficient=1e-3, seed=3, lr=3e-2, lr_warmup_steps=0, l1_warmup_steps=0)
+RUNS = {
+    "baseline": RunConfig.of("baseline", **COMMON),
+    "fixed": RunConfig.of("fixed", lambda2_max=0.1, groups=2, **COMMON),
+    "adaptive": RunConfig.of("adaptive", lambda2_max=0.1, t0=4, groups=3, regroup_every=3, **COMMON),
 }
 EXTRA = {"hook_name": "blocks.3.hook_resid_post", "model_name": "tiny", "run_name": "t"}
 
@@ -22,18 +25,14 @@ EXTRA = {"hook_name": "blocks.3.hook_resid_post", "model_name": "tiny", "run_nam
 def trained(run_type: str):
     """A few optimiser steps on normalised activations x_n = SCALE · x_raw."""
     torch.manual_seed(0)
-    sae = make_sae(run_type, D, S, **KW[run_type])
+    sae = make_sae(RUNS[run_type], D)
     sae.init_b_dec(torch.full((D,), 0.3))
-    opt = torch.optim.Adam(sae.parameters(), lr=3e-2)
-    for step in range(1, 10):
+    trainer = Trainer(RUNS[run_type], sae, 100)
+    for _ in range(1, 10):
         x_raw = torch.randn(32, D) * 4 + 1.0
         fg = torch.arange(32) < 12
         x_raw[fg] += 6.0
-        out = sae.training_loss(SCALE * x_raw, fg, step)
-        opt.zero_grad()
-        out.total.backward()
-        opt.step()
-        sae.on_step_end(step, out.f, fg)
+        trainer.train_step(SCALE * x_raw, fg)
     if run_type == "adaptive":
         assert sae.group_bias.detach().abs().sum() > 0
     return sae
@@ -59,14 +58,14 @@ def test_round_trip_on_raw_activations(tmp_path, run_type):
         torch.testing.assert_close(loaded.encode(x_raw), sae.encode(SCALE * x_raw), rtol=1e-5, atol=1e-5)
     assert cfg["activation_scale"] == SCALE and cfg["architecture"] == sae.architecture
     assert cfg["d_in"] == D and cfg["d_sae"] == S and cfg["normalize_activations"] == "none"
-    assert cfg["orthosae"] == sae.hyperparams() and cfg["run_name"] == "t"
+    assert cfg["orthosae"] == sae.cfg.to_dict() and loaded.cfg == sae.cfg and cfg["run_name"] == "t"
     assert cfg["metadata"]["hook_name"] == EXTRA["hook_name"] and cfg["metadata"]["sae_lens_version"]
     if run_type == "adaptive":
         assert torch.equal(loaded.groups, sae.groups) and cfg["n_groups"] == 3
 
 
 def test_save_rejects_bad_scale_and_reserved_keys(tmp_path):
-    sae = make_sae("baseline", D, S, **KW["baseline"])
+    sae = make_sae(RUNS["baseline"], D)
     with pytest.raises(ExportError, match="scale"):
         save_sae(sae, tmp_path, scale=0.0, extra_cfg={})
     with pytest.raises(ExportError, match="d_sae"):
@@ -79,7 +78,7 @@ def test_load_bad_dir_one_line_naming_path(tmp_path):
         with pytest.raises(ExportError) as e:
             load_sae(bad)
         assert str(bad) in str(e.value) and "\n" not in str(e.value)
-    save_sae(make_sae("baseline", D, S, **KW["baseline"]), tmp_path, scale=1.0)
+    save_sae(make_sae(RUNS["baseline"], D), tmp_path, scale=1.0)
     (tmp_path / CFG_FILENAME).write_text("{not json")
     with pytest.raises(ExportError) as e:
         load_sae(tmp_path)

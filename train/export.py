@@ -16,7 +16,8 @@ cfg.json keys read by sae_lens 6.x: ``architecture`` ("standard" for baseline/fi
 ``reshape_activations`` ("none"), ``metadata`` (``sae_lens_version``, which makes sae_lens skip
 its pre-6.0 conversion, plus any of hook_name/model_name/context_size/... found in ``extra_cfg``;
 SAEBench reads model_name and hook_name from here), and for the grouped SAE ``n_groups``. Ours:
-``activation_scale``, ``orthosae`` (= ``sae.hyperparams()``, what ``load_sae`` rebuilds from),
+``activation_scale``, ``orthosae`` (= the run's whole ``RunConfig.to_dict()``: every setting under
+its ``pipeline.toml`` name, what ``load_sae`` rebuilds from),
 and the caller's ``extra_cfg`` keys (top level; a key that collides with the above is an error).
 
 Using an export elsewhere:
@@ -45,7 +46,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .sae import SAE, make_sae
+from common.config import OrthoConfig, RunConfig, TrainConfig
+
+from .sae import SAE, is_grouped, make_sae
 from .sae.base import dtype_name
 
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -94,10 +97,10 @@ def export_tensors(sae: SAE, scale: float) -> dict[str, torch.Tensor]:
         "b_enc": sae.b_enc.to(ct),
         "b_dec": sae.b_dec.to(ct) / scale,
     }
-    if sae.architecture == GROUPED_ARCH:
+    if is_grouped(sae):
         out["group_bias"] = sae.group_bias.to(ct) / scale
     out = {k: v.to(sae.dtype).detach().cpu().contiguous() for k, v in out.items()}
-    if sae.architecture == GROUPED_ARCH:
+    if is_grouped(sae):
         out["groups"] = sae.groups.detach().to(torch.int64).cpu().contiguous()
     return out
 
@@ -124,9 +127,9 @@ def save_sae(sae: SAE, run_dir: str | Path, *, scale: float, extra_cfg: dict[str
         "reshape_activations": "none",
         "metadata": metadata,
         "activation_scale": scale,
-        "orthosae": sae.hyperparams(),
+        "orthosae": sae.cfg.to_dict(),
     }
-    if sae.architecture == GROUPED_ARCH:
+    if is_grouped(sae):
         cfg["n_groups"] = sae.n_groups
     clash = sorted(set(extra) & set(cfg))
     if clash:
@@ -148,7 +151,7 @@ def load_sae(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[S
 
     The returned SAE is for inference: its decoder rows have norm 1/scale, so do not train it
     further with ``on_step_end`` (which renormalises). A plain SAELens "standard" export without
-    our ``orthosae`` key loads as a ``BaselineSAE`` with ``l1_coefficient=0``.
+    our ``orthosae`` key loads as a baseline ``SAE`` with ``l1_coefficient = 0``.
     """
     run_dir = Path(run_dir)
     cfg_path, w_path = run_dir / CFG_FILENAME, run_dir / WEIGHTS_FILENAME
@@ -159,17 +162,18 @@ def load_sae(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[S
             raise ExportError(f"not an exported SAE: {p} is missing")
     try:
         cfg = json.loads(cfg_path.read_text())
-        hp = dict(cfg.get("orthosae") or {})
-        if not hp:
-            if cfg.get("architecture", "standard") != "standard":
-                raise ValueError(f"architecture {cfg.get('architecture')!r} without an 'orthosae' section")
-            hp = {"run_type": "baseline", "d_model": cfg["d_in"], "d_sae": cfg["d_sae"],
-                  "l1_coefficient": 0.0, "dtype": cfg.get("dtype", "float32")}
-        sae = make_sae(hp.pop("run_type"), hp.pop("d_model"), hp.pop("d_sae"), device=device, **hp)
+        if cfg.get("orthosae"):
+            run = RunConfig.from_dict(cfg["orthosae"])
+        elif cfg.get("architecture", "standard") == "standard":
+            run = RunConfig(name=run_dir.name, type="baseline", train=TrainConfig(d_sae=cfg["d_sae"], l1_coefficient=0.0),
+                            ortho=OrthoConfig())
+        else:
+            raise ValueError(f"architecture {cfg.get('architecture')!r} without an 'orthosae' section")
+        sae = make_sae(run, cfg["d_in"], dtype=cfg.get("dtype", "float32"), device=device)
         tensors = load_file(str(w_path), device=str(device))
     except Exception as e:  # noqa: BLE001 - one line naming the path, whatever went wrong
         raise ExportError(f"cannot load SAE from {run_dir}: {type(e).__name__}: {e}".replace("\n", " ")) from None
-    expected = {"W_enc", "W_dec", "b_enc", "b_dec"} | ({"group_bias", "groups"} if sae.architecture == GROUPED_ARCH else set())
+    expected = {"W_enc", "W_dec", "b_enc", "b_dec"} | ({"group_bias", "groups"} if is_grouped(sae) else set())
     if set(tensors) != expected:
         raise ExportError(f"cannot load SAE from {run_dir}: tensors {sorted(tensors)} != expected {sorted(expected)}")
     with torch.no_grad():
@@ -206,7 +210,7 @@ def _build_sae_lens_classes() -> tuple[type, type]:
     from sae_lens import SAEConfig
     from torch import nn
 
-    from .sae.adaptive_ortho import group_shares, require_uniform_norms
+    from .sae.adaptive_ortho import grouped_decode, require_uniform_norms
 
     @dataclass
     class OrthoSAEGroupedConfig(SAEConfig):
@@ -224,6 +228,7 @@ def _build_sae_lens_classes() -> tuple[type, type]:
         b_enc: nn.Parameter
         group_bias: nn.Parameter
         groups: torch.Tensor
+        grouped = True  # train.sae.is_grouped
 
         def initialize_weights(self) -> None:
             super().initialize_weights()
@@ -239,8 +244,7 @@ def _build_sae_lens_classes() -> tuple[type, type]:
             return self.hook_sae_acts_post(self.activation_fn(hidden_pre))
 
         def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-            pi = group_shares(feature_acts, self.groups, self.cfg.n_groups)
-            out = feature_acts @ self.W_dec + self.b_dec + pi @ self.group_bias
+            out = grouped_decode(feature_acts, self.groups, self.group_bias, lambda f: f @ self.W_dec + self.b_dec)
             out = self.hook_sae_recons(out)
             out = self.run_time_activation_norm_fn_out(out)
             return self.reshape_fn_out(out, self.d_head)

@@ -2,40 +2,35 @@
 
 from __future__ import annotations
 
-from .adaptive_ortho import AdaptiveOrthoSAE, group_shares
-from .base import SAE, LossOutput
-from .baseline import BaselineSAE
+import torch
+
+from common.config import RunConfig
+
+from .adaptive_ortho import AdaptiveOrthoSAE, grouped_decode, group_shares
+from .base import SAE, Coefficients, TrainOutput, is_grouped
 from .fixed_ortho import FixedOrthoSAE
-from .grouping import (
-    GroupStats,
-    assign_groups,
-    group_health,
-    should_stop,
-)
+from .grouping import GroupStats, RegroupReport, assign_groups, group_health, should_stop
 from .ortho import contiguous_groups, ortho_loss
 
 SAE_CLASSES: dict[str, type[SAE]] = {
-    "baseline": BaselineSAE,
+    "baseline": SAE,
     "fixed": FixedOrthoSAE,
     "adaptive": AdaptiveOrthoSAE,
 }
 
 
-def make_sae(run_type: str, d_model: int, d_sae: int, **kwargs) -> SAE:
-    """Build an SAE variant: run_type in {"baseline", "fixed", "adaptive"}.
-
-    kwargs: all: l1_coefficient, seed, dtype, device; fixed: lambda2, alpha, n_groups, ortho_weights, ortho_every;
-    adaptive: lambda2_max, t0, alpha, n_groups, ortho_weights, ortho_every, regroup_every, stats_decay.
-    """
+def make_sae(run: RunConfig, d_model: int, *, dtype: torch.dtype | str = torch.float32,
+             device: torch.device | str = "cpu") -> SAE:
+    """The SAE variant of ``run.type`` ("baseline", "fixed" or "adaptive"), built from the run's config."""
     try:
-        cls = SAE_CLASSES[run_type]
+        cls = SAE_CLASSES[run.type]
     except KeyError:
-        raise ValueError(f"unknown run_type {run_type!r}; expected one of {', '.join(SAE_CLASSES)}") from None
-    return cls(d_model, d_sae, **kwargs)
+        raise ValueError(f"unknown run type {run.type!r}; expected one of {', '.join(SAE_CLASSES)}") from None
+    return cls(d_model, run, dtype=dtype, device=device)
 
 
 __all__ = [
-    "SAE", "LossOutput", "BaselineSAE", "FixedOrthoSAE", "AdaptiveOrthoSAE", "SAE_CLASSES", "make_sae",
-    "ortho_loss", "contiguous_groups", "GroupStats", "assign_groups", "group_health",
-    "should_stop", "group_shares",
+    "SAE", "Coefficients", "TrainOutput", "FixedOrthoSAE", "AdaptiveOrthoSAE", "SAE_CLASSES", "make_sae",
+    "is_grouped", "ortho_loss", "contiguous_groups", "GroupStats", "RegroupReport", "assign_groups",
+    "group_health", "should_stop", "group_shares", "grouped_decode",
 ]

@@ -1,33 +1,51 @@
-"""SAE base class: ReLU encoder, linear decoder with unit-norm rows, SAELens-standard losses.
+"""The baseline SAE (SAELens "standard"): ReLU encoder, linear decoder with unit-norm rows.
 
-Conventions (match ``sae_lens.saes.standard_sae.StandardTrainingSAE`` 6.x):
+Every variant is built from one ``RunConfig`` (``SAE(d_model, run)``, as sparsify's
+``SparseCoder(d_in, cfg)``) and reads its settings there under their ``pipeline.toml`` names.
 
-- ``recon``  = Σ_d (x̂ − x)² per token, mean over tokens (SAELens ``mse_loss``: sum over d_in, mean
-  over the batch);
-- ``sparse`` = Σ_i f_i · ||W_dec[i]||, mean over tokens (SAELens "l1" with the decoder-norm
-  weighting; f ≥ 0 after the ReLU so the L1 norm is the plain sum);
-- ``total``  = recon + l1_scale · l1_coefficient · sparse + λ2(step) · ortho. The λ1 warm-up is the
-  caller's: it passes ``l1_scale`` ∈ [0, 1] (SAELens multiplies the coefficient the same way).
+The loss, in one place (``training_forward``), with SAELens 6.x ``StandardTrainingSAE`` conventions:
 
-Differences from SAELens: decoder rows are initialised (and kept, by ``on_step_end``) at unit norm
-rather than SAELens' ``decoder_init_norm=0.1``; W_enc = W_dec.T at init (tied init, as SAELens).
-Initialisation uses a CPU ``torch.Generator`` seeded with ``seed``, so it is device-independent.
+- ``recon``  = Σ_d (x̂ − x)² per token, mean over tokens (sum over d_in, mean over the batch);
+- ``sparse`` = Σ_i f_i · ‖W_dec[i]‖, mean over tokens (the decoder-norm-weighted L1; f ≥ 0);
+- ``ortho``  = L_ortho between feature groups (``FixedOrthoSAE``; none for the baseline);
+- ``total``  = recon + λ1·sparse + w·ortho, where λ1 and w come from the Trainer's schedules
+  (``train/trainer.py``: λ1 warm-up, λ2(t), lazy weight).
+
+Differences from SAELens: decoder rows are initialised (and kept, by ``normalize_decoder``) at unit
+norm rather than SAELens' ``decoder_init_norm=0.1``; W_enc = W_dec.T at init (tied init, as SAELens).
+Initialisation uses a CPU ``torch.Generator`` seeded with ``[train] seed``, so it is
+device-independent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from common.config import RunConfig
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """One step's coefficient values, all from the Trainer's schedules."""
+    lr: float
+    lambda1: float  # λ1 after its warm-up
+    lambda2: float  # λ2(t), the nominal weight of L_ortho (logged)
+    ortho_weight: float  # weight of L_ortho in this step's loss: every·λ2(t) on due steps, else 0
+    ortho_due: bool  # whether L_ortho is evaluated this step (lazy: every `every`-th step)
+
 
 @dataclass
-class LossOutput:
+class TrainOutput:
+    """The training forward pass: the named loss terms with the activations they came from."""
     total: Tensor  # scalar, for backward
-    terms: dict[str, Tensor] = field(default_factory=dict)  # detached scalars
-    f: Tensor | None = None  # feature activations [batch, d_sae], detached
-    fired: Tensor | None = None  # [d_sae] bool: fired on any row of the batch (dead-feature tracking)
+    recon: Tensor  # the terms, as computed (detach before logging)
+    sparse: Tensor
+    ortho: Tensor | None  # None: not evaluated this step (lazy L_ortho) or no L_ortho at all
+    f: Tensor  # feature activations [batch, d_sae], detached
+    x_hat: Tensor  # reconstruction [batch, d_model], detached
 
 
 def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -43,28 +61,24 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def is_grouped(sae: nn.Module) -> bool:
+    """Whether ``sae`` has learned feature groups with group decoder biases (``groups``, ``group_bias``)."""
+    return bool(getattr(sae, "grouped", False))
+
+
 class SAE(nn.Module):
-    """Baseline ReLU SAE (SAELens "standard"). Variants override ``ortho_penalty`` / ``decode``."""
+    """Baseline ReLU SAE (SAELens "standard"). Variants override ``ortho_loss`` and ``decode``."""
 
     architecture: str = "standard"
-    run_type: str = "baseline"
+    grouped: bool = False
 
-    def __init__(
-        self,
-        d_model: int,
-        d_sae: int,
-        *,
-        l1_coefficient: float,
-        seed: int = 0,
-        dtype: torch.dtype | str = torch.float32,
-        device: torch.device | str = "cpu",
-    ):
+    def __init__(self, d_model: int, run: RunConfig, *, dtype: torch.dtype | str = torch.float32,
+                 device: torch.device | str = "cpu"):
         super().__init__()
-        self.d_model, self.d_sae = int(d_model), int(d_sae)
-        self.l1_coefficient = float(l1_coefficient)
-        self.seed = int(seed)
+        self.cfg = run
+        self.d_model, self.d_sae = int(d_model), int(run.train.d_sae)
         dt = as_dtype(dtype)
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(int(run.train.seed))
         W = torch.randn(self.d_sae, self.d_model, generator=gen, dtype=torch.float32)
         W = W / W.norm(dim=1, keepdim=True)
         kw = dict(dtype=dt, device=device)
@@ -84,7 +98,7 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def init_b_dec(self, mean: Tensor) -> None:
-        """Set b_dec to a data centre (mean or geometric median) of the (normalised) activations."""
+        """Set b_dec to the mean of the (normalised) activations."""
         if mean.shape != (self.d_model,):
             raise ValueError(f"init_b_dec: expected shape ({self.d_model},), got {tuple(mean.shape)}")
         self.b_dec.copy_(mean.to(self.b_dec))
@@ -102,50 +116,27 @@ class SAE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
 
-    def ortho_penalty(self, step: int) -> tuple[Tensor, float, float]:
-        """(L_ortho, nominal λ2(step), weight applied this step); the baseline has none."""
-        return self.W_dec.new_zeros(()), 0.0, 0.0
+    def ortho_loss(self) -> Tensor | None:
+        """L_ortho of the current weights; None for an SAE without feature groups."""
+        return None
 
-    def training_loss(self, x: Tensor, is_forget: Tensor | None = None, step: int = 0, *, l1_scale: float = 1.0) -> LossOutput:
+    def training_forward(self, x: Tensor, c: Coefficients) -> TrainOutput:
+        """One step's loss: recon + λ1·sparse + w·L_ortho, with the terms and f, x̂ for logging."""
         x = x.to(self.dtype)
         f = self.encode(x)
         x_hat = self.decode(f, nonneg=True)
         recon = (x_hat - x).pow(2).sum(dim=-1).mean()
         # Σ_t Σ_i f_ti·||W_dec[i]|| / T, summed over tokens first: no [batch, d_sae] product tensor
         sparse = f.sum(dim=0) @ self.W_dec.norm(dim=1) / f.shape[0]
-        ortho, lam2, weight = self.ortho_penalty(step)
-        l1 = self.l1_coefficient * float(l1_scale)
-        total = recon + l1 * sparse + (weight * ortho if weight != 0.0 else 0.0)
-        active = f.detach() > 0  # one pass serves L0 and the dead-feature mask
-        terms = {
-            "recon": recon,
-            "sparse": sparse,
-            "ortho": ortho,
-            "lambda2": torch.tensor(float(lam2)),
-            "lambda1": torch.tensor(l1),
-            "l0": active.sum(dim=-1, dtype=torch.float32).mean(),
-            "total": total,
-        }
-        return LossOutput(total=total, terms={k: v.detach() for k, v in terms.items()}, f=f.detach(),
-                          fired=active.any(dim=0))
+        ortho = None
+        if c.ortho_due:
+            # the value is logged even while λ2(t) is 0; it only needs a graph when it is weighted
+            with torch.set_grad_enabled(torch.is_grad_enabled() and c.ortho_weight != 0.0):
+                ortho = self.ortho_loss()
+        total = recon + c.lambda1 * sparse + (c.ortho_weight * ortho if c.ortho_weight != 0.0 else 0.0)
+        return TrainOutput(total=total, recon=recon, sparse=sparse, ortho=ortho, f=f.detach(),
+                           x_hat=x_hat.detach())
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
-
-    @torch.no_grad()
-    def on_step_end(self, step: int, f: Tensor | None = None, is_forget: Tensor | None = None) -> dict:
-        """After ``optimizer.step()``: renormalise decoder rows to unit norm."""
-        self.normalize_decoder()
-        return {"regrouped": False}
-
-    def hyperparams(self) -> dict:
-        """Constructor arguments (JSON-able); ``make_sae(**hyperparams())`` rebuilds the SAE."""
-        return {
-            "run_type": self.run_type,
-            "d_model": self.d_model,
-            "d_sae": self.d_sae,
-            "l1_coefficient": self.l1_coefficient,
-            "seed": self.seed,
-            "dtype": dtype_name(self.dtype),
-        }

@@ -29,11 +29,12 @@ exceeds ``cond_max`` (nan ignored, inf counts): the grouped subspace has degener
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from .ortho import group_indices
+from .ortho import gram, group_indices
 
 
 class GroupStats(nn.Module):
@@ -93,12 +94,11 @@ def _svdvals_per_group(W: Tensor, groups: Tensor, n_groups: int) -> list[Tensor 
         if len(idx) == 0:
             out.append(None)
         else:
-            # Singular values of the n_g × d_model rows via the smaller float64 Gram matrix: an SVD
-            # of an 8192×2304 group took 52 s on CPU, eigvalsh of its 2304² Gram a few seconds.
-            # Squaring the spectrum costs accuracy only beyond cond ~1e6 in float64.
+            # Singular values via eigvalsh of the smaller float64 Gram, far cheaper than an SVD of a
+            # wide group; squaring the spectrum costs accuracy only beyond cond ~1e6 in float64.
             A = W[idx].detach().to(torch.float64)
-            gram = A @ A.T if A.shape[0] <= A.shape[1] else A.T @ A
-            out.append(torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(0))
+            G = gram(A.T) if A.shape[0] <= A.shape[1] else gram(A)
+            out.append(torch.linalg.eigvalsh(G).clamp_min(0).sqrt().flip(0))
     return out
 
 
@@ -121,6 +121,16 @@ def group_health(W: Tensor, groups: Tensor, n_groups: int) -> tuple[Tensor, Tens
             p = p[p > 0]
             ranks.append(math.exp(-(p * p.log()).sum().item()))
     return torch.tensor(conds, dtype=torch.float64), torch.tensor(ranks, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class RegroupReport:
+    """What one regroup did: features moved, the new group sizes, and each group's health."""
+    step: int
+    n_moved: int
+    group_sizes: list[int]
+    cond: list[float]  # σ_max/σ_min per group (decoder or encoder directions, as L_ortho uses)
+    eff_rank: list[float]
 
 
 def should_stop(conds: Tensor | list[float], cond_max: float) -> bool:

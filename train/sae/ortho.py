@@ -18,8 +18,8 @@ off by at most sqrt(eps) = 1e-6. The naive path uses the same eps, so both agree
 value and gradient. Pairs where either group is empty contribute exactly 0 (both paths).
 Cost: O(d_sae·d_model²) for the Grams plus O(G²·d_model²), memory O(G·d_model²). The Gram's
 backward is one matmul (``_Gram``) instead of autograd's two for ``AᵀA``: a third off L_ortho.
-Lazy application (``every`` > 1, StyleGAN2's lazy regularisation) is the caller's: see
-``FixedOrthoSAE.ortho_penalty``.
+Lazy application (``every`` > 1, StyleGAN2's lazy regularisation) is the Trainer's schedule
+(``train/trainer.py``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,183 @@
+"""One run's training, step by step: ``Trainer(run, sae, total_steps).train_step(x, is_forget)``.
+
+A Trainer owns everything one run of a sweep carries: its SAE, the Adam optimiser, the schedules
+of every coefficient (``Schedules``: lr, λ1, λ2(t) and the lazy L_ortho weight), dead-feature
+tracking and resampling, the NaN guard, the feature-group statistics, regrouping and the early
+stop, and the state a checkpoint needs. One step, top to bottom:
+
+    coefficients -> SAE training forward (loss terms, f, x̂) -> NaN guard -> backward -> clip ->
+    Adam -> decoder renorm -> group statistics + regroup every n steps -> dead features ->
+    early stop -> log record
+
+``train/runner.py`` feeds each batch of the shared stream to every Trainer (dictionary_learning's
+``trainSAE`` shape); the loss itself is ``SAE.training_forward`` (``train/sae/base.py``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from common.config import RunConfig
+from train.checkpoint import load_optimizer_state, optimizer_state
+from train.resample import resample_dead
+from train.sae import SAE, Coefficients, GroupStats, RegroupReport, assign_groups, group_health, should_stop
+
+
+class Schedules:
+    """Every coefficient of the loss and the optimiser as a function of the step t (0-based)."""
+
+    def __init__(self, run: RunConfig, total_steps: int):
+        self.run, self.total = run, total_steps
+
+    def lr(self, t: int) -> float:
+        """Linear warm-up, constant, then linear decay over the last lr_decay_frac of steps."""
+        tr = self.run.train
+        if tr.lr_warmup_steps and t < tr.lr_warmup_steps:
+            return tr.lr * (t + 1) / tr.lr_warmup_steps
+        decay_start = int(self.total * (1 - tr.lr_decay_frac))
+        if tr.lr_decay_frac and t >= decay_start:
+            return tr.lr * max(0.0, (self.total - t) / max(1, self.total - decay_start))
+        return tr.lr
+
+    def lambda1(self, t: int) -> float:
+        """λ1 ramps linearly from 0 over l1_warmup_steps (SAELens style)."""
+        tr = self.run.train
+        return tr.l1_coefficient * float(min(1.0, (t + 1) / tr.l1_warmup_steps) if tr.l1_warmup_steps else 1.0)
+
+    def lambda2(self, t: int) -> float:
+        """λ2(t) = λ2_max·min(1, t/t0) for the adaptive SAE; constant λ2_max for the fixed one."""
+        if not self.run.has_ortho:
+            return 0.0
+        o = self.run.ortho
+        if self.run.type == "fixed" or o.t0 <= 0:
+            return float(o.lambda2_max)
+        return float(o.lambda2_max) * min(1.0, max(t, 0) / o.t0)
+
+    def at(self, t: int) -> Coefficients:
+        """Lazy L_ortho (``every`` = k): evaluated on every k-th step with weight k·λ2(t), so its
+        average weight is λ2(t) while its O(d_sae·d_model²) cost is paid once per k steps."""
+        lam2 = self.lambda2(t)
+        k = self.run.ortho.every
+        due = self.run.has_ortho and t % k == 0
+        return Coefficients(lr=self.lr(t), lambda1=self.lambda1(t), lambda2=lam2,
+                            ortho_weight=lam2 * k if due else 0.0, ortho_due=due)
+
+
+class Trainer:
+    """Trains one SAE of a sweep; ``status`` is running | complete | early_stopped | failed."""
+
+    def __init__(self, run: RunConfig, sae: SAE, total_steps: int):
+        self.run, self.sae, self.total_steps = run, sae, total_steps
+        tr = run.train
+        self.opt = torch.optim.Adam(sae.parameters(), lr=tr.lr, betas=tuple(tr.adam_betas))
+        self.schedules = Schedules(run, total_steps)
+        self.steps_since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=sae.device)
+        self.group_stats = GroupStats(sae.d_sae, run.ortho.stats_decay, sae.device) if run.grouped else None
+        self.step = 0
+        self.status, self.message = "running", ""
+        self.last: dict = {}  # the latest log record
+        self._last_ortho: Tensor | None = None  # logged on steps the lazy L_ortho skips
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    def train_step(self, x: Tensor, is_forget: Tensor) -> dict | None:
+        """One optimiser step on the batch; returns the log record when this step logs."""
+        tr, t = self.run.train, self.step
+        c = self.schedules.at(t)
+        for group in self.opt.param_groups:
+            group["lr"] = c.lr
+        out = self.sae.training_forward(x, c)
+        if not torch.isfinite(out.total):
+            self.status = "failed"
+            self.message = f"loss became {out.total.item()} at step {t}; weights not saved"
+            return None
+        self.opt.zero_grad(set_to_none=True)
+        out.total.backward()
+        if tr.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), tr.grad_clip)
+        self.opt.step()
+        self.sae.normalize_decoder()
+        self.step = t + 1
+
+        regroup = None
+        if self.group_stats is not None:
+            self.group_stats.update(out.f, is_forget)
+            if self.step % self.run.ortho.regroup_every == 0:
+                regroup = self.regroup()
+
+        active = out.f > 0  # one pass serves L0 and the dead-feature mask
+        self.steps_since_fired = torch.where(active.any(dim=0), 0, self.steps_since_fired + 1)
+        dead = self.steps_since_fired > tr.dead_window
+        if tr.resample_dead and self.step % tr.dead_window == 0 and dead.any():
+            resample_dead(self.sae, self.opt, dead, x)
+            self.steps_since_fired[dead] = 0
+
+        if regroup is not None and should_stop(regroup.cond, self.run.ortho.cond_max):
+            self.status = "early_stopped"
+            self.message = (f"group condition number {max(regroup.cond):.3g} > cond_max "
+                            f"{self.run.ortho.cond_max:g} at step {self.step}")
+        if out.ortho is not None:
+            self._last_ortho = out.ortho.detach()
+        if (self.step % tr.log_every == 0 or self.step == self.total_steps or regroup is not None
+                or not self.running):
+            self.last = self._record(out, c, x, active, dead, regroup)
+            return self.last
+        return None
+
+    @torch.no_grad()
+    def regroup(self) -> RegroupReport:
+        """Re-assign the SAE's feature groups from the statistics (rule: ``grouping.assign_groups``)."""
+        sae, G = self.sae, self.run.ortho.groups
+        new = assign_groups(self.group_stats.forget_ratio(), sae.groups, G)
+        n_moved = int((new != sae.groups).sum().item())
+        sae.groups.copy_(new)
+        cond, eff_rank = group_health(sae.directions(), sae.groups, G)
+        return RegroupReport(step=self.step, n_moved=n_moved, group_sizes=self._group_sizes(),
+                             cond=cond.tolist(), eff_rank=eff_rank.tolist())
+
+    def _group_sizes(self) -> list[int]:
+        return torch.bincount(self.sae.groups, minlength=self.run.ortho.groups).tolist()
+
+    @torch.no_grad()
+    def _record(self, out, c: Coefficients, x: Tensor, active: Tensor, dead: Tensor,
+                regroup: RegroupReport | None) -> dict:
+        """The log line: the training forward's own terms (pre-step weights, as the loss saw them)."""
+        x = x.to(out.x_hat.dtype)
+        resid = (x - out.x_hat).pow(2).sum(-1).mean()
+        total_var = (x - x.mean(0)).pow(2).sum(-1).mean()
+        rec = {"step": self.step, "lr": c.lr, "lambda1": c.lambda1, "lambda2": c.lambda2,
+               "recon": float(out.recon), "sparse": float(out.sparse), "total": float(out.total),
+               "l0": float(active.sum(dim=-1, dtype=torch.float32).mean()),
+               "ev_batch": float(1 - resid / total_var),
+               "dead": int(dead.sum()), "dead_frac": float(dead.float().mean())}
+        if self.run.has_ortho:
+            if self._last_ortho is None:  # resumed on a step the lazy L_ortho skips
+                self._last_ortho = self.sae.ortho_loss().detach()
+            rec["ortho"] = float(self._last_ortho)
+        if self.run.grouped:
+            rec["group_sizes"] = self._group_sizes()
+        if regroup is not None:
+            rec.update(regrouped=True, n_moved=regroup.n_moved, cond=regroup.cond, eff_rank=regroup.eff_rank)
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
+
+    # ---- checkpoint state
+
+    def state_dict(self) -> dict:
+        state = {"step": self.step, "status": self.status, "message": self.message, "last": self.last,
+                 "sae": self.sae.state_dict(), "opt": optimizer_state(self.opt),
+                 "steps_since_fired": self.steps_since_fired}
+        if self.group_stats is not None:
+            state["group_stats"] = self.group_stats.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sae.load_state_dict(state["sae"])
+        load_optimizer_state(self.opt, state["opt"])
+        self.steps_since_fired = state["steps_since_fired"].to(self.steps_since_fired.device)
+        if self.group_stats is not None:
+            self.group_stats.load_state_dict(state["group_stats"])
+        self.step, self.status, self.message, self.last = state["step"], state["status"], state["message"], state["last"]
