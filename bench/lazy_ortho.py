@@ -20,7 +20,7 @@ import torch
 
 from common.config import RunConfig, load_config
 from train import load_sae, train
-from train.sae.ortho import contiguous_groups, ortho_loss
+from train.sae import contiguous_groups, is_grouped, ortho_loss
 
 
 def main() -> None:
@@ -30,8 +30,8 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(args.config)
     k = args.every
-    runs = [RunConfig(name="baseline", type="baseline", overrides={})]
-    runs += [RunConfig(name=f"{kind}-every{e}", type=kind, overrides={"every": e})
+    runs = [RunConfig.of("baseline", train=cfg.train, ortho=cfg.ortho)]
+    runs += [RunConfig.of(kind, f"{kind}-every{e}", train=cfg.train, ortho=cfg.ortho, every=e)
              for kind in ("fixed", "adaptive") for e in (1, k)]
     with tempfile.TemporaryDirectory(prefix="lazy_ortho-") as tmp:
         cfg = dataclasses.replace(cfg, runs=runs, train=dataclasses.replace(cfg.train, runs_dir=tmp))
@@ -42,14 +42,12 @@ def main() -> None:
         print("|---|---:|---:|---:|")
         for run in runs:
             sae, _ = load_sae(Path(tmp) / run.name)
-            groups = getattr(sae, "groups", None)
-            if groups is None:
-                groups = contiguous_groups(sae.d_sae, n_groups)
+            groups = sae.groups if is_grouped(sae) else contiguous_groups(sae.d_sae, n_groups)
             with torch.no_grad():
                 W = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)  # the export folds the scale in
                 lo = ortho_loss(W, groups, n_groups).item()
             last = json.loads((Path(tmp) / run.name / "log.jsonl").read_text().splitlines()[-1])
-            print(f"| {run.name} | {lo:.1f} | {last['l0']:.1f} | {last['explained_variance']:.3f} |")
+            print(f"| {run.name} | {lo:.1f} | {last['l0']:.1f} | {last['ev_batch']:.3f} |")
 
 
 if __name__ == "__main__":

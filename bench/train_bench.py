@@ -3,7 +3,7 @@
     python -m bench.train_bench [--quick]
 
 1. Our loop fed by `ActivationStream` from a zarr store (bf16 rows, zstd, as the harvest writes) vs the
-   same loop fed by an in-memory tensor of the same rows: same SAE, same `train.runner._train_step`.
+   same loop fed by an in-memory tensor of the same rows: same SAE, same `Trainer.train_step`.
 2. L_ortho overhead: adaptive-orthogonal vs baseline step at two sizes (λ2 > 0, so the ortho term has a
    graph), with L_ortho every step (`[train.ortho] every = 1`, the exact loss) and lazily every 4th
    step (`every = 4`); one regroup (eigvalsh of Grams, every `regroup_every` steps) is timed, amortised.
@@ -33,8 +33,9 @@ import torch
 
 from common.config import OrthoConfig, RunConfig, TrainConfig
 from common.store import GroupPlan, StoreReader, StoreWriter, to_storage
-from train.runner import RunState, _sae_for, _train_step
+from train.sae import make_sae
 from train.stream import ActivationStream
+from train.trainer import Trainer
 
 # (steps per round, rounds) per comparison: short rounds keep each pair adjacent in time (bursty noise);
 # the stream's round is one shuffle window (buffer_rows / batch steps) so its reads are amortised fairly.
@@ -75,16 +76,11 @@ def write_store(url: str, rows: torch.Tensor) -> StoreReader:
     return StoreReader(url)
 
 
-def our_run(kind: str, d: int, d_sae: int, batch: int, log_dir: Path, tag: str = "", every: int = 1) -> RunState:
-    """A run as `train.runner` builds it (default [train] settings, one JSONL log per run)."""
-    train = TrainConfig(d_sae=d_sae, batch_size=batch)
-    ortho = OrthoConfig(**ORTHO, every=every)
-    name = f"{kind}-{d}x{d_sae}{tag}"
-    run = RunConfig(name=name, type=kind, overrides={})
-    sae = _sae_for(run, d, train, ortho, "cpu")
-    opt = torch.optim.Adam(sae.parameters(), lr=train.lr, betas=tuple(train.adam_betas))
-    return RunState(cfg=run, dir=log_dir, sae=sae, opt=opt, train=train, ortho=ortho,
-                    steps_since_fired=torch.zeros(d_sae, dtype=torch.long), log=open(log_dir / f"{name}.jsonl", "w"))
+def our_run(kind: str, d: int, d_sae: int, batch: int, tag: str = "", every: int = 1) -> Trainer:
+    """A run's Trainer as `train.runner` builds it (default [train] settings)."""
+    run = RunConfig.of(kind, f"{kind}-{d}x{d_sae}{tag}", train=TrainConfig(d_sae=d_sae, batch_size=batch),
+                       ortho=OrthoConfig(**ORTHO, every=every))
+    return Trainer(run, make_sae(run, d), TOTAL_STEPS)
 
 
 def timed(step):
@@ -100,11 +96,11 @@ def timed(step):
     return run
 
 
-def our_step(rs: RunState, batches):
-    """One `_train_step` on `batches(i) -> (x, is_forget)`; steps count from 1 (λ2 = λ2_max with t0 = 1)."""
+def our_step(trainer: Trainer, batches):
+    """One `Trainer.train_step` on `batches(i) -> (x, is_forget)` (λ2 = λ2_max from step 1: t0 = 1)."""
     def step(i: int) -> None:
-        _train_step(rs, *batches(i), rs.step + 1, TOTAL_STEPS)
-        assert rs.status == "running", rs.message
+        trainer.train_step(*batches(i))
+        assert trainer.running, trainer.message
     return step
 
 
@@ -137,14 +133,14 @@ def bench_stream(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
     reader = write_store(str(tmp / "bench.zarr"), rows)
     buffer_rows = TrainConfig().buffer_rows
     stream = ActivationStream(reader, ["retain"], batch_size=c["batch"], buffer_rows=buffer_rows, seed=0)
-    rs_store, rs_mem = (our_run("baseline", c["d"], c["d_sae"], c["batch"], tmp, tag) for tag in ("-s", "-m"))
+    rs_store, rs_mem = (our_run("baseline", c["d"], c["d_sae"], c["batch"], tag) for tag in ("-s", "-m"))
 
     def from_store(n: int) -> float:
         it = iter(stream)  # continues where the last round stopped (stream.batches_served)
         x, fm = next(it)  # the first window's read happens once per training run: not timed
         t = time.perf_counter()
         for i in range(n):
-            _train_step(rs_store, x, fm, rs_store.step + 1, TOTAL_STEPS)
+            rs_store.train_step(x, fm)
             if i + 1 < n:
                 x, fm = next(it)
         elapsed = time.perf_counter() - t
@@ -165,28 +161,28 @@ def bench_ortho(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
     big_rows = synthetic_rows(4 * c["big"][2], c["big"][0], seed=2)
     for (d, d_sae, batch), data, rounds in [((c["d"], c["d_sae"], c["batch"]), rows, c["ortho"]),
                                             (c["big"], big_rows, c["big_rounds"])]:
-        runs = {"baseline": our_run("baseline", d, d_sae, batch, tmp),
-                **{f"every {k}": our_run("adaptive", d, d_sae, batch, tmp, f"-e{k}", every=k) for k in (1, 4)}}
+        runs = {"baseline": our_run("baseline", d, d_sae, batch),
+                **{f"every {k}": our_run("adaptive", d, d_sae, batch, f"-e{k}", every=k) for k in (1, 4)}}
         batches = memory_batches(data, batch, forget_frac=0.5)
         # 4 steps per round (FULL, QUICK): every round holds one whole lazy period of every = 4
         sec = interleave({k: timed(our_step(rs, batches)) for k, rs in runs.items()}, rounds)
         # one regroup (stats, re-binning, 2×G eigvalsh), amortised over regroup_every steps
-        sae, (x, fm) = runs["every 1"].sae, batches(0)
+        trainer, (x, fm) = runs["every 1"], batches(0)
+        every_n = trainer.run.ortho.regroup_every
         with torch.no_grad():
-            f = sae.encode(x)
+            f = trainer.sae.encode(x)
         t = time.perf_counter()
-        assert sae.on_step_end(sae.regroup_every, f, fm)["regrouped"]
-        regroup = (time.perf_counter() - t) / sae.regroup_every
+        trainer.group_stats.update(f, fm)
+        trainer.regroup()
+        regroup = (time.perf_counter() - t) / every_n
         for k in (1, 4):
             p = pair(sec, "baseline", f"every {k}", batch)
             over = p["ratio"] - 1  # baseline speed / adaptive speed - 1 = extra time per step
             over_rg = statistics.median((a + regroup) / b for a, b in zip(sec[f"every {k}"], sec["baseline"])) - 1
-            note = f"{over_rg:+.1%} with regroup every {sae.regroup_every} steps ({regroup * 1e3:.0f} ms/step)"
+            note = f"{over_rg:+.1%} with regroup every {every_n} steps ({regroup * 1e3:.0f} ms/step)"
             out.append((f"2. L_ortho: adaptive (every = {k}) vs baseline step", f"{d}×{d_sae}, batch {batch}",
                         p["b"], p["a"], f"overhead {over:+.1%} ({p['lo'] - 1:+.1%}…{p['hi'] - 1:+.1%})",
                         "≤ 10 %", over <= 0.10, note))
-        for rs in runs.values():
-            rs.log.close()
     return out
 
 
@@ -218,7 +214,7 @@ def bench_libraries(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
     d, d_sae, batch = c["d"], c["d_sae"], c["batch"]
     train = TrainConfig()
     batches = memory_batches(rows, batch)
-    ours = our_run("baseline", d, d_sae, batch, tmp, "-lib")
+    ours = our_run("baseline", d, d_sae, batch, "-lib")
     dl = dictionary_learning_trainer(d, d_sae, train.lr, train.l1_coefficient)
     sl = sae_lens_trainer(d, d_sae, batch, train.lr, train.l1_coefficient)
 

@@ -1,4 +1,4 @@
-"""Group health of a trained SAE and its training curves.
+"""Group health of a trained SAE.
 
 Per group g (features with ``groups == g``; a non-grouped SAE is one group) and for the decoder
 (rows of ``W_dec``) and the encoder (columns of ``W_enc``), each seen as a ``d_model × n_g`` matrix
@@ -20,21 +20,20 @@ count alone, which is why the mean angle and the overlap are reported too.
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from train.sae.grouping import group_health
+from train.sae import group_health, is_grouped
+from train.sae.ortho import gram
 
 RANK_RTOL = 1e-10  # on eigenvalues (σ²) of the Gram, i.e. σ relative 1e-5, in float64
 
 
 def _groups_of(sae: nn.Module, groups: Tensor | None, n_groups: int | None) -> tuple[Tensor, int]:
-    if groups is None:
-        groups = getattr(sae, "groups", None)
+    if groups is None and is_grouped(sae):
+        groups = sae.groups
     if groups is None:
         groups = torch.zeros(sae.W_dec.shape[0], dtype=torch.long)
     groups = groups.detach().to("cpu", torch.long)
@@ -44,8 +43,7 @@ def _groups_of(sae: nn.Module, groups: Tensor | None, n_groups: int | None) -> t
 
 def _gram(W: Tensor, idx: Tensor) -> Tensor:
     """W_gW_gᵀ [d_model, d_model] for rows ``W[idx]`` (float64)."""
-    A = W[idx].to(torch.float64)
-    return A.T @ A
+    return gram(W[idx].to(torch.float64))
 
 
 def _basis(gram: Tensor) -> Tensor:
@@ -107,30 +105,3 @@ def conditioning_report(sae: nn.Module, groups: Tensor | None = None, n_groups: 
             pairs.append(row)
     report["pairs"] = pairs
     return report
-
-
-def training_curves(log_path: str | Path) -> dict[str, list]:
-    """Series from the JSONL training log, one entry per line (None where a line lacks the key).
-
-    List-valued keys (``cond``, ``group_sizes``) are kept as lists and also split into
-    ``cond_0``, ``cond_1``, ... A truncated or blank line (a run still writing) is skipped.
-    """
-    records = []
-    for line in Path(log_path).read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-    for rec in records:
-        for key in ("cond", "group_sizes"):
-            if isinstance(rec.get(key), list):
-                rec.update({f"{key}_{i}": v for i, v in enumerate(rec[key])})
-    keys: list[str] = []
-    for rec in records:
-        keys += [k for k in rec if k not in keys]
-    return {k: [rec.get(k) for rec in records] for k in keys}

@@ -21,8 +21,8 @@ MSE: ``mse`` = E‖x−x̂‖² (sum over d_model, mean over rows: SAELens 6.x a
 in its batch before averaging (batch-size dependent; kept only for side-by-side comparison).
 
 Cosine similarity of a row whose x or x̂ is exactly 0 counts as 0 (SAEBench would give nan).
-Feature activity is ``f > 0`` (SAEBench's feature density). ``frac_dense`` uses SAEBench's highest
-density cut-off in ``calculate_misc_metrics`` (``freq_over_10_percent``: density > 0.1).
+Feature activity is ``f > 0`` (SAEBench's feature density); ``freq_over_1_percent`` and
+``freq_over_10_percent`` are SAEBench's ``calculate_misc_metrics`` density cut-offs.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-DENSE_THRESHOLD = 0.1  # SAEBench calculate_misc_metrics: freq_over_10_percent
+from common.metrics import explained_variance
 
 
 def _rows(batch: Tensor | np.ndarray, sae: nn.Module) -> Tensor:
@@ -61,7 +61,6 @@ def feature_frequencies(sae: nn.Module, batches: Iterable[Tensor | np.ndarray]) 
 def reconstruction_metrics(
     sae: nn.Module,
     batches: Iterable[Tensor | np.ndarray],
-    dense_threshold: float = DENSE_THRESHOLD,
 ) -> dict[str, float]:
     """Stream raw activation rows ``[B, d_model]`` through the SAE and return scalar metrics."""
     f64 = torch.float64
@@ -115,20 +114,12 @@ def reconstruction_metrics(
     var_r = sum_r2 / n - (sum_r / n).pow(2)
     total_var = var_x.sum().item()
     out["mse"] = mse
-    out["explained_variance"] = _ratio_ev(mse, total_var)
-    out["explained_variance_dictionary_learning"] = _ratio_ev(var_r.sum().item(), total_var)
+    out["explained_variance"] = explained_variance(mse, total_var)
+    out["explained_variance_dictionary_learning"] = explained_variance(var_r.sum().item(), total_var)
     density = active / n
     out["frac_dead"] = (density == 0).to(f64).mean().item()
     out["frac_alive"] = 1.0 - out["frac_dead"]
-    out["frac_dense"] = (density > dense_threshold).to(f64).mean().item()
     out["freq_over_1_percent"] = (density > 0.01).to(f64).mean().item()
     out["freq_over_10_percent"] = (density > 0.1).to(f64).mean().item()
     out["n_rows"] = n
     return out
-
-
-def _ratio_ev(residual: float, total: float) -> float:
-    # SAELens ExplainedVarianceCalculator guard for constant inputs
-    if total < 1e-10:
-        return 1.0 if residual < 1e-10 else 0.0
-    return 1.0 - residual / total

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from common import __version__  # noqa: E402
 from common.config import Config  # noqa: E402
 from common.store import StoreReader  # noqa: E402
+from eval.curves import plot_training_curves  # noqa: E402
 
 HEADLINE_EV = "explained_variance"
 L0_BAND = 0.25
@@ -81,8 +82,9 @@ def comparison(results: dict[str, dict]) -> dict:
 
 
 def _alpha(result: dict) -> float:
-    hp = result.get("cfg", {}).get("orthosae", {})
-    return float(hp.get("alpha", math.nan)) if "alpha" in hp else math.nan
+    """α of a run with L_ortho (nan for the baseline, whose α means nothing)."""
+    run = result.get("cfg", {}).get("orthosae", {})
+    return float(run["ortho"]["alpha"]) if run.get("type") in ("fixed", "adaptive") else math.nan
 
 
 def _fmt(v, digits=3) -> str:
@@ -104,7 +106,7 @@ def _markdown(cfg: Config, reader: StoreReader, results: dict, comp: dict, timin
     rec = [[n, results[n]["summary"].get("type"), _fmt(_alpha(results[n]), 2),
             *[_get(results[n], "reconstruction", k) for k in
               ("l0", HEADLINE_EV, "explained_variance_legacy", "explained_variance_dictionary_learning",
-               "mse", "cossim", "l2_ratio", "relative_reconstruction_bias", "frac_dead", "frac_dense")]]
+               "mse", "cossim", "l2_ratio", "relative_reconstruction_bias", "frac_dead", "freq_over_10_percent")]]
            for n in names]
     down = [[n, *[_get(results[n], "downstream", k) for k in
                   ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation", "ce_loss_score",
@@ -137,7 +139,7 @@ d_model {meta.get('d_model')}) · runs {', '.join(f'`{cfg.train.runs_dir}/{n}`' 
 orthosae {__version__} · {time.strftime('%Y-%m-%d %H:%M:%S')}
 
 ## Reconstruction (held-out rows; headline EV = `{HEADLINE_EV}`, the corrected SAELens definition)
-{_table(["run", "type", "α", "L0", "EV", "EV legacy (SAEBench)", "EV dictionary_learning", "MSE", "cos sim", "L2 ratio", "rel. bias", "dead", "dense"], rec)}
+{_table(["run", "type", "α", "L0", "EV", "EV legacy (SAEBench)", "EV dictionary_learning", "MSE", "cos sim", "L2 ratio", "rel. bias", "dead", "dense (> 10 %)"], rec)}
 
 ## Downstream (SAE spliced in at layer {cfg.harvest.layer}; BOS position left clean)
 {_table(["run", "CE clean", "CE with SAE", "CE zero-abl.", "CE-loss score", "KL with SAE", "KL score"], down)}
@@ -202,17 +204,7 @@ def _plots(out_dir: Path, results: dict) -> list[str]:
     ax.legend(fontsize=7)
     made.append(_save(fig, out_dir, "condition_numbers.png"))
 
-    keys = ["recon", "sparse", "ortho", "lambda2", "l0", "explained_variance"]
-    fig, axes = plt.subplots(2, 3, figsize=(11, 6))
-    for ax, key in zip(axes.flat, keys):
-        for n in names:
-            curves = results[n].get("curves", {})
-            if key in curves and "step" in curves:
-                pts = [(s, v) for s, v in zip(curves["step"], curves[key]) if v is not None]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=n, linewidth=1)
-        ax.set(title="λ2(t)" if key == "lambda2" else key, xlabel="step")
-    axes.flat[0].legend(fontsize=6)
-    made.append(_save(fig, out_dir, "training_curves.png"))
+    made.append(_save(plot_training_curves(results), out_dir, "training_curves.png"))
     return made
 
 

@@ -1,35 +1,69 @@
 """`pipe eval`: every metric family for every trained run, from one store and one model load.
 
-Order: reconstruction on held-out cached rows (no model needed) -> conditioning of feature groups
--> the model is loaded once -> spliced CE/KL (one pass serves all runs) -> unlearning (the
-SAE-independent baseline computed once) -> report.json / report.md / plots.
+``evaluate`` reads top to bottom: load the runs -> reconstruction on held-out cached rows (no model
+needed) -> feature frequencies and conditioning of feature groups -> load the model once ->
+spliced CE/KL (one pass serves all runs) -> unlearning (the SAE-independent baseline computed once)
+-> report.json / report.md / plots. Each family is one function filling one field of every
+``RunResult``.
 """
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
-from common.config import Config, ConfigError
+from common.config import Config, ConfigError, RunConfig
 from common.corpora import load_mcq
 from common.model import load_model
 from common.progress import console, progress
 from common.store import StoreError, StoreReader, open_store_for
-from eval.conditioning import conditioning_report, training_curves
+from eval.conditioning import conditioning_report
 from eval.core import feature_frequencies, reconstruction_metrics
+from eval.curves import training_curves
 from eval.downstream import spliced_ce
 from eval.report import write_report
 from eval.unlearning import run_unlearning, unlearning_baseline
 from train.export import load_sae
-from train.sae.grouping import assign_groups, forget_share
+from train.sae import SAE, assign_groups, is_grouped
+from train.sae.grouping import forget_share
 
 ROW_BATCH = 4096
 
 
-def _groups_by(cfg: Config, split: str, role: str | None = None) -> list[str]:
+@dataclass
+class RunResult:
+    """One trained run and what eval measured of it (``to_json`` is its entry in report.json)."""
+    run: RunConfig
+    dir: Path
+    sae: SAE
+    sae_cfg: dict  # the run's cfg.json
+    summary: dict  # the run's summary.json
+    forget_freq: Tensor | None = None  # feature frequency on forget / retain training rows
+    retain_freq: Tensor | None = None
+    reconstruction: dict = field(default_factory=dict)
+    conditioning: dict = field(default_factory=dict)
+    curves: dict = field(default_factory=dict)
+    downstream: dict = field(default_factory=dict)
+    unlearning: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    def to_json(self) -> dict:
+        out = {"summary": self.summary, "cfg": self.sae_cfg, "reconstruction": self.reconstruction,
+               "conditioning": self.conditioning, "curves": self.curves, "downstream": self.downstream}
+        if self.unlearning:
+            out["unlearning"] = self.unlearning
+        return out
+
+
+def _corpora(cfg: Config, split: str, role: str | None = None) -> list[str]:
     return [n for n, c in cfg.corpora.items() if c.split == split and (role is None or c.role == role)]
 
 
@@ -49,10 +83,10 @@ def _contexts(reader: StoreReader, names: list[str], n: int, bos: int) -> torch.
     return torch.cat([reader.contexts(name, 0, min(per, info[name].n_contexts), bos) for name in names])[:n]
 
 
-def _load_runs(cfg: Config, run_names: list[str] | None) -> dict[str, tuple]:
-    runs = [cfg.run(n) for n in run_names] if run_names else list(cfg.runs)
-    out = {}
-    for run in runs:
+def load_runs(cfg: Config, run_names: list[str] | None = None) -> list[RunResult]:
+    """The config's trained runs (failed ones left out, with a warning)."""
+    out = []
+    for run in [cfg.run(n) for n in run_names] if run_names else cfg.runs:
         run_dir = Path(cfg.train.runs_dir) / run.name
         summary_path = run_dir / "summary.json"
         if not summary_path.exists():
@@ -62,60 +96,106 @@ def _load_runs(cfg: Config, run_names: list[str] | None) -> dict[str, tuple]:
             console.print(f"[yellow]{run.name}: training failed ({summary.get('message')}); left out")
             continue
         sae, sae_cfg = load_sae(run_dir)
-        out[run.name] = (run, run_dir, sae.eval().requires_grad_(False), sae_cfg, summary)
+        out.append(RunResult(run=run, dir=run_dir, sae=sae.eval().requires_grad_(False), sae_cfg=sae_cfg,
+                             summary=summary))
     if not out:
         raise StoreError(f"{cfg.train.runs_dir}: no trained run to evaluate")
     return out
 
 
-def _feature_groups(sae, forget_freq: torch.Tensor, retain_freq: torch.Tensor, n_groups: int):
-    """The run's own groups (grouped SAE), else the same forget/retain rule applied post hoc, so
-    condition numbers compare like with like across baseline, fixed and adaptive runs."""
-    if hasattr(sae, "groups"):
-        return sae.groups, "learned"
+def feature_groups(sae: SAE, forget_freq: Tensor, retain_freq: Tensor, n_groups: int) -> tuple[Tensor, int, str]:
+    """(groups, G, how): the run's own groups (grouped SAE), else the same forget/retain rule
+    applied post hoc, so condition numbers compare like with like across run types."""
+    if is_grouped(sae):
+        return sae.groups, sae.n_groups, "learned"
     # features silent on both corpora (nan share) keep group 0
     current = torch.zeros(len(forget_freq), dtype=torch.long)
-    return assign_groups(forget_share(forget_freq, retain_freq), current, n_groups), "post hoc (eval frequencies)"
+    return (assign_groups(forget_share(forget_freq, retain_freq), current, n_groups), n_groups,
+            "post hoc (eval frequencies)")
+
+
+def measure_reconstruction(cfg: Config, reader: StoreReader, results: list[RunResult], advance) -> None:
+    for r in results:
+        r.reconstruction = reconstruction_metrics(r.sae, _rows(reader, _corpora(cfg, "heldout"), cfg.eval.rows))
+        advance(1)
+
+
+def measure_conditioning(cfg: Config, reader: StoreReader, results: list[RunResult], advance) -> None:
+    """Feature frequencies on the training corpora (unlearning's selection needs them too), the
+    groups they imply, the groups' conditioning, and the training curves."""
+    forget, retain = _corpora(cfg, "train", "forget"), _corpora(cfg, "train", "retain")
+    for r in results:
+        r.forget_freq = feature_frequencies(r.sae, _rows(reader, forget, cfg.eval.rows)) if forget else None
+        r.retain_freq = feature_frequencies(r.sae, _rows(reader, retain, cfg.eval.rows)) if retain else None
+        if r.forget_freq is not None and r.retain_freq is not None:
+            groups, n_groups, how = feature_groups(r.sae, r.forget_freq.float(), r.retain_freq.float(),
+                                                   cfg.ortho.groups)
+            r.conditioning = conditioning_report(r.sae, groups.cpu(), n_groups)
+        else:
+            r.conditioning, how = conditioning_report(r.sae), "single group"
+        r.conditioning["grouping"] = how
+        log = r.dir / "log.jsonl"
+        r.curves = training_curves(log) if log.exists() else {}
+        advance(1)
+
+
+def measure_downstream(cfg: Config, reader: StoreReader, lm, results: list[RunResult], bar) -> None:
+    contexts = _contexts(reader, _corpora(cfg, "heldout"), cfg.eval.ce_contexts, lm.tokenizer.bos_token_id)
+    task = bar.add_task("spliced CE / KL", total=len(contexts))
+    downstream = spliced_ce(lm.model, cfg.harvest.layer, {r.name: r.sae for r in results}, contexts,
+                            cfg.eval.batch_size, progress=lambda k: bar.advance(task, k))
+    for r in results:
+        r.downstream = downstream[r.name]
+
+
+def measure_unlearning(cfg: Config, reader: StoreReader, lm, results: list[RunResult], bar,
+                       timings: dict) -> None:
+    un, bos = cfg.eval.unlearning, lm.tokenizer.bos_token_id
+    t = time.perf_counter()
+    has_freqs = bool(_corpora(cfg, "train", "forget") and _corpora(cfg, "train", "retain"))
+    mcq = "mcq" in un.modes and has_freqs
+    loss = "loss" in un.modes and bool(_corpora(cfg, "heldout", "forget") and _corpora(cfg, "heldout", "retain"))
+    cap = un.max_questions or None
+    forget_q = load_mcq(un.forget_questions, un.forget_subjects, cap) if mcq else None
+    retain_q = load_mcq(un.retain_questions, un.retain_subjects, cap) if mcq else None
+    fc = _contexts(reader, _corpora(cfg, "heldout", "forget"), un.loss_contexts, bos) if loss else None
+    rc = _contexts(reader, _corpora(cfg, "heldout", "retain"), un.loss_contexts, bos) if loss else None
+    task = bar.add_task("unlearning baseline (unmodified model)", total=1)
+    baseline = unlearning_baseline(lm.model, lm.tokenizer, forget_mcqs=forget_q, retain_mcqs=retain_q,
+                                   forget_contexts=fc, retain_contexts=rc, batch_size=cfg.eval.batch_size,
+                                   chat=un.chat_template, all_permutations=un.all_permutations)
+    bar.advance(task)  # stops its clock; an open task would keep counting through the interventions
+    timings["unlearning_baseline"] = time.perf_counter() - t
+    t = time.perf_counter()
+    settings = len(un.retain_thresholds) * len(un.n_features_list) * len(un.multipliers)
+    task = bar.add_task("unlearning interventions", total=settings * len(results))
+    for r in results:
+        if r.forget_freq is None or r.retain_freq is None:
+            continue
+        r.unlearning = run_unlearning(
+            lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, r.forget_freq, r.retain_freq,
+            forget_mcqs=forget_q, retain_mcqs=retain_q, forget_contexts=fc, retain_contexts=rc,
+            retain_thresholds=un.retain_thresholds, n_features_list=un.n_features_list,
+            multipliers=un.multipliers, batch_size=cfg.eval.batch_size, chat=un.chat_template,
+            all_permutations=un.all_permutations, baseline=baseline, progress=lambda k: bar.advance(task, k))
+    timings["unlearning_interventions"] = time.perf_counter() - t
 
 
 def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: bool = True) -> Path:
     reader = open_store_for(cfg)
-    runs = _load_runs(cfg, run_names)
-    heldout = _groups_by(cfg, "heldout")
-    if not heldout:
+    results = load_runs(cfg, run_names)
+    if not _corpora(cfg, "heldout"):
         raise ConfigError(f"{cfg.path}: [corpora]: eval needs a corpus with split = \"heldout\"")
-    ev, un = cfg.eval, cfg.eval.unlearning
     timings: dict[str, float] = {}
-    results: dict[str, dict] = {name: {"summary": r[4], "cfg": r[3]} for name, r in runs.items()}
-
     with progress("item", disable=not show_progress) as bar:
         t = time.perf_counter()
-        task = bar.add_task("reconstruction", total=len(runs))
-        for name, (_, _, sae, _, _) in runs.items():
-            results[name]["reconstruction"] = reconstruction_metrics(sae, _rows(reader, heldout, ev.rows))
-            bar.advance(task)
+        task = bar.add_task("reconstruction", total=len(results))
+        measure_reconstruction(cfg, reader, results, lambda k: bar.advance(task, k))
         timings["reconstruction"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        freq_rows = ev.rows
-        forget_train, retain_train = _groups_by(cfg, "train", "forget"), _groups_by(cfg, "train", "retain")
-        task = bar.add_task("feature frequencies + conditioning", total=len(runs))
-        freqs = {}
-        for name, (run, run_dir, sae, _, _) in runs.items():
-            ff = feature_frequencies(sae, _rows(reader, forget_train, freq_rows)) if forget_train else None
-            rf = feature_frequencies(sae, _rows(reader, retain_train, freq_rows)) if retain_train else None
-            freqs[name] = (ff, rf)
-            if ff is not None and rf is not None:
-                groups, how = _feature_groups(sae, ff.float(), rf.float(), cfg.ortho.groups)
-                n_groups = sae.group_bias.shape[0] if how == "learned" else cfg.ortho.groups
-                cond = conditioning_report(sae, groups.cpu(), n_groups)
-            else:
-                cond, how = conditioning_report(sae), "single group"
-            cond["grouping"] = how
-            log = run_dir / "log.jsonl"
-            results[name]["conditioning"] = cond
-            results[name]["curves"] = training_curves(log) if log.exists() else {}
-            bar.advance(task)
+        task = bar.add_task("feature frequencies + conditioning", total=len(results))
+        measure_conditioning(cfg, reader, results, lambda k: bar.advance(task, k))
         timings["conditioning"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -123,48 +203,14 @@ def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: 
                         device=cfg.model.device, trust_remote_code=cfg.model.trust_remote_code)
         timings["model_load"] = time.perf_counter() - t
         device = next(lm.model.parameters()).device
-        bos = lm.tokenizer.bos_token_id
-        saes = {name: r[2].to(device) for name, r in runs.items()}
+        for r in results:
+            r.sae = r.sae.to(device)
 
         t = time.perf_counter()
-        contexts = _contexts(reader, heldout, ev.ce_contexts, bos)
-        task = bar.add_task("spliced CE / KL", total=len(contexts))
-        downstream = spliced_ce(lm.model, cfg.harvest.layer, saes, contexts, ev.batch_size,
-                                progress=lambda k: bar.advance(task, k))
-        for name in runs:
-            results[name]["downstream"] = downstream[name]
+        measure_downstream(cfg, reader, lm, results, bar)
         timings["downstream"] = time.perf_counter() - t
+        measure_unlearning(cfg, reader, lm, results, bar, timings)
 
-        t = time.perf_counter()
-        mcq = "mcq" in un.modes and bool(forget_train and retain_train)
-        loss = "loss" in un.modes and bool(_groups_by(cfg, "heldout", "forget") and _groups_by(cfg, "heldout", "retain"))
-        cap = un.max_questions or None
-        forget_q = load_mcq(un.forget_questions, un.forget_subjects, cap) if mcq else None
-        retain_q = load_mcq(un.retain_questions, un.retain_subjects, cap) if mcq else None
-        fc = _contexts(reader, _groups_by(cfg, "heldout", "forget"), un.loss_contexts, bos) if loss else None
-        rc = _contexts(reader, _groups_by(cfg, "heldout", "retain"), un.loss_contexts, bos) if loss else None
-        task = bar.add_task("unlearning baseline (unmodified model)", total=1)
-        baseline = unlearning_baseline(lm.model, lm.tokenizer, forget_mcqs=forget_q, retain_mcqs=retain_q,
-                                       forget_contexts=fc, retain_contexts=rc, batch_size=ev.batch_size,
-                                       chat=un.chat_template, all_permutations=un.all_permutations)
-        bar.advance(task)  # stops its clock; an open task would keep counting through the interventions
-        timings["unlearning_baseline"] = time.perf_counter() - t
-        t = time.perf_counter()
-        settings = len(un.retain_thresholds) * len(un.n_features_list) * len(un.multipliers)
-        task = bar.add_task("unlearning interventions", total=settings * len(runs))
-        for name, sae in saes.items():
-            ff, rf = freqs[name]
-            if ff is None or rf is None:
-                continue
-            results[name]["unlearning"] = run_unlearning(
-                lm.model, lm.tokenizer, cfg.harvest.layer, sae, ff, rf, forget_mcqs=forget_q,
-                retain_mcqs=retain_q, forget_contexts=fc, retain_contexts=rc,
-                retain_thresholds=un.retain_thresholds, n_features_list=un.n_features_list,
-                multipliers=un.multipliers, batch_size=ev.batch_size, chat=un.chat_template,
-                all_permutations=un.all_permutations, baseline=baseline,
-                progress=lambda k: bar.advance(task, k))
-        timings["unlearning_interventions"] = time.perf_counter() - t
-
-    out_dir = Path(ev.reports_dir) / ev.name
-    write_report(out_dir, cfg, reader, results, timings)
+    out_dir = Path(cfg.eval.reports_dir) / cfg.eval.name
+    write_report(out_dir, cfg, reader, {r.name: r.to_json() for r in results}, timings)
     return out_dir

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from eval.downstream import ResidFn, final_hidden, softcap, splice, token_ce
+from train.sae import is_grouped
 from train.sae.adaptive_ortho import require_uniform_norms
 
 LETTERS = "ABCDEFGHIJ"
@@ -63,22 +64,17 @@ SUBJECT_NAMES = {"wmdp-bio": "biology", "wmdp-cyber": "cyber security"}  # SAEBe
 def fold_decoder_norms(sae: nn.Module) -> nn.Module:
     """Copy with W_dec rows at unit norm and the norms moved into W_enc columns and b_enc.
 
-    f_i scales by ‖W_dec_i‖ and the reconstruction is unchanged for ReLU (and JumpReLU: a
-    ``threshold`` is scaled too). Not reconstruction-preserving when decode depends on activation
-    magnitudes in other ways (TopK selection). The grouped SAE's mass shares π_g are
-    scale-invariant only under a uniform scale, so non-uniform norms with a ``group_bias`` raise.
+    f_i scales by ‖W_dec_i‖ and the reconstruction is unchanged for ReLU. The grouped SAE's mass
+    shares π_g are scale-invariant only under a uniform scale, so non-uniform norms raise there.
     """
     out = copy.deepcopy(sae)
     n = out.W_dec.norm(dim=1)
     n = torch.where(n > 0, n, torch.ones_like(n))
-    if hasattr(out, "group_bias"):
+    if is_grouped(out):
         require_uniform_norms(n)
     out.W_enc.mul_(n.to(out.W_enc.dtype))
     out.b_enc.mul_(n.to(out.b_enc.dtype))
     out.W_dec.div_(n[:, None].to(out.W_dec.dtype))
-    thr = getattr(out, "threshold", None)
-    if isinstance(thr, Tensor) and thr.shape == n.shape:
-        thr.mul_(n.to(thr.dtype))
     return out
 
 

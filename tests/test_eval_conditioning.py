@@ -9,13 +9,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from eval.conditioning import conditioning_report, pair_stats, principal_angles_deg, training_curves
+from eval.conditioning import conditioning_report, pair_stats, principal_angles_deg
+from eval.curves import training_curves
 
 
 def _sae(W_dec: torch.Tensor, groups: torch.Tensor | None = None, W_enc: torch.Tensor | None = None):
     sae = SimpleNamespace(W_dec=W_dec, W_enc=W_dec.T.clone() if W_enc is None else W_enc)
     if groups is not None:
-        sae.groups = groups
+        sae.groups, sae.grouped = groups, True  # as a grouped SAE (train.sae.is_grouped)
     return sae
 
 

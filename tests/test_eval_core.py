@@ -40,7 +40,7 @@ def test_zero_sae_scores_nothing():
     assert m["explained_variance_legacy"] <= 0.0
     assert m["explained_variance"] <= 0.0 and m["explained_variance_dictionary_learning"] == pytest.approx(0.0, abs=1e-9)
     assert m["l0"] == 0 and m["l1"] == 0 and m["cossim"] == 0 and m["l2_ratio"] == 0
-    assert m["frac_dead"] == 1.0 and m["frac_dense"] == 0.0
+    assert m["frac_dead"] == 1.0 and m["freq_over_10_percent"] == 0.0
     assert m["mse"] == pytest.approx(acts.pow(2).sum(-1).mean().item(), rel=1e-5)
 
 
@@ -50,8 +50,8 @@ def test_feature_frequencies_and_dense():
     freq = feature_frequencies(sae, [rows[:2], rows[2:]])
     # features: relu(x0), relu(x1), relu(-x0), relu(-x1)
     assert freq.tolist() == [0.75, 0.25, 0.25, 0.25]
-    m = reconstruction_metrics(sae, [rows], dense_threshold=0.5)
-    assert m["frac_dense"] == 0.25 and m["frac_dead"] == 0.0
+    m = reconstruction_metrics(sae, [rows])
+    assert m["freq_over_10_percent"] == 1.0 and m["freq_over_1_percent"] == 1.0 and m["frac_dead"] == 0.0
 
 
 def test_formulas_by_hand():

@@ -107,7 +107,7 @@ def test_pipe_run_end_to_end_then_skips(tmp_path, tiny_model_dir):
         rec = r["reconstruction"]
         assert {"explained_variance", "explained_variance_legacy", "explained_variance_dictionary_learning",
                 "mse", "cossim", "l0", "l1", "l2_ratio", "relative_reconstruction_bias", "frac_dead",
-                "frac_dense"} <= rec.keys()
+                "freq_over_10_percent"} <= rec.keys()
         assert {"ce_loss_score", "kl_div_score", "ce_loss_with_sae", "ce_loss_without_sae"} <= r["downstream"].keys()
         u = r["unlearning"]
         assert len(u["rows"]) == 2 and "loss_unlearning_score" in u and "unlearning_score" in u

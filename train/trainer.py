@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from common.config import RunConfig
+from common.metrics import explained_variance
 from train.checkpoint import load_optimizer_state, optimizer_state
 from train.resample import resample_dead
 from train.sae import SAE, Coefficients, GroupStats, RegroupReport, assign_groups, group_health, should_stop
@@ -152,7 +153,7 @@ class Trainer:
         rec = {"step": self.step, "lr": c.lr, "lambda1": c.lambda1, "lambda2": c.lambda2,
                "recon": float(out.recon), "sparse": float(out.sparse), "total": float(out.total),
                "l0": float(active.sum(dim=-1, dtype=torch.float32).mean()),
-               "ev_batch": float(1 - resid / total_var),
+               "ev_batch": explained_variance(float(resid), float(total_var)),
                "dead": int(dead.sum()), "dead_frac": float(dead.float().mean())}
         if self.run.has_ortho:
             if self._last_ortho is None:  # resumed on a step the lazy L_ortho skips
