@@ -121,16 +121,29 @@ class TrainConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class OrthoConfig:
-    lambda2_max: float = _key(0.1, _non_negative, "λ2_max: weight of L_ortho once warmed up")
+    lambda2_max: float = _key(100.0, _non_negative, "λ2_max: weight of L_ortho once warmed up (per pair "
+                              "of features in the rms and hinge modes; see README, The method)")
     t0: int = _key(500, _positive, "steps over which λ2(t) = λ2_max·min(1, t/t0) ramps (adaptive)")
-    alpha: float = _key(0.0, _non_negative, "α in ||W_gᵀW_h − αI||_F: allowed sharing between groups")
+    alpha: float = _key(0.0, _non_negative, "α: allowed cosine of sharing between groups (rms: allowed RMS "
+                        "cosine; hinge: allowed |cos| per pair); random unit vectors sit at 1/√d_model")
+    alpha_mode: str = _key("rms", _choice("rms", "hinge", "seed"), "form of L_ortho: rms (mean squared "
+                           "cosine beyond α²), hinge (Σ relu(|cos|−α)² per pair), seed (‖W_gᵀW_h − αI‖_F)")
     weights: str = _key("decoder", _choice("decoder", "encoder"), "which weights L_ortho constrains")
     groups: int = _key(2, _positive, "number of feature groups G")
-    regroup_every: int = _key(100, _positive, "n: steps between group re-assignments")
+    regroup_every: int = _key(100, _positive, "n: steps between group re-assignments (none at the last step)")
+    regroup_min_mass: float = _key(1e-4, _non_negative, "a feature moves only with at least this EMA "
+                                   "activation mass per row (normalised units): one stray activation moves nothing")
+    regroup_margin: float = _key(0.05, _fraction, "hysteresis: a feature leaves its group only when its forget "
+                                 "share is this far past the group's bin edge")
     every: int = _key(1, _positive, "apply L_ortho every k steps with weight k·λ2(t) (lazy "
                       "regularisation: cost ÷ k; 1 = every step, the exact loss)")
     stats_decay: float = _key(0.99, _fraction, "EMA decay of per-feature forget/retain activation mass")
-    cond_max: float = _key(1e4, _positive, "stop early when a group's condition number exceeds this")
+    tau: float = _key(0.05, _non_negative, "τ in the group-bias mix π_g = m_g/(Σm + τ): smooth as a "
+                      "token's activation mass Σm → 0 (activation units)")
+    stop_eff_rank: float = _key(0.1, _fraction, "stop early when a group's effective rank / "
+                                "min(n_g, d_model) falls below this (0 = never)")
+    stop_max_cos: float = _key(0.999, _positive, "stop early when two features of one group reach this "
+                               "|cos| (duplicates; > 1 = never)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -359,6 +372,12 @@ def load_config(path: str | Path) -> Config:
     if len(train.adam_betas) != 2 or not all(_type_ok(b, float) and 0 <= b < 1 for b in train.adam_betas):
         raise ConfigError(f"{file}: [train] adam_betas: expected two numbers in [0, 1)")
     runs = _build_runs(raw.get("runs", [{"name": "baseline", "type": "baseline"}]), file, train, ortho)
+    roles = {c.role for c in corpora.values() if c.split == "train"}
+    for run in runs:
+        if run.grouped and roles != {"forget", "retain"}:
+            raise ConfigError(f"{file}: [[runs]] {run.name} type: \"adaptive\" groups features by their forget "
+                              f"vs retain activation mass, so [corpora] needs split = \"train\" corpora of both "
+                              f"roles (have: {', '.join(sorted(roles))})")
     evaluation = _build(EvalConfig, raw.get("eval", {}), "[eval]", file)
     bad_modes = set(evaluation.unlearning.modes) - {"mcq", "loss"}
     if bad_modes:

@@ -4,10 +4,16 @@ Per group g (features with ``groups == g``; a non-grouped SAE is one group) and 
 (rows of ``W_dec``) and the encoder (columns of ``W_enc``), each seen as a ``d_model × n_g`` matrix
 whose columns are the features' directions:
 
-- condition number σ_max/σ_min and effective rank exp(H(σ/Σσ)), from
-  ``train.sae.grouping.group_health``;
+- from ``train.sae.grouping.group_health``: the condition number σ_max/σ_min (a frame bound that
+  depends on n_g alone for random directions, so it is reported beside n_g), the effective rank
+  exp(H(σ/Σσ)) and its fraction of min(n_g, d_model), and the largest |cos| within the group;
 - per pair g < h: overlap ``‖W_gᵀW_h‖_F = sqrt(tr(W_gW_gᵀ · W_hW_hᵀ))`` from the d_model × d_model
-  Grams (never the n_g × n_h product), also divided by ``‖W_g‖_F‖W_h‖_F`` (scale-free, in [0, 1]);
+  Grams (never the n_g × n_h product), also divided by ``‖W_g‖_F‖W_h‖_F``: for rows of equal norm
+  that is the RMS cosine between a feature of g and one of h, the quantity α bounds in the "rms"
+  L_ortho (random directions: 1/√d_model, reported as ``random_rms_cos``);
+- for the whole dictionary, SAEBench's ``average_max_encoder_cosine_sim`` and
+  ``average_max_decoder_cosine_sim`` (mean over features of the largest signed cosine with another
+  feature, ``calculate_max_cosine_sim``);
 - principal angles between the column spaces: cosines = svdvals(Q_gᵀQ_h) with Q an orthonormal
   basis of each column space; reported as min and mean angle in degrees.
 
@@ -25,7 +31,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from train.sae import group_health, is_grouped
+from train.sae import group_health, is_grouped, max_cosine
 from train.sae.ortho import gram
 
 RANK_RTOL = 1e-10  # on eigenvalues (σ²) of the Gram, i.e. σ relative 1e-5, in float64
@@ -87,11 +93,13 @@ def conditioning_report(sae: nn.Module, groups: Tensor | None = None, n_groups: 
     groups, G = _groups_of(sae, groups, n_groups)
     mats = {"decoder": sae.W_dec.detach().cpu(), "encoder": sae.W_enc.detach().cpu().T}  # rows = features
     idx = [torch.nonzero(groups == g, as_tuple=True)[0] for g in range(G)]
-    report: dict = {"n_groups": G, "group_sizes": [len(i) for i in idx]}
+    d_model = mats["decoder"].shape[1]
+    report: dict = {"n_groups": G, "group_sizes": [len(i) for i in idx], "random_rms_cos": d_model ** -0.5}
     grams, bases = {}, {}
     for name, W in mats.items():
-        cond, eff_rank = group_health(W, groups, G)
-        report[name] = {"cond": cond.tolist(), "eff_rank": eff_rank.tolist()}
+        h = group_health(W, groups, G)
+        report[name] = {"cond": h.cond, "eff_rank": h.eff_rank, "eff_rank_frac": h.eff_rank_frac, "max_cos": h.max_cos}
+        report[f"average_max_{name}_cosine_sim"] = max_cosine(W.float()).mean().item()
         grams[name] = [_gram(W, i) if len(i) else None for i in idx]
         bases[name] = [_basis(gram) if gram is not None else None for gram in grams[name]]
     pairs = []

@@ -43,18 +43,21 @@ def _rows(batch: Tensor | np.ndarray, sae: nn.Module) -> Tensor:
 
 
 @torch.no_grad()
-def feature_frequencies(sae: nn.Module, batches: Iterable[Tensor | np.ndarray]) -> Tensor:
-    """Fraction of rows on which each feature is active (f > 0) -> float64 ``[d_sae]``."""
-    counts: Tensor | None = None
+def feature_activity(sae: nn.Module, batches: Iterable[Tensor | np.ndarray]) -> tuple[Tensor, Tensor]:
+    """(frequency, mass) per feature, float64 ``[d_sae]``: the fraction of rows on which it is active
+    (f > 0; SAEBench's unlearning selection ranks by this) and its mean activation per row (the
+    statistic feature groups are formed from, in training and in eval alike)."""
+    counts = mass = None
     n = 0
     for batch in batches:
         x = _rows(batch, sae)
-        c = (sae.encode(x) > 0).sum(dim=0).to(torch.float64)
-        counts = c if counts is None else counts + c
+        f = sae.encode(x)
+        c, m = (f > 0).sum(dim=0).to(torch.float64), f.clamp_min(0).sum(dim=0).to(torch.float64)
+        counts, mass = (c, m) if counts is None else (counts + c, mass + m)
         n += x.shape[0]
     if counts is None or n == 0:
-        raise ValueError("feature_frequencies: no rows")
-    return (counts / n).cpu()
+        raise ValueError("feature_activity: no rows")
+    return (counts / n).cpu(), (mass / n).cpu()
 
 
 @torch.no_grad()

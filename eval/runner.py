@@ -23,13 +23,13 @@ from common.model import load_model
 from common.progress import console, progress
 from common.store import StoreError, StoreReader, open_store_for
 from eval.conditioning import conditioning_report
-from eval.core import feature_frequencies, reconstruction_metrics
+from eval.core import feature_activity, reconstruction_metrics
 from eval.curves import training_curves
 from eval.downstream import spliced_ce
 from eval.report import write_report
 from eval.unlearning import run_unlearning, unlearning_baseline
 from train.export import load_sae
-from train.sae import SAE, assign_groups, is_grouped
+from train.sae import SAE, FixedOrthoSAE, assign_groups, is_grouped
 from train.sae.grouping import forget_share
 
 ROW_BATCH = 4096
@@ -45,6 +45,8 @@ class RunResult:
     summary: dict  # the run's summary.json
     forget_freq: Tensor | None = None  # feature frequency on forget / retain training rows
     retain_freq: Tensor | None = None
+    forget_mass: Tensor | None = None  # mean activation per row on forget / retain training rows
+    retain_mass: Tensor | None = None
     reconstruction: dict = field(default_factory=dict)
     conditioning: dict = field(default_factory=dict)
     curves: dict = field(default_factory=dict)
@@ -67,14 +69,26 @@ def _corpora(cfg: Config, split: str, role: str | None = None) -> list[str]:
     return [n for n, c in cfg.corpora.items() if c.split == split and (role is None or c.role == role)]
 
 
-def _rows(reader: StoreReader, names: list[str], n_rows: int) -> Iterator[torch.Tensor]:
-    """Up to n_rows raw rows, shared across `names` in proportion to their size, in batches."""
+def _rows(reader: StoreReader, names: list[str], n_rows: int, skip_tokens: frozenset[int] = frozenset()
+          ) -> Iterator[torch.Tensor]:
+    """Up to n_rows raw rows, shared across `names` in proportion to their size, in batches; rows
+    whose token is in ``skip_tokens`` are left out (counted in n_rows all the same)."""
     info = reader.groups()
     total = sum(info[n].n_rows for n in names)
     for name in names:
         take = min(info[name].n_rows, -(-n_rows * info[name].n_rows // total))
         for start in range(0, take, ROW_BATCH):
-            yield reader.read_rows(name, start, min(start + ROW_BATCH, take))
+            rows = reader.read_rows(name, start, min(start + ROW_BATCH, take))
+            if skip_tokens:
+                tokens = torch.from_numpy(reader.read_tokens(name, start, min(start + ROW_BATCH, take)).astype("int64"))
+                rows = rows[~torch.isin(tokens, torch.tensor(sorted(skip_tokens)))]
+            yield rows
+
+
+def special_tokens(tokenizer) -> frozenset[int]:
+    """BOS, EOS and padding ids: SAEBench masks them out of the feature frequencies it selects by."""
+    return frozenset(t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+                     if t is not None)
 
 
 def _contexts(reader: StoreReader, names: list[str], n: int, bos: int) -> torch.Tensor:
@@ -103,15 +117,15 @@ def load_runs(cfg: Config, run_names: list[str] | None = None) -> list[RunResult
     return out
 
 
-def feature_groups(sae: SAE, forget_freq: Tensor, retain_freq: Tensor, n_groups: int) -> tuple[Tensor, int, str]:
-    """(groups, G, how): the run's own groups (grouped SAE), else the same forget/retain rule
-    applied post hoc, so condition numbers compare like with like across run types."""
+def feature_groups(sae: SAE, forget_mass: Tensor, retain_mass: Tensor, n_groups: int) -> tuple[Tensor, int, str]:
+    """(groups, G, how): the run's own groups (grouped SAE), else training's rule applied post hoc
+    to the same statistic (forget share of activation mass), so every run type is grouped alike."""
     if is_grouped(sae):
         return sae.groups, sae.n_groups, "learned"
     # features silent on both corpora (nan share) keep group 0
-    current = torch.zeros(len(forget_freq), dtype=torch.long)
-    return (assign_groups(forget_share(forget_freq, retain_freq), current, n_groups), n_groups,
-            "post hoc (eval frequencies)")
+    current = torch.zeros(len(forget_mass), dtype=torch.long)
+    return (assign_groups(forget_share(forget_mass, retain_mass), current, n_groups), n_groups,
+            "post hoc (forget share of activation mass)")
 
 
 def measure_reconstruction(cfg: Config, reader: StoreReader, results: list[RunResult], advance) -> None:
@@ -120,17 +134,22 @@ def measure_reconstruction(cfg: Config, reader: StoreReader, results: list[RunRe
         advance(1)
 
 
-def measure_conditioning(cfg: Config, reader: StoreReader, results: list[RunResult], advance) -> None:
-    """Feature frequencies on the training corpora (unlearning's selection needs them too), the
-    groups they imply, the groups' conditioning, and the training curves."""
+def measure_conditioning(cfg: Config, reader: StoreReader, results: list[RunResult], skip: frozenset[int],
+                         advance) -> None:
+    """Feature frequency and mass on the training corpora without special-token rows (unlearning's
+    selection needs them too), the groups they imply, the groups' conditioning, the training curves."""
     forget, retain = _corpora(cfg, "train", "forget"), _corpora(cfg, "train", "retain")
     for r in results:
-        r.forget_freq = feature_frequencies(r.sae, _rows(reader, forget, cfg.eval.rows)) if forget else None
-        r.retain_freq = feature_frequencies(r.sae, _rows(reader, retain, cfg.eval.rows)) if retain else None
-        if r.forget_freq is not None and r.retain_freq is not None:
-            groups, n_groups, how = feature_groups(r.sae, r.forget_freq.float(), r.retain_freq.float(),
-                                                   cfg.ortho.groups)
+        if forget:
+            r.forget_freq, r.forget_mass = feature_activity(r.sae, _rows(reader, forget, cfg.eval.rows, skip))
+        if retain:
+            r.retain_freq, r.retain_mass = feature_activity(r.sae, _rows(reader, retain, cfg.eval.rows, skip))
+        if forget and retain:
+            groups, n_groups, how = feature_groups(r.sae, r.forget_mass, r.retain_mass, cfg.ortho.groups)
             r.conditioning = conditioning_report(r.sae, groups.cpu(), n_groups)
+            if isinstance(r.sae, FixedOrthoSAE) and not is_grouped(r.sae):
+                # the fixed SAE was trained against its contiguous blocks: how orthogonal are those?
+                r.conditioning["trained_groups"] = conditioning_report(r.sae, r.sae.penalty_groups().cpu(), r.sae.n_groups)
         else:
             r.conditioning, how = conditioning_report(r.sae), "single group"
         r.conditioning["grouping"] = how
@@ -168,16 +187,23 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, results: list[RunRe
     timings["unlearning_baseline"] = time.perf_counter() - t
     t = time.perf_counter()
     settings = len(un.retain_thresholds) * len(un.n_features_list) * len(un.multipliers)
-    task = bar.add_task("unlearning interventions", total=settings * len(results))
+    grouped = [r for r in results if is_grouped(r.sae)] if loss else []
+    task = bar.add_task("unlearning interventions", total=settings * (len(results) + len(grouped)))
     for r in results:
         if r.forget_freq is None or r.retain_freq is None:
             continue
-        r.unlearning = run_unlearning(
-            lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, r.forget_freq, r.retain_freq,
-            forget_mcqs=forget_q, retain_mcqs=retain_q, forget_contexts=fc, retain_contexts=rc,
-            retain_thresholds=un.retain_thresholds, n_features_list=un.n_features_list,
-            multipliers=un.multipliers, batch_size=cfg.eval.batch_size, chat=un.chat_template,
-            all_permutations=un.all_permutations, baseline=baseline, progress=lambda k: bar.advance(task, k))
+        args = dict(forget_mcqs=forget_q, retain_mcqs=retain_q, forget_contexts=fc, retain_contexts=rc,
+                    retain_thresholds=un.retain_thresholds, n_features_list=un.n_features_list,
+                    multipliers=un.multipliers, batch_size=cfg.eval.batch_size, chat=un.chat_template,
+                    all_permutations=un.all_permutations, baseline=baseline, progress=lambda k: bar.advance(task, k))
+        r.unlearning = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, r.forget_freq,
+                                      r.retain_freq, **args)
+        if r in grouped:  # ablation: π follows the clamp, so the clamp also removes group bias
+            args.update(forget_mcqs=None, retain_mcqs=None)
+            ablation = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, r.forget_freq,
+                                      r.retain_freq, shares_from_clamped=True, **args)
+            r.unlearning["ablation_shares_from_clamped"] = {
+                k: ablation[k] for k in ("best_selectivity", "loss_unlearning_score", "rows")}
     timings["unlearning_interventions"] = time.perf_counter() - t
 
 
@@ -189,19 +215,20 @@ def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: 
     timings: dict[str, float] = {}
     with progress("item", disable=not show_progress) as bar:
         t = time.perf_counter()
+        lm = load_model(cfg.model.id, revision=cfg.model.revision, dtype=cfg.model.dtype,
+                        device=cfg.model.device, trust_remote_code=cfg.model.trust_remote_code)
+        timings["model_load"] = time.perf_counter() - t
+
+        t = time.perf_counter()
         task = bar.add_task("reconstruction", total=len(results))
         measure_reconstruction(cfg, reader, results, lambda k: bar.advance(task, k))
         timings["reconstruction"] = time.perf_counter() - t
 
         t = time.perf_counter()
         task = bar.add_task("feature frequencies + conditioning", total=len(results))
-        measure_conditioning(cfg, reader, results, lambda k: bar.advance(task, k))
+        measure_conditioning(cfg, reader, results, special_tokens(lm.tokenizer), lambda k: bar.advance(task, k))
         timings["conditioning"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        lm = load_model(cfg.model.id, revision=cfg.model.revision, dtype=cfg.model.dtype,
-                        device=cfg.model.device, trust_remote_code=cfg.model.trust_remote_code)
-        timings["model_load"] = time.perf_counter() - t
         device = next(lm.model.parameters()).device
         for r in results:
             r.sae = r.sae.to(device)

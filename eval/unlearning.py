@@ -72,6 +72,7 @@ def fold_decoder_norms(sae: nn.Module) -> nn.Module:
     n = torch.where(n > 0, n, torch.ones_like(n))
     if is_grouped(out):
         require_uniform_norms(n)
+        out.tau.mul_(n.mean().to(out.tau.dtype))  # π's τ is in activation units, which scale by n
     out.W_enc.mul_(n.to(out.W_enc.dtype))
     out.b_enc.mul_(n.to(out.b_enc.dtype))
     out.W_dec.div_(n[:, None].to(out.W_dec.dtype))
@@ -96,10 +97,17 @@ def clamped_activations(f: Tensor, features: Tensor, multiplier: float) -> Tenso
     return out
 
 
-def clamp_features(sae: nn.Module, features: Sequence[int] | Tensor, multiplier: float) -> ResidFn:
-    """resid -> decode(clamped f) + (resid − decode(f)), for ``eval.downstream.splice``."""
+def clamp_features(sae: nn.Module, features: Sequence[int] | Tensor, multiplier: float, *,
+                   shares_from_clamped: bool = False) -> ResidFn:
+    """resid -> decode(clamped f) + (resid − decode(f)), for ``eval.downstream.splice``.
+
+    A grouped SAE's group-bias mix π is computed from the UNCLAMPED activations, so the clamp
+    edits the chosen features only, as it does in a plain SAE; ``shares_from_clamped=True`` lets π
+    follow the clamp (the ablation the report shows: clamped features then also take their
+    group's bias away)."""
     w = sae.W_dec
     idx = torch.as_tensor(features, dtype=torch.long, device=w.device).reshape(-1)
+    grouped = is_grouped(sae) and not shares_from_clamped
 
     def fn(r: Tensor) -> Tensor:
         if idx.numel() == 0:  # SAEBench: no features, no change
@@ -107,7 +115,9 @@ def clamp_features(sae: nn.Module, features: Sequence[int] | Tensor, multiplier:
         x = r.to(device=w.device, dtype=w.dtype)
         f = sae.encode(x)
         error = x - sae.decode(f)
-        return (sae.decode(clamped_activations(f, idx, multiplier)) + error).to(device=r.device, dtype=r.dtype)
+        clamped = clamped_activations(f, idx, multiplier)
+        x_new = sae.decode(clamped, shares_from=f) if grouped else sae.decode(clamped)
+        return (x_new + error).to(device=r.device, dtype=r.dtype)
 
     return fn
 
@@ -288,6 +298,7 @@ def run_unlearning(
     all_permutations: bool = True,
     fold: bool = True,
     baseline: dict | None = None,
+    shares_from_clamped: bool = False,
 ) -> dict:
     """Sweep thresholds × n_features × multipliers; MCQ mode when both question sets are given,
     loss mode when both context sets are given. ``progress(1)`` after each setting.
@@ -314,7 +325,7 @@ def run_unlearning(
             for mult in multipliers:
                 key = (tuple(chosen.tolist()), float(mult))
                 if key not in cache:
-                    cache[key] = _evaluate_setting(model, tokenizer, layer, sae, chosen, float(mult),
+                    cache[key] = _evaluate_setting(model, tokenizer, layer, sae, chosen, float(mult), shares_from_clamped,
                                                    sets if do_mcq else None,
                                                    (forget_contexts, retain_contexts) if do_loss else None,
                                                    batch_size, chat)
@@ -356,10 +367,11 @@ def unlearning_baseline(model: nn.Module, tokenizer, *, forget_mcqs, retain_mcqs
     return out
 
 
-def _evaluate_setting(model, tokenizer, layer, sae, chosen: Tensor, mult: float, sets: dict | None,
+def _evaluate_setting(model, tokenizer, layer, sae, chosen: Tensor, mult: float, shares_from_clamped: bool,
+                      sets: dict | None,
                       contexts: tuple | None, batch_size: int, chat: bool) -> dict:
     out: dict = {}
-    with splice(model, layer, clamp_features(sae, chosen, mult)):
+    with splice(model, layer, clamp_features(sae, chosen, mult, shares_from_clamped=shares_from_clamped)):
         if sets is not None:
             for name, qs in sets.items():
                 correct = mcq_correct(model, tokenizer, qs, batch_size, chat=chat)[:, 0]

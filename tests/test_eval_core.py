@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from eval.core import feature_frequencies, reconstruction_metrics
+from eval.core import feature_activity, reconstruction_metrics
 from tests._identity_sae import IdentitySAE, RandomSAE, ZeroSAE
 
 D, B, CTX, NB = 16, 4, 8, 3  # d_model, prompts per batch, context, batches
@@ -47,9 +47,12 @@ def test_zero_sae_scores_nothing():
 def test_feature_frequencies_and_dense():
     sae = IdentitySAE(2)
     rows = torch.tensor([[1.0, 1.0], [1.0, -1.0], [1.0, 0.0], [-1.0, 0.0]])
-    freq = feature_frequencies(sae, [rows[:2], rows[2:]])
+    freq, mass = feature_activity(sae, [rows[:2], rows[2:]])
     # features: relu(x0), relu(x1), relu(-x0), relu(-x1)
     assert freq.tolist() == [0.75, 0.25, 0.25, 0.25]
+    assert mass.tolist() == [0.75, 0.25, 0.25, 0.25]  # activations are 1 where active
+    _, mass2 = feature_activity(sae, [2 * rows])
+    assert mass2.tolist() == [1.5, 0.5, 0.5, 0.5]
     m = reconstruction_metrics(sae, [rows])
     assert m["freq_over_10_percent"] == 1.0 and m["freq_over_1_percent"] == 1.0 and m["frac_dead"] == 0.0
 
@@ -100,7 +103,7 @@ def test_matches_saebench_core():
                          ("explained_variance_legacy", "explained_variance_legacy"), ("l2_ratio", "l2_ratio"),
                          ("relative_reconstruction_bias", "relative_reconstruction_bias")]:
         assert m[ours] == pytest.approx(ref[theirs], rel=1e-4, abs=1e-4), ours
-    freq = feature_frequencies(sae, _batches(acts))
+    freq, _ = feature_activity(sae, _batches(acts))
     assert torch.allclose(freq.float(), torch.tensor(feat["feature_density"]), atol=1e-6)
 
 

@@ -22,7 +22,8 @@ from train.sae import (
     is_grouped,
     make_sae,
     ortho_loss,
-    should_stop,
+    max_cosine,
+    stop_reason,
 )
 from train.trainer import Schedules, Trainer
 
@@ -104,47 +105,48 @@ def test_recon_and_sparse_terms_by_hand():
 
 # ------------------------------------------------------------------ L_ortho
 
-def test_ortho_by_hand():
+def test_ortho_seed_form_by_hand():
     r = 1 / math.sqrt(2)
     W = torch.tensor([[1.0, 0.0], [0.0, 1.0], [r, r]], dtype=torch.float64)
     groups = torch.tensor([0, 0, 1])
     # W_0ᵀ W_1 = (r, r)ᵀ → ||·||_F = 1
-    assert ortho_loss(W, groups, 2, 0.0).item() == pytest.approx(1.0, abs=1e-5)
+    assert ortho_loss(W, groups, 2, 0.0, "seed").item() == pytest.approx(1.0, abs=1e-5)
     # α = 0.5: rectangular I (2×1) has a 1 at (0, 0) → sqrt((r − .5)² + r²)
     expect = math.sqrt((r - 0.5) ** 2 + r**2)
     for naive in (False, True):
-        assert ortho_loss(W, groups, 2, 0.5, naive=naive).item() == pytest.approx(expect, abs=1e-5)
+        assert ortho_loss(W, groups, 2, 0.5, "seed", naive=naive).item() == pytest.approx(expect, abs=1e-5)
     # three groups: pairs (0,1): |<e1, e2>| = 0, (0,2): r, (1,2): r
     g3 = torch.tensor([0, 1, 2])
-    assert ortho_loss(W[:2], torch.tensor([0, 1]), 2, 0.0).item() == 0.0  # orthogonal pair: exactly 0
-    assert ortho_loss(W, g3, 3, 0.0).item() == pytest.approx(2 * r, abs=1e-5)
+    assert ortho_loss(W[:2], torch.tensor([0, 1]), 2, 0.0, "seed").item() == 0.0  # orthogonal pair: exactly 0
+    assert ortho_loss(W, g3, 3, 0.0, "seed").item() == pytest.approx(2 * r, abs=1e-5)
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.3, -0.7, 1.5])
-@pytest.mark.parametrize("shape", [(5, 23, 3), (4, 9, 2), (16, 7, 3)])
-def test_ortho_gram_equals_naive_value_and_grad(alpha, shape):
-    d_model, d_sae, G = shape
-    gen = torch.Generator().manual_seed(d_sae)
-    W0 = torch.randn(d_sae, d_model, generator=gen, dtype=torch.float64)
-    groups = torch.randint(0, G, (d_sae,), generator=gen)
-    groups[:G] = torch.arange(G)  # every group non-empty, sizes unequal
-    vals, grads = [], []
+def test_ortho_rms_and_hinge_by_hand():
+    """Cross cosines of the pair below are r, r (rows scaled by 3: only directions count)."""
+    r = 1 / math.sqrt(2)
+    W = 3 * torch.tensor([[1.0, 0.0], [0.0, 1.0], [r, r]], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 1])
     for naive in (False, True):
-        W = W0.clone().requires_grad_(True)
-        v = ortho_loss(W, groups, G, alpha, naive=naive)
-        v.backward()
-        vals.append(v.detach())
-        grads.append(W.grad)
-    torch.testing.assert_close(vals[0], vals[1], rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-9)
+        # rms: mean squared cosine (r² + r²)/2 = 0.5, beyond α²
+        assert ortho_loss(W, groups, 2, 0.0, "rms", naive=naive).item() == pytest.approx(0.5)
+        assert ortho_loss(W, groups, 2, 0.5, "rms", naive=naive).item() == pytest.approx(0.25)
+        assert ortho_loss(W, groups, 2, 0.75, "rms", naive=naive).item() == 0.0  # within the allowance
+    # hinge: mean over pairs of relu(|cos| − α)²
+    assert ortho_loss(W, groups, 2, 0.5, "hinge").item() == pytest.approx((r - 0.5) ** 2)
+    assert ortho_loss(W, groups, 2, 0.8, "hinge").item() == 0.0
 
 
-def test_ortho_empty_group_contributes_zero():
-    W = torch.randn(10, 4, dtype=torch.float64)
-    groups = torch.tensor([0] * 5 + [2] * 5)  # group 1 empty
-    two = ortho_loss(W, torch.tensor([0] * 5 + [1] * 5), 2, 0.2)
-    for naive in (False, True):
-        torch.testing.assert_close(ortho_loss(W, groups, 3, 0.2, naive=naive), two)
+def test_alpha_moves_the_principled_loss_but_barely_the_seed_form():
+    """At init (random unit rows) α = 0.1–0.3 moves the seed form by a few % (it pairs features by
+    index); the rms form is its mean squared cosine minus α², so α past the random level zeroes it."""
+    d, n = 64, 256
+    W = torch.randn(n, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    groups = contiguous_groups(n, 2)
+    seed = [ortho_loss(W / W.norm(dim=1, keepdim=True), groups, 2, a, "seed").item() for a in (0.0, 0.1, 0.3)]
+    assert max(seed) / min(seed) < 1.05
+    rms = [ortho_loss(W, groups, 2, a, "rms").item() for a in (0.0, 0.5 / math.sqrt(d), 2 / math.sqrt(d))]
+    assert rms[0] == pytest.approx(1 / d, rel=0.15)  # random level: mean cos² = 1/d
+    assert rms[1] == pytest.approx(rms[0] - 0.25 / d) and rms[2] == 0.0
 
 
 class MaxNumel(TorchDispatchMode):
@@ -165,7 +167,7 @@ def test_ortho_gram_path_is_cheap_at_large_d_sae():
     W = torch.randn(d_sae, d_model, requires_grad=True)
     groups = contiguous_groups(d_sae, 2)
     with MaxNumel() as mode:
-        loss = ortho_loss(W, groups, 2, alpha=0.1)
+        loss = ortho_loss(W, groups, 2, alpha=0.1, mode="rms")
         loss.backward()
     # nothing bigger than W itself; n_g × n_h would be 8192² = 6.7e7 elements
     assert mode.max_numel <= d_sae * d_model < (d_sae // 2) ** 2
@@ -276,7 +278,7 @@ def _feature_batch(forget_feats, retain_feats, n=8):
 
 
 def _grouped_trainer(**keys) -> Trainer:
-    r = run("adaptive", d_sae=8, **{"t0": 1, **keys})
+    r = run("adaptive", d_sae=8, **{"t0": 1, "regroup_margin": 0.0, **keys})
     return Trainer(r, make_sae(r, 4), 100)
 
 
@@ -288,8 +290,8 @@ def test_regroup_follows_data():
     f, is_forget = _feature_batch(lo, hi)
     trainer.group_stats.update(f, is_forget)
     report = trainer.regroup()
-    assert report.n_moved == 6 and report.group_sizes == [4, 4]
-    assert len(report.cond) == 2 and len(report.eff_rank) == 2
+    assert report.n_moved == 6 and report.health.sizes == [4, 4] and report.empty_groups == []
+    assert len(report.health.cond) == 2 and len(report.health.eff_rank_frac) == 2
     # forget-only features → group 1 (G−1 = forget), retain-only → group 0, dead keep theirs
     assert a.groups.tolist() == [1, 1, 1, 0, 0, 0, 0, 1]
     f2, _ = _feature_batch(hi, lo)  # flip: old forget features now fire on retain rows only
@@ -297,6 +299,36 @@ def test_regroup_follows_data():
         trainer.group_stats.update(f2, is_forget)
     trainer.regroup()
     assert a.groups.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_regroup_guards_min_mass_and_hysteresis():
+    trainer = _grouped_trainer(stats_decay=0.0, regroup_min_mass=0.01, regroup_margin=0.1)
+    f, is_forget = _feature_batch([0, 1], [4, 5])
+    f[:, 2] = 0.0
+    f[0, 2] = 0.05  # one stray activation on a forget row: 0.05 / 8 rows < min mass
+    f[:8, 3], f[8:, 3] = 0.55, 0.45  # share 0.55: past 0.5, but inside the 0.1 margin of group 0
+    f[:8, 6], f[8:, 6] = 0.7, 0.3  # share 0.7: past the margin
+    trainer.group_stats.update(f, is_forget)
+    trainer.regroup()
+    assert trainer.sae.groups.tolist() == [1, 1, 0, 0, 0, 0, 1, 1]
+
+
+def test_an_empty_group_is_warned_about():
+    trainer = _grouped_trainer(stats_decay=0.0)
+    f, is_forget = _feature_batch(list(range(8)), [])  # every feature forget-only
+    trainer.group_stats.update(f, is_forget)
+    with pytest.warns(UserWarning, match=r"group\(s\) \[0\] empty"):
+        report = trainer.regroup()
+    assert report.empty_groups == [0] and math.isnan(report.health.cond[0])
+
+
+def test_no_regroup_after_the_last_update():
+    torch.manual_seed(0)
+    trainer = _grouped_trainer(regroup_every=3, log_every=1000)
+    trainer.total_steps = 6
+    x, fg = torch.randn(16, 4), torch.arange(16) < 8
+    regrouped = [trainer.step for _ in range(6) if (rec := trainer.train_step(x, fg)) and rec.get("regrouped")]
+    assert regrouped == [3]  # not at step 6, the last: the exported groups are the trained ones
 
 
 def test_regroup_every_n_steps_on_real_forward_passes():
@@ -313,7 +345,7 @@ def test_regroup_every_n_steps_on_real_forward_passes():
 # ------------------------------------------------------------------ group biases
 
 def test_group_bias_is_applied_per_token():
-    a = make_sae(run("adaptive", d_sae=4), 3)  # groups [0, 0, 1, 1]
+    a = make_sae(run("adaptive", d_sae=4, tau=0.0), 3)  # groups [0, 0, 1, 1]; τ = 0: exact shares
     with torch.no_grad():
         a.group_bias.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 10.0, 0.0]]))
         a.b_dec.copy_(torch.tensor([0.0, 0.0, 5.0]))
@@ -329,6 +361,29 @@ def test_group_bias_is_applied_per_token():
     torch.testing.assert_close(group_shares(f, a.groups, 2)[3], torch.tensor([0.25, 0.75]))
     # leading dimensions are kept
     torch.testing.assert_close(a.decode(f.view(2, 2, 4)), a.decode(f).view(2, 2, 3))
+
+
+def test_group_bias_mix_is_smooth_as_activity_vanishes():
+    """π_g = m_g/(Σm + τ): a token with a 1e-9 activation gets ~no bias; ∂x̂/∂f stays bounded."""
+    a = make_sae(run("adaptive", d_sae=4, tau=0.05), 3)
+    with torch.no_grad():
+        a.group_bias.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 10.0, 0.0]]))
+    norms = []
+    for total in (2.0, 2e-2, 2e-4, 1e-9):
+        f = torch.tensor([[total, 0.0, 0.0, 0.0]], requires_grad=True)
+        extra = a.decode(f) - f @ a.W_dec - a.b_dec
+        torch.testing.assert_close(extra.detach(), torch.tensor([[total / (total + 0.05), 0.0, 0.0]]))
+        (grad,) = torch.autograd.grad(extra.sum(), f)
+        norms.append(grad.norm().item())
+    # each ∂π_g/∂f_j is at most 1/τ: bounded by √d_sae · max‖group_bias‖ / τ, and flat as Σf → 0
+    assert max(norms) <= 2 * 10 / 0.05 and norms[-1] < 1.01 * norms[-2]
+    unsmoothed = make_sae(run("adaptive", d_sae=4, tau=0.0), 3)
+    with torch.no_grad():
+        unsmoothed.group_bias.copy_(a.group_bias)
+    f = torch.tensor([[1e-9, 0.0, 0.0, 0.0]], requires_grad=True)
+    out = unsmoothed.decode(f) - unsmoothed.b_dec
+    assert out[0, 0] > 0.99  # τ = 0: the prototype's jump to the whole bias
+    assert torch.autograd.grad(out.sum(), f)[0].norm() > 1e6  # and its 1/Σf gradient
 
 
 def test_group_biases_learn_different_offsets():
@@ -360,27 +415,49 @@ def test_decoder_rows_unit_norm_after_step():
 
 # ------------------------------------------------------------------ health
 
-def test_condition_numbers_and_effective_ranks():
+def test_group_health_measures():
     Q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64))
     ortho = Q[:3]  # 3 orthonormal rows
     diag = torch.tensor([[3.0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0]], dtype=torch.float64)
     W = torch.cat([ortho, diag])
-    groups = torch.tensor([0, 0, 0, 1, 1])
-    torch.testing.assert_close(group_health(W, groups, 2)[0], torch.tensor([1.0, 3.0], dtype=torch.float64))
-    er = group_health(W, groups, 2)[1]
-    assert er[0].item() == pytest.approx(3.0)
+    h = group_health(W, torch.tensor([0, 0, 0, 1, 1]), 2)
+    assert h.sizes == [3, 2]
+    assert h.cond == pytest.approx([1.0, 3.0])
     p = torch.tensor([0.75, 0.25])
-    assert er[1].item() == pytest.approx(math.exp(-(p * p.log()).sum().item()))
-    # empty group → nan, one feature → 1, rank-deficient → inf; more features than d_model is fine
-    c = group_health(W, torch.tensor([0, 0, 0, 0, 2]), 3)[0]
-    assert math.isnan(c[1].item()) and c[2].item() == 1.0
-    assert group_health(torch.tensor([[1.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 0]), 1)[0][0] == math.inf
-    wide = torch.randn(40, 4)
-    assert torch.isfinite(group_health(wide, contiguous_groups(40, 2), 2)[0]).all()
-    assert should_stop(torch.tensor([1.0, 3.0]), 2.5)
-    assert not should_stop(torch.tensor([1.0, 3.0]), 3.5)
-    assert not should_stop([math.nan, 1.0], 2.0) and should_stop([math.inf], 1e9)
-    assert not should_stop([], 2.0)
+    assert h.eff_rank == pytest.approx([3.0, math.exp(-(p * p.log()).sum().item())])
+    assert h.eff_rank_frac == pytest.approx([1.0, h.eff_rank[1] / 2])
+    assert h.max_cos == pytest.approx([0.0, 0.0], abs=1e-6)  # float32 cosines
+    # empty group → nan, one feature → 1; rank-deficient → inf cond and a duplicate at |cos| 1
+    e = group_health(W, torch.tensor([0, 0, 0, 0, 2]), 3)
+    assert math.isnan(e.cond[1]) and math.isnan(e.eff_rank_frac[1]) and e.cond[2] == 1.0 and e.max_cos[2] == 0.0
+    dup = group_health(torch.tensor([[1.0, 0.0], [-2.0, 0.0]]), torch.tensor([0, 0]), 1)
+    assert dup.cond[0] == math.inf and dup.max_cos[0] == pytest.approx(1.0)
+
+
+def test_degeneracy_measures_do_not_depend_on_group_size():
+    """κ of random unit rows explodes as n_g → d_model; the stop rule's measures stay put."""
+    d = 64
+    g = torch.Generator().manual_seed(0)
+    fracs, conds = [], []
+    for n in (32, 64, 128, 512):
+        W = torch.randn(n, d, generator=g, dtype=torch.float64)
+        h = group_health(W / W.norm(dim=1, keepdim=True), torch.zeros(n, dtype=torch.long), 1)
+        fracs.append(h.eff_rank_frac[0]), conds.append(h.cond[0])
+        assert stop_reason(h, stop_eff_rank=0.1, stop_max_cos=0.999) is None
+    assert max(conds) > 50 * min(conds)  # the condition number measures n_g / d_model
+    assert 0.6 < min(fracs) and max(fracs) < 1.0  # the effective-rank fraction does not
+    collapsed = torch.randn(200, 2, generator=g, dtype=torch.float64) @ torch.randn(2, d, generator=g, dtype=torch.float64)
+    reason = stop_reason(group_health(collapsed, torch.zeros(200, dtype=torch.long), 1), 0.1, 1.1)
+    assert reason and "effective rank" in reason
+    twins = torch.cat([W[:10], W[:1]])
+    reason = stop_reason(group_health(twins, torch.zeros(11, dtype=torch.long), 1), 0.0, 0.999)
+    assert reason and "|cos|" in reason
+
+
+def test_max_cosine_matches_saebench():
+    core = pytest.importorskip("sae_bench.evals.core.main", reason="sae_bench not installed")
+    W = torch.randn(300, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(max_cosine(W, block=64), core.calculate_max_cosine_sim(W.T), rtol=1e-5, atol=1e-6)
 
 
 def test_training_decode_skips_clamp_only_for_encoder_output():
@@ -410,9 +487,35 @@ def test_group_spectra_match_svd_for_wide_and_tall_groups():
     g = torch.Generator().manual_seed(0)
     W = torch.randn(40, 16, generator=g, dtype=torch.float64)
     groups = torch.tensor([0] * 30 + [1] * 10)  # 30 > d_model rows, 10 < d_model rows
-    conds, ranks = group_health(W, groups, 2)
+    h = group_health(W, groups, 2)
     for k, idx in enumerate((slice(0, 30), slice(30, 40))):
         s = torch.linalg.svdvals(W[idx])
-        assert conds[k].item() == pytest.approx((s[0] / s[-1]).item(), rel=1e-8)
+        assert h.cond[k] == pytest.approx((s[0] / s[-1]).item(), rel=1e-8)
         p = s / s.sum()
-        assert ranks[k].item() == pytest.approx(torch.exp(-(p * p.log()).sum()).item(), rel=1e-8)
+        assert h.eff_rank[k] == pytest.approx(torch.exp(-(p * p.log()).sum()).item(), rel=1e-8)
+
+
+# ------------------------------------------------------------------ α does what it says
+
+def test_trained_cross_group_overlap_follows_alpha():
+    """rms mode: a trained SAE's RMS cross-group cosine sits at α while α is below the data's own
+    level, and rises with it; without L_ortho it would sit above all of them."""
+    g = torch.Generator().manual_seed(0)
+    dictionary = torch.randn(48, 16, generator=g)
+    dictionary /= dictionary.norm(dim=1, keepdim=True)
+    batches = [((torch.rand(256, 48, generator=g) < 0.08) * torch.rand(256, 48, generator=g)) @ dictionary
+               for _ in range(150)]
+    fg = torch.arange(256) < 128
+
+    def trained_rms(**keys) -> float:
+        r = run("fixed", d_sae=32, l1_coefficient=0.05, lr=3e-3, lr_warmup_steps=10, **keys)
+        trainer = Trainer(r, make_sae(r, 16), len(batches))
+        for x in batches:
+            trainer.train_step(x, fg)
+        W, groups = trainer.sae.W_dec.detach(), trainer.sae.penalty_groups()
+        return (W[groups == 0] @ W[groups == 1].T).pow(2).mean().sqrt().item()
+
+    free = trained_rms(lambda2_max=0.0)
+    rms = [trained_rms(alpha=a, alpha_mode="rms", lambda2_max=30.0) for a in (0.0, 0.05, 0.1)]
+    assert rms == sorted(rms) and rms[-1] - rms[0] > 0.07
+    assert rms == pytest.approx([0.0, 0.05, 0.1], abs=0.025) and free > 0.15

@@ -4,7 +4,7 @@ Layout (``run_dir/``): ``sae_weights.safetensors`` + ``cfg.json``, each written 
 (temporary file in the same directory + ``os.replace``; weights first, cfg last).
 
 Tensors: ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``, ``b_enc [d_sae]``, ``b_dec [d_in]``; the
-grouped SAE adds ``group_bias [G, d_in]`` and ``groups [d_sae]`` (int64). Training ran on
+grouped SAE adds ``group_bias [G, d_in]``, ``groups [d_sae]`` (int64) and ``tau`` (scalar: π's τ). Training ran on
 x_n = scale·x; the scale is folded in so the saved SAE works on RAW activations:
 W_enc' = scale·W_enc, W_dec' = W_dec/scale, b_dec' = b_dec/scale, group_bias' = group_bias/scale
 (b_enc unchanged; feature activations are identical, reconstructions are x̂_norm/scale). This is
@@ -101,6 +101,7 @@ def export_tensors(sae: SAE, scale: float) -> dict[str, torch.Tensor]:
         out["group_bias"] = sae.group_bias.to(ct) / scale
     out = {k: v.to(sae.dtype).detach().cpu().contiguous() for k, v in out.items()}
     if is_grouped(sae):
+        out["tau"] = sae.tau.detach().to(sae.dtype).cpu().reshape(())  # f is unchanged by the folding
         out["groups"] = sae.groups.detach().to(torch.int64).cpu().contiguous()
     return out
 
@@ -173,7 +174,7 @@ def load_sae(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[S
         tensors = load_file(str(w_path), device=str(device))
     except Exception as e:  # noqa: BLE001 - one line naming the path, whatever went wrong
         raise ExportError(f"cannot load SAE from {run_dir}: {type(e).__name__}: {e}".replace("\n", " ")) from None
-    expected = {"W_enc", "W_dec", "b_enc", "b_dec"} | ({"group_bias", "groups"} if is_grouped(sae) else set())
+    expected = {"W_enc", "W_dec", "b_enc", "b_dec"} | ({"group_bias", "groups", "tau"} if is_grouped(sae) else set())
     if set(tensors) != expected:
         raise ExportError(f"cannot load SAE from {run_dir}: tensors {sorted(tensors)} != expected {sorted(expected)}")
     with torch.no_grad():
@@ -237,6 +238,7 @@ def _build_sae_lens_classes() -> tuple[type, type]:
             self.group_bias = nn.Parameter(torch.zeros(self.cfg.n_groups, self.cfg.d_in, **kw))
             groups = (torch.arange(self.cfg.d_sae, device=self.device) * self.cfg.n_groups) // self.cfg.d_sae
             self.register_buffer("groups", groups)
+            self.register_buffer("tau", torch.zeros((), **kw))
 
         def encode(self, x: torch.Tensor) -> torch.Tensor:
             sae_in = self.process_sae_in(x)
@@ -244,7 +246,8 @@ def _build_sae_lens_classes() -> tuple[type, type]:
             return self.hook_sae_acts_post(self.activation_fn(hidden_pre))
 
         def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-            out = grouped_decode(feature_acts, self.groups, self.group_bias, lambda f: f @ self.W_dec + self.b_dec)
+            out = grouped_decode(feature_acts, self.groups, self.group_bias, self.tau,
+                                 lambda f: f @ self.W_dec + self.b_dec)
             out = self.hook_sae_recons(out)
             out = self.run_time_activation_norm_fn_out(out)
             return self.reshape_fn_out(out, self.d_head)
@@ -256,7 +259,9 @@ def _build_sae_lens_classes() -> tuple[type, type]:
 
         @torch.no_grad()
         def fold_and_get_W_dec_norm(self) -> torch.Tensor:
-            require_uniform_norms(self.get_W_dec_norm())
+            norms = self.get_W_dec_norm()
+            require_uniform_norms(norms)
+            self.tau.mul_(norms.mean())  # τ is in activation units, which the fold scales
             return super().fold_and_get_W_dec_norm()
 
     for cls in (OrthoSAEGroupedConfig, OrthoSAEGroupedSAE):

@@ -15,6 +15,7 @@ stop, and the state a checkpoint needs. One step, top to bottom:
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -23,7 +24,12 @@ from common.config import RunConfig
 from common.metrics import explained_variance
 from train.checkpoint import load_optimizer_state, optimizer_state
 from train.resample import resample_dead
-from train.sae import SAE, Coefficients, GroupStats, RegroupReport, assign_groups, group_health, should_stop
+from train.sae import SAE, Coefficients, GroupStats, RegroupReport, assign_groups, group_health, stop_reason
+
+
+def _finite(v):
+    """JSON has no nan / inf: the log writes null."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 class Schedules:
@@ -98,8 +104,10 @@ class Trainer:
             return None
         self.opt.zero_grad(set_to_none=True)
         out.total.backward()
-        if tr.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), tr.grad_clip)
+        # the norm before clipping (logged): clipping hides exploding gradients, the log must not
+        params = [p for p in self.sae.parameters() if p.grad is not None]
+        grad_norm = (torch.nn.utils.clip_grad_norm_(params, tr.grad_clip) if tr.grad_clip
+                     else torch.nn.utils.get_total_norm([p.grad for p in params]))
         self.opt.step()
         self.sae.normalize_decoder()
         self.step = t + 1
@@ -107,7 +115,8 @@ class Trainer:
         regroup = None
         if self.group_stats is not None:
             self.group_stats.update(out.f, is_forget)
-            if self.step % self.run.ortho.regroup_every == 0:
+            # never after the last update: exported groups must be the ones L_ortho and the biases trained with
+            if self.step % self.run.ortho.regroup_every == 0 and self.step < self.total_steps:
                 regroup = self.regroup()
 
         active = out.f > 0  # one pass serves L0 and the dead-feature mask
@@ -117,35 +126,38 @@ class Trainer:
             resample_dead(self.sae, self.opt, dead, x)
             self.steps_since_fired[dead] = 0
 
-        if regroup is not None and should_stop(regroup.cond, self.run.ortho.cond_max):
-            self.status = "early_stopped"
-            self.message = (f"group condition number {max(regroup.cond):.3g} > cond_max "
-                            f"{self.run.ortho.cond_max:g} at step {self.step}")
+        if regroup is not None:
+            reason = stop_reason(regroup.health, self.run.ortho.stop_eff_rank, self.run.ortho.stop_max_cos)
+            if reason:
+                self.status, self.message = "early_stopped", f"{reason} at step {self.step}"
         if out.ortho is not None:
             self._last_ortho = out.ortho.detach()
         if (self.step % tr.log_every == 0 or self.step == self.total_steps or regroup is not None
                 or not self.running):
-            self.last = self._record(out, c, x, active, dead, regroup)
+            self.last = self._record(out, c, x, active, dead, regroup, grad_norm)
             return self.last
         return None
 
     @torch.no_grad()
     def regroup(self) -> RegroupReport:
         """Re-assign the SAE's feature groups from the statistics (rule: ``grouping.assign_groups``)."""
-        sae, G = self.sae, self.run.ortho.groups
-        new = assign_groups(self.group_stats.forget_ratio(), sae.groups, G)
+        sae, o = self.sae, self.run.ortho
+        new = assign_groups(self.group_stats.forget_ratio(), sae.groups, o.groups, mass=self.group_stats.mass(),
+                            min_mass=o.regroup_min_mass, margin=o.regroup_margin)
         n_moved = int((new != sae.groups).sum().item())
         sae.groups.copy_(new)
-        cond, eff_rank = group_health(sae.directions(), sae.groups, G)
-        return RegroupReport(step=self.step, n_moved=n_moved, group_sizes=self._group_sizes(),
-                             cond=cond.tolist(), eff_rank=eff_rank.tolist())
+        report = RegroupReport(step=self.step, n_moved=n_moved, health=group_health(sae.directions(), sae.groups, o.groups))
+        if report.empty_groups:  # L_ortho is 0 and the group's health nan: say so, the stop rule cannot
+            warnings.warn(f"{self.run.name}: feature group(s) {report.empty_groups} empty after the regroup "
+                          f"at step {self.step}; L_ortho has nothing to act on", stacklevel=2)
+        return report
 
     def _group_sizes(self) -> list[int]:
         return torch.bincount(self.sae.groups, minlength=self.run.ortho.groups).tolist()
 
     @torch.no_grad()
     def _record(self, out, c: Coefficients, x: Tensor, active: Tensor, dead: Tensor,
-                regroup: RegroupReport | None) -> dict:
+                regroup: RegroupReport | None, grad_norm: Tensor) -> dict:
         """The log line: the training forward's own terms (pre-step weights, as the loss saw them)."""
         x = x.to(out.x_hat.dtype)
         resid = (x - out.x_hat).pow(2).sum(-1).mean()
@@ -154,7 +166,7 @@ class Trainer:
                "recon": float(out.recon), "sparse": float(out.sparse), "total": float(out.total),
                "l0": float(active.sum(dim=-1, dtype=torch.float32).mean()),
                "ev_batch": explained_variance(float(resid), float(total_var)),
-               "dead": int(dead.sum()), "dead_frac": float(dead.float().mean())}
+               "dead": int(dead.sum()), "dead_frac": float(dead.float().mean()), "grad_norm": float(grad_norm)}
         if self.run.has_ortho:
             if self._last_ortho is None:  # resumed on a step the lazy L_ortho skips
                 self._last_ortho = self.sae.ortho_loss().detach()
@@ -162,8 +174,10 @@ class Trainer:
         if self.run.grouped:
             rec["group_sizes"] = self._group_sizes()
         if regroup is not None:
-            rec.update(regrouped=True, n_moved=regroup.n_moved, cond=regroup.cond, eff_rank=regroup.eff_rank)
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
+            h = regroup.health
+            rec.update(regrouped=True, n_moved=regroup.n_moved, cond=h.cond, eff_rank_frac=h.eff_rank_frac,
+                       max_cos=h.max_cos, empty_groups=regroup.empty_groups)
+        return {k: [_finite(u) for u in v] if isinstance(v, list) else _finite(v) for k, v in rec.items()}
 
     # ---- checkpoint state
 

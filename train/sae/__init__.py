@@ -9,7 +9,7 @@ from common.config import RunConfig
 from .adaptive_ortho import AdaptiveOrthoSAE, grouped_decode, group_shares
 from .base import SAE, Coefficients, TrainOutput, is_grouped
 from .fixed_ortho import FixedOrthoSAE
-from .grouping import GroupStats, RegroupReport, assign_groups, group_health, should_stop
+from .grouping import GroupHealth, GroupStats, RegroupReport, assign_groups, group_health, max_cosine, stop_reason
 from .ortho import contiguous_groups, ortho_loss
 
 SAE_CLASSES: dict[str, type[SAE]] = {
@@ -32,5 +32,5 @@ def make_sae(run: RunConfig, d_model: int, *, dtype: torch.dtype | str = torch.f
 __all__ = [
     "SAE", "Coefficients", "TrainOutput", "FixedOrthoSAE", "AdaptiveOrthoSAE", "SAE_CLASSES", "make_sae",
     "is_grouped", "ortho_loss", "contiguous_groups", "GroupStats", "RegroupReport", "assign_groups",
-    "group_health", "should_stop", "group_shares", "grouped_decode",
+    "group_health", "GroupHealth", "max_cosine", "stop_reason", "group_shares", "grouped_decode",
 ]

@@ -36,4 +36,5 @@ class FixedOrthoSAE(SAE):
         return self.W_dec if self.cfg.ortho.weights == "decoder" else self.W_enc.T
 
     def ortho_loss(self) -> Tensor:
-        return ortho.ortho_loss(self.directions(), self.penalty_groups(), self.n_groups, self.cfg.ortho.alpha)
+        o = self.cfg.ortho
+        return ortho.ortho_loss(self.directions(), self.penalty_groups(), self.n_groups, o.alpha, o.alpha_mode)

@@ -1,4 +1,4 @@
-"""Feature-group statistics, the regrouping rule, and group health (condition numbers).
+"""Feature-group statistics, the regrouping rule, and group health (degeneracy measures).
 
 Statistics (``GroupStats``, updated once per optimiser step with the step's detached activations):
 exponential moving averages, decay ``d`` per step (default 0.99), of
@@ -10,20 +10,26 @@ Each feature's mass per row is ``m_forget_i = S_forget[i] / N_forget`` (same for
 counts share one decay, so their ratio is an exponentially weighted per-row mean that needs no
 bias correction and is correct when the forget share varies between batches.
 
-Regrouping rule (``assign_groups``), every ``regroup_every`` steps:
+Regrouping rule (``assign_groups``), every ``regroup_every`` steps (the Trainer calls it):
 
     r_i = m_forget_i / (m_forget_i + m_retain_i)  ∈ [0, 1]
     g_i = min(floor(r_i · G), G − 1)           (G equal-width bins of [0, 1])
 
 so group G−1 is the most forget-specific; for G = 2, r ≥ 0.5 → group 1 (forget-leaning), else 0.
-Features with no mass (m_forget + m_retain = 0: dead so far) keep their group. If no forget row
+Guards: a feature keeps its group when its mass per row m_forget + m_retain is below ``min_mass``
+(dead so far, or a few stray activations), and while r stays within ``margin`` of its current
+bin (hysteresis: generic features near r = 0.5 do not churn at every regroup). If no forget row
 or no retain row has been seen yet, r is undefined and every feature keeps its group.
 
-Health: ``group_health`` returns, from one spectrum per group, the condition number σ_max/σ_min of
-each group's ``d_model × n_g`` direction matrix (σ_min = the min(d_model, n_g)-th singular value;
-inf when it is 0; empty group → nan; one-feature group → 1) and its effective rank exp(entropy of
-σ/Σσ) (empty → nan, one feature → 1). ``should_stop`` is true once any group's condition number
-exceeds ``cond_max`` (nan ignored, inf counts): the grouped subspace has degenerated.
+Health (``group_health``), per group of ``d_model × n_g`` directions:
+- ``cond``: σ_max/σ_min (σ_min = the min(d_model, n_g)-th singular value; inf when 0). This is the
+  frame bound of the group's rows and depends on n_g alone for random rows (≈ 8 at n_g = 1024,
+  thousands at n_g = d_model = 640), so it is reported beside n_g, never used to stop;
+- ``eff_rank_frac``: effective rank exp(entropy of σ/Σσ) divided by min(n_g, d_model), ≈ 0.7–0.9
+  for random rows at any n_g: small when the group collapses onto few directions;
+- ``max_cos``: the largest |cos| between two features of the group (duplicated features → 1).
+Empty group → nan everywhere, one feature → 1, 1, 0. ``stop_reason`` names the first group whose
+eff_rank_frac falls below ``stop_eff_rank`` or whose max_cos reaches ``stop_max_cos``.
 """
 
 from __future__ import annotations
@@ -66,6 +72,10 @@ class GroupStats(nn.Module):
         self.n_forget.mul_(d).add_(n_f, alpha=1 - d)
         self.n_retain.mul_(d).add_(mask.numel() - n_f, alpha=1 - d)
 
+    def mass(self) -> Tensor:
+        """m_forget + m_retain per feature: activation mass per row (0 before rows are seen)."""
+        return (self.sum_forget / self.n_forget.clamp_min(1e-12)) + (self.sum_retain / self.n_retain.clamp_min(1e-12))
+
     def forget_ratio(self) -> Tensor | None:
         """r_i per feature (nan where the feature has no mass); None before both row kinds are seen."""
         if self.n_forget.item() <= 0 or self.n_retain.item() <= 0:
@@ -80,12 +90,20 @@ def forget_share(forget_mass: Tensor, retain_mass: Tensor) -> Tensor:
                        torch.full_like(tot, math.nan))
 
 
-def assign_groups(r: Tensor | None, current: Tensor, n_groups: int) -> Tensor:
-    """New group per feature: bin of r in G equal bins of [0, 1]; nan r (no mass) keeps ``current``."""
+def assign_groups(r: Tensor | None, current: Tensor, n_groups: int, *, mass: Tensor | None = None,
+                  min_mass: float = 0.0, margin: float = 0.0) -> Tensor:
+    """New group per feature: the bin of r in G equal bins of [0, 1]. A feature keeps ``current``
+    where r is nan (no mass), where ``mass`` < ``min_mass``, or where r lies within ``margin`` of
+    its current bin."""
     if r is None:
         return current.clone()
+    r = r.to(current.device)
     bins = torch.clamp(torch.floor(r.nan_to_num(0.0) * n_groups), 0, n_groups - 1).to(current.dtype)
-    return torch.where(torch.isnan(r).to(current.device), current, bins.to(current.device))
+    lo, hi = current.to(r.dtype) / n_groups - margin, (current.to(r.dtype) + 1) / n_groups + margin
+    keep = torch.isnan(r) | (bins == current) | ((margin > 0) & (r > lo) & (r < hi))
+    if mass is not None:
+        keep |= mass.to(r.device) < min_mass
+    return torch.where(keep, current, bins)
 
 
 def _svdvals_per_group(W: Tensor, groups: Tensor, n_groups: int) -> list[Tensor | None]:
@@ -103,38 +121,76 @@ def _svdvals_per_group(W: Tensor, groups: Tensor, n_groups: int) -> list[Tensor 
 
 
 @torch.no_grad()
-def group_health(W: Tensor, groups: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
-    """(σ_max/σ_min, exp(entropy of σ/Σσ)) per group of ``W [d_sae, d_model]`` (rows = directions),
-    each float64 ``[G]``, from one spectrum per group (the spectra are the expensive part)."""
-    conds, ranks = [], []
-    for s in _svdvals_per_group(W, groups, n_groups):
+def max_cosine(A: Tensor, B: Tensor | None = None, *, absolute: bool = False, block: int = 1024) -> Tensor:
+    """Per row of ``A``, the largest cosine with a row of ``B`` (default: another row of A), in row
+    blocks so no n × n matrix is held. ``absolute``: largest |cos|. SAEBench's
+    ``calculate_max_cosine_sim`` is ``max_cosine(W)`` (signed, self excluded)."""
+    An = A / A.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    Bn = An if B is None else B / B.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    out = torch.empty(An.shape[0], dtype=An.dtype, device=An.device)
+    for start in range(0, An.shape[0], block):
+        C = An[start:start + block] @ Bn.T
+        if absolute:
+            C = C.abs()
+        if B is None:  # a row is not its own neighbour
+            rows = torch.arange(C.shape[0], device=C.device)
+            C[rows, rows + start] = -math.inf
+        out[start:start + block] = C.max(dim=1).values
+    return out
+
+
+@dataclass(frozen=True)
+class GroupHealth:
+    """Per group (lists of length G): size, condition number, effective-rank fraction, max |cos|."""
+    sizes: list[int]
+    cond: list[float]
+    eff_rank: list[float]  # exp(entropy of σ/Σσ)
+    eff_rank_frac: list[float]  # eff_rank / min(n_g, d_model)
+    max_cos: list[float]  # largest |cos| between two features of the group
+
+
+@torch.no_grad()
+def group_health(W: Tensor, groups: Tensor, n_groups: int) -> GroupHealth:
+    """Health of each group of ``W [d_sae, d_model]`` (rows = directions), from one spectrum per
+    group (the spectra are the expensive part) and one blockwise cosine pass."""
+    sizes, conds, ranks, fracs, coss = [], [], [], [], []
+    for idx, s in zip(group_indices(groups, n_groups), _svdvals_per_group(W, groups, n_groups)):
+        sizes.append(len(idx))
         if s is None:
-            conds.append(math.nan)
-            ranks.append(math.nan)
+            conds.append(math.nan), ranks.append(math.nan), fracs.append(math.nan), coss.append(math.nan)
             continue
         smin, smax = s[-1].item(), s[0].item()
         conds.append(math.inf if smin == 0.0 else smax / smin)
         if s.sum() == 0:
-            ranks.append(math.nan)
+            rank = math.nan
         else:
             p = s / s.sum()
             p = p[p > 0]
-            ranks.append(math.exp(-(p * p.log()).sum().item()))
-    return torch.tensor(conds, dtype=torch.float64), torch.tensor(ranks, dtype=torch.float64)
+            rank = math.exp(-(p * p.log()).sum().item())
+        ranks.append(rank)
+        fracs.append(rank / min(len(idx), W.shape[1]))
+        coss.append(max_cosine(W[idx].detach().float(), absolute=True).max().item() if len(idx) > 1 else 0.0)
+    return GroupHealth(sizes=sizes, cond=conds, eff_rank=ranks, eff_rank_frac=fracs, max_cos=coss)
 
 
 @dataclass(frozen=True)
 class RegroupReport:
-    """What one regroup did: features moved, the new group sizes, and each group's health."""
+    """What one regroup did: features moved, and each group's health afterwards."""
     step: int
     n_moved: int
-    group_sizes: list[int]
-    cond: list[float]  # σ_max/σ_min per group (decoder or encoder directions, as L_ortho uses)
-    eff_rank: list[float]
+    health: GroupHealth
+
+    @property
+    def empty_groups(self) -> list[int]:
+        return [g for g, n in enumerate(self.health.sizes) if n == 0]
 
 
-def should_stop(conds: Tensor | list[float], cond_max: float) -> bool:
-    """True when any group's condition number exceeds ``cond_max`` (nan ignored, inf counts)."""
-    c = torch.as_tensor(conds, dtype=torch.float64)
-    c = c[~torch.isnan(c)]
-    return bool((c > cond_max).any().item()) if c.numel() else False
+def stop_reason(health: GroupHealth, stop_eff_rank: float, stop_max_cos: float) -> str | None:
+    """Why the groups count as degenerate (size-independent measures), or None. Empty groups are
+    not degenerate here: the Trainer warns about them."""
+    for g, (frac, cos) in enumerate(zip(health.eff_rank_frac, health.max_cos)):
+        if not math.isnan(frac) and frac < stop_eff_rank:
+            return f"group {g} effective rank {frac:.3f} of min(n_g, d_model) < stop_eff_rank {stop_eff_rank:g}"
+        if not math.isnan(cos) and cos >= stop_max_cos:
+            return f"group {g} holds two features at |cos| {cos:.4f} >= stop_max_cos {stop_max_cos:g}"
+    return None

@@ -1,25 +1,30 @@
-"""Inter-group orthogonality penalty L_ortho.
+"""The inter-group orthogonality penalty L_ortho, in three forms (``[train.ortho] alpha_mode``).
 
-    L_ortho = Σ_{g<h} ||W_gᵀ W_h − α I||_F
+``W`` is ``[d_sae, d_model]`` with one feature direction per ROW (``W_dec`` as stored, or
+``W_enc.T``); ``W_g`` are the rows of group g. Sums run over group pairs g < h.
 
-``W`` is passed as ``[d_sae, d_model]`` with one feature direction per ROW (that is ``W_dec`` as
-stored, or ``W_enc.T``); ``W_g`` in the formula is the ``d_model × n_g`` matrix whose columns are
-the rows ``W[groups == g]`` in ascending feature index. ``I`` is the rectangular ``n_g × n_h``
-identity, so ``α`` pairs the i-th feature of g with the i-th feature of h (by feature index);
-with the default α = 0 this pairing is irrelevant.
+- ``"rms"`` (default): ``Σ relu(‖Ŵ_gᵀŴ_h‖²_F / (n_g·n_h) − α²)`` with Ŵ the unit-normalised rows,
+  i.e. the groups' mean squared cosine beyond α². α is the allowed RMS cosine between a feature of
+  one group and a feature of another; random unit vectors in d_model dimensions sit at 1/√d_model
+  (0.04 at d = 640, 0.02 at 2304), so α at or above that leaves random-looking groups alone and
+  penalises only structured sharing. Through d_model × d_model Grams (never n_g × n_h).
+- ``"hinge"``: ``Σ_{i∈g, j∈h} relu(|cos_ij| − α)² / (n_g·n_h)``: every cross-group pair of features
+  may share up to |cos| = α for free. Computed in row blocks so no n_g × n_h matrix is held whole.
+- ``"seed"``: the prototype's ``‖W_gᵀW_h − αI‖_F`` (unsquared, unnormalised, raw rows). ``I`` is
+  the rectangular n_g × n_h identity: α pairs the i-th feature of g with the i-th of h by feature
+  INDEX, an arbitrary pairing that touches 1/n_g of the entries, so α barely moves it; kept only to
+  reproduce the seed.
 
-Gram rewrite (never forms ``n_g × n_h`` or ``d_sae × d_sae``), with A = W_g, B = W_h:
+λ2 weighs a per-pair mean in "rms" and "hinge" (so it transfers across d_sae), and the raw
+Frobenius norm in "seed" (each entry weighted λ2/‖M‖, which shrinks as the SAE grows).
 
-    ||AᵀB − αI||²_F = tr((AAᵀ)(BBᵀ)) − 2α Σ_{i<m} a_i·b_i + α² m,   m = min(n_g, n_h)
-
-``AAᵀ`` is ``d_model × d_model``; the pair's term is ``sqrt(max(s, 0) + eps) − sqrt(eps)``
-(eps = 1e-12): finite gradient at s = 0, an orthogonal pair costs exactly 0, and any other pair is
-off by at most sqrt(eps) = 1e-6. The naive path uses the same eps, so both agree to rounding in
-value and gradient. Pairs where either group is empty contribute exactly 0 (both paths).
-Cost: O(d_sae·d_model²) for the Grams plus O(G²·d_model²), memory O(G·d_model²). The Gram's
-backward is one matmul (``_Gram``) instead of autograd's two for ``AᵀA``: a third off L_ortho.
-Lazy application (``every`` > 1, StyleGAN2's lazy regularisation) is the Trainer's schedule
-(``train/trainer.py``).
+Seed-form Gram rewrite, with A = W_g, B = W_h:
+``‖AᵀB − αI‖²_F = tr((AAᵀ)(BBᵀ)) − 2α Σ_{i<m} a_i·b_i + α² m``, m = min(n_g, n_h); the pair's
+term is ``sqrt(max(s, 0) + eps) − sqrt(eps)`` (eps = 1e-12): finite gradient at s = 0, and an
+orthogonal pair costs exactly 0. Pairs where either group is empty contribute exactly 0 (all forms).
+Cost of the Gram forms: O(d_sae·d_model²) plus O(G²·d_model²); the Gram's backward is one matmul
+(``_Gram``) instead of autograd's two for ``AᵀA``. The hinge costs O(n_g·n_h·d_model). Lazy
+application (``every`` > 1) is the Trainer's schedule (``train/trainer.py``).
 """
 
 from __future__ import annotations
@@ -54,45 +59,67 @@ def group_indices(groups: Tensor, n_groups: int) -> list[Tensor]:
     return [torch.nonzero(groups == g, as_tuple=True)[0] for g in range(n_groups)]
 
 
+ALPHA_MODES = ("rms", "hinge", "seed")
+HINGE_BLOCK = 2048  # rows of W_g per block: the hinge holds [block, n_h] at a time
+
+
+def _unit_rows(W: Tensor) -> Tensor:
+    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
 def ortho_loss(
     W: Tensor,
     groups: Tensor,
     n_groups: int,
     alpha: float = 0.0,
+    mode: str = "rms",
     naive: bool = False,
     eps: float = EPS,
 ) -> Tensor:
-    """Σ_{g<h} ||W_gᵀW_h − αI||_F for ``W [d_sae, d_model]`` (rows = feature directions).
+    """L_ortho of ``W [d_sae, d_model]`` (rows = feature directions) in form ``mode``.
 
     ``groups``: LongTensor ``[d_sae]`` with values in ``0..n_groups-1``. ``naive=True`` forms the
     ``n_g × n_h`` matrices explicitly (reference implementation for tests only).
     """
     if W.ndim != 2 or groups.shape != (W.shape[0],):
         raise ValueError(f"ortho_loss: W must be [d_sae, d_model] and groups [d_sae]; got {tuple(W.shape)}, {tuple(groups.shape)}")
+    if mode not in ALPHA_MODES:
+        raise ValueError(f"ortho_loss: mode must be one of {ALPHA_MODES}; got {mode!r}")
     idx = group_indices(groups, n_groups)
+    pairs = [(g, h) for g in range(n_groups) for h in range(g + 1, n_groups) if len(idx[g]) and len(idx[h])]
     total = W.new_zeros(())
-    if naive:
-        for g in range(n_groups):
-            for h in range(g + 1, n_groups):
-                if len(idx[g]) == 0 or len(idx[h]) == 0:
-                    continue
-                M = W[idx[g]] @ W[idx[h]].T  # [n_g, n_h]
-                M = M - alpha * torch.eye(M.shape[0], M.shape[1], dtype=W.dtype, device=W.device)
-                total = total + (torch.sqrt(M.pow(2).sum().clamp_min(0) + eps) - eps**0.5)
+    if mode != "seed":
+        W = _unit_rows(W)
+    if mode == "hinge" or naive:
+        for g, h in pairs:
+            total = total + _pair_naive(W[idx[g]], W[idx[h]], alpha, mode, eps)
         return total
-
     grams = [gram(W[i]) if len(i) else None for i in idx]  # each [d_model, d_model]
-    for g in range(n_groups):
-        for h in range(g + 1, n_groups):
-            if grams[g] is None or grams[h] is None:
-                continue
-            s = (grams[g] * grams[h]).sum()  # tr(G_g G_h); Grams are symmetric
-            if alpha != 0.0:
-                m = min(len(idx[g]), len(idx[h]))
-                diag = (W[idx[g][:m]] * W[idx[h][:m]]).sum()
-                s = s - 2.0 * alpha * diag + alpha * alpha * m
-            total = total + (torch.sqrt(s.clamp_min(0) + eps) - eps**0.5)
+    for g, h in pairs:
+        s = (grams[g] * grams[h]).sum()  # tr(G_g G_h) = ‖W_gᵀW_h‖²_F; Grams are symmetric
+        if mode == "rms":
+            total = total + torch.relu(s / (len(idx[g]) * len(idx[h])) - alpha * alpha)
+            continue
+        if alpha != 0.0:
+            m = min(len(idx[g]), len(idx[h]))
+            diag = (W[idx[g][:m]] * W[idx[h][:m]]).sum()
+            s = s - 2.0 * alpha * diag + alpha * alpha * m
+        total = total + (torch.sqrt(s.clamp_min(0) + eps) - eps**0.5)
     return total
+
+
+def _pair_naive(A: Tensor, B: Tensor, alpha: float, mode: str, eps: float) -> Tensor:
+    """One pair's term from explicit blocks of ``A Bᵀ`` (the hinge, and the tests' reference)."""
+    if mode == "seed":
+        M = A @ B.T
+        M = M - alpha * torch.eye(M.shape[0], M.shape[1], dtype=A.dtype, device=A.device)
+        return torch.sqrt(M.pow(2).sum().clamp_min(0) + eps) - eps**0.5
+    total = A.new_zeros(())
+    for start in range(0, A.shape[0], HINGE_BLOCK):
+        C = A[start:start + HINGE_BLOCK] @ B.T  # cosines (rows are unit vectors)
+        total = total + (torch.relu(C.abs() - alpha).pow(2).sum() if mode == "hinge" else C.pow(2).sum())
+    n = A.shape[0] * B.shape[0]
+    return total / n if mode == "hinge" else torch.relu(total / n - alpha * alpha)
 
 
 def contiguous_groups(d_sae: int, n_groups: int, device: torch.device | str = "cpu") -> Tensor:
