@@ -22,7 +22,8 @@ from common.config import Config, check_model_fits
 from common.corpora import CorpusSpec, fingerprint, load_documents, tokenize_contexts, tokens_fingerprint
 from common.model import LoadedModel, load_model, pick_device
 from common.progress import console, progress
-from common.store import GroupPlan, StoreError, StoreLock, StoreWriter, store_exists, to_storage
+from common.store import (GroupPlan, StoreError, StoreLock, StoreReader, StoreWriter, store_exists,
+                          to_storage)
 from harvest.capture import residual_after_block
 
 BOS_POLICY = "bos-first-not-stored"  # every context starts with BOS; its outlier row is not stored
@@ -84,8 +85,16 @@ def _remove_store(url: str) -> None:
         fs.rm(path, recursive=True)
 
 
-def harvest(cfg: Config, *, force: bool = False, show_progress: bool = True) -> HarvestResult:
-    """Harvest every corpus of `cfg` into its store (resuming a partial one)."""
+def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
+            show_progress: bool = True) -> HarvestResult:
+    """Harvest every corpus of `cfg` into its store (resuming a partial one).
+
+    repair: verify the store first and un-commit every chunk that fails, so only those chunks are
+    harvested again (chunks are deterministic, so the result equals a clean store).
+    """
+    if force and repair:
+        raise StoreError(f"{cfg.harvest.store}: --force and --repair exclude each other "
+                         "(--force re-harvests everything)")
     state = PartialState(cpu=pick_device(cfg.model.device).type == "cpu")
     device = state.device if state.num_processes > 1 else pick_device(cfg.model.device)
     url = cfg.harvest.store
@@ -101,7 +110,7 @@ def harvest(cfg: Config, *, force: bool = False, show_progress: bool = True) -> 
         if force:
             lock.acquire()
             _remove_store(url)
-        elif store_exists(url) and _already_complete(url, identity, plans, cfg):
+        elif not repair and store_exists(url) and _already_complete(url, identity, plans, cfg):
             console.print(f"[green]{url}: complete, left alone[/] (use --force to harvest again)")
             state.wait_for_everyone()
             return HarvestResult(url, 0, time.perf_counter() - t_start, skipped=True)
@@ -111,6 +120,8 @@ def harvest(cfg: Config, *, force: bool = False, show_progress: bool = True) -> 
             writer = StoreWriter(url, identity, codec=cfg.harvest.codec, level=cfg.harvest.level)
             for plan in plans:
                 writer.ensure_group(plan)
+            if repair:
+                _uncommit_damaged(writer)
         except BaseException:
             lock.release()
             raise
@@ -170,3 +181,23 @@ def _already_complete(url: str, identity: dict, plans: list[GroupPlan], cfg: Con
         if attrs.get("tokens_fingerprint") != plan.tokens_fingerprint or not attrs.get("complete"):
             return False
     return True
+
+
+def _uncommit_damaged(writer: StoreWriter) -> None:
+    """Un-commit the chunks `verify` finds damaged; refuse what re-harvesting chunks cannot mend."""
+    problems = StoreReader(writer.url).check()
+    layout = [p for p in problems if p.kind == "layout"]
+    if layout:
+        raise StoreError(f"{layout[0].text}; --repair mends chunks only, use --force")
+    damaged = [p for p in problems if p.kind == "damaged"]
+    if not damaged:
+        console.print(f"[green]{writer.url}: every committed chunk verified, nothing to repair[/]")
+        return
+    for p in damaged:
+        console.print(f"[yellow]repair[/]: {p.text}", highlight=False)
+    chunks: dict[str, set[int]] = {}
+    for p in damaged:
+        chunks.setdefault(p.group, set()).add(p.chunk)
+    for name, ks in chunks.items():
+        writer.uncommit(name, sorted(ks))
+    console.print(f"[yellow]repair[/]: re-harvesting {sum(map(len, chunks.values()))} chunk(s)")

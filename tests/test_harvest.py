@@ -164,6 +164,39 @@ def test_complete_store_left_alone_unless_force(tmp_path, tiny_model_dir):
     assert StoreReader(cfg.harvest.store).complete
 
 
+def store_files(url) -> dict[str, bytes]:
+    """Every file of a local store but the root metadata, which holds harvest times."""
+    root = Path(url)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p != root / "zarr.json"}
+
+
+def test_repair_reharvests_only_damaged_chunks_to_a_clean_store(tmp_path, tiny_model_dir):
+    clean = load_config(write_config(tmp_path, tiny_model_dir, store="clean.zarr", name="clean.toml"))
+    harvest(clean, show_progress=False)
+    path = write_config(tmp_path, tiny_model_dir, store="s.zarr")
+    harvest(load_config(path), show_progress=False)
+    store = tmp_path / "s.zarr"
+    untouched = (store / "retain/acts/c/0/0").stat().st_mtime_ns
+    for chunk in ("retain/acts/c/2/0", "heldout/tokens/c/1"):
+        data = bytearray((store / chunk).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (store / chunk).write_bytes(bytes(data))
+    assert harvest(load_config(path), show_progress=False).skipped  # a plain harvest cannot see it
+    res = CliRunner().invoke(main, ["--config", str(path), "verify"])
+    assert res.exit_code == 1 and "harvest --repair" in res.output
+    assert "heldout chunk 1 (tokens/c/1)" in res.output, res.output
+
+    res = CliRunner().invoke(main, ["--config", str(path), "harvest", "--repair"])
+    assert res.exit_code == 0, res.output
+    assert "re-harvesting 2 chunk(s)" in res.output and f"{2 * 30:,} rows" in res.output, res.output
+    assert store_files(clean.harvest.store) == store_files(store)  # byte for byte
+    assert StoreReader(str(store)).complete and StoreReader(str(store)).verify() == []
+    assert (store / "retain/acts/c/0/0").stat().st_mtime_ns == untouched
+    assert "nothing to repair" in CliRunner().invoke(main, ["--config", str(path), "harvest",
+                                                           "--repair"]).output
+
+
 def test_other_layer_store_and_layer_beyond_depth_refused(tmp_path, tiny_model_dir):
     harvest(load_config(write_config(tmp_path, tiny_model_dir)), show_progress=False)
     before = arrays(str(tmp_path / "s.zarr"))
