@@ -19,8 +19,9 @@ from accelerate import PartialState
 
 from common import __version__
 from common.config import Config, check_model_fits
-from common.corpora import CorpusSpec, fingerprint, load_documents, tokenize_contexts, tokens_fingerprint
-from common.model import LoadedModel, load_model, pick_device
+from common.corpora import (CorpusError, CorpusSpec, fingerprint, load_documents, tokenize_contexts,
+                            tokens_fingerprint)
+from common.model import LoadedModel, load_model, load_tokenizer, pick_device
 from common.progress import console, progress
 from common.store import (GroupPlan, StoreError, StoreLock, StoreReader, StoreWriter, store_exists,
                           to_storage)
@@ -68,7 +69,8 @@ def plan_corpora(cfg: Config, tokenizer) -> tuple[list[GroupPlan], dict[str, np.
         wanted = c.tokens // T
         ctx = tokenize_contexts(docs, tokenizer, T, wanted)
         if len(ctx) == 0:
-            raise StoreError(f"{cfg.path}: [corpora.{name}]: no complete context of {T} tokens in {c.source}")
+            raise CorpusError(f"{cfg.path}: [corpora.{name}]: no complete context of {T} tokens in "
+                              f"{c.source} ({c.split} split)")
         if len(ctx) < wanted:
             console.print(f"[yellow]{name}: corpus holds {len(ctx) * T:,} tokens, "
                           f"fewer than the budget {c.tokens:,}; harvesting all of it")
@@ -99,11 +101,15 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
     device = state.device if state.num_processes > 1 else pick_device(cfg.model.device)
     url = cfg.harvest.store
     t_start = time.perf_counter()
+    # Corpora first, with the tokenizer alone: a wrong path, a bad file or a corpus short of its
+    # budget shows in seconds, not after the model has loaded.
+    tokenizer = load_tokenizer(cfg.model.id, revision=cfg.model.revision,
+                               trust_remote_code=cfg.model.trust_remote_code)
+    plans, contexts = plan_corpora(cfg, tokenizer)
     lm = load_model(cfg.model.id, revision=cfg.model.revision, dtype=cfg.model.dtype, device=str(device),
                     trust_remote_code=cfg.model.trust_remote_code)
     check_model_fits(cfg, lm.n_layers, lm.d_model)
     identity = store_identity(cfg, lm)
-    plans, contexts = plan_corpora(cfg, lm.tokenizer)
 
     lock = StoreLock(url)
     if state.is_main_process:

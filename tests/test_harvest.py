@@ -241,6 +241,30 @@ def test_cli_status_and_verify_name_corrupted_chunk(tmp_path, tiny_model_dir):
     assert res.exit_code == 1 and "retain chunk 2" in res.output, res.output
 
 
+@pytest.mark.parametrize("content, match", [
+    (None, "no such file"),
+    ('{"text": "caf\xe9"}\n'.encode("latin-1"), "not UTF-8 at byte offset 13"),
+    (b'{"text": "a few words"}\n{"text": "and a few more"}\n', "no complete context of 16 tokens"),
+    (b'{"text": "a line"}\nnot json\n', "line 2 is not JSON"),
+])
+def test_bad_corpus_fails_in_one_line_before_the_model_loads(tmp_path, tiny_model_dir, monkeypatch,
+                                                              content, match):
+    bad = tmp_path / "bad.jsonl"
+    if content is not None:
+        bad.write_bytes(content)
+    path = write_config(tmp_path, tiny_model_dir)
+    path.write_text(path.read_text().replace(f"file:{DOCS}", f"file:{bad}", 1))  # [corpora.retain]
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the corpora were checked")
+    monkeypatch.setattr("harvest.runner.load_model", no_model)
+    res = CliRunner().invoke(main, ["--config", str(path), "harvest"])
+    assert res.exit_code == 2, res.output
+    assert match in res.output and str(bad) in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_cli_bad_config_is_one_line(tmp_path, tiny_model_dir):
     path = write_config(tmp_path, tiny_model_dir)
     path.write_text(path.read_text().replace("layer = 0", 'layer = "zero"'))
