@@ -107,9 +107,15 @@ class GroupPlan:
         return -(-self.n_contexts // self.contexts_per_chunk)
 
 
+def _zarr_location(url: str) -> str:
+    """What to hand zarr for `url`. zarr opens file:// URLs through fsspec's LocalFileSystem, which
+    does not create directories (the first chunk write fails): a plain path gets zarr's LocalStore."""
+    return url.removeprefix("file://")
+
+
 def _open_root(url: str, mode: str):
     try:
-        return zarr.open_group(store=url, mode=mode, zarr_format=3)
+        return zarr.open_group(store=_zarr_location(url), mode=mode, zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         raise StoreError(f"{url}: no zarr store here") from None
     except Exception as e:  # noqa: BLE001 - zarr raises many kinds for a broken store
@@ -197,7 +203,7 @@ class StoreWriter:
                     raise StoreError(f"{url}: holds {key}={stored.get(key)!r}, config wants "
                                      f"{identity.get(key)!r}; use another [harvest] store or --force")
         elif create:
-            self.root = zarr.open_group(store=url, mode="w", zarr_format=3)
+            self.root = zarr.open_group(store=_zarr_location(url), mode="w", zarr_format=3)
             self.root.attrs["orthosae"] = {**identity, "schema": SCHEMA, "complete": False}
         else:
             raise StoreError(f"{url}: no zarr store here")

@@ -1,4 +1,5 @@
 """Harvest on a tiny random-weight Gemma2: equals a direct forward, resumes after kill -9, scales out."""
+import itertools
 import os
 import subprocess
 import sys
@@ -195,6 +196,46 @@ def test_repair_reharvests_only_damaged_chunks_to_a_clean_store(tmp_path, tiny_m
     assert (store / "retain/acts/c/0/0").stat().st_mtime_ns == untouched
     assert "nothing to repair" in CliRunner().invoke(main, ["--config", str(path), "harvest",
                                                            "--repair"]).output
+
+
+@pytest.mark.parametrize("scheme", ["memory", "file"])
+def test_store_through_an_fsspec_url(tmp_path, tiny_model_dir, scheme):
+    """harvest, status, verify, repair and the training stream on a URL, as on s3:// or gs://."""
+    import fsspec
+    from train.stream import ActivationStream
+
+    local = load_config(write_config(tmp_path, tiny_model_dir, store="local.zarr", name="local.toml"))
+    harvest(local, show_progress=False)
+    url = f"memory://{tmp_path.name}/s.zarr" if scheme == "memory" else f"file://{tmp_path}/s.zarr"
+    path = write_config(tmp_path, tiny_model_dir)
+    path.write_text(path.read_text().replace(f'store = "{tmp_path / "s.zarr"}"', f'store = "{url}"'))
+    fs, root = fsspec.core.url_to_fs(url)
+    cli = CliRunner()
+    try:
+        res = cli.invoke(main, ["--config", str(path), "harvest"])
+        assert res.exit_code == 0 and url in res.output, res.output
+        assert_same_store(local.harvest.store, url)
+        res = cli.invoke(main, ["--config", str(path), "status"])
+        assert res.exit_code == 0 and "complete" in res.output and "KiB on disk" in res.output, res.output
+        assert cli.invoke(main, ["--config", str(path), "verify"]).exit_code == 0
+
+        chunk = f"{root}/retain/acts/c/1/0"
+        data = bytearray(fs.cat_file(chunk))
+        data[len(data) // 2] ^= 0xFF
+        fs.pipe_file(chunk, bytes(data))
+        res = cli.invoke(main, ["--config", str(path), "verify"])
+        assert res.exit_code == 1 and f"{url}/retain chunk 1 (acts/c/1/0)" in res.output, res.output
+        assert cli.invoke(main, ["--config", str(path), "harvest", "--repair"]).exit_code == 0
+        assert_same_store(local.harvest.store, url)
+        assert not fs.exists(f"{root}.orthosae-lock")  # released beside the store
+
+        stream = ActivationStream(StoreReader(url), ["retain"], batch_size=30, buffer_rows=60, seed=0)
+        rows = torch.cat([x for x, _ in itertools.islice(stream, stream.rows_per_epoch // 30)])
+        expect = StoreReader(local.harvest.store).read_rows("retain", 0, stream.rows_per_epoch)
+        assert torch.equal(rows[rows[:, 0].argsort()], expect[expect[:, 0].argsort()])
+    finally:
+        if scheme == "memory":
+            fs.rm(f"/{tmp_path.name}", recursive=True)
 
 
 def test_other_layer_store_and_layer_beyond_depth_refused(tmp_path, tiny_model_dir):
