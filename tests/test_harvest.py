@@ -1,6 +1,7 @@
 """Harvest on a tiny random-weight Gemma2: equals a direct forward, resumes after kill -9, scales out."""
 import itertools
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -304,6 +305,23 @@ def test_bad_corpus_fails_in_one_line_before_the_model_loads(tmp_path, tiny_mode
     assert match in res.output and str(bad) in res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_train_and_eval_refuse_a_store_of_another_model(tmp_path, tiny_model_dir):
+    """Same layer, d_model and context length, other weights: only model_id tells the stores apart."""
+    from common.model import build_tiny_model
+    from common.store import open_store_for
+
+    harvest(load_config(write_config(tmp_path, tiny_model_dir)), show_progress=False)
+    other = build_tiny_model(tmp_path / "other_model", seed=1)
+    path = write_config(tmp_path, other, name="other.toml")
+    want = f"s.zarr: holds activations of {tiny_model_dir}, {path} [model] id is {other}"
+    with pytest.raises(StoreError, match=re.escape(want)):
+        open_store_for(load_config(path))
+    for command in ("train", "eval"):
+        res = CliRunner().invoke(main, ["--config", str(path), command])
+        assert res.exit_code == 2 and want in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
 
 
 def test_cli_bad_config_is_one_line(tmp_path, tiny_model_dir):
