@@ -1,8 +1,9 @@
 """`pipe harvest`: one model pass per corpus into the zarr activation store.
 
-Reads top to bottom: load the model, plan every corpus (documents -> fixed contexts -> chunks), take
-the store's write lock, then for each chunk this process owns (k % world_size == rank), run the
-model up to block L and commit the chunk. A rerun skips committed chunks, so a killed harvest
+Reads top to bottom: plan every corpus with the tokenizer alone (documents -> fixed contexts ->
+chunks; a bad corpus fails before the model loads), load the model, take the store's write lock
+(with --repair, un-commit the chunks verify finds damaged), then for each chunk this process owns
+(k % world_size == rank), run the model up to block L and commit the chunk. A rerun skips committed chunks, so a killed harvest
 resumes to the same store an uninterrupted one makes; N processes (accelerate / torchrun) write
 disjoint chunks of one store.
 """
@@ -16,6 +17,7 @@ import fsspec
 import numpy as np
 import torch
 from accelerate import PartialState
+from rich.text import Text
 
 from common import __version__
 from common.config import Config, check_model_fits
@@ -200,7 +202,7 @@ def _uncommit_damaged(writer: StoreWriter) -> None:
         console.print(f"[green]{writer.url}: every committed chunk verified, nothing to repair[/]")
         return
     for p in damaged:
-        console.print(f"[yellow]repair[/]: {p.text}", highlight=False)
+        console.print(Text.assemble(("repair: ", "yellow"), p.text))  # Text: no markup in paths
     chunks: dict[str, set[int]] = {}
     for p in damaged:
         chunks.setdefault(p.group, set()).add(p.chunk)
