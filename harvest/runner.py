@@ -3,9 +3,9 @@
 Reads top to bottom: plan every corpus with the tokenizer alone (documents -> fixed contexts ->
 chunks; a bad corpus fails before the model loads), load the model, take the store's write lock
 (with --repair, un-commit the chunks verify finds damaged), then for each chunk this process owns
-(k % world_size == rank), run the model up to block L and commit the chunk. A rerun skips committed chunks, so a killed harvest
-resumes to the same store an uninterrupted one makes; N processes (accelerate / torchrun) write
-disjoint chunks of one store.
+(k % world_size == rank), run the model up to block L and commit the chunk. A rerun skips
+committed chunks, so a killed harvest resumes to the same store an uninterrupted one makes;
+N processes (accelerate / torchrun) write disjoint chunks of one store.
 """
 from __future__ import annotations
 
