@@ -2,17 +2,39 @@
 # Fresh-machine setup: a .venv with CPU torch and orthosae (`pipe`). `--test` adds the test peers.
 set -euo pipefail
 cd "$(dirname "$0")"
-[ -x .venv/bin/python ] || python3 -m venv .venv
+# Each step's own output (pip's deprecation notices about editable installs, "Location ... is
+# ignored" and the like) goes to a log: a clean run prints one line per step, a failed step prints
+# its log in full.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+step() {  # step "what it installs" command...
+  local what=$1
+  shift
+  if "$@" >"$log" 2>&1; then
+    echo "setup: $what"
+  else
+    cat "$log" >&2
+    echo "setup: failed: $what ($*)" >&2
+    exit 1
+  fi
+}
+[ -x .venv/bin/python ] || step "created .venv" python3 -m venv .venv
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
+step "pip upgraded" python -m pip install --upgrade pip
 # torch first and pinned: an unpinned torch pulls gigabytes of CUDA wheels (on a GPU box, install
 # the CUDA build of your choice before running this script; pip then keeps it).
-python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[test]"
+if python -c "import torch" 2>/dev/null; then
+  echo "setup: torch $(python -c 'import torch; print(torch.__version__)') already installed, kept"
+else
+  step "torch 2.13.0 (CPU)" python -m pip install torch==2.13.0
+fi
+step "orthosae and its dependencies (editable; the pipe command, pytest)" python -m pip install -e ".[test]"
 if [ "${1:-}" = "--test" ]; then
   # Peers the tests cross-check against. sae-lens installs cleanly beside torch 2.13; sae-bench
   # would pull torch 2.15 + CUDA and pin numpy 1.26, so it goes in without its dependencies.
-  python -m pip install -q sae-lens==6.54.12
-  python -m pip install -q --no-deps sae-bench==0.6.0
-  python -m pip install -q tabulate  # the one module sae-bench's core and unlearning evals import that we lack
+  step "sae-lens 6.54.12 (test peer)" python -m pip install sae-lens==6.54.12
+  step "sae-bench 0.6.0 without its dependencies (test peer)" python -m pip install --no-deps sae-bench==0.6.0
+  # the one module sae-bench's core and unlearning evals import that we lack
+  step "tabulate (for sae-bench)" python -m pip install tabulate
 fi
+echo "setup: done, .venv is ready"

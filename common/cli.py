@@ -55,12 +55,14 @@ def _human_bytes(n: float) -> str:
 
 @main.command()
 @click.option("--force", is_flag=True, help="delete a complete store and harvest again")
+@click.option("--repair", is_flag=True, help="verify the store, then re-harvest only the chunks "
+              "that fail")
 @click.pass_context
-def harvest(ctx: click.Context, force: bool) -> None:
+def harvest(ctx: click.Context, force: bool, repair: bool) -> None:
     """Run the model once up to [harvest] layer and cache its residual stream (resumable)."""
     from harvest import harvest as run_harvest
     cfg = _config(ctx)
-    result = run_harvest(cfg, force=force)
+    result = run_harvest(cfg, force=force, repair=repair)
     from accelerate import PartialState
     if PartialState().is_main_process and not result.skipped:
         rate = result.rows_written / max(result.seconds, 1e-9)
@@ -157,19 +159,21 @@ def verify(ctx: click.Context, stores: tuple[str, ...]) -> None:
     from common.progress import progress
     from common.store import StoreReader
     cfg = None if stores else _config(ctx)
-    bad = False
+    bad = damaged = False
     for url in _store_urls(cfg, stores):
         reader = StoreReader(url)
         total = sum(g.n_chunks for g in reader.groups().values())
         with progress("chunk") as bar:
             task = bar.add_task(f"verify {url}", total=total)
-            problems = reader.verify(progress=lambda *_: bar.advance(task))
+            problems = reader.check(progress=lambda *_: bar.advance(task))
         for p in problems:
-            console.print(Text(p, style="red"))
-        if problems:
-            bad = True
-        else:
+            console.print(Text(p.text, style="red"))
+        bad = bad or bool(problems)
+        damaged = damaged or any(p.kind == "damaged" for p in problems)
+        if not problems:
             console.print(f"[green]{url}: ok[/] ({total} chunks checked, complete)")
+    if damaged:
+        console.print("`pipe harvest --repair` re-harvests exactly the damaged chunks", highlight=False)
     if bad:
         sys.exit(1)
 

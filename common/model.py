@@ -92,6 +92,20 @@ def load_model(
                        d_model=int(text_cfg.hidden_size))
 
 
+def load_tokenizer(model_id: str, revision: str | None = "main", trust_remote_code: bool = False,
+                   cache_dir: Path | None = None):
+    """The model's tokenizer alone: seconds, so harvest can plan its corpora before the model loads."""
+    from transformers import AutoTokenizer
+
+    path = model_id
+    if model_id == EMBEDDED_GEMMA:
+        path, revision = str(_embedded_gemma_dir(cache_root(cache_dir))[0]), None
+    try:
+        return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelError(f"model {model_id!r}: loading the tokenizer failed: {first_line(e)}") from e
+
+
 def _from_pretrained(model_id: str, path: str, revision: str | None, dt: torch.dtype,
                      trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer

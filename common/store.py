@@ -31,6 +31,7 @@ import torch
 import zarr
 
 from common.config import Config
+from common.errors import first_line
 
 SCHEMA = 1
 # Attributes that must match for a store to be reused (resume, train, eval).
@@ -106,9 +107,15 @@ class GroupPlan:
         return -(-self.n_contexts // self.contexts_per_chunk)
 
 
+def _zarr_location(url: str) -> str:
+    """What to hand zarr for `url`. zarr opens file:// URLs through fsspec's LocalFileSystem, which
+    does not create directories (the first chunk write fails): a plain path gets zarr's LocalStore."""
+    return url.removeprefix("file://")
+
+
 def _open_root(url: str, mode: str):
     try:
-        return zarr.open_group(store=url, mode=mode, zarr_format=3)
+        return zarr.open_group(store=_zarr_location(url), mode=mode, zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         raise StoreError(f"{url}: no zarr store here") from None
     except Exception as e:  # noqa: BLE001 - zarr raises many kinds for a broken store
@@ -196,7 +203,7 @@ class StoreWriter:
                     raise StoreError(f"{url}: holds {key}={stored.get(key)!r}, config wants "
                                      f"{identity.get(key)!r}; use another [harvest] store or --force")
         elif create:
-            self.root = zarr.open_group(store=url, mode="w", zarr_format=3)
+            self.root = zarr.open_group(store=_zarr_location(url), mode="w", zarr_format=3)
             self.root.attrs["orthosae"] = {**identity, "schema": SCHEMA, "complete": False}
         else:
             raise StoreError(f"{url}: no zarr store here")
@@ -256,6 +263,21 @@ class StoreWriter:
         group["position"][start:stop] = np.tile(np.arange(1, plan.context_length, dtype=np.int16), n_ctx)
         group["committed"][k] = chunk_digest(acts, rows)
 
+    def uncommit(self, name: str, chunks: list[int]) -> None:
+        """Mark chunks unwritten so the next harvest writes them again (`harvest --repair`).
+
+        The store and group are marked incomplete first: killed halfway, the store is incomplete
+        with some damaged chunks still committed (verify still names them), never complete with
+        unwritten chunks (which a plain harvest would leave alone).
+        """
+        meta = dict(self.root.attrs["orthosae"])
+        meta["complete"] = False
+        meta.pop("completed", None)
+        self.root.attrs["orthosae"] = meta
+        self.root[name].attrs["complete"] = False
+        for k in chunks:
+            self.root[name]["committed"][k] = 0
+
     def finish_group(self, name: str) -> bool:
         group = self.root[name]
         done = bool((group["committed"][:] != 0).all())
@@ -314,7 +336,7 @@ class StoreReader:
         out = {}
         for name, group in sorted(self.root.groups()):
             a = dict(group.attrs)
-            committed = group["committed"][:]
+            committed = _read_committed(group["committed"])
             out[name] = GroupInfo(
                 name=name, role=a["role"], split=a["split"], n_rows=int(a["n_rows"]),
                 n_contexts=int(a["n_contexts"]), rows_per_context=int(a["rows_per_context"]),
@@ -352,45 +374,96 @@ class StoreReader:
         return int(fs.du(path))
 
     def verify(self, progress=None) -> list[str]:
-        """Re-read every chunk; returns problems, each naming the corpus and chunk (empty = all good)."""
+        """Re-read every chunk; returns problems, each naming the corpus, chunk and array file."""
+        return [p.text for p in self.check(progress)]
+
+    def check(self, progress=None) -> list[Problem]:
+        """`verify` with each problem's kind and chunk, so `harvest --repair` knows what to redo."""
         problems = []
         for key in IDENTITY_KEYS:
             if key not in self.meta:
-                problems.append(f"{self.url}: attribute orthosae.{key} is missing")
+                problems.append(Problem(f"{self.url}: attribute orthosae.{key} is missing", "layout"))
         for name, info in self.groups().items():
             group = self.root[name]
             expect = {"acts": (info.n_rows, self.d_model), "tokens": (info.n_rows,),
                       "context": (info.n_rows,), "position": (info.n_rows,), "committed": (info.n_chunks,)}
-            for arr, shape in expect.items():
-                if arr not in group or tuple(group[arr].shape) != shape:
-                    problems.append(f"{self.url}/{name}/{arr}: missing or shape != {shape}")
-            if any(p.startswith(f"{self.url}/{name}/") for p in problems):
+            bad_layout = [arr for arr, shape in expect.items()
+                          if arr not in group or tuple(group[arr].shape) != shape]
+            for arr in bad_layout:
+                problems.append(Problem(f"{self.url}/{name}/{arr}: missing or shape != {expect[arr]}",
+                                        "layout", name))
+            if bad_layout:
                 continue
-            committed = group["committed"][:]
             for k in range(info.n_chunks):
                 if progress:
                     progress(name, k, info.n_chunks)
-                where = f"{self.url}/{name} chunk {k} (acts/c/{k}/0)"
-                if committed[k] == 0:
-                    problems.append(f"{where}: not written (harvest incomplete)")
-                    continue
-                start, stop = k * info.rows_per_chunk, min((k + 1) * info.rows_per_chunk, info.n_rows)
-                try:
-                    acts = group["acts"][start:stop]
-                    toks = group["tokens"][start:stop]
-                    pos = group["position"][start:stop]
-                except Exception as e:  # noqa: BLE001 - codec errors name no chunk themselves
-                    problems.append(f"{where}: unreadable ({type(e).__name__}: {e})")
-                    continue
-                if chunk_digest(acts, toks) != int(committed[k]):
-                    problems.append(f"{where}: checksum mismatch (data changed after commit)")
-                elif not np.array_equal(pos, np.tile(np.arange(1, info.rows_per_context + 1,
-                                                                dtype=np.int16),
-                                                      len(pos) // info.rows_per_context)):
-                    problems.append(f"{where}: positions out of order")
+                problems += [Problem(f"{self.url}/{name} chunk {k} ({files}): {what}", kind, name, k)
+                             for kind, files, what in _check_chunk(group, info, k)]
             if info.chunks_done == info.n_chunks and not info.complete:
-                problems.append(f"{self.url}/{name}: all chunks written but not marked complete")
+                problems.append(Problem(f"{self.url}/{name}: all chunks written but not marked complete",
+                                        "unmarked", name))
         return problems
+
+
+def _read_committed(arr: zarr.Array) -> np.ndarray:
+    """The commit digests; a flag that does not decode counts as unwritten (verify names it)."""
+    try:
+        return arr[:]
+    except Exception:  # noqa: BLE001 - a truncated flag file fails in numpy, not in a codec
+        out = np.zeros(arr.shape, dtype=np.int64)
+        for k in range(len(out)):
+            try:
+                out[k] = arr[k]
+            except Exception:  # noqa: BLE001
+                pass
+        return out
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of `verify`. kind: "unwritten" (harvest incomplete), "damaged" (a committed chunk
+    that does not read back as written: re-harvesting it mends it), "unmarked" (the complete flag
+    lags; any harvest sets it), "layout" (wrong arrays or metadata: only --force mends it)."""
+    text: str
+    kind: str
+    group: str | None = None
+    chunk: int | None = None
+
+
+def _chunk_file(arr: zarr.Array, k: int) -> str:
+    """The chunk object holding rows of chunk k, e.g. "acts/c/3/0" or "tokens/c/3"."""
+    return f"{arr.basename}/{arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))}"
+
+
+def _check_chunk(group: zarr.Group, info: GroupInfo, k: int) -> list[tuple[str, str, str]]:
+    """(kind, chunk file(s), what is wrong) for each problem of chunk k; every array is read."""
+    try:
+        digest = int(group["committed"][k])
+    except Exception as e:  # noqa: BLE001 - codec and I/O errors name no chunk themselves
+        return [("damaged", _chunk_file(group["committed"], k),
+                 f"unreadable ({type(e).__name__}: {first_line(e)})")]
+    if digest == 0:
+        return [("unwritten", _chunk_file(group["acts"], k), "not written (harvest incomplete)")]
+    start, stop = k * info.rows_per_chunk, min((k + 1) * info.rows_per_chunk, info.n_rows)
+    r = info.rows_per_context
+    first_ctx, n_ctx = start // r, (stop - start) // r
+    expected = {"context": np.repeat(np.arange(first_ctx, first_ctx + n_ctx, dtype=np.int32), r),
+                "position": np.tile(np.arange(1, r + 1, dtype=np.int16), n_ctx)}
+    rows, found = {}, []
+    for arr in ("acts", "tokens", "context", "position"):
+        try:
+            rows[arr] = group[arr][start:stop]
+        except Exception as e:  # noqa: BLE001
+            found.append(("damaged", _chunk_file(group[arr], k),
+                          f"unreadable ({type(e).__name__}: {first_line(e)})"))
+    if "acts" in rows and "tokens" in rows and chunk_digest(rows["acts"], rows["tokens"]) != digest:
+        # One digest covers acts and tokens: it cannot tell which of them (or the digest) changed.
+        files = ", ".join(_chunk_file(group[a], k) for a in ("acts", "tokens", "committed"))
+        found.append(("damaged", files, "checksum mismatch (data changed after commit)"))
+    for arr, want in expected.items():
+        if arr in rows and not np.array_equal(rows[arr], want):
+            found.append(("damaged", _chunk_file(group[arr], k), f"{arr} indices out of order"))
+    return found
 
 
 def open_store_for(cfg: Config) -> StoreReader:

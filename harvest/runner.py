@@ -1,10 +1,11 @@
 """`pipe harvest`: one model pass per corpus into the zarr activation store.
 
-Reads top to bottom: load the model, plan every corpus (documents -> fixed contexts -> chunks), take
-the store's write lock, then for each chunk this process owns (k % world_size == rank), run the
-model up to block L and commit the chunk. A rerun skips committed chunks, so a killed harvest
-resumes to the same store an uninterrupted one makes; N processes (accelerate / torchrun) write
-disjoint chunks of one store.
+Reads top to bottom: plan every corpus with the tokenizer alone (documents -> fixed contexts ->
+chunks; a bad corpus fails before the model loads), load the model, take the store's write lock
+(with --repair, un-commit the chunks verify finds damaged), then for each chunk this process owns
+(k % world_size == rank), run the model up to block L and commit the chunk. A rerun skips
+committed chunks, so a killed harvest resumes to the same store an uninterrupted one makes;
+N processes (accelerate / torchrun) write disjoint chunks of one store.
 """
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ import fsspec
 import numpy as np
 import torch
 from accelerate import PartialState
+from rich.text import Text
 
 from common import __version__
 from common.config import Config, check_model_fits
-from common.corpora import CorpusSpec, fingerprint, load_documents, tokenize_contexts, tokens_fingerprint
-from common.model import LoadedModel, load_model, pick_device
+from common.corpora import (CorpusError, CorpusSpec, fingerprint, load_documents, tokenize_contexts,
+                            tokens_fingerprint)
+from common.model import LoadedModel, load_model, load_tokenizer, pick_device
 from common.progress import console, progress
-from common.store import GroupPlan, StoreError, StoreLock, StoreWriter, store_exists, to_storage
+from common.store import (GroupPlan, StoreError, StoreLock, StoreReader, StoreWriter, store_exists,
+                          to_storage)
 from harvest.capture import residual_after_block
 
 BOS_POLICY = "bos-first-not-stored"  # every context starts with BOS; its outlier row is not stored
@@ -67,7 +71,8 @@ def plan_corpora(cfg: Config, tokenizer) -> tuple[list[GroupPlan], dict[str, np.
         wanted = c.tokens // T
         ctx = tokenize_contexts(docs, tokenizer, T, wanted)
         if len(ctx) == 0:
-            raise StoreError(f"{cfg.path}: [corpora.{name}]: no complete context of {T} tokens in {c.source}")
+            raise CorpusError(f"{cfg.path}: [corpora.{name}]: no complete context of {T} tokens in "
+                              f"{c.source} ({c.split} split)")
         if len(ctx) < wanted:
             console.print(f"[yellow]{name}: corpus holds {len(ctx) * T:,} tokens, "
                           f"fewer than the budget {c.tokens:,}; harvesting all of it")
@@ -84,24 +89,36 @@ def _remove_store(url: str) -> None:
         fs.rm(path, recursive=True)
 
 
-def harvest(cfg: Config, *, force: bool = False, show_progress: bool = True) -> HarvestResult:
-    """Harvest every corpus of `cfg` into its store (resuming a partial one)."""
+def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
+            show_progress: bool = True) -> HarvestResult:
+    """Harvest every corpus of `cfg` into its store (resuming a partial one).
+
+    repair: verify the store first and un-commit every chunk that fails, so only those chunks are
+    harvested again (chunks are deterministic, so the result equals a clean store).
+    """
+    if force and repair:
+        raise StoreError(f"{cfg.harvest.store}: --force and --repair exclude each other "
+                         "(--force re-harvests everything)")
     state = PartialState(cpu=pick_device(cfg.model.device).type == "cpu")
     device = state.device if state.num_processes > 1 else pick_device(cfg.model.device)
     url = cfg.harvest.store
     t_start = time.perf_counter()
+    # Corpora first, with the tokenizer alone: a wrong path, a bad file or a corpus short of its
+    # budget shows in seconds, not after the model has loaded.
+    tokenizer = load_tokenizer(cfg.model.id, revision=cfg.model.revision,
+                               trust_remote_code=cfg.model.trust_remote_code)
+    plans, contexts = plan_corpora(cfg, tokenizer)
     lm = load_model(cfg.model.id, revision=cfg.model.revision, dtype=cfg.model.dtype, device=str(device),
                     trust_remote_code=cfg.model.trust_remote_code)
     check_model_fits(cfg, lm.n_layers, lm.d_model)
     identity = store_identity(cfg, lm)
-    plans, contexts = plan_corpora(cfg, lm.tokenizer)
 
     lock = StoreLock(url)
     if state.is_main_process:
         if force:
             lock.acquire()
             _remove_store(url)
-        elif store_exists(url) and _already_complete(url, identity, plans, cfg):
+        elif not repair and store_exists(url) and _already_complete(url, identity, plans, cfg):
             console.print(f"[green]{url}: complete, left alone[/] (use --force to harvest again)")
             state.wait_for_everyone()
             return HarvestResult(url, 0, time.perf_counter() - t_start, skipped=True)
@@ -111,6 +128,8 @@ def harvest(cfg: Config, *, force: bool = False, show_progress: bool = True) -> 
             writer = StoreWriter(url, identity, codec=cfg.harvest.codec, level=cfg.harvest.level)
             for plan in plans:
                 writer.ensure_group(plan)
+            if repair:
+                _uncommit_damaged(writer)
         except BaseException:
             lock.release()
             raise
@@ -170,3 +189,23 @@ def _already_complete(url: str, identity: dict, plans: list[GroupPlan], cfg: Con
         if attrs.get("tokens_fingerprint") != plan.tokens_fingerprint or not attrs.get("complete"):
             return False
     return True
+
+
+def _uncommit_damaged(writer: StoreWriter) -> None:
+    """Un-commit the chunks `verify` finds damaged; refuse what re-harvesting chunks cannot mend."""
+    problems = StoreReader(writer.url).check()
+    layout = [p for p in problems if p.kind == "layout"]
+    if layout:
+        raise StoreError(f"{layout[0].text}; --repair mends chunks only, use --force")
+    damaged = [p for p in problems if p.kind == "damaged"]
+    if not damaged:
+        console.print(f"[green]{writer.url}: every committed chunk verified, nothing to repair[/]")
+        return
+    for p in damaged:
+        console.print(Text.assemble(("repair: ", "yellow"), p.text))  # Text: no markup in paths
+    chunks: dict[str, set[int]] = {}
+    for p in damaged:
+        chunks.setdefault(p.group, set()).add(p.chunk)
+    for name, ks in chunks.items():
+        writer.uncommit(name, sorted(ks))
+    console.print(f"[yellow]repair[/]: re-harvesting {sum(map(len, chunks.values()))} chunk(s)")

@@ -85,6 +85,18 @@ def test_bad_sources_raise_one_line(source, match):
         load_documents(CorpusSpec(source, "train"))
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_non_utf8_file_names_file_and_byte_offset(tmp_path, suffix):
+    data = '{"text": "fine"}\n{"text": "caf'.encode() + b"\xe9" + b'"}\n'
+    bad = tmp_path / f"latin1{suffix}"
+    bad.write_bytes(data)
+    offset = data.index(b"\xe9")
+    with pytest.raises(CorpusError, match=rf"^file:{bad}: not UTF-8 at byte offset {offset} "):
+        load_documents(CorpusSpec(f"file:{bad}", "train"))
+    with pytest.raises(CorpusError, match=rf"byte offset {offset}"):
+        load_mcq(f"file:{bad}", None)
+
+
 def test_missing_text_field_names_it():
     with pytest.raises(CorpusError, match="'body'"):
         load_documents(CorpusSpec(f"file:{FIXTURES / 'docs.jsonl'}", "train", text_field="body"))

@@ -1,5 +1,7 @@
 """Harvest on a tiny random-weight Gemma2: equals a direct forward, resumes after kill -9, scales out."""
+import itertools
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -164,6 +166,79 @@ def test_complete_store_left_alone_unless_force(tmp_path, tiny_model_dir):
     assert StoreReader(cfg.harvest.store).complete
 
 
+def store_files(url) -> dict[str, bytes]:
+    """Every file of a local store but the root metadata, which holds harvest times."""
+    root = Path(url)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p != root / "zarr.json"}
+
+
+def test_repair_reharvests_only_damaged_chunks_to_a_clean_store(tmp_path, tiny_model_dir):
+    clean = load_config(write_config(tmp_path, tiny_model_dir, store="clean.zarr", name="clean.toml"))
+    harvest(clean, show_progress=False)
+    path = write_config(tmp_path, tiny_model_dir, store="s.zarr")
+    harvest(load_config(path), show_progress=False)
+    store = tmp_path / "s.zarr"
+    untouched = (store / "retain/acts/c/0/0").stat().st_mtime_ns
+    for chunk in ("retain/acts/c/2/0", "heldout/tokens/c/1"):
+        data = bytearray((store / chunk).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (store / chunk).write_bytes(bytes(data))
+    assert harvest(load_config(path), show_progress=False).skipped  # a plain harvest cannot see it
+    res = CliRunner().invoke(main, ["--config", str(path), "verify"])
+    assert res.exit_code == 1 and "harvest --repair" in res.output
+    assert "heldout chunk 1 (tokens/c/1)" in res.output, res.output
+
+    res = CliRunner().invoke(main, ["--config", str(path), "harvest", "--repair"])
+    assert res.exit_code == 0, res.output
+    assert "re-harvesting 2 chunk(s)" in res.output and f"{2 * 30:,} rows" in res.output, res.output
+    assert store_files(clean.harvest.store) == store_files(store)  # byte for byte
+    assert StoreReader(str(store)).complete and StoreReader(str(store)).verify() == []
+    assert (store / "retain/acts/c/0/0").stat().st_mtime_ns == untouched
+    assert "nothing to repair" in CliRunner().invoke(main, ["--config", str(path), "harvest",
+                                                           "--repair"]).output
+
+
+@pytest.mark.parametrize("scheme", ["memory", "file"])
+def test_store_through_an_fsspec_url(tmp_path, tiny_model_dir, scheme):
+    """harvest, status, verify, repair and the training stream on a URL, as on s3:// or gs://."""
+    import fsspec
+    from train.stream import ActivationStream
+
+    local = load_config(write_config(tmp_path, tiny_model_dir, store="local.zarr", name="local.toml"))
+    harvest(local, show_progress=False)
+    url = f"memory://{tmp_path.name}/s.zarr" if scheme == "memory" else f"file://{tmp_path}/s.zarr"
+    path = write_config(tmp_path, tiny_model_dir)
+    path.write_text(path.read_text().replace(f'store = "{tmp_path / "s.zarr"}"', f'store = "{url}"'))
+    fs, root = fsspec.core.url_to_fs(url)
+    cli = CliRunner()
+    try:
+        res = cli.invoke(main, ["--config", str(path), "harvest"])
+        assert res.exit_code == 0 and url in res.output, res.output
+        assert_same_store(local.harvest.store, url)
+        res = cli.invoke(main, ["--config", str(path), "status"])
+        assert res.exit_code == 0 and "complete" in res.output and "KiB on disk" in res.output, res.output
+        assert cli.invoke(main, ["--config", str(path), "verify"]).exit_code == 0
+
+        chunk = f"{root}/retain/acts/c/1/0"
+        data = bytearray(fs.cat_file(chunk))
+        data[len(data) // 2] ^= 0xFF
+        fs.pipe_file(chunk, bytes(data))
+        res = cli.invoke(main, ["--config", str(path), "verify"])
+        assert res.exit_code == 1 and f"{url}/retain chunk 1 (acts/c/1/0)" in res.output, res.output
+        assert cli.invoke(main, ["--config", str(path), "harvest", "--repair"]).exit_code == 0
+        assert_same_store(local.harvest.store, url)
+        assert not fs.exists(f"{root}.orthosae-lock")  # released beside the store
+
+        stream = ActivationStream(StoreReader(url), ["retain"], batch_size=30, buffer_rows=60, seed=0)
+        rows = torch.cat([x for x, _ in itertools.islice(stream, stream.rows_per_epoch // 30)])
+        expect = StoreReader(local.harvest.store).read_rows("retain", 0, stream.rows_per_epoch)
+        assert torch.equal(rows[rows[:, 0].argsort()], expect[expect[:, 0].argsort()])
+    finally:
+        if scheme == "memory":
+            fs.rm(f"/{tmp_path.name}", recursive=True)
+
+
 def test_other_layer_store_and_layer_beyond_depth_refused(tmp_path, tiny_model_dir):
     harvest(load_config(write_config(tmp_path, tiny_model_dir)), show_progress=False)
     before = arrays(str(tmp_path / "s.zarr"))
@@ -206,6 +281,47 @@ def test_cli_status_and_verify_name_corrupted_chunk(tmp_path, tiny_model_dir):
     chunk.write_bytes(bytes(data))
     res = runner.invoke(main, ["--config", str(path), "verify"])
     assert res.exit_code == 1 and "retain chunk 2" in res.output, res.output
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "no such file"),
+    ('{"text": "caf\xe9"}\n'.encode("latin-1"), "not UTF-8 at byte offset 13"),
+    (b'{"text": "a few words"}\n{"text": "and a few more"}\n', "no complete context of 16 tokens"),
+    (b'{"text": "a line"}\nnot json\n', "line 2 is not JSON"),
+])
+def test_bad_corpus_fails_in_one_line_before_the_model_loads(tmp_path, tiny_model_dir, monkeypatch,
+                                                              content, match):
+    bad = tmp_path / "bad.jsonl"
+    if content is not None:
+        bad.write_bytes(content)
+    path = write_config(tmp_path, tiny_model_dir)
+    path.write_text(path.read_text().replace(f"file:{DOCS}", f"file:{bad}", 1))  # [corpora.retain]
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the corpora were checked")
+    monkeypatch.setattr("harvest.runner.load_model", no_model)
+    res = CliRunner().invoke(main, ["--config", str(path), "harvest"])
+    assert res.exit_code == 2, res.output
+    assert match in res.output and str(bad) in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_train_and_eval_refuse_a_store_of_another_model(tmp_path, tiny_model_dir):
+    """Same layer, d_model and context length, other weights: only model_id tells the stores apart."""
+    from common.model import build_tiny_model
+    from common.store import open_store_for
+
+    harvest(load_config(write_config(tmp_path, tiny_model_dir)), show_progress=False)
+    other = build_tiny_model(tmp_path / "other_model", seed=1)
+    path = write_config(tmp_path, other, name="other.toml")
+    want = f"s.zarr: holds activations of {tiny_model_dir}, {path} [model] id is {other}"
+    with pytest.raises(StoreError, match=re.escape(want)):
+        open_store_for(load_config(path))
+    for command in ("train", "eval"):
+        res = CliRunner().invoke(main, ["--config", str(path), command])
+        assert res.exit_code == 2 and want in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
 
 
 def test_cli_bad_config_is_one_line(tmp_path, tiny_model_dir):

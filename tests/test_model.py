@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from common.model import (EMBEDDED_GEMMA, ModelError, build_tiny_model, decoder_layers, load_model,
-                          pick_device, torch_dtype)
+                          load_tokenizer, pick_device, torch_dtype)
 
 
 def test_tiny_model_loads_like_a_hub_model(tiny_model_dir):
@@ -45,6 +45,13 @@ def test_load_errors_name_the_model(tmp_path):
     with pytest.raises(ModelError, match=r"model '.*nowhere'") as err:
         load_model(str(tmp_path / "nowhere"), device="cpu")
     assert "\n" not in str(err.value)
+    with pytest.raises(ModelError, match=r"model '.*nowhere': loading the tokenizer failed"):
+        load_tokenizer(str(tmp_path / "nowhere"))
+
+
+def test_tokenizer_alone_is_the_models(tiny_model_dir):
+    alone, lm = load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir), device="cpu")
+    assert alone.get_vocab() == lm.tokenizer.get_vocab() and alone.bos_token_id == lm.tokenizer.bos_token_id
 
 
 def test_decoder_layers_gpt2_style_and_unknown():

@@ -84,6 +84,59 @@ def test_verify_names_corrupted_and_missing_chunk(tmp_path):
     assert any("chunk 2" in p and "not written" in p for p in problems)
 
 
+def complete_store(tmp_path, name="s.zarr"):
+    url = str(tmp_path / name)
+    p = plan()
+    w = StoreWriter(url, IDENTITY)
+    w.ensure_group(p)
+    fill(w, p)
+    w.finish_group("c")
+    return url, w
+
+
+def flip_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("chunk_file, truncate", [("tokens/c/1", False), ("context/c/1", False),
+                                                  ("position/c/1", False), ("committed/c/1", False),
+                                                  ("committed/c/1", True)])
+def test_verify_names_the_array_and_chunk_file(tmp_path, chunk_file, truncate):
+    url, _ = complete_store(tmp_path)
+    path = tmp_path / "s.zarr/c" / chunk_file
+    if truncate:
+        path.write_bytes(path.read_bytes()[:3])
+    else:
+        flip_byte(path)
+    problems = StoreReader(url).check()
+    assert [(p.kind, p.group, p.chunk) for p in problems] == [("damaged", "c", 1)], problems
+    assert "c chunk 1 (" in problems[0].text and chunk_file in problems[0].text, problems[0].text
+
+
+def test_verify_catches_valid_chunk_rewritten_with_other_rows(tmp_path):
+    """Chunk 0's encoded bytes copied over chunk 1: every codec checksum passes, only the commit
+    digest sees that chunk 1 no longer holds the rows it was committed with."""
+    url, _ = complete_store(tmp_path)
+    for arr in ("acts/c/{}/0", "tokens/c/{}"):
+        src, dst = (tmp_path / "s.zarr/c" / arr.format(k) for k in (0, 1))
+        dst.write_bytes(src.read_bytes())
+    problems = StoreReader(url).check()
+    assert len(problems) == 1 and "checksum mismatch" in problems[0].text, problems
+    assert (problems[0].kind, problems[0].chunk) == ("damaged", 1)
+
+
+def test_uncommit_marks_chunks_pending_and_store_incomplete(tmp_path):
+    url, w = complete_store(tmp_path)
+    assert w.finish()
+    w.uncommit("c", [0, 2])
+    assert w.pending_chunks("c") == [0, 2]
+    r = StoreReader(url)
+    assert not r.complete and not r.groups()["c"].complete
+    assert [p.kind for p in r.check()] == ["unwritten", "unwritten"]
+
+
 def test_second_writer_is_refused_and_stale_lock_taken_over(tmp_path):
     url = str(tmp_path / "s.zarr")
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
