@@ -15,7 +15,7 @@ cfg.json keys read by sae_lens 6.x: ``architecture`` ("standard" for baseline/fi
 ``apply_b_dec_to_input`` (true), ``normalize_activations`` ("none": already folded),
 ``reshape_activations`` ("none"), ``metadata`` (``sae_lens_version``, which makes sae_lens skip
 its pre-6.0 conversion, plus any of hook_name/model_name/context_size/... found in ``extra_cfg``;
-SAEBench reads model_name and hook_name from here), and for the grouped SAE ``n_groups``. Ours:
+``load_for_saebench`` copies them onto ``sae.cfg`` for SAEBench), and for the grouped SAE ``n_groups``. Ours:
 ``activation_scale``, ``orthosae`` (= the run's whole ``RunConfig.to_dict()``: every setting under
 its ``pipeline.toml`` name, what ``load_sae`` rebuilds from),
 and the caller's ``extra_cfg`` keys (top level; a key that collides with the above is an error).
@@ -27,11 +27,13 @@ Using an export elsewhere:
   sae_lens.SAE.load_from_disk(run_dir)`` returns an ``OrthoSAEGroupedSAE`` whose ``decode`` adds
   the per-token group bias. ``fold_W_dec_norm()`` works (decoder norms are uniform, 1/scale, so
   the group shares π are unchanged) and raises if norms are not uniform.
-- SAEBench custom-SAE path: pass the sae_lens object above (it has encode/decode/forward,
-  W_enc/W_dec/b_enc/b_dec, dtype, device and ``cfg.metadata`` with model_name/hook_name when
-  ``extra_cfg`` supplied them) as the SAE object to a ``run_eval``; call ``sae.fold_W_dec_norm()``
-  first so SAEBench's unit-norm check passes (our ``load_sae`` objects also have encode/decode and
-  the weights, but no ``cfg``).
+- SAEBench (sae-bench 0.6.0): ``load_for_saebench(run_dir, device)``. sae_lens 6 keeps
+  hook_name/hook_layer/model_name/... in ``cfg.metadata``, but SAEBench's metric functions read
+  them as ``sae.cfg.hook_name``, ``sae.cfg.hook_layer``, ... (AttributeError on a plain
+  ``load_from_disk`` object; only its ``run_eval`` entry points patch the cfg themselves). The
+  helper registers our grouped architecture, loads through sae_lens, folds the decoder norms
+  (SAEBench assumes unit-norm decoder rows) and copies those fields onto ``sae.cfg``. Our
+  ``load_sae`` objects have encode/decode and the weights but no sae_lens ``cfg``.
 - Without sae_lens: ``load_sae(run_dir) -> (sae, cfg)``.
 """
 
@@ -40,6 +42,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +271,55 @@ def _build_sae_lens_classes() -> tuple[type, type]:
         cls.__qualname__ = cls.__name__
         globals()[cls.__name__] = cls
     return OrthoSAEGroupedSAE, OrthoSAEGroupedConfig
+
+
+# What SAEBench 0.6.0 reads from ``sae.cfg`` that sae_lens 6 keeps in ``cfg.metadata``: the same
+# fields, with the same defaults, that its own ``general_utils._standardize_sae_cfg`` copies over.
+SAEBENCH_CFG_FIELDS = (
+    "hook_name", "hook_layer", "hook_head_index", "model_name", "context_size", "prepend_bos",
+    "exclude_special_tokens", "dataset_trust_remote_code", "model_from_pretrained_kwargs",
+)
+
+
+def load_for_saebench(run_dir: str | Path, device: torch.device | str = "cpu", *, fold_decoder_norms: bool = True):
+    """An exported SAE as a sae_lens object that SAEBench's metric functions accept.
+
+    Registers "orthosae_grouped" with sae_lens, loads ``run_dir`` with ``sae_lens.SAE.load_from_disk``,
+    folds the decoder norms into the encoder (``fold_W_dec_norm``; decoder rows become unit norm,
+    reconstructions unchanged, feature activations scaled by the old norm 1/scale) unless
+    ``fold_decoder_norms=False``, and copies ``SAEBENCH_CFG_FIELDS`` from ``cfg.metadata`` onto
+    ``sae.cfg`` (plus ``cfg.architecture_str``), as SAEBench 0.6.0 reads ``sae.cfg.hook_name``,
+    ``sae.cfg.hook_layer``, ``sae.cfg.hook_head_index``, ``sae.cfg.model_name``, ... directly.
+    ``hook_layer`` missing from the metadata is taken from a ``blocks.<L>.`` hook name. Requires
+    sae_lens; raises ``ExportError`` (one line naming the path) when the export cannot be loaded
+    or has no hook_name (save it with ``extra_cfg={"hook_name": ..., "model_name": ...}``).
+    """
+    import sae_lens
+
+    run_dir = Path(run_dir)
+    for p in (run_dir / CFG_FILENAME, run_dir / WEIGHTS_FILENAME):
+        if not p.is_file():
+            raise ExportError(f"not an exported SAE: {p} is missing")
+    register_with_sae_lens()
+    try:
+        sae = sae_lens.SAE.load_from_disk(run_dir, device=str(device))
+        if fold_decoder_norms:
+            sae.fold_W_dec_norm()
+    except Exception as e:  # noqa: BLE001 - one line naming the path, whatever went wrong
+        raise ExportError(f"cannot load SAE from {run_dir} with sae_lens: {type(e).__name__}: {e}".replace("\n", " ")) from None
+    cfg, meta = sae.cfg, sae.cfg.metadata
+    values = {k: getattr(meta, k, None) for k in SAEBENCH_CFG_FIELDS}
+    if not values["hook_name"]:
+        raise ExportError(f"cannot use {run_dir} with SAEBench: cfg.json metadata has no hook_name")
+    if values["hook_layer"] is None:
+        m = re.search(r"blocks\.(\d+)\.", str(values["hook_name"]))
+        if m is None:
+            raise ExportError(f"cannot use {run_dir} with SAEBench: no hook_layer in cfg.json metadata "
+                              f"and none in hook_name {values['hook_name']!r}")
+        values["hook_layer"] = int(m.group(1))
+    values["model_from_pretrained_kwargs"] = values["model_from_pretrained_kwargs"] or {}
+    for k, v in values.items():
+        setattr(cfg, k, v)
+        setattr(meta, k, v)
+    cfg.architecture_str = cfg.architecture() if callable(cfg.architecture) else cfg.architecture
+    return sae
