@@ -113,16 +113,12 @@ def _markdown(cfg: Config, reader: StoreReader, results: dict, comp: dict, timin
                    "kl_div_with_sae", "kl_div_score")]] for n in names]
     unl = [[n, *[_get(results[n], "unlearning", k) for k in
                  ("unlearning_score", "loss_unlearning_score", "best_selectivity",
-                  "forget_base_correct", "retain_base_correct")]] for n in names]
-    cond = []
-    for n in names:
-        c = results[n].get("conditioning", {})
-        pair = (c.get("pairs") or [{}])[0]
-        cond.append([n, c.get("grouping", ""), " / ".join(str(s) for s in c.get("group_sizes", [])),
-                     " / ".join(_fmt(x) for x in c.get("decoder", {}).get("cond", [])),
-                     " / ".join(_fmt(x) for x in c.get("encoder", {}).get("cond", [])),
-                     pair.get("decoder_overlap_fro_normalized", math.nan),
-                     pair.get("decoder_mean_angle_deg", math.nan)])
+                  "forget_base_correct", "retain_base_correct")],
+            results[n].get("unlearning", {}).get("ablation_shares_from_clamped", {}).get("best_selectivity", math.nan)]
+           for n in names]
+    cond = [_conditioning_row(n, results[n].get("conditioning", {})) for n in names]
+    trained = [_conditioning_row(n, results[n]["conditioning"]["trained_groups"]) for n in names
+               if "trained_groups" in results[n].get("conditioning", {})]
     win = "\n".join(f"- **{m}**: {w}" for m, w in comp["overall"].items())
     bands = "\n".join(f"- L0 band {', '.join(b['runs'])}: " + "; ".join(f"{m} → {w}" for m, w in b["winners"].items())
                       for b in comp["matched_l0"]) or "- no two runs within ±25 % L0 of each other"
@@ -130,8 +126,13 @@ def _markdown(cfg: Config, reader: StoreReader, results: dict, comp: dict, timin
     d_model = int(meta.get("d_model") or 0)
     wide = any(min(results[n].get("conditioning", {}).get("group_sizes") or [0]) >= d_model > 0 for n in names)
     angle_note = ("\nGroups with at least d_model features each span the whole residual space, so their "
-                  "principal angles are 0 by dimension count alone; read the overlap column for them.\n"
+                  "principal angles are 0 by dimension count alone; read the RMS cosine column for them.\n"
                   if wide else "")
+    cond_header = ["run", "grouping", "n_g", "decoder σ_max/σ_min", "eff. rank / min(n_g, d)", "max |cos| in group",
+                   "RMS cross-group cos", "mean principal angle (°)", "avg max dec. cos", "avg max enc. cos"]
+    random_level = d_model ** -0.5 if d_model else math.nan
+    trained_table = (f"\nFixed runs, on the contiguous blocks they were trained against:\n"
+                     f"{_table(cond_header, trained)}\n" if trained else "")
     return f"""# orthosae report: {cfg.eval.name}
 
 Config `{cfg.path}` · store `{reader.url}` ({meta.get('model_id')}, layer {meta.get('layer')} {meta.get('hook')},
@@ -145,11 +146,21 @@ orthosae {__version__} · {time.strftime('%Y-%m-%d %H:%M:%S')}
 {_table(["run", "CE clean", "CE with SAE", "CE zero-abl.", "CE-loss score", "KL with SAE", "KL score"], down)}
 
 ## Unlearning (SAEBench protocol; loss mode: CE on held-out forget vs retain text)
-{_table(["run", "MCQ unlearning score", "loss unlearning score", "best selectivity", "forget Qs base-correct", "retain Qs base-correct"], unl)}
+{_table(["run", "MCQ unlearning score", "loss unlearning score", "best selectivity", "forget Qs base-correct", "retain Qs base-correct", "best selectivity, π follows the clamp (ablation)"], unl)}
 
-## Condition numbers of feature groups (σ_max/σ_min per group; overlap = ‖W_gᵀW_h‖_F normalised)
-{_table(["run", "grouping", "group sizes", "decoder cond", "encoder cond", "decoder overlap", "mean principal angle (°)"], cond)}
-{angle_note}
+The grouped SAE's bias mix π is computed from the unclamped activations, so its clamp edits the
+chosen features only, as a plain SAE's does; the last column is the ablation where π follows the
+clamp and the clamp also takes the clamped group's bias away.
+
+## Feature groups (per group, g0 / g1 / …: group 1 of 2 is forget-leaning)
+Degeneracy is read from the effective-rank fraction and the largest within-group |cos|; σ_max/σ_min
+depends on n_g alone for random directions (thousands near n_g = d_model), so it stands beside n_g.
+RMS cross-group cosine: what α bounds; random directions sit at 1/√d_model = {_fmt(random_level)}.
+{_table(cond_header, cond)}
+{trained_table}{angle_note}
+## Deviations from SAEBench
+{_deviations(cfg)}
+
 ## Who wins
 Overall:
 {win}
@@ -163,6 +174,40 @@ At matched L0:
 ## Eval wall time (s)
 {_table(["family", "seconds"], [[k, v] for k, v in timings.items()])}
 """
+
+
+def _conditioning_row(name: str, c: dict) -> list:
+    pair = (c.get("pairs") or [{}])[0]
+    per_group = lambda xs: " / ".join(_fmt(x) for x in xs)  # noqa: E731
+    dec = c.get("decoder", {})
+    return [name, c.get("grouping", "given"), per_group(c.get("group_sizes", [])), per_group(dec.get("cond", [])),
+            per_group(dec.get("eff_rank_frac", [])), per_group(dec.get("max_cos", [])),
+            pair.get("decoder_overlap_fro_normalized", math.nan), pair.get("decoder_mean_angle_deg", math.nan),
+            c.get("average_max_decoder_cosine_sim", math.nan), c.get("average_max_encoder_cosine_sim", math.nan)]
+
+
+def _deviations(cfg: Config) -> str:
+    """What differs from SAEBench 0.6.0, so no figure here is read as a SAEBench figure unawares."""
+    un = cfg.eval.unlearning
+    settings = len(un.retain_thresholds) * len(un.n_features_list) * len(un.multipliers)
+    items = [
+        f"- Settings grid: {settings} (retain thresholds {un.retain_thresholds} × n_features "
+        f"{un.n_features_list} × multipliers {un.multipliers}) against SAEBench's 16 (2 × 2 × 4). The MCQ "
+        "score is 1 − min over settings, so fewer settings bias it low." if settings < 16 else
+        f"- Settings grid: {settings} settings (SAEBench: 16).",
+        "- Multipliers are in activation units of this model's layer (SAEBench's 25–200 are for Gemma-2-2B)."
+        if max(un.multipliers, default=0) > 200 else "",
+        "- MCQ filter: a question counts only if the base model answers all 24 orderings right." if un.all_permutations
+        else "- MCQ filter: the given order only (SAEBench needs all 24 orderings right).",
+        "- Zero-ablation in the CE-loss score zeroes positions 1.. (the positions the SAE replaces); SAEBench "
+        "zeroes BOS too (`ablate_bos=True` reproduces it).",
+        "- Feature frequencies for selection mask BOS, EOS and padding rows, as SAEBench does; they are "
+        f"counted on up to {cfg.eval.rows:,} rows of the training corpora.",
+        "- The SAE runs in float32 during interventions; SAEBench casts it to the model's dtype.",
+        "- Loss mode (CE on held-out forget vs retain text) and its scores are ours, not SAEBench's.",
+        "- Grouped SAEs: π from the unclamped activations during the clamp (see Unlearning).",
+    ]
+    return "\n".join(i for i in items if i)
 
 
 def _plots(out_dir: Path, results: dict) -> list[str]:

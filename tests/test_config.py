@@ -80,7 +80,7 @@ def test_runs_validated(tmp_path):
         tmp_path, MINIMAL + '[[runs]]\nname = "x"\ntype = "fixed"\nalpha = "lots"\n')
     assert "duplicate run name" in error_of(
         tmp_path, MINIMAL + '[[runs]]\nname = "x"\ntype = "baseline"\n[[runs]]\nname = "x"\ntype = "fixed"\n')
-    cfg = load_config(write(tmp_path, MINIMAL + '[[runs]]\nname = "x"\ntype = "adaptive"\nalpha = 0.2\nlr = 1e-3\n'))
+    cfg = load_config(write(tmp_path, MINIMAL + '[[runs]]\nname = "x"\ntype = "fixed"\nalpha = 0.2\nlr = 1e-3\n'))
     run = cfg.run("x")
     assert (run.ortho.alpha, run.train.lr, cfg.ortho.alpha, cfg.train.lr) == (0.2, 1e-3, 0.0, 4e-4)
     assert run.overrides == {"alpha": 0.2, "lr": 1e-3} and run.to_dict()["ortho"]["alpha"] == 0.2
@@ -104,3 +104,8 @@ def test_readme_config_reference_is_current():
     from common.config import config_reference
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert config_reference() in readme, "README config reference is stale: paste common.config.config_reference()"
+
+
+def test_adaptive_run_needs_forget_and_retain_training_corpora(tmp_path):
+    text = MINIMAL + '[[runs]]\nname = "g"\ntype = "adaptive"\n'
+    assert '[[runs]] g type: "adaptive" groups features by their forget vs retain' in error_of(tmp_path, text)

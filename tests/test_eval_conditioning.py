@@ -81,3 +81,12 @@ def test_training_curves(tmp_path):
     assert c["step"] == [0, 10, 20] and c["recon"] == [1.0, 0.5, 0.25]
     assert c["lr"] == [None, 1e-3, None] and c["l0"] == [None, None, 4]
     assert c["cond_1"] == [2.0, None, float("inf")] and c["group_sizes_0"] == [3, None, None]
+
+
+def test_post_hoc_groups_use_activation_mass_like_training():
+    """Feature 0 fires more often on retain rows but carries more mass on forget rows: grouped as
+    forget-leaning, by the statistic training regroups on."""
+    from eval.runner import feature_groups
+    sae = _sae(torch.eye(3))
+    groups, n_groups, how = feature_groups(sae, torch.tensor([2.0, 0.0, 0.0]), torch.tensor([0.5, 1.0, 0.0]), 2)
+    assert groups.tolist() == [1, 0, 0] and n_groups == 2 and "mass" in how

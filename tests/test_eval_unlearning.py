@@ -85,6 +85,44 @@ def test_fold_decoder_norms():
     assert torch.equal(sae.W_dec, W_dec0)  # a copy
 
 
+def _grouped_sae(d: int = 6, d_sae: int = 8):
+    from common.config import RunConfig
+    from train.sae import make_sae
+    sae = make_sae(RunConfig.of("adaptive", d_sae=d_sae, tau=0.05, seed=2), d)
+    with torch.no_grad():
+        sae.group_bias.copy_(torch.randn(2, d, generator=torch.Generator().manual_seed(3)))
+        sae.b_enc.fill_(5.0)  # every feature active on these rows
+    return sae
+
+
+def test_clamp_of_grouped_sae_edits_features_only():
+    """π comes from the unclamped activations: the clamp's effect is the clamped features'
+    decoder rows alone, as in a plain SAE; the ablation also moves the group-bias mix."""
+    sae = _grouped_sae()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(4))
+    chosen = torch.tensor([6, 7])  # both in group 1
+    with torch.no_grad():
+        f = sae.encode(x)
+        assert (f[:, chosen] > 0).all()
+        clamped = ul.clamped_activations(f, chosen, 10.0)
+        want = x + (clamped - f) @ sae.W_dec
+        torch.testing.assert_close(ul.clamp_features(sae, chosen, 10.0)(x), want, rtol=1e-5, atol=1e-5)
+        ablation = ul.clamp_features(sae, chosen, 10.0, shares_from_clamped=True)(x)
+        assert not torch.allclose(ablation, want, atol=1e-3)  # the clamped group's bias went with them
+
+
+def test_fold_decoder_norms_keeps_grouped_reconstruction():
+    """Folding a uniform decoder norm c scales f and so π's τ: the reconstruction is unchanged."""
+    sae = _grouped_sae()
+    with torch.no_grad():
+        sae.W_dec.mul_(0.25)
+    folded = ul.fold_decoder_norms(sae)
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), sae(x), rtol=1e-5, atol=1e-5)
+    assert folded.tau.item() == pytest.approx(0.25 * 0.05)
+
+
 # ---- selection and score ----
 
 

@@ -519,3 +519,21 @@ def test_trained_cross_group_overlap_follows_alpha():
     rms = [trained_rms(alpha=a, alpha_mode="rms", lambda2_max=30.0) for a in (0.0, 0.05, 0.1)]
     assert rms == sorted(rms) and rms[-1] - rms[0] > 0.07
     assert rms == pytest.approx([0.0, 0.05, 0.1], abs=0.025) and free > 0.15
+
+
+def test_log_record_comes_from_the_step_forward_pass():
+    """The log's recon and ev_batch are what the loss saw (pre-step weights), not a second decode."""
+    import copy
+    r = run("adaptive", log_every=1, lr=0.1, lr_warmup_steps=0)
+    trainer = Trainer(r, make_sae(r, D), 10)
+    x, fg = torch.randn(32, D) * 3, torch.arange(32) < 16
+    before = copy.deepcopy(trainer.sae)
+    rec = trainer.train_step(x, fg)
+    with torch.no_grad():
+        recon = (before(x) - x).pow(2).sum(-1).mean().item()
+        after = (trainer.sae(x) - x).pow(2).sum(-1).mean().item()
+    total_var = (x - x.mean(0)).pow(2).sum(-1).mean().item()
+    assert abs(after - recon) > 1e-3 * recon  # the step moved the weights
+    assert rec["recon"] == pytest.approx(recon, rel=1e-5)
+    assert rec["ev_batch"] == pytest.approx(1 - recon / total_var, rel=1e-5)
+    assert rec["grad_norm"] > 0 and rec["group_sizes"] == [12, 12]
