@@ -52,8 +52,8 @@ def main() -> None:
         for run in runs:
             sae, _ = load_sae(Path(tmp) / run.name)
             active = torch.zeros(sae.d_sae, dtype=torch.bool)
-            batches = [reader.read_rows(n, s, min(s + 4096, reader.groups()[n].n_rows))
-                       for n in heldout for s in range(0, reader.groups()[n].n_rows, 4096)]
+            batches = [reader.read_rows(n, s, min(s + 4096, reader.corpora()[n].n_rows))
+                       for n in heldout for s in range(0, reader.corpora()[n].n_rows, 4096)]
             with torch.no_grad():
                 for x in batches:
                     active |= (sae.encode(x) > 0).any(0)

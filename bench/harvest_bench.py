@@ -21,7 +21,7 @@ import torch
 
 from common.corpora import CorpusSpec, load_documents, tokenize_contexts
 from common.model import load_model
-from common.store import GroupPlan, StoreReader, StoreWriter, to_storage
+from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
 from harvest.capture import residual_after_block
 
 
@@ -35,7 +35,7 @@ def _full_forward(model, ctx: np.ndarray, batch: int) -> None:
         model(torch.from_numpy(ctx[i:i + batch].astype(np.int64)), output_hidden_states=True)
 
 
-def _harvest(model, ctx: np.ndarray, batch: int, layer: int, writer: StoreWriter, plan: GroupPlan) -> None:
+def _harvest(model, ctx: np.ndarray, batch: int, layer: int, writer: StoreWriter, plan: CorpusPlan) -> None:
     rows = [to_storage(residual_after_block(model, layer, torch.from_numpy(ctx[i:i + batch].astype(np.int64)))[:, 1:]
                        .reshape(-1, writer.identity["d_model"]), "bfloat16") for i in range(0, len(ctx), batch)]
     writer.write_chunk(plan, 0, np.concatenate(rows), ctx)
@@ -50,9 +50,9 @@ def bench_dtype(dtype: str, ctx: np.ndarray, args) -> dict:
                  "hook": "resid_post", "d_model": lm.d_model, "storage_dtype": "bfloat16",
                  "context_length": T, "tokenizer": "t", "bos_policy": "x"}
         writer = StoreWriter(f"{tmp}/b.zarr", ident)
-        plan = GroupPlan(name="c", role="retain", split="train", source="x", fingerprint="f", tokens_fingerprint="t",
+        plan = CorpusPlan(name="c", role="retain", split="train", source="x", fingerprint="f", tokens_fingerprint="t",
                          n_contexts=len(ctx), context_length=T, contexts_per_chunk=len(ctx))
-        writer.ensure_group(plan)
+        writer.ensure_corpus(plan)
         _full_forward(lm.model, ctx[: args.batch], args.batch)  # warm-up
         tokens = ctx.size
         for _ in range(args.repeats):

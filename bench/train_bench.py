@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from common.config import OrthoConfig, RunConfig, TrainConfig
-from common.store import GroupPlan, StoreReader, StoreWriter, to_storage
+from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
 from train.sae import make_sae
 from train.stream import ActivationStream
 from train.trainer import Trainer
@@ -63,15 +63,15 @@ def write_store(url: str, rows: torch.Tensor) -> StoreReader:
     ident = {"model_id": "bench", "revision": None, "file_sha256": None, "layer": 0, "hook": "resid_post",
              "d_model": d, "storage_dtype": "bfloat16", "context_length": T, "tokenizer": "t", "bos_policy": "x"}
     w = StoreWriter(url, ident, codec="zstd", level=3)
-    plan = GroupPlan(name="retain", role="retain", split="train", source="synthetic", fingerprint="f",
+    plan = CorpusPlan(name="retain", role="retain", split="train", source="synthetic", fingerprint="f",
                      tokens_fingerprint="t", n_contexts=len(rows) // (T - 1), context_length=T,
                      contexts_per_chunk=8192 // (T - 1))
-    w.ensure_group(plan)
+    w.ensure_corpus(plan)
     for k in range(plan.n_chunks):
         c0, c1 = k * plan.contexts_per_chunk, min((k + 1) * plan.contexts_per_chunk, plan.n_contexts)
         acts = rows[c0 * (T - 1):c1 * (T - 1)]
         w.write_chunk(plan, k, to_storage(acts, "bfloat16"), np.ones((c1 - c0, T), dtype=np.int32))
-    w.finish_group("retain")
+    w.finish_corpus("retain")
     w.finish()
     return StoreReader(url)
 

@@ -145,7 +145,7 @@ def status(ctx: click.Context, stores: tuple[str, ...]) -> None:
                       f"layer {m['layer']} {m['hook']}  d_model {m['d_model']}  {m['storage_dtype']}  "
                       f"T={m['context_length']}  created {m.get('created')}", highlight=False)
         table = Table("corpus", "role", "split", "tokens", "contexts", "chunks", "state")
-        for name, g in reader.groups().items():
+        for name, g in reader.corpora().items():
             table.add_row(name, g.role, g.split, f"{g.n_rows:,}", f"{g.n_contexts:,}",
                           f"{g.chunks_done}/{g.n_chunks}", "complete" if g.complete else "incomplete")
         console.print(table)
@@ -162,7 +162,7 @@ def verify(ctx: click.Context, stores: tuple[str, ...]) -> None:
     bad = damaged = False
     for url in _store_urls(cfg, stores):
         reader = StoreReader(url)
-        total = sum(g.n_chunks for g in reader.groups().values())
+        total = sum(g.n_chunks for g in reader.corpora().values())
         with progress("chunk") as bar:
             task = bar.add_task(f"verify {url}", total=total)
             problems = reader.check(progress=lambda *_: bar.advance(task))

@@ -108,7 +108,7 @@ class TrainConfig:
     l1_coefficient: float = _key(5.0, _non_negative, "λ1, weight of L_sparse")
     l1_warmup_steps: int = _key(100, _non_negative, "λ1 ramps linearly from 0 (SAELens style)")
     grad_clip: float = _key(1.0, _non_negative, "max gradient norm (0 = off)")
-    normalize: bool = _key(True, doc="scale activations to unit mean squared norm; scale saved in cfg.json")
+    normalize: bool = _key(True, doc="scale activations to E‖x‖² = d_model (SAELens' convention); scale saved in cfg.json")
     buffer_rows: int = _key(65536, _positive, "shuffle buffer; loader memory is set by this, not the cache")
     heldout_rows: int = _key(0, _non_negative, "rows at the end of each train group also kept out")
     seed: int = _key(0, doc="seeds init, shuffling and sampling")

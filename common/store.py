@@ -78,7 +78,7 @@ def _compressors(codec: str, level: int):
 
 
 @dataclass(frozen=True)
-class GroupPlan:
+class CorpusPlan:
     """What one corpus group will hold; fixed before the first chunk is written."""
     name: str
     role: str
@@ -208,7 +208,7 @@ class StoreWriter:
         else:
             raise StoreError(f"{url}: no zarr store here")
 
-    def ensure_group(self, plan: GroupPlan) -> zarr.Group:
+    def ensure_corpus(self, plan: CorpusPlan) -> zarr.Group:
         """Create the corpus group, or check an existing one was planned identically."""
         d_model = self.identity["d_model"]
         if plan.name in self.root:
@@ -246,7 +246,7 @@ class StoreWriter:
         committed = self.root[name]["committed"][:]
         return [int(k) for k in np.flatnonzero(committed == 0)]
 
-    def write_chunk(self, plan: GroupPlan, k: int, acts: np.ndarray, tokens: np.ndarray) -> None:
+    def write_chunk(self, plan: CorpusPlan, k: int, acts: np.ndarray, tokens: np.ndarray) -> None:
         """Write chunk k's rows (contexts k·C..), then commit it. acts: [rows, d], tokens: [ctx, T]."""
         group = self.root[plan.name]
         first_ctx = k * plan.contexts_per_chunk
@@ -278,7 +278,7 @@ class StoreWriter:
         for k in chunks:
             self.root[name]["committed"][k] = 0
 
-    def finish_group(self, name: str) -> bool:
+    def finish_corpus(self, name: str) -> bool:
         group = self.root[name]
         done = bool((group["committed"][:] != 0).all())
         if done:
@@ -286,7 +286,7 @@ class StoreWriter:
         return done
 
     def finish(self) -> bool:
-        done = all(self.root[name].attrs.get("complete") for name in self.group_names())
+        done = all(self.root[name].attrs.get("complete") for name in self.corpus_names())
         meta = dict(self.root.attrs["orthosae"])
         meta["complete"] = done
         if done:
@@ -294,12 +294,12 @@ class StoreWriter:
         self.root.attrs["orthosae"] = meta
         return done
 
-    def group_names(self) -> list[str]:
+    def corpus_names(self) -> list[str]:
         return sorted(name for name, _ in self.root.groups())
 
 
 @dataclass(frozen=True)
-class GroupInfo:
+class CorpusInfo:
     name: str
     role: str
     split: str
@@ -332,12 +332,12 @@ class StoreReader:
     def complete(self) -> bool:
         return bool(self.meta.get("complete"))
 
-    def groups(self) -> dict[str, GroupInfo]:
+    def corpora(self) -> dict[str, CorpusInfo]:
         out = {}
         for name, group in sorted(self.root.groups()):
             a = dict(group.attrs)
             committed = _read_committed(group["committed"])
-            out[name] = GroupInfo(
+            out[name] = CorpusInfo(
                 name=name, role=a["role"], split=a["split"], n_rows=int(a["n_rows"]),
                 n_contexts=int(a["n_contexts"]), rows_per_context=int(a["rows_per_context"]),
                 rows_per_chunk=int(a["contexts_per_chunk"]) * int(a["rows_per_context"]),
@@ -346,7 +346,7 @@ class StoreReader:
         return out
 
     def require_complete(self, names: list[str] | None = None) -> None:
-        groups = self.groups()
+        groups = self.corpora()
         for name in names or list(groups):
             if name not in groups:
                 raise StoreError(f"{self.url}: has no corpus group {name!r} (has: {', '.join(groups)})")
@@ -363,7 +363,7 @@ class StoreReader:
 
     def contexts(self, name: str, first: int, count: int, bos_token_id: int) -> torch.Tensor:
         """Full token contexts [count, T] rebuilt as BOS + stored tokens (for downstream evals)."""
-        info = self.groups()[name]
+        info = self.corpora()[name]
         r = info.rows_per_context
         toks = self.read_tokens(name, first * r, (first + count) * r).reshape(count, r)
         bos = np.full((count, 1), bos_token_id, dtype=np.int64)
@@ -383,7 +383,7 @@ class StoreReader:
         for key in IDENTITY_KEYS:
             if key not in self.meta:
                 problems.append(Problem(f"{self.url}: attribute orthosae.{key} is missing", "layout"))
-        for name, info in self.groups().items():
+        for name, info in self.corpora().items():
             group = self.root[name]
             expect = {"acts": (info.n_rows, self.d_model), "tokens": (info.n_rows,),
                       "context": (info.n_rows,), "position": (info.n_rows,), "committed": (info.n_chunks,)}
@@ -426,7 +426,7 @@ class Problem:
     lags; any harvest sets it), "layout" (wrong arrays or metadata: only --force mends it)."""
     text: str
     kind: str
-    group: str | None = None
+    corpus: str | None = None
     chunk: int | None = None
 
 
@@ -435,7 +435,7 @@ def _chunk_file(arr: zarr.Array, k: int) -> str:
     return f"{arr.basename}/{arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))}"
 
 
-def _check_chunk(group: zarr.Group, info: GroupInfo, k: int) -> list[tuple[str, str, str]]:
+def _check_chunk(group: zarr.Group, info: CorpusInfo, k: int) -> list[tuple[str, str, str]]:
     """(kind, chunk file(s), what is wrong) for each problem of chunk k; every array is read."""
     try:
         digest = int(group["committed"][k])

@@ -73,7 +73,7 @@ def _rows(reader: StoreReader, names: list[str], n_rows: int, skip_tokens: froze
           ) -> Iterator[torch.Tensor]:
     """Up to n_rows raw rows, shared across `names` in proportion to their size, in batches; rows
     whose token is in ``skip_tokens`` are left out (counted in n_rows all the same)."""
-    info = reader.groups()
+    info = reader.corpora()
     total = sum(info[n].n_rows for n in names)
     for name in names:
         take = min(info[name].n_rows, -(-n_rows * info[name].n_rows // total))
@@ -92,7 +92,7 @@ def special_tokens(tokenizer) -> frozenset[int]:
 
 
 def _contexts(reader: StoreReader, names: list[str], n: int, bos: int) -> torch.Tensor:
-    info = reader.groups()
+    info = reader.corpora()
     per = max(1, -(-n // len(names)))
     return torch.cat([reader.contexts(name, 0, min(per, info[name].n_contexts), bos) for name in names])[:n]
 

@@ -25,7 +25,7 @@ from common.corpora import (CorpusError, CorpusSpec, fingerprint, load_documents
                             tokens_fingerprint)
 from common.model import LoadedModel, load_model, load_tokenizer, pick_device
 from common.progress import console, progress
-from common.store import (GroupPlan, StoreError, StoreLock, StoreReader, StoreWriter, store_exists,
+from common.store import (CorpusPlan, StoreError, StoreLock, StoreReader, StoreWriter, store_exists,
                           to_storage)
 from harvest.capture import residual_after_block
 
@@ -58,7 +58,7 @@ def store_identity(cfg: Config, lm: LoadedModel) -> dict:
     }
 
 
-def plan_corpora(cfg: Config, tokenizer) -> tuple[list[GroupPlan], dict[str, np.ndarray]]:
+def plan_corpora(cfg: Config, tokenizer) -> tuple[list[CorpusPlan], dict[str, np.ndarray]]:
     """Documents -> fixed contexts for every corpus; the same on every process and every rerun."""
     T = cfg.harvest.context_length
     per_chunk = max(1, cfg.harvest.chunk_tokens // (T - 1))
@@ -76,7 +76,7 @@ def plan_corpora(cfg: Config, tokenizer) -> tuple[list[GroupPlan], dict[str, np.
         if len(ctx) < wanted:
             console.print(f"[yellow]{name}: corpus holds {len(ctx) * T:,} tokens, "
                           f"fewer than the budget {c.tokens:,}; harvesting all of it")
-        plans.append(GroupPlan(name=name, role=c.role, split=c.split, source=c.source,
+        plans.append(CorpusPlan(name=name, role=c.role, split=c.split, source=c.source,
                                fingerprint=fingerprint(docs), tokens_fingerprint=tokens_fingerprint(ctx),
                                n_contexts=len(ctx), context_length=T, contexts_per_chunk=per_chunk))
         contexts[name] = ctx
@@ -127,7 +127,7 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
         try:
             writer = StoreWriter(url, identity, codec=cfg.harvest.codec, level=cfg.harvest.level)
             for plan in plans:
-                writer.ensure_group(plan)
+                writer.ensure_corpus(plan)
             if repair:
                 _uncommit_damaged(writer)
         except BaseException:
@@ -160,7 +160,7 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
         state.wait_for_everyone()
         if state.is_main_process:
             for plan in plans:
-                writer.finish_group(plan.name)
+                writer.finish_corpus(plan.name)
             writer.finish()
     finally:
         if state.is_main_process:
@@ -178,10 +178,10 @@ def _chunk_activations(model, cfg: Config, ctx: np.ndarray, device) -> np.ndarra
     return np.concatenate(out)
 
 
-def _already_complete(url: str, identity: dict, plans: list[GroupPlan], cfg: Config) -> bool:
+def _already_complete(url: str, identity: dict, plans: list[CorpusPlan], cfg: Config) -> bool:
     """Complete = same identity and every planned corpus present, planned the same, complete."""
     writer = StoreWriter(url, identity, codec=cfg.harvest.codec, level=cfg.harvest.level, create=False)
-    names = set(writer.group_names())
+    names = set(writer.corpus_names())
     for plan in plans:
         if plan.name not in names:
             return False
@@ -205,7 +205,7 @@ def _uncommit_damaged(writer: StoreWriter) -> None:
         console.print(Text.assemble(("repair: ", "yellow"), p.text))  # Text: no markup in paths
     chunks: dict[str, set[int]] = {}
     for p in damaged:
-        chunks.setdefault(p.group, set()).add(p.chunk)
+        chunks.setdefault(p.corpus, set()).add(p.chunk)
     for name, ks in chunks.items():
         writer.uncommit(name, sorted(ks))
     console.print(f"[yellow]repair[/]: re-harvesting {sum(map(len, chunks.values()))} chunk(s)")

@@ -71,9 +71,9 @@ def test_rows_equal_direct_forward(tmp_path, tiny_model_dir):
     cfg = load_config(write_config(tmp_path, tiny_model_dir))
     result = harvest(cfg, show_progress=False)
     reader = StoreReader(cfg.harvest.store)
-    assert reader.complete and result.rows_written == sum(g.n_rows for g in reader.groups().values())
+    assert reader.complete and result.rows_written == sum(g.n_rows for g in reader.corpora().values())
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    for name, info in reader.groups().items():
+    for name, info in reader.corpora().items():
         assert info.n_chunks > 2 and info.complete  # several chunks, so chunking is exercised
         ctx = reader.contexts(name, 0, info.n_contexts, bos_token_id=2)
         with torch.no_grad():
@@ -83,7 +83,7 @@ def test_rows_equal_direct_forward(tmp_path, tiny_model_dir):
         assert np.array_equal(reader.read_tokens(name, 0, info.n_rows), ctx[:, 1:].reshape(-1).numpy())
     meta = reader.meta
     assert (meta["layer"], meta["d_model"], meta["bos_policy"]) == (0, 64, "bos-first-not-stored")
-    assert reader.groups()["heldout"].attrs["split"] == "heldout"
+    assert reader.corpora()["heldout"].attrs["split"] == "heldout"
 
 
 def test_bf16_storage_is_bf16_rounding(tmp_path, tiny_model_dir):
@@ -92,7 +92,7 @@ def test_bf16_storage_is_bf16_rounding(tmp_path, tiny_model_dir):
     harvest(f32, show_progress=False)
     harvest(bf, show_progress=False)
     a, b = StoreReader(f32.harvest.store), StoreReader(bf.harvest.store)
-    n = a.groups()["retain"].n_rows
+    n = a.corpora()["retain"].n_rows
     assert torch.equal(b.read_rows("retain", 0, n), a.read_rows("retain", 0, n).to(torch.bfloat16).float())
     assert b.root["retain"]["acts"].dtype == np.uint16
 
@@ -127,7 +127,7 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_model_dir):
         assert out.returncode == -9, out.stderr
     reader = StoreReader(str(tmp_path / "killed.zarr"))
     assert not reader.complete
-    assert reader.groups()["retain"].chunks_done < reader.groups()["retain"].n_chunks
+    assert reader.corpora()["retain"].chunks_done < reader.corpora()["retain"].n_chunks
     result = harvest(load_config(path), show_progress=False)  # the dead writer's lock is taken over
     assert not result.skipped
     assert StoreReader(str(tmp_path / "killed.zarr")).complete

@@ -126,13 +126,14 @@ def test_ortho_rms_and_hinge_by_hand():
     r = 1 / math.sqrt(2)
     W = 3 * torch.tensor([[1.0, 0.0], [0.0, 1.0], [r, r]], dtype=torch.float64)
     groups = torch.tensor([0, 0, 1])
+    d = 2  # both forms count in units of the random level 1/d_model
     for naive in (False, True):
         # rms: mean squared cosine (r² + r²)/2 = 0.5, beyond α²
-        assert ortho_loss(W, groups, 2, 0.0, "rms", naive=naive).item() == pytest.approx(0.5)
-        assert ortho_loss(W, groups, 2, 0.5, "rms", naive=naive).item() == pytest.approx(0.25)
+        assert ortho_loss(W, groups, 2, 0.0, "rms", naive=naive).item() == pytest.approx(d * 0.5)
+        assert ortho_loss(W, groups, 2, 0.5, "rms", naive=naive).item() == pytest.approx(d * 0.25)
         assert ortho_loss(W, groups, 2, 0.75, "rms", naive=naive).item() == 0.0  # within the allowance
     # hinge: mean over pairs of relu(|cos| − α)²
-    assert ortho_loss(W, groups, 2, 0.5, "hinge").item() == pytest.approx((r - 0.5) ** 2)
+    assert ortho_loss(W, groups, 2, 0.5, "hinge").item() == pytest.approx(d * (r - 0.5) ** 2)
     assert ortho_loss(W, groups, 2, 0.8, "hinge").item() == 0.0
 
 
@@ -145,8 +146,37 @@ def test_alpha_moves_the_principled_loss_but_barely_the_seed_form():
     seed = [ortho_loss(W / W.norm(dim=1, keepdim=True), groups, 2, a, "seed").item() for a in (0.0, 0.1, 0.3)]
     assert max(seed) / min(seed) < 1.05
     rms = [ortho_loss(W, groups, 2, a, "rms").item() for a in (0.0, 0.5 / math.sqrt(d), 2 / math.sqrt(d))]
-    assert rms[0] == pytest.approx(1 / d, rel=0.15)  # random level: mean cos² = 1/d
-    assert rms[1] == pytest.approx(rms[0] - 0.25 / d) and rms[2] == 0.0
+    assert rms[0] == pytest.approx(1.0, rel=0.15)  # random level: mean cos² = 1/d, i.e. 1 in its units
+    assert rms[1] == pytest.approx(rms[0] - 0.25) and rms[2] == 0.0
+
+
+@pytest.mark.parametrize("mode", ["seed", "rms"])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, -0.7, 1.5])
+@pytest.mark.parametrize("shape", [(5, 23, 3), (4, 9, 2), (16, 7, 3)])
+def test_ortho_gram_equals_naive_value_and_grad(alpha, shape, mode):
+    d_model, d_sae, G = shape
+    gen = torch.Generator().manual_seed(d_sae)
+    W0 = torch.randn(d_sae, d_model, generator=gen, dtype=torch.float64)
+    groups = torch.randint(0, G, (d_sae,), generator=gen)
+    groups[:G] = torch.arange(G)  # every group non-empty, sizes unequal
+    vals, grads = [], []
+    for naive in (False, True):
+        W = W0.clone().requires_grad_(True)
+        v = ortho_loss(W, groups, G, alpha, mode, naive=naive)
+        v.backward()
+        vals.append(v.detach())
+        grads.append(W.grad)
+    torch.testing.assert_close(vals[0], vals[1], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["seed", "rms", "hinge"])
+def test_ortho_empty_group_contributes_zero(mode):
+    W = torch.randn(10, 4, dtype=torch.float64)
+    groups = torch.tensor([0] * 5 + [2] * 5)  # group 1 empty
+    two = ortho_loss(W, torch.tensor([0] * 5 + [1] * 5), 2, 0.2, mode)
+    for naive in (False, True):
+        torch.testing.assert_close(ortho_loss(W, groups, 3, 0.2, mode, naive=naive), two)
 
 
 class MaxNumel(TorchDispatchMode):
@@ -516,7 +546,7 @@ def test_trained_cross_group_overlap_follows_alpha():
         return (W[groups == 0] @ W[groups == 1].T).pow(2).mean().sqrt().item()
 
     free = trained_rms(lambda2_max=0.0)
-    rms = [trained_rms(alpha=a, alpha_mode="rms", lambda2_max=30.0) for a in (0.0, 0.05, 0.1)]
+    rms = [trained_rms(alpha=a, alpha_mode="rms", lambda2_max=2.0) for a in (0.0, 0.05, 0.1)]
     assert rms == sorted(rms) and rms[-1] - rms[0] > 0.07
     assert rms == pytest.approx([0.0, 0.05, 0.1], abs=0.025) and free > 0.15
 

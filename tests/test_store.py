@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.store import (GroupPlan, StoreError, StoreLock, StoreReader, StoreWriter, from_storage,
+from common.store import (CorpusPlan, StoreError, StoreLock, StoreReader, StoreWriter, from_storage,
                           to_storage)
 
 D, T = 8, 5
@@ -17,7 +17,7 @@ IDENTITY = {"model_id": "m", "revision": "r", "file_sha256": None, "layer": 1, "
 
 
 def plan(n_contexts=5, per_chunk=2, name="c"):
-    return GroupPlan(name=name, role="retain", split="train", source="file:x", fingerprint="f",
+    return CorpusPlan(name=name, role="retain", split="train", source="file:x", fingerprint="f",
                      tokens_fingerprint="t", n_contexts=n_contexts, context_length=T,
                      contexts_per_chunk=per_chunk)
 
@@ -44,12 +44,12 @@ def test_write_read_and_complete(tmp_path):
     url = str(tmp_path / "s.zarr")
     p = plan()
     w = StoreWriter(url, IDENTITY)
-    w.ensure_group(p)
+    w.ensure_corpus(p)
     assert w.pending_chunks("c") == [0, 1, 2]
     ctx, acts = fill(w, p)
-    assert w.pending_chunks("c") == [] and w.finish_group("c") and w.finish()
+    assert w.pending_chunks("c") == [] and w.finish_corpus("c") and w.finish()
     r = StoreReader(url)
-    assert r.complete and r.groups()["c"].n_rows == 5 * (T - 1)
+    assert r.complete and r.corpora()["c"].n_rows == 5 * (T - 1)
     assert torch.equal(r.read_rows("c", 0, p.n_rows), torch.from_numpy(acts).to(torch.bfloat16).float())
     assert torch.equal(r.contexts("c", 1, 3, bos_token_id=2), torch.from_numpy(ctx[1:4]).long())
     assert r.verify() == []
@@ -61,18 +61,18 @@ def test_identity_mismatch_is_refused(tmp_path):
     with pytest.raises(StoreError, match=r"s.zarr: holds layer=1, config wants 7"):
         StoreWriter(url, {**IDENTITY, "layer": 7})
     w = StoreWriter(url, IDENTITY)
-    w.ensure_group(plan())
+    w.ensure_corpus(plan())
     with pytest.raises(StoreError, match=r"s.zarr/c: holds n_contexts=5"):
-        w.ensure_group(plan(n_contexts=6))
+        w.ensure_corpus(plan(n_contexts=6))
 
 
 def test_verify_names_corrupted_and_missing_chunk(tmp_path):
     url = str(tmp_path / "s.zarr")
     p = plan()
     w = StoreWriter(url, IDENTITY)
-    w.ensure_group(p)
+    w.ensure_corpus(p)
     fill(w, p)
-    w.finish_group("c")
+    w.finish_corpus("c")
     chunk = tmp_path / "s.zarr" / "c" / "acts" / "c" / "1" / "0"
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -88,9 +88,9 @@ def complete_store(tmp_path, name="s.zarr"):
     url = str(tmp_path / name)
     p = plan()
     w = StoreWriter(url, IDENTITY)
-    w.ensure_group(p)
+    w.ensure_corpus(p)
     fill(w, p)
-    w.finish_group("c")
+    w.finish_corpus("c")
     return url, w
 
 
@@ -111,7 +111,7 @@ def test_verify_names_the_array_and_chunk_file(tmp_path, chunk_file, truncate):
     else:
         flip_byte(path)
     problems = StoreReader(url).check()
-    assert [(p.kind, p.group, p.chunk) for p in problems] == [("damaged", "c", 1)], problems
+    assert [(p.kind, p.corpus, p.chunk) for p in problems] == [("damaged", "c", 1)], problems
     assert "c chunk 1 (" in problems[0].text and chunk_file in problems[0].text, problems[0].text
 
 
@@ -133,7 +133,7 @@ def test_uncommit_marks_chunks_pending_and_store_incomplete(tmp_path):
     w.uncommit("c", [0, 2])
     assert w.pending_chunks("c") == [0, 2]
     r = StoreReader(url)
-    assert not r.complete and not r.groups()["c"].complete
+    assert not r.complete and not r.corpora()["c"].complete
     assert [p.kind for p in r.check()] == ["unwritten", "unwritten"]
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.store import GroupPlan, StoreReader, StoreWriter, to_storage
+from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
 from train.stream import ActivationStream, _split_counts, estimate_scale
 
 D, T = 4, 9  # 8 rows per context
@@ -18,9 +18,9 @@ def make_store(tmp_path, n_contexts=(12, 6), per_chunk=2, storage="float32"):
     w = StoreWriter(url, ident)
     next_id = 0
     for name, n, role in [("retain", n_contexts[0], "retain"), ("forget", n_contexts[1], "forget")]:
-        p = GroupPlan(name=name, role=role, split="train", source="x", fingerprint="f",
+        p = CorpusPlan(name=name, role=role, split="train", source="x", fingerprint="f",
                       tokens_fingerprint="t", n_contexts=n, context_length=T, contexts_per_chunk=per_chunk)
-        w.ensure_group(p)
+        w.ensure_corpus(p)
         for k in range(p.n_chunks):
             c0, c1 = k * per_chunk, min((k + 1) * per_chunk, n)
             rows = (c1 - c0) * (T - 1)
@@ -29,7 +29,7 @@ def make_store(tmp_path, n_contexts=(12, 6), per_chunk=2, storage="float32"):
             acts[:, 1] = 1.0 if role == "forget" else 0.0
             next_id += rows
             w.write_chunk(p, k, to_storage(acts, storage), np.full((c1 - c0, T), 5, dtype=np.int32))
-        w.finish_group(name)
+        w.finish_corpus(name)
     w.finish()
     return StoreReader(url), next_id
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from common.config import load_config
-from common.store import GroupPlan, StoreError, StoreReader, StoreWriter, to_storage
+from common.store import CorpusPlan, StoreError, StoreReader, StoreWriter, to_storage
 from train import load_sae, train
 
 from tests._subprocess import run_script
@@ -28,9 +28,9 @@ def make_store(url, d_model=D, complete=True, n_contexts=64):
     g = torch.Generator().manual_seed(0)
     for name, role, split, offset in [("retain", "retain", "train", 0), ("forget", "forget", "train", 1),
                                       ("retain_heldout", "retain", "heldout", 0)]:
-        p = GroupPlan(name=name, role=role, split=split, source="x", fingerprint=name, tokens_fingerprint=name,
+        p = CorpusPlan(name=name, role=role, split=split, source="x", fingerprint=name, tokens_fingerprint=name,
                       n_contexts=n_contexts, context_length=T, contexts_per_chunk=8)
-        w.ensure_group(p)
+        w.ensure_corpus(p)
         base = torch.zeros(d_model)
         base[offset] = 3.0
         for k in range(p.n_chunks if complete or name != "forget" else 1):
@@ -38,7 +38,7 @@ def make_store(url, d_model=D, complete=True, n_contexts=64):
             sparse = (torch.rand(rows, d_model, generator=g) < 0.2) * torch.rand(rows, d_model, generator=g)
             acts = 10 * (base + sparse)  # raw scale far from 1: normalisation must handle it
             w.write_chunk(p, k, to_storage(acts, "float32"), np.full((8, T), 7, dtype=np.int32))
-        w.finish_group(name)
+        w.finish_corpus(name)
     w.finish()
 
 

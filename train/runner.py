@@ -33,7 +33,7 @@ def train_corpora(cfg: Config) -> list[str]:
 
 def run_fingerprint(run: RunConfig, reader: StoreReader) -> str:
     """Changes when anything that shapes this run's weights changes (settings or cached data)."""
-    data = {n: g.attrs.get("tokens_fingerprint") for n, g in reader.groups().items()}
+    data = {n: g.attrs.get("tokens_fingerprint") for n, g in reader.corpora().items()}
     blob = json.dumps([run.type, asdict(run.train), asdict(run.ortho), data, reader.meta.get("model_id"),
                        reader.meta.get("layer")], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -99,7 +99,7 @@ def train(cfg: Config, *, run_names: list[str] | None = None, force: bool = Fals
 
     # Scale and b_dec init come from the data, once per sweep; a resumed run restores its own scale.
     scale = estimate_scale(reader, corpora, seed=cfg.train.seed) if cfg.train.normalize else 1.0
-    mean = torch.cat([reader.read_rows(c, 0, min(4096, reader.groups()[c].n_rows)) for c in corpora]).mean(0) * scale
+    mean = torch.cat([reader.read_rows(c, 0, min(4096, reader.corpora()[c].n_rows)) for c in corpora]).mean(0) * scale
     torch.manual_seed(cfg.train.seed)
     trainers, fingerprints, logs, rng = [], {}, {}, None
     for run, fp in todo:

@@ -27,7 +27,7 @@ from common.store import StoreReader
 
 @dataclass(frozen=True)
 class _Piece:
-    group: str
+    corpus: str
     start: int
     stop: int
     is_forget: bool
@@ -60,9 +60,9 @@ def _split_counts(batch_size: int, shares: list[float]) -> list[int]:
 
 
 class ActivationStream:
-    """Batches (x [B, d_model] float32 on `device`, is_forget [B] bool) from the store's train groups."""
+    """Batches (x [B, d_model] float32 on `device`, is_forget [B] bool) from the store's train corpora."""
 
-    def __init__(self, reader: StoreReader, groups: list[str], *, batch_size: int, buffer_rows: int,
+    def __init__(self, reader: StoreReader, corpora: list[str], *, batch_size: int, buffer_rows: int,
                  seed: int, mix: dict[str, float] | None = None, heldout_rows: int = 0,
                  device: torch.device | str = "cpu", scale: float = 1.0, prefetch: int = 4,
                  total_batches: int | None = None):
@@ -70,21 +70,21 @@ class ActivationStream:
         self.total_batches = total_batches  # the reader never reads ahead past the last batch
         self.device, self.scale, self.prefetch = torch.device(device), scale, prefetch
         self.batches_served = 0
-        info = reader.groups()
+        info = reader.corpora()
         pieces_of = {}
-        for name in groups:
+        for name in corpora:
             g = info[name]
-            usable = g.n_rows - heldout_rows  # the tail of each group is never trained on
+            usable = g.n_rows - heldout_rows  # the tail of each corpus is never trained on
             if usable <= 0:
                 raise ValueError(f"{reader.url}/{name}: heldout_rows={heldout_rows} leaves no rows to train on")
             pieces_of[name] = [
                 _Piece(name, s, min(s + g.rows_per_chunk, usable), g.role == "forget")
                 for s in range(0, usable, g.rows_per_chunk)]
         if mix:
-            counts = _split_counts(batch_size, [mix[n] for n in groups])
-            self.pools = [_Pool(i, tuple(pieces_of[n]), c) for i, (n, c) in enumerate(zip(groups, counts))]
+            counts = _split_counts(batch_size, [mix[n] for n in corpora])
+            self.pools = [_Pool(i, tuple(pieces_of[n]), c) for i, (n, c) in enumerate(zip(corpora, counts))]
         else:
-            self.pools = [_Pool(0, tuple(p for n in groups for p in pieces_of[n]), batch_size)]
+            self.pools = [_Pool(0, tuple(p for n in corpora for p in pieces_of[n]), batch_size)]
         chunk_rows = max(p.rows for pool in self.pools for p in pool.pieces)
         self.chunks_per_window = max(1, buffer_rows // chunk_rows)
 
@@ -106,7 +106,7 @@ class ActivationStream:
         return [[pool.pieces[i] for i in order[j:j + w]] for j in range(0, len(order), w)]
 
     def _read_window(self, pool: _Pool, epoch: int, w: int, pieces: list[_Piece]):
-        acts = torch.cat([self.reader.read_rows(p.group, p.start, p.stop) for p in pieces])
+        acts = torch.cat([self.reader.read_rows(p.corpus, p.start, p.stop) for p in pieces])
         is_forget = torch.cat([torch.full((p.rows,), p.is_forget) for p in pieces])
         perm = torch.from_numpy(np.random.default_rng([self.seed, pool.index, epoch, w, 1])
                                 .permutation(len(acts)))
@@ -184,15 +184,15 @@ class ActivationStream:
             thread.join(timeout=5)
 
 
-def estimate_scale(reader: StoreReader, groups: list[str], n_rows: int = 32768, seed: int = 0) -> float:
+def estimate_scale(reader: StoreReader, corpora: list[str], n_rows: int = 32768, seed: int = 0) -> float:
     """Factor making E‖x‖² = d_model on training rows (SAELens' 'expected_average_only_in').
 
-    Rows are drawn from evenly spaced chunks of every group so the estimate covers the cache.
+    Rows are drawn from evenly spaced chunks of every corpus so the estimate covers the cache.
     """
-    info = reader.groups()
-    total = sum(info[n].n_rows for n in groups)
+    info = reader.corpora()
+    total = sum(info[n].n_rows for n in corpora)
     sq, count = 0.0, 0
-    for name in groups:
+    for name in corpora:
         g = info[name]
         budget = min(g.n_rows, -(-n_rows * g.n_rows // total))  # proportional to corpus size
         n_pick = min(g.n_chunks, max(8, -(-budget // g.rows_per_chunk)))

@@ -3,20 +3,22 @@
 ``W`` is ``[d_sae, d_model]`` with one feature direction per ROW (``W_dec`` as stored, or
 ``W_enc.T``); ``W_g`` are the rows of group g. Sums run over group pairs g < h.
 
-- ``"rms"`` (default): ``Σ relu(‖Ŵ_gᵀŴ_h‖²_F / (n_g·n_h) − α²)`` with Ŵ the unit-normalised rows,
-  i.e. the groups' mean squared cosine beyond α². α is the allowed RMS cosine between a feature of
+- ``"rms"`` (default): ``Σ d_model·relu(‖Ŵ_gᵀŴ_h‖²_F / (n_g·n_h) − α²)`` with Ŵ the unit-normalised
+  rows, i.e. the groups' mean squared cosine beyond α², in units of its random level 1/d_model. α is the allowed RMS cosine between a feature of
   one group and a feature of another; random unit vectors in d_model dimensions sit at 1/√d_model
   (0.04 at d = 640, 0.02 at 2304), so α at or above that leaves random-looking groups alone and
   penalises only structured sharing. Through d_model × d_model Grams (never n_g × n_h).
-- ``"hinge"``: ``Σ_{i∈g, j∈h} relu(|cos_ij| − α)² / (n_g·n_h)``: every cross-group pair of features
-  may share up to |cos| = α for free. Computed in row blocks so no n_g × n_h matrix is held whole.
+- ``"hinge"``: ``Σ d_model·Σ_{i∈g, j∈h} relu(|cos_ij| − α)² / (n_g·n_h)``: every cross-group pair of
+  features may share up to |cos| = α for free. Computed in row blocks so no n_g × n_h matrix is held whole.
 - ``"seed"``: the prototype's ``‖W_gᵀW_h − αI‖_F`` (unsquared, unnormalised, raw rows). ``I`` is
   the rectangular n_g × n_h identity: α pairs the i-th feature of g with the i-th of h by feature
   INDEX, an arbitrary pairing that touches 1/n_g of the entries, so α barely moves it; kept only to
   reproduce the seed.
 
-λ2 weighs a per-pair mean in "rms" and "hinge" (so it transfers across d_sae), and the raw
-Frobenius norm in "seed" (each entry weighted λ2/‖M‖, which shrinks as the SAE grows).
+λ2 weighs a per-pair mean in "rms" and "hinge", in units of the random level 1/d_model: it
+transfers across d_sae, and across d_model as L_recon does (activations are scaled to
+E‖x‖² = d_model, so L_recon grows with d_model too). In "seed" λ2 weighs the raw Frobenius norm
+(each entry weighted λ2/‖M‖, which shrinks as the SAE grows).
 
 Seed-form Gram rewrite, with A = W_g, B = W_h:
 ``‖AᵀB − αI‖²_F = tr((AAᵀ)(BBᵀ)) − 2α Σ_{i<m} a_i·b_i + α² m``, m = min(n_g, n_h); the pair's
@@ -98,7 +100,7 @@ def ortho_loss(
     for g, h in pairs:
         s = (grams[g] * grams[h]).sum()  # tr(G_g G_h) = ‖W_gᵀW_h‖²_F; Grams are symmetric
         if mode == "rms":
-            total = total + torch.relu(s / (len(idx[g]) * len(idx[h])) - alpha * alpha)
+            total = total + W.shape[1] * torch.relu(s / (len(idx[g]) * len(idx[h])) - alpha * alpha)
             continue
         if alpha != 0.0:
             m = min(len(idx[g]), len(idx[h]))
@@ -118,8 +120,8 @@ def _pair_naive(A: Tensor, B: Tensor, alpha: float, mode: str, eps: float) -> Te
     for start in range(0, A.shape[0], HINGE_BLOCK):
         C = A[start:start + HINGE_BLOCK] @ B.T  # cosines (rows are unit vectors)
         total = total + (torch.relu(C.abs() - alpha).pow(2).sum() if mode == "hinge" else C.pow(2).sum())
-    n = A.shape[0] * B.shape[0]
-    return total / n if mode == "hinge" else torch.relu(total / n - alpha * alpha)
+    n, d = A.shape[0] * B.shape[0], A.shape[1]
+    return d * (total / n if mode == "hinge" else torch.relu(total / n - alpha * alpha))
 
 
 def contiguous_groups(d_sae: int, n_groups: int, device: torch.device | str = "cpu") -> Tensor:
