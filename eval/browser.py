@@ -380,71 +380,75 @@ def assemble(run: str, run_type: str, sae: nn.Module, scan: Scan, arrays: dict, 
                                              for n in n_features_list},
             })
 
-    # index rows and per-feature details
+    # index rows and per-feature details (plain lists: per-element tensor indexing is slow)
     features, details = [], []
-    tv, ti, tw = scan.top_vals, scan.top_ids, scan.top_win
+    tv, ti = scan.top_vals.T.tolist(), scan.top_ids.T.tolist()  # [d_sae][k]
+    tw = scan.top_win.permute(1, 0, 2).tolist()  # [d_sae][k][window]
+    arrays = {name: {key: a.tolist() for key, a in arr.items()} for name, arr in arrays.items()}
+    col = {key: t.tolist() for key, t in {
+        "groups": groups, "silent": silent, "share": share, "freq": freq, "freq_f": freq_f, "freq_r": freq_r,
+        "mean_act": mean_act, "max_act": scan.max_act, "max_in": neighbours["max_in"],
+        "count_f": scan.count["forget"], "count_r": scan.count["retain"],
+        "mass_f": scan.mass["forget"] / max(n_f, 1), "mass_r": scan.mass["retain"] / max(n_r, 1)}.items()}
+    near_cols = {key: neighbours[key].tolist() for key in ("in_ids", "in_cos", "out_ids", "out_cos")}
+    hist = {r: scan.hist[r].tolist() for r in ROLES}
+    logit_cols = {key: t.tolist() for key, t in logits.items()} if logits is not None else None
     before, after = scan.window
     for i in range(d_sae):
         top_token = None
         tops = []
-        for j in range(tv.shape[0]):
-            v = float(tv[j, i])
+        for j, v in enumerate(tv[i]):
             if not v > 0:
                 break
-            c, row = scan.corpus_of(int(ti[j, i]))
+            c, row = scan.corpus_of(ti[i][j])
             arr = arrays[c.name]
-            lo, hi = row - before, row + after + 1
-            pos = int(arr["position"][row])
-            toks, acts = [], []
+            pos = arr["position"][row]
+            toks = []
             focus = before
-            if lo < row - (pos - 1) and bos_id is not None:  # window reaches position 0: BOS
+            if row - before < row - (pos - 1) and bos_id is not None:  # window reaches position 0: BOS
                 toks.append({"t": tok(bos_id), "id": int(bos_id), "a": None, "bos": True})
-            for k, r in enumerate(range(lo, hi)):
-                a = float(tw[j, i, k])
-                if math.isnan(a):
+            for k, a in enumerate(tw[i][j]):
+                if math.isnan(a):  # outside the context
                     continue
+                r = row - before + k
                 if r == row:
                     focus = len(toks)
-                tid = int(arr["tokens"][r])
+                tid = arr["tokens"][r]
                 toks.append({"t": tok(tid), "id": tid, "a": _num(a)})
-                acts.append(a)
             if j == 0:
-                top_token = tok(int(arr["tokens"][row]))
+                top_token = tok(arr["tokens"][row])
             tops.append({"act": _num(v), "corpus": c.name, "role": c.role, "row": row,
-                         "context": int(arr["context"][row]), "position": pos, "focus": focus,
-                         "tokens": toks})
-        g = int(groups[i])
-        row = {"id": i, "group": g, "silent": bool(silent[i]), "forget_share": _num(share[i]),
-               "freq": _num(freq[i]), "freq_forget": _num(freq_f[i]), "freq_retain": _num(freq_r[i]),
-               "mean_act": _num(mean_act[i]), "max_act": _num(scan.max_act[i]),
-               "max_cos_in_group": _num(neighbours["max_in"][i]), "top_token": top_token}
+                         "context": arr["context"][row], "position": pos, "focus": focus, "tokens": toks})
+        g = col["groups"][i]
+        row = {"id": i, "group": g, "silent": col["silent"][i], "forget_share": _num(col["share"][i]),
+               "freq": _num(col["freq"][i]), "freq_forget": _num(col["freq_f"][i]),
+               "freq_retain": _num(col["freq_r"][i]), "mean_act": _num(col["mean_act"][i]),
+               "max_act": _num(col["max_act"][i]), "max_cos_in_group": _num(col["max_in"][i]),
+               "top_token": top_token}
         features.append(row)
-        nb_first = scan.hist["forget"][i] + scan.hist["retain"][i]
-        nz = torch.nonzero(nb_first).flatten()
-        lo_b, hi_b = (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 0)
-        near = {}
-        for key in ("in", "out"):
-            near[key] = [{"id": int(k), "cos": _num(c), "group": int(groups[int(k)])}
-                         for k, c in zip(neighbours[f"{key}_ids"][i], neighbours[f"{key}_cos"][i]) if int(k) >= 0]
+        hf_i, hr_i = hist["forget"][i], hist["retain"][i]
+        nz = [b for b in range(len(hf_i)) if hf_i[b] or hr_i[b]]
+        lo_b, hi_b = (nz[0], nz[-1] + 1) if nz else (0, 0)
+        near = {key: [{"id": k, "cos": _num(c), "group": col["groups"][k]}
+                      for k, c in zip(near_cols[f"{key}_ids"][i], near_cols[f"{key}_cos"][i]) if k >= 0]
+                for key in ("in", "out")}
         detail = {
             **row, "run": run, "group_label": labels[g],
-            "count_forget": int(scan.count["forget"][i]), "count_retain": int(scan.count["retain"][i]),
-            "mass_forget_per_row": _num(scan.mass["forget"][i] / max(n_f, 1)),
-            "mass_retain_per_row": _num(scan.mass["retain"][i] / max(n_r, 1)),
+            "count_forget": col["count_f"][i], "count_retain": col["count_r"][i],
+            "mass_forget_per_row": _num(col["mass_f"][i]), "mass_retain_per_row": _num(col["mass_r"][i]),
             "histogram": {"log10_lo": HIST_LOG10[0] + lo_b / HIST_PER_DECADE,
                           "bins_per_decade": HIST_PER_DECADE,
-                          "forget": scan.hist["forget"][i, lo_b:hi_b].tolist(),
-                          "retain": scan.hist["retain"][i, lo_b:hi_b].tolist()},
+                          "forget": hf_i[lo_b:hi_b], "retain": hr_i[lo_b:hi_b]},
             "top": tops,
             "nearest_in_group": near["in"], "nearest_other_groups": near["out"],
             "unlearning_selection": clamp_rank.get(i, []),
         }
-        if logits is not None:
+        if logit_cols is not None:
             detail["logits"] = {
-                "promoted": [{"t": tok(t), "id": int(t), "v": _num(v)}
-                             for t, v in zip(logits["up_ids"][i], logits["up_vals"][i])],
-                "suppressed": [{"t": tok(t), "id": int(t), "v": _num(v)}
-                               for t, v in zip(logits["down_ids"][i], logits["down_vals"][i])]}
+                "promoted": [{"t": tok(t), "id": t, "v": _num(v)}
+                             for t, v in zip(logit_cols["up_ids"][i], logit_cols["up_vals"][i])],
+                "suppressed": [{"t": tok(t), "id": t, "v": _num(v)}
+                               for t, v in zip(logit_cols["down_ids"][i], logit_cols["down_vals"][i])]}
         details.append(detail)
 
     sizes = torch.bincount(groups, minlength=n_groups).tolist()
@@ -466,7 +470,7 @@ def assemble(run: str, run_type: str, sae: nn.Module, scan: Scan, arrays: dict, 
     meta = {**meta, "run": run, "run_type": run_type, "d_sae": d_sae, "grouping": grouping,
             "n_groups": n_groups, "group_labels": labels, "rows": {"forget": n_f, "retain": n_r},
             "corpora": [{"name": c.name, "role": c.role, "rows": c.n_rows} for c in scan.corpora],
-            "top_k": int(tv.shape[0]), "window": list(scan.window)}
+            "top_k": int(scan.top_vals.shape[0]), "window": list(scan.window)}
     return RunSite(run=run, run_type=run_type, meta=meta, features=features, details=details, groups=gdata)
 
 

@@ -147,7 +147,7 @@ def test_json_matches_direct_computation(site, run):
         assert index["meta"]["grouping"].startswith("post hoc")
     active = (f_all > 0).any(0)
     assert active.sum() >= 5, "the tiny SAE should have live features"
-    U = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
+    U = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
     cos = U @ U.T
     checked_tops = 0
     for i in range(d_sae):
