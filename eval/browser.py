@@ -41,8 +41,8 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -312,8 +312,8 @@ class RunSite:
     run_type: str
     meta: dict
     features: list[dict]  # index rows
-    details: list[dict] = field(default_factory=list)  # per-feature pages
-    groups: dict = field(default_factory=dict)
+    details: Iterator[dict]  # per-feature pages, made as they are written
+    groups: dict
 
 
 def _store_arrays(reader: StoreReader, corpora: list[Corpus]) -> dict[str, dict[str, np.ndarray]]:
@@ -380,8 +380,8 @@ def assemble(run: str, run_type: str, sae: nn.Module, scan: Scan, arrays: dict, 
                                              for n in n_features_list},
             })
 
-    # index rows and per-feature details (plain lists: per-element tensor indexing is slow)
-    features, details = [], []
+    # index rows, then per-feature details made one at a time as they are written (at d_sae 16k
+    # the details of all features would take GBs). Plain lists: per-element tensor indexing is slow.
     tv, ti = scan.top_vals.T.tolist(), scan.top_ids.T.tolist()  # [d_sae][k]
     tw = scan.top_win.permute(1, 0, 2).tolist()  # [d_sae][k][window]
     arrays = {name: {key: a.tolist() for key, a in arr.items()} for name, arr in arrays.items()}
@@ -390,12 +390,22 @@ def assemble(run: str, run_type: str, sae: nn.Module, scan: Scan, arrays: dict, 
         "mean_act": mean_act, "max_act": scan.max_act, "max_in": neighbours["max_in"],
         "count_f": scan.count["forget"], "count_r": scan.count["retain"],
         "mass_f": scan.mass["forget"] / max(n_f, 1), "mass_r": scan.mass["retain"] / max(n_r, 1)}.items()}
-    near_cols = {key: neighbours[key].tolist() for key in ("in_ids", "in_cos", "out_ids", "out_cos")}
-    hist = {r: scan.hist[r].tolist() for r in ROLES}
-    logit_cols = {key: t.tolist() for key, t in logits.items()} if logits is not None else None
-    before, after = scan.window
-    for i in range(d_sae):
-        top_token = None
+    before, _ = scan.window
+
+    def top_token(i: int) -> str | None:
+        if not tv[i][0] > 0:
+            return None
+        c, row = scan.corpus_of(ti[i][0])
+        return tok(arrays[c.name]["tokens"][row])
+
+    features = [{"id": i, "group": col["groups"][i], "silent": col["silent"][i],
+                 "forget_share": _num(col["share"][i]), "freq": _num(col["freq"][i]),
+                 "freq_forget": _num(col["freq_f"][i]), "freq_retain": _num(col["freq_r"][i]),
+                 "mean_act": _num(col["mean_act"][i]), "max_act": _num(col["max_act"][i]),
+                 "max_cos_in_group": _num(col["max_in"][i]), "top_token": top_token(i)}
+                for i in range(d_sae)]
+
+    def top_contexts(i: int) -> list[dict]:
         tops = []
         for j, v in enumerate(tv[i]):
             if not v > 0:
@@ -403,53 +413,49 @@ def assemble(run: str, run_type: str, sae: nn.Module, scan: Scan, arrays: dict, 
             c, row = scan.corpus_of(ti[i][j])
             arr = arrays[c.name]
             pos = arr["position"][row]
-            toks = []
-            focus = before
-            if row - before < row - (pos - 1) and bos_id is not None:  # window reaches position 0: BOS
-                toks.append({"t": tok(bos_id), "id": int(bos_id), "a": None, "bos": True})
+            bos = pos <= before and bos_id is not None  # the window reaches position 0
+            ids, acts = ([int(bos_id)], [None]) if bos else ([], [])
+            focus = len(ids) + before
             for k, a in enumerate(tw[i][j]):
                 if math.isnan(a):  # outside the context
+                    focus -= k < before
                     continue
-                r = row - before + k
-                if r == row:
-                    focus = len(toks)
-                tid = arr["tokens"][r]
-                toks.append({"t": tok(tid), "id": tid, "a": _num(a)})
-            if j == 0:
-                top_token = tok(arr["tokens"][row])
+                ids.append(arr["tokens"][row - before + k])
+                acts.append(_num(a))
             tops.append({"act": _num(v), "corpus": c.name, "role": c.role, "row": row,
-                         "context": arr["context"][row], "position": pos, "focus": focus, "tokens": toks})
-        g = col["groups"][i]
-        row = {"id": i, "group": g, "silent": col["silent"][i], "forget_share": _num(col["share"][i]),
-               "freq": _num(col["freq"][i]), "freq_forget": _num(col["freq_f"][i]),
-               "freq_retain": _num(col["freq_r"][i]), "mean_act": _num(col["mean_act"][i]),
-               "max_act": _num(col["max_act"][i]), "max_cos_in_group": _num(col["max_in"][i]),
-               "top_token": top_token}
-        features.append(row)
-        hf_i, hr_i = hist["forget"][i], hist["retain"][i]
-        nz = [b for b in range(len(hf_i)) if hf_i[b] or hr_i[b]]
-        lo_b, hi_b = (nz[0], nz[-1] + 1) if nz else (0, 0)
-        near = {key: [{"id": k, "cos": _num(c), "group": col["groups"][k]}
-                      for k, c in zip(near_cols[f"{key}_ids"][i], near_cols[f"{key}_cos"][i]) if k >= 0]
-                for key in ("in", "out")}
-        detail = {
-            **row, "run": run, "group_label": labels[g],
-            "count_forget": col["count_f"][i], "count_retain": col["count_r"][i],
-            "mass_forget_per_row": _num(col["mass_f"][i]), "mass_retain_per_row": _num(col["mass_r"][i]),
-            "histogram": {"log10_lo": HIST_LOG10[0] + lo_b / HIST_PER_DECADE,
-                          "bins_per_decade": HIST_PER_DECADE,
-                          "forget": hf_i[lo_b:hi_b], "retain": hr_i[lo_b:hi_b]},
-            "top": tops,
-            "nearest_in_group": near["in"], "nearest_other_groups": near["out"],
-            "unlearning_selection": clamp_rank.get(i, []),
-        }
-        if logit_cols is not None:
-            detail["logits"] = {
-                "promoted": [{"t": tok(t), "id": t, "v": _num(v)}
-                             for t, v in zip(logit_cols["up_ids"][i], logit_cols["up_vals"][i])],
-                "suppressed": [{"t": tok(t), "id": t, "v": _num(v)}
-                               for t, v in zip(logit_cols["down_ids"][i], logit_cols["down_vals"][i])]}
-        details.append(detail)
+                         "context": arr["context"][row], "position": pos, "focus": focus, "bos": bos,
+                         "tokens": [tok(t) for t in ids], "token_ids": ids, "acts": acts})
+        return tops
+
+    def details():
+        near_cols = {key: neighbours[key].tolist() for key in ("in_ids", "in_cos", "out_ids", "out_cos")}
+        hist = {r: scan.hist[r].tolist() for r in ROLES}
+        logit_cols = {key: t.tolist() for key, t in logits.items()} if logits is not None else None
+        for i, row in enumerate(features):
+            hf_i, hr_i = hist["forget"][i], hist["retain"][i]
+            nz = [b for b in range(len(hf_i)) if hf_i[b] or hr_i[b]]
+            lo_b, hi_b = (nz[0], nz[-1] + 1) if nz else (0, 0)
+            near = {key: [{"id": k, "cos": _num(c), "group": col["groups"][k]}
+                          for k, c in zip(near_cols[f"{key}_ids"][i], near_cols[f"{key}_cos"][i]) if k >= 0]
+                    for key in ("in", "out")}
+            detail = {
+                **row, "run": run, "group_label": labels[row["group"]],
+                "count_forget": col["count_f"][i], "count_retain": col["count_r"][i],
+                "mass_forget_per_row": _num(col["mass_f"][i]), "mass_retain_per_row": _num(col["mass_r"][i]),
+                "histogram": {"log10_lo": HIST_LOG10[0] + lo_b / HIST_PER_DECADE,
+                              "bins_per_decade": HIST_PER_DECADE,
+                              "forget": hf_i[lo_b:hi_b], "retain": hr_i[lo_b:hi_b]},
+                "top": top_contexts(i),
+                "nearest_in_group": near["in"], "nearest_other_groups": near["out"],
+                "unlearning_selection": clamp_rank.get(i, []),
+            }
+            if logit_cols is not None:
+                detail["logits"] = {
+                    "promoted": [{"t": tok(t), "id": t, "v": _num(v)}
+                                 for t, v in zip(logit_cols["up_ids"][i], logit_cols["up_vals"][i])],
+                    "suppressed": [{"t": tok(t), "id": t, "v": _num(v)}
+                                   for t, v in zip(logit_cols["down_ids"][i], logit_cols["down_vals"][i])]}
+            yield detail
 
     sizes = torch.bincount(groups, minlength=n_groups).tolist()
     alive = torch.bincount(groups[~silent], minlength=n_groups).tolist()
@@ -471,7 +477,7 @@ def assemble(run: str, run_type: str, sae: nn.Module, scan: Scan, arrays: dict, 
             "n_groups": n_groups, "group_labels": labels, "rows": {"forget": n_f, "retain": n_r},
             "corpora": [{"name": c.name, "role": c.role, "rows": c.n_rows} for c in scan.corpora],
             "top_k": int(scan.top_vals.shape[0]), "window": list(scan.window)}
-    return RunSite(run=run, run_type=run_type, meta=meta, features=features, details=details, groups=gdata)
+    return RunSite(run=run, run_type=run_type, meta=meta, features=features, details=details(), groups=gdata)
 
 
 def _dump(obj) -> str:
@@ -489,7 +495,7 @@ def write_site(site: RunSite, out: Path) -> Path:
     (tmp / "index.html").write_text(browser_html.index_page(site.run, _dump(index)))
     (tmp / "feature.html").write_text(browser_html.feature_page(site.run, _dump(site.meta)))
     (tmp / "groups.html").write_text(browser_html.groups_page(site.run, _dump(site.groups)))
-    width = len(str(len(site.details) - 1))
+    width = len(str(len(site.features) - 1))
     for d in site.details:
         text = _dump(d)
         stem = f"{d['id']:0{width}d}"

@@ -211,12 +211,13 @@ function histogram(h) {
 function context(ex, maxAct) {
   const toks = el('span', {class: 'toks'});
   ex.tokens.forEach((t, k) => {
-    const cls = ['tok'];
+    const a = ex.acts[k], bos = ex.bos && k === 0, cls = ['tok'];
     let style = '';
-    if (t.bos) cls.push('tok-bos');
-    else if (t.a > 0) { cls.push('tok-on'); style = `background:rgba(234,88,12,${(0.08 + 0.92 * t.a / maxAct).toFixed(3)})`; }
+    if (bos) cls.push('tok-bos');
+    else if (a > 0) { cls.push('tok-on'); style = `background:rgba(234,88,12,${(0.08 + 0.92 * a / maxAct).toFixed(3)})`; }
     if (k === ex.focus) cls.push('tok-focus');
-    toks.append(el('span', {class: cls.join(' '), style, title: t.bos ? 'BOS (not stored, not encoded)' : `act ${fmt(t.a)} · token ${t.id}`, text: showTok(t.t)}));
+    toks.append(el('span', {class: cls.join(' '), style, text: showTok(t),
+                            title: bos ? 'BOS (not stored, not encoded)' : `act ${fmt(a)} · token ${ex.token_ids[k]}`}));
   });
   return el('div', {class: 'ctx'}, el('span', {class: 'act', text: fmt(ex.act)}),
             el('span', {class: 'where', text: `${ex.corpus} · ctx ${ex.context} · pos ${ex.position}`}), toks);

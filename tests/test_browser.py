@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from common.cli import main
 from common.config import load_config
 from common.store import open_store_for
+from eval.browser import WINDOW
 from eval.unlearning import select_features
 from train.export import load_sae
 from train.sae.grouping import assign_groups, forget_share
@@ -173,17 +174,21 @@ def test_json_matches_direct_computation(site, run):
             r = rows[t["corpus"]]
             assert float(r["f"][t["row"], i]) == pytest.approx(t["act"], rel=1e-3)
             assert t["context"] == int(r["context"][t["row"]]) and t["position"] == int(r["position"][t["row"]])
-            focus = t["tokens"][t["focus"]]
-            assert focus["id"] == int(r["tokens"][t["row"]]) and focus["a"] == pytest.approx(t["act"], rel=1e-3)
+            assert len(t["tokens"]) == len(t["token_ids"]) == len(t["acts"])
+            assert t["token_ids"][t["focus"]] == int(r["tokens"][t["row"]])
+            assert t["acts"][t["focus"]] == pytest.approx(t["act"], rel=1e-3)
+            n_bos = int(t["bos"])
+            if t["bos"]:  # BOS sits at position 0, unshaded
+                assert t["focus"] == t["position"] and t["acts"][0] is None
+            first = t["row"] - (t["focus"] - n_bos)  # store row of the first stored token shown
             ctx_rows = np.flatnonzero(r["context"] == t["context"])
-            stored = [x for x in t["tokens"] if not x.get("bos")]
-            first = t["row"] - (t["focus"] - (len(t["tokens"]) - len(stored)))
-            for k, x in enumerate(stored):
+            for k, (tid, a) in enumerate(zip(t["token_ids"][n_bos:], t["acts"][n_bos:])):
                 assert first + k in ctx_rows  # never crosses into another context
-                assert x["id"] == int(r["tokens"][first + k])
-                assert x["a"] == pytest.approx(float(r["f"][first + k, i]), rel=1e-3, abs=1e-6)
-            if t["tokens"][0].get("bos"):
-                assert t["position"] - t["focus"] == 0  # BOS sits at position 0
+                assert tid == int(r["tokens"][first + k])
+                assert a == pytest.approx(float(r["f"][first + k, i]), rel=1e-3, abs=1e-6)
+            # the window is as wide as the context allows on both sides
+            assert t["focus"] - n_bos == min(WINDOW[0], t["position"] - 1)
+            assert len(t["acts"]) - 1 - t["focus"] == min(WINDOW[1], cfg.harvest.context_length - 1 - t["position"])
             checked_tops += 1
         hist = d["histogram"]
         assert sum(hist["forget"]) == d["count_forget"] == int((sum(
