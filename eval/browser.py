@@ -124,6 +124,18 @@ def _windows(f: Tensor, idx: Tensor, rpc: int, before: int, after: int) -> Tenso
     return torch.where(valid, vals, torch.full_like(vals, math.nan))
 
 
+def plan_corpora(info: dict, names: list[str], max_rows: int = 0) -> list[Corpus]:
+    """The rows to scan of each corpus: all, or the first ``max_rows`` in whole contexts (≥ 1)."""
+    corpora, offset = [], 0
+    for name in names:
+        g = info[name]
+        rpc = g.rows_per_context
+        n = g.n_rows if max_rows <= 0 else min(g.n_rows, max(1, max_rows // rpc) * rpc)
+        corpora.append(Corpus(name, g.role, n, rpc, offset))
+        offset += n
+    return corpora
+
+
 @torch.no_grad()
 def scan_heldout(sae: nn.Module, reader: StoreReader, names: list[str], *, top_k: int = TOP_K,
                  window: tuple[int, int] = WINDOW, max_rows: int = 0, device: torch.device | str = "cpu",
@@ -134,13 +146,7 @@ def scan_heldout(sae: nn.Module, reader: StoreReader, names: list[str], *, top_k
     d_sae = sae.W_dec.shape[0]
     dev = torch.device(device)
     before, after = window
-    corpora, offset = [], 0
-    for name in names:
-        g = info[name]
-        rpc = g.rows_per_context
-        n = g.n_rows if max_rows <= 0 else min(g.n_rows, max(1, max_rows // rpc) * rpc)
-        corpora.append(Corpus(name, g.role, n, rpc, offset))
-        offset += n
+    corpora = plan_corpora(info, names, max_rows)
     nb = n_hist_bins()
     count = {r: torch.zeros(d_sae, dtype=torch.int64, device=dev) for r in ROLES}
     mass = {r: torch.zeros(d_sae, dtype=torch.float64, device=dev) for r in ROLES}
@@ -214,11 +220,9 @@ def decoder_neighbours(W_dec: Tensor, groups: Tensor, n: int = N_NEAREST) -> dic
 def final_norm_gain(model: nn.Module, d_model: int) -> tuple[Tensor, str]:
     """Elementwise gain of the final norm (see the module doc) and a line saying what it is."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    norm = None
-    for name in ("norm", "final_layernorm", "ln_f"):
-        norm = getattr(decoder, name, None) or getattr(getattr(decoder, "language_model", None), name, None)
-        if norm is not None:
-            break
+    owners = [decoder, getattr(decoder, "language_model", None)]  # multimodal Gemma 3 nests it
+    norms = [getattr(o, name, None) for o in owners for name in ("norm", "final_layernorm", "ln_f")]
+    norm = next((n for n in norms if isinstance(n, nn.Module)), None)
     if norm is None:
         return torch.ones(d_model), "no final norm found: W_dec @ W_Uᵀ"
     w = getattr(norm, "weight", None)
@@ -226,8 +230,7 @@ def final_norm_gain(model: nn.Module, d_model: int) -> tuple[Tensor, str]:
         return w.detach().float().cpu(), f"final {type(norm).__name__} weight folded into W_U"
     with torch.no_grad():
         p = next(norm.parameters(), None)
-        ones = torch.ones(1, d_model, device=p.device if p is not None else "cpu",
-                          dtype=p.dtype if p is not None else torch.float32)
+        ones = torch.ones(1, d_model, device=p.device if p is not None else "cpu")  # float32: RMSNorms upcast
         gain = norm(ones)[0].float().cpu()
     return gain, f"final {type(norm).__name__} gain (norm of a ones vector) folded into W_U"
 
@@ -558,8 +561,7 @@ def build_browser(cfg: Config, *, run_names: list[str] | None = None, top_k: int
     device = pick_device(cfg.model.device)
     un = cfg.eval.unlearning
     model_s = time.perf_counter() - t0
-    info = reader.groups()
-    total_rows = sum(info[n].n_rows if max_rows <= 0 else min(info[n].n_rows, max_rows) for n in heldout)
+    total_rows = sum(c.n_rows for c in plan_corpora(reader.groups(), heldout, max_rows))
     written = []
     with progress("row", disable=not show_progress) as bar:
         for run, run_dir, summary in runs:

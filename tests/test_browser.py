@@ -1,6 +1,7 @@
 """`pipe inspect` on the tiny model: the JSON holds what a direct computation gives, and the pages
 render in a real browser (headless Chromium, skipped where it is not installed)."""
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -206,6 +207,40 @@ def test_json_matches_direct_computation(site, run):
     for sel in groups_json["unlearning"]:
         ranked = select_features(ff, rf, sel["retain_threshold"]).tolist()
         assert [f["id"] for f in sel["features"]] == ranked[:5] and sel["n_eligible"] == len(ranked)
+
+
+@pytest.mark.parametrize("max_rows", [0, 40])
+def test_streaming_top_k_equals_top_k_over_all_rows(site, monkeypatch, max_rows):
+    """Small batches (2 contexts each) so the running top-k is merged many times."""
+    import eval.browser as browser
+
+    path, _, _ = site
+    cfg, sae, rows = _direct(path, "adaptive")
+    reader = open_store_for(cfg)
+    monkeypatch.setattr(browser, "ROW_BATCH", 2 * (cfg.harvest.context_length - 1))
+    calls = []
+    scan = browser.scan_heldout(sae, reader, list(rows), top_k=TOP_K, window=(3, 2), max_rows=max_rows,
+                                on_rows=calls.append)
+    rpc = cfg.harvest.context_length - 1
+    keep = {n: len(r["f"]) if not max_rows else max_rows // rpc * rpc for n, r in rows.items()}
+    assert len(calls) > (4 if not max_rows else 1) and sum(calls) == sum(keep.values())
+    f = torch.cat([r["f"][:keep[n]] for n, r in rows.items()])  # global row ids follow this order
+    vals, ids = torch.topk(f, TOP_K, dim=0)
+    assert torch.allclose(scan.top_vals, vals)
+    # ties may order rows differently: every kept row must carry the value it claims
+    assert torch.equal(f.gather(0, scan.top_ids), scan.top_vals)
+    for j in range(TOP_K):
+        for i in range(f.shape[1]):
+            g = int(scan.top_ids[j, i])
+            for k, off in enumerate(range(-3, 3)):
+                same_ctx = 0 <= g % rpc + off < rpc
+                got = float(scan.top_win[j, i, k])
+                assert (float(f[g + off, i]) == got) if same_ctx else math.isnan(got)
+    for role in ("forget", "retain"):
+        fr = torch.cat([r["f"][:keep[n]] for n, r in rows.items() if r["role"] == role])
+        assert torch.equal(scan.count[role], (fr > 0).sum(0))
+        assert torch.allclose(scan.mass[role], fr.double().sum(0))
+        assert int(scan.hist[role].sum()) == int((fr > 0).sum())
 
 
 def test_logit_effects_are_decoder_through_final_norm_and_unembedding(site, tiny_model_dir):
