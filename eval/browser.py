@@ -13,9 +13,10 @@ What is computed, and from what:
 
 - **One streaming pass over the held-out rows** (corpora with ``split = "heldout"``), in batches of
   whole contexts. Per feature it keeps: activation counts and mass per role (forget / retain), the
-  max, a log-binned histogram per role, and the **top-k rows** (``torch.topk`` over the batch merged
-  with the running top-k), each with the feature's activations on a window of tokens around it
-  (``WINDOW`` before / after, never crossing the context). Memory is k·d_sae·window floats, whatever
+  max, a log-binned histogram per role, and the **top-k contexts** by the feature's max activation
+  in the context (``torch.topk`` over the batch's contexts merged with the running top-k; a batch
+  holds whole contexts, so each context appears once), each with the feature's activations on a
+  window of tokens around its max token (``WINDOW`` before / after, never crossing the context). Memory is k·d_sae·window floats, whatever
   the number of rows. Tokens, context and position come from the store's per-row arrays; BOS is not
   stored, so a window that reaches position 0 shows ``BOS`` unshaded (the SAE never saw it).
 - **Groups**: a grouped SAE's own ``groups``; otherwise the training rule applied post hoc
@@ -90,9 +91,9 @@ class Scan:
     mass: dict[str, Tensor]  # role -> [d_sae] float64 Σ f
     hist: dict[str, Tensor]  # role -> [d_sae, n_bins] int64
     max_act: Tensor  # [d_sae]
-    top_vals: Tensor  # [k, d_sae], descending; -inf where fewer than k rows
-    top_ids: Tensor  # [k, d_sae] int64 global row ids (-1: none)
-    top_win: Tensor  # [k, d_sae, before + 1 + after] activations around each top row (nan: outside)
+    top_vals: Tensor  # [k, d_sae] max activation in each of the top-k contexts, descending (-inf: none)
+    top_ids: Tensor  # [k, d_sae] int64 global row id of that max (-1: none)
+    top_win: Tensor  # [k, d_sae, before + 1 + after] activations around it (nan: outside the context)
     window: tuple[int, int]
 
     def corpus_of(self, gid: int) -> tuple[Corpus, int]:
@@ -141,7 +142,8 @@ def scan_heldout(sae: nn.Module, reader: StoreReader, names: list[str], *, top_k
                  window: tuple[int, int] = WINDOW, max_rows: int = 0, device: torch.device | str = "cpu",
                  on_rows: Callable[[int], None] | None = None) -> Scan:
     """One pass over the rows of corpora ``names`` (all rows, or the first ``max_rows`` of each,
-    rounded down to whole contexts), keeping per-feature statistics and the top-k rows."""
+    rounded down to whole contexts), keeping per-feature statistics and the top-k contexts (each
+    context once, at its max-activating row)."""
     info = reader.groups()
     d_sae = sae.W_dec.shape[0]
     dev = torch.device(device)
@@ -167,9 +169,13 @@ def scan_heldout(sae: nn.Module, reader: StoreReader, names: list[str], *, top_k
             n_rows[c.role] += f.shape[0]
             rows, feats = active.nonzero(as_tuple=True)
             hist[c.role] += torch.bincount(feats * nb + _hist_bins(f[rows, feats]), minlength=d_sae * nb)
-            # top-k: this batch's best rows per feature, merged with the running best
-            vals, idx = torch.topk(f, min(top_k, f.shape[0]), dim=0)
-            win = _windows(f, idx, c.rows_per_context, before, after)
+            # top-k contexts: each context's max row per feature (a batch holds whole contexts, so
+            # no context is seen twice), this batch's best contexts merged with the running best
+            rpc = c.rows_per_context
+            cmax, carg = f.reshape(-1, rpc, d_sae).max(dim=1)  # [contexts, d_sae]
+            vals, cidx = torch.topk(cmax, min(top_k, cmax.shape[0]), dim=0)
+            idx = cidx * rpc + carg.gather(0, cidx)  # the max row of each chosen context
+            win = _windows(f, idx, rpc, before, after)
             all_vals = torch.cat([top_vals, vals])
             all_ids = torch.cat([top_ids, idx + c.offset + start])
             all_win = torch.cat([top_win, win])

@@ -28,9 +28,10 @@ a{color:#0b57d0}
 .controls{display:flex;gap:14px;align-items:center;margin:6px 0 10px;flex-wrap:wrap}
 .muted{color:#6b7280}
 .ctx{font:13px/1.9 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#fff;border:1px solid #e3e3e3;
-     border-radius:4px;padding:4px 8px;margin:4px 0;display:flex;gap:12px}
-.ctx .act{min-width:70px;color:#9a3412;font-weight:600}
-.ctx .where{min-width:190px;color:#6b7280;font-size:12px}
+     border-radius:4px;padding:3px 8px;margin:4px 0;display:flex;gap:12px;align-items:baseline}
+.ctx .act{flex:0 0 52px;color:#9a3412;font-weight:600}
+.ctx .where{flex:0 0 215px;color:#6b7280;font-size:11px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.ctx .toks{white-space:nowrap;overflow-x:auto}
 .tok{white-space:pre;border-radius:2px;padding:1px 0}
 .tok-bos{color:#9ca3af;font-style:italic}
 .tok-focus{outline:2px solid #9a3412;outline-offset:0}
@@ -256,7 +257,7 @@ function orthosaeFeature(d) {
       el('div', {}, el('h2', {text: 'activation histogram (held-out rows)'}), histogram(d.histogram))),
     el('h2', {text: `top-activating held-out contexts (${d.top.length})`}),
     el('div', {id: 'contexts'}, ...(d.top.length ? d.top.map(ex => context(ex, maxAct)) : [el('p', {class: 'muted', text: 'never active on held-out rows'})])),
-    el('p', {class: 'note', text: 'Each line: the feature\u2019s activation at the outlined token, then the tokens around it in its context, shaded by the feature\u2019s activation (darkest = this feature\u2019s max). BOS is not stored, so never shaded.'}),
+    el('p', {class: 'note', text: 'Each line: one held-out context, with the feature\u2019s max activation in it at the outlined token and the tokens around that token, shaded by the feature\u2019s activation (darkest = this feature\u2019s max). BOS is not stored, so never shaded.'}),
     el('div', {class: 'grid'},
       el('div', {}, el('h2', {text: 'nearest features in its group (decoder cosine)'}), neighbourTable(d.nearest_in_group)),
       el('div', {}, el('h2', {text: 'nearest features in other groups'}), neighbourTable(d.nearest_other_groups))),
