@@ -30,7 +30,7 @@ a{color:#0b57d0}
 .ctx{font:13px/1.9 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#fff;border:1px solid #e3e3e3;
      border-radius:4px;padding:3px 8px;margin:4px 0;display:flex;gap:12px;align-items:baseline}
 .ctx .act{flex:0 0 52px;color:#9a3412;font-weight:600}
-.ctx .where{flex:0 0 215px;color:#6b7280;font-size:11px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.ctx .where{flex:0 0 240px;color:#6b7280;font-size:11px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .ctx .toks{white-space:nowrap;overflow-x:auto}
 .tok{white-space:pre;border-radius:2px;padding:1px 0}
 .tok-bos{color:#9ca3af;font-style:italic}
