@@ -16,8 +16,8 @@ What is computed, and from what:
   max, a log-binned histogram per role, and the **top-k contexts** by the feature's max activation
   in the context (``torch.topk`` over the batch's contexts merged with the running top-k; a batch
   holds whole contexts, so each context appears once), each with the feature's activations on a
-  window of tokens around its max token (``WINDOW`` before / after, never crossing the context). Memory is k·d_sae·window floats, whatever
-  the number of rows. Tokens, context and position come from the store's per-row arrays; BOS is not
+  window of tokens around its max token (``WINDOW`` before / after, never crossing the context).
+  Memory is k·d_sae·window floats, whatever the number of rows. Tokens, context and position come from the store's per-row arrays; BOS is not
   stored, so a window that reaches position 0 shows ``BOS`` unshaded (the SAE never saw it).
 - **Groups**: a grouped SAE's own ``groups``; otherwise the training rule applied post hoc
   (``assign_groups`` on the forget share of activation mass per row on held-out forget vs retain
@@ -568,7 +568,6 @@ def build_browser(cfg: Config, *, run_names: list[str] | None = None, top_k: int
     un = cfg.eval.unlearning
     model_s = time.perf_counter() - t0
     total_rows = sum(c.n_rows for c in plan_corpora(reader.groups(), heldout, max_rows))
-    written = []
     with progress("row", disable=not show_progress) as bar:
         for run, run_dir, summary in runs:
             timings = {"model_load_s": round(model_s, 2)}
@@ -601,7 +600,6 @@ def build_browser(cfg: Config, *, run_names: list[str] | None = None, top_k: int
             write_site(site, root / run.name)
             timings["write_s"] = round(time.perf_counter() - t, 2)
             (root / run.name / "timings.json").write_text(json.dumps(timings, indent=2))
-            written.append(run.name)
             console.print(f"  {run.name}: {root / run.name / 'index.html'} "
                           f"({sum(timings.values()) - model_s:.0f} s)", highlight=False)
     present = sorted(p.name for p in root.iterdir() if (p / "index.json").is_file())
