@@ -118,6 +118,23 @@ def run(ctx: click.Context) -> None:
         out = evaluate(cfg)
     console.print(f"[green]pipeline done[/]: store [bold]{cfg.harvest.store}[/], runs "
                   f"[bold]{cfg.train.runs_dir}/[/], report [bold]{out}/report.md[/]")
+    from eval.browser import browser_hint
+    console.print(browser_hint(cfg))
+
+
+@main.command("inspect")
+@click.option("--run", "run_names", multiple=True, help="only this run (repeatable; default: every trained run)")
+@click.option("--top-k", default=20, show_default=True, type=click.IntRange(1, 500),
+              help="top-activating held-out rows kept per feature")
+@click.option("--max-rows", default=0, show_default=True, type=click.IntRange(0),
+              help="rows read per held-out corpus, whole contexts (0 = all)")
+@click.pass_context
+def inspect_(ctx: click.Context, run_names: tuple[str, ...], top_k: int, max_rows: int) -> None:
+    """Static HTML feature browser per run (top contexts, histograms, neighbours, logit effects)."""
+    from eval.browser import build_browser
+    cfg = _config(ctx)
+    root = build_browser(cfg, run_names=list(run_names) or None, top_k=top_k, max_rows=max_rows)
+    console.print(f"[green]inspect done[/]: feature browser in [bold]{root}/index.html[/] (open it from disk)")
 
 
 def _store_urls(cfg, paths: tuple[str, ...]) -> list[str]:
