@@ -57,6 +57,7 @@ from common.store import StoreError, StoreReader, open_store_for
 from eval import browser_html
 from eval.unlearning import select_features
 from train.export import load_sae
+from train.sae import is_grouped
 from train.sae.grouping import assign_groups, forget_share
 
 TOP_K = 20
@@ -144,7 +145,7 @@ def scan_heldout(sae: nn.Module, reader: StoreReader, names: list[str], *, top_k
     """One pass over the rows of corpora ``names`` (all rows, or the first ``max_rows`` of each,
     rounded down to whole contexts), keeping per-feature statistics and the top-k contexts (each
     context once, at its max-activating row)."""
-    info = reader.groups()
+    info = reader.corpora()
     d_sae = sae.W_dec.shape[0]
     dev = torch.device(device)
     before, after = window
@@ -347,10 +348,8 @@ def heldout_frequencies(scan: Scan) -> dict[str, Tensor]:
 def feature_groups(sae: nn.Module, scan: Scan, n_groups_cfg: int) -> tuple[Tensor, int, str]:
     """(groups [d_sae], G, how): the SAE's own groups, else the training rule applied post hoc."""
     d_sae = sae.W_dec.shape[0]
-    if hasattr(sae, "groups"):
-        groups = sae.groups.detach().cpu().long()
-        n_groups = int(sae.group_bias.shape[0]) if hasattr(sae, "group_bias") else int(groups.max()) + 1
-        return groups, n_groups, "learned (the SAE's own groups)"
+    if is_grouped(sae):
+        return sae.groups.detach().cpu().long(), sae.n_groups, "learned (the SAE's own groups)"
     if scan.n_rows["forget"] and scan.n_rows["retain"]:
         share = heldout_frequencies(scan)["forget_share"]
         groups = assign_groups(share, torch.zeros(d_sae, dtype=torch.long), n_groups_cfg)
@@ -567,7 +566,7 @@ def build_browser(cfg: Config, *, run_names: list[str] | None = None, top_k: int
     device = pick_device(cfg.model.device)
     un = cfg.eval.unlearning
     model_s = time.perf_counter() - t0
-    total_rows = sum(c.n_rows for c in plan_corpora(reader.groups(), heldout, max_rows))
+    total_rows = sum(c.n_rows for c in plan_corpora(reader.corpora(), heldout, max_rows))
     with progress("row", disable=not show_progress) as bar:
         for run, run_dir, summary in runs:
             timings = {"model_load_s": round(model_s, 2)}

@@ -111,7 +111,7 @@ def _direct(path: Path, run: str):
     for name, c in cfg.corpora.items():
         if c.split != "heldout":
             continue
-        g = reader.groups()[name]
+        g = reader.corpora()[name]
         with torch.no_grad():
             f = sae.encode(reader.read_rows(name, 0, g.n_rows))
         out[name] = {"role": c.role, "f": f, "tokens": reader.read_tokens(name, 0, g.n_rows),
