@@ -5,7 +5,7 @@
 Trains in one pass over the config's (already harvested) store, with its [train] settings: a
 baseline, the adaptive SAE with the prototype's choices (alpha_mode = "seed", τ = 0, no regroup
 guards) at λ2_max = 0 / 0.3 / 1.0, and the adaptive SAE as configured now (alpha_mode = "rms")
-at three λ2_max. Dead = never active on the held-out rows; reported overall and per learned group
+at α below and at the random level and two λ2_max. Dead = never active on the held-out rows; reported overall and per learned group
 (group 1 = forget-leaning), beside L0, EV and the RMS cross-group cosine of the decoder. Runs go to
 a temporary folder; the config's own runs are left alone.
 """
@@ -32,20 +32,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="pipeline.toml")
     ap.add_argument("--steps", type=int, default=500)
-    ap.add_argument("--rms-lambda2", type=float, nargs="+", default=[30.0, 100.0, 300.0])
+    ap.add_argument("--rms-lambda2", type=float, nargs="+", default=[3.0, 30.0])
+    ap.add_argument("--rms-alpha", type=float, nargs="+", default=[0.0, 0.04],
+                    help="α of the rms runs: below and at the random level 1/√d_model")
     args = ap.parse_args()
     cfg = load_config(args.config)
     base = dict(train=cfg.train, ortho=cfg.ortho)
     runs = [RunConfig.of("baseline", **base)]
     runs += [RunConfig.of("adaptive", f"seed-form-l{lam}", lambda2_max=lam, **PROTOTYPE, **base) for lam in (0.0, 0.3, 1.0)]
-    runs += [RunConfig.of("adaptive", f"rms-l{lam:g}", lambda2_max=lam, alpha_mode="rms", alpha=0.0, **base)
-             for lam in args.rms_lambda2]
+    runs += [RunConfig.of("adaptive", f"rms-a{a:g}-l{lam:g}", lambda2_max=lam, alpha_mode="rms", alpha=a, **base)
+             for a in args.rms_alpha for lam in args.rms_lambda2]
     reader = open_store_for(cfg)
     heldout = [n for n, c in cfg.corpora.items() if c.split == "heldout"]
     with tempfile.TemporaryDirectory(prefix="dead_features-") as tmp:
         tr = dataclasses.replace(cfg.train, runs_dir=tmp, tokens=args.steps * cfg.train.batch_size)
         train(dataclasses.replace(cfg, runs=runs, train=tr))
-        print(f"\ncommand: python -m bench.dead_features --config {args.config} --steps {args.steps}")
+        print(f"\ncommand: python -m bench.dead_features --config {args.config} --steps {args.steps} "
+              f"--rms-lambda2 {' '.join(map(str, args.rms_lambda2))} --rms-alpha {' '.join(map(str, args.rms_alpha))}")
         print(f"random RMS cosine 1/√d_model = {reader.d_model ** -0.5:.4f}\n")
         print("| run | λ2_max | dead (all) | dead, group 0 / 1 (retain / forget-leaning) | group sizes | L0 | EV | RMS cross cos |")
         print("|---|---:|---:|---|---|---:|---:|---:|")
@@ -64,7 +67,8 @@ def main() -> None:
                 cos = conditioning_report(sae)["pairs"][0]["decoder_overlap_fro_normalized"]
             else:
                 per, sizes, cos = ["–"], "–", float("nan")
-            print(f"| {run.name} | {run.ortho.lambda2_max:g} | {(~active).float().mean().item():.1%} | "
+            lam = f"{run.ortho.lambda2_max:g}" if run.has_ortho else "–"
+            print(f"| {run.name} | {lam} | {(~active).float().mean().item():.1%} | "
                   f"{' / '.join(per)} | {sizes} | {rec['l0']:.1f} | {rec['explained_variance']:.3f} | {cos:.4f} |")
 
 
