@@ -221,3 +221,34 @@ def test_bad_store_refused_before_training(tmp_path):
     with pytest.raises(StoreError, match=r"inc.zarr/forget: incomplete \(1/8 chunks\)"):
         train(load_config(write_config(tmp_path, store="inc.zarr")), show_progress=False)
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+TRAIN_SCRIPT = """
+import sys
+from common.config import load_config
+from train import train
+train(load_config(sys.argv[1]), show_progress=False)
+"""
+
+
+def test_two_processes_share_the_sweep_and_equal_one(tmp_path):
+    """Under torchrun, rank r trains runs r, r+N, …; every run's weights equal a one-process sweep,
+    resampling included (each run has its own random stream)."""
+    import sys
+    make_store(str(tmp_path / "s.zarr"))
+    sweep = SWEEP + '[[runs]]\nname = "resampled"\ntype = "baseline"\nresample_dead = true\ndead_window = 20\n'
+    one = load_config(write_config(tmp_path, runs=sweep, tokens=10_240))
+    train(one, show_progress=False)
+    two_dir = tmp_path / "two"
+    two_dir.mkdir()
+    path = write_config(two_dir, runs=sweep, tokens=10_240, store="../s.zarr")
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    out = run_script(tmp_path, TRAIN_SCRIPT, path, launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29523"],
+                     env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert "process 0 of 2" in log and "process 1 of 2" in log
+    for name in ("baseline", "fixed", "adaptive", "resampled"):
+        ref = load_file(str(tmp_path / "runs" / name / "sae_weights.safetensors"))
+        got = load_file(str(two_dir / "runs" / name / "sae_weights.safetensors"))
+        assert all(torch.equal(ref[k], got[k]) for k in ref), name

@@ -1,14 +1,20 @@
 """`pipe train`: one pass over the cached activations feeds every run of the sweep.
 
-Reads top to bottom: open the store and check it matches the config, skip runs already done, build
-(or resume) one ``Trainer`` per run, then for each batch of the shared stream: each trainer takes a
-step, logs, checkpoints every ``checkpoint_every`` steps; finally each run is exported. What one
-step does is ``train/trainer.py``; the loss is ``train/sae/base.py``.
+Reads top to bottom: open the store and check it matches the config, take this process's share of
+the runs, skip runs already done, build (or resume) one ``Trainer`` per run, then for each batch of
+the shared stream: each trainer takes a step, logs, checkpoints every ``checkpoint_every`` steps;
+finally each run is exported. What one step does is ``train/trainer.py``; the loss is
+``train/sae/base.py``.
+
+Under ``torchrun`` / ``accelerate launch`` (N processes), rank r trains runs r, r+N, … of the
+selection and streams the store itself: no collective is needed, and since a run depends on the
+data order and its own settings only, every run's weights equal a one-process ``pipe train``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -53,7 +59,7 @@ def _run_dir(cfg: Config, run: RunConfig) -> Path:
 
 def _checkpoint(cfg: Config, trainer: Trainer, fingerprint: str, scale: float) -> None:
     save_checkpoint(_run_dir(cfg, trainer.run), {
-        "fingerprint": fingerprint, "scale": scale, "rng": torch.get_rng_state(),
+        "fingerprint": fingerprint, "scale": scale,
         "stream": {"batches_served": trainer.step}, "trainer": trainer.state_dict()})
 
 
@@ -75,13 +81,24 @@ def _finish(cfg: Config, trainer: Trainer, reader: StoreReader, scale: float, fi
     return summary
 
 
+def process_share() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from the launcher's environment ((0, 1, 0) alone)."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
 def train(cfg: Config, *, run_names: list[str] | None = None, force: bool = False,
           show_progress: bool = True) -> list[dict]:
-    """Train the config's runs (or `run_names`) in one pass; returns their summaries."""
+    """Train the config's runs (or `run_names`) in one pass; returns their summaries (this
+    process's share of them under a multi-process launcher)."""
     selected = [cfg.run(n) for n in run_names] if run_names else list(cfg.runs)
+    rank, world, local_rank = process_share()
+    selected = selected[rank::world]
     reader = open_store_for(cfg)
     corpora = train_corpora(cfg)
     device = pick_device(cfg.train.device)
+    if world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)  # one GPU per process
     steps = cfg.train.tokens // cfg.train.batch_size
     if steps < 1:
         raise ConfigError(f"{cfg.path}: [train] tokens: {cfg.train.tokens} is less than one batch "
@@ -100,8 +117,7 @@ def train(cfg: Config, *, run_names: list[str] | None = None, force: bool = Fals
     # Scale and b_dec init come from the data, once per sweep; a resumed run restores its own scale.
     scale = estimate_scale(reader, corpora, seed=cfg.train.seed) if cfg.train.normalize else 1.0
     mean = torch.cat([reader.read_rows(c, 0, min(4096, reader.corpora()[c].n_rows)) for c in corpora]).mean(0) * scale
-    torch.manual_seed(cfg.train.seed)
-    trainers, fingerprints, logs, rng = [], {}, {}, None
+    trainers, fingerprints, logs = [], {}, {}
     for run, fp in todo:
         sae = make_sae(run, reader.d_model, device=device)
         sae.init_b_dec(mean.to(device))
@@ -111,15 +127,12 @@ def train(cfg: Config, *, run_names: list[str] | None = None, force: bool = Fals
         ckpt = None if force else load_checkpoint(run_dir)
         if ckpt is not None and ckpt["fingerprint"] == fp:
             trainer.load_state_dict(ckpt["trainer"])
-            rng = ckpt["rng"]
             console.print(f"{run.name}: resuming from step {trainer.step}")
         elif (run_dir / "log.jsonl").exists():
             (run_dir / "log.jsonl").unlink()  # a fresh start: the old log belongs to other weights
         trainers.append(trainer)
         fingerprints[run.name] = fp
         logs[run.name] = open(run_dir / "log.jsonl", "a")
-    if rng is not None:
-        torch.set_rng_state(rng)
 
     running = [t.step for t in trainers if t.running]
     start = min(running) if running else steps
@@ -129,7 +142,8 @@ def train(cfg: Config, *, run_names: list[str] | None = None, force: bool = Fals
                               device=device, scale=scale, total_batches=steps)
     stream.load_state_dict({"batches_served": start})
     t0 = time.perf_counter()
-    console.print(f"training {len(trainers)} run(s) ({', '.join(t.run.name for t in trainers)}) on {device}, "
+    share = f" (process {rank} of {world})" if world > 1 else ""
+    console.print(f"training {len(trainers)} run(s) ({', '.join(t.run.name for t in trainers)}) on {device}{share}, "
                   f"{steps} steps of {cfg.train.batch_size} rows from {cfg.harvest.store}")
     try:
         with progress("step", disable=not show_progress, extra="{task.fields[stats]}") as bar:

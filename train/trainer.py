@@ -86,6 +86,9 @@ class Trainer:
         self.status, self.message = "running", ""
         self.last: dict = {}  # the latest log record
         self._last_ortho: Tensor | None = None  # logged on steps the lazy L_ortho skips
+        # the run's own random stream (dead-feature resampling): a run never depends on which
+        # other runs share its sweep or its process
+        self.generator = torch.Generator(device=sae.device).manual_seed(tr.seed)
 
     @property
     def running(self) -> bool:
@@ -123,7 +126,7 @@ class Trainer:
         self.steps_since_fired = torch.where(active.any(dim=0), 0, self.steps_since_fired + 1)
         dead = self.steps_since_fired > tr.dead_window
         if tr.resample_dead and self.step % tr.dead_window == 0 and dead.any():
-            resample_dead(self.sae, self.opt, dead, x)
+            resample_dead(self.sae, self.opt, dead, x, self.generator)
             self.steps_since_fired[dead] = 0
 
         if regroup is not None:
@@ -184,7 +187,7 @@ class Trainer:
     def state_dict(self) -> dict:
         state = {"step": self.step, "status": self.status, "message": self.message, "last": self.last,
                  "sae": self.sae.state_dict(), "opt": optimizer_state(self.opt),
-                 "steps_since_fired": self.steps_since_fired}
+                 "steps_since_fired": self.steps_since_fired, "generator": self.generator.get_state()}
         if self.group_stats is not None:
             state["group_stats"] = self.group_stats.state_dict()
         return state
@@ -193,6 +196,7 @@ class Trainer:
         self.sae.load_state_dict(state["sae"])
         load_optimizer_state(self.opt, state["opt"])
         self.steps_since_fired = state["steps_since_fired"].to(self.steps_since_fired.device)
+        self.generator.set_state(state["generator"])
         if self.group_stats is not None:
             self.group_stats.load_state_dict(state["group_stats"])
         self.step, self.status, self.message, self.last = state["step"], state["status"], state["message"], state["last"]
