@@ -73,6 +73,10 @@ def fold_decoder_norms(sae: nn.Module) -> nn.Module:
     if is_grouped(out):
         require_uniform_norms(n)
         out.tau.mul_(n.mean().to(out.tau.dtype))  # π's τ is in activation units, which scale by n
+    if getattr(out, "activation", "relu") == "topk":
+        require_uniform_norms(n)  # TopK ranks pre-activations: only a uniform scale keeps the choice
+    if getattr(out, "activation", "relu") == "batchtopk":
+        out.threshold.mul_(n.to(out.threshold.dtype))  # JumpReLU θ is on pre-activations, which scale by n
     out.W_enc.mul_(n.to(out.W_enc.dtype))
     out.b_enc.mul_(n.to(out.b_enc.dtype))
     out.W_dec.div_(n[:, None].to(out.W_dec.dtype))
