@@ -126,8 +126,8 @@ class TrainConfig:
     k: int = _key(0, _non_negative, "active features per token for topk / batchtopk (batchtopk: on average)")
     target_l0: float = _key(0.0, _non_negative, "relu only: adapt λ1 during training so the batch L0 lands "
                             "here (0 = off, λ1 fixed; see README, Equal sparsity)")
-    l0_gain: float = _key(0.01, _positive, "target_l0 controller: λ1 *= exp(gain·log(L0_ema/target_l0)) "
-                          "per step after the λ1 warm-up")
+    l0_gain: float = _key(0.03, _positive, "target_l0 controller: λ1 *= exp(gain·log(L0_batch/target_l0)) "
+                          "per step after the λ1 warm-up (log error clipped to ±1)")
 
 
 @dataclass(frozen=True, kw_only=True)

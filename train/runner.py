@@ -31,7 +31,7 @@ def train_corpora(cfg: Config) -> list[str]:
     return [name for name, c in cfg.corpora.items() if c.split == "train"]
 
 
-_LATER_DEFAULTS = {"activation": "relu", "k": 0, "target_l0": 0.0, "l0_gain": 0.01}
+_LATER_DEFAULTS = {"activation": "relu", "k": 0, "target_l0": 0.0, "l0_gain": 0.03}
 
 
 def run_fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None = None) -> str:
