@@ -7,6 +7,7 @@ current working directory (as in SAELens and most CLIs), so the same file works 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import tomllib
 import types
@@ -105,18 +106,28 @@ class TrainConfig:
     adam_betas: list = _key([0.9, 0.999], doc="Adam (beta1, beta2)")
     lr_warmup_steps: int = _key(100, _non_negative, "linear lr warm-up")
     lr_decay_frac: float = _key(0.2, _fraction, "final fraction of steps with linear decay to 0")
-    l1_coefficient: float = _key(5.0, _non_negative, "λ1, weight of L_sparse")
+    l1_coefficient: float = _key(5.0, _non_negative, "λ1, weight of L_sparse (the start value when "
+                                 "`target_l0` is set; may be 0 with topk / batchtopk)")
     l1_warmup_steps: int = _key(100, _non_negative, "λ1 ramps linearly from 0 (SAELens style)")
     grad_clip: float = _key(1.0, _non_negative, "max gradient norm (0 = off)")
     normalize: bool = _key(True, doc="scale activations to E‖x‖² = d_model (SAELens' convention); scale saved in cfg.json")
     buffer_rows: int = _key(65536, _positive, "shuffle buffer; loader memory is set by this, not the cache")
     heldout_rows: int = _key(0, _non_negative, "rows at the end of each train group also kept out")
-    seed: int = _key(0, doc="seeds init, shuffling and sampling")
+    seed: int = _key(0, doc="seeds the shared data stream (order, sampling) and the SAE init of runs "
+                     "without `seeds`; a run's `seeds = [...]` entry sets its own init seed here")
     device: str = _key("auto", doc='"auto", "cpu", "cuda", "cuda:N"')
     checkpoint_every: int = _key(500, _positive, "steps between checkpoints")
     log_every: int = _key(10, _positive, "steps between JSONL log lines")
     dead_window: int = _key(200, _positive, "steps a feature may stay silent before it counts as dead")
     resample_dead: bool = _key(False, doc="re-initialise dead features from high-loss rows")
+    activation: str = _key("relu", _choice("relu", "topk", "batchtopk"), "relu (L1-penalised), topk (the k "
+                           "largest per row) or batchtopk (the k·batch largest over the batch; a learned "
+                           "threshold at inference), SAELens' recipes")
+    k: int = _key(0, _non_negative, "active features per token for topk / batchtopk (batchtopk: on average)")
+    target_l0: float = _key(0.0, _non_negative, "relu only: adapt λ1 during training so the batch L0 lands "
+                            "here (0 = off, λ1 fixed; see README, Equal sparsity)")
+    l0_gain: float = _key(0.03, _positive, "target_l0 controller: λ1 *= exp(gain·log(L0_batch/target_l0)) "
+                          "per step after the λ1 warm-up (log error clipped to ±1)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -298,35 +309,125 @@ STREAM_KEYS = {"batch_size", "tokens", "mix", "normalize", "buffer_rows", "heldo
 RUN_OVERRIDABLE = (TRAIN_KEYS - STREAM_KEYS) | ORTHO_KEYS
 
 
+# [[runs]] keys that may hold a list of values (a grid): every [train] / [train.ortho] key a run may
+# override whose value is a single number, string or bool. `seeds` is the run's list of init seeds.
+SWEEPABLE = {f.name for cls in (TrainConfig, OrthoConfig) for f in dataclasses.fields(cls)
+             if f.name in RUN_OVERRIDABLE and f.type in ("int", "float", "str", "bool")}
+
+
+def _name_value(value) -> str:
+    """A value as it appears in an expanded run name: 0.04 -> "0.04", 100.0 -> "100", 1e-05 -> "1e-05"."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return format(value, "g")
+    return str(value)
+
+
+def expand_run_table(table: dict, file: Path, where: str) -> list[tuple[str, dict]]:
+    """One [[runs]] table -> [(run name, overrides)], one per grid point and seed.
+
+    List values of ``SWEEPABLE`` keys form a grid (their product, in the order the keys appear in
+    the table, the first key varying slowest); ``seeds = [s, ...]`` varies fastest and sets each
+    run's ``seed`` (its SAE init). The name is the table's name, then ``-<key><value>`` for each
+    list-valued key in table order, then ``-s<seed>`` when ``seeds`` is given:
+    ``name = "adaptive"``, ``alpha = [0.0, 0.04]``, ``seeds = [0, 1]`` gives ``adaptive-alpha0-s0``,
+    ``adaptive-alpha0-s1``, ``adaptive-alpha0.04-s0``, ``adaptive-alpha0.04-s1``. Keys with one
+    value (not a list) stay out of the name."""
+    name = table["name"]
+    fixed = {k: v for k, v in table.items() if k not in ("name", "type", "seeds")}
+    grid = []
+    for key, value in fixed.items():
+        if not isinstance(value, list) or key not in SWEEPABLE:
+            continue
+        if not value:
+            raise ConfigError(f"{file}: [[runs]] {name} {key}: empty list (a sweep needs at least one value)")
+        dup = [v for i, v in enumerate(value) if v in value[:i]]
+        if dup:
+            raise ConfigError(f"{file}: [[runs]] {name} {key}: value {dup[0]!r} listed twice")
+        grid.append((key, value))
+    seeds = table.get("seeds")
+    if seeds is not None:
+        if not isinstance(seeds, list) or not seeds:
+            raise ConfigError(f"{file}: [[runs]] {name} seeds: expected a non-empty list of ints, e.g. [0, 1, 2]")
+        bad = [s for s in seeds if not _type_ok(s, int) or s < 0]
+        if bad:
+            raise ConfigError(f"{file}: [[runs]] {name} seeds: every seed must be an int >= 0, got {bad[0]!r}")
+        dup = [s for i, s in enumerate(seeds) if s in seeds[:i]]
+        if dup:
+            raise ConfigError(f"{file}: [[runs]] {name} seeds: seed {dup[0]!r} listed twice")
+    out = []
+    for point in itertools.product(*[[(k, v) for v in vs] for k, vs in grid]):
+        run_name = name + "".join(f"-{k}{_name_value(v)}" for k, v in point)
+        for seed in seeds if seeds is not None else [None]:
+            overrides = {**fixed, **dict(point)}
+            if seed is not None:
+                overrides["seed"] = seed
+            out.append((run_name + (f"-s{seed}" if seed is not None else ""), overrides))
+    return out
+
+
 def _build_runs(raw: Any, file: Path, train: TrainConfig, ortho: OrthoConfig) -> list[RunConfig]:
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{file}: [[runs]]: expected at least one [[runs]] table")
-    runs, seen = [], set()
+    runs, seen = [], {}
     for i, table in enumerate(raw):
         where = f"[[runs]] #{i + 1}"
         if not isinstance(table, dict):
             raise ConfigError(f"{file}: {where}: expected a table")
         name, run_type = table.get("name"), table.get("type")
+        for key in ("name", "type"):
+            if isinstance(table.get(key), list):
+                raise ConfigError(f"{file}: {where} {key}: cannot be a list (one {key} per [[runs]] table; "
+                                  f"list values of [train] keys and `seeds` expand into runs)")
         if not isinstance(name, str) or not name or "/" in name:
             raise ConfigError(f"{file}: {where} name: required, a string without '/'")
-        if name in seen:
+        if name in seen.values():
             raise ConfigError(f"{file}: {where} name: duplicate run name {name!r}")
-        seen.add(name)
         if run_type not in RUN_TYPES:
             raise ConfigError(f"{file}: [[runs]] {name} type: must be one of "
                               f"{', '.join(RUN_TYPES)}, got {run_type!r}")
-        overrides = {k: v for k, v in table.items() if k not in ("name", "type")}
-        for key in overrides:
+        for key in table:
+            if key in ("name", "type", "seeds"):
+                continue
             if key not in RUN_OVERRIDABLE:
-                why = "shared by all runs (one data stream)" if key in STREAM_KEYS else "unknown key"
+                why = ("shared by all runs (one data stream); a run's SAE init seed is `seeds = [...]`"
+                       if key == "seed" else "shared by all runs (one data stream)" if key in STREAM_KEYS
+                       else "unknown key")
                 raise ConfigError(f"{file}: [[runs]] {name} {key}: {why}")
-        # The run's sections, validated as the tables they would be.
-        run_train = _build(TrainConfig, {**_asdict(train), **{k: v for k, v in overrides.items()
-                                                             if k in TRAIN_KEYS}}, f"[[runs]] {name}", file)
-        run_ortho = _build(OrthoConfig, {**_asdict(ortho), **{k: v for k, v in overrides.items()
-                                                             if k in ORTHO_KEYS}}, f"[[runs]] {name}", file)
-        runs.append(RunConfig(name=name, type=run_type, train=run_train, ortho=run_ortho, overrides=overrides))
+        expanded = expand_run_table(table, file, where)
+        for run_name, overrides in expanded:
+            if run_name in seen:
+                raise ConfigError(f"{file}: [[runs]] {name} name: expanded run {run_name!r} collides with "
+                                  f"the run of the same name from [[runs]] {seen[run_name]}")
+            seen[run_name] = name
+            # The run's sections, validated as the tables they would be.
+            run_train = _build(TrainConfig, {**_asdict(train), **{k: v for k, v in overrides.items()
+                                                                 if k in TRAIN_KEYS}}, f"[[runs]] {run_name}", file)
+            run_ortho = _build(OrthoConfig, {**_asdict(ortho), **{k: v for k, v in overrides.items()
+                                                                 if k in ORTHO_KEYS}}, f"[[runs]] {run_name}", file)
+            run = RunConfig(name=run_name, type=run_type, train=run_train, ortho=run_ortho, overrides=overrides)
+            _check_sparsity(run, overrides, file)
+            runs.append(run)
     return runs
+
+
+def _check_sparsity(run: RunConfig, overrides: dict, file: Path) -> None:
+    """activation / k / target_l0 must agree within a run; adam_betas as [train]'s."""
+    tr, where = run.train, f"{file}: [[runs]] {run.name}"
+    if len(tr.adam_betas) != 2 or not all(_type_ok(b, float) and 0 <= b < 1 for b in tr.adam_betas):
+        raise ConfigError(f"{where} adam_betas: expected two numbers in [0, 1) (a list key: not swept)")
+    if tr.activation in ("topk", "batchtopk"):
+        if tr.k < 1:
+            raise ConfigError(f"{where} k: activation {tr.activation!r} needs k >= 1 (active features per token)")
+        if tr.k > tr.d_sae:
+            raise ConfigError(f"{where} k: {tr.k} is more than d_sae {tr.d_sae}")
+        if tr.target_l0:
+            raise ConfigError(f"{where} target_l0: only for activation \"relu\" ({tr.activation} fixes L0 at k)")
+    elif "k" in overrides:
+        raise ConfigError(f"{where} k: only used with activation \"topk\" or \"batchtopk\" (this run is relu)")
+    if tr.target_l0 and tr.target_l0 > tr.d_sae:
+        raise ConfigError(f"{where} target_l0: {tr.target_l0} is more than d_sae {tr.d_sae}")
 
 
 def _asdict(section) -> dict:

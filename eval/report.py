@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from common import __version__  # noqa: E402
 from common.config import Config  # noqa: E402
 from common.store import StoreReader  # noqa: E402
+from eval.aggregate import aggregate, conditions_markdown, plot_conditions  # noqa: E402
 from eval.curves import plot_training_curves  # noqa: E402
 
 HEADLINE_EV = "explained_variance"
@@ -264,16 +265,20 @@ def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict,
     out_dir.mkdir(parents=True, exist_ok=True)
     comp = comparison(results)
     plots = _plots(out_dir, results)
+    conditions = aggregate(results)  # seeds -> conditions (eval/aggregate.py)
+    condition_plots = plot_conditions(out_dir, conditions)
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "orthosae_version": __version__,
         "config": str(cfg.path), "store": reader.url, "store_meta": reader.meta,
         "runs_dir": cfg.train.runs_dir, "headline_explained_variance": HEADLINE_EV,
-        "runs": results, "comparison": comp, "timings_s": timings, "plots": plots,
+        "runs": results, "comparison": comp, "conditions": conditions, "timings_s": timings,
+        "plots": plots + condition_plots,
     }
     tmp = out_dir / "report.json.tmp"
     tmp.write_text(json.dumps(report, indent=1, default=_json_default, allow_nan=True))
     tmp.rename(out_dir / "report.json")
-    (out_dir / "report.md").write_text(_markdown(cfg, reader, results, comp, timings, plots))
+    (out_dir / "report.md").write_text(_markdown(cfg, reader, results, comp, timings, plots)
+                                       + conditions_markdown(conditions, condition_plots))
     return out_dir
 
 

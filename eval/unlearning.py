@@ -73,6 +73,10 @@ def fold_decoder_norms(sae: nn.Module) -> nn.Module:
     if is_grouped(out):
         require_uniform_norms(n)
         out.tau.mul_(n.mean().to(out.tau.dtype))  # π's τ is in activation units, which scale by n
+    if getattr(out, "activation", "relu") == "topk":
+        require_uniform_norms(n)  # TopK ranks pre-activations: only a uniform scale keeps the choice
+    if getattr(out, "activation", "relu") == "batchtopk":
+        out.threshold.mul_(n.to(out.threshold.dtype))  # JumpReLU θ is on pre-activations, which scale by n
     out.W_enc.mul_(n.to(out.W_enc.dtype))
     out.b_enc.mul_(n.to(out.b_enc.dtype))
     out.W_dec.div_(n[:, None].to(out.W_dec.dtype))
@@ -258,15 +262,38 @@ def loss_unlearning_score(rows: Sequence[dict], tolerance: float = RETAIN_CE_TOL
     return max([0.0] + ok)
 
 
-def _mean_ce(model: nn.Module, contexts: Tensor, batch_size: int) -> float:
+def _ce_per_context(model: nn.Module, contexts: Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per context: the summed token CE and the token count (the prediction made at BOS left out)."""
     device = next(model.parameters()).device
-    total, n = 0.0, 0
+    sums, counts = [], []
     for i in range(0, contexts.shape[0], batch_size):
         ids = torch.as_tensor(contexts[i:i + batch_size], dtype=torch.long, device=device)
-        ce = token_ce(model, ids)[:, 1:]  # the prediction made at BOS is left out
-        total += ce.double().sum().item()
-        n += ce.numel()
-    return total / n
+        ce = token_ce(model, ids)[:, 1:].double()
+        sums.append(ce.sum(dim=1).cpu().numpy())
+        counts.append(np.full(ce.shape[0], ce.shape[1], dtype=np.float64))
+    return np.concatenate(sums), np.concatenate(counts)
+
+
+def _mean_ce(model: nn.Module, contexts: Tensor, batch_size: int) -> float:
+    sums, counts = _ce_per_context(model, contexts, batch_size)
+    return float(sums.sum() / counts.sum())
+
+
+BOOTSTRAP = 1000
+
+
+def selectivity_bootstrap(edited: dict, clean: dict, n: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """The eval's own sampling error of a selectivity: contexts resampled with replacement (forget
+    and retain sets independently, each context paired with its clean CE), ``n`` times.
+    ``edited`` / ``clean``: {"forget": (sums, counts), "retain": (sums, counts)} per context."""
+    rng = np.random.default_rng(seed)
+    inc = {}
+    for name in ("forget", "retain"):
+        (s1, c), (s0, _) = edited[name], clean[name]
+        idx = rng.integers(0, len(s1), size=(n, len(s1)))
+        inc[name] = (s1[idx] - s0[idx]).sum(axis=1) / c[idx].sum(axis=1)
+    sel = inc["forget"] - inc["retain"]
+    return {"se": float(sel.std(ddof=1)), "ci95": [float(np.percentile(sel, 2.5)), float(np.percentile(sel, 97.5))]}
 
 
 def _accuracy(correct: Tensor) -> float:
@@ -317,6 +344,7 @@ def run_unlearning(
     sets, clean = baseline.get("sets"), baseline.get("clean")
 
     cache: dict[tuple, dict] = {}  # the same features and multiplier twice (few features qualify)
+    ctx_of_row: list = []  # per-context CE of each row's setting, for the bootstrap (not in the report)
     for thr in retain_thresholds:
         ranked = select_features(forget_freq, retain_freq, thr)
         result["features"][str(thr)] = ranked[: max(n_features_list, default=0)].tolist()
@@ -330,7 +358,9 @@ def run_unlearning(
                                                    (forget_contexts, retain_contexts) if do_loss else None,
                                                    batch_size, chat)
                 row = {"retain_threshold": float(thr), "n_features": int(n_feat),
-                       "n_features_used": len(chosen), "multiplier": float(mult), **cache[key]}
+                       "n_features_used": len(chosen), "multiplier": float(mult),
+                       **{k: v for k, v in cache[key].items() if k != "_ctx"}}
+                ctx_of_row.append(cache[key].get("_ctx"))
                 if do_loss:
                     row |= _loss_fields(row, clean)
                 result["rows"].append(row)
@@ -342,6 +372,11 @@ def run_unlearning(
     if do_loss:
         result["loss_unlearning_score"] = loss_unlearning_score(result["rows"])
         result["best_selectivity"] = max((r["selectivity"] for r in result["rows"]), default=math.nan)
+        if result["rows"] and baseline.get("clean_ctx") is not None:
+            # the eval's sampling error at the best setting (the choice of setting held fixed)
+            best = max(range(len(result["rows"])), key=lambda i: result["rows"][i]["selectivity"])
+            boot = selectivity_bootstrap(ctx_of_row[best], baseline["clean_ctx"])
+            result["best_selectivity_se"], result["best_selectivity_ci95"] = boot["se"], boot["ci95"]
     return result
 
 
@@ -361,8 +396,9 @@ def unlearning_baseline(model: nn.Module, tokenizer, *, forget_mcqs, retain_mcqs
                                    f"{name}_base_correct": len(keep)})
         out["summary"].update(chat=chat, all_permutations=all_permutations)
     if forget_contexts is not None and retain_contexts is not None:
-        out["clean"] = {"forget": _mean_ce(model, forget_contexts, batch_size),
-                        "retain": _mean_ce(model, retain_contexts, batch_size)}
+        out["clean_ctx"] = {"forget": _ce_per_context(model, forget_contexts, batch_size),
+                            "retain": _ce_per_context(model, retain_contexts, batch_size)}
+        out["clean"] = {k: float(v[0].sum() / v[1].sum()) for k, v in out["clean_ctx"].items()}
         out["summary"].update(forget_ce_clean=out["clean"]["forget"], retain_ce_clean=out["clean"]["retain"])
     return out
 
@@ -381,8 +417,9 @@ def _evaluate_setting(model, tokenizer, layer, sae, chosen: Tensor, mult: float,
                     out["retain_accuracy_by_subject"] = {
                         s: _accuracy(correct[[i for i, t in enumerate(subj) if t == s]]) for s in sorted(set(subj))}
         if contexts is not None:
-            out["forget_ce"] = _mean_ce(model, contexts[0], batch_size)
-            out["retain_ce"] = _mean_ce(model, contexts[1], batch_size)
+            out["_ctx"] = {"forget": _ce_per_context(model, contexts[0], batch_size),
+                           "retain": _ce_per_context(model, contexts[1], batch_size)}
+            out["forget_ce"], out["retain_ce"] = (float(v[0].sum() / v[1].sum()) for v in out["_ctx"].values())
     return out
 
 

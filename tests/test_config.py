@@ -109,3 +109,75 @@ def test_readme_config_reference_is_current():
 def test_adaptive_run_needs_forget_and_retain_training_corpora(tmp_path):
     text = MINIMAL + '[[runs]]\nname = "g"\ntype = "adaptive"\n'
     assert '[[runs]] g type: "adaptive" groups features by their forget vs retain' in error_of(tmp_path, text)
+
+
+TWO_ROLES = MINIMAL + '[corpora.b]\nsource = "file:b.jsonl"\nrole = "forget"\ntokens = 1000\n'
+
+
+def test_seeds_and_grids_expand_into_named_runs(tmp_path):
+    """List values and `seeds` expand into one run per combination (first key slowest, seeds fastest),
+    named <name>-<key><value>...-s<seed>; each run carries its init seed, the stream seed stays [train]'s."""
+    cfg = load_config(write(tmp_path, TWO_ROLES + """
+[train]
+seed = 7
+[[runs]]
+name = "base"
+type = "baseline"
+activation = "topk"
+k = [8, 16]
+l1_coefficient = 0.0
+seeds = [0, 1]
+[[runs]]
+name = "adaptive"
+type = "adaptive"
+lambda2_max = [50, 100.0]
+alpha = [0.0, 0.04]
+seeds = [3]
+[[runs]]
+name = "plain"
+type = "fixed"
+"""))
+    assert [r.name for r in cfg.runs] == [
+        "base-k8-s0", "base-k8-s1", "base-k16-s0", "base-k16-s1",
+        "adaptive-lambda2_max50-alpha0-s3", "adaptive-lambda2_max50-alpha0.04-s3",
+        "adaptive-lambda2_max100-alpha0-s3", "adaptive-lambda2_max100-alpha0.04-s3", "plain"]
+    r = cfg.run("base-k16-s1")
+    assert (r.train.k, r.train.seed, r.train.activation, r.train.l1_coefficient) == (16, 1, "topk", 0.0)
+    assert r.overrides == {"activation": "topk", "k": 16, "l1_coefficient": 0.0, "seed": 1}
+    r = cfg.run("adaptive-lambda2_max100-alpha0.04-s3")
+    assert (r.ortho.lambda2_max, r.ortho.alpha, r.train.seed) == (100.0, 0.04, 3)
+    assert cfg.train.seed == 7 and cfg.run("plain").train.seed == 7  # no seeds: init seed = [train] seed
+    with pytest.raises(ConfigError, match="no \\[\\[runs\\]\\] entry named 'base'.*base-k8-s0"):
+        cfg.run("base")
+
+
+@pytest.mark.parametrize("runs, needle", [
+    ('alpha = []', "[[runs]] x alpha: empty list"),
+    ('alpha = [0.1, 0.1]', "[[runs]] x alpha: value 0.1 listed twice"),
+    ('alpha = [0.1, "a"]', "[[runs]] x-alphaa alpha: expected float, got str 'a'"),
+    ('alpha = [0.1, -1.0]', "[[runs]] x-alpha-1 alpha: must be >= 0"),
+    ('seeds = []', "[[runs]] x seeds: expected a non-empty list"),
+    ('seeds = 3', "[[runs]] x seeds: expected a non-empty list"),
+    ('seeds = [0, 0]', "[[runs]] x seeds: seed 0 listed twice"),
+    ('seeds = [0, -1]', "[[runs]] x seeds: every seed must be an int >= 0"),
+    ('seed = 3', "[[runs]] x seed: shared by all runs (one data stream); a run's SAE init seed is `seeds"),
+    ('batch_size = [1, 2]', "[[runs]] x batch_size: shared by all runs"),
+    ('adam_betas = [[0.9, 0.99], [0.5, 0.9]]', "[[runs]] x adam_betas: expected two numbers in [0, 1) (a list key: not swept)"),
+    ('activation = "topk"', '[[runs]] x k: activation \'topk\' needs k >= 1'),
+    ('activation = "batchtopk"\nk = 5000', "[[runs]] x k: 5000 is more than d_sae 2048"),
+    ('k = [4, 8]', '[[runs]] x-k4 k: only used with activation "topk" or "batchtopk"'),
+    ('activation = "topk"\nk = 8\ntarget_l0 = 8', '[[runs]] x target_l0: only for activation "relu"'),
+    ('activation = ["relu", "gelu"]', "[[runs]] x-activationgelu activation: must be one of relu, topk, batchtopk"),
+])
+def test_sweep_errors_name_the_key(tmp_path, runs, needle):
+    msg = error_of(tmp_path, TWO_ROLES + f'[[runs]]\nname = "x"\ntype = "fixed"\n{runs}\n')
+    assert needle in msg, msg
+
+
+def test_expanded_names_must_not_collide(tmp_path):
+    text = TWO_ROLES + ('[[runs]]\nname = "a-s0"\ntype = "fixed"\n'
+                        '[[runs]]\nname = "a"\ntype = "fixed"\nseeds = [0, 1]\n')
+    assert "[[runs]] a name: expanded run 'a-s0' collides with the run of the same name from [[runs]] a-s0" \
+        in error_of(tmp_path, text)
+    assert "[[runs]] #1 name: cannot be a list" in error_of(
+        tmp_path, TWO_ROLES + '[[runs]]\nname = ["a", "b"]\ntype = "fixed"\n')

@@ -122,3 +122,42 @@ def test_grouped_export_loads_in_sae_lens(tmp_path):
         theirs.fold_W_dec_norm()
         torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
     assert json.loads((tmp_path / CFG_FILENAME).read_text())["architecture"] == "orthosae_grouped"
+
+
+@pytest.mark.parametrize("run_type", ["baseline", "fixed", "adaptive"])
+@pytest.mark.parametrize("activation", ["topk", "batchtopk"])
+def test_topk_exports_load_with_load_sae_and_sae_lens(tmp_path, run_type, activation):
+    """TopK exports as SAELens "topk" (k in cfg.json), BatchTopK as "jumprelu" with the learned
+    threshold (as SAELens saves BatchTopK); the grouped SAE keeps its own architecture for both."""
+    base = RUNS[run_type]
+    RUNS[f"{run_type}-{activation}"] = RunConfig.of(run_type, train=base.train, ortho=base.ortho,
+                                                    activation=activation, k=3, l1_coefficient=0.0)
+    try:
+        sae = trained(f"{run_type}-{activation}")
+    finally:
+        del RUNS[f"{run_type}-{activation}"]
+    if activation == "batchtopk":
+        assert float(sae.threshold[0]) > 0
+    save_sae(sae, tmp_path, scale=SCALE, extra_cfg=EXTRA)
+    ours, cfg = load_sae(tmp_path)
+    assert cfg["architecture"] == {"adaptive": "orthosae_grouped"}.get(
+        run_type, {"topk": "topk", "batchtopk": "jumprelu"}[activation])
+    x_raw = raw_batch()
+    with torch.no_grad():
+        f = ours.encode(x_raw)
+        torch.testing.assert_close(f, sae.encode(SCALE * x_raw), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours(x_raw) * SCALE, sae(SCALE * x_raw), rtol=1e-5, atol=1e-5)
+        if activation == "topk":
+            assert ((f > 0).sum(-1) <= 3).all()
+    sae_lens = pytest.importorskip("sae_lens", reason="sae_lens not installed")
+    from train.export import fold_sae_lens_decoder_norms, register_with_sae_lens
+
+    register_with_sae_lens()
+    theirs = sae_lens.SAE.load_from_disk(tmp_path)
+    assert type(theirs).__name__ == {"adaptive": "OrthoSAEGroupedSAE"}.get(
+        run_type, {"topk": "TopKSAE", "batchtopk": "JumpReLUSAE"}[activation])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.encode(x_raw), f)
+        torch.testing.assert_close(theirs(x_raw), ours(x_raw))
+        fold_sae_lens_decoder_norms(theirs)  # SAEBench's fold keeps reconstructions (θ scales with the norms)
+        torch.testing.assert_close(theirs(x_raw), ours(x_raw), rtol=1e-5, atol=1e-5)

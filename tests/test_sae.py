@@ -567,3 +567,72 @@ def test_log_record_comes_from_the_step_forward_pass():
     assert rec["recon"] == pytest.approx(recon, rel=1e-5)
     assert rec["ev_batch"] == pytest.approx(1 - recon / total_var, rel=1e-5)
     assert rec["grad_norm"] > 0 and rec["group_sizes"] == [12, 12]
+
+
+# ------------------------------------------------------------------ TopK / BatchTopK (SAELens recipes)
+
+def _data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, D, generator=g) * 2
+
+
+@pytest.mark.parametrize("kind", ["baseline", "fixed", "adaptive"])
+def test_topk_keeps_exactly_k_per_row(kind):
+    sae = make_sae(run(kind, activation="topk", k=3, lambda2_max=0.1), D)
+    with torch.no_grad():
+        sae.b_enc.fill_(10.0)  # every pre-activation positive: TopK then keeps exactly k
+        x = _data()
+        f = sae.encode(x)
+        assert ((f > 0).sum(-1) == 3).all()
+        pre = sae.pre_activations(x)
+        kept = torch.topk(pre, 3, dim=-1).indices
+        assert torch.equal((f > 0), torch.zeros_like(f, dtype=torch.bool).scatter_(-1, kept, True))
+        torch.testing.assert_close(f.gather(-1, kept), pre.gather(-1, kept))
+        sae.b_enc.fill_(0.0)
+        assert ((sae.encode(x) > 0).sum(-1) <= 3).all()  # ReLU after TopK: at most k
+    out = sae.training_forward(x, coeffs())
+    assert ((out.f > 0).sum(-1) <= 3).all() and out.f.shape == (64, S)
+
+
+@pytest.mark.parametrize("kind", ["baseline", "fixed", "adaptive"])
+def test_batchtopk_keeps_k_per_row_on_average_and_learns_its_threshold(kind):
+    sae = make_sae(run(kind, activation="batchtopk", k=4, lambda2_max=0.1), D)
+    x = _data(50)
+    out = sae.training_forward(x, coeffs())
+    active = (out.f > 0).sum(-1)
+    assert int(active.sum()) == 4 * 50 and float(active.float().mean()) == 4.0
+    assert active.min() < active.max()  # per row it varies: the budget is the batch's
+    pre = sae.pre_activations(x).detach().relu()
+    assert torch.equal(out.f > 0, pre >= torch.topk(pre.flatten(), 200).values.min())
+    # θ ← 0.99·θ + 0.01·(smallest kept activation), SAELens' update_topk_threshold
+    smallest = out.f[out.f > 0].min()
+    torch.testing.assert_close(sae.threshold, torch.full((S,), 0.01 * float(smallest)))
+    with torch.no_grad():
+        sae.threshold.fill_(float(smallest))
+        f = sae.encode(x)  # inference: JumpReLU at θ, row by row
+        assert torch.equal(f > 0, sae.pre_activations(x) > smallest)
+        assert abs(float((f > 0).sum(-1).float().mean()) - 4.0) <= 0.5
+    with torch.no_grad():  # no threshold update outside training
+        sae.training_forward(x, coeffs())
+    assert torch.equal(sae.threshold, torch.full((S,), float(smallest)))
+
+
+def test_topk_training_lands_on_k_and_learns(tmp_path):
+    """TopK trains (loss falls) and the exported architecture names follow SAELens."""
+    torch.manual_seed(0)
+    archs = {}
+    for kind, act in [("baseline", "topk"), ("fixed", "batchtopk"), ("adaptive", "topk"), ("adaptive", "batchtopk")]:
+        r = run(kind, activation=act, k=2, l1_coefficient=0.0, lr=1e-2, lr_warmup_steps=0, lambda2_max=0.1)
+        sae = make_sae(r, D)
+        trainer = Trainer(r, sae, 60)
+        first = last = None
+        for step in range(60):
+            x = _data(32, seed=step % 5)
+            rec = trainer.train_step(x, torch.arange(32) < 16)
+            if rec:
+                first = first or rec["recon"]
+                last = rec
+        assert last["recon"] < first and last["l0"] == pytest.approx(2.0, abs=1e-6 if act == "batchtopk" else 0.01)
+        archs[(kind, act)] = sae.architecture
+    assert archs == {("baseline", "topk"): "topk", ("fixed", "batchtopk"): "jumprelu",
+                     ("adaptive", "topk"): "orthosae_grouped", ("adaptive", "batchtopk"): "orthosae_grouped"}

@@ -252,3 +252,36 @@ def test_two_processes_share_the_sweep_and_equal_one(tmp_path):
         ref = load_file(str(tmp_path / "runs" / name / "sae_weights.safetensors"))
         got = load_file(str(two_dir / "runs" / name / "sae_weights.safetensors"))
         assert all(torch.equal(ref[k], got[k]) for k in ref), name
+
+
+def test_target_l0_controller_lands_within_5_percent(tmp_path):
+    """ReLU runs with `target_l0` end within ±5 % of it (L0 of the exported SAE on the training rows,
+    the distribution the controller sees); λ1 is what moved. A TopK run in the same sweep sits at k."""
+    make_store(str(tmp_path / "s.zarr"))
+    cfg = load_config(write_config(tmp_path, runs="""
+[[runs]]
+name = "b"
+type = "baseline"
+target_l0 = [6.0, 8.0]
+seeds = [0]
+[[runs]]
+name = "topk"
+type = "fixed"
+activation = "topk"
+k = 7
+l1_coefficient = 0.0
+"""))
+    summaries = train(cfg, show_progress=False)
+    assert [s["run"] for s in summaries] == ["b-target_l06-s0", "b-target_l08-s0", "topk"]
+    reader = StoreReader(str(tmp_path / "s.zarr"))
+    x = torch.cat([reader.read_rows(c, 0, reader.corpora()[c].n_rows) for c in ("retain", "forget")])
+    l0 = {}
+    for s in summaries:
+        sae, _ = load_sae(tmp_path / "runs" / s["run"])
+        with torch.no_grad():
+            l0[s["run"]] = float((sae.encode(x) > 0).sum(-1).float().mean())
+    assert l0["b-target_l06-s0"] == pytest.approx(6.0, rel=0.05), l0
+    assert l0["b-target_l08-s0"] == pytest.approx(8.0, rel=0.05), l0
+    assert l0["topk"] <= 7 and l0["topk"] == pytest.approx(7.0, rel=0.01), l0
+    lam = [s["final"]["lambda1"] for s in summaries[:2]]
+    assert lam[0] > lam[1] and lam[0] != pytest.approx(0.3)  # λ1 was steered, more for the sparser target

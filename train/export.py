@@ -10,8 +10,10 @@ W_enc' = scale·W_enc, W_dec' = W_dec/scale, b_dec' = b_dec/scale, group_bias' =
 (b_enc unchanged; feature activations are identical, reconstructions are x̂_norm/scale). This is
 SAELens' ``fold_activation_norm_scaling_factor``. Decoder rows therefore have norm 1/scale.
 
-cfg.json keys read by sae_lens 6.x: ``architecture`` ("standard" for baseline/fixed,
-"orthosae_grouped" for adaptive), ``d_in``, ``d_sae``, ``dtype``, ``device``,
+cfg.json keys read by sae_lens 6.x: ``architecture`` (baseline/fixed: "standard" for
+``activation = "relu"``, "topk" (with ``k``) for topk, "jumprelu" for batchtopk with the learned
+threshold as the ``threshold`` tensor, which is how SAELens itself saves BatchTopK SAEs for
+inference; adaptive: "orthosae_grouped" with ``activation`` and ``k`` for every activation), ``d_in``, ``d_sae``, ``dtype``, ``device``,
 ``apply_b_dec_to_input`` (true), ``normalize_activations`` ("none": already folded),
 ``reshape_activations`` ("none"), ``metadata`` (``sae_lens_version``, which makes sae_lens skip
 its pre-6.0 conversion, plus any of hook_name/model_name/context_size/... found in ``extra_cfg``;
@@ -102,6 +104,8 @@ def export_tensors(sae: SAE, scale: float) -> dict[str, torch.Tensor]:
     }
     if is_grouped(sae):
         out["group_bias"] = sae.group_bias.to(ct) / scale
+    if getattr(sae, "activation", "relu") == "batchtopk":
+        out["threshold"] = sae.threshold.to(ct)  # on pre-activations, which the fold leaves unchanged
     out = {k: v.to(sae.dtype).detach().cpu().contiguous() for k, v in out.items()}
     if is_grouped(sae):
         out["tau"] = sae.tau.detach().to(sae.dtype).cpu().reshape(())  # f is unchanged by the folding
@@ -135,6 +139,9 @@ def save_sae(sae: SAE, run_dir: str | Path, *, scale: float, extra_cfg: dict[str
     }
     if is_grouped(sae):
         cfg["n_groups"] = sae.n_groups
+        cfg["activation"] = sae.activation  # our grouped class reads these; SAELens' topk/jumprelu need none
+    if sae.activation == "topk":
+        cfg["k"] = sae.k
     clash = sorted(set(extra) & set(cfg))
     if clash:
         raise ExportError(f"save_sae: extra_cfg may not set reserved key(s) {clash} ({run_dir})")
@@ -177,7 +184,8 @@ def load_sae(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[S
         tensors = load_file(str(w_path), device=str(device))
     except Exception as e:  # noqa: BLE001 - one line naming the path, whatever went wrong
         raise ExportError(f"cannot load SAE from {run_dir}: {type(e).__name__}: {e}".replace("\n", " ")) from None
-    expected = {"W_enc", "W_dec", "b_enc", "b_dec"} | ({"group_bias", "groups", "tau"} if is_grouped(sae) else set())
+    expected = ({"W_enc", "W_dec", "b_enc", "b_dec"} | ({"group_bias", "groups", "tau"} if is_grouped(sae) else set())
+                | ({"threshold"} if sae.activation == "batchtopk" else set()))
     if set(tensors) != expected:
         raise ExportError(f"cannot load SAE from {run_dir}: tensors {sorted(tensors)} != expected {sorted(expected)}")
     with torch.no_grad():
@@ -215,12 +223,15 @@ def _build_sae_lens_classes() -> tuple[type, type]:
     from torch import nn
 
     from .sae.adaptive_ortho import grouped_decode, require_uniform_norms
+    from .sae.base import topk_rows
 
     @dataclass
     class OrthoSAEGroupedConfig(SAEConfig):
         """sae_lens config of the grouped adaptive-orthogonal SAE."""
 
         n_groups: int = 2
+        activation: str = "relu"  # relu | topk | batchtopk (inference: JumpReLU on ``threshold``)
+        k: int = 0
 
         @classmethod
         def architecture(cls) -> str:
@@ -242,10 +253,16 @@ def _build_sae_lens_classes() -> tuple[type, type]:
             groups = (torch.arange(self.cfg.d_sae, device=self.device) * self.cfg.n_groups) // self.cfg.d_sae
             self.register_buffer("groups", groups)
             self.register_buffer("tau", torch.zeros((), **kw))
+            if self.cfg.activation == "batchtopk":
+                self.threshold = nn.Parameter(torch.zeros(self.cfg.d_sae, **kw))
 
         def encode(self, x: torch.Tensor) -> torch.Tensor:
             sae_in = self.process_sae_in(x)
             hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
+            if self.cfg.activation == "topk":
+                return self.hook_sae_acts_post(topk_rows(hidden_pre, self.cfg.k))
+            if self.cfg.activation == "batchtopk":
+                return self.hook_sae_acts_post(hidden_pre.relu() * (hidden_pre > self.threshold))
             return self.hook_sae_acts_post(self.activation_fn(hidden_pre))
 
         def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
@@ -265,6 +282,8 @@ def _build_sae_lens_classes() -> tuple[type, type]:
             norms = self.get_W_dec_norm()
             require_uniform_norms(norms)
             self.tau.mul_(norms.mean())  # τ is in activation units, which the fold scales
+            if self.cfg.activation == "batchtopk":
+                self.threshold.data.mul_(norms)  # pre-activations scale with the norms too
             return super().fold_and_get_W_dec_norm()
 
     for cls in (OrthoSAEGroupedConfig, OrthoSAEGroupedSAE):
@@ -279,6 +298,21 @@ SAEBENCH_CFG_FIELDS = (
     "hook_name", "hook_layer", "hook_head_index", "model_name", "context_size", "prepend_bos",
     "exclude_special_tokens", "dataset_trust_remote_code", "model_from_pretrained_kwargs",
 )
+
+
+@torch.no_grad()
+def fold_sae_lens_decoder_norms(sae) -> None:
+    """``sae.fold_W_dec_norm()``; for a "topk" export (decoder norms uniform, 1/scale) the plain fold,
+    which SAELens' ``TopKSAE`` refuses without ``rescale_acts_by_decoder_norm`` because non-uniform
+    norms would change which k features win; a uniform scale cannot, so it is checked and done."""
+    arch = sae.cfg.architecture() if callable(sae.cfg.architecture) else sae.cfg.architecture
+    if arch != "topk":
+        sae.fold_W_dec_norm()
+        return
+    from .sae.adaptive_ortho import require_uniform_norms
+
+    require_uniform_norms(sae.get_W_dec_norm())
+    sae.fold_and_get_W_dec_norm()
 
 
 def load_for_saebench(run_dir: str | Path, device: torch.device | str = "cpu", *, fold_decoder_norms: bool = True):
@@ -304,7 +338,7 @@ def load_for_saebench(run_dir: str | Path, device: torch.device | str = "cpu", *
     try:
         sae = sae_lens.SAE.load_from_disk(run_dir, device=str(device))
         if fold_decoder_norms:
-            sae.fold_W_dec_norm()
+            fold_sae_lens_decoder_norms(sae)
     except Exception as e:  # noqa: BLE001 - one line naming the path, whatever went wrong
         raise ExportError(f"cannot load SAE from {run_dir} with sae_lens: {type(e).__name__}: {e}".replace("\n", " ")) from None
     cfg, meta = sae.cfg, sae.cfg.metadata

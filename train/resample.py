@@ -12,6 +12,7 @@ import torch
 @torch.no_grad()
 def resample_dead(sae, opt: torch.optim.Optimizer, dead: torch.Tensor, x: torch.Tensor,
                   generator: torch.Generator | None = None) -> int:
+    """Returns the number resampled; rows are drawn with ``generator`` (a CPU generator: the run's own)."""
     idx = dead.nonzero().squeeze(1)
     if len(idx) == 0:
         return 0
@@ -19,7 +20,8 @@ def resample_dead(sae, opt: torch.optim.Optimizer, dead: torch.Tensor, x: torch.
     weights = err.pow(2).sum(-1)
     if float(weights.sum()) == 0:
         return 0
-    picks = torch.multinomial(weights, len(idx), replacement=len(idx) > len(x), generator=generator)
+    picks = torch.multinomial(weights.float().cpu(), len(idx), replacement=len(idx) > len(x),
+                              generator=generator).to(err.device)
     dirs = err[picks]
     dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     live = ~dead

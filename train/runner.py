@@ -37,11 +37,21 @@ def train_corpora(cfg: Config) -> list[str]:
     return [name for name, c in cfg.corpora.items() if c.split == "train"]
 
 
-def run_fingerprint(run: RunConfig, reader: StoreReader) -> str:
-    """Changes when anything that shapes this run's weights changes (settings or cached data)."""
+_LATER_DEFAULTS = {"activation": "relu", "k": 0, "target_l0": 0.0, "l0_gain": 0.03}
+
+
+def run_fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None = None) -> str:
+    """Changes when anything that shapes this run's weights changes (settings or cached data).
+    ``stream_seed``: the sweep's ``[train] seed`` (data order), counted when it differs from the
+    run's own init seed ``run.train.seed`` (a ``seeds = [...]`` run)."""
     data = {n: g.attrs.get("tokens_fingerprint") for n, g in reader.corpora().items()}
-    blob = json.dumps([run.type, asdict(run.train), asdict(run.ortho), data, reader.meta.get("model_id"),
-                       reader.meta.get("layer")], sort_keys=True, default=str)
+    train = {k: v for k, v in asdict(run.train).items()  # keys added later count only when set,
+             if k not in _LATER_DEFAULTS or v != _LATER_DEFAULTS[k]}  # so older runs stay complete
+    items = [run.type, train, asdict(run.ortho), data, reader.meta.get("model_id"),
+             reader.meta.get("layer")]
+    if stream_seed is not None and stream_seed != run.train.seed:
+        items.append({"stream_seed": stream_seed})
+    blob = json.dumps(items, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -105,7 +115,7 @@ def train(cfg: Config, *, run_names: list[str] | None = None, force: bool = Fals
                           f"({cfg.train.batch_size})")
     todo, summaries = [], []
     for run in selected:
-        fp = run_fingerprint(run, reader)
+        fp = run_fingerprint(run, reader, cfg.train.seed)
         if not force and run_is_done(_run_dir(cfg, run), fp):
             console.print(f"[green]{run.name}[/]: complete, left alone ({_run_dir(cfg, run)})")
             summaries.append(json.loads((_run_dir(cfg, run) / "summary.json").read_text()))

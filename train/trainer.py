@@ -14,6 +14,7 @@ stop, and the state a checkpoint needs. One step, top to bottom:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -72,6 +73,28 @@ class Schedules:
                             ortho_weight=lam2 * k if due else 0.0, ortho_due=due)
 
 
+class L0Controller:
+    """``[train] target_l0`` for ReLU runs: λ1 is multiplied by ``scale``, which moves each step after
+    the λ1 warm-up as ``scale *= exp(gain · log(L0_batch / target_l0))`` (log L0 error, clipped to
+    ±1): L0 above target raises λ1, below lowers it. An integral controller on log λ1; it needs no
+    calibration pass and tracks the target while the weights move, so the final L0 (set when the lr
+    decays to 0) lands on it. Off (scale 1) when ``target_l0`` is 0."""
+
+    def __init__(self, run: RunConfig):
+        tr = run.train
+        self.target, self.gain, self.start = float(tr.target_l0), float(tr.l0_gain), int(tr.l1_warmup_steps)
+        self.scale = 1.0
+
+    @property
+    def active(self) -> bool:
+        return self.target > 0
+
+    def update(self, t: int, l0: float) -> None:
+        if self.active and t >= self.start:
+            err = math.log(max(l0, 0.5) / self.target)
+            self.scale *= math.exp(self.gain * max(-1.0, min(1.0, err)))
+
+
 class Trainer:
     """Trains one SAE of a sweep; ``status`` is running | complete | early_stopped | failed."""
 
@@ -86,9 +109,9 @@ class Trainer:
         self.status, self.message = "running", ""
         self.last: dict = {}  # the latest log record
         self._last_ortho: Tensor | None = None  # logged on steps the lazy L_ortho skips
-        # the run's own random stream (dead-feature resampling): a run never depends on which
-        # other runs share its sweep or its process
-        self.generator = torch.Generator(device=sae.device).manual_seed(tr.seed)
+        self.l0_control = L0Controller(run)
+        # per-run randomness (resampling) follows the run's own seed; the data order is the sweep's
+        self.generator = torch.Generator().manual_seed(int(tr.seed))
 
     @property
     def running(self) -> bool:
@@ -98,6 +121,8 @@ class Trainer:
         """One optimiser step on the batch; returns the log record when this step logs."""
         tr, t = self.run.train, self.step
         c = self.schedules.at(t)
+        if self.l0_control.active:
+            c = dataclasses.replace(c, lambda1=c.lambda1 * self.l0_control.scale)
         for group in self.opt.param_groups:
             group["lr"] = c.lr
         out = self.sae.training_forward(x, c)
@@ -123,10 +148,12 @@ class Trainer:
                 regroup = self.regroup()
 
         active = out.f > 0  # one pass serves L0 and the dead-feature mask
+        if self.l0_control.active:
+            self.l0_control.update(t, float(active.sum(dim=-1, dtype=torch.float32).mean()))
         self.steps_since_fired = torch.where(active.any(dim=0), 0, self.steps_since_fired + 1)
         dead = self.steps_since_fired > tr.dead_window
         if tr.resample_dead and self.step % tr.dead_window == 0 and dead.any():
-            resample_dead(self.sae, self.opt, dead, x, self.generator)
+            resample_dead(self.sae, self.opt, dead, x, generator=self.generator)
             self.steps_since_fired[dead] = 0
 
         if regroup is not None:
@@ -187,16 +214,21 @@ class Trainer:
     def state_dict(self) -> dict:
         state = {"step": self.step, "status": self.status, "message": self.message, "last": self.last,
                  "sae": self.sae.state_dict(), "opt": optimizer_state(self.opt),
-                 "steps_since_fired": self.steps_since_fired, "generator": self.generator.get_state()}
+                 "steps_since_fired": self.steps_since_fired}
         if self.group_stats is not None:
             state["group_stats"] = self.group_stats.state_dict()
+        state["generator"] = self.generator.get_state()
+        if self.l0_control.active:
+            state["l1_scale"] = torch.tensor(self.l0_control.scale, dtype=torch.float64)
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.sae.load_state_dict(state["sae"])
         load_optimizer_state(self.opt, state["opt"])
         self.steps_since_fired = state["steps_since_fired"].to(self.steps_since_fired.device)
-        self.generator.set_state(state["generator"])
         if self.group_stats is not None:
             self.group_stats.load_state_dict(state["group_stats"])
+        self.generator.set_state(state["generator"])
+        if "l1_scale" in state:
+            self.l0_control.scale = float(state["l1_scale"])
         self.step, self.status, self.message, self.last = state["step"], state["status"], state["message"], state["last"]

@@ -25,9 +25,11 @@ from .fixed_ortho import FixedOrthoSAE
 
 def require_uniform_norms(norms: Tensor) -> None:
     """Folding decoder norms into the encoder rescales f per feature; π is invariant only under a
-    uniform scale, so a grouped SAE with non-uniform decoder norms cannot be folded."""
+    uniform scale, so a grouped SAE with non-uniform decoder norms cannot be folded (nor a TopK SAE,
+    whose choice of the k largest would change)."""
     if not torch.allclose(norms, norms.mean().expand_as(norms), rtol=1e-3):
-        raise ValueError("orthosae_grouped: folding non-uniform decoder norms would change the group shares π")
+        raise ValueError("folding non-uniform decoder norms would change the group shares π "
+                         "(orthosae_grouped) or the TopK choice (topk)")
 
 
 def group_shares(f: Tensor, groups: Tensor, n_groups: int, *, nonneg: bool = False, tau: float | Tensor = 0.0) -> Tensor:
@@ -60,7 +62,6 @@ def grouped_decode(f: Tensor, groups: Tensor, group_bias: Tensor, tau: float | T
 
 
 class AdaptiveOrthoSAE(FixedOrthoSAE):
-    architecture = "orthosae_grouped"
     grouped = True
 
     def __init__(self, d_model, run, **kwargs):

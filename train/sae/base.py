@@ -13,8 +13,26 @@ The loss, in one place (``training_forward``), with SAELens 6.x ``StandardTraini
 
 Differences from SAELens: decoder rows are initialised (and kept, by ``normalize_decoder``) at unit
 norm rather than SAELens' ``decoder_init_norm=0.1``; W_enc = W_dec.T at init (tied init, as SAELens).
-Initialisation uses a CPU ``torch.Generator`` seeded with ``[train] seed``, so it is
-device-independent.
+Initialisation uses a CPU ``torch.Generator`` seeded with the run's ``train.seed`` (its entry of
+``seeds = [...]``, else ``[train] seed``), so it is device-independent.
+
+Activation (``[train] activation``), for every run type, following SAELens 6 (``sae_lens/saes/
+topk_sae.py``, ``batchtopk_sae.py``):
+
+- ``relu``: f = ReLU(x W_enc + b_enc); sparsity from the L1 term (λ1).
+- ``topk``: SAELens ``TopK``: the k largest pre-activations of each row, ReLU'd, the rest 0 — at
+  most k active per row (exactly k unless fewer than k pre-activations are positive); the same at
+  inference. Exported as SAELens ``"topk"`` (with ``k``).
+- ``batchtopk``: SAELens ``BatchTopK`` in training: ReLU, then the k·batch largest activations of the
+  whole batch are kept (k per row on average). After each training forward the inference threshold
+  moves as SAELens' ``update_topk_threshold``: θ ← (1 − 0.01)·θ + 0.01·(smallest positive kept
+  activation). ``encode`` (inference, eval) is then SAELens' JumpReLU: f = ReLU(pre)·[pre > θ], so a
+  token's L0 depends on itself alone. Exported, as SAELens does, as ``"jumprelu"`` with
+  ``threshold = θ`` for every feature.
+
+Decoder rows have unit norm in training, so TopK on pre-activations is the same as SAELens'
+``rescale_acts_by_decoder_norm``. The L1 term is computed and logged for every activation; with
+topk / batchtopk it is usually weighted 0 (``l1_coefficient = 0``), as in SAELens' TopK recipes.
 """
 
 from __future__ import annotations
@@ -66,10 +84,28 @@ def is_grouped(sae: nn.Module) -> bool:
     return bool(getattr(sae, "grouped", False))
 
 
+TOPK_THRESHOLD_LR = 0.01  # SAELens BatchTopKTrainingSAEConfig.topk_threshold_lr
+# the SAELens architecture each activation exports as (the grouped SAE has its own, for every activation)
+EXPORT_ARCHITECTURE = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu"}
+
+
+def topk_rows(pre: Tensor, k: int) -> Tensor:
+    """SAELens ``TopK``: per row, the k largest pre-activations, ReLU'd; every other entry 0."""
+    values, indices = torch.topk(pre, k=k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+
+
+def batch_topk(pre: Tensor, k: int) -> Tensor:
+    """SAELens ``BatchTopK``: ReLU, then the k·rows largest activations of the whole batch."""
+    acts = pre.relu()
+    flat = acts.flatten()
+    top = torch.topk(flat, int(k * acts.shape[:-1].numel()), dim=-1)
+    return torch.zeros_like(flat).scatter(-1, top.indices, top.values).reshape(acts.shape)
+
+
 class SAE(nn.Module):
     """Baseline ReLU SAE (SAELens "standard"). Variants override ``ortho_loss`` and ``decode``."""
 
-    architecture: str = "standard"
     grouped: bool = False
 
     def __init__(self, d_model: int, run: RunConfig, *, dtype: torch.dtype | str = torch.float32,
@@ -86,6 +122,14 @@ class SAE(nn.Module):
         self.W_enc = nn.Parameter(W.T.contiguous().to(**kw))
         self.b_enc = nn.Parameter(torch.zeros(self.d_sae, **kw))
         self.b_dec = nn.Parameter(torch.zeros(self.d_model, **kw))
+        self.activation, self.k = str(run.train.activation), int(run.train.k)
+        if self.activation == "batchtopk":  # θ per feature (all equal), SAELens JumpReLU's layout
+            self.register_buffer("threshold", torch.zeros(self.d_sae, **kw))
+
+    @property
+    def architecture(self) -> str:
+        """The ``architecture`` of the export's cfg.json (SAELens' name where one fits)."""
+        return "orthosae_grouped" if self.grouped else EXPORT_ARCHITECTURE[self.activation]
 
     # SAEBench / SAELens expect these attributes
     @property
@@ -103,11 +147,35 @@ class SAE(nn.Module):
             raise ValueError(f"init_b_dec: expected shape ({self.d_model},), got {tuple(mean.shape)}")
         self.b_dec.copy_(mean.to(self.b_dec))
 
-    def encode(self, x: Tensor) -> Tensor:
-        # addmm fuses the bias add; relu_ reuses addmm's output (its backward does not need it)
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """x W_enc + b_enc on x − b_dec, as ``[rows, d_sae]``."""
         x = x.to(self.dtype) - self.b_dec
-        f = torch.addmm(self.b_enc, x.reshape(-1, self.d_model), self.W_enc).relu_()
+        return torch.addmm(self.b_enc, x.reshape(-1, self.d_model), self.W_enc)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Feature activations at inference (batchtopk: the learned threshold, per token)."""
+        pre = self.pre_activations(x)
+        if self.activation == "topk":
+            f = topk_rows(pre, self.k)
+        elif self.activation == "batchtopk":
+            f = pre.relu() * (pre > self.threshold)
+        else:
+            f = pre.relu_()  # relu_ reuses addmm's output (its backward does not need it)
         return f.reshape(*x.shape[:-1], self.d_sae)
+
+    def encode_train(self, x: Tensor) -> Tensor:
+        """Feature activations in training: batchtopk picks over the batch; the others as ``encode``."""
+        if self.activation != "batchtopk":
+            return self.encode(x)
+        return batch_topk(self.pre_activations(x), self.k).reshape(*x.shape[:-1], self.d_sae)
+
+    @torch.no_grad()
+    def update_threshold(self, f: Tensor) -> None:
+        """SAELens ``update_topk_threshold``: EMA of the smallest positive activation BatchTopK kept."""
+        positive = f[f > 0]
+        if self.activation == "batchtopk" and positive.numel():
+            lr = TOPK_THRESHOLD_LR
+            self.threshold.copy_((1 - lr) * self.threshold + lr * positive.min().to(self.threshold.dtype))
 
     def decode(self, f: Tensor, *, nonneg: bool = False) -> Tensor:
         """``nonneg``: f is the encoder's own ReLU output (variants may skip work on that promise)."""
@@ -123,7 +191,9 @@ class SAE(nn.Module):
     def training_forward(self, x: Tensor, c: Coefficients) -> TrainOutput:
         """One step's loss: recon + λ1·sparse + w·L_ortho, with the terms and f, x̂ for logging."""
         x = x.to(self.dtype)
-        f = self.encode(x)
+        f = self.encode_train(x)
+        if self.activation == "batchtopk" and torch.is_grad_enabled():
+            self.update_threshold(f.detach())
         x_hat = self.decode(f, nonneg=True)
         recon = (x_hat - x).pow(2).sum(dim=-1).mean()
         # Σ_t Σ_i f_ti·||W_dec[i]|| / T, summed over tokens first: no [batch, d_sae] product tensor

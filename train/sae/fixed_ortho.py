@@ -19,8 +19,6 @@ from .base import SAE
 
 
 class FixedOrthoSAE(SAE):
-    architecture = "standard"
-
     def __init__(self, d_model, run, **kwargs):
         super().__init__(d_model, run, **kwargs)
         self.n_groups = int(run.ortho.groups)

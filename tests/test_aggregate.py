@@ -1,0 +1,97 @@
+"""eval/aggregate.py: seeds -> conditions, t-intervals, paired verdicts, checked by hand."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from eval.aggregate import aggregate, conditions_markdown, group_conditions, mean_interval, paired, plot_conditions
+from eval.unlearning import selectivity_bootstrap
+
+
+def result(kind, seed, alpha=0.0, ev=math.nan, l0=10.0, sel=math.nan, sel_se=math.nan, lr=4e-4):
+    return {"cfg": {"orthosae": {"name": "x", "type": kind, "train": {"seed": seed, "lr": lr, "activation": "relu"},
+                                 "ortho": {"alpha": alpha}}},
+            "reconstruction": {"l0": l0, "explained_variance": ev, "frac_dead": 0.1 * seed},
+            "unlearning": {"best_selectivity": sel, "best_selectivity_se": sel_se},
+            "conditioning": {"pairs": [{"decoder_overlap_fro_normalized": 0.05 + alpha}]}}
+
+
+def test_mean_and_t_interval_by_hand():
+    s = mean_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t_{0.975,2} = 4.303: half-width 4.303/√3 = 2.4843
+    assert s["mean"] == 2.0 and s["sd"] == pytest.approx(1.0) and s["n"] == 3
+    assert s["ci95"] == pytest.approx([2 - 2.48434, 2 + 2.48434], abs=1e-4)
+    s = mean_interval([5.0, 7.0, math.nan, 6.0, 6.0])  # nan dropped; sd √(2/3), t_{.975,3} = 3.182
+    assert s["n"] == 4 and s["ci95"][1] - 6.0 == pytest.approx(3.182 * math.sqrt(2 / 3) / 2, abs=1e-4)
+    assert math.isnan(mean_interval([4.0])["ci95"][0])
+
+
+def test_paired_winner_only_when_the_interval_of_differences_excludes_zero():
+    a = {0: 1.0, 1: 2.0, 2: 3.0}
+    # differences 0.5, 0.6, 0.4: mean 0.5, sd 0.1, CI 0.5 ± 4.303·0.1/√3 = [0.2516, 0.7484] -> A wins,
+    # although the two conditions' own intervals overlap (the seeds pair them)
+    p = paired(a, {0: 0.5, 1: 1.4, 2: 2.6}, higher=True)
+    assert p["verdict"] == "A" and p["mean_diff"] == pytest.approx(0.5)
+    assert p["ci95"] == pytest.approx([0.25157, 0.74843], abs=1e-4)
+    assert paired(a, {0: 0.5, 1: 1.4, 2: 2.6}, higher=False)["verdict"] == "B"  # lower is better: B
+    # differences 0.5, -0.3, 0.1: mean 0.1, sd 0.4, CI 0.1 ± 0.9937 contains 0 -> tie
+    p = paired(a, {0: 0.5, 1: 2.3, 2: 2.9}, higher=True)
+    assert p["verdict"] == "tie" and p["ci95"] == pytest.approx([0.1 - 0.99374, 0.1 + 0.99374], abs=1e-4)
+    # only the seeds both have count; fewer than 3 -> no verdict
+    assert paired(a, {0: 0.0, 1: 0.0, 7: 0.0}, higher=True)["verdict"].startswith("no verdict: 2 shared seed")
+
+
+def test_conditions_group_seeds_and_name_winners(tmp_path):
+    results = {}
+    for s, (ev_b, ev_a, ev_a2) in enumerate([(0.80, 0.85, 0.80), (0.81, 0.86, 0.81), (0.82, 0.87, 0.825)]):
+        results[f"baseline-s{s}"] = result("baseline", s, ev=ev_b, l0=10.0 + 0.1 * s, sel=0.2, sel_se=0.01)
+        results[f"adaptive-alpha0-s{s}"] = result("adaptive", s, ev=ev_a, l0=10.2, sel=0.3 + 0.01 * s, sel_se=0.02)
+        results[f"adaptive-alpha0.04-s{s}"] = result("adaptive", s, alpha=0.04, ev=ev_a2, l0=10.1, sel=0.3)
+    results["other-lr"] = result("baseline", 0, lr=1e-3, ev=0.5)  # differs by more than the seed: its own condition
+    groups = group_conditions(results)
+    assert groups == {"baseline": ["baseline-s0", "baseline-s1", "baseline-s2"],
+                      "adaptive-alpha0": ["adaptive-alpha0-s0", "adaptive-alpha0-s1", "adaptive-alpha0-s2"],
+                      "adaptive-alpha0.04": ["adaptive-alpha0.04-s0", "adaptive-alpha0.04-s1", "adaptive-alpha0.04-s2"],
+                      "other-lr": ["other-lr"]}
+    agg = aggregate(results)
+    ev = agg["conditions"]["adaptive-alpha0"]["metrics"]["explained_variance"]
+    assert ev["mean"] == pytest.approx(0.86) and ev["per_seed"] == {"0": 0.85, "1": 0.86, "2": 0.87}
+    assert ev["ci95"] == pytest.approx([0.86 - 4.303 * 0.01 / math.sqrt(3), 0.86 + 4.303 * 0.01 / math.sqrt(3)], abs=1e-5)
+    sel = agg["conditions"]["baseline"]["metrics"]["best_selectivity"]
+    assert sel["eval_se"] == pytest.approx(0.01) and sel["sd"] == pytest.approx(0.0, abs=1e-12)
+    pair = next(p for p in agg["pairs"] if (p["a"], p["b"]) == ("baseline", "adaptive-alpha0"))
+    # EV: adaptive-alpha0 − baseline = 0.05 on every seed -> sd 0, the interval is the point: adaptive wins
+    assert pair["metrics"]["explained_variance"]["winner"] == "adaptive-alpha0"
+    assert pair["metrics"]["explained_variance"]["mean_diff"] == pytest.approx(-0.05)
+    pair = next(p for p in agg["pairs"] if (p["a"], p["b"]) == ("baseline", "adaptive-alpha0.04"))
+    assert pair["metrics"]["explained_variance"]["winner"] == "tie"  # diffs 0, 0, -0.005: the interval holds 0
+    # adaptive-alpha0 beats every condition with >= 3 shared seeds, but other-lr has 1 seed: no verdict -> tie
+    assert agg["who_wins"]["explained_variance"].startswith("tie: adaptive-alpha0")
+    del results["other-lr"]
+    agg = aggregate(results)
+    assert agg["who_wins"]["explained_variance"] == "adaptive-alpha0"
+    assert agg["who_wins"]["best_selectivity"].startswith("tie: adaptive-alpha0")  # equal to alpha0.04 on seed 0
+    assert agg["l0"]["matched"] and agg["l0"]["max_over_min_minus_1"] == pytest.approx(10.2 / 10.1 - 1)
+    md = conditions_markdown(agg, ["x.png"])
+    assert "| adaptive-alpha0 | adaptive | 0.0 | relu | 0, 1, 2 | 10.200" in md
+    assert "(seed sd 0.000, eval se 0.010)" in md and "→ adaptive-alpha0" in md and "within ±5 %" in md
+    json.dumps(agg)  # report.json-ready
+    plots = plot_conditions(tmp_path, agg)
+    assert plots == ["conditions_selectivity_vs_l0.png", "conditions_ev_vs_l0.png",
+                     "conditions_overlap_vs_alpha.png", "conditions_dead_fraction.png"]
+    assert all((tmp_path / p).stat().st_size > 1000 for p in plots)
+
+
+def test_selectivity_bootstrap_over_contexts():
+    """Equal-length contexts: the bootstrap se of a difference of means is close to its analytic se."""
+    rng = np.random.default_rng(1)
+    n, t = 400, 10
+    clean = {k: (rng.normal(30, 1, n), np.full(n, t, dtype=float)) for k in ("forget", "retain")}
+    edits = {"forget": 5.0, "retain": 1.0}  # CE per context rises by 5 (forget) and 1 (retain) tokens' worth
+    noise = {k: rng.normal(0, 2, n) for k in edits}
+    edited = {k: (clean[k][0] + edits[k] + noise[k], clean[k][1]) for k in edits}
+    boot = selectivity_bootstrap(edited, clean, n=2000)
+    analytic = math.sqrt(2 * (2 / t) ** 2 / n)  # two independent sets, per-token increase sd 2/t
+    assert boot["se"] == pytest.approx(analytic, rel=0.15)
+    point = (edits["forget"] + noise["forget"].mean() - edits["retain"] - noise["retain"].mean()) / t
+    assert boot["ci95"][0] < point < boot["ci95"][1]
