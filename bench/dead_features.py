@@ -35,20 +35,26 @@ def main() -> None:
     ap.add_argument("--rms-lambda2", type=float, nargs="+", default=[3.0, 30.0])
     ap.add_argument("--rms-alpha", type=float, nargs="+", default=[0.0, 0.04],
                     help="α of the rms runs: below and at the random level 1/√d_model")
+    ap.add_argument("--rms-weighting", nargs="+", default=["uniform", "activity"], choices=["uniform", "activity"])
+    ap.add_argument("--no-prototype", action="store_true", help="leave out the seed-form runs")
     args = ap.parse_args()
     cfg = load_config(args.config)
     base = dict(train=cfg.train, ortho=cfg.ortho)
     runs = [RunConfig.of("baseline", **base)]
-    runs += [RunConfig.of("adaptive", f"seed-form-l{lam}", lambda2_max=lam, **PROTOTYPE, **base) for lam in (0.0, 0.3, 1.0)]
-    runs += [RunConfig.of("adaptive", f"rms-a{a:g}-l{lam:g}", lambda2_max=lam, alpha_mode="rms", alpha=a, **base)
-             for a in args.rms_alpha for lam in args.rms_lambda2]
+    if not args.no_prototype:
+        runs += [RunConfig.of("adaptive", f"seed-form-l{lam}", lambda2_max=lam, **PROTOTYPE, **base)
+                 for lam in (0.0, 0.3, 1.0)]
+    runs += [RunConfig.of("adaptive", f"rms-{wt}-a{a:g}-l{lam:g}", lambda2_max=lam, alpha_mode="rms", alpha=a,
+                          weighting=wt, **base)
+             for wt in args.rms_weighting for a in args.rms_alpha for lam in args.rms_lambda2]
     reader = open_store_for(cfg)
     heldout = [n for n, c in cfg.corpora.items() if c.split == "heldout"]
     with tempfile.TemporaryDirectory(prefix="dead_features-") as tmp:
         tr = dataclasses.replace(cfg.train, runs_dir=tmp, tokens=args.steps * cfg.train.batch_size)
         train(dataclasses.replace(cfg, runs=runs, train=tr))
         print(f"\ncommand: python -m bench.dead_features --config {args.config} --steps {args.steps} "
-              f"--rms-lambda2 {' '.join(map(str, args.rms_lambda2))} --rms-alpha {' '.join(map(str, args.rms_alpha))}")
+              f"--rms-lambda2 {' '.join(map(str, args.rms_lambda2))} --rms-alpha {' '.join(map(str, args.rms_alpha))} "
+              f"--rms-weighting {' '.join(args.rms_weighting)}" + (" --no-prototype" if args.no_prototype else ""))
         print(f"random RMS cosine 1/√d_model = {reader.d_model ** -0.5:.4f}\n")
         print("| run | λ2_max | dead (all) | dead, group 0 / 1 (retain / forget-leaning) | group sizes | L0 | EV | RMS cross cos |")
         print("|---|---:|---:|---|---|---:|---:|---:|")

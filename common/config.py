@@ -140,6 +140,8 @@ class OrthoConfig:
     alpha_mode: str = _key("rms", _choice("rms", "hinge", "seed"), "form of L_ortho: rms (mean squared "
                            "cosine beyond α²), hinge (Σ relu(|cos|−α)² per pair), seed (‖W_gᵀW_h − αI‖_F)")
     weights: str = _key("decoder", _choice("decoder", "encoder"), "which weights L_ortho constrains")
+    weighting: str = _key("activity", _choice("activity", "uniform"), "rms / hinge: weigh each pair of "
+                          "features by their activation mass in the batch (activity) or equally (uniform)")
     groups: int = _key(2, _positive, "number of feature groups G")
     regroup_every: int = _key(100, _positive, "n: steps between group re-assignments (none at the last step)")
     regroup_min_mass: float = _key(1e-4, _non_negative, "a feature moves only with at least this EMA "

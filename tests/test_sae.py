@@ -170,6 +170,35 @@ def test_ortho_gram_equals_naive_value_and_grad(alpha, shape, mode):
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("mode", ["rms", "hinge"])
+def test_activity_weighted_ortho_gram_equals_naive_and_weights_pairs(mode):
+    gen = torch.Generator().manual_seed(5)
+    W0 = torch.randn(23, 6, generator=gen, dtype=torch.float64)
+    groups = torch.tensor([0] * 10 + [1] * 13)
+    w = torch.rand(23, generator=gen, dtype=torch.float64)
+    vals, grads = [], []
+    for naive in (False, True):
+        W = W0.clone().requires_grad_(True)
+        v = ortho_loss(W, groups, 2, 0.1, mode, naive=naive, weights=w)
+        v.backward()
+        vals.append(v.detach()), grads.append(W.grad)
+    torch.testing.assert_close(vals[0], vals[1], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-9)
+    # equal weights are the unweighted mean; a zero-weight feature neither counts nor moves
+    torch.testing.assert_close(ortho_loss(W0, groups, 2, 0.1, mode, weights=torch.full((23,), 3.0, dtype=torch.float64)),
+                               ortho_loss(W0, groups, 2, 0.1, mode))
+    w0 = w.clone()
+    w0[4] = 0.0
+    W = W0.clone().requires_grad_(True)
+    ortho_loss(W, groups, 2, 0.0, mode, weights=w0).backward()
+    assert W.grad[4].abs().max() == 0
+    keep = torch.arange(23) != 4
+    torch.testing.assert_close(ortho_loss(W0, groups, 2, 0.0, mode, weights=w0),
+                               ortho_loss(W0[keep], groups[keep], 2, 0.0, mode, weights=w0[keep]))
+    silent = torch.where(groups == 1, 0.0, 1.0).to(torch.float64)  # a group with no activity: 0
+    assert ortho_loss(W0, groups, 2, 0.0, mode, weights=silent).item() == 0.0
+
+
 @pytest.mark.parametrize("mode", ["seed", "rms", "hinge"])
 def test_ortho_empty_group_contributes_zero(mode):
     W = torch.randn(10, 4, dtype=torch.float64)
@@ -538,17 +567,23 @@ def test_trained_cross_group_overlap_follows_alpha():
     fg = torch.arange(256) < 128
 
     def trained_rms(**keys) -> float:
+        """The RMS cross-group cosine the loss measures: activity-weighted by default."""
         r = run("fixed", d_sae=32, l1_coefficient=0.05, lr=3e-3, lr_warmup_steps=10, **keys)
         trainer = Trainer(r, make_sae(r, 16), len(batches))
         for x in batches:
             trainer.train_step(x, fg)
-        W, groups = trainer.sae.W_dec.detach(), trainer.sae.penalty_groups()
-        return (W[groups == 0] @ W[groups == 1].T).pow(2).mean().sqrt().item()
+        sae = trainer.sae
+        W, groups = sae.W_dec.detach(), sae.penalty_groups()
+        with torch.no_grad():
+            w = sum(sae.encode(x).sum(0) for x in batches) if r.ortho.weighting == "activity" else torch.ones(32)
+        C2 = (W[groups == 0] @ W[groups == 1].T).pow(2) * w[groups == 0, None] * w[None, groups == 1]
+        return (C2.sum() / (w[groups == 0].sum() * w[groups == 1].sum())).sqrt().item()
 
-    free = trained_rms(lambda2_max=0.0)
-    rms = [trained_rms(alpha=a, alpha_mode="rms", lambda2_max=2.0) for a in (0.0, 0.05, 0.1)]
-    assert rms == sorted(rms) and rms[-1] - rms[0] > 0.07
-    assert rms == pytest.approx([0.0, 0.05, 0.1], abs=0.025) and free > 0.15
+    for weighting in ("activity", "uniform"):
+        free = trained_rms(lambda2_max=0.0, weighting=weighting)
+        rms = [trained_rms(alpha=a, alpha_mode="rms", lambda2_max=2.0, weighting=weighting) for a in (0.0, 0.05, 0.1)]
+        assert rms == sorted(rms) and rms[-1] - rms[0] > 0.07, weighting
+        assert rms == pytest.approx([0.0, 0.05, 0.1], abs=0.025) and free > 0.15, weighting
 
 
 def test_log_record_comes_from_the_step_forward_pass():

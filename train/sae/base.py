@@ -184,8 +184,9 @@ class SAE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
 
-    def ortho_loss(self) -> Tensor | None:
-        """L_ortho of the current weights; None for an SAE without feature groups."""
+    def ortho_loss(self, activity: Tensor | None = None) -> Tensor | None:
+        """L_ortho of the current weights (``activity``: the batch's activation mass per feature,
+        for activity-weighted forms); None for an SAE without feature groups."""
         return None
 
     def training_forward(self, x: Tensor, c: Coefficients) -> TrainOutput:
@@ -197,12 +198,13 @@ class SAE(nn.Module):
         x_hat = self.decode(f, nonneg=True)
         recon = (x_hat - x).pow(2).sum(dim=-1).mean()
         # Σ_t Σ_i f_ti·||W_dec[i]|| / T, summed over tokens first: no [batch, d_sae] product tensor
-        sparse = f.sum(dim=0) @ self.W_dec.norm(dim=1) / f.shape[0]
+        mass = f.sum(dim=0)
+        sparse = mass @ self.W_dec.norm(dim=1) / f.shape[0]
         ortho = None
         if c.ortho_due:
             # the value is logged even while λ2(t) is 0; it only needs a graph when it is weighted
             with torch.set_grad_enabled(torch.is_grad_enabled() and c.ortho_weight != 0.0):
-                ortho = self.ortho_loss()
+                ortho = self.ortho_loss(mass.detach())
         total = recon + c.lambda1 * sparse + (c.ortho_weight * ortho if c.ortho_weight != 0.0 else 0.0)
         return TrainOutput(total=total, recon=recon, sparse=sparse, ortho=ortho, f=f.detach(),
                            x_hat=x_hat.detach())

@@ -15,6 +15,11 @@
   INDEX, an arbitrary pairing that touches 1/n_g of the entries, so α barely moves it; kept only to
   reproduce the seed.
 
+``[train.ortho] weighting = "activity"`` (default) weighs each pair of features by the product of
+their activation mass in the step's batch: sharing is measured on the features the SAE uses, and
+a rarely active feature is not pushed around by a penalty it cannot pay for with reconstruction
+(uniform weighting drove such features into directions no data uses, where they died).
+
 λ2 weighs a per-pair mean in "rms" and "hinge", in units of the random level 1/d_model: it
 transfers across d_sae, and across d_model as L_recon does (activations are scaled to
 E‖x‖² = d_model, so L_recon grows with d_model too). In "seed" λ2 weighs the raw Frobenius norm
@@ -77,10 +82,13 @@ def ortho_loss(
     mode: str = "rms",
     naive: bool = False,
     eps: float = EPS,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """L_ortho of ``W [d_sae, d_model]`` (rows = feature directions) in form ``mode``.
 
-    ``groups``: LongTensor ``[d_sae]`` with values in ``0..n_groups-1``. ``naive=True`` forms the
+    ``groups``: LongTensor ``[d_sae]`` with values in ``0..n_groups-1``. ``weights`` (``[d_sae]``,
+    ≥ 0; rms and hinge only): each pair (i, j) counts with weight w_i·w_j, and the mean divides by
+    Σw_g·Σw_h, so a pair of groups with no weight contributes 0. ``naive=True`` forms the
     ``n_g × n_h`` matrices explicitly (reference implementation for tests only).
     """
     if W.ndim != 2 or groups.shape != (W.shape[0],):
@@ -92,15 +100,22 @@ def ortho_loss(
     total = W.new_zeros(())
     if mode != "seed":
         W = _unit_rows(W)
+    w = None if mode == "seed" else weights
+    mass = [float(len(i)) if w is None else w[i].sum() for i in idx]  # host sync only when weighted
+    if w is not None:
+        pairs = [(g, h) for g, h in pairs if mass[g] > 0 and mass[h] > 0]
     if mode == "hinge" or naive:
         for g, h in pairs:
-            total = total + _pair_naive(W[idx[g]], W[idx[h]], alpha, mode, eps)
+            wg, wh = (None, None) if w is None else (w[idx[g]], w[idx[h]])
+            total = total + _pair_naive(W[idx[g]], W[idx[h]], alpha, mode, eps, wg, wh)
         return total
-    grams = [gram(W[i]) if len(i) else None for i in idx]  # each [d_model, d_model]
+    # weighted: Σ_ij w_i w_j cos²_ij = tr(G_g G_h) with rows scaled by √w
+    rows = W if w is None else W * w.sqrt().unsqueeze(1)
+    grams = [gram(rows[i]) if len(i) else None for i in idx]  # each [d_model, d_model]
     for g, h in pairs:
         s = (grams[g] * grams[h]).sum()  # tr(G_g G_h) = ‖W_gᵀW_h‖²_F; Grams are symmetric
         if mode == "rms":
-            total = total + W.shape[1] * torch.relu(s / (len(idx[g]) * len(idx[h])) - alpha * alpha)
+            total = total + W.shape[1] * torch.relu(s / (mass[g] * mass[h]) - alpha * alpha)
             continue
         if alpha != 0.0:
             m = min(len(idx[g]), len(idx[h]))
@@ -110,7 +125,8 @@ def ortho_loss(
     return total
 
 
-def _pair_naive(A: Tensor, B: Tensor, alpha: float, mode: str, eps: float) -> Tensor:
+def _pair_naive(A: Tensor, B: Tensor, alpha: float, mode: str, eps: float,
+                wa: Tensor | None = None, wb: Tensor | None = None) -> Tensor:
     """One pair's term from explicit blocks of ``A Bᵀ`` (the hinge, and the tests' reference)."""
     if mode == "seed":
         M = A @ B.T
@@ -119,8 +135,12 @@ def _pair_naive(A: Tensor, B: Tensor, alpha: float, mode: str, eps: float) -> Te
     total = A.new_zeros(())
     for start in range(0, A.shape[0], HINGE_BLOCK):
         C = A[start:start + HINGE_BLOCK] @ B.T  # cosines (rows are unit vectors)
-        total = total + (torch.relu(C.abs() - alpha).pow(2).sum() if mode == "hinge" else C.pow(2).sum())
-    n, d = A.shape[0] * B.shape[0], A.shape[1]
+        C = torch.relu(C.abs() - alpha).pow(2) if mode == "hinge" else C.pow(2)
+        if wa is not None:
+            C = C * wa[start:start + HINGE_BLOCK, None] * wb[None, :]
+        total = total + C.sum()
+    n = A.shape[0] * B.shape[0] if wa is None else wa.sum() * wb.sum()
+    d = A.shape[1]
     return d * (total / n if mode == "hinge" else torch.relu(total / n - alpha * alpha))
 
 
