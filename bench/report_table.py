@@ -31,9 +31,9 @@ def main() -> None:
     args = ap.parse_args()
     report = json.loads(Path(args.report).read_text())
     runs_dir = Path(args.runs_dir or report["runs_dir"])
-    print("| run | dead | L0 | EV | group sizes | RMS cross cos | avg max dec cos | avg max enc cos | "
-          "best selectivity | loss score |")
-    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+    print("| run | dead | L0 | EV | group sizes | RMS cross cos | activity-weighted | avg max dec cos | "
+          "avg max enc cos | best selectivity | loss score |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for name, r in report["runs"].items():
         rec, cond, unl = r["reconstruction"], r["conditioning"], r.get("unlearning", {})
         dec, enc = cond.get("average_max_decoder_cosine_sim"), cond.get("average_max_encoder_cosine_sim")
@@ -43,6 +43,7 @@ def main() -> None:
         pair = (cond.get("pairs") or [{}])[0]
         print(f"| {name} | {rec['frac_dead']:.1%} | {rec['l0']:.1f} | {rec['explained_variance']:.3f} | "
               f"{' / '.join(map(str, cond['group_sizes']))} | {_num(pair.get('decoder_overlap_fro_normalized'), 4)} | "
+              f"{_num(pair.get('decoder_rms_cos_activity'), 4)} | "
               f"{_num(dec)} | {_num(enc)} | {_num(unl.get('best_selectivity'))} | {_num(unl.get('loss_unlearning_score'))} |")
 
 

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from train.sae import group_health, is_grouped, max_cosine
-from train.sae.ortho import gram
+from train.sae.ortho import gram, ortho_loss
 
 RANK_RTOL = 1e-10  # on eigenvalues (σ²) of the Gram, i.e. σ relative 1e-5, in float64
 
@@ -88,8 +88,12 @@ def _pair_stats(Gg: Tensor, Gh: Tensor, Qg: Tensor, Qh: Tensor) -> dict[str, flo
 
 
 @torch.no_grad()
-def conditioning_report(sae: nn.Module, groups: Tensor | None = None, n_groups: int | None = None) -> dict:
-    """Condition numbers, effective ranks, cross-group overlaps and angles (JSON-able dict)."""
+def conditioning_report(sae: nn.Module, groups: Tensor | None = None, n_groups: int | None = None,
+                        activity: Tensor | None = None) -> dict:
+    """Condition numbers, effective ranks, cross-group overlaps and angles (JSON-able dict).
+
+    ``activity`` ([d_sae] activation mass per row): adds each pair's activity-weighted RMS cosine
+    of the decoder, ``decoder_rms_cos_activity``, the quantity the default L_ortho bounds by α."""
     groups, G = _groups_of(sae, groups, n_groups)
     mats = {"decoder": sae.W_dec.detach().cpu(), "encoder": sae.W_enc.detach().cpu().T}  # rows = features
     idx = [torch.nonzero(groups == g, as_tuple=True)[0] for g in range(G)]
@@ -110,6 +114,13 @@ def conditioning_report(sae: nn.Module, groups: Tensor | None = None, n_groups: 
                 for name in mats:
                     stats = _pair_stats(grams[name][g], grams[name][h], bases[name][g], bases[name][h])
                     row.update({f"{name}_{k}": v for k, v in stats.items()})
+                if activity is not None:
+                    # the pair alone, as L_ortho measures it: d_model · Σ w_i w_j cos² / (Σw_g Σw_h)
+                    pair_groups = torch.where(groups == g, 0, torch.where(groups == h, 1, -1))
+                    keep = pair_groups >= 0
+                    loss = ortho_loss(mats["decoder"][keep].double(), pair_groups[keep], 2, 0.0, "rms",
+                                      weights=activity[keep].double().cpu().clamp_min(0))
+                    row["decoder_rms_cos_activity"] = math.sqrt(loss.item() / d_model)
             pairs.append(row)
     report["pairs"] = pairs
     return report

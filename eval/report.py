@@ -130,7 +130,7 @@ def _markdown(cfg: Config, reader: StoreReader, results: dict, comp: dict, timin
                   "principal angles are 0 by dimension count alone; read the RMS cosine column for them.\n"
                   if wide else "")
     cond_header = ["run", "grouping", "n_g", "decoder σ_max/σ_min", "eff. rank / min(n_g, d)", "max |cos| in group",
-                   "RMS cross-group cos", "mean principal angle (°)", "avg max dec. cos", "avg max enc. cos"]
+                   "RMS cross-group cos", "activity-weighted RMS cross cos", "mean principal angle (°)", "avg max dec. cos", "avg max enc. cos"]
     random_level = d_model ** -0.5 if d_model else math.nan
     trained_table = (f"\nFixed runs, on the contiguous blocks they were trained against:\n"
                      f"{_table(cond_header, trained)}\n" if trained else "")
@@ -156,7 +156,9 @@ clamp and the clamp also takes the clamped group's bias away.
 ## Feature groups (per group, g0 / g1 / …: group 1 of 2 is forget-leaning)
 Degeneracy is read from the effective-rank fraction and the largest within-group |cos|; σ_max/σ_min
 depends on n_g alone for random directions (thousands near n_g = d_model), so it stands beside n_g.
-RMS cross-group cosine: what α bounds; random directions sit at 1/√d_model = {_fmt(random_level)}.
+RMS cross-group cosine of the decoder, over all features and weighted by activation mass on the
+training corpora (what α bounds with `weighting = "activity"`); random directions sit at
+1/√d_model = {_fmt(random_level)}.
 {_table(cond_header, cond)}
 {trained_table}{angle_note}
 ## Deviations from SAEBench
@@ -183,7 +185,8 @@ def _conditioning_row(name: str, c: dict) -> list:
     dec = c.get("decoder", {})
     return [name, c.get("grouping", "given"), per_group(c.get("group_sizes", [])), per_group(dec.get("cond", [])),
             per_group(dec.get("eff_rank_frac", [])), per_group(dec.get("max_cos", [])),
-            pair.get("decoder_overlap_fro_normalized", math.nan), pair.get("decoder_mean_angle_deg", math.nan),
+            pair.get("decoder_overlap_fro_normalized", math.nan), pair.get("decoder_rms_cos_activity", math.nan),
+            pair.get("decoder_mean_angle_deg", math.nan),
             c.get("average_max_decoder_cosine_sim", math.nan), c.get("average_max_encoder_cosine_sim", math.nan)]
 
 

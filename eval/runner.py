@@ -146,10 +146,11 @@ def measure_conditioning(cfg: Config, reader: StoreReader, results: list[RunResu
             r.retain_freq, r.retain_mass = feature_activity(r.sae, _rows(reader, retain, cfg.eval.rows, skip))
         if forget and retain:
             groups, n_groups, how = feature_groups(r.sae, r.forget_mass, r.retain_mass, cfg.ortho.groups)
-            r.conditioning = conditioning_report(r.sae, groups.cpu(), n_groups)
+            r.conditioning = conditioning_report(r.sae, groups.cpu(), n_groups, activity=r.forget_mass + r.retain_mass)
             if isinstance(r.sae, FixedOrthoSAE) and not is_grouped(r.sae):
                 # the fixed SAE was trained against its contiguous blocks: how orthogonal are those?
-                r.conditioning["trained_groups"] = conditioning_report(r.sae, r.sae.penalty_groups().cpu(), r.sae.n_groups)
+                r.conditioning["trained_groups"] = conditioning_report(r.sae, r.sae.penalty_groups().cpu(), r.sae.n_groups,
+                                                                       activity=r.forget_mass + r.retain_mass)
         else:
             r.conditioning, how = conditioning_report(r.sae), "single group"
         r.conditioning["grouping"] = how

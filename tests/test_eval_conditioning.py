@@ -90,3 +90,16 @@ def test_post_hoc_groups_use_activation_mass_like_training():
     sae = _sae(torch.eye(3))
     groups, n_groups, how = feature_groups(sae, torch.tensor([2.0, 0.0, 0.0]), torch.tensor([0.5, 1.0, 0.0]), 2)
     assert groups.tolist() == [1, 0, 0] and n_groups == 2 and "mass" in how
+
+
+def test_activity_weighted_rms_cosine_is_what_l_ortho_bounds():
+    """Equal activity: the plain RMS cross cosine; a silent feature drops out of the weighted one."""
+    W = torch.randn(12, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    W = W / W.norm(dim=1, keepdim=True)
+    groups = torch.tensor([0] * 6 + [1] * 6)
+    pair = conditioning_report(_sae(W, groups), activity=torch.ones(12, dtype=torch.float64))["pairs"][0]
+    assert pair["decoder_rms_cos_activity"] == pytest.approx(pair["decoder_overlap_fro_normalized"])
+    active = torch.ones(12, dtype=torch.float64)
+    active[0] = 0.0
+    weighted = conditioning_report(_sae(W, groups), activity=active)["pairs"][0]["decoder_rms_cos_activity"]
+    assert weighted == pytest.approx((W[1:6] @ W[6:].T).pow(2).mean().sqrt().item())
