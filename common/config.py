@@ -132,7 +132,7 @@ class TrainConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class OrthoConfig:
-    lambda2_max: float = _key(100.0, _non_negative, "λ2_max: weight of L_ortho once warmed up (per pair "
+    lambda2_max: float = _key(30.0, _non_negative, "λ2_max: weight of L_ortho once warmed up (per pair "
                               "of features in the rms and hinge modes; see README, The method)")
     t0: int = _key(500, _positive, "steps over which λ2(t) = λ2_max·min(1, t/t0) ramps (adaptive)")
     alpha: float = _key(0.0, _non_negative, "α: allowed cosine of sharing between groups (rms: allowed RMS "
