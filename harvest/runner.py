@@ -135,8 +135,9 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
             raise
     state.wait_for_everyone()
     if not state.is_main_process:
+        # the main process saw the same complete store before the barrier and has returned after
+        # it: no second barrier here, or a re-submitted job on a finished store hangs or dies
         if _already_complete(url, identity, plans, cfg):
-            state.wait_for_everyone()
             return HarvestResult(url, 0, time.perf_counter() - t_start, skipped=True)
         writer = StoreWriter(url, identity, codec=cfg.harvest.codec, level=cfg.harvest.level, create=False)
 

@@ -153,6 +153,11 @@ def test_two_processes_equal_one(tmp_path, tiny_model_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     assert StoreReader(str(tmp_path / "two.zarr")).complete
     assert_same_store(str(tmp_path / "one.zarr"), str(tmp_path / "two.zarr"))
+    # a re-submitted job on the finished store: every rank says so and exits 0
+    again = run_script(tmp_path, TWO_RANKS, two, launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29519"],
+                       env={"OMP_NUM_THREADS": "1"}, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "complete, left alone" in again.stdout + again.stderr
 
 
 def test_complete_store_left_alone_unless_force(tmp_path, tiny_model_dir):
