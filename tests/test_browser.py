@@ -56,6 +56,7 @@ def write_config(tmp: Path, model_dir: Path) -> Path:
     split = "heldout"
     tokens = 160
     [train]
+    device = "cpu"  # these tests mean CPU, also on a GPU box (bitwise resume holds on CPU)
     runs_dir = "{tmp / 'runs'}"
     d_sae = 96
     batch_size = 64

@@ -42,6 +42,7 @@ def write_config(tmp_path: Path, model_dir: Path) -> Path:
     split = "heldout"
     tokens = 160
     [train]
+    device = "cpu"  # these tests mean CPU, also on a GPU box (bitwise resume holds on CPU)
     runs_dir = "{tmp_path / 'runs'}"
     d_sae = 128
     batch_size = 64

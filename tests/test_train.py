@@ -66,6 +66,7 @@ def write_config(tmp_path, runs='[[runs]]\nname = "baseline"\ntype = "baseline"\
     split = "heldout"
     tokens = 100
     [train]
+    device = "cpu"  # these tests mean CPU, also on a GPU box (bitwise resume holds on CPU)
     runs_dir = "{tmp_path / 'runs'}"
     d_sae = 64
     batch_size = 128
