@@ -5,7 +5,6 @@ import math
 import re
 import shutil
 import subprocess
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from common.cli import main
+from tests._configs import write_tiny_pipeline
 from common.config import load_config
 from common.store import open_store_for
 from eval.browser import WINDOW
@@ -21,55 +21,11 @@ from eval.unlearning import select_features
 from train.export import load_sae
 from train.sae.grouping import assign_groups, forget_share
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "tests/fixtures/docs.jsonl"
 TOP_K = 6
 
 
 def write_config(tmp: Path, model_dir: Path) -> Path:
-    text = f"""
-    [model]
-    id = "{model_dir}"
-    device = "cpu"
-    [harvest]
-    layer = 0
-    store = "{tmp / 's.zarr'}"
-    context_length = 16
-    chunk_tokens = 60
-    heldout_fraction = 0.3
-    [corpora.retain]
-    source = "file:{DOCS}"
-    role = "retain"
-    tokens = 640
-    [corpora.forget]
-    source = "file:{DOCS}"
-    role = "forget"
-    tokens = 320
-    [corpora.retain_heldout]
-    source = "file:{DOCS}"
-    role = "retain"
-    split = "heldout"
-    tokens = 320
-    [corpora.forget_heldout]
-    source = "file:{DOCS}"
-    role = "forget"
-    split = "heldout"
-    tokens = 160
-    [train]
-    device = "cpu"  # these tests mean CPU, also on a GPU box (bitwise resume holds on CPU)
-    runs_dir = "{tmp / 'runs'}"
-    d_sae = 96
-    batch_size = 64
-    tokens = 3200
-    buffer_rows = 256
-    lr = 3e-3
-    l1_coefficient = 0.1
-    lr_warmup_steps = 5
-    l1_warmup_steps = 10
-    checkpoint_every = 50
-    [train.ortho]
-    t0 = 20
-    regroup_every = 10
+    return write_tiny_pipeline(tmp, model_dir, retain_heldout_tokens=320, d_sae=96, tokens=3200, t0=20, regroup_every=10, rest=f"""
     [[runs]]
     name = "baseline"
     type = "baseline"
@@ -83,10 +39,7 @@ def write_config(tmp: Path, model_dir: Path) -> Path:
     [eval.unlearning]
     retain_thresholds = [0.05, 0.5]
     n_features_list = [2, 5]
-    """
-    path = tmp / "p.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
+    """)
 
 
 @pytest.fixture(scope="module")

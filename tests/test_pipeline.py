@@ -1,61 +1,18 @@
 """`pipe run` on the tiny model: harvest -> train -> eval writes the report; a rerun skips all three."""
 import json
-import textwrap
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from common.cli import main
+from tests._configs import write_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "tests/fixtures/docs.jsonl"
 MCQ = ROOT / "tests/fixtures/mcq.jsonl"
 
 
 def write_config(tmp_path: Path, model_dir: Path) -> Path:
-    text = f"""
-    [model]
-    id = "{model_dir}"
-    device = "cpu"
-    [harvest]
-    layer = 0
-    store = "{tmp_path / 's.zarr'}"
-    context_length = 16
-    chunk_tokens = 60
-    heldout_fraction = 0.3
-    [corpora.retain]
-    source = "file:{DOCS}"
-    role = "retain"
-    tokens = 640
-    [corpora.forget]
-    source = "file:{DOCS}"
-    role = "forget"
-    tokens = 320
-    [corpora.retain_heldout]
-    source = "file:{DOCS}"
-    role = "retain"
-    split = "heldout"
-    tokens = 160
-    [corpora.forget_heldout]
-    source = "file:{DOCS}"
-    role = "forget"
-    split = "heldout"
-    tokens = 160
-    [train]
-    device = "cpu"  # these tests mean CPU, also on a GPU box (bitwise resume holds on CPU)
-    runs_dir = "{tmp_path / 'runs'}"
-    d_sae = 128
-    batch_size = 64
-    tokens = 6400
-    buffer_rows = 256
-    lr = 3e-3
-    l1_coefficient = 0.1
-    lr_warmup_steps = 5
-    l1_warmup_steps = 10
-    checkpoint_every = 50
-    [train.ortho]
-    t0 = 50
-    regroup_every = 20
+    return write_tiny_pipeline(tmp_path, model_dir, rest=f"""
     [[runs]]
     name = "baseline"
     type = "baseline"
@@ -86,10 +43,7 @@ def write_config(tmp_path: Path, model_dir: Path) -> Path:
     n_features_list = [2, 4]
     multipliers = [5.0]
     loss_contexts = 4
-    """
-    path = tmp_path / "p.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
+    """)
 
 
 def test_pipe_run_end_to_end_then_skips(tmp_path, tiny_model_dir):

@@ -1,0 +1,62 @@
+"""The tiny-model pipeline config the end-to-end tests share: harvest, corpora and [train] base."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "tests/fixtures/docs.jsonl"
+
+
+def write_tiny_pipeline(tmp: Path, model_dir: Path, *, retain_heldout_tokens: int = 160, d_sae: int = 128,
+                        tokens: int = 6400, t0: int = 50, regroup_every: int = 20, rest: str = "") -> Path:
+    """``p.toml`` in ``tmp``: the tiny model, four corpora from the fixture documents, a short
+    training; ``rest`` adds the [[runs]] and [eval] tables."""
+    text = textwrap.dedent(f"""
+    [model]
+    id = "{model_dir}"
+    device = "cpu"
+    [harvest]
+    layer = 0
+    store = "{tmp / 's.zarr'}"
+    context_length = 16
+    chunk_tokens = 60
+    heldout_fraction = 0.3
+    [corpora.retain]
+    source = "file:{DOCS}"
+    role = "retain"
+    tokens = 640
+    [corpora.forget]
+    source = "file:{DOCS}"
+    role = "forget"
+    tokens = 320
+    [corpora.retain_heldout]
+    source = "file:{DOCS}"
+    role = "retain"
+    split = "heldout"
+    tokens = {retain_heldout_tokens}
+    [corpora.forget_heldout]
+    source = "file:{DOCS}"
+    role = "forget"
+    split = "heldout"
+    tokens = 160
+    [train]
+    device = "cpu"  # these tests mean CPU, also on a GPU box (bitwise resume holds on CPU)
+    runs_dir = "{tmp / 'runs'}"
+    d_sae = {d_sae}
+    batch_size = 64
+    tokens = {tokens}
+    buffer_rows = 256
+    lr = 3e-3
+    l1_coefficient = 0.1
+    lr_warmup_steps = 5
+    l1_warmup_steps = 10
+    checkpoint_every = 50
+    [train.ortho]
+    t0 = {t0}
+    regroup_every = {regroup_every}
+    """) + textwrap.dedent(rest)
+    path = tmp / "p.toml"
+    path.write_text(text)
+    return path
