@@ -38,7 +38,8 @@ METRICS = {
     "best_selectivity": ("unlearning", "best_selectivity", True),
     "loss_unlearning_score": ("unlearning", "loss_unlearning_score", True),
     "unlearning_score": ("unlearning", "unlearning_score", True),
-    "rms_cross_cos": ("conditioning", "rms_cross_cos", None),
+    "rms_cross_cos": ("conditioning", "decoder_overlap_fro_normalized", None),
+    "rms_cross_cos_activity": ("conditioning", "decoder_rms_cos_activity", None),
 }
 # metric -> the run's own sampling error of it (eval/unlearning.py), reported beside the seed spread
 EVAL_ERRORS = {"best_selectivity": ("unlearning", "best_selectivity_se")}
@@ -70,9 +71,9 @@ def mean_interval(values: list[float]) -> dict:
 
 
 def _value(result: dict, section: str, key: str) -> float:
-    if key == "rms_cross_cos":  # the RMS cross-group cosine of the first group pair (what α bounds)
+    if section == "conditioning":  # RMS cross-group cosines of the first group pair (what α bounds)
         pairs = result.get("conditioning", {}).get("pairs") or [{}]
-        v = pairs[0].get("decoder_overlap_fro_normalized")
+        v = pairs[0].get(key)
     else:
         v = result.get(section, {}).get(key)
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.nan
@@ -220,7 +221,7 @@ def conditions_markdown(agg: dict, plots: list[str]) -> str:
     if not conds:
         return ""
     cols = ["l0", "explained_variance", "ce_loss_score", "best_selectivity", "loss_unlearning_score",
-            "rms_cross_cos", "frac_dead"]
+            "rms_cross_cos", "rms_cross_cos_activity", "frac_dead"]
     lines = ["", "## Conditions (runs that differ only by seed; mean [95 % t-interval] over seeds)", "",
              "| condition | type | α | activation | seeds | " + " | ".join(cols) + " |",
              "|" + "---|" * (5 + len(cols))]
@@ -279,18 +280,20 @@ def plot_conditions(out_dir: Path, agg: dict) -> list[str]:
         made.append(_save(plt, fig, out_dir, name))
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    # the activity-weighted one is what α bounds under the default weighting
+    ov = "rms_cross_cos_activity" if any("rms_cross_cos_activity" in e["metrics"] for e in conds.values()) \
+        else "rms_cross_cos"
     for kind, marker in (("adaptive", "o"), ("fixed", "s")):
-        pts = sorted((e["alpha"], e["metrics"]["rms_cross_cos"]) for e in conds.values()
-                     if e["type"] == kind and e["alpha"] is not None and "rms_cross_cos" in e["metrics"])
+        pts = sorted((e["alpha"], e["metrics"][ov]) for e in conds.values()
+                     if e["type"] == kind and e["alpha"] is not None and ov in e["metrics"])
         for j, (alpha, s) in enumerate(pts):
             y, yerr = mid_err(s)
             ax.errorbar(alpha, y, yerr=yerr, fmt=marker, capsize=3, color="C0" if kind == "adaptive" else "C1",
                         label=kind if j == 0 else None)
-    base = [e["metrics"]["rms_cross_cos"]["mean"] for e in conds.values()
-            if e["type"] == "baseline" and "rms_cross_cos" in e["metrics"]]
+    base = [e["metrics"][ov]["mean"] for e in conds.values() if e["type"] == "baseline" and ov in e["metrics"]]
     if base:
         ax.axhline(base[0], linestyle=":", color="grey", label="baseline (post-hoc groups)")
-    ax.set(xlabel="α", ylabel="RMS cross-group cosine", title="Cross-group overlap vs α")
+    ax.set(xlabel="α", ylabel=ov.replace("_", " ").replace("rms", "RMS"), title="Cross-group overlap vs α")
     ax.legend(fontsize=6)
     made.append(_save(plt, fig, out_dir, "conditions_overlap_vs_alpha.png"))
 
