@@ -188,8 +188,8 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, results: list[RunRe
     timings["unlearning_baseline"] = time.perf_counter() - t
     t = time.perf_counter()
     settings = len(un.retain_thresholds) * len(un.n_features_list) * len(un.multipliers)
-    grouped = [r for r in results if is_grouped(r.sae)] if loss else []
-    task = bar.add_task("unlearning interventions", total=settings * (len(results) + len(grouped)))
+    ablated = {r.name for r in results if is_grouped(r.sae)} if loss else set()
+    task = bar.add_task("unlearning interventions", total=settings * (len(results) + len(ablated)))
     for r in results:
         if r.forget_freq is None or r.retain_freq is None:
             continue
@@ -199,7 +199,7 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, results: list[RunRe
                     all_permutations=un.all_permutations, baseline=baseline, progress=lambda k: bar.advance(task, k))
         r.unlearning = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, r.forget_freq,
                                       r.retain_freq, **args)
-        if r in grouped:  # ablation: π follows the clamp, so the clamp also removes group bias
+        if r.name in ablated:  # ablation: π follows the clamp, so the clamp also removes group bias
             args.update(forget_mcqs=None, retain_mcqs=None)
             ablation = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, r.forget_freq,
                                       r.retain_freq, shares_from_clamped=True, **args)
