@@ -42,6 +42,14 @@ def test_shipped_configs_load():
     assert (ref.model.id, ref.harvest.layer, ref.model.d_model, ref.model.dtype) == \
         ("google/gemma-2-2b", 19, 2304, "bfloat16")
     assert ref.corpora["forget"].source == "hf:cais/wmdp-bio-forget-corpus"
+    for name, store in (("experiment.toml", default.harvest.store), ("experiment-gemma-2-2b.toml", ref.harvest.store)):
+        exp = load_config(ROOT / "configs" / name)
+        assert exp.harvest.store == store  # the experiment reuses the harvest of its model's config
+        by_type: dict[str, set] = {}
+        for r in exp.runs:  # every condition has ≥ 3 seeds, and TopK holds every run at the same L0
+            by_type.setdefault(r.name.rsplit("-s", 1)[0], set()).add(r.train.seed)
+            assert (r.train.activation, r.train.k) == ("topk", 64)
+        assert len(by_type) >= 5 and all(len(seeds) >= 3 for seeds in by_type.values())
 
 
 def test_minimal_defaults(tmp_path):
