@@ -1,6 +1,6 @@
 """Training throughput, measured side by side in one process (the machine is noisy: compare ratios).
 
-    python -m bench.train_bench [--quick]
+    python -m bench.train_bench [--quick] [--only stream|ortho|libraries]
 
 1. Our loop fed by `ActivationStream` from a zarr store (bf16 rows, zstd, as the harvest writes) vs the
    same loop fed by an in-memory tensor of the same rows: same SAE, same `Trainer.train_step`.
@@ -238,7 +238,9 @@ def bench_libraries(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes and few steps (smoke check, < 1 min)")
-    c = QUICK if ap.parse_args().quick else FULL
+    ap.add_argument("--only", choices=["stream", "ortho", "libraries"], help="run one comparison")
+    args = ap.parse_args()
+    c = QUICK if args.quick else FULL
     start, load = time.perf_counter(), os.getloadavg()[0]
     policy = os.environ.get("OMP_WAIT_POLICY")
     env = f"OMP_WAIT_POLICY={policy} " if policy else ""
@@ -248,8 +250,9 @@ def main() -> None:
     rows = synthetic_rows(c["rows"], c["d"])
     table = []
     with tempfile.TemporaryDirectory(prefix="train_bench-") as tmp:
-        for bench in (bench_stream, bench_ortho, bench_libraries):
-            table += bench(c, Path(tmp), rows)
+        for name, bench in (("stream", bench_stream), ("ortho", bench_ortho), ("libraries", bench_libraries)):
+            if args.only in (None, name):
+                table += bench(c, Path(tmp), rows)
     print("| measurement | size | ours / A tok/s | reference / B tok/s | result | goal | met | notes |")
     print("|---|---|---:|---:|---|---|---|---|")
     for name, size, a, b, result, goal, met, note in table:

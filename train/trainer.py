@@ -198,9 +198,8 @@ class Trainer:
                "ev_batch": explained_variance(float(resid), float(total_var)),
                "dead": int(dead.sum()), "dead_frac": float(dead.float().mean()), "grad_norm": float(grad_norm)}
         if self.run.has_ortho:
-            if self._last_ortho is None:  # resumed on a step the lazy L_ortho skips
-                self._last_ortho = self.sae.ortho_loss().detach()
-            rec["ortho"] = float(self._last_ortho)
+            # the latest evaluated value (lazy L_ortho); none yet right after a resume on a skipped step
+            rec["ortho"] = None if self._last_ortho is None else float(self._last_ortho)
         if self.run.grouped:
             rec["group_sizes"] = self._group_sizes()
         if regroup is not None:
