@@ -38,6 +38,7 @@ METRICS = {
     "best_selectivity": ("unlearning", "best_selectivity", True),
     "loss_unlearning_score": ("unlearning", "loss_unlearning_score", True),
     "unlearning_score": ("unlearning", "unlearning_score", True),
+    "best_mcq_prob_selectivity": ("unlearning", "best_mcq_prob_selectivity", True),
     "rms_cross_cos": ("conditioning", "decoder_overlap_fro_normalized", None),
     "rms_cross_cos_activity": ("conditioning", "decoder_rms_cos_activity", None),
 }

@@ -33,6 +33,7 @@ COMPARED = {
     "ce_loss_score": ("downstream", True),
     "kl_div_score": ("downstream", True),
     "unlearning_score": ("unlearning", True),
+    "best_mcq_prob_selectivity": ("unlearning", True),
     "loss_unlearning_score": ("unlearning", True),
     "best_selectivity": ("unlearning", True),
 }
@@ -113,7 +114,7 @@ def _markdown(cfg: Config, reader: StoreReader, results: dict, comp: dict, timin
                   ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation", "ce_loss_score",
                    "kl_div_with_sae", "kl_div_score")]] for n in names]
     unl = [[n, *[_get(results[n], "unlearning", k) for k in
-                 ("unlearning_score", "loss_unlearning_score", "best_selectivity",
+                 ("unlearning_score", "best_mcq_prob_selectivity", "loss_unlearning_score", "best_selectivity",
                   "forget_base_correct", "retain_base_correct")],
             results[n].get("unlearning", {}).get("ablation_shares_from_clamped", {}).get("best_selectivity", math.nan)]
            for n in names]
@@ -147,9 +148,11 @@ orthosae {__version__} · {time.strftime('%Y-%m-%d %H:%M:%S')}
 {_table(["run", "CE clean", "CE with SAE", "CE zero-abl.", "CE-loss score", "KL with SAE", "KL score"], down)}
 
 ## Unlearning (SAEBench protocol; loss mode: CE on held-out forget vs retain text)
-{_table(["run", "MCQ unlearning score", "loss unlearning score", "best selectivity", "forget Qs base-correct", "retain Qs base-correct", "best selectivity, π follows the clamp (ablation)"], unl)}
+{_table(["run", "MCQ unlearning score", "MCQ p(right) selectivity", "loss unlearning score", "best selectivity", "forget Qs base-correct", "retain Qs base-correct", "best selectivity, π follows the clamp (ablation)"], unl)}
 
-The grouped SAE's bias mix π is computed from the unclamped activations, so its clamp edits the
+MCQ p(right) selectivity: the drop of the right answer's probability on forget questions minus
+that on retain questions (base-correct questions, best setting): a continuous figure that moves
+where the accuracy score cannot. The grouped SAE's bias mix π is computed from the unclamped activations, so its clamp edits the
 chosen features only, as a plain SAE's does; the last column is the ablation where π follows the
 clamp and the clamp also takes the clamped group's bias away.
 

@@ -198,6 +198,18 @@ def test_mcq_correct_shapes(lm):
     assert torch.equal(c1[:, 0], c[:, 0])  # identity order comes first
 
 
+def test_mcq_answer_probability_is_the_right_letters_softmax(lm):
+    """The continuous MCQ figure: p of the right letter, softmax over the letters, given order."""
+    model, tok = lm
+    qs = QUESTIONS[:3]
+    _, p = ul.mcq_scores(model, tok, qs, batch_size=16, all_permutations=True)
+    prompts = [ul._encode(tok, ul.mcq_prompt(q["question"], q["choices"], q["subject"]), False) for q in qs]
+    logits = ul.letter_logits(model, prompts, ul.letter_token_ids(tok, 4), 16)
+    want = logits.softmax(1)[torch.arange(3), torch.tensor([q["answer"] for q in qs])]
+    torch.testing.assert_close(p, want)
+    assert ((0 < p) & (p < 1)).all()
+
+
 def test_base_correct_filter(lm, monkeypatch):
     model, tok = lm
     base = {"anatomy": True, "virology": False, "high_school_geography": True, "human_aging": False}
@@ -208,10 +220,11 @@ def test_base_correct_filter(lm, monkeypatch):
         if all_permutations:  # the unmodified model: correct per subject, on every order but one
             out = torch.ones(len(mcqs), 24, dtype=torch.bool)
             out[[not base[q["subject"]] for q in mcqs], 5] = False
-            return out
-        return torch.tensor([[q["subject"] != "anatomy"] for q in mcqs])  # the clamp hits anatomy
+        else:
+            out = torch.tensor([[q["subject"] != "anatomy"] for q in mcqs])  # the clamp hits anatomy
+        return out, 0.05 + 0.9 * out[:, 0].float()  # p(right letter) follows correctness here
 
-    monkeypatch.setattr(ul, "mcq_correct", fake)
+    monkeypatch.setattr(ul, "mcq_scores", fake)
     freq = torch.tensor([0.3] + [0.0] * 127, dtype=torch.float64)
     res = ul.run_unlearning(model, tok, LAYER, IdentitySAE(64), freq, torch.zeros(128), forget_mcqs=QUESTIONS[:3],
                             retain_mcqs=QUESTIONS[3:], forget_contexts=None, retain_contexts=None,
@@ -222,6 +235,9 @@ def test_base_correct_filter(lm, monkeypatch):
     row = res["rows"][0]
     assert row["forget_accuracy"] == 0.0 and row["retain_accuracy"] == 1.0
     assert res["unlearning_score"] == pytest.approx(1.0)
+    # the continuous figure on the same questions: p(right) 0.95 → 0.05 on forget, unchanged on retain
+    assert row["forget_p_drop"] == pytest.approx(0.9) and row["retain_p_drop"] == pytest.approx(0.0)
+    assert res["best_mcq_prob_selectivity"] == pytest.approx(0.9)
 
 
 def test_run_unlearning_end_to_end(lm):
@@ -244,3 +260,9 @@ def test_run_unlearning_end_to_end(lm):
         else:
             assert r["forget_ce_increase"] != 0.0
     assert "unlearning_score" in res and res["loss_unlearning_score"] >= 0.0
+    p_clean = {k: res[f"{k}_p_correct_clean"] for k in ("forget", "retain")}
+    for r in res["rows"]:  # nan where the random tiny model gets no question right (no base-correct set)
+        assert r["forget_p_drop"] == pytest.approx(p_clean["forget"] - r["forget_p_correct"], nan_ok=True)
+        assert r["mcq_prob_selectivity"] == pytest.approx(r["forget_p_drop"] - r["retain_p_drop"], nan_ok=True)
+    best = max(r["mcq_prob_selectivity"] for r in res["rows"])
+    assert res["best_mcq_prob_selectivity"] == pytest.approx(best, nan_ok=True)

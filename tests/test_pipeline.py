@@ -66,6 +66,7 @@ def test_pipe_run_end_to_end_then_skips(tmp_path, tiny_model_dir):
         assert {"ce_loss_score", "kl_div_score", "ce_loss_with_sae", "ce_loss_without_sae"} <= r["downstream"].keys()
         u = r["unlearning"]
         assert len(u["rows"]) == 2 and "loss_unlearning_score" in u and "unlearning_score" in u
+        assert "best_mcq_prob_selectivity" in u and all("mcq_prob_selectivity" in row for row in u["rows"])
         assert len(r["conditioning"]["decoder"]["cond"]) == 2
     assert report["runs"]["adaptive-a0.0"]["conditioning"]["grouping"] == "learned"
     assert report["runs"]["baseline"]["conditioning"]["grouping"].startswith("post hoc")
