@@ -290,11 +290,6 @@ def _ce_per_context(model: nn.Module, contexts: Tensor, batch_size: int) -> tupl
     return np.concatenate(sums), np.concatenate(counts)
 
 
-def _mean_ce(model: nn.Module, contexts: Tensor, batch_size: int) -> float:
-    sums, counts = _ce_per_context(model, contexts, batch_size)
-    return float(sums.sum() / counts.sum())
-
-
 BOOTSTRAP = 1000
 
 
@@ -312,8 +307,9 @@ def selectivity_bootstrap(edited: dict, clean: dict, n: int = BOOTSTRAP, seed: i
     return {"se": float(sel.std(ddof=1)), "ci95": [float(np.percentile(sel, 2.5)), float(np.percentile(sel, 97.5))]}
 
 
-def _accuracy(correct: Tensor) -> float:
-    return correct.float().mean().item() if correct.numel() else math.nan
+def _mean(x: Tensor) -> float:
+    """Mean of a bool or float tensor (an accuracy, a mean probability); nan when empty."""
+    return x.float().mean().item() if x.numel() else math.nan
 
 
 # ---- the protocol ----
@@ -414,7 +410,7 @@ def unlearning_baseline(model: nn.Module, tokenizer, *, forget_mcqs, retain_mcqs
             keep = torch.nonzero(base.all(dim=1), as_tuple=True)[0].tolist()
             out["sets"][name] = [qs[i] for i in keep]
             out["p_clean"][name] = _mean(p[keep])
-            out["summary"].update({f"{name}_questions": len(qs), f"{name}_base_accuracy": _accuracy(base[:, 0]),
+            out["summary"].update({f"{name}_questions": len(qs), f"{name}_base_accuracy": _mean(base[:, 0]),
                                    f"{name}_base_correct": len(keep), f"{name}_p_correct_clean": out["p_clean"][name]})
         out["summary"].update(chat=chat, all_permutations=all_permutations)
     if forget_contexts is not None and retain_contexts is not None:
@@ -434,21 +430,17 @@ def _evaluate_setting(model, tokenizer, layer, sae, chosen: Tensor, mult: float,
             for name, qs in sets.items():
                 correct, p = mcq_scores(model, tokenizer, qs, batch_size, chat=chat)
                 correct = correct[:, 0]
-                out[f"{name}_accuracy"] = _accuracy(correct)
+                out[f"{name}_accuracy"] = _mean(correct)
                 out[f"{name}_p_correct"] = _mean(p)
                 if name == "retain":
                     subj = _subjects(qs)
                     out["retain_accuracy_by_subject"] = {
-                        s: _accuracy(correct[[i for i, t in enumerate(subj) if t == s]]) for s in sorted(set(subj))}
+                        s: _mean(correct[[i for i, t in enumerate(subj) if t == s]]) for s in sorted(set(subj))}
         if contexts is not None:
             out["_ctx"] = {"forget": _ce_per_context(model, contexts[0], batch_size),
                            "retain": _ce_per_context(model, contexts[1], batch_size)}
             out["forget_ce"], out["retain_ce"] = (float(v[0].sum() / v[1].sum()) for v in out["_ctx"].values())
     return out
-
-
-def _mean(x: Tensor) -> float:
-    return x.float().mean().item() if x.numel() else math.nan
 
 
 def _mcq_prob_fields(row: dict, p_clean: dict) -> dict:
