@@ -35,4 +35,4 @@ def test_embedded_default_pipe_run(tmp_path):
     assert store.meta["file_sha256"].startswith("a5fd3b62230a")
     assert runner.invoke(main, ["--config", str(path), "verify"]).exit_code == 0
     report = json.loads((tmp_path / "reports/default/report.json").read_text())
-    assert {"baseline", "fixed-a0.1", "adaptive-a0.0"} <= set(report["runs"])
+    assert {"baseline", "fixed-a0.04", "adaptive-a0.0"} <= set(report["runs"])
