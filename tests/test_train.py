@@ -196,8 +196,8 @@ def test_nan_stops_run_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     real = FixedOrthoSAE.training_forward
     calls = {"n": 0}
 
-    def poisoned(self, x, c):  # the fixed run's loss turns nan at its 101st step (step 100)
-        out = real(self, x, c)
+    def poisoned(self, x, c, generator=None):  # the fixed run's loss turns nan at its 101st step (step 100)
+        out = real(self, x, c, generator)
         if type(self) is FixedOrthoSAE:
             calls["n"] += 1
             if calls["n"] > 100:

@@ -125,7 +125,7 @@ class Trainer:
             c = dataclasses.replace(c, lambda1=c.lambda1 * self.l0_control.scale)
         for group in self.opt.param_groups:
             group["lr"] = c.lr
-        out = self.sae.training_forward(x, c)
+        out = self.sae.training_forward(x, c, self.generator)
         if not torch.isfinite(out.total):
             self.status = "failed"
             self.message = f"loss became {out.total.item()} at step {t}; weights not saved"

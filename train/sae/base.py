@@ -184,13 +184,14 @@ class SAE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
 
-    def ortho_loss(self, activity: Tensor | None = None) -> Tensor | None:
+    def ortho_loss(self, activity: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor | None:
         """L_ortho of the current weights (``activity``: the batch's activation mass per feature,
         for activity-weighted forms); None for an SAE without feature groups."""
         return None
 
-    def training_forward(self, x: Tensor, c: Coefficients) -> TrainOutput:
-        """One step's loss: recon + λ1·sparse + w·L_ortho, with the terms and f, x̂ for logging."""
+    def training_forward(self, x: Tensor, c: Coefficients, generator: torch.Generator | None = None) -> TrainOutput:
+        """One step's loss: recon + λ1·sparse + w·L_ortho, with the terms and f, x̂ for logging
+        (``generator``: the run's random stream, for a sketched L_ortho)."""
         x = x.to(self.dtype)
         f = self.encode_train(x)
         if self.activation == "batchtopk" and torch.is_grad_enabled():
@@ -204,7 +205,7 @@ class SAE(nn.Module):
         if c.ortho_due:
             # the value is logged even while λ2(t) is 0; it only needs a graph when it is weighted
             with torch.set_grad_enabled(torch.is_grad_enabled() and c.ortho_weight != 0.0):
-                ortho = self.ortho_loss(mass.detach())
+                ortho = self.ortho_loss(mass.detach(), generator)
         total = recon + c.lambda1 * sparse + (c.ortho_weight * ortho if c.ortho_weight != 0.0 else 0.0)
         return TrainOutput(total=total, recon=recon, sparse=sparse, ortho=ortho, f=f.detach(),
                            x_hat=x_hat.detach())

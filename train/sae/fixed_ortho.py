@@ -33,10 +33,10 @@ class FixedOrthoSAE(SAE):
         """Feature directions as rows ``[d_sae, d_model]`` (what L_ortho and condition numbers use)."""
         return self.W_dec if self.cfg.ortho.weights == "decoder" else self.W_enc.T
 
-    def ortho_loss(self, activity: Tensor | None = None) -> Tensor:
+    def ortho_loss(self, activity: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """L_ortho; ``activity`` ([d_sae] activation mass of the batch) weighs the pairs when
-        ``[train.ortho] weighting = "activity"``."""
+        ``[train.ortho] weighting = "activity"``; ``generator`` draws the sketch (``sketch`` > 0)."""
         o = self.cfg.ortho
         weights = activity if o.weighting == "activity" else None
         return ortho.ortho_loss(self.directions(), self.penalty_groups(), self.n_groups, o.alpha, o.alpha_mode,
-                                weights=weights)
+                                weights=weights, sketch=o.sketch, generator=generator)

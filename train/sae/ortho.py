@@ -83,6 +83,8 @@ def ortho_loss(
     naive: bool = False,
     eps: float = EPS,
     weights: Tensor | None = None,
+    sketch: int = 0,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """L_ortho of ``W [d_sae, d_model]`` (rows = feature directions) in form ``mode``.
 
@@ -90,6 +92,12 @@ def ortho_loss(
     ≥ 0; rms and hinge only): each pair (i, j) counts with weight w_i·w_j, and the mean divides by
     Σw_g·Σw_h, so a pair of groups with no weight contributes 0. ``naive=True`` forms the
     ``n_g × n_h`` matrices explicitly (reference implementation for tests only).
+
+    ``sketch = k > 0`` (rms only): each pair's Σ w_i w_j cos²_ij = ‖A Bᵀ‖²_F is estimated as
+    ‖(S A) Bᵀ‖²_F with S a fresh k × n_g Gaussian matrix scaled so E[SᵀS] = I (drawn from
+    ``generator``): unbiased in value and gradient, at O(k·d_model·(n_g + n_h)) instead of the
+    Grams' O(d_sae·d_model²). The relu at α² makes the loss itself biased upward near α; at α = 0
+    it is unbiased. A hinge on individual cosines has no such estimate.
     """
     if W.ndim != 2 or groups.shape != (W.shape[0],):
         raise ValueError(f"ortho_loss: W must be [d_sae, d_model] and groups [d_sae]; got {tuple(W.shape)}, {tuple(groups.shape)}")
@@ -111,6 +119,13 @@ def ortho_loss(
         return total
     # weighted: Σ_ij w_i w_j cos²_ij = tr(G_g G_h) with rows scaled by √w
     rows = W if w is None else W * w.sqrt().unsqueeze(1)
+    if sketch and mode == "rms":
+        for g, h in pairs:
+            A, B = rows[idx[g]], rows[idx[h]]
+            S = torch.randn(sketch, len(idx[g]), generator=generator, dtype=A.dtype).to(A.device) / sketch ** 0.5
+            s = ((S @ A) @ B.T).pow(2).sum()  # E = ‖A Bᵀ‖²_F
+            total = total + W.shape[1] * torch.relu(s / (mass[g] * mass[h]) - alpha * alpha)
+        return total
     grams = [gram(rows[i]) if len(i) else None for i in idx]  # each [d_model, d_model]
     for g, h in pairs:
         s = (grams[g] * grams[h]).sum()  # tr(G_g G_h) = ‖W_gᵀW_h‖²_F; Grams are symmetric
