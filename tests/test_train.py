@@ -286,3 +286,27 @@ l1_coefficient = 0.0
     assert l0["topk"] <= 7 and l0["topk"] == pytest.approx(7.0, rel=0.01), l0
     lam = [s["final"]["lambda1"] for s in summaries[:2]]
     assert lam[0] > lam[1] and lam[0] != pytest.approx(0.3)  # λ1 was steered, more for the sparser target
+
+
+def test_run_fingerprints_survive_keys_added_later():
+    """A finished run stays complete when a release adds a setting at its default: these are the
+    fingerprints the code before ``[train.ortho] sketch`` gave (computed with that commit); with
+    the key set, the fingerprint changes and the run trains again."""
+    from types import SimpleNamespace
+
+    from common.config import OrthoConfig, RunConfig, TrainConfig
+    from train.runner import run_fingerprint
+
+    class Reader:
+        meta = {"model_id": "tiny", "layer": 0}
+
+        def corpora(self):
+            return {"retain": SimpleNamespace(attrs={"tokens_fingerprint": "t"})}
+
+    def fp(kind, **ortho):
+        return run_fingerprint(RunConfig.of(kind, "r", train=TrainConfig(d_sae=64), ortho=OrthoConfig(**ortho)),
+                               Reader(), 0)
+
+    assert {k: fp(k) for k in ("baseline", "fixed", "adaptive")} == {
+        "baseline": "039156e96787c438", "fixed": "b79c3722aeed7305", "adaptive": "4b12f7f79c9eb9c5"}
+    assert fp("adaptive", sketch=32) != fp("adaptive")

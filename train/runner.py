@@ -37,7 +37,13 @@ def train_corpora(cfg: Config) -> list[str]:
     return [name for name, c in cfg.corpora.items() if c.split == "train"]
 
 
+# keys added after runs were trained, at their defaults: they count only when set, so older runs stay complete
 _LATER_DEFAULTS = {"activation": "relu", "k": 0, "target_l0": 0.0, "l0_gain": 0.03}
+_LATER_ORTHO_DEFAULTS = {"sketch": 0}
+
+
+def _set_keys(section, later: dict) -> dict:
+    return {k: v for k, v in asdict(section).items() if k not in later or v != later[k]}
 
 
 def run_fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None = None) -> str:
@@ -45,10 +51,8 @@ def run_fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None
     ``stream_seed``: the sweep's ``[train] seed`` (data order), counted when it differs from the
     run's own init seed ``run.train.seed`` (a ``seeds = [...]`` run)."""
     data = {n: g.attrs.get("tokens_fingerprint") for n, g in reader.corpora().items()}
-    train = {k: v for k, v in asdict(run.train).items()  # keys added later count only when set,
-             if k not in _LATER_DEFAULTS or v != _LATER_DEFAULTS[k]}  # so older runs stay complete
-    items = [run.type, train, asdict(run.ortho), data, reader.meta.get("model_id"),
-             reader.meta.get("layer")]
+    items = [run.type, _set_keys(run.train, _LATER_DEFAULTS), _set_keys(run.ortho, _LATER_ORTHO_DEFAULTS), data,
+             reader.meta.get("model_id"), reader.meta.get("layer")]
     if stream_seed is not None and stream_seed != run.train.seed:
         items.append({"stream_seed": stream_seed})
     blob = json.dumps(items, sort_keys=True, default=str)
