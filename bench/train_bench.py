@@ -6,7 +6,8 @@
    same loop fed by an in-memory tensor of the same rows: same SAE, same `Trainer.train_step`.
 2. L_ortho overhead: adaptive-orthogonal vs baseline step at two sizes (λ2 > 0, so the ortho term has a
    graph), with L_ortho every step (`[train.ortho] every = 1`, the exact loss) and lazily every 4th
-   step (`every = 4`); one regroup (eigvalsh of Grams, every `regroup_every` steps) is timed, amortised.
+   step (`every = 4`), and sketched (`sketch = k`), with 2 and 8 groups; one regroup (eigvalsh of Grams,
+   every `regroup_every` steps, 2 groups) is timed, amortised.
 3. Our baseline step vs dictionary_learning's `StandardTrainer.update` and sae-lens'
    `SAETrainer._train_step` (StandardTrainingSAE) on the same in-memory batches and SAE size.
 
@@ -77,10 +78,11 @@ def write_store(url: str, rows: torch.Tensor) -> StoreReader:
     return StoreReader(url)
 
 
-def our_run(kind: str, d: int, d_sae: int, batch: int, tag: str = "", every: int = 1, sketch: int = 0) -> Trainer:
+def our_run(kind: str, d: int, d_sae: int, batch: int, tag: str = "", every: int = 1, sketch: int = 0,
+            groups: int = 2) -> Trainer:
     """A run's Trainer as `train.runner` builds it (default [train] settings)."""
     run = RunConfig.of(kind, f"{kind}-{d}x{d_sae}{tag}", train=TrainConfig(d_sae=d_sae, batch_size=batch),
-                       ortho=OrthoConfig(**ORTHO, every=every, sketch=sketch))
+                       ortho=OrthoConfig(**{**ORTHO, "groups": groups}, every=every, sketch=sketch))
     return Trainer(run, make_sae(run, d), TOTAL_STEPS)
 
 
@@ -164,7 +166,9 @@ def bench_ortho(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
                                             (c["big"], big_rows, c["big_rounds"])]:
         runs = {"baseline": our_run("baseline", d, d_sae, batch),
                 **{f"every {k}": our_run("adaptive", d, d_sae, batch, f"-e{k}", every=k) for k in (1, 4)},
-                f"sketch {SKETCH}": our_run("adaptive", d, d_sae, batch, "-sk", sketch=SKETCH)}
+                f"sketch {SKETCH}": our_run("adaptive", d, d_sae, batch, "-sk", sketch=SKETCH),
+                "every 1, 8 groups": our_run("adaptive", d, d_sae, batch, "-e1g8", groups=8),
+                f"sketch {SKETCH}, 8 groups": our_run("adaptive", d, d_sae, batch, "-skg8", sketch=SKETCH, groups=8)}
         batches = memory_batches(data, batch, forget_frac=0.5)
         # 4 steps per round (FULL, QUICK): every round holds one whole lazy period of every = 4
         sec = interleave({k: timed(our_step(rs, batches)) for k, rs in runs.items()}, rounds)
@@ -178,7 +182,9 @@ def bench_ortho(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
         trainer.regroup()
         regroup = (time.perf_counter() - t) / every_n
         for name, what, goal in [("every 1", "exact, every step", 0.10), ("every 4", "lazy, every = 4", 0.10),
-                                 (f"sketch {SKETCH}", f"sketched, k = {SKETCH}", 0.03)]:
+                                 (f"sketch {SKETCH}", f"sketched, k = {SKETCH}", 0.03),
+                                 ("every 1, 8 groups", "exact, 8 groups", 0.10),
+                                 (f"sketch {SKETCH}, 8 groups", f"sketched, k = {SKETCH}, 8 groups", 0.03)]:
             p = pair(sec, "baseline", name, batch)
             over = p["ratio"] - 1  # baseline speed / adaptive speed - 1 = extra time per step
             over_rg = statistics.median((a + regroup) / b for a, b in zip(sec[name], sec["baseline"])) - 1

@@ -29,7 +29,7 @@ Seed-form Gram rewrite, with A = W_g, B = W_h:
 ``‖AᵀB − αI‖²_F = tr((AAᵀ)(BBᵀ)) − 2α Σ_{i<m} a_i·b_i + α² m``, m = min(n_g, n_h); the pair's
 term is ``sqrt(max(s, 0) + eps) − sqrt(eps)`` (eps = 1e-12): finite gradient at s = 0, and an
 orthogonal pair costs exactly 0. Pairs where either group is empty contribute exactly 0 (all forms).
-Cost of the Gram forms: O(d_sae·d_model²) plus O(G²·d_model²); the Gram's backward is one matmul
+Cost of the Gram forms: O(d_sae·d_model²) plus O(G²·d_model²) (the sketch: O(G·k·d_sae·d_model)); the Gram's backward is one matmul
 (``_Gram``) instead of autograd's two for ``AᵀA``. The hinge costs O(n_g·n_h·d_model). Lazy
 application (``every`` > 1) is the Trainer's schedule (``train/trainer.py``).
 """
@@ -93,16 +93,18 @@ def ortho_loss(
     Σw_g·Σw_h, so a pair of groups with no weight contributes 0. ``naive=True`` forms the
     ``n_g × n_h`` matrices explicitly (reference implementation for tests only).
 
-    ``sketch = k > 0`` (rms only): each pair's Σ w_i w_j cos²_ij = ‖A Bᵀ‖²_F is estimated as
-    ‖(S A) Bᵀ‖²_F with S a fresh k × n_g Gaussian matrix scaled so E[SᵀS] = I (drawn from
-    ``generator``): unbiased in value and gradient, at O(k·d_model·(n_g + n_h)) instead of the
-    Grams' O(d_sae·d_model²). The relu at α² makes the loss itself biased upward near α; at α = 0
-    it is unbiased. A hinge on individual cosines has no such estimate.
+    ``sketch = k > 0`` (rms only): each pair's Σ w_i w_j cos²_ij is estimated through independent
+    k-row Gaussian sketches of both groups, fresh each call (drawn from ``generator``): unbiased in
+    value and gradient, at O(G·k·d_sae·d_model) instead of the Grams' O(d_sae·d_model²)
+    (``sketched_rms``). The relu at α² makes the loss itself biased upward near α; at α = 0 it is
+    unbiased. A hinge on individual cosines has no such estimate.
     """
     if W.ndim != 2 or groups.shape != (W.shape[0],):
         raise ValueError(f"ortho_loss: W must be [d_sae, d_model] and groups [d_sae]; got {tuple(W.shape)}, {tuple(groups.shape)}")
     if mode not in ALPHA_MODES:
         raise ValueError(f"ortho_loss: mode must be one of {ALPHA_MODES}; got {mode!r}")
+    if sketch and mode == "rms":
+        return sketched_rms(W, groups, n_groups, alpha, sketch, weights, generator)
     idx = group_indices(groups, n_groups)
     pairs = [(g, h) for g in range(n_groups) for h in range(g + 1, n_groups) if len(idx[g]) and len(idx[h])]
     total = W.new_zeros(())
@@ -119,13 +121,6 @@ def ortho_loss(
         return total
     # weighted: Σ_ij w_i w_j cos²_ij = tr(G_g G_h) with rows scaled by √w
     rows = W if w is None else W * w.sqrt().unsqueeze(1)
-    if sketch and mode == "rms":
-        for g, h in pairs:
-            A, B = rows[idx[g]], rows[idx[h]]
-            S = torch.randn(sketch, len(idx[g]), generator=generator, dtype=A.dtype).to(A.device) / sketch ** 0.5
-            s = ((S @ A) @ B.T).pow(2).sum()  # E = ‖A Bᵀ‖²_F
-            total = total + W.shape[1] * torch.relu(s / (mass[g] * mass[h]) - alpha * alpha)
-        return total
     grams = [gram(rows[i]) if len(i) else None for i in idx]  # each [d_model, d_model]
     for g, h in pairs:
         s = (grams[g] * grams[h]).sum()  # tr(G_g G_h) = ‖W_gᵀW_h‖²_F; Grams are symmetric
@@ -138,6 +133,67 @@ def ortho_loss(
             s = s - 2.0 * alpha * diag + alpha * alpha * m
         total = total + (torch.sqrt(s.clamp_min(0) + eps) - eps**0.5)
     return total
+
+
+class _SketchedRms(torch.autograd.Function):
+    """The sketched rms L_ortho of W with a hand-written backward (see ``sketched_rms``).
+
+    Forward: T = L W (``L [G·k, d_sae]`` = each group's sketch, masked to its columns and scaled by
+    √w_i/‖W_i‖), the k × k blocks C_gh = T_g T_hᵀ, s_gh = ‖C_gh‖²_F. Backward: with the row
+    scales held fixed, M = Lᵀ dT (one matmul) is diag(√w/‖W‖) times the gradient with respect to
+    the scaled rows; the scale's own derivative is exactly the projection that removes each row's
+    radial part, dW_i = M_i − ⟨W_i, M_i⟩ W_i / ‖W_i‖² (the gradient of a function of W_i/‖W_i‖),
+    done in place. Autograd would instead run a second matmul for dL and a norm backward over W."""
+
+    @staticmethod
+    def forward(ctx, W: Tensor, L: Tensor, n_groups: int, mass: Tensor, alpha: float, sq_norms: Tensor) -> Tensor:
+        k = L.shape[0] // n_groups
+        T = L @ W  # [G·k, d_model]: row block g = S_g Ŵ_g
+        C = (T @ T.T).reshape(n_groups, k, n_groups, k)
+        s = C.pow(2).sum(dim=(1, 3))  # [G, G]: s_gh ≈ ‖Ŵ_gᵀŴ_h‖²_F (weighted), unbiased for g ≠ h
+        m = mass.unsqueeze(1) * mass.unsqueeze(0)  # Σw_g·Σw_h
+        # pairs g < h with weight on both sides; a pair with an empty group contributes exactly 0
+        ok = torch.ones_like(s, dtype=torch.bool).triu(1) & (m > 0)
+        excess = s / torch.where(ok, m, torch.ones_like(m)) - alpha * alpha
+        live = ok & (excess > 0)
+        d_model = W.shape[1]
+        ctx.save_for_backward(W, L, T, C, torch.where(live, d_model / torch.where(ok, m, torch.ones_like(m)), 0.0),
+                              sq_norms)
+        ctx.n_groups = n_groups
+        return d_model * torch.where(live, excess, torch.zeros_like(excess)).sum()
+
+    @staticmethod
+    def backward(ctx, dloss: Tensor):
+        W, L, T, C, a, sq_norms = ctx.saved_tensors  # a[g, h] = ∂loss/∂s_gh
+        G, k = ctx.n_groups, C.shape[1]
+        dC = (2 * dloss) * a[:, None, :, None] * C  # ∂/∂C of Σ a_gh ‖C_gh‖²
+        dC = dC.reshape(G * k, G * k)
+        dT = (dC + dC.T) @ T
+        M = L.T @ dT  # [d_sae, d_model], the one full-size product
+        # row-wise ⟨W_i, M_i⟩ as a batched matmul: no [d_sae, d_model] temporary (W * M would make one)
+        radial = torch.bmm(W.unsqueeze(1), M.unsqueeze(2)).reshape(-1) / sq_norms
+        return M.addcmul_(W, radial.unsqueeze(1), value=-1.0), None, None, None, None, None
+
+
+def sketched_rms(W: Tensor, groups: Tensor, n_groups: int, alpha: float, k: int,
+                 weights: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """The rms L_ortho with each pair's Σ w_i w_j cos²_ij estimated through independent k-row
+    Gaussian sketches S_g, S_h of both groups (E[SᵀS] = I): ‖S_g Ŵ_g Ŵ_hᵀ S_hᵀ‖²_F, unbiased in
+    value and gradient (independent sides; the relu at α² biases the loss upward near α, as for
+    any estimate; at α = 0 it is exact in expectation). One k × d_sae draw serves every group, its
+    columns split by group, so the sketches are independent.
+
+    Cost: one [G·k, d_sae] @ [d_sae, d_model] product forward and one backward, O(G·k·d_sae·d_model),
+    against the Grams' O(d_sae·d_model²); it never normalises, weighs or gathers W (the row scales
+    √w_i/‖W_i‖ ride on the sketch) and never syncs with the host (groups as a one-hot matrix)."""
+    d_sae = W.shape[0]
+    onehot = torch.nn.functional.one_hot(groups, n_groups).to(W.dtype)  # [d_sae, G]
+    w = torch.ones(d_sae, dtype=W.dtype, device=W.device) if weights is None else weights.detach().to(W.dtype)
+    norms = W.detach().norm(dim=1).clamp_min(1e-12)
+    scale = w.sqrt() / norms  # √w_i / ‖W_i‖
+    S = torch.randn(k, d_sae, generator=generator, dtype=W.dtype).to(W.device) / k ** 0.5
+    L = (S.unsqueeze(0) * (scale.unsqueeze(1) * onehot).T.unsqueeze(1)).reshape(n_groups * k, d_sae)
+    return _SketchedRms.apply(W, L, n_groups, w @ onehot, alpha, norms.pow(2))
 
 
 def _pair_naive(A: Tensor, B: Tensor, alpha: float, mode: str, eps: float,
