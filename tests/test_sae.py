@@ -756,3 +756,87 @@ def test_sketched_training_is_deterministic_and_resumes_bitwise(tmp_path):
                 make_sae(r, D), 12)  # another run seed: another sketch stream
     c = trained(12, c)
     assert not torch.equal(a.sae.W_dec, c.sae.W_dec)
+
+
+# ------------------------------------------------------------------ host syncs in the hot path
+
+class HostReads(TorchDispatchMode):
+    """Records the ops that read a device value back to the host (a GPU sync): scalar reads
+    (``item``, ``bool``, ``float``), ``nonzero``, ``masked_select`` and boolean-mask indexing, whose
+    output size depends on the data. ``exempt``: tensors allowed to be read (Adam's step counters,
+    which live on the host even on a GPU)."""
+
+    def __init__(self, exempt=()):
+        super().__init__()
+        self.exempt, self.reads = {id(t) for t in exempt}, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        if name == "aten::_local_scalar_dense" and id(args[0]) not in self.exempt:
+            self.reads.append(name)
+        elif name in ("aten::nonzero", "aten::masked_select"):
+            self.reads.append(name)
+        elif name == "aten::index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                                          for i in args[1] if i is not None):
+            self.reads.append("boolean-mask index")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind,keys", [
+    ("adaptive", {}), ("adaptive", {"sketch": 4}), ("adaptive", {"alpha_mode": "hinge"}), ("fixed", {}),
+    ("baseline", {"activation": "batchtopk", "k": 3, "l1_coefficient": 0.0}),
+    ("baseline", {"target_l0": 3.0}),
+])
+def test_training_steps_that_do_not_log_never_read_the_device(kind, keys):
+    """Between log, checkpoint and regroup steps a training step runs without one host read (issue
+    13): the NaN guard and the target-L0 controller stay on the device, group indices are cached
+    between regroups, a weightless group is masked on the device, BatchTopK's threshold moves
+    without boolean indexing."""
+    r = run(kind, log_every=1000, checkpoint_every=1000, regroup_every=1000, dead_window=1000, **keys)
+    trainer = Trainer(r, make_sae(r, D), 1000)
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(16, D, generator=g) for _ in range(4)]
+    fg = torch.arange(16) < 8
+    trainer.train_step(xs[0], fg)  # the first step creates Adam's state
+    steps = [s["step"] for s in trainer.opt.state.values()]
+    with HostReads(exempt=steps) as mode:
+        for x in xs[1:]:
+            assert trainer.train_step(x, fg) is None  # no log record on these steps
+    assert mode.reads == []
+    assert trainer.running and trainer.step == 4
+
+
+class MatmulPrecisions(TorchDispatchMode):
+    """The float32 matmul precision in force at each matrix product, by op name."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul"):
+            self.seen.append(torch.get_float32_matmul_precision())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("keys", [{}, {"sketch": 4}])
+def test_tf32_applies_to_the_sae_but_never_to_l_ortho(keys):
+    """``[train] matmul_precision = "high"`` (TF32 on CUDA) holds for the encoder / decoder products
+    of a step; every product of L_ortho, forward and backward, runs at "highest"; the process-wide
+    setting is restored after the step."""
+    from train.sae.ortho import ortho_loss as loss_fn
+    W = torch.randn(S, D, requires_grad=True)
+    torch.set_float32_matmul_precision("high")
+    try:
+        with MatmulPrecisions() as mode:
+            loss_fn(W, contiguous_groups(S, 2), 2, 0.0, "rms", weights=torch.rand(S), **keys,
+                    generator=torch.Generator().manual_seed(0)).backward()
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert mode.seen and set(mode.seen) == {"highest"}
+    r = run("adaptive", matmul_precision="high", **keys)
+    trainer = Trainer(r, make_sae(r, D), 10)
+    with MatmulPrecisions() as mode:
+        trainer.train_step(torch.randn(16, D), torch.arange(16) < 8)
+    assert {"high", "highest"} <= set(mode.seen)  # the SAE's products in TF32, L_ortho's in fp32
+    assert torch.get_float32_matmul_precision() == "highest"

@@ -5,7 +5,7 @@ of every coefficient (``Schedules``: lr, λ1, λ2(t) and the lazy L_ortho weight
 tracking and resampling, the NaN guard, the feature-group statistics, regrouping and the early
 stop, and the state a checkpoint needs. One step, top to bottom:
 
-    coefficients -> SAE training forward (loss terms, f, x̂) -> NaN guard -> backward -> clip ->
+    coefficients -> SAE training forward (loss terms, f, x̂) -> backward -> NaN guard -> clip ->
     Adam -> decoder renorm -> group statistics + regroup every n steps -> dead features ->
     early stop -> log record
 
@@ -24,6 +24,7 @@ from torch import Tensor
 from common.config import RunConfig
 from common.metrics import explained_variance
 from train.checkpoint import load_optimizer_state, optimizer_state
+from train.precision import matmul_precision
 from train.resample import resample_dead
 from train.sae import SAE, Coefficients, GroupStats, RegroupReport, assign_groups, group_health, stop_reason
 
@@ -78,21 +79,22 @@ class L0Controller:
     the λ1 warm-up as ``scale *= exp(gain · log(L0_batch / target_l0))`` (log L0 error, clipped to
     ±1): L0 above target raises λ1, below lowers it. An integral controller on log λ1; it needs no
     calibration pass and tracks the target while the weights move, so the final L0 (set when the lr
-    decays to 0) lands on it. Off (scale 1) when ``target_l0`` is 0."""
+    decays to 0) lands on it. Off (scale 1) when ``target_l0`` is 0. ``scale`` is a float64 tensor
+    on the SAE's device, updated there: the batch L0 is never read back to the host."""
 
-    def __init__(self, run: RunConfig):
+    def __init__(self, run: RunConfig, device: torch.device | str = "cpu"):
         tr = run.train
         self.target, self.gain, self.start = float(tr.target_l0), float(tr.l0_gain), int(tr.l1_warmup_steps)
-        self.scale = 1.0
+        self.scale = torch.ones((), dtype=torch.float64, device=device)
 
     @property
     def active(self) -> bool:
         return self.target > 0
 
-    def update(self, t: int, l0: float) -> None:
+    def update(self, t: int, l0: Tensor) -> None:
         if self.active and t >= self.start:
-            err = math.log(max(l0, 0.5) / self.target)
-            self.scale *= math.exp(self.gain * max(-1.0, min(1.0, err)))
+            err = torch.log(l0.double().clamp_min(0.5) / self.target).clamp(-1.0, 1.0)
+            self.scale.mul_(torch.exp(self.gain * err))
 
 
 class Trainer:
@@ -109,7 +111,11 @@ class Trainer:
         self.status, self.message = "running", ""
         self.last: dict = {}  # the latest log record
         self._last_ortho: Tensor | None = None  # logged on steps the lazy L_ortho skips
-        self.l0_control = L0Controller(run)
+        self.l0_control = L0Controller(run, sae.device)
+        # the NaN guard, kept on the device: the first non-finite loss's step and value (-1: none
+        # yet), read back only on steps that log or checkpoint (a per-step read would sync the GPU)
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=sae.device)
+        self._bad_value = torch.zeros((), device=sae.device)
         # per-run randomness (resampling) follows the run's own seed; the data order is the sweep's
         self.generator = torch.Generator().manual_seed(int(tr.seed))
 
@@ -122,16 +128,16 @@ class Trainer:
         tr, t = self.run.train, self.step
         c = self.schedules.at(t)
         if self.l0_control.active:
-            c = dataclasses.replace(c, lambda1=c.lambda1 * self.l0_control.scale)
+            c = dataclasses.replace(c, lambda1=(c.lambda1 * self.l0_control.scale).to(self.sae.dtype))
         for group in self.opt.param_groups:
             group["lr"] = c.lr
-        out = self.sae.training_forward(x, c, self.generator)
-        if not torch.isfinite(out.total):
-            self.status = "failed"
-            self.message = f"loss became {out.total.item()} at step {t}; weights not saved"
-            return None
-        self.opt.zero_grad(set_to_none=True)
-        out.total.backward()
+        with matmul_precision(tr.matmul_precision):  # TF32 on CUDA when "high"; L_ortho keeps fp32
+            out = self.sae.training_forward(x, c, self.generator)
+            self.opt.zero_grad(set_to_none=True)
+            out.total.backward()
+        first_bad = (self._bad_step < 0) & ~torch.isfinite(out.total.detach())
+        self._bad_step = torch.where(first_bad, t, self._bad_step)
+        self._bad_value = torch.where(first_bad, out.total.detach().float(), self._bad_value)
         # the norm before clipping (logged): clipping hides exploding gradients, the log must not
         params = [p for p in self.sae.parameters() if p.grad is not None]
         grad_norm = (torch.nn.utils.clip_grad_norm_(params, tr.grad_clip) if tr.grad_clip
@@ -139,6 +145,10 @@ class Trainer:
         self.opt.step()
         self.sae.normalize_decoder()
         self.step = t + 1
+        if self._syncs_now() and int(self._bad_step) >= 0:  # before anything is logged or saved
+            self.status = "failed"
+            self.message = f"loss became {float(self._bad_value)} at step {int(self._bad_step)}; weights not saved"
+            return None
 
         regroup = None
         if self.group_stats is not None:
@@ -149,7 +159,7 @@ class Trainer:
 
         active = out.f > 0  # one pass serves L0 and the dead-feature mask
         if self.l0_control.active:
-            self.l0_control.update(t, float(active.sum(dim=-1, dtype=torch.float32).mean()))
+            self.l0_control.update(t, active.sum(dim=-1, dtype=torch.float32).mean())
         self.steps_since_fired = torch.where(active.any(dim=0), 0, self.steps_since_fired + 1)
         dead = self.steps_since_fired > tr.dead_window
         if tr.resample_dead and self.step % tr.dead_window == 0 and dead.any():
@@ -162,11 +172,15 @@ class Trainer:
                 self.status, self.message = "early_stopped", f"{reason} at step {self.step}"
         if out.ortho is not None:
             self._last_ortho = out.ortho.detach()
-        if (self.step % tr.log_every == 0 or self.step == self.total_steps or regroup is not None
-                or not self.running):
+        if self.step % tr.log_every == 0 or self.step == self.total_steps or regroup is not None or not self.running:
             self.last = self._record(out, c, x, active, dead, regroup, grad_norm)
             return self.last
         return None
+
+    def _syncs_now(self) -> bool:
+        """Steps that read values back to the host anyway: log, checkpoint, last step."""
+        tr = self.run.train
+        return self.step % tr.log_every == 0 or self.step % tr.checkpoint_every == 0 or self.step == self.total_steps
 
     @torch.no_grad()
     def regroup(self) -> RegroupReport:
@@ -192,7 +206,7 @@ class Trainer:
         x = x.to(out.x_hat.dtype)
         resid = (x - out.x_hat).pow(2).sum(-1).mean()
         total_var = (x - x.mean(0)).pow(2).sum(-1).mean()
-        rec = {"step": self.step, "lr": c.lr, "lambda1": c.lambda1, "lambda2": c.lambda2,
+        rec = {"step": self.step, "lr": c.lr, "lambda1": float(c.lambda1), "lambda2": c.lambda2,
                "recon": float(out.recon), "sparse": float(out.sparse), "total": float(out.total),
                "l0": float(active.sum(dim=-1, dtype=torch.float32).mean()),
                "ev_batch": explained_variance(float(resid), float(total_var)),
@@ -218,7 +232,7 @@ class Trainer:
             state["group_stats"] = self.group_stats.state_dict()
         state["generator"] = self.generator.get_state()
         if self.l0_control.active:
-            state["l1_scale"] = torch.tensor(self.l0_control.scale, dtype=torch.float64)
+            state["l1_scale"] = self.l0_control.scale.cpu()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -229,5 +243,5 @@ class Trainer:
             self.group_stats.load_state_dict(state["group_stats"])
         self.generator.set_state(state["generator"])
         if "l1_scale" in state:
-            self.l0_control.scale = float(state["l1_scale"])
+            self.l0_control.scale = state["l1_scale"].to(self.l0_control.scale)
         self.step, self.status, self.message, self.last = state["step"], state["status"], state["message"], state["last"]

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .fixed_ortho import FixedOrthoSAE
+from .ortho import group_onehot
 
 
 def require_uniform_norms(norms: Tensor) -> None:
@@ -41,7 +42,7 @@ def group_shares(f: Tensor, groups: Tensor, n_groups: int, *, nonneg: bool = Fal
     forward and backward). The mass is a matmul with the one-hot group matrix: on CPU it is about
     twice as fast as ``index_add`` over the feature axis, forward plus backward.
     """
-    onehot = torch.nn.functional.one_hot(groups, n_groups).to(f.dtype)  # [d_sae, G]
+    onehot = group_onehot(groups, n_groups, f.dtype)
     mass = (f if nonneg else f.clamp_min(0)) @ onehot
     tot = mass.sum(dim=-1, keepdim=True) + tau
     return mass / torch.where(tot > 0, tot, torch.ones_like(tot))

@@ -49,7 +49,7 @@ from common.config import RunConfig
 class Coefficients:
     """One step's coefficient values, all from the Trainer's schedules."""
     lr: float
-    lambda1: float  # λ1 after its warm-up
+    lambda1: float | Tensor  # λ1 after its warm-up (a device scalar under the target-L0 controller)
     lambda2: float  # λ2(t), the nominal weight of L_ortho (logged)
     ortho_weight: float  # weight of L_ortho in this step's loss: every·λ2(t) on due steps, else 0
     ortho_due: bool  # whether L_ortho is evaluated this step (lazy: every `every`-th step)
@@ -171,11 +171,14 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def update_threshold(self, f: Tensor) -> None:
-        """SAELens ``update_topk_threshold``: EMA of the smallest positive activation BatchTopK kept."""
-        positive = f[f > 0]
-        if self.activation == "batchtopk" and positive.numel():
-            lr = TOPK_THRESHOLD_LR
-            self.threshold.copy_((1 - lr) * self.threshold + lr * positive.min().to(self.threshold.dtype))
+        """SAELens ``update_topk_threshold``: EMA of the smallest positive activation BatchTopK kept
+        (none kept: θ stays). On the device: no boolean indexing, whose size would sync the host."""
+        if self.activation != "batchtopk":
+            return
+        smallest = torch.where(f > 0, f, torch.inf).min().to(self.threshold.dtype)
+        lr = TOPK_THRESHOLD_LR
+        moved = (1 - lr) * self.threshold + lr * smallest
+        self.threshold.copy_(torch.where(torch.isfinite(smallest), moved, self.threshold))
 
     def decode(self, f: Tensor, *, nonneg: bool = False) -> Tensor:
         """``nonneg``: f is the encoder's own ReLU output (variants may skip work on that promise)."""

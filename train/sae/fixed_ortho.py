@@ -39,4 +39,13 @@ class FixedOrthoSAE(SAE):
         o = self.cfg.ortho
         weights = activity if o.weighting == "activity" else None
         return ortho.ortho_loss(self.directions(), self.penalty_groups(), self.n_groups, o.alpha, o.alpha_mode,
-                                weights=weights, sketch=o.sketch, generator=generator)
+                                weights=weights, sketch=o.sketch, generator=generator, index=self.group_index())
+
+    def group_index(self) -> list:
+        """Each group's feature indices, recomputed only when the groups change (a regroup, a load):
+        ``nonzero`` per group per step would read sizes back to the host on every step."""
+        groups = self.penalty_groups()
+        key = (groups.data_ptr(), groups._version)
+        if getattr(self, "_index_key", None) != key:
+            self._index, self._index_key = ortho.group_indices(groups, self.n_groups), key
+        return self._index

@@ -39,6 +39,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from train.precision import matmul_precision
+
 EPS = 1e-12
 
 
@@ -53,12 +55,19 @@ class _Gram(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dG: Tensor) -> Tensor:
         (A,) = ctx.saved_tensors
-        return A @ (dG + dG.T)
+        with matmul_precision("highest"):
+            return A @ (dG + dG.T)
 
 
 def gram(A: Tensor) -> Tensor:
     """``AᵀA`` (``[d_model, d_model]`` for rows ``A [n, d_model]``), differentiable."""
     return _Gram.apply(A)
+
+
+def group_onehot(groups: Tensor, n_groups: int, dtype: torch.dtype) -> Tensor:
+    """``[d_sae, G]`` membership matrix. Not ``F.one_hot``: it checks the ids' range on the host,
+    a GPU sync on every training step."""
+    return (groups.unsqueeze(1) == torch.arange(n_groups, device=groups.device)).to(dtype)
 
 
 def group_indices(groups: Tensor, n_groups: int) -> list[Tensor]:
@@ -68,6 +77,11 @@ def group_indices(groups: Tensor, n_groups: int) -> list[Tensor]:
 
 ALPHA_MODES = ("rms", "hinge", "seed")
 HINGE_BLOCK = 2048  # rows of W_g per block: the hinge holds [block, n_h] at a time
+
+
+def _positive(m: float | Tensor) -> float | Tensor:
+    """A pair's weight Σw_g·Σw_h as a divisor: 0 (a weightless group, whose terms are 0) → 1."""
+    return m if isinstance(m, float) else torch.where(m > 0, m, torch.ones_like(m))
 
 
 def _unit_rows(W: Tensor) -> Tensor:
@@ -85,12 +99,14 @@ def ortho_loss(
     weights: Tensor | None = None,
     sketch: int = 0,
     generator: torch.Generator | None = None,
+    index: list[Tensor] | None = None,
 ) -> Tensor:
     """L_ortho of ``W [d_sae, d_model]`` (rows = feature directions) in form ``mode``.
 
     ``groups``: LongTensor ``[d_sae]`` with values in ``0..n_groups-1``. ``weights`` (``[d_sae]``,
     ≥ 0; rms and hinge only): each pair (i, j) counts with weight w_i·w_j, and the mean divides by
-    Σw_g·Σw_h, so a pair of groups with no weight contributes 0. ``naive=True`` forms the
+    Σw_g·Σw_h, so a pair of groups with no weight contributes 0. ``index``: the groups' feature
+    indices (``group_indices``), cached by the caller between regroups. ``naive=True`` forms the
     ``n_g × n_h`` matrices explicitly (reference implementation for tests only).
 
     ``sketch = k > 0`` (rms only): each pair's Σ w_i w_j cos²_ij is estimated through independent
@@ -103,17 +119,22 @@ def ortho_loss(
         raise ValueError(f"ortho_loss: W must be [d_sae, d_model] and groups [d_sae]; got {tuple(W.shape)}, {tuple(groups.shape)}")
     if mode not in ALPHA_MODES:
         raise ValueError(f"ortho_loss: mode must be one of {ALPHA_MODES}; got {mode!r}")
+    with matmul_precision("highest"):  # never TF32: s/(m_g·m_h) − α² cancels near 1/d_model
+        return _ortho_loss(W, groups, n_groups, alpha, mode, naive, eps, weights, sketch, generator, index)
+
+
+def _ortho_loss(W, groups, n_groups, alpha, mode, naive, eps, weights, sketch, generator, index) -> Tensor:
     if sketch and mode == "rms":
         return sketched_rms(W, groups, n_groups, alpha, sketch, weights, generator)
-    idx = group_indices(groups, n_groups)
+    idx = group_indices(groups, n_groups) if index is None else index
     pairs = [(g, h) for g in range(n_groups) for h in range(g + 1, n_groups) if len(idx[g]) and len(idx[h])]
     total = W.new_zeros(())
     if mode != "seed":
         W = _unit_rows(W)
     w = None if mode == "seed" else weights
-    mass = [float(len(i)) if w is None else w[i].sum() for i in idx]  # host sync only when weighted
-    if w is not None:
-        pairs = [(g, h) for g, h in pairs if mass[g] > 0 and mass[h] > 0]
+    # weighted: device scalars, never compared on the host (a weightless group's rows scale to 0,
+    # so its pairs give s = 0 and contribute 0 through the relu)
+    mass = [float(len(i)) if w is None else w[i].sum() for i in idx]
     if mode == "hinge" or naive:
         for g, h in pairs:
             wg, wh = (None, None) if w is None else (w[idx[g]], w[idx[h]])
@@ -125,7 +146,7 @@ def ortho_loss(
     for g, h in pairs:
         s = (grams[g] * grams[h]).sum()  # tr(G_g G_h) = ‖W_gᵀW_h‖²_F; Grams are symmetric
         if mode == "rms":
-            total = total + W.shape[1] * torch.relu(s / (mass[g] * mass[h]) - alpha * alpha)
+            total = total + W.shape[1] * torch.relu(s / _positive(mass[g] * mass[h]) - alpha * alpha)
             continue
         if alpha != 0.0:
             m = min(len(idx[g]), len(idx[h]))
@@ -168,10 +189,11 @@ class _SketchedRms(torch.autograd.Function):
         G, k = ctx.n_groups, C.shape[1]
         dC = (2 * dloss) * a[:, None, :, None] * C  # ∂/∂C of Σ a_gh ‖C_gh‖²
         dC = dC.reshape(G * k, G * k)
-        dT = (dC + dC.T) @ T
-        M = L.T @ dT  # [d_sae, d_model], the one full-size product
-        # row-wise ⟨W_i, M_i⟩ as a batched matmul: no [d_sae, d_model] temporary (W * M would make one)
-        radial = torch.bmm(W.unsqueeze(1), M.unsqueeze(2)).reshape(-1) / sq_norms
+        with matmul_precision("highest"):
+            dT = (dC + dC.T) @ T
+            M = L.T @ dT  # [d_sae, d_model], the one full-size product
+            # row-wise ⟨W_i, M_i⟩ as a batched matmul: no [d_sae, d_model] temporary (W * M would make one)
+            radial = torch.bmm(W.unsqueeze(1), M.unsqueeze(2)).reshape(-1) / sq_norms
         return M.addcmul_(W, radial.unsqueeze(1), value=-1.0), None, None, None, None, None
 
 
@@ -187,7 +209,7 @@ def sketched_rms(W: Tensor, groups: Tensor, n_groups: int, alpha: float, k: int,
     against the Grams' O(d_sae·d_model²); it never normalises, weighs or gathers W (the row scales
     √w_i/‖W_i‖ ride on the sketch) and never syncs with the host (groups as a one-hot matrix)."""
     d_sae = W.shape[0]
-    onehot = torch.nn.functional.one_hot(groups, n_groups).to(W.dtype)  # [d_sae, G]
+    onehot = group_onehot(groups, n_groups, W.dtype)
     w = torch.ones(d_sae, dtype=W.dtype, device=W.device) if weights is None else weights.detach().to(W.dtype)
     norms = W.detach().norm(dim=1).clamp_min(1e-12)
     scale = w.sqrt() / norms  # √w_i / ‖W_i‖
@@ -210,7 +232,7 @@ def _pair_naive(A: Tensor, B: Tensor, alpha: float, mode: str, eps: float,
         if wa is not None:
             C = C * wa[start:start + HINGE_BLOCK, None] * wb[None, :]
         total = total + C.sum()
-    n = A.shape[0] * B.shape[0] if wa is None else wa.sum() * wb.sum()
+    n = A.shape[0] * B.shape[0] if wa is None else _positive(wa.sum() * wb.sum())
     d = A.shape[1]
     return d * (total / n if mode == "hinge" else torch.relu(total / n - alpha * alpha))
 
