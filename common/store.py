@@ -49,10 +49,16 @@ def numpy_storage_dtype(storage_dtype: str) -> np.dtype:
     return np.dtype({"bfloat16": "uint16", "float16": "float16", "float32": "float32"}[storage_dtype])
 
 
-def to_storage(x: torch.Tensor, storage_dtype: str) -> np.ndarray:
+def storage_tensor(x: torch.Tensor, storage_dtype: str) -> torch.Tensor:
+    """x in the stored bits, on x's device: int16 holding bf16 bits (numpy has no bfloat16), else the dtype."""
     if storage_dtype == "bfloat16":
-        return x.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
-    return x.to(getattr(torch, storage_dtype)).cpu().numpy()
+        return x.to(torch.bfloat16).view(torch.int16)
+    return x.to(getattr(torch, storage_dtype))
+
+
+def to_storage(x: torch.Tensor, storage_dtype: str) -> np.ndarray:
+    a = storage_tensor(x, storage_dtype).cpu().numpy()
+    return a.view(np.uint16) if storage_dtype == "bfloat16" else a
 
 
 def from_storage(a: np.ndarray, storage_dtype: str) -> torch.Tensor:

@@ -26,8 +26,9 @@ from common.corpora import (CorpusError, CorpusSpec, fingerprint, load_documents
 from common.model import LoadedModel, load_model, load_tokenizer, pick_device
 from common.progress import console, progress
 from common.store import (CorpusPlan, StoreError, StoreLock, StoreReader, StoreWriter, store_exists,
-                          to_storage)
+                          storage_tensor)
 from harvest.capture import residual_after_block
+from harvest.writer import ChunkWriter, HostRows
 
 BOS_POLICY = "bos-first-not-stored"  # every context starts with BOS; its outlier row is not stored
 
@@ -147,7 +148,8 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
                          state.process_index] for p in plans}
         total = sum(min((k + 1) * p.contexts_per_chunk, p.n_contexts) - k * p.contexts_per_chunk
                     for p in plans for k in mine[p.name]) * (cfg.harvest.context_length - 1)
-        with progress("tok", disable=not (show_progress and state.is_main_process)) as bar:
+        with (progress("tok", disable=not (show_progress and state.is_main_process)) as bar,
+              ChunkWriter(writer) as chunks):  # compression and writes overlap the next forward
             task = bar.add_task(f"harvest L{cfg.harvest.layer}", total=total)
             for plan in plans:
                 ctx_all = contexts[plan.name]
@@ -155,9 +157,9 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
                     bar.update(task, description=f"{plan.name} chunk {k + 1}/{plan.n_chunks}")
                     ctx = ctx_all[k * plan.contexts_per_chunk:(k + 1) * plan.contexts_per_chunk]
                     acts = _chunk_activations(lm.model, cfg, ctx, device)
-                    writer.write_chunk(plan, k, acts, ctx)
-                    rows_written += acts.shape[0]
-                    bar.advance(task, acts.shape[0])
+                    chunks.submit(plan, k, acts, ctx)
+                    rows_written += acts.rows.shape[0]
+                    bar.advance(task, acts.rows.shape[0])
         state.wait_for_everyone()
         if state.is_main_process:
             for plan in plans:
@@ -169,14 +171,27 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
     return HarvestResult(url, rows_written, time.perf_counter() - t_start, skipped=False)
 
 
-def _chunk_activations(model, cfg: Config, ctx: np.ndarray, device) -> np.ndarray:
-    """Rows of one chunk in storage dtype: positions 1..T-1 of each context, contexts in order."""
-    out = []
+def _chunk_activations(model, cfg: Config, ctx: np.ndarray, device) -> HostRows:
+    """Rows of one chunk in storage dtype: positions 1..T-1 of each context, contexts in order.
+
+    On CUDA the rows are copied into pinned host memory without waiting: the writer thread waits
+    for the copy (`HostRows.ready`), the loop goes straight on to the next forward pass.
+    """
+    cuda = torch.device(device).type == "cuda"
+    rows_per_ctx = ctx.shape[1] - 1
+    host = None
     for i in range(0, len(ctx), cfg.harvest.batch_size):
-        ids = torch.from_numpy(ctx[i:i + cfg.harvest.batch_size].astype(np.int64)).to(device)
+        ids = torch.from_numpy(ctx[i:i + cfg.harvest.batch_size].astype(np.int64)).to(device, non_blocking=cuda)
         resid = residual_after_block(model, cfg.harvest.layer, ids)[:, 1:]  # drop BOS rows
-        out.append(to_storage(resid.reshape(-1, resid.shape[-1]), cfg.harvest.storage_dtype))
-    return np.concatenate(out)
+        rows = storage_tensor(resid.reshape(-1, resid.shape[-1]), cfg.harvest.storage_dtype)
+        if host is None:
+            host = torch.empty((len(ctx) * rows_per_ctx, rows.shape[1]), dtype=rows.dtype, pin_memory=cuda)
+        host[i * rows_per_ctx:i * rows_per_ctx + len(rows)].copy_(rows, non_blocking=cuda)
+    ready = None
+    if cuda:
+        ready = torch.cuda.Event()
+        ready.record()
+    return HostRows(host, ready)
 
 
 def _already_complete(url: str, identity: dict, plans: list[CorpusPlan], cfg: Config) -> bool:

@@ -335,3 +335,31 @@ def test_cli_bad_config_is_one_line(tmp_path, tiny_model_dir):
     res = CliRunner().invoke(main, ["--config", str(path), "harvest"])
     assert res.exit_code == 2
     assert "[harvest] layer: expected int" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_chunks_are_written_behind_the_forward_pass_and_writer_errors_surface(tmp_path, tiny_model_dir,
+                                                                              monkeypatch):
+    """The harvest loop hands chunks to the writer thread; its failure stops the harvest with that
+    error, the lock is released and the chunks committed before it stay (a rerun resumes)."""
+    import threading
+
+    from common.store import StoreWriter
+
+    cfg = load_config(write_config(tmp_path, tiny_model_dir))
+    threads, real_write = [], StoreWriter.write_chunk
+
+    def failing_write(self, plan, k, acts, tokens):
+        threads.append(threading.current_thread().name)
+        if len(threads) == 3:
+            raise OSError("No space left on device")
+        real_write(self, plan, k, acts, tokens)
+    monkeypatch.setattr(StoreWriter, "write_chunk", failing_write)
+    with pytest.raises(OSError, match="No space left on device"):
+        harvest(cfg, show_progress=False)
+    assert set(threads) == {"chunk-writer"}
+    assert not StoreLock(cfg.harvest.store).fs.exists(StoreLock(cfg.harvest.store).path)
+    assert StoreReader(cfg.harvest.store).corpora()["heldout"].chunks_done == 0
+    assert StoreReader(cfg.harvest.store).corpora()["retain"].chunks_done == 2
+    monkeypatch.setattr(StoreWriter, "write_chunk", real_write)
+    assert harvest(cfg, show_progress=False).rows_written > 0
+    assert StoreReader(cfg.harvest.store).verify() == []
