@@ -1,7 +1,8 @@
 """`pipe harvest`: one model pass per corpus into the zarr activation store.
 
 Reads top to bottom: plan every corpus with the tokenizer alone (documents -> fixed contexts ->
-chunks; a bad corpus fails before the model loads), load the model, take the store's write lock
+chunks; a bad corpus fails before the model loads; under N processes the main one plans and hands
+the plan to the others), load the model, take the store's write lock
 (with --repair, un-commit the chunks verify finds damaged), then for each chunk this process owns
 (k % world_size == rank), run the model up to block L and commit the chunk. A rerun skips
 committed chunks, so a killed harvest resumes to the same store an uninterrupted one makes;
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import fsspec
 import numpy as np
@@ -31,6 +33,10 @@ from harvest.capture import residual_after_block
 from harvest.writer import ChunkWriter, HostRows
 
 BOS_POLICY = "bos-first-not-stored"  # every context starts with BOS; its outlier row is not stored
+# Processes wait at a collective while the main one plans the corpora and (--force) deletes the
+# store, and at the end for the slowest one's chunks (after a resume one may hold most of the work):
+# hours, not torch's default 10 minutes (NCCL). A process that dies stops the launcher's others.
+COLLECTIVE_TIMEOUT = timedelta(hours=24)
 
 
 @dataclass
@@ -84,6 +90,26 @@ def plan_corpora(cfg: Config, tokenizer) -> tuple[list[CorpusPlan], dict[str, np
     return plans, contexts
 
 
+def _plan_once(cfg: Config, tokenizer, state: PartialState) -> tuple[list[CorpusPlan], dict[str, np.ndarray]]:
+    """`plan_corpora` on the main process only; the others receive its plan (or its error).
+
+    N processes tokenizing the same corpora at once would each take the whole CPU for the same
+    result; here they wait for one (COLLECTIVE_TIMEOUT covers a long tokenization).
+    """
+    if state.num_processes == 1:
+        return plan_corpora(cfg, tokenizer)
+    box: list = [None]
+    if state.is_main_process:
+        try:
+            box[0] = plan_corpora(cfg, tokenizer)
+        except Exception as e:  # noqa: BLE001 - every process fails with the main one's error
+            box[0] = e
+    torch.distributed.broadcast_object_list(box, src=0)
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return box[0]
+
+
 def _remove_store(url: str) -> None:
     fs, path = fsspec.core.url_to_fs(url)
     if fs.exists(path):
@@ -100,7 +126,7 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
     if force and repair:
         raise StoreError(f"{cfg.harvest.store}: --force and --repair exclude each other "
                          "(--force re-harvests everything)")
-    state = PartialState(cpu=pick_device(cfg.model.device).type == "cpu")
+    state = PartialState(cpu=pick_device(cfg.model.device).type == "cpu", timeout=COLLECTIVE_TIMEOUT)
     device = state.device if state.num_processes > 1 else pick_device(cfg.model.device)
     url = cfg.harvest.store
     t_start = time.perf_counter()
@@ -108,7 +134,7 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
     # budget shows in seconds, not after the model has loaded.
     tokenizer = load_tokenizer(cfg.model.id, revision=cfg.model.revision,
                                trust_remote_code=cfg.model.trust_remote_code)
-    plans, contexts = plan_corpora(cfg, tokenizer)
+    plans, contexts = _plan_once(cfg, tokenizer, state)
     lm = load_model(cfg.model.id, revision=cfg.model.revision, dtype=cfg.model.dtype, device=str(device),
                     trust_remote_code=cfg.model.trust_remote_code)
     check_model_fits(cfg, lm.n_layers, lm.d_model)

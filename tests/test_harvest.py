@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from common.cli import main
 from common.config import ConfigError, load_config
 from common.store import StoreError, StoreLock, StoreReader
 from harvest import harvest
+from harvest.runner import COLLECTIVE_TIMEOUT
 
 from tests._subprocess import run_script
 
@@ -136,10 +138,19 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_model_dir):
 
 
 TWO_RANKS = """
-import sys
+import os, sys
+import torch
+import harvest.runner as runner
 from common.config import load_config
 from harvest import harvest
+real_plan = runner.plan_corpora
+def plan_corpora(*args, **kwargs):
+    print(f"planned on rank {os.environ['RANK']}", flush=True)
+    return real_plan(*args, **kwargs)
+runner.plan_corpora = plan_corpora
 harvest(load_config(sys.argv[1]), show_progress=False)
+group = torch.distributed.distributed_c10d._get_default_group()
+print(f"collective timeout {group._get_backend(torch.device('cpu')).options._timeout}", flush=True)
 """
 
 
@@ -153,11 +164,27 @@ def test_two_processes_equal_one(tmp_path, tiny_model_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     assert StoreReader(str(tmp_path / "two.zarr")).complete
     assert_same_store(str(tmp_path / "one.zarr"), str(tmp_path / "two.zarr"))
+    # the corpora are tokenized once, by rank 0; waits get hours, not torch's default minutes
+    assert re.findall(r"planned on rank \d", out.stdout) == ["planned on rank 0"], out.stdout
+    assert out.stdout.count(f"collective timeout {COLLECTIVE_TIMEOUT}") == 2, out.stdout
+    assert COLLECTIVE_TIMEOUT >= timedelta(hours=12)
     # a re-submitted job on the finished store: every rank says so and exits 0
     again = run_script(tmp_path, TWO_RANKS, two, launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29519"],
                        env={"OMP_NUM_THREADS": "1"}, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "complete, left alone" in again.stdout + again.stderr
+
+
+def test_two_processes_fail_together_on_a_bad_corpus(tmp_path, tiny_model_dir):
+    """Rank 0 plans alone: its error reaches rank 1 at once instead of leaving it waiting."""
+    path = write_config(tmp_path, tiny_model_dir)
+    path.write_text(path.read_text().replace(f"file:{DOCS}", f"file:{tmp_path / 'missing.jsonl'}", 1))
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    out = run_script(tmp_path, TWO_RANKS, path, launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29521"],
+                     env={"OMP_NUM_THREADS": "1"}, timeout=120)
+    assert out.returncode != 0
+    assert (out.stdout + out.stderr).count("missing.jsonl: no such file") >= 2, out.stderr[-3000:]
+    assert re.findall(r"planned on rank \d", out.stdout) == ["planned on rank 0"], out.stdout
 
 
 def test_complete_store_left_alone_unless_force(tmp_path, tiny_model_dir):
