@@ -362,7 +362,11 @@ class StoreReader:
                                  "chunks); rerun `pipe harvest` to finish it")
 
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        return from_storage(self.root[name]["acts"][start:stop], self.storage_dtype)
+        return from_storage(self.read_stored(name, start, stop), self.storage_dtype)
+
+    def read_stored(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows as stored (uint16 bf16 bits, float16 or float32): half the bytes of float32 for bf16."""
+        return self.root[name]["acts"][start:stop]
 
     def read_tokens(self, name: str, start: int, stop: int) -> np.ndarray:
         return self.root[name]["tokens"][start:stop]
