@@ -50,6 +50,8 @@ def write_config(tmp_path, model_dir, *, store="s.zarr", layer=0, storage="float
     role = "forget"
     split = "heldout"
     tokens = 160
+    [train]
+    device = "cpu"  # these tests mean CPU, also on a GPU box
     """
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
