@@ -385,10 +385,11 @@ def test_chunks_are_written_behind_the_forward_pass_and_writer_errors_surface(tm
     monkeypatch.setattr(StoreWriter, "write_chunk", failing_write)
     with pytest.raises(OSError, match="No space left on device"):
         harvest(cfg, show_progress=False)
-    assert set(threads) == {"chunk-writer"}
+    assert threads and all(name.startswith("chunk-writer") for name in threads)
     assert not StoreLock(cfg.harvest.store).fs.exists(StoreLock(cfg.harvest.store).path)
-    assert StoreReader(cfg.harvest.store).corpora()["heldout"].chunks_done == 0
-    assert StoreReader(cfg.harvest.store).corpora()["retain"].chunks_done == 2
+    corpora = StoreReader(cfg.harvest.store).corpora()
+    assert corpora["heldout"].chunks_done == 0  # queued behind the failure: dropped uncommitted
+    assert 2 <= corpora["retain"].chunks_done < corpora["retain"].n_chunks  # (others were in flight)
     monkeypatch.setattr(StoreWriter, "write_chunk", real_write)
     assert harvest(cfg, show_progress=False).rows_written > 0
     assert StoreReader(cfg.harvest.store).verify() == []

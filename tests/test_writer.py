@@ -34,7 +34,7 @@ def test_background_store_is_byte_identical_to_serial(tmp_path):
         serial.write_chunk(p, k, to_storage(acts, "bfloat16"), tokens)
     background = StoreWriter(str(tmp_path / "background.zarr"), IDENTITY)
     background.ensure_corpus(p)
-    with ChunkWriter(background) as w:
+    with ChunkWriter(background, workers=3) as w:  # chunks finish out of order: same bytes
         for k, acts, tokens in chunks(p):  # both forms the harvest hands over
             rows = HostRows(storage_tensor(acts, "bfloat16")) if k % 2 else to_storage(acts, "bfloat16")
             w.submit(p, k, rows, tokens)
@@ -63,13 +63,13 @@ def test_writer_error_is_raised_in_the_loop_and_later_chunks_stay_uncommitted(tm
     store = Gated(str(tmp_path / "s.zarr"), IDENTITY, fail_at=1)
     store.ensure_corpus(p)
     store.gate.set()
-    w = ChunkWriter(store)
+    w = ChunkWriter(store, workers=1)
     with pytest.raises(OSError, match="disk full at chunk 1"):
         for k, acts, tokens in chunks(p):
             w.submit(p, k, to_storage(acts, "bfloat16"), tokens)
         w.close()
     w.close()  # raised once; closing again is quiet
-    assert store.threads == {"chunk-writer"}
+    assert store.threads == {"chunk-writer-0"}
     assert store.pending_chunks("c") == [1, 2, 3, 4]  # chunk 0 committed, nothing after the failure
 
 
@@ -77,7 +77,7 @@ def test_queue_is_bounded_and_close_commits_everything_queued(tmp_path):
     p = plan(n_contexts=9, per_chunk=2)  # 5 chunks
     store = Gated(str(tmp_path / "s.zarr"), IDENTITY)
     store.ensure_corpus(p)
-    w = ChunkWriter(store, depth=2)
+    w = ChunkWriter(store, depth=2, workers=1)
     todo = list(chunks(p))
     for k, acts, tokens in todo[:1]:
         w.submit(p, k, to_storage(acts, "bfloat16"), tokens)
