@@ -20,6 +20,7 @@ ahead (each at most `buffer_rows` rows, as stored), plus `prefetch` batches.
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ import torch
 
 from common.store import StoreReader, numpy_storage_dtype
 
-READ_THREADS = 4  # chunks of a window decoded at once (zstd and zarr release the GIL)
+READ_THREADS = max(1, min(8, os.cpu_count() or 1))  # chunks of a window decoded at once (zstd releases the GIL)
 
 
 @dataclass(frozen=True)
