@@ -184,8 +184,8 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
                     ctx = ctx_all[k * plan.contexts_per_chunk:(k + 1) * plan.contexts_per_chunk]
                     acts = _chunk_activations(lm.model, cfg, ctx, device)
                     chunks.submit(plan, k, acts, ctx)
-                    rows_written += acts.rows.shape[0]
-                    bar.advance(task, acts.rows.shape[0])
+                    rows_written += acts.shape[0]
+                    bar.advance(task, acts.shape[0])
         state.wait_for_everyone()
         if state.is_main_process:
             for plan in plans:

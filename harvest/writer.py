@@ -35,6 +35,10 @@ class HostRows:
     rows: torch.Tensor  # [rows, d_model] in the storage's torch dtype (int16 holds bf16 bits)
     ready: torch.cuda.Event | None = None
 
+    @property
+    def shape(self) -> torch.Size:
+        return self.rows.shape
+
     def numpy(self) -> np.ndarray:
         if self.ready is not None:
             self.ready.synchronize()  # in the writer thread: the harvest loop never waits on the copy
