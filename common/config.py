@@ -111,7 +111,8 @@ class TrainConfig:
     l1_warmup_steps: int = _key(100, _non_negative, "λ1 ramps linearly from 0 (SAELens style)")
     grad_clip: float = _key(1.0, _non_negative, "max gradient norm (0 = off)")
     normalize: bool = _key(True, doc="scale activations to E‖x‖² = d_model (SAELens' convention); scale saved in cfg.json")
-    buffer_rows: int = _key(65536, _positive, "shuffle buffer; loader memory is set by this, not the cache")
+    buffer_rows: int = _key(65536, _positive, "shuffle window; loader memory is set by this, not the cache: "
+                            "per corpus pool the window served and the next, read ahead, as stored")
     heldout_rows: int = _key(0, _non_negative, "rows at the end of each train group also kept out")
     seed: int = _key(0, doc="seeds the shared data stream (order, sampling) and the SAE init of runs "
                      "without `seeds`; a run's `seeds = [...]` entry sets its own init seed here")

@@ -49,10 +49,16 @@ def numpy_storage_dtype(storage_dtype: str) -> np.dtype:
     return np.dtype({"bfloat16": "uint16", "float16": "float16", "float32": "float32"}[storage_dtype])
 
 
-def to_storage(x: torch.Tensor, storage_dtype: str) -> np.ndarray:
+def storage_tensor(x: torch.Tensor, storage_dtype: str) -> torch.Tensor:
+    """x in the stored bits, on x's device: int16 holding bf16 bits (numpy has no bfloat16), else the dtype."""
     if storage_dtype == "bfloat16":
-        return x.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
-    return x.to(getattr(torch, storage_dtype)).cpu().numpy()
+        return x.to(torch.bfloat16).view(torch.int16)
+    return x.to(getattr(torch, storage_dtype))
+
+
+def to_storage(x: torch.Tensor, storage_dtype: str) -> np.ndarray:
+    a = storage_tensor(x, storage_dtype).cpu().numpy()
+    return a.view(np.uint16) if storage_dtype == "bfloat16" else a
 
 
 def from_storage(a: np.ndarray, storage_dtype: str) -> torch.Tensor:
@@ -64,8 +70,9 @@ def from_storage(a: np.ndarray, storage_dtype: str) -> torch.Tensor:
 
 def chunk_digest(acts: np.ndarray, tokens: np.ndarray) -> int:
     """Checksum of a chunk's rows; bit 40 is set so a written chunk is never 0."""
-    crc = zlib.crc32(np.ascontiguousarray(acts).tobytes())
-    crc = zlib.crc32(np.ascontiguousarray(tokens).tobytes(), crc)
+    # memoryviews, not .tobytes(): the same bytes without a copy of the chunk
+    crc = zlib.crc32(memoryview(np.ascontiguousarray(acts)).cast("B"))
+    crc = zlib.crc32(memoryview(np.ascontiguousarray(tokens)).cast("B"), crc)
     return int(crc) | (1 << 40)
 
 
@@ -356,7 +363,11 @@ class StoreReader:
                                  "chunks); rerun `pipe harvest` to finish it")
 
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        return from_storage(self.root[name]["acts"][start:stop], self.storage_dtype)
+        return from_storage(self.read_stored(name, start, stop), self.storage_dtype)
+
+    def read_stored(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows as stored (uint16 bf16 bits, float16 or float32): half the bytes of float32 for bf16."""
+        return self.root[name]["acts"][start:stop]
 
     def read_tokens(self, name: str, start: int, stop: int) -> np.ndarray:
         return self.root[name]["tokens"][start:stop]

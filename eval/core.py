@@ -42,44 +42,57 @@ def _rows(batch: Tensor | np.ndarray, sae: nn.Module) -> Tensor:
     return x.reshape(-1, x.shape[-1]).to(device=w.device, dtype=w.dtype)
 
 
-@torch.no_grad()
+class FeatureActivity:
+    """`feature_activity` one batch at a time: one read of the rows serves every run's SAE."""
+
+    def __init__(self, sae: nn.Module):
+        self.sae, self.counts, self.mass, self.n = sae, None, None, 0
+
+    @torch.no_grad()
+    def add(self, batch: Tensor | np.ndarray) -> None:
+        x = _rows(batch, self.sae)
+        f = self.sae.encode(x)
+        c, m = (f > 0).sum(dim=0).to(torch.float64), f.clamp_min(0).sum(dim=0).to(torch.float64)
+        self.counts, self.mass = (c, m) if self.counts is None else (self.counts + c, self.mass + m)
+        self.n += x.shape[0]
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        if self.counts is None or self.n == 0:
+            raise ValueError("feature_activity: no rows")
+        return (self.counts / self.n).cpu(), (self.mass / self.n).cpu()
+
+
 def feature_activity(sae: nn.Module, batches: Iterable[Tensor | np.ndarray]) -> tuple[Tensor, Tensor]:
     """(frequency, mass) per feature, float64 ``[d_sae]``: the fraction of rows on which it is active
     (f > 0; SAEBench's unlearning selection ranks by this) and its mean activation per row (the
     statistic feature groups are formed from, in training and in eval alike)."""
-    counts = mass = None
-    n = 0
+    acc = FeatureActivity(sae)
     for batch in batches:
-        x = _rows(batch, sae)
-        f = sae.encode(x)
-        c, m = (f > 0).sum(dim=0).to(torch.float64), f.clamp_min(0).sum(dim=0).to(torch.float64)
-        counts, mass = (c, m) if counts is None else (counts + c, mass + m)
-        n += x.shape[0]
-    if counts is None or n == 0:
-        raise ValueError("feature_activity: no rows")
-    return (counts / n).cpu(), (mass / n).cpu()
+        acc.add(batch)
+    return acc.result()
 
 
-@torch.no_grad()
-def reconstruction_metrics(
-    sae: nn.Module,
-    batches: Iterable[Tensor | np.ndarray],
-) -> dict[str, float]:
-    """Stream raw activation rows ``[B, d_model]`` through the SAE and return scalar metrics."""
-    f64 = torch.float64
-    per_token: dict[str, list[Tensor]] = {k: [] for k in (
-        "l0", "l1", "l2_norm_in", "l2_norm_out", "l2_ratio", "cossim", "mse_saebench",
-        "explained_variance_legacy")}
-    rel_bias: list[Tensor] = []
-    n = 0
-    sum_x = sum_x2 = sum_r = sum_r2 = active = None  # float64 sums over rows (per dim / feature)
-    sse_total = 0.0
-    for batch in batches:
-        x = _rows(batch, sae)
+class Reconstruction:
+    """`reconstruction_metrics` one batch at a time: one read of the rows serves every run's SAE."""
+
+    def __init__(self, sae: nn.Module):
+        self.sae = sae
+        self.per_token: dict[str, list[Tensor]] = {k: [] for k in (
+            "l0", "l1", "l2_norm_in", "l2_norm_out", "l2_ratio", "cossim", "mse_saebench",
+            "explained_variance_legacy")}
+        self.rel_bias: list[Tensor] = []
+        self.n = 0
+        self.sums = None  # float64 sums over rows: x, x², resid, resid² per dim; active per feature
+        self.sse_total = 0.0
+
+    @torch.no_grad()
+    def add(self, batch: Tensor | np.ndarray) -> None:
+        f64, per_token = torch.float64, self.per_token
+        x = _rows(batch, self.sae)
         if x.shape[0] == 0:
-            continue
-        f = sae.encode(x)
-        x_hat = sae.decode(f).to(x.dtype)
+            return
+        f = self.sae.encode(x)
+        x_hat = self.sae.decode(f).to(x.dtype)
         resid = x - x_hat
         sse = resid.pow(2).sum(dim=-1)
         norm_in, norm_out = x.norm(dim=-1), x_hat.norm(dim=-1)
@@ -96,33 +109,43 @@ def reconstruction_metrics(
         centred = (x - x.mean(dim=0)).pow(2).sum(dim=-1)
         per_token["explained_variance_legacy"].append((1 - sse / centred).to(f64))
         # Equation 10 of arXiv:2404.16014, one value per batch as in SAEBench
-        rel_bias.append(((norm_out.pow(2).mean() / (x * x_hat).sum(dim=-1).mean())).to(f64).reshape(1))
+        self.rel_bias.append(((norm_out.pow(2).mean() / (x * x_hat).sum(dim=-1).mean())).to(f64).reshape(1))
 
         xd, rd = x.to(f64), resid.to(f64)
         parts = (xd.sum(0), xd.pow(2).sum(0), rd.sum(0), rd.pow(2).sum(0), (f > 0).sum(0).to(f64))
-        if sum_x is None:
-            sum_x, sum_x2, sum_r, sum_r2, active = parts
-        else:
-            sum_x, sum_x2, sum_r, sum_r2, active = (a + b for a, b in
-                                                    zip((sum_x, sum_x2, sum_r, sum_r2, active), parts))
-        sse_total += sse.to(f64).sum().item()
-        n += x.shape[0]
-    if n == 0:
-        raise ValueError("reconstruction_metrics: no rows")
+        self.sums = parts if self.sums is None else tuple(a + b for a, b in zip(self.sums, parts))
+        self.sse_total += sse.to(f64).sum().item()
+        self.n += x.shape[0]
 
-    out = {k: torch.cat(v).mean().item() for k, v in per_token.items()}
-    out["relative_reconstruction_bias"] = torch.cat(rel_bias).mean().item()
-    mse = sse_total / n
-    var_x = sum_x2 / n - (sum_x / n).pow(2)  # per-dim population variance
-    var_r = sum_r2 / n - (sum_r / n).pow(2)
-    total_var = var_x.sum().item()
-    out["mse"] = mse
-    out["explained_variance"] = explained_variance(mse, total_var)
-    out["explained_variance_dictionary_learning"] = explained_variance(var_r.sum().item(), total_var)
-    density = active / n
-    out["frac_dead"] = (density == 0).to(f64).mean().item()
-    out["frac_alive"] = 1.0 - out["frac_dead"]
-    out["freq_over_1_percent"] = (density > 0.01).to(f64).mean().item()
-    out["freq_over_10_percent"] = (density > 0.1).to(f64).mean().item()
-    out["n_rows"] = n
-    return out
+    def result(self) -> dict[str, float]:
+        n = self.n
+        if n == 0:
+            raise ValueError("reconstruction_metrics: no rows")
+        sum_x, sum_x2, sum_r, sum_r2, active = self.sums
+        out = {k: torch.cat(v).mean().item() for k, v in self.per_token.items()}
+        out["relative_reconstruction_bias"] = torch.cat(self.rel_bias).mean().item()
+        mse = self.sse_total / n
+        var_x = sum_x2 / n - (sum_x / n).pow(2)  # per-dim population variance
+        var_r = sum_r2 / n - (sum_r / n).pow(2)
+        total_var = var_x.sum().item()
+        out["mse"] = mse
+        out["explained_variance"] = explained_variance(mse, total_var)
+        out["explained_variance_dictionary_learning"] = explained_variance(var_r.sum().item(), total_var)
+        density = active / n
+        out["frac_dead"] = (density == 0).to(torch.float64).mean().item()
+        out["frac_alive"] = 1.0 - out["frac_dead"]
+        out["freq_over_1_percent"] = (density > 0.01).to(torch.float64).mean().item()
+        out["freq_over_10_percent"] = (density > 0.1).to(torch.float64).mean().item()
+        out["n_rows"] = n
+        return out
+
+
+def reconstruction_metrics(
+    sae: nn.Module,
+    batches: Iterable[Tensor | np.ndarray],
+) -> dict[str, float]:
+    """Stream raw activation rows ``[B, d_model]`` through the SAE and return scalar metrics."""
+    acc = Reconstruction(sae)
+    for batch in batches:
+        acc.add(batch)
+    return acc.result()

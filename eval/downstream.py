@@ -32,7 +32,20 @@ from torch import Tensor, nn
 from common.model import decoder_layers
 
 ResidFn = Callable[[Tensor], Tensor]
-LOGIT_BUDGET = 1 << 24  # elements of one [batch, chunk, vocab] logits tensor
+LOGIT_BUDGET = 1 << 24  # elements of one [batch, chunk, vocab] logits tensor on CPU (64 MiB float32)
+# On a GPU a 64 MiB slice is a few positions of a 256k vocabulary: hundreds of small head calls per
+# batch. There the budget is a share of the free memory: spliced_ce keeps about 8 logits-sized float32
+# tensors alive at once (log-probs, probs, their temporaries), so 1/32 of it each leaves room to spare.
+GPU_LOGIT_SHARE = 32
+GPU_LOGIT_MAX = 1 << 30
+
+
+def logit_budget(device: torch.device) -> int:
+    """Elements of one float32 logits tensor on `device` (see GPU_LOGIT_SHARE)."""
+    if device.type != "cuda":
+        return LOGIT_BUDGET
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(min(GPU_LOGIT_MAX, max(LOGIT_BUDGET, free // (4 * GPU_LOGIT_SHARE))))
 
 
 @contextmanager
@@ -91,9 +104,9 @@ def head_logits(model: nn.Module, hidden: Tensor) -> Tensor:
 
 
 def _chunk_len(model: nn.Module, batch: int) -> int:
-    """Positions per LM-head call so one float32 logits tensor stays within LOGIT_BUDGET."""
-    vocab = model.get_output_embeddings().weight.shape[0]
-    return max(1, LOGIT_BUDGET // max(1, batch * vocab))
+    """Positions per LM-head call so one float32 logits tensor stays within the device's budget."""
+    weight = model.get_output_embeddings().weight
+    return max(1, logit_budget(weight.device) // max(1, batch * weight.shape[0]))
 
 
 def token_ce(model: nn.Module, input_ids: Tensor, hidden: Tensor | None = None) -> Tensor:

@@ -19,11 +19,11 @@ from torch import Tensor
 
 from common.config import Config, ConfigError, RunConfig
 from common.corpora import load_mcq
-from common.model import load_model
+from common.model import load_model, pick_device
 from common.progress import console, progress
 from common.store import StoreError, StoreReader, open_store_for
 from eval.conditioning import conditioning_report
-from eval.core import feature_activity, reconstruction_metrics
+from eval.core import FeatureActivity, Reconstruction
 from eval.curves import training_curves
 from eval.downstream import spliced_ce
 from eval.report import write_report
@@ -97,8 +97,8 @@ def _contexts(reader: StoreReader, names: list[str], n: int, bos: int) -> torch.
     return torch.cat([reader.contexts(name, 0, min(per, info[name].n_contexts), bos) for name in names])[:n]
 
 
-def load_runs(cfg: Config, run_names: list[str] | None = None) -> list[RunResult]:
-    """The config's trained runs (failed ones left out, with a warning)."""
+def load_runs(cfg: Config, run_names: list[str] | None = None, device: torch.device | str = "cpu") -> list[RunResult]:
+    """The config's trained runs (failed ones left out, with a warning), their SAEs on `device`."""
     out = []
     for run in [cfg.run(n) for n in run_names] if run_names else cfg.runs:
         run_dir = Path(cfg.train.runs_dir) / run.name
@@ -109,7 +109,7 @@ def load_runs(cfg: Config, run_names: list[str] | None = None) -> list[RunResult
         if summary.get("status") == "failed":
             console.print(f"[yellow]{run.name}: training failed ({summary.get('message')}); left out")
             continue
-        sae, sae_cfg = load_sae(run_dir)
+        sae, sae_cfg = load_sae(run_dir, device=device)
         out.append(RunResult(run=run, dir=run_dir, sae=sae.eval().requires_grad_(False), sae_cfg=sae_cfg,
                              summary=summary))
     if not out:
@@ -128,9 +128,23 @@ def feature_groups(sae: SAE, forget_mass: Tensor, retain_mass: Tensor, n_groups:
             "post hoc (forget share of activation mass)")
 
 
+def _feed(batches: Iterator[torch.Tensor], accumulators: list, device: torch.device) -> None:
+    """Each batch read (and copied to the device) once, for every run's accumulator."""
+    for batch in batches:
+        x = batch.to(device)
+        for acc in accumulators:
+            acc.add(x)
+
+
+def _device(results: list[RunResult]) -> torch.device:
+    return results[0].sae.W_dec.device
+
+
 def measure_reconstruction(cfg: Config, reader: StoreReader, results: list[RunResult], advance) -> None:
-    for r in results:
-        r.reconstruction = reconstruction_metrics(r.sae, _rows(reader, _corpora(cfg, "heldout"), cfg.eval.rows))
+    accs = [Reconstruction(r.sae) for r in results]
+    _feed(_rows(reader, _corpora(cfg, "heldout"), cfg.eval.rows), accs, _device(results))
+    for r, acc in zip(results, accs):
+        r.reconstruction = acc.result()
         advance(1)
 
 
@@ -139,11 +153,15 @@ def measure_conditioning(cfg: Config, reader: StoreReader, results: list[RunResu
     """Feature frequency and mass on the training corpora without special-token rows (unlearning's
     selection needs them too), the groups they imply, the groups' conditioning, the training curves."""
     forget, retain = _corpora(cfg, "train", "forget"), _corpora(cfg, "train", "retain")
+    for names, field in ((forget, "forget"), (retain, "retain")):
+        if names:
+            accs = [FeatureActivity(r.sae) for r in results]
+            _feed(_rows(reader, names, cfg.eval.rows, skip), accs, _device(results))
+            for r, acc in zip(results, accs):
+                freq, mass = acc.result()
+                setattr(r, f"{field}_freq", freq)
+                setattr(r, f"{field}_mass", mass)
     for r in results:
-        if forget:
-            r.forget_freq, r.forget_mass = feature_activity(r.sae, _rows(reader, forget, cfg.eval.rows, skip))
-        if retain:
-            r.retain_freq, r.retain_mass = feature_activity(r.sae, _rows(reader, retain, cfg.eval.rows, skip))
         if forget and retain:
             groups, n_groups, how = feature_groups(r.sae, r.forget_mass, r.retain_mass, cfg.ortho.groups)
             r.conditioning = conditioning_report(r.sae, groups.cpu(), n_groups, activity=r.forget_mass + r.retain_mass)
@@ -210,7 +228,7 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, results: list[RunRe
 
 def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: bool = True) -> Path:
     reader = open_store_for(cfg)
-    results = load_runs(cfg, run_names)
+    results = load_runs(cfg, run_names, device=pick_device(cfg.model.device))  # on the model's device
     if not _corpora(cfg, "heldout"):
         raise ConfigError(f"{cfg.path}: [corpora]: eval needs a corpus with split = \"heldout\"")
     timings: dict[str, float] = {}
@@ -229,10 +247,6 @@ def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: 
         task = bar.add_task("feature frequencies + conditioning", total=len(results))
         measure_conditioning(cfg, reader, results, special_tokens(lm.tokenizer), lambda k: bar.advance(task, k))
         timings["conditioning"] = time.perf_counter() - t
-
-        device = next(lm.model.parameters()).device
-        for r in results:
-            r.sae = r.sae.to(device)
 
         t = time.perf_counter()
         measure_downstream(cfg, reader, lm, results, bar)

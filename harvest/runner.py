@@ -1,7 +1,8 @@
 """`pipe harvest`: one model pass per corpus into the zarr activation store.
 
 Reads top to bottom: plan every corpus with the tokenizer alone (documents -> fixed contexts ->
-chunks; a bad corpus fails before the model loads), load the model, take the store's write lock
+chunks; a bad corpus fails before the model loads; under N processes the main one plans and hands
+the plan to the others), load the model, take the store's write lock
 (with --repair, un-commit the chunks verify finds damaged), then for each chunk this process owns
 (k % world_size == rank), run the model up to block L and commit the chunk. A rerun skips
 committed chunks, so a killed harvest resumes to the same store an uninterrupted one makes;
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import fsspec
 import numpy as np
@@ -26,10 +28,15 @@ from common.corpora import (CorpusError, CorpusSpec, fingerprint, load_documents
 from common.model import LoadedModel, load_model, load_tokenizer, pick_device
 from common.progress import console, progress
 from common.store import (CorpusPlan, StoreError, StoreLock, StoreReader, StoreWriter, store_exists,
-                          to_storage)
+                          storage_tensor)
 from harvest.capture import residual_after_block
+from harvest.writer import ChunkWriter, HostRows
 
 BOS_POLICY = "bos-first-not-stored"  # every context starts with BOS; its outlier row is not stored
+# Processes wait at a collective while the main one plans the corpora and (--force) deletes the
+# store, and at the end for the slowest one's chunks (after a resume one may hold most of the work):
+# hours, not torch's default 10 minutes (NCCL). A process that dies stops the launcher's others.
+COLLECTIVE_TIMEOUT = timedelta(hours=24)
 
 
 @dataclass
@@ -83,6 +90,26 @@ def plan_corpora(cfg: Config, tokenizer) -> tuple[list[CorpusPlan], dict[str, np
     return plans, contexts
 
 
+def _plan_once(cfg: Config, tokenizer, state: PartialState) -> tuple[list[CorpusPlan], dict[str, np.ndarray]]:
+    """`plan_corpora` on the main process only; the others receive its plan (or its error).
+
+    N processes tokenizing the same corpora at once would each take the whole CPU for the same
+    result; here they wait for one (COLLECTIVE_TIMEOUT covers a long tokenization).
+    """
+    if state.num_processes == 1:
+        return plan_corpora(cfg, tokenizer)
+    box: list = [None]
+    if state.is_main_process:
+        try:
+            box[0] = plan_corpora(cfg, tokenizer)
+        except Exception as e:  # noqa: BLE001 - every process fails with the main one's error
+            box[0] = e
+    torch.distributed.broadcast_object_list(box, src=0)
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return box[0]
+
+
 def _remove_store(url: str) -> None:
     fs, path = fsspec.core.url_to_fs(url)
     if fs.exists(path):
@@ -99,7 +126,7 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
     if force and repair:
         raise StoreError(f"{cfg.harvest.store}: --force and --repair exclude each other "
                          "(--force re-harvests everything)")
-    state = PartialState(cpu=pick_device(cfg.model.device).type == "cpu")
+    state = PartialState(cpu=pick_device(cfg.model.device).type == "cpu", timeout=COLLECTIVE_TIMEOUT)
     device = state.device if state.num_processes > 1 else pick_device(cfg.model.device)
     url = cfg.harvest.store
     t_start = time.perf_counter()
@@ -107,7 +134,7 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
     # budget shows in seconds, not after the model has loaded.
     tokenizer = load_tokenizer(cfg.model.id, revision=cfg.model.revision,
                                trust_remote_code=cfg.model.trust_remote_code)
-    plans, contexts = plan_corpora(cfg, tokenizer)
+    plans, contexts = _plan_once(cfg, tokenizer, state)
     lm = load_model(cfg.model.id, revision=cfg.model.revision, dtype=cfg.model.dtype, device=str(device),
                     trust_remote_code=cfg.model.trust_remote_code)
     check_model_fits(cfg, lm.n_layers, lm.d_model)
@@ -147,7 +174,8 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
                          state.process_index] for p in plans}
         total = sum(min((k + 1) * p.contexts_per_chunk, p.n_contexts) - k * p.contexts_per_chunk
                     for p in plans for k in mine[p.name]) * (cfg.harvest.context_length - 1)
-        with progress("tok", disable=not (show_progress and state.is_main_process)) as bar:
+        with (progress("tok", disable=not (show_progress and state.is_main_process)) as bar,
+              ChunkWriter(writer) as chunks):  # compression and writes overlap the next forward
             task = bar.add_task(f"harvest L{cfg.harvest.layer}", total=total)
             for plan in plans:
                 ctx_all = contexts[plan.name]
@@ -155,7 +183,7 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
                     bar.update(task, description=f"{plan.name} chunk {k + 1}/{plan.n_chunks}")
                     ctx = ctx_all[k * plan.contexts_per_chunk:(k + 1) * plan.contexts_per_chunk]
                     acts = _chunk_activations(lm.model, cfg, ctx, device)
-                    writer.write_chunk(plan, k, acts, ctx)
+                    chunks.submit(plan, k, acts, ctx)
                     rows_written += acts.shape[0]
                     bar.advance(task, acts.shape[0])
         state.wait_for_everyone()
@@ -169,14 +197,27 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
     return HarvestResult(url, rows_written, time.perf_counter() - t_start, skipped=False)
 
 
-def _chunk_activations(model, cfg: Config, ctx: np.ndarray, device) -> np.ndarray:
-    """Rows of one chunk in storage dtype: positions 1..T-1 of each context, contexts in order."""
-    out = []
+def _chunk_activations(model, cfg: Config, ctx: np.ndarray, device) -> HostRows:
+    """Rows of one chunk in storage dtype: positions 1..T-1 of each context, contexts in order.
+
+    On CUDA the rows are copied into pinned host memory without waiting: the writer thread waits
+    for the copy (`HostRows.ready`), the loop goes straight on to the next forward pass.
+    """
+    cuda = torch.device(device).type == "cuda"
+    rows_per_ctx = ctx.shape[1] - 1
+    host = None
     for i in range(0, len(ctx), cfg.harvest.batch_size):
-        ids = torch.from_numpy(ctx[i:i + cfg.harvest.batch_size].astype(np.int64)).to(device)
+        ids = torch.from_numpy(ctx[i:i + cfg.harvest.batch_size].astype(np.int64)).to(device, non_blocking=cuda)
         resid = residual_after_block(model, cfg.harvest.layer, ids)[:, 1:]  # drop BOS rows
-        out.append(to_storage(resid.reshape(-1, resid.shape[-1]), cfg.harvest.storage_dtype))
-    return np.concatenate(out)
+        rows = storage_tensor(resid.reshape(-1, resid.shape[-1]), cfg.harvest.storage_dtype)
+        if host is None:
+            host = torch.empty((len(ctx) * rows_per_ctx, rows.shape[1]), dtype=rows.dtype, pin_memory=cuda)
+        host[i * rows_per_ctx:i * rows_per_ctx + len(rows)].copy_(rows, non_blocking=cuda)
+    ready = None
+    if cuda:
+        ready = torch.cuda.Event()
+        ready.record()
+    return HostRows(host, ready)
 
 
 def _already_complete(url: str, identity: dict, plans: list[CorpusPlan], cfg: Config) -> bool:

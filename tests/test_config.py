@@ -189,3 +189,18 @@ def test_expanded_names_must_not_collide(tmp_path):
         in error_of(tmp_path, text)
     assert "[[runs]] #1 name: cannot be a list" in error_of(
         tmp_path, TWO_ROLES + '[[runs]]\nname = ["a", "b"]\ntype = "fixed"\n')
+
+
+def test_the_cpu_tests_pin_cpu(tmp_path):
+    """Configs the CPU tests write name the CPU for the model and for training: left at "auto" they
+    would run on CUDA on a GPU box (bitwise resume, the 2-rank harvest asking for cuda:1). The GPU
+    paths have their own tests (tests/test_gpu_smoke.py)."""
+    from tests import test_harvest, test_train
+    from tests._configs import write_tiny_pipeline
+
+    for i, write in enumerate([lambda d: write_tiny_pipeline(d, Path("model")),
+                               lambda d: test_harvest.write_config(d, Path("model")),
+                               lambda d: test_train.write_config(d)]):
+        (tmp_path / str(i)).mkdir()
+        cfg = load_config(write(tmp_path / str(i)))
+        assert (cfg.model.device, cfg.train.device) == ("cpu", "cpu"), write

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from common.cli import main
 from common.config import ConfigError, load_config
 from common.store import StoreError, StoreLock, StoreReader
 from harvest import harvest
+from harvest.runner import COLLECTIVE_TIMEOUT
 
 from tests._subprocess import run_script
 
@@ -48,6 +50,8 @@ def write_config(tmp_path, model_dir, *, store="s.zarr", layer=0, storage="float
     role = "forget"
     split = "heldout"
     tokens = 160
+    [train]
+    device = "cpu"  # these tests mean CPU, also on a GPU box
     """
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
@@ -136,10 +140,19 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_model_dir):
 
 
 TWO_RANKS = """
-import sys
+import os, sys
+import torch
+import harvest.runner as runner
 from common.config import load_config
 from harvest import harvest
+real_plan = runner.plan_corpora
+def plan_corpora(*args, **kwargs):
+    print(f"planned on rank {os.environ['RANK']}", flush=True)
+    return real_plan(*args, **kwargs)
+runner.plan_corpora = plan_corpora
 harvest(load_config(sys.argv[1]), show_progress=False)
+group = torch.distributed.distributed_c10d._get_default_group()
+print(f"collective timeout {group._get_backend(torch.device('cpu')).options._timeout}", flush=True)
 """
 
 
@@ -153,11 +166,27 @@ def test_two_processes_equal_one(tmp_path, tiny_model_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     assert StoreReader(str(tmp_path / "two.zarr")).complete
     assert_same_store(str(tmp_path / "one.zarr"), str(tmp_path / "two.zarr"))
+    # the corpora are tokenized once, by rank 0; waits get hours, not torch's default minutes
+    assert re.findall(r"planned on rank \d", out.stdout) == ["planned on rank 0"], out.stdout
+    assert out.stdout.count(f"collective timeout {COLLECTIVE_TIMEOUT}") == 2, out.stdout
+    assert COLLECTIVE_TIMEOUT >= timedelta(hours=12)
     # a re-submitted job on the finished store: every rank says so and exits 0
     again = run_script(tmp_path, TWO_RANKS, two, launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29519"],
                        env={"OMP_NUM_THREADS": "1"}, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "complete, left alone" in again.stdout + again.stderr
+
+
+def test_two_processes_fail_together_on_a_bad_corpus(tmp_path, tiny_model_dir):
+    """Rank 0 plans alone: its error reaches rank 1 at once instead of leaving it waiting."""
+    path = write_config(tmp_path, tiny_model_dir)
+    path.write_text(path.read_text().replace(f"file:{DOCS}", f"file:{tmp_path / 'missing.jsonl'}", 1))
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    out = run_script(tmp_path, TWO_RANKS, path, launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29521"],
+                     env={"OMP_NUM_THREADS": "1"}, timeout=120)
+    assert out.returncode != 0
+    assert (out.stdout + out.stderr).count("missing.jsonl: no such file") >= 2, out.stderr[-3000:]
+    assert re.findall(r"planned on rank \d", out.stdout) == ["planned on rank 0"], out.stdout
 
 
 def test_complete_store_left_alone_unless_force(tmp_path, tiny_model_dir):
@@ -335,3 +364,32 @@ def test_cli_bad_config_is_one_line(tmp_path, tiny_model_dir):
     res = CliRunner().invoke(main, ["--config", str(path), "harvest"])
     assert res.exit_code == 2
     assert "[harvest] layer: expected int" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_chunks_are_written_behind_the_forward_pass_and_writer_errors_surface(tmp_path, tiny_model_dir,
+                                                                              monkeypatch):
+    """The harvest loop hands chunks to the writer thread; its failure stops the harvest with that
+    error, the lock is released and the chunks committed before it stay (a rerun resumes)."""
+    import threading
+
+    from common.store import StoreWriter
+
+    cfg = load_config(write_config(tmp_path, tiny_model_dir))
+    threads, real_write = [], StoreWriter.write_chunk
+
+    def failing_write(self, plan, k, acts, tokens):
+        threads.append(threading.current_thread().name)
+        if len(threads) == 3:
+            raise OSError("No space left on device")
+        real_write(self, plan, k, acts, tokens)
+    monkeypatch.setattr(StoreWriter, "write_chunk", failing_write)
+    with pytest.raises(OSError, match="No space left on device"):
+        harvest(cfg, show_progress=False)
+    assert threads and all(name.startswith("chunk-writer") for name in threads)
+    assert not StoreLock(cfg.harvest.store).fs.exists(StoreLock(cfg.harvest.store).path)
+    corpora = StoreReader(cfg.harvest.store).corpora()
+    assert corpora["heldout"].chunks_done == 0  # queued behind the failure: dropped uncommitted
+    assert 2 <= corpora["retain"].chunks_done < corpora["retain"].n_chunks  # (others were in flight)
+    monkeypatch.setattr(StoreWriter, "write_chunk", real_write)
+    assert harvest(cfg, show_progress=False).rows_written > 0
+    assert StoreReader(cfg.harvest.store).verify() == []

@@ -9,20 +9,30 @@ resuming seeks there by arithmetic instead of re-reading the data.
 Corpora are mixed in one of two ways: with no `mix`, all training corpora form one pool (rows in
 proportion to corpus size, each once per epoch); with `mix = {name: share}`, each corpus is its own
 pool and every batch takes a fixed number of rows from each (pools cycle their epochs separately).
-A background thread reads ahead while the consumer trains.
+
+Read-ahead: a background thread assembles batches while the consumer trains, and each pool's next
+window is read (its chunks decoded by READ_THREADS threads) while the current one is served, so a
+window boundary does not stall the consumer as long as reading keeps pace. Windows are held as
+stored (bf16 bits: 2 bytes a value) and batches travel as stored; the conversion to float32 and the
+scale are applied on the device. Host memory: per pool, the window being served and the one read
+ahead (each at most `buffer_rows` rows, as stored), plus `prefetch` batches.
 """
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from common.store import StoreReader
+from common.store import StoreReader, numpy_storage_dtype
+
+READ_THREADS = max(1, min(8, os.cpu_count() or 1))  # chunks of a window decoded at once (zstd releases the GIL)
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,61 @@ def _split_counts(batch_size: int, shares: list[float]) -> list[int]:
     for i in order[:max(0, batch_size - sum(counts))]:
         counts[i] += 1
     return counts
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One window's rows as stored, in piece order; it serves rows `stored[perm]` in turn."""
+    stored: np.ndarray     # [n, d_model]: uint16 (bf16 bits), float16 or float32
+    is_forget: np.ndarray  # [n] bool
+    perm: np.ndarray       # [n] int64
+
+    def __len__(self) -> int:
+        return len(self.perm)
+
+    def gather(self, pos: int, n: int, out_x: torch.Tensor, out_f: torch.Tensor) -> None:
+        """Rows perm[pos:pos + n] into out_x / out_f (one copy, straight into the batch)."""
+        idx = self.perm[pos:pos + n]
+        stored = self.stored.view(np.int16) if self.stored.dtype == np.uint16 else self.stored  # torch: no uint16 gather
+        torch.index_select(torch.from_numpy(stored), 0, torch.from_numpy(idx), out=out_x)
+        out_f.copy_(torch.from_numpy(self.is_forget[idx]))
+
+
+class _PoolRows:
+    """Rows of one pool from absolute position `start_row` up to `end_row` (None: forever), window
+    after window; the next window is read in the background while this one is served."""
+
+    def __init__(self, stream: "ActivationStream", pool: _Pool, start_row: int, end_row: int | None,
+                 windows: ThreadPoolExecutor, pieces: ThreadPoolExecutor):
+        self.stream, self.pool, self.pieces, self.windows = stream, pool, pieces, windows
+        self.plan = stream._window_plan(pool, start_row, end_row)
+        self.current: _Window | None = None
+        self.pos = 0
+        self.ahead = self._read_next()
+
+    def _read_next(self) -> tuple[int, Future] | None:
+        item = next(self.plan, None)
+        if item is None:
+            return None
+        epoch, w, pieces, skip = item
+        return skip, self.windows.submit(self.stream._read_window, self.pool, epoch, w, pieces, self.pieces)
+
+    def take(self, out_x: torch.Tensor, out_f: torch.Tensor) -> None:
+        """The pool's next len(out_x) rows into out_x / out_f."""
+        done, n = 0, len(out_x)
+        while done < n:
+            if self.current is None or self.pos == len(self.current):
+                # drop the served window before the read after next starts: two windows at most
+                self.current = None
+                if self.ahead is None:
+                    raise RuntimeError(f"{self.stream.reader.url}: stream read past its last batch")
+                skip, future = self.ahead
+                self.current, self.pos = future.result(), skip
+                del future
+                self.ahead = self._read_next()
+            k = min(n - done, len(self.current) - self.pos)
+            self.current.gather(self.pos, k, out_x[done:done + k], out_f[done:done + k])
+            self.pos, done = self.pos + k, done + k
 
 
 class ActivationStream:
@@ -98,74 +163,103 @@ class ActivationStream:
     def load_state_dict(self, state: dict) -> None:
         self.batches_served = int(state["batches_served"])
 
-    # -- row order ---------------------------------------------------------------------------
+    # -- row order: a pure function of (seed, pool, epoch, window) --------------------------------
     def _windows(self, pool: _Pool, epoch: int) -> list[list[_Piece]]:
         rng = np.random.default_rng([self.seed, pool.index, epoch])
         order = rng.permutation(len(pool.pieces))
         w = self.chunks_per_window
         return [[pool.pieces[i] for i in order[j:j + w]] for j in range(0, len(order), w)]
 
-    def _read_window(self, pool: _Pool, epoch: int, w: int, pieces: list[_Piece]):
-        acts = torch.cat([self.reader.read_rows(p.corpus, p.start, p.stop) for p in pieces])
-        is_forget = torch.cat([torch.full((p.rows,), p.is_forget) for p in pieces])
-        perm = torch.from_numpy(np.random.default_rng([self.seed, pool.index, epoch, w, 1])
-                                .permutation(len(acts)))
-        return acts[perm], is_forget[perm]
-
-    def _pool_rows(self, pool: _Pool, start_row: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Row blocks of `pool` from absolute position `start_row` on, forever (epoch after epoch)."""
+    def _window_plan(self, pool: _Pool, start_row: int, end_row: int | None) -> Iterator[tuple]:
+        """(epoch, w, pieces, skip) of each window serving rows [start_row, end_row): seek by
+        arithmetic, so windows before the position are never read, nor any after the end."""
         epoch, skip = divmod(start_row, pool.rows)
+        at = epoch * pool.rows  # absolute position of the next window's first row
         while True:
             for w, pieces in enumerate(self._windows(pool, epoch)):
+                if end_row is not None and at >= end_row:
+                    return
                 n = sum(p.rows for p in pieces)
-                if skip >= n:  # seek by arithmetic: windows before the position are never read
+                at += n
+                if skip >= n:
                     skip -= n
                     continue
-                acts, is_forget = self._read_window(pool, epoch, w, pieces)
-                yield acts[skip:], is_forget[skip:]
+                yield epoch, w, pieces, skip
                 skip = 0
             epoch += 1
 
+    def _read_window(self, pool: _Pool, epoch: int, w: int, pieces: list[_Piece],
+                     threads: ThreadPoolExecutor | None = None) -> _Window:
+        sizes = [p.rows for p in pieces]
+        bounds = np.cumsum([0, *sizes])
+        stored = np.empty((bounds[-1], self.reader.d_model), dtype=numpy_storage_dtype(self.reader.storage_dtype))
+
+        def read(i: int) -> None:
+            p = pieces[i]
+            stored[bounds[i]:bounds[i + 1]] = self.reader.read_stored(p.corpus, p.start, p.stop)
+        for _ in (threads.map(read, range(len(pieces))) if threads else map(read, range(len(pieces)))):
+            pass  # map raises a reader's error here
+        perm = np.random.default_rng([self.seed, pool.index, epoch, w, 1]).permutation(len(stored))
+        return _Window(stored, np.repeat([p.is_forget for p in pieces], sizes), perm)
+
     def _batches(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        sources = [self._pool_rows(p, start_batch * p.rows_per_batch) for p in self.pools]
-        pending = [(torch.empty(0, self.reader.d_model), torch.empty(0, dtype=torch.bool))
-                   for _ in self.pools]
-        for _ in itertools.count(start_batch) if self.total_batches is None else range(start_batch, self.total_batches):
-            xs, fs = [], []
-            for i, pool in enumerate(self.pools):
-                acts, forget = pending[i]
-                while len(acts) < pool.rows_per_batch:
-                    more_a, more_f = next(sources[i])
-                    acts, forget = torch.cat([acts, more_a]), torch.cat([forget, more_f])
-                xs.append(acts[:pool.rows_per_batch])
-                fs.append(forget[:pool.rows_per_batch])
-                pending[i] = (acts[pool.rows_per_batch:], forget[pool.rows_per_batch:])
-            yield torch.cat(xs) * self.scale, torch.cat(fs)
+        """Batches as stored (int16 holds bf16 bits), in pinned memory for a CUDA device."""
+        pin = self.device.type == "cuda"
+        dtype = {"bfloat16": torch.int16, "float16": torch.float16, "float32": torch.float32}[self.reader.storage_dtype]
+        end = self.total_batches
+        rows = sum(pool.rows_per_batch for pool in self.pools)
+        # window reads use the chunk readers: they stop first (a read not yet begun is cancelled)
+        with ThreadPoolExecutor(READ_THREADS, "stream-read") as threads:
+            windows = ThreadPoolExecutor(len(self.pools), "stream-window")
+            try:
+                sources = [_PoolRows(self, pool, start_batch * pool.rows_per_batch,
+                                     None if end is None else end * pool.rows_per_batch, windows, threads)
+                           for pool in self.pools]
+                for _ in itertools.count(start_batch) if end is None else range(start_batch, end):
+                    x = torch.empty((rows, self.reader.d_model), dtype=dtype, pin_memory=pin)
+                    f = torch.empty(rows, dtype=torch.bool, pin_memory=pin)
+                    at = 0
+                    for source, pool in zip(sources, self.pools):
+                        source.take(x[at:at + pool.rows_per_batch], f[at:at + pool.rows_per_batch])
+                        at += pool.rows_per_batch
+                    yield x, f
+            finally:
+                windows.shutdown(wait=True, cancel_futures=True)
+
+    def _to_float(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored rows -> float32 times the scale (the same values wherever it runs)."""
+        if self.reader.storage_dtype == "bfloat16":
+            x = x.view(torch.bfloat16)
+        return x.float() * self.scale
 
     # -- iteration with read-ahead -------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         done = object()
         stop = threading.Event()
-        pin = self.device.type == "cuda"
+        on_device = self.device.type == "cuda"  # bf16 crosses the bus at half the bytes, widens there
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
 
         def produce():
+            batches = self._batches(self.batches_served)
             try:
-                for x, f in self._batches(self.batches_served):
-                    if pin:
-                        x, f = x.pin_memory(), f.pin_memory()
-                    while not stop.is_set():
-                        try:
-                            q.put((x, f), timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                for x, f in batches:
+                    if not put((x if on_device else self._to_float(x), f)):
                         return
             except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises
-                q.put(e)
+                put(e)
                 return
-            q.put(done)
+            finally:
+                batches.close()  # stops the window readers
+            put(done)
 
         thread = threading.Thread(target=produce, daemon=True, name="activation-reader")
         thread.start()
@@ -178,7 +272,10 @@ class ActivationStream:
                     raise item
                 x, f = item
                 self.batches_served += 1
-                yield x.to(self.device, non_blocking=pin), f.to(self.device, non_blocking=pin)
+                if on_device:
+                    x = self._to_float(x.to(self.device, non_blocking=True))
+                    f = f.to(self.device, non_blocking=True)
+                yield x, f
         finally:
             stop.set()
             thread.join(timeout=5)

@@ -1,0 +1,92 @@
+"""Eval's passes over the store: the rows are read once for all runs; the LM-head slice fits the device."""
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from common.config import RunConfig
+from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
+from eval import downstream
+from eval.core import feature_activity, reconstruction_metrics
+from eval.runner import RunResult, _rows, measure_conditioning, measure_reconstruction
+
+D, T = 16, 9
+
+
+def make_store(tmp_path) -> StoreReader:
+    url = str(tmp_path / "s.zarr")
+    ident = {"model_id": "m", "revision": None, "file_sha256": None, "layer": 0, "hook": "resid_post",
+             "d_model": D, "storage_dtype": "float32", "context_length": T, "tokenizer": "t", "bos_policy": "x"}
+    w = StoreWriter(url, ident)
+    rng = np.random.default_rng(0)
+    for name, role, split, n in [("retain", "retain", "train", 40), ("forget", "forget", "train", 30),
+                                 ("heldout", "retain", "heldout", 50)]:
+        p = CorpusPlan(name=name, role=role, split=split, source="x", fingerprint="f", tokens_fingerprint="t",
+                       n_contexts=n, context_length=T, contexts_per_chunk=4)
+        w.ensure_corpus(p)
+        for k in range(p.n_chunks):
+            c0, c1 = k * 4, min((k + 1) * 4, n)
+            acts = torch.from_numpy(rng.standard_normal(((c1 - c0) * (T - 1), D)).astype(np.float32))
+            w.write_chunk(p, k, to_storage(acts, "float32"), rng.integers(3, 50, size=(c1 - c0, T)).astype(np.int32))
+        w.finish_corpus(name)
+    w.finish()
+    return StoreReader(url)
+
+
+def config():
+    corpora = {"retain": SimpleNamespace(split="train", role="retain"),
+               "forget": SimpleNamespace(split="train", role="forget"),
+               "heldout": SimpleNamespace(split="heldout", role="retain")}
+    return SimpleNamespace(corpora=corpora, eval=SimpleNamespace(rows=300), ortho=SimpleNamespace(groups=2))
+
+
+def results(tmp_path, kinds):
+    from train.sae import make_sae
+    out = []
+    for i, kind in enumerate(kinds):
+        run = RunConfig.of(kind, f"{kind}-{i}", d_sae=48, seed=i)
+        out.append(RunResult(run=run, dir=tmp_path / run.name, sae=make_sae(run, D).eval().requires_grad_(False),
+                             sae_cfg={}, summary={}))
+    return out
+
+
+def test_rows_are_read_once_for_all_runs(tmp_path, monkeypatch):
+    reader = make_store(tmp_path)
+    reads, real_read = Counter(), StoreReader.read_rows
+
+    def counted(self, name, start, stop):
+        reads[name] += 1
+        return real_read(self, name, start, stop)
+    monkeypatch.setattr(StoreReader, "read_rows", counted)
+    monkeypatch.setattr("eval.runner.ROW_BATCH", 64)  # several batches per corpus
+    cfg = config()
+
+    one = results(tmp_path, ["baseline"])
+    measure_reconstruction(cfg, reader, one, lambda k: None)
+    measure_conditioning(cfg, reader, one, frozenset(), lambda k: None)
+    per_pass = dict(reads)
+    assert all(n >= 2 for n in per_pass.values()) and set(per_pass) == {"retain", "forget", "heldout"}
+
+    reads.clear()
+    many = results(tmp_path, ["baseline", "fixed", "adaptive"])
+    measure_reconstruction(cfg, reader, many, lambda k: None)
+    measure_conditioning(cfg, reader, many, frozenset(), lambda k: None)
+    assert dict(reads) == per_pass  # one read of each corpus whatever the number of runs
+
+    monkeypatch.setattr(StoreReader, "read_rows", real_read)
+    for r in many:  # the same numbers as one pass per run
+        assert r.reconstruction == reconstruction_metrics(r.sae, _rows(reader, ["heldout"], 300))
+        freq, mass = feature_activity(r.sae, _rows(reader, ["forget"], 300))
+        assert torch.equal(r.forget_freq, freq) and torch.equal(r.forget_mass, mass)
+        assert r.conditioning["grouping"]
+
+
+def test_lm_head_slice_is_sized_by_the_device(monkeypatch):
+    assert downstream.logit_budget(torch.device("cpu")) == downstream.LOGIT_BUDGET
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * 2**30, 80 * 2**30))
+    big = downstream.logit_budget(torch.device("cuda"))
+    assert downstream.LOGIT_BUDGET < big <= 60 * 2**30 // (4 * downstream.GPU_LOGIT_SHARE)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 80 * 2**30))
+    assert downstream.logit_budget(torch.device("cuda")) == downstream.LOGIT_BUDGET  # never below the CPU slice
+
