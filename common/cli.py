@@ -1,35 +1,79 @@
-"""`pipe`: the one command line. Stages are imported inside their commands (one-way data flow)."""
+"""`pipe`: the one command line. Stages are imported inside their commands (one-way data flow).
+
+Exit codes (README, "Batch jobs"): 0 done; 1 a run failed in training (or `verify` found a damaged
+chunk, or an unexpected error); 2 bad input (config, store, corpus or model: one line naming it);
+75 preempted by SIGTERM / SIGINT after saving the work in hand (rerun the same command to resume).
+"""
 from __future__ import annotations
 
+import shlex
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 from rich.table import Table
 from rich.text import Text
 
+from common import events, preempt
 from common.config import ConfigError, load_config
-from common.progress import console
+from common.errors import first_line
+from common.progress import configure, console
 from common.store import StoreError
 
 DEFAULT_CONFIG = "pipeline.toml"
+EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED = 1, 2, preempt.EXIT_PREEMPTED
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     console.print(Text.assemble(("error: ", "bold red"), message))  # Text: no markup in paths/keys
-    sys.exit(2)
+    events.finish("failed", code, reason=message)
+    sys.exit(code)
+
+
+def _preempted(ctx: click.Context, e: preempt.Preempted) -> None:
+    resume = shlex.join(["pipe", *ctx.meta.get("argv", [])])
+    console.print(Text.assemble((f"preempted ({e.signal_name})", "bold yellow"), f": {e.saved}; "
+                                f"resume with `{resume}` (exit {EXIT_PREEMPTED})"))
+    events.finish("preempted", EXIT_PREEMPTED, signal=e.signal_name, saved=e.saved, resume=resume)
+    sys.exit(EXIT_PREEMPTED)
 
 
 class _Cli(click.Group):
-    """Turns the project's expected errors into one red line instead of a traceback."""
+    """Turns the project's expected errors into one red line instead of a traceback, a signal into
+    exit 75, and closes the invocation's event log with the outcome."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["argv"] = list(args)  # for the resume hint and the event log
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
         from common.corpora import CorpusError
         from common.model import ModelError
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
         except (ConfigError, StoreError, CorpusError, ModelError) as e:
             _fail(str(e))
+        except preempt.Preempted as e:
+            _preempted(ctx, e)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            events.finish("done" if code == 0 else "failed", code)
+            raise
+        except Exception as e:
+            events.finish("failed", 1, reason=f"{type(e).__name__}: {first_line(e)}")
+            raise
+        events.finish("done", 0)
+        return result
+
+
+@contextmanager
+def _job(ctx: click.Context, command: str):
+    """A command that does work: its config, its event log, and SIGTERM / SIGINT handled."""
+    cfg = _config(ctx)
+    with preempt.handle_signals():
+        events.start(cfg, command, ctx.meta.get("argv", []))
+        yield cfg
 
 
 @click.group(cls=_Cli)
@@ -42,7 +86,9 @@ def main(ctx: click.Context, config_path: str) -> None:
 
 
 def _config(ctx: click.Context):
-    return load_config(ctx.obj["config_path"])
+    cfg = load_config(ctx.obj["config_path"])
+    configure(cfg.log.progress_seconds, cfg.log.progress_percent)
+    return cfg
 
 
 def _human_bytes(n: float) -> str:
@@ -61,8 +107,8 @@ def _human_bytes(n: float) -> str:
 def harvest(ctx: click.Context, force: bool, repair: bool) -> None:
     """Run the model once up to [harvest] layer and cache its residual stream (resumable)."""
     from harvest import harvest as run_harvest
-    cfg = _config(ctx)
-    result = run_harvest(cfg, force=force, repair=repair)
+    with _job(ctx, "harvest") as cfg:
+        result = run_harvest(cfg, force=force, repair=repair)
     from accelerate import PartialState
     if PartialState().is_main_process and not result.skipped:
         rate = result.rows_written / max(result.seconds, 1e-9)
@@ -78,11 +124,17 @@ def harvest(ctx: click.Context, force: bool, repair: bool) -> None:
 def train(ctx: click.Context, run_names: tuple[str, ...], force: bool) -> None:
     """Stream the store into every [[runs]] SAE (one pass over the data for all of them)."""
     from train import train as run_train
-    cfg = _config(ctx)
-    summaries = run_train(cfg, run_names=list(run_names) or None, force=force)
+    with _job(ctx, "train") as cfg:
+        summaries = run_train(cfg, run_names=list(run_names) or None, force=force)
     console.print(f"[green]train done[/]: {len(summaries)} run(s) in [bold]{cfg.train.runs_dir}/[/]")
-    if any(s["status"] == "failed" for s in summaries):
-        sys.exit(1)
+    _exit_if_a_run_failed(cfg, summaries, "")
+
+
+def _exit_if_a_run_failed(cfg, summaries: list[dict], then: str) -> None:
+    failed = [s for s in summaries if s["status"] == "failed"]
+    if failed:
+        _fail("; ".join(f"run {s['run']} failed: {s['message']}" for s in failed)
+              + f" (see {cfg.train.runs_dir}/<run>/summary.json){then}", EXIT_RUN_FAILED)
 
 
 @main.command("eval")
@@ -91,8 +143,8 @@ def train(ctx: click.Context, run_names: tuple[str, ...], force: bool) -> None:
 def eval_(ctx: click.Context, run_names: tuple[str, ...]) -> None:
     """Reconstruction, downstream CE/KL, conditioning and unlearning reports across runs."""
     from eval import evaluate
-    cfg = _config(ctx)
-    out = evaluate(cfg, run_names=list(run_names) or None)
+    with _job(ctx, "eval") as cfg:
+        out = evaluate(cfg, run_names=list(run_names) or None)
     console.print(f"[green]eval done[/]: report in [bold]{out}/report.md[/] (+ report.json, plots)")
 
 
@@ -103,23 +155,30 @@ def run(ctx: click.Context) -> None:
     from eval import evaluate, report_is_current
     from harvest import harvest as run_harvest
     from train import train as run_train
-    cfg = _config(ctx)
-    console.rule("1/3 harvest")
-    run_harvest(cfg)
-    console.rule("2/3 train")
-    summaries = run_train(cfg)
-    if any(s["status"] == "failed" for s in summaries):
-        _fail(f"a run failed in training (see {cfg.train.runs_dir}/*/summary.json); eval not started")
-    console.rule("3/3 eval")
-    if report_is_current(cfg):
-        out = Path(cfg.eval.reports_dir) / cfg.eval.name
-        console.print(f"[green]{out}: report is current, left alone[/]")
-    else:
-        out = evaluate(cfg)
+    with _job(ctx, "run") as cfg:
+        console.rule("1/3 harvest")
+        run_harvest(cfg)
+        _stop_between_stages("the store is complete; train not started")
+        console.rule("2/3 train")
+        summaries = run_train(cfg)
+        _exit_if_a_run_failed(cfg, summaries, "; eval not started")
+        _stop_between_stages("every run is trained; eval not started")
+        console.rule("3/3 eval")
+        if report_is_current(cfg):
+            out = Path(cfg.eval.reports_dir) / cfg.eval.name
+            console.print(f"[green]{out}: report is current, left alone[/]")
+        else:
+            out = evaluate(cfg)
     console.print(f"[green]pipeline done[/]: store [bold]{cfg.harvest.store}[/], runs "
                   f"[bold]{cfg.train.runs_dir}/[/], report [bold]{out}/report.md[/]")
     from eval.browser import browser_hint
     console.print(browser_hint(cfg))
+
+
+def _stop_between_stages(state: str) -> None:
+    """A signal during a stage's last chunk or step lets the stage finish: stop before the next."""
+    if preempt.requested():
+        raise preempt.Preempted(state)
 
 
 @main.command("inspect")
@@ -132,8 +191,8 @@ def run(ctx: click.Context) -> None:
 def inspect_(ctx: click.Context, run_names: tuple[str, ...], top_k: int, max_rows: int) -> None:
     """Static HTML feature browser per run (top contexts, histograms, neighbours, logit effects)."""
     from eval.browser import build_browser
-    cfg = _config(ctx)
-    root = build_browser(cfg, run_names=list(run_names) or None, top_k=top_k, max_rows=max_rows)
+    with _job(ctx, "inspect") as cfg:
+        root = build_browser(cfg, run_names=list(run_names) or None, top_k=top_k, max_rows=max_rows)
     console.print(f"[green]inspect done[/]: feature browser in [bold]{root}/index.html[/] (open it from disk)")
 
 

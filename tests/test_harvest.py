@@ -48,6 +48,8 @@ def write_config(tmp_path, model_dir, *, store="s.zarr", layer=0, storage="float
     role = "forget"
     split = "heldout"
     tokens = 160
+    [eval]
+    reports_dir = "{tmp_path / 'reports'}"  # the CLI's event logs go here, not into the checkout
     """
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
