@@ -6,6 +6,7 @@ chunk, or an unexpected error); 2 bad input (config, store, corpus or model: one
 """
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from rich.text import Text
 from common import events, preempt
 from common.config import ConfigError, load_config
 from common.errors import first_line
-from common.progress import configure, console
+from common.progress import configure, console, hms
 from common.store import StoreError
 
 DEFAULT_CONFIG = "pipeline.toml"
@@ -202,29 +203,99 @@ def _store_urls(cfg, paths: tuple[str, ...]) -> list[str]:
     return [cfg.harvest.store]
 
 
+def _store_status(url: str) -> dict:
+    from common.store import StoreReader, store_exists
+    if not store_exists(url):
+        return {"url": url, "state": "missing"}
+    reader = StoreReader(url)
+    return {"url": url, "state": "complete" if reader.complete else "incomplete",
+            "size_bytes": reader.size_on_disk(), "meta": dict(reader.meta),
+            "corpora": [{"name": name, "role": g.role, "split": g.split, "tokens": g.n_rows,
+                         "contexts": g.n_contexts, "chunks_done": g.chunks_done, "chunks": g.n_chunks,
+                         "complete": g.complete} for name, g in reader.corpora().items()]}
+
+
+def _print_store(s: dict) -> None:
+    url = s["url"]
+    if s["state"] == "missing":
+        console.print(f"[yellow]{url}[/]: not harvested yet")
+        return
+    m = s["meta"]
+    state = "[green]complete[/]" if s["state"] == "complete" else "[yellow]incomplete[/]"
+    console.print(f"[bold]{url}[/]  {state}  {_human_bytes(s['size_bytes'])} on disk")
+    console.print(f"  model {m['model_id']} (rev {m.get('revision')}, sha256 {str(m.get('file_sha256'))[:12]}) "
+                  f"layer {m['layer']} {m['hook']}  d_model {m['d_model']}  {m['storage_dtype']}  "
+                  f"T={m['context_length']}  created {m.get('created')}", highlight=False)
+    table = Table("corpus", "role", "split", "tokens", "contexts", "chunks", "state")
+    for g in s["corpora"]:
+        table.add_row(g["name"], g["role"], g["split"], f"{g['tokens']:,}", f"{g['contexts']:,}",
+                      f"{g['chunks_done']}/{g['chunks']}", "complete" if g["complete"] else "incomplete")
+    console.print(table)
+
+
+def _pipeline_status(cfg) -> dict:
+    """Runs, report and the last job of a config, beside its store."""
+    from common.store import StoreReader, store_exists
+    from eval import report_is_current
+    from train.status import run_status
+    reader = StoreReader(cfg.harvest.store) if store_exists(cfg.harvest.store) else None
+    runs = [run_status(cfg, run, reader) for run in cfg.runs]
+    report = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.md"
+    # current: made from the runs on disk (what `pipe run` checks), and those are the config's
+    trained = all(r["status"] in ("complete", "early_stopped") for r in runs)
+    state = ("missing" if not report.with_suffix(".json").exists()
+             else "current" if trained and report_is_current(cfg) else "stale")
+    return {"runs_dir": cfg.train.runs_dir, "runs": runs, "report": {"path": str(report), "state": state},
+            "last_job": events.last_job(cfg)}
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_pipeline(p: dict) -> None:
+    table = Table("run", "type", "status", "step", "L0", "EV (batch)", "elapsed", "checkpoint",
+                  title=f"runs in {p['runs_dir']}/", title_justify="left")
+    colours = {"complete": "green", "early_stopped": "yellow", "failed": "red", "partial": "yellow",
+               "stale": "yellow"}
+    for r in p["runs"]:
+        status = r["status"] + (f" ({r['message']})" if r["message"] else "")
+        table.add_row(r["run"], r["type"], Text(status, style=colours.get(r["status"], "")),
+                      f"{r['step']}/{r['total_steps']}", _fmt(r["l0"], ".1f"), _fmt(r["ev"], ".3f"),
+                      "-" if r["seconds"] is None else hms(r["seconds"]), _fmt(r["checkpoint_step"], "d"))
+    console.print(table)
+    report = p["report"]
+    colour = {"current": "green", "stale": "yellow", "missing": "yellow"}[report["state"]]
+    console.print(Text.assemble("report ", (report["path"], "bold"), ": ", (report["state"], colour),
+                                " (the runs changed since: `pipe eval` writes it again)" if report["state"] == "stale"
+                                else ""))
+    job = p["last_job"]
+    if job:
+        console.print(Text(f"last job: {job['command']} started {job['started']}: {job['state']}"
+                           + (f" (exit {job['exit_code']})" if job["exit_code"] is not None else "")
+                           + (f": {job['detail']}" if job.get("detail") else "") + f"; events in {job['events']}"))
+
+
 @main.command()
 @click.argument("stores", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document to stdout (for scripts)")
 @click.pass_context
-def status(ctx: click.Context, stores: tuple[str, ...]) -> None:
-    """List stores (default: the config's) with metadata, tokens, completion and size on disk."""
-    from common.store import StoreReader, store_exists
+def status(ctx: click.Context, stores: tuple[str, ...], as_json: bool) -> None:
+    """Where the pipeline stands: the store (metadata, tokens, completion, size on disk), each run
+    (status, step, last L0 / EV, elapsed, checkpoint) and whether the report is current. With
+    STORE arguments: those stores only."""
     cfg = None if stores else _config(ctx)
-    for url in _store_urls(cfg, stores):
-        if not store_exists(url):
-            console.print(f"[yellow]{url}[/]: not harvested yet")
-            continue
-        reader = StoreReader(url)
-        m = reader.meta
-        state = "[green]complete[/]" if reader.complete else "[yellow]incomplete[/]"
-        console.print(f"[bold]{url}[/]  {state}  {_human_bytes(reader.size_on_disk())} on disk")
-        console.print(f"  model {m['model_id']} (rev {m.get('revision')}, sha256 {str(m.get('file_sha256'))[:12]}) "
-                      f"layer {m['layer']} {m['hook']}  d_model {m['d_model']}  {m['storage_dtype']}  "
-                      f"T={m['context_length']}  created {m.get('created')}", highlight=False)
-        table = Table("corpus", "role", "split", "tokens", "contexts", "chunks", "state")
-        for name, g in reader.corpora().items():
-            table.add_row(name, g.role, g.split, f"{g.n_rows:,}", f"{g.n_contexts:,}",
-                          f"{g.chunks_done}/{g.n_chunks}", "complete" if g.complete else "incomplete")
-        console.print(table)
+    doc = {"config": None if cfg is None else str(cfg.path),
+           "stores": [_store_status(url) for url in _store_urls(cfg, stores)]}
+    if cfg is not None:
+        doc.update(_pipeline_status(cfg))
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, default=str))
+        return
+    for s in doc["stores"]:
+        _print_store(s)
+    if cfg is not None:
+        _print_pipeline(doc)
 
 
 @main.command()
