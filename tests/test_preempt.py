@@ -264,3 +264,23 @@ def test_sigterm_to_one_of_two_harvest_processes_stops_both_without_a_hang(tmp_p
     assert not Path(f"{tmp_path / 's.zarr'}.orthosae-lock").exists()
     assert CliRunner().invoke(main, ["--config", str(path), "harvest"]).exit_code == 0
     assert_same_store(one.harvest.store, str(tmp_path / "s.zarr"))
+
+
+def test_pipe_run_stops_between_stages_after_a_late_signal(tmp_path, tiny_model_dir, monkeypatch):
+    """A signal during harvest's last chunk lets harvest finish; `pipe run` then stops before train."""
+    import harvest as harvest_pkg
+    real = harvest_pkg.harvest
+
+    def signalled_at_the_end(cfg, **kwargs):
+        result = real(cfg, **kwargs)
+        preempt.request()  # as if SIGTERM came while the last chunk was being written
+        return result
+    monkeypatch.setattr(harvest_pkg, "harvest", signalled_at_the_end)
+    path = write_harvest_config(tmp_path, tiny_model_dir)
+    path.write_text(path.read_text() + f'[train]\nruns_dir = "{tmp_path / "runs"}"\n')
+    res = CliRunner().invoke(main, ["--config", str(path), "run"])
+    assert res.exit_code == 75, res.output
+    assert "the store is complete; train not started" in res.output
+    assert StoreReader(str(tmp_path / "s.zarr")).complete and not (tmp_path / "runs").exists()
+    log = event_log(tmp_path, "run")
+    assert log[-1]["event"] == "preempted" and {e["stage"] for e in log} == {None, "harvest"}
