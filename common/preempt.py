@@ -1,11 +1,11 @@
 """Graceful preemption: SIGTERM / SIGINT stop a harvest or a training at the next safe point.
 
-The CLI installs the handler (``handle_signals``) for the commands that do work. Harvest's chunk
-loop and training's step loop run inside ``deferred()``: there a signal only sets a flag, the loop
-finishes the chunk or step in hand, commits it or writes every run's checkpoint (the same
-functions a normal run uses), and raises ``Preempted``, which the CLI turns into exit code 75
-(EX_TEMPFAIL: requeue) after printing what was saved and how to resume. Outside those loops
-(model loading, eval) nothing in hand can be saved, so a signal raises ``Preempted`` at once. A
+The CLI installs the handler (``handle_signals``) for the commands that do work. Harvest (from
+the model load on) and training's step loop run inside ``deferred()``: there a signal only sets a
+flag, the loop finishes the chunk or step in hand, commits it or writes every run's checkpoint (the
+same functions a normal run uses), and raises ``Preempted``, which the CLI turns into exit code 75
+(EX_TEMPFAIL: requeue) after printing what was saved and how to resume. Elsewhere (corpus
+planning, the scale estimate, eval) nothing in hand can be saved, so a signal raises it at once. A
 second signal aborts at once with the signal's default action; both resume points are safe to
 be killed at (atomic checkpoint swap, chunk committed last).
 """
