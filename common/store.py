@@ -32,6 +32,7 @@ import zarr
 
 from common.config import Config
 from common.errors import first_line
+from common.events import process_alive
 
 SCHEMA = 1
 # Attributes that must match for a store to be reused (resume, train, eval).
@@ -158,15 +159,7 @@ class StoreLock:
             return {"host": "?", "pid": -1, "since": 0}
 
     def _alive(self, holder: dict) -> bool:
-        if holder.get("host") != socket.gethostname():
-            return True  # cannot check another host's process: assume it is alive
-        try:
-            os.kill(int(holder["pid"]), 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+        return process_alive(holder.get("host"), holder.get("pid"))  # another host's: assumed alive
 
     def acquire(self) -> None:
         self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)

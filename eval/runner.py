@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from common import events
 from common.config import Config, ConfigError, RunConfig
 from common.corpora import load_mcq
 from common.model import load_model, pick_device
@@ -227,6 +228,7 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, results: list[RunRe
 
 
 def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: bool = True) -> Path:
+    events.set_stage("eval")
     reader = open_store_for(cfg)
     results = load_runs(cfg, run_names, device=pick_device(cfg.model.device))  # on the model's device
     if not _corpora(cfg, "heldout"):
@@ -255,4 +257,5 @@ def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: 
 
     out_dir = Path(cfg.eval.reports_dir) / cfg.eval.name
     write_report(out_dir, cfg, reader, {r.name: r.to_json() for r in results}, timings)
+    events.emit("stage_done", report=str(out_dir / "report.md"), runs=[r.name for r in results])
     return out_dir

@@ -6,7 +6,9 @@ the plan to the others), load the model, take the store's write lock
 (with --repair, un-commit the chunks verify finds damaged), then for each chunk this process owns
 (k % world_size == rank), run the model up to block L and commit the chunk. A rerun skips
 committed chunks, so a killed harvest resumes to the same store an uninterrupted one makes;
-N processes (accelerate / torchrun) write disjoint chunks of one store.
+N processes (accelerate / torchrun) write disjoint chunks of one store. On SIGTERM / SIGINT (under
+the CLI) each process commits the chunk in hand and stops; all meet at the existing barrier, the
+lock is released and ``Preempted`` is raised (exit 75), so a rerun resumes.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 from accelerate import PartialState
 from rich.text import Text
 
-from common import __version__
+from common import __version__, events, preempt
 from common.config import Config, check_model_fits
 from common.corpora import (CorpusError, CorpusSpec, fingerprint, load_documents, tokenize_contexts,
                             tokens_fingerprint)
@@ -123,6 +125,14 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
     repair: verify the store first and un-commit every chunk that fails, so only those chunks are
     harvested again (chunks are deterministic, so the result equals a clean store).
     """
+    events.set_stage("harvest")
+    result = _harvest(cfg, force=force, repair=repair, show_progress=show_progress)
+    events.emit("stage_done", store=result.store, rows=result.rows_written,
+                seconds=round(result.seconds, 2), skipped=result.skipped)
+    return result
+
+
+def _harvest(cfg: Config, *, force: bool, repair: bool, show_progress: bool) -> HarvestResult:
     if force and repair:
         raise StoreError(f"{cfg.harvest.store}: --force and --repair exclude each other "
                          "(--force re-harvests everything)")
@@ -135,66 +145,83 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
     tokenizer = load_tokenizer(cfg.model.id, revision=cfg.model.revision,
                                trust_remote_code=cfg.model.trust_remote_code)
     plans, contexts = _plan_once(cfg, tokenizer, state)
-    lm = load_model(cfg.model.id, revision=cfg.model.revision, dtype=cfg.model.dtype, device=str(device),
-                    trust_remote_code=cfg.model.trust_remote_code)
-    check_model_fits(cfg, lm.n_layers, lm.d_model)
-    identity = store_identity(cfg, lm)
+    # From here a signal only asks to stop (common/preempt.py): the model load ends, the chunk in
+    # hand is committed, every process meets at the barrier below, the lock is released, then
+    # Preempted. (Planning, above, stops at once: no process has reached a barrier yet.)
+    with preempt.deferred():
+        lm = load_model(cfg.model.id, revision=cfg.model.revision, dtype=cfg.model.dtype, device=str(device),
+                        trust_remote_code=cfg.model.trust_remote_code)
+        check_model_fits(cfg, lm.n_layers, lm.d_model)
+        identity = store_identity(cfg, lm)
 
-    lock = StoreLock(url)
-    if state.is_main_process:
-        if force:
-            lock.acquire()
-            _remove_store(url)
-        elif not repair and store_exists(url) and _already_complete(url, identity, plans, cfg):
-            console.print(f"[green]{url}: complete, left alone[/] (use --force to harvest again)")
-            state.wait_for_everyone()
-            return HarvestResult(url, 0, time.perf_counter() - t_start, skipped=True)
-        else:
-            lock.acquire()
+        lock = StoreLock(url)
+        if state.is_main_process:
+            if force:
+                lock.acquire()
+                _remove_store(url)
+            elif not repair and store_exists(url) and _already_complete(url, identity, plans, cfg):
+                console.print(f"[green]{url}: complete, left alone[/] (use --force to harvest again)")
+                state.wait_for_everyone()
+                return HarvestResult(url, 0, time.perf_counter() - t_start, skipped=True)
+            else:
+                lock.acquire()
+            try:
+                writer = StoreWriter(url, identity, codec=cfg.harvest.codec, level=cfg.harvest.level)
+                for plan in plans:
+                    writer.ensure_corpus(plan)
+                if repair:
+                    _uncommit_damaged(writer)
+            except BaseException:
+                lock.release()
+                raise
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            # the main process saw the same complete store before the barrier and has returned after
+            # it: no second barrier here, or a re-submitted job on a finished store hangs or dies
+            if _already_complete(url, identity, plans, cfg):
+                return HarvestResult(url, 0, time.perf_counter() - t_start, skipped=True)
+            writer = StoreWriter(url, identity, codec=cfg.harvest.codec, level=cfg.harvest.level, create=False)
+
+        rows_written = 0
         try:
-            writer = StoreWriter(url, identity, codec=cfg.harvest.codec, level=cfg.harvest.level)
-            for plan in plans:
-                writer.ensure_corpus(plan)
-            if repair:
-                _uncommit_damaged(writer)
-        except BaseException:
-            lock.release()
-            raise
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        # the main process saw the same complete store before the barrier and has returned after
-        # it: no second barrier here, or a re-submitted job on a finished store hangs or dies
-        if _already_complete(url, identity, plans, cfg):
-            return HarvestResult(url, 0, time.perf_counter() - t_start, skipped=True)
-        writer = StoreWriter(url, identity, codec=cfg.harvest.codec, level=cfg.harvest.level, create=False)
-
-    rows_written = 0
-    try:
-        mine = {p.name: [k for k in writer.pending_chunks(p.name) if k % state.num_processes ==
-                         state.process_index] for p in plans}
-        total = sum(min((k + 1) * p.contexts_per_chunk, p.n_contexts) - k * p.contexts_per_chunk
-                    for p in plans for k in mine[p.name]) * (cfg.harvest.context_length - 1)
-        with (progress("tok", disable=not (show_progress and state.is_main_process)) as bar,
-              ChunkWriter(writer) as chunks):  # compression and writes overlap the next forward
-            task = bar.add_task(f"harvest L{cfg.harvest.layer}", total=total)
-            for plan in plans:
-                ctx_all = contexts[plan.name]
-                for k in mine[plan.name]:
-                    bar.update(task, description=f"{plan.name} chunk {k + 1}/{plan.n_chunks}")
-                    ctx = ctx_all[k * plan.contexts_per_chunk:(k + 1) * plan.contexts_per_chunk]
+            mine = [(p, k) for p in plans for k in writer.pending_chunks(p.name)
+                    if k % state.num_processes == state.process_index]
+            total = sum(_chunk_contexts(p, k) for p, k in mine) * (cfg.harvest.context_length - 1)
+            left = len(mine)
+            # leaving the ChunkWriter block commits every chunk handed to it, stopped early or not
+            with (progress("tok", disable=not (show_progress and state.is_main_process)) as bar,
+                  ChunkWriter(writer) as chunks):  # compression and writes overlap the next forward
+                task = bar.add_task(f"harvest layer {cfg.harvest.layer}", total=total)
+                for plan, k in mine:
+                    if preempt.requested():
+                        break
+                    bar.update(task, description=f"harvest {plan.name} chunk {k + 1}/{plan.n_chunks}")
+                    ctx = contexts[plan.name][k * plan.contexts_per_chunk:(k + 1) * plan.contexts_per_chunk]
                     acts = _chunk_activations(lm.model, cfg, ctx, device)
                     chunks.submit(plan, k, acts, ctx)
                     rows_written += acts.shape[0]
+                    left -= 1
                     bar.advance(task, acts.shape[0])
-        state.wait_for_everyone()
-        if state.is_main_process:
-            for plan in plans:
-                writer.finish_corpus(plan.name)
-            writer.finish()
-    finally:
-        if state.is_main_process:
-            lock.release()
-    return HarvestResult(url, rows_written, time.perf_counter() - t_start, skipped=False)
+            # every process meets here, stopped early or not: no collective is added per chunk
+            state.wait_for_everyone()
+            complete = True
+            if state.is_main_process:
+                complete = all([writer.finish_corpus(plan.name) for plan in plans])
+                writer.finish()
+        finally:
+            if state.is_main_process:
+                lock.release()
+        # chunks left undone by this process, or (seen by the main process) by another one
+        if left or not complete:
+            done = sum(int((writer.root[p.name]["committed"][:] != 0).sum()) for p in plans)
+            raise preempt.Preempted(f"{done}/{sum(p.n_chunks for p in plans)} chunks of {url} committed "
+                                    f"({rows_written:,} rows written by this process this time)")
+        return HarvestResult(url, rows_written, time.perf_counter() - t_start, skipped=False)
+
+
+def _chunk_contexts(plan: CorpusPlan, k: int) -> int:
+    return min((k + 1) * plan.contexts_per_chunk, plan.n_contexts) - k * plan.contexts_per_chunk
+
 
 
 def _chunk_activations(model, cfg: Config, ctx: np.ndarray, device) -> HostRows:

@@ -55,6 +55,7 @@ def test_shipped_configs_load():
 def test_minimal_defaults(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL))
     assert cfg.harvest.context_length == 128 and cfg.corpora["a"].split == "train"
+    assert (cfg.log.progress_seconds, cfg.log.progress_percent) == (30.0, 25)
     assert [r.name for r in cfg.runs] == ["baseline"]
 
 
@@ -68,6 +69,9 @@ def test_minimal_defaults(tmp_path):
     (("[harvest]", "[harvst]"), "[harvst]: unknown section"),
     (('id = "tiny"', 'id = "tiny"\ndtype = "int8"'), "[model] dtype: must be one of"),
     (("tokens = 1000", "tokens = 1000\n[train.ortho]\nevery = 0"), "[train.ortho] every: must be > 0"),
+    (("tokens = 1000", "tokens = 1000\n[log]\nprogress_percent = 0"), "[log] progress_percent: must be in 1..100"),
+    (("tokens = 1000", "tokens = 1000\n[log]\nprogress_seconds = -1"), "[log] progress_seconds: must be >= 0"),
+    (("tokens = 1000", "tokens = 1000\n[log]\nevery = 5"), "[log] every: unknown key"),
 ])
 def test_bad_keys_are_named(tmp_path, edit, needle):
     assert needle in error_of(tmp_path, MINIMAL.replace(*edit))

@@ -52,6 +52,8 @@ def write_config(tmp_path, model_dir, *, store="s.zarr", layer=0, storage="float
     tokens = 160
     [train]
     device = "cpu"  # these tests mean CPU, also on a GPU box
+    [eval]
+    reports_dir = "{tmp_path / 'reports'}"  # the CLI's event logs go here, not into the checkout
     """
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))

@@ -6,6 +6,10 @@ the shared stream: each trainer takes a step, logs, checkpoints every ``checkpoi
 finally each run is exported. What one step does is ``train/trainer.py``; the loss is
 ``train/sae/base.py``.
 
+On SIGTERM / SIGINT (under the CLI) the step in hand ends, every unfinished run is checkpointed
+as a periodic checkpoint would be, and ``Preempted`` is raised (exit 75): a rerun resumes to
+weights bit-identical to an uninterrupted run.
+
 Under ``torchrun`` / ``accelerate launch`` (N processes), rank r trains runs r, r+N, … of the
 selection and streams the store itself: no collective is needed, and since a run depends on the
 data order and its own settings only, every run's weights equal a one-process ``pipe train``.
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from common import events, preempt
 from common.config import Config, ConfigError, RunConfig
 from common.model import pick_device
 from common.progress import console, progress
@@ -71,9 +76,10 @@ def _run_dir(cfg: Config, run: RunConfig) -> Path:
     return Path(cfg.train.runs_dir) / run.name
 
 
-def _checkpoint(cfg: Config, trainer: Trainer, fingerprint: str, scale: float) -> None:
+def _checkpoint(cfg: Config, trainer: Trainer, fingerprint: str, scale: float, seconds: float) -> None:
+    """``seconds``: the run's training time so far, over every invocation (`pipe status` shows it)."""
     save_checkpoint(_run_dir(cfg, trainer.run), {
-        "fingerprint": fingerprint, "scale": scale,
+        "fingerprint": fingerprint, "scale": scale, "seconds": round(seconds, 2),
         "stream": {"batches_served": trainer.step}, "trainer": trainer.state_dict()})
 
 
@@ -92,6 +98,9 @@ def _finish(cfg: Config, trainer: Trainer, reader: StoreReader, scale: float, fi
                "activation_scale": scale, "store": cfg.harvest.store, "config": str(cfg.path),
                "final": trainer.last}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    events.emit("run_done", run=run.name, status=trainer.status, step=trainer.step,
+                l0=trainer.last.get("l0"), ev=trainer.last.get("ev_batch"), seconds=round(seconds, 2),
+                **({"reason": trainer.message} if trainer.status == "failed" else {}))
     return summary
 
 
@@ -105,6 +114,13 @@ def train(cfg: Config, *, run_names: list[str] | None = None, force: bool = Fals
           show_progress: bool = True) -> list[dict]:
     """Train the config's runs (or `run_names`) in one pass; returns their summaries (this
     process's share of them under a multi-process launcher)."""
+    events.set_stage("train")
+    summaries = _train(cfg, run_names=run_names, force=force, show_progress=show_progress)
+    events.emit("stage_done", runs={s["run"]: s["status"] for s in summaries})
+    return summaries
+
+
+def _train(cfg: Config, *, run_names: list[str] | None, force: bool, show_progress: bool) -> list[dict]:
     selected = [cfg.run(n) for n in run_names] if run_names else list(cfg.runs)
     rank, world, local_rank = process_share()
     selected = selected[rank::world]
@@ -131,7 +147,28 @@ def train(cfg: Config, *, run_names: list[str] | None = None, force: bool = Fals
     # Scale and b_dec init come from the data, once per sweep; a resumed run restores its own scale.
     scale = estimate_scale(reader, corpora, seed=cfg.train.seed) if cfg.train.normalize else 1.0
     mean = torch.cat([reader.read_rows(c, 0, min(4096, reader.corpora()[c].n_rows)) for c in corpora]).mean(0) * scale
-    trainers, fingerprints, logs = [], {}, {}
+    # From here a signal only asks to stop: the step in hand ends, every run is checkpointed
+    # (common/preempt.py); before, nothing is in hand and it stops at once.
+    with preempt.deferred():
+        return summaries + _train_loop(cfg, todo, reader, corpora, device, steps, scale, mean, force,
+                                       show_progress, f" (process {rank} of {world})" if world > 1 else "")
+
+
+def _run_stats(trainers: list[Trainer]) -> tuple[str, list[dict]]:
+    """Each run's step, L0 and batch EV (the latest log record): live text and event fields."""
+    runs = [{"run": t.run.name, "step": t.step, "l0": t.last.get("l0"), "ev": t.last.get("ev_batch")}
+            for t in trainers]
+    text = " | ".join(f"{r['run']} step {r['step']}" + (f" L0 {r['l0']:.1f} EV {r['ev']:.3f}"
+                                                      if r["l0"] is not None and r["ev"] is not None else "")
+                      for r in runs)
+    return text, runs
+
+
+def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str], device, steps: int,
+                scale: float, mean, force: bool, show_progress: bool, share: str) -> list[dict]:
+    """Build (or resume) one Trainer per run, stream the store through all of them, export them."""
+    summaries, trainers, fingerprints, logs = [], [], {}, {}
+    base_seconds, saved_step = {}, {}  # per run: training time and checkpoint step before this call
     for run, fp in todo:
         sae = make_sae(run, reader.d_model, device=device)
         sae.init_b_dec(mean.to(device))
@@ -139,8 +176,11 @@ def train(cfg: Config, *, run_names: list[str] | None = None, force: bool = Fals
         run_dir = _run_dir(cfg, run)
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = None if force else load_checkpoint(run_dir)
+        base_seconds[run.name] = 0.0
         if ckpt is not None and ckpt["fingerprint"] == fp:
             trainer.load_state_dict(ckpt["trainer"])
+            base_seconds[run.name] = float(ckpt.get("seconds", 0.0))
+            saved_step[run.name] = trainer.step
             console.print(f"{run.name}: resuming from step {trainer.step}")
         elif (run_dir / "log.jsonl").exists():
             (run_dir / "log.jsonl").unlink()  # a fresh start: the old log belongs to other weights
@@ -156,12 +196,18 @@ def train(cfg: Config, *, run_names: list[str] | None = None, force: bool = Fals
                               device=device, scale=scale, total_batches=steps)
     stream.load_state_dict({"batches_served": start})
     t0 = time.perf_counter()
-    share = f" (process {rank} of {world})" if world > 1 else ""
+
+    def checkpoint(t: Trainer) -> None:
+        _checkpoint(cfg, t, fingerprints[t.run.name], scale, base_seconds[t.run.name] + time.perf_counter() - t0)
+        saved_step[t.run.name] = t.step
+
     console.print(f"training {len(trainers)} run(s) ({', '.join(t.run.name for t in trainers)}) on {device}{share}, "
                   f"{steps} steps of {cfg.train.batch_size} rows from {cfg.harvest.store}")
+    stopped = False
     try:
         with progress("step", disable=not show_progress, extra="{task.fields[stats]}") as bar:
-            task = bar.add_task("train", total=steps, completed=start, stats="")
+            text, runs = _run_stats(trainers)
+            task = bar.add_task("train", total=steps, completed=start, stats=text, runs=runs)
             for step, (x, is_forget) in zip(range(start, steps), stream):
                 for t in trainers:
                     if not t.running or t.step > step:  # done, or resumed ahead of the others
@@ -174,26 +220,37 @@ def train(cfg: Config, *, run_names: list[str] | None = None, force: bool = Fals
                         console.print(f"[red]{t.run.name}: {t.message}; last good checkpoint kept in "
                                       f"{_run_dir(cfg, t.run) / 'checkpoint'}[/]")
                     elif t.running and t.step % cfg.train.checkpoint_every == 0:
-                        _checkpoint(cfg, t, fingerprints[t.run.name], scale)
-                live = [t for t in trainers if t.last]
-                bar.update(task, advance=1, stats=" ".join(
-                    f"{t.run.name}:{t.last['total']:.3g}/L0 {t.last['l0']:.0f}" for t in live[:3])
-                    + (" ..." if len(live) > 3 else ""))
+                        checkpoint(t)
+                text, runs = _run_stats(trainers)
+                bar.update(task, advance=1, stats=text, runs=runs)
                 if not any(t.running for t in trainers):
+                    break
+                if preempt.requested():  # the step in hand is done: save below and stop
+                    stopped = True
                     break
     finally:
         for log in logs.values():
             log.close()
-    seconds = time.perf_counter() - t0
+    if stopped:
+        saved = []
+        for t in trainers:
+            if t.running and saved_step.get(t.run.name) != t.step:
+                checkpoint(t)  # the same checkpoint a periodic save writes: resume is bitwise
+            saved.append(f"{t.run.name} step {t.step}" + ("" if t.running else f" ({t.status})"))
     for t in trainers:
-        if t.running:
+        if t.running and not stopped:
             t.status = "complete"
+        if t.running:
+            continue  # preempted: checkpointed above, finished by the rerun
         if t.status != "failed":
-            _checkpoint(cfg, t, fingerprints[t.run.name], scale)
+            checkpoint(t)
+        seconds = base_seconds[t.run.name] + time.perf_counter() - t0
         summaries.append(_finish(cfg, t, reader, scale, fingerprints[t.run.name], seconds))
         colour = {"complete": "green", "early_stopped": "yellow", "failed": "red"}[t.status]
         console.print(f"[{colour}]{t.run.name}[/]: {t.status} at step {t.step}  "
                       f"L0 {t.last.get('l0', float('nan')):.1f}  "
                       f"EV (batch) {t.last.get('ev_batch', float('nan')):.3f}  -> {_run_dir(cfg, t.run)}"
                       + (f"  ({t.message})" if t.message else ""), highlight=False)
+    if stopped:
+        raise preempt.Preempted(f"checkpoints in {cfg.train.runs_dir}/: {', '.join(saved)} of {steps}")
     return summaries
