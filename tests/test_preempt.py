@@ -277,7 +277,8 @@ def test_pipe_run_stops_between_stages_after_a_late_signal(tmp_path, tiny_model_
         return result
     monkeypatch.setattr(harvest_pkg, "harvest", signalled_at_the_end)
     path = write_harvest_config(tmp_path, tiny_model_dir)
-    path.write_text(path.read_text() + f'[train]\nruns_dir = "{tmp_path / "runs"}"\n')
+    # the harvest tests' config has a [train] table (device = "cpu"): add the runs folder to it
+    path.write_text(path.read_text().replace("[train]\n", f'[train]\nruns_dir = "{tmp_path / "runs"}"\n', 1))
     res = CliRunner().invoke(main, ["--config", str(path), "run"])
     assert res.exit_code == 75, res.output
     assert "the store is complete; train not started" in res.output
