@@ -3,8 +3,9 @@
 "highest" keeps every float32 matmul in full fp32. "high" lets CUDA use TF32 (inputs rounded to a
 10-bit mantissa, fp32 accumulation; about 3× the fp32 matmul rate on A100/H100): each encoder and
 decoder product then carries a relative error near 1e-3, well below the SAE's reconstruction error.
-L_ortho is always computed at "highest" (``train/sae/ortho.py``): its rms form subtracts α² from a
-mean of squared cosines near 1/d_model, a difference TF32's rounding would swamp. On CPU, "high"
+L_ortho is always computed at "highest" (``train/sae/ortho.py``): the seed form's Gram rewrite
+subtracts nearly equal large terms (tr(G_gG_h) − 2α·Σa_i·b_i + α²·m), whose difference TF32's
+rounding would swamp; every form follows the one rule, so L_ortho never depends on the setting. On CPU, "high"
 leaves fp32 matmuls as they are (measured bit-identical with torch 2.13).
 """
 from __future__ import annotations

@@ -119,7 +119,7 @@ def ortho_loss(
         raise ValueError(f"ortho_loss: W must be [d_sae, d_model] and groups [d_sae]; got {tuple(W.shape)}, {tuple(groups.shape)}")
     if mode not in ALPHA_MODES:
         raise ValueError(f"ortho_loss: mode must be one of {ALPHA_MODES}; got {mode!r}")
-    with matmul_precision("highest"):  # never TF32: s/(m_g·m_h) − α² cancels near 1/d_model
+    with matmul_precision("highest"):  # never TF32: the seed form's Gram rewrite cancels large terms
         return _ortho_loss(W, groups, n_groups, alpha, mode, naive, eps, weights, sketch, generator, index)
 
 
