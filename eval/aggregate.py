@@ -284,13 +284,16 @@ def plot_conditions(out_dir: Path, agg: dict) -> list[str]:
     # the activity-weighted one is what α bounds under the default weighting
     ov = "rms_cross_cos_activity" if any("rms_cross_cos_activity" in e["metrics"] for e in conds.values()) \
         else "rms_cross_cos"
-    for kind, marker in (("adaptive", "o"), ("fixed", "s")):
-        pts = sorted((e["alpha"], e["metrics"][ov]) for e in conds.values()
-                     if e["type"] == kind and e["alpha"] is not None and ov in e["metrics"])
-        for j, (alpha, s) in enumerate(pts):
+    # one series per family of conditions that differ only by α (e.g. exact and sketched adaptive)
+    series: dict[str, list] = {}
+    for label, e in conds.items():
+        if e["type"] in ("adaptive", "fixed") and e["alpha"] is not None and ov in e["metrics"]:
+            series.setdefault(re.sub(r"-alpha[^-]*", "", label), []).append((e["alpha"], e["metrics"][ov], e["type"]))
+    for i, (family, pts) in enumerate(series.items()):
+        for j, (alpha, s, kind) in enumerate(sorted(pts, key=lambda p: p[0])):
             y, yerr = mid_err(s)
-            ax.errorbar(alpha, y, yerr=yerr, fmt=marker, capsize=3, color="C0" if kind == "adaptive" else "C1",
-                        label=kind if j == 0 else None)
+            ax.errorbar(alpha, y, yerr=yerr, fmt="o" if kind == "adaptive" else "s", capsize=3,
+                        color=f"C{i % 10}", label=family if j == 0 else None)
     base = [e["metrics"][ov]["mean"] for e in conds.values() if e["type"] == "baseline" and ov in e["metrics"]]
     if base:
         ax.axhline(base[0], linestyle=":", color="grey", label="baseline (post-hoc groups)")

@@ -270,22 +270,27 @@ def _save(fig, out_dir: Path, name: str) -> str:
 def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict, timings: dict) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     comp = comparison(results)
-    plots = _plots(out_dir, results)
     conditions = aggregate(results)  # seeds -> conditions (eval/aggregate.py)
-    condition_plots = plot_conditions(out_dir, conditions)
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "orthosae_version": __version__,
         "config": str(cfg.path), "store": reader.url, "store_meta": reader.meta,
         "runs_dir": cfg.train.runs_dir, "headline_explained_variance": HEADLINE_EV,
-        "runs": results, "comparison": comp, "conditions": conditions, "timings_s": timings,
-        "plots": plots + condition_plots,
+        "runs": results, "comparison": comp, "conditions": conditions, "timings_s": timings, "plots": [],
     }
-    tmp = out_dir / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1, default=_json_default, allow_nan=True))
-    tmp.rename(out_dir / "report.json")
+    _write_json(out_dir / "report.json", report)  # the measurements first: a failing plot must not lose them
+    plots = _plots(out_dir, results)
+    condition_plots = plot_conditions(out_dir, conditions)
+    report["plots"] = plots + condition_plots
+    _write_json(out_dir / "report.json", report)
     (out_dir / "report.md").write_text(_markdown(cfg, reader, results, comp, timings, plots)
                                        + conditions_markdown(conditions, condition_plots))
     return out_dir
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default, allow_nan=True))
+    tmp.rename(path)
 
 
 def _json_default(obj):

@@ -82,6 +82,22 @@ def test_conditions_group_seeds_and_name_winners(tmp_path):
     assert all((tmp_path / p).stat().st_size > 1000 for p in plots)
 
 
+def test_overlap_plot_takes_two_families_at_the_same_alpha(tmp_path):
+    """Exact and sketched adaptive runs share α values: the overlap-vs-α plot draws one series per
+    family (it used to sort (α, metrics) tuples and fail comparing two dicts, losing the report)."""
+    results = {}
+    for s in range(3):
+        for alpha in (0.0, 0.04):
+            results[f"adaptive-alpha{alpha:g}-s{s}"] = result("adaptive", s, alpha=alpha, ev=0.8)
+            r = result("adaptive", s, alpha=alpha, ev=0.7)
+            r["cfg"]["orthosae"]["ortho"]["sketch"] = 32
+            results[f"adaptive-sketch-alpha{alpha:g}-s{s}"] = r
+    agg = aggregate(results)
+    assert len(agg["conditions"]) == 4
+    plots = plot_conditions(tmp_path, agg)
+    assert "conditions_overlap_vs_alpha.png" in plots and (tmp_path / "conditions_overlap_vs_alpha.png").stat().st_size > 1000
+
+
 def test_selectivity_bootstrap_over_contexts():
     """Equal-length contexts: the bootstrap se of a difference of means is close to its analytic se."""
     rng = np.random.default_rng(1)
@@ -95,3 +111,22 @@ def test_selectivity_bootstrap_over_contexts():
     assert boot["se"] == pytest.approx(analytic, rel=0.15)
     point = (edits["forget"] + noise["forget"].mean() - edits["retain"] - noise["retain"].mean()) / t
     assert boot["ci95"][0] < point < boot["ci95"][1]
+
+
+def test_report_json_is_written_before_the_plots(tmp_path, monkeypatch):
+    """A plot that fails must not lose an evaluation's measurements: report.json is on disk first."""
+    from types import SimpleNamespace
+
+    import eval.report as report
+
+    def broken(*_):
+        raise RuntimeError("plot failed")
+    monkeypatch.setattr(report, "plot_conditions", broken)
+    monkeypatch.setattr(report, "_plots", lambda out_dir, results: [])
+    cfg = SimpleNamespace(path="p.toml", train=SimpleNamespace(runs_dir="runs"))
+    reader = SimpleNamespace(url="s.zarr", meta={"d_model": 4})
+    results = {f"baseline-s{s}": result("baseline", s, ev=0.8) for s in range(3)}
+    with pytest.raises(RuntimeError, match="plot failed"):
+        report.write_report(tmp_path, cfg, reader, results, {"eval": 1.0})
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert set(saved["runs"]) == set(results) and saved["conditions"]["conditions"]["baseline"]["runs"]
