@@ -152,8 +152,9 @@ class OrthoConfig:
                                    "activation mass per row (normalised units): one stray activation moves nothing")
     regroup_margin: float = _key(0.05, _fraction, "hysteresis: a feature leaves its group only when its forget "
                                  "share is this far past the group's bin edge")
-    sketch: int = _key(0, _non_negative, "rms: estimate L_ortho each step with a k-row Gaussian sketch "
-                       "(unbiased, O(k·d_model·d_sae) instead of O(d_sae·d_model²)); 0 = exact")
+    sketch: int = _key(0, _non_negative, "rms: estimate L_ortho each step with k-row Gaussian sketches "
+                       "(unbiased, O(G·k·d_model·d_sae) instead of O(d_sae·d_model²), but its gradient "
+                       "is far noisier than the exact one: README, The method); 0 = exact")
     every: int = _key(1, _positive, "apply L_ortho every k steps with weight k·λ2(t) (lazy "
                       "regularisation: cost ÷ k; 1 = every step, the exact loss)")
     stats_decay: float = _key(0.99, _fraction, "EMA decay of per-feature forget/retain activation mass")

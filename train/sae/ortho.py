@@ -205,6 +205,10 @@ def sketched_rms(W: Tensor, groups: Tensor, n_groups: int, alpha: float, k: int,
     any estimate; at α = 0 it is exact in expectation). One k × d_sae draw serves every group, its
     columns split by group, so the sketches are independent.
 
+    Its gradient is far noisier than its value: the noise scales with the groups' whole size
+    (‖A‖_F·‖B‖_F/√k), not with the overlap, so at k ≪ n_g the gradient's error is many times the
+    exact gradient (``bench/sketch_noise.py``; README, The method). Off by default for that reason.
+
     Cost: one [G·k, d_sae] @ [d_sae, d_model] product forward and one backward, O(G·k·d_sae·d_model),
     against the Grams' O(d_sae·d_model²); it never normalises, weighs or gathers W (the row scales
     √w_i/‖W_i‖ ride on the sketch) and never syncs with the host (groups as a one-hot matrix)."""
