@@ -105,3 +105,18 @@ def test_progress_events_carry_numbers_and_run_fields(tmp_path, log_console):
     assert p["rate"] == 1.0 and p["eta_s"] == 3.0 and p["runs"] == [{"run": "a", "step": 1, "l0": 2.0, "ev": 0.5}]
     assert lines[-1]["exit_code"] == 0 and log.path.parent == tmp_path / "r" / "events"
     assert log.path.name.startswith("train-") and log.path.suffix == ".jsonl"
+
+
+def test_tables_keep_whole_run_names_in_a_log_file():
+    """Without a terminal rich assumes 80 columns and cut `pipe status`'s run names to "adapti…";
+    the console is wide there, so a log shows each name whole."""
+    from rich.table import Table
+
+    from common.progress import console
+    assert not console.is_terminal  # pytest captures: no terminal, as in a batch job's log
+    table = Table("run", "type", "status", "step", "L0", "EV (batch)", "elapsed", "checkpoint")
+    table.add_row("adaptive-sketch-alpha0.04-s2", "adaptive", "complete", "1000/1000", "64.0", "0.760",
+                  "0:16:21", "1000")
+    with console.capture() as cap:
+        console.print(table)
+    assert "adaptive-sketch-alpha0.04-s2" in cap.get() and "1000/1000" in cap.get()
