@@ -212,6 +212,40 @@ def test_nan_stops_run_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     assert summaries["baseline"]["status"] == summaries["adaptive"]["status"] == "complete"
 
 
+def test_a_nan_between_log_steps_is_caught_before_a_preemption_checkpoint(tmp_path, monkeypatch):
+    """The NaN guard is read back only at log / checkpoint steps; a preemption checkpoint between
+    them (step 102 here) reads it first, so a run whose loss went nan at step 100 fails instead of
+    saving nan weights to resume from."""
+    from common import preempt
+    make_store(str(tmp_path / "s.zarr"))
+    cfg = load_config(write_config(tmp_path, runs=SWEEP))
+    from train.sae.fixed_ortho import FixedOrthoSAE
+    real = FixedOrthoSAE.training_forward
+    calls = {"n": 0}
+
+    def poisoned(self, x, c, generator=None):
+        out = real(self, x, c, generator)
+        if type(self) is FixedOrthoSAE:
+            calls["n"] += 1
+            if calls["n"] == 101:  # step 100 only: later losses are finite again
+                out.total = out.total * float("nan")
+            if calls["n"] == 102:
+                preempt.request()  # SIGTERM during step 101: stop after it
+        return out
+    monkeypatch.setattr(FixedOrthoSAE, "training_forward", poisoned)
+    try:
+        with pytest.raises(preempt.Preempted):
+            train(cfg, show_progress=False)
+    finally:
+        preempt.clear()
+    summary = json.loads((tmp_path / "runs/fixed/summary.json").read_text())
+    assert summary["status"] == "failed" and "nan at step 100" in summary["message"]
+    ckpt = json.loads((tmp_path / "runs/fixed/checkpoint/state.json").read_text())
+    assert ckpt["trainer"]["step"] == 80  # the last good checkpoint, not step 102's
+    base = json.loads((tmp_path / "runs/baseline/checkpoint/state.json").read_text())
+    assert base["trainer"]["step"] == 102  # the healthy runs were checkpointed at the stop
+
+
 def test_bad_store_refused_before_training(tmp_path):
     make_store(str(tmp_path / "s.zarr"), d_model=8)
     path = write_config(tmp_path)

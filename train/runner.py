@@ -234,7 +234,7 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
     if stopped:
         saved = []
         for t in trainers:
-            if t.running and saved_step.get(t.run.name) != t.step:
+            if t.running and saved_step.get(t.run.name) != t.step and t.check_finite():
                 checkpoint(t)  # the same checkpoint a periodic save writes: resume is bitwise
             saved.append(f"{t.run.name} step {t.step}" + ("" if t.running else f" ({t.status})"))
     for t in trainers:

@@ -145,9 +145,7 @@ class Trainer:
         self.opt.step()
         self.sae.normalize_decoder()
         self.step = t + 1
-        if self._syncs_now() and int(self._bad_step) >= 0:  # before anything is logged or saved
-            self.status = "failed"
-            self.message = f"loss became {float(self._bad_value)} at step {int(self._bad_step)}; weights not saved"
+        if self._syncs_now() and not self.check_finite():  # before anything is logged or saved
             return None
 
         regroup = None
@@ -168,7 +166,7 @@ class Trainer:
 
         if regroup is not None:
             reason = stop_reason(regroup.health, self.run.ortho.stop_eff_rank, self.run.ortho.stop_max_cos)
-            if reason:
+            if reason and self.check_finite():  # a stopped run is saved: never with a non-finite step behind it
                 self.status, self.message = "early_stopped", f"{reason} at step {self.step}"
         if out.ortho is not None:
             self._last_ortho = out.ortho.detach()
@@ -176,6 +174,14 @@ class Trainer:
             self.last = self._record(out, c, x, active, dead, regroup, grad_norm)
             return self.last
         return None
+
+    def check_finite(self) -> bool:
+        """Read the device-side NaN guard (a host sync): a run whose loss was ever non-finite is
+        marked failed, its weights not to be saved. Call before saving at any other step."""
+        if self.status != "failed" and int(self._bad_step) >= 0:
+            self.status = "failed"
+            self.message = f"loss became {float(self._bad_value)} at step {int(self._bad_step)}; weights not saved"
+        return self.status != "failed"
 
     def _syncs_now(self) -> bool:
         """Steps that read values back to the host anyway: log, checkpoint, last step."""
