@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from train.sae import group_health, is_grouped, max_cosine
-from train.sae.ortho import gram, ortho_loss
+from train.sae.ortho import gram, group_indices, ortho_loss
 
 RANK_RTOL = 1e-10  # on eigenvalues (σ²) of the Gram, i.e. σ relative 1e-5, in float64
 
@@ -96,7 +96,7 @@ def conditioning_report(sae: nn.Module, groups: Tensor | None = None, n_groups: 
     of the decoder, ``decoder_rms_cos_activity``, the quantity the default L_ortho bounds by α."""
     groups, G = _groups_of(sae, groups, n_groups)
     mats = {"decoder": sae.W_dec.detach().cpu(), "encoder": sae.W_enc.detach().cpu().T}  # rows = features
-    idx = [torch.nonzero(groups == g, as_tuple=True)[0] for g in range(G)]
+    idx = group_indices(groups, G)
     d_model = mats["decoder"].shape[1]
     report: dict = {"n_groups": G, "group_sizes": [len(i) for i in idx], "random_rms_cos": d_model ** -0.5}
     grams, bases = {}, {}

@@ -87,6 +87,16 @@ def progressed(events_dir: Path, minimum: int):
     return check
 
 
+def sigterm_after_progress(proc, events_dir: Path, minimum: int, what: str, log: Path) -> None:
+    """Once the job's event log shows ``minimum`` progress events, SIGTERM it: it must exit 75."""
+    try:
+        wait_for(proc, progressed(events_dir, minimum), what)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == preempt.EXIT_PREEMPTED, log.read_text()[-3000:]
+    finally:
+        proc.kill()
+
+
 def weights(runs_dir: Path) -> dict:
     return {n: load_file(str(runs_dir / n / "sae_weights.safetensors")) for n in RUNS}
 
@@ -113,13 +123,8 @@ def test_sigterm_mid_train_checkpoints_exits_75_and_resumes_bitwise(tmp_path, re
     job.mkdir()
     path = batch_config(job, store="../s.zarr")
     log = tmp_path / "train.log"
-    proc = start_script(tmp_path, SLOW_CLI, 0.01, "--config", path, "train", log=log)
-    try:
-        wait_for(proc, progressed(job / "reports/default/events", 10), "training progress")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == preempt.EXIT_PREEMPTED, log.read_text()[-3000:]
-    finally:
-        proc.kill()
+    sigterm_after_progress(start_script(tmp_path, SLOW_CLI, 0.01, "--config", path, "train", log=log),
+                           job / "reports/default/events", 10, "training progress", log)
     text = log.read_text()
     assert "SIGTERM: finishing the chunk or step in hand" in text
     assert f"resume with `pipe --config {path} train` (exit 75)" in text, text[-2000:]
@@ -168,13 +173,8 @@ def test_sigterm_mid_harvest_commits_the_chunk_and_resumes_to_the_same_store(tmp
     path = write_harvest_config(tmp_path, tiny_model_dir)
     path.write_text(path.read_text() + "[log]\nprogress_seconds = 0\n")
     log = tmp_path / "harvest.log"
-    proc = start_script(tmp_path, SLOW_CLI, 0.2, "--config", path, "harvest", log=log)
-    try:
-        wait_for(proc, progressed(tmp_path / "reports/default/events", 1), "harvest progress")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == preempt.EXIT_PREEMPTED, log.read_text()[-3000:]
-    finally:
-        proc.kill()
+    sigterm_after_progress(start_script(tmp_path, SLOW_CLI, 0.2, "--config", path, "harvest", log=log),
+                           tmp_path / "reports/default/events", 1, "harvest progress", log)
     text = log.read_text()
     assert f"resume with `pipe --config {path} harvest` (exit 75)" in text, text[-2000:]
     reader = StoreReader(str(tmp_path / "s.zarr"))
