@@ -33,6 +33,7 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 
 
 def _preempted(ctx: click.Context, e: preempt.Preempted) -> None:
+    preempt.acknowledge()
     resume = shlex.join(["pipe", *ctx.meta.get("argv", [])])
     console.print(Text.assemble((f"preempted ({e.signal_name})", "bold yellow"), f": {e.saved}; "
                                 f"resume with `{resume}` (exit {EXIT_PREEMPTED})"))

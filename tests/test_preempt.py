@@ -18,7 +18,7 @@ from common.cli import main
 from common.config import load_config
 from common.store import StoreReader
 from harvest import harvest
-from tests._subprocess import start_script
+from tests._subprocess import start_script, wait_exit
 from tests.test_harvest import assert_same_store, store_files
 from tests.test_harvest import write_config as write_harvest_config
 from tests.test_train import SWEEP, make_store
@@ -92,7 +92,7 @@ def sigterm_after_progress(proc, events_dir: Path, minimum: int, what: str, log:
     try:
         wait_for(proc, progressed(events_dir, minimum), what)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == preempt.EXIT_PREEMPTED, log.read_text()[-3000:]
+        assert wait_exit(proc, 120, log) == preempt.EXIT_PREEMPTED, log.read_text()[-3000:]
     finally:
         proc.kill()
 
@@ -199,7 +199,7 @@ def test_second_signal_stops_at_once(tmp_path):
         proc.send_signal(signal.SIGTERM)
         wait_for(proc, lambda: "send it again to stop at once" in log.read_text(), "the first signal's notice")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == -signal.SIGTERM
+        assert wait_exit(proc, 20, log) == -signal.SIGTERM
     finally:
         proc.kill()
     assert not (tmp_path / "runs/baseline/checkpoint").exists()
@@ -218,11 +218,40 @@ def test_signal_before_the_loop_stops_at_once_with_75(tmp_path):
         # the event log opens once the handler is in place
         wait_for(proc, lambda: any((tmp_path / "reports/default/events").glob("*.jsonl")), "the job's start")
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == preempt.EXIT_PREEMPTED, log.read_text()[-3000:]
+        assert wait_exit(proc, 30, log) == preempt.EXIT_PREEMPTED, log.read_text()[-3000:]
     finally:
         proc.kill()
     last = event_log(tmp_path, "train")[-1]
-    assert (last["event"], last["signal"], last["saved"]) == ("preempted", "SIGINT", "nothing new to save here; the rerun starts this step over")
+    assert (last["event"], last["signal"], last["saved"]) == ("preempted", "SIGINT", preempt.NOTHING_SAVED)
+
+
+def test_a_swallowed_raise_is_raised_again_until_caught(monkeypatch):
+    """Outside a deferred region the handler raises wherever the main thread is; a finaliser or a
+    broad ``except`` there swallows it. The raise comes again until the catcher acknowledges it."""
+    monkeypatch.setattr(preempt, "RETRY_S", 0.2)
+    with preempt.handle_signals():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except BaseException:  # noqa: BLE001 - what a library might do
+            pass
+        assert preempt.requested() == "SIGTERM"
+        start = time.monotonic()
+        with pytest.raises(preempt.Preempted) as caught:
+            time.sleep(10)
+        assert time.monotonic() - start < 5 and caught.value.saved == preempt.NOTHING_SAVED
+        preempt.acknowledge()
+        time.sleep(1)  # five periods: no further raise once acknowledged
+    assert signal.getsignal(signal.SIGTERM) is not preempt._handler
+
+
+def test_a_deferred_region_does_not_start_once_a_signal_is_in():
+    preempt.request("SIGINT")
+    ran = []
+    with pytest.raises(preempt.Preempted, match="nothing new to save"):
+        with preempt.deferred():
+            ran.append(1)
+    assert not ran and preempt._state["deferred"] == 0
 
 
 TWO_RANKS = """
