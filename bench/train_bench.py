@@ -6,7 +6,7 @@
    same loop fed by an in-memory tensor of the same rows: same SAE, same `Trainer.train_step`.
 2. L_ortho overhead: adaptive-orthogonal vs baseline step at two sizes (λ2 > 0, so the ortho term has a
    graph), with L_ortho every step (`[train.ortho] every = 1`, the exact loss) and lazily every 4th
-   step (`every = 4`); one regroup (eigvalsh of Grams, every `regroup_every` steps) is timed, amortised.
+   step (`every = 4`), and exact with bf16 Grams (`gram_dtype = "bfloat16"`); one regroup (eigvalsh of Grams, every `regroup_every` steps) is timed, amortised.
 3. Our baseline step vs dictionary_learning's `StandardTrainer.update` and sae-lens'
    `SAETrainer._train_step` (StandardTrainingSAE) on the same in-memory batches and SAE size.
 4. The sketched L_ortho (`sketch = k`) vs the exact one, each against the baseline step, with 2 and
@@ -42,7 +42,7 @@ from train.trainer import Trainer
 # (steps per round, rounds) per comparison: short rounds keep each pair adjacent in time (bursty noise);
 # the stream's round is one shuffle window (buffer_rows / batch steps) so its reads are amortised fairly.
 FULL = dict(rows=200_000, d=640, d_sae=4096, batch=4096, stream=(16, 3), ortho=(4, 4),
-            big=(2304, 16384, 4096), big_rounds=(4, 2), lib=(2, 4), sketch=(2, 6), sketch_big=(2, 5))
+            big=(2304, 16384, 4096), big_rounds=(4, 3), lib=(2, 4), sketch=(2, 6), sketch_big=(2, 5))
 QUICK = dict(rows=24_000, d=640, d_sae=1024, batch=1024, stream=(8, 3), ortho=(4, 3),
              big=(1152, 2048, 256), big_rounds=(4, 2), lib=(1, 3), sketch=(2, 3), sketch_big=(2, 3))
 SKETCH = 32  # rows of the L_ortho sketch (issue 15's k)
@@ -80,10 +80,11 @@ def write_store(url: str, rows: torch.Tensor) -> StoreReader:
 
 
 def our_run(kind: str, d: int, d_sae: int, batch: int, tag: str = "", every: int = 1, sketch: int = 0,
-            groups: int = 2) -> Trainer:
+            groups: int = 2, gram_dtype: str = "float32") -> Trainer:
     """A run's Trainer as `train.runner` builds it (default [train] settings)."""
     run = RunConfig.of(kind, f"{kind}-{d}x{d_sae}{tag}", train=TrainConfig(d_sae=d_sae, batch_size=batch),
-                       ortho=OrthoConfig(**{**ORTHO, "groups": groups}, every=every, sketch=sketch))
+                       ortho=OrthoConfig(**{**ORTHO, "groups": groups}, every=every, sketch=sketch,
+                                         gram_dtype=gram_dtype))
     return Trainer(run, make_sae(run, d), TOTAL_STEPS)
 
 
@@ -166,7 +167,8 @@ def bench_ortho(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
     for (d, d_sae, batch), data, rounds in [((c["d"], c["d_sae"], c["batch"]), rows, c["ortho"]),
                                             (c["big"], big_rows, c["big_rounds"])]:
         runs = {"baseline": our_run("baseline", d, d_sae, batch),
-                **{f"every {k}": our_run("adaptive", d, d_sae, batch, f"-e{k}", every=k) for k in (1, 4)}}
+                **{f"every {k}": our_run("adaptive", d, d_sae, batch, f"-e{k}", every=k) for k in (1, 4)},
+                "every 1, bf16": our_run("adaptive", d, d_sae, batch, "-bf16", gram_dtype="bfloat16")}
         batches = memory_batches(data, batch, forget_frac=0.5)
         # 4 steps per round (FULL, QUICK): every round holds one whole lazy period of every = 4
         sec = interleave({k: timed(our_step(rs, batches)) for k, rs in runs.items()}, rounds)
@@ -179,7 +181,8 @@ def bench_ortho(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
         trainer.group_stats.update(f, fm)
         trainer.regroup()
         regroup = (time.perf_counter() - t) / every_n
-        for name, what, goal in [("every 1", "exact, every step", 0.10), ("every 4", "lazy, every = 4", 0.10)]:
+        for name, what, goal in [("every 1", "exact, every step", 0.10), ("every 4", "lazy, every = 4", 0.10),
+                                 ("every 1, bf16", "exact, every step, gram_dtype = bfloat16", 0.10)]:
             p = pair(sec, "baseline", name, batch)
             over = p["ratio"] - 1  # baseline speed / adaptive speed - 1 = extra time per step
             over_rg = statistics.median((a + regroup) / b for a, b in zip(sec[name], sec["baseline"])) - 1

@@ -155,6 +155,9 @@ class OrthoConfig:
     sketch: int = _key(0, _non_negative, "rms: estimate L_ortho each step with k-row Gaussian sketches "
                        "(unbiased, O(G·k·d_model·d_sae) instead of O(d_sae·d_model²), but its gradient "
                        "is far noisier than the exact one: README, The method); 0 = exact")
+    gram_dtype: str = _key("float32", _choice("float32", "bfloat16"), "rms: input precision of the exact "
+                           "L_ortho's d_model × d_model Grams (float32 accumulation either way); bfloat16 halves "
+                           "their cost where bf16 matmuls are fast (README, The method)")
     every: int = _key(1, _positive, "apply L_ortho every k steps with weight k·λ2(t) (lazy "
                       "regularisation: cost ÷ k; 1 = every step, the exact loss)")
     stats_decay: float = _key(0.99, _fraction, "EMA decay of per-feature forget/retain activation mass")
@@ -437,7 +440,8 @@ def _build_runs(raw: Any, file: Path, train: TrainConfig, ortho: OrthoConfig) ->
 
 
 def _check_sparsity(run: RunConfig, overrides: dict, file: Path) -> None:
-    """activation / k / target_l0 must agree within a run; adam_betas as [train]'s."""
+    """activation / k / target_l0 must agree within a run; adam_betas as [train]'s; the rms form's
+    own [train.ortho] keys only with it."""
     tr, where = run.train, f"{file}: [[runs]] {run.name}"
     if len(tr.adam_betas) != 2 or not all(_type_ok(b, float) and 0 <= b < 1 for b in tr.adam_betas):
         raise ConfigError(f"{where} adam_betas: expected two numbers in [0, 1) (a list key: not swept)")
@@ -452,6 +456,13 @@ def _check_sparsity(run: RunConfig, overrides: dict, file: Path) -> None:
         raise ConfigError(f"{where} k: only used with activation \"topk\" or \"batchtopk\" (this run is relu)")
     if tr.target_l0 and tr.target_l0 > tr.d_sae:
         raise ConfigError(f"{where} target_l0: {tr.target_l0} is more than d_sae {tr.d_sae}")
+    o = run.ortho
+    if o.alpha_mode != "rms":  # the sketch and the Grams' precision exist only in the rms form
+        for key, neutral in (("sketch", 0), ("gram_dtype", "float32")):
+            if getattr(o, key) != neutral:
+                raise ConfigError(f"{where} {key}: only for alpha_mode \"rms\" (this run is {o.alpha_mode!r})")
+    if o.sketch and o.gram_dtype != "float32":
+        raise ConfigError(f"{where} gram_dtype: a sketched L_ortho (sketch = {o.sketch}) forms no Grams")
 
 
 def _asdict(section) -> dict:

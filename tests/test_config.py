@@ -180,6 +180,10 @@ type = "fixed"
     ('k = [4, 8]', '[[runs]] x-k4 k: only used with activation "topk" or "batchtopk"'),
     ('activation = "topk"\nk = 8\ntarget_l0 = 8', '[[runs]] x target_l0: only for activation "relu"'),
     ('activation = ["relu", "gelu"]', "[[runs]] x-activationgelu activation: must be one of relu, topk, batchtopk"),
+    ('alpha_mode = "hinge"\ngram_dtype = "bfloat16"', '[[runs]] x gram_dtype: only for alpha_mode "rms" (this run is \'hinge\')'),
+    ('alpha_mode = "seed"\nsketch = 8', '[[runs]] x sketch: only for alpha_mode "rms" (this run is \'seed\')'),
+    ('sketch = 8\ngram_dtype = "bfloat16"', "[[runs]] x gram_dtype: a sketched L_ortho (sketch = 8) forms no Grams"),
+    ('gram_dtype = "float16"', "[[runs]] x gram_dtype: must be one of float32, bfloat16"),
 ])
 def test_sweep_errors_name_the_key(tmp_path, runs, needle):
     msg = error_of(tmp_path, TWO_ROLES + f'[[runs]]\nname = "x"\ntype = "fixed"\n{runs}\n')

@@ -675,6 +675,66 @@ def test_topk_training_lands_on_k_and_learns(tmp_path):
 
 # ------------------------------------------------------------------ sketched L_ortho
 
+class MatmulDtypes(TorchDispatchMode):
+    """The input dtypes of each matrix product."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name in ("aten::mm", "aten::addmm", "aten::bmm"):
+            self.seen.append(tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_bfloat16_grams_run_in_bfloat16_and_stay_close_to_float32():
+    """``gram_dtype = "bfloat16"``: the Grams' products (forward and backward) take bf16 inputs, and
+    value and gradient stay within 1e-3 and 2e-2 of float32 (activity weights, an empty-weight row)."""
+    gen = torch.Generator().manual_seed(3)
+    W0 = torch.randn(300, 64, generator=gen)
+    groups = torch.randint(0, 2, (300,), generator=gen)
+    w = torch.rand(300, generator=gen)
+    w[:7] = 0.0
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        W = W0.clone().requires_grad_(True)
+        with MatmulDtypes() as seen:
+            v = ortho_loss(W, groups, 2, 0.0, "rms", weights=w, gram_dtype=dtype)
+            v.backward()
+        out[dtype] = (v.detach(), W.grad, seen.seen)
+    (v32, g32, mm32), (v16, g16, mm16) = out["float32"], out["bfloat16"]
+    assert {t for s in mm32 for t in s} == {torch.float32}
+    assert sum(all(t == torch.bfloat16 for t in s) for s in mm16) == 4  # 2 Grams + 2 backward products
+    assert abs(v16 - v32) / v32 < 1e-3
+    assert (g16 - g32).norm() / g32.norm() < 2e-2 and g16[:7].abs().max() == 0.0
+    with pytest.raises(ValueError, match="gram_dtype 'bfloat16' is for the exact rms form only"):
+        ortho_loss(W0, groups, 2, 0.0, "hinge", gram_dtype="bfloat16")
+
+
+@pytest.mark.parametrize("G, empty", [(1, None), (3, 1), (4, 0)])
+def test_gram_rms_with_one_group_or_an_empty_one(G, empty):
+    """One group: no pair, exactly 0 and a zero gradient. An empty group: its pairs give exactly 0;
+    the rest equal the naive form in value and gradient."""
+    gen = torch.Generator().manual_seed(G)
+    W0 = torch.randn(40, 16, generator=gen, dtype=torch.float64)
+    groups = torch.randint(0, G, (40,), generator=gen)
+    if empty is not None:
+        groups[groups == empty] = (empty + 1) % G
+    w = torch.rand(40, generator=gen, dtype=torch.float64)
+    res = []
+    for naive in (False, True) if G > 1 else (False,):  # the naive form has no graph without a pair
+        W = W0.clone().requires_grad_(True)
+        v = ortho_loss(W, groups, G, 0.01, "rms", naive=naive, weights=w)
+        v.backward()
+        res.append((v.detach(), W.grad))
+    if G == 1:
+        assert res[0][0].item() == 0.0 and not res[0][1].any()
+        return
+    torch.testing.assert_close(res[0][0], res[1][0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(res[0][1], res[1][1], rtol=1e-7, atol=1e-12)
+
+
 def test_sketched_ortho_is_unbiased_in_value_and_gradient():
     """E‖S_g A Bᵀ S_hᵀ‖²_F = ‖A Bᵀ‖²_F with independent E[SᵀS] = I on both sides: the mean over
     4000 sketches (k = 8) matches the exact activity-weighted rms L_ortho (α = 0, where the relu is

@@ -324,8 +324,8 @@ l1_coefficient = 0.0
 
 def test_run_fingerprints_survive_keys_added_later():
     """A finished run stays complete when a release adds a setting at its default: these are the
-    fingerprints the code before ``[train.ortho] sketch`` gave (computed with that commit); with
-    the key set, the fingerprint changes and the run trains again."""
+    fingerprints the code before ``[train.ortho] sketch`` and ``gram_dtype`` gave (computed with
+    that commit); with a key set, the fingerprint changes and the run trains again."""
     from types import SimpleNamespace
 
     from common.config import OrthoConfig, RunConfig, TrainConfig
@@ -344,3 +344,4 @@ def test_run_fingerprints_survive_keys_added_later():
     assert {k: fp(k) for k in ("baseline", "fixed", "adaptive")} == {
         "baseline": "039156e96787c438", "fixed": "b79c3722aeed7305", "adaptive": "4b12f7f79c9eb9c5"}
     assert fp("adaptive", sketch=32) != fp("adaptive")
+    assert fp("adaptive", gram_dtype="bfloat16") != fp("adaptive")

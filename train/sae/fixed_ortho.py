@@ -39,7 +39,8 @@ class FixedOrthoSAE(SAE):
         o = self.cfg.ortho
         weights = activity if o.weighting == "activity" else None
         return ortho.ortho_loss(self.directions(), self.penalty_groups(), self.n_groups, o.alpha, o.alpha_mode,
-                                weights=weights, sketch=o.sketch, generator=generator, index=self.group_index())
+                                weights=weights, sketch=o.sketch, generator=generator, index=self.group_index(),
+                                gram_dtype=o.gram_dtype)
 
     def group_index(self) -> list:
         """Each group's feature indices, recomputed only when the groups change (a regroup, a load):
