@@ -7,6 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "tests/fixtures/docs.jsonl"
+MCQ = ROOT / "tests/fixtures/mcq.jsonl"
 
 
 def write_tiny_pipeline(tmp: Path, model_dir: Path, *, retain_heldout_tokens: int = 160, d_sae: int = 128,
@@ -60,3 +61,26 @@ def write_tiny_pipeline(tmp: Path, model_dir: Path, *, retain_heldout_tokens: in
     path = tmp / "p.toml"
     path.write_text(text)
     return path
+
+
+def tiny_eval(tmp: Path, n_features_list: tuple[int, ...] = (2, 4)) -> str:
+    """The [eval] and [eval.unlearning] tables of an end-to-end test: a small report under
+    ``tmp/reports/tiny``, MCQ questions from the fixture file (indented as the ``rest`` it joins)."""
+    return f"""
+    [eval]
+    reports_dir = "{tmp / 'reports'}"
+    name = "tiny"
+    rows = 500
+    ce_contexts = 4
+    batch_size = 4
+    [eval.unlearning]
+    forget_questions = "file:{MCQ}"
+    forget_subjects = ["anatomy", "virology"]
+    retain_questions = "file:{MCQ}"
+    retain_subjects = ["high_school_geography"]
+    all_permutations = false
+    retain_thresholds = [0.5]
+    n_features_list = {list(n_features_list)}
+    multipliers = [5.0]
+    loss_contexts = 4
+    """

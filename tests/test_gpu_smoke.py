@@ -6,7 +6,6 @@ waits for, batches widened on the device, SAEs and held-out rows on the model's 
 LM-head slice sized by free memory) are exercised at least once before a real run.
 """
 import json
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,11 @@ import torch
 
 from common.config import RunConfig, load_config
 from common.store import StoreReader
-from tests._configs import write_tiny_pipeline
+from tests._configs import tiny_eval, write_tiny_pipeline
 from tests.test_harvest import write_config as harvest_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 
-ROOT = Path(__file__).resolve().parents[1]
-MCQ = ROOT / "tests/fixtures/mcq.jsonl"
 
 
 def on_cuda(path: Path) -> Path:
@@ -94,30 +91,14 @@ def test_pipeline_on_cuda_evaluates_on_the_models_device(tmp_path, tiny_model_di
     from common.cli import main
     from eval import downstream
 
-    path = on_cuda(write_tiny_pipeline(tmp_path, tiny_model_dir, tokens=1280, rest=textwrap.dedent(f"""
+    path = on_cuda(write_tiny_pipeline(tmp_path, tiny_model_dir, tokens=1280, rest="""
     [[runs]]
     name = "baseline"
     type = "baseline"
     [[runs]]
     name = "adaptive"
     type = "adaptive"
-    [eval]
-    reports_dir = "{tmp_path / 'reports'}"
-    name = "tiny"
-    rows = 500
-    ce_contexts = 4
-    batch_size = 4
-    [eval.unlearning]
-    forget_questions = "file:{MCQ}"
-    forget_subjects = ["anatomy", "virology"]
-    retain_questions = "file:{MCQ}"
-    retain_subjects = ["high_school_geography"]
-    all_permutations = false
-    retain_thresholds = [0.5]
-    n_features_list = [2]
-    multipliers = [5.0]
-    loss_contexts = 4
-    """)))
+    """ + tiny_eval(tmp_path, (2,))))
     devices, real_load = [], eval.runner.load_sae
 
     def recorded(run_dir, device="cpu"):

@@ -5,14 +5,12 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from common.cli import main
-from tests._configs import write_tiny_pipeline
+from tests._configs import tiny_eval, write_tiny_pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
-MCQ = ROOT / "tests/fixtures/mcq.jsonl"
 
 
 def write_config(tmp_path: Path, model_dir: Path) -> Path:
-    return write_tiny_pipeline(tmp_path, model_dir, rest=f"""
+    return write_tiny_pipeline(tmp_path, model_dir, rest="""
     [[runs]]
     name = "baseline"
     type = "baseline"
@@ -27,23 +25,7 @@ def write_config(tmp_path: Path, model_dir: Path) -> Path:
     name = "adaptive-a0.2"
     type = "adaptive"
     alpha = 0.2
-    [eval]
-    reports_dir = "{tmp_path / 'reports'}"
-    name = "tiny"
-    rows = 500
-    ce_contexts = 4
-    batch_size = 4
-    [eval.unlearning]
-    forget_questions = "file:{MCQ}"
-    forget_subjects = ["anatomy", "virology"]
-    retain_questions = "file:{MCQ}"
-    retain_subjects = ["high_school_geography"]
-    all_permutations = false
-    retain_thresholds = [0.5]
-    n_features_list = [2, 4]
-    multipliers = [5.0]
-    loss_contexts = 4
-    """)
+    """ + tiny_eval(tmp_path))
 
 
 def test_pipe_run_end_to_end_then_skips(tmp_path, tiny_model_dir):
