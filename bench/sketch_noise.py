@@ -1,5 +1,6 @@
 """How noisy is the sketched L_ortho's gradient? Value and gradient of the sketched rms L_ortho
-against the exact one on a trained SAE's decoder and on random unit directions, side by side.
+against the exact one on a trained SAE's decoder and on random unit directions, side by side;
+and, in the row k = "bf16 Grams", the exact form with bfloat16 Gram inputs (``gram_dtype``).
 
     python -m bench.sketch_noise [RUN_DIR ...] [--draws 10]
 
@@ -40,6 +41,8 @@ def rows(name: str, W: torch.Tensor, groups: torch.Tensor, draws: int) -> list[s
             vals.append(v)
             errs.append(((g - exact_g).norm() / exact_g.norm()).item())
         out.append(f"| {name} | {k} | {exact_v:.4f} | {sum(vals) / draws / exact_v:.3f} | {sum(errs) / draws:.2f} |")
+    v, g = value_and_grad(W, groups, G, gram_dtype="bfloat16")  # deterministic: one evaluation
+    out.append(f"| {name} | bf16 Grams | {exact_v:.4f} | {v / exact_v:.4f} | {((g - exact_g).norm() / exact_g.norm()).item():.4f} |")
     return out
 
 
