@@ -42,8 +42,14 @@ def test_shipped_configs_load():
     assert (ref.model.id, ref.harvest.layer, ref.model.d_model, ref.model.dtype) == \
         ("google/gemma-2-2b", 19, 2304, "bfloat16")
     assert ref.corpora["forget"].source == "hf:cais/wmdp-bio-forget-corpus"
-    for name, store in (("experiment.toml", default.harvest.store), ("experiment-gemma-2-2b.toml", ref.harvest.store)):
+    # README, The method ("Cost"): bf16 Grams at Gemma-2-2B scale; float32 (exact, machine-independent)
+    # for the embedded default and the experiment RESULTS.md reports
+    assert {r.ortho.gram_dtype for r in ref.runs} == {"bfloat16"}
+    assert {r.ortho.gram_dtype for r in default.runs} == {"float32"}
+    for name, store, gram_dtype in (("experiment.toml", default.harvest.store, "float32"),
+                                    ("experiment-gemma-2-2b.toml", ref.harvest.store, "bfloat16")):
         exp = load_config(ROOT / "configs" / name)
+        assert {r.ortho.gram_dtype for r in exp.runs} == {gram_dtype}
         assert exp.harvest.store == store  # the experiment reuses the harvest of its model's config
         by_type: dict[str, set] = {}
         for r in exp.runs:  # every condition has ≥ 3 seeds, and TopK holds every run at the same L0
