@@ -20,7 +20,6 @@ from tests.test_harvest import write_config as harvest_config
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 
 
-
 def on_cuda(path: Path) -> Path:
     """The same config with every device set to cuda."""
     path.write_text(path.read_text().replace('device = "cpu"', 'device = "cuda"'))

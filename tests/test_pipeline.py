@@ -8,7 +8,6 @@ from common.cli import main
 from tests._configs import tiny_eval, write_tiny_pipeline
 
 
-
 def write_config(tmp_path: Path, model_dir: Path) -> Path:
     return write_tiny_pipeline(tmp_path, model_dir, rest="""
     [[runs]]
