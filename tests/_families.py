@@ -65,3 +65,17 @@ def tiny_family_model(family: str, seed: int = 0) -> torch.nn.Module:
         torch.manual_seed(seed)
         model = T.AutoModelForCausalLM.from_config(tiny_config(family), dtype=torch.float32)
     return model.eval().requires_grad_(False)
+
+
+def save_tiny_family(family: str, out_dir, *, bos: bool = True):
+    """``tiny_family_model(family)`` saved with the byte-level test tokenizer, loadable by
+    ``common.model.load_model``; ``bos=False`` saves a tokenizer without a BOS token (as Qwen's)."""
+    from common.model import _byte_tokenizer
+
+    tokenizer = _byte_tokenizer()
+    if not bos:
+        tokenizer.bos_token = None
+        tokenizer._tokenizer.post_processor = None  # nothing to prepend
+    tiny_family_model(family).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

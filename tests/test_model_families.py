@@ -93,3 +93,54 @@ def test_general_rule_finds_the_one_stack_and_names_the_class_otherwise():
         decoder_layers(Body(3, 3))
     with pytest.raises(ModelError, match=r"^Linear: cannot find its decoder layers"):
         decoder_layers(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("family_name, bos", [("gpt_neox", True), ("qwen2", False)])
+def test_pipe_harvest_stores_the_hidden_states(tmp_path, family_name, bos):
+    """The harvest runner end to end on a saved tiny Pythia, and on a Qwen2 whose tokenizer has no
+    BOS (EOS takes its place, as in TransformerLens): every stored row is the model's own hidden
+    state of its batch, bit for bit."""
+    from transformers import AutoModelForCausalLM
+
+    from common.config import load_config
+    from common.store import StoreReader
+    from harvest import harvest
+    from tests._configs import DOCS
+    from tests._families import save_tiny_family
+
+    model_dir = save_tiny_family(family_name, tmp_path / family_name, bos=bos)
+    path = tmp_path / "p.toml"
+    path.write_text(f"""
+[model]
+id = "{model_dir}"
+device = "cpu"
+[harvest]
+layer = 1
+store = "{tmp_path / 's.zarr'}"
+context_length = 16
+batch_size = 8
+chunk_tokens = 60
+storage_dtype = "float32"
+[corpora.retain]
+source = "file:{DOCS}"
+role = "retain"
+tokens = 320
+[eval]
+reports_dir = "{tmp_path / 'reports'}"
+""")
+    cfg = load_config(path)
+    harvest(cfg, show_progress=False)
+    reader = StoreReader(cfg.harvest.store)
+    info = reader.corpora()["retain"]
+    assert info.complete and info.n_chunks > 1
+    start_id = 2 if bos else 1  # the test tokenizer's <bos>, else its <eos>
+    assert f":bos={start_id}:" in reader.meta["tokenizer"]
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    C, T = info.attrs["contexts_per_chunk"], 15
+    for k in range(info.n_chunks):  # one forward per chunk, as the harvest batches it here
+        n = min(C, info.n_contexts - k * C)
+        ctx = reader.contexts("retain", k * C, n, bos_token_id=start_id)
+        with torch.no_grad():
+            hidden = model(ctx, output_hidden_states=True, use_cache=False).hidden_states[2]
+        stored = reader.read_rows("retain", k * C * T, (k * C + n) * T)
+        assert torch.equal(stored, hidden[:, 1:].reshape(-1, hidden.shape[-1])), f"chunk {k}"
