@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from common.config import Config, ConfigError
-from common.model import load_model, pick_device
+from common.model import final_norm, load_model, pick_device
 from common.progress import console, progress
 from common.store import StoreError, StoreReader, open_store_for
 from eval import browser_html
@@ -226,14 +226,12 @@ def decoder_neighbours(W_dec: Tensor, groups: Tensor, n: int = N_NEAREST) -> dic
 
 def final_norm_gain(model: nn.Module, d_model: int) -> tuple[Tensor, str]:
     """Elementwise gain of the final norm (see the module doc) and a line saying what it is."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    owners = [decoder, getattr(decoder, "language_model", None)]  # multimodal Gemma 3 nests it
-    norms = [getattr(o, name, None) for o in owners for name in ("norm", "final_layernorm", "ln_f")]
-    norm = next((n for n in norms if isinstance(n, nn.Module)), None)
+    norm = final_norm(model)  # beside the blocks, in every family (common/model.py)
     if norm is None:
         return torch.ones(d_model), "no final norm found: W_dec @ W_Uᵀ"
     w = getattr(norm, "weight", None)
-    if getattr(norm, "bias", None) is not None and w is not None:  # LayerNorm: gain is its weight
+    # LayerNorm (with or without bias, as MPT's): gain is its weight; a ones vector would centre to 0
+    if w is not None and (isinstance(norm, nn.LayerNorm) or getattr(norm, "bias", None) is not None):
         return w.detach().float().cpu(), f"final {type(norm).__name__} weight folded into W_U"
     with torch.no_grad():
         p = next(norm.parameters(), None)

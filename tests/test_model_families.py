@@ -144,3 +144,23 @@ reports_dir = "{tmp_path / 'reports'}"
             hidden = model(ctx, output_hidden_states=True, use_cache=False).hidden_states[2]
         stored = reader.read_rows("retain", k * C * T, (k * C + n) * T)
         assert torch.equal(stored, hidden[:, 1:].reshape(-1, hidden.shape[-1])), f"chunk {k}"
+
+
+@pytest.mark.parametrize("family_name", sorted(FAMILIES))
+def test_browser_final_norm_gain_is_the_norms_elementwise_scale(family_name):
+    """`pipe inspect` folds the final norm's gain g into W_U: on a centred row x, norm(x) − bias is
+    g ⊙ x times a positive per-row scalar, whatever the norm (LayerNorm with or without bias,
+    RMSNorm, Gemma's 1 + weight)."""
+    from eval.browser import final_norm_gain
+
+    model = tiny_family_model(family_name)
+    norm = final_norm(model)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(1))
+        gain, _ = final_norm_gain(model, 32)
+        x = torch.randn(5, 32, generator=torch.Generator().manual_seed(2))
+        x -= x.mean(-1, keepdim=True)
+        bias = getattr(norm, "bias", None)
+        out = norm(x) - (0 if bias is None else bias)
+    cos = torch.nn.functional.cosine_similarity(out, gain * x, dim=-1)
+    assert torch.all(cos > 0.9999), (family_name, cos)
