@@ -32,6 +32,7 @@ from common.progress import console, progress
 from common.store import StoreReader, open_store_for
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.export import save_sae
+from train.sae_lens_names import sae_lens_metadata
 from train.sae import make_sae
 from train.stream import ActivationStream, estimate_scale
 from train.trainer import Trainer
@@ -89,8 +90,8 @@ def _finish(cfg: Config, trainer: Trainer, reader: StoreReader, scale: float, fi
     run, run_dir = trainer.run, _run_dir(cfg, trainer.run)
     if trainer.status != "failed":
         save_sae(trainer.sae, run_dir, scale=scale, extra_cfg={
-            "model_name": reader.meta.get("model_id"), "hook_name": f"blocks.{cfg.harvest.layer}.hook_resid_post",
-            "hook_layer": cfg.harvest.layer, "context_size": cfg.harvest.context_length,
+            **sae_lens_metadata(reader.meta.get("model_id"), cfg.harvest.layer, cfg.harvest.hook),
+            "context_size": cfg.harvest.context_length,
             "store": cfg.harvest.store, "run_name": run.name, "run_type": run.type,
             "steps": trainer.step, "prepend_bos": True, "exclude_special_tokens": True})
     summary = {"run": run.name, "type": run.type, "status": trainer.status, "message": trainer.message,
