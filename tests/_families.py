@@ -21,6 +21,13 @@ FAMILIES = {
         hidden_size=D, num_hidden_layers=N_LAYERS, head_dim=16, sliding_window=8, **_ATTN)),
     "gemma3": ("google/gemma-3-270m", lambda: T.Gemma3TextConfig(
         hidden_size=D, num_hidden_layers=N_LAYERS, head_dim=16, sliding_window=8, **_ATTN)),
+    # multimodal Gemma 3 (4B and up): the text blocks under model.language_model, beside a vision
+    # tower with as many blocks here, so only the known path tells them apart
+    "gemma3_mm": ("google/gemma-3-4b-pt", lambda: T.Gemma3Config(
+        text_config=T.Gemma3TextConfig(hidden_size=D, num_hidden_layers=N_LAYERS, head_dim=16, sliding_window=8, **_ATTN),
+        vision_config=T.SiglipVisionConfig(hidden_size=D, intermediate_size=64, num_hidden_layers=N_LAYERS,
+                                           num_attention_heads=2, image_size=28, patch_size=14),
+        mm_tokens_per_image=4, boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2, image_token_index=VOCAB - 1)),
     "llama": ("meta-llama/Llama-3.1-8B", lambda: T.LlamaConfig(hidden_size=D, num_hidden_layers=N_LAYERS, **_ATTN)),
     "qwen2": ("Qwen/Qwen2.5-0.5B", lambda: T.Qwen2Config(hidden_size=D, num_hidden_layers=N_LAYERS, **_ATTN)),
     "qwen3": ("Qwen/Qwen3-0.6B", lambda: T.Qwen3Config(hidden_size=D, num_hidden_layers=N_LAYERS, head_dim=16, **_ATTN)),
@@ -51,11 +58,12 @@ FAMILIES = {
 
 def tiny_config(family: str):
     config = FAMILIES[family][1]()
-    config.vocab_size = VOCAB
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # defaults beyond the tiny vocabulary
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value >= VOCAB:
-            setattr(config, key, 0)
+    for c in {id(config): config, id(config.get_text_config()): config.get_text_config()}.values():
+        c.vocab_size = VOCAB
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # defaults beyond the tiny vocabulary
+            value = getattr(c, key, None)
+            if isinstance(value, int) and value >= VOCAB:
+                setattr(c, key, 0)
     return config
 
 
@@ -63,7 +71,11 @@ def tiny_family_model(family: str, seed: int = 0) -> torch.nn.Module:
     """A random-weight float32 model of ``family`` in eval mode, the same for a given seed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = T.AutoModelForCausalLM.from_config(tiny_config(family), dtype=torch.float32)
+        config = tiny_config(family)
+        if family == "gemma3_mm":
+            model = T.Gemma3ForConditionalGeneration(config)
+        else:
+            model = T.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval().requires_grad_(False)
 
 
