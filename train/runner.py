@@ -32,8 +32,8 @@ from common.progress import console, progress
 from common.store import StoreReader, open_store_for
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.export import save_sae
-from train.sae_lens_names import sae_lens_metadata
 from train.sae import make_sae
+from train.sae_lens_names import sae_lens_metadata
 from train.stream import ActivationStream, estimate_scale
 from train.trainer import Trainer
 
