@@ -13,15 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.pythia_cost import PYTHIA_70M
 from common.config import check_model_fits, load_config
 from common.model import decoder_layers, decoder_layers_path, final_norm
 from train.sae_lens_names import sae_lens_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/pythia-70m.toml"
-# EleutherAI/pythia-70m-deduped's config.json, the fields that shape the model
-PYTHIA_70M = dict(vocab_size=50304, hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
-                  intermediate_size=2048, rotary_pct=0.25, max_position_embeddings=2048)
 
 
 def test_config_validates_and_fits_pythia_70m():
