@@ -31,7 +31,7 @@ import torch
 import zarr
 
 from common.config import Config
-from common.errors import first_line
+from common.errors import UserError, first_line
 from common.events import process_alive
 
 SCHEMA = 1
@@ -41,7 +41,7 @@ IDENTITY_KEYS = ("model_id", "revision", "file_sha256", "layer", "hook", "d_mode
 LOCK_NAME = "orthosae-lock"
 
 
-class StoreError(ValueError):
+class StoreError(UserError, ValueError):
     """A store problem; the message is one line naming the store path (and key or chunk)."""
 
 

@@ -15,7 +15,11 @@ def report_is_current(cfg) -> bool:
         summary = Path(cfg.train.runs_dir) / run.name / "summary.json"
         if run.name not in reported or not summary.exists():
             return False
-        if json.loads(summary.read_text()).get("fingerprint") != reported[run.name]["summary"].get("fingerprint"):
+        try:
+            fingerprint = json.loads(summary.read_text()).get("fingerprint")
+        except (ValueError, UnicodeDecodeError):  # a damaged summary: the report is not of these runs
+            return False
+        if fingerprint != reported[run.name]["summary"].get("fingerprint"):
             return False
     return True
 
