@@ -88,6 +88,8 @@ def _atomic_write(path: Path, write) -> None:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # name the file being written, not its temporary (the CLI prints one line)
+        raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -196,6 +196,24 @@ def _train(cfg: Config, *, run_names: list[str] | None, force: bool, show_progre
                                        show_progress, f" (process {rank} of {world})" if world > 1 else "")
 
 
+def _trim_log(path: Path, step: int) -> None:
+    """Drop the log records past the checkpoint a run resumes from (written before a kill or a failed
+    write): the rerun logs those steps again, so the log ends as an uninterrupted run's."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, KeyError, TypeError):
+            pass  # a line cut short by the kill
+    if keep != lines:
+        text = "".join(keep)
+        digests.write_atomic(path, lambda p: p.write_text(text))
+
+
 def _resume_state(cfg: Config, run: RunConfig, run_dir: Path) -> dict | None:
     """The state of the run's newest intact checkpoint (a line says when a damaged newer one was
     passed over); ``RunError`` naming the damaged files and the restart command when none is intact."""
@@ -240,6 +258,7 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
             trainer.load_state_dict(ckpt["trainer"])
             base_seconds[run.name] = float(ckpt.get("seconds", 0.0))
             saved_step[run.name] = trainer.step
+            _trim_log(run_dir / "log.jsonl", trainer.step)
             console.print(f"{run.name}: resuming from step {trainer.step}")
         elif (run_dir / "log.jsonl").exists():
             (run_dir / "log.jsonl").unlink()  # a fresh start: the old log belongs to other weights
