@@ -243,8 +243,10 @@ def test_a_damaged_export_without_a_final_checkpoint_names_the_restart(trained, 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(partial, tmp_path, reference):
     runs = tmp_path / "runs"
     truncate(runs / "baseline/checkpoint/state.safetensors", 1 / 3)
-    doc = json.loads(pipe(partial, "status", "--json").stdout)
-    assert (doc["runs"][0]["status"], doc["runs"][0]["checkpoint_step"]) == ("partial", 40)
+    baseline = json.loads(pipe(partial, "status", "--json").stdout)["runs"][0]
+    assert (baseline["status"], baseline["checkpoint_step"]) == ("partial", 40)
+    assert baseline["message"].startswith(str(runs / "baseline/checkpoint/state.safetensors"))
+    assert baseline["message"].endswith("`pipe train` resumes from step 40")
     res = pipe(partial, "verify")
     assert res.exit_code == 1 and str(runs / "baseline/checkpoint/state.safetensors") in res.output
     assert "`pipe train` resumes from the intact checkpoint.prev/ (step 40)" in res.output, res.output
@@ -259,6 +261,8 @@ def test_both_checkpoints_damaged_give_one_line_with_the_restart_command(partial
     for d in ("checkpoint", "checkpoint.prev"):
         truncate(runs / "baseline" / d / "state.safetensors", 1 / 3)
     before = folder_bytes(runs)
+    baseline = json.loads(pipe(partial, "status", "--json").stdout)["runs"][0]
+    assert baseline["status"] == "damaged" and "checkpoint/state.safetensors" in baseline["message"]
     line = error_line(pipe(partial, "train"))
     restart = f"pipe --config {partial} train --run baseline --force"
     for d in ("checkpoint", "checkpoint.prev"):
@@ -318,8 +322,8 @@ os.execvp("unshare", ["unshare", "-m", "sh", "-c",
 
 
 def _read_only_pipe(tmp_path: Path, runs: Path, *argv: str) -> subprocess.CompletedProcess:
-    """``pipe`` with ``runs`` on a read-only mount (root: a private bind mount) or, as a plain
-    user, with its write permissions taken away."""
+    """``pipe`` with the folder ``runs`` on a read-only mount (root: a private bind mount) or, as a
+    plain user, with its write permissions taken away."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if os.geteuid() != 0:
         for p in [runs, *runs.rglob("*")]:
@@ -340,17 +344,22 @@ def _read_only_pipe(tmp_path: Path, runs: Path, *argv: str) -> subprocess.Comple
                           capture_output=True, text=True, timeout=300)
 
 
-def test_a_read_only_runs_folder_gives_one_line(partial, tmp_path):
-    runs = tmp_path / "runs"
-    before = folder_bytes(runs)
-    out = _read_only_pipe(tmp_path, runs, "--config", str(partial), "train")
+def assert_read_only_refused(tmp_path: Path, folder: Path, *argv: str) -> str:
+    """``pipe *argv`` with ``folder`` read-only: exit 2, one line naming a path in it, nothing changed."""
+    before = folder_bytes(folder)
+    out = _read_only_pipe(tmp_path, folder, *argv)
     text = out.stdout + out.stderr
     assert out.returncode == 2, text
     assert "Traceback" not in text
     lines = [line for line in text.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and str(runs) in lines[0], text
+    assert len(lines) == 1 and str(folder) in lines[0], text
     assert "[EROFS]" in lines[0] or "[EACCES]" in lines[0], lines[0]
-    assert folder_bytes(runs) == before
+    assert folder_bytes(folder) == before
+    return lines[0]
+
+
+def test_a_read_only_runs_folder_gives_one_line(partial, tmp_path):
+    assert_read_only_refused(tmp_path, tmp_path / "runs", "--config", str(partial), "train")
 
 
 def test_enospc_during_a_chunk_write_leaves_the_store_as_it_was(tmp_path, tiny_model_dir, monkeypatch):
@@ -378,6 +387,7 @@ def test_enospc_during_a_chunk_write_leaves_the_store_as_it_was(tmp_path, tiny_m
     assert not reader.complete
     assert not [p for p in reader.check() if p.kind == "damaged"]  # committed chunks read back as written
     monkeypatch.setattr(local, "_put", real)
+    assert_read_only_refused(tmp_path, store, "--config", str(path), "harvest")  # a read-only store
     assert pipe(path, "harvest").exit_code == 0
     assert_same_store(str(tmp_path / "clean.zarr"), str(store))
     assert store_files(str(tmp_path / "clean.zarr")).keys() == store_files(str(store)).keys()

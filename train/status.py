@@ -12,18 +12,20 @@ from train.runner import run_fingerprint
 from train.verify import FINISHED, export_problems, load_summary
 
 
-def _checkpoint_meta(run_dir: Path) -> dict | None:
+def _checkpoint_meta(run_dir: Path) -> tuple[dict | None, list[tuple[str, str]]]:
     """The JSON half of the newest checkpoint that looks intact (sizes as recorded; sha256 is
     `pipe verify`'s): step, last log record, seconds; tensors are not read. This is the checkpoint
-    `pipe train` resumes from, as far as sizes tell."""
+    `pipe train` resumes from, as far as sizes tell. Also (path, what is wrong) of newer ones skipped."""
+    skipped: list[tuple[str, str]] = []
     for folder in candidates(run_dir):
-        if check_folder(folder, full=False):
-            continue
-        try:
-            return json.loads((folder / STATE_JSON).read_text())
-        except (ValueError, UnicodeDecodeError):
-            continue
-    return None
+        problems = check_folder(folder, full=False)
+        if not problems:
+            try:
+                return json.loads((folder / STATE_JSON).read_text()), skipped
+            except (ValueError, UnicodeDecodeError) as e:
+                problems = [(str(folder / STATE_JSON), f"unreadable ({type(e).__name__})")]
+        skipped += problems
+    return None, skipped
 
 
 def _damage(run_dir: Path, summary: dict | None, summary_damage: list) -> list[tuple[str, str]]:
@@ -46,7 +48,7 @@ def run_status(cfg: Config, run: RunConfig, reader: StoreReader | None) -> dict:
     fp = run_fingerprint(run, reader, cfg.train.seed) if reader is not None else None
     summary, summary_damage = load_summary(run_dir)
     damage = _damage(run_dir, summary, summary_damage)
-    ckpt = _checkpoint_meta(run_dir)
+    ckpt, ckpt_damage = _checkpoint_meta(run_dir)
     ckpt_step = ckpt["trainer"]["step"] if ckpt else None
     out = {"run": run.name, "type": run.type, "dir": str(run_dir), "status": "not started", "step": 0,
            "total_steps": cfg.train.tokens // cfg.train.batch_size, "l0": None, "ev": None,
@@ -58,11 +60,16 @@ def run_status(cfg: Config, run: RunConfig, reader: StoreReader | None) -> dict:
     elif ckpt is not None and fp in (None, ckpt.get("fingerprint")):
         last = ckpt["trainer"].get("last") or {}
         out.update(status="partial", step=ckpt_step, seconds=ckpt.get("seconds"))
+        if ckpt_damage:
+            path, what = ckpt_damage[0]
+            out["message"] = f"{path}: {what}; `pipe train` resumes from step {ckpt_step}"
     else:
         last = {}
         if summary is not None or ckpt is not None:
             out.update(status="stale", message="made with other settings or data; `pipe train` starts it again")
     out.update(l0=last.get("l0"), ev=last.get("ev_batch"))
+    if not damage and ckpt is None and ckpt_damage and out["status"] in ("not started", "stale"):
+        damage = ckpt_damage  # checkpoints, none intact: not a run that never started
     if damage:
         path, what = damage[0]
         out.update(status="damaged", message=f"{path}: {what}; `pipe verify` names every damaged file, "
