@@ -10,7 +10,10 @@ def report_is_current(cfg) -> bool:
     path = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.json"
     if not path.exists():
         return False
-    reported = json.loads(path.read_text()).get("runs", {})
+    try:
+        reported = json.loads(path.read_text()).get("runs", {})
+    except (ValueError, UnicodeDecodeError, AttributeError):  # a damaged report is not current
+        return False
     for run in cfg.runs:
         summary = Path(cfg.train.runs_dir) / run.name / "summary.json"
         if run.name not in reported or not summary.exists():

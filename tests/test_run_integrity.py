@@ -413,8 +413,14 @@ def test_every_command_answers_damage_with_one_line_or_a_mark(kind, trained):
     for command in ("eval", "inspect"):
         line = error_line(pipe(trained, command))
         assert str(runs / "baseline") in line, (kind, command, line)
+    report = trained.parent / "reports/default/report.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text('{"runs": ')  # a report cut short too
     res = pipe(trained, "status")
     assert res.exit_code == 0 and res.exception is None, res.output
+    doc = json.loads(pipe(trained, "status", "--json").stdout)
+    assert doc["runs"][0]["status"] == ("damaged" if kind != "weights of another run" else "complete")
+    assert doc["report"]["state"] == "stale"
     res = pipe(trained, "verify", "--json")
     assert res.exit_code == 1 and res.exception.__class__ is SystemExit, res.output
     assert not json.loads(res.stdout)["ok"]

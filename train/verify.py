@@ -162,7 +162,7 @@ def check_run(cfg: Config, run: RunConfig, reader) -> dict:
     add("summary", damage)
     add("checkpoint", checkpoint_problems(run_dir))
     finished = summary is not None and summary.get("status") in FINISHED
-    if finished or (summary is None and out["problems"] and (run_dir / WEIGHTS_FILENAME).exists()):
+    if finished or (damage and (run_dir / WEIGHTS_FILENAME).exists()):  # a summary that does not read
         add("export", export_problems(run_dir, summary))
     out["state"] = (summary.get("status") if summary is not None
                     else "damaged" if any(p["part"] == "summary" for p in out["problems"])
