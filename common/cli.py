@@ -1,8 +1,9 @@
 """`pipe`: the one command line. Stages are imported inside their commands (one-way data flow).
 
-Exit codes (README, "Batch jobs"): 0 done; 1 a run failed in training (or `verify` found a damaged
-chunk, or an unexpected error); 2 bad input (config, store, corpus or model: one line naming it);
-75 preempted by SIGTERM / SIGINT after saving the work in hand (rerun the same command to resume).
+Exit codes (README, "Batch jobs"): 0 done; 1 a run failed in training (or `verify` found damage, or
+an unexpected error); 2 bad input (config, store, corpus, model, export or run folder: one line
+naming it) or a write the disk refused (full, read-only, permission); 75 preempted by SIGTERM /
+SIGINT after saving the work in hand (rerun the same command to resume).
 """
 from __future__ import annotations
 
@@ -17,10 +18,9 @@ from rich.table import Table
 from rich.text import Text
 
 from common import events, preempt
-from common.config import ConfigError, load_config
-from common.errors import first_line
+from common.config import load_config
+from common.errors import WRITE_ERRNOS, UserError, first_line, one_line, os_error_line
 from common.progress import configure, console, hms
-from common.store import StoreError
 
 DEFAULT_CONFIG = "pipeline.toml"
 EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED = 1, 2, preempt.EXIT_PREEMPTED
@@ -43,19 +43,23 @@ def _preempted(ctx: click.Context, e: preempt.Preempted) -> None:
 
 class _Cli(click.Group):
     """Turns the project's expected errors into one red line instead of a traceback, a signal into
-    exit 75, and closes the invocation's event log with the outcome."""
+    exit 75, and closes the invocation's event log with the outcome. This is the one place errors
+    become exit codes: every error type of the project derives from ``common.errors.UserError``."""
 
     def parse_args(self, ctx, args):
         ctx.meta["argv"] = list(args)  # for the resume hint and the event log
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
-        from common.corpora import CorpusError
-        from common.model import ModelError
         try:
             result = super().invoke(ctx)
-        except (ConfigError, StoreError, CorpusError, ModelError) as e:
-            _fail(str(e))
+        except UserError as e:
+            _fail(one_line(e))
+        except OSError as e:
+            if e.errno not in WRITE_ERRNOS:
+                events.finish("failed", 1, reason=f"{type(e).__name__}: {first_line(e)}")
+                raise
+            _fail(os_error_line(e))
         except preempt.Preempted as e:
             _preempted(ctx, e)
         except SystemExit as e:
@@ -121,7 +125,8 @@ def harvest(ctx: click.Context, force: bool, repair: bool) -> None:
 @main.command()
 @click.option("--run", "run_names", multiple=True, help="train only this run (repeatable); "
               "lets a scheduler spread runs over GPUs")
-@click.option("--force", is_flag=True, help="retrain runs that are already complete")
+@click.option("--force", is_flag=True, help="train the runs again from step 0, whatever their folders "
+              "hold (complete, checkpointed or damaged)")
 @click.pass_context
 def train(ctx: click.Context, run_names: tuple[str, ...], force: bool) -> None:
     """Stream the store into every [[runs]] SAE (one pass over the data for all of them)."""
@@ -257,7 +262,7 @@ def _fmt(value, spec: str) -> str:
 def _print_pipeline(p: dict) -> None:
     table = Table("run", "type", "status", "step", "L0", "EV (batch)", "elapsed", "checkpoint",
                   title=f"runs in {p['runs_dir']}/", title_justify="left")
-    colours = {"complete": "green", "early_stopped": "yellow", "failed": "red", "partial": "yellow",
+    colours = {"complete": "green", "early_stopped": "yellow", "failed": "red", "damaged": "red", "partial": "yellow",
                "stale": "yellow"}
     for r in p["runs"]:
         status = r["status"] + (f" ({r['message']})" if r["message"] else "")
@@ -301,29 +306,65 @@ def status(ctx: click.Context, stores: tuple[str, ...], as_json: bool) -> None:
 
 @main.command()
 @click.argument("stores", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document to stdout (for scripts)")
+@click.option("--repair", is_flag=True, help="rewrite each damaged run export from its final checkpoint")
 @click.pass_context
-def verify(ctx: click.Context, stores: tuple[str, ...]) -> None:
-    """Re-check shapes, metadata, completion and every chunk; names any corrupted chunk."""
+def verify(ctx: click.Context, stores: tuple[str, ...], as_json: bool, repair: bool) -> None:
+    """Re-check the store (shapes, metadata, completion, every chunk) and the config's runs (export
+    files against their sha256, cfg, shapes, checkpoints); names every damaged file, exits 1 on damage.
+    With STORE arguments: those stores only."""
     from common.progress import progress
-    from common.store import StoreReader
+    from common.store import StoreReader, store_exists
     cfg = None if stores else _config(ctx)
-    bad = damaged = False
+    doc: dict = {"config": None if cfg is None else str(cfg.path), "stores": []}
     for url in _store_urls(cfg, stores):
         reader = StoreReader(url)
         total = sum(g.n_chunks for g in reader.corpora().values())
         with progress("chunk") as bar:
             task = bar.add_task(f"verify {url}", total=total)
             problems = reader.check(progress=lambda *_: bar.advance(task))
-        for p in problems:
-            console.print(Text(p.text, style="red"))
-        bad = bad or bool(problems)
-        damaged = damaged or any(p.kind == "damaged" for p in problems)
-        if not problems:
-            console.print(f"[green]{url}: ok[/] ({total} chunks checked, complete)")
-    if damaged:
-        console.print("`pipe harvest --repair` re-harvests exactly the damaged chunks", highlight=False)
-    if bad:
+        doc["stores"].append({"url": url, "chunks": total, "ok": not problems, "problems": [
+            {"text": p.text, "kind": p.kind, "corpus": p.corpus, "chunk": p.chunk} for p in problems]})
+    if cfg is not None:
+        from train.verify import check_run, repair_run
+        reader = StoreReader(cfg.harvest.store) if store_exists(cfg.harvest.store) else None
+        doc["runs"] = []
+        for run in cfg.runs:
+            result = check_run(cfg, run, reader)
+            if repair and result["repair"]:
+                result["repaired"] = repair_run(cfg, run, reader)
+                result["problems_before"] = result["problems"]
+                result = {**check_run(cfg, run, reader), "repaired": result["repaired"],
+                          "problems_before": result["problems_before"]}
+            result["ok"] = not result["problems"]
+            doc["runs"].append(result)
+    doc["ok"] = all(x["ok"] for x in doc["stores"] + doc.get("runs", []))
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, default=str))
+    else:
+        _print_verify(doc)
+    if not doc["ok"]:
         sys.exit(1)
+
+
+def _print_verify(doc: dict) -> None:
+    for s in doc["stores"]:
+        for p in s["problems"]:
+            console.print(Text(p["text"], style="red"))
+        if s["ok"]:
+            console.print(f"[green]{s['url']}: ok[/] ({s['chunks']} chunks checked, complete)")
+    if any(p["kind"] == "damaged" for s in doc["stores"] for p in s["problems"]):
+        console.print("`pipe harvest --repair` re-harvests exactly the damaged chunks", highlight=False)
+    for r in doc.get("runs", []):
+        if r.get("repaired"):
+            console.print(Text(f"{r['run']}: repaired: {r['repaired']}", style="green"))
+        for p in r["problems"]:
+            console.print(Text(f"{p['file']}: {p['problem']}", style="red"))
+        if r["problems"]:
+            console.print(Text(f"{r['run']}: " + (f"`pipe verify --repair` will {r['repair']}" if r["repair"]
+                                                   else r.get("advice", ""))))
+        elif r["state"] != "not started":
+            console.print(Text(f"{r['run']}: ok ({r['state']}, {r['dir']})", style="green"))
 
 
 if __name__ == "__main__":

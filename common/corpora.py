@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import first_line
+from common.errors import UserError, first_line
 from common.progress import quiet_library_bars
 from common.wheels import WheelError, fetch_wheel
 
@@ -41,7 +41,7 @@ LETTERS = "ABCD"
 _HF_ALL_CONFIG = {"cais/mmlu": "all"}
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A corpus or question set could not be read; the message names the source, path or field."""
 
 

@@ -1,9 +1,41 @@
-"""One-line error text: the CLI reports every failure on one line naming the file, key or path."""
+"""One-line error text: the CLI reports every failure on one line naming the file, key or path.
+
+``UserError`` is the base of the project's own error types (config, store, corpus, model, export,
+run folder): the CLI catches it in one place and prints its message on one line with exit 2.
+A write the disk refuses (full, read-only, no permission) is an ``OSError`` with one of
+``WRITE_ERRNOS``: the CLI reports it the same way, through ``os_error_line``.
+"""
 
 from __future__ import annotations
+
+import errno
+
+# The OS saying "this write cannot complete": disk full, quota, read-only file system, permission.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+class UserError(Exception):
+    """An error the user can act on; its message is one line naming the file, key or path."""
 
 
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty)."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def one_line(e: BaseException) -> str:
+    """The whole message of ``e`` on one line (line breaks become spaces)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def os_error_line(e: OSError, doing: str = "cannot write") -> str:
+    """``cannot write PATH: No space left on device [ENOSPC]``: the path the OS refused, and why."""
+    path = e.filename if e.filename is not None else "?"
+    code = errno.errorcode.get(e.errno, str(e.errno)) if e.errno is not None else "?"
+    return f"{doing} {path}: {e.strerror or one_line(e)} [{code}]"
+
+
+class RunError(UserError):
+    """A run folder that cannot be used as it is (damaged export or checkpoints, a write refused):
+    one line naming the file and the command that mends it."""

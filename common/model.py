@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.errors import first_line
+from common.errors import UserError, first_line
 from common.progress import quiet_library_bars
 from common.wheels import cache_root
 
@@ -23,7 +23,7 @@ CACHE_FORMAT = "dense1"  # bump when the conversion changes, so old caches are r
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """The model or tokenizer could not be loaded; the message names the model id."""
 
 

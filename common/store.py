@@ -31,7 +31,7 @@ import torch
 import zarr
 
 from common.config import Config
-from common.errors import first_line
+from common.errors import UserError, first_line, os_error_line
 from common.events import process_alive
 
 SCHEMA = 1
@@ -41,7 +41,7 @@ IDENTITY_KEYS = ("model_id", "revision", "file_sha256", "layer", "hook", "d_mode
 LOCK_NAME = "orthosae-lock"
 
 
-class StoreError(ValueError):
+class StoreError(UserError, ValueError):
     """A store problem; the message is one line naming the store path (and key or chunk)."""
 
 
@@ -256,12 +256,16 @@ class StoreWriter:
         if acts.shape != (stop - start, self.identity["d_model"]):
             raise StoreError(f"{self.url}/{plan.name}: chunk {k} got acts {acts.shape}, "
                              f"expected {(stop - start, self.identity['d_model'])}")
-        group["acts"][start:stop] = acts
-        group["tokens"][start:stop] = rows
-        group["context"][start:stop] = np.repeat(np.arange(first_ctx, first_ctx + n_ctx, dtype=np.int32),
-                                                 plan.rows_per_context)
-        group["position"][start:stop] = np.tile(np.arange(1, plan.context_length, dtype=np.int16), n_ctx)
-        group["committed"][k] = chunk_digest(acts, rows)
+        try:
+            group["acts"][start:stop] = acts
+            group["tokens"][start:stop] = rows
+            group["context"][start:stop] = np.repeat(np.arange(first_ctx, first_ctx + n_ctx, dtype=np.int32),
+                                                     plan.rows_per_context)
+            group["position"][start:stop] = np.tile(np.arange(1, plan.context_length, dtype=np.int16), n_ctx)
+            group["committed"][k] = chunk_digest(acts, rows)
+        except OSError as e:  # disk full, read-only, no permission: the chunk stays uncommitted
+            raise StoreError(f"{self.url}/{plan.name}: chunk {k} not written, {os_error_line(e)}; "
+                             "the committed chunks are as they were (rerun `pipe harvest` once it can write)") from None
 
     def uncommit(self, name: str, chunks: list[int]) -> None:
         """Mark chunks unwritten so the next harvest writes them again (`harvest --repair`).

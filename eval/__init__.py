@@ -10,12 +10,19 @@ def report_is_current(cfg) -> bool:
     path = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.json"
     if not path.exists():
         return False
-    reported = json.loads(path.read_text()).get("runs", {})
+    try:
+        reported = json.loads(path.read_text()).get("runs", {})
+    except (ValueError, UnicodeDecodeError, AttributeError):  # a damaged report is not current
+        return False
     for run in cfg.runs:
         summary = Path(cfg.train.runs_dir) / run.name / "summary.json"
         if run.name not in reported or not summary.exists():
             return False
-        if json.loads(summary.read_text()).get("fingerprint") != reported[run.name]["summary"].get("fingerprint"):
+        try:
+            fingerprint = json.loads(summary.read_text()).get("fingerprint")
+        except (ValueError, UnicodeDecodeError):  # a damaged summary: the report is not of these runs
+            return False
+        if fingerprint != reported[run.name]["summary"].get("fingerprint"):
             return False
     return True
 

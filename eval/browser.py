@@ -57,6 +57,7 @@ from common.store import StoreError, StoreReader, open_store_for
 from eval import browser_html
 from eval.unlearning import select_features
 from train.export import load_sae
+from train.verify import read_summary, require_intact_export
 from train.sae import is_grouped
 from train.sae.grouping import assign_groups, forget_share
 
@@ -535,10 +536,11 @@ def _trained_runs(cfg: Config, run_names: list[str] | None) -> list[tuple]:
             if run_names:
                 raise StoreError(f"{run_dir}: run {run.name!r} is not trained yet (run `pipe train`)")
             continue
-        s = json.loads(summary.read_text())
+        s = read_summary(run_dir)
         if s.get("status") == "failed":
             console.print(f"[yellow]{run.name}: training failed ({s.get('message')}); left out")
             continue
+        require_intact_export(run_dir, s)
         out.append((run, run_dir, s))
     if not out:
         raise StoreError(f"{cfg.train.runs_dir}: no trained run to inspect (run `pipe train`)")

@@ -8,7 +8,6 @@ spliced CE/KL (one pass serves all runs) -> unlearning (the SAE-independent base
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from eval.downstream import spliced_ce
 from eval.report import write_report
 from eval.unlearning import run_unlearning, unlearning_baseline
 from train.export import load_sae
+from train.verify import read_summary, require_intact_export
 from train.sae import SAE, FixedOrthoSAE, assign_groups, is_grouped
 from train.sae.grouping import forget_share
 
@@ -106,10 +106,11 @@ def load_runs(cfg: Config, run_names: list[str] | None = None, device: torch.dev
         summary_path = run_dir / "summary.json"
         if not summary_path.exists():
             raise StoreError(f"{run_dir}: run {run.name!r} is not trained yet (run `pipe train`)")
-        summary = json.loads(summary_path.read_text())
+        summary = read_summary(run_dir)
         if summary.get("status") == "failed":
             console.print(f"[yellow]{run.name}: training failed ({summary.get('message')}); left out")
             continue
+        require_intact_export(run_dir, summary)  # digests too: a swapped file loads, but is not this run
         sae, sae_cfg = load_sae(run_dir, device=device)
         out.append(RunResult(run=run, dir=run_dir, sae=sae.eval().requires_grad_(False), sae_cfg=sae_cfg,
                              summary=summary))

@@ -52,6 +52,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from common.config import OrthoConfig, RunConfig, TrainConfig
+from common.errors import UserError
 
 from .sae import SAE, is_grouped, make_sae
 from .sae.base import dtype_name
@@ -67,7 +68,7 @@ METADATA_KEYS = (
 )
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """A run directory that cannot be written or read as an exported SAE (one line, names the path)."""
 
 
@@ -87,6 +88,8 @@ def _atomic_write(path: Path, write) -> None:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # name the file being written, not its temporary (the CLI prints one line)
+        raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -27,15 +27,18 @@ import torch
 
 from common import events, preempt
 from common.config import Config, ConfigError, RunConfig
+from common.errors import RunError, os_error_line
 from common.model import pick_device
 from common.progress import console, progress
 from common.store import StoreReader, open_store_for
-from train.checkpoint import load_checkpoint, save_checkpoint
+from train import digests
+from train.checkpoint import NoIntactCheckpoint, load_latest, save_checkpoint
 from train.export import save_sae
 from train.sae import make_sae
 from train.sae_lens_names import sae_lens_metadata
 from train.stream import ActivationStream, estimate_scale
 from train.trainer import Trainer
+from train.verify import FINISHED, export_problems, final_checkpoint, load_summary, restart_command
 
 
 def train_corpora(cfg: Config) -> list[str]:
@@ -65,12 +68,43 @@ def run_fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_is_done(run_dir: Path, fingerprint: str) -> bool:
-    summary = run_dir / "summary.json"
-    if not summary.exists():
-        return False
-    s = json.loads(summary.read_text())
-    return s.get("fingerprint") == fingerprint and s.get("status") in ("complete", "early_stopped")
+def _finished_run(cfg: Config, run: RunConfig, reader: StoreReader, fingerprint: str) -> dict | None:
+    """The summary of a run finished with these settings whose export is intact, rewriting a damaged
+    export (or summary) from the run's final checkpoint with a line saying so; None: train it.
+    ``RunError`` (naming the file and the restart command) when it is damaged past that."""
+    run_dir = _run_dir(cfg, run)
+    summary, damage = load_summary(run_dir)
+    if summary is not None:
+        if summary.get("fingerprint") != fingerprint or summary.get("status") not in FINISHED:
+            return None
+        damage = export_problems(run_dir, summary)
+    if not damage:
+        return summary
+    total = cfg.train.tokens // cfg.train.batch_size
+    ckpt = final_checkpoint(run_dir, fingerprint, total)
+    if ckpt is None:
+        if summary is None and (run_dir / "checkpoint").exists():
+            return None  # an unfinished run's summary: training resumes from its checkpoint
+        path, what = damage[0]
+        raise RunError(f"{path}: {what}; no intact final checkpoint in {run_dir} to rewrite it from: "
+                       f"`{restart_command(cfg, run.name)}` trains the run again")
+    path, what = damage[0]
+    more = f" (+{len(damage) - 1} more)" if len(damage) > 1 else ""
+    console.print(f"[yellow]{run.name}: {path}: {what}{more}; rewriting the export from "
+                  f"{ckpt.folder.name}/ (step {ckpt.state['trainer']['step']})[/]", highlight=False)
+    return rewrite_export(cfg, run, reader, ckpt.state)
+
+
+def rewrite_export(cfg: Config, run: RunConfig, reader: StoreReader, state: dict) -> dict:
+    """Export a finished run again from its final checkpoint's state (`pipe verify --repair`, `pipe
+    train`): the same SAE and settings give the same files, bit for bit."""
+    steps = cfg.train.tokens // cfg.train.batch_size
+    trainer = Trainer(run, make_sae(run, reader.d_model, device=pick_device(cfg.train.device)), steps)
+    trainer.load_state_dict(state["trainer"])
+    if trainer.status == "running":  # the periodic checkpoint at the last step, before the final one
+        trainer.status = "complete"
+    return _finish(cfg, trainer, reader, float(state["scale"]), state["fingerprint"],
+                   float(state.get("seconds", 0.0)))
 
 
 def _run_dir(cfg: Config, run: RunConfig) -> Path:
@@ -88,17 +122,24 @@ def _finish(cfg: Config, trainer: Trainer, reader: StoreReader, scale: float, fi
             seconds: float) -> dict:
     """Export the SAE (SAELens layout) and write the run's summary."""
     run, run_dir = trainer.run, _run_dir(cfg, trainer.run)
-    if trainer.status != "failed":
-        save_sae(trainer.sae, run_dir, scale=scale, extra_cfg={
-            **sae_lens_metadata(reader.meta.get("model_id"), cfg.harvest.layer, cfg.harvest.hook),
-            "context_size": cfg.harvest.context_length,
-            "store": cfg.harvest.store, "run_name": run.name, "run_type": run.type,
-            "steps": trainer.step, "prepend_bos": True, "exclude_special_tokens": True})
-    summary = {"run": run.name, "type": run.type, "status": trainer.status, "message": trainer.message,
-               "steps": trainer.step, "seconds": round(seconds, 2), "fingerprint": fingerprint,
-               "activation_scale": scale, "store": cfg.harvest.store, "config": str(cfg.path),
-               "final": trainer.last}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    files = None
+    try:
+        if trainer.status != "failed":
+            save_sae(trainer.sae, run_dir, scale=scale, extra_cfg={
+                **sae_lens_metadata(reader.meta.get("model_id"), cfg.harvest.layer, cfg.harvest.hook),
+                "context_size": cfg.harvest.context_length,
+                "store": cfg.harvest.store, "run_name": run.name, "run_type": run.type,
+                "steps": trainer.step, "prepend_bos": True, "exclude_special_tokens": True})
+            files = digests.record(run_dir)  # after every export file, whatever the export wrote
+        summary = {"run": run.name, "type": run.type, "status": trainer.status, "message": trainer.message,
+                   "steps": trainer.step, "seconds": round(seconds, 2), "fingerprint": fingerprint,
+                   "activation_scale": scale, "store": cfg.harvest.store, "config": str(cfg.path),
+                   "final": trainer.last, **({"digests": files} if files is not None else {})}
+        text = json.dumps(summary, indent=2)
+        digests.write_atomic(run_dir / "summary.json", lambda p: p.write_text(text))
+    except OSError as e:
+        raise RunError(f"{os_error_line(e)}; {run.name}'s final checkpoint is kept: rerun `pipe train` "
+                       "to export it") from None
     events.emit("run_done", run=run.name, status=trainer.status, step=trainer.step,
                 l0=trainer.last.get("l0"), ev=trainer.last.get("ev_batch"), seconds=round(seconds, 2),
                 **({"reason": trainer.message} if trainer.status == "failed" else {}))
@@ -137,9 +178,10 @@ def _train(cfg: Config, *, run_names: list[str] | None, force: bool, show_progre
     todo, summaries = [], []
     for run in selected:
         fp = run_fingerprint(run, reader, cfg.train.seed)
-        if not force and run_is_done(_run_dir(cfg, run), fp):
+        done = None if force else _finished_run(cfg, run, reader, fp)
+        if done is not None:
             console.print(f"[green]{run.name}[/]: complete, left alone ({_run_dir(cfg, run)})")
-            summaries.append(json.loads((_run_dir(cfg, run) / "summary.json").read_text()))
+            summaries.append(done)
             continue
         todo.append((run, fp))
     if not todo:
@@ -153,6 +195,41 @@ def _train(cfg: Config, *, run_names: list[str] | None, force: bool, show_progre
     with preempt.deferred():
         return summaries + _train_loop(cfg, todo, reader, corpora, device, steps, scale, mean, force,
                                        show_progress, f" (process {rank} of {world})" if world > 1 else "")
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop the log records past the checkpoint a run resumes from (written before a kill or a failed
+    write): the rerun logs those steps again, so the log ends as an uninterrupted run's."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, KeyError, TypeError):
+            pass  # a line cut short by the kill
+    if keep != lines:
+        text = "".join(keep)
+        digests.write_atomic(path, lambda p: p.write_text(text))
+
+
+def _resume_state(cfg: Config, run: RunConfig, run_dir: Path) -> dict | None:
+    """The state of the run's newest intact checkpoint (a line says when a damaged newer one was
+    passed over); ``RunError`` naming the damaged files and the restart command when none is intact."""
+    try:
+        loaded = load_latest(run_dir)
+    except NoIntactCheckpoint as e:
+        raise RunError(f"{e}; no intact checkpoint of {run.name} left to resume from: "
+                       f"`{restart_command(cfg, run.name)}` trains it again") from None
+    if loaded is None:
+        return None
+    if loaded.skipped:
+        path, what = loaded.skipped[0]
+        console.print(f"[yellow]{run.name}: {path}: {what}; falling back to {loaded.folder.name}/, "
+                      f"resuming from step {loaded.state['trainer']['step']}[/]", highlight=False)
+    return loaded.state
 
 
 def _run_stats(trainers: list[Trainer]) -> tuple[str, list[dict]]:
@@ -176,12 +253,13 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
         trainer = Trainer(run, sae, steps)
         run_dir = _run_dir(cfg, run)
         run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = None if force else load_checkpoint(run_dir)
+        ckpt = None if force else _resume_state(cfg, run, run_dir)
         base_seconds[run.name] = 0.0
         if ckpt is not None and ckpt["fingerprint"] == fp:
             trainer.load_state_dict(ckpt["trainer"])
             base_seconds[run.name] = float(ckpt.get("seconds", 0.0))
             saved_step[run.name] = trainer.step
+            _trim_log(run_dir / "log.jsonl", trainer.step)
             console.print(f"{run.name}: resuming from step {trainer.step}")
         elif (run_dir / "log.jsonl").exists():
             (run_dir / "log.jsonl").unlink()  # a fresh start: the old log belongs to other weights

@@ -7,33 +7,48 @@ from pathlib import Path
 
 from common.config import Config, RunConfig
 from common.store import StoreReader
-from train.checkpoint import CHECKPOINT
+from train.checkpoint import STATE_JSON, candidates, check_folder
 from train.runner import run_fingerprint
+from train.verify import FINISHED, export_problems, load_summary
 
 
-def _checkpoint_meta(run_dir: Path) -> dict | None:
-    """The JSON half of the run's checkpoint (step, last log record, seconds); tensors are not read.
-    ``checkpoint.old`` is what `load_checkpoint` would recover after a kill between its renames."""
-    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):
-        path = run_dir / name / "state.json"
-        if path.exists():
+def _checkpoint_meta(run_dir: Path) -> tuple[dict | None, list[tuple[str, str]]]:
+    """The JSON half of the newest checkpoint that looks intact (sizes as recorded; sha256 is
+    `pipe verify`'s): step, last log record, seconds; tensors are not read. This is the checkpoint
+    `pipe train` resumes from, as far as sizes tell. Also (path, what is wrong) of newer ones skipped."""
+    skipped: list[tuple[str, str]] = []
+    for folder in candidates(run_dir):
+        problems = check_folder(folder, full=False)
+        if not problems:
             try:
-                return json.loads(path.read_text())
-            except json.JSONDecodeError:
-                return None
-    return None
+                return json.loads((folder / STATE_JSON).read_text()), skipped
+            except (ValueError, UnicodeDecodeError) as e:
+                problems = [(str(folder / STATE_JSON), f"unreadable ({type(e).__name__})")]
+        skipped += problems
+    return None, skipped
+
+
+def _damage(run_dir: Path, summary: dict | None, summary_damage: list) -> list[tuple[str, str]]:
+    """What `pipe status` can see is wrong without hashing: an unreadable summary, and for a finished
+    run export files missing, of another size than recorded, or a cfg.json that does not read."""
+    if summary_damage:
+        return summary_damage
+    if summary is not None and summary.get("status") in FINISHED:
+        return export_problems(run_dir, summary, full=False)
+    return []
 
 
 def run_status(cfg: Config, run: RunConfig, reader: StoreReader | None) -> dict:
     """status: complete | early_stopped | failed (summary.json of the current settings and data),
+    damaged (summary.json unreadable, or an export file missing, truncated or cfg.json unreadable),
     partial (a checkpoint, not finished: `pipe train` resumes it), stale (made with other settings
     or data: `pipe train` starts it again), not started. ``reader`` None: the store is missing, so
     the fingerprint cannot be checked and what is on disk is shown as it is."""
     run_dir = Path(cfg.train.runs_dir) / run.name
     fp = run_fingerprint(run, reader, cfg.train.seed) if reader is not None else None
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    ckpt = _checkpoint_meta(run_dir)
+    summary, summary_damage = load_summary(run_dir)
+    damage = _damage(run_dir, summary, summary_damage)
+    ckpt, ckpt_damage = _checkpoint_meta(run_dir)
     ckpt_step = ckpt["trainer"]["step"] if ckpt else None
     out = {"run": run.name, "type": run.type, "dir": str(run_dir), "status": "not started", "step": 0,
            "total_steps": cfg.train.tokens // cfg.train.batch_size, "l0": None, "ev": None,
@@ -45,9 +60,18 @@ def run_status(cfg: Config, run: RunConfig, reader: StoreReader | None) -> dict:
     elif ckpt is not None and fp in (None, ckpt.get("fingerprint")):
         last = ckpt["trainer"].get("last") or {}
         out.update(status="partial", step=ckpt_step, seconds=ckpt.get("seconds"))
+        if ckpt_damage:
+            path, what = ckpt_damage[0]
+            out["message"] = f"{path}: {what}; `pipe train` resumes from step {ckpt_step}"
     else:
         last = {}
         if summary is not None or ckpt is not None:
             out.update(status="stale", message="made with other settings or data; `pipe train` starts it again")
     out.update(l0=last.get("l0"), ev=last.get("ev_batch"))
+    if not damage and ckpt is None and ckpt_damage and out["status"] in ("not started", "stale"):
+        damage = ckpt_damage  # checkpoints, none intact: not a run that never started
+    if damage:
+        path, what = damage[0]
+        out.update(status="damaged", message=f"{path}: {what}; `pipe verify` names every damaged file, "
+                                             "`pipe verify --repair` mends what it can")
     return out
