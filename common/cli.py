@@ -81,14 +81,17 @@ def _job(ctx: click.Context, command: str):
 @click.group(cls=_Cli)
 @click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True,
               type=click.Path(dir_okay=False), help="pipeline config (TOML)")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override a config key, e.g. --set train.lr=3e-4 --set train.ortho.alpha=[0,0.04] "
+              "(repeatable; checked as the file is; README, Use with your tools)")
 @click.pass_context
-def main(ctx: click.Context, config_path: str) -> None:
+def main(ctx: click.Context, config_path: str, sets: tuple[str, ...]) -> None:
     """orthosae: harvest activations, train orthogonal grouped SAEs, evaluate unlearning."""
-    ctx.obj = {"config_path": config_path}
+    ctx.obj = {"config_path": config_path, "sets": sets}
 
 
 def _config(ctx: click.Context):
-    cfg = load_config(ctx.obj["config_path"])
+    cfg = load_config(ctx.obj["config_path"], ctx.obj.get("sets", ()))
     configure(cfg.log.progress_seconds, cfg.log.progress_percent)
     return cfg
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import overrides
+
 
 class ConfigError(ValueError):
     """A config problem; the message is one line naming the file and key."""
@@ -252,6 +254,11 @@ class LogConfig:
                                    "progress events in the event log (0 = at every update)")
     progress_percent: int = _key(25, _percent, "also a line and an event at every this many percent "
                                  "(25: 0/25/50/75/100 %)")
+    tracker: str = _key("none", _choice("none", "wandb", "trackio"), "run tracker: wandb (`pip install "
+                        "'orthosae[wandb]'`; WANDB_MODE=offline without network) or trackio (local SQLite; "
+                        "`pip install 'orthosae[trackio]'`): one tracked run per SAE run, grouped by config "
+                        "(README, Use with your tools)")
+    tracker_project: str = _key("orthosae", doc="the tracker's project the runs are logged to")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,6 +272,7 @@ class Config:
     runs: list[RunConfig]
     eval: EvalConfig
     log: LogConfig = field(default_factory=LogConfig)
+    sets: tuple[str, ...] = ()  # the `pipe --set KEY=VALUE` overrides applied over the file, in order
 
     def run(self, name: str) -> RunConfig:
         for run in self.runs:
@@ -469,7 +477,9 @@ def _asdict(section) -> dict:
     return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Config:
+    """The validated config of ``path``, with ``pipe --set KEY=VALUE`` overrides ``sets`` applied
+    to the TOML first (common/overrides.py), so they pass the same checks as the file's own keys."""
     file = Path(path)
     try:
         raw = tomllib.loads(file.read_text())
@@ -477,6 +487,18 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{file}: config file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{file}: not valid TOML: {e}") from None
+    if not sets:
+        return _load(file, raw)
+    try:
+        return dataclasses.replace(_load(file, overrides.apply(raw, sets, file)), sets=tuple(sets))
+    except ConfigError as e:
+        blamed = [s for s in sets if overrides.blames(str(e), s)]
+        if not blamed or "--set" in str(e):
+            raise
+        raise ConfigError(f"{e} (from --set {blamed[-1]})") from None
+
+
+def _load(file: Path, raw: dict) -> Config:
     sections = {"model", "harvest", "corpora", "train", "runs", "eval", "log"}
     for key in raw:
         if key not in sections:

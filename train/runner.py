@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from common import events, preempt
-from common.config import Config, ConfigError, RunConfig
+from common.config import Config, ConfigError, OrthoConfig, RunConfig
 from common.model import pick_device
 from common.progress import console, progress
 from common.store import StoreReader, open_store_for
@@ -56,7 +56,10 @@ def run_fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None
     ``stream_seed``: the sweep's ``[train] seed`` (data order), counted when it differs from the
     run's own init seed ``run.train.seed`` (a ``seeds = [...]`` run)."""
     data = {n: g.attrs.get("tokens_fingerprint") for n, g in reader.corpora().items()}
-    items = [run.type, _set_keys(run.train, _LATER_DEFAULTS), _set_keys(run.ortho, _LATER_ORTHO_DEFAULTS), data,
+    # a baseline trains no L_ortho: [train.ortho] counts at its defaults, so `--set train.ortho.alpha=…`
+    # retrains the runs it reaches and leaves the baseline alone (a default-ortho fingerprint is unchanged)
+    ortho = run.ortho if run.has_ortho else OrthoConfig()
+    items = [run.type, _set_keys(run.train, _LATER_DEFAULTS), _set_keys(ortho, _LATER_ORTHO_DEFAULTS), data,
              reader.meta.get("model_id"), reader.meta.get("layer")]
     if stream_seed is not None and stream_seed != run.train.seed:
         items.append({"stream_seed": stream_seed})
@@ -92,7 +95,8 @@ def _finish(cfg: Config, trainer: Trainer, reader: StoreReader, scale: float, fi
             "model_name": reader.meta.get("model_id"), "hook_name": f"blocks.{cfg.harvest.layer}.hook_resid_post",
             "hook_layer": cfg.harvest.layer, "context_size": cfg.harvest.context_length,
             "store": cfg.harvest.store, "run_name": run.name, "run_type": run.type,
-            "steps": trainer.step, "prepend_bos": True, "exclude_special_tokens": True})
+            "steps": trainer.step, "prepend_bos": True, "exclude_special_tokens": True,
+            **({"sets": list(cfg.sets)} if cfg.sets else {})})  # `pipe --set` overrides it trained under
     summary = {"run": run.name, "type": run.type, "status": trainer.status, "message": trainer.message,
                "steps": trainer.step, "seconds": round(seconds, 2), "fingerprint": fingerprint,
                "activation_scale": scale, "store": cfg.harvest.store, "config": str(cfg.path),
