@@ -201,6 +201,35 @@ def inspect_(ctx: click.Context, run_names: tuple[str, ...], top_k: int, max_row
     console.print(f"[green]inspect done[/]: feature browser in [bold]{root}/index.html[/] (open it from disk)")
 
 
+@main.command("export-cache")
+@click.option("--format", "fmt", type=click.Choice(["saelens"]), default="saelens", show_default=True,
+              help="saelens: the Hugging Face datasets folder SAELens' cached-activation path reads")
+@click.option("--out", default=None, help="output folder (default: the store's path + '-saelens')")
+@click.option("--corpus", "corpora", multiple=True, help="store corpus to export (repeatable; default: "
+              "the config's training corpora)")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.pass_context
+def export_cache(ctx: click.Context, fmt: str, out: str | None, corpora: tuple[str, ...], dtype: str) -> None:
+    """Write the store's training rows as another tool's activation cache (SAELens)."""
+    from harvest.export_cache import export_saelens, saelens_snippet
+    from common.progress import progress
+    from common.store import open_store_for
+    with _job(ctx, "export-cache") as cfg:
+        reader = open_store_for(cfg)
+        names = list(corpora) or [n for n, c in cfg.corpora.items() if c.split == "train"]
+        if out is None:
+            if "://" in cfg.harvest.store:
+                raise ConfigError(f"{cfg.path}: [harvest] store: {cfg.harvest.store} is remote; give --out")
+            out = str(Path(cfg.harvest.store.rstrip("/")).with_suffix("")) + f"-{fmt}"
+        info = reader.corpora()
+        with progress("chunk") as bar:
+            task = bar.add_task("export-cache", total=sum(info[n].n_chunks for n in names if n in info))
+            result = export_saelens(reader, names, Path(out), dtype=dtype, progress=lambda k: bar.advance(task, k))
+    console.print(f"[green]export-cache done[/]: {result.contexts:,} contexts ({result.rows:,} rows, "
+                  f"{', '.join(result.corpora)}) -> [bold]{result.path}[/]")
+    console.print(Text("SAELens: " + saelens_snippet(result, cfg.model.id)))
+
+
 def _store_urls(cfg, paths: tuple[str, ...]) -> list[str]:
     if paths:
         return list(paths)
