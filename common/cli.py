@@ -201,6 +201,28 @@ def inspect_(ctx: click.Context, run_names: tuple[str, ...], top_k: int, max_row
     console.print(f"[green]inspect done[/]: feature browser in [bold]{root}/index.html[/] (open it from disk)")
 
 
+@main.command()
+@click.argument("run_names", nargs=-1, required=True, metavar="RUN...")
+@click.option("--repo", required=True, metavar="OWNER/NAME", help="Hugging Face model repo (created if absent)")
+@click.option("--private", is_flag=True, help="create the repo private")
+@click.option("--dry-run", is_flag=True, help="stage the repo's files and the model card only; upload nothing")
+@click.pass_context
+def push(ctx: click.Context, run_names: tuple[str, ...], repo: str, private: bool, dry_run: bool) -> None:
+    """Upload trained runs to the Hugging Face Hub in SAELens' layout, with a model card."""
+    from train.push import PushError, check_repo, stage, upload
+    with _job(ctx, "push") as cfg:
+        check_repo(cfg, repo)
+        staged = stage(cfg, list(run_names), repo)
+        console.print(f"staged {len(run_names)} run(s) + model card in [bold]{staged}/[/]")
+        if dry_run:
+            return
+        try:
+            url = upload(staged, repo, private=private)
+        except PushError as e:
+            _fail(str(e), EXIT_RUN_FAILED)
+    console.print(f"[green]push done[/]: [bold]{url}[/]")
+
+
 @main.command("export-cache")
 @click.option("--format", "fmt", type=click.Choice(["saelens"]), default="saelens", show_default=True,
               help="saelens: the Hugging Face datasets folder SAELens' cached-activation path reads")

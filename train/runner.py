@@ -33,6 +33,7 @@ from common.store import StoreReader, open_store_for
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.export import save_sae
 from train.sae import make_sae
+from train.sparsity import feature_density, save_sparsity
 from train.stream import ActivationStream, estimate_scale
 from train.trainer import Trainer
 
@@ -97,6 +98,7 @@ def _finish(cfg: Config, trainer: Trainer, reader: StoreReader, scale: float, fi
             "store": cfg.harvest.store, "run_name": run.name, "run_type": run.type,
             "steps": trainer.step, "prepend_bos": True, "exclude_special_tokens": True,
             **({"sets": list(cfg.sets)} if cfg.sets else {})})  # `pipe --set` overrides it trained under
+        save_sparsity(run_dir, feature_density(trainer.sae, reader, train_corpora(cfg), scale))
     summary = {"run": run.name, "type": run.type, "status": trainer.status, "message": trainer.message,
                "steps": trainer.step, "seconds": round(seconds, 2), "fingerprint": fingerprint,
                "activation_scale": scale, "store": cfg.harvest.store, "config": str(cfg.path),
