@@ -16,7 +16,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from common import events, preempt
+from common import events, preempt, tracker
 from common.config import ConfigError, load_config
 from common.errors import first_line
 from common.progress import configure, console, hms
@@ -75,6 +75,7 @@ def _job(ctx: click.Context, command: str):
     cfg = _config(ctx)
     with preempt.handle_signals():
         events.start(cfg, command, ctx.meta.get("argv", []))
+        tracker.attach(cfg)  # [log] tracker: mirrors this job's events to wandb / trackio
         yield cfg
 
 

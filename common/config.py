@@ -7,6 +7,7 @@ current working directory (as in SAELens and most CLIs), so the same file works 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 import math
 import tomllib
@@ -542,6 +543,9 @@ def _load(file: Path, raw: dict) -> Config:
         raise ConfigError(f"{file}: [eval.unlearning] modes: unknown mode {sorted(bad_modes)[0]!r} "
                           "(known: mcq, loss)")
     log = _build(LogConfig, raw.get("log", {}), "[log]", file)
+    if log.tracker != "none" and importlib.util.find_spec(log.tracker) is None:
+        raise ConfigError(f"{file}: [log] tracker: {log.tracker!r} is not installed: "
+                          f"pip install 'orthosae[{log.tracker}]' (or set tracker = \"none\")")
     return Config(path=file, model=model, harvest=harvest, corpora=corpora, train=train,
                   ortho=ortho, runs=runs, eval=evaluation, log=log)
 

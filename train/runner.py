@@ -29,6 +29,7 @@ from common import events, preempt
 from common.config import Config, ConfigError, OrthoConfig, RunConfig
 from common.model import pick_device
 from common.progress import console, progress
+from common.tracker import run_config
 from common.store import StoreReader, open_store_for
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.export import save_sae
@@ -192,6 +193,8 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
             (run_dir / "log.jsonl").unlink()  # a fresh start: the old log belongs to other weights
         trainers.append(trainer)
         fingerprints[run.name] = fp
+        events.observe("run_start", run=run.name, fingerprint=fp, step=trainer.step,
+                       config=run_config(cfg, run, fp))  # for a run tracker (common/tracker.py)
         logs[run.name] = open(run_dir / "log.jsonl", "a")
 
     running = [t.step for t in trainers if t.running]
@@ -222,6 +225,7 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
                     if record is not None:
                         logs[t.run.name].write(json.dumps(record) + "\n")
                         logs[t.run.name].flush()
+                        events.observe("train_log", run=t.run.name, record=record)
                     if t.status == "failed":
                         console.print(f"[red]{t.run.name}: {t.message}; last good checkpoint kept in "
                                       f"{_run_dir(cfg, t.run) / 'checkpoint'}[/]")
