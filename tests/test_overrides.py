@@ -112,3 +112,34 @@ def test_override_retrains_only_the_runs_it_reaches_and_is_recorded(tmp_path):
                                "--set", "runs.fixed.alpha=0.2", "--set", "train.lr=1e-3", "train"])
     assert res.exit_code == 0 and "left alone" not in res.output, res.output
     assert json.loads((runs / "baseline/cfg.json").read_text())["orthosae"]["train"]["lr"] == 1e-3
+
+
+def test_a_baseline_made_before_keeps_its_fingerprint():
+    """A baseline's fingerprint no longer counts [train.ortho]; one made by the code before (whose
+    fingerprint did: faed940d7d695e98 for this run, computed with commit 332add8) is still complete."""
+    from types import SimpleNamespace
+
+    from common.config import OrthoConfig, RunConfig, TrainConfig
+    from train.runner import run_fingerprint, run_fingerprints, run_is_done
+
+    class Reader:
+        meta = {"model_id": "tiny", "layer": 0}
+
+        def corpora(self):
+            return {"retain": SimpleNamespace(attrs={"tokens_fingerprint": "t"})}
+
+    def run(kind, **ortho):
+        return RunConfig.of(kind, "r", train=TrainConfig(d_sae=64), ortho=OrthoConfig(**ortho))
+
+    base = run("baseline", alpha=0.04, t0=300)
+    assert run_fingerprints(base, Reader(), 0) == (run_fingerprint(run("baseline"), Reader(), 0), "faed940d7d695e98")
+    assert run_fingerprint(run("baseline", alpha=0.3), Reader(), 0) == run_fingerprint(base, Reader(), 0)
+    assert run_fingerprint(run("fixed", alpha=0.3), Reader(), 0) != run_fingerprint(run("fixed"), Reader(), 0)
+    assert len(run_fingerprints(run("fixed"), Reader(), 0)) == 1
+
+
+def test_run_is_done_accepts_an_earlier_fingerprint(tmp_path):
+    from train.runner import run_is_done
+    (tmp_path / "summary.json").write_text(json.dumps({"fingerprint": "old", "status": "complete"}))
+    assert run_is_done(tmp_path, ("new", "old")) and run_is_done(tmp_path, "old")
+    assert not run_is_done(tmp_path, ("new",))

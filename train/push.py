@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 from common.config import Config, ConfigError
+from common.model import EMBEDDED_GEMMA, EMBEDDED_HUB_ID
 from train.export import CFG_FILENAME, GROUPED_ARCH, WEIGHTS_FILENAME
 from train.sparsity import SPARSITY_FILENAME
 
@@ -121,8 +122,9 @@ def model_card(repo: str, cards: list[tuple[str, dict, dict, dict | None]]) -> s
     model, hook = meta.get("model_name"), meta.get("hook_name")
     layer = cards[0][1].get("hook_layer", meta.get("hook_layer"))
     front = ["---", "library_name: saelens"]
-    if model and re.match(r"^[\w.-]+/[\w.-]+$", str(model)):  # a Hub model id (not a local path)
-        front.append(f"base_model: {model}")
+    base = EMBEDDED_HUB_ID if model == EMBEDDED_GEMMA else model
+    if base and re.match(r"^[\w.-]+/[\w.-]+$", str(base)) and not Path(str(base)).exists():  # a Hub id, not a path
+        front.append(f"base_model: {base}")
     front += ["tags:", "- saelens", "- sparse-autoencoder", "- orthosae", "---"]
     grouped = [n for n, cfg, _, _ in cards if cfg.get("architecture") == GROUPED_ARCH]
     lines = front + ["", f"# {repo}", "",
@@ -138,17 +140,17 @@ def model_card(repo: str, cards: list[tuple[str, dict, dict, dict | None]]) -> s
     if grouped:
         lines += ["from train.export import register_with_sae_lens  # orthosae: the grouped architecture",
                   "register_with_sae_lens()"]
-    lines += [f'sae = SAE.from_pretrained("{repo}", "{cards[0][0]}")', "```", ""]
+    lines += [f'sae = SAE.from_pretrained("{repo}", "{(grouped or [cards[0][0]])[0]}")', "```", ""]
     if grouped:
         lines += [f"{', '.join(f'`{n}`' for n in grouped)} "
                   f"{'is' if len(grouped) == 1 else 'are'} orthosae's grouped adaptive-orthogonal SAE "
                   f"(architecture `{GROUPED_ARCH}`: per-token group decoder biases), which sae_lens loads "
                   "once orthosae's `register_with_sae_lens()` has registered it (install orthosae from its "
                   "repository: `bash setup.sh`). The other runs are plain SAELens architectures.", ""]
-    lines += ["## Evaluation (orthosae report)", ""]
+    lines += ["## Evaluation (orthosae report)"]
     measured = [(n, r) for n, _, _, r in cards if r is not None]
     if measured:
-        lines += ["| SAE | " + " | ".join(label for _, _, label in FIGURES) + " |",
+        lines += ["", "| SAE | " + " | ".join(label for _, _, label in FIGURES) + " |",
                   "|---|" + "---|" * len(FIGURES)]
         lines += [f"| `{n}` | " + " | ".join(_num(_get(r, sec, key)) for sec, key, _ in FIGURES) + " |"
                   for n, r in measured]

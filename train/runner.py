@@ -56,11 +56,22 @@ def _set_keys(section, later: dict) -> dict:
 def run_fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None = None) -> str:
     """Changes when anything that shapes this run's weights changes (settings or cached data).
     ``stream_seed``: the sweep's ``[train] seed`` (data order), counted when it differs from the
-    run's own init seed ``run.train.seed`` (a ``seeds = [...]`` run)."""
+    run's own init seed ``run.train.seed`` (a ``seeds = [...]`` run). A baseline trains no L_ortho:
+    its [train.ortho] counts at the defaults, so `--set train.ortho.alpha=…` (or the same edit in the
+    file) retrains the runs it reaches and leaves the baseline alone."""
+    return _fingerprint(run, reader, stream_seed, run.ortho if run.has_ortho else OrthoConfig())
+
+
+def run_fingerprints(run: RunConfig, reader: StoreReader, stream_seed: int | None = None) -> tuple[str, ...]:
+    """The run's fingerprint, then those earlier releases gave the same run: a finished run whose
+    summary holds one of them is still complete. (Until `pipe --set`, a baseline's fingerprint
+    counted its [train.ortho] section.)"""
+    current = run_fingerprint(run, reader, stream_seed)
+    return (current,) if run.has_ortho else (current, _fingerprint(run, reader, stream_seed, run.ortho))
+
+
+def _fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None, ortho) -> str:
     data = {n: g.attrs.get("tokens_fingerprint") for n, g in reader.corpora().items()}
-    # a baseline trains no L_ortho: [train.ortho] counts at its defaults, so `--set train.ortho.alpha=…`
-    # retrains the runs it reaches and leaves the baseline alone (a default-ortho fingerprint is unchanged)
-    ortho = run.ortho if run.has_ortho else OrthoConfig()
     items = [run.type, _set_keys(run.train, _LATER_DEFAULTS), _set_keys(ortho, _LATER_ORTHO_DEFAULTS), data,
              reader.meta.get("model_id"), reader.meta.get("layer")]
     if stream_seed is not None and stream_seed != run.train.seed:
@@ -69,12 +80,13 @@ def run_fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_is_done(run_dir: Path, fingerprint: str) -> bool:
+def run_is_done(run_dir: Path, fingerprints: str | tuple[str, ...]) -> bool:
     summary = run_dir / "summary.json"
     if not summary.exists():
         return False
     s = json.loads(summary.read_text())
-    return s.get("fingerprint") == fingerprint and s.get("status") in ("complete", "early_stopped")
+    known = (fingerprints,) if isinstance(fingerprints, str) else fingerprints
+    return s.get("fingerprint") in known and s.get("status") in ("complete", "early_stopped")
 
 
 def _run_dir(cfg: Config, run: RunConfig) -> Path:
@@ -143,7 +155,7 @@ def _train(cfg: Config, *, run_names: list[str] | None, force: bool, show_progre
     todo, summaries = [], []
     for run in selected:
         fp = run_fingerprint(run, reader, cfg.train.seed)
-        if not force and run_is_done(_run_dir(cfg, run), fp):
+        if not force and run_is_done(_run_dir(cfg, run), run_fingerprints(run, reader, cfg.train.seed)):
             console.print(f"[green]{run.name}[/]: complete, left alone ({_run_dir(cfg, run)})")
             summaries.append(json.loads((_run_dir(cfg, run) / "summary.json").read_text()))
             continue
@@ -184,7 +196,7 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = None if force else load_checkpoint(run_dir)
         base_seconds[run.name] = 0.0
-        if ckpt is not None and ckpt["fingerprint"] == fp:
+        if ckpt is not None and ckpt["fingerprint"] in run_fingerprints(run, reader, cfg.train.seed):
             trainer.load_state_dict(ckpt["trainer"])
             base_seconds[run.name] = float(ckpt.get("seconds", 0.0))
             saved_step[run.name] = trainer.step

@@ -8,7 +8,7 @@ from pathlib import Path
 from common.config import Config, RunConfig
 from common.store import StoreReader
 from train.checkpoint import CHECKPOINT
-from train.runner import run_fingerprint
+from train.runner import run_fingerprints
 
 
 def _checkpoint_meta(run_dir: Path) -> dict | None:
@@ -30,7 +30,7 @@ def run_status(cfg: Config, run: RunConfig, reader: StoreReader | None) -> dict:
     or data: `pipe train` starts it again), not started. ``reader`` None: the store is missing, so
     the fingerprint cannot be checked and what is on disk is shown as it is."""
     run_dir = Path(cfg.train.runs_dir) / run.name
-    fp = run_fingerprint(run, reader, cfg.train.seed) if reader is not None else None
+    fps = run_fingerprints(run, reader, cfg.train.seed) if reader is not None else None
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     ckpt = _checkpoint_meta(run_dir)
@@ -38,11 +38,11 @@ def run_status(cfg: Config, run: RunConfig, reader: StoreReader | None) -> dict:
     out = {"run": run.name, "type": run.type, "dir": str(run_dir), "status": "not started", "step": 0,
            "total_steps": cfg.train.tokens // cfg.train.batch_size, "l0": None, "ev": None,
            "seconds": None, "checkpoint_step": ckpt_step, "message": ""}
-    if summary is not None and fp in (None, summary.get("fingerprint")):
+    if summary is not None and (fps is None or summary.get("fingerprint") in fps):
         last = summary.get("final") or {}
         out.update(status=summary.get("status"), step=summary.get("steps"), seconds=summary.get("seconds"),
                    message=summary.get("message", ""))
-    elif ckpt is not None and fp in (None, ckpt.get("fingerprint")):
+    elif ckpt is not None and (fps is None or ckpt.get("fingerprint") in fps):
         last = ckpt["trainer"].get("last") or {}
         out.update(status="partial", step=ckpt_step, seconds=ckpt.get("seconds"))
     else:
