@@ -42,13 +42,14 @@ def apply(raw: dict, sets: list[str] | tuple[str, ...], file: Path) -> dict:
     for text in sets:
         path, value = parse(text, file)
         if path[0] == "runs":
-            if len(path) != 3:
+            if len(path) < 3:
                 raise ConfigError(f"{file}: --set {text}: a run's key is runs.<name>.<key>")
-            tables = [t for t in out.get("runs", []) if isinstance(t, dict) and t.get("name") == path[1]]
+            name = ".".join(path[1:-1])  # run names may hold dots (adaptive-a0.04); keys do not
+            tables = [t for t in out.get("runs", []) if isinstance(t, dict) and t.get("name") == name]
             if not tables:
                 names = ", ".join(str(t.get("name")) for t in out.get("runs", []) if isinstance(t, dict))
-                raise ConfigError(f"{file}: --set {text}: no [[runs]] table named {path[1]!r} (have: {names})")
-            tables[0][path[2]] = value
+                raise ConfigError(f"{file}: --set {text}: no [[runs]] table named {name!r} (have: {names})")
+            tables[0][path[-1]] = value
             continue
         table = out
         for i, part in enumerate(path[:-1]):
@@ -70,8 +71,8 @@ def blames(message: str, text: str) -> bool:
     """Whether a config error ``message`` is about the key that ``--set text`` set (the error then
     says so): ``[train.ortho] alpha:`` for train.ortho.alpha, ``[[runs]] a… k:`` for runs.a.k."""
     path = text.partition("=")[0].strip().split(".")
-    if path[0] == "runs" and len(path) == 3:
-        return f"[[runs]] {path[1]}" in message and f" {path[2]}:" in message
+    if path[0] == "runs" and len(path) >= 3:
+        return f"[[runs]] {'.'.join(path[1:-1])}" in message and f" {path[-1]}:" in message
     if len(path) == 1:
         return f"[{path[0]}]" in message
     if f"[{'.'.join(path[:-1])}] {path[-1]}:" in message:

@@ -24,6 +24,13 @@ def test_overrides_set_keys_of_every_section(tmp_path):
     assert cfg.run("baseline").ortho.alpha == 0.02 and all(r.train.lr == 3e-4 for r in cfg.runs)
     assert cfg.sets[0] == "train.lr=3e-4" and len(cfg.sets) == 8
     assert load_config(path).sets == () and load_config(path).train.lr == 3e-3
+    # run names may hold dots: the key is the last part
+    dotted = write_config(tmp_path, runs='[[runs]]\nname = "fixed-a0.1"\ntype = "fixed"\n')
+    cfg = load_config(dotted, ["runs.fixed-a0.1.alpha=[0.1, 0.2]"])
+    assert [(r.name, r.ortho.alpha) for r in cfg.runs] == [("fixed-a0.1-alpha0.1", 0.1), ("fixed-a0.1-alpha0.2", 0.2)]
+    with pytest.raises(ConfigError, match=r"\[\[runs\]\] fixed-a0.1 alpha: must be >= 0, got -1 "
+                                          r"\(from --set runs.fixed-a0.1.alpha=-1\)"):
+        load_config(dotted, ["runs.fixed-a0.1.alpha=-1"])
     # later wins, as a second line of the same key would in a merged file
     assert load_config(path, ["train.lr=1e-3", "train.lr=2e-3"]).train.lr == 2e-3
 
