@@ -15,7 +15,7 @@ from common.config import load_config
 from common.store import StoreReader
 from tests._configs import tiny_eval, write_tiny_pipeline
 from train.export import load_sae
-from train.sparsity import feature_density
+from train.sparsity import feature_density, sparsity_rows
 
 RUNS = """
 [[runs]]
@@ -45,10 +45,9 @@ def test_every_export_writes_sparsity(piped):
     for name in ("baseline", "adaptive"):
         log10 = load_file(str(tmp / "runs" / name / "sparsity.safetensors"))["sparsity"]
         sae, _ = load_sae(tmp / "runs" / name)  # raw-activation weights: density on raw rows
-        density = feature_density(sae, reader, ["retain", "forget"], 1.0)
+        density = feature_density(sae, sparsity_rows(reader, ["retain", "forget"]), 1.0)
         assert log10.shape == (128,) and torch.allclose(log10, torch.log10(density + 1e-10), atol=1e-4)
-        assert 0 < (log10 > -10).sum() < 128 or (log10 > -10).all()  # real densities, not a constant
-        assert log10.max() <= 0 and log10.std() > 0
+        assert (log10 > -10).any() and log10.max() <= 0 and log10.std() > 0  # real densities, not a constant
 
 
 def test_staged_repo_file_by_file(piped):

@@ -70,9 +70,9 @@ def _ensure_sparsity(cfg: Config, run_dir: Path) -> None:
     from common.store import open_store_for
     from train.export import load_sae
     from train.runner import train_corpora
-    from train.sparsity import feature_density, save_sparsity
+    from train.sparsity import feature_density, save_sparsity, sparsity_rows
     sae, _ = load_sae(run_dir)  # raw-activation weights: the rows need no scale
-    save_sparsity(run_dir, feature_density(sae, open_store_for(cfg), train_corpora(cfg), 1.0))
+    save_sparsity(run_dir, feature_density(sae, sparsity_rows(open_store_for(cfg), train_corpora(cfg)), 1.0))
 
 
 def stage(cfg: Config, run_names: list[str], repo: str, dest: Path | None = None) -> Path:

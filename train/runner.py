@@ -34,7 +34,7 @@ from common.store import StoreReader, open_store_for
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.export import save_sae
 from train.sae import make_sae
-from train.sparsity import feature_density, save_sparsity
+from train.sparsity import feature_density, save_sparsity, sparsity_rows
 from train.stream import ActivationStream, estimate_scale
 from train.trainer import Trainer
 
@@ -101,8 +101,9 @@ def _checkpoint(cfg: Config, trainer: Trainer, fingerprint: str, scale: float, s
 
 
 def _finish(cfg: Config, trainer: Trainer, reader: StoreReader, scale: float, fingerprint: str,
-            seconds: float) -> dict:
-    """Export the SAE (SAELens layout) and write the run's summary."""
+            seconds: float, density_rows) -> dict:
+    """Export the SAE (SAELens layout, with sparsity.safetensors measured on ``density_rows()``)
+    and write the run's summary."""
     run, run_dir = trainer.run, _run_dir(cfg, trainer.run)
     if trainer.status != "failed":
         save_sae(trainer.sae, run_dir, scale=scale, extra_cfg={
@@ -111,7 +112,7 @@ def _finish(cfg: Config, trainer: Trainer, reader: StoreReader, scale: float, fi
             "store": cfg.harvest.store, "run_name": run.name, "run_type": run.type,
             "steps": trainer.step, "prepend_bos": True, "exclude_special_tokens": True,
             **({"sets": list(cfg.sets)} if cfg.sets else {})})  # `pipe --set` overrides it trained under
-        save_sparsity(run_dir, feature_density(trainer.sae, reader, train_corpora(cfg), scale))
+        save_sparsity(run_dir, feature_density(trainer.sae, density_rows(), scale))
     summary = {"run": run.name, "type": run.type, "status": trainer.status, "message": trainer.message,
                "steps": trainer.step, "seconds": round(seconds, 2), "fingerprint": fingerprint,
                "activation_scale": scale, "store": cfg.harvest.store, "config": str(cfg.path),
@@ -259,6 +260,13 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
             if t.running and saved_step.get(t.run.name) != t.step and t.check_finite():
                 checkpoint(t)  # the same checkpoint a periodic save writes: resume is bitwise
             saved.append(f"{t.run.name} step {t.step}" + ("" if t.running else f" ({t.status})"))
+    cached: list = []
+
+    def density_rows():  # read once, shared by every run this sweep exports
+        if not cached:
+            cached.append(sparsity_rows(reader, corpora))
+        return cached[0]
+
     for t in trainers:
         if t.running and not stopped:
             t.status = "complete"
@@ -267,7 +275,7 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
         if t.status != "failed":
             checkpoint(t)
         seconds = base_seconds[t.run.name] + time.perf_counter() - t0
-        summaries.append(_finish(cfg, t, reader, scale, fingerprints[t.run.name], seconds))
+        summaries.append(_finish(cfg, t, reader, scale, fingerprints[t.run.name], seconds, density_rows))
         colour = {"complete": "green", "early_stopped": "yellow", "failed": "red"}[t.status]
         console.print(f"[{colour}]{t.run.name}[/]: {t.status} at step {t.step}  "
                       f"L0 {t.last.get('l0', float('nan')):.1f}  "

@@ -19,21 +19,24 @@ SPARSITY_ROWS = 16384
 BATCH = 4096
 
 
-@torch.no_grad()
-def feature_density(sae, reader: StoreReader, corpora: list[str], scale: float, rows: int = SPARSITY_ROWS) -> torch.Tensor:
-    """Fraction of rows on which each feature fires (``sae.encode`` > 0), over up to ``rows`` raw
-    rows scaled by ``scale`` (the SAE's training inputs), float32 on CPU."""
+def sparsity_rows(reader: StoreReader, corpora: list[str], rows: int = SPARSITY_ROWS) -> torch.Tensor:
+    """Up to ``rows`` raw rows: the first of each training corpus, in proportion to its size (read
+    once per sweep and shared by its runs)."""
     info = reader.corpora()
     total = sum(info[c].n_rows for c in corpora)
+    return torch.cat([reader.read_rows(c, 0, min(info[c].n_rows, -(-rows * info[c].n_rows // total)))
+                      for c in corpora])
+
+
+@torch.no_grad()
+def feature_density(sae, rows: torch.Tensor, scale: float) -> torch.Tensor:
+    """Fraction of ``rows`` (raw, scaled by ``scale`` into the SAE's inputs) on which each feature
+    fires (``sae.encode`` > 0), float32 on CPU."""
     fired = torch.zeros(sae.d_sae, dtype=torch.float64)
-    seen = 0
-    for c in corpora:
-        take = min(info[c].n_rows, -(-rows * info[c].n_rows // total))
-        for lo in range(0, take, BATCH):
-            x = reader.read_rows(c, lo, min(lo + BATCH, take)).to(sae.device, sae.dtype) * scale
-            fired += (sae.encode(x) > 0).sum(0).double().cpu()
-            seen += x.shape[0]
-    return (fired / max(seen, 1)).float()
+    for lo in range(0, rows.shape[0], BATCH):
+        x = rows[lo:lo + BATCH].to(sae.device, sae.dtype) * scale
+        fired += (sae.encode(x) > 0).sum(0).double().cpu()
+    return (fired / max(rows.shape[0], 1)).float()
 
 
 def save_sparsity(run_dir: str | Path, density: torch.Tensor) -> Path:
