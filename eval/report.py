@@ -269,7 +269,8 @@ def _save(fig, out_dir: Path, name: str) -> str:
 
 def _sets_line(cfg: Config) -> str:
     """The `pipe --set` overrides of this evaluation, under the config line (nothing without)."""
-    return ("\n\nCommand-line overrides: " + " ".join(f"`--set {s}`" for s in cfg.sets)) if cfg.sets else ""
+    sets = getattr(cfg, "sets", ())  # a Config has them; notebooks may pass a partial stand-in
+    return ("\n\nCommand-line overrides: " + " ".join(f"`--set {s}`" for s in sets)) if sets else ""
 
 
 def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict, timings: dict) -> Path:
@@ -278,7 +279,7 @@ def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict,
     conditions = aggregate(results)  # seeds -> conditions (eval/aggregate.py)
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "orthosae_version": __version__,
-        "config": str(cfg.path), "sets": list(cfg.sets), "store": reader.url, "store_meta": reader.meta,
+        "config": str(cfg.path), "sets": list(getattr(cfg, "sets", ())), "store": reader.url, "store_meta": reader.meta,
         "runs_dir": cfg.train.runs_dir, "headline_explained_variance": HEADLINE_EV,
         "runs": results, "comparison": comp, "conditions": conditions, "timings_s": timings, "plots": [],
     }
