@@ -36,5 +36,7 @@ if [ "${1:-}" = "--test" ]; then
   step "sae-bench 0.6.0 without its dependencies (test peer)" python -m pip install --no-deps sae-bench==0.6.0
   # the one module sae-bench's core and unlearning evals import that we lack
   step "tabulate (for sae-bench)" python -m pip install tabulate
+  # the optional run trackers, so the tests read back what each one logged (offline)
+  step "run trackers: orthosae[wandb,trackio]" python -m pip install -e ".[wandb,trackio]"
 fi
 echo "setup: done, .venv is ready"

@@ -17,8 +17,8 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from common import events, preempt
-from common.config import load_config
+from common import events, preempt, tracker
+from common.config import ConfigError, load_config
 from common.errors import WRITE_ERRNOS, UserError, first_line, one_line, os_error_line
 from common.progress import configure, console, hms
 
@@ -79,20 +79,24 @@ def _job(ctx: click.Context, command: str):
     cfg = _config(ctx)
     with preempt.handle_signals():
         events.start(cfg, command, ctx.meta.get("argv", []))
+        tracker.attach(cfg)  # [log] tracker: mirrors this job's events to wandb / trackio
         yield cfg
 
 
 @click.group(cls=_Cli)
 @click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True,
               type=click.Path(dir_okay=False), help="pipeline config (TOML)")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override a config key, e.g. --set train.lr=3e-4 --set train.ortho.alpha=[0,0.04] "
+              "(repeatable; checked as the file is; README, Use with your tools)")
 @click.pass_context
-def main(ctx: click.Context, config_path: str) -> None:
+def main(ctx: click.Context, config_path: str, sets: tuple[str, ...]) -> None:
     """orthosae: harvest activations, train orthogonal grouped SAEs, evaluate unlearning."""
-    ctx.obj = {"config_path": config_path}
+    ctx.obj = {"config_path": config_path, "sets": sets}
 
 
 def _config(ctx: click.Context):
-    cfg = load_config(ctx.obj["config_path"])
+    cfg = load_config(ctx.obj["config_path"], ctx.obj.get("sets", ()))
     configure(cfg.log.progress_seconds, cfg.log.progress_percent)
     return cfg
 
@@ -201,6 +205,57 @@ def inspect_(ctx: click.Context, run_names: tuple[str, ...], top_k: int, max_row
     with _job(ctx, "inspect") as cfg:
         root = build_browser(cfg, run_names=list(run_names) or None, top_k=top_k, max_rows=max_rows)
     console.print(f"[green]inspect done[/]: feature browser in [bold]{root}/index.html[/] (open it from disk)")
+
+
+@main.command()
+@click.argument("run_names", nargs=-1, required=True, metavar="RUN...")
+@click.option("--repo", required=True, metavar="OWNER/NAME", help="Hugging Face model repo (created if absent)")
+@click.option("--private", is_flag=True, help="create the repo private")
+@click.option("--dry-run", is_flag=True, help="stage the repo's files and the model card only; upload nothing")
+@click.pass_context
+def push(ctx: click.Context, run_names: tuple[str, ...], repo: str, private: bool, dry_run: bool) -> None:
+    """Upload trained runs to the Hugging Face Hub in SAELens' layout, with a model card."""
+    from train.push import PushError, check_repo, stage, upload
+    with _job(ctx, "push") as cfg:
+        check_repo(cfg, repo)
+        staged = stage(cfg, list(run_names), repo)
+        console.print(f"staged {len(run_names)} run(s) + model card in [bold]{staged}/[/]")
+        if dry_run:
+            return
+        try:
+            url = upload(staged, repo, private=private)
+        except PushError as e:
+            _fail(str(e), EXIT_RUN_FAILED)
+    console.print(f"[green]push done[/]: [bold]{url}[/]")
+
+
+@main.command("export-cache")
+@click.option("--format", "fmt", type=click.Choice(["saelens"]), default="saelens", show_default=True,
+              help="saelens: the Hugging Face datasets folder SAELens' cached-activation path reads")
+@click.option("--out", default=None, help="output folder (default: the store's path + '-saelens')")
+@click.option("--corpus", "corpora", multiple=True, help="store corpus to export (repeatable; default: "
+              "the config's training corpora)")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.pass_context
+def export_cache(ctx: click.Context, fmt: str, out: str | None, corpora: tuple[str, ...], dtype: str) -> None:
+    """Write the store's training rows as another tool's activation cache (SAELens)."""
+    from harvest.export_cache import export_saelens, saelens_snippet
+    from common.progress import progress
+    from common.store import open_store_for
+    with _job(ctx, "export-cache") as cfg:
+        reader = open_store_for(cfg)
+        names = list(corpora) or [n for n, c in cfg.corpora.items() if c.split == "train"]
+        if out is None:
+            if "://" in cfg.harvest.store:
+                raise ConfigError(f"{cfg.path}: [harvest] store: {cfg.harvest.store} is remote; give --out")
+            out = str(Path(cfg.harvest.store.rstrip("/")).with_suffix("")) + f"-{fmt}"
+        info = reader.corpora()
+        with progress("chunk") as bar:
+            task = bar.add_task("export-cache", total=sum(info[n].n_chunks for n in names if n in info))
+            result = export_saelens(reader, names, Path(out), dtype=dtype, progress=lambda k: bar.advance(task, k))
+    console.print(f"[green]export-cache done[/]: {result.contexts:,} contexts ({result.rows:,} rows, "
+                  f"{', '.join(result.corpora)}) -> [bold]{result.path}[/]")
+    console.print(Text("SAELens: " + saelens_snippet(result, cfg.model.id)))
 
 
 def _store_urls(cfg, paths: tuple[str, ...]) -> list[str]:

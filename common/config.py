@@ -7,6 +7,7 @@ current working directory (as in SAELens and most CLIs), so the same file works 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 import math
 import tomllib
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import overrides
 from common.errors import UserError
+
 
 
 class ConfigError(UserError, ValueError):
@@ -254,6 +257,11 @@ class LogConfig:
                                    "progress events in the event log (0 = at every update)")
     progress_percent: int = _key(25, _percent, "also a line and an event at every this many percent "
                                  "(25: 0/25/50/75/100 %)")
+    tracker: str = _key("none", _choice("none", "wandb", "trackio"), "run tracker: wandb (`pip install "
+                        "'orthosae[wandb]'`; WANDB_MODE=offline without network) or trackio (local SQLite; "
+                        "`pip install 'orthosae[trackio]'`): one tracked run per SAE run, grouped by config "
+                        "(README, Use with your tools)")
+    tracker_project: str = _key("orthosae", doc="the tracker's project the runs are logged to")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,6 +275,7 @@ class Config:
     runs: list[RunConfig]
     eval: EvalConfig
     log: LogConfig = field(default_factory=LogConfig)
+    sets: tuple[str, ...] = ()  # the `pipe --set KEY=VALUE` overrides applied over the file, in order
 
     def run(self, name: str) -> RunConfig:
         for run in self.runs:
@@ -471,7 +480,9 @@ def _asdict(section) -> dict:
     return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Config:
+    """The validated config of ``path``, with ``pipe --set KEY=VALUE`` overrides ``sets`` applied
+    to the TOML first (common/overrides.py), so they pass the same checks as the file's own keys."""
     file = Path(path)
     try:
         raw = tomllib.loads(file.read_text())
@@ -479,6 +490,18 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{file}: config file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{file}: not valid TOML: {e}") from None
+    if not sets:
+        return _load(file, raw)
+    try:
+        return dataclasses.replace(_load(file, overrides.apply(raw, sets, file)), sets=tuple(sets))
+    except ConfigError as e:
+        blamed = [s for s in sets if overrides.blames(str(e), s)]
+        if not blamed or "--set" in str(e):
+            raise
+        raise ConfigError(f"{e} (from --set {blamed[-1]})") from None
+
+
+def _load(file: Path, raw: dict) -> Config:
     sections = {"model", "harvest", "corpora", "train", "runs", "eval", "log"}
     for key in raw:
         if key not in sections:
@@ -522,6 +545,9 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{file}: [eval.unlearning] modes: unknown mode {sorted(bad_modes)[0]!r} "
                           "(known: mcq, loss)")
     log = _build(LogConfig, raw.get("log", {}), "[log]", file)
+    if log.tracker != "none" and importlib.util.find_spec(log.tracker) is None:
+        raise ConfigError(f"{file}: [log] tracker: {log.tracker!r} is not installed: "
+                          f"pip install 'orthosae[{log.tracker}]' (or set tracker = \"none\")")
     return Config(path=file, model=model, harvest=harvest, corpora=corpora, train=train,
                   ortho=ortho, runs=runs, eval=evaluation, log=log)
 

@@ -81,6 +81,35 @@ def start(cfg, command: str, argv: list[str]) -> EventLog:
     return _current
 
 
+_listeners: list = []  # in-process subscribers (common/tracker.py): every event, and `observe`d ones
+
+
+def listen(fn) -> None:
+    """Call ``fn(record)`` with each event from now until the invocation's final event; ``record``
+    is ``{"event", "stage", **fields}``. A listener that raises is dropped with one warning line:
+    a tracker never stops the pipeline."""
+    _listeners.append(fn)
+
+
+def _tell(event: str, fields: dict) -> None:
+    record = {"event": event, "stage": None if _current is None else _current.stage, **fields}
+    for fn in list(_listeners):
+        try:
+            fn(record)
+        except Exception as e:  # noqa: BLE001 - reported once, then that listener is gone
+            _listeners.remove(fn)
+            from common.errors import first_line
+            from common.progress import console
+            console.print(f"[yellow]warning: {getattr(fn, 'name', 'listener')} stopped at event {event!r}: "
+                          f"{type(e).__name__}: {first_line(e)}; the pipeline goes on[/]", highlight=False)
+
+
+def observe(event: str, **fields) -> None:
+    """An event for listeners only (not the event log): the training log records, a run's config."""
+    if _listeners:
+        _tell(event, fields)
+
+
 def set_stage(stage: str) -> None:
     if _current is not None:
         _current.stage = stage
@@ -90,11 +119,16 @@ def emit(event: str, **fields) -> None:
     """Write one event to the open log (no-op without one)."""
     if _current is not None:
         _current.emit(event, **fields)
+    if _listeners:
+        _tell(event, fields)
 
 
 def finish(event: str, exit_code: int, **fields) -> None:
     """Write the final line and close the log (no-op without one, or when already closed)."""
     global _current
+    if _listeners:
+        _tell(event, {"exit_code": exit_code, **fields})
+        _listeners.clear()
     if _current is not None:
         _current.finish(event, exit_code, **fields)
         _current = None

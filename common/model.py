@@ -17,6 +17,7 @@ from common.progress import quiet_library_bars
 from common.wheels import cache_root
 
 EMBEDDED_GEMMA = "embedded:gemma-3-270m"
+EMBEDDED_HUB_ID = "google/gemma-3-270m"  # the Hub model it is a GGUF build of (model cards, SAELens)
 SOURCE_FILE = "orthosae-source.json"
 CACHE_FORMAT = "dense1"  # bump when the conversion changes, so old caches are rebuilt
 

@@ -139,7 +139,7 @@ def _markdown(cfg: Config, reader: StoreReader, results: dict, comp: dict, timin
 
 Config `{cfg.path}` · store `{reader.url}` ({meta.get('model_id')}, layer {meta.get('layer')} {meta.get('hook')},
 d_model {meta.get('d_model')}) · runs {', '.join(f'`{cfg.train.runs_dir}/{n}`' for n in names)} ·
-orthosae {__version__} · {time.strftime('%Y-%m-%d %H:%M:%S')}
+orthosae {__version__} · {time.strftime('%Y-%m-%d %H:%M:%S')}{_sets_line(cfg)}
 
 ## Reconstruction (held-out rows; headline EV = `{HEADLINE_EV}`, the corrected SAELens definition)
 {_table(["run", "type", "α", "L0", "EV", "EV legacy (SAEBench)", "EV dictionary_learning", "MSE", "cos sim", "L2 ratio", "rel. bias", "dead", "dense (> 10 %)"], rec)}
@@ -267,13 +267,19 @@ def _save(fig, out_dir: Path, name: str) -> str:
     return name
 
 
+def _sets_line(cfg: Config) -> str:
+    """The `pipe --set` overrides of this evaluation, under the config line (nothing without)."""
+    sets = getattr(cfg, "sets", ())  # a Config has them; notebooks may pass a partial stand-in
+    return ("\n\nCommand-line overrides: " + " ".join(f"`--set {s}`" for s in sets)) if sets else ""
+
+
 def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict, timings: dict) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     comp = comparison(results)
     conditions = aggregate(results)  # seeds -> conditions (eval/aggregate.py)
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "orthosae_version": __version__,
-        "config": str(cfg.path), "store": reader.url, "store_meta": reader.meta,
+        "config": str(cfg.path), "sets": list(getattr(cfg, "sets", ())), "store": reader.url, "store_meta": reader.meta,
         "runs_dir": cfg.train.runs_dir, "headline_explained_variance": HEADLINE_EV,
         "runs": results, "comparison": comp, "conditions": conditions, "timings_s": timings, "plots": [],
     }

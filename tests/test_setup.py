@@ -47,7 +47,8 @@ def test_clean_setup_says_what_it_installed_and_nothing_alarming(tmp_path):
     calls = (tmp_path / ".venv/bin/calls").read_text().splitlines()
     assert [c for c in calls if "install" in c] == [
         "-m pip install --upgrade pip", "-m pip install -e .[test]", "-m pip install sae-lens==6.54.12",
-        "-m pip install --no-deps sae-bench==0.6.0", "-m pip install tabulate"]
+        "-m pip install --no-deps sae-bench==0.6.0", "-m pip install tabulate",
+        "-m pip install -e .[wandb,trackio]"]
 
 
 @pytest.mark.parametrize("args", [(), ("--test",)])

@@ -26,16 +26,18 @@ from pathlib import Path
 import torch
 
 from common import events, preempt
-from common.config import Config, ConfigError, RunConfig
+from common.config import Config, ConfigError, OrthoConfig, RunConfig
 from common.errors import RunError, os_error_line
 from common.model import pick_device
 from common.progress import console, progress
+from common.tracker import run_config
 from common.store import StoreReader, open_store_for
 from train import digests
 from train.checkpoint import NoIntactCheckpoint, load_latest, save_checkpoint
 from train.export import save_sae
 from train.sae import make_sae
 from train.sae_lens_names import sae_lens_metadata
+from train.sparsity import feature_density, save_sparsity, sparsity_rows
 from train.stream import ActivationStream, estimate_scale
 from train.trainer import Trainer
 from train.verify import FINISHED, export_problems, final_checkpoint, load_summary, restart_command
@@ -58,9 +60,23 @@ def _set_keys(section, later: dict) -> dict:
 def run_fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None = None) -> str:
     """Changes when anything that shapes this run's weights changes (settings or cached data).
     ``stream_seed``: the sweep's ``[train] seed`` (data order), counted when it differs from the
-    run's own init seed ``run.train.seed`` (a ``seeds = [...]`` run)."""
+    run's own init seed ``run.train.seed`` (a ``seeds = [...]`` run). A baseline trains no L_ortho:
+    its [train.ortho] counts at the defaults, so `--set train.ortho.alpha=…` (or the same edit in the
+    file) retrains the runs it reaches and leaves the baseline alone."""
+    return _fingerprint(run, reader, stream_seed, run.ortho if run.has_ortho else OrthoConfig())
+
+
+def run_fingerprints(run: RunConfig, reader: StoreReader, stream_seed: int | None = None) -> tuple[str, ...]:
+    """The run's fingerprint, then those earlier releases gave the same run: a finished run whose
+    summary holds one of them is still complete. (Until `pipe --set`, a baseline's fingerprint
+    counted its [train.ortho] section.)"""
+    current = run_fingerprint(run, reader, stream_seed)
+    return (current,) if run.has_ortho else (current, _fingerprint(run, reader, stream_seed, run.ortho))
+
+
+def _fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None, ortho) -> str:
     data = {n: g.attrs.get("tokens_fingerprint") for n, g in reader.corpora().items()}
-    items = [run.type, _set_keys(run.train, _LATER_DEFAULTS), _set_keys(run.ortho, _LATER_ORTHO_DEFAULTS), data,
+    items = [run.type, _set_keys(run.train, _LATER_DEFAULTS), _set_keys(ortho, _LATER_ORTHO_DEFAULTS), data,
              reader.meta.get("model_id"), reader.meta.get("layer")]
     if stream_seed is not None and stream_seed != run.train.seed:
         items.append({"stream_seed": stream_seed})
@@ -68,20 +84,20 @@ def run_fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _finished_run(cfg: Config, run: RunConfig, reader: StoreReader, fingerprint: str) -> dict | None:
+def _finished_run(cfg: Config, run: RunConfig, reader: StoreReader, fingerprints: tuple[str, ...]) -> dict | None:
     """The summary of a run finished with these settings whose export is intact, rewriting a damaged
     export (or summary) from the run's final checkpoint with a line saying so; None: train it.
     ``RunError`` (naming the file and the restart command) when it is damaged past that."""
     run_dir = _run_dir(cfg, run)
     summary, damage = load_summary(run_dir)
     if summary is not None:
-        if summary.get("fingerprint") != fingerprint or summary.get("status") not in FINISHED:
+        if summary.get("fingerprint") not in fingerprints or summary.get("status") not in FINISHED:
             return None
         damage = export_problems(run_dir, summary)
     if not damage:
         return summary
     total = cfg.train.tokens // cfg.train.batch_size
-    ckpt = final_checkpoint(run_dir, fingerprint, total)
+    ckpt = final_checkpoint(run_dir, fingerprints, total)
     if ckpt is None:
         if summary is None and (run_dir / "checkpoint").exists():
             return None  # an unfinished run's summary: training resumes from its checkpoint
@@ -103,8 +119,9 @@ def rewrite_export(cfg: Config, run: RunConfig, reader: StoreReader, state: dict
     trainer.load_state_dict(state["trainer"])
     if trainer.status == "running":  # the periodic checkpoint at the last step, before the final one
         trainer.status = "complete"
+    corpora = train_corpora(cfg)
     return _finish(cfg, trainer, reader, float(state["scale"]), state["fingerprint"],
-                   float(state.get("seconds", 0.0)))
+                   float(state.get("seconds", 0.0)), lambda: sparsity_rows(reader, corpora))
 
 
 def _run_dir(cfg: Config, run: RunConfig) -> Path:
@@ -119,8 +136,9 @@ def _checkpoint(cfg: Config, trainer: Trainer, fingerprint: str, scale: float, s
 
 
 def _finish(cfg: Config, trainer: Trainer, reader: StoreReader, scale: float, fingerprint: str,
-            seconds: float) -> dict:
-    """Export the SAE (SAELens layout) and write the run's summary."""
+            seconds: float, density_rows) -> dict:
+    """Export the SAE (SAELens layout, with sparsity.safetensors measured on ``density_rows()``)
+    and write the run's summary."""
     run, run_dir = trainer.run, _run_dir(cfg, trainer.run)
     files = None
     try:
@@ -129,7 +147,9 @@ def _finish(cfg: Config, trainer: Trainer, reader: StoreReader, scale: float, fi
                 **sae_lens_metadata(reader.meta.get("model_id"), cfg.harvest.layer, cfg.harvest.hook),
                 "context_size": cfg.harvest.context_length,
                 "store": cfg.harvest.store, "run_name": run.name, "run_type": run.type,
-                "steps": trainer.step, "prepend_bos": True, "exclude_special_tokens": True})
+                "steps": trainer.step, "prepend_bos": True, "exclude_special_tokens": True,
+                **({"sets": list(cfg.sets)} if cfg.sets else {})})  # `pipe --set` overrides it trained under
+            save_sparsity(run_dir, feature_density(trainer.sae, density_rows(), scale))
             files = digests.record(run_dir)  # after every export file, whatever the export wrote
         summary = {"run": run.name, "type": run.type, "status": trainer.status, "message": trainer.message,
                    "steps": trainer.step, "seconds": round(seconds, 2), "fingerprint": fingerprint,
@@ -178,7 +198,7 @@ def _train(cfg: Config, *, run_names: list[str] | None, force: bool, show_progre
     todo, summaries = [], []
     for run in selected:
         fp = run_fingerprint(run, reader, cfg.train.seed)
-        done = None if force else _finished_run(cfg, run, reader, fp)
+        done = None if force else _finished_run(cfg, run, reader, run_fingerprints(run, reader, cfg.train.seed))
         if done is not None:
             console.print(f"[green]{run.name}[/]: complete, left alone ({_run_dir(cfg, run)})")
             summaries.append(done)
@@ -255,7 +275,7 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = None if force else _resume_state(cfg, run, run_dir)
         base_seconds[run.name] = 0.0
-        if ckpt is not None and ckpt["fingerprint"] == fp:
+        if ckpt is not None and ckpt["fingerprint"] in run_fingerprints(run, reader, cfg.train.seed):
             trainer.load_state_dict(ckpt["trainer"])
             base_seconds[run.name] = float(ckpt.get("seconds", 0.0))
             saved_step[run.name] = trainer.step
@@ -265,6 +285,8 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
             (run_dir / "log.jsonl").unlink()  # a fresh start: the old log belongs to other weights
         trainers.append(trainer)
         fingerprints[run.name] = fp
+        events.observe("run_start", run=run.name, fingerprint=fp, step=trainer.step,
+                       config=run_config(cfg, run, fp))  # for a run tracker (common/tracker.py)
         logs[run.name] = open(run_dir / "log.jsonl", "a")
 
     running = [t.step for t in trainers if t.running]
@@ -295,6 +317,7 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
                     if record is not None:
                         logs[t.run.name].write(json.dumps(record) + "\n")
                         logs[t.run.name].flush()
+                        events.observe("train_log", run=t.run.name, record=record)
                     if t.status == "failed":
                         console.print(f"[red]{t.run.name}: {t.message}; last good checkpoint kept in "
                                       f"{_run_dir(cfg, t.run) / 'checkpoint'}[/]")
@@ -316,6 +339,13 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
             if t.running and saved_step.get(t.run.name) != t.step and t.check_finite():
                 checkpoint(t)  # the same checkpoint a periodic save writes: resume is bitwise
             saved.append(f"{t.run.name} step {t.step}" + ("" if t.running else f" ({t.status})"))
+    cached: list = []
+
+    def density_rows():  # read once, shared by every run this sweep exports
+        if not cached:
+            cached.append(sparsity_rows(reader, corpora))
+        return cached[0]
+
     for t in trainers:
         if t.running and not stopped:
             t.status = "complete"
@@ -324,7 +354,7 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
         if t.status != "failed":
             checkpoint(t)
         seconds = base_seconds[t.run.name] + time.perf_counter() - t0
-        summaries.append(_finish(cfg, t, reader, scale, fingerprints[t.run.name], seconds))
+        summaries.append(_finish(cfg, t, reader, scale, fingerprints[t.run.name], seconds, density_rows))
         colour = {"complete": "green", "early_stopped": "yellow", "failed": "red"}[t.status]
         console.print(f"[{colour}]{t.run.name}[/]: {t.status} at step {t.step}  "
                       f"L0 {t.last.get('l0', float('nan')):.1f}  "

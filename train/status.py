@@ -8,7 +8,7 @@ from pathlib import Path
 from common.config import Config, RunConfig
 from common.store import StoreReader
 from train.checkpoint import STATE_JSON, candidates, check_folder
-from train.runner import run_fingerprint
+from train.runner import run_fingerprints
 from train.verify import FINISHED, export_problems, load_summary
 
 
@@ -45,7 +45,7 @@ def run_status(cfg: Config, run: RunConfig, reader: StoreReader | None) -> dict:
     or data: `pipe train` starts it again), not started. ``reader`` None: the store is missing, so
     the fingerprint cannot be checked and what is on disk is shown as it is."""
     run_dir = Path(cfg.train.runs_dir) / run.name
-    fp = run_fingerprint(run, reader, cfg.train.seed) if reader is not None else None
+    fps = run_fingerprints(run, reader, cfg.train.seed) if reader is not None else None
     summary, summary_damage = load_summary(run_dir)
     damage = _damage(run_dir, summary, summary_damage)
     ckpt, ckpt_damage = _checkpoint_meta(run_dir)
@@ -53,11 +53,11 @@ def run_status(cfg: Config, run: RunConfig, reader: StoreReader | None) -> dict:
     out = {"run": run.name, "type": run.type, "dir": str(run_dir), "status": "not started", "step": 0,
            "total_steps": cfg.train.tokens // cfg.train.batch_size, "l0": None, "ev": None,
            "seconds": None, "checkpoint_step": ckpt_step, "message": ""}
-    if summary is not None and fp in (None, summary.get("fingerprint")):
+    if summary is not None and (fps is None or summary.get("fingerprint") in fps):
         last = summary.get("final") or {}
         out.update(status=summary.get("status"), step=summary.get("steps"), seconds=summary.get("seconds"),
                    message=summary.get("message", ""))
-    elif ckpt is not None and fp in (None, ckpt.get("fingerprint")):
+    elif ckpt is not None and (fps is None or ckpt.get("fingerprint") in fps):
         last = ckpt["trainer"].get("last") or {}
         out.update(status="partial", step=ckpt_step, seconds=ckpt.get("seconds"))
         if ckpt_damage:

@@ -132,13 +132,14 @@ def checkpoint_problems(run_dir: Path, *, full: bool = True) -> list[tuple[str, 
     return [p for folder in candidates(run_dir) for p in check_folder(folder, full=full)]
 
 
-def final_checkpoint(run_dir: Path, fingerprint: str, total_steps: int):
-    """The run's newest intact checkpoint if it holds the finished run of these settings, else None."""
+def final_checkpoint(run_dir: Path, fingerprints: tuple[str, ...], total_steps: int):
+    """The run's newest intact checkpoint if it holds the finished run of these settings (any of the
+    fingerprints they are known by), else None."""
     try:
         loaded = load_latest(run_dir)
     except NoIntactCheckpoint:
         return None
-    if loaded is None or loaded.state.get("fingerprint") != fingerprint:
+    if loaded is None or loaded.state.get("fingerprint") not in fingerprints:
         return None
     trainer = loaded.state["trainer"]
     if trainer["status"] in FINISHED or (trainer["status"] == "running" and trainer["step"] >= total_steps):
@@ -149,7 +150,7 @@ def final_checkpoint(run_dir: Path, fingerprint: str, total_steps: int):
 def check_run(cfg: Config, run: RunConfig, reader) -> dict:
     """One run's folder checked: ``{"run", "dir", "state", "problems": [{"file", "problem", "part"}],
     "repair"}``. ``repair`` says what ``repair_run`` would do (None: nothing it can do, or nothing to do)."""
-    from train.runner import run_fingerprint
+    from train.runner import run_fingerprints
     run_dir = run_dir_of(cfg, run)
     out = {"run": run.name, "dir": str(run_dir), "state": "not started", "problems": [], "repair": None}
     if not run_dir.exists():
@@ -167,13 +168,13 @@ def check_run(cfg: Config, run: RunConfig, reader) -> dict:
     out["state"] = (summary.get("status") if summary is not None
                     else "damaged" if any(p["part"] == "summary" for p in out["problems"])
                     else "partial" if candidates(run_dir) else "not started")
-    fp = run_fingerprint(run, reader, cfg.train.seed) if reader is not None else None
-    if summary is not None and fp is not None and summary.get("fingerprint") != fp:
+    fp = run_fingerprints(run, reader, cfg.train.seed) if reader is not None else None
+    if summary is not None and fp is not None and summary.get("fingerprint") not in fp:
         out["state"] = "stale"
     needs_rewrite = any(p["part"] in ("export", "summary") for p in out["problems"])
     if needs_rewrite and fp is not None:
         ckpt = final_checkpoint(run_dir, fp, cfg.train.tokens // cfg.train.batch_size)
-        if ckpt is not None and (summary is None or summary.get("fingerprint") == fp):
+        if ckpt is not None and (summary is None or summary.get("fingerprint") in fp):
             out["repair"] = (f"rewrite the export and summary.json from {ckpt.folder.name}/ "
                              f"(step {ckpt.state['trainer']['step']})")
     if out["problems"] and out["repair"] is None:
@@ -204,8 +205,8 @@ def repair_run(cfg: Config, run: RunConfig, reader) -> str | None:
     result = check_run(cfg, run, reader)
     if result["repair"] is None:
         return None
-    from train.runner import run_fingerprint
-    fp = run_fingerprint(run, reader, cfg.train.seed)
+    from train.runner import run_fingerprints
+    fp = run_fingerprints(run, reader, cfg.train.seed)
     ckpt = final_checkpoint(run_dir_of(cfg, run), fp, cfg.train.tokens // cfg.train.batch_size)
     rewrite_export(cfg, run, reader, ckpt.state)
     return result["repair"]

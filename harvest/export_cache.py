@@ -1,0 +1,121 @@
+"""`pipe export-cache --format saelens`: a store's training rows as the Hugging Face ``datasets``
+folder that SAELens' cached-activation path reads (``use_cached_activations = True``,
+``cached_activations_path = <folder>``), so SAELens' own SAEs can train on a harvest made here.
+
+Layout, as SAELens' ``CacheActivationsRunner`` writes it (``Dataset.save_to_disk``): one row per
+context, column ``<hook_name>`` = ``Array2D(shape=(context_size, d_in))`` and ``token_ids`` =
+``Sequence(int32, length=context_size)``, plus our provenance columns ``corpus`` and ``context``
+(SAELens reads only the first two). ``context_size`` is the store's rows per context, T − 1: BOS
+rows are not stored (README, "The activation store"), so set SAELens' ``context_size`` to it.
+
+SAELens serves cached rows in file order (its mixing buffer shuffles only within a window), so
+the corpora's chunks are interleaved in proportion to their size rather than written one corpus
+after the other: each window of the cache holds the corpora in the mix the store has. bfloat16
+has no Arrow type: rows are written as float32 (exact for bf16 and float16) or float16.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.store import StoreError, StoreReader, from_storage
+
+FORMATS = ("saelens",)
+
+
+@dataclass(frozen=True)
+class CacheExport:
+    path: Path
+    hook_name: str
+    context_size: int
+    d_in: int
+    contexts: int
+    rows: int
+    corpora: list[str]
+
+
+def hook_name(meta: dict) -> str:
+    """The TransformerLens hook name of the store's layer (what SAELens' ``hook_name`` expects)."""
+    return f"blocks.{meta['layer']}.hook_{meta['hook']}"
+
+
+def chunk_order(n_chunks: dict[str, int]) -> list[tuple[str, int]]:
+    """Every (corpus, chunk), interleaved by position: chunk k of a corpus with n chunks sits at
+    (k + 0.5) / n, so any stretch of the cache holds the corpora in proportion to their size."""
+    items = [((k + 0.5) / n, name, k) for name, n in n_chunks.items() for k in range(n)]
+    return [(name, k) for _, name, k in sorted(items)]
+
+
+def export_saelens(reader: StoreReader, corpora: list[str], out: Path, *, dtype: str = "float32",
+                   progress=None) -> CacheExport:
+    """Write ``corpora`` of ``reader`` to ``out`` (replaced when it exists); returns what was written."""
+    from datasets import Array2D, Dataset, Features, Sequence, Value, concatenate_datasets
+
+    if dtype not in ("float32", "float16"):
+        raise StoreError(f"export-cache: dtype must be float32 or float16, got {dtype!r}")
+    info = reader.corpora()
+    for name in corpora:
+        if name not in info:
+            raise StoreError(f"{reader.url}: has no corpus {name!r} (has: {', '.join(info)})")
+    reader.require_complete(corpora)
+    ctx = {info[n].rows_per_context for n in corpora}
+    if len(ctx) != 1:
+        raise StoreError(f"{reader.url}: corpora {corpora} differ in rows per context {sorted(ctx)}")
+    context_size, d_in, hook = ctx.pop(), reader.d_model, hook_name(reader.meta)
+    features = Features({hook: Array2D(shape=(context_size, d_in), dtype=dtype),
+                         "token_ids": Sequence(Value("int32"), length=context_size),
+                         "corpus": Value("string"), "context": Value("int32")})
+    out = Path(out)
+    if out.exists() and not (out / "orthosae_cache.json").is_file():
+        raise StoreError(f"{out}: exists and is not a cache this command wrote; choose another --out")
+    shards_dir = out.with_name(out.name + ".shards")  # beside it: `out` itself is replaced at the end
+    shutil.rmtree(shards_dir, ignore_errors=True)
+    shards, contexts = [], 0
+    try:
+        for name, k in chunk_order({n: info[n].n_chunks for n in corpora}):
+            c = info[name]
+            start, stop = k * c.rows_per_chunk, min((k + 1) * c.rows_per_chunk, c.n_rows)
+            n_ctx = (stop - start) // context_size
+            acts = from_storage(reader.read_stored(name, start, stop), reader.storage_dtype).numpy()
+            tokens = reader.read_tokens(name, start, stop)
+            shard = Dataset.from_dict({
+                hook: acts.astype(dtype).reshape(n_ctx, context_size, d_in),
+                "token_ids": tokens.astype(np.int32).reshape(n_ctx, context_size),
+                "corpus": [name] * n_ctx,
+                "context": np.arange(start // context_size, start // context_size + n_ctx, dtype=np.int32),
+            }, features=features)
+            path = shards_dir / f"{len(shards):06d}"
+            shard.save_to_disk(str(path))
+            shards.append(path)
+            contexts += n_ctx
+            if progress is not None:
+                progress(1)
+        whole = concatenate_datasets([Dataset.load_from_disk(str(p)) for p in shards])
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        whole.save_to_disk(str(tmp))
+        (tmp / "orthosae_cache.json").write_text(json.dumps({
+            "store": reader.url, "store_meta": reader.meta, "corpora": corpora, "hook_name": hook,
+            "context_size": context_size, "d_in": d_in, "dtype": dtype, "order": "chunks interleaved "
+            "by position (harvest/export_cache.py chunk_order)"}, indent=1, default=str))
+        del whole
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(shards_dir, ignore_errors=True)
+    return CacheExport(path=out, hook_name=hook, context_size=context_size, d_in=d_in,
+                       contexts=contexts, rows=contexts * context_size, corpora=list(corpora))
+
+
+def saelens_snippet(e: CacheExport, model_name: str) -> str:
+    """The SAELens runner settings that read this cache (printed by the CLI, shown in README)."""
+    from common.model import EMBEDDED_GEMMA, EMBEDDED_HUB_ID
+    model_name = EMBEDDED_HUB_ID if model_name == EMBEDDED_GEMMA else model_name
+    return (f"LanguageModelSAERunnerConfig(model_name={model_name!r}, hook_name={e.hook_name!r}, "
+            f"context_size={e.context_size}, use_cached_activations=True, "
+            f"cached_activations_path={str(e.path)!r}, training_tokens={e.rows}, "
+            f"sae=StandardTrainingSAEConfig(d_in={e.d_in}, ...), ...)")

@@ -1,0 +1,152 @@
+"""`pipe --set KEY=VALUE`: applied before validation (the file's own checks and one-line errors),
+recorded in cfg.json, counted in the run fingerprints so only the runs a setting reaches retrain."""
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from common.cli import main
+from common.config import ConfigError, load_config
+from tests.test_train import SWEEP, make_store, write_config
+
+
+def test_overrides_set_keys_of_every_section(tmp_path):
+    path = write_config(tmp_path, runs=SWEEP)
+    cfg = load_config(path, ["train.lr=3e-4", "train.ortho.alpha=0.02", "corpora.retain.tokens=50",
+                             "harvest.layer=1", "train.device=cpu", 'eval.unlearning.modes=["loss"]',
+                             "runs.fixed.alpha=[0.1,0.3]", "log.progress_seconds=5"])
+    assert cfg.train.lr == 3e-4 and cfg.ortho.alpha == 0.02 and cfg.corpora["retain"].tokens == 50
+    assert cfg.harvest.layer == 1 and cfg.eval.unlearning.modes == ["loss"] and cfg.log.progress_seconds == 5
+    # a run's own table: the list expands as it would in the file; the others take the new [train.ortho]
+    assert [r.name for r in cfg.runs] == ["baseline", "fixed-alpha0.1", "fixed-alpha0.3", "adaptive"]
+    assert cfg.run("fixed-alpha0.3").ortho.alpha == 0.3 and cfg.run("adaptive").ortho.alpha == 0.0
+    assert cfg.run("baseline").ortho.alpha == 0.02 and all(r.train.lr == 3e-4 for r in cfg.runs)
+    assert cfg.sets[0] == "train.lr=3e-4" and len(cfg.sets) == 8
+    assert load_config(path).sets == () and load_config(path).train.lr == 3e-3
+    # run names may hold dots: the key is the last part
+    dotted = write_config(tmp_path, runs='[[runs]]\nname = "fixed-a0.1"\ntype = "fixed"\n')
+    cfg = load_config(dotted, ["runs.fixed-a0.1.alpha=[0.1, 0.2]"])
+    assert [(r.name, r.ortho.alpha) for r in cfg.runs] == [("fixed-a0.1-alpha0.1", 0.1), ("fixed-a0.1-alpha0.2", 0.2)]
+    with pytest.raises(ConfigError, match=r"\[\[runs\]\] fixed-a0.1 alpha: must be >= 0, got -1 "
+                                          r"\(from --set runs.fixed-a0.1.alpha=-1\)"):
+        load_config(dotted, ["runs.fixed-a0.1.alpha=-1"])
+    # later wins, as a second line of the same key would in a merged file
+    assert load_config(path, ["train.lr=1e-3", "train.lr=2e-3"]).train.lr == 2e-3
+
+
+@pytest.mark.parametrize("key, value, in_file", [
+    ("train.lr", "-1", "[train]\nlr = -1"),
+    ("train.lrr", "1", "[train]\nlrr = 1"),
+    ("train.ortho.alpha", '"x"', '[train.ortho]\nalpha = "x"'),
+    ("harvest.layer", "abc", '[harvest]\nlayer = "abc"'),
+    ("train.ortho.alpha_mode", "cosine", '[train.ortho]\nalpha_mode = "cosine"'),
+    ("corpora.retain.tokens", "0", "[corpora.retain]\ntokens = 0"),
+])
+def test_a_bad_override_fails_as_the_same_line_in_the_file(tmp_path, key, value, in_file):
+    """The override's error is the file's error for the same value, plus which --set it came from."""
+    good = write_config(tmp_path, runs=SWEEP)
+    text = good.read_text()
+    section, line = in_file.split("\n")
+    k = line.split(" = ")[0]
+    # the same value written into the file itself
+    lines, out, inside = text.splitlines(), [], False
+    for ln in lines:
+        if ln.strip().startswith("["):
+            inside = ln.strip() == section
+        if inside and ln.split(" = ")[0].strip() == k:
+            continue
+        out.append(ln)
+        if ln.strip() == section:
+            out.append(line)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("\n".join(out) + "\n")
+    with pytest.raises(ConfigError) as from_file:
+        load_config(bad)
+    with pytest.raises(ConfigError) as from_set:
+        load_config(good, [f"{key}={value}"])
+    assert str(from_set.value) == str(from_file.value).replace(str(bad), str(good)) + f" (from --set {key}={value})"
+
+
+def test_bad_override_on_the_command_line_is_one_line_exit_2(tmp_path):
+    path = write_config(tmp_path, runs=SWEEP)
+    for args, needle in [(["--set", "train.lr=-1"], "[train] lr: must be > 0, got -1 (from --set train.lr=-1)"),
+                         (["--set", "train.lr"], "--set train.lr: expected KEY=VALUE"),
+                         (["--set", "runs.nope.alpha=1"], "no [[runs]] table named 'nope' (have: baseline, fixed, adaptive)"),
+                         (["--set", "train.ortho=1"], "train.ortho is a table"),
+                         (["--set", "train.lr=[1,"], "is not a TOML value")]:
+        res = CliRunner().invoke(main, ["--config", str(path), *args, "train"])
+        assert res.exit_code == 2, (args, res.output)
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and needle in lines[0], (args, res.output)
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_override_retrains_only_the_runs_it_reaches_and_is_recorded(tmp_path):
+    make_store(str(tmp_path / "s.zarr"))
+    path = write_config(tmp_path, runs=SWEEP, tokens=10_240)
+    runner = CliRunner()
+    res = runner.invoke(main, ["--config", str(path), "train"])
+    assert res.exit_code == 0, res.output
+    runs = tmp_path / "runs"
+    before = {n: json.loads((runs / n / "summary.json").read_text())["fingerprint"]
+              for n in ("baseline", "fixed", "adaptive")}
+    assert "sets" not in json.loads((runs / "baseline/cfg.json").read_text())  # nothing new unless asked
+
+    # [train.ortho] reaches fixed and adaptive only: the baseline (no L_ortho) is left alone
+    res = runner.invoke(main, ["--config", str(path), "--set", "train.ortho.lambda2_max=2.0", "train"])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"baseline\S*: complete, left alone", res.output)
+    assert not re.search(r"(fixed|adaptive)\S*: complete, left alone", res.output)
+    after = {n: json.loads((runs / n / "summary.json").read_text())["fingerprint"] for n in before}
+    assert after["baseline"] == before["baseline"]
+    assert after["fixed"] != before["fixed"] and after["adaptive"] != before["adaptive"]
+    cfg_json = json.loads((runs / "adaptive/cfg.json").read_text())
+    assert cfg_json["sets"] == ["train.ortho.lambda2_max=2.0"]
+    assert cfg_json["orthosae"]["ortho"]["lambda2_max"] == 2.0
+
+    # the same override again: nothing to do; a run's own key: that run only
+    res = runner.invoke(main, ["--config", str(path), "--set", "train.ortho.lambda2_max=2.0", "train"])
+    assert res.output.count("complete, left alone") == 3, res.output
+    res = runner.invoke(main, ["--config", str(path), "--set", "train.ortho.lambda2_max=2.0",
+                               "--set", "runs.fixed.alpha=0.2", "train"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("complete, left alone") == 2 and not re.search(r"fixed\S*: complete, left alone", res.output)
+    assert json.loads((runs / "fixed/cfg.json").read_text())["orthosae"]["ortho"]["alpha"] == 0.2
+
+    # a [train] key reaches every run
+    res = runner.invoke(main, ["--config", str(path), "--set", "train.ortho.lambda2_max=2.0",
+                               "--set", "runs.fixed.alpha=0.2", "--set", "train.lr=1e-3", "train"])
+    assert res.exit_code == 0 and "left alone" not in res.output, res.output
+    assert json.loads((runs / "baseline/cfg.json").read_text())["orthosae"]["train"]["lr"] == 1e-3
+
+
+def test_a_baseline_made_before_keeps_its_fingerprint():
+    """A baseline's fingerprint no longer counts [train.ortho]; one made by the code before (whose
+    fingerprint did: faed940d7d695e98 for this run, computed with commit 332add8) is still complete."""
+    from types import SimpleNamespace
+
+    from common.config import OrthoConfig, RunConfig, TrainConfig
+    from train.runner import run_fingerprint, run_fingerprints, run_is_done
+
+    class Reader:
+        meta = {"model_id": "tiny", "layer": 0}
+
+        def corpora(self):
+            return {"retain": SimpleNamespace(attrs={"tokens_fingerprint": "t"})}
+
+    def run(kind, **ortho):
+        return RunConfig.of(kind, "r", train=TrainConfig(d_sae=64), ortho=OrthoConfig(**ortho))
+
+    base = run("baseline", alpha=0.04, t0=300)
+    assert run_fingerprints(base, Reader(), 0) == (run_fingerprint(run("baseline"), Reader(), 0), "faed940d7d695e98")
+    assert run_fingerprint(run("baseline", alpha=0.3), Reader(), 0) == run_fingerprint(base, Reader(), 0)
+    assert run_fingerprint(run("fixed", alpha=0.3), Reader(), 0) != run_fingerprint(run("fixed"), Reader(), 0)
+    assert len(run_fingerprints(run("fixed"), Reader(), 0)) == 1
+
+
+def test_run_is_done_accepts_an_earlier_fingerprint(tmp_path):
+    from train.runner import run_is_done
+    (tmp_path / "summary.json").write_text(json.dumps({"fingerprint": "old", "status": "complete"}))
+    assert run_is_done(tmp_path, ("new", "old")) and run_is_done(tmp_path, "old")
+    assert not run_is_done(tmp_path, ("new",))

@@ -1,0 +1,192 @@
+"""`pipe push RUN... --repo OWNER/NAME`: trained runs to the Hugging Face Hub in SAELens' layout.
+
+The repo holds one folder per run, as SAELens' own releases do, and a model card at its root:
+
+    README.md                       library saelens; model, layer, hook; each run's settings and
+                                    report figures; how to load (the grouped SAE needs orthosae)
+    <run>/cfg.json                  the export, as `pipe train` wrote it
+    <run>/sae_weights.safetensors
+    <run>/sparsity.safetensors      log10 feature densities (train/sparsity.py)
+
+so ``sae_lens.SAE.from_pretrained("OWNER/NAME", "<run>")`` loads a run. The folder is staged on
+disk first (``stage``: ``<reports_dir>/<eval name>/hub/<OWNER>--<NAME>/``, kept for inspection) and
+sent whole with ``huggingface_hub``'s ``create_repo`` + ``upload_folder`` (``upload``): the network
+sees exactly the staged files. The Hub token comes from ``huggingface-cli login`` or ``HF_TOKEN``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+from common.config import Config, ConfigError
+from common.model import EMBEDDED_GEMMA, EMBEDDED_HUB_ID
+from train.export import CFG_FILENAME, GROUPED_ARCH, WEIGHTS_FILENAME
+from train.sparsity import SPARSITY_FILENAME
+
+FILES = (CFG_FILENAME, WEIGHTS_FILENAME, SPARSITY_FILENAME)
+REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+# report.json figures shown per run on the card: (section, key, label)
+FIGURES = (("reconstruction", "l0", "L0"), ("reconstruction", "explained_variance", "explained variance"),
+           ("reconstruction", "mse", "MSE"), ("reconstruction", "cossim", "cos sim"),
+           ("reconstruction", "frac_dead", "dead fraction"), ("downstream", "ce_loss_score", "CE-loss score"),
+           ("downstream", "kl_div_score", "KL score"), ("unlearning", "unlearning_score", "MCQ unlearning score"),
+           ("unlearning", "loss_unlearning_score", "loss unlearning score"),
+           ("unlearning", "best_selectivity", "best selectivity"))
+
+
+def check_repo(cfg: Config, repo: str) -> None:
+    if not REPO_RE.match(repo):
+        raise ConfigError(f"{cfg.path}: --repo {repo}: expected OWNER/NAME (a Hugging Face model repo id)")
+
+
+def staging_dir(cfg: Config, repo: str) -> Path:
+    return Path(cfg.eval.reports_dir) / cfg.eval.name / "hub" / repo.replace("/", "--")
+
+
+def _report_runs(cfg: Config) -> dict:
+    path = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.json"
+    return json.loads(path.read_text()).get("runs", {}) if path.is_file() else {}
+
+
+def _run_dir(cfg: Config, name: str) -> Path:
+    cfg.run(name)  # a name the config does not have: one line naming the config
+    run_dir = Path(cfg.train.runs_dir) / name
+    summary = run_dir / "summary.json"
+    if not summary.is_file() or json.loads(summary.read_text()).get("status") not in ("complete", "early_stopped"):
+        raise ConfigError(f"{run_dir}: not a trained run (no complete summary.json); `pipe train --run {name}` first")
+    for f in (CFG_FILENAME, WEIGHTS_FILENAME):
+        if not (run_dir / f).is_file():
+            raise ConfigError(f"{run_dir / f}: missing; `pipe train --run {name} --force` exports it again")
+    return run_dir
+
+
+def _ensure_sparsity(cfg: Config, run_dir: Path) -> None:
+    """Runs exported before sparsity.safetensors existed get it now, from the config's store."""
+    if (run_dir / SPARSITY_FILENAME).is_file():
+        return
+    from common.store import open_store_for
+    from train.export import load_sae
+    from train.runner import train_corpora
+    from train.sparsity import feature_density, save_sparsity, sparsity_rows
+    sae, _ = load_sae(run_dir)  # raw-activation weights: the rows need no scale
+    save_sparsity(run_dir, feature_density(sae, sparsity_rows(open_store_for(cfg), train_corpora(cfg)), 1.0))
+
+
+def stage(cfg: Config, run_names: list[str], repo: str, dest: Path | None = None) -> Path:
+    """The repo's files for ``run_names`` in ``dest`` (replaced), returns it."""
+    check_repo(cfg, repo)
+    if not run_names:
+        raise ConfigError(f"{cfg.path}: pipe push: name at least one run (have: {', '.join(r.name for r in cfg.runs)})")
+    dirs = {name: _run_dir(cfg, name) for name in run_names}
+    dest = Path(dest) if dest is not None else staging_dir(cfg, repo)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cards, reported = [], _report_runs(cfg)
+    for name, run_dir in dirs.items():
+        _ensure_sparsity(cfg, run_dir)
+        (tmp / name).mkdir(parents=True)
+        for f in FILES:
+            shutil.copy2(run_dir / f, tmp / name / f)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        report = reported.get(name)
+        if report is not None and report.get("summary", {}).get("fingerprint") != summary.get("fingerprint"):
+            report = None  # the report measured other weights
+        cards.append((name, json.loads((run_dir / CFG_FILENAME).read_text()), summary, report))
+    (tmp / "README.md").write_text(model_card(repo, cards))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def _num(v) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "–" if v is None else str(v)
+    return "–" if isinstance(v, float) and not math.isfinite(v) else f"{v:.4g}"
+
+
+def _get(d: dict | None, *keys):
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def model_card(repo: str, cards: list[tuple[str, dict, dict, dict | None]]) -> str:
+    """The repo's README.md: front matter for the Hub (library saelens), then per run what it is,
+    how it was trained, what the report measured, and how to load it."""
+    meta = cards[0][1].get("metadata", {})
+    model, hook = meta.get("model_name"), meta.get("hook_name")
+    layer = cards[0][1].get("hook_layer", meta.get("hook_layer"))
+    front = ["---", "library_name: saelens"]
+    base = EMBEDDED_HUB_ID if model == EMBEDDED_GEMMA else model
+    if base and re.match(r"^[\w.-]+/[\w.-]+$", str(base)) and not Path(str(base)).exists():  # a Hub id, not a path
+        front.append(f"base_model: {base}")
+    front += ["tags:", "- saelens", "- sparse-autoencoder", "- orthosae", "---"]
+    grouped = [n for n, cfg, _, _ in cards if cfg.get("architecture") == GROUPED_ARCH]
+    lines = front + ["", f"# {repo}", "",
+             f"Sparse autoencoders trained with orthosae on **{model}**, layer **{layer}**, "
+             f"hook `{hook}`, in SAELens' layout: one folder per SAE (`cfg.json`, `sae_weights.safetensors`, "
+             "`sparsity.safetensors` = log10 feature density on training rows). The weights work on raw "
+             "activations (the training normalisation is folded in).", "",
+             "| SAE (folder) | type | architecture | d_in | d_sae | steps | status |", "|---|---|---|---|---|---|---|"]
+    for name, cfg, summary, _ in cards:
+        lines.append(f"| `{name}` | {summary.get('type')} | {cfg.get('architecture')} | {cfg.get('d_in')} | "
+                     f"{cfg.get('d_sae')} | {summary.get('steps')} | {summary.get('status')} |")
+    lines += ["", "## Load", "", "```python", "from sae_lens import SAE"]
+    if grouped:
+        lines += ["from train.export import register_with_sae_lens  # orthosae: the grouped architecture",
+                  "register_with_sae_lens()"]
+    lines += [f'sae = SAE.from_pretrained("{repo}", "{(grouped or [cards[0][0]])[0]}")', "```", ""]
+    if grouped:
+        lines += [f"{', '.join(f'`{n}`' for n in grouped)} "
+                  f"{'is' if len(grouped) == 1 else 'are'} orthosae's grouped adaptive-orthogonal SAE "
+                  f"(architecture `{GROUPED_ARCH}`: per-token group decoder biases), which sae_lens loads "
+                  "once orthosae's `register_with_sae_lens()` has registered it (install orthosae from its "
+                  "repository: `bash setup.sh`). The other runs are plain SAELens architectures.", ""]
+    lines += ["## Evaluation (orthosae report)"]
+    measured = [(n, r) for n, _, _, r in cards if r is not None]
+    if measured:
+        lines += ["", "| SAE | " + " | ".join(label for _, _, label in FIGURES) + " |",
+                  "|---|" + "---|" * len(FIGURES)]
+        lines += [f"| `{n}` | " + " | ".join(_num(_get(r, sec, key)) for sec, key, _ in FIGURES) + " |"
+                  for n, r in measured]
+        lines += ["", "Held-out rows (reconstruction), the SAE spliced into the model (CE / KL), SAEBench's "
+                  "unlearning protocol and orthosae's loss mode (selectivity = ΔCE forget − ΔCE retain)."]
+    missing = [n for n, _, _, r in cards if r is None]
+    if missing:
+        lines += ["", f"Not evaluated for these weights: {', '.join(f'`{n}`' for n in missing)} (`pipe eval`)."]
+    lines += ["", "## Training settings", ""]
+    for name, cfg, _, _ in cards:
+        o = cfg.get("orthosae", {})
+        train, ortho = o.get("train", {}), o.get("ortho", {})
+        keys = {k: train[k] for k in ("d_sae", "tokens", "batch_size", "lr", "l1_coefficient", "activation", "k",
+                                      "target_l0", "seed") if k in train}
+        if o.get("type") in ("fixed", "adaptive"):
+            keys.update({k: ortho[k] for k in ("lambda2_max", "alpha", "alpha_mode", "groups", "weighting",
+                                               "regroup_every", "t0", "tau") if k in ortho})
+        lines.append(f"- `{name}` ({o.get('type')}): " + ", ".join(f"{k} = {v}" for k, v in keys.items())
+                     + (f"; command-line overrides: {', '.join(cfg['sets'])}" if cfg.get("sets") else ""))
+    lines += ["", "Every setting, under its `pipeline.toml` name, is in each folder's `cfg.json` (`orthosae`)."]
+    return "\n".join(lines) + "\n"
+
+
+def upload(staged: Path, repo: str, *, private: bool = False, token: str | None = None) -> str:
+    """Create ``repo`` (if absent) and upload the staged folder as one commit; returns its URL."""
+    from huggingface_hub import HfApi
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo, folder_path=str(staged), repo_type="model",
+                                 commit_message=f"orthosae: {', '.join(sorted(p.name for p in staged.iterdir() if p.is_dir()))}")
+    except Exception as e:  # noqa: BLE001 - no network, no token, no write access (the hub's HTTP errors
+        # come from its own client library): one line, the staged files kept
+        raise PushError(f"upload of {staged} to {repo} failed: {type(e).__name__}: {e}".replace("\n", " ")) from None
+    return getattr(info, "commit_url", None) or f"https://huggingface.co/{repo}"
+
+
+class PushError(RuntimeError):
+    """The Hub refused or could not be reached (one line; the staged folder stays)."""
