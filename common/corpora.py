@@ -160,12 +160,13 @@ def composition(docs: Documents, doc_tokens: np.ndarray) -> dict:
     return out
 
 
-def composition_text(comp: dict | None, width: int = 0) -> str:
-    """One line for `pipe status` and the report, e.g. "stratified by topic (seed 0): 1,713 documents;
-    Arts 151 docs / 17.9k tok, …"; old stores, harvested before the order was recorded, say so."""
+def composition_text(comp: dict | None) -> str:
+    """One line for `pipe status`, e.g. "stratified by topic (seed 0): 1,941 documents, 198.4k tokens;
+    Arts 173 docs / 18.8k tok, …"; old stores, harvested before the order was recorded, say so."""
     if not comp:
         return "order and composition not recorded (harvested before the seeded order: `pipe harvest --force`)"
-    head = f"{comp['order']} (seed {comp['order_seed']}): {comp['documents']:,} documents"
+    head = (f"{comp['order']} (seed {comp['order_seed']}): {comp['documents']:,} documents, "
+            f"{_k(comp['tokens'])} tokens")
     parts = [f"{name} {v['documents']:,} docs / {_k(v['tokens'])} tok" for name, v in comp["labels"].items()]
     return head + ("; " + ", ".join(parts) if parts else "")
 
