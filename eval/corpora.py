@@ -26,7 +26,8 @@ def corpora_markdown(section: dict) -> str:
             lines.append(f"| {name} | {g['role']} | {g['split']} | {g['tokens']:,} | {comp['documents']:,} | "
                          f"{comp['order']} (seed {comp['order_seed']}) | {labels} |")
         else:
-            lines.append(f"| {name} | {g['role']} | {g['split']} | {g['tokens']:,} | ? | {composition_text(None)} | - |")
+            lines.append(f"| {name} | {g['role']} | {g['split']} | {g['tokens']:,} | ? | "
+                         f"{composition_text(None)} | - |")
     freq = section.get("feature_frequencies")
     if freq:
         counted = ", ".join(f"{k} {v:,}" for k, v in freq["rows_counted"].items())
