@@ -27,7 +27,7 @@ from harvest.capture import residual_after_block
 
 def _contexts(tokenizer, n: int, T: int) -> np.ndarray:
     docs = load_documents(CorpusSpec(source="embedded:wiki", subset="retain", split="train"), max_chars=n * T * 8)
-    return tokenize_contexts(docs, tokenizer, T, n)
+    return tokenize_contexts(docs.texts, tokenizer, T, n)
 
 
 def _full_forward(model, ctx: np.ndarray, batch: int) -> None:

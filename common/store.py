@@ -22,7 +22,7 @@ import os
 import socket
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -97,6 +97,9 @@ class CorpusPlan:
     n_contexts: int
     context_length: int
     contexts_per_chunk: int
+    # the document order (its seed) and what the contexts hold: documents and tokens per label
+    # (common.corpora.composition); written to the group's attrs, never compared on resume
+    composition: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def rows_per_context(self) -> int:
@@ -238,7 +241,7 @@ class StoreWriter:
             "fingerprint": plan.fingerprint, "tokens_fingerprint": plan.tokens_fingerprint,
             "n_contexts": plan.n_contexts, "rows_per_context": plan.rows_per_context,
             "contexts_per_chunk": plan.contexts_per_chunk, "n_chunks": plan.n_chunks,
-            "n_rows": rows, "complete": False,
+            "n_rows": rows, "complete": False, "composition": plan.composition,
         })
         return group
 

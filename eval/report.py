@@ -21,6 +21,7 @@ from common import __version__  # noqa: E402
 from common.config import Config  # noqa: E402
 from common.store import StoreReader  # noqa: E402
 from eval.aggregate import aggregate, conditions_markdown, plot_conditions  # noqa: E402
+from eval.corpora import corpora_json, corpora_markdown  # noqa: E402
 from eval.curves import plot_training_curves  # noqa: E402
 
 HEADLINE_EV = "explained_variance"
@@ -209,7 +210,9 @@ def _deviations(cfg: Config) -> str:
         "- Zero-ablation in the CE-loss score zeroes positions 1.. (the positions the SAE replaces); SAEBench "
         "zeroes BOS too (`ablate_bos=True` reproduces it).",
         "- Feature frequencies for selection mask BOS, EOS and padding rows, as SAEBench does; they are "
-        f"counted on up to {cfg.eval.rows:,} rows of the training corpora.",
+        "counted on " + ("every row of the training corpora." if cfg.eval.frequency_rows == 0 else
+                         f"a seeded sample of about {cfg.eval.frequency_rows:,} training rows spread over all "
+                         "documents (see Corpora)."),
         "- The SAE runs in float32 during interventions; SAEBench casts it to the model's dtype.",
         "- Loss mode (CE on held-out forget vs retain text) and its scores are ours, not SAEBench's.",
         "- Grouped SAEs: π from the unclamped activations during the clamp (see Unlearning).",
@@ -273,13 +276,17 @@ def _sets_line(cfg: Config) -> str:
     return ("\n\nCommand-line overrides: " + " ".join(f"`--set {s}`" for s in sets)) if sets else ""
 
 
-def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict, timings: dict) -> Path:
+def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict, timings: dict,
+                 frequencies: dict | None = None) -> Path:
+    """frequencies: what feature frequencies were counted on (eval/frequencies.describe)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     comp = comparison(results)
     conditions = aggregate(results)  # seeds -> conditions (eval/aggregate.py)
+    corpora = corpora_json(reader, frequencies)
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "orthosae_version": __version__,
-        "config": str(cfg.path), "sets": list(getattr(cfg, "sets", ())), "store": reader.url, "store_meta": reader.meta,
+        "config": str(cfg.path), "sets": list(getattr(cfg, "sets", ())), "store": reader.url,
+        "store_meta": reader.meta, "corpora": corpora,
         "runs_dir": cfg.train.runs_dir, "headline_explained_variance": HEADLINE_EV,
         "runs": results, "comparison": comp, "conditions": conditions, "timings_s": timings, "plots": [],
     }
@@ -289,7 +296,8 @@ def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict,
     report["plots"] = plots + condition_plots
     _write_json(out_dir / "report.json", report)
     (out_dir / "report.md").write_text(_markdown(cfg, reader, results, comp, timings, plots)
-                                       + conditions_markdown(conditions, condition_plots))
+                                       + conditions_markdown(conditions, condition_plots)
+                                       + "\n" + corpora_markdown(corpora))
     return out_dir
 
 

@@ -26,6 +26,7 @@ from eval.conditioning import conditioning_report
 from eval.core import FeatureActivity, Reconstruction
 from eval.curves import training_curves
 from eval.downstream import spliced_ce
+from eval.frequencies import describe, frequency_batches
 from eval.report import write_report
 from eval.unlearning import run_unlearning, unlearning_baseline
 from train.export import load_sae
@@ -151,14 +152,19 @@ def measure_reconstruction(cfg: Config, reader: StoreReader, results: list[RunRe
 
 
 def measure_conditioning(cfg: Config, reader: StoreReader, results: list[RunResult], skip: frozenset[int],
-                         advance) -> None:
+                         advance) -> dict:
     """Feature frequency and mass on the training corpora without special-token rows (unlearning's
-    selection needs them too), the groups they imply, the groups' conditioning, the training curves."""
+    selection needs them too): every row, or the `[eval] frequency_rows` sample spread over all
+    documents (eval/frequencies.py), each row encoded once per run; then the groups they imply,
+    the groups' conditioning and the training curves. Returns what the frequencies were counted on."""
     forget, retain = _corpora(cfg, "train", "forget"), _corpora(cfg, "train", "retain")
+    counted = {}
     for names, field in ((forget, "forget"), (retain, "retain")):
         if names:
             accs = [FeatureActivity(r.sae) for r in results]
-            _feed(_rows(reader, names, cfg.eval.rows, skip), accs, _device(results))
+            _feed(frequency_batches(reader, names, cfg.eval.frequency_rows, cfg.eval.frequency_seed, skip),
+                  accs, _device(results))
+            counted[field] = accs[0].n
             for r, acc in zip(results, accs):
                 freq, mass = acc.result()
                 setattr(r, f"{field}_freq", freq)
@@ -177,6 +183,7 @@ def measure_conditioning(cfg: Config, reader: StoreReader, results: list[RunResu
         log = r.dir / "log.jsonl"
         r.curves = training_curves(log) if log.exists() else {}
         advance(1)
+    return describe(cfg.eval.frequency_rows, cfg.eval.frequency_seed, counted)
 
 
 def measure_downstream(cfg: Config, reader: StoreReader, lm, results: list[RunResult], bar) -> None:
@@ -248,7 +255,8 @@ def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: 
 
         t = time.perf_counter()
         task = bar.add_task("feature frequencies + conditioning", total=len(results))
-        measure_conditioning(cfg, reader, results, special_tokens(lm.tokenizer), lambda k: bar.advance(task, k))
+        frequencies = measure_conditioning(cfg, reader, results, special_tokens(lm.tokenizer),
+                                           lambda k: bar.advance(task, k))
         timings["conditioning"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -257,6 +265,6 @@ def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: 
         measure_unlearning(cfg, reader, lm, results, bar, timings)
 
     out_dir = Path(cfg.eval.reports_dir) / cfg.eval.name
-    write_report(out_dir, cfg, reader, {r.name: r.to_json() for r in results}, timings)
+    write_report(out_dir, cfg, reader, {r.name: r.to_json() for r in results}, timings, frequencies=frequencies)
     events.emit("stage_done", report=str(out_dir / "report.md"), runs=[r.name for r in results])
     return out_dir

@@ -25,8 +25,8 @@ from rich.text import Text
 
 from common import __version__, events, preempt
 from common.config import Config, check_model_fits
-from common.corpora import (CorpusError, CorpusSpec, fingerprint, load_documents, tokenize_contexts,
-                            tokens_fingerprint)
+from common.corpora import (CorpusError, CorpusSpec, composition, fingerprint, load_documents,
+                            tokenize_corpus, tokens_fingerprint)
 from common.model import LoadedModel, load_model, load_tokenizer, pick_device
 from common.progress import console, progress
 from common.store import (CorpusPlan, StoreError, StoreLock, StoreReader, StoreWriter, store_exists,
@@ -68,17 +68,19 @@ def store_identity(cfg: Config, lm: LoadedModel) -> dict:
 
 
 def plan_corpora(cfg: Config, tokenizer) -> tuple[list[CorpusPlan], dict[str, np.ndarray]]:
-    """Documents -> fixed contexts for every corpus; the same on every process and every rerun."""
+    """Documents (in their seeded order) -> fixed contexts for every corpus; the same on every process
+    and every rerun. Each plan carries its composition (documents and tokens per label)."""
     T = cfg.harvest.context_length
     per_chunk = max(1, cfg.harvest.chunk_tokens // (T - 1))
     plans, contexts = [], {}
     for name, c in cfg.corpora.items():
         spec = CorpusSpec(source=c.source, subset=c.subset, hf_split=c.hf_split, text_field=c.text_field,
                           split=c.split, heldout_fraction=cfg.harvest.heldout_fraction,
-                          min_chars=c.min_chars)
-        docs = load_documents(spec, max_chars=c.tokens * 12)  # bounds hub streaming; ~4 chars/token
+                          min_chars=c.min_chars, label_field=c.label_field,
+                          order_seed=cfg.harvest.order_seed)
+        docs = load_documents(spec, max_chars=c.tokens * 12)  # bounds tokenization; ~4 chars/token
         wanted = c.tokens // T
-        ctx = tokenize_contexts(docs, tokenizer, T, wanted)
+        ctx, doc_tokens = tokenize_corpus(docs.texts, tokenizer, T, wanted)
         if len(ctx) == 0:
             raise CorpusError(f"{cfg.path}: [corpora.{name}]: no complete context of {T} tokens in "
                               f"{c.source} ({c.split} split)")
@@ -86,8 +88,9 @@ def plan_corpora(cfg: Config, tokenizer) -> tuple[list[CorpusPlan], dict[str, np
             console.print(f"[yellow]{name}: corpus holds {len(ctx) * T:,} tokens, "
                           f"fewer than the budget {c.tokens:,}; harvesting all of it")
         plans.append(CorpusPlan(name=name, role=c.role, split=c.split, source=c.source,
-                               fingerprint=fingerprint(docs), tokens_fingerprint=tokens_fingerprint(ctx),
-                               n_contexts=len(ctx), context_length=T, contexts_per_chunk=per_chunk))
+                               fingerprint=fingerprint(docs.texts), tokens_fingerprint=tokens_fingerprint(ctx),
+                               n_contexts=len(ctx), context_length=T, contexts_per_chunk=per_chunk,
+                               composition=composition(docs, doc_tokens)))
         contexts[name] = ctx
     return plans, contexts
 

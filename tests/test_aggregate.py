@@ -124,7 +124,7 @@ def test_report_json_is_written_before_the_plots(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "plot_conditions", broken)
     monkeypatch.setattr(report, "_plots", lambda out_dir, results: [])
     cfg = SimpleNamespace(path="p.toml", train=SimpleNamespace(runs_dir="runs"))
-    reader = SimpleNamespace(url="s.zarr", meta={"d_model": 4})
+    reader = SimpleNamespace(url="s.zarr", meta={"d_model": 4}, corpora=dict)
     results = {f"baseline-s{s}": result("baseline", s, ev=0.8) for s in range(3)}
     with pytest.raises(RuntimeError, match="plot failed"):
         report.write_report(tmp_path, cfg, reader, results, {"eval": 1.0})

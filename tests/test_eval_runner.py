@@ -9,6 +9,7 @@ from common.config import RunConfig
 from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
 from eval import downstream
 from eval.core import feature_activity, reconstruction_metrics
+from eval.frequencies import frequency_batches
 from eval.runner import RunResult, _rows, measure_conditioning, measure_reconstruction
 
 D, T = 16, 9
@@ -38,7 +39,7 @@ def config():
     corpora = {"retain": SimpleNamespace(split="train", role="retain"),
                "forget": SimpleNamespace(split="train", role="forget"),
                "heldout": SimpleNamespace(split="heldout", role="retain")}
-    return SimpleNamespace(corpora=corpora, eval=SimpleNamespace(rows=300), ortho=SimpleNamespace(groups=2))
+    return SimpleNamespace(corpora=corpora, eval=SimpleNamespace(rows=300, frequency_rows=0, frequency_seed=0), ortho=SimpleNamespace(groups=2))
 
 
 def results(tmp_path, kinds):
@@ -64,7 +65,8 @@ def test_rows_are_read_once_for_all_runs(tmp_path, monkeypatch):
 
     one = results(tmp_path, ["baseline"])
     measure_reconstruction(cfg, reader, one, lambda k: None)
-    measure_conditioning(cfg, reader, one, frozenset(), lambda k: None)
+    counted = measure_conditioning(cfg, reader, one, frozenset(), lambda k: None)["rows_counted"]
+    assert counted == {"forget": 30 * (T - 1), "retain": 40 * (T - 1)}  # every training row
     per_pass = dict(reads)
     assert all(n >= 2 for n in per_pass.values()) and set(per_pass) == {"retain", "forget", "heldout"}
 
@@ -77,7 +79,7 @@ def test_rows_are_read_once_for_all_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(StoreReader, "read_rows", real_read)
     for r in many:  # the same numbers as one pass per run
         assert r.reconstruction == reconstruction_metrics(r.sae, _rows(reader, ["heldout"], 300))
-        freq, mass = feature_activity(r.sae, _rows(reader, ["forget"], 300))
+        freq, mass = feature_activity(r.sae, frequency_batches(reader, ["forget"], 0, 0))
         assert torch.equal(r.forget_freq, freq) and torch.equal(r.forget_mass, mass)
         assert r.conditioning["grouping"]
 

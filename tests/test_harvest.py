@@ -1,5 +1,6 @@
 """Harvest on a tiny random-weight Gemma2: equals a direct forward, resumes after kill -9, scales out."""
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -139,6 +140,56 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_model_dir):
     assert StoreReader(str(tmp_path / "killed.zarr")).complete
     assert_same_store(str(tmp_path / "ref.zarr"), str(tmp_path / "killed.zarr"))
     assert StoreReader(str(tmp_path / "killed.zarr")).verify() == []
+
+
+def labelled_config(tmp_path, model_dir, store: str, name: str, seed: int = 0) -> Path:
+    """write_config's layout on a labelled corpus listed sorted by topic (as the wiki wheel is),
+    its order stratified by `label_field`."""
+    corpus = tmp_path / "topics.jsonl"
+    words = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    rows = [{"text": f"{topic} {i}: " + " ".join(words[(i * j) % 5] for j in range(8 + i % 5)), "topic": topic}
+            for topic, n in (("arts", 40), ("history", 25), ("maths", 8)) for i in range(n)]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = write_config(tmp_path, model_dir, store=store, name=name)
+    text = path.read_text().replace(f'source = "file:{DOCS}"', f'source = "file:{corpus}"\nlabel_field = "topic"')
+    path.write_text(text.replace("heldout_fraction = 0.3", f"heldout_fraction = 0.3\norder_seed = {seed}"))
+    return path
+
+
+def test_store_records_the_order_and_composition_and_a_resume_keeps_them(tmp_path, tiny_model_dir):
+    ref = load_config(labelled_config(tmp_path, tiny_model_dir, "ref.zarr", "ref.toml"))
+    harvest(ref, show_progress=False)
+    comp = StoreReader(ref.harvest.store).corpora()["retain"].attrs["composition"]
+    # 640 tokens (~15 documents) of a corpus sorted arts, history, maths: all three topics
+    assert comp["order"] == "stratified by topic" and comp["order_seed"] == 0 and comp["label"] == "topic"
+    assert set(comp["labels"]) == {"arts", "history", "maths"}
+    assert comp["tokens"] == StoreReader(ref.harvest.store).corpora()["retain"].n_rows
+    assert sum(v["tokens"] for v in comp["labels"].values()) == comp["tokens"]
+
+    path = labelled_config(tmp_path, tiny_model_dir, "killed.zarr", "killed.toml")
+    out = run_script(tmp_path, KILL_AFTER, path, 4)
+    assert out.returncode == -9, out.stderr
+    assert not StoreReader(str(tmp_path / "killed.zarr")).complete
+    harvest(load_config(path), show_progress=False)
+    assert_same_store(str(tmp_path / "ref.zarr"), str(tmp_path / "killed.zarr"))  # bit-identical
+    for name, g in StoreReader(str(tmp_path / "killed.zarr")).corpora().items():
+        assert g.attrs["composition"] == StoreReader(ref.harvest.store).corpora()[name].attrs["composition"]
+
+    other = load_config(labelled_config(tmp_path, tiny_model_dir, "seed1.zarr", "seed1.toml", seed=1))
+    harvest(other, show_progress=False)
+    g1 = StoreReader(other.harvest.store).corpora()["retain"]
+    assert g1.attrs["composition"]["order_seed"] == 1
+    assert g1.attrs["tokens_fingerprint"] != StoreReader(ref.harvest.store).corpora()["retain"].attrs["tokens_fingerprint"]
+
+    # pipe status shows it, in its JSON and its human view
+    res = CliRunner().invoke(main, ["--config", str(path), "status", "--json"])
+    doc = json.loads(res.stdout)
+    shown = {c["name"]: c["composition"] for c in doc["stores"][0]["corpora"]}
+    assert shown["retain"] == comp and shown["heldout"]["order"] == "stratified by topic"
+    res = CliRunner().invoke(main, ["--config", str(path), "status"])
+    assert "retain: stratified by topic (seed 0)" in res.output and "maths" in res.output, res.output
+    res = CliRunner().invoke(main, ["status", str(tmp_path / "ref.zarr")])
+    assert "stratified by topic" in res.output
 
 
 TWO_RANKS = """

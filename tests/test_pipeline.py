@@ -55,6 +55,16 @@ def test_pipe_run_end_to_end_then_skips(tmp_path, tiny_model_dir):
     assert str(tmp_path / "s.zarr") in md and "Who wins" in md and "explained_variance" in md
     assert set(report["timings_s"]) >= {"reconstruction", "downstream", "unlearning_baseline",
                                               "unlearning_interventions", "conditioning"}
+    # the corpora's order and composition as the store recorded them, and what frequencies counted
+    groups = report["corpora"]["groups"]
+    assert all(g["composition"]["order_seed"] == 0 and g["composition"]["tokens"] == g["tokens"]
+               for g in groups.values()), groups
+    freq = report["corpora"]["feature_frequencies"]
+    assert freq["frequency_rows"] == 0 and freq["sample"] == "every row of the training corpora"
+    train_rows = {g["role"]: g["tokens"] for g in groups.values() if g["split"] == "train"}
+    assert set(freq["rows_counted"]) == {"forget", "retain"}
+    assert all(0.8 * train_rows[k] < v <= train_rows[k] for k, v in freq["rows_counted"].items())  # EOS rows out
+    assert "## Corpora" in md and "(seed 0)" in md and "every row of the training corpora" in md
 
     before = (out / "report.json").stat().st_mtime_ns
     res = runner.invoke(main, ["--config", str(path), "run"])
