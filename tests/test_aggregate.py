@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from eval.aggregate import aggregate, conditions_markdown, group_conditions, mean_interval, paired, plot_conditions
-from eval.unlearning import selectivity_bootstrap
 
 
 def result(kind, seed, alpha=0.0, ev=math.nan, l0=10.0, sel=math.nan, sel_se=math.nan, lr=4e-4):
@@ -96,21 +95,6 @@ def test_overlap_plot_takes_two_families_at_the_same_alpha(tmp_path):
     assert len(agg["conditions"]) == 4
     plots = plot_conditions(tmp_path, agg)
     assert "conditions_overlap_vs_alpha.png" in plots and (tmp_path / "conditions_overlap_vs_alpha.png").stat().st_size > 1000
-
-
-def test_selectivity_bootstrap_over_contexts():
-    """Equal-length contexts: the bootstrap se of a difference of means is close to its analytic se."""
-    rng = np.random.default_rng(1)
-    n, t = 400, 10
-    clean = {k: (rng.normal(30, 1, n), np.full(n, t, dtype=float)) for k in ("forget", "retain")}
-    edits = {"forget": 5.0, "retain": 1.0}  # CE per context rises by 5 (forget) and 1 (retain) tokens' worth
-    noise = {k: rng.normal(0, 2, n) for k in edits}
-    edited = {k: (clean[k][0] + edits[k] + noise[k], clean[k][1]) for k in edits}
-    boot = selectivity_bootstrap(edited, clean, n=2000)
-    analytic = math.sqrt(2 * (2 / t) ** 2 / n)  # two independent sets, per-token increase sd 2/t
-    assert boot["se"] == pytest.approx(analytic, rel=0.15)
-    point = (edits["forget"] + noise["forget"].mean() - edits["retain"] - noise["retain"].mean()) / t
-    assert boot["ci95"][0] < point < boot["ci95"][1]
 
 
 def test_report_json_is_written_before_the_plots(tmp_path, monkeypatch):
