@@ -273,18 +273,29 @@ def _who_wins(conds: dict, pairs: list[dict], metrics: list[Metric], frontier: d
                               "no condition lies above the baseline curve at equal quality") + " (" + "; ".join(
                     f"{c}: {', '.join(vs)}" for c, vs in verdicts.items()) + ")"
             continue
-        have = [c for c in conds if m.key in conds[c]["metrics"] and math.isfinite(conds[c]["metrics"][m.key]["mean"])]
+        # references are label-using edits, not SAEs competing on quality: judged on the frontier only
+        have = [c for c in conds if m.key in conds[c]["metrics"] and math.isfinite(conds[c]["metrics"][m.key]["mean"])
+                and conds[c]["type"] != "reference"]
         if len(have) < 2:
             continue
         best = (max if m.higher else min)(have, key=lambda c: conds[c]["metrics"][m.key]["mean"])
-        beaten, level = [], []
+        beaten, level = [], {}
         for p in pairs:
             v = p["metrics"].get(m.key)
-            if v is None or best not in (p["a"], p["b"]):
-                continue
             other = p["b"] if p["a"] == best else p["a"]
-            (beaten if v["winner"] == best else level).append(other)
-        out[m.key] = best if len(beaten) == len(have) - 1 else "tie: " + ", ".join([best] + level)
+            if v is None or best not in (p["a"], p["b"]) or other not in have:
+                continue
+            if v["winner"] == best:
+                beaten.append(other)
+            else:
+                level[other] = v["verdict"] if v["winner"] != other else f"{other} is better"
+        if len(beaten) == len(have) - 1:
+            out[m.key] = best
+        elif all(v == "tie" for v in level.values()):
+            out[m.key] = "tie: " + ", ".join([best, *level])
+        else:
+            out[m.key] = f"no winner: best mean {best}; " + "; ".join(
+                f"vs {o}: {'tie' if v == 'tie' else v}" for o, v in level.items())
     return out
 
 

@@ -65,8 +65,9 @@ def _markdown(cfg: Config, reader: StoreReader, results: dict, references: dict,
     down = [[n, *[_get(results[n], "downstream", k) for k in
                   ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation", "ce_loss_score",
                    "kl_div_with_sae", "kl_div_score")]] for n in names]
+    # F(b) and the other frontier figures always have their column ("n/a": not reached / not measured)
     unl_metrics = [m for m in metrics if m.section == "unlearning" and m.runs_table
-                   and any(not math.isnan(m.value(r)) for r in {**results, **references}.values())]
+                   and (m.frontier or any(not math.isnan(m.value(r)) for r in {**results, **references}.values()))]
     unl = [[n, *[_with_ci(m, r) for m in unl_metrics]] for n, r in {**results, **references}.items()]
     ablation = [[n, a.get("n_features"), a.get("multiplier"), a.get("selectivity_pi_from_unclamped", math.nan),
                  a.get("selectivity", math.nan)] for n in names
