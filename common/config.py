@@ -233,12 +233,12 @@ class UnlearningConfig:
                                 "ΔCE at matched retain damage, is reported (README, Unlearning)")
     domain_ratio: float = _key(4.0, _positive, "a token is a forget-domain token when its frequency in forget "
                                "training text is at least this many times its (+1-smoothed) retain frequency")
-    domain_min_count: int = _key(5, _positive, "a forget-domain token also occurs at least this many times in "
+    domain_min_count: int = _key(10, _positive, "a forget-domain token also occurs at least this many times in "
                                  "forget training text")
     references: list = _key(["forget_share", "diff_of_means"], doc="label-using references measured on the same "
                             "curve: forget_share (baseline features ranked by forget share of activation mass), "
                             "diff_of_means (SAE-free: project the forget − retain mean direction out at the layer)")
-    projection_scales: list = _key([0.25, 0.5, 1.0, 2.0], _positive, "diff_of_means: the edit's strengths s in "
+    projection_scales: list = _key([0.5, 1.0, 2.0], _positive, "diff_of_means: the edit's strengths s in "
                                    "x − s·(x·d̂)d̂ (1 = the direction projected out)")
 
 
