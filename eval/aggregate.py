@@ -368,7 +368,7 @@ def plot_frontier(out_dir: Path, agg: dict, metrics: list[Metric]) -> list[str]:
     import matplotlib.pyplot as plt
 
     conds = agg["conditions"]
-    ys = [m for m in metrics if m.frontier and any(m.key in e["metrics"] for e in conds.values())]
+    ys = [m for m in metrics if m.frontier]  # every one, so the report always shows where F(b) stands
     xs = [m for m in metrics if m.quality and any(m.key in e["metrics"] for e in conds.values())]
     if not ys or not xs:
         return []
@@ -392,6 +392,8 @@ def plot_frontier(out_dir: Path, agg: dict, metrics: list[Metric]) -> list[str]:
                     ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="*" if kind == "reference" else "o", capsize=3,
                                 color=color, label=kind if n == 0 else None)
                     ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            if not any(ym.key in e["metrics"] for e in conds.values()):
+                ax.text(0.5, 0.5, "not reached / not measured by any run", ha="center", transform=ax.transAxes)
             ax.axhline(0, color="grey", lw=0.5)
             ax.set(xlabel=f"{xm.label} (better →)", ylabel=ym.label)
             ax.legend(fontsize=6)
