@@ -237,7 +237,19 @@ class UnlearningConfig:
     retain_thresholds: list = _key([0.01], _positive, "max feature frequency on retain rows")
     n_features_list: list = _key([10, 20], _positive, "how many forget features to clamp")
     multipliers: list = _key([25.0, 50.0], _positive, "clamp value −multiplier in activation units")
-    loss_contexts: int = _key(32, _positive, "held-out contexts per corpus for the loss-based mode")
+    loss_contexts: int = _key(0, _non_negative, "held-out contexts per corpus for the loss-based mode "
+                              "(0 = every held-out context the store has)")
+    retain_budgets: list = _key([0.03, 0.1], _positive, "retain ΔCE budgets b (nats) at which F(b), the forget "
+                                "ΔCE at matched retain damage, is reported (README, Unlearning)")
+    domain_ratio: float = _key(4.0, _positive, "a token is a forget-domain token when its frequency in forget "
+                               "training text is at least this many times its (+1-smoothed) retain frequency")
+    domain_min_count: int = _key(10, _positive, "a forget-domain token also occurs at least this many times in "
+                                 "forget training text")
+    references: list = _key(["forget_share", "diff_of_means"], doc="label-using references measured on the same "
+                            "curve: forget_share (baseline features ranked by forget share of activation mass), "
+                            "diff_of_means (SAE-free: project the forget − retain mean direction out at the layer)")
+    projection_scales: list = _key([0.5, 1.0, 2.0], _positive, "diff_of_means: the edit's strengths s in "
+                                   "x − s·(x·d̂)d̂ (1 = the direction projected out)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -554,6 +566,10 @@ def _load(file: Path, raw: dict) -> Config:
                               f"vs retain activation mass, so [corpora] needs split = \"train\" corpora of both "
                               f"roles (have: {', '.join(sorted(roles))})")
     evaluation = _build(EvalConfig, raw.get("eval", {}), "[eval]", file)
+    bad_refs = set(evaluation.unlearning.references) - {"forget_share", "diff_of_means"}
+    if bad_refs:
+        raise ConfigError(f"{file}: [eval.unlearning] references: unknown reference {sorted(bad_refs)[0]!r} "
+                          "(known: forget_share, diff_of_means)")
     bad_modes = set(evaluation.unlearning.modes) - {"mcq", "loss"}
     if bad_modes:
         raise ConfigError(f"{file}: [eval.unlearning] modes: unknown mode {sorted(bad_modes)[0]!r} "

@@ -15,8 +15,17 @@ Statistics (all in ``aggregate``):
   ``MIN_SEEDS`` shared seeds, in the metric's better direction; a tie otherwise. Over all conditions,
   the condition with the best mean wins a metric when it beats every other one that way; otherwise
   the tie lists it with the conditions it does not separate from;
-- beside the seed spread, the eval's own sampling error where the run reports one (the loss-mode
-  best selectivity's bootstrap over contexts, ``eval/unlearning.py``): its RMS over the seeds.
+- metrics with the eval's own error (``eval_error`` in ``eval/metrics.py``: every figure of the
+  unlearning sweep, from a bootstrap over held-out *documents*, ``eval/matched_damage.py``) get a
+  **seeds × documents bootstrap** instead: replicate i draws the condition's seeds with replacement
+  and averages their document-replicate i (the same documents for every run), so the interval holds
+  both the seed spread and the eval's error. Pairs take the paired version (shared seeds drawn
+  together, the same documents on both sides); a single shared seed leaves the eval's error alone,
+  which may separate two runs. ``eval_se`` is the RMS of the runs' own document-bootstrap se;
+- the one L0 rule (``eval/metrics.py`` ``L0_MATCH``): conditions whose mean L0 differ by more are
+  not compared;
+- who wins: frontier metrics (unlearning figures) by the frontier rule against the baseline curve
+  (``eval/frontier.py``); every other compared metric by the pairwise verdicts above.
 """
 from __future__ import annotations
 
@@ -26,25 +35,14 @@ import re
 from itertools import combinations
 from pathlib import Path
 
+import numpy as np
+
+from eval.frontier import frontier_verdict
+from eval.matched_damage import interval
+from eval.metrics import L0_MATCH, Metric, budgets_of, l0_matched, registry
+
 MIN_SEEDS = 3
-# metric -> (section, key, higher is better; None: reported, not compared)
-METRICS = {
-    "l0": ("reconstruction", "l0", None),
-    "explained_variance": ("reconstruction", "explained_variance", True),
-    "mse": ("reconstruction", "mse", False),
-    "frac_dead": ("reconstruction", "frac_dead", False),
-    "ce_loss_score": ("downstream", "ce_loss_score", True),
-    "kl_div_score": ("downstream", "kl_div_score", True),
-    "best_selectivity": ("unlearning", "best_selectivity", True),
-    "loss_unlearning_score": ("unlearning", "loss_unlearning_score", True),
-    "unlearning_score": ("unlearning", "unlearning_score", True),
-    "best_mcq_prob_selectivity": ("unlearning", "best_mcq_prob_selectivity", True),
-    "rms_cross_cos": ("conditioning", "decoder_overlap_fro_normalized", None),
-    "rms_cross_cos_activity": ("conditioning", "decoder_rms_cos_activity", None),
-}
-# metric -> the run's own sampling error of it (eval/unlearning.py), reported beside the seed spread
-EVAL_ERRORS = {"best_selectivity": ("unlearning", "best_selectivity_se")}
-L0_MATCH = 0.05  # equal sparsity: every condition's mean L0 within 5 % of every other's (max/min − 1)
+SEED_DRAW = 7  # seeds the seeds × documents bootstrap's draws of seeds
 
 # t_{0.975, df} for df = 1..30; beyond, the normal quantile with a 1/df correction (error < 1e-3)
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -71,15 +69,6 @@ def mean_interval(values: list[float]) -> dict:
     return {"mean": mean, "ci95": [mean - half, mean + half], "sd": sd, "n": n}
 
 
-def _value(result: dict, section: str, key: str) -> float:
-    if section == "conditioning":  # RMS cross-group cosines of the first group pair (what α bounds)
-        pairs = result.get("conditioning", {}).get("pairs") or [{}]
-        v = pairs[0].get(key)
-    else:
-        v = result.get(section, {}).get(key)
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.nan
-
-
 def _settings(result: dict) -> dict:
     return result.get("cfg", {}).get("orthosae") or {}
 
@@ -92,7 +81,7 @@ def condition_key(result: dict) -> str:
     """Everything that defines a run except its name and SAE init seed, as canonical JSON."""
     s = _settings(result)
     train = {k: v for k, v in s.get("train", {}).items() if k != "seed"}
-    return json.dumps([s.get("type"), train, s.get("ortho", {})], sort_keys=True, default=str)
+    return json.dumps([s.get("type"), train, s.get("ortho", {}), s.get("reference")], sort_keys=True, default=str)
 
 
 def condition_label(name: str, seed: int | None) -> str:
@@ -131,69 +120,182 @@ def paired(a: dict[int, float], b: dict[int, float], higher: bool | None) -> dic
     return out
 
 
-def aggregate(results: dict[str, dict]) -> dict:
+def _reps(values: list) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def condition_replicates(per_seed: dict, rng: np.random.Generator) -> np.ndarray:
+    """Seeds × documents bootstrap of a condition mean: replicate i averages document-replicate i
+    of the condition's seeds drawn with replacement (one seed: its document replicates)."""
+    seeds = list(per_seed)
+    R = np.stack([_reps(per_seed[s]) for s in seeds])  # [seeds, B]
+    if len(seeds) == 1:
+        return R[0]
+    draw = rng.integers(0, len(seeds), size=(R.shape[1], len(seeds)))
+    return np.nanmean(R[draw, np.arange(R.shape[1])[:, None]], axis=1)
+
+
+def paired_replicates(a: dict, b: dict, rng: np.random.Generator) -> tuple[np.ndarray, list]:
+    """Replicates of mean(A) − mean(B): paired on shared seeds (drawn together), else unpaired."""
+    shared = sorted((s for s in set(a) & set(b)), key=str)
+    if shared:
+        D = np.stack([_reps(a[s]) - _reps(b[s]) for s in shared])
+        if len(shared) == 1:
+            return D[0], shared
+        draw = rng.integers(0, len(shared), size=(D.shape[1], len(shared)))
+        return np.nanmean(D[draw, np.arange(D.shape[1])[:, None]], axis=1), shared
+    return condition_replicates(a, rng) - condition_replicates(b, rng), shared
+
+
+def boot_verdict(diff: np.ndarray, higher: bool | None) -> dict:
+    lo, hi = interval(diff)
+    out = {"mean_diff": float(np.nanmean(diff)) if np.isfinite(diff).any() else math.nan, "ci95": [lo, hi]}
+    if higher is None:
+        out["verdict"] = "not compared"
+    elif not (math.isfinite(lo) and math.isfinite(hi)):
+        out["verdict"] = "no verdict: no interval"
+    elif lo > 0 or hi < 0:
+        out["verdict"] = "A" if (lo > 0) == higher else "B"
+    else:
+        out["verdict"] = "tie"
+    return out
+
+
+def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None) -> dict:
     """The report's ``conditions`` section (see the module docstring)."""
+    metrics = metrics if metrics is not None else registry(budgets_of(results))
     groups = group_conditions(results)
     conds: dict[str, dict] = {}
-    per_seed: dict[str, dict[str, dict[int, float]]] = {}
+    per_seed: dict[str, dict[str, dict]] = {}  # label -> metric -> seed -> value
+    reps: dict[str, dict[str, dict]] = {}  # label -> metric -> seed -> document replicates
+    rng = np.random.default_rng(SEED_DRAW)
     for label, names in groups.items():
         first = _settings(results[names[0]])
         entry = {"runs": names, "seeds": [seed_of(results[n]) for n in names], "type": first.get("type"),
                  "alpha": first.get("ortho", {}).get("alpha") if first.get("type") in ("fixed", "adaptive") else None,
                  "activation": first.get("train", {}).get("activation", "relu"), "metrics": {}}
-        per_seed[label] = {}
-        for metric, (section, key, _) in METRICS.items():
-            values = {seed_of(results[n]): _value(results[n], section, key) for n in names}
+        per_seed[label], reps[label] = {}, {}
+        for m in metrics:
+            values = {seed_of(results[n]): m.value(results[n]) for n in names}
             if all(math.isnan(v) for v in values.values()):
                 continue
-            per_seed[label][metric] = values
+            per_seed[label][m.key] = values
             summary = mean_interval(list(values.values()))
             summary["per_seed"] = {str(s): v for s, v in values.items()}
-            if metric in EVAL_ERRORS:
-                errs = [_value(results[n], *EVAL_ERRORS[metric]) for n in names]
-                errs = [e for e in errs if math.isfinite(e)]
-                summary["eval_se"] = math.sqrt(sum(e * e for e in errs) / len(errs)) if errs else math.nan
-            entry["metrics"][metric] = summary
+            run_reps = {seed_of(results[n]): m.replicates(results[n]) for n in names}
+            if m.eval_error and all(r is not None for r in run_reps.values()):
+                reps[label][m.key] = run_reps
+                summary["ci95_seeds"] = summary["ci95"]
+                summary["ci95"] = interval(condition_replicates(run_reps, rng))
+                ses = [results[n].get(m.section, {}).get("intervals", {}).get("se", {}).get(m.field or m.key)
+                       for n in names]
+                ses = [e for e in ses if isinstance(e, (int, float)) and math.isfinite(e)]
+                summary["eval_se"] = math.sqrt(sum(e * e for e in ses) / len(ses)) if ses else math.nan
+                summary["interval"] = "seeds x documents bootstrap"
+            else:
+                summary["interval"] = "Student-t over seeds"
+            entry["metrics"][m.key] = summary
         conds[label] = entry
 
+    l0s = {c: e["metrics"].get("l0", {}).get("mean", math.nan) for c, e in conds.items()}
     pairs = []
     for a, b in combinations(conds, 2):
         row = {"a": a, "b": b, "metrics": {}}
-        for metric, (_, _, higher) in METRICS.items():
-            if metric in per_seed[a] and metric in per_seed[b]:
-                p = paired(per_seed[a][metric], per_seed[b][metric], higher)
-                p["winner"] = {"A": a, "B": b}.get(p["verdict"], p["verdict"])
-                row["metrics"][metric] = p
+        matched = l0_matched(l0s[a], l0s[b])
+        for m in metrics:
+            if m.key not in per_seed[a] or m.key not in per_seed[b]:
+                continue
+            if m.key in reps[a] and m.key in reps[b]:
+                diff, shared = paired_replicates(reps[a][m.key], reps[b][m.key], rng)
+                p = boot_verdict(diff, m.higher)
+                p.update(seeds=shared, n=len(shared), interval="seeds x documents bootstrap")
+            else:
+                p = paired(per_seed[a][m.key], per_seed[b][m.key], m.higher)
+                p["interval"] = "Student-t over shared seeds"
+            if not matched and m.higher is not None:
+                p["verdict"] = f"not compared: L0 {l0s[a]:.1f} vs {l0s[b]:.1f} (> {L0_MATCH:.0%} apart)"
+            p["winner"] = {"A": a, "B": b}.get(p["verdict"], p["verdict"])
+            row["metrics"][m.key] = p
         pairs.append(row)
 
-    l0s = {c: e["metrics"].get("l0", {}).get("mean", math.nan) for c, e in conds.items()}
     finite = [v for v in l0s.values() if math.isfinite(v)]
     spread = (max(finite) / min(finite) - 1) if finite and min(finite) > 0 else math.nan
-    return {"method": f"mean over seeds, 95 % Student-t interval; pairs: paired differences on shared seeds, "
-                      f"a winner only when their 95 % t-interval excludes 0 with >= {MIN_SEEDS} seeds",
-            "conditions": conds, "pairs": pairs, "who_wins": _who_wins(conds, pairs),
-            "l0": {"by_condition": l0s, "max_over_min_minus_1": spread,
+    frontier = _frontier(conds, reps, metrics, l0s, rng)
+    return {"method": "mean over seeds; intervals: seeds x documents bootstrap for the unlearning sweep's figures "
+                      f"(seed spread + the eval's error), Student-t over seeds otherwise; a winner only when the "
+                      f"interval of the difference excludes 0 (Student-t: with >= {MIN_SEEDS} shared seeds) "
+                      f"and the L0 of both lie within {L0_MATCH:.0%}",
+            "conditions": conds, "pairs": pairs, "frontier": frontier,
+            "who_wins": _who_wins(conds, pairs, metrics, frontier),
+            "l0": {"by_condition": l0s, "max_over_min_minus_1": spread, "rule": L0_MATCH,
                    "matched": bool(math.isfinite(spread) and spread <= L0_MATCH)}}
 
 
-def _who_wins(conds: dict, pairs: list[dict]) -> dict[str, str]:
+def _frontier(conds: dict, reps: dict, metrics: list[Metric], l0s: dict, rng) -> dict:
+    """metric -> quality -> condition -> verdict against the baseline conditions' curve."""
+    out: dict = {}
+    base = [c for c, e in conds.items() if e["type"] == "baseline"]
+    for m in (m for m in metrics if m.frontier):
+        for q in (q for q in metrics if q.quality):
+            table = {}
+            for c, e in conds.items():
+                if e["type"] == "baseline" or m.key not in e["metrics"] or q.key not in e["metrics"]:
+                    continue
+                curve = [_point(b, conds[b], reps[b], m, q, rng) for b in base
+                         if m.key in conds[b]["metrics"] and q.key in conds[b]["metrics"] and l0_matched(l0s[b], l0s[c])]
+                v = frontier_verdict(curve, _point(c, e, reps[c], m, q, rng))
+                table[c] = v
+            if table:
+                out.setdefault(m.key, {})[q.key] = table
+    return out
+
+
+def _point(label: str, e: dict, reps: dict, m: Metric, q: Metric, rng) -> dict:
+    s, x = e["metrics"][m.key], e["metrics"][q.key]
+    r = condition_replicates(reps[m.key], np.random.default_rng(SEED_DRAW)) if m.key in reps \
+        else np.full(1, np.nan)
+    return {"name": label, "x": x["mean"], "x_ci": x["ci95"], "y": s["mean"], "reps": r.tolist()}
+
+
+def _who_wins(conds: dict, pairs: list[dict], metrics: list[Metric], frontier: dict) -> dict[str, str]:
     out = {}
-    for metric, (_, _, higher) in METRICS.items():
-        have = [c for c in conds if metric in conds[c]["metrics"] and math.isfinite(conds[c]["metrics"][metric]["mean"])]
-        if higher is None or len(have) < 2:
+    for m in metrics:
+        if m.higher is None:
             continue
-        best = (max if higher else min)(have, key=lambda c: conds[c]["metrics"][metric]["mean"])
-        beaten, level = [], []
+        if m.frontier:
+            if m.key in frontier:
+                verdicts = {}
+                for q, table in frontier[m.key].items():
+                    for c, v in table.items():
+                        verdicts.setdefault(c, []).append(f"{v['verdict']} on {q}")
+                above = [c for c, vs in verdicts.items() if all(v.startswith("above") for v in vs)]
+                out[m.key] = ("above the baseline curve at equal quality: " + ", ".join(above) if above else
+                              "no condition lies above the baseline curve at equal quality") + " (" + "; ".join(
+                    f"{c}: {', '.join(vs)}" for c, vs in verdicts.items()) + ")"
+            continue
+        # references are label-using edits, not SAEs competing on quality: judged on the frontier only
+        have = [c for c in conds if m.key in conds[c]["metrics"] and math.isfinite(conds[c]["metrics"][m.key]["mean"])
+                and conds[c]["type"] != "reference"]
+        if len(have) < 2:
+            continue
+        best = (max if m.higher else min)(have, key=lambda c: conds[c]["metrics"][m.key]["mean"])
+        beaten, level = [], {}
         for p in pairs:
-            m = p["metrics"].get(metric)
-            if m is None or best not in (p["a"], p["b"]):
-                continue
+            v = p["metrics"].get(m.key)
             other = p["b"] if p["a"] == best else p["a"]
-            (beaten if m["winner"] == best else level).append(other)
+            if v is None or best not in (p["a"], p["b"]) or other not in have:
+                continue
+            if v["winner"] == best:
+                beaten.append(other)
+            else:
+                level[other] = v["verdict"] if v["winner"] != other else f"{other} is better"
         if len(beaten) == len(have) - 1:
-            out[metric] = best
+            out[m.key] = best
+        elif all(v == "tie" for v in level.values()):
+            out[m.key] = "tie: " + ", ".join([best, *level])
         else:
-            out[metric] = "tie: " + ", ".join([best] + level)
+            out[m.key] = f"no winner: best mean {best}; " + "; ".join(
+                f"vs {o}: {'tie' if v == 'tie' else v}" for o, v in level.items())
     return out
 
 
@@ -210,47 +312,104 @@ def _cell(s: dict | None, with_eval: bool = False) -> str:
     if not s:
         return "n/a"
     lo, hi = s["ci95"]
-    text = f"{_fmt(s['mean'])} [{_fmt(lo)}, {_fmt(hi)}]" if s["n"] > 1 else _fmt(s["mean"])
+    text = f"{_fmt(s['mean'])} [{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else _fmt(s["mean"])
     if with_eval and math.isfinite(s.get("eval_se", math.nan)):
         text += f" (seed sd {_fmt(s['sd'])}, eval se {_fmt(s['eval_se'])})"
     return text
 
 
-def conditions_markdown(agg: dict, plots: list[str]) -> str:
-    """The report.md section: one row per condition, per-seed values, pairwise verdicts, who wins."""
+def conditions_markdown(agg: dict, plots: list[str], metrics: list[Metric] | None = None) -> str:
+    """The report.md section: one row per condition (two tables: quality, unlearning), per-seed
+    values, pairwise verdicts. Columns come from the metric registry."""
     conds = agg["conditions"]
     if not conds:
         return ""
-    cols = ["l0", "explained_variance", "ce_loss_score", "best_selectivity", "loss_unlearning_score",
-            "rms_cross_cos", "rms_cross_cos_activity", "frac_dead"]
-    lines = ["", "## Conditions (runs that differ only by seed; mean [95 % t-interval] over seeds)", "",
-             "| condition | type | α | activation | seeds | " + " | ".join(cols) + " |",
-             "|" + "---|" * (5 + len(cols))]
-    for label, e in conds.items():
-        lines.append(f"| {label} | {e['type']} | {'' if e['alpha'] is None else e['alpha']} | {e['activation']} | "
-                     f"{', '.join(str(s) for s in e['seeds'])} | "
-                     + " | ".join(_cell(e["metrics"].get(m), m in EVAL_ERRORS) for m in cols) + " |")
-    lines += ["", "Per-seed values:", ""]
+    metrics = metrics if metrics is not None else registry()
+    present = [m for m in metrics if any(m.key in e["metrics"] for e in conds.values())]
+    lines = ["", "## Conditions (runs that differ only by seed; mean [95 % interval])", "",
+             "Intervals: Student-t over seeds; for the unlearning sweep's figures a seeds × documents bootstrap "
+             "(seed spread and the eval's own error by held-out document together; with one seed, the eval's "
+             "error alone).", ""]
+    for title, part in (("Quality", [m for m in present if m.section != "unlearning"]),
+                        ("Unlearning", [m for m in present if m.section == "unlearning"])):
+        if not part:
+            continue
+        lines += [f"{title}:", "", "| condition | type | α | activation | seeds | " + " | ".join(m.label for m in part) + " |",
+                  "|" + "---|" * (5 + len(part))]
+        for label, e in conds.items():
+            lines.append(f"| {label} | {e['type']} | {'' if e['alpha'] is None else e['alpha']} | {e['activation']} | "
+                         f"{', '.join(str(s) for s in e['seeds'])} | "
+                         + " | ".join(_cell(e["metrics"].get(m.key), m.eval_error) for m in part) + " |")
+        lines.append("")
+    lines += ["Per-seed values:", ""]
     for label, e in conds.items():
         lines.append(f"- **{label}**: " + "; ".join(
-            f"{m} " + ", ".join(f"s{s}={_fmt(v)}" for s, v in e["metrics"][m]["per_seed"].items())
-            for m in cols if m in e["metrics"]))
+            f"{m.key} " + ", ".join(f"s{s}={_fmt(v)}" for s, v in e["metrics"][m.key]["per_seed"].items())
+            for m in present if m.key in e["metrics"]))
     l0 = agg["l0"]
     lines += ["", f"L0 across conditions: max/min − 1 = {_fmt(l0['max_over_min_minus_1'])} "
-                  f"({'within' if l0['matched'] else 'NOT within'} ±{int(L0_MATCH * 100)} %).", "",
-              f"Pairwise (A − B on shared seeds; {agg['method']}):", ""]
+                  f"({'within' if l0['matched'] else 'NOT within'} ±{int(round(L0_MATCH * 100))} %, the one L0 rule: "
+                  "conditions further apart are not compared).", "",
+              f"Pairwise (A − B; {agg['method']}):", ""]
     for p in agg["pairs"]:
         verdicts = [f"{m} {_fmt(v['mean_diff'])} [{_fmt(v['ci95'][0])}, {_fmt(v['ci95'][1])}] → {v['winner']}"
                     for m, v in p["metrics"].items() if v["verdict"] != "not compared"]
         lines.append(f"- {p['a']} vs {p['b']}: " + "; ".join(verdicts))
-    lines += ["", "Who wins (across conditions):", ""]
-    lines += [f"- **{m}**: {w}" for m, w in agg["who_wins"].items()] or ["- fewer than two conditions"]
     lines += ["", *[f"![{p}]({p})" for p in plots], ""]
     return "\n".join(lines)
 
 
+def plot_frontier(out_dir: Path, agg: dict, metrics: list[Metric]) -> list[str]:
+    """frontier.png: each frontier metric (rows) against each quality metric (columns), means with
+    95 % bars on both axes; conditions of one type joined as a curve, references as stars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conds = agg["conditions"]
+    ys = [m for m in metrics if m.frontier]  # every one, so the report always shows where F(b) stands
+    xs = [m for m in metrics if m.quality and any(m.key in e["metrics"] for e in conds.values())]
+    if not ys or not xs:
+        return []
+    fig, axes = plt.subplots(len(ys), len(xs), figsize=(5.5 * len(xs), 3.8 * len(ys)), squeeze=False)
+    types = sorted({e["type"] for e in conds.values()})
+    for i, ym in enumerate(ys):
+        for j, xm in enumerate(xs):
+            ax = axes[i][j]
+            for k, kind in enumerate(types):
+                pts = []
+                for label, e in conds.items():
+                    x, y = e["metrics"].get(xm.key), e["metrics"].get(ym.key)
+                    if e["type"] != kind or not x or not y or not (math.isfinite(x["mean"]) and math.isfinite(y["mean"])):
+                        continue
+                    pts.append((x["mean"], y["mean"], _err(x), _err(y), label))
+                pts.sort()
+                color = "k" if kind == "baseline" else f"C{k % 10}"
+                if len(pts) > 1 and kind != "reference":
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color=color, alpha=0.5)
+                for n, (x, y, xe, ye, label) in enumerate(pts):
+                    ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="*" if kind == "reference" else "o", capsize=3,
+                                color=color, label=kind if n == 0 else None)
+                    ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            if not any(ym.key in e["metrics"] for e in conds.values()):
+                ax.text(0.5, 0.5, "not reached / not measured by any run", ha="center", transform=ax.transAxes)
+            ax.axhline(0, color="grey", lw=0.5)
+            ax.set(xlabel=f"{xm.label} (better →)", ylabel=ym.label)
+            ax.legend(fontsize=6)
+    fig.suptitle("Unlearning on the reconstruction frontier (95 % bars on both axes; black: baseline curve)", fontsize=9)
+    return [_save(plt, fig, out_dir, "frontier.png")]
+
+
+def _err(s: dict) -> list:
+    lo, hi = s["ci95"]
+    m = s["mean"]
+    return [[m - lo if math.isfinite(lo) else 0], [hi - m if math.isfinite(hi) else 0]]
+
+
 def plot_conditions(out_dir: Path, agg: dict) -> list[str]:
-    """selectivity vs L0, EV vs L0, RMS cross-group cosine vs α, dead fraction: means with 95 % bars."""
+    """EV vs L0, RMS cross-group cosine vs α, dead fraction: means with 95 % bars. (Unlearning
+    figures are plotted against quality instead: ``plot_frontier``.)"""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,8 +427,7 @@ def plot_conditions(out_dir: Path, agg: dict) -> list[str]:
         return m, [[m - lo if math.isfinite(lo) else 0], [hi - m if math.isfinite(hi) else 0]]
 
     made = []
-    for metric, name, ylabel in (("best_selectivity", "conditions_selectivity_vs_l0.png", "best selectivity (nats)"),
-                                 ("explained_variance", "conditions_ev_vs_l0.png", "explained variance")):
+    for metric, name, ylabel in (("explained_variance", "conditions_ev_vs_l0.png", "explained variance"),):
         fig, ax = plt.subplots(figsize=(6, 4))
         for i, (label, e) in enumerate(conds.items()):
             x, xerr = mid_err(e["metrics"].get("l0"))

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common.model import decoder_layers
+from eval.prefix import PrefixCache
 
 ResidFn = Callable[[Tensor], Tensor]
 LOGIT_BUDGET = 1 << 24  # elements of one [batch, chunk, vocab] logits tensor on CPU (64 MiB float32)
@@ -84,10 +85,17 @@ def zero_fn(r: Tensor) -> Tensor:
     return torch.zeros_like(r)
 
 
-def final_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-    """Hidden states after the final norm, ``[batch, T, d_model]`` (everything but the LM head)."""
-    out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+def final_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None,
+                 prefix=None) -> Tensor:
+    """Hidden states after the final norm, ``[batch, T, d_model]`` (everything but the LM head).
+
+    ``prefix`` (an ``eval.prefix.PrefixCache``): blocks up to its layer come from its cache when
+    this batch was run before, so only the later blocks run."""
+    def run() -> Tensor:
+        out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    return prefix.hidden(run, input_ids, attention_mask) if prefix is not None else run()
 
 
 def softcap(model: nn.Module, logits: Tensor) -> Tensor:
@@ -109,10 +117,10 @@ def _chunk_len(model: nn.Module, batch: int) -> int:
     return max(1, logit_budget(weight.device) // max(1, batch * weight.shape[0]))
 
 
-def token_ce(model: nn.Module, input_ids: Tensor, hidden: Tensor | None = None) -> Tensor:
+def token_ce(model: nn.Module, input_ids: Tensor, hidden: Tensor | None = None, prefix=None) -> Tensor:
     """Per-token next-token CE ``[batch, T-1]`` (entry p is the loss of predicting token p+1)."""
     if hidden is None:
-        hidden = final_hidden(model, input_ids)
+        hidden = final_hidden(model, input_ids, prefix=prefix)
     B, T = input_ids.shape
     step = _chunk_len(model, B)
     out = []
@@ -143,16 +151,17 @@ def spliced_ce(
     called with the number of contexts finished in each batch. Returns name -> metrics.
     """
     device = next(model.parameters()).device
+    prefix = PrefixCache(model, layer)  # the clean pass records block `layer`; the spliced ones reuse it
     ce: dict[str, list] = {"clean": [], "zero": [], **{n: [] for n in saes}}
     kl: dict[str, list] = {"zero": [], **{n: [] for n in saes}}
     for i in range(0, contexts.shape[0], batch_size):
         ids = torch.as_tensor(contexts[i:i + batch_size], dtype=torch.long, device=device)
-        hid = {"clean": final_hidden(model, ids)}
+        hid = {"clean": final_hidden(model, ids, prefix=prefix)}
         for name, sae in saes.items():
             with splice(model, layer, sae_fn(sae)):
-                hid[name] = final_hidden(model, ids)
+                hid[name] = final_hidden(model, ids, prefix=prefix)
         with splice(model, layer, zero_fn, start=0 if ablate_bos else 1):
-            hid["zero"] = final_hidden(model, ids)
+            hid["zero"] = final_hidden(model, ids, prefix=prefix)
         B, T = ids.shape
         step = _chunk_len(model, B)
         for s in range(0, T, step):

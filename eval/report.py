@@ -2,8 +2,10 @@
 
 Headline explained variance is the corrected definition `1 − E‖x−x̂‖² / Σ_d Var(x_d)` (SAELens
 after its fix); SAEBench's legacy per-token form and dictionary_learning's form are reported
-beside it under their own names. Runs are compared at matched L0 where possible: runs whose L0
-lies within ±25 % of each other form a band, and each band names its own winners.
+beside it under their own names. The metrics compared, their labels and directions come from one
+registry (``eval/metrics.py``); runs are compared only as conditions (``eval/aggregate.py``: a run
+without seeds is a one-seed condition) under one L0 rule, and the one "who wins" section reads
+those verdicts, unlearning figures by the frontier rule (``eval/frontier.py``).
 """
 from __future__ import annotations
 
@@ -20,68 +22,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 from common import __version__  # noqa: E402
 from common.config import Config  # noqa: E402
 from common.store import StoreReader  # noqa: E402
-from eval.aggregate import aggregate, conditions_markdown, plot_conditions  # noqa: E402
+from eval.aggregate import aggregate, conditions_markdown, plot_conditions, plot_frontier  # noqa: E402
 from eval.corpora import corpora_json, corpora_markdown  # noqa: E402
 from eval.curves import plot_training_curves  # noqa: E402
+from eval.metrics import Metric, budgets_of, registry  # noqa: E402
 
 HEADLINE_EV = "explained_variance"
-L0_BAND = 0.25
-# metric -> (section, higher is better)
-COMPARED = {
-    "explained_variance": ("reconstruction", True),
-    "mse": ("reconstruction", False),
-    "cossim": ("reconstruction", True),
-    "ce_loss_score": ("downstream", True),
-    "kl_div_score": ("downstream", True),
-    "unlearning_score": ("unlearning", True),
-    "best_mcq_prob_selectivity": ("unlearning", True),
-    "loss_unlearning_score": ("unlearning", True),
-    "best_selectivity": ("unlearning", True),
-}
 
 
 def _get(result: dict, section: str, key: str) -> float:
     value = result.get(section, {}).get(key)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
-
-
-def l0_bands(results: dict[str, dict]) -> list[list[str]]:
-    """Runs sorted by L0, split where the next run's L0 exceeds the band's first by > L0_BAND."""
-    order = sorted(results, key=lambda n: _get(results[n], "reconstruction", "l0"))
-    bands: list[list[str]] = []
-    for name in order:
-        l0 = _get(results[name], "reconstruction", "l0")
-        if bands and l0 <= _get(results[bands[-1][0]], "reconstruction", "l0") * (1 + L0_BAND):
-            bands[-1].append(name)
-        else:
-            bands.append([name])
-    return bands
-
-
-def winners(results: dict[str, dict], names: list[str]) -> dict[str, str]:
-    out = {}
-    for metric, (section, higher) in COMPARED.items():
-        scored = [(n, _get(results[n], section, metric)) for n in names]
-        scored = [(n, v) for n, v in scored if not math.isnan(v)]
-        if not scored:
-            continue
-        best = (max if higher else min)(v for _, v in scored)
-        # A tie must not read as a win for whichever run happens to be listed first.
-        tied = [n for n, v in scored if math.isclose(v, best, rel_tol=1e-9, abs_tol=1e-12)]
-        if len(tied) == 1:
-            out[metric] = tied[0]
-        elif len(tied) == len(scored):
-            out[metric] = f"tie (all {len(tied)} runs at {_fmt(best)})"
-        else:
-            out[metric] = "tie: " + ", ".join(tied)
-    return out
-
-
-def comparison(results: dict[str, dict]) -> dict:
-    bands = l0_bands(results)
-    return {"overall": winners(results, list(results)),
-            "matched_l0": [{"runs": band, "winners": winners(results, band)} for band in bands if len(band) > 1],
-            "l0_band": L0_BAND}
 
 
 def _alpha(result: dict) -> float:
@@ -104,7 +55,8 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def _markdown(cfg: Config, reader: StoreReader, results: dict, comp: dict, timings: dict, plots: list[str]) -> str:
+def _markdown(cfg: Config, reader: StoreReader, results: dict, references: dict, agg: dict, metrics: list[Metric],
+              timings: dict, plots: list[str]) -> str:
     names = list(results)
     rec = [[n, results[n]["summary"].get("type"), _fmt(_alpha(results[n]), 2),
             *[_get(results[n], "reconstruction", k) for k in
@@ -114,17 +66,28 @@ def _markdown(cfg: Config, reader: StoreReader, results: dict, comp: dict, timin
     down = [[n, *[_get(results[n], "downstream", k) for k in
                   ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation", "ce_loss_score",
                    "kl_div_with_sae", "kl_div_score")]] for n in names]
-    unl = [[n, *[_get(results[n], "unlearning", k) for k in
-                 ("unlearning_score", "best_mcq_prob_selectivity", "loss_unlearning_score", "best_selectivity",
-                  "forget_base_correct", "retain_base_correct")],
-            results[n].get("unlearning", {}).get("ablation_shares_from_clamped", {}).get("best_selectivity", math.nan)]
-           for n in names]
+    # F(b) and the other frontier figures always have their column ("n/a": not reached / not measured)
+    unl_metrics = [m for m in metrics if m.section == "unlearning" and m.runs_table
+                   and (m.frontier or any(not math.isnan(m.value(r)) for r in {**results, **references}.values()))]
+    unl = [[n, *[_with_ci(m, r) for m in unl_metrics]] for n, r in {**results, **references}.items()]
+    ablation = [[n, a.get("n_features"), a.get("multiplier"), a.get("selectivity_pi_from_unclamped", math.nan),
+                 a.get("selectivity", math.nan)] for n in names
+                for a in [results[n].get("unlearning", {}).get("ablation_shares_from_clamped")] if a]
+    sweep = [[n, _fmt(row.get("retain_threshold", math.nan)) if "retain_threshold" in row else "", row.get("n_features", ""),
+              row.get("multiplier", row.get("scale", "")),
+              *[row.get(k, math.nan) for k in ("forget_ce_increase", "retain_ce_increase", "forget_ce_increase_domain",
+                                               "forget_ce_increase_rest", "selectivity", "selectivity_ratio",
+                                               "forget_coverage", "retain_coverage")]]
+             for n, r in {**results, **references}.items() for row in r.get("unlearning", {}).get("rows", [])]
     cond = [_conditioning_row(n, results[n].get("conditioning", {})) for n in names]
     trained = [_conditioning_row(n, results[n]["conditioning"]["trained_groups"]) for n in names
                if "trained_groups" in results[n].get("conditioning", {})]
-    win = "\n".join(f"- **{m}**: {w}" for m, w in comp["overall"].items())
-    bands = "\n".join(f"- L0 band {', '.join(b['runs'])}: " + "; ".join(f"{m} → {w}" for m, w in b["winners"].items())
-                      for b in comp["matched_l0"]) or "- no two runs within ±25 % L0 of each other"
+    labels = {m.key: m.label for m in metrics}
+    win = "\n".join(f"- **{labels.get(k, k)}** (`{k}`): {w}" for k, w in agg["who_wins"].items()) \
+        or "- fewer than two conditions"
+    un = cfg.eval.unlearning
+    first = next((r.get("unlearning", {}) for r in results.values() if r.get("unlearning", {}).get("documents")), {})
+    docs = first.get("documents", {})
     meta = reader.meta
     d_model = int(meta.get("d_model") or 0)
     wide = any(min(results[n].get("conditioning", {}).get("group_sizes") or [0]) >= d_model > 0 for n in names)
@@ -148,14 +111,32 @@ orthosae {__version__} · {time.strftime('%Y-%m-%d %H:%M:%S')}{_sets_line(cfg)}
 ## Downstream (SAE spliced in at layer {cfg.harvest.layer}; BOS position left clean)
 {_table(["run", "CE clean", "CE with SAE", "CE zero-abl.", "CE-loss score", "KL with SAE", "KL score"], down)}
 
-## Unlearning (SAEBench protocol; loss mode: CE on held-out forget vs retain text)
-{_table(["run", "MCQ unlearning score", "MCQ p(right) selectivity", "loss unlearning score", "best selectivity", "forget Qs base-correct", "retain Qs base-correct", "best selectivity, π follows the clamp (ablation)"], unl)}
+## Unlearning at matched damage (loss mode: CE on held-out forget vs retain text)
+Each run's clamp sweep ({len(un.n_features_list)} n_features × {len(un.multipliers)} multipliers × {len(un.retain_thresholds)} retain thresholds)
+gives forget ΔCE against retain ΔCE. **F(b)** is the forget ΔCE at retain ΔCE = b on the sweep's upper frontier
+(with the unedited model at (0, 0)), interpolated, "n/a" where no setting reaches b (never extrapolated).
+Cross-fitted figures choose the setting on one half of the held-out documents and score it on the other
+(then swap and average); "in sample" ones choose and score on the same text. Coverage: share of
+spliced positions where a clamped feature fired. 95 % intervals in brackets: bootstrap over
+{docs.get("forget", "?")} forget and {docs.get("retain", "?")} retain held-out documents. Domain tokens:
+{first.get("n_domain_tokens", "?")} token ids ≥ {un.domain_ratio:g}× more frequent in forget than retain
+training text (≥ {un.domain_min_count} forget occurrences). References (label-using, rows below the runs):
+`+forget-share` = the same SAE's features ranked by forget share of activation mass; `diff-of-means` =
+no SAE, the forget − retain mean direction projected out at the layer with strength s.
+
+{_table(["run", *[m.label for m in unl_metrics]], unl)}
+
+The sweep, per setting (ΔCE in nats; domain / rest: forget ΔCE on domain tokens / on the others):
+
+{_table(["run", "retain thr.", "n_features", "multiplier / s", "forget ΔCE", "retain ΔCE", "forget ΔCE domain", "forget ΔCE rest", "selectivity", "ΔCE_f / ΔCE_r", "forget coverage", "retain coverage"], sweep)}
 
 MCQ p(right) selectivity: the drop of the right answer's probability on forget questions minus
-that on retain questions (base-correct questions, best setting): a continuous figure that moves
-where the accuracy score cannot. The grouped SAE's bias mix π is computed from the unclamped activations, so its clamp edits the
-chosen features only, as a plain SAE's does; the last column is the ablation where π follows the
-clamp and the clamp also takes the clamped group's bias away.
+that on retain questions (base-correct questions, best setting). The grouped SAE's bias mix π is
+computed from the unclamped activations, so its clamp edits the chosen features only, as a plain
+SAE's does. Ablation at the largest setting, where π follows the clamp (the clamp then also takes
+the clamped group's bias away):
+
+{_table(["run", "n_features", "multiplier", "selectivity (π from unclamped)", "selectivity (π follows the clamp)"], ablation) if ablation else "(no grouped run)"}
 
 ## Feature groups (per group, g0 / g1 / …: group 1 of 2 is forget-leaning)
 Degeneracy is read from the effective-rank fraction and the largest within-group |cos|; σ_max/σ_min
@@ -169,11 +150,14 @@ training corpora (what α bounds with `weighting = "activity"`); random directio
 {_deviations(cfg)}
 
 ## Who wins
-Overall:
-{win}
+One rule for every metric (`eval/aggregate.py`): conditions are compared only when their mean L0 lie
+within {int(round(agg["l0"]["rule"] * 100))} % of each other; a winner is named only when the 95 % interval of the
+difference excludes 0 (unlearning figures: seeds × documents bootstrap; others: Student-t over
+≥ 3 shared seeds), otherwise the verdict is a tie. Unlearning figures are judged on the frontier:
+a condition "wins" only where it lies above the baseline conditions' curve at equal reconstruction
+quality (CE-loss score and EV), the interval of that vertical gap excluding 0 (`eval/frontier.py`).
 
-At matched L0:
-{bands}
+{win}
 
 ## Plots
 {chr(10).join(f'![{p}]({p})' for p in plots)}
@@ -220,7 +204,7 @@ def _deviations(cfg: Config) -> str:
     return "\n".join(i for i in items if i)
 
 
-def _plots(out_dir: Path, results: dict) -> list[str]:
+def _plots(out_dir: Path, results: dict, metrics: list[Metric] | None = None) -> list[str]:
     names = list(results)
     made = []
 
@@ -233,16 +217,16 @@ def _plots(out_dir: Path, results: dict) -> list[str]:
     made.append(_save(fig, out_dir, "recon_vs_l0.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for metric in ("unlearning_score", "loss_unlearning_score", "best_selectivity"):
+    for i, m in enumerate(m for m in (metrics or registry(budgets_of(results))) if m.frontier):
         for kind, marker in (("adaptive", "o-"), ("fixed", "s--")):
-            pts = sorted((_alpha(results[n]), _get(results[n], "unlearning", metric)) for n in names
+            pts = sorted((_alpha(results[n]), m.value(results[n])) for n in names
                          if results[n]["summary"].get("type") == kind)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, label=f"{kind}: {metric}")
-        base = [_get(results[n], "unlearning", metric) for n in names if results[n]["summary"].get("type") == "baseline"]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, color=f"C{i}", label=f"{kind}: {m.label}")
+        base = [m.value(results[n]) for n in names if results[n]["summary"].get("type") == "baseline"]
         if base and not math.isnan(base[0]):
-            ax.axhline(base[0], linestyle=":", color="grey")
-    ax.set(xlabel="α", ylabel="score", title="Unlearning vs α (dotted: baseline)")
+            ax.axhline(base[0], linestyle=":", color=f"C{i}")
+    ax.set(xlabel="α", ylabel="nats", title="Unlearning vs α (dotted: baseline; not at equal quality: see frontier.png)")
     ax.legend(fontsize=6)
     made.append(_save(fig, out_dir, "unlearning_vs_alpha.png"))
 
@@ -277,28 +261,42 @@ def _sets_line(cfg: Config) -> str:
 
 
 def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict, timings: dict,
-                 frequencies: dict | None = None) -> Path:
-    """frequencies: what feature frequencies were counted on (eval/frequencies.describe)."""
+                 frequencies: dict | None = None, references: dict | None = None) -> Path:
+    """frequencies: what feature frequencies were counted on (eval/frequencies.describe); references:
+    the label-using unlearning references measured beside the runs."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    comp = comparison(results)
-    conditions = aggregate(results)  # seeds -> conditions (eval/aggregate.py)
+    references = references or {}
+    every = {**results, **references}
+    metrics = registry(budgets_of(every))
+    conditions = aggregate(every, metrics)  # seeds -> conditions (eval/aggregate.py), references beside the runs
     corpora = corpora_json(reader, frequencies)
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "orthosae_version": __version__,
         "config": str(cfg.path), "sets": list(getattr(cfg, "sets", ())), "store": reader.url,
         "store_meta": reader.meta, "corpora": corpora,
         "runs_dir": cfg.train.runs_dir, "headline_explained_variance": HEADLINE_EV,
-        "runs": results, "comparison": comp, "conditions": conditions, "timings_s": timings, "plots": [],
+        "metrics": [{"key": m.key, "section": m.section, "higher_is_better": m.higher, "label": m.label,
+                     "eval_error": m.eval_error, "frontier": m.frontier, "quality": m.quality} for m in metrics],
+        "runs": results, "references": references, "conditions": conditions,
+        "who_wins": conditions["who_wins"], "timings_s": timings, "plots": [],
     }
     _write_json(out_dir / "report.json", report)  # the measurements first: a failing plot must not lose them
-    plots = _plots(out_dir, results)
-    condition_plots = plot_conditions(out_dir, conditions)
+    plots = _plots(out_dir, results, metrics)
+    condition_plots = plot_frontier(out_dir, conditions, metrics) + plot_conditions(out_dir, conditions)
     report["plots"] = plots + condition_plots
     _write_json(out_dir / "report.json", report)
-    (out_dir / "report.md").write_text(_markdown(cfg, reader, results, comp, timings, plots)
-                                       + conditions_markdown(conditions, condition_plots)
+    (out_dir / "report.md").write_text(_markdown(cfg, reader, results, references, conditions, metrics, timings, plots)
+                                       + conditions_markdown(conditions, condition_plots, metrics)
                                        + "\n" + corpora_markdown(corpora))
     return out_dir
+
+
+def _with_ci(m: Metric, result: dict) -> str:
+    v = m.value(result)
+    lo, hi = m.interval(result)
+    if math.isnan(v):
+        return "n/a"
+    return f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else _fmt(v)
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -8,11 +8,15 @@ spliced CE/KL (one pass serves all runs) -> unlearning (the SAE-independent base
 """
 from __future__ import annotations
 
+import json
+import math
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,7 +32,8 @@ from eval.curves import training_curves
 from eval.downstream import spliced_ce
 from eval.frequencies import describe, frequency_batches
 from eval.report import write_report
-from eval.unlearning import run_unlearning, unlearning_baseline
+from eval.matched_damage import domain_tokens
+from eval.unlearning import run_sweep, run_unlearning, unlearning_baseline
 from train.export import load_sae
 from train.verify import read_summary, require_intact_export
 from train.sae import SAE, FixedOrthoSAE, assign_groups, is_grouped
@@ -195,8 +200,83 @@ def measure_downstream(cfg: Config, reader: StoreReader, lm, results: list[RunRe
         r.downstream = downstream[r.name]
 
 
+def _contexts_all(reader: StoreReader, names: list[str], per_corpus: int, bos: int) -> torch.Tensor:
+    """``per_corpus`` contexts from the front of each corpus (0 = all of them), in store order."""
+    info = reader.corpora()
+    return torch.cat([reader.contexts(n, 0, info[n].n_contexts if per_corpus == 0 else
+                                      min(per_corpus, info[n].n_contexts), bos) for n in names])
+
+
+def token_counts(reader: StoreReader, names: list[str]) -> np.ndarray:
+    """How often each token id occurs in the named corpora (every row)."""
+    info = reader.corpora()
+    counts = np.zeros(0, dtype=np.int64)
+    for n in names:
+        c = np.bincount(reader.read_tokens(n, 0, info[n].n_rows).astype(np.int64))
+        counts = np.pad(counts, (0, max(0, len(c) - len(counts))))
+        counts[:len(c)] += c
+    return counts
+
+
+def forget_share_ranking(r: "RunResult") -> torch.Tensor:
+    """The label-using reference's order: features active on forget rows, by forget share of
+    activation mass (the adaptive grouping's statistic, applied post hoc), then forget frequency."""
+    share = forget_share(r.forget_mass, r.retain_mass).double().cpu()
+    share = torch.nan_to_num(share, nan=-1.0)
+    active = (r.forget_freq.cpu() > 0)
+    order = sorted(torch.nonzero(active).flatten().tolist(),
+                   key=lambda i: (-share[i].item(), -r.forget_freq[i].item(), i))
+    return torch.tensor(order, dtype=torch.long)
+
+
+def mean_direction(reader: StoreReader, cfg: Config, skip: frozenset[int]) -> torch.Tensor:
+    """Unit vector along mean(forget training rows) − mean(retain training rows), raw units."""
+    means = []
+    for role in ("forget", "retain"):
+        total, n = None, 0
+        for rows in _rows(reader, _corpora(cfg, "train", role), cfg.eval.rows, skip):
+            s = rows.double().sum(dim=0)
+            total, n = (s if total is None else total + s), n + len(rows)
+        means.append(total / max(n, 1))
+    d = means[0] - means[1]
+    return (d / d.norm().clamp_min(1e-12)).float()
+
+
+def project_out(direction: Tensor, scale: float, fired: list | None = None):
+    """resid -> resid − scale·(resid·d̂)d̂ (the SAE-free reference edit; every position is edited)."""
+    def fn(r: Tensor) -> Tensor:
+        d = direction.to(device=r.device)
+        x = r.float()
+        if fired is not None:
+            fired.append(torch.full(r.shape[:-2] or (1,), float(r.shape[-2]), dtype=torch.float64))
+        return (x - scale * (x @ d)[..., None] * d).to(r.dtype)
+    return fn
+
+
+def _ref_name(run: str, tag: str) -> str:
+    """baseline-s1 -> baseline+forget-share-s1: the seed suffix stays last, so seeds form a condition."""
+    m = re.match(r"(.*)(-s\d+)$", run)
+    return f"{m[1]}{tag}{m[2]}" if m else run + tag
+
+
+def _reference_result(base: RunResult | None, name: str, unlearning: dict, how: str) -> dict:
+    """A reference's entry beside the runs in report.json: its unlearning, the quality it edits at."""
+    if base is not None:  # the SAE's own quality: the reference uses its features
+        out = base.to_json()
+        out["cfg"] = {**out["cfg"], "orthosae": {**out["cfg"].get("orthosae", {}), "type": "reference",
+                                                 "reference": how}}
+    else:  # no SAE: the model itself, reconstruction perfect by definition
+        out = {"cfg": {"orthosae": {"type": "reference", "reference": how}},
+               "reconstruction": {"explained_variance": 1.0}, "downstream": {"ce_loss_score": 1.0},
+               "conditioning": {}, "curves": {}}
+    out["summary"] = {"type": "reference", "reference": how, "of": base.name if base else None}
+    out["unlearning"] = unlearning
+    return out
+
+
 def measure_unlearning(cfg: Config, reader: StoreReader, lm, results: list[RunResult], bar,
-                       timings: dict) -> None:
+                       timings: dict) -> dict[str, dict]:
+    """Every run's sweep; returns the references' entries (name -> report.json entry)."""
     un, bos = cfg.eval.unlearning, lm.tokenizer.bos_token_id
     t = time.perf_counter()
     has_freqs = bool(_corpora(cfg, "train", "forget") and _corpora(cfg, "train", "retain"))
@@ -205,34 +285,70 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, results: list[RunRe
     cap = un.max_questions or None
     forget_q = load_mcq(un.forget_questions, un.forget_subjects, cap) if mcq else None
     retain_q = load_mcq(un.retain_questions, un.retain_subjects, cap) if mcq else None
-    fc = _contexts(reader, _corpora(cfg, "heldout", "forget"), un.loss_contexts, bos) if loss else None
-    rc = _contexts(reader, _corpora(cfg, "heldout", "retain"), un.loss_contexts, bos) if loss else None
+    fc = _contexts_all(reader, _corpora(cfg, "heldout", "forget"), un.loss_contexts, bos) if loss else None
+    rc = _contexts_all(reader, _corpora(cfg, "heldout", "retain"), un.loss_contexts, bos) if loss else None
+    domain = (domain_tokens(token_counts(reader, _corpora(cfg, "train", "forget")),
+                            token_counts(reader, _corpora(cfg, "train", "retain")), un.domain_ratio,
+                            un.domain_min_count) if loss and has_freqs else None)
     task = bar.add_task("unlearning baseline (unmodified model)", total=1)
     baseline = unlearning_baseline(lm.model, lm.tokenizer, forget_mcqs=forget_q, retain_mcqs=retain_q,
                                    forget_contexts=fc, retain_contexts=rc, batch_size=cfg.eval.batch_size,
-                                   chat=un.chat_template, all_permutations=un.all_permutations)
+                                   chat=un.chat_template, all_permutations=un.all_permutations,
+                                   layer=cfg.harvest.layer, domain=domain)
     bar.advance(task)  # stops its clock; an open task would keep counting through the interventions
     timings["unlearning_baseline"] = time.perf_counter() - t
     t = time.perf_counter()
     settings = len(un.retain_thresholds) * len(un.n_features_list) * len(un.multipliers)
     ablated = {r.name for r in results if is_grouped(r.sae)} if loss else set()
-    task = bar.add_task("unlearning interventions", total=settings * (len(results) + len(ablated)))
+    share_refs = [r for r in results if r.run.type == "baseline"] if loss and "forget_share" in un.references else []
+    dom_ref = loss and has_freqs and "diff_of_means" in un.references
+    total = (settings * len(results) + len(ablated) + len(un.n_features_list) * len(un.multipliers) * len(share_refs)
+             + (len(un.projection_scales) if dom_ref else 0))
+    task = bar.add_task("unlearning interventions", total=total)
+    args = dict(forget_mcqs=forget_q, retain_mcqs=retain_q, forget_contexts=fc, retain_contexts=rc,
+                retain_thresholds=un.retain_thresholds, n_features_list=un.n_features_list,
+                multipliers=un.multipliers, batch_size=cfg.eval.batch_size, chat=un.chat_template,
+                all_permutations=un.all_permutations, baseline=baseline, retain_budgets=un.retain_budgets,
+                progress=lambda k: bar.advance(task, k))
     for r in results:
         if r.forget_freq is None or r.retain_freq is None:
             continue
-        args = dict(forget_mcqs=forget_q, retain_mcqs=retain_q, forget_contexts=fc, retain_contexts=rc,
-                    retain_thresholds=un.retain_thresholds, n_features_list=un.n_features_list,
-                    multipliers=un.multipliers, batch_size=cfg.eval.batch_size, chat=un.chat_template,
-                    all_permutations=un.all_permutations, baseline=baseline, progress=lambda k: bar.advance(task, k))
         r.unlearning = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, r.forget_freq,
                                       r.retain_freq, **args)
-        if r.name in ablated:  # ablation: π follows the clamp, so the clamp also removes group bias
-            args.update(forget_mcqs=None, retain_mcqs=None)
+        if r.name in ablated:
+            # ablation: π follows the clamp, so the clamp also removes group bias; at the largest
+            # setting only (the one where it can matter most), against the main clamp's same setting
+            big = dict(args, forget_mcqs=None, retain_mcqs=None, n_features_list=[max(un.n_features_list)],
+                       multipliers=[max(un.multipliers)], retain_thresholds=un.retain_thresholds[:1])
             ablation = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, r.forget_freq,
-                                      r.retain_freq, shares_from_clamped=True, **args)
+                                      r.retain_freq, shares_from_clamped=True, **big)
+            main = [x for x in r.unlearning["rows"] if x["n_features"] == max(un.n_features_list)
+                    and x["multiplier"] == max(un.multipliers) and x["retain_threshold"] == un.retain_thresholds[0]]
             r.unlearning["ablation_shares_from_clamped"] = {
-                k: ablation[k] for k in ("best_selectivity", "loss_unlearning_score", "rows")}
+                "n_features": max(un.n_features_list), "multiplier": max(un.multipliers),
+                "selectivity": ablation["rows"][0]["selectivity"],
+                "selectivity_pi_from_unclamped": main[0]["selectivity"] if main else math.nan}
     timings["unlearning_interventions"] = time.perf_counter() - t
+    t = time.perf_counter()
+    references: dict[str, dict] = {}
+    ref_args = dict(args, forget_mcqs=None, retain_mcqs=None)
+    for r in share_refs:
+        res = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, r.forget_freq, r.retain_freq,
+                             ranking=forget_share_ranking(r), **ref_args)
+        references[_ref_name(r.name, "+forget-share")] = _reference_result(
+            r, _ref_name(r.name, "+forget-share"), res, "forget_share: the SAE's features ranked by forget share of activation mass")
+    if dom_ref:
+        d = mean_direction(reader, cfg, special_tokens(lm.tokenizer))
+        sweep = [({"scale": float(s)}, ("project", float(s)), lambda fired, s=float(s): project_out(d, s, fired))
+                 for s in un.projection_scales]
+        res = run_sweep(lm.model, lm.tokenizer, cfg.harvest.layer, sweep, baseline=baseline, do_mcq=False,
+                        do_loss=True, forget_contexts=fc, retain_contexts=rc, batch_size=cfg.eval.batch_size,
+                        progress=lambda k: bar.advance(task, k), retain_budgets=un.retain_budgets)
+        references["diff-of-means"] = _reference_result(
+            None, "diff-of-means", res, "diff_of_means: forget − retain mean direction projected out (no SAE)")
+    if references:
+        timings["unlearning_references"] = time.perf_counter() - t
+    return references
 
 
 def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: bool = True) -> Path:
@@ -262,9 +378,10 @@ def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: 
         t = time.perf_counter()
         measure_downstream(cfg, reader, lm, results, bar)
         timings["downstream"] = time.perf_counter() - t
-        measure_unlearning(cfg, reader, lm, results, bar, timings)
+        references = measure_unlearning(cfg, reader, lm, results, bar, timings)
 
     out_dir = Path(cfg.eval.reports_dir) / cfg.eval.name
-    write_report(out_dir, cfg, reader, {r.name: r.to_json() for r in results}, timings, frequencies=frequencies)
+    write_report(out_dir, cfg, reader, {r.name: r.to_json() for r in results}, timings,
+                 frequencies=frequencies, references=references)
     events.emit("stage_done", report=str(out_dir / "report.md"), runs=[r.name for r in results])
     return out_dir

@@ -36,6 +36,11 @@ Matched against sae_bench 0.6.0 ``evals/unlearning``:
    ``selectivity_ratio = forget_ce_increase / (max(retain_ce_increase, 0) + 1e-3)``.
    ``loss_unlearning_score``: the largest relative forget CE increase among settings whose retain
    CE rose by at most 1 % (the loss analogue of SAEBench's retain accuracy ≥ 0.99); 0 if none.
+8. Matched damage (ours, ``eval/matched_damage.py``): the sweep's (retain ΔCE, forget ΔCE) points
+   give F(b), the forget damage at retain damage b; best_selectivity and the loss score are also
+   cross-fitted (setting chosen on one half of the held-out documents, scored on the other);
+   ΔCE is split into the forget text's domain tokens and the rest; coverage = the share of spliced
+   positions where a clamped feature fired. Intervals come from a bootstrap over documents.
 """
 
 from __future__ import annotations
@@ -50,7 +55,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from eval import matched_damage as md
 from eval.downstream import ResidFn, final_hidden, softcap, splice, token_ce
+from eval.prefix import PrefixCache
 from train.sae import is_grouped
 from train.sae.adaptive_ortho import require_uniform_norms
 
@@ -107,22 +114,27 @@ def clamped_activations(f: Tensor, features: Tensor, multiplier: float) -> Tenso
 
 
 def clamp_features(sae: nn.Module, features: Sequence[int] | Tensor, multiplier: float, *,
-                   shares_from_clamped: bool = False) -> ResidFn:
+                   shares_from_clamped: bool = False, fired: list | None = None) -> ResidFn:
     """resid -> decode(clamped f) + (resid − decode(f)), for ``eval.downstream.splice``.
 
     A grouped SAE's group-bias mix π is computed from the UNCLAMPED activations, so the clamp
     edits the chosen features only, as it does in a plain SAE; ``shares_from_clamped=True`` lets π
     follow the clamp (the ablation the report shows: clamped features then also take their
-    group's bias away)."""
+    group's bias away). ``fired``: each call appends, per sequence, how many positions had a
+    chosen feature active (the clamp's coverage)."""
     w = sae.W_dec
     idx = torch.as_tensor(features, dtype=torch.long, device=w.device).reshape(-1)
     grouped = is_grouped(sae) and not shares_from_clamped
 
     def fn(r: Tensor) -> Tensor:
         if idx.numel() == 0:  # SAEBench: no features, no change
+            if fired is not None:
+                fired.append(torch.zeros(r.shape[:-2] or (1,)))
             return r
         x = r.to(device=w.device, dtype=w.dtype)
         f = sae.encode(x)
+        if fired is not None:
+            fired.append((f[..., idx] > 0).any(dim=-1).sum(dim=-1).double().cpu())
         error = x - sae.decode(f)
         clamped = clamped_activations(f, idx, multiplier)
         x_new = sae.decode(clamped, shares_from=f) if grouped else sae.decode(clamped)
@@ -178,7 +190,7 @@ def _encode(tokenizer, text: str, chat: bool) -> list[int]:
 
 @torch.no_grad()
 def letter_logits(model: nn.Module, prompts: list[list[int]], letters: list[list[int]], batch_size: int,
-                  pad_id: int = 0) -> Tensor:
+                  pad_id: int = 0, prefix: PrefixCache | None = None) -> Tensor:
     """Logits ``[n, n_letters]`` at each prompt's last token (max over a letter's variants).
 
     Prompts are right-padded (BOS stays at position 0 for ``splice``) and batched by length; the
@@ -200,7 +212,7 @@ def letter_logits(model: nn.Module, prompts: list[list[int]], letters: list[list
         for j, i in enumerate(rows):
             ids[j, :len(prompts[i])] = torch.tensor(prompts[i])
             mask[j, :len(prompts[i])] = 1
-        h = final_hidden(model, ids.to(device), mask.to(device))
+        h = final_hidden(model, ids.to(device), mask.to(device), prefix=prefix)
         last = h[torch.arange(len(rows)), mask.sum(1).to(device) - 1]
         z = (last @ W.T.to(last.dtype)).float()
         if bias is not None:
@@ -222,7 +234,7 @@ def mcq_correct(model: nn.Module, tokenizer, mcqs: Sequence[Any], batch_size: in
 
 
 def mcq_scores(model: nn.Module, tokenizer, mcqs: Sequence[Any], batch_size: int, *, chat: bool = False,
-               all_permutations: bool = False) -> tuple[Tensor, Tensor]:
+               all_permutations: bool = False, prefix: PrefixCache | None = None) -> tuple[Tensor, Tensor]:
     """(correct ``[n, n_orders]`` as ``mcq_correct``, p ``[n]``): p is the probability of the right
     letter, softmax over the answer letters, with the choices in the given order. Unlike accuracy
     it moves continuously, so it shows an intervention's effect even on a model near chance."""
@@ -243,7 +255,7 @@ def mcq_scores(model: nn.Module, tokenizer, mcqs: Sequence[Any], batch_size: int
     n_choices, n_orders = counts[0]
     letters = letter_token_ids(tokenizer, n_choices)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    logits = letter_logits(model, prompts, letters, batch_size, pad)
+    logits = letter_logits(model, prompts, letters, batch_size, pad, prefix=prefix)
     answers = torch.tensor(answers)
     correct = (logits.argmax(dim=1) == answers).reshape(len(mcqs), n_orders)
     p = logits.softmax(dim=1).gather(1, answers[:, None]).reshape(len(mcqs), n_orders)[:, 0]  # given order
@@ -278,33 +290,25 @@ def loss_unlearning_score(rows: Sequence[dict], tolerance: float = RETAIN_CE_TOL
     return max([0.0] + ok)
 
 
-def _ce_per_context(model: nn.Module, contexts: Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per context: the summed token CE and the token count (the prediction made at BOS left out)."""
+@torch.no_grad()
+def _ce_per_context(model: nn.Module, contexts: Tensor, batch_size: int, domain: Tensor | None = None,
+                    prefix: PrefixCache | None = None) -> dict[str, np.ndarray]:
+    """Per context: summed token CE and token count over all predictions (the one made at BOS left
+    out), over those whose target is a domain token, and over the rest; ``positions``: the spliced
+    positions 1..T-1 (the denominator of coverage)."""
     device = next(model.parameters()).device
-    sums, counts = [], []
+    dom = torch.as_tensor(domain if domain is not None else [], dtype=torch.long, device=device)
+    out: dict[str, list] = {k: [] for k in ("sum_all", "n_all", "sum_domain", "n_domain", "sum_rest", "n_rest",
+                                            "positions")}
     for i in range(0, contexts.shape[0], batch_size):
         ids = torch.as_tensor(contexts[i:i + batch_size], dtype=torch.long, device=device)
-        ce = token_ce(model, ids)[:, 1:].double()
-        sums.append(ce.sum(dim=1).cpu().numpy())
-        counts.append(np.full(ce.shape[0], ce.shape[1], dtype=np.float64))
-    return np.concatenate(sums), np.concatenate(counts)
-
-
-BOOTSTRAP = 1000
-
-
-def selectivity_bootstrap(edited: dict, clean: dict, n: int = BOOTSTRAP, seed: int = 0) -> dict:
-    """The eval's own sampling error of a selectivity: contexts resampled with replacement (forget
-    and retain sets independently, each context paired with its clean CE), ``n`` times.
-    ``edited`` / ``clean``: {"forget": (sums, counts), "retain": (sums, counts)} per context."""
-    rng = np.random.default_rng(seed)
-    inc = {}
-    for name in ("forget", "retain"):
-        (s1, c), (s0, _) = edited[name], clean[name]
-        idx = rng.integers(0, len(s1), size=(n, len(s1)))
-        inc[name] = (s1[idx] - s0[idx]).sum(axis=1) / c[idx].sum(axis=1)
-    sel = inc["forget"] - inc["retain"]
-    return {"se": float(sel.std(ddof=1)), "ci95": [float(np.percentile(sel, 2.5)), float(np.percentile(sel, 97.5))]}
+        ce = token_ce(model, ids, prefix=prefix)[:, 1:].double()
+        is_dom = torch.isin(ids[:, 2:], dom).double()
+        for part, m in (("all", torch.ones_like(ce)), ("domain", is_dom), ("rest", 1.0 - is_dom)):
+            out[f"sum_{part}"].append((ce * m).sum(dim=1).cpu().numpy())
+            out[f"n_{part}"].append(m.sum(dim=1).cpu().numpy())
+        out["positions"].append(np.full(ids.shape[0], ids.shape[1] - 1, dtype=np.float64))
+    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def _mean(x: Tensor) -> float:
@@ -313,6 +317,8 @@ def _mean(x: Tensor) -> float:
 
 
 # ---- the protocol ----
+
+DEFAULT_BUDGETS = (0.03, 0.1)
 
 
 @torch.no_grad()
@@ -338,12 +344,17 @@ def run_unlearning(
     fold: bool = True,
     baseline: dict | None = None,
     shares_from_clamped: bool = False,
+    ranking: Tensor | None = None,
+    retain_budgets: Sequence[float] = DEFAULT_BUDGETS,
 ) -> dict:
     """Sweep thresholds × n_features × multipliers; MCQ mode when both question sets are given,
     loss mode when both context sets are given. ``progress(1)`` after each setting.
 
     ``baseline`` (from :func:`unlearning_baseline`) holds what does not depend on the SAE — the
-    base-correct questions and clean CE — so a report computes it once for all runs.
+    base-correct questions, clean CE, documents, domain tokens and the prefix cache — so a report
+    computes it once for all runs. ``ranking`` replaces SAEBench's selection by a given feature
+    order (the label-using reference: features by forget share of activation mass); the retain
+    thresholds are then not used (rows carry ``retain_threshold`` nan).
     """
     sae = fold_decoder_norms(sae) if fold else sae
     do_mcq = bool(forget_mcqs) and bool(retain_mcqs)
@@ -351,35 +362,55 @@ def run_unlearning(
     if baseline is None:
         baseline = unlearning_baseline(model, tokenizer, forget_mcqs=forget_mcqs, retain_mcqs=retain_mcqs,
                                        forget_contexts=forget_contexts, retain_contexts=retain_contexts,
-                                       batch_size=batch_size, chat=chat, all_permutations=all_permutations)
-    result: dict = {"rows": [], "features": {}, **baseline["summary"]}
-    sets, clean = baseline.get("sets"), baseline.get("clean")
-
-    cache: dict[tuple, dict] = {}  # the same features and multiplier twice (few features qualify)
-    ctx_of_row: list = []  # per-context CE of each row's setting, for the bootstrap (not in the report)
-    for thr in retain_thresholds:
-        ranked = select_features(forget_freq, retain_freq, thr)
-        result["features"][str(thr)] = ranked[: max(n_features_list, default=0)].tolist()
+                                       batch_size=batch_size, chat=chat, all_permutations=all_permutations,
+                                       layer=layer)
+    features: dict[str, list] = {}
+    settings = []  # (row fields, the resid edit given a `fired` list)
+    ranked_by = [(str(t), float(t), select_features(forget_freq, retain_freq, t)) for t in retain_thresholds] \
+        if ranking is None else [("ranking", math.nan, torch.as_tensor(ranking, dtype=torch.long))]
+    for label, thr, ranked in ranked_by:
+        features[label] = ranked[: max(n_features_list, default=0)].tolist()
         for n_feat in n_features_list:
             chosen = ranked[:n_feat]
             for mult in multipliers:
-                key = (tuple(chosen.tolist()), float(mult))
-                if key not in cache:
-                    cache[key] = _evaluate_setting(model, tokenizer, layer, sae, chosen, float(mult), shares_from_clamped,
-                                                   sets if do_mcq else None,
-                                                   (forget_contexts, retain_contexts) if do_loss else None,
-                                                   batch_size, chat)
-                row = {"retain_threshold": float(thr), "n_features": int(n_feat),
-                       "n_features_used": len(chosen), "multiplier": float(mult),
-                       **{k: v for k, v in cache[key].items() if k != "_ctx"}}
-                ctx_of_row.append(cache[key].get("_ctx"))
-                if do_loss:
-                    row |= _loss_fields(row, clean)
-                if do_mcq:
-                    row |= _mcq_prob_fields(row, baseline["p_clean"])
-                result["rows"].append(row)
-                if progress is not None:
-                    progress(1)
+                fields = {"retain_threshold": thr, "n_features": int(n_feat), "n_features_used": len(chosen),
+                          "multiplier": float(mult)}
+                settings.append((fields, (tuple(chosen.tolist()), float(mult)),
+                                 lambda fired, c=chosen, m=float(mult): clamp_features(
+                                     sae, c, m, shares_from_clamped=shares_from_clamped, fired=fired)))
+    result = run_sweep(model, tokenizer, layer, settings, baseline=baseline, do_mcq=do_mcq, do_loss=do_loss,
+                       forget_contexts=forget_contexts, retain_contexts=retain_contexts, batch_size=batch_size,
+                       chat=chat, progress=progress, retain_budgets=retain_budgets)
+    result["features"] = features
+    return result
+
+
+@torch.no_grad()
+def run_sweep(model: nn.Module, tokenizer, layer: int, settings: list, *, baseline: dict, do_mcq: bool,
+              do_loss: bool, forget_contexts: Tensor | None, retain_contexts: Tensor | None, batch_size: int,
+              chat: bool = False, progress: Callable[[int], None] | None = None,
+              retain_budgets: Sequence[float] = DEFAULT_BUDGETS) -> dict:
+    """Every setting's edit at ``layer``, then the summary figures. ``settings``: (row fields, a
+    key equal for equal edits, ``make(fired) -> ResidFn``)."""
+    result: dict = {"rows": [], **baseline["summary"]}
+    sets, clean = baseline.get("sets"), baseline.get("clean")
+    prefix = baseline.get("prefix")
+    cache: dict = {}  # the same edit twice (few features qualify)
+    ctx_of_row: list = []  # per-context CE of each row's setting (matched damage; not in the report)
+    for fields, key, make in settings:
+        if key not in cache:
+            cache[key] = _evaluate_setting(model, tokenizer, layer, make, sets if do_mcq else None,
+                                           (forget_contexts, retain_contexts) if do_loss else None,
+                                           batch_size, chat, baseline.get("domain"), prefix)
+        row = {**fields, **{k: v for k, v in cache[key].items() if k != "_ctx"}}
+        ctx_of_row.append(cache[key].get("_ctx"))
+        if do_loss:
+            row |= _loss_fields(row, clean)
+        if do_mcq:
+            row |= _mcq_prob_fields(row, baseline["p_clean"])
+        result["rows"].append(row)
+        if progress is not None:
+            progress(1)
 
     if do_mcq:
         result["unlearning_score"] = unlearning_score(result["rows"])
@@ -388,20 +419,33 @@ def run_unlearning(
     if do_loss:
         result["loss_unlearning_score"] = loss_unlearning_score(result["rows"])
         result["best_selectivity"] = max((r["selectivity"] for r in result["rows"]), default=math.nan)
-        if result["rows"] and baseline.get("clean_ctx") is not None:
-            # the eval's sampling error at the best setting (the choice of setting held fixed)
-            best = max(range(len(result["rows"])), key=lambda i: result["rows"][i]["selectivity"])
-            boot = selectivity_bootstrap(ctx_of_row[best], baseline["clean_ctx"])
-            result["best_selectivity_se"], result["best_selectivity_ci95"] = boot["se"], boot["ci95"]
+        if result["rows"]:
+            mats = md.loss_matrices(baseline["clean_ctx"], ctx_of_row, baseline["docs"])
+            summary = md.summarise(mats, retain_budgets)
+            result.update(summary["values"])  # F(b), cross-fitted scores, ratio, coverage
+            result["intervals"] = {"ci95": summary["ci95"], "se": summary["se"],
+                                   "method": f"bootstrap over held-out documents ({md.BOOTSTRAP_B} draws; the "
+                                             "best setting and the frontier refitted in each draw)"}
+            result["replicates"] = summary["replicates"]
+            result["documents"] = {"forget": mats["forget"]["docs"], "retain": mats["retain"]["docs"],
+                                   "draws": baseline["draws"]}
+            result["retain_budgets"] = list(retain_budgets)
+            result["best_selectivity_se"] = summary["se"]["best_selectivity"]
+            result["best_selectivity_ci95"] = summary["ci95"]["best_selectivity"]
     return result
 
 
+@torch.no_grad()
 def unlearning_baseline(model: nn.Module, tokenizer, *, forget_mcqs, retain_mcqs, forget_contexts,
                         retain_contexts, batch_size: int, chat: bool = False,
-                        all_permutations: bool = True) -> dict:
+                        all_permutations: bool = True, layer: int | None = None,
+                        domain: np.ndarray | None = None) -> dict:
     """What unlearning compares against, independent of the SAE: base-correct question subsets
-    (SAEBench counts only questions the unmodified model answers right) and clean CE."""
-    out: dict = {"summary": {}}
+    (SAEBench counts only questions the unmodified model answers right), clean CE per context, the
+    contexts' documents, the domain tokens, and (given ``layer``) the prefix cache that lets every
+    edit rerun only the blocks after it."""
+    prefix = PrefixCache(model, layer) if layer is not None else None
+    out: dict = {"summary": {}, "prefix": prefix, "domain": domain}
     if forget_mcqs and retain_mcqs:
         out["sets"] = {}
         out["p_clean"] = {}
@@ -414,21 +458,28 @@ def unlearning_baseline(model: nn.Module, tokenizer, *, forget_mcqs, retain_mcqs
                                    f"{name}_base_correct": len(keep), f"{name}_p_correct_clean": out["p_clean"][name]})
         out["summary"].update(chat=chat, all_permutations=all_permutations)
     if forget_contexts is not None and retain_contexts is not None:
-        out["clean_ctx"] = {"forget": _ce_per_context(model, forget_contexts, batch_size),
-                            "retain": _ce_per_context(model, retain_contexts, batch_size)}
-        out["clean"] = {k: float(v[0].sum() / v[1].sum()) for k, v in out["clean_ctx"].items()}
-        out["summary"].update(forget_ce_clean=out["clean"]["forget"], retain_ce_clean=out["clean"]["retain"])
+        ctx = {"forget": forget_contexts, "retain": retain_contexts}
+        out["clean_ctx"] = {k: _ce_per_context(model, v, batch_size, domain, prefix) for k, v in ctx.items()}
+        out["clean"] = {k: float(v["sum_all"].sum() / v["n_all"].sum()) for k, v in out["clean_ctx"].items()}
+        for k, v in out["clean_ctx"].items():
+            for part in ("domain", "rest"):
+                out["clean"][f"{k}_ce_clean_{part}"] = float(v[f"sum_{part}"].sum() / max(v[f"n_{part}"].sum(), 1.0))
+        out["docs"] = {k: md.document_ids(np.asarray(v), tokenizer.eos_token_id) for k, v in ctx.items()}
+        out["draws"] = md.draws_fingerprint(out["docs"])
+        out["summary"].update(forget_ce_clean=out["clean"]["forget"], retain_ce_clean=out["clean"]["retain"],
+                              forget_documents=int(out["docs"]["forget"].max()) + 1,
+                              retain_documents=int(out["docs"]["retain"].max()) + 1,
+                              n_domain_tokens=len(domain) if domain is not None else 0)
     return out
 
 
-def _evaluate_setting(model, tokenizer, layer, sae, chosen: Tensor, mult: float, shares_from_clamped: bool,
-                      sets: dict | None,
-                      contexts: tuple | None, batch_size: int, chat: bool) -> dict:
+def _evaluate_setting(model, tokenizer, layer, make, sets: dict | None, contexts: tuple | None, batch_size: int,
+                      chat: bool, domain, prefix) -> dict:
     out: dict = {}
-    with splice(model, layer, clamp_features(sae, chosen, mult, shares_from_clamped=shares_from_clamped)):
-        if sets is not None:
+    if sets is not None:
+        with splice(model, layer, make(None)):
             for name, qs in sets.items():
-                correct, p = mcq_scores(model, tokenizer, qs, batch_size, chat=chat)
+                correct, p = mcq_scores(model, tokenizer, qs, batch_size, chat=chat, prefix=prefix)
                 correct = correct[:, 0]
                 out[f"{name}_accuracy"] = _mean(correct)
                 out[f"{name}_p_correct"] = _mean(p)
@@ -436,10 +487,18 @@ def _evaluate_setting(model, tokenizer, layer, sae, chosen: Tensor, mult: float,
                     subj = _subjects(qs)
                     out["retain_accuracy_by_subject"] = {
                         s: _mean(correct[[i for i, t in enumerate(subj) if t == s]]) for s in sorted(set(subj))}
-        if contexts is not None:
-            out["_ctx"] = {"forget": _ce_per_context(model, contexts[0], batch_size),
-                           "retain": _ce_per_context(model, contexts[1], batch_size)}
-            out["forget_ce"], out["retain_ce"] = (float(v[0].sum() / v[1].sum()) for v in out["_ctx"].values())
+    if contexts is not None:
+        out["_ctx"] = {}
+        for name, ctx in zip(("forget", "retain"), contexts):
+            fired: list = []
+            with splice(model, layer, make(fired)):
+                per = _ce_per_context(model, ctx, batch_size, domain, prefix)
+            per["fired"] = torch.cat(fired).numpy() if fired else np.zeros(len(ctx))
+            out["_ctx"][name] = per
+            out[f"{name}_ce"] = float(per["sum_all"].sum() / per["n_all"].sum())
+            for part in ("domain", "rest"):
+                out[f"{name}_ce_{part}"] = float(per[f"sum_{part}"].sum() / max(per[f"n_{part}"].sum(), 1.0))
+            out[f"{name}_coverage"] = float(per["fired"].sum() / per["positions"].sum())
     return out
 
 
@@ -453,6 +512,11 @@ def _mcq_prob_fields(row: dict, p_clean: dict) -> dict:
 def _loss_fields(row: dict, clean: dict) -> dict:
     f_inc = row["forget_ce"] - clean["forget"]
     r_inc = row["retain_ce"] - clean["retain"]
-    return {"forget_ce_clean": clean["forget"], "retain_ce_clean": clean["retain"],
-            "forget_ce_increase": f_inc, "retain_ce_increase": r_inc,
-            "selectivity": f_inc - r_inc, "selectivity_ratio": f_inc / (max(r_inc, 0.0) + SELECTIVITY_EPS)}
+    out = {"forget_ce_clean": clean["forget"], "retain_ce_clean": clean["retain"],
+           "forget_ce_increase": f_inc, "retain_ce_increase": r_inc,
+           "selectivity": f_inc - r_inc, "selectivity_ratio": f_inc / (max(r_inc, 0.0) + SELECTIVITY_EPS)}
+    for part in ("domain", "rest"):
+        for name in ("forget", "retain"):
+            if f"{name}_ce_{part}" in row and f"{name}_ce_clean_{part}" in clean:
+                out[f"{name}_ce_increase_{part}"] = row[f"{name}_ce_{part}"] - clean[f"{name}_ce_clean_{part}"]
+    return out

@@ -215,7 +215,7 @@ def test_base_correct_filter(lm, monkeypatch):
     base = {"anatomy": True, "virology": False, "high_school_geography": True, "human_aging": False}
     seen = []
 
-    def fake(model, tokenizer, mcqs, batch_size, *, chat=False, all_permutations=False):
+    def fake(model, tokenizer, mcqs, batch_size, *, chat=False, all_permutations=False, prefix=None):
         seen.append((all_permutations, [q["question"] for q in mcqs]))
         if all_permutations:  # the unmodified model: correct per subject, on every order but one
             out = torch.ones(len(mcqs), 24, dtype=torch.bool)
@@ -266,3 +266,43 @@ def test_run_unlearning_end_to_end(lm):
         assert r["mcq_prob_selectivity"] == pytest.approx(r["forget_p_drop"] - r["retain_p_drop"], nan_ok=True)
     best = max(r["mcq_prob_selectivity"] for r in res["rows"])
     assert res["best_mcq_prob_selectivity"] == pytest.approx(best, nan_ok=True)
+
+
+def test_sweep_reports_matched_damage_coverage_and_domain_split(lm):
+    model, tok = lm
+    g = torch.Generator().manual_seed(0)
+    forget_freq, retain_freq = torch.rand(128, generator=g) * 0.2, torch.rand(128, generator=g) * 0.02
+    fc, rc = _contexts(1, n=6, T=12), _contexts(2, n=6, T=12)
+    fc[:, 5] = tok.eos_token_id  # document boundaries inside the windows
+    domain = np.array(sorted(set(fc[:, 2:].flatten().tolist()) - set(rc[:, 2:].flatten().tolist()))[:20])
+    base = ul.unlearning_baseline(model, tok, forget_mcqs=None, retain_mcqs=None, forget_contexts=fc,
+                                  retain_contexts=rc, batch_size=4, layer=LAYER, domain=domain)
+    sae = RandomSAE(64, 128, seed=4)
+    res = ul.run_unlearning(model, tok, LAYER, sae, forget_freq, retain_freq, forget_mcqs=None, retain_mcqs=None,
+                            forget_contexts=fc, retain_contexts=rc, retain_thresholds=[0.01],
+                            n_features_list=[2, 8], multipliers=[5.0, 50.0], batch_size=4, baseline=base,
+                            retain_budgets=[0.01, 1e6])
+    assert base["prefix"].hits > 0  # every setting reran only the blocks after the layer
+    for key in ("F_0.01", "F_0.01_domain", "F_0.01_rest", "best_selectivity_crossfit",
+                "loss_unlearning_score_crossfit", "selectivity_ratio_at_best", "forget_coverage_at_best"):
+        assert key in res and key in res["intervals"]["ci95"] and len(res["replicates"][key]) == 500
+    assert math.isnan(res["F_1e+06"])  # a budget no setting reaches is reported as not reached
+    assert res["forget_documents"] >= 2
+    row = res["rows"][-1]
+    assert 0 < row["forget_coverage"] <= 1 and 0 <= row["retain_coverage"] <= 1
+    # the split adds up: token-weighted domain and rest increases give the all-token increase
+    ctx = base["clean_ctx"]["forget"]
+    n_dom, n_rest = ctx["n_domain"].sum(), ctx["n_rest"].sum()
+    assert n_dom > 0
+    assert (n_dom * row["forget_ce_increase_domain"] + n_rest * row["forget_ce_increase_rest"]) / (n_dom + n_rest) \
+        == pytest.approx(row["forget_ce_increase"], abs=1e-9)
+    # the same CE as a full forward with the clamp spliced in
+    chosen = ul.select_features(forget_freq, retain_freq, 0.01)[:8]
+    with torch.no_grad(), ul.splice(model, LAYER, ul.clamp_features(ul.fold_decoder_norms(sae), chosen, 50.0)):
+        ce = ul.token_ce(model, fc)[:, 1:].double().mean().item()
+    assert row["forget_ce"] == pytest.approx(ce, abs=1e-6)
+    # the label-using reference: a given ranking instead of SAEBench's selection
+    ref = ul.run_unlearning(model, tok, LAYER, sae, forget_freq, retain_freq, forget_mcqs=None, retain_mcqs=None,
+                            forget_contexts=fc, retain_contexts=rc, retain_thresholds=[0.01], n_features_list=[2],
+                            multipliers=[50.0], batch_size=4, baseline=base, ranking=torch.arange(127, -1, -1))
+    assert ref["features"] == {"ranking": [127, 126]} and math.isnan(ref["rows"][0]["retain_threshold"])

@@ -34,7 +34,7 @@ def test_pipe_run_end_to_end_then_skips(tmp_path, tiny_model_dir):
     assert res.exit_code == 0, res.output + repr(res.exception)
     out = tmp_path / "reports/tiny"
     for f in ("report.json", "report.md", "recon_vs_l0.png", "unlearning_vs_alpha.png",
-              "condition_numbers.png", "training_curves.png"):
+              "condition_numbers.png", "training_curves.png", "frontier.png"):
         assert (out / f).stat().st_size > 0, f
     report = json.loads((out / "report.json").read_text())
     assert report["store"] == str(tmp_path / "s.zarr") and report["config"] == str(path)
@@ -51,8 +51,15 @@ def test_pipe_run_end_to_end_then_skips(tmp_path, tiny_model_dir):
         assert len(r["conditioning"]["decoder"]["cond"]) == 2
     assert report["runs"]["adaptive-a0.0"]["conditioning"]["grouping"] == "learned"
     assert report["runs"]["baseline"]["conditioning"]["grouping"].startswith("post hoc")
+    for r in report["runs"].values():  # F(b) at each default budget, with its document-bootstrap interval
+        assert {"F_0.03", "F_0.1", "best_selectivity_crossfit"} <= r["unlearning"].keys()
+        assert "F_0.03" in r["unlearning"]["intervals"]["ci95"]
+    # the references beside the runs: the baseline's features by forget share, and the SAE-free edit
+    assert set(report["references"]) == {"baseline+forget-share", "diff-of-means"}
+    assert "diff-of-means" in report["conditions"]["conditions"]
     md = (out / "report.md").read_text()
-    assert str(tmp_path / "s.zarr") in md and "Who wins" in md and "explained_variance" in md
+    assert str(tmp_path / "s.zarr") in md and md.count("## Who wins") == 1 and "explained_variance" in md
+    assert "F(0.03): forget ΔCE at retain ΔCE 0.03" in md and "![frontier.png](frontier.png)" in md
     assert set(report["timings_s"]) >= {"reconstruction", "downstream", "unlearning_baseline",
                                               "unlearning_interventions", "conditioning"}
     # the corpora's order and composition as the store recorded them, and what frequencies counted
@@ -81,21 +88,15 @@ def test_eval_before_train_is_one_line_error(tmp_path, tiny_model_dir):
     assert res.exit_code == 2 and "is not trained yet (run `pipe train`)" in res.output
 
 
-def test_winners_name_ties_instead_of_the_first_run():
-    from eval.report import comparison, winners
+def test_who_wins_names_ties_instead_of_the_first_condition():
+    from eval.aggregate import aggregate
 
-    def res(l0, ev, score):
-        return {"reconstruction": {"l0": l0, "explained_variance": ev},
-                "unlearning": {"unlearning_score": score}}
+    def res(kind, seed, ev, score):
+        return {"cfg": {"orthosae": {"type": kind, "train": {"seed": seed}, "ortho": {"alpha": 0.0}}},
+                "reconstruction": {"l0": 50.0, "explained_variance": ev}, "unlearning": {"unlearning_score": score}}
 
-    results = {"a": res(50.0, 0.6, 0.0), "b": res(55.0, 0.7, 0.0), "c": res(200.0, 0.9, 0.0)}
-    w = winners(results, list(results))
-    assert w["explained_variance"] == "c"
-    assert w["unlearning_score"] == "tie (all 3 runs at 0)"
-    results["c"]["unlearning"]["unlearning_score"] = 0.4
-    results["b"]["unlearning"]["unlearning_score"] = 0.4
-    assert winners(results, list(results))["unlearning_score"] == "tie: b, c"
-    comp = comparison(results)
-    # a and b are within ±25 % L0 of each other, c is not
-    assert [band["runs"] for band in comp["matched_l0"]] == [["a", "b"]]
-    assert comp["matched_l0"][0]["winners"]["explained_variance"] == "b"
+    results = {f"{k}-s{s}": res(k, s, ev, 0.0) for s in range(3)
+               for k, ev in (("baseline", 0.6 + 0.01 * s), ("fixed", 0.7 + 0.01 * s))}
+    w = aggregate(results)["who_wins"]
+    assert w["explained_variance"] == "fixed"  # +0.1 on every seed
+    assert w["unlearning_score"] == "tie: baseline, fixed"  # equal everywhere: no first-listed winner

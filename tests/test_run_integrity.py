@@ -141,7 +141,7 @@ def test_digests_are_recorded_and_an_intact_sweep_verifies(trained, tmp_path, mo
     runs = trained.parent / "runs"
     for name in RUNS:
         recorded = json.loads((runs / name / "digests.json").read_text())["files"]
-        assert set(recorded) == {"sae_weights.safetensors", "cfg.json"}
+        assert set(recorded) == {"sae_weights.safetensors", "cfg.json", "sparsity.safetensors"}
         assert json.loads((runs / name / "summary.json").read_text())["digests"] == recorded
         for d in ("checkpoint", "checkpoint.prev"):
             assert set(json.loads((runs / name / d / "digests.json").read_text())["files"]) == {

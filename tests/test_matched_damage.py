@@ -1,0 +1,111 @@
+"""eval.matched_damage: F(b) at matched retain damage, cross-fitting by document, document bootstrap."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import eval.matched_damage as md
+
+
+def _mats(forget_inc: np.ndarray, retain_inc: np.ndarray, tokens: float = 100.0, clean: float = 3.0) -> dict:
+    """Sweep matrices with one context per document: ``*_inc`` ``[settings, docs]`` per-token CE
+    increases; every document has ``tokens`` tokens at clean CE ``clean``; all tokens count as 'rest'."""
+    out = {}
+    for name, inc in (("forget", forget_inc), ("retain", retain_inc)):
+        S, D = inc.shape
+        clean_ctx = {"sum_all": np.full(D, clean * tokens), "n_all": np.full(D, tokens),
+                     "sum_domain": np.zeros(D), "n_domain": np.zeros(D),
+                     "sum_rest": np.full(D, clean * tokens), "n_rest": np.full(D, tokens),
+                     "positions": np.full(D, tokens)}
+        out[name] = (clean_ctx, [{"sum_all": (clean + inc[s]) * tokens, "n_all": np.full(D, tokens),
+                                  "sum_domain": np.zeros(D), "n_domain": np.zeros(D),
+                                  "sum_rest": (clean + inc[s]) * tokens, "n_rest": np.full(D, tokens),
+                                  "fired": np.full(D, tokens / 2), "positions": np.full(D, tokens)} for s in range(S)])
+    clean = {k: v[0] for k, v in out.items()}
+    edited = [{k: out[k][1][s] for k in out} for s in range(forget_inc.shape[0])]
+    docs = {k: np.arange(v.shape[1]) for k, v in (("forget", forget_inc), ("retain", retain_inc))}
+    return md.loss_matrices(clean, edited, docs)
+
+
+def _point(mats, budgets=(0.03, 0.1)):
+    ones = lambda c: np.ones((1, mats[c]["docs"]))  # noqa: E731
+    return {k: float(v[0]) for k, v in md.figures(mats, ones("forget"), ones("retain"), budgets).items()}
+
+
+def test_stronger_clamp_raises_best_selectivity_but_not_f_of_b():
+    # every setting removes 5 nats of forget CE per nat of retain CE: a stronger edit is only bigger
+    weak = (np.array([[0.1], [0.5]]), np.array([[0.02], [0.1]]))
+    strong = (np.array([[0.1], [0.5], [2.0]]), np.array([[0.02], [0.1], [0.4]]))
+    a, b = _point(_mats(*weak)), _point(_mats(*strong))
+    assert b["best_selectivity"] > a["best_selectivity"] + 1.0  # 1.6 against 0.4
+    assert a["F_0.03"] == pytest.approx(0.15) and b["F_0.03"] == pytest.approx(0.15)
+    assert a["F_0.1"] == pytest.approx(0.5) and b["F_0.1"] == pytest.approx(0.5)
+    assert a["selectivity_ratio_at_best"] < b["selectivity_ratio_at_best"] * 1.1  # the ratio does not reward size either
+
+
+def test_f_of_b_is_not_extrapolated_and_uses_the_upper_frontier():
+    retain = np.array([0.0, 0.01, 0.02, 0.05])
+    forget = np.array([0.0, 0.3, 0.1, 0.6])  # (0.02, 0.1) is beaten by (0.01, 0.3)
+    assert md.f_at_budget(retain, forget, 0.03)[0] == pytest.approx(0.3 + (0.6 - 0.3) * (0.03 - 0.01) / 0.04)
+    assert math.isnan(md.f_at_budget(retain, forget, 0.1)[0])  # no setting reaches 0.1: not reached
+    assert md.f_at_budget(retain, forget, 0.005)[0] == pytest.approx(0.15)  # between (0, 0) and (0.01, 0.3)
+    # a budget past the frontier's last point but reached by a dominated setting: not binding
+    assert md.f_at_budget(np.array([0.0, 0.01, 0.2]), np.array([0.0, 0.5, 0.4]), 0.1)[0] == pytest.approx(0.5)
+    # the domain / rest split interpolates with the same weights
+    f, dom = md.f_at_budget(retain, forget, 0.03, np.array([0.0, 1.0, 0.0, 2.0]))
+    assert dom == pytest.approx(1.0 + (2.0 - 1.0) * 0.5)
+
+
+def test_crossfitting_never_scores_a_setting_on_the_documents_that_chose_it():
+    D = 8
+    hf, hr = md.halves(D), md.halves(D)
+    # setting 0 is great on forget half 0 only, setting 1 on forget half 1 only; retain damage is flat
+    forget = np.where(np.stack([hf == 0, hf == 1]), 2.0, 0.1)
+    retain = np.full((2, D), 0.05)
+    p = _point(_mats(forget, retain))
+    assert p["best_selectivity"] == pytest.approx(np.mean([2.0, 0.1]) - 0.05)  # in sample: the halves pooled
+    # half 0 chooses setting 0, scored on half 1 (0.1 − 0.05); half 1 chooses setting 1, scored on half 0
+    assert p["best_selectivity_crossfit"] == pytest.approx(0.1 - 0.05)
+    assert hr.sum() == D // 2  # the halves split the documents evenly
+    # choice on a half that the scoring half disagrees with cannot leak: swap the pattern, same answer
+    p2 = _point(_mats(forget[::-1].copy(), retain))
+    assert p2["best_selectivity_crossfit"] == pytest.approx(0.1 - 0.05)
+
+
+def test_document_bootstrap_is_wider_than_context_bootstrap_on_correlated_windows():
+    rng = np.random.default_rng(0)
+    n_docs, per_doc = 30, 8
+    docs = np.repeat(np.arange(n_docs), per_doc)
+    # windows of one document share its level (correlated), plus a little window noise
+    values = np.repeat(rng.normal(0, 1, n_docs), per_doc) + rng.normal(0, 0.2, n_docs * per_doc)
+    by_doc = md.bootstrap_weights(docs, 2000, seed=1)  # weights per document
+    by_ctx = md.bootstrap_weights(np.arange(len(values)), 2000, seed=1)  # weights per window
+    doc_means = (by_doc @ md.per_document(values, docs, n_docs)) / (by_doc @ np.full(n_docs, per_doc))
+    ctx_means = by_ctx @ values / len(values)
+    w_doc = np.diff(md.interval(doc_means))[0]
+    w_ctx = np.diff(md.interval(ctx_means))[0]
+    assert w_doc > 2 * w_ctx  # ~sqrt(8) here: eight windows are about one independent observation
+
+
+def test_document_ids_follow_eos_in_the_stream():
+    eos, bos = 1, 2
+    stream = [5, 5, 5, eos, 6, 6, 6, 6, 6, 6, 6, eos, 7, 7]  # doc 0 (3 tokens), doc 1 (8), doc 2
+    ctx = np.array([[bos, *stream[i:i + 4]] for i in range(0, 12, 4)])
+    # context 0: 5 5 5 EOS -> doc 0; context 1: 6 6 6 6 -> doc 1; context 2: 6 6 6 EOS -> doc 1
+    assert md.document_ids(ctx, eos).tolist() == [0, 1, 1]
+
+
+def test_domain_tokens_rule():
+    forget = np.array([100, 50, 3, 10, 0])
+    retain = np.array([600, 1, 0, 1000, 5])
+    # token 1: forget share 50/163 against retain (1+1)/1606: domain; token 2: too rare (3 < 5);
+    # token 0: 0.61 against 0.37 (ratio < 4); token 3: far more common in retain text; token 4: absent from forget
+    assert md.domain_tokens(forget, retain, ratio=4.0, min_count=5).tolist() == [1]
+
+
+def test_replicates_share_their_draws_across_runs():
+    a = md.bootstrap_weights(np.arange(12), 50)
+    b = md.bootstrap_weights(np.arange(12), 50)
+    assert np.array_equal(a, b) and a.sum(axis=1).tolist() == [12] * 50
