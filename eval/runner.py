@@ -27,6 +27,7 @@ from eval.conditioning import conditioning_report
 from eval.core import FeatureActivity, Reconstruction
 from eval.curves import training_curves
 from eval.downstream import spliced_ce
+from eval.probe_families import measure_probe_families
 from eval.report import write_report
 from eval.unlearning import run_unlearning, unlearning_baseline
 from train.export import load_sae
@@ -53,6 +54,9 @@ class RunResult:
     curves: dict = field(default_factory=dict)
     downstream: dict = field(default_factory=dict)
     unlearning: dict = field(default_factory=dict)
+    probing: dict = field(default_factory=dict)  # eval/probing.py, eval/tpp.py, eval/absorption.py
+    tpp: dict = field(default_factory=dict)
+    absorption: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -63,6 +67,9 @@ class RunResult:
                "conditioning": self.conditioning, "curves": self.curves, "downstream": self.downstream}
         if self.unlearning:
             out["unlearning"] = self.unlearning
+        for family in ("probing", "tpp", "absorption"):
+            if getattr(self, family):
+                out[family] = getattr(self, family)
         return out
 
 
@@ -254,6 +261,7 @@ def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: 
         measure_downstream(cfg, reader, lm, results, bar)
         timings["downstream"] = time.perf_counter() - t
         measure_unlearning(cfg, reader, lm, results, bar, timings)
+        measure_probe_families(cfg, reader, lm, results, bar, timings)
 
     out_dir = Path(cfg.eval.reports_dir) / cfg.eval.name
     write_report(out_dir, cfg, reader, {r.name: r.to_json() for r in results}, timings)
