@@ -116,7 +116,7 @@ def prompt_ids(tokenizer, prompts: list[str], template: str) -> tuple[Tensor, Te
 
 
 def prompt_sets(model, tokenizer, layer: int, *, words: int, test_fraction: float, icl_examples: int,
-                template: str, seed: int, batch_size: int, cache_dir, store_meta: dict, progress=None
+                template: str, seed: int, batch_tokens: int, cache_dir, store_meta: dict, progress=None
                 ) -> tuple[PromptSet, PromptSet, dict, bool]:
     """(train, test, stats, cache hit): the prompts' residuals at the word, computed once per store."""
     from eval.probe_data import cache_path, cached, residuals
@@ -132,7 +132,7 @@ def prompt_sets(model, tokenizer, layer: int, *, words: int, test_fraction: floa
             prompts = [icl_prompt(w, ws, template, icl_examples, rng) for w in ws]
             ids, lengths, positions, usable = prompt_ids(tokenizer, prompts, template)
             keep = torch.tensor(usable, dtype=torch.bool)
-            acts = residuals(model, layer, ids[keep], lengths[keep], batch_size, progress, positions=positions[keep])
+            acts = residuals(model, layer, ids[keep], lengths[keep], batch_tokens, progress, positions=positions[keep])
             kept = [w for w, u in zip(ws, usable) if u]
             out[split] = {"words": kept, "letters": torch.tensor([LETTERS.index(first_letter(w).strip().lower())
                                                                   for w in kept]), "acts": acts}

@@ -41,6 +41,11 @@ METRICS = {
     "best_mcq_prob_selectivity": ("unlearning", "best_mcq_prob_selectivity", True),
     "rms_cross_cos": ("conditioning", "decoder_overlap_fro_normalized", None),
     "rms_cross_cos_activity": ("conditioning", "decoder_rms_cos_activity", None),
+    # sparse probing, TPP, absorption (eval/probe_report.py PROBE_METRICS)
+    "sae_top_1_test_accuracy": ("probing", "sae_top_1_test_accuracy", True),
+    "tpp_score": ("tpp", "tpp_score", True),
+    "mean_absorption_fraction_score": ("absorption", "mean_absorption_fraction_score", False),
+    "mean_full_absorption_score": ("absorption", "mean_full_absorption_score", False),
 }
 # metric -> the run's own sampling error of it (eval/unlearning.py), reported beside the seed spread
 EVAL_ERRORS = {"best_selectivity": ("unlearning", "best_selectivity_se")}
@@ -223,6 +228,8 @@ def conditions_markdown(agg: dict, plots: list[str]) -> str:
         return ""
     cols = ["l0", "explained_variance", "ce_loss_score", "best_selectivity", "loss_unlearning_score",
             "rms_cross_cos", "rms_cross_cos_activity", "frac_dead"]
+    cols += [m for m in ("sae_top_1_test_accuracy", "tpp_score", "mean_absorption_fraction_score")
+             if any(m in e["metrics"] and e["metrics"][m]["n"] for e in conds.values())]
     lines = ["", "## Conditions (runs that differ only by seed; mean [95 % t-interval] over seeds)", "",
              "| condition | type | α | activation | seeds | " + " | ".join(cols) + " |",
              "|" + "---|" * (5 + len(cols))]

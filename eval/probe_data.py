@@ -228,17 +228,23 @@ def tokenize(texts: list[str], tokenizer, context_length: int) -> tuple[Tensor, 
 
 
 @torch.no_grad()
-def residuals(model, layer: int, ids: Tensor, lengths: Tensor, batch_size: int,
+def residuals(model, layer: int, ids: Tensor, lengths: Tensor, batch_tokens: int,
               progress: Callable[[int], None] | None = None, positions: Tensor | None = None) -> Tensor:
     """Residual after block ``layer`` (bfloat16 on the CPU): ``[n, T, d]``, or ``[n, d]`` at one
-    position per row when ``positions`` is given. Rows are batched by length and each batch is cut
-    after its longest row, so padding costs little; padding is on the right, where causal attention
+    position per row when ``positions`` is given. Rows are batched by length, about ``batch_tokens``
+    tokens a forward (short texts in bigger batches: per-call overhead dominated small ones here),
+    and each batch is cut after its longest row; padding is on the right, where causal attention
     keeps it from touching the real tokens."""
     device = next(model.parameters()).device
     order = torch.argsort(lengths, stable=True)
     out = None
-    for s in range(0, len(order), batch_size):
-        rows = order[s:s + batch_size]
+    sorted_len = lengths[order].tolist()
+    s = 0
+    while s < len(order):
+        e = s + 1  # ascending lengths: the batch's longest row is its last
+        while e < len(order) and (e - s + 1) * sorted_len[e] <= batch_tokens:
+            e += 1
+        rows, s = order[s:e], e
         L = int(lengths[rows].max())
         h = residual_after_block(model, layer, ids[rows, :L].to(device)).to("cpu", torch.bfloat16)
         if positions is not None:
@@ -286,7 +292,7 @@ def cached(path: Path, build: Callable[[], dict]) -> tuple[dict, bool]:
 
 
 def dataset_activations(name: str, *, model, tokenizer, layer: int, train_size: int, test_size: int,
-                        context_length: int, seed: int, heldout_fraction: float, batch_size: int,
+                        context_length: int, seed: int, heldout_fraction: float, batch_tokens: int,
                         cache_dir: Path, store_meta: dict, progress=None) -> tuple[Split, Split, bool]:
     """(train, test, cache hit) for one dataset, residuals included."""
     recipe = {"dataset": name, "train_size": train_size, "test_size": test_size, "context_length": context_length,
@@ -299,7 +305,7 @@ def dataset_activations(name: str, *, model, tokenizer, layer: int, train_size: 
             ids, mask, acts = {}, {}, {}
             for c, items in texts.items():
                 ids[c], mask[c] = tokenize(items, tokenizer, context_length)
-                acts[c] = residuals(model, layer, ids[c], lengths_of(mask[c]), batch_size, progress)
+                acts[c] = residuals(model, layer, ids[c], lengths_of(mask[c]), batch_tokens, progress)
             out[split] = {"ids": ids, "mask": mask, "acts": acts}
         return out
 

@@ -24,7 +24,9 @@ def measure_probe_families(cfg, reader, lm, results, bar, timings: dict) -> None
     if not (pr.enabled or tp.enabled or ab.enabled):
         return
     saes = {r.name: fold_decoder_norms(r.sae) for r in results}  # SAEBench's SAEs have unit-norm decoders
-    common = dict(model=lm.model, tokenizer=lm.tokenizer, layer=cfg.harvest.layer, batch_size=cfg.eval.batch_size,
+    # forwards of about max(2048, the eval's own batch) tokens: short texts batch wider
+    tokens = max(2048, cfg.eval.batch_size * cfg.harvest.context_length)
+    common = dict(model=lm.model, tokenizer=lm.tokenizer, layer=cfg.harvest.layer, batch_tokens=tokens,
                   cache_dir=_cache_dir(cfg), store_meta=reader.meta)
     if pr.enabled or tp.enabled:
         t = time.perf_counter()

@@ -22,6 +22,7 @@ from common.config import Config  # noqa: E402
 from common.store import StoreReader  # noqa: E402
 from eval.aggregate import aggregate, conditions_markdown, plot_conditions  # noqa: E402
 from eval.curves import plot_training_curves  # noqa: E402
+from eval.probe_report import PROBE_METRICS, probe_markdown, probe_plots  # noqa: E402
 
 HEADLINE_EV = "explained_variance"
 L0_BAND = 0.25
@@ -36,6 +37,7 @@ COMPARED = {
     "best_mcq_prob_selectivity": ("unlearning", True),
     "loss_unlearning_score": ("unlearning", True),
     "best_selectivity": ("unlearning", True),
+    **PROBE_METRICS,  # sparse probing, TPP, absorption (eval/probe_report.py)
 }
 
 
@@ -278,12 +280,12 @@ def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict,
         "runs": results, "comparison": comp, "conditions": conditions, "timings_s": timings, "plots": [],
     }
     _write_json(out_dir / "report.json", report)  # the measurements first: a failing plot must not lose them
-    plots = _plots(out_dir, results)
+    plots = _plots(out_dir, results) + probe_plots(out_dir, results)
     condition_plots = plot_conditions(out_dir, conditions)
     report["plots"] = plots + condition_plots
     _write_json(out_dir / "report.json", report)
     (out_dir / "report.md").write_text(_markdown(cfg, reader, results, comp, timings, plots)
-                                       + conditions_markdown(conditions, condition_plots))
+                                       + probe_markdown(cfg, results) + conditions_markdown(conditions, condition_plots))
     return out_dir
 
 
