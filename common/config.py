@@ -252,6 +252,52 @@ class UnlearningConfig:
                                    "x − s·(x·d̂)d̂ (1 = the direction projected out)")
 
 
+def _int_list(value):
+    if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        return f"expected a non-empty list of integers > 0, got {value!r}"
+
+
+def _unit(value):
+    if not 0 <= value <= 1:
+        return f"must be in [0, 1], got {value!r}"
+
+
+PROBING_DATASETS = ("embedded:wiki_topics", "embedded:wiki_language", "embedded:mmlu_categories")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbingConfig:
+    enabled: bool = _key(False, doc="run SAEBench sparse probing (README, Sparse probing, TPP and absorption)")
+    datasets: list = _key(list(PROBING_DATASETS), doc='"embedded:wiki_topics" | "embedded:wiki_language" | '
+                          '"embedded:mmlu_categories" | "hf:<SAEBench dataset>" | "file:<.jsonl with text, label>"')
+    train_size: int = _key(4000, _positive, "probe training texts per class (SAEBench: 4000)")
+    test_size: int = _key(1000, _positive, "probe test texts per class (SAEBench: 1000)")
+    context_length: int = _key(128, _positive, "tokens per text incl. BOS (longer texts are truncated)")
+    k_values: list = _key([1, 2, 5], _int_list, "top-k sizes of the LLM and SAE probes (mean-difference selection)")
+    seed: int = _key(42, doc="seeds the text sample, the probes' negatives and the probes")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TppConfig:
+    enabled: bool = _key(False, doc="run SAEBench TPP (targeted probe perturbation)")
+    dataset: str = _key("embedded:wiki_topics", doc="one of [eval.probing] datasets (its texts, probes and sizes)")
+    n_values: list = _key([2, 5, 10, 20, 50, 100, 500], _int_list, "latents zero-ablated per class (SAEBench's grid)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AbsorptionConfig:
+    enabled: bool = _key(False, doc="run SAEBench first-letter absorption")
+    words: int = _key(0, _non_negative, "alphabetic vocabulary tokens sampled (0 = all, SAEBench)")
+    icl_examples: int = _key(10, _non_negative, "in-context examples per prompt (SAEBench: 10)")
+    prompt_template: str = _key("{word} has the first letter:", doc="SAEBench's first-letter prompt")
+    test_fraction: float = _key(0.2, _fraction, "share of the words held out for scoring (SAEBench: 0.2)")
+    max_k: int = _key(10, _positive, "largest k of the k-sparse probes (k = 1..max_k)")
+    f1_jump: float = _key(0.03, _non_negative, "F1 gain at which k -> k+1 counts as a split feature")
+    min_probe_f1: float = _key(0.6, _unit, "letters whose LLM probe F1 is below this are left out")
+    min_letters: int = _key(20, _positive, "fewer passing letters: absorption is not scored (SAEBench: 20)")
+    seed: int = _key(42, doc="seeds the word sample, the ICL examples, the split and the probes")
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     reports_dir: str = _key("reports", doc="reports/<name>/ gets report.json, report.md, *.png")
@@ -265,6 +311,9 @@ class EvalConfig:
     ce_contexts: int = _key(32, _positive, "held-out contexts for the spliced CE / KL scores")
     batch_size: int = _key(8, _positive, "contexts per model forward in eval")
     unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
+    probing: ProbingConfig = field(default_factory=ProbingConfig)
+    tpp: TppConfig = field(default_factory=TppConfig)
+    absorption: AbsorptionConfig = field(default_factory=AbsorptionConfig)
 
 
 def _percent(value):
@@ -574,12 +623,27 @@ def _load(file: Path, raw: dict) -> Config:
     if bad_modes:
         raise ConfigError(f"{file}: [eval.unlearning] modes: unknown mode {sorted(bad_modes)[0]!r} "
                           "(known: mcq, loss)")
+    _check_probing(evaluation, file)
     log = _build(LogConfig, raw.get("log", {}), "[log]", file)
     if log.tracker != "none" and importlib.util.find_spec(log.tracker) is None:
         raise ConfigError(f"{file}: [log] tracker: {log.tracker!r} is not installed: "
                           f"pip install 'orthosae[{log.tracker}]' (or set tracker = \"none\")")
     return Config(path=file, model=model, harvest=harvest, corpora=corpora, train=train,
                   ortho=ortho, runs=runs, eval=evaluation, log=log)
+
+
+def _check_probing(ev: EvalConfig, file: Path) -> None:
+    """Dataset names and the families' agreement, before any model loads."""
+    for name in ev.probing.datasets:
+        kind, _, rest = str(name).partition(":")
+        if name not in PROBING_DATASETS and not (kind in ("hf", "file") and rest):
+            raise ConfigError(f"{file}: [eval.probing] datasets: unknown dataset {name!r} (known: "
+                              f"{', '.join(PROBING_DATASETS)}, hf:<path>, file:<path.jsonl>)")
+    if ev.tpp.enabled and ev.tpp.dataset not in ev.probing.datasets:
+        raise ConfigError(f"{file}: [eval.tpp] dataset: {ev.tpp.dataset!r} is not one of [eval.probing] "
+                          f"datasets (TPP reuses its texts and probes)")
+    if "{word}" not in ev.absorption.prompt_template:
+        raise ConfigError(f"{file}: [eval.absorption] prompt_template: needs a {{word}} placeholder")
 
 
 def check_model_fits(cfg: Config, n_layers: int, d_model: int) -> None:
@@ -598,7 +662,8 @@ def documented_keys() -> dict[str, list[tuple[str, str, Any]]]:
     for section, cls in [("model", ModelConfig), ("harvest", HarvestConfig),
                          ("corpora.<name>", CorpusConfig), ("train", TrainConfig),
                          ("train.ortho", OrthoConfig), ("eval", EvalConfig),
-                         ("eval.unlearning", UnlearningConfig), ("log", LogConfig)]:
+                         ("eval.unlearning", UnlearningConfig), ("eval.probing", ProbingConfig),
+                         ("eval.tpp", TppConfig), ("eval.absorption", AbsorptionConfig), ("log", LogConfig)]:
         rows = []
         for f in dataclasses.fields(cls):
             if f.name == "name" or dataclasses.is_dataclass(f.default_factory if f.default_factory

@@ -28,6 +28,7 @@ from eval.curves import plot_training_curves  # noqa: E402
 from eval.metrics import Metric, budgets_of, registry  # noqa: E402
 
 HEADLINE_EV = "explained_variance"
+from eval.probe_report import probe_markdown, probe_plots  # noqa: E402
 
 
 def _get(result: dict, section: str, key: str) -> float:
@@ -281,11 +282,12 @@ def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict,
         "who_wins": conditions["who_wins"], "timings_s": timings, "plots": [],
     }
     _write_json(out_dir / "report.json", report)  # the measurements first: a failing plot must not lose them
-    plots = _plots(out_dir, results, metrics)
+    plots = _plots(out_dir, results, metrics) + probe_plots(out_dir, results)
     condition_plots = plot_frontier(out_dir, conditions, metrics) + plot_conditions(out_dir, conditions)
     report["plots"] = plots + condition_plots
     _write_json(out_dir / "report.json", report)
     (out_dir / "report.md").write_text(_markdown(cfg, reader, results, references, conditions, metrics, timings, plots)
+                                       + probe_markdown(cfg, results)
                                        + conditions_markdown(conditions, condition_plots, metrics)
                                        + "\n" + corpora_markdown(corpora))
     return out_dir

@@ -31,6 +31,7 @@ from eval.core import FeatureActivity, Reconstruction
 from eval.curves import training_curves
 from eval.downstream import spliced_ce
 from eval.frequencies import describe, frequency_batches
+from eval.probe_families import measure_probe_families
 from eval.report import write_report
 from eval.matched_damage import domain_tokens
 from eval.unlearning import run_sweep, run_unlearning, unlearning_baseline
@@ -59,6 +60,9 @@ class RunResult:
     curves: dict = field(default_factory=dict)
     downstream: dict = field(default_factory=dict)
     unlearning: dict = field(default_factory=dict)
+    probing: dict = field(default_factory=dict)  # eval/probing.py, eval/tpp.py, eval/absorption.py
+    tpp: dict = field(default_factory=dict)
+    absorption: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -69,6 +73,9 @@ class RunResult:
                "conditioning": self.conditioning, "curves": self.curves, "downstream": self.downstream}
         if self.unlearning:
             out["unlearning"] = self.unlearning
+        for family in ("probing", "tpp", "absorption"):
+            if getattr(self, family):
+                out[family] = getattr(self, family)
         return out
 
 
@@ -379,6 +386,7 @@ def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: 
         measure_downstream(cfg, reader, lm, results, bar)
         timings["downstream"] = time.perf_counter() - t
         references = measure_unlearning(cfg, reader, lm, results, bar, timings)
+        measure_probe_families(cfg, reader, lm, results, bar, timings)
 
     out_dir = Path(cfg.eval.reports_dir) / cfg.eval.name
     write_report(out_dir, cfg, reader, {r.name: r.to_json() for r in results}, timings,

@@ -1,0 +1,75 @@
+"""`pipe eval`'s sparse probing, TPP and absorption for every run: the model's residuals on the
+probing texts and the first-letter prompts are computed once per store (cached under
+``<reports_dir>/cache``), the LLM probes once per eval, and each SAE then costs encodes and small
+probe fits. Each family's time goes to report.json ``timings_s``."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from common.progress import console
+from eval.absorption import letter_probe, prompt_sets, run_absorption
+from eval.probe_data import TRAINED_ON, dataset_activations
+from eval.probing import llm_probes, pooled_latents, sae_probing, summarize
+from eval.tpp import run_tpp
+from eval.unlearning import fold_decoder_norms
+
+
+def _cache_dir(cfg) -> Path:
+    return Path(cfg.eval.reports_dir) / "cache"
+
+
+def measure_probe_families(cfg, reader, lm, results, bar, timings: dict) -> None:
+    pr, tp, ab = cfg.eval.probing, cfg.eval.tpp, cfg.eval.absorption
+    if not (pr.enabled or tp.enabled or ab.enabled):
+        return
+    saes = {r.name: fold_decoder_norms(r.sae) for r in results}  # SAEBench's SAEs have unit-norm decoders
+    # forwards of about max(2048, the eval's own batch) tokens: short texts batch wider
+    tokens = max(2048, cfg.eval.batch_size * cfg.harvest.context_length)
+    common = dict(model=lm.model, tokenizer=lm.tokenizer, layer=cfg.harvest.layer, batch_tokens=tokens,
+                  cache_dir=_cache_dir(cfg), store_meta=reader.meta)
+    if pr.enabled or tp.enabled:
+        t = time.perf_counter()
+        names = list(pr.datasets) if pr.enabled else [tp.dataset]
+        task = bar.add_task("probing texts (once per store)", total=None)
+        llm, latents = {}, {}
+        for name in names:
+            train, test, hit = dataset_activations(
+                name, train_size=pr.train_size, test_size=pr.test_size, context_length=pr.context_length,
+                seed=pr.seed, heldout_fraction=cfg.harvest.heldout_fraction,
+                progress=lambda k: bar.advance(task, k), **common)
+            llm[name] = llm_probes(name, train, test, pr.k_values, pr.seed)
+            latents[name] = {r.name: (pooled_latents(saes[r.name], train), pooled_latents(saes[r.name], test))
+                             for r in results}
+            if hit:
+                console.print(f"probing: {name}: residuals from the cache")
+        timings["probing_data"] = time.perf_counter() - t
+        if pr.enabled:
+            t = time.perf_counter()
+            for r in results:
+                r.probing = summarize({n: sae_probing(llm[n], *latents[n][r.name], pr.k_values, pr.seed)
+                                       for n in names})
+                r.probing["trained_on"] = {n: TRAINED_ON.get(n, "unknown: a user dataset") for n in names}
+                r.probing["sizes"] = {"train_per_class": pr.train_size, "test_per_class": pr.test_size,
+                                      "context_length": pr.context_length}
+            timings["probing"] = time.perf_counter() - t
+        if tp.enabled:
+            t = time.perf_counter()
+            for r in results:
+                r.tpp = run_tpp(llm[tp.dataset], *latents[tp.dataset][r.name], saes[r.name].W_dec, tp.n_values)
+            timings["tpp"] = time.perf_counter() - t
+    if ab.enabled:
+        t = time.perf_counter()
+        task = bar.add_task("first-letter prompts (once per store)", total=None)
+        train, test, stats, hit = prompt_sets(
+            words=ab.words, test_fraction=ab.test_fraction, icl_examples=ab.icl_examples,
+            template=ab.prompt_template, seed=ab.seed, progress=lambda k: bar.advance(task, k), **common)
+        probe = letter_probe(train, test, ab.seed)
+        timings["absorption_data"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for r in results:
+            r.absorption = run_absorption(saes[r.name], train, test, probe, max_k=ab.max_k, f1_jump=ab.f1_jump,
+                                          min_probe_f1=ab.min_probe_f1, min_letters=ab.min_letters, seed=ab.seed)
+            r.absorption.update(stats)
+            r.absorption["probe_f1"] = probe.f1
+        timings["absorption"] = time.perf_counter() - t

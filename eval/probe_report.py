@@ -1,0 +1,151 @@
+"""report.md sections and plots of sparse probing, TPP and absorption (one plot per family)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from eval.metrics import Metric, register
+
+# The families' headline figures in the one metric registry (eval/metrics.py): the conditions table,
+# its intervals and "who wins" read them from there; the per-run tables are probe_markdown's.
+PROBE_METRICS = [register(Metric(key, section, higher, label, runs_table=False)) for key, section, higher, label in (
+    ("sae_top_1_test_accuracy", "probing", True, "sparse probing, SAE top-1 accuracy"),
+    ("sae_top_5_test_accuracy", "probing", True, "sparse probing, SAE top-5 accuracy"),
+    ("tpp_score", "tpp", True, "TPP score"),
+    ("mean_absorption_fraction_score", "absorption", False, "absorption fraction"),
+    ("mean_full_absorption_score", "absorption", False, "full-absorption rate"),
+)]
+
+
+def _num(v, digits: int = 3) -> str:
+    return "n/a" if not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)) else \
+        (str(v) if isinstance(v, int) else f"{v:.{digits}f}")
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(c if isinstance(c, str) else _num(c) for c in r) + " |" for r in rows])
+
+
+def probe_markdown(cfg, results: dict) -> str:
+    names = [n for n in results if any(f in results[n] for f in ("probing", "tpp", "absorption"))]
+    if not names:
+        return ""
+    out = []
+    first = results[names[0]]
+    if "probing" in first:
+        p = first["probing"]
+        ks = sorted(int(k.split("_")[2]) for k in p if k.startswith("sae_top_") and k.endswith("_test_accuracy"))
+        rows = [[n, *[results[n]["probing"].get(f"sae_top_{k}_test_accuracy", math.nan) for k in ks]] for n in names]
+        rows.append(["LLM residual (same texts)", *[p.get(f"llm_top_{k}_test_accuracy", math.nan) for k in ks]])
+        per = [[d, *[v.get(f"llm_top_{k}_test_accuracy", math.nan) for k in ks], v.get("llm_test_accuracy"),
+                first["probing"]["trained_on"].get(d, "")] for d, v in p["datasets"].items()]
+        sizes = p.get("sizes", {})
+        out.append(f"""
+## Sparse probing (SAEBench; class-averaged one-vs-rest accuracy, mean over datasets)
+{_table(["run", *[f"SAE top-{k}" for k in ks]], rows)}
+
+LLM probes per dataset (full width: {_num(p.get('llm_test_accuracy'))} on average), and whether any SAE trained on its texts:
+{_table(["dataset", *[f"LLM top-{k}" for k in ks], "LLM full width", "SAE training text?"], per)}
+
+{sizes.get('train_per_class')} training and {sizes.get('test_per_class')} test texts per class, {sizes.get('context_length')}
+tokens each (SAEBench: 4000 / 1000 / 128); probes: sklearn logistic regression, top-k by mean difference.
+""")
+    if "tpp" in first:
+        t = first["tpp"]
+        ns = sorted(int(k.split("_")[2]) for k in t if k.startswith("tpp_threshold_") and k.endswith("_total_metric"))
+        rows = [[n, *[results[n]["tpp"].get(f"tpp_threshold_{k}_total_metric", math.nan) for k in ns],
+                 results[n]["tpp"].get("tpp_intended"), results[n]["tpp"].get("tpp_unintended")] for n in names]
+        out.append(f"""
+## TPP (SAEBench; dataset {t.get('dataset')}): intended probe's accuracy drop minus the others' mean drop
+{_table(["run", *[f"n={k}" for k in ns], f"intended (n={t.get('tpp_headline_n')})", f"unintended (n={t.get('tpp_headline_n')})"], rows)}
+
+n latents per class zero-ablated (SAE error kept; the grouped SAE's π held at the unablated latents);
+headline `tpp_score` at n = {t.get('tpp_headline_n')}. Clean LLM probe accuracy:
+{', '.join(f'{c} {_num(a)}' for c, a in t.get('clean_accuracy', {}).items())}.
+""")
+    if "absorption" in first:
+        a = first["absorption"]
+        rows = [[n, results[n]["absorption"].get("mean_absorption_fraction_score"),
+                 results[n]["absorption"].get("mean_full_absorption_score"),
+                 results[n]["absorption"].get("mean_num_split_features")] for n in names]
+        f1s = a.get("probe_f1", {})
+        note = f"\n**Not scored**: {a['not_scored']}.\n" if a.get("not_scored") else ""
+        out.append(f"""
+## Absorption (SAEBench first letter; lower is better)
+{_table(["run", "mean absorption fraction", "full absorption rate", "split latents per letter"], rows)}
+{note}
+{a.get('train_words')} training and {a.get('test_words')} test words sampled from {a.get('alphabetic_vocab')} alphabetic
+vocabulary tokens ({a.get('dropped_words')} dropped: the prompt's tail did not tokenize as the template's). Letters
+whose LLM probe F1 exceeds {a.get('min_probe_f1')} (SAEBench: 0.6) count: **{a.get('passing_letters') or 'none'}**
+(at least {a.get('min_letters')} needed). Probe F1 per letter:
+{', '.join(f'{k} {v:.2f}' for k, v in sorted(f1s.items()))}.
+""")
+    out.append("""
+Deviations from SAEBench in these three families: texts padded on the right and BOS / EOS / padding
+masked explicitly; every draw seeded; each class's probe rows drawn once and shared by the LLM and
+SAE probes and by clean and ablated TPP accuracies; all probes fitted with scikit-learn; absorption
+scored on the cached test prompts instead of fresh ICL prompts; the embedded default's sizes are
+far below SAEBench's (README, "Sparse probing, TPP and absorption").
+""")
+    return "".join(out)
+
+
+def probe_plots(out_dir: Path, results: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    made = []
+    with_p = [n for n in names if "probing" in results[n]]
+    if with_p:
+        p0 = results[with_p[0]]["probing"]
+        ks = sorted(int(k.split("_")[2]) for k in p0 if k.startswith("sae_top_") and k.endswith("_test_accuracy"))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        w = 0.8 / len(ks)
+        for j, k in enumerate(ks):
+            ax.bar([i + j * w for i in range(len(with_p))],
+                   [results[n]["probing"][f"sae_top_{k}_test_accuracy"] for n in with_p], w, label=f"SAE top-{k}",
+                   color=f"C{j}")
+            ax.axhline(p0.get(f"llm_top_{k}_test_accuracy", math.nan), color=f"C{j}", linestyle=":", linewidth=1)
+        ax.axhline(p0.get("llm_test_accuracy", math.nan), color="black", linestyle="--", linewidth=1,
+                   label="LLM full width")
+        ax.set_xticks([i + 0.4 - w / 2 for i in range(len(with_p))], with_p, rotation=30, ha="right", fontsize=7)
+        ax.set(ylabel="test accuracy", title="Sparse probing (dotted: LLM top-k)", ylim=(0.4, 1.0))
+        ax.legend(fontsize=7)
+        made.append(_save(plt, fig, out_dir, "sparse_probing.png"))
+    with_t = [n for n in names if "tpp" in results[n]]
+    if with_t:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for n in with_t:
+            t = results[n]["tpp"]
+            ns = sorted(int(k.split("_")[2]) for k in t if k.startswith("tpp_threshold_") and k.endswith("_total_metric"))
+            ax.plot(ns, [t[f"tpp_threshold_{k}_total_metric"] for k in ns], "o-", label=n)
+        ax.set_xscale("log")
+        ax.set(xlabel="latents ablated per class (n)", ylabel="TPP", title="TPP vs n")
+        ax.legend(fontsize=6)
+        made.append(_save(plt, fig, out_dir, "tpp.png"))
+    with_a = [n for n in names if "absorption" in results[n]]
+    if with_a:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        vals = [(results[n]["absorption"].get("mean_absorption_fraction_score", math.nan),
+                 results[n]["absorption"].get("mean_full_absorption_score", math.nan)) for n in with_a]
+        ax.bar([i - 0.2 for i in range(len(with_a))], [v[0] for v in vals], 0.4, label="mean absorption fraction")
+        ax.bar([i + 0.2 for i in range(len(with_a))], [v[1] for v in vals], 0.4, label="full absorption rate")
+        ax.set_xticks(range(len(with_a)), with_a, rotation=30, ha="right", fontsize=7)
+        title = "First-letter absorption (lower is better)"
+        if all(math.isnan(v[0]) for v in vals):
+            title += ": not scored (too few letters pass the probe F1)"
+        ax.set(ylabel="fraction", title=title)
+        ax.legend(fontsize=7)
+        made.append(_save(plt, fig, out_dir, "absorption.png"))
+    return made
+
+
+def _save(plt, fig, out_dir: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out_dir / name, dpi=110)
+    plt.close(fig)
+    return name

@@ -1,0 +1,43 @@
+"""Small SAEs and labelled residuals shared by the probing, TPP and absorption tests."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tests._identity_sae import _LinearReluSAE
+
+
+class RandomSAE(_LinearReluSAE):
+    """A ReLU SAE with given or random weights; ``dtype`` / ``device`` as SAEBench's code reads them."""
+
+    def __init__(self, d_model: int, d_sae: int, seed: int = 0, b_enc: float = -0.1):
+        g = torch.Generator().manual_seed(seed)
+        W_dec = torch.randn(d_sae, d_model, generator=g)
+        W_dec = W_dec / W_dec.norm(dim=1, keepdim=True)
+        super().__init__(W_dec.T.clone(), W_dec)
+        with torch.no_grad():
+            self.b_enc.fill_(b_enc)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_dec.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_dec.device
+
+
+def labelled_tokens(classes: list[str], n: int, T: int, d: int, seed: int = 0, signal: float = 1.5
+                    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Per class ``[n, T, d]`` token residuals (class c shifted along its own direction) and a mask
+    with a random number of trailing padded positions (zeroed, as SAEBench zeroes them)."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(len(classes), d, generator=g)
+    acts, masks = {}, {}
+    for i, c in enumerate(classes):
+        x = torch.randn(n, T, d, generator=g) + signal * dirs[i]
+        keep = torch.randint(2, T + 1, (n,), generator=g)
+        mask = torch.arange(T)[None, :] < keep[:, None]
+        acts[c] = x * mask[..., None]
+        masks[c] = mask
+    return acts, masks
