@@ -73,7 +73,7 @@ def test_one_registry_drives_report_md_and_report_json(tmp_path, monkeypatch):
     from tests._configs import ROOT
 
     cfg = load_config(ROOT / "pipeline.toml")
-    reader = SimpleNamespace(url="s.zarr", meta={"d_model": 4})
+    reader = SimpleNamespace(url="s.zarr", meta={"d_model": 4}, corpora=dict)
     report.write_report(tmp_path, cfg, reader, results, {})
     saved = json.loads((tmp_path / "report.json").read_text())
     md = (tmp_path / "report.md").read_text()

@@ -127,7 +127,7 @@ def test_a_baseline_made_before_keeps_its_fingerprint():
     from types import SimpleNamespace
 
     from common.config import OrthoConfig, RunConfig, TrainConfig
-    from train.runner import run_fingerprint, run_fingerprints, run_is_done
+    from train.runner import run_fingerprint, run_fingerprints
 
     class Reader:
         meta = {"model_id": "tiny", "layer": 0}
@@ -145,8 +145,22 @@ def test_a_baseline_made_before_keeps_its_fingerprint():
     assert len(run_fingerprints(run("fixed"), Reader(), 0)) == 1
 
 
-def test_run_is_done_accepts_an_earlier_fingerprint(tmp_path):
-    from train.runner import run_is_done
-    (tmp_path / "summary.json").write_text(json.dumps({"fingerprint": "old", "status": "complete"}))
-    assert run_is_done(tmp_path, ("new", "old")) and run_is_done(tmp_path, "old")
-    assert not run_is_done(tmp_path, ("new",))
+def test_a_run_finished_under_an_earlier_fingerprint_is_left_alone(tmp_path, monkeypatch):
+    """`pipe train` leaves a finished run alone when its summary carries any fingerprint its settings
+    are known by (run_fingerprints), and trains it again when it carries none of them."""
+    import train.runner
+    make_store(str(tmp_path / "s.zarr"))
+    path = write_config(tmp_path, SWEEP)
+    runner = CliRunner()
+    assert runner.invoke(main, ["--config", str(path), "train", "--run", "baseline"]).exit_code == 0
+    summary = tmp_path / "runs/baseline/summary.json"
+    doc = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**doc, "fingerprint": "older"}))
+    real = train.runner.run_fingerprints
+    monkeypatch.setattr(train.runner, "run_fingerprints", lambda *a: (*real(*a), "older"))
+    res = runner.invoke(main, ["--config", str(path), "train", "--run", "baseline"])
+    assert res.exit_code == 0 and re.search(r"baseline\S*: complete, left alone", res.output), res.output
+    monkeypatch.setattr(train.runner, "run_fingerprints", real)
+    res = runner.invoke(main, ["--config", str(path), "train", "--run", "baseline"])
+    assert res.exit_code == 0 and "left alone" not in res.output, res.output
+    assert json.loads(summary.read_text())["fingerprint"] == doc["fingerprint"]

@@ -161,17 +161,17 @@ def test_a_file_the_export_gains_is_covered_without_naming_it(tmp_path, monkeypa
 
     def with_extra(sae, run_dir, **kw):
         out = real(sae, run_dir, **kw)
-        (Path(run_dir) / "sparsity.safetensors").write_bytes(b"x" * 100)
+        (Path(run_dir) / "extra.safetensors").write_bytes(b"x" * 100)
         return out
     monkeypatch.setattr(train.runner, "save_sae", with_extra)
     make_store(str(tmp_path / "s.zarr"))
     path = write_train_config(tmp_path, tokens=2560)
     assert pipe(path, "train").exit_code == 0
     recorded = json.loads((tmp_path / "runs/baseline/digests.json").read_text())["files"]
-    assert set(recorded) == {"sae_weights.safetensors", "cfg.json", "sparsity.safetensors"}
-    (tmp_path / "runs/baseline/sparsity.safetensors").write_bytes(b"y" * 100)  # same size, other bytes
+    assert set(recorded) == {"sae_weights.safetensors", "cfg.json", "sparsity.safetensors", "extra.safetensors"}
+    (tmp_path / "runs/baseline/extra.safetensors").write_bytes(b"y" * 100)  # same size, other bytes
     res = pipe(path, "verify")
-    assert res.exit_code == 1 and "sparsity.safetensors: sha256 differs" in res.output, res.output
+    assert res.exit_code == 1 and "extra.safetensors: sha256 differs" in res.output, res.output
 
 
 DAMAGE = {
