@@ -1,5 +1,6 @@
-"""Every relative link in README.md and docs/*.md points to a file that exists, and to a heading
-that exists in it when the link names one (#anchor, GitHub's slug rule)."""
+"""The README and docs/ as a reader meets them: every relative link in README.md and docs/*.md points
+to a file that exists, and to a heading that exists in it when the link names one (#anchor, GitHub's
+slug rule); the README links every docs page and opens with the two fresh-machine commands."""
 import re
 from pathlib import Path
 
@@ -68,3 +69,14 @@ def test_readme_links_every_docs_page():
     linked = {(ROOT / t.partition("#")[0]).resolve() for t in relative_links(ROOT / "README.md")}
     missing = [p.name for p in PAGES[1:] if p.resolve() not in linked]
     assert not missing, f"README.md links none of: {missing}"
+
+
+def test_readme_opens_with_the_two_fresh_machine_commands():
+    """The two commands a newcomer runs stay on the README's first screen, as setup.sh and the
+    package's `pipe` script spell them."""
+    first_screen = "\n".join((ROOT / "README.md").read_text().splitlines()[:40])
+    assert "bash setup.sh && .venv/bin/pipe run" in first_screen
+    assert "bash setup.sh --test && .venv/bin/python -m pytest -q" in first_screen
+    setup = (ROOT / "setup.sh").read_text()
+    assert "--test" in setup
+    assert re.search(r"^pipe\s*=", (ROOT / "pyproject.toml").read_text(), flags=re.M), "no `pipe` script"
