@@ -80,3 +80,26 @@ def test_readme_opens_with_the_two_fresh_machine_commands():
     setup = (ROOT / "setup.sh").read_text()
     assert "--test" in setup
     assert re.search(r"^pipe\s*=", (ROOT / "pyproject.toml").read_text(), flags=re.M), "no `pipe` script"
+
+
+REPO_PATH = re.compile(r"`((?:common|harvest|train|eval|bench|tests|configs|docs)/[\w/.-]+\.(?:py|toml|md))(?:::\w+)?`")
+BENCH_MODULE = re.compile(r"python -m (bench\.\w+)")
+
+
+def named_files(page: Path) -> set[str]:
+    """The repository files a page names in code spans (`train/trainer.py`, `python -m bench.gpu`)."""
+    text = page.read_text()
+    return set(REPO_PATH.findall(text)) | {m.replace(".", "/") + ".py" for m in BENCH_MODULE.findall(text)}
+
+
+def test_the_file_names_are_found(tmp_path):
+    page = tmp_path / "a.md"
+    page.write_text("`train/trainer.py` and `tests/test_x.py::test_y`, `python -m bench.gpu`, `runs/<run>/`\n")
+    assert named_files(page) == {"train/trainer.py", "tests/test_x.py", "bench/gpu.py"}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_named_files_exist(page):
+    """A file the docs send a reader to exists: a module moved or renamed updates the docs with it."""
+    missing = sorted(f for f in named_files(page) if not (ROOT / f).exists())
+    assert not missing, f"{page.relative_to(ROOT)} names files that do not exist: {missing}"
