@@ -82,9 +82,9 @@ def tiny_family_model(family: str, seed: int = 0) -> torch.nn.Module:
 def save_tiny_family(family: str, out_dir, *, bos: bool = True):
     """``tiny_family_model(family)`` saved with the byte-level test tokenizer, loadable by
     ``common.model.load_model``; ``bos=False`` saves a tokenizer without a BOS token (as Qwen's)."""
-    from common.model import _byte_tokenizer
+    from tests._tiny import byte_tokenizer
 
-    tokenizer = _byte_tokenizer()
+    tokenizer = byte_tokenizer()
     if not bos:
         tokenizer.bos_token = None
         tokenizer._tokenizer.post_processor = None  # nothing to prepend

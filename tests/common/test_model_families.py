@@ -136,7 +136,7 @@ reports_dir = "{tmp_path / 'reports'}"
     start_id = 2 if bos else 1  # the test tokenizer's <bos>, else its <eos>
     assert f":bos={start_id}:" in reader.meta["tokenizer"]
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    C, T = info.attrs["contexts_per_chunk"], 15
+    C, T = info.contexts_per_chunk, 15
     for k in range(info.n_chunks):  # one forward per chunk, as the harvest batches it here
         n = min(C, info.n_contexts - k * C)
         ctx = reader.contexts("retain", k * C, n, bos_token_id=start_id)
