@@ -91,3 +91,14 @@ def save_tiny_family(family: str, out_dir, *, bos: bool = True):
     tiny_family_model(family).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+IDS = torch.randint(4, VOCAB, (3, 12), generator=torch.Generator().manual_seed(0))  # a batch of 3 contexts
+
+
+def family_forward(family: str) -> tuple[str, torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """(family, its tiny model, the model's own `output_hidden_states` for IDS)."""
+    model = tiny_family_model(family)
+    with torch.no_grad():
+        hidden = model(input_ids=IDS, output_hidden_states=True, use_cache=False).hidden_states
+    return family, model, hidden
