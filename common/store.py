@@ -45,28 +45,52 @@ class StoreError(UserError, ValueError):
     """A store problem; the message is one line naming the store path (and key or chunk)."""
 
 
+# ---- the row codec: the one place that knows how activation rows are stored ----
+# zarr v3 and numpy have no bfloat16: bf16 rows are kept as their bit patterns in uint16 (the same
+# bytes). torch gathers and copies no uint16, so in torch the same bits travel as int16, viewed as
+# bfloat16 only to widen. Every conversion is a reinterpreting view or the one rounding in
+# `encode_rows`: what a reader decodes is bit for bit what the harvest computed, rounded once.
+
+
 def numpy_storage_dtype(storage_dtype: str) -> np.dtype:
-    # zarr v3 has no bfloat16: its bit patterns are stored as uint16 (same bytes as bf16).
+    """The zarr array's dtype for `[harvest] storage_dtype`."""
     return np.dtype({"bfloat16": "uint16", "float16": "float16", "float32": "float32"}[storage_dtype])
 
 
-def storage_tensor(x: torch.Tensor, storage_dtype: str) -> torch.Tensor:
-    """x in the stored bits, on x's device: int16 holding bf16 bits (numpy has no bfloat16), else the dtype."""
+def torch_storage_dtype(storage_dtype: str) -> torch.dtype:
+    """The torch dtype holding stored rows' bits (int16 for bf16: torch's uint16 cannot be gathered)."""
+    return {"bfloat16": torch.int16, "float16": torch.float16, "float32": torch.float32}[storage_dtype]
+
+
+def encode_rows(x: torch.Tensor, storage_dtype: str) -> torch.Tensor:
+    """Rows -> their stored bits as a torch tensor on x's device (so a GPU sends half the bytes)."""
     if storage_dtype == "bfloat16":
         return x.to(torch.bfloat16).view(torch.int16)
     return x.to(getattr(torch, storage_dtype))
 
 
-def to_storage(x: torch.Tensor, storage_dtype: str) -> np.ndarray:
-    a = storage_tensor(x, storage_dtype).cpu().numpy()
-    return a.view(np.uint16) if storage_dtype == "bfloat16" else a
+def rows_as_numpy(bits: torch.Tensor) -> np.ndarray:
+    """Stored bits on the CPU (`encode_rows`) as the zarr array holds them; no copy."""
+    a = bits.numpy()
+    return a.view(np.uint16) if a.dtype == np.int16 else a
 
 
-def from_storage(a: np.ndarray, storage_dtype: str) -> torch.Tensor:
-    """Stored rows -> float32 tensor."""
+def rows_as_torch(a: np.ndarray) -> torch.Tensor:
+    """Stored rows as the zarr array holds them -> their bits in torch (`torch_storage_dtype`)."""
+    a = np.ascontiguousarray(a)
+    return torch.from_numpy(a.view(np.int16) if a.dtype == np.uint16 else a)
+
+
+def decode_rows(bits: torch.Tensor, storage_dtype: str) -> torch.Tensor:
+    """Stored bits (torch, any device) -> float32 rows."""
     if storage_dtype == "bfloat16":
-        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16).float()
-    return torch.from_numpy(np.ascontiguousarray(a)).float()
+        bits = bits.view(torch.bfloat16)
+    return bits.float()
+
+
+def to_storage(x: torch.Tensor, storage_dtype: str) -> np.ndarray:
+    """Rows -> the array a chunk write takes. For stores written without a model: tests and bench/."""
+    return rows_as_numpy(encode_rows(x, storage_dtype).cpu())
 
 
 def chunk_digest(acts: np.ndarray, tokens: np.ndarray) -> int:
@@ -87,7 +111,8 @@ def _compressors(codec: str, level: int):
 
 @dataclass(frozen=True)
 class CorpusPlan:
-    """What one corpus group will hold; fixed before the first chunk is written."""
+    """One corpus group: planned by the harvest before its first chunk is written (fixed from then
+    on), kept in the group's attrs, and read back by `StoreReader.corpora` with its progress."""
     name: str
     role: str
     split: str
@@ -98,8 +123,11 @@ class CorpusPlan:
     context_length: int
     contexts_per_chunk: int
     # the document order (its seed) and what the contexts hold: documents and tokens per label
-    # (common.corpora.composition); written to the group's attrs, never compared on resume
+    # (common.corpora.composition); never compared on resume. {} in a store older than it.
     composition: dict = field(default_factory=dict, compare=False, hash=False)
+    # progress, as read back from the store (a fresh plan has none)
+    chunks_done: int = field(default=0, compare=False)
+    complete: bool = field(default=False, compare=False)
 
     @property
     def rows_per_context(self) -> int:
@@ -305,21 +333,6 @@ class StoreWriter:
         return sorted(name for name, _ in self.root.groups())
 
 
-@dataclass(frozen=True)
-class CorpusInfo:
-    name: str
-    role: str
-    split: str
-    n_rows: int
-    n_contexts: int
-    rows_per_context: int
-    rows_per_chunk: int
-    n_chunks: int
-    chunks_done: int
-    complete: bool
-    attrs: dict
-
-
 class StoreReader:
     """Read access for train and eval: metadata, completion, and rows as float32 tensors."""
 
@@ -339,17 +352,17 @@ class StoreReader:
     def complete(self) -> bool:
         return bool(self.meta.get("complete"))
 
-    def corpora(self) -> dict[str, CorpusInfo]:
+    def corpora(self) -> dict[str, CorpusPlan]:
         out = {}
         for name, group in sorted(self.root.groups()):
             a = dict(group.attrs)
             committed = _read_committed(group["committed"])
-            out[name] = CorpusInfo(
-                name=name, role=a["role"], split=a["split"], n_rows=int(a["n_rows"]),
-                n_contexts=int(a["n_contexts"]), rows_per_context=int(a["rows_per_context"]),
-                rows_per_chunk=int(a["contexts_per_chunk"]) * int(a["rows_per_context"]),
-                n_chunks=int(a["n_chunks"]), chunks_done=int((committed != 0).sum()),
-                complete=bool(a.get("complete")), attrs=a)
+            out[name] = CorpusPlan(
+                name=name, role=a["role"], split=a["split"], source=a["source"],
+                fingerprint=a["fingerprint"], tokens_fingerprint=a["tokens_fingerprint"],
+                n_contexts=int(a["n_contexts"]), context_length=int(a["rows_per_context"]) + 1,
+                contexts_per_chunk=int(a["contexts_per_chunk"]), composition=a.get("composition") or {},
+                chunks_done=int((committed != 0).sum()), complete=bool(a.get("complete")))
         return out
 
     def require_complete(self, names: list[str] | None = None) -> None:
@@ -363,7 +376,8 @@ class StoreReader:
                                  "chunks); rerun `pipe harvest` to finish it")
 
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        return from_storage(self.read_stored(name, start, stop), self.storage_dtype)
+        """Rows [start, stop) of a corpus as float32."""
+        return decode_rows(rows_as_torch(self.read_stored(name, start, stop)), self.storage_dtype)
 
     def read_stored(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows as stored (uint16 bf16 bits, float16 or float32): half the bytes of float32 for bf16."""
@@ -384,12 +398,9 @@ class StoreReader:
         fs, path = fsspec.core.url_to_fs(self.url)
         return int(fs.du(path))
 
-    def verify(self, progress=None) -> list[str]:
-        """Re-read every chunk; returns problems, each naming the corpus, chunk and array file."""
-        return [p.text for p in self.check(progress)]
-
     def check(self, progress=None) -> list[Problem]:
-        """`verify` with each problem's kind and chunk, so `harvest --repair` knows what to redo."""
+        """Re-read every chunk (`pipe verify`): each problem names the corpus, chunk and array file,
+        with its kind and chunk, so `harvest --repair` knows what to redo."""
         problems = []
         for key in IDENTITY_KEYS:
             if key not in self.meta:
@@ -446,7 +457,7 @@ def _chunk_file(arr: zarr.Array, k: int) -> str:
     return f"{arr.basename}/{arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))}"
 
 
-def _check_chunk(group: zarr.Group, info: CorpusInfo, k: int) -> list[tuple[str, str, str]]:
+def _check_chunk(group: zarr.Group, info: CorpusPlan, k: int) -> list[tuple[str, str, str]]:
     """(kind, chunk file(s), what is wrong) for each problem of chunk k; every array is read."""
     try:
         digest = int(group["committed"][k])

@@ -22,10 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.store import StoreError, StoreReader, from_storage
-
-FORMATS = ("saelens",)
-
+from common.store import StoreError, StoreReader
 
 @dataclass(frozen=True)
 class CacheExport:
@@ -80,7 +77,7 @@ def export_saelens(reader: StoreReader, corpora: list[str], out: Path, *, dtype:
             c = info[name]
             start, stop = k * c.rows_per_chunk, min((k + 1) * c.rows_per_chunk, c.n_rows)
             n_ctx = (stop - start) // context_size
-            acts = from_storage(reader.read_stored(name, start, stop), reader.storage_dtype).numpy()
+            acts = reader.read_rows(name, start, stop).numpy()
             tokens = reader.read_tokens(name, start, stop)
             shard = Dataset.from_dict({
                 hook: acts.astype(dtype).reshape(n_ctx, context_size, d_in),

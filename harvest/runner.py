@@ -25,12 +25,12 @@ from rich.text import Text
 
 from common import __version__, events, preempt
 from common.config import Config, check_model_fits
-from common.corpora import (CorpusError, CorpusSpec, composition, fingerprint, load_documents,
-                            tokenize_corpus, tokens_fingerprint)
+from common.corpora import (CorpusError, composition, fingerprint, load_documents, tokenize_corpus,
+                            tokens_fingerprint)
 from common.model import LoadedModel, load_model, load_tokenizer, pick_device
 from common.progress import console, progress
-from common.store import (CorpusPlan, StoreError, StoreLock, StoreReader, StoreWriter, store_exists,
-                          storage_tensor)
+from common.store import (CorpusPlan, StoreError, StoreLock, StoreReader, StoreWriter, encode_rows,
+                          store_exists)
 from harvest.capture import residual_after_block
 from harvest.writer import ChunkWriter, HostRows
 
@@ -74,11 +74,8 @@ def plan_corpora(cfg: Config, tokenizer) -> tuple[list[CorpusPlan], dict[str, np
     per_chunk = max(1, cfg.harvest.chunk_tokens // (T - 1))
     plans, contexts = [], {}
     for name, c in cfg.corpora.items():
-        spec = CorpusSpec(source=c.source, subset=c.subset, hf_split=c.hf_split, text_field=c.text_field,
-                          split=c.split, heldout_fraction=cfg.harvest.heldout_fraction,
-                          min_chars=c.min_chars, label_field=c.label_field,
-                          order_seed=cfg.harvest.order_seed)
-        docs = load_documents(spec, max_chars=c.tokens * 12)  # bounds tokenization; ~4 chars/token
+        docs = load_documents(c, heldout_fraction=cfg.harvest.heldout_fraction, order_seed=cfg.harvest.order_seed,
+                              max_chars=c.tokens * 12)  # bounds tokenization; ~4 chars/token
         wanted = c.tokens // T
         ctx, doc_tokens = tokenize_corpus(docs.texts, tokenizer, T, wanted)
         if len(ctx) == 0:
@@ -239,7 +236,7 @@ def _chunk_activations(model, cfg: Config, ctx: np.ndarray, device) -> HostRows:
     for i in range(0, len(ctx), cfg.harvest.batch_size):
         ids = torch.from_numpy(ctx[i:i + cfg.harvest.batch_size].astype(np.int64)).to(device, non_blocking=cuda)
         resid = residual_after_block(model, cfg.harvest.layer, ids)[:, 1:]  # drop BOS rows
-        rows = storage_tensor(resid.reshape(-1, resid.shape[-1]), cfg.harvest.storage_dtype)
+        rows = encode_rows(resid.reshape(-1, resid.shape[-1]), cfg.harvest.storage_dtype)
         if host is None:
             host = torch.empty((len(ctx) * rows_per_ctx, rows.shape[1]), dtype=rows.dtype, pin_memory=cuda)
         host[i * rows_per_ctx:i * rows_per_ctx + len(rows)].copy_(rows, non_blocking=cuda)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.store import CorpusPlan, StoreWriter
+from common.store import CorpusPlan, StoreWriter, rows_as_numpy
 
 _STOP = object()
 
@@ -32,7 +32,7 @@ _STOP = object()
 class HostRows:
     """A chunk's rows in host memory, perhaps still arriving from the GPU: `ready` is the CUDA
     event recorded after the copies, None when the rows are already there (CPU harvest)."""
-    rows: torch.Tensor  # [rows, d_model] in the storage's torch dtype (int16 holds bf16 bits)
+    rows: torch.Tensor  # [rows, d_model]: store.encode_rows's bits
     ready: torch.cuda.Event | None = None
 
     @property
@@ -42,8 +42,7 @@ class HostRows:
     def numpy(self) -> np.ndarray:
         if self.ready is not None:
             self.ready.synchronize()  # in the writer thread: the harvest loop never waits on the copy
-        a = self.rows.numpy()
-        return a.view(np.uint16) if a.dtype == np.int16 else a
+        return rows_as_numpy(self.rows)
 
 
 WORKERS = max(1, min(4, os.cpu_count() or 1))  # 4 keep pace with ~200k tok/s of reference chunks
@@ -90,11 +89,6 @@ class ChunkWriter:
             raise RuntimeError(f"{self.writer.url}: chunk writer is closed")
         self._raise_error()
         self._queue.put((plan, k, acts, tokens))
-
-    def flush(self) -> None:
-        """Wait until every queued chunk is committed; raises the writer's first error."""
-        self._queue.join()
-        self._raise_error()
 
     def close(self) -> None:
         """Commit everything queued, stop the thread; raises the writer's first error."""

@@ -84,3 +84,38 @@ def tiny_eval(tmp: Path, n_features_list: tuple[int, ...] = (2, 4)) -> str:
     multipliers = [5.0]
     loss_contexts = 4
     """
+
+
+def write_harvest_config(tmp_path, model_dir, *, store="s.zarr", layer=0, storage="float32", name="p.toml") -> Path:
+    """A harvest-only config: the tiny model, a train and a heldout corpus from the fixture documents,
+    chunks of two contexts."""
+    text = f"""
+    [model]
+    id = "{model_dir}"
+    dtype = "float32"
+    device = "cpu"
+    [harvest]
+    layer = {layer}
+    store = "{tmp_path / store}"
+    context_length = 16
+    batch_size = 3
+    chunk_tokens = 30
+    storage_dtype = "{storage}"
+    heldout_fraction = 0.3
+    [corpora.retain]
+    source = "file:{DOCS}"
+    role = "retain"
+    tokens = 640
+    [corpora.heldout]
+    source = "file:{DOCS}"
+    role = "forget"
+    split = "heldout"
+    tokens = 160
+    [train]
+    device = "cpu"  # these tests mean CPU, also on a GPU box
+    [eval]
+    reports_dir = "{tmp_path / 'reports'}"  # the CLI's event logs go here, not into the checkout
+    """
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path

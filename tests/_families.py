@@ -82,12 +82,23 @@ def tiny_family_model(family: str, seed: int = 0) -> torch.nn.Module:
 def save_tiny_family(family: str, out_dir, *, bos: bool = True):
     """``tiny_family_model(family)`` saved with the byte-level test tokenizer, loadable by
     ``common.model.load_model``; ``bos=False`` saves a tokenizer without a BOS token (as Qwen's)."""
-    from common.model import _byte_tokenizer
+    from tests._tiny import byte_tokenizer
 
-    tokenizer = _byte_tokenizer()
+    tokenizer = byte_tokenizer()
     if not bos:
         tokenizer.bos_token = None
         tokenizer._tokenizer.post_processor = None  # nothing to prepend
     tiny_family_model(family).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+IDS = torch.randint(4, VOCAB, (3, 12), generator=torch.Generator().manual_seed(0))  # a batch of 3 contexts
+
+
+def family_forward(family: str) -> tuple[str, torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """(family, its tiny model, the model's own `output_hidden_states` for IDS)."""
+    model = tiny_family_model(family)
+    with torch.no_grad():
+        hidden = model(input_ids=IDS, output_hidden_states=True, use_cache=False).hidden_states
+    return family, model, hidden

@@ -35,7 +35,7 @@ def test_embedded_default_pipe_run(tmp_path):
     assert store.meta["file_sha256"].startswith("a5fd3b62230a")
     # 4,096 tokens (~40 lead extracts) of the wheel, which lists its articles sorted by topic: the
     # seeded, stratified order puts every retain topic in them (the front held Arts alone)
-    comp = store.corpora()["retain"].attrs["composition"]
+    comp = store.corpora()["retain"].composition
     assert set(comp["labels"]) == {"Arts", "Everyday life", "Geography", "History", "Mathematics", "People",
                                    "Philosophy and religion", "Physical sciences", "Society and social sciences",
                                    "Technology"}, comp

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from common import events
 from common.cli import main
 from tests._subprocess import start_script
-from tests.test_harvest import write_config as write_harvest_config
+from tests._configs import write_harvest_config
 from tests.test_preempt import RUNS, batch_config, event_log
 from tests.test_train import make_store
 

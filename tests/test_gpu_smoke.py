@@ -15,7 +15,7 @@ import torch
 from common.config import RunConfig, load_config
 from common.store import StoreReader
 from tests._configs import tiny_eval, write_tiny_pipeline
-from tests.test_harvest import write_config as harvest_config
+from tests._configs import write_harvest_config as harvest_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 
@@ -37,7 +37,7 @@ def test_harvest_on_cuda_matches_cpu(tmp_path, tiny_model_dir, storage):
     harvest(cpu, show_progress=False)
     harvest(cuda, show_progress=False)
     a, b = StoreReader(cpu.harvest.store), StoreReader(cuda.harvest.store)
-    assert b.complete and b.verify() == []
+    assert b.complete and b.check() == []
     for name, info in a.corpora().items():
         assert np.array_equal(a.read_tokens(name, 0, info.n_rows), b.read_tokens(name, 0, info.n_rows))
         tol = 1e-2 if storage == "bfloat16" else 1e-4  # one bf16 rounding step apart at most
@@ -46,7 +46,7 @@ def test_harvest_on_cuda_matches_cpu(tmp_path, tiny_model_dir, storage):
 
 
 def test_stream_on_cuda_serves_the_cpu_batches(tmp_path):
-    from tests.test_stream import make_store
+    from tests._stores import make_id_store as make_store
     from train.stream import ActivationStream
 
     reader, _ = make_store(tmp_path, storage="bfloat16")

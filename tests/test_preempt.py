@@ -19,8 +19,8 @@ from common.config import load_config
 from common.store import StoreReader
 from harvest import harvest
 from tests._subprocess import start_script, wait_exit
-from tests.test_harvest import assert_same_store, store_files
-from tests.test_harvest import write_config as write_harvest_config
+from tests._configs import write_harvest_config
+from tests._stores import assert_same_store, store_files
 from tests.test_train import SWEEP, make_store
 from tests.test_train import write_config as write_train_config
 from train import train

@@ -365,8 +365,8 @@ def test_a_read_only_runs_folder_gives_one_line(partial, tmp_path):
 def test_enospc_during_a_chunk_write_leaves_the_store_as_it_was(tmp_path, tiny_model_dir, monkeypatch):
     import zarr.storage._local as local
     from common.store import StoreReader
-    from tests.test_harvest import assert_same_store, store_files
-    from tests.test_harvest import write_config as write_harvest_config
+    from tests._configs import write_harvest_config
+    from tests._stores import assert_same_store, store_files
     clean = write_harvest_config(tmp_path, tiny_model_dir, store="clean.zarr", name="clean.toml")
     assert pipe(clean, "harvest").exit_code == 0
     path = write_harvest_config(tmp_path, tiny_model_dir)

@@ -335,7 +335,7 @@ def test_run_fingerprints_survive_keys_added_later():
         meta = {"model_id": "tiny", "layer": 0}
 
         def corpora(self):
-            return {"retain": SimpleNamespace(attrs={"tokens_fingerprint": "t"})}
+            return {"retain": SimpleNamespace(tokens_fingerprint="t")}
 
     def fp(kind, **ortho):
         return run_fingerprint(RunConfig.of(kind, "r", train=TrainConfig(d_sae=64), ortho=OrthoConfig(**ortho)),

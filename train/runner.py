@@ -75,7 +75,7 @@ def run_fingerprints(run: RunConfig, reader: StoreReader, stream_seed: int | Non
 
 
 def _fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None, ortho) -> str:
-    data = {n: g.attrs.get("tokens_fingerprint") for n, g in reader.corpora().items()}
+    data = {n: g.tokens_fingerprint for n, g in reader.corpora().items()}
     items = [run.type, _set_keys(run.train, _LATER_DEFAULTS), _set_keys(ortho, _LATER_ORTHO_DEFAULTS), data,
              reader.meta.get("model_id"), reader.meta.get("layer")]
     if stream_seed is not None and stream_seed != run.train.seed:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.store import StoreReader, numpy_storage_dtype
+from common.store import StoreReader, decode_rows, numpy_storage_dtype, rows_as_torch, torch_storage_dtype
 
 READ_THREADS = max(1, min(8, os.cpu_count() or 1))  # chunks of a window decoded at once (zstd releases the GIL)
 
@@ -82,8 +82,7 @@ class _Window:
     def gather(self, pos: int, n: int, out_x: torch.Tensor, out_f: torch.Tensor) -> None:
         """Rows perm[pos:pos + n] into out_x / out_f (one copy, straight into the batch)."""
         idx = self.perm[pos:pos + n]
-        stored = self.stored.view(np.int16) if self.stored.dtype == np.uint16 else self.stored  # torch: no uint16 gather
-        torch.index_select(torch.from_numpy(stored), 0, torch.from_numpy(idx), out=out_x)
+        torch.index_select(rows_as_torch(self.stored), 0, torch.from_numpy(idx), out=out_x)
         out_f.copy_(torch.from_numpy(self.is_forget[idx]))
 
 
@@ -153,13 +152,6 @@ class ActivationStream:
         chunk_rows = max(p.rows for pool in self.pools for p in pool.pieces)
         self.chunks_per_window = max(1, buffer_rows // chunk_rows)
 
-    @property
-    def rows_per_epoch(self) -> int:
-        return sum(pool.rows for pool in self.pools)
-
-    def state_dict(self) -> dict:
-        return {"batches_served": self.batches_served}
-
     def load_state_dict(self, state: dict) -> None:
         self.batches_served = int(state["batches_served"])
 
@@ -203,9 +195,9 @@ class ActivationStream:
         return _Window(stored, np.repeat([p.is_forget for p in pieces], sizes), perm)
 
     def _batches(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches as stored (int16 holds bf16 bits), in pinned memory for a CUDA device."""
+        """Batches as stored (store.torch_storage_dtype), in pinned memory for a CUDA device."""
         pin = self.device.type == "cuda"
-        dtype = {"bfloat16": torch.int16, "float16": torch.float16, "float32": torch.float32}[self.reader.storage_dtype]
+        dtype = torch_storage_dtype(self.reader.storage_dtype)
         end = self.total_batches
         rows = sum(pool.rows_per_batch for pool in self.pools)
         # window reads use the chunk readers: they stop first (a read not yet begun is cancelled)
@@ -228,9 +220,7 @@ class ActivationStream:
 
     def _to_float(self, x: torch.Tensor) -> torch.Tensor:
         """Stored rows -> float32 times the scale (the same values wherever it runs)."""
-        if self.reader.storage_dtype == "bfloat16":
-            x = x.view(torch.bfloat16)
-        return x.float() * self.scale
+        return decode_rows(x, self.reader.storage_dtype) * self.scale
 
     # -- iteration with read-ahead -------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,4 +1,5 @@
-"""Store schema: round trip, commit flags, corruption named by chunk, one writer at a time."""
+"""Store schema: the row codec, round trip, commit flags, corruption named by chunk, one writer at a time."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -7,52 +8,49 @@ import numpy as np
 import pytest
 import torch
 
-from common.store import (CorpusPlan, StoreError, StoreLock, StoreReader, StoreWriter, from_storage,
-                          to_storage)
+from common.store import (StoreError, StoreLock, StoreReader, StoreWriter, decode_rows, encode_rows,
+                          numpy_storage_dtype, rows_as_numpy, rows_as_torch, to_storage, torch_storage_dtype)
 
-D, T = 8, 5
-IDENTITY = {"model_id": "m", "revision": "r", "file_sha256": None, "layer": 1, "hook": "resid_post",
-            "d_model": D, "storage_dtype": "bfloat16", "context_length": T, "tokenizer": "tok",
-            "bos_policy": "bos-first-not-stored"}
-
-
-def plan(n_contexts=5, per_chunk=2, name="c"):
-    return CorpusPlan(name=name, role="retain", split="train", source="file:x", fingerprint="f",
-                     tokens_fingerprint="t", n_contexts=n_contexts, context_length=T,
-                     contexts_per_chunk=per_chunk)
-
-
-def fill(writer, p, seed=0):
-    rng = np.random.default_rng(seed)
-    ctx = rng.integers(3, 100, size=(p.n_contexts, T)).astype(np.int32)
-    ctx[:, 0] = 2
-    acts = rng.standard_normal((p.n_rows, D)).astype(np.float32)
-    for k in range(p.n_chunks):
-        c0, c1 = k * p.contexts_per_chunk, min((k + 1) * p.contexts_per_chunk, p.n_contexts)
-        rows = acts[c0 * (T - 1):c1 * (T - 1)]
-        writer.write_chunk(p, k, to_storage(torch.from_numpy(rows), "bfloat16"), ctx[c0:c1])
-    return ctx, acts
-
+from tests._configs import ROOT
+from tests._stores import D, IDENTITY, T, fill, plan
 
 def test_bf16_round_trip_is_bf16_rounding():
     x = torch.randn(100, D) * 1e4
-    back = from_storage(to_storage(x, "bfloat16"), "bfloat16")
+    back = decode_rows(rows_as_torch(to_storage(x, "bfloat16")), "bfloat16")
     assert torch.equal(back, x.to(torch.bfloat16).float())
+
+
+@pytest.mark.parametrize("storage", ["bfloat16", "float16", "float32"])
+def test_codec_keeps_the_stored_bits_through_every_view(storage):
+    """zarr holds numpy_storage_dtype, torch holds torch_storage_dtype: the same bytes, no rounding but
+    encode_rows's one."""
+    x = torch.randn(64, D) * 1e3
+    bits = encode_rows(x, storage)
+    assert bits.dtype == torch_storage_dtype(storage)
+    stored = rows_as_numpy(bits)
+    assert stored.dtype == numpy_storage_dtype(storage) and stored.tobytes() == bits.numpy().tobytes()
+    back = rows_as_torch(stored)
+    assert back.dtype == torch_storage_dtype(storage) and torch.equal(back, bits)
+    assert torch.equal(decode_rows(back, storage), x.to(getattr(torch, storage)).float())
+    assert np.array_equal(to_storage(x, storage), stored)
 
 
 def test_write_read_and_complete(tmp_path):
     url = str(tmp_path / "s.zarr")
-    p = plan()
+    p = dataclasses.replace(plan(), composition={"order": "shuffled", "documents": 3})
     w = StoreWriter(url, IDENTITY)
     w.ensure_corpus(p)
     assert w.pending_chunks("c") == [0, 1, 2]
+    assert (StoreReader(url).corpora()["c"].chunks_done, StoreReader(url).corpora()["c"].complete) == (0, False)
     ctx, acts = fill(w, p)
     assert w.pending_chunks("c") == [] and w.finish_corpus("c") and w.finish()
     r = StoreReader(url)
-    assert r.complete and r.corpora()["c"].n_rows == 5 * (T - 1)
+    back = r.corpora()["c"]  # the plan read back, with its progress
+    assert back == p and back.composition == p.composition and (back.chunks_done, back.complete) == (3, True)
+    assert r.complete and back.n_rows == 5 * (T - 1) and back.rows_per_chunk == 2 * (T - 1)
     assert torch.equal(r.read_rows("c", 0, p.n_rows), torch.from_numpy(acts).to(torch.bfloat16).float())
     assert torch.equal(r.contexts("c", 1, 3, bos_token_id=2), torch.from_numpy(ctx[1:4]).long())
-    assert r.verify() == []
+    assert r.check() == []
 
 
 def test_identity_mismatch_is_refused(tmp_path):
@@ -77,10 +75,10 @@ def test_verify_names_corrupted_and_missing_chunk(tmp_path):
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))
-    problems = StoreReader(url).verify()
+    problems = [p.text for p in StoreReader(url).check()]
     assert len(problems) == 1 and "c chunk 1" in problems[0], problems
     w.root["c"]["committed"][2] = 0
-    problems = StoreReader(url).verify()
+    problems = [p.text for p in StoreReader(url).check()]
     assert any("chunk 2" in p and "not written" in p for p in problems)
 
 
@@ -153,7 +151,7 @@ def test_second_writer_is_refused_and_stale_lock_taken_over(tmp_path):
     mine.acquire()  # the holder is dead: its lock is stale and is taken over
     code = f"from common.store import StoreLock; StoreLock({url!r}).acquire()"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                           cwd=ROOT)
     assert other.returncode != 0 and f"pid {os.getpid()}" in other.stderr
     mine.release()
     assert not mine.fs.exists(mine.path)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.store import StoreWriter, storage_tensor, to_storage
+from common.store import StoreWriter, encode_rows, to_storage
 from harvest.writer import ChunkWriter, HostRows
 
-from tests.test_store import IDENTITY, T, plan
+from tests._stores import IDENTITY, T, plan
 
 
 def chunks(p, seed=0):
@@ -36,7 +36,7 @@ def test_background_store_is_byte_identical_to_serial(tmp_path):
     background.ensure_corpus(p)
     with ChunkWriter(background, workers=3) as w:  # chunks finish out of order: same bytes
         for k, acts, tokens in chunks(p):  # both forms the harvest hands over
-            rows = HostRows(storage_tensor(acts, "bfloat16")) if k % 2 else to_storage(acts, "bfloat16")
+            rows = HostRows(encode_rows(acts, "bfloat16")) if k % 2 else to_storage(acts, "bfloat16")
             w.submit(p, k, rows, tokens)
     assert background.pending_chunks("c") == []
     assert files(tmp_path / "serial.zarr") == files(tmp_path / "background.zarr")

@@ -1,41 +1,21 @@
-"""Every decoder-only family the tests cover harvests exactly its own hidden states.
+"""Every decoder-only family the tests cover: its blocks and final norm are found, and the harvest
+stores exactly its own hidden states (end to end through `pipe harvest`).
 
-Tiny random-weight models from each family's `transformers` config (tests/_families.py). Per
-family and block L, the harvest's capture (`harvest.capture.residual_after_block`, the hook the
-harvest runner uses) must return the model's own `output_hidden_states` entry L+1 bit for bit in
-float32 for every L below the last block, and run no block after L, no final norm, no LM head.
-The last entry has the final norm folded in for every family here: the harvest keeps the residual
-before it (TransformerLens' `blocks.L.hook_resid_post`), and the final norm of that row is the
-entry, bit for bit.
+Tiny random-weight models from each family's `transformers` config (tests/_families.py); the
+capture itself, per family and block, is tests/harvest/test_capture.py.
 """
 import pytest
 import torch
 from torch import nn
 
-from common.model import (LAYER_PATHS, ModelError, decoder_layers, decoder_layers_path, final_norm)
-from harvest.capture import residual_after_block
+from common.model import LAYER_PATHS, ModelError, decoder_layers, decoder_layers_path, final_norm
 
-from tests._families import FAMILIES, N_LAYERS, VOCAB, tiny_family_model
-
-IDS = torch.randint(4, VOCAB, (3, 12), generator=torch.Generator().manual_seed(0))
+from tests._families import FAMILIES, N_LAYERS, family_forward, tiny_family_model
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family(request):
-    model = tiny_family_model(request.param)
-    with torch.no_grad():
-        hidden = model(input_ids=IDS, output_hidden_states=True, use_cache=False).hidden_states
-    return request.param, model, hidden
-
-
-def _calls(model: nn.Module):
-    """Forward hooks that record which blocks, final norm and LM head run."""
-    ran, handles = [], []
-    watched = [(f"block {i}", b) for i, b in enumerate(decoder_layers(model))]
-    watched += [("final norm", final_norm(model)), ("lm head", model.get_output_embeddings())]
-    for name, module in watched:
-        handles.append(module.register_forward_hook(lambda *_, name=name: ran.append(name)))
-    return ran, handles
+    return family_forward(request.param)
 
 
 def test_blocks_are_found(family):
@@ -43,35 +23,6 @@ def test_blocks_are_found(family):
     assert len(decoder_layers(model)) == N_LAYERS == len(hidden) - 1
     known = decoder_layers_path(model) in LAYER_PATHS
     assert known == (name != "mpt")  # MPT's transformer.blocks: found by the general rule
-
-
-@pytest.mark.parametrize("layer", range(N_LAYERS - 1))
-def test_harvested_row_is_the_hidden_state_and_later_blocks_never_run(family, layer):
-    name, model, hidden = family
-    ran, handles = _calls(model)
-    try:
-        rows = residual_after_block(model, layer, IDS)
-    finally:
-        for h in handles:
-            h.remove()
-    assert torch.equal(rows, hidden[layer + 1]), name
-    assert ran == [f"block {i}" for i in range(layer + 1)], name
-
-
-def test_last_block_is_before_the_final_norm(family):
-    name, model, hidden = family
-    ran, handles = _calls(model)
-    try:
-        rows = residual_after_block(model, N_LAYERS - 1, IDS)
-    finally:
-        for h in handles:
-            h.remove()
-    assert ran == [f"block {i}" for i in range(N_LAYERS)], name  # no final norm, no LM head
-    norm = final_norm(model)
-    assert norm is not None, name
-    with torch.no_grad():
-        assert torch.equal(norm(rows), hidden[-1]), name  # the last entry is final_norm(residual)
-    assert not torch.allclose(rows, hidden[-1], atol=1e-3), name  # and is not the residual itself
 
 
 def test_general_rule_finds_the_one_stack_and_names_the_class_otherwise():
@@ -136,7 +87,7 @@ reports_dir = "{tmp_path / 'reports'}"
     start_id = 2 if bos else 1  # the test tokenizer's <bos>, else its <eos>
     assert f":bos={start_id}:" in reader.meta["tokenizer"]
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    C, T = info.attrs["contexts_per_chunk"], 15
+    C, T = info.contexts_per_chunk, 15
     for k in range(info.n_chunks):  # one forward per chunk, as the harvest batches it here
         n = min(C, info.n_contexts - k * C)
         ctx = reader.contexts("retain", k * C, n, bos_token_id=start_id)

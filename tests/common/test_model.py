@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from common.model import (EMBEDDED_GEMMA, ModelError, build_tiny_model, decoder_layers, load_model,
-                          load_tokenizer, pick_device, torch_dtype)
+from common.model import (EMBEDDED_GEMMA, ModelError, decoder_layers, load_model, load_tokenizer, pick_device,
+                          torch_dtype)
+
+from tests._tiny import build_tiny_model
 
 
 def test_tiny_model_loads_like_a_hub_model(tiny_model_dir):

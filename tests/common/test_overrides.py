@@ -133,7 +133,7 @@ def test_a_baseline_made_before_keeps_its_fingerprint():
         meta = {"model_id": "tiny", "layer": 0}
 
         def corpora(self):
-            return {"retain": SimpleNamespace(attrs={"tokens_fingerprint": "t"})}
+            return {"retain": SimpleNamespace(tokens_fingerprint="t")}
 
     def run(kind, **ortho):
         return RunConfig.of(kind, "r", train=TrainConfig(d_sae=64), ortho=OrthoConfig(**ortho))

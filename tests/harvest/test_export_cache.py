@@ -3,7 +3,6 @@ and serves the store's rows, in the interleaved order, bit for bit."""
 import json
 
 import numpy as np
-import pytest
 import torch
 from click.testing import CliRunner
 

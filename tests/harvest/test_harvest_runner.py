@@ -5,14 +5,12 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import zarr
 from click.testing import CliRunner
 from transformers import AutoModelForCausalLM
 
@@ -22,57 +20,10 @@ from common.store import StoreError, StoreLock, StoreReader
 from harvest import harvest
 from harvest.runner import COLLECTIVE_TIMEOUT
 
+from tests._configs import DOCS
+from tests._configs import write_harvest_config as write_config
+from tests._stores import arrays, assert_same_store, store_files
 from tests._subprocess import run_script
-
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "tests/fixtures/docs.jsonl"
-
-
-def write_config(tmp_path, model_dir, *, store="s.zarr", layer=0, storage="float32", name="p.toml") -> Path:
-    text = f"""
-    [model]
-    id = "{model_dir}"
-    dtype = "float32"
-    device = "cpu"
-    [harvest]
-    layer = {layer}
-    store = "{tmp_path / store}"
-    context_length = 16
-    batch_size = 3
-    chunk_tokens = 30
-    storage_dtype = "{storage}"
-    heldout_fraction = 0.3
-    [corpora.retain]
-    source = "file:{DOCS}"
-    role = "retain"
-    tokens = 640
-    [corpora.heldout]
-    source = "file:{DOCS}"
-    role = "forget"
-    split = "heldout"
-    tokens = 160
-    [train]
-    device = "cpu"  # these tests mean CPU, also on a GPU box
-    [eval]
-    reports_dir = "{tmp_path / 'reports'}"  # the CLI's event logs go here, not into the checkout
-    """
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def arrays(url) -> dict[str, np.ndarray]:
-    root = zarr.open_group(url, mode="r")
-    return {f"{g}/{a}": root[g][a][:] for g, _ in root.groups() for a in
-            ("acts", "tokens", "context", "position", "committed")}
-
-
-def assert_same_store(a, b):
-    xa, xb = arrays(a), arrays(b)
-    assert xa.keys() == xb.keys()
-    for key in xa:
-        np.testing.assert_array_equal(xa[key], xb[key], err_msg=key)
-
 
 def test_rows_equal_direct_forward(tmp_path, tiny_model_dir):
     cfg = load_config(write_config(tmp_path, tiny_model_dir))
@@ -90,7 +41,7 @@ def test_rows_equal_direct_forward(tmp_path, tiny_model_dir):
         assert np.array_equal(reader.read_tokens(name, 0, info.n_rows), ctx[:, 1:].reshape(-1).numpy())
     meta = reader.meta
     assert (meta["layer"], meta["d_model"], meta["bos_policy"]) == (0, 64, "bos-first-not-stored")
-    assert reader.corpora()["heldout"].attrs["split"] == "heldout"
+    assert reader.corpora()["heldout"].split == "heldout"
 
 
 def test_bf16_storage_is_bf16_rounding(tmp_path, tiny_model_dir):
@@ -139,7 +90,7 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_model_dir):
     assert not result.skipped
     assert StoreReader(str(tmp_path / "killed.zarr")).complete
     assert_same_store(str(tmp_path / "ref.zarr"), str(tmp_path / "killed.zarr"))
-    assert StoreReader(str(tmp_path / "killed.zarr")).verify() == []
+    assert StoreReader(str(tmp_path / "killed.zarr")).check() == []
 
 
 def labelled_config(tmp_path, model_dir, store: str, name: str, seed: int = 0) -> Path:
@@ -159,7 +110,7 @@ def labelled_config(tmp_path, model_dir, store: str, name: str, seed: int = 0) -
 def test_store_records_the_order_and_composition_and_a_resume_keeps_them(tmp_path, tiny_model_dir):
     ref = load_config(labelled_config(tmp_path, tiny_model_dir, "ref.zarr", "ref.toml"))
     harvest(ref, show_progress=False)
-    comp = StoreReader(ref.harvest.store).corpora()["retain"].attrs["composition"]
+    comp = StoreReader(ref.harvest.store).corpora()["retain"].composition
     # 640 tokens (~15 documents) of a corpus sorted arts, history, maths: all three topics
     assert comp["order"] == "stratified by topic" and comp["order_seed"] == 0 and comp["label"] == "topic"
     assert set(comp["labels"]) == {"arts", "history", "maths"}
@@ -173,13 +124,13 @@ def test_store_records_the_order_and_composition_and_a_resume_keeps_them(tmp_pat
     harvest(load_config(path), show_progress=False)
     assert_same_store(str(tmp_path / "ref.zarr"), str(tmp_path / "killed.zarr"))  # bit-identical
     for name, g in StoreReader(str(tmp_path / "killed.zarr")).corpora().items():
-        assert g.attrs["composition"] == StoreReader(ref.harvest.store).corpora()[name].attrs["composition"]
+        assert g.composition == StoreReader(ref.harvest.store).corpora()[name].composition
 
     other = load_config(labelled_config(tmp_path, tiny_model_dir, "seed1.zarr", "seed1.toml", seed=1))
     harvest(other, show_progress=False)
     g1 = StoreReader(other.harvest.store).corpora()["retain"]
-    assert g1.attrs["composition"]["order_seed"] == 1
-    assert g1.attrs["tokens_fingerprint"] != StoreReader(ref.harvest.store).corpora()["retain"].attrs["tokens_fingerprint"]
+    assert g1.composition["order_seed"] == 1
+    assert g1.tokens_fingerprint != StoreReader(ref.harvest.store).corpora()["retain"].tokens_fingerprint
 
     # pipe status shows it, in its JSON and its human view
     res = CliRunner().invoke(main, ["--config", str(path), "status", "--json"])
@@ -253,13 +204,6 @@ def test_complete_store_left_alone_unless_force(tmp_path, tiny_model_dir):
     assert StoreReader(cfg.harvest.store).complete
 
 
-def store_files(url) -> dict[str, bytes]:
-    """Every file of a local store but the root metadata, which holds harvest times."""
-    root = Path(url)
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p != root / "zarr.json"}
-
-
 def test_repair_reharvests_only_damaged_chunks_to_a_clean_store(tmp_path, tiny_model_dir):
     clean = load_config(write_config(tmp_path, tiny_model_dir, store="clean.zarr", name="clean.toml"))
     harvest(clean, show_progress=False)
@@ -280,7 +224,7 @@ def test_repair_reharvests_only_damaged_chunks_to_a_clean_store(tmp_path, tiny_m
     assert res.exit_code == 0, res.output
     assert "re-harvesting 2 chunk(s)" in res.output and f"{2 * 30:,} rows" in res.output, res.output
     assert store_files(clean.harvest.store) == store_files(store)  # byte for byte
-    assert StoreReader(str(store)).complete and StoreReader(str(store)).verify() == []
+    assert StoreReader(str(store)).complete and StoreReader(str(store)).check() == []
     assert (store / "retain/acts/c/0/0").stat().st_mtime_ns == untouched
     assert "nothing to repair" in CliRunner().invoke(main, ["--config", str(path), "harvest",
                                                            "--repair"]).output
@@ -317,9 +261,10 @@ def test_store_through_an_fsspec_url(tmp_path, tiny_model_dir, scheme):
         assert_same_store(local.harvest.store, url)
         assert not fs.exists(f"{root}.orthosae-lock")  # released beside the store
 
+        epoch = StoreReader(url).corpora()["retain"].n_rows  # one pool of every row: one epoch
         stream = ActivationStream(StoreReader(url), ["retain"], batch_size=30, buffer_rows=60, seed=0)
-        rows = torch.cat([x for x, _ in itertools.islice(stream, stream.rows_per_epoch // 30)])
-        expect = StoreReader(local.harvest.store).read_rows("retain", 0, stream.rows_per_epoch)
+        rows = torch.cat([x for x, _ in itertools.islice(stream, epoch // 30)])
+        expect = StoreReader(local.harvest.store).read_rows("retain", 0, epoch)
         assert torch.equal(rows[rows[:, 0].argsort()], expect[expect[:, 0].argsort()])
     finally:
         if scheme == "memory":
@@ -396,7 +341,7 @@ def test_bad_corpus_fails_in_one_line_before_the_model_loads(tmp_path, tiny_mode
 
 def test_train_and_eval_refuse_a_store_of_another_model(tmp_path, tiny_model_dir):
     """Same layer, d_model and context length, other weights: only model_id tells the stores apart."""
-    from common.model import build_tiny_model
+    from tests._tiny import build_tiny_model
     from common.store import open_store_for
 
     harvest(load_config(write_config(tmp_path, tiny_model_dir)), show_progress=False)
@@ -445,4 +390,4 @@ def test_chunks_are_written_behind_the_forward_pass_and_writer_errors_surface(tm
     assert 2 <= corpora["retain"].chunks_done < corpora["retain"].n_chunks  # (others were in flight)
     monkeypatch.setattr(StoreWriter, "write_chunk", real_write)
     assert harvest(cfg, show_progress=False).rows_written > 0
-    assert StoreReader(cfg.harvest.store).verify() == []
+    assert StoreReader(cfg.harvest.store).check() == []

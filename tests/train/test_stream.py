@@ -6,35 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
 from train.stream import ActivationStream, _split_counts, estimate_scale
 
-D, T = 4, 9  # 8 rows per context
-
-
-def make_store(tmp_path, n_contexts=(12, 6), per_chunk=2, storage="float32"):
-    """Rows whose first feature is a unique id, so we can track exactly which rows were served."""
-    url = str(tmp_path / f"s{n_contexts}.zarr")
-    ident = {"model_id": "m", "revision": None, "file_sha256": None, "layer": 0, "hook": "resid_post",
-             "d_model": D, "storage_dtype": storage, "context_length": T, "tokenizer": "t",
-             "bos_policy": "x"}
-    w = StoreWriter(url, ident)
-    next_id = 0
-    for name, n, role in [("retain", n_contexts[0], "retain"), ("forget", n_contexts[1], "forget")]:
-        p = CorpusPlan(name=name, role=role, split="train", source="x", fingerprint="f",
-                      tokens_fingerprint="t", n_contexts=n, context_length=T, contexts_per_chunk=per_chunk)
-        w.ensure_corpus(p)
-        for k in range(p.n_chunks):
-            c0, c1 = k * per_chunk, min((k + 1) * per_chunk, n)
-            rows = (c1 - c0) * (T - 1)
-            acts = torch.zeros(rows, D)
-            acts[:, 0] = torch.arange(next_id, next_id + rows)
-            acts[:, 1] = 1.0 if role == "forget" else 0.0
-            next_id += rows
-            w.write_chunk(p, k, to_storage(acts, storage), np.full((c1 - c0, T), 5, dtype=np.int32))
-        w.finish_corpus(name)
-    w.finish()
-    return StoreReader(url), next_id
+from tests._stores import ID_D as D
+from tests._stores import make_id_store
 
 
 def take(stream, n):
@@ -47,9 +22,9 @@ def take(stream, n):
 
 
 def test_each_row_once_per_epoch_and_roles_tagged(tmp_path):
-    reader, n_rows = make_store(tmp_path)
+    reader, n_rows = make_id_store(tmp_path)
     s = ActivationStream(reader, ["retain", "forget"], batch_size=16, buffer_rows=32, seed=3)
-    assert s.rows_per_epoch == n_rows == 144
+    assert sum(pool.rows for pool in s.pools) == n_rows == 144  # one pool holding every row
     batches = take(s, 2 * n_rows // 16)
     ids = torch.cat([x[:, 0] for x, _ in batches]).long()
     for epoch in (ids[:n_rows], ids[n_rows:]):
@@ -61,7 +36,7 @@ def test_each_row_once_per_epoch_and_roles_tagged(tmp_path):
 
 
 def test_deterministic_and_resume_seeks_to_same_batches(tmp_path):
-    reader, _ = make_store(tmp_path)
+    reader, _ = make_id_store(tmp_path)
     kw = dict(batch_size=10, buffer_rows=32, seed=1)
     full = take(ActivationStream(reader, ["retain", "forget"], **kw), 30)
     again = take(ActivationStream(reader, ["retain", "forget"], **kw), 30)
@@ -75,7 +50,7 @@ def test_deterministic_and_resume_seeks_to_same_batches(tmp_path):
 
 
 def test_mix_sets_batch_composition(tmp_path):
-    reader, _ = make_store(tmp_path)
+    reader, _ = make_id_store(tmp_path)
     s = ActivationStream(reader, ["retain", "forget"], batch_size=20, buffer_rows=32, seed=0,
                          mix={"retain": 1.0, "forget": 3.0})
     for x, f in take(s, 12):  # forget (48 rows) cycles its epochs more often than retain
@@ -85,7 +60,7 @@ def test_mix_sets_batch_composition(tmp_path):
 
 
 def test_heldout_rows_never_served(tmp_path):
-    reader, _ = make_store(tmp_path)
+    reader, _ = make_id_store(tmp_path)
     s = ActivationStream(reader, ["retain"], batch_size=8, buffer_rows=32, seed=0, heldout_rows=16)
     ids = torch.cat([x[:, 0] for x, _ in take(s, 30)]).long()
     assert ids.max() < 96 - 16 and len(set(ids.tolist())) == 80
@@ -137,7 +112,7 @@ def test_read_ahead_serves_the_batches_of_the_synchronous_reader(tmp_path, monke
                                                                  total):
     """Same rows, same order, same values: a resumed run sees what an uninterrupted one saw, before
     and after read-ahead; and no window past the last batch is read."""
-    reader, _ = make_store(tmp_path, storage=storage)
+    reader, _ = make_id_store(tmp_path, storage=storage)
     s = ActivationStream(reader, ["retain", "forget"], seed=4, total_batches=total, **kw)
     s.load_state_dict({"batches_served": start})
     expect_reads: list = []
@@ -158,7 +133,7 @@ def test_read_ahead_serves_the_batches_of_the_synchronous_reader(tmp_path, monke
 def test_next_window_is_read_while_the_current_one_is_served(tmp_path, monkeypatch):
     """The consumer holds the first of a window's 16 batches; the next window is read meanwhile
     (before, it was read only when its first row was needed, with the consumer waiting)."""
-    reader, _ = make_store(tmp_path, n_contexts=(16, 8))  # chunks of 16 rows
+    reader, _ = make_id_store(tmp_path, n_contexts=(16, 8))  # chunks of 16 rows
     s = ActivationStream(reader, ["retain"], batch_size=4, buffer_rows=64, seed=0, prefetch=1)
     later_window, real_read = threading.Event(), ActivationStream._read_window
 
@@ -202,7 +177,7 @@ def test_host_memory_is_bounded_by_the_buffer_not_the_cache(tmp_path, monkeypatc
     monkeypatch.setattr(ActivationStream, "_read_window", tracked)
 
     for size in (8, 64):  # contexts per corpus: an 8x larger cache
-        reader, n = make_store(tmp_path, n_contexts=(size, size), storage="bfloat16")
+        reader, n = make_id_store(tmp_path, n_contexts=(size, size), storage="bfloat16")
         url = reader.url
         s = ActivationStream(reader, ["retain", "forget"], batch_size=16, buffer_rows=32, seed=0, mix=mix,
                              prefetch=2)
@@ -216,7 +191,7 @@ def test_host_memory_is_bounded_by_the_buffer_not_the_cache(tmp_path, monkeypatc
 
 
 def test_scale_gives_unit_mean_squared_norm_per_dim(tmp_path):
-    reader, _ = make_store(tmp_path)
+    reader, _ = make_id_store(tmp_path)
     scale = estimate_scale(reader, ["retain", "forget"], n_rows=10_000)
     x = torch.cat([reader.read_rows("retain", 0, 96), reader.read_rows("forget", 0, 48)]) * scale
     assert (x.pow(2).sum(1).mean() / D).item() == pytest.approx(1.0, rel=1e-5)

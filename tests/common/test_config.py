@@ -5,7 +5,7 @@ import pytest
 
 from common.config import ConfigError, check_model_fits, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 MINIMAL = """
 [model]
@@ -128,7 +128,7 @@ def test_layer_beyond_model_and_d_model_mismatch(tmp_path):
 def test_readme_config_reference_is_current():
     """Every documented key, default and meaning appears in the README exactly as the code has it."""
     from common.config import config_reference
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     assert config_reference() in readme, "README config reference is stale: paste common.config.config_reference()"
 
 
@@ -217,11 +217,11 @@ def test_the_cpu_tests_pin_cpu(tmp_path):
     """Configs the CPU tests write name the CPU for the model and for training: left at "auto" they
     would run on CUDA on a GPU box (bitwise resume, the 2-rank harvest asking for cuda:1). The GPU
     paths have their own tests (tests/test_gpu_smoke.py)."""
-    from tests import test_harvest, test_train
-    from tests._configs import write_tiny_pipeline
+    from tests import test_train
+    from tests._configs import write_harvest_config, write_tiny_pipeline
 
     for i, write in enumerate([lambda d: write_tiny_pipeline(d, Path("model")),
-                               lambda d: test_harvest.write_config(d, Path("model")),
+                               lambda d: write_harvest_config(d, Path("model")),
                                lambda d: test_train.write_config(d)]):
         (tmp_path / str(i)).mkdir()
         cfg = load_config(write(tmp_path / str(i)))
