@@ -73,7 +73,7 @@ def _markdown(cfg: Config, reader: StoreReader, results: dict, references: dict,
     unl = [[n, *[_with_ci(m, r) for m in unl_metrics]] for n, r in {**results, **references}.items()]
     ablation = [[n, a.get("n_features"), a.get("multiplier"), a.get("selectivity_pi_from_unclamped", math.nan),
                  a.get("selectivity", math.nan)] for n in names
-                for a in [results[n].get("unlearning", {}).get("ablation_shares_from_clamped")] if a]
+                for a in [results[n].get("unlearning", {}).get("ablation_pi_from_clamped")] if a]
     sweep = [[n, _fmt(row.get("retain_threshold", math.nan)) if "retain_threshold" in row else "", row.get("n_features", ""),
               row.get("multiplier", row.get("scale", "")),
               *[row.get(k, math.nan) for k in ("forget_ce_increase", "retain_ce_increase", "forget_ce_increase_domain",
@@ -174,7 +174,7 @@ def _conditioning_row(name: str, c: dict) -> list:
     dec = c.get("decoder", {})
     return [name, c.get("grouping", "given"), per_group(c.get("group_sizes", [])), per_group(dec.get("cond", [])),
             per_group(dec.get("eff_rank_frac", [])), per_group(dec.get("max_cos", [])),
-            pair.get("decoder_overlap_fro_normalized", math.nan), pair.get("decoder_rms_cos_activity", math.nan),
+            pair.get("decoder_rms_cross_cos", math.nan), pair.get("decoder_rms_cross_cos_activity", math.nan),
             pair.get("decoder_mean_angle_deg", math.nan),
             c.get("average_max_decoder_cosine_sim", math.nan), c.get("average_max_encoder_cosine_sim", math.nan)]
 

@@ -114,17 +114,17 @@ def clamped_activations(f: Tensor, features: Tensor, multiplier: float) -> Tenso
 
 
 def clamp_features(sae: nn.Module, features: Sequence[int] | Tensor, multiplier: float, *,
-                   shares_from_clamped: bool = False, fired: list | None = None) -> ResidFn:
+                   pi_from_clamped: bool = False, fired: list | None = None) -> ResidFn:
     """resid -> decode(clamped f) + (resid − decode(f)), for ``eval.downstream.splice``.
 
     A grouped SAE's group-bias mix π is computed from the UNCLAMPED activations, so the clamp
-    edits the chosen features only, as it does in a plain SAE; ``shares_from_clamped=True`` lets π
+    edits the chosen features only, as it does in a plain SAE; ``pi_from_clamped=True`` lets π
     follow the clamp (the ablation the report shows: clamped features then also take their
     group's bias away). ``fired``: each call appends, per sequence, how many positions had a
     chosen feature active (the clamp's coverage)."""
     w = sae.W_dec
     idx = torch.as_tensor(features, dtype=torch.long, device=w.device).reshape(-1)
-    grouped = is_grouped(sae) and not shares_from_clamped
+    grouped = is_grouped(sae) and not pi_from_clamped
 
     def fn(r: Tensor) -> Tensor:
         if idx.numel() == 0:  # SAEBench: no features, no change
@@ -343,7 +343,7 @@ def run_unlearning(
     all_permutations: bool = True,
     fold: bool = True,
     baseline: dict | None = None,
-    shares_from_clamped: bool = False,
+    pi_from_clamped: bool = False,
     ranking: Tensor | None = None,
     retain_budgets: Sequence[float] = DEFAULT_BUDGETS,
 ) -> dict:
@@ -377,7 +377,7 @@ def run_unlearning(
                           "multiplier": float(mult)}
                 settings.append((fields, (tuple(chosen.tolist()), float(mult)),
                                  lambda fired, c=chosen, m=float(mult): clamp_features(
-                                     sae, c, m, shares_from_clamped=shares_from_clamped, fired=fired)))
+                                     sae, c, m, pi_from_clamped=pi_from_clamped, fired=fired)))
     result = run_sweep(model, tokenizer, layer, settings, baseline=baseline, do_mcq=do_mcq, do_loss=do_loss,
                        forget_contexts=forget_contexts, retain_contexts=retain_contexts, batch_size=batch_size,
                        chat=chat, progress=progress, retain_budgets=retain_budgets)

@@ -16,7 +16,7 @@ from common.cli import main
 from tests._configs import write_tiny_pipeline
 from common.config import load_config
 from common.store import open_store_for
-from eval.browser import WINDOW
+from eval.browser_scan import WINDOW
 from eval.unlearning import select_features
 from train.export import load_sae
 from train.sae.grouping import assign_groups, forget_share
@@ -170,14 +170,14 @@ def test_json_matches_direct_computation(site, run):
 @pytest.mark.parametrize("max_rows", [0, 40])
 def test_streaming_top_k_equals_top_k_over_all_contexts(site, monkeypatch, max_rows):
     """Small batches (2 contexts each) so the running top-k is merged many times."""
-    import eval.browser as browser
+    import eval.browser_scan as browser_scan
 
     path, _, _ = site
     cfg, sae, rows = _direct(path, "adaptive")
     reader = open_store_for(cfg)
-    monkeypatch.setattr(browser, "ROW_BATCH", 2 * (cfg.harvest.context_length - 1))
+    monkeypatch.setattr(browser_scan, "ROW_BATCH", 2 * (cfg.harvest.context_length - 1))
     calls = []
-    scan = browser.scan_heldout(sae, reader, list(rows), top_k=TOP_K, window=(3, 2), max_rows=max_rows,
+    scan = browser_scan.scan_heldout(sae, reader, list(rows), top_k=TOP_K, window=(3, 2), max_rows=max_rows,
                                 on_rows=calls.append)
     rpc = cfg.harvest.context_length - 1
     keep = {n: len(r["f"]) if not max_rows else max_rows // rpc * rpc for n, r in rows.items()}

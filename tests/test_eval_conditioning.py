@@ -86,7 +86,7 @@ def test_training_curves(tmp_path):
 def test_post_hoc_groups_use_activation_mass_like_training():
     """Feature 0 fires more often on retain rows but carries more mass on forget rows: grouped as
     forget-leaning, by the statistic training regroups on."""
-    from eval.runner import feature_groups
+    from eval.conditioning import feature_groups
     sae = _sae(torch.eye(3))
     groups, n_groups, how = feature_groups(sae, torch.tensor([2.0, 0.0, 0.0]), torch.tensor([0.5, 1.0, 0.0]), 2)
     assert groups.tolist() == [1, 0, 0] and n_groups == 2 and "mass" in how
@@ -98,8 +98,8 @@ def test_activity_weighted_rms_cosine_is_what_l_ortho_bounds():
     W = W / W.norm(dim=1, keepdim=True)
     groups = torch.tensor([0] * 6 + [1] * 6)
     pair = conditioning_report(_sae(W, groups), activity=torch.ones(12, dtype=torch.float64))["pairs"][0]
-    assert pair["decoder_rms_cos_activity"] == pytest.approx(pair["decoder_overlap_fro_normalized"])
+    assert pair["decoder_rms_cross_cos_activity"] == pytest.approx(pair["decoder_rms_cross_cos"])
     active = torch.ones(12, dtype=torch.float64)
     active[0] = 0.0
-    weighted = conditioning_report(_sae(W, groups), activity=active)["pairs"][0]["decoder_rms_cos_activity"]
+    weighted = conditioning_report(_sae(W, groups), activity=active)["pairs"][0]["decoder_rms_cross_cos_activity"]
     assert weighted == pytest.approx((W[1:6] @ W[6:].T).pow(2).mean().sqrt().item())
