@@ -90,12 +90,6 @@ def principal_angles_deg(Qa: Tensor, Qb: Tensor) -> Tensor:
     return torch.rad2deg(torch.arccos(cos)).sort().values
 
 
-def pair_stats(W: Tensor, idx_g: Tensor, idx_h: Tensor) -> dict[str, float]:
-    """Overlap and principal angles of two groups of rows of ``W [d_sae, d_model]``."""
-    Gg, Gh = _gram(W, idx_g), _gram(W, idx_h)
-    return _pair_stats(Gg, Gh, _basis(Gg), _basis(Gh))
-
-
 def _pair_stats(Gg: Tensor, Gh: Tensor, Qg: Tensor, Qh: Tensor) -> dict[str, float]:
     """``pair_stats`` from the groups' Grams and bases (computed once per group, not per pair)."""
     overlap = math.sqrt(max((Gg * Gh).sum().item(), 0.0))  # tr(GgGh), both symmetric

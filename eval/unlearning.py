@@ -224,18 +224,11 @@ def letter_logits(model: nn.Module, prompts: list[list[int]], letters: list[list
     return out
 
 
-def mcq_correct(model: nn.Module, tokenizer, mcqs: Sequence[Any], batch_size: int, *, chat: bool = False,
-                all_permutations: bool = False) -> Tensor:
-    """Bool ``[n, n_orders]``: is question i answered correctly with the choices in each order.
-
-    Orders are the given one, or (``all_permutations``) every permutation, identity first.
-    """
-    return mcq_scores(model, tokenizer, mcqs, batch_size, chat=chat, all_permutations=all_permutations)[0]
-
-
 def mcq_scores(model: nn.Module, tokenizer, mcqs: Sequence[Any], batch_size: int, *, chat: bool = False,
                all_permutations: bool = False, prefix: PrefixCache | None = None) -> tuple[Tensor, Tensor]:
-    """(correct ``[n, n_orders]`` as ``mcq_correct``, p ``[n]``): p is the probability of the right
+    """(correct, p): correct ``[n, n_orders]`` (bool) says whether question i is answered correctly
+    with the choices in each order (the given one, or with ``all_permutations`` every permutation,
+    identity first); p ``[n]`` is the probability of the right
     letter, softmax over the answer letters, with the choices in the given order. Unlike accuracy
     it moves continuously, so it shows an intervention's effect even on a model near chance."""
     prompts, answers, counts = [], [], []

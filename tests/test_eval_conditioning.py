@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from eval.conditioning import conditioning_report, pair_stats, principal_angles_deg
+from eval.conditioning import conditioning_report, principal_angles_deg
 from eval.curves import training_curves
 
 
@@ -50,9 +50,9 @@ def test_identical_groups_have_zero_angle():
 def test_orthogonal_groups_are_at_90_degrees():
     E = torch.eye(6)
     W = torch.cat([E[:2], E[2:5]])  # groups span e1,e2 and e3..e5
-    s = pair_stats(W, torch.tensor([0, 1]), torch.tensor([2, 3, 4]))
-    assert s["min_angle_deg"] == pytest.approx(90.0) and s["mean_angle_deg"] == pytest.approx(90.0)
-    assert s["overlap_fro"] == pytest.approx(0.0, abs=1e-12)
+    s = conditioning_report(_sae(W), groups=torch.tensor([0, 0, 1, 1, 1]))["pairs"][0]
+    assert s["decoder_min_angle_deg"] == pytest.approx(90.0) and s["decoder_mean_angle_deg"] == pytest.approx(90.0)
+    assert s["decoder_overlap_fro"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_partial_overlap_and_rank_cap():
@@ -62,8 +62,8 @@ def test_partial_overlap_and_rank_cap():
     assert ang.tolist() == pytest.approx([45.0])
     # a group with more features than d_model spans all of R^3: meets any other group at 0°
     W = torch.cat([torch.randn(5, 3, generator=torch.Generator().manual_seed(2)), E[:1]])
-    s = pair_stats(W, torch.arange(5), torch.tensor([5]))
-    assert s["min_angle_deg"] == pytest.approx(0.0, abs=1e-3)
+    s = conditioning_report(_sae(W), groups=torch.tensor([0] * 5 + [1]))["pairs"][0]
+    assert s["decoder_min_angle_deg"] == pytest.approx(0.0, abs=1e-3)
 
 
 def test_empty_group_is_nan():

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from eval.probe_data import MMLU_CATEGORY, Split, class_texts, masked_mean, tokenize
-from eval.probing import llm_probes, pooled_latents, prepare_probe_data, sae_probing, top_k_mean_diff
-from tests._probe_helpers import RandomSAE, labelled_tokens
+from eval.probing import llm_probes, pooled_latents, sae_probing, top_k_mean_diff
+from tests._probe_helpers import RandomSAE, labelled_tokens, prepare_probe_data
 
 CLASSES = ["a", "b", "c", "d"]
 

@@ -8,7 +8,8 @@ import torch
 from common.config import RunConfig
 from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
 from eval import downstream
-from eval.core import feature_activity, reconstruction_metrics
+from eval.core import reconstruction_metrics
+from tests._activity import feature_activity
 from eval.frequencies import frequency_batches
 from eval.runner import LoadedRun, _rows, measure_activity, measure_conditioning, measure_reconstruction
 
