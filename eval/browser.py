@@ -20,10 +20,12 @@ eval/browser_pages.py (HTML, ``write_site``). What is computed, and from what:
   holds whole contexts, so each context appears once), each with the feature's activations on a
   window of tokens around its max token (``WINDOW`` before / after, never crossing the context).
   Memory is k·d_sae·window floats, whatever the number of rows. Tokens, context and position come
-  from the store's per-row arrays; BOS is not stored, so a window that reaches position 0 shows ``BOS`` unshaded (the SAE never saw it).
+  from the store's per-row arrays; BOS is not stored, so a window that reaches position 0 shows
+  ``BOS`` unshaded (the SAE never saw it).
 - **Groups**: eval/conditioning.py ``feature_groups``, as ``pipe eval`` groups: a grouped SAE's own
   ``groups``; otherwise the training rule applied post hoc (``assign_groups`` on the forget share
-  of activation mass per row), here on held-out forget vs retain rows. Features silent on every held-out row have no share and are flagged ``silent``.
+  of activation mass per row), here on held-out forget vs retain rows. Features silent on every
+  held-out row have no forget share and are flagged ``silent``.
 - **Decoder cosines** between unit decoder rows, in row blocks (never a d_sae² matrix at once): the
   nearest features in the feature's group and in the other groups, and the max cosine within the group.
 - **Direct logit effect** of feature i: ``(W_dec[i] ⊙ g) @ W_Uᵀ``, with ``W_U`` the output embedding

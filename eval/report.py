@@ -117,7 +117,7 @@ Each run's clamp sweep ({len(un.n_features_list)} n_features × {len(un.multipli
 gives forget ΔCE against retain ΔCE. **F(b)** is the forget ΔCE at retain ΔCE = b on the sweep's upper frontier
 (with the unedited model at (0, 0)), interpolated, "n/a" where no setting reaches b (never extrapolated).
 Cross-fitted figures choose the setting on one half of the held-out documents and score it on the other
-(then swap and average); "in sample" ones choose and score on the same text. Coverage: share of
+(then swap and average); "in sample" ones choose and score on the same text. Coverage: fraction of
 spliced positions where a clamped feature fired. 95 % intervals in brackets: bootstrap over
 {docs.get("forget", "?")} forget and {docs.get("retain", "?")} retain held-out documents. Domain tokens:
 {first.get("n_domain_tokens", "?")} token ids ≥ {un.domain_ratio:g}× more frequent in forget than retain

@@ -39,7 +39,7 @@ Matched against sae_bench 0.6.0 ``evals/unlearning``:
 8. Matched damage (ours, ``eval/matched_damage.py``): the sweep's (retain ΔCE, forget ΔCE) points
    give F(b), the forget damage at retain damage b; best_selectivity and the loss score are also
    cross-fitted (setting chosen on one half of the held-out documents, scored on the other);
-   ΔCE is split into the forget text's domain tokens and the rest; coverage = the share of spliced
+   ΔCE is split into the forget text's domain tokens and the rest; coverage = the fraction of spliced
    positions where a clamped feature fired. Intervals come from a bootstrap over documents.
 """
 

@@ -92,7 +92,7 @@ def test_lm_head_slice_is_sized_by_the_device(monkeypatch):
     assert downstream.logit_budget(torch.device("cpu")) == downstream.LOGIT_BUDGET
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * 2**30, 80 * 2**30))
     big = downstream.logit_budget(torch.device("cuda"))
-    assert downstream.LOGIT_BUDGET < big <= 60 * 2**30 // (4 * downstream.GPU_LOGIT_SHARE)
+    assert downstream.LOGIT_BUDGET < big <= 60 * 2**30 // (4 * downstream.GPU_LOGIT_DIVISOR)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 80 * 2**30))
     assert downstream.logit_budget(torch.device("cuda")) == downstream.LOGIT_BUDGET  # never below the CPU slice
 
