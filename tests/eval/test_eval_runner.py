@@ -7,7 +7,6 @@ import torch
 
 from common.config import RunConfig
 from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
-from eval import downstream
 from eval.core import reconstruction_metrics
 from tests._activity import feature_activity
 from eval.frequencies import frequency_batches
@@ -86,13 +85,3 @@ def test_rows_are_read_once_for_all_runs(tmp_path, monkeypatch):
         a = activity[r.name]
         assert torch.equal(a.forget_freq, freq) and torch.equal(a.forget_mass, mass)
         assert conditioning[r.name]["grouping"]
-
-
-def test_lm_head_slice_is_sized_by_the_device(monkeypatch):
-    assert downstream.logit_budget(torch.device("cpu")) == downstream.LOGIT_BUDGET
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * 2**30, 80 * 2**30))
-    big = downstream.logit_budget(torch.device("cuda"))
-    assert downstream.LOGIT_BUDGET < big <= 60 * 2**30 // (4 * downstream.GPU_LOGIT_DIVISOR)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 80 * 2**30))
-    assert downstream.logit_budget(torch.device("cuda")) == downstream.LOGIT_BUDGET  # never below the CPU slice
-

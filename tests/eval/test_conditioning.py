@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from types import SimpleNamespace
 
@@ -10,7 +9,6 @@ import pytest
 import torch
 
 from eval.conditioning import conditioning_report, principal_angles_deg
-from eval.curves import training_curves
 
 
 def _sae(W_dec: torch.Tensor, groups: torch.Tensor | None = None, W_enc: torch.Tensor | None = None):
@@ -69,18 +67,6 @@ def test_partial_overlap_and_rank_cap():
 def test_empty_group_is_nan():
     r = conditioning_report(_sae(torch.eye(3)), groups=torch.tensor([0, 0, 0]), n_groups=2)
     assert math.isnan(r["decoder"]["cond"][1]) and r["pairs"] == [{"g": 0, "h": 1}]
-
-
-def test_training_curves(tmp_path):
-    log = tmp_path / "log.jsonl"
-    lines = [{"step": 0, "recon": 1.0, "cond": [1.0, 2.0], "group_sizes": [3, 5]},
-             {"step": 10, "recon": 0.5, "lr": 1e-3},
-             {"step": 20, "recon": 0.25, "cond": [1.5, float("inf")], "l0": 4}]
-    log.write_text("\n".join(json.dumps(x) for x in lines) + '\n{"step": 3')  # truncated tail
-    c = training_curves(log)
-    assert c["step"] == [0, 10, 20] and c["recon"] == [1.0, 0.5, 0.25]
-    assert c["lr"] == [None, 1e-3, None] and c["l0"] == [None, None, 4]
-    assert c["cond_1"] == [2.0, None, float("inf")] and c["group_sizes_0"] == [3, None, None]
 
 
 def test_post_hoc_groups_use_activation_mass_like_training():
