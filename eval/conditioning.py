@@ -91,7 +91,8 @@ def principal_angles_deg(Qa: Tensor, Qb: Tensor) -> Tensor:
 
 
 def _pair_stats(Gg: Tensor, Gh: Tensor, Qg: Tensor, Qh: Tensor) -> dict[str, float]:
-    """``pair_stats`` from the groups' Grams and bases (computed once per group, not per pair)."""
+    """Overlap, RMS cross-group cosine and principal angles of two groups of rows, from their Grams
+    and bases (computed once per group, not per pair)."""
     overlap = math.sqrt(max((Gg * Gh).sum().item(), 0.0))  # tr(GgGh), both symmetric
     norms = math.sqrt(Gg.trace().item() * Gh.trace().item())
     ang = principal_angles_deg(Qg, Qh)

@@ -2,8 +2,8 @@
 
 Every table of report.md, the ``conditions`` of report.json, the frontier plots and the "who wins"
 section read their metrics from here, so a metric registered once appears in all of them. Another
-eval adds its figures with ``register(Metric(...))`` at import time (its section is the
-``RunResult`` field that holds them).
+eval adds its figures with ``register(Metric(...))`` at import time (its section is the run's report.json section that
+holds them).
 
 - ``higher``: True / False = which direction is better; None = reported, never compared.
 - ``eval_error``: the run carries document-bootstrap replicates of it (``unlearning.replicates``),

@@ -287,7 +287,7 @@ def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict,
     report["plots"] = plots + condition_plots
     _write_json(out_dir / "report.json", report)
     (out_dir / "report.md").write_text(_markdown(cfg, reader, results, references, conditions, metrics, timings, plots)
-                                       + probe_markdown(cfg, results)
+                                       + probe_markdown(results)
                                        + conditions_markdown(conditions, condition_plots, metrics)
                                        + "\n" + corpora_markdown(corpora))
     return out_dir
