@@ -23,6 +23,7 @@ N_LOGITS = 12
 COS_BLOCK = 1024  # decoder rows per block of cosines
 LOGIT_BLOCK = 128  # features per block of logit effects ([block, vocab] floats at a time)
 
+
 def _unit_rows(W: Tensor) -> Tensor:
     W = W.detach().float()
     return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)

@@ -59,6 +59,7 @@ class Scan:
                 return c, gid - c.offset
         raise IndexError(gid)
 
+
 def n_hist_bins() -> int:
     return int(round((HIST_LOG10[1] - HIST_LOG10[0]) * HIST_PER_DECADE))
 
