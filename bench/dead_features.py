@@ -70,7 +70,7 @@ def main() -> None:
             if is_grouped(sae):
                 per = [f"{(~active[sae.groups == g]).float().mean().item():.1%}" for g in range(sae.n_groups)]
                 sizes = " / ".join(str(int((sae.groups == g).sum())) for g in range(sae.n_groups))
-                cos = conditioning_report(sae)["pairs"][0]["decoder_overlap_fro_normalized"]
+                cos = conditioning_report(sae)["pairs"][0]["decoder_rms_cross_cos"]
             else:
                 per, sizes, cos = ["–"], "–", float("nan")
             lam = f"{run.ortho.lambda2_max:g}" if run.has_ortho else "–"

@@ -15,7 +15,11 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from eval.metrics import registry
 from train.sae import max_cosine
+
+# read through the registry: it knows the names reports before issue 25 used
+RMS, RMS_ACTIVITY = (next(m for m in registry() if m.key == k) for k in ("rms_cross_cos", "rms_cross_cos_activity"))
 
 
 def _num(v, digits: int = 3) -> str:
@@ -42,8 +46,7 @@ def main() -> None:
             dec, enc = max_cosine(w["W_dec"]).mean().item(), max_cosine(w["W_enc"].T).mean().item()
         pair = (cond.get("pairs") or [{}])[0]
         print(f"| {name} | {rec['frac_dead']:.1%} | {rec['l0']:.1f} | {rec['explained_variance']:.3f} | "
-              f"{' / '.join(map(str, cond['group_sizes']))} | {_num(pair.get('decoder_overlap_fro_normalized'), 4)} | "
-              f"{_num(pair.get('decoder_rms_cos_activity'), 4)} | "
+              f"{' / '.join(map(str, cond['group_sizes']))} | {_num(RMS.value(r), 4)} | {_num(RMS_ACTIVITY.value(r), 4)} | "
               f"{_num(dec)} | {_num(enc)} | {_num(unl.get('best_selectivity'))} | {_num(unl.get('loss_unlearning_score'))} |")
 
 

@@ -250,8 +250,9 @@ def word_absorption(sae_acts: Tensor, act_probe_proj: float, cos_sims: Tensor, m
     absorbers &= (cos_sims >= FRACTION_PROBE_COS) & (proj > 0)
     cand = proj[absorbers]
     top_total = float(cand.topk(min(MAX_ABSORBING_LATENTS, cand.numel())).values.sum()) if cand.numel() else 0.0
-    share = top_total / act_probe_proj if act_probe_proj else math.copysign(math.inf, top_total) if top_total else math.nan
-    if main_proj >= act_probe_proj or not share >= PROJECTION_PROPORTION:
+    proportion = (top_total / act_probe_proj if act_probe_proj else
+                  math.copysign(math.inf, top_total) if top_total else math.nan)
+    if main_proj >= act_probe_proj or not proportion >= PROJECTION_PROPORTION:
         fraction = 0.0
     elif main_proj <= 0.0:
         fraction = 1.0

@@ -8,9 +8,14 @@ whose columns are the features' directions:
   depends on n_g alone for random directions, so it is reported beside n_g), the effective rank
   exp(H(σ/Σσ)) and its fraction of min(n_g, d_model), and the largest |cos| within the group;
 - per pair g < h: overlap ``‖W_gᵀW_h‖_F = sqrt(tr(W_gW_gᵀ · W_hW_hᵀ))`` from the d_model × d_model
-  Grams (never the n_g × n_h product), also divided by ``‖W_g‖_F‖W_h‖_F``: for rows of equal norm
-  that is the RMS cosine between a feature of g and one of h, the quantity α bounds in the "rms"
-  L_ortho (random directions: 1/√d_model, reported as ``random_rms_cos``);
+  Grams (never the n_g × n_h product), ``overlap_fro``, and divided by ``‖W_g‖_F‖W_h‖_F``,
+  ``rms_cross_cos``: the RMS cosine between a feature of g and one of h (each pair weighted by
+  its squared norms, so for rows of equal norm, as unit decoder rows, the plain RMS cosine), the
+  quantity α bounds in the "rms" L_ortho (random directions: 1/√d_model, reported as
+  ``random_rms_cross_cos``). One name in code, report.json (``decoder_rms_cross_cos``,
+  ``encoder_rms_cross_cos``, ``decoder_rms_cross_cos_activity``), the metric registry and the
+  browser; reports before issue 25 call it ``decoder_overlap_fro_normalized`` (eval/metrics.py
+  reads both);
 - for the whole dictionary, SAEBench's ``average_max_encoder_cosine_sim`` and
   ``average_max_decoder_cosine_sim`` (mean over features of the largest signed cosine with another
   feature, ``calculate_max_cosine_sim``);
@@ -32,9 +37,27 @@ import torch
 from torch import Tensor, nn
 
 from train.sae import group_health, is_grouped, max_cosine
+from train.sae.grouping import assign_groups, forget_share
 from train.sae.ortho import gram, group_indices, ortho_loss
 
 RANK_RTOL = 1e-10  # on eigenvalues (σ²) of the Gram, i.e. σ relative 1e-5, in float64
+
+
+def feature_groups(sae: nn.Module, forget_mass: Tensor | None, retain_mass: Tensor | None,
+                   n_groups: int, *, rows: str = "") -> tuple[Tensor, int, str]:
+    """(groups [d_sae] on the CPU, G, how): the run's own groups (grouped SAE), else training's rule
+    applied post hoc to the same statistic (forget share of activation mass per row, from the
+    given forget / retain masses), so every run type is grouped alike; one group without masses.
+    ``rows`` says in ``how`` which rows the masses come from (``pipe eval``: the training rows;
+    ``pipe inspect``: the held-out rows). Both commands group through this function."""
+    if is_grouped(sae):
+        return sae.groups.detach().cpu().long(), sae.n_groups, "learned"
+    current = torch.zeros(sae.W_dec.shape[0], dtype=torch.long)
+    if forget_mass is None or retain_mass is None:
+        return current, 1, "single group"
+    # features silent on both corpora (nan share) keep group 0
+    return (assign_groups(forget_share(forget_mass.cpu(), retain_mass.cpu()), current, n_groups), n_groups,
+            f"post hoc (forget share of activation mass{rows})")
 
 
 def _groups_of(sae: nn.Module, groups: Tensor | None, n_groups: int | None) -> tuple[Tensor, int]:
@@ -67,21 +90,16 @@ def principal_angles_deg(Qa: Tensor, Qb: Tensor) -> Tensor:
     return torch.rad2deg(torch.arccos(cos)).sort().values
 
 
-def pair_stats(W: Tensor, idx_g: Tensor, idx_h: Tensor) -> dict[str, float]:
-    """Overlap and principal angles of two groups of rows of ``W [d_sae, d_model]``."""
-    Gg, Gh = _gram(W, idx_g), _gram(W, idx_h)
-    return _pair_stats(Gg, Gh, _basis(Gg), _basis(Gh))
-
-
 def _pair_stats(Gg: Tensor, Gh: Tensor, Qg: Tensor, Qh: Tensor) -> dict[str, float]:
-    """``pair_stats`` from the groups' Grams and bases (computed once per group, not per pair)."""
+    """Overlap, RMS cross-group cosine and principal angles of two groups of rows, from their Grams
+    and bases (computed once per group, not per pair)."""
     overlap = math.sqrt(max((Gg * Gh).sum().item(), 0.0))  # tr(GgGh), both symmetric
     norms = math.sqrt(Gg.trace().item() * Gh.trace().item())
     ang = principal_angles_deg(Qg, Qh)
     nan = math.nan
     return {
         "overlap_fro": overlap,
-        "overlap_fro_normalized": overlap / norms if norms > 0 else nan,
+        "rms_cross_cos": overlap / norms if norms > 0 else nan,
         "min_angle_deg": ang.min().item() if ang.numel() else nan,
         "mean_angle_deg": ang.mean().item() if ang.numel() else nan,
     }
@@ -93,12 +111,12 @@ def conditioning_report(sae: nn.Module, groups: Tensor | None = None, n_groups: 
     """Condition numbers, effective ranks, cross-group overlaps and angles (JSON-able dict).
 
     ``activity`` ([d_sae] activation mass per row): adds each pair's activity-weighted RMS cosine
-    of the decoder, ``decoder_rms_cos_activity``, the quantity the default L_ortho bounds by α."""
+    of the decoder, ``decoder_rms_cross_cos_activity``, the quantity the default L_ortho bounds by α."""
     groups, G = _groups_of(sae, groups, n_groups)
     mats = {"decoder": sae.W_dec.detach().cpu(), "encoder": sae.W_enc.detach().cpu().T}  # rows = features
     idx = group_indices(groups, G)
     d_model = mats["decoder"].shape[1]
-    report: dict = {"n_groups": G, "group_sizes": [len(i) for i in idx], "random_rms_cos": d_model ** -0.5}
+    report: dict = {"n_groups": G, "group_sizes": [len(i) for i in idx], "random_rms_cross_cos": d_model ** -0.5}
     grams, bases = {}, {}
     for name, W in mats.items():
         h = group_health(W, groups, G)
@@ -120,7 +138,7 @@ def conditioning_report(sae: nn.Module, groups: Tensor | None = None, n_groups: 
                     keep = pair_groups >= 0
                     loss = ortho_loss(mats["decoder"][keep].double(), pair_groups[keep], 2, 0.0, "rms",
                                       weights=activity[keep].double().cpu().clamp_min(0))
-                    row["decoder_rms_cos_activity"] = math.sqrt(loss.item() / d_model)
+                    row["decoder_rms_cross_cos_activity"] = math.sqrt(loss.item() / d_model)
             pairs.append(row)
     report["pairs"] = pairs
     return report

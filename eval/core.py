@@ -43,7 +43,10 @@ def _rows(batch: Tensor | np.ndarray, sae: nn.Module) -> Tensor:
 
 
 class FeatureActivity:
-    """`feature_activity` one batch at a time: one read of the rows serves every run's SAE."""
+    """(frequency, mass) per feature, float64 ``[d_sae]``, one batch at a time (one read of the rows
+    serves every run's SAE): the fraction of rows on which it is active (f > 0; SAEBench's
+    unlearning selection ranks by this) and its mean activation per row (the statistic feature
+    groups are formed from, in training and in eval alike)."""
 
     def __init__(self, sae: nn.Module):
         self.sae, self.counts, self.mass, self.n = sae, None, None, 0
@@ -58,18 +61,8 @@ class FeatureActivity:
 
     def result(self) -> tuple[Tensor, Tensor]:
         if self.counts is None or self.n == 0:
-            raise ValueError("feature_activity: no rows")
+            raise ValueError("FeatureActivity: no rows")
         return (self.counts / self.n).cpu(), (self.mass / self.n).cpu()
-
-
-def feature_activity(sae: nn.Module, batches: Iterable[Tensor | np.ndarray]) -> tuple[Tensor, Tensor]:
-    """(frequency, mass) per feature, float64 ``[d_sae]``: the fraction of rows on which it is active
-    (f > 0; SAEBench's unlearning selection ranks by this) and its mean activation per row (the
-    statistic feature groups are formed from, in training and in eval alike)."""
-    acc = FeatureActivity(sae)
-    for batch in batches:
-        acc.add(batch)
-    return acc.result()
 
 
 class Reconstruction:

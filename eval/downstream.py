@@ -35,18 +35,18 @@ from eval.prefix import PrefixCache
 ResidFn = Callable[[Tensor], Tensor]
 LOGIT_BUDGET = 1 << 24  # elements of one [batch, chunk, vocab] logits tensor on CPU (64 MiB float32)
 # On a GPU a 64 MiB slice is a few positions of a 256k vocabulary: hundreds of small head calls per
-# batch. There the budget is a share of the free memory: spliced_ce keeps about 8 logits-sized float32
+# batch. There the budget is a fraction of the free memory: spliced_ce keeps about 8 logits-sized float32
 # tensors alive at once (log-probs, probs, their temporaries), so 1/32 of it each leaves room to spare.
-GPU_LOGIT_SHARE = 32
+GPU_LOGIT_DIVISOR = 32
 GPU_LOGIT_MAX = 1 << 30
 
 
 def logit_budget(device: torch.device) -> int:
-    """Elements of one float32 logits tensor on `device` (see GPU_LOGIT_SHARE)."""
+    """Elements of one float32 logits tensor on `device` (see GPU_LOGIT_DIVISOR)."""
     if device.type != "cuda":
         return LOGIT_BUDGET
     free, _total = torch.cuda.mem_get_info(device)
-    return int(min(GPU_LOGIT_MAX, max(LOGIT_BUDGET, free // (4 * GPU_LOGIT_SHARE))))
+    return int(min(GPU_LOGIT_MAX, max(LOGIT_BUDGET, free // (4 * GPU_LOGIT_DIVISOR))))
 
 
 @contextmanager

@@ -35,7 +35,7 @@ def sample_contexts(reader: StoreReader, name: str, n_contexts: int, seed: int) 
 
 def frequency_plan(reader: StoreReader, names: list[str], n_rows: int, seed: int) -> dict[str, np.ndarray]:
     """Corpus -> the contexts counted: all of them (n_rows 0), else about n_rows rows shared across
-    `names` in proportion to their size, whole contexts (each corpus's share rounded up)."""
+    `names` in proportion to their size, whole contexts (each corpus's part rounded up)."""
     info = reader.corpora()
     total = sum(info[n].n_rows for n in names)
     plan = {}

@@ -230,10 +230,6 @@ def _budget_tag(b: float) -> str:
     return f"{b:g}"
 
 
-def budget_keys(budgets: Sequence[float]) -> list[str]:
-    return [f"F_{_budget_tag(b)}" for b in budgets]
-
-
 def summarise(mats: dict, budgets: Sequence[float], n_boot: int = BOOTSTRAP_B) -> dict:
     """Point estimates (every document once), 95 % document-bootstrap intervals and the replicates."""
     ones_f, ones_r = np.ones((1, mats["forget"]["docs"])), np.ones((1, mats["retain"]["docs"]))

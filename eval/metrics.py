@@ -2,8 +2,8 @@
 
 Every table of report.md, the ``conditions`` of report.json, the frontier plots and the "who wins"
 section read their metrics from here, so a metric registered once appears in all of them. Another
-eval adds its figures with ``register(Metric(...))`` at import time (its section is the
-``RunResult`` field that holds them).
+eval adds its figures with ``register(Metric(...))`` at import time (its section is the run's report.json section that
+holds them).
 
 - ``higher``: True / False = which direction is better; None = reported, never compared.
 - ``eval_error``: the run carries document-bootstrap replicates of it (``unlearning.replicates``),
@@ -30,6 +30,7 @@ class Metric:
     higher: bool | None
     label: str
     field: str | None = None  # the key inside the section, when it differs from ``key``
+    old_fields: tuple[str, ...] = ()  # its key in reports written before a rename (read, never written)
     eval_error: bool = False
     frontier: bool = False
     quality: bool = False
@@ -39,9 +40,10 @@ class Metric:
         """This metric of one run's report.json entry (nan when absent or not finite)."""
         name = self.field or self.key
         if self.section == "conditioning":  # the first group pair's cross-group cosines
-            v = ((result.get("conditioning", {}).get("pairs") or [{}])[0]).get(name)
+            found = (result.get("conditioning", {}).get("pairs") or [{}])[0]
         else:
-            v = result.get(self.section, {}).get(name)
+            found = result.get(self.section, {})
+        v = next((found[k] for k in (name, *self.old_fields) if k in found), None)
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else math.nan
 
     def replicates(self, result: dict) -> list | None:
@@ -74,10 +76,11 @@ _REGISTRY: list[Metric] = [
            eval_error=True),
     Metric("unlearning_score", "unlearning", True, "MCQ unlearning score (SAEBench)"),
     Metric("best_mcq_prob_selectivity", "unlearning", True, "MCQ p(right) selectivity"),
-    Metric("rms_cross_cos", "conditioning", None, "RMS cross-group cos", field="decoder_overlap_fro_normalized",
-           runs_table=False),
+    # eval/conditioning.py: ‖W_gᵀW_h‖_F / (‖W_g‖_F‖W_h‖_F) of the decoder, named rms_cross_cos everywhere
+    Metric("rms_cross_cos", "conditioning", None, "RMS cross-group cos", field="decoder_rms_cross_cos",
+           old_fields=("decoder_overlap_fro_normalized",), runs_table=False),
     Metric("rms_cross_cos_activity", "conditioning", None, "activity-weighted RMS cross-group cos",
-           field="decoder_rms_cos_activity", runs_table=False),
+           field="decoder_rms_cross_cos_activity", old_fields=("decoder_rms_cos_activity",), runs_table=False),
 ]
 
 

@@ -5,6 +5,7 @@ probe fits. Each family's time goes to report.json ``timings_s``."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.progress import console
@@ -19,11 +20,24 @@ def _cache_dir(cfg) -> Path:
     return Path(cfg.eval.reports_dir) / "cache"
 
 
-def measure_probe_families(cfg, reader, lm, results, bar, timings: dict) -> None:
+@dataclass
+class ProbeResults:
+    """One run's report.json ``probing``, ``tpp`` and ``absorption`` (empty: the family is off)."""
+    probing: dict = field(default_factory=dict)
+    tpp: dict = field(default_factory=dict)
+    absorption: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {name: getattr(self, name) for name in ("probing", "tpp", "absorption") if getattr(self, name)}
+
+
+def measure_probe_families(cfg, reader, lm, runs, bar, timings: dict) -> dict[str, ProbeResults]:
+    """Run -> its ``ProbeResults`` (eval/runner.py ``LoadedRun`` list in)."""
     pr, tp, ab = cfg.eval.probing, cfg.eval.tpp, cfg.eval.absorption
+    out = {r.name: ProbeResults() for r in runs}
     if not (pr.enabled or tp.enabled or ab.enabled):
-        return
-    saes = {r.name: fold_decoder_norms(r.sae) for r in results}  # SAEBench's SAEs have unit-norm decoders
+        return out
+    saes = {r.name: fold_decoder_norms(r.sae) for r in runs}  # SAEBench's SAEs have unit-norm decoders
     # forwards of about max(2048, the eval's own batch) tokens: short texts batch wider
     tokens = max(2048, cfg.eval.batch_size * cfg.harvest.context_length)
     common = dict(model=lm.model, tokenizer=lm.tokenizer, layer=cfg.harvest.layer, batch_tokens=tokens,
@@ -40,23 +54,23 @@ def measure_probe_families(cfg, reader, lm, results, bar, timings: dict) -> None
                 progress=lambda k: bar.advance(task, k), **common)
             llm[name] = llm_probes(name, train, test, pr.k_values, pr.seed)
             latents[name] = {r.name: (pooled_latents(saes[r.name], train), pooled_latents(saes[r.name], test))
-                             for r in results}
+                             for r in runs}
             if hit:
                 console.print(f"probing: {name}: residuals from the cache")
         timings["probing_data"] = time.perf_counter() - t
         if pr.enabled:
             t = time.perf_counter()
-            for r in results:
-                r.probing = summarize({n: sae_probing(llm[n], *latents[n][r.name], pr.k_values, pr.seed)
-                                       for n in names})
-                r.probing["trained_on"] = {n: TRAINED_ON.get(n, "unknown: a user dataset") for n in names}
-                r.probing["sizes"] = {"train_per_class": pr.train_size, "test_per_class": pr.test_size,
+            for r in runs:
+                probing = out[r.name].probing = summarize(
+                    {n: sae_probing(llm[n], *latents[n][r.name], pr.k_values, pr.seed) for n in names})
+                probing["trained_on"] = {n: TRAINED_ON.get(n, "unknown: a user dataset") for n in names}
+                probing["sizes"] = {"train_per_class": pr.train_size, "test_per_class": pr.test_size,
                                       "context_length": pr.context_length}
             timings["probing"] = time.perf_counter() - t
         if tp.enabled:
             t = time.perf_counter()
-            for r in results:
-                r.tpp = run_tpp(llm[tp.dataset], *latents[tp.dataset][r.name], saes[r.name].W_dec, tp.n_values)
+            for r in runs:
+                out[r.name].tpp = run_tpp(llm[tp.dataset], *latents[tp.dataset][r.name], saes[r.name].W_dec, tp.n_values)
             timings["tpp"] = time.perf_counter() - t
     if ab.enabled:
         t = time.perf_counter()
@@ -67,9 +81,11 @@ def measure_probe_families(cfg, reader, lm, results, bar, timings: dict) -> None
         probe = letter_probe(train, test, ab.seed)
         timings["absorption_data"] = time.perf_counter() - t
         t = time.perf_counter()
-        for r in results:
-            r.absorption = run_absorption(saes[r.name], train, test, probe, max_k=ab.max_k, f1_jump=ab.f1_jump,
-                                          min_probe_f1=ab.min_probe_f1, min_letters=ab.min_letters, seed=ab.seed)
-            r.absorption.update(stats)
-            r.absorption["probe_f1"] = probe.f1
+        for r in runs:
+            absorption = out[r.name].absorption = run_absorption(
+                saes[r.name], train, test, probe, max_k=ab.max_k, f1_jump=ab.f1_jump,
+                min_probe_f1=ab.min_probe_f1, min_letters=ab.min_letters, seed=ab.seed)
+            absorption.update(stats)
+            absorption["probe_f1"] = probe.f1
         timings["absorption"] = time.perf_counter() - t
+    return out

@@ -27,7 +27,7 @@ def _table(header: list[str], rows: list[list]) -> str:
                      + ["| " + " | ".join(c if isinstance(c, str) else _num(c) for c in r) + " |" for r in rows])
 
 
-def probe_markdown(cfg, results: dict) -> str:
+def probe_markdown(results: dict) -> str:
     names = [n for n in results if any(f in results[n] for f in ("probing", "tpp", "absorption"))]
     if not names:
         return ""

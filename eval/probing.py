@@ -33,17 +33,11 @@ from eval.probe_data import Split
 POSITIVE, NEGATIVE = 1, 0  # SAEBench dataset_info labels
 
 
-def prepare_probe_data(acts: dict[str, Tensor], cls: str, generator: torch.Generator | None = None
-                       ) -> tuple[Tensor, Tensor]:
-    """SAEBench ``prepare_probe_data`` (one-vs-rest): (rows, int labels), shuffled."""
-    rows, labels = prepare_probe_rows({c: len(v) for c, v in acts.items()}, cls, generator)
-    return torch.stack([acts[c][i] for c, i in rows]) if rows else torch.zeros(0), labels
-
-
 def prepare_probe_rows(sizes: dict[str, int], cls: str, generator: torch.Generator | None = None
                        ) -> tuple[list[tuple[str, int]], Tensor]:
-    """Which rows ``prepare_probe_data`` takes, as (class, index) pairs, and their labels: the same
-    random draws in the same order as SAEBench's, so one seed gives SAEBench's selection."""
+    """Which rows SAEBench's ``prepare_probe_data`` (one-vs-rest) takes, as (class, index) pairs,
+    and their labels: the same random draws in the same order as SAEBench's, so one seed gives
+    SAEBench's selection."""
     n_pos = sizes[cls]
     others = [c for c in sizes if c != cls]
     per = math.ceil(n_pos / len(others))

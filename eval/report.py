@@ -73,7 +73,7 @@ def _markdown(cfg: Config, reader: StoreReader, results: dict, references: dict,
     unl = [[n, *[_with_ci(m, r) for m in unl_metrics]] for n, r in {**results, **references}.items()]
     ablation = [[n, a.get("n_features"), a.get("multiplier"), a.get("selectivity_pi_from_unclamped", math.nan),
                  a.get("selectivity", math.nan)] for n in names
-                for a in [results[n].get("unlearning", {}).get("ablation_shares_from_clamped")] if a]
+                for a in [results[n].get("unlearning", {}).get("ablation_pi_from_clamped")] if a]
     sweep = [[n, _fmt(row.get("retain_threshold", math.nan)) if "retain_threshold" in row else "", row.get("n_features", ""),
               row.get("multiplier", row.get("scale", "")),
               *[row.get(k, math.nan) for k in ("forget_ce_increase", "retain_ce_increase", "forget_ce_increase_domain",
@@ -117,7 +117,7 @@ Each run's clamp sweep ({len(un.n_features_list)} n_features × {len(un.multipli
 gives forget ΔCE against retain ΔCE. **F(b)** is the forget ΔCE at retain ΔCE = b on the sweep's upper frontier
 (with the unedited model at (0, 0)), interpolated, "n/a" where no setting reaches b (never extrapolated).
 Cross-fitted figures choose the setting on one half of the held-out documents and score it on the other
-(then swap and average); "in sample" ones choose and score on the same text. Coverage: share of
+(then swap and average); "in sample" ones choose and score on the same text. Coverage: fraction of
 spliced positions where a clamped feature fired. 95 % intervals in brackets: bootstrap over
 {docs.get("forget", "?")} forget and {docs.get("retain", "?")} retain held-out documents. Domain tokens:
 {first.get("n_domain_tokens", "?")} token ids ≥ {un.domain_ratio:g}× more frequent in forget than retain
@@ -174,7 +174,7 @@ def _conditioning_row(name: str, c: dict) -> list:
     dec = c.get("decoder", {})
     return [name, c.get("grouping", "given"), per_group(c.get("group_sizes", [])), per_group(dec.get("cond", [])),
             per_group(dec.get("eff_rank_frac", [])), per_group(dec.get("max_cos", [])),
-            pair.get("decoder_overlap_fro_normalized", math.nan), pair.get("decoder_rms_cos_activity", math.nan),
+            pair.get("decoder_rms_cross_cos", math.nan), pair.get("decoder_rms_cross_cos_activity", math.nan),
             pair.get("decoder_mean_angle_deg", math.nan),
             c.get("average_max_decoder_cosine_sim", math.nan), c.get("average_max_encoder_cosine_sim", math.nan)]
 
@@ -287,7 +287,7 @@ def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict,
     report["plots"] = plots + condition_plots
     _write_json(out_dir / "report.json", report)
     (out_dir / "report.md").write_text(_markdown(cfg, reader, results, references, conditions, metrics, timings, plots)
-                                       + probe_markdown(cfg, results)
+                                       + probe_markdown(results)
                                        + conditions_markdown(conditions, condition_plots, metrics)
                                        + "\n" + corpora_markdown(corpora))
     return out_dir

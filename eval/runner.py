@@ -3,12 +3,12 @@
 ``evaluate`` reads top to bottom: load the runs -> reconstruction on held-out cached rows (no model
 needed) -> feature frequencies and conditioning of feature groups -> load the model once ->
 spliced CE/KL (one pass serves all runs) -> unlearning (the SAE-independent baseline computed once)
--> report.json / report.md / plots. Each family is one function filling one field of every
-``RunResult``.
+-> sparse probing, TPP, absorption -> each run's ``RunResult`` assembled from the families' results
+-> report.json / report.md / plots. Each ``measure_*`` function returns its own result per run (a
+report.json section, or a dataclass where a family yields more); only ``evaluate`` puts them together.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -26,56 +26,89 @@ from common.corpora import load_mcq
 from common.model import load_model, pick_device
 from common.progress import console, progress
 from common.store import StoreError, StoreReader, open_store_for
-from eval.conditioning import conditioning_report
+from eval.conditioning import conditioning_report, feature_groups
 from eval.core import FeatureActivity, Reconstruction
 from eval.curves import training_curves
 from eval.downstream import spliced_ce
 from eval.frequencies import describe, frequency_batches
-from eval.probe_families import measure_probe_families
+from eval.probe_families import ProbeResults, measure_probe_families
 from eval.report import write_report
 from eval.matched_damage import domain_tokens
 from eval.unlearning import run_sweep, run_unlearning, unlearning_baseline
 from train.export import load_sae
 from train.verify import read_summary, require_intact_export
-from train.sae import SAE, FixedOrthoSAE, assign_groups, is_grouped
+from train.sae import SAE, FixedOrthoSAE, is_grouped
 from train.sae.grouping import forget_share
 
 ROW_BATCH = 4096
 
 
 @dataclass
-class RunResult:
-    """One trained run and what eval measured of it (``to_json`` is its entry in report.json)."""
+class LoadedRun:
+    """One trained run as eval finds it: its config, folder, SAE (on the eval device) and files."""
     run: RunConfig
     dir: Path
     sae: SAE
     sae_cfg: dict  # the run's cfg.json
     summary: dict  # the run's summary.json
-    forget_freq: Tensor | None = None  # feature frequency on forget / retain training rows
-    retain_freq: Tensor | None = None
-    forget_mass: Tensor | None = None  # mean activation per row on forget / retain training rows
-    retain_mass: Tensor | None = None
-    reconstruction: dict = field(default_factory=dict)
-    conditioning: dict = field(default_factory=dict)
-    curves: dict = field(default_factory=dict)
-    downstream: dict = field(default_factory=dict)
-    unlearning: dict = field(default_factory=dict)
-    probing: dict = field(default_factory=dict)  # eval/probing.py, eval/tpp.py, eval/absorption.py
-    tpp: dict = field(default_factory=dict)
-    absorption: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.run.name
 
+
+@dataclass(frozen=True)
+class Activity:
+    """One run's feature frequency (fraction of rows with f > 0) and activation mass (mean f per
+    row) on the forget / retain training rows; None where the config has no such corpus."""
+    forget_freq: Tensor | None = None
+    retain_freq: Tensor | None = None
+    forget_mass: Tensor | None = None
+    retain_mass: Tensor | None = None
+
+    @property
+    def both_roles(self) -> bool:
+        return self.forget_freq is not None and self.retain_freq is not None
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A label-using unlearning reference measured on the runs' sweep: the run whose features it
+    edits (None: no SAE), what it is, and its report.json ``unlearning`` section."""
+    of: str | None
+    how: str
+    unlearning: dict
+
+
+@dataclass(frozen=True)
+class Unlearning:
+    """``measure_unlearning``'s result: each run's ``unlearning`` section, and the references."""
+    runs: dict[str, dict]
+    references: dict[str, Reference]
+
+
+@dataclass
+class RunResult:
+    """One run's entry in report.json (``to_json``), assembled by ``evaluate`` from every family."""
+    summary: dict
+    sae_cfg: dict
+    reconstruction: dict
+    conditioning: dict
+    curves: dict
+    downstream: dict
+    unlearning: dict = field(default_factory=dict)
+    probes: ProbeResults = field(default_factory=ProbeResults)
+
+    def quality(self) -> dict:
+        """The sections a reference reports as its own: the SAE it edits with, unedited."""
+        return {"summary": self.summary, "cfg": self.sae_cfg, "reconstruction": self.reconstruction,
+                "conditioning": self.conditioning, "curves": self.curves, "downstream": self.downstream}
+
     def to_json(self) -> dict:
-        out = {"summary": self.summary, "cfg": self.sae_cfg, "reconstruction": self.reconstruction,
-               "conditioning": self.conditioning, "curves": self.curves, "downstream": self.downstream}
+        out = self.quality()
         if self.unlearning:
             out["unlearning"] = self.unlearning
-        for family in ("probing", "tpp", "absorption"):
-            if getattr(self, family):
-                out[family] = getattr(self, family)
+        out.update(self.probes.to_json())
         return out
 
 
@@ -111,7 +144,7 @@ def _contexts(reader: StoreReader, names: list[str], n: int, bos: int) -> torch.
     return torch.cat([reader.contexts(name, 0, min(per, info[name].n_contexts), bos) for name in names])[:n]
 
 
-def load_runs(cfg: Config, run_names: list[str] | None = None, device: torch.device | str = "cpu") -> list[RunResult]:
+def load_runs(cfg: Config, run_names: list[str] | None = None, device: torch.device | str = "cpu") -> list[LoadedRun]:
     """The config's trained runs (failed ones left out, with a warning), their SAEs on `device`."""
     out = []
     for run in [cfg.run(n) for n in run_names] if run_names else cfg.runs:
@@ -125,22 +158,11 @@ def load_runs(cfg: Config, run_names: list[str] | None = None, device: torch.dev
             continue
         require_intact_export(run_dir, summary)  # digests too: a swapped file loads, but is not this run
         sae, sae_cfg = load_sae(run_dir, device=device)
-        out.append(RunResult(run=run, dir=run_dir, sae=sae.eval().requires_grad_(False), sae_cfg=sae_cfg,
+        out.append(LoadedRun(run=run, dir=run_dir, sae=sae.eval().requires_grad_(False), sae_cfg=sae_cfg,
                              summary=summary))
     if not out:
         raise StoreError(f"{cfg.train.runs_dir}: no trained run to evaluate")
     return out
-
-
-def feature_groups(sae: SAE, forget_mass: Tensor, retain_mass: Tensor, n_groups: int) -> tuple[Tensor, int, str]:
-    """(groups, G, how): the run's own groups (grouped SAE), else training's rule applied post hoc
-    to the same statistic (forget share of activation mass), so every run type is grouped alike."""
-    if is_grouped(sae):
-        return sae.groups, sae.n_groups, "learned"
-    # features silent on both corpora (nan share) keep group 0
-    current = torch.zeros(len(forget_mass), dtype=torch.long)
-    return (assign_groups(forget_share(forget_mass, retain_mass), current, n_groups), n_groups,
-            "post hoc (forget share of activation mass)")
 
 
 def _feed(batches: Iterator[torch.Tensor], accumulators: list, device: torch.device) -> None:
@@ -151,60 +173,75 @@ def _feed(batches: Iterator[torch.Tensor], accumulators: list, device: torch.dev
             acc.add(x)
 
 
-def _device(results: list[RunResult]) -> torch.device:
-    return results[0].sae.W_dec.device
+def _device(runs: list[LoadedRun]) -> torch.device:
+    return runs[0].sae.W_dec.device
 
 
-def measure_reconstruction(cfg: Config, reader: StoreReader, results: list[RunResult], advance) -> None:
-    accs = [Reconstruction(r.sae) for r in results]
-    _feed(_rows(reader, _corpora(cfg, "heldout"), cfg.eval.rows), accs, _device(results))
-    for r, acc in zip(results, accs):
-        r.reconstruction = acc.result()
+def measure_reconstruction(cfg: Config, reader: StoreReader, runs: list[LoadedRun], advance) -> dict[str, dict]:
+    """Run -> its report.json ``reconstruction`` (held-out rows, read once for every run)."""
+    accs = [Reconstruction(r.sae) for r in runs]
+    _feed(_rows(reader, _corpora(cfg, "heldout"), cfg.eval.rows), accs, _device(runs))
+    out = {}
+    for r, acc in zip(runs, accs):
+        out[r.name] = acc.result()
         advance(1)
+    return out
 
 
-def measure_conditioning(cfg: Config, reader: StoreReader, results: list[RunResult], skip: frozenset[int],
-                         advance) -> dict:
-    """Feature frequency and mass on the training corpora without special-token rows (unlearning's
-    selection needs them too): every row, or the `[eval] frequency_rows` sample spread over all
-    documents (eval/frequencies.py), each row encoded once per run; then the groups they imply,
-    the groups' conditioning and the training curves. Returns what the frequencies were counted on."""
-    forget, retain = _corpora(cfg, "train", "forget"), _corpora(cfg, "train", "retain")
-    counted = {}
-    for names, field in ((forget, "forget"), (retain, "retain")):
+def measure_activity(cfg: Config, reader: StoreReader, runs: list[LoadedRun], skip: frozenset[int]
+                     ) -> tuple[dict[str, Activity], dict]:
+    """Feature frequency and mass on the training corpora without special-token rows (the groups
+    of conditioning and unlearning's selection need them): every row, or the `[eval]
+    frequency_rows` sample spread over all documents (eval/frequencies.py), each row encoded once
+    per run. Returns run -> ``Activity``, and what the frequencies were counted on."""
+    counted, found = {}, {r.name: {} for r in runs}
+    for role in ("forget", "retain"):
+        names = _corpora(cfg, "train", role)
         if names:
-            accs = [FeatureActivity(r.sae) for r in results]
+            accs = [FeatureActivity(r.sae) for r in runs]
             _feed(frequency_batches(reader, names, cfg.eval.frequency_rows, cfg.eval.frequency_seed, skip),
-                  accs, _device(results))
-            counted[field] = accs[0].n
-            for r, acc in zip(results, accs):
-                freq, mass = acc.result()
-                setattr(r, f"{field}_freq", freq)
-                setattr(r, f"{field}_mass", mass)
-    for r in results:
-        if forget and retain:
-            groups, n_groups, how = feature_groups(r.sae, r.forget_mass, r.retain_mass, cfg.ortho.groups)
-            r.conditioning = conditioning_report(r.sae, groups.cpu(), n_groups, activity=r.forget_mass + r.retain_mass)
+                  accs, _device(runs))
+            counted[role] = accs[0].n
+            for r, acc in zip(runs, accs):
+                found[r.name][f"{role}_freq"], found[r.name][f"{role}_mass"] = acc.result()
+    activity = {name: Activity(**fields) for name, fields in found.items()}
+    return activity, describe(cfg.eval.frequency_rows, cfg.eval.frequency_seed, counted)
+
+
+def measure_conditioning(cfg: Config, runs: list[LoadedRun], activity: dict[str, Activity], advance
+                         ) -> dict[str, dict]:
+    """Run -> its report.json ``conditioning``: of the groups the activity implies (eval/conditioning.py
+    ``feature_groups``), or one group without both a forget and a retain training corpus."""
+    out = {}
+    for r in runs:
+        a = activity[r.name]
+        if a.forget_mass is not None and a.retain_mass is not None:
+            groups, n_groups, how = feature_groups(r.sae, a.forget_mass, a.retain_mass, cfg.ortho.groups)
+            report = conditioning_report(r.sae, groups.cpu(), n_groups, activity=a.forget_mass + a.retain_mass)
             if isinstance(r.sae, FixedOrthoSAE) and not is_grouped(r.sae):
                 # the fixed SAE was trained against its contiguous blocks: how orthogonal are those?
-                r.conditioning["trained_groups"] = conditioning_report(r.sae, r.sae.penalty_groups().cpu(), r.sae.n_groups,
-                                                                       activity=r.forget_mass + r.retain_mass)
+                report["trained_groups"] = conditioning_report(r.sae, r.sae.penalty_groups().cpu(), r.sae.n_groups,
+                                                               activity=a.forget_mass + a.retain_mass)
         else:
-            r.conditioning, how = conditioning_report(r.sae), "single group"
-        r.conditioning["grouping"] = how
-        log = r.dir / "log.jsonl"
-        r.curves = training_curves(log) if log.exists() else {}
+            report, how = conditioning_report(r.sae), "single group"
+        report["grouping"] = how
+        out[r.name] = report
         advance(1)
-    return describe(cfg.eval.frequency_rows, cfg.eval.frequency_seed, counted)
+    return out
 
 
-def measure_downstream(cfg: Config, reader: StoreReader, lm, results: list[RunResult], bar) -> None:
+def read_curves(run: LoadedRun) -> dict:
+    """The run's report.json ``curves``: its training log (empty without one)."""
+    log = run.dir / "log.jsonl"
+    return training_curves(log) if log.exists() else {}
+
+
+def measure_downstream(cfg: Config, reader: StoreReader, lm, runs: list[LoadedRun], bar) -> dict[str, dict]:
+    """Run -> its report.json ``downstream`` (spliced CE / KL; one pass of the model serves all runs)."""
     contexts = _contexts(reader, _corpora(cfg, "heldout"), cfg.eval.ce_contexts, lm.tokenizer.bos_token_id)
     task = bar.add_task("spliced CE / KL", total=len(contexts))
-    downstream = spliced_ce(lm.model, cfg.harvest.layer, {r.name: r.sae for r in results}, contexts,
-                            cfg.eval.batch_size, progress=lambda k: bar.advance(task, k))
-    for r in results:
-        r.downstream = downstream[r.name]
+    return spliced_ce(lm.model, cfg.harvest.layer, {r.name: r.sae for r in runs}, contexts,
+                      cfg.eval.batch_size, progress=lambda k: bar.advance(task, k))
 
 
 def _contexts_all(reader: StoreReader, names: list[str], per_corpus: int, bos: int) -> torch.Tensor:
@@ -225,14 +262,14 @@ def token_counts(reader: StoreReader, names: list[str]) -> np.ndarray:
     return counts
 
 
-def forget_share_ranking(r: "RunResult") -> torch.Tensor:
+def forget_share_ranking(a: Activity) -> torch.Tensor:
     """The label-using reference's order: features active on forget rows, by forget share of
     activation mass (the adaptive grouping's statistic, applied post hoc), then forget frequency."""
-    share = forget_share(r.forget_mass, r.retain_mass).double().cpu()
+    share = forget_share(a.forget_mass, a.retain_mass).double().cpu()
     share = torch.nan_to_num(share, nan=-1.0)
-    active = (r.forget_freq.cpu() > 0)
+    active = (a.forget_freq.cpu() > 0)
     order = sorted(torch.nonzero(active).flatten().tolist(),
-                   key=lambda i: (-share[i].item(), -r.forget_freq[i].item(), i))
+                   key=lambda i: (-share[i].item(), -a.forget_freq[i].item(), i))
     return torch.tensor(order, dtype=torch.long)
 
 
@@ -266,24 +303,24 @@ def _ref_name(run: str, tag: str) -> str:
     return f"{m[1]}{tag}{m[2]}" if m else run + tag
 
 
-def _reference_result(base: RunResult | None, name: str, unlearning: dict, how: str) -> dict:
+def reference_entry(ref: Reference, base: RunResult | None) -> dict:
     """A reference's entry beside the runs in report.json: its unlearning, the quality it edits at."""
     if base is not None:  # the SAE's own quality: the reference uses its features
-        out = base.to_json()
+        out = base.quality()
         out["cfg"] = {**out["cfg"], "orthosae": {**out["cfg"].get("orthosae", {}), "type": "reference",
-                                                 "reference": how}}
+                                                 "reference": ref.how}}
     else:  # no SAE: the model itself, reconstruction perfect by definition
-        out = {"cfg": {"orthosae": {"type": "reference", "reference": how}},
+        out = {"cfg": {"orthosae": {"type": "reference", "reference": ref.how}},
                "reconstruction": {"explained_variance": 1.0}, "downstream": {"ce_loss_score": 1.0},
                "conditioning": {}, "curves": {}}
-    out["summary"] = {"type": "reference", "reference": how, "of": base.name if base else None}
-    out["unlearning"] = unlearning
+    out["summary"] = {"type": "reference", "reference": ref.how, "of": ref.of}
+    out["unlearning"] = ref.unlearning
     return out
 
 
-def measure_unlearning(cfg: Config, reader: StoreReader, lm, results: list[RunResult], bar,
-                       timings: dict) -> dict[str, dict]:
-    """Every run's sweep; returns the references' entries (name -> report.json entry)."""
+def measure_unlearning(cfg: Config, reader: StoreReader, lm, runs: list[LoadedRun], activity: dict[str, Activity],
+                       bar, timings: dict) -> Unlearning:
+    """Every run's sweep, and the label-using references' sweeps."""
     un, bos = cfg.eval.unlearning, lm.tokenizer.bos_token_id
     t = time.perf_counter()
     has_freqs = bool(_corpora(cfg, "train", "forget") and _corpora(cfg, "train", "retain"))
@@ -306,10 +343,10 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, results: list[RunRe
     timings["unlearning_baseline"] = time.perf_counter() - t
     t = time.perf_counter()
     settings = len(un.retain_thresholds) * len(un.n_features_list) * len(un.multipliers)
-    ablated = {r.name for r in results if is_grouped(r.sae)} if loss else set()
-    share_refs = [r for r in results if r.run.type == "baseline"] if loss and "forget_share" in un.references else []
+    ablated = {r.name for r in runs if is_grouped(r.sae)} if loss else set()
+    ranked_refs = [r for r in runs if r.run.type == "baseline"] if loss and "forget_share" in un.references else []
     dom_ref = loss and has_freqs and "diff_of_means" in un.references
-    total = (settings * len(results) + len(ablated) + len(un.n_features_list) * len(un.multipliers) * len(share_refs)
+    total = (settings * len(runs) + len(ablated) + len(un.n_features_list) * len(un.multipliers) * len(ranked_refs)
              + (len(un.projection_scales) if dom_ref else 0))
     task = bar.add_task("unlearning interventions", total=total)
     args = dict(forget_mcqs=forget_q, retain_mcqs=retain_q, forget_contexts=fc, retain_contexts=rc,
@@ -317,33 +354,37 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, results: list[RunRe
                 multipliers=un.multipliers, batch_size=cfg.eval.batch_size, chat=un.chat_template,
                 all_permutations=un.all_permutations, baseline=baseline, retain_budgets=un.retain_budgets,
                 progress=lambda k: bar.advance(task, k))
-    for r in results:
-        if r.forget_freq is None or r.retain_freq is None:
+    sections: dict[str, dict] = {}
+    for r in runs:
+        a = activity[r.name]
+        if not a.both_roles:
             continue
-        r.unlearning = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, r.forget_freq,
-                                      r.retain_freq, **args)
+        section = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, a.forget_freq,
+                                 a.retain_freq, **args)
         if r.name in ablated:
             # ablation: π follows the clamp, so the clamp also removes group bias; at the largest
             # setting only (the one where it can matter most), against the main clamp's same setting
             big = dict(args, forget_mcqs=None, retain_mcqs=None, n_features_list=[max(un.n_features_list)],
                        multipliers=[max(un.multipliers)], retain_thresholds=un.retain_thresholds[:1])
-            ablation = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, r.forget_freq,
-                                      r.retain_freq, shares_from_clamped=True, **big)
-            main = [x for x in r.unlearning["rows"] if x["n_features"] == max(un.n_features_list)
+            ablation = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, a.forget_freq,
+                                      a.retain_freq, pi_from_clamped=True, **big)
+            main = [x for x in section["rows"] if x["n_features"] == max(un.n_features_list)
                     and x["multiplier"] == max(un.multipliers) and x["retain_threshold"] == un.retain_thresholds[0]]
-            r.unlearning["ablation_shares_from_clamped"] = {
+            section["ablation_pi_from_clamped"] = {
                 "n_features": max(un.n_features_list), "multiplier": max(un.multipliers),
                 "selectivity": ablation["rows"][0]["selectivity"],
                 "selectivity_pi_from_unclamped": main[0]["selectivity"] if main else math.nan}
+        sections[r.name] = section
     timings["unlearning_interventions"] = time.perf_counter() - t
     t = time.perf_counter()
-    references: dict[str, dict] = {}
+    references: dict[str, Reference] = {}
     ref_args = dict(args, forget_mcqs=None, retain_mcqs=None)
-    for r in share_refs:
-        res = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, r.forget_freq, r.retain_freq,
-                             ranking=forget_share_ranking(r), **ref_args)
-        references[_ref_name(r.name, "+forget-share")] = _reference_result(
-            r, _ref_name(r.name, "+forget-share"), res, "forget_share: the SAE's features ranked by forget share of activation mass")
+    for r in ranked_refs:
+        a = activity[r.name]
+        res = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, a.forget_freq, a.retain_freq,
+                             ranking=forget_share_ranking(a), **ref_args)
+        references[_ref_name(r.name, "+forget-share")] = Reference(
+            r.name, "forget_share: the SAE's features ranked by forget share of activation mass", res)
     if dom_ref:
         d = mean_direction(reader, cfg, special_tokens(lm.tokenizer))
         sweep = [({"scale": float(s)}, ("project", float(s)), lambda fired, s=float(s): project_out(d, s, fired))
@@ -351,17 +392,17 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, results: list[RunRe
         res = run_sweep(lm.model, lm.tokenizer, cfg.harvest.layer, sweep, baseline=baseline, do_mcq=False,
                         do_loss=True, forget_contexts=fc, retain_contexts=rc, batch_size=cfg.eval.batch_size,
                         progress=lambda k: bar.advance(task, k), retain_budgets=un.retain_budgets)
-        references["diff-of-means"] = _reference_result(
-            None, "diff-of-means", res, "diff_of_means: forget − retain mean direction projected out (no SAE)")
+        references["diff-of-means"] = Reference(
+            None, "diff_of_means: forget − retain mean direction projected out (no SAE)", res)
     if references:
         timings["unlearning_references"] = time.perf_counter() - t
-    return references
+    return Unlearning(runs=sections, references=references)
 
 
 def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: bool = True) -> Path:
     events.set_stage("eval")
     reader = open_store_for(cfg)
-    results = load_runs(cfg, run_names, device=pick_device(cfg.model.device))  # on the model's device
+    runs = load_runs(cfg, run_names, device=pick_device(cfg.model.device))  # on the model's device
     if not _corpora(cfg, "heldout"):
         raise ConfigError(f"{cfg.path}: [corpora]: eval needs a corpus with split = \"heldout\"")
     timings: dict[str, float] = {}
@@ -372,24 +413,33 @@ def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: 
         timings["model_load"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        task = bar.add_task("reconstruction", total=len(results))
-        measure_reconstruction(cfg, reader, results, lambda k: bar.advance(task, k))
+        task = bar.add_task("reconstruction", total=len(runs))
+        reconstruction = measure_reconstruction(cfg, reader, runs, lambda k: bar.advance(task, k))
         timings["reconstruction"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        task = bar.add_task("feature frequencies + conditioning", total=len(results))
-        frequencies = measure_conditioning(cfg, reader, results, special_tokens(lm.tokenizer),
-                                           lambda k: bar.advance(task, k))
+        task = bar.add_task("feature frequencies + conditioning", total=len(runs))
+        activity, frequencies = measure_activity(cfg, reader, runs, special_tokens(lm.tokenizer))
+        conditioning = measure_conditioning(cfg, runs, activity, lambda k: bar.advance(task, k))
+        curves = {r.name: read_curves(r) for r in runs}
         timings["conditioning"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        measure_downstream(cfg, reader, lm, results, bar)
+        downstream = measure_downstream(cfg, reader, lm, runs, bar)
         timings["downstream"] = time.perf_counter() - t
-        references = measure_unlearning(cfg, reader, lm, results, bar, timings)
-        measure_probe_families(cfg, reader, lm, results, bar, timings)
+        unlearning = measure_unlearning(cfg, reader, lm, runs, activity, bar, timings)
+        probes = measure_probe_families(cfg, reader, lm, runs, bar, timings)
 
+    # the one place the families' results become report.json entries
+    results = {r.name: RunResult(summary=r.summary, sae_cfg=r.sae_cfg, reconstruction=reconstruction[r.name],
+                                 conditioning=conditioning[r.name], curves=curves[r.name],
+                                 downstream=downstream[r.name], unlearning=unlearning.runs.get(r.name, {}),
+                                 probes=probes.get(r.name, ProbeResults()))
+               for r in runs}
+    references = {name: reference_entry(ref, results[ref.of] if ref.of else None)
+                  for name, ref in unlearning.references.items()}
     out_dir = Path(cfg.eval.reports_dir) / cfg.eval.name
-    write_report(out_dir, cfg, reader, {r.name: r.to_json() for r in results}, timings,
+    write_report(out_dir, cfg, reader, {name: r.to_json() for name, r in results.items()}, timings,
                  frequencies=frequencies, references=references)
-    events.emit("stage_done", report=str(out_dir / "report.md"), runs=[r.name for r in results])
+    events.emit("stage_done", report=str(out_dir / "report.md"), runs=[r.name for r in runs])
     return out_dir

@@ -39,7 +39,7 @@ Matched against sae_bench 0.6.0 ``evals/unlearning``:
 8. Matched damage (ours, ``eval/matched_damage.py``): the sweep's (retain ΔCE, forget ΔCE) points
    give F(b), the forget damage at retain damage b; best_selectivity and the loss score are also
    cross-fitted (setting chosen on one half of the held-out documents, scored on the other);
-   ΔCE is split into the forget text's domain tokens and the rest; coverage = the share of spliced
+   ΔCE is split into the forget text's domain tokens and the rest; coverage = the fraction of spliced
    positions where a clamped feature fired. Intervals come from a bootstrap over documents.
 """
 
@@ -114,17 +114,17 @@ def clamped_activations(f: Tensor, features: Tensor, multiplier: float) -> Tenso
 
 
 def clamp_features(sae: nn.Module, features: Sequence[int] | Tensor, multiplier: float, *,
-                   shares_from_clamped: bool = False, fired: list | None = None) -> ResidFn:
+                   pi_from_clamped: bool = False, fired: list | None = None) -> ResidFn:
     """resid -> decode(clamped f) + (resid − decode(f)), for ``eval.downstream.splice``.
 
     A grouped SAE's group-bias mix π is computed from the UNCLAMPED activations, so the clamp
-    edits the chosen features only, as it does in a plain SAE; ``shares_from_clamped=True`` lets π
+    edits the chosen features only, as it does in a plain SAE; ``pi_from_clamped=True`` lets π
     follow the clamp (the ablation the report shows: clamped features then also take their
     group's bias away). ``fired``: each call appends, per sequence, how many positions had a
     chosen feature active (the clamp's coverage)."""
     w = sae.W_dec
     idx = torch.as_tensor(features, dtype=torch.long, device=w.device).reshape(-1)
-    grouped = is_grouped(sae) and not shares_from_clamped
+    grouped = is_grouped(sae) and not pi_from_clamped
 
     def fn(r: Tensor) -> Tensor:
         if idx.numel() == 0:  # SAEBench: no features, no change
@@ -224,18 +224,11 @@ def letter_logits(model: nn.Module, prompts: list[list[int]], letters: list[list
     return out
 
 
-def mcq_correct(model: nn.Module, tokenizer, mcqs: Sequence[Any], batch_size: int, *, chat: bool = False,
-                all_permutations: bool = False) -> Tensor:
-    """Bool ``[n, n_orders]``: is question i answered correctly with the choices in each order.
-
-    Orders are the given one, or (``all_permutations``) every permutation, identity first.
-    """
-    return mcq_scores(model, tokenizer, mcqs, batch_size, chat=chat, all_permutations=all_permutations)[0]
-
-
 def mcq_scores(model: nn.Module, tokenizer, mcqs: Sequence[Any], batch_size: int, *, chat: bool = False,
                all_permutations: bool = False, prefix: PrefixCache | None = None) -> tuple[Tensor, Tensor]:
-    """(correct ``[n, n_orders]`` as ``mcq_correct``, p ``[n]``): p is the probability of the right
+    """(correct, p): correct ``[n, n_orders]`` (bool) says whether question i is answered correctly
+    with the choices in each order (the given one, or with ``all_permutations`` every permutation,
+    identity first); p ``[n]`` is the probability of the right
     letter, softmax over the answer letters, with the choices in the given order. Unlike accuracy
     it moves continuously, so it shows an intervention's effect even on a model near chance."""
     prompts, answers, counts = [], [], []
@@ -343,7 +336,7 @@ def run_unlearning(
     all_permutations: bool = True,
     fold: bool = True,
     baseline: dict | None = None,
-    shares_from_clamped: bool = False,
+    pi_from_clamped: bool = False,
     ranking: Tensor | None = None,
     retain_budgets: Sequence[float] = DEFAULT_BUDGETS,
 ) -> dict:
@@ -377,7 +370,7 @@ def run_unlearning(
                           "multiplier": float(mult)}
                 settings.append((fields, (tuple(chosen.tolist()), float(mult)),
                                  lambda fired, c=chosen, m=float(mult): clamp_features(
-                                     sae, c, m, shares_from_clamped=shares_from_clamped, fired=fired)))
+                                     sae, c, m, pi_from_clamped=pi_from_clamped, fired=fired)))
     result = run_sweep(model, tokenizer, layer, settings, baseline=baseline, do_mcq=do_mcq, do_loss=do_loss,
                        forget_contexts=forget_contexts, retain_contexts=retain_contexts, batch_size=batch_size,
                        chat=chat, progress=progress, retain_budgets=retain_budgets)

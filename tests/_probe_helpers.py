@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from eval.probing import prepare_probe_rows
 from tests._identity_sae import _LinearReluSAE
 
 
@@ -41,3 +42,11 @@ def labelled_tokens(classes: list[str], n: int, T: int, d: int, seed: int = 0, s
         acts[c] = x * mask[..., None]
         masks[c] = mask
     return acts, masks
+
+
+def prepare_probe_data(acts: dict[str, Tensor], cls: str, generator: torch.Generator | None = None
+                       ) -> tuple[Tensor, Tensor]:
+    """SAEBench ``prepare_probe_data`` (one-vs-rest) from ``prepare_probe_rows``: (rows, int labels),
+    shuffled, to compare with SAEBench's own."""
+    rows, labels = prepare_probe_rows({c: len(v) for c, v in acts.items()}, cls, generator)
+    return torch.stack([acts[c][i] for c, i in rows]) if rows else torch.zeros(0), labels

@@ -102,7 +102,7 @@ def test_browser_final_norm_gain_is_the_norms_elementwise_scale(family_name):
     """`pipe inspect` folds the final norm's gain g into W_U: on a centred row x, norm(x) − bias is
     g ⊙ x times a positive per-row scalar, whatever the norm (LayerNorm with or without bias,
     RMSNorm, Gemma's 1 + weight)."""
-    from eval.browser import final_norm_gain
+    from eval.browser_data import final_norm_gain
 
     model = tiny_family_model(family_name)
     norm = final_norm(model)

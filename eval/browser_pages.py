@@ -1,4 +1,5 @@
-"""The feature browser's pages: HTML with inline CSS and JS (no network, opens from file://).
+"""The feature browser's pages: HTML with inline CSS and JS (no network, opens from file://), and
+``write_site``, which writes one run's pages and JSON from its ``RunSite`` (eval/browser_data.py).
 
 Data is embedded as JSON in ``<script type="application/json">`` (index, groups) or loaded as
 ``features/<i>.js`` files that call ``orthosaeFeature({...})`` (feature page). Text from the data
@@ -7,7 +8,12 @@ Data is embedded as JSON in ``<script type="application/json">`` (index, groups)
 from __future__ import annotations
 
 import html
+import json
 import re
+import shutil
+from pathlib import Path
+
+from eval.browser_data import RunSite
 
 CSS = """
 *{box-sizing:border-box}
@@ -283,12 +289,12 @@ const sizes = el('table', {}, el('tr', {}, ...['group', 'features', 'active on h
 G.labels.forEach((l, g) => sizes.append(el('tr', {class: 'group'}, el('td', {class: 'l'}, `${g} `, chip(l)),
     el('td', {}, G.sizes[g]), el('td', {}, G.alive_on_heldout[g]), el('td', {}, fmt(G.mean_forget_share[g])))));
 const ov = el('table', {}, el('tr', {}, el('th', {class: 'l', text: 'groups'}), el('th', {text: '\u2016W_g\u1d40W_h\u2016_F'}),
-    el('th', {text: 'normalised (/ \u221a(n_g n_h))'})));
+    el('th', {text: 'RMS cross-group cos (/ \u221a(n_g n_h))'})));
 for (const o of G.overlap) ov.append(el('tr', {}, el('td', {class: 'l', text: `${G.labels[o.groups[0]]} \u00d7 ${G.labels[o.groups[1]]}`}),
-    el('td', {}, fmt(o.overlap_fro)), el('td', {}, fmt(o.overlap_fro_normalized))));
+    el('td', {}, fmt(o.overlap_fro)), el('td', {}, fmt(o.rms_cross_cos))));
 main.append(el('h2', {text: 'group sizes'}), el('p', {class: 'note', text: 'grouping: ' + G.grouping}), sizes,
   el('h2', {text: 'cross-group overlap of unit decoder directions'}), ov,
-  el('p', {class: 'note', text: `random unit directions give a normalised overlap of about 1/\u221ad_model = ${fmt(G.random_overlap_level)}`}),
+  el('p', {class: 'note', text: `random unit directions give an RMS cross-group cos of about 1/\u221ad_model = ${fmt(G.random_rms_cross_cos)}`}),
   el('h2', {text: 'features SAEBench\u2019s unlearning selection would clamp'}), el('p', {class: 'note', text: G.unlearning_note}));
 if (!G.unlearning.length) main.append(el('p', {class: 'muted', text: 'needs held-out forget and retain rows'}));
 for (const s of G.unlearning) {
@@ -312,3 +318,31 @@ def runs_page(name: str, runs: list[str]) -> str:
     return _page(f"orthosae feature browser · {name}",
                  f"<header><h1>orthosae · feature browser · {html.escape(name)}</h1></header>"
                  f"<main><ul>\n{items}\n</ul></main>")
+
+
+def _dump(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+def write_site(site: RunSite, out: Path) -> Path:
+    """Write one run's pages and JSON into ``out`` (replaced whole)."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "features").mkdir(parents=True)
+    index = {"meta": site.meta, "features": site.features}
+    (tmp / "index.json").write_text(_dump(index))
+    (tmp / "groups.json").write_text(_dump(site.groups))
+    (tmp / "index.html").write_text(index_page(site.run, _dump(index)))
+    (tmp / "feature.html").write_text(feature_page(site.run, _dump(site.meta)))
+    (tmp / "groups.html").write_text(groups_page(site.run, _dump(site.groups)))
+    width = len(str(len(site.features) - 1))
+    for d in site.details:
+        text = _dump(d)
+        stem = f"{d['id']:0{width}d}"
+        (tmp / "features" / f"{stem}.json").write_text(text)
+        # the same JSON, as a script the feature page can load from file:// (fetch cannot)
+        (tmp / "features" / f"{stem}.js").write_text(f"orthosaeFeature({text});\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+

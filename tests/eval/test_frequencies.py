@@ -6,7 +6,7 @@ import torch
 
 from common.config import RunConfig
 from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
-from eval.core import feature_activity
+from tests._activity import feature_activity
 from eval.frequencies import describe, frequency_batches, frequency_plan
 from train.sae import make_sae
 

@@ -7,10 +7,10 @@ import torch
 
 from common.config import RunConfig
 from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
-from eval import downstream
-from eval.core import feature_activity, reconstruction_metrics
+from eval.core import reconstruction_metrics
+from tests._activity import feature_activity
 from eval.frequencies import frequency_batches
-from eval.runner import RunResult, _rows, measure_conditioning, measure_reconstruction
+from eval.runner import LoadedRun, _rows, measure_activity, measure_conditioning, measure_reconstruction
 
 D, T = 16, 9
 
@@ -42,12 +42,12 @@ def config():
     return SimpleNamespace(corpora=corpora, eval=SimpleNamespace(rows=300, frequency_rows=0, frequency_seed=0), ortho=SimpleNamespace(groups=2))
 
 
-def results(tmp_path, kinds):
+def loaded(tmp_path, kinds):
     from train.sae import make_sae
     out = []
     for i, kind in enumerate(kinds):
         run = RunConfig.of(kind, f"{kind}-{i}", d_sae=48, seed=i)
-        out.append(RunResult(run=run, dir=tmp_path / run.name, sae=make_sae(run, D).eval().requires_grad_(False),
+        out.append(LoadedRun(run=run, dir=tmp_path / run.name, sae=make_sae(run, D).eval().requires_grad_(False),
                              sae_cfg={}, summary={}))
     return out
 
@@ -63,32 +63,25 @@ def test_rows_are_read_once_for_all_runs(tmp_path, monkeypatch):
     monkeypatch.setattr("eval.runner.ROW_BATCH", 64)  # several batches per corpus
     cfg = config()
 
-    one = results(tmp_path, ["baseline"])
+    one = loaded(tmp_path, ["baseline"])
     measure_reconstruction(cfg, reader, one, lambda k: None)
-    counted = measure_conditioning(cfg, reader, one, frozenset(), lambda k: None)["rows_counted"]
+    counted = measure_activity(cfg, reader, one, frozenset())[1]["rows_counted"]
     assert counted == {"forget": 30 * (T - 1), "retain": 40 * (T - 1)}  # every training row
     per_pass = dict(reads)
     assert all(n >= 2 for n in per_pass.values()) and set(per_pass) == {"retain", "forget", "heldout"}
 
     reads.clear()
-    many = results(tmp_path, ["baseline", "fixed", "adaptive"])
-    measure_reconstruction(cfg, reader, many, lambda k: None)
-    measure_conditioning(cfg, reader, many, frozenset(), lambda k: None)
+    many = loaded(tmp_path, ["baseline", "fixed", "adaptive"])
+    reconstruction = measure_reconstruction(cfg, reader, many, lambda k: None)
+    activity, _ = measure_activity(cfg, reader, many, frozenset())
     assert dict(reads) == per_pass  # one read of each corpus whatever the number of runs
+    conditioning = measure_conditioning(cfg, many, activity, lambda k: None)
+    assert dict(reads) == per_pass  # conditioning reads no rows: it groups by the activity measured
 
     monkeypatch.setattr(StoreReader, "read_rows", real_read)
     for r in many:  # the same numbers as one pass per run
-        assert r.reconstruction == reconstruction_metrics(r.sae, _rows(reader, ["heldout"], 300))
+        assert reconstruction[r.name] == reconstruction_metrics(r.sae, _rows(reader, ["heldout"], 300))
         freq, mass = feature_activity(r.sae, frequency_batches(reader, ["forget"], 0, 0))
-        assert torch.equal(r.forget_freq, freq) and torch.equal(r.forget_mass, mass)
-        assert r.conditioning["grouping"]
-
-
-def test_lm_head_slice_is_sized_by_the_device(monkeypatch):
-    assert downstream.logit_budget(torch.device("cpu")) == downstream.LOGIT_BUDGET
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * 2**30, 80 * 2**30))
-    big = downstream.logit_budget(torch.device("cuda"))
-    assert downstream.LOGIT_BUDGET < big <= 60 * 2**30 // (4 * downstream.GPU_LOGIT_SHARE)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 80 * 2**30))
-    assert downstream.logit_budget(torch.device("cuda")) == downstream.LOGIT_BUDGET  # never below the CPU slice
-
+        a = activity[r.name]
+        assert torch.equal(a.forget_freq, freq) and torch.equal(a.forget_mass, mass)
+        assert conditioning[r.name]["grouping"]

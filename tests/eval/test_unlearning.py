@@ -107,7 +107,7 @@ def test_clamp_of_grouped_sae_edits_features_only():
         clamped = ul.clamped_activations(f, chosen, 10.0)
         want = x + (clamped - f) @ sae.W_dec
         torch.testing.assert_close(ul.clamp_features(sae, chosen, 10.0)(x), want, rtol=1e-5, atol=1e-5)
-        ablation = ul.clamp_features(sae, chosen, 10.0, shares_from_clamped=True)(x)
+        ablation = ul.clamp_features(sae, chosen, 10.0, pi_from_clamped=True)(x)
         assert not torch.allclose(ablation, want, atol=1e-3)  # the clamped group's bias went with them
 
 
@@ -192,9 +192,9 @@ def test_letter_logits_match_full_forward(lm):
 
 def test_mcq_correct_shapes(lm):
     model, tok = lm
-    c = ul.mcq_correct(model, tok, QUESTIONS[:2], batch_size=16, all_permutations=True)
+    c = ul.mcq_scores(model, tok, QUESTIONS[:2], batch_size=16, all_permutations=True)[0]
     assert c.shape == (2, 24) and c.dtype == torch.bool
-    c1 = ul.mcq_correct(model, tok, QUESTIONS[:2], batch_size=16)
+    c1 = ul.mcq_scores(model, tok, QUESTIONS[:2], batch_size=16)[0]
     assert torch.equal(c1[:, 0], c[:, 0])  # identity order comes first
 
 

@@ -111,3 +111,12 @@ def test_splice_handles_tuple_outputs():
         out, extra = w.model.layers[0](x)
     assert extra == "extra"
     assert torch.equal(out[:, 0], torch.ones(2, 3)) and torch.equal(out[:, 1:], torch.full((2, 3, 3), 10.0))
+
+
+def test_lm_head_slice_is_sized_by_the_device(monkeypatch):
+    assert ds.logit_budget(torch.device("cpu")) == ds.LOGIT_BUDGET
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * 2**30, 80 * 2**30))
+    big = ds.logit_budget(torch.device("cuda"))
+    assert ds.LOGIT_BUDGET < big <= 60 * 2**30 // (4 * ds.GPU_LOGIT_DIVISOR)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 80 * 2**30))
+    assert ds.logit_budget(torch.device("cuda")) == ds.LOGIT_BUDGET  # never below the CPU slice

@@ -109,7 +109,7 @@ def test_pipe_run_reports_the_three_families_and_caches_residuals(tmp_path, tiny
     ('[eval.absorption]\nmin_probe_f1 = 1.5', "[eval.absorption] min_probe_f1: must be in [0, 1]"),
 ])
 def test_bad_probe_family_keys_are_one_line_errors(tmp_path, table, message):
-    base = Path(__file__).resolve().parents[1] / "pipeline.toml"
+    base = Path(__file__).resolve().parents[2] / "pipeline.toml"
     text = base.read_text().split("\n# SAEBench's sparse probing")[0]
     path = tmp_path / "p.toml"
     path.write_text(text + "\n" + table + "\n")

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from eval.core import feature_activity, reconstruction_metrics
+from eval.core import reconstruction_metrics
+from tests._activity import feature_activity
 from tests._identity_sae import IdentitySAE, RandomSAE, ZeroSAE
 
 D, B, CTX, NB = 16, 4, 8, 3  # d_model, prompts per batch, context, batches

@@ -20,7 +20,7 @@ def result(kind, seed, alpha=0.0, ev=math.nan, l0=10.0, sel=math.nan, sel_se=mat
                                  "ortho": {"alpha": alpha}}},
             "reconstruction": {"l0": l0, "explained_variance": ev, "frac_dead": 0.1 * seed},
             "unlearning": unl,
-            "conditioning": {"pairs": [{"decoder_overlap_fro_normalized": 0.05 + alpha}]}}
+            "conditioning": {"pairs": [{"decoder_rms_cross_cos": 0.05 + alpha}]}}
 
 
 def test_mean_and_t_interval_by_hand():
@@ -121,6 +121,15 @@ def test_conditions_further_apart_in_l0_than_the_rule_are_not_compared():
     assert v["verdict"].startswith("not compared: L0") and v["winner"].startswith("not compared")
 
 
+def test_a_report_from_before_the_rename_aggregates_as_one_after_it():
+    """Reports before issue 25 name the RMS cross-group cosine decoder_overlap_fro_normalized."""
+    new = {f"adaptive-s{s}": result("adaptive", s, alpha=0.04, ev=0.8) for s in range(3)}
+    old = json.loads(json.dumps(new).replace("decoder_rms_cross_cos", "decoder_overlap_fro_normalized"))
+    assert "decoder_rms_cross_cos" not in json.dumps(old)
+    got = [aggregate(r)["conditions"]["adaptive"]["metrics"]["rms_cross_cos"] for r in (new, old)]
+    assert got[0] == got[1] and got[0]["mean"] == pytest.approx(0.05 + 0.04)
+
+
 def test_overlap_plot_takes_two_families_at_the_same_alpha(tmp_path):
     """Exact and sketched adaptive runs share α values: the overlap-vs-α plot draws one series per
     family (it used to sort (α, metrics) tuples and fail comparing two dicts, losing the report)."""
@@ -135,22 +144,3 @@ def test_overlap_plot_takes_two_families_at_the_same_alpha(tmp_path):
     assert len(agg["conditions"]) == 4
     plots = plot_conditions(tmp_path, agg)
     assert "conditions_overlap_vs_alpha.png" in plots and (tmp_path / "conditions_overlap_vs_alpha.png").stat().st_size > 1000
-
-
-def test_report_json_is_written_before_the_plots(tmp_path, monkeypatch):
-    """A plot that fails must not lose an evaluation's measurements: report.json is on disk first."""
-    from types import SimpleNamespace
-
-    import eval.report as report
-
-    def broken(*_):
-        raise RuntimeError("plot failed")
-    monkeypatch.setattr(report, "plot_conditions", broken)
-    monkeypatch.setattr(report, "_plots", lambda out_dir, results, *_: [])
-    cfg = SimpleNamespace(path="p.toml", train=SimpleNamespace(runs_dir="runs"))
-    reader = SimpleNamespace(url="s.zarr", meta={"d_model": 4}, corpora=dict)
-    results = {f"baseline-s{s}": result("baseline", s, ev=0.8) for s in range(3)}
-    with pytest.raises(RuntimeError, match="plot failed"):
-        report.write_report(tmp_path, cfg, reader, results, {"eval": 1.0})
-    saved = json.loads((tmp_path / "report.json").read_text())
-    assert set(saved["runs"]) == set(results) and saved["conditions"]["conditions"]["baseline"]["runs"]

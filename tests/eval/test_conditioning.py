@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from eval.conditioning import conditioning_report, pair_stats, principal_angles_deg
-from eval.curves import training_curves
+from eval.conditioning import conditioning_report, principal_angles_deg
 
 
 def _sae(W_dec: torch.Tensor, groups: torch.Tensor | None = None, W_enc: torch.Tensor | None = None):
@@ -50,9 +48,9 @@ def test_identical_groups_have_zero_angle():
 def test_orthogonal_groups_are_at_90_degrees():
     E = torch.eye(6)
     W = torch.cat([E[:2], E[2:5]])  # groups span e1,e2 and e3..e5
-    s = pair_stats(W, torch.tensor([0, 1]), torch.tensor([2, 3, 4]))
-    assert s["min_angle_deg"] == pytest.approx(90.0) and s["mean_angle_deg"] == pytest.approx(90.0)
-    assert s["overlap_fro"] == pytest.approx(0.0, abs=1e-12)
+    s = conditioning_report(_sae(W), groups=torch.tensor([0, 0, 1, 1, 1]))["pairs"][0]
+    assert s["decoder_min_angle_deg"] == pytest.approx(90.0) and s["decoder_mean_angle_deg"] == pytest.approx(90.0)
+    assert s["decoder_overlap_fro"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_partial_overlap_and_rank_cap():
@@ -62,8 +60,8 @@ def test_partial_overlap_and_rank_cap():
     assert ang.tolist() == pytest.approx([45.0])
     # a group with more features than d_model spans all of R^3: meets any other group at 0°
     W = torch.cat([torch.randn(5, 3, generator=torch.Generator().manual_seed(2)), E[:1]])
-    s = pair_stats(W, torch.arange(5), torch.tensor([5]))
-    assert s["min_angle_deg"] == pytest.approx(0.0, abs=1e-3)
+    s = conditioning_report(_sae(W), groups=torch.tensor([0] * 5 + [1]))["pairs"][0]
+    assert s["decoder_min_angle_deg"] == pytest.approx(0.0, abs=1e-3)
 
 
 def test_empty_group_is_nan():
@@ -71,22 +69,10 @@ def test_empty_group_is_nan():
     assert math.isnan(r["decoder"]["cond"][1]) and r["pairs"] == [{"g": 0, "h": 1}]
 
 
-def test_training_curves(tmp_path):
-    log = tmp_path / "log.jsonl"
-    lines = [{"step": 0, "recon": 1.0, "cond": [1.0, 2.0], "group_sizes": [3, 5]},
-             {"step": 10, "recon": 0.5, "lr": 1e-3},
-             {"step": 20, "recon": 0.25, "cond": [1.5, float("inf")], "l0": 4}]
-    log.write_text("\n".join(json.dumps(x) for x in lines) + '\n{"step": 3')  # truncated tail
-    c = training_curves(log)
-    assert c["step"] == [0, 10, 20] and c["recon"] == [1.0, 0.5, 0.25]
-    assert c["lr"] == [None, 1e-3, None] and c["l0"] == [None, None, 4]
-    assert c["cond_1"] == [2.0, None, float("inf")] and c["group_sizes_0"] == [3, None, None]
-
-
 def test_post_hoc_groups_use_activation_mass_like_training():
     """Feature 0 fires more often on retain rows but carries more mass on forget rows: grouped as
     forget-leaning, by the statistic training regroups on."""
-    from eval.runner import feature_groups
+    from eval.conditioning import feature_groups
     sae = _sae(torch.eye(3))
     groups, n_groups, how = feature_groups(sae, torch.tensor([2.0, 0.0, 0.0]), torch.tensor([0.5, 1.0, 0.0]), 2)
     assert groups.tolist() == [1, 0, 0] and n_groups == 2 and "mass" in how
@@ -98,8 +84,8 @@ def test_activity_weighted_rms_cosine_is_what_l_ortho_bounds():
     W = W / W.norm(dim=1, keepdim=True)
     groups = torch.tensor([0] * 6 + [1] * 6)
     pair = conditioning_report(_sae(W, groups), activity=torch.ones(12, dtype=torch.float64))["pairs"][0]
-    assert pair["decoder_rms_cos_activity"] == pytest.approx(pair["decoder_overlap_fro_normalized"])
+    assert pair["decoder_rms_cross_cos_activity"] == pytest.approx(pair["decoder_rms_cross_cos"])
     active = torch.ones(12, dtype=torch.float64)
     active[0] = 0.0
-    weighted = conditioning_report(_sae(W, groups), activity=active)["pairs"][0]["decoder_rms_cos_activity"]
+    weighted = conditioning_report(_sae(W, groups), activity=active)["pairs"][0]["decoder_rms_cross_cos_activity"]
     assert weighted == pytest.approx((W[1:6] @ W[6:].T).pow(2).mean().sqrt().item())

@@ -1,10 +1,7 @@
-"""eval/frontier.py: above / tie / below the baseline curve at equal quality, on constructed numbers;
-eval/metrics.py: one registry drives report.md and report.json."""
+"""eval/frontier.py: above / tie / below the baseline curve at equal quality, on constructed numbers."""
 from __future__ import annotations
 
-import json
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -52,34 +49,3 @@ def test_outside_the_curve_dominance_and_equal_quality_within_error_bars():
     base = [pt("b", 0.90, 0.6, x_ci=[0.88, 0.92])]
     assert frontier_verdict(base, pt("m", 0.89, 0.6, x_ci=[0.87, 0.91]))["verdict"] == "tie"
     assert frontier_verdict(base, pt("m", 0.89, 0.3, x_ci=[0.87, 0.91]))["verdict"] == "below"
-
-
-def test_one_registry_drives_report_md_and_report_json(tmp_path, monkeypatch):
-    import eval.metrics as metrics
-    import eval.report as report
-
-    monkeypatch.setattr(metrics, "_REGISTRY", list(metrics._REGISTRY))  # undone after the test
-    metrics.register(metrics.Metric("toy_score", "unlearning", True, "toy score (registered once)"))
-
-    def run(kind, seed, v):
-        return {"cfg": {"orthosae": {"type": kind, "train": {"seed": seed}, "ortho": {"alpha": 0.0}}},
-                "summary": {"type": kind}, "reconstruction": {"l0": 10.0, "explained_variance": 0.8},
-                "downstream": {}, "conditioning": {}, "curves": {}, "unlearning": {"toy_score": v, "rows": []}}
-
-    results = {f"baseline-s{s}": run("baseline", s, 0.1 * s) for s in range(3)}
-    results |= {f"adaptive-s{s}": run("adaptive", s, 1.0 + 0.1 * s) for s in range(3)}
-    monkeypatch.setattr(report, "_plots", lambda *a: [])
-    from common.config import load_config
-    from tests._configs import ROOT
-
-    cfg = load_config(ROOT / "pipeline.toml")
-    reader = SimpleNamespace(url="s.zarr", meta={"d_model": 4}, corpora=dict)
-    report.write_report(tmp_path, cfg, reader, results, {})
-    saved = json.loads((tmp_path / "report.json").read_text())
-    md = (tmp_path / "report.md").read_text()
-    assert any(m["key"] == "toy_score" for m in saved["metrics"])
-    assert saved["conditions"]["conditions"]["adaptive"]["metrics"]["toy_score"]["mean"] == pytest.approx(1.1)
-    assert saved["who_wins"]["toy_score"] == "adaptive"  # 3 seeds, paired differences all +1.0
-    assert "toy score (registered once)" in md  # a column of the tables
-    assert md.count("toy score (registered once)") >= 3  # runs table, conditions table, who wins
-    assert "**toy score (registered once)** (`toy_score`): adaptive" in md

@@ -1,0 +1,297 @@
+"""`pipe inspect`'s per-feature data (eval/browser.py has the overview): weights-only analyses
+(decoder neighbours, direct logit effects, cross-group RMS cosines) and ``assemble``, which joins
+them with a held-out ``Scan`` (eval/browser_scan.py) into one run's ``RunSite`` for the pages.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from common.model import final_norm
+from common.store import StoreReader
+from eval.browser_scan import HIST_LOG10, HIST_PER_DECADE, ROLES, Scan, ScanRange, heldout_frequencies
+from eval.conditioning import feature_groups
+from eval.unlearning import select_features
+
+N_NEAREST = 8
+N_LOGITS = 12
+COS_BLOCK = 1024  # decoder rows per block of cosines
+LOGIT_BLOCK = 128  # features per block of logit effects ([block, vocab] floats at a time)
+
+
+def _unit_rows(W: Tensor) -> Tensor:
+    W = W.detach().float()
+    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def decoder_neighbours(W_dec: Tensor, groups: Tensor, n: int = N_NEAREST) -> dict[str, Tensor]:
+    """Per feature: the n nearest features by decoder cosine in its own group and in the others
+    (ids, cosines; id -1 where a group has fewer), and the max cosine within its group."""
+    U = _unit_rows(W_dec)
+    d_sae = U.shape[0]
+    groups = groups.to(U.device)
+    k = min(n, max(d_sae - 1, 1))
+    out = {key: [] for key in ("in_ids", "in_cos", "out_ids", "out_cos", "max_in")}
+    for s in range(0, d_sae, COS_BLOCK):
+        cos = U[s:s + COS_BLOCK] @ U.T  # [b, d_sae]
+        rows = torch.arange(s, s + cos.shape[0], device=U.device)
+        cos[torch.arange(cos.shape[0]), rows] = -math.inf  # not its own neighbour
+        same = groups[rows][:, None] == groups[None, :]
+        for key, mask in (("in", same), ("out", ~same)):
+            c = torch.where(mask, cos, torch.full_like(cos, -math.inf))
+            v, i = torch.topk(c, k, dim=1)
+            out[f"{key}_ids"].append(torch.where(torch.isfinite(v), i, torch.full_like(i, -1)))
+            out[f"{key}_cos"].append(v)
+            if key == "in":
+                out["max_in"].append(v[:, 0])
+    return {key: torch.cat(v).cpu() for key, v in out.items()}
+
+
+def final_norm_gain(model: nn.Module, d_model: int) -> tuple[Tensor, str]:
+    """Elementwise gain of the final norm (see the module doc) and a line saying what it is."""
+    norm = final_norm(model)  # beside the blocks, in every family (common/model.py)
+    if norm is None:
+        return torch.ones(d_model), "no final norm found: W_dec @ W_Uᵀ"
+    w = getattr(norm, "weight", None)
+    # LayerNorm (with or without bias, as MPT's): gain is its weight; a ones vector would centre to 0
+    if w is not None and (isinstance(norm, nn.LayerNorm) or getattr(norm, "bias", None) is not None):
+        return w.detach().float().cpu(), f"final {type(norm).__name__} weight folded into W_U"
+    with torch.no_grad():
+        p = next(norm.parameters(), None)
+        ones = torch.ones(1, d_model, device=p.device if p is not None else "cpu")  # float32: RMSNorms upcast
+        gain = norm(ones)[0].float().cpu()
+    return gain, f"final {type(norm).__name__} gain (norm of a ones vector) folded into W_U"
+
+
+@torch.no_grad()
+def logit_effects(W_dec: Tensor, W_U: Tensor, gain: Tensor, n: int = N_LOGITS,
+                  on_features: Callable[[int], None] | None = None) -> dict[str, Tensor]:
+    """Top-n promoted and suppressed token ids and values of ``(W_dec[i] ⊙ gain) @ W_Uᵀ``, per feature."""
+    dev = W_U.device
+    WU = W_U.detach()
+    Wg = (W_dec.detach().float().to(dev) * gain.to(dev)).to(WU.dtype)
+    out = {key: [] for key in ("up_ids", "up_vals", "down_ids", "down_vals")}
+    for s in range(0, Wg.shape[0], LOGIT_BLOCK):
+        eff = (Wg[s:s + LOGIT_BLOCK] @ WU.T).float()  # [b, vocab]
+        v, i = torch.topk(eff, n, dim=1)
+        out["up_ids"].append(i.cpu())
+        out["up_vals"].append(v.cpu())
+        v, i = torch.topk(eff, n, dim=1, largest=False)
+        out["down_ids"].append(i.cpu())
+        out["down_vals"].append(v.cpu())
+        if on_features:
+            on_features(eff.shape[0])
+    return {key: torch.cat(v) for key, v in out.items()}
+
+
+@torch.no_grad()
+def group_overlaps(W_dec: Tensor, groups: Tensor, n_groups: int) -> list[dict]:
+    """Per pair g < h of non-empty groups: ‖W_gᵀW_h‖_F over unit decoder rows, and divided by
+    ‖W_g‖_F‖W_h‖_F (= √(n_g·n_h)), the RMS cross-group cosine (``rms_cross_cos``, as in
+    eval/conditioning.py); from d_model² Grams, never the n_g × n_h product."""
+    U = _unit_rows(W_dec).double()
+    grams = [U[groups == g].T @ U[groups == g] for g in range(n_groups)]
+    sizes = [int((groups == g).sum()) for g in range(n_groups)]
+    out = []
+    for g in range(n_groups):
+        for h in range(g + 1, n_groups):
+            if sizes[g] and sizes[h]:
+                fro = math.sqrt(max((grams[g] * grams[h]).sum().item(), 0.0))
+                out.append({"groups": [g, h], "overlap_fro": fro,
+                            "rms_cross_cos": fro / math.sqrt(sizes[g] * sizes[h])})
+    return out
+
+
+def group_label(g: int, n_groups: int) -> str:
+    if n_groups == 2:
+        return ("retain-leaning", "forget-leaning")[g]
+    if n_groups == 1:
+        return "all features"
+    return f"group {g} (forget share {g / n_groups:.2f}-{(g + 1) / n_groups:.2f})"
+
+
+# ---------------------------------------------------------------------------- assembling the site
+
+def _num(x, sig: int = 4):
+    """A JSON number rounded to `sig` significant digits; None for nan/inf."""
+    x = float(x)
+    if not math.isfinite(x):
+        return None
+    return float(f"{x:.{sig}g}")
+
+
+class TokenText:
+    """Display text of token ids, decoded one at a time and cached."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, i: int) -> str:
+        i = int(i)
+        if i not in self.cache:
+            try:
+                self.cache[i] = self.tokenizer.decode([i], skip_special_tokens=False)
+            except Exception:  # noqa: BLE001 - a token the tokenizer cannot decode alone
+                self.cache[i] = f"<{i}>"
+        return self.cache[i]
+
+
+@dataclass
+class RunSite:
+    """Everything the pages of one run are made from."""
+    run: str
+    run_type: str
+    meta: dict
+    features: list[dict]  # index rows
+    details: Iterator[dict]  # per-feature pages, made as they are written
+    groups: dict
+
+
+def store_arrays(reader: StoreReader, ranges: list[ScanRange]) -> dict[str, dict[str, np.ndarray]]:
+    """Token id, context and position of every scanned row, per corpus (what the pages show)."""
+    return {c.name: {a: reader.root[c.name][a][: c.n_rows] for a in ("tokens", "context", "position")}
+            for c in ranges}
+
+
+def scan_groups(sae: nn.Module, scan: Scan, n_groups: int) -> tuple[Tensor, int, str]:
+    """(groups [d_sae], G, how): eval/conditioning.py ``feature_groups`` on the held-out rows scanned
+    (features silent on held-out rows: group 0)."""
+    both = scan.n_rows["forget"] and scan.n_rows["retain"]
+    mass = [scan.mass[r] / scan.n_rows[r] for r in ROLES] if both else [None, None]
+    return feature_groups(sae, *mass, n_groups, rows=" per row on held-out forget vs retain rows")
+
+
+def assemble(run: str, run_type: str, sae: nn.Module, scan: Scan, arrays: dict, tok: TokenText,
+             bos_id: int | None, groups: Tensor, n_groups: int, grouping: str, neighbours: dict,
+             logits: dict | None, retain_thresholds: list[float], n_features_list: list[int],
+             meta: dict) -> RunSite:
+    d_sae = sae.W_dec.shape[0]
+    n_f, n_r = scan.n_rows["forget"], scan.n_rows["retain"]
+    hf = heldout_frequencies(scan)
+    freq_f, freq_r, freq, share = hf["freq_forget"], hf["freq_retain"], hf["freq"], hf["forget_share"]
+    mean_act, silent = hf["mean_act"], hf["silent"]
+    labels = [group_label(g, n_groups) for g in range(n_groups)]
+
+    # SAEBench's unlearning selection at each retain threshold (held-out frequencies)
+    selections = []
+    clamp_rank: dict[int, list[dict]] = {}
+    if n_f and n_r:
+        for thr in retain_thresholds:
+            ranked = select_features(freq_f, freq_r, thr).tolist()
+            shown = ranked[: max(n_features_list)] if n_features_list else ranked
+            for rank, i in enumerate(shown):
+                clamp_rank.setdefault(i, []).append({"retain_threshold": thr, "rank": rank + 1})
+            selections.append({
+                "retain_threshold": thr, "n_eligible": len(ranked),
+                "n_features_list": list(n_features_list),
+                "features": [{"id": i, "rank": r + 1, "group": int(groups[i]), "freq_forget": _num(freq_f[i]),
+                              "freq_retain": _num(freq_r[i])} for r, i in enumerate(shown)],
+                "forget_leaning_among_top": {str(n): int(sum(int(groups[i]) == n_groups - 1 for i in ranked[:n]))
+                                             for n in n_features_list},
+            })
+
+    # index rows, then per-feature details made one at a time as they are written (at d_sae 16k
+    # the details of all features would take GBs). Plain lists: per-element tensor indexing is slow.
+    tv, ti = scan.top_vals.T.tolist(), scan.top_ids.T.tolist()  # [d_sae][k]
+    tw = scan.top_win.permute(1, 0, 2).tolist()  # [d_sae][k][window]
+    arrays = {name: {key: a.tolist() for key, a in arr.items()} for name, arr in arrays.items()}
+    col = {key: t.tolist() for key, t in {
+        "groups": groups, "silent": silent, "share": share, "freq": freq, "freq_f": freq_f, "freq_r": freq_r,
+        "mean_act": mean_act, "max_act": scan.max_act, "max_in": neighbours["max_in"],
+        "count_f": scan.count["forget"], "count_r": scan.count["retain"],
+        "mass_f": scan.mass["forget"] / max(n_f, 1), "mass_r": scan.mass["retain"] / max(n_r, 1)}.items()}
+    before, _ = scan.window
+
+    def top_token(i: int) -> str | None:
+        if not tv[i][0] > 0:
+            return None
+        c, row = scan.range_of(ti[i][0])
+        return tok(arrays[c.name]["tokens"][row])
+
+    features = [{"id": i, "group": col["groups"][i], "silent": col["silent"][i],
+                 "forget_share": _num(col["share"][i]), "freq": _num(col["freq"][i]),
+                 "freq_forget": _num(col["freq_f"][i]), "freq_retain": _num(col["freq_r"][i]),
+                 "mean_act": _num(col["mean_act"][i]), "max_act": _num(col["max_act"][i]),
+                 "max_cos_in_group": _num(col["max_in"][i]), "top_token": top_token(i)}
+                for i in range(d_sae)]
+
+    def top_contexts(i: int) -> list[dict]:
+        tops = []
+        for j, v in enumerate(tv[i]):
+            if not v > 0:
+                break
+            c, row = scan.range_of(ti[i][j])
+            arr = arrays[c.name]
+            pos = arr["position"][row]
+            bos = pos <= before and bos_id is not None  # the window reaches position 0
+            ids, acts = ([int(bos_id)], [None]) if bos else ([], [])
+            focus = len(ids) + before
+            for k, a in enumerate(tw[i][j]):
+                if math.isnan(a):  # outside the context
+                    focus -= k < before
+                    continue
+                ids.append(arr["tokens"][row - before + k])
+                acts.append(_num(a))
+            tops.append({"act": _num(v), "corpus": c.name, "role": c.role, "row": row,
+                         "context": arr["context"][row], "position": pos, "focus": focus, "bos": bos,
+                         "tokens": [tok(t) for t in ids], "token_ids": ids, "acts": acts})
+        return tops
+
+    def details():
+        near_cols = {key: neighbours[key].tolist() for key in ("in_ids", "in_cos", "out_ids", "out_cos")}
+        hist = {r: scan.hist[r].tolist() for r in ROLES}
+        logit_cols = {key: t.tolist() for key, t in logits.items()} if logits is not None else None
+        for i, row in enumerate(features):
+            hf_i, hr_i = hist["forget"][i], hist["retain"][i]
+            nz = [b for b in range(len(hf_i)) if hf_i[b] or hr_i[b]]
+            lo_b, hi_b = (nz[0], nz[-1] + 1) if nz else (0, 0)
+            near = {key: [{"id": k, "cos": _num(c), "group": col["groups"][k]}
+                          for k, c in zip(near_cols[f"{key}_ids"][i], near_cols[f"{key}_cos"][i]) if k >= 0]
+                    for key in ("in", "out")}
+            detail = {
+                **row, "run": run, "group_label": labels[row["group"]],
+                "count_forget": col["count_f"][i], "count_retain": col["count_r"][i],
+                "mass_forget_per_row": _num(col["mass_f"][i]), "mass_retain_per_row": _num(col["mass_r"][i]),
+                "histogram": {"log10_lo": HIST_LOG10[0] + lo_b / HIST_PER_DECADE,
+                              "bins_per_decade": HIST_PER_DECADE,
+                              "forget": hf_i[lo_b:hi_b], "retain": hr_i[lo_b:hi_b]},
+                "top": top_contexts(i),
+                "nearest_in_group": near["in"], "nearest_other_groups": near["out"],
+                "unlearning_selection": clamp_rank.get(i, []),
+            }
+            if logit_cols is not None:
+                detail["logits"] = {
+                    "promoted": [{"t": tok(t), "id": t, "v": _num(v)}
+                                 for t, v in zip(logit_cols["up_ids"][i], logit_cols["up_vals"][i])],
+                    "suppressed": [{"t": tok(t), "id": t, "v": _num(v)}
+                                   for t, v in zip(logit_cols["down_ids"][i], logit_cols["down_vals"][i])]}
+            yield detail
+
+    sizes = torch.bincount(groups, minlength=n_groups).tolist()
+    alive = torch.bincount(groups[~silent], minlength=n_groups).tolist()
+    gdata = {
+        "run": run, "grouping": grouping, "n_groups": n_groups, "labels": labels,
+        "sizes": sizes, "alive_on_heldout": alive,
+        "mean_forget_share": [_num(share[(groups == g) & ~silent].nanmean()) if alive[g] else None
+                              for g in range(n_groups)],
+        "overlap": [{**o, "overlap_fro": _num(o["overlap_fro"]), "rms_cross_cos": _num(o["rms_cross_cos"])}
+                    for o in group_overlaps(sae.W_dec, groups, n_groups)],
+        "random_rms_cross_cos": _num(1 / math.sqrt(sae.W_dec.shape[1])),
+        "unlearning": selections,
+        "unlearning_note": ("SAEBench get_top_features on held-out frequencies: features with retain "
+                            "frequency below the threshold, by forget frequency; the top n are clamped "
+                            "for each n in [eval.unlearning] n_features_list"),
+    }
+    meta = {**meta, "run": run, "run_type": run_type, "d_sae": d_sae, "grouping": grouping,
+            "n_groups": n_groups, "group_labels": labels, "rows": {"forget": n_f, "retain": n_r},
+            "corpora": [{"name": c.name, "role": c.role, "rows": c.n_rows} for c in scan.ranges],
+            "top_k": int(scan.top_vals.shape[0]), "window": list(scan.window)}
+    return RunSite(run=run, run_type=run_type, meta=meta, features=features, details=details(), groups=gdata)
+
