@@ -187,7 +187,7 @@ def measure_conditioning(cfg: Config, reader: StoreReader, results: list[RunResu
             r.conditioning = conditioning_report(r.sae, groups.cpu(), n_groups, activity=r.forget_mass + r.retain_mass)
             if isinstance(r.sae, FixedOrthoSAE) and not is_grouped(r.sae):
                 # the fixed SAE was trained against its contiguous blocks: how orthogonal are those?
-                r.conditioning["trained_groups"] = conditioning_report(r.sae, r.sae.penalty_groups().cpu(), r.sae.n_groups,
+                r.conditioning["trained_groups"] = conditioning_report(r.sae, r.sae.groups.cpu(), r.sae.n_groups,
                                                                        activity=r.forget_mass + r.retain_mass)
         else:
             r.conditioning, how = conditioning_report(r.sae), "single group"
