@@ -138,7 +138,7 @@ def ortho_loss(
     if W.ndim != 2 or groups.shape != (W.shape[0],):
         raise ValueError(f"ortho_loss: W must be [d_sae, d_model] and groups [d_sae]; got {tuple(W.shape)}, {tuple(groups.shape)}")
     if gram_dtype != "float32" and mode != "rms":
-        raise ValueError(f"ortho_loss: gram_dtype {gram_dtype!r} is for the rms form only")
+        raise ValueError(f"ortho_loss: gram_dtype {gram_dtype!r} is for the exact rms form only")
     if mode not in ALPHA_MODES:
         raise ValueError(f"ortho_loss: mode must be one of {ALPHA_MODES}; got {mode!r}")
     with matmul_precision("highest"):  # never TF32: the seed form's Gram rewrite cancels large terms
