@@ -28,7 +28,7 @@ Using an export elsewhere:
 - sae_lens, adaptive: ``from train.export import register_with_sae_lens; register_with_sae_lens();
   sae_lens.SAE.load_from_disk(run_dir)`` returns an ``OrthoSAEGroupedSAE`` (``train/sae/adaptive.py``) whose ``decode`` adds
   the per-token group bias. ``fold_W_dec_norm()`` works (decoder norms are uniform, 1/scale, so
-  the group shares π are unchanged) and raises if norms are not uniform.
+  the group-bias mix π is unchanged) and raises if norms are not uniform.
 - SAEBench (sae-bench 0.6.0): ``load_for_saebench(run_dir, device)``. sae_lens 6 keeps
   hook_name/hook_layer/model_name/... in ``cfg.metadata``, but SAEBench's metric functions read
   them as ``sae.cfg.hook_name``, ``sae.cfg.hook_layer``, ... (AttributeError on a plain

@@ -132,7 +132,7 @@ def require_uniform_norms(norms: Tensor) -> None:
     uniform scale, so a grouped SAE with non-uniform decoder norms cannot be folded (nor a TopK SAE,
     whose choice of the k largest would change)."""
     if not torch.allclose(norms, norms.mean().expand_as(norms), rtol=1e-3):
-        raise ValueError("folding non-uniform decoder norms would change the group shares π "
+        raise ValueError("folding non-uniform decoder norms would change the group-bias mix π "
                          "(orthosae_grouped) or the TopK choice (topk)")
 
 
