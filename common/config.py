@@ -164,9 +164,6 @@ class OrthoConfig:
                                    "activation mass per row (normalised units): one stray activation moves nothing")
     regroup_margin: float = _key(0.05, _fraction, "hysteresis: a feature leaves its group only when its forget "
                                  "share is this far past the group's bin edge")
-    sketch: int = _key(0, _non_negative, "rms: estimate L_ortho each step with k-row Gaussian sketches "
-                       "(unbiased, O(G·k·d_model·d_sae) instead of O(d_sae·d_model²), but its gradient "
-                       "is far noisier than the exact one: README, The method); 0 = exact")
     gram_dtype: str = _key("float32", _choice("float32", "bfloat16"), "rms: input precision of the exact "
                            "L_ortho's d_model × d_model Grams (float32 accumulation either way); bfloat16 halves "
                            "their cost where bf16 matmuls are fast (README, The method)")
@@ -179,6 +176,14 @@ class OrthoConfig:
                                 "min(n_g, d_model) falls below this (0 = never)")
     stop_max_cos: float = _key(0.999, _positive, "stop early when two features of one group reach this "
                                "|cos| (duplicates; > 1 = never)")
+
+
+# [train.ortho] keys removed from the product, with their old neutral value: a config (or --set) that
+# sets one fails with the unknown-key error saying so; an old export's cfg.json holding the neutral
+# value still loads (``RunConfig.from_dict``).
+REMOVED_ORTHO_KEYS = {"sketch": 0}
+REMOVED_WHY = ("removed in issue 25: the sketched L_ortho trained badly (BENCHMARKS.md, \"The sketched "
+               "L_ortho\"; it lives on in bench/sketch_noise.py)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,8 +224,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
+        ortho = dict(d["ortho"])
+        for key, neutral in REMOVED_ORTHO_KEYS.items():  # an export written before the key's removal
+            if key in ortho and ortho.pop(key) != neutral:
+                raise ConfigError(f"run {d['name']} [train.ortho] {key}: {REMOVED_WHY}")
         return cls(name=d["name"], type=d["type"], train=TrainConfig(**d["train"]),
-                   ortho=OrthoConfig(**d["ortho"]), overrides=dict(d.get("overrides", {})))
+                   ortho=OrthoConfig(**ortho), overrides=dict(d.get("overrides", {})))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -385,6 +394,8 @@ def _build(cls, raw: Any, where: str, file: Path, extra: dict | None = None):
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in known or key in (extra or {}):
+            if cls is OrthoConfig and key in REMOVED_ORTHO_KEYS:
+                raise ConfigError(f"{file}: {where} {key}: unknown key ({REMOVED_WHY})")
             raise ConfigError(f"{file}: {where} {key}: unknown key "
                               f"(known: {', '.join(k for k in known if k not in (extra or {}))})")
     kwargs = dict(extra or {})
@@ -504,7 +515,7 @@ def _build_runs(raw: Any, file: Path, train: TrainConfig, ortho: OrthoConfig) ->
             if key not in RUN_OVERRIDABLE:
                 why = ("shared by all runs (one data stream); a run's SAE init seed is `seeds = [...]`"
                        if key == "seed" else "shared by all runs (one data stream)" if key in STREAM_KEYS
-                       else "unknown key")
+                       else f"unknown key ({REMOVED_WHY})" if key in REMOVED_ORTHO_KEYS else "unknown key")
                 raise ConfigError(f"{file}: [[runs]] {name} {key}: {why}")
         expanded = expand_run_table(table, file, where)
         for run_name, overrides in expanded:
@@ -525,7 +536,7 @@ def _build_runs(raw: Any, file: Path, train: TrainConfig, ortho: OrthoConfig) ->
 
 def _check_sparsity(run: RunConfig, overrides: dict, file: Path) -> None:
     """activation / k / target_l0 must agree within a run; adam_betas as [train]'s; the rms form's
-    own [train.ortho] keys only with it."""
+    own [train.ortho] key (gram_dtype) only with it."""
     tr, where = run.train, f"{file}: [[runs]] {run.name}"
     if len(tr.adam_betas) != 2 or not all(_type_ok(b, float) and 0 <= b < 1 for b in tr.adam_betas):
         raise ConfigError(f"{where} adam_betas: expected two numbers in [0, 1) (a list key: not swept)")
@@ -541,12 +552,8 @@ def _check_sparsity(run: RunConfig, overrides: dict, file: Path) -> None:
     if tr.target_l0 and tr.target_l0 > tr.d_sae:
         raise ConfigError(f"{where} target_l0: {tr.target_l0} is more than d_sae {tr.d_sae}")
     o = run.ortho
-    if o.alpha_mode != "rms":  # the sketch and the Grams' precision exist only in the rms form
-        for key, neutral in (("sketch", 0), ("gram_dtype", "float32")):
-            if getattr(o, key) != neutral:
-                raise ConfigError(f"{where} {key}: only for alpha_mode \"rms\" (this run is {o.alpha_mode!r})")
-    if o.sketch and o.gram_dtype != "float32":
-        raise ConfigError(f"{where} gram_dtype: a sketched L_ortho (sketch = {o.sketch}) forms no Grams")
+    if o.alpha_mode != "rms" and o.gram_dtype != "float32":  # the Grams' precision exists only in the rms form
+        raise ConfigError(f"{where} gram_dtype: only for alpha_mode \"rms\" (this run is {o.alpha_mode!r})")
 
 
 def _asdict(section) -> dict:

@@ -137,7 +137,7 @@ def conditioning_report(sae: nn.Module, groups: Tensor | None = None, n_groups: 
                     pair_groups = torch.where(groups == g, 0, torch.where(groups == h, 1, -1))
                     keep = pair_groups >= 0
                     loss = ortho_loss(mats["decoder"][keep].double(), pair_groups[keep], 2, 0.0, "rms",
-                                      weights=activity[keep].double().cpu().clamp_min(0))
+                                      activity=activity[keep].double().cpu().clamp_min(0))
                     row["decoder_rms_cross_cos_activity"] = math.sqrt(loss.item() / d_model)
             pairs.append(row)
     report["pairs"] = pairs

@@ -220,7 +220,7 @@ def measure_conditioning(cfg: Config, runs: list[LoadedRun], activity: dict[str,
             report = conditioning_report(r.sae, groups.cpu(), n_groups, activity=a.forget_mass + a.retain_mass)
             if isinstance(r.sae, FixedOrthoSAE) and not is_grouped(r.sae):
                 # the fixed SAE was trained against its contiguous blocks: how orthogonal are those?
-                report["trained_groups"] = conditioning_report(r.sae, r.sae.penalty_groups().cpu(), r.sae.n_groups,
+                report["trained_groups"] = conditioning_report(r.sae, r.sae.groups.cpu(), r.sae.n_groups,
                                                                activity=a.forget_mass + a.retain_mass)
         else:
             report, how = conditioning_report(r.sae), "single group"

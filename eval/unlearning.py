@@ -45,7 +45,6 @@ Matched against sae_bench 0.6.0 ``evals/unlearning``:
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -58,8 +57,7 @@ from torch import Tensor, nn
 from eval import matched_damage as md
 from eval.downstream import ResidFn, final_hidden, softcap, splice, token_ce
 from eval.prefix import PrefixCache
-from train.sae import is_grouped
-from train.sae.adaptive_ortho import require_uniform_norms
+from train.sae import fold_decoder_norms, is_grouped
 
 LETTERS = "ABCDEFGHIJ"
 MIN_RETAIN_ACCURACY = 0.99  # SAEBench get_unlearning_scores
@@ -70,29 +68,6 @@ SUBJECT_NAMES = {"wmdp-bio": "biology", "wmdp-cyber": "cyber security"}  # SAEBe
 
 
 # ---- SAE preparation and the intervention ----
-
-
-@torch.no_grad()
-def fold_decoder_norms(sae: nn.Module) -> nn.Module:
-    """Copy with W_dec rows at unit norm and the norms moved into W_enc columns and b_enc.
-
-    f_i scales by ‖W_dec_i‖ and the reconstruction is unchanged for ReLU. The grouped SAE's mass
-    shares π_g are scale-invariant only under a uniform scale, so non-uniform norms raise there.
-    """
-    out = copy.deepcopy(sae)
-    n = out.W_dec.norm(dim=1)
-    n = torch.where(n > 0, n, torch.ones_like(n))
-    if is_grouped(out):
-        require_uniform_norms(n)
-        out.tau.mul_(n.mean().to(out.tau.dtype))  # π's τ is in activation units, which scale by n
-    if getattr(out, "activation", "relu") == "topk":
-        require_uniform_norms(n)  # TopK ranks pre-activations: only a uniform scale keeps the choice
-    if getattr(out, "activation", "relu") == "batchtopk":
-        out.threshold.mul_(n.to(out.threshold.dtype))  # JumpReLU θ is on pre-activations, which scale by n
-    out.W_enc.mul_(n.to(out.W_enc.dtype))
-    out.b_enc.mul_(n.to(out.b_enc.dtype))
-    out.W_dec.div_(n[:, None].to(out.W_dec.dtype))
-    return out
 
 
 def select_features(forget_freq: Tensor | np.ndarray, retain_freq: Tensor | np.ndarray,
@@ -137,7 +112,7 @@ def clamp_features(sae: nn.Module, features: Sequence[int] | Tensor, multiplier:
             fired.append((f[..., idx] > 0).any(dim=-1).sum(dim=-1).double().cpu())
         error = x - sae.decode(f)
         clamped = clamped_activations(f, idx, multiplier)
-        x_new = sae.decode(clamped, shares_from=f) if grouped else sae.decode(clamped)
+        x_new = sae.decode(clamped, mix_from=f) if grouped else sae.decode(clamped)
         return (x_new + error).to(device=r.device, dtype=r.dtype)
 
     return fn

@@ -37,13 +37,13 @@ def test_train_job_logs_start_progress_runs_and_done(tmp_path):
 
 
 def test_failed_run_exits_1_with_the_reason(tmp_path, monkeypatch):
-    from train.sae.fixed_ortho import FixedOrthoSAE
+    from train.sae.fixed import FixedOrthoSAE
     make_store(str(tmp_path / "s.zarr"))
     path = batch_config(tmp_path)
     real = FixedOrthoSAE.training_forward
 
-    def poisoned(self, x, c, generator=None):
-        out = real(self, x, c, generator)
+    def poisoned(self, x, c):
+        out = real(self, x, c)
         if type(self) is FixedOrthoSAE:
             out.total = out.total * float("nan")
         return out

@@ -192,12 +192,12 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
 def test_nan_stops_run_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     make_store(str(tmp_path / "s.zarr"))
     cfg = load_config(write_config(tmp_path, runs=SWEEP))
-    from train.sae.fixed_ortho import FixedOrthoSAE
+    from train.sae.fixed import FixedOrthoSAE
     real = FixedOrthoSAE.training_forward
     calls = {"n": 0}
 
-    def poisoned(self, x, c, generator=None):  # the fixed run's loss turns nan at its 101st step (step 100)
-        out = real(self, x, c, generator)
+    def poisoned(self, x, c):  # the fixed run's loss turns nan at its 101st step (step 100)
+        out = real(self, x, c)
         if type(self) is FixedOrthoSAE:
             calls["n"] += 1
             if calls["n"] > 100:
@@ -219,12 +219,12 @@ def test_a_nan_between_log_steps_is_caught_before_a_preemption_checkpoint(tmp_pa
     from common import preempt
     make_store(str(tmp_path / "s.zarr"))
     cfg = load_config(write_config(tmp_path, runs=SWEEP))
-    from train.sae.fixed_ortho import FixedOrthoSAE
+    from train.sae.fixed import FixedOrthoSAE
     real = FixedOrthoSAE.training_forward
     calls = {"n": 0}
 
-    def poisoned(self, x, c, generator=None):
-        out = real(self, x, c, generator)
+    def poisoned(self, x, c):
+        out = real(self, x, c)
         if type(self) is FixedOrthoSAE:
             calls["n"] += 1
             if calls["n"] == 101:  # step 100 only: later losses are finite again
@@ -324,7 +324,7 @@ l1_coefficient = 0.0
 
 def test_run_fingerprints_survive_keys_added_later():
     """A finished run stays complete when a release adds a setting at its default: these are the
-    fingerprints the code before ``[train.ortho] sketch`` and ``gram_dtype`` gave (computed with
+    fingerprints the code before ``[train.ortho] sketch`` (since removed) and ``gram_dtype`` gave (computed with
     that commit); with a key set, the fingerprint changes and the run trains again."""
     from types import SimpleNamespace
 
@@ -343,5 +343,8 @@ def test_run_fingerprints_survive_keys_added_later():
 
     assert {k: fp(k) for k in ("baseline", "fixed", "adaptive")} == {
         "baseline": "039156e96787c438", "fixed": "b79c3722aeed7305", "adaptive": "4b12f7f79c9eb9c5"}
-    assert fp("adaptive", sketch=32) != fp("adaptive")
+    # a run exported before [train.ortho] sketch was removed (issue 25) holds sketch = 0: same run
+    old = RunConfig.of("adaptive", "r", train=TrainConfig(d_sae=64)).to_dict()
+    old["ortho"]["sketch"] = 0
+    assert run_fingerprint(RunConfig.from_dict(old), Reader(), 0) == fp("adaptive")
     assert fp("adaptive", gram_dtype="bfloat16") != fp("adaptive")

@@ -26,9 +26,9 @@ Using an export elsewhere:
 
 - sae_lens, baseline/fixed: ``sae_lens.SAE.load_from_disk(run_dir)`` (a ``StandardSAE``).
 - sae_lens, adaptive: ``from train.export import register_with_sae_lens; register_with_sae_lens();
-  sae_lens.SAE.load_from_disk(run_dir)`` returns an ``OrthoSAEGroupedSAE`` whose ``decode`` adds
+  sae_lens.SAE.load_from_disk(run_dir)`` returns an ``OrthoSAEGroupedSAE`` (``train/sae/adaptive.py``) whose ``decode`` adds
   the per-token group bias. ``fold_W_dec_norm()`` works (decoder norms are uniform, 1/scale, so
-  the group shares π are unchanged) and raises if norms are not uniform.
+  the group-bias mix π is unchanged) and raises if norms are not uniform.
 - SAEBench (sae-bench 0.6.0): ``load_for_saebench(run_dir, device)``. sae_lens 6 keeps
   hook_name/hook_layer/model_name/... in ``cfg.metadata``, but SAEBench's metric functions read
   them as ``sae.cfg.hook_name``, ``sae.cfg.hook_layer``, ... (AttributeError on a plain
@@ -55,11 +55,12 @@ from common.config import OrthoConfig, RunConfig, TrainConfig
 from common.errors import UserError
 
 from .sae import SAE, is_grouped, make_sae
+from .sae.adaptive import GROUPED_ARCH, sae_lens_classes
 from .sae.base import dtype_name
+from .sae.baseline import fold_sae_lens_decoder_norms
 
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 CFG_FILENAME = "cfg.json"
-GROUPED_ARCH = "orthosae_grouped"
 DEFAULT_SAE_LENS_FORMAT = "6.0.0"
 METADATA_KEYS = (
     "model_name", "hook_name", "hook_layer", "hook_head_index", "context_size", "prepend_bos",
@@ -205,94 +206,17 @@ def load_sae(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[S
 def register_with_sae_lens() -> tuple[type, type]:
     """Register architecture "orthosae_grouped" with sae_lens (idempotent); returns (SAE class, config class).
 
-    Imports sae_lens only when called. The classes become ``train.export.OrthoSAEGroupedSAE`` /
-    ``OrthoSAEGroupedConfig`` (module globals, so they pickle).
+    Imports sae_lens only when called. The classes are the grouped SAE's own, defined beside it
+    (``train.sae.adaptive.OrthoSAEGroupedSAE`` / ``OrthoSAEGroupedConfig``).
     """
     from sae_lens import register_sae_class
     from sae_lens.registry import SAE_CLASS_REGISTRY
 
     if GROUPED_ARCH in SAE_CLASS_REGISTRY:
         return SAE_CLASS_REGISTRY[GROUPED_ARCH]
-    sae_cls, cfg_cls = _build_sae_lens_classes()
+    sae_cls, cfg_cls = sae_lens_classes()
     register_sae_class(GROUPED_ARCH, sae_cls, cfg_cls)
     return sae_cls, cfg_cls
-
-
-def _build_sae_lens_classes() -> tuple[type, type]:
-    from dataclasses import dataclass
-
-    from sae_lens import SAE as SLSAE
-    from sae_lens import SAEConfig
-    from torch import nn
-
-    from .sae.adaptive_ortho import grouped_decode, require_uniform_norms
-    from .sae.base import topk_rows
-
-    @dataclass
-    class OrthoSAEGroupedConfig(SAEConfig):
-        """sae_lens config of the grouped adaptive-orthogonal SAE."""
-
-        n_groups: int = 2
-        activation: str = "relu"  # relu | topk | batchtopk (inference: JumpReLU on ``threshold``)
-        k: int = 0
-
-        @classmethod
-        def architecture(cls) -> str:
-            return GROUPED_ARCH
-
-    class OrthoSAEGroupedSAE(SLSAE[OrthoSAEGroupedConfig]):
-        """ReLU SAE with per-token group decoder bias: x̂ = f W_dec + b_dec + Σ_g π_g(f) group_bias[g]."""
-
-        b_enc: nn.Parameter
-        group_bias: nn.Parameter
-        groups: torch.Tensor
-        grouped = True  # train.sae.is_grouped
-
-        def initialize_weights(self) -> None:
-            super().initialize_weights()
-            kw = dict(dtype=self.dtype, device=self.device)
-            self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, **kw))
-            self.group_bias = nn.Parameter(torch.zeros(self.cfg.n_groups, self.cfg.d_in, **kw))
-            groups = (torch.arange(self.cfg.d_sae, device=self.device) * self.cfg.n_groups) // self.cfg.d_sae
-            self.register_buffer("groups", groups)
-            self.register_buffer("tau", torch.zeros((), **kw))
-            if self.cfg.activation == "batchtopk":
-                self.threshold = nn.Parameter(torch.zeros(self.cfg.d_sae, **kw))
-
-        def encode(self, x: torch.Tensor) -> torch.Tensor:
-            sae_in = self.process_sae_in(x)
-            hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
-            if self.cfg.activation == "topk":
-                return self.hook_sae_acts_post(topk_rows(hidden_pre, self.cfg.k))
-            if self.cfg.activation == "batchtopk":
-                return self.hook_sae_acts_post(hidden_pre.relu() * (hidden_pre > self.threshold))
-            return self.hook_sae_acts_post(self.activation_fn(hidden_pre))
-
-        def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-            out = grouped_decode(feature_acts, self.groups, self.group_bias, self.tau,
-                                 lambda f: f @ self.W_dec + self.b_dec)
-            out = self.hook_sae_recons(out)
-            out = self.run_time_activation_norm_fn_out(out)
-            return self.reshape_fn_out(out, self.d_head)
-
-        def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
-            # sae_lens' disk loader casts every tensor to cfg.dtype; group ids are small integers
-            if "groups" in state_dict:
-                state_dict["groups"] = state_dict["groups"].round().to(torch.int64)
-
-        @torch.no_grad()
-        def fold_and_get_W_dec_norm(self) -> torch.Tensor:
-            norms = self.get_W_dec_norm()
-            require_uniform_norms(norms)
-            self.tau.mul_(norms.mean())  # τ is in activation units, which the fold scales
-            if self.cfg.activation == "batchtopk":
-                self.threshold.data.mul_(norms)  # pre-activations scale with the norms too
-            return super().fold_and_get_W_dec_norm()
-
-    for cls in (OrthoSAEGroupedConfig, OrthoSAEGroupedSAE):
-        cls.__qualname__ = cls.__name__
-        globals()[cls.__name__] = cls
-    return OrthoSAEGroupedSAE, OrthoSAEGroupedConfig
 
 
 # What SAEBench 0.6.0 reads from ``sae.cfg`` that sae_lens 6 keeps in ``cfg.metadata``: the same
@@ -301,21 +225,6 @@ SAEBENCH_CFG_FIELDS = (
     "hook_name", "hook_layer", "hook_head_index", "model_name", "context_size", "prepend_bos",
     "exclude_special_tokens", "dataset_trust_remote_code", "model_from_pretrained_kwargs",
 )
-
-
-@torch.no_grad()
-def fold_sae_lens_decoder_norms(sae) -> None:
-    """``sae.fold_W_dec_norm()``; for a "topk" export (decoder norms uniform, 1/scale) the plain fold,
-    which SAELens' ``TopKSAE`` refuses without ``rescale_acts_by_decoder_norm`` because non-uniform
-    norms would change which k features win; a uniform scale cannot, so it is checked and done."""
-    arch = sae.cfg.architecture() if callable(sae.cfg.architecture) else sae.cfg.architecture
-    if arch != "topk":
-        sae.fold_W_dec_norm()
-        return
-    from .sae.adaptive_ortho import require_uniform_norms
-
-    require_uniform_norms(sae.get_W_dec_norm())
-    sae.fold_and_get_W_dec_norm()
 
 
 def load_for_saebench(run_dir: str | Path, device: torch.device | str = "cpu", *, fold_decoder_norms: bool = True):

@@ -50,7 +50,7 @@ def train_corpora(cfg: Config) -> list[str]:
 
 # keys added after runs were trained, at their defaults: they count only when set, so older runs stay complete
 _LATER_DEFAULTS = {"activation": "relu", "k": 0, "target_l0": 0.0, "l0_gain": 0.03, "matmul_precision": "highest"}
-_LATER_ORTHO_DEFAULTS = {"sketch": 0, "gram_dtype": "float32"}
+_LATER_ORTHO_DEFAULTS = {"gram_dtype": "float32"}
 
 
 def _set_keys(section, later: dict) -> dict:

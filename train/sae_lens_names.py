@@ -11,7 +11,7 @@ lines up with the rows the harvest stored:
   otherwise the hub id itself (``meta-llama/Llama-3.1-8B``, ``Qwen/Qwen2.5-7B``,
   ``mistralai/Mistral-7B-v0.1``), which TransformerLens accepts as the official name. Local
   directories and the embedded GGUF model keep their id: TransformerLens cannot load them by name.
-  Tested against TransformerLens' and SAELens' own tables (tests/test_sae_lens_names.py).
+  Tested against TransformerLens' and SAELens' own tables (tests/train/test_sae_lens_names.py).
 - ``hook_name``: ``blocks.<L>.hook_resid_post``, the residual stream after block L before any
   final norm, exactly what the harvest stores for every family.
 - ``model_from_pretrained_kwargs``: ``center_writing_weights = False`` (SAELens' own default for

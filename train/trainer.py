@@ -6,11 +6,14 @@ tracking and resampling, the NaN guard, the feature-group statistics, regrouping
 stop, and the state a checkpoint needs. One step, top to bottom:
 
     coefficients -> SAE training forward (loss terms, f, x̂) -> backward -> NaN guard -> clip ->
-    Adam -> decoder renorm -> group statistics + regroup every n steps -> dead features ->
-    early stop -> log record
+    Adam -> decoder renorm -> group statistics + regroup every n steps -> dead features
+    (resampled here) -> early stop -> log record
 
 ``train/runner.py`` feeds each batch of the shared stream to every Trainer (dictionary_learning's
-``trainSAE`` shape); the loss itself is ``SAE.training_forward`` (``train/sae/base.py``).
+``trainSAE`` shape). One step reads in five files: this one, ``train/sae/base.py`` (encode, decode,
+the loss ``SAE.training_forward``), the architecture's own file (``train/sae/adaptive.py``: the
+group-bias decode), ``train/sae/ortho.py`` (L_ortho, and the matmul precision) and
+``train/sae/grouping.py`` (group statistics, the regroup rule, group health).
 """
 from __future__ import annotations
 
@@ -24,9 +27,8 @@ from torch import Tensor
 from common.config import RunConfig
 from common.metrics import explained_variance
 from train.checkpoint import load_optimizer_state, optimizer_state
-from train.precision import matmul_precision
-from train.resample import resample_dead
 from train.sae import SAE, Coefficients, GroupStats, RegroupReport, assign_groups, group_health, stop_reason
+from train.sae.ortho import matmul_precision
 
 
 def _finite(v):
@@ -60,7 +62,7 @@ class Schedules:
         if not self.run.has_ortho:
             return 0.0
         o = self.run.ortho
-        if self.run.type == "fixed" or o.t0 <= 0:
+        if not self.run.grouped or o.t0 <= 0:
             return float(o.lambda2_max)
         return float(o.lambda2_max) * min(1.0, max(t, 0) / o.t0)
 
@@ -132,7 +134,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = c.lr
         with matmul_precision(tr.matmul_precision):  # TF32 on CUDA when "high"; L_ortho keeps fp32
-            out = self.sae.training_forward(x, c, self.generator)
+            out = self.sae.training_forward(x, c)
             self.opt.zero_grad(set_to_none=True)
             out.total.backward()
         first_bad = (self._bad_step < 0) & ~torch.isfinite(out.total.detach())
@@ -192,7 +194,7 @@ class Trainer:
     def regroup(self) -> RegroupReport:
         """Re-assign the SAE's feature groups from the statistics (rule: ``grouping.assign_groups``)."""
         sae, o = self.sae, self.run.ortho
-        new = assign_groups(self.group_stats.forget_ratio(), sae.groups, o.groups, mass=self.group_stats.mass(),
+        new = assign_groups(self.group_stats.forget_share(), sae.groups, o.groups, mass=self.group_stats.mass(),
                             min_mass=o.regroup_min_mass, margin=o.regroup_margin)
         n_moved = int((new != sae.groups).sum().item())
         sae.groups.copy_(new)
@@ -251,3 +253,38 @@ class Trainer:
         if "l1_scale" in state:
             self.l0_control.scale = state["l1_scale"].to(self.l0_control.scale)
         self.step, self.status, self.message, self.last = state["step"], state["status"], state["message"], state["last"]
+
+
+# ---- dead-feature resampling (optional, `[train] resample_dead`), after Anthropic's recipe, simplified
+
+
+@torch.no_grad()
+def resample_dead(sae, opt: torch.optim.Optimizer, dead: torch.Tensor, x: torch.Tensor,
+                  generator: torch.Generator | None = None) -> int:
+    """Dead features get the direction of the reconstruction error of rows drawn in proportion to
+    their squared error, so they restart where the SAE is worst; the encoder column is scaled to
+    0.2 × the mean norm of live columns, the encoder bias zeroed and the Adam moments of those
+    weights reset. Returns the number resampled; rows are drawn with ``generator`` (a CPU
+    generator: the run's own)."""
+    idx = dead.nonzero().squeeze(1)
+    if len(idx) == 0:
+        return 0
+    err = x - sae(x)
+    weights = err.pow(2).sum(-1)
+    if float(weights.sum()) == 0:
+        return 0
+    picks = torch.multinomial(weights.float().cpu(), len(idx), replacement=len(idx) > len(x),
+                              generator=generator).to(err.device)
+    dirs = err[picks]
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    live = ~dead
+    enc_norm = sae.W_enc[:, live].norm(dim=0).mean() if live.any() else torch.tensor(1.0)
+    sae.W_dec[idx] = dirs.to(sae.W_dec.dtype)
+    sae.W_enc[:, idx] = (dirs.T * 0.2 * enc_norm).to(sae.W_enc.dtype)
+    sae.b_enc[idx] = 0
+    for param, index in ((sae.W_dec, (idx,)), (sae.W_enc, (slice(None), idx)), (sae.b_enc, (idx,))):
+        state = opt.state.get(param, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                state[key][index] = 0
+    return len(idx)

@@ -195,13 +195,18 @@ type = "fixed"
     ('activation = "topk"\nk = 8\ntarget_l0 = 8', '[[runs]] x target_l0: only for activation "relu"'),
     ('activation = ["relu", "gelu"]', "[[runs]] x-activationgelu activation: must be one of relu, topk, batchtopk"),
     ('alpha_mode = "hinge"\ngram_dtype = "bfloat16"', '[[runs]] x gram_dtype: only for alpha_mode "rms" (this run is \'hinge\')'),
-    ('alpha_mode = "seed"\nsketch = 8', '[[runs]] x sketch: only for alpha_mode "rms" (this run is \'seed\')'),
-    ('sketch = 8\ngram_dtype = "bfloat16"', "[[runs]] x gram_dtype: a sketched L_ortho (sketch = 8) forms no Grams"),
+    ('sketch = 8', "[[runs]] x sketch: unknown key (removed in issue 25: the sketched L_ortho trained badly"),
     ('gram_dtype = "float16"', "[[runs]] x gram_dtype: must be one of float32, bfloat16"),
 ])
 def test_sweep_errors_name_the_key(tmp_path, runs, needle):
     msg = error_of(tmp_path, TWO_ROLES + f'[[runs]]\nname = "x"\ntype = "fixed"\n{runs}\n')
     assert needle in msg, msg
+
+
+def test_a_removed_key_fails_naming_it_and_why(tmp_path):
+    """[train.ortho] sketch left the product (issue 25): setting it is the unknown-key error, saying so."""
+    msg = error_of(tmp_path, TWO_ROLES + '[train.ortho]\nsketch = 0\n[[runs]]\nname = "x"\ntype = "fixed"\n')
+    assert "[train.ortho] sketch: unknown key (removed in issue 25" in msg, msg
 
 
 def test_expanded_names_must_not_collide(tmp_path):

@@ -1,4 +1,6 @@
-"""SAE variants: baseline, fixed-orthogonal and grouped adaptive-orthogonal (see docs/architecture.md)."""
+"""SAE variants, one file per architecture keyed by run type (SAELens' ``saes/`` shape):
+``baseline.py``, ``fixed.py``, ``adaptive.py`` on the shared ``base.py``; L_ortho in ``ortho.py``;
+feature-group statistics, regrouping and health in ``grouping.py`` (see docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -6,14 +8,15 @@ import torch
 
 from common.config import RunConfig
 
-from .adaptive_ortho import AdaptiveOrthoSAE, grouped_decode, group_shares
-from .base import SAE, Coefficients, TrainOutput, is_grouped
-from .fixed_ortho import FixedOrthoSAE
+from .adaptive import AdaptiveOrthoSAE, bias_mix, grouped_decode
+from .base import SAE, Coefficients, TrainOutput, fold_decoder_norms, is_grouped
+from .baseline import BaselineSAE
+from .fixed import FixedOrthoSAE
 from .grouping import GroupHealth, GroupStats, RegroupReport, assign_groups, group_health, max_cosine, stop_reason
 from .ortho import contiguous_groups, ortho_loss
 
 SAE_CLASSES: dict[str, type[SAE]] = {
-    "baseline": SAE,
+    "baseline": BaselineSAE,
     "fixed": FixedOrthoSAE,
     "adaptive": AdaptiveOrthoSAE,
 }
@@ -30,7 +33,8 @@ def make_sae(run: RunConfig, d_model: int, *, dtype: torch.dtype | str = torch.f
 
 
 __all__ = [
-    "SAE", "Coefficients", "TrainOutput", "FixedOrthoSAE", "AdaptiveOrthoSAE", "SAE_CLASSES", "make_sae",
-    "is_grouped", "ortho_loss", "contiguous_groups", "GroupStats", "RegroupReport", "assign_groups",
-    "group_health", "GroupHealth", "max_cosine", "stop_reason", "group_shares", "grouped_decode",
+    "SAE", "BaselineSAE", "Coefficients", "TrainOutput", "FixedOrthoSAE", "AdaptiveOrthoSAE", "SAE_CLASSES",
+    "make_sae", "is_grouped", "fold_decoder_norms", "ortho_loss", "contiguous_groups", "GroupStats",
+    "RegroupReport", "assign_groups", "group_health", "GroupHealth", "max_cosine", "stop_reason", "bias_mix",
+    "grouped_decode",
 ]

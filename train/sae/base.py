@@ -1,4 +1,11 @@
-"""The baseline SAE (SAELens "standard"): ReLU encoder, linear decoder with unit-norm rows.
+"""The shared base of every SAE variant: weights, encode, decode, fold, and the loss.
+
+One file per architecture keyed by run type in ``SAE_CLASSES`` (``train/sae/__init__.py``), as
+SAELens' ``saes/``: ``baseline.py`` (SAELens "standard" / "topk" / "jumprelu"), ``fixed.py``
+(+ L_ortho between fixed groups), ``adaptive.py`` (+ learned groups and group decoder biases, and
+its own SAELens class). This base holds what they share: a ReLU / TopK / BatchTopK encoder
+(``activate``, the one encode, also the grouped SAELens class's), a linear decoder with unit-norm
+rows, decoder-norm folding (``fold_decoder_norms``, for eval and SAEBench) and the training loss.
 
 Every variant is built from one ``RunConfig`` (``SAE(d_model, run)``, as sparsify's
 ``SparseCoder(d_in, cfg)``) and reads its settings there under their ``pipeline.toml`` names.
@@ -7,7 +14,7 @@ The loss, in one place (``training_forward``), with SAELens 6.x ``StandardTraini
 
 - ``recon``  = Σ_d (x̂ − x)² per token, mean over tokens (sum over d_in, mean over the batch);
 - ``sparse`` = Σ_i f_i · ‖W_dec[i]‖, mean over tokens (the decoder-norm-weighted L1; f ≥ 0);
-- ``ortho``  = L_ortho between feature groups (``FixedOrthoSAE``; none for the baseline);
+- ``ortho``  = L_ortho between the feature groups ``groups`` (``ortho.py``; none for the baseline);
 - ``total``  = recon + λ1·sparse + w·ortho, where λ1 and w come from the Trainer's schedules
   (``train/trainer.py``: λ1 warm-up, λ2(t), lazy weight).
 
@@ -34,15 +41,17 @@ Decoder rows have unit norm in training, so TopK on pre-activations is the same 
 ``rescale_acts_by_decoder_norm``. The L1 term is computed and logged for every activation; with
 topk / batchtopk it is usually weighted 0 (``l1_coefficient = 0``), as in SAELens' TopK recipes.
 """
-
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from common.config import RunConfig
+
+from . import ortho
 
 
 @dataclass(frozen=True)
@@ -80,13 +89,13 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def is_grouped(sae: nn.Module) -> bool:
-    """Whether ``sae`` has learned feature groups with group decoder biases (``groups``, ``group_bias``)."""
+    """THE question "is this SAE grouped?", for our SAEs and sae_lens objects alike: learned feature
+    groups with group decoder biases (``groups``, ``group_bias``: ``AdaptiveOrthoSAE`` and its SAELens
+    class). A fixed-orthogonal SAE has ``groups`` too, but fixed ones, and is not grouped."""
     return bool(getattr(sae, "grouped", False))
 
 
 TOPK_THRESHOLD_LR = 0.01  # SAELens BatchTopKTrainingSAEConfig.topk_threshold_lr
-# the SAELens architecture each activation exports as (the grouped SAE has its own, for every activation)
-EXPORT_ARCHITECTURE = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu"}
 
 
 def topk_rows(pre: Tensor, k: int) -> Tensor:
@@ -103,10 +112,71 @@ def batch_topk(pre: Tensor, k: int) -> Tensor:
     return torch.zeros_like(flat).scatter(-1, top.indices, top.values).reshape(acts.shape)
 
 
-class SAE(nn.Module):
-    """Baseline ReLU SAE (SAELens "standard"). Variants override ``ortho_loss`` and ``decode``."""
+def activate(pre: Tensor, activation: str, k: int, threshold: Tensor | None = None, *,
+             inplace: bool = False) -> Tensor:
+    """Feature activations at inference from pre-activations: the one encode of every variant and
+    of the grouped SAELens class (batchtopk: SAELens' JumpReLU on the learned threshold, so a
+    token's L0 depends on itself alone). ``inplace``: relu may overwrite ``pre``."""
+    if activation == "topk":
+        return topk_rows(pre, k)
+    if activation == "batchtopk":
+        return pre.relu() * (pre > threshold)
+    return pre.relu_() if inplace else pre.relu()
 
-    grouped: bool = False
+
+# ---- folding decoder norms into the encoder (one home: eval, SAEBench loading, the SAELens class)
+
+
+def require_uniform_norms(norms: Tensor) -> None:
+    """Folding decoder norms into the encoder rescales f per feature; π is invariant only under a
+    uniform scale, so a grouped SAE with non-uniform decoder norms cannot be folded (nor a TopK SAE,
+    whose choice of the k largest would change)."""
+    if not torch.allclose(norms, norms.mean().expand_as(norms), rtol=1e-3):
+        raise ValueError("folding non-uniform decoder norms would change the group-bias mix π "
+                         "(orthosae_grouped) or the TopK choice (topk)")
+
+
+@torch.no_grad()
+def fold_activation_state(norms: Tensor, *, activation: str, grouped: bool, tau: Tensor | None = None,
+                          threshold: Tensor | None = None) -> None:
+    """What folding decoder norms n into the encoder (W_enc·n, b_enc·n, W_dec/n: f_i scales by n_i,
+    reconstructions unchanged) must do beyond those three products: refuse non-uniform norms where
+    they would change the output (grouped: the mix π; topk: the choice of the k largest), scale the
+    grouped SAE's τ (activation units) by the uniform norm, and the batchtopk threshold θ (on
+    pre-activations, which scale by n)."""
+    if grouped or activation == "topk":
+        require_uniform_norms(norms)
+    if grouped:
+        tau.mul_(norms.mean().to(tau.dtype))
+    if activation == "batchtopk":
+        threshold.mul_(norms.to(threshold.dtype))
+
+
+@torch.no_grad()
+def fold_decoder_norms(sae: nn.Module) -> nn.Module:
+    """Copy of our ``sae`` with W_dec rows at unit norm and the norms moved into W_enc columns and
+    b_enc (``fold_activation_state`` for what else moves). SAEBench assumes unit-norm decoder rows."""
+    out = copy.deepcopy(sae)
+    n = out.W_dec.norm(dim=1)
+    n = torch.where(n > 0, n, torch.ones_like(n))
+    fold_activation_state(n, activation=getattr(out, "activation", "relu"), grouped=is_grouped(out),
+                          tau=getattr(out, "tau", None), threshold=getattr(out, "threshold", None))
+    out.W_enc.mul_(n.to(out.W_enc.dtype))
+    out.b_enc.mul_(n.to(out.b_enc.dtype))
+    out.W_dec.div_(n[:, None].to(out.W_dec.dtype))
+    return out
+
+
+# ---- the SAE
+
+
+class SAE(nn.Module):
+    """Shared base of the variants (``baseline.py``, ``fixed.py``, ``adaptive.py``): ``encode``,
+    linear ``decode``, the loss ``training_forward`` and L_ortho between ``groups`` where the run
+    has one. Variants set ``groups`` / ``n_groups`` (fixed) and override ``decode`` (adaptive)."""
+
+    grouped: bool = False  # ``is_grouped``
+    architecture: str  # the ``architecture`` of the export's cfg.json (SAELens' name where one fits)
 
     def __init__(self, d_model: int, run: RunConfig, *, dtype: torch.dtype | str = torch.float32,
                  device: torch.device | str = "cpu"):
@@ -125,11 +195,6 @@ class SAE(nn.Module):
         self.activation, self.k = str(run.train.activation), int(run.train.k)
         if self.activation == "batchtopk":  # θ per feature (all equal), SAELens JumpReLU's layout
             self.register_buffer("threshold", torch.zeros(self.d_sae, **kw))
-
-    @property
-    def architecture(self) -> str:
-        """The ``architecture`` of the export's cfg.json (SAELens' name where one fits)."""
-        return "orthosae_grouped" if self.grouped else EXPORT_ARCHITECTURE[self.activation]
 
     # SAEBench / SAELens expect these attributes
     @property
@@ -154,13 +219,9 @@ class SAE(nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """Feature activations at inference (batchtopk: the learned threshold, per token)."""
-        pre = self.pre_activations(x)
-        if self.activation == "topk":
-            f = topk_rows(pre, self.k)
-        elif self.activation == "batchtopk":
-            f = pre.relu() * (pre > self.threshold)
-        else:
-            f = pre.relu_()  # relu_ reuses addmm's output (its backward does not need it)
+        # inplace: relu_ reuses addmm's output (its backward does not need it)
+        f = activate(self.pre_activations(x), self.activation, self.k, getattr(self, "threshold", None),
+                     inplace=True)
         return f.reshape(*x.shape[:-1], self.d_sae)
 
     def encode_train(self, x: Tensor) -> Tensor:
@@ -187,14 +248,32 @@ class SAE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
 
-    def ortho_loss(self, activity: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor | None:
-        """L_ortho of the current weights (``activity``: the batch's activation mass per feature,
-        for activity-weighted forms); None for an SAE without feature groups."""
-        return None
+    def directions(self) -> Tensor:
+        """Feature directions as rows ``[d_sae, d_model]`` that L_ortho and condition numbers use
+        (``[train.ortho] weights``: rows of W_dec, unit norm, or columns of W_enc, not normalised)."""
+        return self.W_dec if self.cfg.ortho.weights == "decoder" else self.W_enc.T
 
-    def training_forward(self, x: Tensor, c: Coefficients, generator: torch.Generator | None = None) -> TrainOutput:
-        """One step's loss: recon + λ1·sparse + w·L_ortho, with the terms and f, x̂ for logging
-        (``generator``: the run's random stream, for a sketched L_ortho)."""
+    def group_index(self) -> list:
+        """Each group's feature indices, recomputed only when the groups change (a regroup, a load):
+        ``nonzero`` per group per step would read sizes back to the host on every step."""
+        key = (self.groups.data_ptr(), self.groups._version)
+        if getattr(self, "_index_key", None) != key:
+            self._index, self._index_key = ortho.group_indices(self.groups, self.n_groups), key
+        return self._index
+
+    def ortho_loss(self, activity: Tensor | None = None) -> Tensor | None:
+        """L_ortho between the feature groups ``groups`` (``ortho.py``); None for a run without
+        L_ortho (the baseline). ``activity`` ([d_sae] activation mass of the batch) weighs the pairs
+        when ``[train.ortho] weighting = "activity"``."""
+        if not self.cfg.has_ortho:
+            return None
+        o = self.cfg.ortho
+        return ortho.ortho_loss(self.directions(), self.groups, self.n_groups, o.alpha, o.alpha_mode,
+                                activity=activity if o.weighting == "activity" else None,
+                                index=self.group_index(), gram_dtype=o.gram_dtype)
+
+    def training_forward(self, x: Tensor, c: Coefficients) -> TrainOutput:
+        """One step's loss: recon + λ1·sparse + w·L_ortho, with the terms and f, x̂ for logging."""
         x = x.to(self.dtype)
         f = self.encode_train(x)
         if self.activation == "batchtopk" and torch.is_grad_enabled():
@@ -204,13 +283,13 @@ class SAE(nn.Module):
         # Σ_t Σ_i f_ti·||W_dec[i]|| / T, summed over tokens first: no [batch, d_sae] product tensor
         mass = f.sum(dim=0)
         sparse = mass @ self.W_dec.norm(dim=1) / f.shape[0]
-        ortho = None
+        ortho_term = None
         if c.ortho_due:
             # the value is logged even while λ2(t) is 0; it only needs a graph when it is weighted
             with torch.set_grad_enabled(torch.is_grad_enabled() and c.ortho_weight != 0.0):
-                ortho = self.ortho_loss(mass.detach(), generator)
-        total = recon + c.lambda1 * sparse + (c.ortho_weight * ortho if c.ortho_weight != 0.0 else 0.0)
-        return TrainOutput(total=total, recon=recon, sparse=sparse, ortho=ortho, f=f.detach(),
+                ortho_term = self.ortho_loss(mass.detach())
+        total = recon + c.lambda1 * sparse + (c.ortho_weight * ortho_term if c.ortho_weight != 0.0 else 0.0)
+        return TrainOutput(total=total, recon=recon, sparse=sparse, ortho=ortho_term, f=f.detach(),
                            x_hat=x_hat.detach())
 
     @torch.no_grad()

@@ -8,11 +8,11 @@ exponential moving averages, decay ``d`` per step (default 0.99), of
 
 Each feature's mass per row is ``m_forget_i = S_forget[i] / N_forget`` (same for retain). Sums and
 counts share one decay, so their ratio is an exponentially weighted per-row mean that needs no
-bias correction and is correct when the forget share varies between batches.
+bias correction and is correct when the fraction of forget rows varies between batches.
 
 Regrouping rule (``assign_groups``), every ``regroup_every`` steps (the Trainer calls it):
 
-    r_i = m_forget_i / (m_forget_i + m_retain_i)  ∈ [0, 1]
+    r_i = m_forget_i / (m_forget_i + m_retain_i)  ∈ [0, 1]   (the feature's forget share)
     g_i = min(floor(r_i · G), G − 1)           (G equal-width bins of [0, 1])
 
 so group G−1 is the most forget-specific; for G = 2, r ≥ 0.5 → group 1 (forget-leaning), else 0.
@@ -76,7 +76,7 @@ class GroupStats(nn.Module):
         """m_forget + m_retain per feature: activation mass per row (0 before rows are seen)."""
         return (self.sum_forget / self.n_forget.clamp_min(1e-12)) + (self.sum_retain / self.n_retain.clamp_min(1e-12))
 
-    def forget_ratio(self) -> Tensor | None:
+    def forget_share(self) -> Tensor | None:
         """r_i per feature (nan where the feature has no mass); None before both row kinds are seen."""
         if self.n_forget.item() <= 0 or self.n_retain.item() <= 0:
             return None
@@ -84,26 +84,27 @@ class GroupStats(nn.Module):
 
 
 def forget_share(forget_mass: Tensor, retain_mass: Tensor) -> Tensor:
-    """r_i = m_forget,i / (m_forget,i + m_retain,i) per feature; nan where both are 0."""
+    """The forget share r_i = m_forget,i / (m_forget,i + m_retain,i) per feature (``[eval.unlearning]
+    references``' "forget_share" ranks by it); nan where both are 0."""
     tot = forget_mass + retain_mass
     return torch.where(tot > 0, forget_mass / torch.where(tot > 0, tot, torch.ones_like(tot)),
                        torch.full_like(tot, math.nan))
 
 
-def assign_groups(r: Tensor | None, current: Tensor, n_groups: int, *, mass: Tensor | None = None,
+def assign_groups(r: Tensor | None, groups: Tensor, n_groups: int, *, mass: Tensor | None = None,
                   min_mass: float = 0.0, margin: float = 0.0) -> Tensor:
-    """New group per feature: the bin of r in G equal bins of [0, 1]. A feature keeps ``current``
-    where r is nan (no mass), where ``mass`` < ``min_mass``, or where r lies within ``margin`` of
-    its current bin."""
+    """New group per feature: the bin of its forget share r in G equal bins of [0, 1]. A feature
+    keeps its current group (``groups``) where r is nan (no mass), where ``mass`` < ``min_mass``, or
+    where r lies within ``margin`` of its current bin."""
     if r is None:
-        return current.clone()
-    r = r.to(current.device)
-    bins = torch.clamp(torch.floor(r.nan_to_num(0.0) * n_groups), 0, n_groups - 1).to(current.dtype)
-    lo, hi = current.to(r.dtype) / n_groups - margin, (current.to(r.dtype) + 1) / n_groups + margin
-    keep = torch.isnan(r) | (bins == current) | ((margin > 0) & (r > lo) & (r < hi))
+        return groups.clone()
+    r = r.to(groups.device)
+    bins = torch.clamp(torch.floor(r.nan_to_num(0.0) * n_groups), 0, n_groups - 1).to(groups.dtype)
+    lo, hi = groups.to(r.dtype) / n_groups - margin, (groups.to(r.dtype) + 1) / n_groups + margin
+    keep = torch.isnan(r) | (bins == groups) | ((margin > 0) & (r > lo) & (r < hi))
     if mass is not None:
         keep |= mass.to(r.device) < min_mass
-    return torch.where(keep, current, bins)
+    return torch.where(keep, groups, bins)
 
 
 def _svdvals_per_group(W: Tensor, groups: Tensor, n_groups: int) -> list[Tensor | None]:

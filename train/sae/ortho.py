@@ -29,19 +29,46 @@ Seed-form Gram rewrite, with A = W_g, B = W_h:
 ``‖AᵀB − αI‖²_F = tr((AAᵀ)(BBᵀ)) − 2α Σ_{i<m} a_i·b_i + α² m``, m = min(n_g, n_h); the pair's
 term is ``sqrt(max(s, 0) + eps) − sqrt(eps)`` (eps = 1e-12): finite gradient at s = 0, and an
 orthogonal pair costs exactly 0. Pairs where either group is empty contribute exactly 0 (all forms).
-Cost of the Gram forms: O(d_sae·d_model²) plus O(G²·d_model²) (the sketch: O(G·k·d_sae·d_model)); the Gram's backward is one matmul
+Cost of the Gram forms: O(d_sae·d_model²) plus O(G²·d_model²); the Gram's backward is one matmul
 (``_Gram``) instead of autograd's two for ``AᵀA``. The hinge costs O(n_g·n_h·d_model). Lazy
 application (``every`` > 1) is the Trainer's schedule (``train/trainer.py``).
+
+A sketched estimate of the rms form (k-row Gaussian sketches, unbiased but with a gradient many
+times noisier than the exact one) trained badly and left the product: it lives beside its
+measurement in ``bench/sketch_noise.py`` (BENCHMARKS.md, "The sketched L_ortho").
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
-from train.precision import matmul_precision
-
 EPS = 1e-12
+
+
+@contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """``torch.set_float32_matmul_precision`` inside the block only (it is process-global).
+
+    "highest" keeps every float32 matmul in full fp32. "high" lets CUDA use TF32 (inputs rounded to
+    a 10-bit mantissa, fp32 accumulation; about 3× the fp32 matmul rate on A100/H100): each encoder
+    and decoder product then carries a relative error near 1e-3, well below the SAE's reconstruction
+    error. The Trainer runs its step at ``[train] matmul_precision``; L_ortho is always computed at
+    "highest" (here): the seed form's Gram rewrite subtracts nearly equal large terms
+    (tr(G_gG_h) − 2α·Σa_i·b_i + α²·m), whose difference TF32's rounding would swamp; every form
+    follows the one rule, so L_ortho never depends on the setting. The rms form's Grams have their
+    own, explicit precision, ``[train.ortho] gram_dtype``: a sum of squares with nothing to cancel,
+    so bfloat16 inputs cost accuracy only in proportion. On CPU, "high" leaves fp32 matmuls as they
+    are (measured bit-identical with torch 2.13)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 class _Gram(torch.autograd.Function):
@@ -95,60 +122,42 @@ def ortho_loss(
     n_groups: int,
     alpha: float = 0.0,
     mode: str = "rms",
-    naive: bool = False,
     eps: float = EPS,
-    weights: Tensor | None = None,
-    sketch: int = 0,
-    generator: torch.Generator | None = None,
+    activity: Tensor | None = None,
     index: list[Tensor] | None = None,
     gram_dtype: str = "float32",
 ) -> Tensor:
     """L_ortho of ``W [d_sae, d_model]`` (rows = feature directions) in form ``mode``.
 
-    ``groups``: LongTensor ``[d_sae]`` with values in ``0..n_groups-1``. ``weights`` (``[d_sae]``,
-    ≥ 0; rms and hinge only): each pair (i, j) counts with weight w_i·w_j, and the mean divides by
-    Σw_g·Σw_h, so a pair of groups with no weight contributes 0. ``index``: the groups' feature
-    indices (``group_indices``), cached by the caller between regroups. ``naive=True`` forms the
-    ``n_g × n_h`` matrices explicitly (reference implementation for tests only).
-
-    ``sketch = k > 0`` (rms only): each pair's Σ w_i w_j cos²_ij is estimated through independent
-    k-row Gaussian sketches of both groups, fresh each call (drawn from ``generator``): unbiased in
-    value and gradient, at O(G·k·d_sae·d_model) instead of the Grams' O(d_sae·d_model²)
-    (``sketched_rms``). The relu at α² makes the loss itself biased upward near α; at α = 0 it is
-    unbiased. A hinge on individual cosines has no such estimate.
+    ``groups``: LongTensor ``[d_sae]`` with values in ``0..n_groups-1``. ``activity`` (``[d_sae]``,
+    ≥ 0, the batch's activation mass per feature; rms and hinge only): each pair (i, j) counts with
+    weight w_i·w_j, and the mean divides by Σw_g·Σw_h, so a pair of groups with no activity
+    contributes 0. ``index``: the groups' feature indices (``group_indices``), cached by the caller
+    between regroups. ``gram_dtype``: the rms form's Gram input precision (``gram_rms``).
     """
     if W.ndim != 2 or groups.shape != (W.shape[0],):
         raise ValueError(f"ortho_loss: W must be [d_sae, d_model] and groups [d_sae]; got {tuple(W.shape)}, {tuple(groups.shape)}")
-    if gram_dtype != "float32" and (mode != "rms" or sketch or naive):
+    if gram_dtype != "float32" and mode != "rms":
         raise ValueError(f"ortho_loss: gram_dtype {gram_dtype!r} is for the exact rms form only")
     if mode not in ALPHA_MODES:
         raise ValueError(f"ortho_loss: mode must be one of {ALPHA_MODES}; got {mode!r}")
     with matmul_precision("highest"):  # never TF32: the seed form's Gram rewrite cancels large terms
-        return _ortho_loss(W, groups, n_groups, alpha, mode, naive, eps, weights, sketch, generator, index,
-                           GRAM_DTYPES[gram_dtype])
+        return _ortho_loss(W, groups, n_groups, alpha, mode, eps, activity, index, GRAM_DTYPES[gram_dtype])
 
 
-def _ortho_loss(W, groups, n_groups, alpha, mode, naive, eps, weights, sketch, generator, index,
-                gram_dtype) -> Tensor:
-    if sketch and mode == "rms":
-        return sketched_rms(W, groups, n_groups, alpha, sketch, weights, generator)
+def _ortho_loss(W, groups, n_groups, alpha, mode, eps, activity, index, gram_dtype) -> Tensor:
     idx = group_indices(groups, n_groups) if index is None else index
-    if mode == "rms" and not naive:
-        return gram_rms(W, idx, n_groups, alpha, weights, gram_dtype)
+    if mode == "rms":
+        return gram_rms(W, idx, n_groups, alpha, activity, gram_dtype)
     pairs = [(g, h) for g in range(n_groups) for h in range(g + 1, n_groups) if len(idx[g]) and len(idx[h])]
     total = W.new_zeros(())
-    if mode != "seed":
+    if mode == "hinge":
         W = _unit_rows(W)
-    w = None if mode == "seed" else weights
-    # weighted: device scalars, never compared on the host (a weightless group's rows scale to 0,
-    # so its pairs give s = 0 and contribute 0 through the relu)
-    mass = [float(len(i)) if w is None else w[i].sum() for i in idx]
-    if mode == "hinge" or naive:
         for g, h in pairs:
-            wg, wh = (None, None) if w is None else (w[idx[g]], w[idx[h]])
-            total = total + _pair_naive(W[idx[g]], W[idx[h]], alpha, mode, eps, wg, wh)
+            wg, wh = (None, None) if activity is None else (activity[idx[g]], activity[idx[h]])
+            total = total + _pair_hinge(W[idx[g]], W[idx[h]], alpha, wg, wh)
         return total
-    grams = [gram(W[i]) if len(i) else None for i in idx]  # each [d_model, d_model]
+    grams = [gram(W[i]) if len(i) else None for i in idx]  # seed form: each [d_model, d_model]
     for g, h in pairs:
         s = (grams[g] * grams[h]).sum()  # tr(G_g G_h) = ‖W_gᵀW_h‖²_F; Grams are symmetric
         if alpha != 0.0:
@@ -174,7 +183,7 @@ class _GramRms(torch.autograd.Function):
     def forward(ctx, W: Tensor, index: list, mass: Tensor, scale: Tensor, alpha: float, dtype: torch.dtype) -> Tensor:
         G = len(index)
         rows = [W.detach().index_select(0, i).mul_(scale[i].unsqueeze(1)).to(dtype or W.dtype) for i in index]  # A_g
-        with matmul_precision("highest"):  # float32 products stay float32 (see train/precision.py)
+        with matmul_precision("highest"):  # float32 products stay float32 (``matmul_precision``)
             grams = [(A.T @ A).to(W.dtype) for A in rows]
         s = torch.stack([torch.stack([(grams[g] * grams[h]).sum() for h in range(G)]) for g in range(G)])
         m = mass.unsqueeze(1) * mass.unsqueeze(0)  # Σw_g·Σw_h
@@ -209,7 +218,7 @@ class _GramRms(torch.autograd.Function):
         return dW, None, None, None, None, None
 
 
-def gram_rms(W: Tensor, index: list[Tensor], n_groups: int, alpha: float, weights: Tensor | None = None,
+def gram_rms(W: Tensor, index: list[Tensor], n_groups: int, alpha: float, activity: Tensor | None = None,
              dtype: torch.dtype | None = None) -> Tensor:
     """The exact rms L_ortho, ``Σ_{g<h} d_model·relu(Σ w_i w_j cos²_ij / (Σw_g·Σw_h) − α²)``, through
     d_model × d_model Grams (``_GramRms``). ``dtype`` is the Grams' input precision (None: W's): bfloat16 halves
@@ -217,95 +226,23 @@ def gram_rms(W: Tensor, index: list[Tensor], n_groups: int, alpha: float, weight
     float32 accumulation; its value and gradient stay within about 1e-4 and 1e-2 relative of float32
     (tests; BENCHMARKS.md for what it trains). There is no cancellation in this form (a sum of
     squares, α² subtracted after), so low-precision inputs cost accuracy in proportion only."""
-    w = torch.ones(W.shape[0], dtype=W.dtype, device=W.device) if weights is None else weights.detach().to(W.dtype)
+    w = torch.ones(W.shape[0], dtype=W.dtype, device=W.device) if activity is None else activity.detach().to(W.dtype)
     scale = w.sqrt() / W.detach().norm(dim=1).clamp_min(1e-12)  # √w_i / ‖W_i‖
     mass = torch.stack([w[i].sum() for i in index]) if index else w.new_zeros(0)
     return _GramRms.apply(W, index, mass, scale, alpha, dtype)
 
 
-class _SketchedRms(torch.autograd.Function):
-    """The sketched rms L_ortho of W with a hand-written backward (see ``sketched_rms``).
-
-    Forward: T = L W (``L [G·k, d_sae]`` = each group's sketch, masked to its columns and scaled by
-    √w_i/‖W_i‖), the k × k blocks C_gh = T_g T_hᵀ, s_gh = ‖C_gh‖²_F. Backward: with the row
-    scales held fixed, M = Lᵀ dT (one matmul) is diag(√w/‖W‖) times the gradient with respect to
-    the scaled rows; the scale's own derivative is exactly the projection that removes each row's
-    radial part, dW_i = M_i − ⟨W_i, M_i⟩ W_i / ‖W_i‖² (the gradient of a function of W_i/‖W_i‖),
-    done in place. Autograd would instead run a second matmul for dL and a norm backward over W."""
-
-    @staticmethod
-    def forward(ctx, W: Tensor, L: Tensor, n_groups: int, mass: Tensor, alpha: float, sq_norms: Tensor) -> Tensor:
-        k = L.shape[0] // n_groups
-        T = L @ W  # [G·k, d_model]: row block g = S_g Ŵ_g
-        C = (T @ T.T).reshape(n_groups, k, n_groups, k)
-        s = C.pow(2).sum(dim=(1, 3))  # [G, G]: s_gh ≈ ‖Ŵ_gᵀŴ_h‖²_F (weighted), unbiased for g ≠ h
-        m = mass.unsqueeze(1) * mass.unsqueeze(0)  # Σw_g·Σw_h
-        # pairs g < h with weight on both sides; a pair with an empty group contributes exactly 0
-        ok = torch.ones_like(s, dtype=torch.bool).triu(1) & (m > 0)
-        excess = s / torch.where(ok, m, torch.ones_like(m)) - alpha * alpha
-        live = ok & (excess > 0)
-        d_model = W.shape[1]
-        ctx.save_for_backward(W, L, T, C, torch.where(live, d_model / torch.where(ok, m, torch.ones_like(m)), 0.0),
-                              sq_norms)
-        ctx.n_groups = n_groups
-        return d_model * torch.where(live, excess, torch.zeros_like(excess)).sum()
-
-    @staticmethod
-    def backward(ctx, dloss: Tensor):
-        W, L, T, C, a, sq_norms = ctx.saved_tensors  # a[g, h] = ∂loss/∂s_gh
-        G, k = ctx.n_groups, C.shape[1]
-        dC = (2 * dloss) * a[:, None, :, None] * C  # ∂/∂C of Σ a_gh ‖C_gh‖²
-        dC = dC.reshape(G * k, G * k)
-        with matmul_precision("highest"):
-            dT = (dC + dC.T) @ T
-            M = L.T @ dT  # [d_sae, d_model], the one full-size product
-            # row-wise ⟨W_i, M_i⟩ as a batched matmul: no [d_sae, d_model] temporary (W * M would make one)
-            radial = torch.bmm(W.unsqueeze(1), M.unsqueeze(2)).reshape(-1) / sq_norms
-        return M.addcmul_(W, radial.unsqueeze(1), value=-1.0), None, None, None, None, None
-
-
-def sketched_rms(W: Tensor, groups: Tensor, n_groups: int, alpha: float, k: int,
-                 weights: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """The rms L_ortho with each pair's Σ w_i w_j cos²_ij estimated through independent k-row
-    Gaussian sketches S_g, S_h of both groups (E[SᵀS] = I): ‖S_g Ŵ_g Ŵ_hᵀ S_hᵀ‖²_F, unbiased in
-    value and gradient (independent sides; the relu at α² biases the loss upward near α, as for
-    any estimate; at α = 0 it is exact in expectation). One k × d_sae draw serves every group, its
-    columns split by group, so the sketches are independent.
-
-    Its gradient is far noisier than its value: the noise scales with the groups' whole size
-    (‖A‖_F·‖B‖_F/√k), not with the overlap, so at k ≪ n_g the gradient's error is many times the
-    exact gradient (``bench/sketch_noise.py``; README, The method). Off by default for that reason.
-
-    Cost: one [G·k, d_sae] @ [d_sae, d_model] product forward and one backward, O(G·k·d_sae·d_model),
-    against the Grams' O(d_sae·d_model²); it never normalises, weighs or gathers W (the row scales
-    √w_i/‖W_i‖ ride on the sketch) and never syncs with the host (groups as a one-hot matrix)."""
-    d_sae = W.shape[0]
-    onehot = group_onehot(groups, n_groups, W.dtype)
-    w = torch.ones(d_sae, dtype=W.dtype, device=W.device) if weights is None else weights.detach().to(W.dtype)
-    norms = W.detach().norm(dim=1).clamp_min(1e-12)
-    scale = w.sqrt() / norms  # √w_i / ‖W_i‖
-    S = torch.randn(k, d_sae, generator=generator, dtype=W.dtype).to(W.device) / k ** 0.5
-    L = (S.unsqueeze(0) * (scale.unsqueeze(1) * onehot).T.unsqueeze(1)).reshape(n_groups * k, d_sae)
-    return _SketchedRms.apply(W, L, n_groups, w @ onehot, alpha, norms.pow(2))
-
-
-def _pair_naive(A: Tensor, B: Tensor, alpha: float, mode: str, eps: float,
-                wa: Tensor | None = None, wb: Tensor | None = None) -> Tensor:
-    """One pair's term from explicit blocks of ``A Bᵀ`` (the hinge, and the tests' reference)."""
-    if mode == "seed":
-        M = A @ B.T
-        M = M - alpha * torch.eye(M.shape[0], M.shape[1], dtype=A.dtype, device=A.device)
-        return torch.sqrt(M.pow(2).sum().clamp_min(0) + eps) - eps**0.5
+def _pair_hinge(A: Tensor, B: Tensor, alpha: float, wa: Tensor | None = None, wb: Tensor | None = None) -> Tensor:
+    """One pair's hinge term from row blocks of ``A Bᵀ`` (A, B: unit rows; wa, wb: their activity)."""
     total = A.new_zeros(())
     for start in range(0, A.shape[0], HINGE_BLOCK):
         C = A[start:start + HINGE_BLOCK] @ B.T  # cosines (rows are unit vectors)
-        C = torch.relu(C.abs() - alpha).pow(2) if mode == "hinge" else C.pow(2)
+        C = torch.relu(C.abs() - alpha).pow(2)
         if wa is not None:
             C = C * wa[start:start + HINGE_BLOCK, None] * wb[None, :]
         total = total + C.sum()
     n = A.shape[0] * B.shape[0] if wa is None else _positive(wa.sum() * wb.sum())
-    d = A.shape[1]
-    return d * (total / n if mode == "hinge" else torch.relu(total / n - alpha * alpha))
+    return A.shape[1] * (total / n)
 
 
 def contiguous_groups(d_sae: int, n_groups: int, device: torch.device | str = "cpu") -> Tensor:

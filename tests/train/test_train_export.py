@@ -150,7 +150,8 @@ def test_topk_exports_load_with_load_sae_and_sae_lens(tmp_path, run_type, activa
         if activation == "topk":
             assert ((f > 0).sum(-1) <= 3).all()
     sae_lens = pytest.importorskip("sae_lens", reason="sae_lens not installed")
-    from train.export import fold_sae_lens_decoder_norms, register_with_sae_lens
+    from train.export import register_with_sae_lens
+    from train.sae.baseline import fold_sae_lens_decoder_norms
 
     register_with_sae_lens()
     theirs = sae_lens.SAE.load_from_disk(tmp_path)

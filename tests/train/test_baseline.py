@@ -1,0 +1,19 @@
+"""train/sae/baseline.py: the baseline exports as SAELens' own architecture for its activation."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests._sae import D, run
+from train.sae import make_sae
+from train.sae.baseline import EXPORT_ARCHITECTURE, BaselineSAE
+
+
+@pytest.mark.parametrize("activation,arch", [("relu", "standard"), ("topk", "topk"), ("batchtopk", "jumprelu")])
+def test_export_architecture_follows_the_activation(activation, arch):
+    """relu -> SAELens "standard", topk -> "topk", batchtopk -> "jumprelu" (as SAELens saves BatchTopK
+    for inference); the fixed-orthogonal SAE exports the same way (its groups are not saved)."""
+    keys = {} if activation == "relu" else {"activation": activation, "k": 3}
+    for kind in ("baseline", "fixed"):
+        sae = make_sae(run(kind, **keys), D)
+        assert isinstance(sae, BaselineSAE) and sae.architecture == arch == EXPORT_ARCHITECTURE[activation]
