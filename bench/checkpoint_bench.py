@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from train.checkpoint import _flatten, load_latest, save_checkpoint
+from orthosae.train.checkpoint import _flatten, load_latest, save_checkpoint
 
 
 def _state(d_model: int, d_sae: int) -> dict:

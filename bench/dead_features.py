@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from common.config import RunConfig, load_config
-from common.store import open_store_for
-from eval.conditioning import conditioning_report
-from eval.core import reconstruction_metrics
-from train import load_sae, train
-from train.sae import is_grouped
+from orthosae.common.config import RunConfig, load_config
+from orthosae.common.store import open_store_for
+from orthosae.eval.conditioning import conditioning_report
+from orthosae.eval.core import reconstruction_metrics
+from orthosae.train import load_sae, train
+from orthosae.train.sae import is_grouped
 
 PROTOTYPE = dict(alpha_mode="seed", tau=0.0, regroup_margin=0.0, regroup_min_mass=0.0, alpha=0.0)
 

@@ -16,12 +16,12 @@ import time
 
 import torch
 
-from common.config import load_config
-from common.model import load_model
-from common.store import StoreReader
-from eval.downstream import splice
-from eval.prefix import PrefixCache
-from eval.unlearning import _ce_per_context
+from orthosae.common.config import load_config
+from orthosae.common.model import load_model
+from orthosae.common.store import StoreReader
+from orthosae.eval.downstream import splice
+from orthosae.eval.prefix import PrefixCache
+from orthosae.eval.unlearning import _ce_per_context
 
 
 def main() -> None:

@@ -100,10 +100,10 @@ def ratio(sec: dict, fast: str, slow: str) -> tuple[float, float, float]:
 def bench_harvest(c: dict, device, tmp: Path, peak: float | None) -> list[tuple]:
     from transformers import AutoModelForCausalLM
 
-    from common.store import CorpusPlan, StoreWriter
-    from harvest.capture import residual_after_block
-    from harvest.runner import _chunk_activations
-    from harvest.writer import ChunkWriter
+    from orthosae.common.store import CorpusPlan, StoreWriter
+    from orthosae.harvest.capture import residual_after_block
+    from orthosae.harvest.runner import _chunk_activations
+    from orthosae.harvest.writer import ChunkWriter
 
     mcfg = gemma2_2b_config()
     with torch.device(device):  # random weights made on the GPU: seconds, not minutes
@@ -165,7 +165,7 @@ def bench_harvest(c: dict, device, tmp: Path, peak: float | None) -> list[tuple]
 
 def reference_runs(c: dict) -> dict:
     """baseline / fixed / adaptive as configs/gemma-2-2b.toml sets them; λ2 on from step 1 (t0 = 1)."""
-    from common.config import load_config
+    from orthosae.common.config import load_config
     cfg = load_config(REFERENCE)
     out = {}
     for name in ("baseline", "fixed-a0.01", "adaptive-a0.0"):
@@ -228,8 +228,8 @@ def timed(step, batches, device):
 
 
 def bench_sae(c: dict, device) -> list[tuple]:
-    from train.sae import make_sae
-    from train.trainer import Trainer
+    from orthosae.train.sae import make_sae
+    from orthosae.train.trainer import Trainer
 
     runs, d, batch = reference_runs(c), 2304, c["batch"]
     g = torch.Generator(device=device).manual_seed(0)
@@ -309,8 +309,8 @@ def _reset_peak_rss() -> bool:
 
 
 def bench_stream(c: dict, device, tmp: Path) -> list[tuple]:
-    from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
-    from train.stream import ActivationStream
+    from orthosae.common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
+    from orthosae.train.stream import ActivationStream
 
     d, T, n_ctx, batch, buffer = 2304, 1024, 16, c["batch"], c["buffer"]
     rows_per_chunk = n_ctx * (T - 1)

@@ -19,11 +19,11 @@ import time
 import numpy as np
 import torch
 
-from common.config import CorpusConfig
-from common.corpora import load_documents, tokenize_corpus
-from common.model import load_model
-from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
-from harvest.capture import residual_after_block
+from orthosae.common.config import CorpusConfig
+from orthosae.common.corpora import load_documents, tokenize_corpus
+from orthosae.common.model import load_model
+from orthosae.common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
+from orthosae.harvest.capture import residual_after_block
 
 
 def _contexts(tokenizer, n: int, T: int) -> np.ndarray:

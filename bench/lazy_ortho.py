@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from common.config import RunConfig, load_config
-from train import load_sae, train
-from train.sae import contiguous_groups, is_grouped, ortho_loss
+from orthosae.common.config import RunConfig, load_config
+from orthosae.train import load_sae, train
+from orthosae.train.sae import contiguous_groups, is_grouped, ortho_loss
 
 
 def main() -> None:

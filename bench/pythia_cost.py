@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from common.config import load_config
-from common.model import pick_device, torch_dtype
-from harvest.capture import residual_after_block
-from train.sae import make_sae
-from train.trainer import Trainer
+from orthosae.common.config import load_config
+from orthosae.common.model import pick_device, torch_dtype
+from orthosae.harvest.capture import residual_after_block
+from orthosae.train.sae import make_sae
+from orthosae.train.trainer import Trainer
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs/pythia-70m.toml"
 # EleutherAI/pythia-70m-deduped's config.json, the fields that shape the model

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from eval.metrics import registry
-from train.sae import max_cosine
+from orthosae.eval.metrics import registry
+from orthosae.train.sae import max_cosine
 
 # read through the registry: it knows the names reports before issue 25 used
 RMS, RMS_ACTIVITY = (next(m for m in registry() if m.key == k) for k in ("rms_cross_cos", "rms_cross_cos_activity"))

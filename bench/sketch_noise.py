@@ -22,10 +22,10 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from common.config import RunConfig
-from train.sae.adaptive import AdaptiveOrthoSAE
-from train.sae.ortho import contiguous_groups, group_onehot, matmul_precision, ortho_loss
-from train.trainer import Trainer
+from orthosae.common.config import RunConfig
+from orthosae.train.sae.adaptive import AdaptiveOrthoSAE
+from orthosae.train.sae.ortho import contiguous_groups, group_onehot, matmul_precision, ortho_loss
+from orthosae.train.trainer import Trainer
 
 KS = (32, 128, 512, 2048)
 

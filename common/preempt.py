@@ -84,7 +84,7 @@ def _repeat(signum: int) -> None:
 
 
 def _handler(signum, _frame) -> None:
-    from common.progress import console
+    from orthosae.common.progress import console
     name = signal.Signals(signum).name
     if _state["retry"]:  # our own repeat (_repeat), not the user's second signal
         _raise_now(_state["requested"])

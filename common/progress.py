@@ -20,7 +20,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.table import Column
 from rich.text import Text
 
-from common import events
+from orthosae.common import events
 
 console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line (greppable)
 if not console.is_terminal:  # a log file has no width: tables (pipe status) must not cut run names to 80 columns

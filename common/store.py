@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import zarr
 
-from common.config import Config
-from common.errors import UserError, first_line, os_error_line
-from common.events import process_alive
+from orthosae.common.config import Config
+from orthosae.common.errors import UserError, first_line, os_error_line
+from orthosae.common.events import process_alive
 
 SCHEMA = 1
 # Attributes that must match for a store to be reused (resume, train, eval).

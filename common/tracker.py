@@ -171,7 +171,7 @@ def attach(cfg) -> Tracker | None:
     """The config's tracker, listening to this invocation's events (None for ``tracker = "none"``)."""
     if cfg.log.tracker == "none":
         return None
-    from common import events
+    from orthosae.common import events
     backend = {"wandb": _Wandb, "trackio": _Trackio}[cfg.log.tracker](cfg.log.tracker_project)
     tracker = Tracker(cfg, backend)
     events.listen(tracker)

@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from eval.runner import evaluate
+from orthosae.eval.runner import evaluate
 
 
 def report_is_current(cfg) -> bool:

@@ -119,7 +119,7 @@ def prompt_sets(model, tokenizer, layer: int, *, words: int, test_fraction: floa
                 template: str, seed: int, batch_tokens: int, cache_dir, store_meta: dict, progress=None
                 ) -> tuple[PromptSet, PromptSet, dict, bool]:
     """(train, test, stats, cache hit): the prompts' residuals at the word, computed once per store."""
-    from eval.probe_data import cache_path, cached, residuals
+    from orthosae.eval.probe_data import cache_path, cached, residuals
 
     recipe = {"dataset": "first_letter", "words": words, "test_fraction": test_fraction, "icl": icl_examples,
               "template": template, "seed": seed, "format": 1}

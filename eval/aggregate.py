@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.frontier import frontier_verdict
-from eval.matched_damage import interval
-from eval.metrics import L0_MATCH, Metric, budgets_of, l0_matched, registry
+from orthosae.eval.frontier import frontier_verdict
+from orthosae.eval.matched_damage import interval
+from orthosae.eval.metrics import L0_MATCH, Metric, budgets_of, l0_matched, registry
 
 MIN_SEEDS = 3
 SEED_DRAW = 7  # seeds the seeds × documents bootstrap's draws of seeds

@@ -46,16 +46,16 @@ import json
 import time
 from pathlib import Path
 
-from common.config import Config, ConfigError
-from common.model import load_model, pick_device
-from common.progress import console, progress
-from common.store import StoreError, open_store_for
-from eval import browser_pages
-from eval.browser_data import (TokenText, assemble, decoder_neighbours, final_norm_gain, logit_effects, scan_groups,
+from orthosae.common.config import Config, ConfigError
+from orthosae.common.model import load_model, pick_device
+from orthosae.common.progress import console, progress
+from orthosae.common.store import StoreError, open_store_for
+from orthosae.eval import browser_pages
+from orthosae.eval.browser_data import (TokenText, assemble, decoder_neighbours, final_norm_gain, logit_effects, scan_groups,
                                 store_arrays)
-from eval.browser_scan import HIST_PER_DECADE, TOP_K, scan_heldout, scan_ranges
-from train.export import load_sae
-from train.verify import read_summary, require_intact_export
+from orthosae.eval.browser_scan import HIST_PER_DECADE, TOP_K, scan_heldout, scan_ranges
+from orthosae.train.export import load_sae
+from orthosae.train.verify import read_summary, require_intact_export
 
 
 def inspect_root(cfg: Config) -> Path:

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from common.model import final_norm
-from common.store import StoreReader
-from eval.browser_scan import HIST_LOG10, HIST_PER_DECADE, ROLES, Scan, ScanRange, heldout_frequencies
-from eval.conditioning import feature_groups
-from eval.unlearning import select_features
+from orthosae.common.model import final_norm
+from orthosae.common.store import StoreReader
+from orthosae.eval.browser_scan import HIST_LOG10, HIST_PER_DECADE, ROLES, Scan, ScanRange, heldout_frequencies
+from orthosae.eval.conditioning import feature_groups
+from orthosae.eval.unlearning import select_features
 
 N_NEAREST = 8
 N_LOGITS = 12

@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from eval.browser_data import RunSite
+from orthosae.eval.browser_data import RunSite
 
 CSS = """
 *{box-sizing:border-box}

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from common.store import StoreReader
-from train.sae.grouping import forget_share
+from orthosae.common.store import StoreReader
+from orthosae.train.sae.grouping import forget_share
 
 TOP_K = 20
 WINDOW = (16, 4)  # tokens shown before / after each top-activating token

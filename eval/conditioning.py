@@ -36,9 +36,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from train.sae import group_health, is_grouped, max_cosine
-from train.sae.grouping import assign_groups, forget_share
-from train.sae.ortho import gram, group_indices, ortho_loss
+from orthosae.train.sae import group_health, is_grouped, max_cosine
+from orthosae.train.sae.grouping import assign_groups, forget_share
+from orthosae.train.sae.ortho import gram, group_indices, ortho_loss
 
 RANK_RTOL = 1e-10  # on eigenvalues (σ²) of the Gram, i.e. σ relative 1e-5, in float64
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from common.metrics import explained_variance
+from orthosae.common.metrics import explained_variance
 
 
 def _rows(batch: Tensor | np.ndarray, sae: nn.Module) -> Tensor:

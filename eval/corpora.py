@@ -2,8 +2,8 @@
 recorded them in the store) and what the feature frequencies were counted on."""
 from __future__ import annotations
 
-from common.corpora import composition_text
-from common.store import StoreReader
+from orthosae.common.corpora import composition_text
+from orthosae.common.store import StoreReader
 
 
 def corpora_json(reader: StoreReader, frequencies: dict | None) -> dict:

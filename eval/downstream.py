@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.model import decoder_layers
-from eval.prefix import PrefixCache
+from orthosae.common.model import decoder_layers
+from orthosae.eval.prefix import PrefixCache
 
 ResidFn = Callable[[Tensor], Tensor]
 LOGIT_BUDGET = 1 << 24  # elements of one [batch, chunk, vocab] logits tensor on CPU (64 MiB float32)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from common.store import StoreReader
+from orthosae.common.store import StoreReader
 
 BATCH_ROWS = 4096
 

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from eval.matched_damage import interval
+from orthosae.eval.matched_damage import interval
 
 
 def _finite(reps) -> np.ndarray:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from common.model import decoder_layers
+from orthosae.common.model import decoder_layers
 
 
 def _key(input_ids: Tensor, attention_mask: Tensor | None) -> str:

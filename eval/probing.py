@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from eval.probe_data import Split
+from orthosae.eval.probe_data import Split
 
 POSITIVE, NEGATIVE = 1, 0  # SAEBench dataset_info labels
 

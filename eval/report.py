@@ -19,16 +19,16 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on CI or batch nodes
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common import __version__  # noqa: E402
-from common.config import Config  # noqa: E402
-from common.store import StoreReader  # noqa: E402
-from eval.aggregate import aggregate, conditions_markdown, plot_conditions, plot_frontier  # noqa: E402
-from eval.corpora import corpora_json, corpora_markdown  # noqa: E402
-from eval.curves import plot_training_curves  # noqa: E402
-from eval.metrics import Metric, budgets_of, registry  # noqa: E402
+from orthosae import __version__  # noqa: E402
+from orthosae.common.config import Config  # noqa: E402
+from orthosae.common.store import StoreReader  # noqa: E402
+from orthosae.eval.aggregate import aggregate, conditions_markdown, plot_conditions, plot_frontier  # noqa: E402
+from orthosae.eval.corpora import corpora_json, corpora_markdown  # noqa: E402
+from orthosae.eval.curves import plot_training_curves  # noqa: E402
+from orthosae.eval.metrics import Metric, budgets_of, registry  # noqa: E402
 
 HEADLINE_EV = "explained_variance"
-from eval.probe_report import probe_markdown, probe_plots  # noqa: E402
+from orthosae.eval.probe_report import probe_markdown, probe_plots  # noqa: E402
 
 
 def _get(result: dict, section: str, key: str) -> float:

@@ -20,25 +20,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from common import events
-from common.config import Config, ConfigError, RunConfig
-from common.corpora import load_mcq
-from common.model import load_model, pick_device
-from common.progress import console, progress
-from common.store import StoreError, StoreReader, open_store_for
-from eval.conditioning import conditioning_report, feature_groups
-from eval.core import FeatureActivity, Reconstruction
-from eval.curves import training_curves
-from eval.downstream import spliced_ce
-from eval.frequencies import describe, frequency_batches
-from eval.probe_families import ProbeResults, measure_probe_families
-from eval.report import write_report
-from eval.matched_damage import domain_tokens
-from eval.unlearning import run_sweep, run_unlearning, unlearning_baseline
-from train.export import load_sae
-from train.verify import read_summary, require_intact_export
-from train.sae import SAE, FixedOrthoSAE, is_grouped
-from train.sae.grouping import forget_share
+from orthosae.common import events
+from orthosae.common.config import Config, ConfigError, RunConfig
+from orthosae.common.corpora import load_mcq
+from orthosae.common.model import load_model, pick_device
+from orthosae.common.progress import console, progress
+from orthosae.common.store import StoreError, StoreReader, open_store_for
+from orthosae.eval.conditioning import conditioning_report, feature_groups
+from orthosae.eval.core import FeatureActivity, Reconstruction
+from orthosae.eval.curves import training_curves
+from orthosae.eval.downstream import spliced_ce
+from orthosae.eval.frequencies import describe, frequency_batches
+from orthosae.eval.probe_families import ProbeResults, measure_probe_families
+from orthosae.eval.report import write_report
+from orthosae.eval.matched_damage import domain_tokens
+from orthosae.eval.unlearning import run_sweep, run_unlearning, unlearning_baseline
+from orthosae.train.export import load_sae
+from orthosae.train.verify import read_summary, require_intact_export
+from orthosae.train.sae import SAE, FixedOrthoSAE, is_grouped
+from orthosae.train.sae.grouping import forget_share
 
 ROW_BATCH = 4096
 

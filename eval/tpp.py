@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from eval.probing import NEGATIVE, POSITIVE, LlmProbes
+from orthosae.eval.probing import NEGATIVE, POSITIVE, LlmProbes
 
 HEADLINE_N = 20  # SAEBench reports TPP at 20 latents ablated per class
 

@@ -54,10 +54,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from eval import matched_damage as md
-from eval.downstream import ResidFn, final_hidden, softcap, splice, token_ce
-from eval.prefix import PrefixCache
-from train.sae import fold_decoder_norms, is_grouped
+from orthosae.eval import matched_damage as md
+from orthosae.eval.downstream import ResidFn, final_hidden, softcap, splice, token_ce
+from orthosae.eval.prefix import PrefixCache
+from orthosae.train.sae import fold_decoder_norms, is_grouped
 
 LETTERS = "ABCDEFGHIJ"
 MIN_RETAIN_ACCURACY = 0.99  # SAEBench get_unlearning_scores

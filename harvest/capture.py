@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from common.model import decoder_layers
+from orthosae.common.model import decoder_layers
 
 
 class _StopForward(Exception):

@@ -6,7 +6,7 @@ Layout, as SAELens' ``CacheActivationsRunner`` writes it (``Dataset.save_to_disk
 context, column ``<hook_name>`` = ``Array2D(shape=(context_size, d_in))`` and ``token_ids`` =
 ``Sequence(int32, length=context_size)``, plus our provenance columns ``corpus`` and ``context``
 (SAELens reads only the first two). ``context_size`` is the store's rows per context, T − 1: BOS
-rows are not stored (README, "The activation store"), so set SAELens' ``context_size`` to it.
+rows are not stored (docs/store.md), so set SAELens' ``context_size`` to it.
 
 SAELens serves cached rows in file order (its mixing buffer shuffles only within a window), so
 the corpora's chunks are interleaved in proportion to their size rather than written one corpus
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.store import StoreError, StoreReader
+from orthosae.common.store import StoreError, StoreReader
 
 @dataclass(frozen=True)
 class CacheExport:
@@ -109,8 +109,8 @@ def export_saelens(reader: StoreReader, corpora: list[str], out: Path, *, dtype:
 
 
 def saelens_snippet(e: CacheExport, model_name: str) -> str:
-    """The SAELens runner settings that read this cache (printed by the CLI, shown in README)."""
-    from common.model import EMBEDDED_GEMMA, EMBEDDED_HUB_ID
+    """The SAELens runner settings that read this cache (printed by the CLI, shown in docs/tools.md)."""
+    from orthosae.common.model import EMBEDDED_GEMMA, EMBEDDED_HUB_ID
     model_name = EMBEDDED_HUB_ID if model_name == EMBEDDED_GEMMA else model_name
     return (f"LanguageModelSAERunnerConfig(model_name={model_name!r}, hook_name={e.hook_name!r}, "
             f"context_size={e.context_size}, use_cached_activations=True, "

@@ -23,16 +23,17 @@ import torch
 from accelerate import PartialState
 from rich.text import Text
 
-from common import __version__, events, preempt
-from common.config import Config, check_model_fits
-from common.corpora import (CorpusError, composition, fingerprint, load_documents, tokenize_corpus,
+from orthosae import __version__
+from orthosae.common import events, preempt
+from orthosae.common.config import Config, check_model_fits
+from orthosae.common.corpora import (CorpusError, composition, fingerprint, load_documents, tokenize_corpus,
                             tokens_fingerprint)
-from common.model import LoadedModel, load_model, load_tokenizer, pick_device
-from common.progress import console, progress
-from common.store import (CorpusPlan, StoreError, StoreLock, StoreReader, StoreWriter, encode_rows,
+from orthosae.common.model import LoadedModel, load_model, load_tokenizer, pick_device
+from orthosae.common.progress import console, progress
+from orthosae.common.store import (CorpusPlan, StoreError, StoreLock, StoreReader, StoreWriter, encode_rows,
                           store_exists)
-from harvest.capture import residual_after_block
-from harvest.writer import ChunkWriter, HostRows
+from orthosae.harvest.capture import residual_after_block
+from orthosae.harvest.writer import ChunkWriter, HostRows
 
 BOS_POLICY = "bos-first-not-stored"  # every context starts with BOS; its outlier row is not stored
 # Processes wait at a collective while the main one plans the corpora and (--force) deletes the

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.store import CorpusPlan, StoreWriter, rows_as_numpy
+from orthosae.common.store import CorpusPlan, StoreWriter, rows_as_numpy
 
 _STOP = object()
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from torch import Tensor
 
-from eval.core import FeatureActivity
+from orthosae.eval.core import FeatureActivity
 
 
 def feature_activity(sae, batches: Iterable[Tensor]) -> tuple[Tensor, Tensor]:

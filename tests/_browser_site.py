@@ -5,10 +5,10 @@ from pathlib import Path
 
 import torch
 
-from common.config import load_config
-from common.store import open_store_for
+from orthosae.common.config import load_config
+from orthosae.common.store import open_store_for
 from tests._configs import write_tiny_pipeline
-from train.export import load_sae
+from orthosae.train.export import load_sae
 
 TOP_K = 6
 

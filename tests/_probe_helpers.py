@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from eval.probing import prepare_probe_rows
+from orthosae.eval.probing import prepare_probe_rows
 from tests._identity_sae import _LinearReluSAE
 
 

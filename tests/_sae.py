@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from common.config import RunConfig
-from train.sae import AdaptiveOrthoSAE, Coefficients, make_sae
+from orthosae.common.config import RunConfig
+from orthosae.train.sae import AdaptiveOrthoSAE, Coefficients, make_sae
 
 D, S = 6, 24
 COMMON = dict(l1_coefficient=0.01, seed=0, d_sae=S, l1_warmup_steps=0)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import zarr
 
-from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
+from orthosae.common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
 
 # ---- a small bf16 store: one corpus, contexts of T tokens, rows of D features ----
 

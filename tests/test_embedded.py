@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from common.cli import main
-from common.store import StoreReader
+from orthosae.cli import main
+from orthosae.common.store import StoreReader
 
 ROOT = Path(__file__).resolve().parents[1]
 

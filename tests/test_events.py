@@ -4,8 +4,8 @@ import json
 
 from click.testing import CliRunner
 
-from common import events
-from common.cli import main
+from orthosae.common import events
+from orthosae.cli import main
 from tests._subprocess import start_script
 from tests._configs import write_harvest_config
 from tests.test_preempt import RUNS, batch_config, event_log
@@ -37,7 +37,7 @@ def test_train_job_logs_start_progress_runs_and_done(tmp_path):
 
 
 def test_failed_run_exits_1_with_the_reason(tmp_path, monkeypatch):
-    from train.sae.fixed import FixedOrthoSAE
+    from orthosae.train.sae.fixed import FixedOrthoSAE
     make_store(str(tmp_path / "s.zarr"))
     path = batch_config(tmp_path)
     real = FixedOrthoSAE.training_forward
@@ -70,7 +70,7 @@ def test_bad_input_exits_2_with_the_reason(tmp_path):
 
 HARVEST = """
 import sys
-from common.cli import main
+from orthosae.cli import main
 main(sys.argv[1:], prog_name="pipe")
 """
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import RunConfig, load_config
-from common.store import StoreReader
+from orthosae.common.config import RunConfig, load_config
+from orthosae.common.store import StoreReader
 from tests._configs import tiny_eval, write_tiny_pipeline
 from tests._configs import write_harvest_config as harvest_config
 
@@ -28,7 +28,7 @@ def on_cuda(path: Path) -> Path:
 
 @pytest.mark.parametrize("storage", ["float32", "bfloat16"])
 def test_harvest_on_cuda_matches_cpu(tmp_path, tiny_model_dir, storage):
-    from harvest import harvest
+    from orthosae.harvest import harvest
 
     cpu = load_config(harvest_config(tmp_path, tiny_model_dir, store="cpu.zarr", storage=storage, name="cpu.toml"))
     cuda = load_config(on_cuda(harvest_config(tmp_path, tiny_model_dir, store="cuda.zarr", storage=storage,
@@ -47,7 +47,7 @@ def test_harvest_on_cuda_matches_cpu(tmp_path, tiny_model_dir, storage):
 
 def test_stream_on_cuda_serves_the_cpu_batches(tmp_path):
     from tests._stores import make_id_store as make_store
-    from train.stream import ActivationStream
+    from orthosae.train.stream import ActivationStream
 
     reader, _ = make_store(tmp_path, storage="bfloat16")
     kw = dict(batch_size=10, buffer_rows=32, seed=2, scale=0.37, total_batches=30,
@@ -65,8 +65,8 @@ def test_stream_on_cuda_serves_the_cpu_batches(tmp_path):
     ("fixed", {"alpha": 0.1}), ("adaptive", {}), ("adaptive", {"activation": "topk", "k": 8}),
 ])
 def test_one_training_step_of_each_sae_type_on_cuda(kind, keys):
-    from train.sae import make_sae
-    from train.trainer import Trainer
+    from orthosae.train.sae import make_sae
+    from orthosae.train.trainer import Trainer
 
     d, batch = 64, 256
     g = torch.Generator().manual_seed(0)
@@ -86,9 +86,9 @@ def test_one_training_step_of_each_sae_type_on_cuda(kind, keys):
 def test_pipeline_on_cuda_evaluates_on_the_models_device(tmp_path, tiny_model_dir, monkeypatch):
     from click.testing import CliRunner
 
-    import eval.runner
-    from common.cli import main
-    from eval import downstream
+    import orthosae.eval.runner
+    from orthosae.cli import main
+    from orthosae.eval import downstream
 
     path = on_cuda(write_tiny_pipeline(tmp_path, tiny_model_dir, tokens=1280, rest="""
     [[runs]]
@@ -98,7 +98,7 @@ def test_pipeline_on_cuda_evaluates_on_the_models_device(tmp_path, tiny_model_di
     name = "adaptive"
     type = "adaptive"
     """ + tiny_eval(tmp_path, (2,))))
-    devices, real_load = [], eval.runner.load_sae
+    devices, real_load = [], orthosae.eval.runner.load_sae
 
     def recorded(run_dir, device="cpu"):
         sae, cfg = real_load(run_dir, device=device)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from common.cli import main
+from orthosae.cli import main
 from tests._configs import tiny_eval, write_tiny_pipeline
 
 
@@ -89,7 +89,7 @@ def test_eval_before_train_is_one_line_error(tmp_path, tiny_model_dir):
 
 
 def test_who_wins_names_ties_instead_of_the_first_condition():
-    from eval.aggregate import aggregate
+    from orthosae.eval.aggregate import aggregate
 
     def res(kind, seed, ev, score):
         return {"cfg": {"orthosae": {"type": kind, "train": {"seed": seed}, "ortho": {"alpha": 0.0}}},

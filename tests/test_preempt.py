@@ -13,35 +13,35 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from common import events, preempt
-from common.cli import main
-from common.config import load_config
-from common.store import StoreReader
-from harvest import harvest
+from orthosae.common import events, preempt
+from orthosae.cli import main
+from orthosae.common.config import load_config
+from orthosae.common.store import StoreReader
+from orthosae.harvest import harvest
 from tests._subprocess import start_script, wait_exit
 from tests._configs import write_harvest_config
 from tests._stores import assert_same_store, store_files
 from tests.test_train import SWEEP, make_store
 from tests.test_train import write_config as write_train_config
-from train import train
+from orthosae.train import train
 
 RUNS = ("baseline", "fixed", "adaptive")
 
 # The CLI as `pipe` runs it, each step or chunk slowed a little so the signal lands mid-run.
 SLOW_CLI = """
 import sys, time
-import harvest.runner, train.trainer
+import orthosae.harvest.runner, orthosae.train.trainer
 delay = float(sys.argv[1])
-real_step, real_chunk = train.trainer.Trainer.train_step, harvest.runner._chunk_activations
+real_step, real_chunk = orthosae.train.trainer.Trainer.train_step, orthosae.harvest.runner._chunk_activations
 def slow_step(self, x, is_forget):
     time.sleep(delay)
     return real_step(self, x, is_forget)
 def slow_chunk(*args, **kwargs):
     time.sleep(delay)
     return real_chunk(*args, **kwargs)
-train.trainer.Trainer.train_step = slow_step
-harvest.runner._chunk_activations = slow_chunk
-from common.cli import main
+orthosae.train.trainer.Trainer.train_step = slow_step
+orthosae.harvest.runner._chunk_activations = slow_chunk
+from orthosae.cli import main
 main(sys.argv[2:], prog_name="pipe")
 """
 
@@ -145,7 +145,7 @@ def test_sigterm_mid_train_checkpoints_exits_75_and_resumes_bitwise(tmp_path, re
 def test_preempted_at_any_step_resumes_to_the_same_weights_and_log(tmp_path, reference, monkeypatch):
     """A stop at step 123 (no checkpoint_every multiple, mid lazy-L_ortho period) is bitwise too, and
     the run's log.jsonl reads as the uninterrupted one's: nothing logged twice."""
-    from train.trainer import Trainer
+    from orthosae.train.trainer import Trainer
     job = tmp_path / "job"
     job.mkdir()
     cfg = load_config(batch_config(job, store="../s.zarr"))
@@ -209,9 +209,9 @@ def test_signal_before_the_loop_stops_at_once_with_75(tmp_path):
     """Before the step loop nothing is in hand: the job does not wait, it exits 75 and says so."""
     make_store(str(tmp_path / "s.zarr"))
     path = batch_config(tmp_path)
-    code = SLOW_CLI.replace("from common.cli import main", "import train.runner\n"
-                            "train.runner.estimate_scale = lambda *a, **k: time.sleep(60)\n"
-                            "from common.cli import main")
+    code = SLOW_CLI.replace("from orthosae.cli import main", "import orthosae.train.runner\n"
+                            "orthosae.train.runner.estimate_scale = lambda *a, **k: time.sleep(60)\n"
+                            "from orthosae.cli import main")
     log = tmp_path / "train.log"
     proc = start_script(tmp_path, code, 0, "--config", path, "train", log=log)
     try:
@@ -256,13 +256,13 @@ def test_a_deferred_region_does_not_start_once_a_signal_is_in():
 
 TWO_RANKS = """
 import sys, time
-import harvest.runner
-real = harvest.runner._chunk_activations
+import orthosae.harvest.runner
+real = orthosae.harvest.runner._chunk_activations
 def slow(*args, **kwargs):
     time.sleep(0.3)
     return real(*args, **kwargs)
-harvest.runner._chunk_activations = slow
-from common.cli import main
+orthosae.harvest.runner._chunk_activations = slow
+from orthosae.cli import main
 main(sys.argv[1:], prog_name="pipe")
 """
 
@@ -297,7 +297,7 @@ def test_sigterm_to_one_of_two_harvest_processes_stops_both_without_a_hang(tmp_p
 
 def test_pipe_run_stops_between_stages_after_a_late_signal(tmp_path, tiny_model_dir, monkeypatch):
     """A signal during harvest's last chunk lets harvest finish; `pipe run` then stops before train."""
-    import harvest as harvest_pkg
+    import orthosae.harvest as harvest_pkg
     real = harvest_pkg.harvest
 
     def signalled_at_the_end(cfg, **kwargs):

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-import common.progress as cp
-from common import events
+import orthosae.common.progress as cp
+from orthosae.common import events
 
 
 class Clock:
@@ -112,7 +112,7 @@ def test_tables_keep_whole_run_names_in_a_log_file():
     the console is wide there, so a log shows each name whole."""
     from rich.table import Table
 
-    from common.progress import console
+    from orthosae.common.progress import console
     assert not console.is_terminal  # pytest captures: no terminal, as in a batch job's log
     table = Table("run", "type", "status", "step", "L0", "EV (batch)", "elapsed", "checkpoint")
     table.add_row("adaptive-sketch-alpha0.04-s2", "adaptive", "complete", "1000/1000", "64.0", "0.760",

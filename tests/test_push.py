@@ -10,12 +10,12 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from common.cli import main
-from common.config import load_config
-from common.store import StoreReader
+from orthosae.cli import main
+from orthosae.common.config import load_config
+from orthosae.common.store import StoreReader
 from tests._configs import tiny_eval, write_tiny_pipeline
-from train.export import load_sae
-from train.sparsity import feature_density, sparsity_rows
+from orthosae.train.export import load_sae
+from orthosae.train.sparsity import feature_density, sparsity_rows
 
 RUNS = """
 [[runs]]
@@ -86,7 +86,7 @@ def test_staged_repo_file_by_file(piped):
 def test_sae_lens_loads_the_staged_saes(piped, monkeypatch):
     from sae_lens import SAE
 
-    from train.export import register_with_sae_lens
+    from orthosae.train.export import register_with_sae_lens
     tmp, path = piped
     res = CliRunner().invoke(main, ["--config", str(path), "push", "baseline", "adaptive", "--repo", "me/tiny-saes",
                                     "--dry-run"])

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from bench.pythia_cost import PYTHIA_70M
-from common.config import check_model_fits, load_config
-from common.model import decoder_layers, decoder_layers_path, final_norm
-from train.sae_lens_names import sae_lens_metadata
+from orthosae.common.config import check_model_fits, load_config
+from orthosae.common.model import decoder_layers, decoder_layers_path, final_norm
+from orthosae.train.sae_lens_names import sae_lens_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/pythia-70m.toml"
@@ -52,7 +52,7 @@ def test_harvest_offline_stops_at_the_hub_download_with_one_line(tmp_path):
     """HF_HUB_OFFLINE and an empty HF_HOME: the same message as with no network at all (there,
     huggingface_hub first retries for ~1 min and logs each retry)."""
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "common.cli", "--config", str(CONFIG), "harvest"],
+    proc = subprocess.run([sys.executable, "-m", "orthosae.cli", "--config", str(CONFIG), "harvest"],
                           cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True,
                           text=True, timeout=300)
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from common import preempt
-from common.cli import main
+from orthosae.common import preempt
+from orthosae.cli import main
 from tests.test_train import make_store
 from tests.test_train import write_config as write_train_config
 
@@ -89,7 +89,7 @@ def trained(reference) -> Path:
 @pytest.fixture
 def partial(tmp_path, monkeypatch) -> Path:
     """The sweep stopped (as by SIGTERM) at step 45: checkpoint/ at 45, checkpoint.prev/ at 40."""
-    from train.trainer import Trainer
+    from orthosae.train.trainer import Trainer
     make_store(str(tmp_path / "s.zarr"))
     path = config(tmp_path)
     real = Trainer.train_step
@@ -156,8 +156,8 @@ def test_digests_are_recorded_and_an_intact_sweep_verifies(trained, tmp_path, mo
 
 
 def test_a_file_the_export_gains_is_covered_without_naming_it(tmp_path, monkeypatch):
-    import train.runner
-    real = train.runner.save_sae
+    import orthosae.train.runner
+    real = orthosae.train.runner.save_sae
 
     def with_extra(sae, run_dir, **kw):
         out = real(sae, run_dir, **kw)
@@ -277,9 +277,9 @@ def test_both_checkpoints_damaged_give_one_line_with_the_restart_command(partial
 # ------------------------------------------------------------------ writes that cannot complete
 
 def test_enospc_during_a_checkpoint_leaves_the_run_as_it_was(partial, tmp_path, reference, monkeypatch):
-    import train.checkpoint
+    import orthosae.train.checkpoint
     runs = tmp_path / "runs"
-    real = train.checkpoint.save_file
+    real = orthosae.train.checkpoint.save_file
 
     def disk_full(tensors, path):
         Path(path).write_bytes(b"\0" * 1000)  # part of the file made it to disk
@@ -295,10 +295,10 @@ def test_enospc_during_a_checkpoint_leaves_the_run_as_it_was(partial, tmp_path, 
 
 
 def test_eacces_on_the_export_keeps_the_final_checkpoint(trained, tmp_path, reference, monkeypatch):
-    import train.export
+    import orthosae.train.export
     runs = trained.parent / "runs"
     shutil.rmtree(runs / "baseline")  # trained again below, to the export
-    real = train.export.save_file
+    real = orthosae.train.export.save_file
 
     def denied(tensors, path):
         raise PermissionError(errno.EACCES, "Permission denied", path)
@@ -317,7 +317,7 @@ READ_ONLY = """
 import os, subprocess, sys
 runs, argv = sys.argv[1], sys.argv[2:]
 os.execvp("unshare", ["unshare", "-m", "sh", "-c",
-          'mount --bind -o ro "$0" "$0" && exec "$@"', runs, sys.executable, "-m", "common.cli", *argv])
+          'mount --bind -o ro "$0" "$0" && exec "$@"', runs, sys.executable, "-m", "orthosae.cli", *argv])
 """
 
 
@@ -329,7 +329,7 @@ def _read_only_pipe(tmp_path: Path, runs: Path, *argv: str) -> subprocess.Comple
         for p in [runs, *runs.rglob("*")]:
             p.chmod(p.stat().st_mode & ~0o222)
         try:
-            return subprocess.run([sys.executable, "-m", "common.cli", *argv], cwd=ROOT, env=env,
+            return subprocess.run([sys.executable, "-m", "orthosae.cli", *argv], cwd=ROOT, env=env,
                                   capture_output=True, text=True, timeout=300)
         finally:
             for p in [runs, *runs.rglob("*")]:
@@ -364,7 +364,7 @@ def test_a_read_only_runs_folder_gives_one_line(partial, tmp_path):
 
 def test_enospc_during_a_chunk_write_leaves_the_store_as_it_was(tmp_path, tiny_model_dir, monkeypatch):
     import zarr.storage._local as local
-    from common.store import StoreReader
+    from orthosae.common.store import StoreReader
     from tests._configs import write_harvest_config
     from tests._stores import assert_same_store, store_files
     clean = write_harvest_config(tmp_path, tiny_model_dir, store="clean.zarr", name="clean.toml")

@@ -4,8 +4,8 @@ import json
 
 from click.testing import CliRunner
 
-from common import preempt
-from common.cli import main
+from orthosae.common import preempt
+from orthosae.cli import main
 from tests.test_preempt import RUNS, batch_config
 from tests.test_train import make_store
 
@@ -17,7 +17,7 @@ def status(path) -> dict:
 
 
 def test_status_follows_a_pipeline_through_preemption_training_and_report(tmp_path, monkeypatch):
-    from train.trainer import Trainer
+    from orthosae.train.trainer import Trainer
     make_store(str(tmp_path / "s.zarr"))
     path = batch_config(tmp_path)
     doc = status(path)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from common import events
-from common.cli import main
-from common.tracker import tracked_id
+from orthosae.common import events
+from orthosae.cli import main
+from orthosae.common.tracker import tracked_id
 from tests._configs import tiny_eval, write_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ def test_trackio_local_run_per_sae_run_with_curves_config_and_report(tmp_path, t
 def test_default_needs_no_tracker_package_and_a_missing_one_fails_in_one_line(tmp_path, tiny_model_dir, monkeypatch):
     path = write_tiny_pipeline(tmp_path, tiny_model_dir, tokens=640, rest=RUNS)
     # the default imports neither package (a fresh interpreter: the test process has sae_lens -> wandb)
-    script = ("import sys; from click.testing import CliRunner; from common.cli import main; "
+    script = ("import sys; from click.testing import CliRunner; from orthosae.cli import main; "
               f"codes = [CliRunner().invoke(main, ['--config', {str(path)!r}, c]).exit_code for c in ('harvest', 'train')]; "
               "print(codes, 'wandb' in sys.modules, 'trackio' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common.config import load_config
-from common.store import CorpusPlan, StoreError, StoreReader, StoreWriter, to_storage
-from train import load_sae, train
+from orthosae.common.config import load_config
+from orthosae.common.store import CorpusPlan, StoreError, StoreReader, StoreWriter, to_storage
+from orthosae.train import load_sae, train
 
 from tests._subprocess import run_script
 
@@ -153,8 +153,8 @@ def test_run_selection_and_complete_runs_left_alone(tmp_path):
 
 KILLER = """
 import os, signal, sys
-import train.runner as r
-from common.config import load_config
+import orthosae.train.runner as r
+from orthosae.common.config import load_config
 real = r.save_checkpoint
 count = {"n": 0}
 def dying(run_dir, state):
@@ -192,7 +192,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
 def test_nan_stops_run_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     make_store(str(tmp_path / "s.zarr"))
     cfg = load_config(write_config(tmp_path, runs=SWEEP))
-    from train.sae.fixed import FixedOrthoSAE
+    from orthosae.train.sae.fixed import FixedOrthoSAE
     real = FixedOrthoSAE.training_forward
     calls = {"n": 0}
 
@@ -216,10 +216,10 @@ def test_a_nan_between_log_steps_is_caught_before_a_preemption_checkpoint(tmp_pa
     """The NaN guard is read back only at log / checkpoint steps; a preemption checkpoint between
     them (step 102 here) reads it first, so a run whose loss went nan at step 100 fails instead of
     saving nan weights to resume from."""
-    from common import preempt
+    from orthosae.common import preempt
     make_store(str(tmp_path / "s.zarr"))
     cfg = load_config(write_config(tmp_path, runs=SWEEP))
-    from train.sae.fixed import FixedOrthoSAE
+    from orthosae.train.sae.fixed import FixedOrthoSAE
     real = FixedOrthoSAE.training_forward
     calls = {"n": 0}
 
@@ -260,8 +260,8 @@ def test_bad_store_refused_before_training(tmp_path):
 
 TRAIN_SCRIPT = """
 import sys
-from common.config import load_config
-from train import train
+from orthosae.common.config import load_config
+from orthosae.train import train
 train(load_config(sys.argv[1]), show_progress=False)
 """
 
@@ -328,8 +328,8 @@ def test_run_fingerprints_survive_keys_added_later():
     that commit); with a key set, the fingerprint changes and the run trains again."""
     from types import SimpleNamespace
 
-    from common.config import OrthoConfig, RunConfig, TrainConfig
-    from train.runner import run_fingerprint
+    from orthosae.common.config import OrthoConfig, RunConfig, TrainConfig
+    from orthosae.train.runner import run_fingerprint
 
     class Reader:
         meta = {"model_id": "tiny", "layer": 0}

@@ -1,5 +1,5 @@
 """`pipe train`: stream cached activations into baseline, fixed- and adaptive-orthogonal SAEs."""
-from train.export import load_sae, save_sae
-from train.runner import train
+from orthosae.train.export import load_sae, save_sae
+from orthosae.train.runner import train
 
 __all__ = ["train", "load_sae", "save_sae"]

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from common.errors import RunError, one_line, os_error_line
-from train import digests
+from orthosae.common.errors import RunError, one_line, os_error_line
+from orthosae.train import digests
 
 CHECKPOINT = "checkpoint"
 PREVIOUS = f"{CHECKPOINT}.prev"

@@ -51,8 +51,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from common.config import OrthoConfig, RunConfig, TrainConfig
-from common.errors import UserError
+from orthosae.common.config import OrthoConfig, RunConfig, TrainConfig
+from orthosae.common.errors import UserError
 
 from .sae import SAE, is_grouped, make_sae
 from .sae.adaptive import GROUPED_ARCH, sae_lens_classes

@@ -21,10 +21,10 @@ import re
 import shutil
 from pathlib import Path
 
-from common.config import Config, ConfigError
-from common.model import EMBEDDED_GEMMA, EMBEDDED_HUB_ID
-from train.export import CFG_FILENAME, GROUPED_ARCH, WEIGHTS_FILENAME
-from train.sparsity import SPARSITY_FILENAME
+from orthosae.common.config import Config, ConfigError
+from orthosae.common.model import EMBEDDED_GEMMA, EMBEDDED_HUB_ID
+from orthosae.train.export import CFG_FILENAME, GROUPED_ARCH, WEIGHTS_FILENAME
+from orthosae.train.sparsity import SPARSITY_FILENAME
 
 FILES = (CFG_FILENAME, WEIGHTS_FILENAME, SPARSITY_FILENAME)
 REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -67,10 +67,10 @@ def _ensure_sparsity(cfg: Config, run_dir: Path) -> None:
     """Runs exported before sparsity.safetensors existed get it now, from the config's store."""
     if (run_dir / SPARSITY_FILENAME).is_file():
         return
-    from common.store import open_store_for
-    from train.export import load_sae
-    from train.runner import train_corpora
-    from train.sparsity import feature_density, save_sparsity, sparsity_rows
+    from orthosae.common.store import open_store_for
+    from orthosae.train.export import load_sae
+    from orthosae.train.runner import train_corpora
+    from orthosae.train.sparsity import feature_density, save_sparsity, sparsity_rows
     sae, _ = load_sae(run_dir)  # raw-activation weights: the rows need no scale
     save_sparsity(run_dir, feature_density(sae, sparsity_rows(open_store_for(cfg), train_corpora(cfg)), 1.0))
 

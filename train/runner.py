@@ -25,22 +25,22 @@ from pathlib import Path
 
 import torch
 
-from common import events, preempt
-from common.config import Config, ConfigError, OrthoConfig, RunConfig
-from common.errors import RunError, os_error_line
-from common.model import pick_device
-from common.progress import console, progress
-from common.tracker import run_config
-from common.store import StoreReader, open_store_for
-from train import digests
-from train.checkpoint import NoIntactCheckpoint, load_latest, save_checkpoint
-from train.export import save_sae
-from train.sae import make_sae
-from train.sae_lens_names import sae_lens_metadata
-from train.sparsity import feature_density, save_sparsity, sparsity_rows
-from train.stream import ActivationStream, estimate_scale
-from train.trainer import Trainer
-from train.verify import FINISHED, export_problems, final_checkpoint, load_summary, restart_command
+from orthosae.common import events, preempt
+from orthosae.common.config import Config, ConfigError, OrthoConfig, RunConfig
+from orthosae.common.errors import RunError, os_error_line
+from orthosae.common.model import pick_device
+from orthosae.common.progress import console, progress
+from orthosae.common.tracker import run_config
+from orthosae.common.store import StoreReader, open_store_for
+from orthosae.train import digests
+from orthosae.train.checkpoint import NoIntactCheckpoint, load_latest, save_checkpoint
+from orthosae.train.export import save_sae
+from orthosae.train.sae import make_sae
+from orthosae.train.sae_lens_names import sae_lens_metadata
+from orthosae.train.sparsity import feature_density, save_sparsity, sparsity_rows
+from orthosae.train.stream import ActivationStream, estimate_scale
+from orthosae.train.trainer import Trainer
+from orthosae.train.verify import FINISHED, export_problems, final_checkpoint, load_summary, restart_command
 
 
 def train_corpora(cfg: Config) -> list[str]:

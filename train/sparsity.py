@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from common.store import StoreReader
+from orthosae.common.store import StoreReader
 
 SPARSITY_FILENAME = "sparsity.safetensors"
 SPARSITY_ROWS = 16384

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.store import StoreReader, decode_rows, numpy_storage_dtype, rows_as_torch, torch_storage_dtype
+from orthosae.common.store import StoreReader, decode_rows, numpy_storage_dtype, rows_as_torch, torch_storage_dtype
 
 READ_THREADS = max(1, min(8, os.cpu_count() or 1))  # chunks of a window decoded at once (zstd releases the GIL)
 

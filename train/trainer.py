@@ -24,11 +24,11 @@ import warnings
 import torch
 from torch import Tensor
 
-from common.config import RunConfig
-from common.metrics import explained_variance
-from train.checkpoint import load_optimizer_state, optimizer_state
-from train.sae import SAE, Coefficients, GroupStats, RegroupReport, assign_groups, group_health, stop_reason
-from train.sae.ortho import matmul_precision
+from orthosae.common.config import RunConfig
+from orthosae.common.metrics import explained_variance
+from orthosae.train.checkpoint import load_optimizer_state, optimizer_state
+from orthosae.train.sae import SAE, Coefficients, GroupStats, RegroupReport, assign_groups, group_health, stop_reason
+from orthosae.train.sae.ortho import matmul_precision
 
 
 def _finite(v):

@@ -23,11 +23,11 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from common.config import Config, RunConfig
-from common.errors import RunError, one_line
-from train import digests
-from train.checkpoint import NoIntactCheckpoint, candidates, check_folder, load_latest
-from train.export import CFG_FILENAME, WEIGHTS_FILENAME
+from orthosae.common.config import Config, RunConfig
+from orthosae.common.errors import RunError, one_line
+from orthosae.train import digests
+from orthosae.train.checkpoint import NoIntactCheckpoint, candidates, check_folder, load_latest
+from orthosae.train.export import CFG_FILENAME, WEIGHTS_FILENAME
 
 SUMMARY = "summary.json"
 FINISHED = ("complete", "early_stopped")
@@ -150,7 +150,7 @@ def final_checkpoint(run_dir: Path, fingerprints: tuple[str, ...], total_steps: 
 def check_run(cfg: Config, run: RunConfig, reader) -> dict:
     """One run's folder checked: ``{"run", "dir", "state", "problems": [{"file", "problem", "part"}],
     "repair"}``. ``repair`` says what ``repair_run`` would do (None: nothing it can do, or nothing to do)."""
-    from train.runner import run_fingerprints
+    from orthosae.train.runner import run_fingerprints
     run_dir = run_dir_of(cfg, run)
     out = {"run": run.name, "dir": str(run_dir), "state": "not started", "problems": [], "repair": None}
     if not run_dir.exists():
@@ -201,11 +201,11 @@ def _advice(cfg: Config, run: RunConfig, run_dir: Path, needs_rewrite: bool, fin
 def repair_run(cfg: Config, run: RunConfig, reader) -> str | None:
     """Rewrite a damaged export (and summary.json) from the run's final checkpoint; returns what was
     done, None when nothing could be."""
-    from train.runner import rewrite_export
+    from orthosae.train.runner import rewrite_export
     result = check_run(cfg, run, reader)
     if result["repair"] is None:
         return None
-    from train.runner import run_fingerprints
+    from orthosae.train.runner import run_fingerprints
     fp = run_fingerprints(run, reader, cfg.train.seed)
     ckpt = final_checkpoint(run_dir_of(cfg, run), fp, cfg.train.tokens // cfg.train.batch_size)
     rewrite_export(cfg, run, reader, ckpt.state)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from bench.sketch_noise import sketched_ortho_loss, sketched_rms, sketched_trainer
-from common.config import RunConfig
+from orthosae.common.config import RunConfig
 from tests._dispatch import HostReads, MatmulPrecisions
 from tests._sae import COMMON, D, S, run
-from train.sae import contiguous_groups, make_sae, ortho_loss
+from orthosae.train.sae import contiguous_groups, make_sae, ortho_loss
 
 
 def test_sketched_ortho_is_unbiased_in_value_and_gradient():
@@ -73,7 +73,7 @@ def test_sketched_ortho_backward_equals_autograd_of_the_same_sketch(alpha):
 
 
 def test_sketched_training_is_deterministic_and_resumes_bitwise(tmp_path):
-    from train.checkpoint import load_checkpoint, save_checkpoint
+    from orthosae.train.checkpoint import load_checkpoint, save_checkpoint
     r = run("adaptive", regroup_every=5, log_every=1000)
     x = [torch.randn(32, D, generator=torch.Generator().manual_seed(i)) for i in range(12)]
     fg = torch.arange(32) < 16

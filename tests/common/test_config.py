@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import ConfigError, check_model_fits, load_config
+from orthosae.common.config import ConfigError, check_model_fits, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def test_shipped_configs_load():
     assert (ref.model.id, ref.harvest.layer, ref.model.d_model, ref.model.dtype) == \
         ("google/gemma-2-2b", 19, 2304, "bfloat16")
     assert ref.corpora["forget"].source == "hf:cais/wmdp-bio-forget-corpus"
-    # README, The method ("Cost"): bf16 Grams at Gemma-2-2B scale; float32 (exact, machine-independent)
+    # docs/design.md, "The cost of L_ortho": bf16 Grams at Gemma-2-2B scale; float32 (exact, machine-independent)
     # for the embedded default and the experiment RESULTS.md reports
     assert {r.ortho.gram_dtype for r in ref.runs} == {"bfloat16"}
     assert {r.ortho.gram_dtype for r in default.runs} == {"float32"}
@@ -127,7 +127,7 @@ def test_layer_beyond_model_and_d_model_mismatch(tmp_path):
 
 def test_readme_config_reference_is_current():
     """Every documented key, default and meaning appears in the README exactly as the code has it."""
-    from common.config import config_reference
+    from orthosae.common.config import config_reference
     readme = (ROOT / "README.md").read_text()
     assert config_reference() in readme, "README config reference is stale: paste common.config.config_reference()"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import corpora
-from common.config import CorpusConfig
-from common.corpora import (MCQ, CorpusError, Documents, composition, composition_text, draw_order, fingerprint,
+from orthosae.common import corpora
+from orthosae.common.config import CorpusConfig
+from orthosae.common.corpora import (MCQ, CorpusError, Documents, composition, composition_text, draw_order, fingerprint,
                             load_documents, load_mcq, tokenize_corpus, tokens_fingerprint)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

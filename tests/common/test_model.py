@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from common.model import (EMBEDDED_GEMMA, ModelError, decoder_layers, load_model, load_tokenizer, pick_device,
+from orthosae.common.model import (EMBEDDED_GEMMA, ModelError, decoder_layers, load_model, load_tokenizer, pick_device,
                           torch_dtype)
 
 from tests._tiny import build_tiny_model

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from common.model import LAYER_PATHS, ModelError, decoder_layers, decoder_layers_path, final_norm
+from orthosae.common.model import LAYER_PATHS, ModelError, decoder_layers, decoder_layers_path, final_norm
 
 from tests._families import FAMILIES, N_LAYERS, family_forward, tiny_family_model
 
@@ -53,9 +53,9 @@ def test_pipe_harvest_stores_the_hidden_states(tmp_path, family_name, bos):
     state of its batch, bit for bit."""
     from transformers import AutoModelForCausalLM
 
-    from common.config import load_config
-    from common.store import StoreReader
-    from harvest import harvest
+    from orthosae.common.config import load_config
+    from orthosae.common.store import StoreReader
+    from orthosae.harvest import harvest
     from tests._configs import DOCS
     from tests._families import save_tiny_family
 
@@ -102,7 +102,7 @@ def test_browser_final_norm_gain_is_the_norms_elementwise_scale(family_name):
     """`pipe inspect` folds the final norm's gain g into W_U: on a centred row x, norm(x) − bias is
     g ⊙ x times a positive per-row scalar, whatever the norm (LayerNorm with or without bias,
     RMSNorm, Gemma's 1 + weight)."""
-    from eval.browser_data import final_norm_gain
+    from orthosae.eval.browser_data import final_norm_gain
 
     model = tiny_family_model(family_name)
     norm = final_norm(model)

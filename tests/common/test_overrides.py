@@ -6,8 +6,8 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from common.cli import main
-from common.config import ConfigError, load_config
+from orthosae.cli import main
+from orthosae.common.config import ConfigError, load_config
 from tests.test_train import SWEEP, make_store, write_config
 
 
@@ -126,8 +126,8 @@ def test_a_baseline_made_before_keeps_its_fingerprint():
     fingerprint did: faed940d7d695e98 for this run, computed with commit 332add8) is still complete."""
     from types import SimpleNamespace
 
-    from common.config import OrthoConfig, RunConfig, TrainConfig
-    from train.runner import run_fingerprint, run_fingerprints
+    from orthosae.common.config import OrthoConfig, RunConfig, TrainConfig
+    from orthosae.train.runner import run_fingerprint, run_fingerprints
 
     class Reader:
         meta = {"model_id": "tiny", "layer": 0}
@@ -148,7 +148,7 @@ def test_a_baseline_made_before_keeps_its_fingerprint():
 def test_a_run_finished_under_an_earlier_fingerprint_is_left_alone(tmp_path, monkeypatch):
     """`pipe train` leaves a finished run alone when its summary carries any fingerprint its settings
     are known by (run_fingerprints), and trains it again when it carries none of them."""
-    import train.runner
+    import orthosae.train.runner
     make_store(str(tmp_path / "s.zarr"))
     path = write_config(tmp_path, SWEEP)
     runner = CliRunner()
@@ -156,7 +156,7 @@ def test_a_run_finished_under_an_earlier_fingerprint_is_left_alone(tmp_path, mon
     summary = tmp_path / "runs/baseline/summary.json"
     doc = json.loads(summary.read_text())
     summary.write_text(json.dumps({**doc, "fingerprint": "older"}))
-    real = train.runner.run_fingerprints
+    real = orthosae.train.runner.run_fingerprints
     monkeypatch.setattr(train.runner, "run_fingerprints", lambda *a: (*real(*a), "older"))
     res = runner.invoke(main, ["--config", str(path), "train", "--run", "baseline"])
     assert res.exit_code == 0 and re.search(r"baseline\S*: complete, left alone", res.output), res.output

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.store import (StoreError, StoreLock, StoreReader, StoreWriter, decode_rows, encode_rows,
+from orthosae.common.store import (StoreError, StoreLock, StoreReader, StoreWriter, decode_rows, encode_rows,
                           numpy_storage_dtype, rows_as_numpy, rows_as_torch, to_storage, torch_storage_dtype)
 
 from tests._configs import ROOT

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from common import wheels
-from common.wheels import WheelError, fetch_wheel
+from orthosae.common import wheels
+from orthosae.common.wheels import WheelError, fetch_wheel
 
 
 def _fake_pip(monkeypatch, content: bytes):

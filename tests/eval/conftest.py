@@ -2,7 +2,7 @@
 import pytest
 from click.testing import CliRunner
 
-from common.cli import main
+from orthosae.cli import main
 from tests._browser_site import TOP_K, write_config
 
 

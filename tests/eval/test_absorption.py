@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.absorption import (LETTERS, aggregate, alpha_words, f1, first_letter, icl_prompt, split_features,
+from orthosae.eval.absorption import (LETTERS, aggregate, alpha_words, f1, first_letter, icl_prompt, split_features,
                              word_absorption)
 from tests._probe_helpers import RandomSAE
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from eval.aggregate import aggregate, conditions_markdown, group_conditions, mean_interval, paired, plot_conditions
+from orthosae.eval.aggregate import aggregate, conditions_markdown, group_conditions, mean_interval, paired, plot_conditions
 
 
 Z = np.random.default_rng(5).standard_normal(500)  # document draw i: the same documents for every run

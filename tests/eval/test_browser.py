@@ -1,8 +1,8 @@
 """eval.browser (`pipe inspect`): where the site goes, and its errors as one line."""
 from click.testing import CliRunner
 
-from common.cli import main
-from common.config import load_config
+from orthosae.cli import main
+from orthosae.common.config import load_config
 from tests._browser_site import write_config
 
 
@@ -16,7 +16,7 @@ def test_inspect_errors_are_one_line(site, tmp_path, tiny_model_dir):
 
 
 def test_browser_hint_names_the_index(site, tmp_path, tiny_model_dir):
-    from eval.browser import browser_hint
+    from orthosae.eval.browser import browser_hint
 
     path, root, _ = site
     assert browser_hint(load_config(path)) == f"feature browser: {root / 'index.html'}"

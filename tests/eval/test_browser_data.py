@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import load_config
-from eval.browser_scan import WINDOW
-from eval.unlearning import select_features
+from orthosae.common.config import load_config
+from orthosae.eval.browser_scan import WINDOW
+from orthosae.eval.unlearning import select_features
 from tests._browser_site import TOP_K, direct, feature
-from train.export import load_sae
-from train.sae.grouping import assign_groups, forget_share
+from orthosae.train.export import load_sae
+from orthosae.train.sae.grouping import assign_groups, forget_share
 
 
 @pytest.mark.parametrize("run", ["baseline", "adaptive"])

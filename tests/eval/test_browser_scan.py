@@ -4,15 +4,14 @@ import math
 import pytest
 import torch
 
-from common.store import open_store_for
+from orthosae.common.store import open_store_for
 from tests._browser_site import TOP_K, direct
 
 
 @pytest.mark.parametrize("max_rows", [0, 40])
 def test_streaming_top_k_equals_top_k_over_all_contexts(site, monkeypatch, max_rows):
     """Small batches (2 contexts each) so the running top-k is merged many times."""
-    import eval.browser_scan as browser_scan
-
+    import orthosae.eval.browser_scan as browser_scan
     path, _, _ = site
     cfg, sae, rows = direct(path, "adaptive")
     reader = open_store_for(cfg)

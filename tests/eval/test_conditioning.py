@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from eval.conditioning import conditioning_report, principal_angles_deg
+from orthosae.eval.conditioning import conditioning_report, principal_angles_deg
 
 
 def _sae(W_dec: torch.Tensor, groups: torch.Tensor | None = None, W_enc: torch.Tensor | None = None):
@@ -72,7 +72,7 @@ def test_empty_group_is_nan():
 def test_post_hoc_groups_use_activation_mass_like_training():
     """Feature 0 fires more often on retain rows but carries more mass on forget rows: grouped as
     forget-leaning, by the statistic training regroups on."""
-    from eval.conditioning import feature_groups
+    from orthosae.eval.conditioning import feature_groups
     sae = _sae(torch.eye(3))
     groups, n_groups, how = feature_groups(sae, torch.tensor([2.0, 0.0, 0.0]), torch.tensor([0.5, 1.0, 0.0]), 2)
     assert groups.tolist() == [1, 0, 0] and n_groups == 2 and "mass" in how

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from eval.core import reconstruction_metrics
+from orthosae.eval.core import reconstruction_metrics
 from tests._activity import feature_activity
 from tests._identity_sae import IdentitySAE, RandomSAE, ZeroSAE
 

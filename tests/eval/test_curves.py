@@ -1,7 +1,7 @@
 """eval.curves: the training log read back as per-step series."""
 import json
 
-from eval.curves import training_curves
+from orthosae.eval.curves import training_curves
 
 
 def test_training_curves(tmp_path):

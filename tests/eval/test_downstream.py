@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import eval.downstream as ds
-from common.model import decoder_layers
+import orthosae.eval.downstream as ds
+from orthosae.common.model import decoder_layers
 from tests._identity_sae import IdentitySAE, ZeroSAE
 
 LAYER = 0

@@ -1,8 +1,8 @@
 """eval.corpora: the report's Corpora section from the store's records (composition or none)."""
 from types import SimpleNamespace
 
-from eval.corpora import corpora_json, corpora_markdown
-from eval.frequencies import describe
+from orthosae.eval.corpora import corpora_json, corpora_markdown
+from orthosae.eval.frequencies import describe
 
 COMP = {"order": "stratified by topic", "order_seed": 3, "documents": 1234, "tokens": 56789,
         "labels": {"Arts": {"documents": 1000, "tokens": 50000}, "People": {"documents": 234, "tokens": 6789}}}

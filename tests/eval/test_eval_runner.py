@@ -5,12 +5,12 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from common.config import RunConfig
-from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
-from eval.core import reconstruction_metrics
+from orthosae.common.config import RunConfig
+from orthosae.common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
+from orthosae.eval.core import reconstruction_metrics
 from tests._activity import feature_activity
-from eval.frequencies import frequency_batches
-from eval.runner import LoadedRun, _rows, measure_activity, measure_conditioning, measure_reconstruction
+from orthosae.eval.frequencies import frequency_batches
+from orthosae.eval.runner import LoadedRun, _rows, measure_activity, measure_conditioning, measure_reconstruction
 
 D, T = 16, 9
 
@@ -43,7 +43,7 @@ def config():
 
 
 def loaded(tmp_path, kinds):
-    from train.sae import make_sae
+    from orthosae.train.sae import make_sae
     out = []
     for i, kind in enumerate(kinds):
         run = RunConfig.of(kind, f"{kind}-{i}", d_sae=48, seed=i)
@@ -60,7 +60,7 @@ def test_rows_are_read_once_for_all_runs(tmp_path, monkeypatch):
         reads[name] += 1
         return real_read(self, name, start, stop)
     monkeypatch.setattr(StoreReader, "read_rows", counted)
-    monkeypatch.setattr("eval.runner.ROW_BATCH", 64)  # several batches per corpus
+    monkeypatch.setattr("orthosae.eval.runner.ROW_BATCH", 64)  # several batches per corpus
     cfg = config()
 
     one = loaded(tmp_path, ["baseline"])

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import RunConfig
-from common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
+from orthosae.common.config import RunConfig
+from orthosae.common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
 from tests._activity import feature_activity
-from eval.frequencies import describe, frequency_batches, frequency_plan
-from train.sae import make_sae
+from orthosae.eval.frequencies import describe, frequency_batches, frequency_plan
+from orthosae.train.sae import make_sae
 
 D, T = 16, 9
 R = T - 1

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from eval.frontier import frontier_verdict
+from orthosae.eval.frontier import frontier_verdict
 
 NOISE = np.random.default_rng(0).standard_normal(400)
 

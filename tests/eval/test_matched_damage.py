@@ -6,9 +6,7 @@ import math
 import numpy as np
 import pytest
 
-import eval.matched_damage as md
-
-
+import orthosae.eval.matched_damage as md
 def _mats(forget_inc: np.ndarray, retain_inc: np.ndarray, tokens: float = 100.0, clean: float = 3.0) -> dict:
     """Sweep matrices with one context per document: ``*_inc`` ``[settings, docs]`` per-token CE
     increases; every document has ``tokens`` tokens at clean CE ``clean``; all tokens count as 'rest'."""

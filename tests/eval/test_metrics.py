@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from eval.metrics import registry
+from orthosae.eval.metrics import registry
 
 
 def test_rms_cross_cos_is_read_under_its_name_and_under_the_name_old_reports_used():
@@ -20,9 +20,8 @@ def test_rms_cross_cos_is_read_under_its_name_and_under_the_name_old_reports_use
 
 
 def test_one_registry_drives_report_md_and_report_json(tmp_path, monkeypatch):
-    import eval.metrics as metrics
-    import eval.report as report
-
+    import orthosae.eval.metrics as metrics
+    import orthosae.eval.report as report
     monkeypatch.setattr(metrics, "_REGISTRY", list(metrics._REGISTRY))  # undone after the test
     metrics.register(metrics.Metric("toy_score", "unlearning", True, "toy score (registered once)"))
 
@@ -34,7 +33,7 @@ def test_one_registry_drives_report_md_and_report_json(tmp_path, monkeypatch):
     results = {f"baseline-s{s}": run("baseline", s, 0.1 * s) for s in range(3)}
     results |= {f"adaptive-s{s}": run("adaptive", s, 1.0 + 0.1 * s) for s in range(3)}
     monkeypatch.setattr(report, "_plots", lambda *a: [])
-    from common.config import load_config
+    from orthosae.common.config import load_config
     from tests._configs import ROOT
 
     cfg = load_config(ROOT / "pipeline.toml")

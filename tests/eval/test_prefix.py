@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from eval.downstream import final_hidden, splice, token_ce
-from eval.prefix import PrefixCache
-from eval.unlearning import clamp_features
+from orthosae.eval.downstream import final_hidden, splice, token_ce
+from orthosae.eval.prefix import PrefixCache
+from orthosae.eval.unlearning import clamp_features
 from tests._identity_sae import RandomSAE
 
 
@@ -39,7 +39,7 @@ def test_cached_prefix_gives_the_full_forward_ce(tiny_model_dir):
 
 
 def test_blocks_before_the_layer_do_not_run_when_served(tiny_model_dir):
-    from common.model import decoder_layers
+    from orthosae.common.model import decoder_layers
 
     model = _model(tiny_model_dir)
     ids = torch.randint(4, 260, (2, 8), generator=torch.Generator().manual_seed(3))

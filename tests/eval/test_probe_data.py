@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from eval.probe_data import MMLU_CATEGORY, class_texts, masked_mean, tokenize
+from orthosae.eval.probe_data import MMLU_CATEGORY, class_texts, masked_mean, tokenize
 
 
 def test_tokenize_pads_right_and_masks_specials(tiny_model_dir):
@@ -21,7 +21,7 @@ def test_tokenize_pads_right_and_masks_specials(tiny_model_dir):
 
 
 def test_embedded_datasets_are_heldout_and_categorised(tmp_path):
-    from common.corpora import is_heldout
+    from orthosae.common.corpora import is_heldout
 
     train, test = class_texts("embedded:wiki_topics", 20, 10, seed=1, heldout_fraction=0.1)
     assert len(train) == 5 and all(len(v) == 20 for v in train.values()) and all(len(v) == 10 for v in test.values())
@@ -34,7 +34,7 @@ def test_embedded_datasets_are_heldout_and_categorised(tmp_path):
     p.write_text("\n".join(json.dumps({"text": f"t{i}", "label": i % 2}) for i in range(10)))
     tr, te = class_texts(f"file:{p}", 3, 2, seed=0, heldout_fraction=0.1)
     assert sorted(tr) == ["0", "1"] and all(len(v) == 3 for v in tr.values())
-    from eval.probe_data import ProbeDataError
+    from orthosae.eval.probe_data import ProbeDataError
 
     with pytest.raises(ProbeDataError, match="class '0' has 5 texts"):
         class_texts(f"file:{p}", 4, 2, seed=0, heldout_fraction=0.1)

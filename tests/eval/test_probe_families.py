@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from common.cli import main
-from common.config import ConfigError, load_config
+from orthosae.cli import main
+from orthosae.common.config import ConfigError, load_config
 from tests._configs import tiny_eval, write_tiny_pipeline
 
 WORDS = {"sport": ["ball", "goal", "team", "race", "match", "coach"],

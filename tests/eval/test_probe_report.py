@@ -1,7 +1,7 @@
 """eval.probe_report: the probing, TPP and absorption tables of report.md, and their plots."""
 import math
 
-from eval.probe_report import probe_markdown, probe_plots
+from orthosae.eval.probe_report import probe_markdown, probe_plots
 
 
 def _run(top1, tpp, absorption):

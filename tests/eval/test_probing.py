@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eval.probe_data import Split
-from eval.probing import llm_probes, pooled_latents, sae_probing, top_k_mean_diff
+from orthosae.eval.probe_data import Split
+from orthosae.eval.probing import llm_probes, pooled_latents, sae_probing, top_k_mean_diff
 from tests._probe_helpers import RandomSAE, labelled_tokens, prepare_probe_data
 
 CLASSES = ["a", "b", "c", "d"]

@@ -13,8 +13,7 @@ def test_report_json_is_written_before_the_plots(tmp_path, monkeypatch):
     """A plot that fails must not lose an evaluation's measurements: report.json is on disk first."""
     from types import SimpleNamespace
 
-    import eval.report as report
-
+    import orthosae.eval.report as report
     def broken(*_):
         raise RuntimeError("plot failed")
     monkeypatch.setattr(report, "plot_conditions", broken)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import RunConfig
-from train.export import ExportError, load_sae, register_with_sae_lens, save_sae
-from train.sae import make_sae
-from train.trainer import Trainer
+from orthosae.common.config import RunConfig
+from orthosae.train.export import ExportError, load_sae, register_with_sae_lens, save_sae
+from orthosae.train.sae import make_sae
+from orthosae.train.trainer import Trainer
 
 pytest.importorskip("sae_lens", reason="sae_lens not installed")
 core = pytest.importorskip("sae_bench.evals.core.main", reason="sae_bench not installed")
@@ -126,7 +126,7 @@ def test_plain_sae_lens_load_fails_in_saebench(tmp_path, model, arch):
 
 @pytest.mark.parametrize("arch", ["standard", "orthosae_grouped"])
 def test_load_for_saebench_runs_core_and_unlearning_selection(tmp_path, model, arch):
-    from train.export import load_for_saebench
+    from orthosae.train.export import load_for_saebench
 
     run_dir, _ = _export(tmp_path, arch, model)
     sae = load_for_saebench(run_dir, "cpu")
@@ -184,7 +184,7 @@ def test_load_for_saebench_runs_core_and_unlearning_selection(tmp_path, model, a
 
 
 def test_load_for_saebench_errors(tmp_path, model):
-    from train.export import load_for_saebench
+    from orthosae.train.export import load_for_saebench
 
     with pytest.raises(ExportError, match="missing"):
         load_for_saebench(tmp_path / "nope")

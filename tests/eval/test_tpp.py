@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eval.probe_data import Split
-from eval.probing import llm_probes, pooled_latents, prepare_probe_rows
-from eval.tpp import ablate_pooled, class_effects, probe_weight, run_tpp, top_n, tpp_scores
+from orthosae.eval.probe_data import Split
+from orthosae.eval.probing import llm_probes, pooled_latents, prepare_probe_rows
+from orthosae.eval.tpp import ablate_pooled, class_effects, probe_weight, run_tpp, top_n, tpp_scores
 from tests._probe_helpers import RandomSAE, labelled_tokens
 
 tpp = pytest.importorskip("sae_bench.evals.scr_and_tpp.main", reason="sae_bench not installed")

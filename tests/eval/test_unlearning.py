@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import eval.unlearning as ul
+import orthosae.eval.unlearning as ul
 from tests._identity_sae import IdentitySAE, RandomSAE
 
 LAYER = 0
@@ -86,8 +86,8 @@ def test_fold_decoder_norms():
 
 
 def _grouped_sae(d: int = 6, d_sae: int = 8):
-    from common.config import RunConfig
-    from train.sae import make_sae
+    from orthosae.common.config import RunConfig
+    from orthosae.train.sae import make_sae
     sae = make_sae(RunConfig.of("adaptive", d_sae=d_sae, tau=0.05, seed=2), d)
     with torch.no_grad():
         sae.group_bias.copy_(torch.randn(2, d, generator=torch.Generator().manual_seed(3)))

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from common.model import decoder_layers, final_norm
-from harvest.capture import residual_after_block
+from orthosae.common.model import decoder_layers, final_norm
+from orthosae.harvest.capture import residual_after_block
 
 from tests._families import FAMILIES, IDS, N_LAYERS, family_forward
 

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from click.testing import CliRunner
 
-from common.cli import main
-from common.store import StoreReader
-from harvest.export_cache import chunk_order
+from orthosae.cli import main
+from orthosae.common.store import StoreReader
+from orthosae.harvest.export_cache import chunk_order
 from tests.test_train import D, SWEEP, T, make_store, write_config
 
 

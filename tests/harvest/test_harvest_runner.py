@@ -14,11 +14,11 @@ import torch
 from click.testing import CliRunner
 from transformers import AutoModelForCausalLM
 
-from common.cli import main
-from common.config import ConfigError, load_config
-from common.store import StoreError, StoreLock, StoreReader
-from harvest import harvest
-from harvest.runner import COLLECTIVE_TIMEOUT
+from orthosae.cli import main
+from orthosae.common.config import ConfigError, load_config
+from orthosae.common.store import StoreError, StoreLock, StoreReader
+from orthosae.harvest import harvest
+from orthosae.harvest.runner import COLLECTIVE_TIMEOUT
 
 from tests._configs import DOCS
 from tests._configs import write_harvest_config as write_config
@@ -57,9 +57,9 @@ def test_bf16_storage_is_bf16_rounding(tmp_path, tiny_model_dir):
 
 KILL_AFTER = """
 import os, signal, sys
-from common.config import load_config
-from common.store import StoreWriter
-from harvest import harvest
+from orthosae.common.config import load_config
+from orthosae.common.store import StoreWriter
+from orthosae.harvest import harvest
 calls = {"n": 0}
 real_write = StoreWriter.write_chunk
 def dying_write(self, plan, k, acts, tokens):
@@ -146,9 +146,9 @@ def test_store_records_the_order_and_composition_and_a_resume_keeps_them(tmp_pat
 TWO_RANKS = """
 import os, sys
 import torch
-import harvest.runner as runner
-from common.config import load_config
-from harvest import harvest
+import orthosae.harvest.runner as runner
+from orthosae.common.config import load_config
+from orthosae.harvest import harvest
 real_plan = runner.plan_corpora
 def plan_corpora(*args, **kwargs):
     print(f"planned on rank {os.environ['RANK']}", flush=True)
@@ -234,7 +234,7 @@ def test_repair_reharvests_only_damaged_chunks_to_a_clean_store(tmp_path, tiny_m
 def test_store_through_an_fsspec_url(tmp_path, tiny_model_dir, scheme):
     """harvest, status, verify, repair and the training stream on a URL, as on s3:// or gs://."""
     import fsspec
-    from train.stream import ActivationStream
+    from orthosae.train.stream import ActivationStream
 
     local = load_config(write_config(tmp_path, tiny_model_dir, store="local.zarr", name="local.toml"))
     harvest(local, show_progress=False)
@@ -331,7 +331,7 @@ def test_bad_corpus_fails_in_one_line_before_the_model_loads(tmp_path, tiny_mode
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the corpora were checked")
-    monkeypatch.setattr("harvest.runner.load_model", no_model)
+    monkeypatch.setattr("orthosae.harvest.runner.load_model", no_model)
     res = CliRunner().invoke(main, ["--config", str(path), "harvest"])
     assert res.exit_code == 2, res.output
     assert match in res.output and str(bad) in res.output
@@ -342,7 +342,7 @@ def test_bad_corpus_fails_in_one_line_before_the_model_loads(tmp_path, tiny_mode
 def test_train_and_eval_refuse_a_store_of_another_model(tmp_path, tiny_model_dir):
     """Same layer, d_model and context length, other weights: only model_id tells the stores apart."""
     from tests._tiny import build_tiny_model
-    from common.store import open_store_for
+    from orthosae.common.store import open_store_for
 
     harvest(load_config(write_config(tmp_path, tiny_model_dir)), show_progress=False)
     other = build_tiny_model(tmp_path / "other_model", seed=1)
@@ -370,7 +370,7 @@ def test_chunks_are_written_behind_the_forward_pass_and_writer_errors_surface(tm
     error, the lock is released and the chunks committed before it stay (a rerun resumes)."""
     import threading
 
-    from common.store import StoreWriter
+    from orthosae.common.store import StoreWriter
 
     cfg = load_config(write_config(tmp_path, tiny_model_dir))
     threads, real_write = [], StoreWriter.write_chunk

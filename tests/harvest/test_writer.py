@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.store import StoreWriter, encode_rows, to_storage
-from harvest.writer import ChunkWriter, HostRows
+from orthosae.common.store import StoreWriter, encode_rows, to_storage
+from orthosae.harvest.writer import ChunkWriter, HostRows
 
 from tests._stores import IDENTITY, T, plan
 

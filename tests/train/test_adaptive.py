@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from tests._sae import D, adaptive, coeffs, run
-from train.sae import bias_mix, make_sae
-from train.trainer import Trainer
+from orthosae.train.sae import bias_mix, make_sae
+from orthosae.train.trainer import Trainer
 
 
 def test_group_bias_is_applied_per_token():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests._sae import D, run
-from train.sae import make_sae
-from train.sae.baseline import EXPORT_ARCHITECTURE, BaselineSAE
+from orthosae.train.sae import make_sae
+from orthosae.train.sae.baseline import EXPORT_ARCHITECTURE, BaselineSAE
 
 
 @pytest.mark.parametrize("activation,arch", [("relu", "standard"), ("topk", "topk"), ("batchtopk", "jumprelu")])

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.config import RunConfig
+from orthosae.common.config import RunConfig
 from tests._sae import COMMON, D, run
-from train.checkpoint import (
+from orthosae.train.checkpoint import (
     CHECKPOINT,
     PREVIOUS,
     TMP,
@@ -19,8 +19,8 @@ from train.checkpoint import (
     optimizer_state,
     save_checkpoint,
 )
-from train.sae import make_sae
-from train.trainer import Trainer
+from orthosae.train.sae import make_sae
+from orthosae.train.trainer import Trainer
 
 X = [torch.randn(32, D, generator=torch.Generator().manual_seed(i)) for i in range(12)]
 FG = torch.arange(32) < 16

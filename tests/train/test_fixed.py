@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tests._sae import D, run
-from train.sae import is_grouped, make_sae, ortho_loss
+from orthosae.train.sae import is_grouped, make_sae, ortho_loss
 
 
 def test_fixed_groups_are_contiguous_and_not_persistent():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from train.sae import GroupStats, assign_groups, group_health, max_cosine, stop_reason
+from orthosae.train.sae import GroupStats, assign_groups, group_health, max_cosine, stop_reason
 
 
 def test_group_stats_normalise_by_row_counts():

@@ -11,8 +11,8 @@ import torch
 
 from tests._dispatch import MatmulDtypes, MaxNumel
 from tests._sae import coeffs, run
-from train.sae import contiguous_groups, make_sae, ortho_loss
-from train.sae.ortho import matmul_precision
+from orthosae.train.sae import contiguous_groups, make_sae, ortho_loss
+from orthosae.train.sae.ortho import matmul_precision
 
 
 def naive_ortho_loss(W, groups, n_groups, alpha=0.0, mode="rms", activity=None, eps=1e-12):

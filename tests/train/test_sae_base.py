@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.config import RunConfig
+from orthosae.common.config import RunConfig
 from tests._sae import D, S, adaptive, all_variants, coeffs, run
-from train.sae import AdaptiveOrthoSAE, BaselineSAE, FixedOrthoSAE, contiguous_groups, is_grouped, make_sae
-from train.sae.base import fold_decoder_norms
-from train.trainer import Trainer
+from orthosae.train.sae import AdaptiveOrthoSAE, BaselineSAE, FixedOrthoSAE, contiguous_groups, is_grouped, make_sae
+from orthosae.train.sae.base import fold_decoder_norms
+from orthosae.train.trainer import Trainer
 
 
 def test_make_sae_types_and_unknown():

@@ -12,11 +12,11 @@ import json
 import pytest
 import torch
 
-from common.config import RunConfig
-from harvest.capture import residual_after_block
-from train.export import load_sae, save_sae
-from train.sae import make_sae
-from train.sae_lens_names import sae_lens_metadata, sae_lens_model_name
+from orthosae.common.config import RunConfig
+from orthosae.harvest.capture import residual_after_block
+from orthosae.train.export import load_sae, save_sae
+from orthosae.train.sae import make_sae
+from orthosae.train.sae_lens_names import sae_lens_metadata, sae_lens_model_name
 
 from tests._families import D, FAMILIES, VOCAB, save_tiny_family
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.stream import ActivationStream, _split_counts, estimate_scale
+from orthosae.train.stream import ActivationStream, _split_counts, estimate_scale
 
 from tests._stores import ID_D as D
 from tests._stores import make_id_store

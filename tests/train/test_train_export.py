@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from common.config import RunConfig
-from train.export import CFG_FILENAME, WEIGHTS_FILENAME, ExportError, load_sae, save_sae
-from train.sae import make_sae
-from train.trainer import Trainer
+from orthosae.common.config import RunConfig
+from orthosae.train.export import CFG_FILENAME, WEIGHTS_FILENAME, ExportError, load_sae, save_sae
+from orthosae.train.sae import make_sae
+from orthosae.train.trainer import Trainer
 
 D, S, SCALE = 6, 16, 0.25
 COMMON = dict(d_sae=S, l1_coefficient=1e-3, seed=3, lr=3e-2, lr_warmup_steps=0, l1_warmup_steps=0)
@@ -102,7 +102,7 @@ def test_standard_export_loads_in_sae_lens(tmp_path, run_type):
 
 def test_grouped_export_loads_in_sae_lens(tmp_path):
     sae_lens = pytest.importorskip("sae_lens", reason="sae_lens not installed")
-    from train.export import register_with_sae_lens
+    from orthosae.train.export import register_with_sae_lens
 
     sae = trained("adaptive")
     save_sae(sae, tmp_path, scale=SCALE, extra_cfg=EXTRA)
@@ -150,8 +150,8 @@ def test_topk_exports_load_with_load_sae_and_sae_lens(tmp_path, run_type, activa
         if activation == "topk":
             assert ((f > 0).sum(-1) <= 3).all()
     sae_lens = pytest.importorskip("sae_lens", reason="sae_lens not installed")
-    from train.export import register_with_sae_lens
-    from train.sae.baseline import fold_sae_lens_decoder_norms
+    from orthosae.train.export import register_with_sae_lens
+    from orthosae.train.sae.baseline import fold_sae_lens_decoder_norms
 
     register_with_sae_lens()
     theirs = sae_lens.SAE.load_from_disk(tmp_path)

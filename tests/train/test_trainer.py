@@ -11,8 +11,8 @@ import torch
 
 from tests._dispatch import HostReads, MatmulPrecisions
 from tests._sae import D, S, all_variants, run
-from train.sae import contiguous_groups, make_sae
-from train.trainer import L0Controller, Schedules, Trainer, resample_dead
+from orthosae.train.sae import contiguous_groups, make_sae
+from orthosae.train.trainer import L0Controller, Schedules, Trainer, resample_dead
 
 
 def test_lambda2_schedule():
@@ -230,7 +230,7 @@ def test_tf32_applies_to_the_sae_but_never_to_l_ortho():
     """``[train] matmul_precision = "high"`` (TF32 on CUDA) holds for the encoder / decoder products
     of a step; every product of L_ortho, forward and backward, runs at "highest"; the process-wide
     setting is restored after the step."""
-    from train.sae.ortho import ortho_loss as loss_fn
+    from orthosae.train.sae.ortho import ortho_loss as loss_fn
     W = torch.randn(S, D, requires_grad=True)
     torch.set_float32_matmul_precision("high")
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from common.config import RunConfig
+from orthosae.common.config import RunConfig
 
 from .adaptive import AdaptiveOrthoSAE, bias_mix, grouped_decode
 from .base import SAE, Coefficients, TrainOutput, fold_decoder_norms, is_grouped

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from common.config import RunConfig
+from orthosae.common.config import RunConfig
 
 from . import ortho
 

@@ -1,6 +1,6 @@
 """`pipe`: the one command line. Stages are imported inside their commands (one-way data flow).
 
-Exit codes (README, "Batch jobs"): 0 done; 1 a run failed in training (or `verify` found damage, or
+Exit codes (docs/operations.md, "Batch jobs"): 0 done; 1 a run failed in training (or `verify` found damage, or
 an unexpected error); 2 bad input (config, store, corpus, model, export or run folder: one line
 naming it) or a write the disk refused (full, read-only, permission); 75 preempted by SIGTERM /
 SIGINT after saving the work in hand (rerun the same command to resume).
@@ -17,10 +17,10 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from common import events, preempt, tracker
-from common.config import ConfigError, load_config
-from common.errors import WRITE_ERRNOS, UserError, first_line, one_line, os_error_line
-from common.progress import configure, console, hms
+from orthosae.common import events, preempt, tracker
+from orthosae.common.config import ConfigError, load_config
+from orthosae.common.errors import WRITE_ERRNOS, UserError, first_line, one_line, os_error_line
+from orthosae.common.progress import configure, console, hms
 
 DEFAULT_CONFIG = "pipeline.toml"
 EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED = 1, 2, preempt.EXIT_PREEMPTED
@@ -88,7 +88,7 @@ def _job(ctx: click.Context, command: str):
               type=click.Path(dir_okay=False), help="pipeline config (TOML)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="override a config key, e.g. --set train.lr=3e-4 --set train.ortho.alpha=[0,0.04] "
-              "(repeatable; checked as the file is; README, Use with your tools)")
+              "(repeatable; checked as the file is; docs/tools.md)")
 @click.pass_context
 def main(ctx: click.Context, config_path: str, sets: tuple[str, ...]) -> None:
     """orthosae: harvest activations, train orthogonal grouped SAEs, evaluate unlearning."""
@@ -116,7 +116,7 @@ def _human_bytes(n: float) -> str:
 @click.pass_context
 def harvest(ctx: click.Context, force: bool, repair: bool) -> None:
     """Run the model once up to [harvest] layer and cache its residual stream (resumable)."""
-    from harvest import harvest as run_harvest
+    from orthosae.harvest import harvest as run_harvest
     with _job(ctx, "harvest") as cfg:
         result = run_harvest(cfg, force=force, repair=repair)
     from accelerate import PartialState
@@ -134,7 +134,7 @@ def harvest(ctx: click.Context, force: bool, repair: bool) -> None:
 @click.pass_context
 def train(ctx: click.Context, run_names: tuple[str, ...], force: bool) -> None:
     """Stream the store into every [[runs]] SAE (one pass over the data for all of them)."""
-    from train import train as run_train
+    from orthosae.train import train as run_train
     with _job(ctx, "train") as cfg:
         summaries = run_train(cfg, run_names=list(run_names) or None, force=force)
     console.print(f"[green]train done[/]: {len(summaries)} run(s) in [bold]{cfg.train.runs_dir}/[/]")
@@ -153,7 +153,7 @@ def _exit_if_a_run_failed(cfg, summaries: list[dict], then: str) -> None:
 @click.pass_context
 def eval_(ctx: click.Context, run_names: tuple[str, ...]) -> None:
     """Reconstruction, downstream CE/KL, conditioning and unlearning reports across runs."""
-    from eval import evaluate
+    from orthosae.eval import evaluate
     with _job(ctx, "eval") as cfg:
         out = evaluate(cfg, run_names=list(run_names) or None)
     console.print(f"[green]eval done[/]: report in [bold]{out}/report.md[/] (+ report.json, plots)")
@@ -163,9 +163,9 @@ def eval_(ctx: click.Context, run_names: tuple[str, ...]) -> None:
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """harvest -> train -> eval, skipping each stage (or run) that is already complete."""
-    from eval import evaluate, report_is_current
-    from harvest import harvest as run_harvest
-    from train import train as run_train
+    from orthosae.eval import evaluate, report_is_current
+    from orthosae.harvest import harvest as run_harvest
+    from orthosae.train import train as run_train
     with _job(ctx, "run") as cfg:
         console.rule("1/3 harvest")
         run_harvest(cfg)
@@ -182,7 +182,7 @@ def run(ctx: click.Context) -> None:
             out = evaluate(cfg)
     console.print(f"[green]pipeline done[/]: store [bold]{cfg.harvest.store}[/], runs "
                   f"[bold]{cfg.train.runs_dir}/[/], report [bold]{out}/report.md[/]")
-    from eval.browser import browser_hint
+    from orthosae.eval.browser import browser_hint
     console.print(browser_hint(cfg))
 
 
@@ -201,7 +201,7 @@ def _stop_between_stages(state: str) -> None:
 @click.pass_context
 def inspect_(ctx: click.Context, run_names: tuple[str, ...], top_k: int, max_rows: int) -> None:
     """Static HTML feature browser per run (top contexts, histograms, neighbours, logit effects)."""
-    from eval.browser import build_browser
+    from orthosae.eval.browser import build_browser
     with _job(ctx, "inspect") as cfg:
         root = build_browser(cfg, run_names=list(run_names) or None, top_k=top_k, max_rows=max_rows)
     console.print(f"[green]inspect done[/]: feature browser in [bold]{root}/index.html[/] (open it from disk)")
@@ -215,7 +215,7 @@ def inspect_(ctx: click.Context, run_names: tuple[str, ...], top_k: int, max_row
 @click.pass_context
 def push(ctx: click.Context, run_names: tuple[str, ...], repo: str, private: bool, dry_run: bool) -> None:
     """Upload trained runs to the Hugging Face Hub in SAELens' layout, with a model card."""
-    from train.push import PushError, check_repo, stage, upload
+    from orthosae.train.push import PushError, check_repo, stage, upload
     with _job(ctx, "push") as cfg:
         check_repo(cfg, repo)
         staged = stage(cfg, list(run_names), repo)
@@ -239,9 +239,9 @@ def push(ctx: click.Context, run_names: tuple[str, ...], repo: str, private: boo
 @click.pass_context
 def export_cache(ctx: click.Context, fmt: str, out: str | None, corpora: tuple[str, ...], dtype: str) -> None:
     """Write the store's training rows as another tool's activation cache (SAELens)."""
-    from harvest.export_cache import export_saelens, saelens_snippet
-    from common.progress import progress
-    from common.store import open_store_for
+    from orthosae.harvest.export_cache import export_saelens, saelens_snippet
+    from orthosae.common.progress import progress
+    from orthosae.common.store import open_store_for
     with _job(ctx, "export-cache") as cfg:
         reader = open_store_for(cfg)
         names = list(corpora) or [n for n, c in cfg.corpora.items() if c.split == "train"]
@@ -265,7 +265,7 @@ def _store_urls(cfg, paths: tuple[str, ...]) -> list[str]:
 
 
 def _store_status(url: str) -> dict:
-    from common.store import StoreReader, store_exists
+    from orthosae.common.store import StoreReader, store_exists
     if not store_exists(url):
         return {"url": url, "state": "missing"}
     reader = StoreReader(url)
@@ -293,16 +293,16 @@ def _print_store(s: dict) -> None:
         table.add_row(g["name"], g["role"], g["split"], f"{g['tokens']:,}", f"{g['contexts']:,}",
                       f"{g['chunks_done']}/{g['chunks']}", "complete" if g["complete"] else "incomplete")
     console.print(table)
-    from common.corpora import composition_text
+    from orthosae.common.corpora import composition_text
     for g in s["corpora"]:  # the document order and what each corpus holds (documents, tokens per label)
         console.print(Text(f"  {g['name']}: {composition_text(g['composition'])}"))
 
 
 def _pipeline_status(cfg) -> dict:
     """Runs, report and the last job of a config, beside its store."""
-    from common.store import StoreReader, store_exists
-    from eval import report_is_current
-    from train.status import run_status
+    from orthosae.common.store import StoreReader, store_exists
+    from orthosae.eval import report_is_current
+    from orthosae.status import run_status
     reader = StoreReader(cfg.harvest.store) if store_exists(cfg.harvest.store) else None
     runs = [run_status(cfg, run, reader) for run in cfg.runs]
     report = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.md"
@@ -372,8 +372,8 @@ def verify(ctx: click.Context, stores: tuple[str, ...], as_json: bool, repair: b
     """Re-check the store (shapes, metadata, completion, every chunk) and the config's runs (export
     files against their sha256, cfg, shapes, checkpoints); names every damaged file, exits 1 on damage.
     With STORE arguments: those stores only."""
-    from common.progress import progress
-    from common.store import StoreReader, store_exists
+    from orthosae.common.progress import progress
+    from orthosae.common.store import StoreReader, store_exists
     cfg = None if stores else _config(ctx)
     doc: dict = {"config": None if cfg is None else str(cfg.path), "stores": []}
     for url in _store_urls(cfg, stores):
@@ -385,7 +385,7 @@ def verify(ctx: click.Context, stores: tuple[str, ...], as_json: bool, repair: b
         doc["stores"].append({"url": url, "chunks": total, "ok": not problems, "problems": [
             {"text": p.text, "kind": p.kind, "corpus": p.corpus, "chunk": p.chunk} for p in problems]})
     if cfg is not None:
-        from train.verify import check_run, repair_run
+        from orthosae.train.verify import check_run, repair_run
         reader = StoreReader(cfg.harvest.store) if store_exists(cfg.harvest.store) else None
         doc["runs"] = []
         for run in cfg.runs:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.config import Config, RunConfig
-from common.store import StoreReader
-from train.checkpoint import STATE_JSON, candidates, check_folder
-from train.runner import run_fingerprints
-from train.verify import FINISHED, export_problems, load_summary
+from orthosae.common.config import Config, RunConfig
+from orthosae.common.store import StoreReader
+from orthosae.train.checkpoint import STATE_JSON, candidates, check_folder
+from orthosae.train.runner import run_fingerprints
+from orthosae.train.verify import FINISHED, export_problems, load_summary
 
 
 def _checkpoint_meta(run_dir: Path) -> tuple[dict | None, list[tuple[str, str]]]:
