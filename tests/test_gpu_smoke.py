@@ -104,7 +104,7 @@ def test_pipeline_on_cuda_evaluates_on_the_models_device(tmp_path, tiny_model_di
         sae, cfg = real_load(run_dir, device=device)
         devices.append(sae.W_dec.device.type)
         return sae, cfg
-    monkeypatch.setattr(eval.runner, "load_sae", recorded)
+    monkeypatch.setattr(orthosae.eval.runner, "load_sae", recorded)
     res = CliRunner().invoke(main, ["--config", str(path), "run"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert devices == ["cuda", "cuda"]

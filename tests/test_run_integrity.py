@@ -163,7 +163,7 @@ def test_a_file_the_export_gains_is_covered_without_naming_it(tmp_path, monkeypa
         out = real(sae, run_dir, **kw)
         (Path(run_dir) / "extra.safetensors").write_bytes(b"x" * 100)
         return out
-    monkeypatch.setattr(train.runner, "save_sae", with_extra)
+    monkeypatch.setattr(orthosae.train.runner, "save_sae", with_extra)
     make_store(str(tmp_path / "s.zarr"))
     path = write_train_config(tmp_path, tokens=2560)
     assert pipe(path, "train").exit_code == 0
@@ -284,12 +284,12 @@ def test_enospc_during_a_checkpoint_leaves_the_run_as_it_was(partial, tmp_path, 
     def disk_full(tensors, path):
         Path(path).write_bytes(b"\0" * 1000)  # part of the file made it to disk
         raise OSError(errno.ENOSPC, "No space left on device", path)
-    monkeypatch.setattr(train.checkpoint, "save_file", disk_full)
+    monkeypatch.setattr(orthosae.train.checkpoint, "save_file", disk_full)
     before = folder_bytes(runs, skip=("log.jsonl",))
     line = error_line(pipe(partial, "train"))
     assert f"cannot write {runs / 'baseline/checkpoint.tmp/state.safetensors'}: No space left on device [ENOSPC]" in line
     assert folder_bytes(runs, skip=("log.jsonl",)) == before  # no checkpoint.tmp/ left, both checkpoints kept
-    monkeypatch.setattr(train.checkpoint, "save_file", real)
+    monkeypatch.setattr(orthosae.train.checkpoint, "save_file", real)
     assert pipe(partial, "train").exit_code == 0
     assert_runs_equal_reference(runs, reference)  # the log too: records past the checkpoint dropped
 
@@ -302,12 +302,12 @@ def test_eacces_on_the_export_keeps_the_final_checkpoint(trained, tmp_path, refe
 
     def denied(tensors, path):
         raise PermissionError(errno.EACCES, "Permission denied", path)
-    monkeypatch.setattr(train.export, "save_file", denied)
+    monkeypatch.setattr(orthosae.train.export, "save_file", denied)
     line = error_line(pipe(trained, "train", "--run", "baseline"))
     assert f"cannot write {runs / 'baseline/sae_weights.safetensors'}: Permission denied [EACCES]" in line
     assert not (runs / "baseline/sae_weights.safetensors").exists()
     assert not [p for p in (runs / "baseline").iterdir() if p.name.startswith(".")]  # no temporaries
-    monkeypatch.setattr(train.export, "save_file", real)
+    monkeypatch.setattr(orthosae.train.export, "save_file", real)
     res = pipe(trained, "train", "--run", "baseline")
     assert res.exit_code == 0 and "resuming from step 160" in res.output, res.output
     assert_runs_equal_reference(runs, reference, names=("baseline",))

@@ -157,10 +157,10 @@ def test_a_run_finished_under_an_earlier_fingerprint_is_left_alone(tmp_path, mon
     doc = json.loads(summary.read_text())
     summary.write_text(json.dumps({**doc, "fingerprint": "older"}))
     real = orthosae.train.runner.run_fingerprints
-    monkeypatch.setattr(train.runner, "run_fingerprints", lambda *a: (*real(*a), "older"))
+    monkeypatch.setattr(orthosae.train.runner, "run_fingerprints", lambda *a: (*real(*a), "older"))
     res = runner.invoke(main, ["--config", str(path), "train", "--run", "baseline"])
     assert res.exit_code == 0 and re.search(r"baseline\S*: complete, left alone", res.output), res.output
-    monkeypatch.setattr(train.runner, "run_fingerprints", real)
+    monkeypatch.setattr(orthosae.train.runner, "run_fingerprints", real)
     res = runner.invoke(main, ["--config", str(path), "train", "--run", "baseline"])
     assert res.exit_code == 0 and "left alone" not in res.output, res.output
     assert json.loads(summary.read_text())["fingerprint"] == doc["fingerprint"]

@@ -10,8 +10,7 @@ COMP = {"order": "stratified by topic", "order_seed": 3, "documents": 1234, "tok
 
 def _reader():
     def corpus(role, split, comp):
-        return SimpleNamespace(role=role, split=split, n_rows=56789, n_contexts=99,
-                               attrs={"source": "x", **({"composition": comp} if comp else {})})
+        return SimpleNamespace(role=role, split=split, n_rows=56789, n_contexts=99, source="x", composition=comp)
     return SimpleNamespace(corpora=lambda: {"wiki": corpus("retain", "train", COMP),
                                             "old": corpus("forget", "heldout", None)})
 
