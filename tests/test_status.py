@@ -6,8 +6,8 @@ from click.testing import CliRunner
 
 from orthosae.common import preempt
 from orthosae.cli import main
-from tests.test_preempt import RUNS, batch_config
-from tests.test_train import make_store
+from tests._batch import RUNS, batch_config
+from tests._synthetic import make_store
 
 
 def status(path) -> dict:

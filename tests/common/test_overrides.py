@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from orthosae.cli import main
 from orthosae.common.config import ConfigError, load_config
-from tests.test_train import SWEEP, make_store, write_config
+from tests._synthetic import SWEEP, make_store, write_config
 
 
 def test_overrides_set_keys_of_every_section(tmp_path):

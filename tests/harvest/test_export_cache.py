@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from orthosae.cli import main
 from orthosae.common.store import StoreReader
 from orthosae.harvest.export_cache import chunk_order
-from tests.test_train import D, SWEEP, T, make_store, write_config
+from tests._synthetic import D, SWEEP, T, make_store, write_config
 
 
 def test_chunk_order_interleaves_corpora_in_proportion():

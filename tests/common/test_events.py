@@ -8,8 +8,8 @@ from orthosae.common import events
 from orthosae.cli import main
 from tests._subprocess import start_script
 from tests._configs import write_harvest_config
-from tests.test_preempt import RUNS, batch_config, event_log
-from tests.test_train import make_store
+from tests._batch import RUNS, batch_config, event_log
+from tests._synthetic import make_store
 
 
 def test_train_job_logs_start_progress_runs_and_done(tmp_path):

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from orthosae.common import preempt
 from orthosae.cli import main
-from tests.test_train import make_store
-from tests.test_train import write_config as write_train_config
+from tests._synthetic import make_store
+from tests._synthetic import write_config as write_train_config
 
 RUNS = ("baseline", "fixed", "adaptive")
 SWEEP = """
@@ -32,7 +32,7 @@ type = "adaptive"
 alpha = 0.0
 every = 3
 """
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import torch
 
 from bench.gpu import flops_per_token, gemma2_2b_config, peak_tflops
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present: the benchmark would run")

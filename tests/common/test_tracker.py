@@ -14,7 +14,7 @@ from orthosae.cli import main
 from orthosae.common.tracker import tracked_id
 from tests._configs import tiny_eval, write_tiny_pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUNS = """
 [[runs]]
 name = "baseline"

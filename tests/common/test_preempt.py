@@ -21,11 +21,9 @@ from orthosae.harvest import harvest
 from tests._subprocess import start_script, wait_exit
 from tests._configs import write_harvest_config
 from tests._stores import assert_same_store, store_files
-from tests.test_train import SWEEP, make_store
-from tests.test_train import write_config as write_train_config
+from tests._batch import RUNS, batch_config, event_log
+from tests._synthetic import make_store
 from orthosae.train import train
-
-RUNS = ("baseline", "fixed", "adaptive")
 
 # The CLI as `pipe` runs it, each step or chunk slowed a little so the signal lands mid-run.
 SLOW_CLI = """
@@ -50,23 +48,6 @@ main(sys.argv[2:], prog_name="pipe")
 def _no_leftover_request():
     yield
     preempt.clear()
-
-
-def batch_config(tmp_path: Path, **kwargs) -> Path:
-    """test_train's synthetic-store sweep (160 steps), its event logs in tmp_path, a progress event
-    every update."""
-    return write_train_config(tmp_path, tokens=20_480, runs=SWEEP + f"""
-[eval]
-reports_dir = "{tmp_path / 'reports'}"
-[log]
-progress_seconds = 0
-""", **kwargs)
-
-
-def event_log(tmp_path: Path, command: str) -> list[dict]:
-    files = sorted((tmp_path / "reports/default/events").glob(f"{command}-*.jsonl"))
-    assert len(files) == 1, files
-    return events.read(files[0])
 
 
 def wait_for(proc, condition, what: str, timeout: float = 120) -> None:
