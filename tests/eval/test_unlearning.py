@@ -306,3 +306,52 @@ def test_sweep_reports_matched_damage_coverage_and_domain_split(lm):
                             forget_contexts=fc, retain_contexts=rc, retain_thresholds=[0.01], n_features_list=[2],
                             multipliers=[50.0], batch_size=4, baseline=base, ranking=torch.arange(127, -1, -1))
     assert ref["features"] == {"ranking": [127, 126]} and math.isnan(ref["rows"][0]["retain_threshold"])
+
+
+def _setting(forget_correct, retain_correct, forget_p=None, retain_p=None):
+    fc, rc = torch.tensor(forget_correct, dtype=torch.bool), torch.tensor(retain_correct, dtype=torch.bool)
+    fp = torch.tensor(forget_p if forget_p is not None else [1.0] * len(fc))
+    rp = torch.tensor(retain_p if retain_p is not None else [1.0] * len(rc))
+    return {"forget": (fc, fp), "retain": (rc, rp)}
+
+
+def test_mcq_crossfitting_never_scores_a_setting_on_the_questions_that_chose_it():
+    """Setting A forgets only the even questions, B only the odd ones: in sample each looks like it
+    forgets half, and SAEBench's min over settings picks whichever; chosen on one half and scored on
+    the other, A chosen on the evens is scored on the odds, where it forgot nothing, and vice versa."""
+    keep = [True] * 4
+    a = _setting([False, True, False, True], keep, forget_p=[0.1, 0.9, 0.1, 0.9])
+    b = _setting([True, False, True, False], keep, forget_p=[0.9, 0.1, 0.9, 0.1])
+    p_clean = {"forget": torch.full((4,), 0.9), "retain": torch.ones(4)}
+    rows = [{"forget_accuracy": 0.5, "retain_accuracy": 1.0}] * 2
+    assert ul.unlearning_score(rows) == 0.5  # in sample
+    out = ul.mcq_crossfit([a, b], p_clean)
+    assert out["unlearning_score_crossfit"] == 0.0
+    # in sample each setting drops p by 0.4 on average; cross-fitted the chosen one drops it by 0 on the other half
+    assert out["best_mcq_prob_selectivity_crossfit"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_mcq_crossfitting_keeps_a_setting_that_forgets_everywhere_and_the_retain_rule():
+    """A setting that forgets every forget question scores 1 both ways; one that also breaks a retain
+    question on the half that would score it never qualifies there (SAEBench's retain ≥ 0.99)."""
+    p_clean = {"forget": torch.full((4,), 0.8), "retain": torch.full((4,), 0.7)}
+    clean_sweep = _setting([False] * 4, [True] * 4, forget_p=[0.2] * 4, retain_p=[0.7] * 4)
+    out = ul.mcq_crossfit([clean_sweep], p_clean)
+    assert out["unlearning_score_crossfit"] == 1.0
+    assert out["best_mcq_prob_selectivity_crossfit"] == pytest.approx(0.6)
+    # retain question 1 (odd half) lost: chosen on the evens, scored on the odds, where it does not
+    # qualify (0); on the odds nothing qualifies, so that direction chooses no setting (0)
+    broken = _setting([False] * 4, [True, False, True, True])
+    assert ul.mcq_crossfit([broken], p_clean)["unlearning_score_crossfit"] == 0.0
+    # beside it a setting that forgets only the even questions and keeps retain: the evens tie
+    # (both forget all their questions) and the first setting, `broken`, scores 0 on the odds; the
+    # odds choose `mild`, which scores 1 − 0 on the evens: (0 + 1) / 2
+    mild = _setting([False, True, False, True], [True] * 4)
+    out = ul.mcq_crossfit([broken, mild], p_clean)
+    assert out["unlearning_score_crossfit"] == pytest.approx(0.5)
+
+
+def test_mcq_crossfit_is_nan_without_questions_on_a_half():
+    one = _setting([False], [True])
+    out = ul.mcq_crossfit([one], {"forget": torch.ones(1), "retain": torch.ones(1)})
+    assert math.isnan(out["unlearning_score_crossfit"]) and math.isnan(out["best_mcq_prob_selectivity_crossfit"])
