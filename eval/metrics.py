@@ -74,8 +74,10 @@ _REGISTRY: list[Metric] = [
     Metric("retain_coverage_at_best", "unlearning", None, "retain coverage at the best setting", eval_error=True),
     Metric("loss_unlearning_score_crossfit", "unlearning", True, "loss unlearning score, cross-fitted",
            eval_error=True),
-    Metric("unlearning_score", "unlearning", True, "MCQ unlearning score (SAEBench)"),
-    Metric("best_mcq_prob_selectivity", "unlearning", True, "MCQ p(right) selectivity"),
+    Metric("unlearning_score_crossfit", "unlearning", True, "MCQ unlearning score (SAEBench rule), cross-fitted"),
+    Metric("unlearning_score", "unlearning", True, "MCQ unlearning score (SAEBench), in sample"),
+    Metric("best_mcq_prob_selectivity_crossfit", "unlearning", True, "MCQ p(right) selectivity, cross-fitted"),
+    Metric("best_mcq_prob_selectivity", "unlearning", True, "MCQ p(right) selectivity, in sample"),
     # eval/conditioning.py: ‖W_gᵀW_h‖_F / (‖W_g‖_F‖W_h‖_F) of the decoder, named rms_cross_cos everywhere
     Metric("rms_cross_cos", "conditioning", None, "RMS cross-group cos", field="decoder_rms_cross_cos",
            old_fields=("decoder_overlap_fro_normalized",), runs_table=False),

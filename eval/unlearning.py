@@ -30,6 +30,8 @@ Matched against sae_bench 0.6.0 ``evals/unlearning``:
    per setting ``forget_p_drop`` / ``retain_p_drop`` = clean mean p − clamped mean p and
    ``mcq_prob_selectivity`` = their difference; ``best_mcq_prob_selectivity`` over settings. It
    moves even where accuracy does not (a model near chance, one flipped retain question).
+   Both MCQ figures are also cross-fitted (``mcq_crossfit``): the setting chosen on one half of the
+   questions, scored on the other, both ways averaged.
 7. Loss mode (ours; works for any model): CE on held-out forget and retain contexts, clean and
    under each setting (positions 1..T-2 predict; BOS's own prediction is left out).
    ``selectivity = forget_ce_increase − retain_ce_increase`` (nats), and
@@ -251,6 +253,38 @@ def unlearning_score(rows: Sequence[dict] | dict, min_retain: float = MIN_RETAIN
     return 1.0 - min(1.0 if r["retain_accuracy"] < min_retain else r["forget_accuracy"] for r in usable)
 
 
+def mcq_crossfit(per_setting: Sequence[dict], p_clean: dict, min_retain: float = MIN_RETAIN_ACCURACY) -> dict:
+    """The MCQ figures with the setting chosen on one half of the questions and scored on the other,
+    then the other way round, the two averaged (``md.crossfit``), as the loss figures are by document:
+    a setting is never scored on the questions that chose it. Questions alternate between the halves
+    in their order (even / odd position within the forget and within the retain set). Ties go to the
+    first setting of the sweep.
+
+    ``per_setting[s][corpus]`` = (correct ``[n]`` bool, p ``[n]``) on the base-correct questions;
+    ``p_clean[corpus]`` = the unmodified model's p on them. Returns ``unlearning_score_crossfit``
+    (SAEBench's rule: 1 − forget accuracy of the setting with the lowest forget accuracy among
+    those keeping retain accuracy ≥ ``min_retain``; none qualifying scores 0) and
+    ``best_mcq_prob_selectivity_crossfit``; nan where a half has no question."""
+    def half(corpus: str, h: int) -> Tensor:
+        return torch.arange(len(p_clean[corpus])) % 2 == h
+
+    score, choose, prob = [], [], []
+    for h in (0, 1):
+        f, r = half("forget", h), half("retain", h)
+        if not (f.any() and r.any()):
+            return {"unlearning_score_crossfit": math.nan, "best_mcq_prob_selectivity_crossfit": math.nan}
+        acc_f = np.array([_mean(s["forget"][0][f]) for s in per_setting])
+        acc_r = np.array([_mean(s["retain"][0][r]) for s in per_setting])
+        qualifies = acc_r >= min_retain  # nan accuracies never qualify
+        score.append(np.where(qualifies, 1.0 - acc_f, 0.0)[None])  # [1, S], higher is better
+        choose.append(np.where(qualifies, 1.0 - acc_f, np.nan)[None])  # none qualifying: no setting, 0
+        f_drop = _mean(p_clean["forget"][f]) - np.array([_mean(s["forget"][1][f]) for s in per_setting])
+        r_drop = _mean(p_clean["retain"][r]) - np.array([_mean(s["retain"][1][r]) for s in per_setting])
+        prob.append((f_drop - r_drop)[None])
+    return {"unlearning_score_crossfit": float(md.crossfit(score[0], score[1], choose[0], choose[1])[0]),
+            "best_mcq_prob_selectivity_crossfit": float(md.crossfit(prob[0], prob[1], prob[0], prob[1])[0])}
+
+
 def loss_unlearning_score(rows: Sequence[dict], tolerance: float = RETAIN_CE_TOLERANCE) -> float:
     """Largest relative forget CE increase among settings with retain CE up at most ``tolerance``."""
     ok = [r["forget_ce_increase"] / r["forget_ce_clean"] for r in rows
@@ -365,13 +399,15 @@ def run_sweep(model: nn.Module, tokenizer, layer: int, settings: list, *, baseli
     prefix = baseline.get("prefix")
     cache: dict = {}  # the same edit twice (few features qualify)
     ctx_of_row: list = []  # per-context CE of each row's setting (matched damage; not in the report)
+    mcq_of_row: list = []  # per-question results of each row's setting (cross-fitting; not in the report)
     for fields, key, make in settings:
         if key not in cache:
             cache[key] = _evaluate_setting(model, tokenizer, layer, make, sets if do_mcq else None,
                                            (forget_contexts, retain_contexts) if do_loss else None,
                                            batch_size, chat, baseline.get("domain"), prefix)
-        row = {**fields, **{k: v for k, v in cache[key].items() if k != "_ctx"}}
+        row = {**fields, **{k: v for k, v in cache[key].items() if not k.startswith("_")}}
         ctx_of_row.append(cache[key].get("_ctx"))
+        mcq_of_row.append(cache[key].get("_mcq"))
         if do_loss:
             row |= _loss_fields(row, clean)
         if do_mcq:
@@ -384,6 +420,8 @@ def run_sweep(model: nn.Module, tokenizer, layer: int, settings: list, *, baseli
         result["unlearning_score"] = unlearning_score(result["rows"])
         result["best_mcq_prob_selectivity"] = max((r["mcq_prob_selectivity"] for r in result["rows"]),
                                                   default=math.nan)
+        if result["rows"]:
+            result.update(mcq_crossfit(mcq_of_row, baseline["p_clean_q"]))
     if do_loss:
         result["loss_unlearning_score"] = loss_unlearning_score(result["rows"])
         result["best_selectivity"] = max((r["selectivity"] for r in result["rows"]), default=math.nan)
@@ -422,6 +460,7 @@ def unlearning_baseline(model: nn.Module, tokenizer, *, forget_mcqs, retain_mcqs
             keep = torch.nonzero(base.all(dim=1), as_tuple=True)[0].tolist()
             out["sets"][name] = [qs[i] for i in keep]
             out["p_clean"][name] = _mean(p[keep])
+            out.setdefault("p_clean_q", {})[name] = p[keep]  # per question, for the cross-fitted figures
             out["summary"].update({f"{name}_questions": len(qs), f"{name}_base_accuracy": _mean(base[:, 0]),
                                    f"{name}_base_correct": len(keep), f"{name}_p_correct_clean": out["p_clean"][name]})
         out["summary"].update(chat=chat, all_permutations=all_permutations)
@@ -449,6 +488,7 @@ def _evaluate_setting(model, tokenizer, layer, make, sets: dict | None, contexts
             for name, qs in sets.items():
                 correct, p = mcq_scores(model, tokenizer, qs, batch_size, chat=chat, prefix=prefix)
                 correct = correct[:, 0]
+                out.setdefault("_mcq", {})[name] = (correct, p)  # per question (cross-fitting; not in the report)
                 out[f"{name}_accuracy"] = _mean(correct)
                 out[f"{name}_p_correct"] = _mean(p)
                 if name == "retain":

@@ -260,6 +260,7 @@ def test_run_unlearning_end_to_end(lm):
         else:
             assert r["forget_ce_increase"] != 0.0
     assert "unlearning_score" in res and res["loss_unlearning_score"] >= 0.0
+    assert {"unlearning_score_crossfit", "best_mcq_prob_selectivity_crossfit"} <= set(res)
     p_clean = {k: res[f"{k}_p_correct_clean"] for k in ("forget", "retain")}
     for r in res["rows"]:  # nan where the random tiny model gets no question right (no base-correct set)
         assert r["forget_p_drop"] == pytest.approx(p_clean["forget"] - r["forget_p_correct"], nan_ok=True)
