@@ -398,7 +398,7 @@ def plot_frontier(out_dir: Path, agg: dict, metrics: list[Metric]) -> list[str]:
             ax.set(xlabel=f"{xm.label} (better →)", ylabel=ym.label)
             ax.legend(fontsize=6)
     fig.suptitle("Unlearning on the reconstruction frontier (95 % bars on both axes; black: baseline curve)", fontsize=9)
-    return [_save(plt, fig, out_dir, "frontier.png")]
+    return [save_figure(plt, fig, out_dir, "frontier.png")]
 
 
 def _err(s: dict) -> list:
@@ -436,7 +436,7 @@ def plot_conditions(out_dir: Path, agg: dict) -> list[str]:
                 ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=3, color=f"C{i % 10}", label=label)
         ax.set(xlabel="L0 (mean, 95 % interval over seeds)", ylabel=ylabel, title=f"{ylabel} vs L0 per condition")
         ax.legend(fontsize=6)
-        made.append(_save(plt, fig, out_dir, name))
+        made.append(save_figure(plt, fig, out_dir, name))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     # the activity-weighted one is what α bounds under the default weighting
@@ -457,7 +457,7 @@ def plot_conditions(out_dir: Path, agg: dict) -> list[str]:
         ax.axhline(base[0], linestyle=":", color="grey", label="baseline (post-hoc groups)")
     ax.set(xlabel="α", ylabel=ov.replace("_", " ").replace("rms", "RMS"), title="Cross-group overlap vs α")
     ax.legend(fontsize=6)
-    made.append(_save(plt, fig, out_dir, "conditions_overlap_vs_alpha.png"))
+    made.append(save_figure(plt, fig, out_dir, "conditions_overlap_vs_alpha.png"))
 
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(conds) + 2), 4))
     for i, (label, e) in enumerate(conds.items()):
@@ -465,11 +465,12 @@ def plot_conditions(out_dir: Path, agg: dict) -> list[str]:
         ax.bar(i, y if math.isfinite(y) else 0, yerr=yerr, capsize=3, color=f"C{i % 10}")
     ax.set_xticks(range(len(conds)), list(conds), rotation=30, ha="right", fontsize=7)
     ax.set(ylabel="dead fraction", title="Dead features per condition (95 % interval)")
-    made.append(_save(plt, fig, out_dir, "conditions_dead_fraction.png"))
+    made.append(save_figure(plt, fig, out_dir, "conditions_dead_fraction.png"))
     return made
 
 
-def _save(plt, fig, out_dir: Path, name: str) -> str:
+def save_figure(plt, fig, out_dir: Path, name: str) -> str:
+    """Lay out, write at the report's dpi, close; the file's name (report and probe plots)."""
     fig.tight_layout()
     fig.savefig(out_dir / name, dpi=110)
     plt.close(fig)

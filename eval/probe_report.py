@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from orthosae.eval.aggregate import save_figure
 from orthosae.eval.metrics import Metric, register
 
 # The families' headline figures in the one metric registry (eval/metrics.py): the conditions table,
@@ -115,7 +116,7 @@ def probe_plots(out_dir: Path, results: dict) -> list[str]:
         ax.set_xticks([i + 0.4 - w / 2 for i in range(len(with_p))], with_p, rotation=30, ha="right", fontsize=7)
         ax.set(ylabel="test accuracy", title="Sparse probing (dotted: LLM top-k)", ylim=(0.4, 1.0))
         ax.legend(fontsize=7)
-        made.append(_save(plt, fig, out_dir, "sparse_probing.png"))
+        made.append(save_figure(plt, fig, out_dir, "sparse_probing.png"))
     with_t = [n for n in names if "tpp" in results[n]]
     if with_t:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -126,7 +127,7 @@ def probe_plots(out_dir: Path, results: dict) -> list[str]:
         ax.set_xscale("log")
         ax.set(xlabel="latents ablated per class (n)", ylabel="TPP", title="TPP vs n")
         ax.legend(fontsize=6)
-        made.append(_save(plt, fig, out_dir, "tpp.png"))
+        made.append(save_figure(plt, fig, out_dir, "tpp.png"))
     with_a = [n for n in names if "absorption" in results[n]]
     if with_a:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -140,12 +141,5 @@ def probe_plots(out_dir: Path, results: dict) -> list[str]:
             title += ": not scored (too few letters pass the probe F1)"
         ax.set(ylabel="fraction", title=title)
         ax.legend(fontsize=7)
-        made.append(_save(plt, fig, out_dir, "absorption.png"))
+        made.append(save_figure(plt, fig, out_dir, "absorption.png"))
     return made
-
-
-def _save(plt, fig, out_dir: Path, name: str) -> str:
-    fig.tight_layout()
-    fig.savefig(out_dir / name, dpi=110)
-    plt.close(fig)
-    return name

@@ -10,24 +10,17 @@ writes) and ``EXCLUDED`` ones, so a file an export gains later is covered with n
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Callable
 
+from orthosae.common.wheels import sha256_file
+
 DIGESTS = "digests.json"
 # summary.json carries the export's digests (it is written after them); log.jsonl grows while a
 # run trains and belongs to training, not to the export a repair can rewrite.
 EXCLUDED = frozenset({DIGESTS, "summary.json", "log.jsonl"})
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -54,7 +47,7 @@ def covered_files(folder: Path) -> list[str]:
 
 def record(folder: Path) -> dict[str, dict]:
     """Write ``folder/digests.json`` for its files (atomically, last); returns ``{name: {sha256, bytes}}``."""
-    files = {name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size}
+    files = {name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
              for name in covered_files(folder)}
     text = json.dumps({"algorithm": "sha256", "files": files}, indent=2) + "\n"
     write_atomic(folder / DIGESTS, lambda p: p.write_text(text))
@@ -86,6 +79,6 @@ def check(folder: Path, files: dict[str, dict], *, full: bool = True) -> list[tu
             out.append((str(path), "missing"))
         elif path.stat().st_size != want["bytes"]:
             out.append((str(path), f"{path.stat().st_size} bytes, {want['bytes']} recorded (truncated or replaced)"))
-        elif full and file_sha256(path) != want["sha256"]:
+        elif full and sha256_file(path) != want["sha256"]:
             out.append((str(path), "sha256 differs from the recorded one (damaged or replaced)"))
     return out

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from safetensors.torch import load_file, save_file
 from orthosae.common.config import OrthoConfig, RunConfig, TrainConfig
 from orthosae.common.errors import UserError
 
+from .digests import write_atomic
 from .sae import SAE, is_grouped, make_sae
 from .sae.adaptive import GROUPED_ARCH, sae_lens_classes
 from .sae.base import dtype_name
@@ -80,20 +80,6 @@ def _sae_lens_version() -> str:
         return version("sae-lens")
     except Exception:
         return DEFAULT_SAE_LENS_FORMAT
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # name the file being written, not its temporary (the CLI prints one line)
-        raise OSError(e.errno, e.strerror, str(path)) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @torch.no_grad()
@@ -156,8 +142,8 @@ def save_sae(sae: SAE, run_dir: str | Path, *, scale: float, extra_cfg: dict[str
         raise ExportError(f"save_sae: cfg for {run_dir} is not plain JSON: {e}") from None
     tensors = export_tensors(sae, scale)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / WEIGHTS_FILENAME, lambda p: save_file(tensors, str(p)))
-    _atomic_write(run_dir / CFG_FILENAME, lambda p: p.write_text(text + "\n"))
+    write_atomic(run_dir / WEIGHTS_FILENAME, lambda p: save_file(tensors, str(p)))
+    write_atomic(run_dir / CFG_FILENAME, lambda p: p.write_text(text + "\n"))
     return run_dir
 
 
