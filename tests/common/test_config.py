@@ -222,12 +222,12 @@ def test_the_cpu_tests_pin_cpu(tmp_path):
     """Configs the CPU tests write name the CPU for the model and for training: left at "auto" they
     would run on CUDA on a GPU box (bitwise resume, the 2-rank harvest asking for cuda:1). The GPU
     paths have their own tests (tests/test_gpu_smoke.py)."""
-    from tests import test_train
     from tests._configs import write_harvest_config, write_tiny_pipeline
+    from tests._synthetic import write_config as write_train_config
 
     for i, write in enumerate([lambda d: write_tiny_pipeline(d, Path("model")),
                                lambda d: write_harvest_config(d, Path("model")),
-                               lambda d: test_train.write_config(d)]):
+                               lambda d: write_train_config(d)]):
         (tmp_path / str(i)).mkdir()
         cfg = load_config(write(tmp_path / str(i)))
         assert (cfg.model.device, cfg.train.device) == ("cpu", "cpu"), write
