@@ -155,7 +155,7 @@ def test_default_needs_no_tracker_package_and_a_missing_one_fails_in_one_line(tm
     script = ("import sys; from click.testing import CliRunner; from orthosae.cli import main; "
               f"codes = [CliRunner().invoke(main, ['--config', {str(path)!r}, c]).exit_code for c in ('harvest', 'train')]; "
               "print(codes, 'wandb' in sys.modules, 'trackio' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.stdout.strip().splitlines()[-1] == "[0, 0] False False", out.stdout + out.stderr
     assert not (tmp_path / "wandb").exists()
 
