@@ -34,6 +34,10 @@ eval/browser_pages.py (HTML, ``write_site``). What is computed, and from what:
   unembedding; the norm's ``1/rms(x)`` factor is a positive per-token scalar and Gemma's logit
   soft-capping is monotone, so neither changes which tokens a direction promotes or suppresses. The
   model is never run on text.
+- **Roles in ``pipe eval``'s probing evals** (``eval_roles``): the latents report.json records for
+  the run (sparse probing's top latents per class, TPP's ablated latents per class, absorption's
+  split and absorbing latents per letter), when it was made from this training (same fingerprint);
+  otherwise the page says the roles are unknown, and why.
 - **Unlearning selection**: ``eval.unlearning.select_features`` (SAEBench's ranking) on the held-out
   frequencies, at each ``[eval.unlearning] retain_thresholds``; ``pipe eval`` ranks on train rows,
   so the selection there can differ where the two frequency estimates differ.
@@ -51,8 +55,8 @@ from orthosae.common.model import load_model, pick_device
 from orthosae.common.progress import console, progress
 from orthosae.common.store import StoreError, open_store_for
 from orthosae.eval import browser_pages
-from orthosae.eval.browser_data import (TokenText, assemble, decoder_neighbours, final_norm_gain, logit_effects, scan_groups,
-                                store_arrays)
+from orthosae.eval.browser_data import (TokenText, assemble, decoder_neighbours, eval_roles, final_norm_gain, logit_effects,
+                                        scan_groups, store_arrays)
 from orthosae.eval.browser_scan import HIST_PER_DECADE, TOP_K, scan_heldout, scan_ranges
 from orthosae.train.export import load_sae
 from orthosae.train.verify import read_summary, require_intact_export
@@ -109,6 +113,7 @@ def build_browser(cfg: Config, *, run_names: list[str] | None = None, top_k: int
     tok = TokenText(lm.tokenizer)
     device = pick_device(cfg.model.device)
     un = cfg.eval.unlearning
+    report = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.json"
     model_s = time.perf_counter() - t0
     total_rows = sum(c.n_rows for c in scan_ranges(reader.corpora(), heldout, max_rows))
     with progress("row", disable=not show_progress) as bar:
@@ -136,7 +141,8 @@ def build_browser(cfg: Config, *, run_names: list[str] | None = None, top_k: int
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             site = assemble(run.name, run.type, sae.cpu(), scan, store_arrays(reader, scan.ranges), tok,
                             lm.tokenizer.bos_token_id, groups, n_groups, grouping, neighbours, logits,
-                            list(un.retain_thresholds), list(un.n_features_list), meta)
+                            list(un.retain_thresholds), list(un.n_features_list), meta,
+                            eval_roles(report, run.name, summary.get("fingerprint")))
             timings["assemble_s"] = round(time.perf_counter() - t, 2)
             t = time.perf_counter()
             site.meta["timings"] = timings

@@ -1,12 +1,15 @@
 """`pipe inspect`'s per-feature data (eval/browser.py has the overview): weights-only analyses
 (decoder neighbours, direct logit effects, cross-group RMS cosines) and ``assemble``, which joins
-them with a held-out ``Scan`` (eval/browser_scan.py) into one run's ``RunSite`` for the pages.
+them with a held-out ``Scan`` (eval/browser_scan.py) into one run's ``RunSite`` for the pages;
+``eval_roles`` reads from ``pipe eval``'s report.json which latents its probing evals recorded.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -116,6 +119,94 @@ def group_label(g: int, n_groups: int) -> str:
     return f"group {g} (forget share {g / n_groups:.2f}-{(g + 1) / n_groups:.2f})"
 
 
+# ---------------------------------------------------------------------------- pipe eval's latent roles
+
+def _ints(x) -> list[int]:
+    """A report's list of latent ids (anything else: none)."""
+    return [int(i) for i in x if isinstance(i, int) and not isinstance(i, bool)] if isinstance(x, list) else []
+
+
+def _roles_of_entry(entry: dict) -> tuple[dict[int, list[dict]], list[str]]:
+    """Feature id -> its roles in one run's report.json entry, and the evals that recorded latents."""
+    roles: dict[int, list[dict]] = {}
+    families: list[str] = []
+
+    def add(ids: list[int], ranked: bool, **role) -> None:
+        for r, i in enumerate(ids):
+            roles.setdefault(i, []).append({**role, "rank": r + 1 if ranked else None, "of": len(ids)})
+
+    datasets = (entry.get("probing") or {}).get("datasets")
+    if isinstance(datasets, dict) and any(isinstance(d, dict) and "top_latents" in d for d in datasets.values()):
+        families.append("sparse_probing")
+        for name, d in datasets.items():
+            for cls, ids in ((d or {}).get("top_latents") or {}).items():
+                ids = _ints(ids)
+                add(ids, False, eval="sparse_probing", role="top_latent", dataset=name, **{"class": cls},
+                    text=f"sparse probing, {name}: one of the {len(ids)} latents of largest class mean "
+                         f"difference for class {cls!r} (the SAE top-k probes pick among them)")
+    tpp = entry.get("tpp") or {}
+    if isinstance(tpp.get("ablated_latents"), dict):
+        families.append("tpp")
+        for cls, ids in tpp["ablated_latents"].items():
+            ids = _ints(ids)
+            for r, i in enumerate(ids):
+                roles.setdefault(i, []).append({
+                    "eval": "tpp", "role": "ablated", "dataset": tpp.get("dataset"), "class": cls, "rank": r + 1,
+                    "of": len(ids), "text": f"TPP, {tpp.get('dataset')}: ablated for class {cls!r}, rank {r + 1} "
+                                            f"by probe effect (in the ablation for every n \u2265 {r + 1})"})
+    letters = (entry.get("absorption") or {}).get("letters")
+    if isinstance(letters, dict) and any(isinstance(v, dict) and ("split_latents" in v or "absorbing_latents" in v)
+                                         for v in letters.values()):
+        families.append("absorption")
+        for L, v in letters.items():
+            v = v or {}
+            split = _ints(v.get("split_latents"))
+            add(split, False, eval="absorption", role="split", dataset="first_letter", **{"class": L},
+                text=f"absorption: main latent of letter {L.upper()!r} (the k-sparse probe's "
+                     f"{len(split)} split latent{'s' if len(split) != 1 else ''})")
+            absorbing = _ints(v.get("absorbing_latents"))
+            for r, i in enumerate(absorbing):
+                roles.setdefault(i, []).append({
+                    "eval": "absorption", "role": "absorbing", "dataset": "first_letter", "class": L, "rank": r + 1,
+                    "of": len(absorbing), "text": f"absorption: absorbing latent of letter {L.upper()!r}, rank "
+                                                  f"{r + 1} (fires on its words where the main latents do not)"})
+    return roles, families
+
+
+def eval_roles(report_path: Path, run: str, fingerprint: str | None) -> tuple[dict[int, list[dict]], dict]:
+    """(feature id -> roles, the site's ``meta.eval_roles``): the latents ``pipe eval`` recorded for
+    ``run`` in report.json (sparse probing's top latents per class, TPP's ablated latents per class,
+    absorption's split and absorbing latents per letter). No report, no entry for the run, an entry
+    of another training (fingerprint) or one without these fields: no roles, and a note saying why
+    they are unknown."""
+    info = {"report": str(report_path), "known": False, "evals": []}
+
+    def unknown(why: str):
+        return {}, {**info, "note": f"roles in pipe eval's probing evals unknown: {why}"}
+
+    if not report_path.is_file():
+        return unknown(f"no {report_path} (run `pipe eval`)")
+    try:
+        runs = json.loads(report_path.read_text()).get("runs")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return unknown(f"{report_path} is not readable JSON")
+    entry = runs.get(run) if isinstance(runs, dict) else None
+    if not isinstance(entry, dict):
+        return unknown(f"{report_path} has no entry for run {run!r}")
+    reported = (entry.get("summary") or {}).get("fingerprint")
+    if fingerprint is not None and reported != fingerprint:
+        return unknown(f"{report_path} is of another training of {run!r} (fingerprint {reported}, "
+                       f"now {fingerprint}); run `pipe eval` again")
+    roles, families = _roles_of_entry(entry)
+    if not families:
+        return unknown(f"{report_path} records no latents for run {run!r} (sparse probing, TPP and "
+                       f"absorption off, or a report from before they were recorded)")
+    note = (f"from {report_path}: " + ", ".join(families) +
+            (f"; not recorded: {', '.join(f for f in ('sparse_probing', 'tpp', 'absorption') if f not in families)}"
+             if len(families) < 3 else ""))
+    return roles, {**info, "known": True, "evals": families, "note": note}
+
+
 # ---------------------------------------------------------------------------- assembling the site
 
 def _num(x, sig: int = 4):
@@ -171,8 +262,11 @@ def scan_groups(sae: nn.Module, scan: Scan, n_groups: int) -> tuple[Tensor, int,
 def assemble(run: str, run_type: str, sae: nn.Module, scan: Scan, arrays: dict, tok: TokenText,
              bos_id: int | None, groups: Tensor, n_groups: int, grouping: str, neighbours: dict,
              logits: dict | None, retain_thresholds: list[float], n_features_list: list[int],
-             meta: dict) -> RunSite:
+             meta: dict, roles: tuple[dict[int, list[dict]], dict] | None = None) -> RunSite:
+    """One run's site; ``roles``: ``eval_roles``'s answer (None: not looked up, so unknown)."""
     d_sae = sae.W_dec.shape[0]
+    role_of, roles_info = roles if roles is not None else (
+        {}, {"known": False, "evals": [], "note": "roles in pipe eval's probing evals unknown: not looked up"})
     n_f, n_r = scan.n_rows["forget"], scan.n_rows["retain"]
     hf = heldout_frequencies(scan)
     freq_f, freq_r, freq, share = hf["freq_forget"], hf["freq_retain"], hf["freq"], hf["forget_share"]
@@ -265,6 +359,7 @@ def assemble(run: str, run_type: str, sae: nn.Module, scan: Scan, arrays: dict, 
                 "top": top_contexts(i),
                 "nearest_in_group": near["in"], "nearest_other_groups": near["out"],
                 "unlearning_selection": clamp_rank.get(i, []),
+                "eval_roles": role_of.get(i, []),
             }
             if logit_cols is not None:
                 detail["logits"] = {
@@ -292,6 +387,6 @@ def assemble(run: str, run_type: str, sae: nn.Module, scan: Scan, arrays: dict, 
     meta = {**meta, "run": run, "run_type": run_type, "d_sae": d_sae, "grouping": grouping,
             "n_groups": n_groups, "group_labels": labels, "rows": {"forget": n_f, "retain": n_r},
             "corpora": [{"name": c.name, "role": c.role, "rows": c.n_rows} for c in scan.ranges],
-            "top_k": int(scan.top_vals.shape[0]), "window": list(scan.window)}
+            "top_k": int(scan.top_vals.shape[0]), "window": list(scan.window), "eval_roles": roles_info}
     return RunSite(run=run, run_type=run_type, meta=meta, features=features, details=details(), groups=gdata)
 

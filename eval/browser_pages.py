@@ -240,6 +240,13 @@ function tokenTable(list) {
   for (const x of list) t.append(el('tr', {}, el('td', {class: 'l'}, el('span', {class: 'tok', text: showTokAlone(x.t)})), el('td', {}, fmt(x.v))));
   return t;
 }
+function evalRoles(roles) {
+  const info = META.eval_roles || {known: false, note: 'roles in pipe eval\u2019s probing evals unknown'};
+  if (!info.known) return el('p', {class: 'muted roles-unknown', text: info.note});
+  const note = el('p', {class: 'note', text: 'Latents recorded ' + info.note});
+  if (!roles.length) return el('div', {}, el('p', {class: 'muted roles-none', text: 'none: not among the latents these evals recorded'}), note);
+  return el('div', {}, el('ul', {class: 'roles'}, ...roles.map(r => el('li', {class: 'role', text: r.text}))), note);
+}
 function orthosaeFeature(d) {
   document.title = `feature ${d.id} · ${d.run}`;
   document.getElementById('title').textContent = `orthosae · ${d.run} · feature #${d.id}`;
@@ -264,6 +271,7 @@ function orthosaeFeature(d) {
     el('h2', {text: `top-activating held-out contexts (${d.top.length})`}),
     el('div', {id: 'contexts'}, ...(d.top.length ? d.top.map(ex => context(ex, maxAct)) : [el('p', {class: 'muted', text: 'never active on held-out rows'})])),
     el('p', {class: 'note', text: 'Each line: one held-out context, with the feature\u2019s max activation in it at the outlined token and the tokens around that token, shaded by the feature\u2019s activation (darkest = this feature\u2019s max). BOS is not stored, so never shaded.'}),
+    el('h2', {text: 'in pipe eval\u2019s probing evals'}), evalRoles(d.eval_roles || []),
     el('div', {class: 'grid'},
       el('div', {}, el('h2', {text: 'nearest features in its group (decoder cosine)'}), neighbourTable(d.nearest_in_group)),
       el('div', {}, el('h2', {text: 'nearest features in other groups'}), neighbourTable(d.nearest_other_groups))),
