@@ -421,7 +421,7 @@ def run_sweep(model: nn.Module, tokenizer, layer: int, settings: list, *, baseli
         result["best_mcq_prob_selectivity"] = max((r["mcq_prob_selectivity"] for r in result["rows"]),
                                                   default=math.nan)
         if result["rows"]:
-            result.update(mcq_crossfit(mcq_of_row, baseline["p_clean_q"]))
+            result.update(mcq_crossfit(mcq_of_row, baseline["p_clean"]))
     if do_loss:
         result["loss_unlearning_score"] = loss_unlearning_score(result["rows"])
         result["best_selectivity"] = max((r["selectivity"] for r in result["rows"]), default=math.nan)
@@ -459,10 +459,9 @@ def unlearning_baseline(model: nn.Module, tokenizer, *, forget_mcqs, retain_mcqs
             base, p = mcq_scores(model, tokenizer, qs, batch_size, chat=chat, all_permutations=all_permutations)
             keep = torch.nonzero(base.all(dim=1), as_tuple=True)[0].tolist()
             out["sets"][name] = [qs[i] for i in keep]
-            out["p_clean"][name] = _mean(p[keep])
-            out.setdefault("p_clean_q", {})[name] = p[keep]  # per question, for the cross-fitted figures
+            out["p_clean"][name] = p[keep]  # per question: the cross-fitted figures take halves of it
             out["summary"].update({f"{name}_questions": len(qs), f"{name}_base_accuracy": _mean(base[:, 0]),
-                                   f"{name}_base_correct": len(keep), f"{name}_p_correct_clean": out["p_clean"][name]})
+                                   f"{name}_base_correct": len(keep), f"{name}_p_correct_clean": _mean(p[keep])})
         out["summary"].update(chat=chat, all_permutations=all_permutations)
     if forget_contexts is not None and retain_contexts is not None:
         ctx = {"forget": forget_contexts, "retain": retain_contexts}
@@ -512,8 +511,8 @@ def _evaluate_setting(model, tokenizer, layer, make, sets: dict | None, contexts
 
 def _mcq_prob_fields(row: dict, p_clean: dict) -> dict:
     """The continuous MCQ figure: how much the right answer's probability fell, forget vs retain."""
-    f_drop = p_clean["forget"] - row["forget_p_correct"]
-    r_drop = p_clean["retain"] - row["retain_p_correct"]
+    f_drop = _mean(p_clean["forget"]) - row["forget_p_correct"]
+    r_drop = _mean(p_clean["retain"]) - row["retain_p_correct"]
     return {"forget_p_drop": f_drop, "retain_p_drop": r_drop, "mcq_prob_selectivity": f_drop - r_drop}
 
 
