@@ -119,3 +119,15 @@ def write_harvest_config(tmp_path, model_dir, *, store="s.zarr", layer=0, storag
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
     return path
+
+
+# a baseline and a grouped SAE: the smallest sweep that exercises both export paths
+BASELINE_AND_ADAPTIVE = """
+[[runs]]
+name = "baseline"
+type = "baseline"
+[[runs]]
+name = "adaptive"
+type = "adaptive"
+alpha = 0.04
+"""

@@ -12,22 +12,12 @@ from click.testing import CliRunner
 from orthosae.common import events
 from orthosae.cli import main
 from orthosae.common.tracker import tracked_id
-from tests._configs import tiny_eval, write_tiny_pipeline
+from tests._configs import BASELINE_AND_ADAPTIVE, tiny_eval, write_tiny_pipeline
 
-ROOT = Path(__file__).resolve().parents[2]
-RUNS = """
-[[runs]]
-name = "baseline"
-type = "baseline"
-[[runs]]
-name = "adaptive"
-type = "adaptive"
-alpha = 0.04
-"""
 
 
 def run_pipeline(tmp: Path, model_dir: Path, tracker: str) -> Path:
-    path = write_tiny_pipeline(tmp, model_dir, tokens=1920, rest=RUNS + tiny_eval(tmp, (2,)) +
+    path = write_tiny_pipeline(tmp, model_dir, tokens=1920, rest=BASELINE_AND_ADAPTIVE + tiny_eval(tmp, (2,)) +
                                "\n[log]\nprogress_seconds = 0\n")
     res = CliRunner().invoke(main, ["--config", str(path), "--set", f"log.tracker={tracker}",
                                     "--set", "log.tracker_project=orthosae-test", "run"])
@@ -150,7 +140,7 @@ def test_trackio_local_run_per_sae_run_with_curves_config_and_report(tmp_path, t
 
 
 def test_default_needs_no_tracker_package_and_a_missing_one_fails_in_one_line(tmp_path, tiny_model_dir, monkeypatch):
-    path = write_tiny_pipeline(tmp_path, tiny_model_dir, tokens=640, rest=RUNS)
+    path = write_tiny_pipeline(tmp_path, tiny_model_dir, tokens=640, rest=BASELINE_AND_ADAPTIVE)
     # the default imports neither package (a fresh interpreter: the test process has sae_lens -> wandb)
     script = ("import sys; from click.testing import CliRunner; from orthosae.cli import main; "
               f"codes = [CliRunner().invoke(main, ['--config', {str(path)!r}, c]).exit_code for c in ('harvest', 'train')]; "

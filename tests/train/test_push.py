@@ -13,26 +13,17 @@ from safetensors.torch import load_file
 from orthosae.cli import main
 from orthosae.common.config import load_config
 from orthosae.common.store import StoreReader
-from tests._configs import tiny_eval, write_tiny_pipeline
+from tests._configs import BASELINE_AND_ADAPTIVE, tiny_eval, write_tiny_pipeline
 from orthosae.train.export import load_sae
 from orthosae.train.sparsity import feature_density, sparsity_rows
 
-RUNS = """
-[[runs]]
-name = "baseline"
-type = "baseline"
-[[runs]]
-name = "adaptive"
-type = "adaptive"
-alpha = 0.04
-"""
 
 
 @pytest.fixture(scope="module")
 def piped(tmp_path_factory, tiny_model_dir):
     """harvest -> train -> eval on the tiny model: two runs and their report."""
     tmp = tmp_path_factory.mktemp("push")
-    path = write_tiny_pipeline(tmp, tiny_model_dir, tokens=3200, rest=RUNS + tiny_eval(tmp))
+    path = write_tiny_pipeline(tmp, tiny_model_dir, tokens=3200, rest=BASELINE_AND_ADAPTIVE + tiny_eval(tmp))
     res = CliRunner().invoke(main, ["--config", str(path), "run"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     return tmp, path

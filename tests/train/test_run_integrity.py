@@ -14,24 +14,10 @@ from click.testing import CliRunner
 
 from orthosae.common import preempt
 from orthosae.cli import main
-from tests._synthetic import make_store
+from tests._batch import RUNS
+from tests._synthetic import SWEEP, make_store
 from tests._synthetic import write_config as write_train_config
 
-RUNS = ("baseline", "fixed", "adaptive")
-SWEEP = """
-[[runs]]
-name = "baseline"
-type = "baseline"
-[[runs]]
-name = "fixed"
-type = "fixed"
-alpha = 0.1
-[[runs]]
-name = "adaptive"
-type = "adaptive"
-alpha = 0.0
-every = 3
-"""
 ROOT = Path(__file__).resolve().parents[2]
 
 
