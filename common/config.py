@@ -99,7 +99,8 @@ class CorpusConfig:
     role: str = _key(check=_choice("retain", "forget"), doc="what unlearning should keep or remove")
     split: str = _key("train", _choice("train", "heldout"), "heldout documents are never trained on")
     tokens: int = _key(check=_positive, doc="token budget for this corpus (rows stored = budget minus BOS)")
-    subset: str | None = _key(None, doc='embedded:wiki: "retain"/"forget"; hf: dataset config name')
+    subset: str | None = _key(None, doc='embedded:wiki: "retain"/"forget" (biology is forget), or '
+                              '"retain:<topic>"/"forget:<topic>" around another topic; hf: dataset config name')
     hf_split: str = _key("train", doc="hf datasets split to read")
     text_field: str = _key("text", doc="field holding the document text (hf and jsonl)")
     min_chars: int = _key(1, _non_negative, "drop documents shorter than this (WikiText blank lines)")
@@ -202,6 +203,12 @@ class RunConfig:
         return self.type in ("fixed", "adaptive")
 
     @property
+    def condition(self) -> str:
+        """The run's name without the `-s<seed>` its `seeds` list added: seeds of one setting share it."""
+        suffix = f"-s{self.train.seed}"
+        return self.name[:-len(suffix)] if "seed" in self.overrides and self.name.endswith(suffix) else self.name
+
+    @property
     def grouped(self) -> bool:
         """Learned feature groups with their own decoder biases (the method)."""
         return self.type == "adaptive"
@@ -261,6 +268,8 @@ class UnlearningConfig:
                             "diff_of_means (SAE-free: project the forget − retain mean direction out at the layer)")
     projection_scales: list = _key([0.5, 1.0, 2.0], _positive, "diff_of_means: the edit's strengths s in "
                                    "x − s·(x·d̂)d̂ (1 = the direction projected out)")
+    pi_ablation: bool = _key(True, doc="grouped SAEs: also rerun the largest setting with π following the "
+                             "clamp, so the clamp removes group bias too (one more pass per grouped run)")
 
 
 def _int_list(value):
@@ -310,6 +319,17 @@ class AbsorptionConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SpreadConfig:
+    condition: str = _key("", doc="a condition (a run name without its -s<seed>) whose seed-to-seed spread of "
+                          "F(b) and cross-fitted selectivity is split into SAE seed, selection rows and eval "
+                          "documents (docs/evaluation.md); \"\" = off")
+    runs: int = _key(3, _positive, "how many of the condition's runs (lowest seeds first) get the draws")
+    selection_draws: int = _key(3, _positive, "bootstrap draws of the selection rows per run (the training "
+                                "contexts frequencies are counted on, drawn with replacement)")
+    seed: int = _key(0, _non_negative, "seeds the draws")
+
+
+@dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     reports_dir: str = _key("reports", doc="reports/<name>/ gets report.json, report.md, *.png")
     name: str = _key("default", doc="report folder name")
@@ -325,6 +345,7 @@ class EvalConfig:
     probing: ProbingConfig = field(default_factory=ProbingConfig)
     tpp: TppConfig = field(default_factory=TppConfig)
     absorption: AbsorptionConfig = field(default_factory=AbsorptionConfig)
+    spread: SpreadConfig = field(default_factory=SpreadConfig)
 
 
 def _percent(value):
@@ -633,6 +654,10 @@ def _load(file: Path, raw: dict) -> Config:
         raise ConfigError(f"{file}: [eval.unlearning] modes: unknown mode {sorted(bad_modes)[0]!r} "
                           "(known: mcq, loss)")
     _check_probing(evaluation, file)
+    conditions = {r.condition for r in runs}
+    if evaluation.spread.condition and evaluation.spread.condition not in conditions:
+        raise ConfigError(f"{file}: [eval.spread] condition: {evaluation.spread.condition!r} is not a condition of "
+                          f"[[runs]] (have: {', '.join(sorted(conditions))})")
     log = _build(LogConfig, raw.get("log", {}), "[log]", file)
     if log.tracker != "none" and importlib.util.find_spec(log.tracker) is None:
         raise ConfigError(f"{file}: [log] tracker: {log.tracker!r} is not installed: "
@@ -672,7 +697,8 @@ def documented_keys() -> dict[str, list[tuple[str, str, Any]]]:
                          ("corpora.<name>", CorpusConfig), ("train", TrainConfig),
                          ("train.ortho", OrthoConfig), ("eval", EvalConfig),
                          ("eval.unlearning", UnlearningConfig), ("eval.probing", ProbingConfig),
-                         ("eval.tpp", TppConfig), ("eval.absorption", AbsorptionConfig), ("log", LogConfig)]:
+                         ("eval.tpp", TppConfig), ("eval.absorption", AbsorptionConfig),
+                         ("eval.spread", SpreadConfig), ("log", LogConfig)]:
         rows = []
         for f in dataclasses.fields(cls):
             if f.name == "name" or dataclasses.is_dataclass(f.default_factory if f.default_factory

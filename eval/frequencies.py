@@ -49,13 +49,31 @@ def frequency_plan(reader: StoreReader, names: list[str], n_rows: int, seed: int
     return plan
 
 
+def resample_plan(plan: dict[str, np.ndarray], *seeds: int) -> dict[str, np.ndarray]:
+    """A bootstrap draw of a plan: each corpus's contexts drawn with replacement, as many as it has
+    (sorted; a context drawn twice is counted twice). The spread decomposition resamples the
+    selection rows with it (eval/spread.py)."""
+    out = {}
+    for i, (name, contexts) in enumerate(plan.items()):
+        rng = np.random.default_rng([*seeds, i])
+        out[name] = np.sort(contexts[rng.integers(0, len(contexts), len(contexts))])
+    return out
+
+
 def frequency_batches(reader: StoreReader, names: list[str], n_rows: int, seed: int,
-                   skip_tokens: frozenset[int] = frozenset(), batch_rows: int = BATCH_ROWS) -> Iterator[torch.Tensor]:
-    """Raw rows of the planned contexts, chunk by chunk (each chunk read once), in batches of at most
-    `batch_rows`; rows whose token is in `skip_tokens` (BOS, EOS, padding) are left out."""
+                      skip_tokens: frozenset[int] = frozenset(), batch_rows: int = BATCH_ROWS) -> Iterator[torch.Tensor]:
+    """Raw rows of the planned contexts (`frequency_plan`); see `plan_batches`."""
+    return plan_batches(reader, frequency_plan(reader, names, n_rows, seed), skip_tokens, batch_rows)
+
+
+def plan_batches(reader: StoreReader, plan: dict[str, np.ndarray], skip_tokens: frozenset[int] = frozenset(),
+                 batch_rows: int = BATCH_ROWS) -> Iterator[torch.Tensor]:
+    """Raw rows of a plan's contexts (sorted, repeats allowed), chunk by chunk (each chunk read once),
+    in batches of at most `batch_rows`; rows whose token is in `skip_tokens` (BOS, EOS, padding) are
+    left out."""
     info = reader.corpora()
     skip = torch.tensor(sorted(skip_tokens), dtype=torch.int64)
-    for name, contexts in frequency_plan(reader, names, n_rows, seed).items():
+    for name, contexts in plan.items():
         c = info[name]
         per_chunk = c.rows_per_chunk // c.rows_per_context
         for k in np.unique(contexts // per_chunk):
@@ -63,13 +81,13 @@ def frequency_batches(reader: StoreReader, names: list[str], n_rows: int, seed: 
             lo, hi = int(mine[0]) * c.rows_per_context, (int(mine[-1]) + 1) * c.rows_per_context
             rows = reader.read_rows(name, lo, hi)
             tokens = torch.from_numpy(reader.read_tokens(name, lo, hi).astype("int64"))
-            keep = torch.zeros(hi - lo, dtype=torch.bool)
-            for ctx in mine:  # the chosen contexts' rows within the span read
-                start = int(ctx) * c.rows_per_context - lo
-                keep[start:start + c.rows_per_context] = True
+            # the chosen contexts' rows within the span read, a context drawn twice twice
+            index = torch.from_numpy(((mine - mine[0]).astype("int64")[:, None] * c.rows_per_context
+                                      + np.arange(c.rows_per_context)).reshape(-1)
+                                     + int(mine[0]) * c.rows_per_context - lo)
             if len(skip):
-                keep &= ~torch.isin(tokens, skip)
-            rows = rows[keep]
+                index = index[~torch.isin(tokens[index], skip)]
+            rows = rows[index]
             for start in range(0, len(rows), batch_rows):
                 yield rows[start:start + batch_rows]
 

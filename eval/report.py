@@ -24,6 +24,7 @@ from orthosae.common.config import Config  # noqa: E402
 from orthosae.common.store import StoreReader  # noqa: E402
 from orthosae.eval.aggregate import aggregate, conditions_markdown, plot_conditions, plot_frontier  # noqa: E402
 from orthosae.eval.corpora import corpora_json, corpora_markdown  # noqa: E402
+from orthosae.eval.spread import spread_markdown  # noqa: E402
 from orthosae.eval.curves import plot_training_curves  # noqa: E402
 from orthosae.eval.metrics import Metric, budgets_of, registry  # noqa: E402
 
@@ -262,9 +263,10 @@ def _sets_line(cfg: Config) -> str:
 
 
 def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict, timings: dict,
-                 frequencies: dict | None = None, references: dict | None = None) -> Path:
+                 frequencies: dict | None = None, references: dict | None = None, spread: dict | None = None) -> Path:
     """frequencies: what feature frequencies were counted on (eval/frequencies.describe); references:
-    the label-using unlearning references measured beside the runs."""
+    the label-using unlearning references measured beside the runs; spread: `[eval.spread]`'s
+    decomposition (eval/spread.py)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     references = references or {}
     every = {**results, **references}
@@ -279,7 +281,7 @@ def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict,
         "metrics": [{"key": m.key, "section": m.section, "higher_is_better": m.higher, "label": m.label,
                      "eval_error": m.eval_error, "frontier": m.frontier, "quality": m.quality} for m in metrics],
         "runs": results, "references": references, "conditions": conditions,
-        "who_wins": conditions["who_wins"], "timings_s": timings, "plots": [],
+        "who_wins": conditions["who_wins"], "spread": spread, "timings_s": timings, "plots": [],
     }
     _write_json(out_dir / "report.json", report)  # the measurements first: a failing plot must not lose them
     plots = _plots(out_dir, results, metrics) + probe_plots(out_dir, results)
@@ -289,6 +291,7 @@ def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict,
     (out_dir / "report.md").write_text(_markdown(cfg, reader, results, references, conditions, metrics, timings, plots)
                                        + probe_markdown(results)
                                        + conditions_markdown(conditions, condition_plots, metrics)
+                                       + spread_markdown(spread)
                                        + "\n" + corpora_markdown(corpora))
     return out_dir
 

@@ -30,9 +30,10 @@ from orthosae.eval.conditioning import conditioning_report, feature_groups
 from orthosae.eval.core import FeatureActivity, Reconstruction
 from orthosae.eval.curves import training_curves
 from orthosae.eval.downstream import spliced_ce
-from orthosae.eval.frequencies import describe, frequency_batches
+from orthosae.eval.frequencies import describe, frequency_batches, frequency_plan, plan_batches, resample_plan
 from orthosae.eval.probe_families import ProbeResults, measure_probe_families
 from orthosae.eval.report import write_report
+from orthosae.eval.spread import decompose, figure_keys
 from orthosae.eval.matched_damage import domain_tokens
 from orthosae.eval.unlearning import run_sweep, run_unlearning, unlearning_baseline
 from orthosae.train.export import load_sae
@@ -85,6 +86,7 @@ class Unlearning:
     """``measure_unlearning``'s result: each run's ``unlearning`` section, and the references."""
     runs: dict[str, dict]
     references: dict[str, Reference]
+    spread: dict | None = None  # `[eval.spread]`'s decomposition (eval/spread.py)
 
 
 @dataclass
@@ -194,13 +196,22 @@ def measure_activity(cfg: Config, reader: StoreReader, runs: list[LoadedRun], sk
     of conditioning and unlearning's selection need them): every row, or the `[eval]
     frequency_rows` sample spread over all documents (eval/frequencies.py), each row encoded once
     per run. Returns run -> ``Activity``, and what the frequencies were counted on."""
+    return _activity(cfg, reader, runs, skip)
+
+
+def _activity(cfg: Config, reader: StoreReader, runs: list[LoadedRun], skip: frozenset[int],
+              draw: tuple[int, ...] | None = None) -> tuple[dict[str, Activity], dict]:
+    """`measure_activity` on the `[eval]` frequency plan, or on a bootstrap draw of it (`draw`: the
+    seeds of `resample_plan`)."""
     counted, found = {}, {r.name: {} for r in runs}
     for role in ("forget", "retain"):
         names = _corpora(cfg, "train", role)
         if names:
+            plan = frequency_plan(reader, names, cfg.eval.frequency_rows, cfg.eval.frequency_seed)
+            if draw is not None:
+                plan = resample_plan(plan, *draw)
             accs = [FeatureActivity(r.sae) for r in runs]
-            _feed(frequency_batches(reader, names, cfg.eval.frequency_rows, cfg.eval.frequency_seed, skip),
-                  accs, _device(runs))
+            _feed(plan_batches(reader, plan, skip), accs, _device(runs))
             counted[role] = accs[0].n
             for r, acc in zip(runs, accs):
                 found[r.name][f"{role}_freq"], found[r.name][f"{role}_mass"] = acc.result()
@@ -343,11 +354,14 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, runs: list[LoadedRu
     timings["unlearning_baseline"] = time.perf_counter() - t
     t = time.perf_counter()
     settings = len(un.retain_thresholds) * len(un.n_features_list) * len(un.multipliers)
-    ablated = {r.name for r in runs if is_grouped(r.sae)} if loss else set()
+    ablated = {r.name for r in runs if is_grouped(r.sae)} if loss and un.pi_ablation else set()
     ranked_refs = [r for r in runs if r.run.type == "baseline"] if loss and "forget_share" in un.references else []
     dom_ref = loss and has_freqs and "diff_of_means" in un.references
+    spread = cfg.eval.spread
+    spread_runs = (sorted((r for r in runs if r.run.condition == spread.condition and activity[r.name].both_roles),
+                          key=lambda r: r.run.train.seed)[:spread.runs] if loss and spread.condition else [])
     total = (settings * len(runs) + len(ablated) + len(un.n_features_list) * len(un.multipliers) * len(ranked_refs)
-             + (len(un.projection_scales) if dom_ref else 0))
+             + (len(un.projection_scales) if dom_ref else 0) + settings * spread.selection_draws * len(spread_runs))
     task = bar.add_task("unlearning interventions", total=total)
     args = dict(forget_mcqs=forget_q, retain_mcqs=retain_q, forget_contexts=fc, retain_contexts=rc,
                 retain_thresholds=un.retain_thresholds, n_features_list=un.n_features_list,
@@ -396,7 +410,23 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, runs: list[LoadedRu
             None, "diff_of_means: forget − retain mean direction projected out (no SAE)", res)
     if references:
         timings["unlearning_references"] = time.perf_counter() - t
-    return Unlearning(runs=sections, references=references)
+    decomposition = None
+    if spread_runs:
+        t = time.perf_counter()
+        skip = special_tokens(lm.tokenizer)
+        draws: dict[str, list[dict]] = {r.name: [] for r in spread_runs}
+        for d in range(spread.selection_draws):
+            drawn, _ = _activity(cfg, reader, spread_runs, skip, draw=(spread.seed, d))
+            for r in spread_runs:
+                a = drawn[r.name]
+                draws[r.name].append(run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, a.forget_freq,
+                                                    a.retain_freq, **ref_args))
+        main = {r.name: sections[r.name] for r in runs if r.run.condition == spread.condition and r.name in sections}
+        decomposition = {"condition": spread.condition, "runs": len(spread_runs),
+                         "selection_draws": spread.selection_draws, "seed": spread.seed,
+                         "figures": decompose(main, draws, figure_keys(un.retain_budgets))}
+        timings["unlearning_spread"] = time.perf_counter() - t
+    return Unlearning(runs=sections, references=references, spread=decomposition)
 
 
 def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: bool = True) -> Path:
@@ -440,6 +470,6 @@ def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: 
                   for name, ref in unlearning.references.items()}
     out_dir = Path(cfg.eval.reports_dir) / cfg.eval.name
     write_report(out_dir, cfg, reader, {name: r.to_json() for name, r in results.items()}, timings,
-                 frequencies=frequencies, references=references)
+                 frequencies=frequencies, references=references, spread=unlearning.spread)
     events.emit("stage_done", report=str(out_dir / "report.md"), runs=[r.name for r in runs])
     return out_dir

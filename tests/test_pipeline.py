@@ -1,5 +1,6 @@
 """`pipe run` on the tiny model: harvest -> train -> eval writes the report; a rerun skips all three."""
 import json
+import math
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -100,3 +101,60 @@ def test_who_wins_names_ties_instead_of_the_first_condition():
     w = aggregate(results)["who_wins"]
     assert w["explained_variance"] == "fixed"  # +0.1 on every seed
     assert w["unlearning_score"] == "tie: baseline, fixed"  # equal everywhere: no first-listed winner
+
+
+def test_spread_decomposition_and_no_pi_ablation(tmp_path, tiny_model_dir):
+    """`[eval.spread]` reruns a condition's unlearning on bootstrap draws of the selection rows and
+    reports the three parts; `pi_ablation = false` skips the grouped runs' π ablation."""
+    path = write_tiny_pipeline(tmp_path, tiny_model_dir, rest="""
+    [[runs]]
+    name = "baseline"
+    type = "baseline"
+    seeds = [0, 1, 2]
+    [[runs]]
+    name = "adaptive"
+    type = "adaptive"
+    """ + tiny_eval(tmp_path) + """
+    modes = ["loss"]
+    retain_budgets = [0.005, 0.1]
+    pi_ablation = false
+    references = []
+    [eval.spread]
+    condition = "baseline"
+    runs = 2
+    selection_draws = 2
+    """)
+    res = CliRunner().invoke(main, ["--config", str(path), "run"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    out = tmp_path / "reports/tiny"
+    report = json.loads((out / "report.json").read_text())
+    assert "ablation_pi_from_clamped" not in report["runs"]["adaptive"]["unlearning"]
+    spread = report["spread"]
+    assert spread["condition"] == "baseline" and spread["runs"] == 2 and spread["selection_draws"] == 2
+    assert set(spread["figures"]) == {"F_0.005", "F_0.1", "best_selectivity_crossfit"}
+    sel = spread["figures"]["best_selectivity_crossfit"]
+    assert set(sel["values"]) == {"baseline-s0", "baseline-s1", "baseline-s2"}  # every seed's spread
+    assert set(sel["draws"]) == {"baseline-s0", "baseline-s1"} and all(len(v) == 2 for v in sel["draws"].values())
+    for key, fig in spread["figures"].items():  # the seed values are the runs' own figures
+        for run, value in fig["values"].items():
+            same = report["runs"][run]["unlearning"][key]
+            assert value == same or (math.isnan(value) and math.isnan(same)), (key, run)
+    f = spread["figures"]["F_0.005"]  # tiny's forget and retain text coincide: F(b) = b where reached
+    assert f["n_seeds"] >= 1 and math.isfinite(f["documents_sd"])
+    assert "unlearning_spread" in report["timings_s"]
+    assert "## Where the spread comes from" in (out / "report.md").read_text()
+
+
+def test_spread_condition_must_be_a_condition(tmp_path, tiny_model_dir):
+    path = write_tiny_pipeline(tmp_path, tiny_model_dir, rest="""
+    [[runs]]
+    name = "baseline"
+    type = "baseline"
+    seeds = [0, 1]
+    """ + tiny_eval(tmp_path) + """
+    [eval.spread]
+    condition = "baseline-s0"
+    """)
+    res = CliRunner().invoke(main, ["--config", str(path), "eval"])
+    assert res.exit_code == 2
+    assert "[eval.spread] condition: 'baseline-s0' is not a condition of [[runs]] (have: baseline)" in res.output

@@ -364,3 +364,18 @@ def test_hf_mcq_config_per_subject(monkeypatch):
     assert load_mcq("hf:cais/wmdp", ["wmdp-bio"]) == [MCQ("q", ["a", "b", "c", "d"], 2, "wmdp-bio")]
     with pytest.raises(CorpusError, match="'wmdp-chem'"):
         load_mcq("hf:cais/wmdp", ["wmdp-chem"])
+
+
+def test_a_wiki_split_around_another_topic(wiki_wheel):
+    """The replication's split: "forget:<topic>" holds that topic only, "retain:<topic>" every other
+    topic but Uncategorized (biology included); an unknown topic is an error listing the topics."""
+    topic = "Physical sciences"
+    forget = _docs("embedded:wiki", "train", subset=f"forget:{topic}", max_chars=10**9)
+    retain = _docs("embedded:wiki", "train", subset=f"retain:{topic}", max_chars=10**9)
+    assert set(forget.labels) == {topic}
+    assert set(retain.labels) == set(WIKI_TOPICS) - {topic, corpora.EXCLUDED_TOPIC}
+    assert not set(forget.texts) & set(retain.texts)
+    bio = _docs("embedded:wiki", "train", subset="forget", max_chars=10**9)
+    assert set(bio.labels) == {corpora.FORGET_TOPIC}  # the plain subsets keep the biology split
+    with pytest.raises(CorpusError, match=r"no topic 'Physics' \(topics: Arts, Biology"):
+        _docs("embedded:wiki", "train", subset="forget:Physics", max_chars=10**9)

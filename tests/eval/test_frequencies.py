@@ -7,7 +7,7 @@ import torch
 from orthosae.common.config import RunConfig
 from orthosae.common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
 from tests._activity import feature_activity
-from orthosae.eval.frequencies import describe, frequency_batches, frequency_plan
+from orthosae.eval.frequencies import describe, frequency_batches, frequency_plan, plan_batches, resample_plan
 from orthosae.train.sae import make_sae
 
 D, T = 16, 9
@@ -110,3 +110,22 @@ def test_describe_states_the_setting_and_the_rows():
     d = describe(0, 0, {"forget": 10, "retain": 20})
     assert d["sample"] == "every row of the training corpora" and d["rows_counted"] == {"forget": 10, "retain": 20}
     assert "about 5,000 rows (frequency_seed 3)" in describe(5000, 3, {})["sample"]
+
+
+def test_a_bootstrap_draw_counts_a_context_as_often_as_it_was_drawn(stores):
+    a, _ = stores
+    plan = frequency_plan(a, ["retain", "forget"], 0, 0)
+    draw = resample_plan(plan, 0, 1)
+    assert {k: len(v) for k, v in draw.items()} == {k: len(v) for k, v in plan.items()}  # same size
+    assert (np.diff(draw["retain"]) >= 0).all() and len(set(draw["retain"])) < len(draw["retain"])  # repeats
+    assert (draw["retain"] == resample_plan(plan, 0, 1)["retain"]).all()  # seeded
+    assert (draw["retain"] != resample_plan(plan, 0, 2)["retain"]).any()
+    rows = torch.cat(list(plan_batches(a, {"retain": draw["retain"]}, frozenset({SPECIAL}), batch_rows=50)))
+    acts, tokens = corpora_data()["retain"]
+    keep = tokens[:, 1:] != SPECIAL
+    expect = torch.cat([torch.from_numpy(acts[c][keep[c]]) for c in draw["retain"]])
+    assert torch.equal(rows, expect)  # each drawn context's rows, once per draw of it, in plan order
+    # with no repeats, plan_batches is frequency_batches
+    same = torch.cat(list(plan_batches(a, plan, frozenset({SPECIAL}), batch_rows=50)))
+    assert torch.equal(same, torch.cat(list(frequency_batches(a, ["retain", "forget"], 0, 0, frozenset({SPECIAL}),
+                                                              batch_rows=50))))
