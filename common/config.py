@@ -268,6 +268,8 @@ class UnlearningConfig:
                             "diff_of_means (SAE-free: project the forget − retain mean direction out at the layer)")
     projection_scales: list = _key([0.5, 1.0, 2.0], _positive, "diff_of_means: the edit's strengths s in "
                                    "x − s·(x·d̂)d̂ (1 = the direction projected out)")
+    forget_share_condition: str = _key("", doc="the baseline condition (a run name without its -s<seed>) whose "
+                                       "runs get the forget_share reference (\"\" = every baseline run)")
     pi_ablation: bool = _key(True, doc="grouped SAEs: also rerun the largest setting with π following the "
                              "clamp, so the clamp removes group bias too (one more pass per grouped run)")
 
@@ -655,6 +657,10 @@ def _load(file: Path, raw: dict) -> Config:
                           "(known: mcq, loss)")
     _check_probing(evaluation, file)
     conditions = {r.condition for r in runs}
+    fsc = evaluation.unlearning.forget_share_condition
+    if fsc and fsc not in {r.condition for r in runs if r.type == "baseline"}:
+        raise ConfigError(f"{file}: [eval.unlearning] forget_share_condition: {fsc!r} is not a baseline condition "
+                          f"of [[runs]] (have: {', '.join(sorted({r.condition for r in runs if r.type == 'baseline'}))})")
     if evaluation.spread.condition and evaluation.spread.condition not in conditions:
         raise ConfigError(f"{file}: [eval.spread] condition: {evaluation.spread.condition!r} is not a condition of "
                           f"[[runs]] (have: {', '.join(sorted(conditions))})")

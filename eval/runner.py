@@ -355,7 +355,8 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, runs: list[LoadedRu
     t = time.perf_counter()
     settings = len(un.retain_thresholds) * len(un.n_features_list) * len(un.multipliers)
     ablated = {r.name for r in runs if is_grouped(r.sae)} if loss and un.pi_ablation else set()
-    ranked_refs = [r for r in runs if r.run.type == "baseline"] if loss and "forget_share" in un.references else []
+    ranked_refs = ([r for r in runs if r.run.type == "baseline" and un.forget_share_condition in ("", r.run.condition)]
+                   if loss and "forget_share" in un.references else [])
     dom_ref = loss and has_freqs and "diff_of_means" in un.references
     spread = cfg.eval.spread
     spread_runs = (sorted((r for r in runs if r.run.condition == spread.condition and activity[r.name].both_roles),

@@ -112,13 +112,18 @@ def test_spread_decomposition_and_no_pi_ablation(tmp_path, tiny_model_dir):
     type = "baseline"
     seeds = [0, 1, 2]
     [[runs]]
+    name = "baseline-wide"
+    type = "baseline"
+    d_sae = 48
+    [[runs]]
     name = "adaptive"
     type = "adaptive"
     """ + tiny_eval(tmp_path) + """
     modes = ["loss"]
     retain_budgets = [0.005, 0.1]
     pi_ablation = false
-    references = []
+    references = ["forget_share"]
+    forget_share_condition = "baseline"
     [eval.spread]
     condition = "baseline"
     runs = 2
@@ -129,6 +134,8 @@ def test_spread_decomposition_and_no_pi_ablation(tmp_path, tiny_model_dir):
     out = tmp_path / "reports/tiny"
     report = json.loads((out / "report.json").read_text())
     assert "ablation_pi_from_clamped" not in report["runs"]["adaptive"]["unlearning"]
+    # the reference on the named condition's runs only
+    assert set(report["references"]) == {f"baseline+forget-share-s{s}" for s in range(3)}
     spread = report["spread"]
     assert spread["condition"] == "baseline" and spread["runs"] == 2 and spread["selection_draws"] == 2
     assert set(spread["figures"]) == {"F_0.005", "F_0.1", "best_selectivity_crossfit"}
@@ -158,3 +165,8 @@ def test_spread_condition_must_be_a_condition(tmp_path, tiny_model_dir):
     res = CliRunner().invoke(main, ["--config", str(path), "eval"])
     assert res.exit_code == 2
     assert "[eval.spread] condition: 'baseline-s0' is not a condition of [[runs]] (have: baseline)" in res.output
+    path.write_text(path.read_text().replace('condition = "baseline-s0"', 'condition = "baseline"').replace(
+        "[eval.spread]", 'forget_share_condition = "fixed"\n    [eval.spread]'))
+    res = CliRunner().invoke(main, ["--config", str(path), "eval"])
+    assert res.exit_code == 2
+    assert "[eval.unlearning] forget_share_condition: 'fixed' is not a baseline condition" in res.output
