@@ -9,7 +9,8 @@ import torch
 
 from orthosae.common.config import ConfigError, load_config
 from orthosae.common.corpora import is_heldout
-from orthosae.eval.probe_data import Split, _embedded_texts, _wiki, cell, topic_language_dataset
+from orthosae.eval.probe_data import ProbeDataError, Split, _embedded_texts, _wiki, cell, class_texts, \
+    topic_language_dataset
 from orthosae.eval.probing import pooled_latents
 from orthosae.eval.scr import gather, run_scr, run_scr_pair, scr_effects, scr_llm, scr_sets
 from orthosae.eval.tpp import top_n
@@ -161,8 +162,12 @@ def test_topic_language_texts_are_held_out_english_and_topic_matched_french():
     assert list(texts) == ["People|en", "People|fr", "Geography|en", "Geography|fr"]
     assert all(is_heldout(t, 0.1) for t in texts["People|en"] + texts["Geography|en"])
     fr = {a["extract"]: a["topic"] for a in _wiki("fr")}
-    assert {fr[t] for t in texts["Geography|fr"]} == {"Géographie"} and {fr[t] for t in texts["People|fr"]} == {"Personnalités"}
+    assert {fr[t] for t in texts["Geography|fr"]} == {"Géographie"}
+    assert {fr[t] for t in texts["People|fr"]} == {"Personnalités"}
     assert min(len(v) for v in texts.values()) >= 100  # room for the pipeline's 48 per cell
+    too_few = r"^\[eval\.scr\] train_size / test_size: .* class 'People\|en' has \d+ texts, fewer than 100 \+ 100"
+    with pytest.raises(ProbeDataError, match=too_few):
+        class_texts(name, 100, 100, seed=0, heldout_fraction=0.1, where="[eval.scr]")
 
 
 @pytest.mark.parametrize("table, message", [
