@@ -306,6 +306,42 @@ class TppConfig:
     n_values: list = _key([2, 5, 10, 20, 50, 100, 500], _int_list, "latents zero-ablated per class (SAEBench's grid)")
 
 
+# SCR's topics: the English wiki extracts' topic and its name in the French and Spanish extracts of the
+# same wheel (topics without a clear counterpart, e.g. "Physical sciences" vs French "Science", are left out)
+SCR_TOPIC_NAMES = {
+    "People": {"fr": "Personnalités", "es": "Personas"},
+    "Biology and health sciences": {"fr": "Santé et médecine"},
+    "Geography": {"fr": "Géographie", "es": "Geografía"},
+    "Society and social sciences": {"fr": "Société et sciences sociales"},
+    "Technology": {"fr": "Technologie", "es": "Tecnología"},
+    "History": {"fr": "Histoire", "es": "Historia"},
+    "Arts": {"fr": "Arts et culture", "es": "Artes"},
+    "Everyday life": {"fr": "Vie quotidienne"},
+    "Philosophy and religion": {"fr": "Philosophie et religion", "es": "Filosofía y religión"},
+    "Mathematics": {"fr": "Mathématiques", "es": "Matemáticas"},
+}
+SCR_LANGUAGES = ("en", "fr", "es")
+
+
+def _quarters(value):
+    if not value >= 4 or value % 4:
+        return f"must be a multiple of 4 (a quarter per topic x language cell), got {value!r}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScrConfig:
+    enabled: bool = _key(False, doc="run SAEBench SCR (spurious correlation removal): wiki topic x language")
+    topic_pairs: list = _key([["People", "Geography"]], doc="[[topic 1, topic 2], ...]: the probed attribute, "
+                             "English wiki topic names with a French / Spanish counterpart; pairs are averaged")
+    languages: list = _key(["en", "fr"], doc="the spurious attribute: two of en (held-out extracts), fr, es")
+    train_size: int = _key(64, _quarters, "texts per probe training set (SAEBench: 4000): biased set = "
+                           "size/2 of (topic 1, lang 1) + size/2 of (topic 2, lang 2)")
+    test_size: int = _key(32, _quarters, "texts per balanced test set, a quarter per cell (SAEBench: 1000)")
+    context_length: int = _key(128, _positive, "tokens per text incl. BOS (SAEBench: 128)")
+    n_values: list = _key([2, 5, 10, 20, 50, 100, 500], _int_list, "latents zero-ablated (SAEBench's grid)")
+    seed: int = _key(42, doc="seeds the text sample and the probes")
+
+
 @dataclass(frozen=True, kw_only=True)
 class AbsorptionConfig:
     enabled: bool = _key(False, doc="run SAEBench first-letter absorption")
@@ -346,6 +382,7 @@ class EvalConfig:
     unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
     probing: ProbingConfig = field(default_factory=ProbingConfig)
     tpp: TppConfig = field(default_factory=TppConfig)
+    scr: ScrConfig = field(default_factory=ScrConfig)
     absorption: AbsorptionConfig = field(default_factory=AbsorptionConfig)
     spread: SpreadConfig = field(default_factory=SpreadConfig)
 
@@ -682,8 +719,29 @@ def _check_probing(ev: EvalConfig, file: Path) -> None:
     if ev.tpp.enabled and ev.tpp.dataset not in ev.probing.datasets:
         raise ConfigError(f"{file}: [eval.tpp] dataset: {ev.tpp.dataset!r} is not one of [eval.probing] "
                           f"datasets (TPP reuses its texts and probes)")
+    _check_scr(ev.scr, file)
     if "{word}" not in ev.absorption.prompt_template:
         raise ConfigError(f"{file}: [eval.absorption] prompt_template: needs a {{word}} placeholder")
+
+
+def _check_scr(sc: ScrConfig, file: Path) -> None:
+    """SCR's topic pairs and languages exist in the wiki wheel (checked even when off: a typo waits)."""
+    where = f"{file}: [eval.scr]"
+    langs = sc.languages
+    if (len(langs) != 2 or len(set(langs)) != 2 or not all(isinstance(v, str) and v in SCR_LANGUAGES for v in langs)):
+        raise ConfigError(f"{where} languages: expected two different of {', '.join(SCR_LANGUAGES)}, got {langs!r}")
+    if not sc.topic_pairs:
+        raise ConfigError(f"{where} topic_pairs: expected at least one [topic 1, topic 2] pair")
+    for pair in sc.topic_pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair)
+                and pair[0] != pair[1]):
+            raise ConfigError(f"{where} topic_pairs: expected pairs of two different topic names, got {pair!r}")
+        for t in pair:
+            missing = [lang for lang in langs if lang != "en" and lang not in SCR_TOPIC_NAMES.get(t, {})]
+            if t not in SCR_TOPIC_NAMES or missing:
+                known = [k for k, v in SCR_TOPIC_NAMES.items() if all(lang == "en" or lang in v for lang in langs)]
+                raise ConfigError(f"{where} topic_pairs: topic {t!r} has no counterpart in the "
+                                  f"{'/'.join(langs)} extracts (known: {', '.join(known)})")
 
 
 def check_model_fits(cfg: Config, n_layers: int, d_model: int) -> None:
@@ -703,7 +761,8 @@ def documented_keys() -> dict[str, list[tuple[str, str, Any]]]:
                          ("corpora.<name>", CorpusConfig), ("train", TrainConfig),
                          ("train.ortho", OrthoConfig), ("eval", EvalConfig),
                          ("eval.unlearning", UnlearningConfig), ("eval.probing", ProbingConfig),
-                         ("eval.tpp", TppConfig), ("eval.absorption", AbsorptionConfig),
+                         ("eval.tpp", TppConfig), ("eval.scr", ScrConfig),
+                         ("eval.absorption", AbsorptionConfig),
                          ("eval.spread", SpreadConfig), ("log", LogConfig)]:
         rows = []
         for f in dataclasses.fields(cls):

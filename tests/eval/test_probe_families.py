@@ -1,4 +1,4 @@
-"""`pipe run` with sparse probing, TPP and absorption on the tiny model: every run gets the three
+"""`pipe run` with sparse probing, TPP, SCR and absorption on the tiny model: every run gets the four
 families in report.json / report.md / plots / conditions, the residuals are cached once per store,
 and bad [eval.*] keys are one-line errors naming the key."""
 import json
@@ -47,6 +47,14 @@ def _config(tmp_path: Path, model_dir: Path) -> Path:
     enabled = true
     dataset = "file:{data}"
     n_values = [1, 4, 1000]
+    [eval.scr]
+    enabled = true
+    topic_pairs = [["People", "Geography"]]
+    languages = ["en", "fr"]
+    train_size = 8
+    test_size = 4
+    context_length = 12
+    n_values = [1, 4, 1000]
     [eval.absorption]
     enabled = true
     words = 0
@@ -58,7 +66,7 @@ def _config(tmp_path: Path, model_dir: Path) -> Path:
     """)
 
 
-def test_pipe_run_reports_the_three_families_and_caches_residuals(tmp_path, tiny_model_dir):
+def test_pipe_run_reports_the_four_families_and_caches_residuals(tmp_path, tiny_model_dir):
     path = _config(tmp_path, tiny_model_dir)
     runner = CliRunner()
     res = runner.invoke(main, ["--config", str(path), "run"])
@@ -74,30 +82,38 @@ def test_pipe_run_reports_the_three_families_and_caches_residuals(tmp_path, tiny
         t = r["tpp"]
         assert t["tpp_headline_n"] == 4 and t["tpp_score"] == t["tpp_threshold_4_total_metric"]
         assert "tpp_threshold_1000_total_metric" in t  # n beyond d_sae: every non-zero effect ablated
+        s = r["scr"]
+        assert s["scr_headline_n"] == 4 and s["scr_score"] == s["scr_metric_threshold_4"]
+        pair = s["pairs"]["People / Geography x en / fr"]
+        assert pair["metric_direction"] in (1, 2) and "scr_dir2_threshold_1000" in s
+        assert s["scr_score"] == pair[f"scr_dir{pair['metric_direction']}_threshold_4"]
+        assert all(0 <= v <= 1 for v in pair["clean_accuracy"].values())
         a = r["absorption"]
         assert a["alphabetic_vocab"] == 52 and a["train_words"] + a["test_words"] + a["dropped_words"] == 52
         assert a["passing_letters"] and set(a["letters"]) <= set("abcdefghijklmnopqrstuvwxyz")
     # the LLM side does not depend on the SAE: identical across runs
     accs = {r["probing"]["llm_test_accuracy"] for r in report["runs"].values()}
     assert len(accs) == 1
-    assert {"probing_data", "probing", "tpp", "absorption_data", "absorption"} <= set(report["timings_s"])
+    assert len({json.dumps(r["scr"]["pairs"][pair["pair"]]["clean_accuracy"]) for r in report["runs"].values()}) == 1
+    assert {"probing_data", "probing", "tpp", "scr_data", "scr", "absorption_data", "absorption"} <= set(report["timings_s"])
     md = (out / "report.md").read_text()
-    assert "## Sparse probing" in md and "## TPP" in md and "## Absorption" in md
-    for f in ("sparse_probing.png", "tpp.png", "absorption.png"):
+    assert "## Sparse probing" in md and "## TPP" in md and "## SCR" in md and "## Absorption" in md
+    for f in ("sparse_probing.png", "tpp.png", "scr.png", "absorption.png"):
         assert (out / f).stat().st_size > 0
     base = report["conditions"]["conditions"]["baseline"]["metrics"]
-    assert base["sae_top_1_test_accuracy"]["n"] == 2 and base["tpp_score"]["n"] == 2
-    assert "sae_top_1_test_accuracy" in md.split("## Conditions")[1]
+    assert base["sae_top_1_test_accuracy"]["n"] == 2 and base["tpp_score"]["n"] == 2 and base["scr_score"]["n"] == 2
+    assert "sae_top_1_test_accuracy" in md.split("## Conditions")[1] and "scr_score" in md.split("## Conditions")[1]
 
     cache = sorted((tmp_path / "reports/cache").glob("*.pt"))
-    assert [c.name.split("-")[0] for c in cache] == ["absorption", "probing"]
+    assert [c.name.split("-")[0] for c in cache] == ["absorption", "probing", "probing"]  # the SCR cells: a probing file
     stamps = [c.stat().st_mtime_ns for c in cache]
     res = runner.invoke(main, ["--config", str(path), "eval"])
     assert res.exit_code == 0, res.output
-    assert "residuals from the cache" in res.output
+    assert "residuals from the cache" in res.output and "SCR: People / Geography x en / fr: residuals from the cache" in res.output
     assert [c.stat().st_mtime_ns for c in cache] == stamps
     again = json.loads((out / "report.json").read_text())
     assert again["runs"]["baseline-s0"]["probing"] == report["runs"]["baseline-s0"]["probing"]
+    assert again["runs"]["baseline-s0"]["scr"] == report["runs"]["baseline-s0"]["scr"]
     assert again["runs"]["baseline-s0"]["absorption"]["letters"] == report["runs"]["baseline-s0"]["absorption"]["letters"]
 
 
