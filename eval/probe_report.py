@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from orthosae.eval.aggregate import save_figure
@@ -113,6 +114,22 @@ far below SAEBench's (docs/evaluation.md, "Sparse probing, TPP and absorption").
     return "".join(out)
 
 
+def _by_n_plot(plt, out_dir: Path, results: dict, names: list[str], family: str, key: re.Pattern,
+               xlabel: str, ylabel: str, title: str) -> list[str]:
+    """`<family>.png`: each run's figure against n (the latents ablated), where the family ran."""
+    runs = [n for n in names if family in results[n]]
+    if not runs:
+        return []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n in runs:
+        found = sorted((int(m[1]), v) for k, v in results[n][family].items() if (m := key.fullmatch(k)))
+        ax.plot([k for k, _ in found], [v for _, v in found], "o-", label=n)
+    ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=6)
+    return [save_figure(plt, fig, out_dir, f"{family}.png")]
+
+
 def probe_plots(out_dir: Path, results: dict) -> list[str]:
     import matplotlib
 
@@ -138,28 +155,10 @@ def probe_plots(out_dir: Path, results: dict) -> list[str]:
         ax.set(ylabel="test accuracy", title="Sparse probing (dotted: LLM top-k)", ylim=(0.4, 1.0))
         ax.legend(fontsize=7)
         made.append(save_figure(plt, fig, out_dir, "sparse_probing.png"))
-    with_t = [n for n in names if "tpp" in results[n]]
-    if with_t:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for n in with_t:
-            t = results[n]["tpp"]
-            ns = sorted(int(k.split("_")[2]) for k in t if k.startswith("tpp_threshold_") and k.endswith("_total_metric"))
-            ax.plot(ns, [t[f"tpp_threshold_{k}_total_metric"] for k in ns], "o-", label=n)
-        ax.set_xscale("log")
-        ax.set(xlabel="latents ablated per class (n)", ylabel="TPP", title="TPP vs n")
-        ax.legend(fontsize=6)
-        made.append(save_figure(plt, fig, out_dir, "tpp.png"))
-    with_s = [n for n in names if "scr" in results[n]]
-    if with_s:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for n in with_s:
-            s = results[n]["scr"]
-            ns = sorted(int(k.split("_")[3]) for k in s if k.startswith("scr_metric_threshold_"))
-            ax.plot(ns, [s[f"scr_metric_threshold_{k}"] for k in ns], "o-", label=n)
-        ax.set_xscale("log")
-        ax.set(xlabel="latents ablated (n)", ylabel="SCR", title="SCR vs n (wiki topic x language)")
-        ax.legend(fontsize=6)
-        made.append(save_figure(plt, fig, out_dir, "scr.png"))
+    made += _by_n_plot(plt, out_dir, results, names, "tpp", re.compile(r"tpp_threshold_(\d+)_total_metric"),
+                       "latents ablated per class (n)", "TPP", "TPP vs n")
+    made += _by_n_plot(plt, out_dir, results, names, "scr", re.compile(r"scr_metric_threshold_(\d+)"),
+                       "latents ablated (n)", "SCR", "SCR vs n (wiki topic x language)")
     with_a = [n for n in names if "absorption" in results[n]]
     if with_a:
         fig, ax = plt.subplots(figsize=(7, 4))

@@ -50,3 +50,14 @@ def prepare_probe_data(acts: dict[str, Tensor], cls: str, generator: torch.Gener
     shuffled, to compare with SAEBench's own."""
     rows, labels = prepare_probe_rows({c: len(v) for c, v in acts.items()}, cls, generator)
     return torch.stack([acts[c][i] for c, i in rows]) if rows else torch.zeros(0), labels
+
+
+def their_probe(w: Tensor, b: float):
+    """sae_bench's own probe module holding the weights (w, b) of one of ours."""
+    from sae_bench.evals.sparse_probing import probe_training as pt
+
+    probe = pt.Probe(len(w), torch.float32)
+    with torch.no_grad():
+        probe.net.weight.copy_(w[None])
+        probe.net.bias.fill_(b)
+    return probe

@@ -123,6 +123,16 @@ def test_pipe_run_reports_the_four_families_and_caches_residuals(tmp_path, tiny_
     ('[eval.absorption]\nprompt_template = "has the first letter:"', "[eval.absorption] prompt_template: needs"),
     ('[eval.probing]\nk_values = [0]', "[eval.probing] k_values: expected a non-empty list"),
     ('[eval.absorption]\nmin_probe_f1 = 1.5', "[eval.absorption] min_probe_f1: must be in [0, 1]"),
+    ('[eval.scr]\nlanguages = ["en", "de"]', "[eval.scr] languages: expected two different of en, fr, es"),
+    ('[eval.scr]\nlanguages = ["fr", "fr"]', "[eval.scr] languages: expected two different"),
+    ('[eval.scr]\ntopic_pairs = [["People", "Physical sciences"]]', "[eval.scr] topic_pairs: topic 'Physical sciences'"),
+    ('[eval.scr]\nlanguages = ["en", "es"]\ntopic_pairs = [["People", "Everyday life"]]',
+     "[eval.scr] topic_pairs: topic 'Everyday life' has no counterpart in the en/es extracts"),
+    ('[eval.scr]\ntopic_pairs = [["People", "People"]]', "[eval.scr] topic_pairs: expected pairs of two different"),
+    ('[eval.scr]\ntopic_pairs = []', "[eval.scr] topic_pairs: expected at least one"),
+    ('[eval.scr]\ntrain_size = 30', "[eval.scr] train_size: must be a multiple of 4"),
+    ('[eval.scr]\ntest_size = 0', "[eval.scr] test_size: must be a multiple of 4"),
+    ('[eval.scr]\nn_values = [0]', "[eval.scr] n_values: expected a non-empty list"),
 ])
 def test_bad_probe_family_keys_are_one_line_errors(tmp_path, table, message):
     base = Path(__file__).resolve().parents[2] / "pipeline.toml"

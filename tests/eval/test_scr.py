@@ -2,12 +2,10 @@
 tensors, a planted language latent, the topic x language texts and the [eval.scr] config errors."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 
-from orthosae.common.config import ConfigError, load_config
 from orthosae.common.corpora import is_heldout
 from orthosae.eval.probe_data import ProbeDataError, Split, _embedded_texts, _wiki, cell, class_texts, \
     topic_language_dataset
@@ -15,11 +13,10 @@ from orthosae.eval.probing import pooled_latents
 from orthosae.eval.scr import gather, run_scr, run_scr_pair, scr_effects, scr_llm, scr_sets
 from orthosae.eval.tpp import top_n
 from tests._identity_sae import _LinearReluSAE
-from tests._probe_helpers import RandomSAE
+from tests._probe_helpers import RandomSAE, their_probe
 
 main = pytest.importorskip("sae_bench.evals.scr_and_tpp.main", reason="sae_bench not installed")
 dc = pytest.importorskip("sae_bench.evals.scr_and_tpp.dataset_creation", reason="sae_bench not installed")
-pt = pytest.importorskip("sae_bench.evals.sparse_probing.probe_training", reason="sae_bench not installed")
 from sae_bench.sae_bench_utils import activation_collection, dataset_info  # noqa: E402
 
 TOPICS, LANGS = ["prof", "nurse"], ["male", "female"]
@@ -44,14 +41,6 @@ def _cells(n: int, T: int, d: int, seed: int, topic: float, lang: float, noise: 
             acts[cell(t, lang_name)] = x * mask[..., None]
             masks[cell(t, lang_name)] = mask
     return Split(ids={c: torch.zeros(m.shape, dtype=torch.long) for c, m in masks.items()}, mask=masks, acts=acts)
-
-
-def _their_probe(w: torch.Tensor, b: float):
-    probe = pt.Probe(len(w), torch.float32)
-    with torch.no_grad():
-        probe.net.weight.copy_(w[None])
-        probe.net.bias.fill_(b)
-    return probe
 
 
 def _their_sets(split: Split, q: int) -> dict[str, torch.Tensor]:
@@ -90,7 +79,7 @@ def test_accuracies_effects_ablation_and_scores_match_saebench():
     sae = RandomSAE(d, 48, seed=2, b_enc=-0.05)  # encode(0) = 0: padded positions stay out of both
     ours = run_scr_pair(pair, pooled_latents(sae, train), pooled_latents(sae, test), sae.W_dec.detach(), n_values)
 
-    probes = {THEIR_PROBE[s]: _their_probe(*pair.probes[s]) for s in THEIR_PROBE}
+    probes = {THEIR_PROBE[s]: their_probe(*pair.probes[s]) for s in THEIR_PROBE}
     classes = list(dataset_info.PAIRED_CLASS_KEYS)
     train6, test6 = _their_sets(train, q), _their_sets(test, q)
     with torch.no_grad():
@@ -170,23 +159,3 @@ def test_topic_language_texts_are_held_out_english_and_topic_matched_french():
         class_texts(name, 100, 100, seed=0, heldout_fraction=0.1, where="[eval.scr]")
 
 
-@pytest.mark.parametrize("table, message", [
-    ('[eval.scr]\nlanguages = ["en", "de"]', "[eval.scr] languages: expected two different of en, fr, es"),
-    ('[eval.scr]\nlanguages = ["fr", "fr"]', "[eval.scr] languages: expected two different"),
-    ('[eval.scr]\ntopic_pairs = [["People", "Physical sciences"]]', "[eval.scr] topic_pairs: topic 'Physical sciences'"),
-    ('[eval.scr]\nlanguages = ["en", "es"]\ntopic_pairs = [["People", "Everyday life"]]',
-     "[eval.scr] topic_pairs: topic 'Everyday life' has no counterpart in the en/es extracts"),
-    ('[eval.scr]\ntopic_pairs = [["People", "People"]]', "[eval.scr] topic_pairs: expected pairs of two different"),
-    ('[eval.scr]\ntopic_pairs = []', "[eval.scr] topic_pairs: expected at least one"),
-    ('[eval.scr]\ntrain_size = 30', "[eval.scr] train_size: must be a multiple of 4"),
-    ('[eval.scr]\ntest_size = 0', "[eval.scr] test_size: must be a multiple of 4"),
-    ('[eval.scr]\nn_values = [0]', "[eval.scr] n_values: expected a non-empty list"),
-])
-def test_bad_scr_keys_are_one_line_errors(tmp_path, table, message):
-    base = Path(__file__).resolve().parents[2] / "pipeline.toml"
-    text = base.read_text().split("\n# SAEBench's sparse probing")[0]
-    path = tmp_path / "p.toml"
-    path.write_text(text + "\n" + table + "\n")
-    with pytest.raises(ConfigError) as e:
-        load_config(path)
-    assert message in str(e.value) and "\n" not in str(e.value)

@@ -7,24 +7,15 @@ import torch
 from orthosae.eval.probe_data import Split
 from orthosae.eval.probing import llm_probes, pooled_latents, prepare_probe_rows
 from orthosae.eval.tpp import ablate_pooled, class_effects, probe_weight, run_tpp, top_n, tpp_scores
-from tests._probe_helpers import RandomSAE, labelled_tokens
+from tests._probe_helpers import RandomSAE, labelled_tokens, their_probe
 
 tpp = pytest.importorskip("sae_bench.evals.scr_and_tpp.main", reason="sae_bench not installed")
-pt = pytest.importorskip("sae_bench.evals.sparse_probing.probe_training", reason="sae_bench not installed")
 
 CLASSES = ["w", "x", "y"]
 
 
 def _split(acts, masks) -> Split:
     return Split(ids={c: torch.zeros(m.shape, dtype=torch.long) for c, m in masks.items()}, mask=masks, acts=acts)
-
-
-def _their_probe(w: torch.Tensor, b: float):
-    probe = pt.Probe(len(w), torch.float32)
-    with torch.no_grad():
-        probe.net.weight.copy_(w[None])
-        probe.net.bias.fill_(b)
-    return probe
 
 
 def test_effects_selection_and_ablation_match_saebench():
@@ -34,7 +25,7 @@ def test_effects_selection_and_ablation_match_saebench():
     w, b = torch.randn(16, generator=g), 0.1
     pooled_f = pooled_latents(sae, _split(acts, masks))
     for cls in CLASSES:
-        probe = _their_probe(w, b)  # before seeding: nn.Linear's init draws from the global generator
+        probe = their_probe(w, b)  # before seeding: nn.Linear's init draws from the global generator
         torch.manual_seed(11)
         theirs = tpp.get_effects_per_class_precomputed_acts(sae, probe, cls, acts, False, 8)
         rows, labels = prepare_probe_rows({c: len(v) for c, v in acts.items()}, cls, torch.Generator().manual_seed(11))
