@@ -6,13 +6,18 @@ from orthosae.eval.runner import evaluate
 
 
 def report_is_current(cfg) -> bool:
-    """A report exists and was made from the runs as they are now (same training fingerprints)."""
+    """A report exists and was made from the runs as they are now (same training fingerprints) under
+    the same [eval] settings."""
+    from orthosae.eval.report import eval_settings
     path = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.json"
     if not path.exists():
         return False
     try:
-        reported = json.loads(path.read_text()).get("runs", {})
+        report = json.loads(path.read_text())
+        reported = report.get("runs", {})
     except (ValueError, UnicodeDecodeError, AttributeError):  # a damaged report is not current
+        return False
+    if report.get("eval_settings") != eval_settings(cfg):
         return False
     for run in cfg.runs:
         summary = Path(cfg.train.runs_dir) / run.name / "summary.json"

@@ -9,6 +9,8 @@ those verdicts, unlearning figures by the frontier rule (``eval/frontier.py``).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import time
@@ -262,6 +264,11 @@ def _sets_line(cfg: Config) -> str:
     return ("\n\nCommand-line overrides: " + " ".join(f"`--set {s}`" for s in sets)) if sets else ""
 
 
+def eval_settings(cfg: Config) -> dict:
+    """The [eval] tables as report.json keeps them: a report made under other settings is not current."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg.eval), default=str))
+
+
 def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict, timings: dict,
                  frequencies: dict | None = None, references: dict | None = None, spread: dict | None = None) -> Path:
     """frequencies: what feature frequencies were counted on (eval/frequencies.describe); references:
@@ -277,7 +284,8 @@ def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "orthosae_version": __version__,
         "config": str(cfg.path), "sets": list(getattr(cfg, "sets", ())), "store": reader.url,
         "store_meta": reader.meta, "corpora": corpora,
-        "runs_dir": cfg.train.runs_dir, "headline_explained_variance": HEADLINE_EV,
+        "runs_dir": cfg.train.runs_dir, "eval_settings": eval_settings(cfg),
+        "headline_explained_variance": HEADLINE_EV,
         "metrics": [{"key": m.key, "section": m.section, "higher_is_better": m.higher, "label": m.label,
                      "eval_error": m.eval_error, "frontier": m.frontier, "quality": m.quality} for m in metrics],
         "runs": results, "references": references, "conditions": conditions,

@@ -79,6 +79,11 @@ def test_pipe_run_end_to_end_then_skips(tmp_path, tiny_model_dir):
     assert res.exit_code == 0
     assert "complete, left alone" in res.output and "report is current" in res.output
     assert (out / "report.json").stat().st_mtime_ns == before
+    # another [eval] setting makes the report stale: the next run evaluates again
+    path.write_text(path.read_text().replace("ce_contexts = 4", "ce_contexts = 3"))
+    res = runner.invoke(main, ["--config", str(path), "run"])
+    assert res.exit_code == 0 and "report is current" not in res.output
+    assert json.loads((out / "report.json").read_text())["eval_settings"]["ce_contexts"] == 3
 
 
 def test_eval_before_train_is_one_line_error(tmp_path, tiny_model_dir):

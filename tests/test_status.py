@@ -54,7 +54,12 @@ def test_status_follows_a_pipeline_through_preemption_training_and_report(tmp_pa
     # a report made from these runs is current; once a run's settings change, run and report are stale
     report = tmp_path / "reports/default/report.json"
     summaries = {n: json.loads((tmp_path / "runs" / n / "summary.json").read_text()) for n in RUNS}
+    from orthosae.common.config import load_config
+    from orthosae.eval.report import eval_settings
     report.write_text(json.dumps({"runs": {n: {"summary": s} for n, s in summaries.items()}}))
+    assert status(path)["report"]["state"] == "stale"  # no eval_settings: made under unknown [eval] settings
+    report.write_text(json.dumps({"runs": {n: {"summary": s} for n, s in summaries.items()},
+                                  "eval_settings": eval_settings(load_config(path))}))
     assert status(path)["report"]["state"] == "current"
     path.write_text(path.read_text().replace("alpha = 0.1", "alpha = 0.2"))
     doc = status(path)

@@ -18,7 +18,8 @@ def test_report_json_is_written_before_the_plots(tmp_path, monkeypatch):
         raise RuntimeError("plot failed")
     monkeypatch.setattr(report, "plot_conditions", broken)
     monkeypatch.setattr(report, "_plots", lambda out_dir, results, *_: [])
-    cfg = SimpleNamespace(path="p.toml", train=SimpleNamespace(runs_dir="runs"))
+    from orthosae.common.config import EvalConfig
+    cfg = SimpleNamespace(path="p.toml", train=SimpleNamespace(runs_dir="runs"), eval=EvalConfig())
     reader = SimpleNamespace(url="s.zarr", meta={"d_model": 4}, corpora=dict)
     results = {f"baseline-s{s}": result("baseline", s, ev=0.8) for s in range(3)}
     with pytest.raises(RuntimeError, match="plot failed"):
