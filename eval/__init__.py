@@ -2,13 +2,13 @@
 import json
 from pathlib import Path
 
+from orthosae.eval.report import eval_settings
 from orthosae.eval.runner import evaluate
 
 
 def report_is_current(cfg) -> bool:
     """A report exists and was made from the runs as they are now (same training fingerprints) under
     the same [eval] settings."""
-    from orthosae.eval.report import eval_settings
     path = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.json"
     if not path.exists():
         return False

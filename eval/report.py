@@ -10,7 +10,6 @@ those verdicts, unlearning figures by the frontier rule (``eval/frontier.py``).
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 import time

@@ -30,7 +30,7 @@ from orthosae.eval.conditioning import conditioning_report, feature_groups
 from orthosae.eval.core import FeatureActivity, Reconstruction
 from orthosae.eval.curves import training_curves
 from orthosae.eval.downstream import spliced_ce
-from orthosae.eval.frequencies import describe, frequency_batches, frequency_plan, plan_batches, resample_plan
+from orthosae.eval.frequencies import describe, frequency_plan, plan_batches, resample_plan
 from orthosae.eval.probe_families import ProbeResults, measure_probe_families
 from orthosae.eval.report import write_report
 from orthosae.eval.spread import decompose, figure_keys
@@ -190,19 +190,13 @@ def measure_reconstruction(cfg: Config, reader: StoreReader, runs: list[LoadedRu
     return out
 
 
-def measure_activity(cfg: Config, reader: StoreReader, runs: list[LoadedRun], skip: frozenset[int]
-                     ) -> tuple[dict[str, Activity], dict]:
+def measure_activity(cfg: Config, reader: StoreReader, runs: list[LoadedRun], skip: frozenset[int],
+                     draw: tuple[int, ...] | None = None) -> tuple[dict[str, Activity], dict]:
     """Feature frequency and mass on the training corpora without special-token rows (the groups
     of conditioning and unlearning's selection need them): every row, or the `[eval]
     frequency_rows` sample spread over all documents (eval/frequencies.py), each row encoded once
-    per run. Returns run -> ``Activity``, and what the frequencies were counted on."""
-    return _activity(cfg, reader, runs, skip)
-
-
-def _activity(cfg: Config, reader: StoreReader, runs: list[LoadedRun], skip: frozenset[int],
-              draw: tuple[int, ...] | None = None) -> tuple[dict[str, Activity], dict]:
-    """`measure_activity` on the `[eval]` frequency plan, or on a bootstrap draw of it (`draw`: the
-    seeds of `resample_plan`)."""
+    per run; with `draw` (the seeds of `resample_plan`), a bootstrap draw of those rows (the spread
+    decomposition). Returns run -> ``Activity``, and what the frequencies were counted on."""
     counted, found = {}, {r.name: {} for r in runs}
     for role in ("forget", "retain"):
         names = _corpora(cfg, "train", role)
@@ -417,7 +411,7 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, runs: list[LoadedRu
         skip = special_tokens(lm.tokenizer)
         draws: dict[str, list[dict]] = {r.name: [] for r in spread_runs}
         for d in range(spread.selection_draws):
-            drawn, _ = _activity(cfg, reader, spread_runs, skip, draw=(spread.seed, d))
+            drawn, _ = measure_activity(cfg, reader, spread_runs, skip, draw=(spread.seed, d))
             for r in spread_runs:
                 a = drawn[r.name]
                 draws[r.name].append(run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, a.forget_freq,
