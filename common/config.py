@@ -270,6 +270,8 @@ class UnlearningConfig:
                                    "x − s·(x·d̂)d̂ (1 = the direction projected out)")
     forget_share_condition: str = _key("", doc="the baseline condition (a run name without its -s<seed>) whose "
                                        "runs get the forget_share reference (\"\" = every baseline run)")
+    forget_share_runs: int = _key(0, _non_negative, "how many runs of each such condition, lowest seeds first, "
+                                  "get the forget_share reference (0 = all): each costs a full clamp sweep")
     pi_ablation: bool = _key(True, doc="grouped SAEs: also rerun the largest setting with π following the "
                              "clamp, so the clamp removes group bias too (one more pass per grouped run)")
 

@@ -308,6 +308,17 @@ def _ref_name(run: str, tag: str) -> str:
     return f"{m[1]}{tag}{m[2]}" if m else run + tag
 
 
+def _first_seeds(runs: list[LoadedRun], n: int) -> list[LoadedRun]:
+    """The ``n`` lowest-seed runs of each condition (all when ``n`` is 0), in the order given."""
+    if not n:
+        return runs
+    keep = set()
+    for cond in {r.run.condition for r in runs}:
+        mine = sorted((r for r in runs if r.run.condition == cond), key=lambda r: r.run.train.seed)
+        keep |= {r.name for r in mine[:n]}
+    return [r for r in runs if r.name in keep]
+
+
 def reference_entry(ref: Reference, base: RunResult | None) -> dict:
     """A reference's entry beside the runs in report.json: its unlearning, the quality it edits at."""
     if base is not None:  # the SAE's own quality: the reference uses its features
@@ -349,7 +360,8 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, runs: list[LoadedRu
     t = time.perf_counter()
     settings = len(un.retain_thresholds) * len(un.n_features_list) * len(un.multipliers)
     ablated = {r.name for r in runs if is_grouped(r.sae)} if loss and un.pi_ablation else set()
-    ranked_refs = ([r for r in runs if r.run.type == "baseline" and un.forget_share_condition in ("", r.run.condition)]
+    ranked_refs = (_first_seeds([r for r in runs if r.run.type == "baseline"
+                                 and un.forget_share_condition in ("", r.run.condition)], un.forget_share_runs)
                    if loss and "forget_share" in un.references else [])
     dom_ref = loss and has_freqs and "diff_of_means" in un.references
     spread = cfg.eval.spread

@@ -58,6 +58,28 @@ def test_shipped_configs_load():
         assert len(by_type) >= 5 and all(len(seeds) >= 3 for seeds in by_type.values())
 
 
+def test_spread_config_scores_the_experiments_own_runs():
+    """configs/experiment-spread.toml measures the experiment's spread on the experiment's baseline:
+    same store, corpora, runs_dir and data order, and each of its runs is an experiment run with the
+    same training settings (the same fingerprint: `pipe run` reuses it rather than training another),
+    scored with the experiment's unlearning settings."""
+    exp = load_config(ROOT / "configs/experiment.toml")
+    spread = load_config(ROOT / "configs/experiment-spread.toml")
+    assert (spread.harvest, spread.corpora, spread.train) == (exp.harvest, exp.corpora, exp.train)
+    runs = {r.name: r for r in exp.runs}
+    assert len(spread.runs) >= 6
+    for r in spread.runs:
+        assert r.name in runs and (r.type, r.train) == (runs[r.name].type, runs[r.name].train), r.name
+    assert {r.condition for r in spread.runs} == {spread.eval.spread.condition}
+    assert spread.eval.spread.condition == exp.eval.unlearning.forget_share_condition
+    a, b = spread.eval.unlearning, exp.eval.unlearning
+    assert (a.retain_thresholds, a.n_features_list, a.multipliers, a.loss_contexts, a.retain_budgets) == \
+        (b.retain_thresholds, b.n_features_list, b.multipliers, b.loss_contexts, b.retain_budgets)
+    assert (spread.eval.rows, spread.eval.frequency_rows, spread.eval.frequency_seed) == \
+        (exp.eval.rows, exp.eval.frequency_rows, exp.eval.frequency_seed)
+    assert not exp.eval.spread.condition  # measured once, outside the experiment's 90 minutes
+
+
 def test_minimal_defaults(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL))
     assert cfg.harvest.context_length == 128 and cfg.corpora["a"].split == "train"
