@@ -365,8 +365,8 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, runs: list[LoadedRu
                    if loss and "forget_share" in un.references else [])
     dom_ref = loss and has_freqs and "diff_of_means" in un.references
     spread = cfg.eval.spread
-    spread_runs = (sorted((r for r in runs if r.run.condition == spread.condition and activity[r.name].both_roles),
-                          key=lambda r: r.run.train.seed)[:spread.runs] if loss and spread.condition else [])
+    spread_runs = (_first_seeds([r for r in runs if r.run.condition == spread.condition
+                                 and activity[r.name].both_roles], spread.runs) if loss and spread.condition else [])
     total = (settings * len(runs) + len(ablated) + len(un.n_features_list) * len(un.multipliers) * len(ranked_refs)
              + (len(un.projection_scales) if dom_ref else 0) + settings * spread.selection_draws * len(spread_runs))
     task = bar.add_task("unlearning interventions", total=total)
