@@ -21,7 +21,9 @@ Statistics (all in ``aggregate``):
   and averages their document-replicate i (the same documents for every run), so the interval holds
   both the seed spread and the eval's error. Pairs take the paired version (shared seeds drawn
   together, the same documents on both sides); a single shared seed leaves the eval's error alone,
-  which may separate two runs. ``eval_se`` is the RMS of the runs' own document-bootstrap se;
+  which may separate two runs. Every interval draws its seeds afresh from ``SEED_DRAW``, so it
+  depends only on its own condition(s), never on the others in the report. ``eval_se`` is the RMS
+  of the runs' own document-bootstrap se;
 - the one L0 rule (``eval/metrics.py`` ``L0_MATCH``): conditions whose mean L0 differ by more are
   not compared;
 - who wins: frontier metrics (unlearning figures) by the frontier rule against the baseline curve
@@ -43,6 +45,12 @@ from orthosae.eval.metrics import L0_MATCH, Metric, budgets_of, l0_matched, regi
 
 MIN_SEEDS = 3
 SEED_DRAW = 7  # seeds the seeds × documents bootstrap's draws of seeds
+
+
+def _draws() -> np.random.Generator:
+    """A fresh generator for each interval: an interval then depends only on its own conditions,
+    not on which other conditions the report holds or their order (one shared stream did)."""
+    return np.random.default_rng(SEED_DRAW)
 
 # t_{0.975, df} for df = 1..30; beyond, the normal quantile with a 1/df correction (error < 1e-3)
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -168,7 +176,6 @@ def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None) -> 
     conds: dict[str, dict] = {}
     per_seed: dict[str, dict[str, dict]] = {}  # label -> metric -> seed -> value
     reps: dict[str, dict[str, dict]] = {}  # label -> metric -> seed -> document replicates
-    rng = np.random.default_rng(SEED_DRAW)
     for label, names in groups.items():
         first = _settings(results[names[0]])
         entry = {"runs": names, "seeds": [seed_of(results[n]) for n in names], "type": first.get("type"),
@@ -186,7 +193,7 @@ def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None) -> 
             if m.eval_error and all(r is not None for r in run_reps.values()):
                 reps[label][m.key] = run_reps
                 summary["ci95_seeds"] = summary["ci95"]
-                summary["ci95"] = interval(condition_replicates(run_reps, rng))
+                summary["ci95"] = interval(condition_replicates(run_reps, _draws()))
                 ses = [results[n].get(m.section, {}).get("intervals", {}).get("se", {}).get(m.field or m.key)
                        for n in names]
                 ses = [e for e in ses if isinstance(e, (int, float)) and math.isfinite(e)]
@@ -206,7 +213,7 @@ def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None) -> 
             if m.key not in per_seed[a] or m.key not in per_seed[b]:
                 continue
             if m.key in reps[a] and m.key in reps[b]:
-                diff, shared = paired_replicates(reps[a][m.key], reps[b][m.key], rng)
+                diff, shared = paired_replicates(reps[a][m.key], reps[b][m.key], _draws())
                 p = boot_verdict(diff, m.higher)
                 p.update(seeds=shared, n=len(shared), interval="seeds x documents bootstrap")
             else:
@@ -220,7 +227,7 @@ def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None) -> 
 
     finite = [v for v in l0s.values() if math.isfinite(v)]
     spread = (max(finite) / min(finite) - 1) if finite and min(finite) > 0 else math.nan
-    frontier = _frontier(conds, reps, metrics, l0s, rng)
+    frontier = _frontier(conds, reps, metrics, l0s)
     return {"method": "mean over seeds; intervals: seeds x documents bootstrap for the unlearning sweep's figures "
                       f"(seed spread + the eval's error), Student-t over seeds otherwise; a winner only when the "
                       f"interval of the difference excludes 0 (Student-t: with >= {MIN_SEEDS} shared seeds) "
@@ -231,7 +238,7 @@ def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None) -> 
                    "matched": bool(math.isfinite(spread) and spread <= L0_MATCH)}}
 
 
-def _frontier(conds: dict, reps: dict, metrics: list[Metric], l0s: dict, rng) -> dict:
+def _frontier(conds: dict, reps: dict, metrics: list[Metric], l0s: dict) -> dict:
     """metric -> quality -> condition -> verdict against the baseline conditions' curve."""
     out: dict = {}
     base = [c for c, e in conds.items() if e["type"] == "baseline"]
@@ -241,18 +248,18 @@ def _frontier(conds: dict, reps: dict, metrics: list[Metric], l0s: dict, rng) ->
             for c, e in conds.items():
                 if e["type"] == "baseline" or m.key not in e["metrics"] or q.key not in e["metrics"]:
                     continue
-                curve = [_point(b, conds[b], reps[b], m, q, rng) for b in base
+                curve = [_point(b, conds[b], reps[b], m, q) for b in base
                          if m.key in conds[b]["metrics"] and q.key in conds[b]["metrics"] and l0_matched(l0s[b], l0s[c])]
-                v = frontier_verdict(curve, _point(c, e, reps[c], m, q, rng))
+                v = frontier_verdict(curve, _point(c, e, reps[c], m, q))
                 table[c] = v
             if table:
                 out.setdefault(m.key, {})[q.key] = table
     return out
 
 
-def _point(label: str, e: dict, reps: dict, m: Metric, q: Metric, rng) -> dict:
+def _point(label: str, e: dict, reps: dict, m: Metric, q: Metric) -> dict:
     s, x = e["metrics"][m.key], e["metrics"][q.key]
-    r = condition_replicates(reps[m.key], np.random.default_rng(SEED_DRAW)) if m.key in reps \
+    r = condition_replicates(reps[m.key], _draws()) if m.key in reps \
         else np.full(1, np.nan)
     return {"name": label, "x": x["mean"], "x_ci": x["ci95"], "y": s["mean"], "reps": r.tolist()}
 

@@ -114,6 +114,28 @@ def test_seeds_by_documents_interval_holds_both_errors_and_one_seed_may_win_on_e
     assert aggregate(one)["pairs"][0]["metrics"]["explained_variance"]["winner"].startswith("no verdict")
 
 
+def test_an_interval_depends_only_on_its_own_conditions():
+    """Adding a condition, or reordering them, leaves every other condition's and pair's bootstrap
+    interval unchanged (one shared random stream used to shift them)."""
+    def runs(kind, lr, sel, n=4):
+        return {f"{kind}-lr{lr}-s{s}": result(kind, s, lr=lr, sel=sel + 0.07 * s * (-1) ** s, sel_se=0.04)
+                for s in range(n)}
+    a, b, c = runs("baseline", 1e-3, 0.2), runs("adaptive", 4e-4, 0.3), runs("fixed", 4e-4, 0.25, n=3)
+    two, three, shuffled = aggregate(a | b), aggregate(c | a | b), aggregate(b | c | a)
+
+    def pair(agg, x, y):
+        (p,) = [p for p in agg["pairs"] if {p["a"], p["b"]} == {x, y}]
+        ci = p["metrics"]["best_selectivity"]["ci95"]
+        return ci if p["a"] == x else [-ci[1], -ci[0]]
+
+    for agg in (three, shuffled):
+        for cond in ("baseline-lr0.001", "adaptive-lr0.0004"):
+            assert (agg["conditions"][cond]["metrics"]["best_selectivity"]["ci95"]
+                    == two["conditions"][cond]["metrics"]["best_selectivity"]["ci95"])
+        assert pair(agg, "adaptive-lr0.0004", "baseline-lr0.001") == pytest.approx(
+            pair(two, "adaptive-lr0.0004", "baseline-lr0.001"), abs=1e-12)
+
+
 def test_conditions_further_apart_in_l0_than_the_rule_are_not_compared():
     results = {"baseline": result("baseline", 0, l0=50.0, sel=0.2, sel_se=0.01),
                "adaptive": result("adaptive", 0, l0=60.0, sel=0.9, sel_se=0.01)}
