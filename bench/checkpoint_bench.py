@@ -1,7 +1,7 @@
 """What digests cost a checkpoint: the checkpoint write and read with sha256 digests (as
 `train/checkpoint.py` does) vs the same files written and read with none, same process, same sizes.
 
-    python -m bench.checkpoint_bench [--d-model 2304] [--d-sae 4096] [--repeats 3] [--dir /tmp]
+    python -m bench.checkpoint_bench [--d-model 2304] [--d-sae 4096] [--repeats 3] [--dir /tmp] [--quick]
 
 The state is a baseline SAE's checkpoint (W_enc, W_dec, biases and both Adam moments: about
 6·d_model·d_sae float32 values). Prints the median seconds of each and their ratio; the figures go
@@ -71,7 +71,10 @@ def main() -> None:
     ap.add_argument("--d-sae", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dir", default=None, help="where to write (default: the system temp dir)")
+    ap.add_argument("--quick", action="store_true", help="smoke check: 64 × 256, one repeat")
     args = ap.parse_args()
+    if args.quick:
+        args.d_model, args.d_sae, args.repeats = 64, 256, 1
     state = _state(args.d_model, args.d_sae)
     n_bytes = sum(t.numel() * 4 for t in _tensors(state))
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:

@@ -1,6 +1,6 @@
 """Dead features against λ2: the prototype's L_ortho form vs the principled one, on a real store.
 
-    python -m bench.dead_features [--config pipeline.toml] [--steps 500]
+    python -m bench.dead_features [--config pipeline.toml] [--steps 500] [--quick]
 
 Trains in one pass over the config's (already harvested) store, with its [train] settings: a
 baseline, the adaptive SAE with the prototype's choices (alpha_mode = "seed", τ = 0, no regroup
@@ -37,7 +37,10 @@ def main() -> None:
                     help="α of the rms runs: below and at the random level 1/√d_model")
     ap.add_argument("--rms-weighting", nargs="+", default=["uniform", "activity"], choices=["uniform", "activity"])
     ap.add_argument("--no-prototype", action="store_true", help="leave out the seed-form runs")
+    ap.add_argument("--quick", action="store_true", help="smoke check: 5 steps, one rms run")
     args = ap.parse_args()
+    if args.quick:
+        args.steps, args.rms_lambda2, args.rms_alpha, args.rms_weighting = 5, [30.0], [0.0], ["activity"]
     cfg = load_config(args.config)
     base = dict(train=cfg.train, ortho=cfg.ortho)
     runs = [RunConfig.of("baseline", **base)]

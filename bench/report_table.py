@@ -32,6 +32,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("report")
     ap.add_argument("--runs-dir", default=None, help="where the runs' exports are (default: the report's runs_dir)")
+    ap.add_argument("--quick", action="store_true",
+                    help="accepted like every bench's --quick (the smoke test passes it); it reads one report either way")
     args = ap.parse_args()
     report = json.loads(Path(args.report).read_text())
     runs_dir = Path(args.runs_dir or report["runs_dir"])

@@ -2,7 +2,7 @@
 against the exact one on a trained SAE's decoder and on random unit directions, side by side;
 and, in the row k = "bf16 Grams", the exact form with bfloat16 Gram inputs (``gram_dtype``).
 
-    python -m bench.sketch_noise [RUN_DIR ...] [--draws 10]
+    python -m bench.sketch_noise [RUN_DIR ...] [--draws 10] [--quick]
 
 For each k: the sketched value's mean over draws relative to the exact value, and the mean relative
 gradient error ‖g_sketch − g_exact‖ / ‖g_exact‖ (uniform pair weights, α = 0, where the sketch is
@@ -137,11 +137,11 @@ def value_and_grad(W0: torch.Tensor, groups: torch.Tensor, n_groups: int, sketch
     return v.item(), W.grad
 
 
-def rows(name: str, W: torch.Tensor, groups: torch.Tensor, draws: int) -> list[str]:
+def rows(name: str, W: torch.Tensor, groups: torch.Tensor, draws: int, ks: tuple[int, ...] = KS) -> list[str]:
     G = int(groups.max()) + 1
     exact_v, exact_g = value_and_grad(W, groups, G)
     out = []
-    for k in KS:
+    for k in ks:
         gen = torch.Generator().manual_seed(0)
         vals, errs = [], []
         for _ in range(draws):
@@ -158,20 +158,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="*", default=["runs/experiment/adaptive-alpha0-s0"])
     ap.add_argument("--draws", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="smoke check: one draw of k = 8 and 32")
     args = ap.parse_args()
+    ks = (8, 32) if args.quick else KS
+    if args.quick:
+        args.draws = 1
     print("| directions | k | exact L_ortho | sketched mean / exact | gradient error / ‖exact gradient‖ |")
     print("|---|---:|---:|---:|---:|")
     shapes = set()
     for run in args.runs:
         sd = load_file(str(Path(run) / "sae_weights.safetensors"))
         W, groups = sd["W_dec"].float(), sd["groups"].long()
-        for line in rows(f"{Path(run).name} (trained, {W.shape[0]}×{W.shape[1]})", W, groups, args.draws):
+        for line in rows(f"{Path(run).name} (trained, {W.shape[0]}×{W.shape[1]})", W, groups, args.draws, ks):
             print(line)
         shapes.add(tuple(W.shape))
     for shape in sorted(shapes):  # the same sizes at random (initialisation-like) directions
         rand = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         for line in rows(f"random unit rows ({shape[0]}×{shape[1]})", rand / rand.norm(dim=1, keepdim=True),
-                         contiguous_groups(shape[0], 2), args.draws):
+                         contiguous_groups(shape[0], 2), args.draws, ks):
             print(line)
     print(f"\n{args.draws} draws per k; uniform pair weights, α = 0.")
 

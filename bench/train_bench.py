@@ -28,12 +28,12 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.peers import missing_peer, standard_trainer_class
 from bench.sketch_noise import sketched_trainer
 from orthosae.common.config import OrthoConfig, RunConfig, TrainConfig
 from orthosae.common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
@@ -45,8 +45,9 @@ from orthosae.train.trainer import Trainer
 # the stream's round is one shuffle window (buffer_rows / batch steps) so its reads are amortised fairly.
 FULL = dict(rows=200_000, d=640, d_sae=4096, batch=4096, stream=(16, 3), ortho=(4, 4),
             big=(2304, 16384, 4096), big_rounds=(4, 3), lib=(2, 4), sketch=(2, 6), sketch_big=(2, 5))
-QUICK = dict(rows=24_000, d=640, d_sae=1024, batch=1024, stream=(8, 3), ortho=(4, 3),
-             big=(1152, 2048, 256), big_rounds=(4, 2), lib=(1, 3), sketch=(2, 3), sketch_big=(2, 3))
+# a smoke check in seconds (the test suite runs it): every contender, tiny sizes, one round
+QUICK = dict(rows=4_096, d=64, d_sae=256, batch=256, stream=(2, 1), ortho=(4, 1),
+             big=(96, 384, 128), big_rounds=(4, 1), lib=(1, 1), sketch=(1, 1), sketch_big=(1, 1))
 SKETCH = 32  # rows of the L_ortho sketch (issue 15's k)
 TOTAL_STEPS = 10**6  # schedules' horizon: warm-ups pass, no decay inside the benchmark
 CONTEXT = 128  # rows per context = CONTEXT - 1 (BOS not stored), as the harvest lays them out
@@ -232,14 +233,7 @@ def bench_sketch(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
 
 
 def dictionary_learning_trainer(d: int, d_sae: int, lr: float, l1: float):
-    try:
-        from dictionary_learning.trainers.standard import StandardTrainer
-    except ModuleNotFoundError as e:  # its package __init__ imports nnsight (only for ActivationBuffer)
-        if e.name != "nnsight":
-            raise
-        sys.modules["nnsight"] = types.SimpleNamespace(LanguageModel=object)
-        from dictionary_learning.trainers.standard import StandardTrainer
-    return StandardTrainer(steps=TOTAL_STEPS, activation_dim=d, dict_size=d_sae, layer=0, lm_name="bench",
+    return standard_trainer_class()(steps=TOTAL_STEPS, activation_dim=d, dict_size=d_sae, layer=0, lm_name="bench",
                            lr=lr, l1_penalty=l1, warmup_steps=100, sparsity_warmup_steps=100, seed=0,
                            device="cpu", wandb_name=None)
 
@@ -260,20 +254,30 @@ def bench_libraries(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
     train = TrainConfig()
     batches = memory_batches(rows, batch)
     ours = our_run("baseline", d, d_sae, batch, "-lib")
-    dl = dictionary_learning_trainer(d, d_sae, train.lr, train.l1_coefficient)
-    sl = sae_lens_trainer(d, d_sae, batch, train.lr, train.l1_coefficient)
+    contenders, skipped = {"ours": timed(our_step(ours, batches))}, []
+    try:
+        dl = dictionary_learning_trainer(d, d_sae, train.lr, train.l1_coefficient)
+        contenders["dictionary_learning"] = timed(lambda i: dl.update(i, batches(i)[0]))
+    except ImportError as e:
+        skipped.append(missing_peer("dictionary_learning", e))
+    try:
+        sl = sae_lens_trainer(d, d_sae, batch, train.lr, train.l1_coefficient)
 
-    def sl_step(i: int) -> None:  # SAETrainer.fit's per-batch work, less logging, evals and checkpoints
-        sl._train_step(sl.sae, batches(i)[0])
-        sl.n_training_steps += 1
-        sl.n_training_samples += batch
-
-    sec = interleave({"ours": timed(our_step(ours, batches)), "sae_lens": timed(sl_step),
-                      "dictionary_learning": timed(lambda i: dl.update(i, batches(i)[0]))}, c["lib"])
-    ours.log.close()
+        def sl_step(i: int) -> None:  # SAETrainer.fit's per-batch work, less logging, evals and checkpoints
+            sl._train_step(sl.sae, batches(i)[0])
+            sl.n_training_steps += 1
+            sl.n_training_samples += batch
+        contenders["sae_lens"] = timed(sl_step)
+    except ImportError as e:
+        skipped.append(missing_peer("sae_lens", e))
+    for line in skipped:
+        print(line)
+    sec = interleave(contenders, c["lib"])
     out = []
     for ref, note in [("dictionary_learning", "StandardTrainer.update (ConstrainedAdam, no clipping)"),
                       ("sae_lens", "SAETrainer._train_step (StandardTrainingSAE, clip 1.0)")]:
+        if ref not in sec:
+            continue
         p = pair(sec, "ours", ref, batch)
         out.append((f"3. ours vs {ref}", f"{d}×{d_sae}, batch {batch}", p["a"], p["b"],
                     f"speed ×{p['ratio']:.3f} ({p['lo']:.3f}–{p['hi']:.3f})", "≥ 1.00", p["ratio"] >= 1.0, note))
@@ -282,7 +286,7 @@ def bench_libraries(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes and few steps (smoke check, < 1 min)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, one round (smoke check, seconds)")
     ap.add_argument("--only", choices=["stream", "ortho", "libraries", "sketch"], help="run one comparison")
     args = ap.parse_args()
     c = QUICK if args.quick else FULL

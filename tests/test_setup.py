@@ -47,8 +47,25 @@ def test_clean_setup_says_what_it_installed_and_nothing_alarming(tmp_path):
     calls = (tmp_path / ".venv/bin/calls").read_text().splitlines()
     assert [c for c in calls if "install" in c] == [
         "-m pip install --upgrade pip", "-m pip install -e .[test]", "-m pip install sae-lens==6.54.12",
+        "-m pip install --no-deps dictionary-learning==0.1.0",
         "-m pip install --no-deps sae-bench==0.6.0", "-m pip install tabulate",
         "-m pip install -e .[wandb,trackio]"]
+
+
+def test_bench_installs_the_benchmark_peers_only(tmp_path):
+    out = run_setup(tmp_path, "--bench")
+    assert out.returncode == 0, out.stderr
+    calls = (tmp_path / ".venv/bin/calls").read_text().splitlines()
+    assert [c for c in calls if "install" in c] == [
+        "-m pip install --upgrade pip", "-m pip install -e .[test]", "-m pip install sae-lens==6.54.12",
+        "-m pip install --no-deps dictionary-learning==0.1.0"]
+
+
+def test_an_unknown_option_stops_before_installing_anything(tmp_path):
+    out = run_setup(tmp_path, "--tests")
+    assert out.returncode == 2
+    assert out.stderr.strip() == "setup: unknown option --tests (expected --test or --bench)"
+    assert not (tmp_path / ".venv/bin/calls").exists()
 
 
 @pytest.mark.parametrize("args", [(), ("--test",)])
