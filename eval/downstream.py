@@ -39,6 +39,9 @@ LOGIT_BUDGET = 1 << 24  # elements of one [batch, chunk, vocab] logits tensor on
 # tensors alive at once (log-probs, probs, their temporaries), so 1/32 of it each leaves room to spare.
 GPU_LOGIT_DIVISOR = 32
 GPU_LOGIT_MAX = 1 << 30
+# float32 logits of one loss call in `token_ce`: 16 MiB (16 rows of a 262k vocabulary) stays in
+# cache, where a whole chunk's 64 MiB went through memory on each of its three passes
+CE_ROWS_BUDGET = 1 << 22
 
 
 def logit_budget(device: torch.device) -> int:
@@ -118,17 +121,25 @@ def _chunk_len(model: nn.Module, batch: int) -> int:
 
 
 def token_ce(model: nn.Module, input_ids: Tensor, hidden: Tensor | None = None, prefix=None) -> Tensor:
-    """Per-token next-token CE ``[batch, T-1]`` (entry p is the loss of predicting token p+1)."""
+    """Per-token next-token CE ``[batch, T-1]`` (entry p is the loss of predicting token p+1).
+
+    The head runs on ``[batch, chunk]`` positions at a time, as ``head_logits`` would; its logits
+    stay in the model's dtype and go to float32 (soft-capped, then the loss) a few rows at a
+    time, so the float32 rows stay in cache (``bench/eval_floor.py``). Each row's loss is computed
+    alone either way, so the numbers equal ``head_logits`` + ``cross_entropy`` over the chunk."""
     if hidden is None:
         hidden = final_hidden(model, input_ids, prefix=prefix)
     B, T = input_ids.shape
     step = _chunk_len(model, B)
+    head = model.get_output_embeddings()
+    rows = max(1, CE_ROWS_BUDGET // head.weight.shape[0])
     out = []
     for s in range(0, T - 1, step):
         e = min(s + step, T - 1)
-        logits = head_logits(model, hidden[:, s:e])
-        # fused kernel: no [batch, chunk, vocab] log-prob tensor is materialised
-        ce = F.cross_entropy(logits.flatten(0, 1), input_ids[:, s + 1:e + 1].flatten(), reduction="none")
+        logits = head(hidden[:, s:e].contiguous()).flatten(0, 1)  # contiguous: see head_logits
+        target = input_ids[:, s + 1:e + 1].flatten()
+        ce = torch.cat([F.cross_entropy(softcap(model, logits[r:r + rows].float()), target[r:r + rows],
+                                        reduction="none") for r in range(0, logits.shape[0], rows)])
         out.append(ce.view(B, e - s))
     return torch.cat(out, dim=1)
 

@@ -53,6 +53,26 @@ def test_head_and_ce_match_full_forward(model, contexts, monkeypatch):
     assert torch.allclose(ce.flatten(), ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_ce_in_row_slices_is_bit_identical_to_one_loss_per_chunk(model, contexts, monkeypatch, dtype):
+    """The loss runs a few rows at a time (CE_ROWS_BUDGET) to stay in cache: every row's loss is
+    the one cross_entropy over the whole chunk gives, bit for bit, in float32 and from bf16 logits."""
+    m = model.to(dtype)
+    try:
+        monkeypatch.setattr(ds, "LOGIT_BUDGET", 3 * 5 * 512)  # chunks of 3 positions x 5 contexts = 15 rows
+        monkeypatch.setattr(ds, "CE_ROWS_BUDGET", 4 * 512)  # losses of 4 rows at a time: 4 + 4 + 4 + 3
+        with torch.no_grad():
+            hidden = ds.final_hidden(m, contexts)
+            ce = ds.token_ce(m, contexts, hidden=hidden)
+            expected = torch.cat([F.cross_entropy(ds.head_logits(m, hidden[:, s:min(s + 3, 11)]).flatten(0, 1),
+                                                  contexts[:, s + 1:s + 4].flatten(), reduction="none").view(5, -1)
+                                  for s in range(0, 11, 3)], dim=1)
+    finally:
+        model.float()
+    assert ce.shape == (5, 11) and ce.dtype == torch.float32
+    assert torch.equal(ce, expected)
+
+
 def test_identity_sae_scores_one(model, contexts):
     both = ds.spliced_ce(model, LAYER, {"id": IdentitySAE(64), "zero": ZeroSAE(64)}, contexts, batch_size=2)
     m = both["id"]
