@@ -1,6 +1,6 @@
 """One intervention pass of the unlearning eval against this machine's floor, part by part.
 
-    python -m bench.eval_floor [--config pipeline.toml] [--contexts 16] [--repeats 3] [--quick]
+    python -m bench.eval_floor [--config pipeline.toml] [--contexts 16] [--repeats 3] [--threads N] [--quick]
 
 An intervention pass is what the eval runs for every clamp setting and corpus
 (`eval.unlearning._ce_per_context` with a clamp spliced in at the layer and blocks 0..L served by
@@ -18,6 +18,7 @@ The contexts are random token ids (timing does not depend on the text), BOS firs
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import statistics
 import sys
@@ -28,19 +29,15 @@ import torch.nn.functional as F
 
 from orthosae.common.config import load_config
 from orthosae.common.model import decoder_layers, load_model
-from orthosae.eval.downstream import CE_ROWS_BUDGET, _chunk_len, final_hidden, softcap, splice
+from orthosae.eval.downstream import (CE_ROWS_BUDGET, HEAD_ROWS, _chunk_len, final_hidden, head_logits, softcap,
+                                      splice, token_ce)
 from orthosae.eval.prefix import PrefixCache
 from orthosae.eval.unlearning import _ce_per_context, clamp_features
 from orthosae.train.sae import make_sae
 
-FULL = dict(contexts=16, repeats=3, gemm=2048, copy_mib=512)
+FULL = dict(contexts=16, repeats=5, gemm=2048, copy_mib=512)
 QUICK = dict(contexts=4, repeats=1, gemm=256, copy_mib=16)
 N_FEATURES = 20  # clamped features: the edit's cost barely depends on how many
-
-
-def best_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: first calls pay for allocation and kernel selection
-    return min(_time(fn) for _ in range(repeats))
 
 
 def _time(fn) -> float:
@@ -50,17 +47,24 @@ def _time(fn) -> float:
 
 
 def gemm_rate(dtype: torch.dtype, n: int, repeats: int = 5) -> float:
-    """FLOP/s of one n×n×n `torch.mm` in `dtype` (float32 accumulation for bfloat16), best of repeats."""
+    """FLOP/s of one n×n×n `torch.mm` in `dtype` (float32 accumulation for bfloat16), best of repeats
+    after a warm-up (bench/gpu.py's CPU peak)."""
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
-    return 2 * n**3 / best_seconds(lambda: torch.mm(a, b), repeats)
+    torch.mm(a, b)
+    return 2 * n**3 / min(_time(lambda: torch.mm(a, b)) for _ in range(repeats))
 
 
-def copy_bandwidth(mib: int, repeats: int = 5) -> float:
-    """Bytes/s moved by a large float32 copy (each element read once and written once)."""
-    src = torch.ones(mib * 2**20 // 4)
-    dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / best_seconds(lambda: dst.copy_(src), repeats)
+def ce_before(model, ids: torch.Tensor, hidden: torch.Tensor, step: int) -> torch.Tensor:
+    """Per-token CE as `token_ce` computed it before HEAD_ROWS and CE_ROWS_BUDGET: float32 logits of a
+    whole head call of ``step`` positions, one cross-entropy over them."""
+    B, T = ids.shape
+    out = []
+    for s in range(0, T - 1, step):
+        e = min(s + step, T - 1)
+        z = head_logits(model, hidden[:, s:e])
+        out.append(F.cross_entropy(z.flatten(0, 1), ids[:, s + 1:e + 1].flatten(), reduction="none").view(B, e - s))
+    return torch.cat(out, dim=1)
 
 
 def block_flops_per_token(model, first: int, T: int) -> float:
@@ -79,9 +83,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="pipeline.toml")
     ap.add_argument("--contexts", type=int, help="contexts in the pass (default 16; --quick 4)")
-    ap.add_argument("--repeats", type=int, help="timings per part, the best kept (default 3; --quick 1)")
+    ap.add_argument("--repeats", type=int, help="rounds, each timing every part once; the best kept (default 5; --quick 1)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 is immune to the stalls "
+                    "other processes cause at every multi-threaded op's barrier on a loaded machine")
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke check in seconds")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     c = {**(QUICK if args.quick else FULL)}
     c["contexts"] = args.contexts or c["contexts"]
     c["repeats"] = args.repeats or c["repeats"]
@@ -100,11 +108,9 @@ def main() -> None:
     edit = clamp_features(sae, torch.arange(N_FEATURES), -10.0)
     prefix = PrefixCache(model, layer)
     batches = [ctx[i:i + bs] for i in range(0, len(ctx), bs)]
-    step = _chunk_len(model, bs)
+    step, step_before = max(1, HEAD_ROWS // bs), _chunk_len(model, bs)  # positions a head call: now, before
     ce_rows = max(1, CE_ROWS_BUDGET // vocab)
 
-    rates = {torch.float32: gemm_rate(torch.float32, c["gemm"]), torch.bfloat16: gemm_rate(torch.bfloat16, c["gemm"])}
-    bandwidth = copy_bandwidth(c["copy_mib"])
     with torch.no_grad():
         for ids in batches:  # record blocks 0..L once, as the eval's baseline pass does
             final_hidden(model, ids, prefix=prefix)
@@ -121,19 +127,19 @@ def main() -> None:
             for r in resid:
                 edit(r)
 
-        def chunks():
+        def chunks(n: int = step):
             for h, ids in zip(hidden, batches):
-                for s in range(0, T - 1, step):
-                    yield h[:, s:min(s + step, T - 1)].contiguous(), ids[:, s + 1:min(s + step, T - 1) + 1]
+                for s in range(0, T - 1, n):
+                    yield h[:, s:min(s + n, T - 1)].contiguous(), ids[:, s + 1:min(s + n, T - 1) + 1]
 
-        logits = [head(h) for h, _ in chunks()]
+        logits = {n: [head(h) for h, _ in chunks(n)] for n in (step, step_before)}
 
-        def head_gemm():
-            for h, _ in chunks():
+        def head_gemm(n: int = step):
+            for h, _ in chunks(n):
                 head(h)
 
-        def loss(rows: int | None = None):  # rows: logit rows per loss call (None: the whole chunk)
-            for z, (_, tgt) in zip(logits, chunks()):
+        def loss(rows: int | None = None, n: int = step):  # rows a loss call (None: the whole head call)
+            for z, (_, tgt) in zip(logits[n], chunks(n)):
                 z, tgt = z.flatten(0, 1), tgt.flatten()
                 n = rows or len(z)
                 for r in range(0, len(z), n):
@@ -143,9 +149,28 @@ def main() -> None:
             with splice(model, layer, edit):
                 _ce_per_context(model, ctx, bs, prefix=prefix)
 
-        sec = {name: best_seconds(fn, c["repeats"]) for name, fn in
-               (("blocks", blocks), ("sae", sae_edit), ("head", head_gemm), ("loss", lambda: loss(ce_rows)),
-                ("loss, whole chunk", loss), ("pass", whole))}
+        a32, b32 = (torch.randn(c["gemm"], c["gemm"], generator=g) for _ in range(2))
+        a16, b16 = a32.bfloat16(), b32.bfloat16()
+        src = torch.ones(c["copy_mib"] * 2**20 // 4)
+        dst = torch.empty_like(src)
+        # every round times each part once, the rates included; the best round of each is kept, so
+        # bursts of outside load hit a part only if they hit it in every round
+        parts = {"gemm float32": lambda: torch.mm(a32, b32), "gemm bfloat16": lambda: torch.mm(a16, b16),
+                 "copy": lambda: dst.copy_(src), "blocks": blocks, "sae": sae_edit, "head": head_gemm,
+                 "head, as before": lambda: head_gemm(step_before), "loss": lambda: loss(ce_rows),
+                 "loss, as before": lambda: loss(None, step_before), "pass": whole}
+        for fn in parts.values():
+            fn()  # warm-up: first calls pay for allocation and kernel selection
+        times = {k: [] for k in parts}
+        for _ in range(c["repeats"]):
+            for k, fn in parts.items():
+                times[k].append(_time(fn))
+        sec = {k: min(v) for k, v in times.items()}
+        # the numbers themselves: token_ce against the eval's computation before this bench's changes
+        diff = max((token_ce(model, ids, hidden=h) - ce_before(model, ids, h, step_before)).abs().max().item()
+                   for h, ids in zip(hidden, batches))
+    rates = {dt: 2 * c["gemm"] ** 3 / sec[f"gemm {dtype_name(dt)}"] for dt in (torch.float32, torch.bfloat16)}
+    bandwidth = 2 * src.numel() * 4 / sec["copy"]
 
     n_tok = c["contexts"] * T  # the model runs every position; the loss reads T - 1 of them
     n_pred = c["contexts"] * (T - 1)
@@ -156,27 +181,33 @@ def main() -> None:
     floor = {"blocks": flops["blocks"] / rates[dtype], "sae": flops["sae"] / rates[sae_dtype],
              "head": flops["head"] / rates[dtype], "loss": n_pred * vocab * dtype.itemsize / bandwidth}
     floor["pass"] = sum(floor.values())
-    floor["loss, whole chunk"] = floor["loss"]
+    total_flops = sum(flops.values())
+    floor["loss, as before"], floor["head, as before"] = floor["loss"], floor["head"]
+    flops["head, as before"] = flops["head"]
     notes = {"blocks": f"{len(decoder_layers(model)) - layer - 1} blocks after layer {layer}, {dtype_name(dtype)}",
              "sae": f"{run.type} SAE {lm.d_model}×{sae.d_sae}, {dtype_name(sae_dtype)}, clamp of {N_FEATURES} features",
-             "head": f"{lm.d_model}×{vocab:,}, {dtype_name(dtype)}, {min(step, T - 1)} positions a call",
+             "head": f"{lm.d_model}×{vocab:,}, {dtype_name(dtype)}, {bs * min(step, T - 1)} rows a call (`token_ce`)",
+             "head, as before": f"the same, {bs * min(step_before, T - 1)} rows a call (the eval before HEAD_ROWS)",
              "loss": f"logits to float32, soft-cap, cross-entropy, {ce_rows} rows a call (`token_ce`); "
                      "floor: one read of the logits",
-             "loss, whole chunk": f"the same, {bs * min(step, T - 1)} rows a call (the eval before CE_ROWS_BUDGET)",
+             "loss, as before": f"the same on the whole head call, {bs * min(step_before, T - 1)} rows at once "
+                                "(the eval before CE_ROWS_BUDGET)",
              "pass": "`_ce_per_context` under the clamp, prefix cache warm"}
     print(f"{c['contexts']} contexts × {T} tokens, batch {bs}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, CPU\n"
+          f"{torch.get_num_threads()} threads, CPU, load average {os.getloadavg()[0]:.2f}\n"
           f"measured rates: GEMM {c['gemm']}³ float32 {rates[torch.float32] / 1e9:,.1f} GFLOP/s, bfloat16 "
           f"{rates[torch.bfloat16] / 1e9:,.1f} GFLOP/s; copy {bandwidth / 1e9:,.1f} GB/s\n")
     print("| part | seconds | GFLOP | floor s | × the floor | what |")
     print("|---|---:|---:|---:|---:|---|")
-    for part in ("blocks", "sae", "head", "loss", "loss, whole chunk", "pass"):
-        gf = f"{sum(flops.values()) / 1e9:,.1f}" if part == "pass" else f"{flops.get(part, 0) / 1e9:,.1f}"
+    for part in ("blocks", "sae", "head", "head, as before", "loss", "loss, as before", "pass"):
+        gf = f"{total_flops / 1e9:,.1f}" if part == "pass" else f"{flops.get(part, 0) / 1e9:,.1f}"
         print(f"| {part} | {sec[part]:.3f} | {gf} | {floor[part]:.3f} | ×{sec[part] / floor[part]:.2f} | "
               f"{notes[part]} |")
     parts = sum(sec[p] for p in ("blocks", "sae", "head", "loss"))
     print(f"\nthe parts sum to {parts:.3f} s of the pass's {sec['pass']:.3f} s; "
           f"the pass is ×{sec['pass'] / floor['pass']:.2f} the floor")
+    print(f"token_ce against the eval before HEAD_ROWS and CE_ROWS_BUDGET, every token of these contexts: "
+          f"max |ΔCE| {diff:.2e} nats ({'bit-identical' if diff == 0 else 'NOT bit-identical'})")
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -42,6 +42,11 @@ GPU_LOGIT_MAX = 1 << 30
 # float32 logits of one loss call in `token_ce`: 16 MiB (16 rows of a 262k vocabulary) stays in
 # cache, where a whole chunk's 64 MiB went through memory on each of its three passes
 CE_ROWS_BUDGET = 1 << 22
+# rows (batch x positions) of one LM-head call in `token_ce` on CPU. Each call reads the whole head
+# (335 MB in bf16 for Gemma 3's 262k x 640), so more rows a call cost less: 256 rows took half the
+# time of 64; at 512 and more rows oneDNN's bf16 GEMM left its fast path here (8x slower, other
+# roundings). Up to 256 the logits are bit-identical to those of 64-row calls (bench/eval_floor.py).
+HEAD_ROWS = 256
 
 
 def logit_budget(device: torch.device) -> int:
@@ -123,15 +128,16 @@ def _chunk_len(model: nn.Module, batch: int) -> int:
 def token_ce(model: nn.Module, input_ids: Tensor, hidden: Tensor | None = None, prefix=None) -> Tensor:
     """Per-token next-token CE ``[batch, T-1]`` (entry p is the loss of predicting token p+1).
 
-    The head runs on ``[batch, chunk]`` positions at a time, as ``head_logits`` would; its logits
-    stay in the model's dtype and go to float32 (soft-capped, then the loss) a few rows at a
-    time, so the float32 rows stay in cache (``bench/eval_floor.py``). Each row's loss is computed
-    alone either way, so the numbers equal ``head_logits`` + ``cross_entropy`` over the chunk."""
+    The head runs on HEAD_ROWS rows (batch x positions) at a time on CPU (a logits budget's worth
+    on a GPU); its logits stay in the model's dtype and go to float32 (soft-capped, then the loss)
+    a few rows at a time, so the float32 rows stay in cache (``bench/eval_floor.py``). Each row's
+    loss is computed alone either way: the numbers equal ``head_logits`` + ``cross_entropy`` over
+    the same head calls."""
     if hidden is None:
         hidden = final_hidden(model, input_ids, prefix=prefix)
     B, T = input_ids.shape
-    step = _chunk_len(model, B)
     head = model.get_output_embeddings()
+    step = _chunk_len(model, B) if head.weight.device.type == "cuda" else max(1, HEAD_ROWS // B)
     rows = max(1, CE_ROWS_BUDGET // head.weight.shape[0])
     out = []
     for s in range(0, T - 1, step):

@@ -59,7 +59,7 @@ def test_token_ce_in_row_slices_is_bit_identical_to_one_loss_per_chunk(model, co
     the one cross_entropy over the whole chunk gives, bit for bit, in float32 and from bf16 logits."""
     m = model.to(dtype)
     try:
-        monkeypatch.setattr(ds, "LOGIT_BUDGET", 3 * 5 * 512)  # chunks of 3 positions x 5 contexts = 15 rows
+        monkeypatch.setattr(ds, "HEAD_ROWS", 15)  # head calls of 3 positions x 5 contexts = 15 rows
         monkeypatch.setattr(ds, "CE_ROWS_BUDGET", 4 * 512)  # losses of 4 rows at a time: 4 + 4 + 4 + 3
         with torch.no_grad():
             hidden = ds.final_hidden(m, contexts)
