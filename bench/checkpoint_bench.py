@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -85,8 +88,9 @@ def main() -> None:
             rows["save"][1].append(_time(lambda: save_checkpoint(run_dir, state)))
             rows["load"][0].append(_time(lambda: _plain_load(run_dir)))
             rows["load"][1].append(_time(lambda: _load_checked(run_dir)))
+    print(f"command: python -m bench.checkpoint_bench {shlex.join(sys.argv[1:])}".rstrip())
     print(f"checkpoint of {n_bytes / 2**20:,.0f} MiB ({args.d_model} x {args.d_sae}, SAE + Adam), "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}; load average {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
     print(f"{'':6} {'plain s':>9} {'digests s':>10} {'ratio':>6}")
     for what, (plain, digested) in rows.items():
         p, d = statistics.median(plain), statistics.median(digested)

@@ -10,8 +10,8 @@ unbiased). An unbiased estimate whose error is many times the signal moves the w
 random, and through gradient clipping it shrinks every other term's step too.
 
 The sketched L_ortho itself lives here (``sketched_rms``): it was ``[train.ortho] sketch`` until
-issue 25 removed it from the product, having measured that it trains badly (BENCHMARKS.md, "The
-sketched L_ortho"); its tests are ``tests/bench/test_sketch_noise.py``.
+issue 25 removed it from the product, having measured that it trains badly (docs/method-results.md,
+"The sketched L_ortho"); its tests are ``tests/bench/test_sketch_noise.py``.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def sketched_rms(W: Tensor, groups: Tensor, n_groups: int, alpha: float, k: int,
 
     Its gradient is far noisier than its value: the noise scales with the groups' whole size
     (‖A‖_F·‖B‖_F/√k), not with the overlap, so at k ≪ n_g the gradient's error is many times the
-    exact gradient (this bench; BENCHMARKS.md). It left the product for that reason.
+    exact gradient (this bench; docs/method-results.md). It left the product for that reason.
 
     Cost: one [G·k, d_sae] @ [d_sae, d_model] product forward and one backward, O(G·k·d_sae·d_model),
     against the Grams' O(d_sae·d_model²); it never normalises, weighs or gathers W (the row scales

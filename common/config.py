@@ -183,8 +183,8 @@ class OrthoConfig:
 # sets one fails with the unknown-key error saying so; an old export's cfg.json holding the neutral
 # value still loads (``RunConfig.from_dict``).
 REMOVED_ORTHO_KEYS = {"sketch": 0}
-REMOVED_WHY = ("removed in issue 25: the sketched L_ortho trained badly (BENCHMARKS.md, \"The sketched "
-               "L_ortho\"; it lives on in bench/sketch_noise.py)")
+REMOVED_WHY = ("removed in issue 25: the sketched L_ortho trained badly (docs/method-results.md, \"The "
+               "sketched L_ortho\"; it lives on in bench/sketch_noise.py)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,5 +1,5 @@
 """bench/sketch_noise.py: the sketched L_ortho, which left the product in issue 25 (it trained badly:
-BENCHMARKS.md, "The sketched L_ortho"), kept beside its measurement. Unbiased in value and gradient,
+docs/method-results.md, "The sketched L_ortho"), kept beside its measurement. Unbiased in value and gradient,
 its hand-written backward exact, deterministic and resumable through a Trainer, at full precision
 under TF32, and without host reads between log steps."""
 

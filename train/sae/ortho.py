@@ -35,7 +35,7 @@ application (``every`` > 1) is the Trainer's schedule (``train/trainer.py``).
 
 A sketched estimate of the rms form (k-row Gaussian sketches, unbiased but with a gradient many
 times noisier than the exact one) trained badly and left the product: it lives beside its
-measurement in ``bench/sketch_noise.py`` (BENCHMARKS.md, "The sketched L_ortho").
+measurement in ``bench/sketch_noise.py`` (docs/method-results.md, "The sketched L_ortho").
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def gram_rms(W: Tensor, index: list[Tensor], n_groups: int, alpha: float, activi
     d_model × d_model Grams (``_GramRms``). ``dtype`` is the Grams' input precision (None: W's): bfloat16 halves
     their cost on hardware with bf16 matmuls (CPUs with AVX512-BF16/AMX, GPUs' tensor cores), with
     float32 accumulation; its value and gradient stay within about 1e-4 and 1e-2 relative of float32
-    (tests; BENCHMARKS.md for what it trains). There is no cancellation in this form (a sum of
+    (tests; docs/method-results.md for what it trains). There is no cancellation in this form (a sum of
     squares, α² subtracted after), so low-precision inputs cost accuracy in proportion only."""
     w = torch.ones(W.shape[0], dtype=W.dtype, device=W.device) if activity is None else activity.detach().to(W.dtype)
     scale = w.sqrt() / W.detach().norm(dim=1).clamp_min(1e-12)  # √w_i / ‖W_i‖
