@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import itertools
 import math
+import re
 import tomllib
 import types
 import typing
@@ -53,6 +54,25 @@ def _non_negative(value):
 def _fraction(value):
     if not 0 <= value < 1:
         return f"must be in [0, 1), got {value!r}"
+
+
+# A name that becomes a path (a run folder, a report folder, a store group): letters, digits and
+# ._+- only, not starting with a dot, so no name can reach outside its folder ("..", "a/b", "~").
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}")
+# Beyond these the first allocation fails (d_sae × d_model floats) or an int is not an int64.
+MAX_D_SAE = 1 << 24
+MAX_INT = (1 << 63) - 1
+
+
+def _safe_name(value):
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        return (f"{value!r} is not a safe name (it names a folder): letters, digits and ._+- only, "
+                "not starting with '.' or '-', at most 128 characters")
+
+
+def _d_sae(value):
+    return _positive(value) or (f"must be at most {MAX_D_SAE:,} (2^24 features), got {value!r}"
+                                if value > MAX_D_SAE else None)
 
 
 def _key(default=dataclasses.MISSING, check=None, doc: str = ""):
@@ -111,7 +131,7 @@ class CorpusConfig:
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     runs_dir: str = _key("runs", doc="one folder per run: sae_weights.safetensors, cfg.json, log.jsonl")
-    d_sae: int = _key(2048, _positive, "dictionary size")
+    d_sae: int = _key(2048, _d_sae, "dictionary size")
     batch_size: int = _key(1024, _positive, "activation rows per optimiser step")
     tokens: int = _key(1_000_000, _positive, "training tokens (steps = tokens // batch_size); loops epochs")
     mix: dict = _key({}, doc="corpus name -> proportion of each batch; empty = proportional to size")
@@ -372,7 +392,7 @@ class SpreadConfig:
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     reports_dir: str = _key("reports", doc="reports/<name>/ gets report.json, report.md, *.png")
-    name: str = _key("default", doc="report folder name")
+    name: str = _key("default", _safe_name, "report folder name")
     rows: int = _key(20000, _positive, "held-out rows for reconstruction metrics")
     frequency_rows: int = _key(0, _non_negative, "training rows feature frequencies (unlearning's selection, "
                                "post-hoc groups) are counted on: 0 = every row of the training corpora; N = a "
@@ -477,6 +497,8 @@ def _build(cls, raw: Any, where: str, file: Path, extra: dict | None = None):
                               f"got {type(value).__name__} {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{file}: {where} {name}: must be finite, got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise ConfigError(f"{file}: {where} {name}: {value} is beyond a 64-bit integer")
         check = f.metadata.get("check")
         problem = check(value) if check and value is not None else None
         if problem:
@@ -564,8 +586,10 @@ def _build_runs(raw: Any, file: Path, train: TrainConfig, ortho: OrthoConfig) ->
             if isinstance(table.get(key), list):
                 raise ConfigError(f"{file}: {where} {key}: cannot be a list (one {key} per [[runs]] table; "
                                   f"list values of [train] keys and `seeds` expand into runs)")
-        if not isinstance(name, str) or not name or "/" in name:
-            raise ConfigError(f"{file}: {where} name: required, a string without '/'")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{file}: {where} name: required, a string")
+        if _safe_name(name):
+            raise ConfigError(f"{file}: {where} name: {_safe_name(name)}")
         if name in seen.values():
             raise ConfigError(f"{file}: {where} name: duplicate run name {name!r}")
         if run_type not in RUN_TYPES:
@@ -581,6 +605,8 @@ def _build_runs(raw: Any, file: Path, train: TrainConfig, ortho: OrthoConfig) ->
                 raise ConfigError(f"{file}: [[runs]] {name} {key}: {why}")
         expanded = expand_run_table(table, file, where)
         for run_name, overrides in expanded:
+            if _safe_name(run_name):  # a grid value ends up in the name: "-activationa b" is no folder
+                raise ConfigError(f"{file}: [[runs]] {name} name: expanded run {_safe_name(run_name)}")
             if run_name in seen:
                 raise ConfigError(f"{file}: [[runs]] {name} name: expanded run {run_name!r} collides with "
                                   f"the run of the same name from [[runs]] {seen[run_name]}")
@@ -658,6 +684,9 @@ def _load(file: Path, raw: dict) -> Config:
         raise ConfigError(f"{file}: [harvest] context_length: must be >= 2 (BOS + tokens)")
     if not isinstance(raw["corpora"], dict) or not raw["corpora"]:
         raise ConfigError(f"{file}: [corpora]: expected at least one [corpora.<name>] table")
+    for name in raw["corpora"]:
+        if _safe_name(name):
+            raise ConfigError(f"{file}: [corpora.{name}]: {_safe_name(name)}")
     corpora = {name: _build(CorpusConfig, table, f"[corpora.{name}]", file, {"name": name})
                for name, table in raw["corpora"].items()}
     if not any(c.split == "train" for c in corpora.values()):

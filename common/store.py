@@ -17,6 +17,7 @@ units share objects across writers; chunks are already ~10 MB objects at the def
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -31,7 +32,7 @@ import torch
 import zarr
 
 from orthosae.common.config import Config
-from orthosae.common.errors import UserError, first_line, os_error_line
+from orthosae.common.errors import UserError, first_line, naming, os_error_line
 from orthosae.common.events import process_alive
 
 SCHEMA = 1
@@ -196,7 +197,7 @@ class StoreLock:
         self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
         for _ in range(2):
             try:
-                with self.fs.open(self.path, "xb") as f:
+                with naming(self.path), self.fs.open(self.path, "xb") as f:
                     f.write(json.dumps(self.owner).encode())
                 return
             except FileExistsError:
@@ -216,11 +217,24 @@ class StoreLock:
             self.fs.rm(self.path)
 
 
+def _names_store(method):
+    """A store metadata write the disk refuses (a bare ``write()``) names the store in its one line."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        with naming(self.url):
+            return method(self, *args, **kwargs)
+    return wrapped
+
+
 class StoreWriter:
     """Creates or reopens a store for harvesting; refuses one that holds something else."""
 
     def __init__(self, url: str, identity: dict[str, Any], *, codec: str = "zstd", level: int = 3,
                  create: bool = True):
+        with naming(url):  # a metadata write the disk refuses names the store
+            self._open(url, identity, codec, level, create)
+
+    def _open(self, url: str, identity: dict[str, Any], codec: str, level: int, create: bool) -> None:
         self.url = url
         self.identity = identity
         self.codec, self.level = codec, level
@@ -239,6 +253,7 @@ class StoreWriter:
         else:
             raise StoreError(f"{url}: no zarr store here")
 
+    @_names_store
     def ensure_corpus(self, plan: CorpusPlan) -> zarr.Group:
         """Create the corpus group, or check an existing one was planned identically."""
         d_model = self.identity["d_model"]
@@ -295,9 +310,12 @@ class StoreWriter:
             group["position"][start:stop] = np.tile(np.arange(1, plan.context_length, dtype=np.int16), n_ctx)
             group["committed"][k] = chunk_digest(acts, rows)
         except OSError as e:  # disk full, read-only, no permission: the chunk stays uncommitted
+            if e.filename is None:  # a refused write() names no file: name the corpus group
+                e = OSError(e.errno, e.strerror, f"{self.url}/{plan.name}")
             raise StoreError(f"{self.url}/{plan.name}: chunk {k} not written, {os_error_line(e)}; "
                              "the committed chunks are as they were (rerun `pipe harvest` once it can write)") from None
 
+    @_names_store
     def uncommit(self, name: str, chunks: list[int]) -> None:
         """Mark chunks unwritten so the next harvest writes them again (`harvest --repair`).
 
@@ -313,6 +331,7 @@ class StoreWriter:
         for k in chunks:
             self.root[name]["committed"][k] = 0
 
+    @_names_store
     def finish_corpus(self, name: str) -> bool:
         group = self.root[name]
         done = bool((group["committed"][:] != 0).all())
@@ -320,6 +339,7 @@ class StoreWriter:
             group.attrs["complete"] = True
         return done
 
+    @_names_store
     def finish(self) -> bool:
         done = all(self.root[name].attrs.get("complete") for name in self.corpus_names())
         meta = dict(self.root.attrs["orthosae"])
@@ -347,6 +367,10 @@ class StoreReader:
         self.meta: dict = dict(meta)
         self.storage_dtype: str = self.meta["storage_dtype"]
         self.d_model: int = int(self.meta["d_model"])
+        self._fs, root = fsspec.core.url_to_fs(url)
+        self._root_path = root.rstrip("/")
+        self._commits: dict[str, np.ndarray] = {}  # each corpus's commit flags, read once
+        self._verified: set[tuple[str, int]] = set()  # chunks read back and matched to their commit digest
 
     @property
     def complete(self) -> bool:
@@ -371,7 +395,7 @@ class StoreReader:
             if name not in groups:
                 raise StoreError(f"{self.url}: has no corpus group {name!r} (has: {', '.join(groups)})")
             info = groups[name]
-            if not info.complete:
+            if not info.complete or info.chunks_done != info.n_chunks:  # a commit flag lost since
                 raise StoreError(f"{self.url}/{name}: incomplete ({info.chunks_done}/{info.n_chunks} "
                                  "chunks); rerun `pipe harvest` to finish it")
 
@@ -381,10 +405,66 @@ class StoreReader:
 
     def read_stored(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows as stored (uint16 bf16 bits, float16 or float32): half the bytes of float32 for bf16."""
-        return self.root[name]["acts"][start:stop]
+        return self.read_array(name, "acts", start, stop)
 
     def read_tokens(self, name: str, start: int, stop: int) -> np.ndarray:
-        return self.root[name]["tokens"][start:stop]
+        return self.read_array(name, "tokens", start, stop)
+
+    def read_array(self, name: str, array: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of one array of a corpus. Every stage reads through here: a committed
+        chunk whose file is gone (zarr would hand back zeros) or that does not decode is a
+        ``StoreError`` naming the chunk and `pipe harvest --repair`, never silent zeros."""
+        group = self.root[name]
+        arr = group[array]
+        per = arr.chunks[0]
+        chunks = range(start // per, -(-stop // per)) if stop > start else range(0)
+        if array not in ("acts", "tokens"):  # provenance: context/position chunks of zeros are not stored
+            return self._read(name, arr, start, stop, chunks)
+        committed = self._committed(name)
+        todo = [k for k in chunks if k < len(committed) and committed[k] and (name, k) not in self._verified]
+        for k in todo:
+            if not self._fs.exists(self._chunk_path(name, arr, k)):
+                raise StoreError(f"{self.url}/{name}/{_chunk_file(arr, k)}: chunk {k} of {name} is missing on "
+                                 "disk, though committed; `pipe harvest --repair` re-harvests it")
+        whole = todo and start == todo[0] * per and stop == min((todo[-1] + 1) * per, arr.shape[0]) \
+            and len(todo) == len(chunks)
+        if whole and array == "acts":  # the usual read (a stream window's piece): check what is read
+            out = self._read(name, arr, start, stop, chunks)
+            tokens = self._read(name, group["tokens"], start, stop, chunks)
+            for k in todo:
+                lo, hi = k * per - start, min((k + 1) * per, arr.shape[0]) - start
+                self._check_digest(name, group, k, out[lo:hi], tokens[lo:hi])
+            return out
+        for k in todo:  # a part of a chunk, or tokens alone: the whole chunk is checked once
+            lo, hi = k * per, min((k + 1) * per, arr.shape[0])
+            self._check_digest(name, group, k, self._read(name, group["acts"], lo, hi, range(k, k + 1)),
+                               self._read(name, group["tokens"], lo, hi, range(k, k + 1)))
+        return self._read(name, arr, start, stop, chunks)
+
+    def _read(self, name: str, arr: zarr.Array, start: int, stop: int, chunks: range) -> np.ndarray:
+        try:
+            return arr[start:stop]
+        except Exception as e:  # noqa: BLE001 - codec and I/O errors name no chunk themselves
+            bad = _first_bad_chunk(arr, chunks)
+            raise StoreError(f"{self.url}/{name}/{_chunk_file(arr, bad)}: chunk {bad} of {name} is unreadable "
+                             f"({type(e).__name__}: {first_line(e)}); `pipe harvest --repair` re-harvests it") from None
+
+    def _check_digest(self, name: str, group: zarr.Group, k: int, acts: np.ndarray, tokens: np.ndarray) -> None:
+        """A chunk read back must be the one committed: a file swapped for another chunk's (or one
+        stored without a codec checksum, then changed) decodes fine and would train on wrong rows."""
+        if chunk_digest(acts, tokens) != int(self._committed(name)[k]):
+            files = ", ".join(f"{self.url}/{name}/{_chunk_file(group[a], k)}" for a in ("acts", "tokens", "committed"))
+            raise StoreError(f"{files}: chunk {k} of {name} does not match its commit checksum (changed after "
+                             "it was written: damaged or replaced); `pipe harvest --repair` re-harvests it")
+        self._verified.add((name, k))
+
+    def _committed(self, name: str) -> np.ndarray:
+        if name not in self._commits:
+            self._commits[name] = _read_committed(self.root[name]["committed"])
+        return self._commits[name]
+
+    def _chunk_path(self, name: str, arr: zarr.Array, k: int) -> str:
+        return f"{self._root_path}/{name}/{_chunk_file(arr, k)}"
 
     def contexts(self, name: str, first: int, count: int, bos_token_id: int) -> torch.Tensor:
         """Full token contexts [count, T] rebuilt as BOS + stored tokens (for downstream evals)."""
@@ -425,6 +505,17 @@ class StoreReader:
                 problems.append(Problem(f"{self.url}/{name}: all chunks written but not marked complete",
                                         "unmarked", name))
         return problems
+
+
+def _first_bad_chunk(arr: zarr.Array, chunks: range) -> int:
+    """The first of ``chunks`` that does not read (a read of several names no chunk itself)."""
+    per = arr.chunks[0]
+    for k in chunks:
+        try:
+            arr[k * per:(k + 1) * per]
+        except Exception:  # noqa: BLE001
+            return k
+    return chunks[0] if chunks else 0
 
 
 def _read_committed(arr: zarr.Array) -> np.ndarray:

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from orthosae.eval.report import eval_settings
+from orthosae.eval.report_json import ReportUnreadable, read_report
 from orthosae.eval.runner import evaluate
 
 
@@ -13,9 +14,9 @@ def report_is_current(cfg) -> bool:
     if not path.exists():
         return False
     try:
-        report = json.loads(path.read_text())
-        reported = report.get("runs", {})
-    except (ValueError, UnicodeDecodeError, AttributeError):  # a damaged report is not current
+        report = read_report(path)
+        reported = report["runs"]
+    except ReportUnreadable:  # a damaged report is not current
         return False
     if report.get("eval_settings") != eval_settings(cfg):
         return False

@@ -19,6 +19,7 @@ from orthosae.common.model import final_norm
 from orthosae.common.store import StoreReader
 from orthosae.eval.browser_scan import HIST_LOG10, HIST_PER_DECADE, ROLES, Scan, ScanRange, heldout_frequencies
 from orthosae.eval.conditioning import feature_groups
+from orthosae.eval.report_json import ReportUnreadable, read_report
 from orthosae.eval.unlearning import select_features
 
 N_NEAREST = 8
@@ -187,9 +188,9 @@ def eval_roles(report_path: Path, run: str, fingerprint: str | None) -> tuple[di
     if not report_path.is_file():
         return unknown(f"no {report_path} (run `pipe eval`)")
     try:
-        runs = json.loads(report_path.read_text()).get("runs")
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        return unknown(f"{report_path} is not readable JSON")
+        runs = read_report(report_path)["runs"]
+    except ReportUnreadable as e:
+        return unknown(f"{e}; `pipe eval` writes it again")
     entry = runs.get(run) if isinstance(runs, dict) else None
     if not isinstance(entry, dict):
         return unknown(f"{report_path} has no entry for run {run!r}")
@@ -247,7 +248,7 @@ class RunSite:
 
 def store_arrays(reader: StoreReader, ranges: list[ScanRange]) -> dict[str, dict[str, np.ndarray]]:
     """Token id, context and position of every scanned row, per corpus (what the pages show)."""
-    return {c.name: {a: reader.root[c.name][a][: c.n_rows] for a in ("tokens", "context", "position")}
+    return {c.name: {a: reader.read_array(c.name, a, 0, c.n_rows) for a in ("tokens", "context", "position")}
             for c in ranges}
 
 

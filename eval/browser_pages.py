@@ -10,9 +10,9 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
 from pathlib import Path
 
+from orthosae.common import owned
 from orthosae.eval.browser_data import RunSite
 
 CSS = """
@@ -335,8 +335,9 @@ def _dump(obj) -> str:
 def write_site(site: RunSite, out: Path) -> Path:
     """Write one run's pages and JSON into ``out`` (replaced whole)."""
     tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "features").mkdir(parents=True)
+    owned.remove(tmp, "pipe inspect")  # a folder of this name the tool did not make stays, one line
+    owned.make(tmp)
+    (tmp / "features").mkdir()
     index = {"meta": site.meta, "features": site.features}
     (tmp / "index.json").write_text(_dump(index))
     (tmp / "groups.json").write_text(_dump(site.groups))
@@ -350,7 +351,7 @@ def write_site(site: RunSite, out: Path) -> Path:
         (tmp / "features" / f"{stem}.json").write_text(text)
         # the same JSON, as a script the feature page can load from file:// (fetch cannot)
         (tmp / "features" / f"{stem}.js").write_text(f"orthosaeFeature({text});\n")
-    shutil.rmtree(out, ignore_errors=True)
+    owned.remove(out, "pipe inspect", "index.json", "feature.html")
     tmp.rename(out)
     return out
 

@@ -302,19 +302,50 @@ def store_identity(meta: dict) -> dict:
 def cache_path(cache_dir: Path, kind: str, store_meta: dict, recipe: dict) -> Path:
     digest = hashlib.sha256(json.dumps([store_identity(store_meta), recipe], sort_keys=True, default=str).encode())
     safe = "".join(ch if ch.isalnum() else "_" for ch in str(recipe.get("dataset", kind)))[-40:]
-    return Path(cache_dir) / f"{kind}-{safe}-{digest.hexdigest()[:16]}.pt"
+    return Path(cache_dir) / f"{kind}-{safe}-{digest.hexdigest()[:16]}.safetensors"
+
+
+def _tensors_digest(tensors: dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].contiguous()
+        h.update(f"{key}:{t.dtype}:{list(t.shape)};".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def cached(path: Path, build: Callable[[], dict]) -> tuple[dict, bool]:
-    """(value, hit): ``torch.load`` of ``path`` if present, else ``build()`` saved there atomically."""
+    """(value, hit): the value cached in ``path`` if it reads back intact and was made for this key
+    (its file name), else ``build()`` saved there atomically. safetensors for the tensors, JSON in
+    its header for the rest, and a digest of both: nothing that runs code on load, and a
+    truncated, flipped or swapped file is rebuilt, never read as data."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from orthosae.train.checkpoint import _flatten, _unflatten
     if path.exists():
-        return torch.load(path, weights_only=False), True
+        try:
+            with safe_open(str(path), "pt") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            meta = json.loads(header["orthosae"])
+            if meta["key"] == path.stem and meta["sha256"] == _tensors_digest(tensors) + _text_digest(meta["value"]):
+                return _unflatten(meta["value"], tensors), True
+        except Exception:  # noqa: BLE001 - unreadable (truncated, flipped, not ours): a cache is rebuilt
+            pass
     value = build()
+    tensors: dict[str, Tensor] = {}
+    flat = _flatten("v", value, tensors)
+    meta = {"key": path.stem, "value": flat, "sha256": _tensors_digest(tensors) + _text_digest(flat)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(value, tmp)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"orthosae": json.dumps(meta)})
     tmp.replace(path)
     return value, False
+
+
+def _text_digest(flat) -> str:
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
 
 
 def dataset_activations(name: str, *, model, tokenizer, layer: int, train_size: int, test_size: int,

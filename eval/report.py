@@ -25,6 +25,7 @@ from orthosae.common.config import Config  # noqa: E402
 from orthosae.common.store import StoreReader  # noqa: E402
 from orthosae.eval.aggregate import aggregate, conditions_markdown, plot_conditions, plot_frontier  # noqa: E402
 from orthosae.eval.corpora import corpora_json, corpora_markdown  # noqa: E402
+from orthosae.eval.report_json import seal  # noqa: E402
 from orthosae.eval.spread import spread_markdown  # noqa: E402
 from orthosae.eval.curves import plot_training_curves  # noqa: E402
 from orthosae.eval.metrics import Metric, budgets_of, registry  # noqa: E402
@@ -313,7 +314,7 @@ def _with_ci(m: Metric, result: dict) -> str:
 
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default, allow_nan=True))
+    tmp.write_text(seal(json.dumps(obj, indent=1, default=_json_default, allow_nan=True)))  # its digest in it
     tmp.rename(path)
 
 

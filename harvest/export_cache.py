@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from orthosae.common import owned
+from orthosae.common.errors import one_line, os_error_line
 from orthosae.common.store import StoreError, StoreReader
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ def chunk_order(n_chunks: dict[str, int]) -> list[tuple[str, int]]:
 def export_saelens(reader: StoreReader, corpora: list[str], out: Path, *, dtype: str = "float32",
                    progress=None) -> CacheExport:
     """Write ``corpora`` of ``reader`` to ``out`` (replaced when it exists); returns what was written."""
-    from datasets import Array2D, Dataset, Features, Sequence, Value, concatenate_datasets
+    from datasets import Array2D, Features, Sequence, Value
 
     if dtype not in ("float32", "float16"):
         raise StoreError(f"export-cache: dtype must be float32 or float16, got {dtype!r}")
@@ -70,42 +72,61 @@ def export_saelens(reader: StoreReader, corpora: list[str], out: Path, *, dtype:
     if out.exists() and not (out / "orthosae_cache.json").is_file():
         raise StoreError(f"{out}: exists and is not a cache this command wrote; choose another --out")
     shards_dir = out.with_name(out.name + ".shards")  # beside it: `out` itself is replaced at the end
-    shutil.rmtree(shards_dir, ignore_errors=True)
-    shards, contexts = [], 0
+    tmp = out.with_name(out.name + ".tmp")
+    for folder in (shards_dir, tmp):  # left by a killed export (marked), or the user's own: refused
+        owned.remove(folder, "pipe export-cache")
     try:
-        for name, k in chunk_order({n: info[n].n_chunks for n in corpora}):
-            c = info[name]
-            start, stop = k * c.rows_per_chunk, min((k + 1) * c.rows_per_chunk, c.n_rows)
-            n_ctx = (stop - start) // context_size
-            acts = reader.read_rows(name, start, stop).numpy()
-            tokens = reader.read_tokens(name, start, stop)
-            shard = Dataset.from_dict({
-                hook: acts.astype(dtype).reshape(n_ctx, context_size, d_in),
-                "token_ids": tokens.astype(np.int32).reshape(n_ctx, context_size),
-                "corpus": [name] * n_ctx,
-                "context": np.arange(start // context_size, start // context_size + n_ctx, dtype=np.int32),
-            }, features=features)
-            path = shards_dir / f"{len(shards):06d}"
-            shard.save_to_disk(str(path))
-            shards.append(path)
-            contexts += n_ctx
-            if progress is not None:
-                progress(1)
-        whole = concatenate_datasets([Dataset.load_from_disk(str(p)) for p in shards])
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        whole.save_to_disk(str(tmp))
-        (tmp / "orthosae_cache.json").write_text(json.dumps({
-            "store": reader.url, "store_meta": reader.meta, "corpora": corpora, "hook_name": hook,
-            "context_size": context_size, "d_in": d_in, "dtype": dtype, "order": "chunks interleaved "
-            "by position (harvest/export_cache.py chunk_order)"}, indent=1, default=str))
-        del whole
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        owned.make(shards_dir)
+        contexts = _write(reader, corpora, info, out, shards_dir, tmp, features, hook, context_size, d_in,
+                          dtype, progress)
+    except OSError as e:  # disk full, quota, read-only: one line naming the path (arrow often names none)
+        if e.filename is None:
+            e = OSError(e.errno, e.strerror or one_line(e), str(tmp if tmp.exists() else shards_dir))
+        for folder in (tmp, shards_dir):
+            shutil.rmtree(folder, ignore_errors=True)  # ours: made and marked above
+        raise StoreError(f"{os_error_line(e)}; export-cache stopped, {out} left as it was") from None
     finally:
         shutil.rmtree(shards_dir, ignore_errors=True)
     return CacheExport(path=out, hook_name=hook, context_size=context_size, d_in=d_in,
                        contexts=contexts, rows=contexts * context_size, corpora=list(corpora))
+
+
+def _write(reader: StoreReader, corpora: list[str], info: dict, out: Path, shards_dir: Path, tmp: Path,
+           features, hook: str, context_size: int, d_in: int, dtype: str, progress) -> int:
+    """The shards, then the whole cache in ``tmp``, renamed over ``out``; returns the contexts written."""
+    from datasets import Dataset, concatenate_datasets
+    shards, contexts = [], 0
+    for name, k in chunk_order({n: info[n].n_chunks for n in corpora}):
+        c = info[name]
+        start, stop = k * c.rows_per_chunk, min((k + 1) * c.rows_per_chunk, c.n_rows)
+        n_ctx = (stop - start) // context_size
+        acts = reader.read_rows(name, start, stop).numpy()
+        tokens = reader.read_tokens(name, start, stop)
+        shard = Dataset.from_dict({
+            hook: acts.astype(dtype).reshape(n_ctx, context_size, d_in),
+            "token_ids": tokens.astype(np.int32).reshape(n_ctx, context_size),
+            "corpus": [name] * n_ctx,
+            "context": np.arange(start // context_size, start // context_size + n_ctx, dtype=np.int32),
+        }, features=features)
+        path = shards_dir / f"{len(shards):06d}"
+        shard.save_to_disk(str(path))
+        shards.append(path)
+        contexts += n_ctx
+        if progress is not None:
+            progress(1)
+    whole = concatenate_datasets([Dataset.load_from_disk(str(p)) for p in shards])
+    owned.make(tmp)
+    whole.save_to_disk(str(tmp))
+    (tmp / "orthosae_cache.json").write_text(json.dumps({
+        "store": reader.url, "store_meta": reader.meta, "corpora": corpora, "hook_name": hook,
+        "context_size": context_size, "d_in": d_in, "dtype": dtype, "order": "chunks interleaved "
+        "by position (harvest/export_cache.py chunk_order)"}, indent=1, default=str))
+    del whole
+    (tmp / owned.MARK).unlink()  # the cache is the user's once it is in place
+    if out.exists():
+        shutil.rmtree(out)  # a cache this command wrote (checked above)
+    tmp.rename(out)
+    return contexts
 
 
 def saelens_snippet(e: CacheExport, model_name: str) -> str:

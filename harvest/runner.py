@@ -114,8 +114,13 @@ def _plan_once(cfg: Config, tokenizer, state: PartialState) -> tuple[list[Corpus
 
 
 def _remove_store(url: str) -> None:
+    """--force: delete the store, only if it is one (a zarr.json at its root): whatever else sits at
+    that path is not the tool's to delete."""
     fs, path = fsspec.core.url_to_fs(url)
     if fs.exists(path):
+        if not store_exists(url):
+            raise StoreError(f"{url}: exists and is not a zarr store; --force deletes only a store, "
+                             "so it is left alone: choose another [harvest] store or move it away")
         fs.rm(path, recursive=True)
 
 
@@ -159,7 +164,11 @@ def _harvest(cfg: Config, *, force: bool, repair: bool, show_progress: bool) -> 
         if state.is_main_process:
             if force:
                 lock.acquire()
-                _remove_store(url)
+                try:
+                    _remove_store(url)
+                except BaseException:
+                    lock.release()
+                    raise
             elif not repair and store_exists(url) and _already_complete(url, identity, plans, cfg):
                 console.print(f"[green]{url}: complete, left alone[/] (use --force to harvest again)")
                 state.wait_for_everyone()

@@ -308,10 +308,25 @@ def _pipeline_status(cfg) -> dict:
     report = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.md"
     # current: made from the runs on disk (what `pipe run` checks), and those are the config's
     trained = all(r["status"] in ("complete", "early_stopped") for r in runs)
-    state = ("missing" if not report.with_suffix(".json").exists()
+    problem = _report_problem(report.with_suffix(".json"))
+    state = ("missing" if not report.with_suffix(".json").exists() else "unreadable" if problem
              else "current" if trained and report_is_current(cfg) else "stale")
-    return {"runs_dir": cfg.train.runs_dir, "runs": runs, "report": {"path": str(report), "state": state},
+    return {"runs_dir": cfg.train.runs_dir, "runs": runs,
+            "report": {"path": str(report), "state": state, **({"problem": problem} if problem else {})},
             "last_job": events.last_job(cfg)}
+
+
+def _report_problem(path: Path) -> str | None:
+    """What is wrong with a report.json that exists but does not read (cut short, not JSON, no
+    permission): a damaged report is not the same as one made from other runs."""
+    from orthosae.eval.report_json import ReportUnreadable, read_report
+    if not path.exists():
+        return None
+    try:
+        read_report(path)
+    except ReportUnreadable as e:
+        return str(e)
+    return None
 
 
 def _fmt(value, spec: str) -> str:
@@ -330,10 +345,10 @@ def _print_pipeline(p: dict) -> None:
                       "-" if r["seconds"] is None else hms(r["seconds"]), _fmt(r["checkpoint_step"], "d"))
     console.print(table)
     report = p["report"]
-    colour = {"current": "green", "stale": "yellow", "missing": "yellow"}[report["state"]]
-    console.print(Text.assemble("report ", (report["path"], "bold"), ": ", (report["state"], colour),
-                                " (the runs changed since: `pipe eval` writes it again)" if report["state"] == "stale"
-                                else ""))
+    colour = {"current": "green", "stale": "yellow", "missing": "yellow", "unreadable": "red"}[report["state"]]
+    why = {"stale": " (the runs changed since: `pipe eval` writes it again)",
+           "unreadable": f" ({report.get('problem')}; `pipe eval` writes it again)"}.get(report["state"], "")
+    console.print(Text.assemble("report ", (report["path"], "bold"), ": ", (report["state"], colour), why))
     job = p["last_job"]
     if job:
         console.print(Text(f"last job: {job['command']} started {job['started']}: {job['state']}"
@@ -377,6 +392,11 @@ def verify(ctx: click.Context, stores: tuple[str, ...], as_json: bool, repair: b
     cfg = None if stores else _config(ctx)
     doc: dict = {"config": None if cfg is None else str(cfg.path), "stores": []}
     for url in _store_urls(cfg, stores):
+        if cfg is not None and not store_exists(url):  # the run folders are checked all the same
+            doc["stores"].append({"url": url, "chunks": 0, "ok": False, "problems": [
+                {"text": f"{url}: no zarr store here (`pipe harvest` makes it); run folders checked without "
+                 "their data fingerprint", "kind": "missing", "corpus": None, "chunk": None}]})
+            continue
         reader = StoreReader(url)
         total = sum(g.n_chunks for g in reader.corpora().values())
         with progress("chunk") as bar:
@@ -391,7 +411,9 @@ def verify(ctx: click.Context, stores: tuple[str, ...], as_json: bool, repair: b
         for run in cfg.runs:
             result = check_run(cfg, run, reader)
             if repair and result["repair"]:
-                result["repaired"] = repair_run(cfg, run, reader)
+                from orthosae.common.locks import FolderLock
+                with FolderLock(Path(result["dir"]), result["dir"]):  # not while `pipe train` writes it
+                    result["repaired"] = repair_run(cfg, run, reader)
                 result["problems_before"] = result["problems"]
                 result = {**check_run(cfg, run, reader), "repaired": result["repaired"],
                           "problems_before": result["problems_before"]}

@@ -57,6 +57,10 @@ def run_status(cfg: Config, run: RunConfig, reader: StoreReader | None) -> dict:
         last = summary.get("final") or {}
         out.update(status=summary.get("status"), step=summary.get("steps"), seconds=summary.get("seconds"),
                    message=summary.get("message", ""))
+        if ckpt_damage and summary.get("status") in FINISHED:  # the export is what counts; say it all the same
+            path, what = ckpt_damage[0]
+            out["message"] = (f"{path}: {what}; the export is intact, `pipe verify --repair` deletes the "
+                              "damaged checkpoint")
     elif ckpt is not None and (fps is None or ckpt.get("fingerprint") in fps):
         last = ckpt["trainer"].get("last") or {}
         out.update(status="partial", step=ckpt_step, seconds=ckpt.get("seconds"))

@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from orthosae.common.errors import RunError, one_line, os_error_line
+from orthosae.common.errors import RunError, one_line, os_error_line, write_tensors
 from orthosae.train import digests
 
 CHECKPOINT = "checkpoint"
 PREVIOUS = f"{CHECKPOINT}.prev"
 TMP = f"{CHECKPOINT}.tmp"
 LEGACY_OLD = f"{CHECKPOINT}.old"  # left by a kill between the renames of the single-checkpoint layout
-STATE_TENSORS, STATE_JSON = "state.safetensors", "state.json"
+STATE_TENSORS, STATE_JSON, LOG = "state.safetensors", "state.json", "log.jsonl"
 
 
 class NoIntactCheckpoint(RunError):
@@ -59,10 +59,11 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
+def save_checkpoint(run_dir: Path, state: dict[str, Any], *, log: Path | None = None) -> Path:
     """Write ``state`` (nested dicts of tensors and JSON values) as the run's latest checkpoint; the
-    latest becomes ``checkpoint.prev``. Raises ``RunError`` (one line naming the path) when the disk
-    refuses a write, the checkpoints untouched."""
+    latest becomes ``checkpoint.prev``. ``log``: the run's log.jsonl, copied in (covered by the
+    checkpoint's digests), so a resume or a repair restores the log as it was at this step. Raises
+    ``RunError`` (one line naming the path) when the disk refuses a write, the checkpoints untouched."""
     final, prev, tmp = run_dir / CHECKPOINT, run_dir / PREVIOUS, run_dir / TMP
     tensors: dict[str, torch.Tensor] = {}
     meta = _flatten("state", state, tensors)
@@ -71,8 +72,10 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
         tmp.mkdir(parents=True)
         # save_file, then hash the file (from the page cache): serialising to bytes to hash them
         # in hand took 5x save_file's time (bench/checkpoint_bench.py)
-        save_file(tensors, str(tmp / STATE_TENSORS))
+        write_tensors(tensors, tmp / STATE_TENSORS, save_file)
         (tmp / STATE_JSON).write_text(json.dumps(meta))
+        if log is not None and log.is_file():
+            shutil.copyfile(log, tmp / LOG)
         digests.record(tmp)  # last: the commit mark
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -18,9 +18,9 @@ from typing import Callable
 from orthosae.common.wheels import sha256_file
 
 DIGESTS = "digests.json"
-# summary.json carries the export's digests (it is written after them); log.jsonl grows while a
-# run trains and belongs to training, not to the export a repair can rewrite.
-EXCLUDED = frozenset({DIGESTS, "summary.json", "log.jsonl"})
+# summary.json carries the export's digests (it is written after them). log.jsonl is covered: the
+# final export records it, each checkpoint holds a copy of it, so a repair restores it from there.
+EXCLUDED = frozenset({DIGESTS, "summary.json"})
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:

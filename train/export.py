@@ -51,7 +51,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from orthosae.common.config import OrthoConfig, RunConfig, TrainConfig
-from orthosae.common.errors import UserError
+from orthosae.common.errors import UserError, write_tensors
 
 from .digests import write_atomic
 from .sae import SAE, is_grouped, make_sae
@@ -73,7 +73,7 @@ class ExportError(UserError, RuntimeError):
     """A run directory that cannot be written or read as an exported SAE (one line, names the path)."""
 
 
-def _sae_lens_version() -> str:
+def sae_lens_version() -> str:
     try:
         from importlib.metadata import version
 
@@ -103,14 +103,17 @@ def export_tensors(sae: SAE, scale: float) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_sae(sae: SAE, run_dir: str | Path, *, scale: float, extra_cfg: dict[str, Any] | None = None) -> Path:
-    """Write ``sae_weights.safetensors`` + ``cfg.json`` (SAELens layout) into ``run_dir``; returns it."""
+def save_sae(sae: SAE, run_dir: str | Path, *, scale: float, extra_cfg: dict[str, Any] | None = None,
+             stamp: str | None = None, run_dict: dict | None = None) -> Path:
+    """Write ``sae_weights.safetensors`` + ``cfg.json`` (SAELens layout) into ``run_dir``; returns it.
+    ``stamp`` (cfg.json's sae_lens_version) / ``run_dict``: what a repair restores (the export's own stamp and run
+    settings, as recorded in the checkpoint), instead of today's installed sae-lens and settings."""
     scale = float(scale)
     if not (math.isfinite(scale) and scale > 0):
         raise ExportError(f"save_sae: scale must be a positive finite number, got {scale} ({run_dir})")
     run_dir = Path(run_dir)
     extra = dict(extra_cfg or {})
-    version = _sae_lens_version()
+    version = stamp or sae_lens_version()
     metadata = {"sae_lens_version": version, "sae_lens_training_version": version}
     metadata.update({k: extra[k] for k in METADATA_KEYS if k in extra})
     metadata.update(extra.pop("metadata", None) or {})
@@ -125,7 +128,7 @@ def save_sae(sae: SAE, run_dir: str | Path, *, scale: float, extra_cfg: dict[str
         "reshape_activations": "none",
         "metadata": metadata,
         "activation_scale": scale,
-        "orthosae": sae.cfg.to_dict(),
+        "orthosae": run_dict if run_dict is not None else sae.cfg.to_dict(),
     }
     if is_grouped(sae):
         cfg["n_groups"] = sae.n_groups
@@ -142,7 +145,7 @@ def save_sae(sae: SAE, run_dir: str | Path, *, scale: float, extra_cfg: dict[str
         raise ExportError(f"save_sae: cfg for {run_dir} is not plain JSON: {e}") from None
     tensors = export_tensors(sae, scale)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / WEIGHTS_FILENAME, lambda p: save_file(tensors, str(p)))
+    write_atomic(run_dir / WEIGHTS_FILENAME, lambda p: write_tensors(tensors, p, save_file))
     write_atomic(run_dir / CFG_FILENAME, lambda p: p.write_text(text + "\n"))
     return run_dir
 

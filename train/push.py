@@ -21,10 +21,13 @@ import re
 import shutil
 from pathlib import Path
 
+from orthosae.common import owned
 from orthosae.common.config import Config, ConfigError
+from orthosae.common.errors import UserError
 from orthosae.common.model import EMBEDDED_GEMMA, EMBEDDED_HUB_ID
 from orthosae.train.export import CFG_FILENAME, GROUPED_ARCH, WEIGHTS_FILENAME
 from orthosae.train.sparsity import SPARSITY_FILENAME
+from orthosae.train.verify import read_summary, require_intact_export
 
 FILES = (CFG_FILENAME, WEIGHTS_FILENAME, SPARSITY_FILENAME)
 REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -48,18 +51,24 @@ def staging_dir(cfg: Config, repo: str) -> Path:
 
 def _report_runs(cfg: Config) -> dict:
     path = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.json"
-    return json.loads(path.read_text()).get("runs", {}) if path.is_file() else {}
+    if not path.exists():
+        return {}
+    from orthosae.eval.report_json import ReportUnreadable, read_report
+    try:
+        return read_report(path)["runs"]
+    except ReportUnreadable as e:  # the card would quote wrong figures
+        raise ReportError(f"{e}; `pipe eval` writes it again") from None
 
 
 def _run_dir(cfg: Config, name: str) -> Path:
+    """The run's folder, its export verified against its digests first: what is staged is what
+    `pipe train` wrote, never a truncated or swapped file."""
     cfg.run(name)  # a name the config does not have: one line naming the config
     run_dir = Path(cfg.train.runs_dir) / name
-    summary = run_dir / "summary.json"
-    if not summary.is_file() or json.loads(summary.read_text()).get("status") not in ("complete", "early_stopped"):
+    summary = read_summary(run_dir)
+    if summary is None or summary.get("status") not in ("complete", "early_stopped"):
         raise ConfigError(f"{run_dir}: not a trained run (no complete summary.json); `pipe train --run {name}` first")
-    for f in (CFG_FILENAME, WEIGHTS_FILENAME):
-        if not (run_dir / f).is_file():
-            raise ConfigError(f"{run_dir / f}: missing; `pipe train --run {name} --force` exports it again")
+    require_intact_export(run_dir, summary)
     return run_dir
 
 
@@ -83,11 +92,12 @@ def stage(cfg: Config, run_names: list[str], repo: str, dest: Path | None = None
     dirs = {name: _run_dir(cfg, name) for name in run_names}
     dest = Path(dest) if dest is not None else staging_dir(cfg, repo)
     tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    owned.remove(tmp, "pipe push")  # only ever a folder this command made
     cards, reported = [], _report_runs(cfg)
+    owned.make(tmp)
     for name, run_dir in dirs.items():
         _ensure_sparsity(cfg, run_dir)
-        (tmp / name).mkdir(parents=True)
+        (tmp / name).mkdir()
         for f in FILES:
             shutil.copy2(run_dir / f, tmp / name / f)
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -96,7 +106,8 @@ def stage(cfg: Config, run_names: list[str], repo: str, dest: Path | None = None
             report = None  # the report measured other weights
         cards.append((name, json.loads((run_dir / CFG_FILENAME).read_text()), summary, report))
     (tmp / "README.md").write_text(model_card(repo, cards))
-    shutil.rmtree(dest, ignore_errors=True)
+    (tmp / owned.MARK).unlink()  # the staged folder holds exactly what is uploaded
+    owned.remove(dest, "pipe push", "README.md")
     tmp.rename(dest)
     return dest
 
@@ -186,6 +197,10 @@ def upload(staged: Path, repo: str, *, private: bool = False, token: str | None 
         # come from its own client library): one line, the staged files kept
         raise PushError(f"upload of {staged} to {repo} failed: {type(e).__name__}: {e}".replace("\n", " ")) from None
     return getattr(info, "commit_url", None) or f"https://huggingface.co/{repo}"
+
+
+class ReportError(UserError):
+    """A report the model card would quote does not read (one line naming it)."""
 
 
 class PushError(RuntimeError):

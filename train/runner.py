@@ -16,6 +16,7 @@ data order and its own settings only, every run's weights equal a one-process ``
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,14 +28,15 @@ import torch
 
 from orthosae.common import events, preempt
 from orthosae.common.config import Config, ConfigError, OrthoConfig, RunConfig
-from orthosae.common.errors import RunError, os_error_line
+from orthosae.common.errors import RunError, naming, os_error_line
+from orthosae.common.locks import FolderLock
 from orthosae.common.model import pick_device
 from orthosae.common.progress import console, progress
 from orthosae.common.tracker import run_config
 from orthosae.common.store import StoreReader, open_store_for
 from orthosae.train import digests
-from orthosae.train.checkpoint import NoIntactCheckpoint, load_latest, save_checkpoint
-from orthosae.train.export import save_sae
+from orthosae.train.checkpoint import LOG, Loaded, NoIntactCheckpoint, load_latest, save_checkpoint
+from orthosae.train.export import sae_lens_version, save_sae
 from orthosae.train.sae import make_sae
 from orthosae.train.sae_lens_names import sae_lens_metadata
 from orthosae.train.sparsity import feature_density, save_sparsity, sparsity_rows
@@ -69,14 +71,25 @@ def run_fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None
 def run_fingerprints(run: RunConfig, reader: StoreReader, stream_seed: int | None = None) -> tuple[str, ...]:
     """The run's fingerprint, then those earlier releases gave the same run: a finished run whose
     summary holds one of them is still complete. (Until `pipe --set`, a baseline's fingerprint
-    counted its [train.ortho] section.)"""
+    counted its [train.ortho] section; until issue 36, every [train] key counted, `NOT_WEIGHTS` too.)"""
     current = run_fingerprint(run, reader, stream_seed)
-    return (current,) if run.has_ortho else (current, _fingerprint(run, reader, stream_seed, run.ortho))
+    legacy = [_fingerprint(run, reader, stream_seed, run.ortho if run.has_ortho else OrthoConfig(), legacy=True)]
+    if not run.has_ortho:
+        legacy.append(_fingerprint(run, reader, stream_seed, run.ortho, legacy=True))
+    return (current, *legacy)
 
 
-def _fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None, ortho) -> str:
+# [train] keys that decide where and how often a run is saved, not what it learns: moving the runs
+# folder or checkpointing more often leaves a finished run complete and a partial one resumable.
+NOT_WEIGHTS = ("runs_dir", "device", "checkpoint_every")
+
+
+def _fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None, ortho, legacy: bool = False) -> str:
     data = {n: g.tokens_fingerprint for n, g in reader.corpora().items()}
-    items = [run.type, _set_keys(run.train, _LATER_DEFAULTS), _set_keys(ortho, _LATER_ORTHO_DEFAULTS), data,
+    train = _set_keys(run.train, _LATER_DEFAULTS)
+    if not legacy:
+        train = {k: v for k, v in train.items() if k not in NOT_WEIGHTS}
+    items = [run.type, train, _set_keys(ortho, _LATER_ORTHO_DEFAULTS), data,
              reader.meta.get("model_id"), reader.meta.get("layer")]
     if stream_seed is not None and stream_seed != run.train.seed:
         items.append({"stream_seed": stream_seed})
@@ -108,12 +121,15 @@ def _finished_run(cfg: Config, run: RunConfig, reader: StoreReader, fingerprints
     more = f" (+{len(damage) - 1} more)" if len(damage) > 1 else ""
     console.print(f"[yellow]{run.name}: {path}: {what}{more}; rewriting the export from "
                   f"{ckpt.folder.name}/ (step {ckpt.state['trainer']['step']})[/]", highlight=False)
-    return rewrite_export(cfg, run, reader, ckpt.state)
+    return rewrite_export(cfg, run, reader, ckpt)
 
 
-def rewrite_export(cfg: Config, run: RunConfig, reader: StoreReader, state: dict) -> dict:
-    """Export a finished run again from its final checkpoint's state (`pipe verify --repair`, `pipe
-    train`): the same SAE and settings give the same files, bit for bit."""
+def rewrite_export(cfg: Config, run: RunConfig, reader: StoreReader, ckpt: Loaded) -> dict:
+    """Export a finished run again from its final checkpoint (`pipe verify --repair`, `pipe train`):
+    the same SAE, settings and recorded export metadata give the same files, bit for bit, and the
+    log comes back from the checkpoint's copy of it."""
+    state = ckpt.state
+    _restore_log(ckpt.folder, _run_dir(cfg, run))
     steps = cfg.train.tokens // cfg.train.batch_size
     trainer = Trainer(run, make_sae(run, reader.d_model, device=pick_device(cfg.train.device)), steps)
     trainer.load_state_dict(state["trainer"])
@@ -121,34 +137,60 @@ def rewrite_export(cfg: Config, run: RunConfig, reader: StoreReader, state: dict
         trainer.status = "complete"
     corpora = train_corpora(cfg)
     return _finish(cfg, trainer, reader, float(state["scale"]), state["fingerprint"],
-                   float(state.get("seconds", 0.0)), lambda: sparsity_rows(reader, corpora))
+                   float(state.get("seconds", 0.0)), lambda: sparsity_rows(reader, corpora), state.get("export"))
+
+
+def _restore_log(folder: Path, run_dir: Path) -> bool:
+    """The run's log.jsonl as the checkpoint in ``folder`` copied it (False: that checkpoint has no
+    copy, written before checkpoints held one)."""
+    saved, log = folder / LOG, run_dir / "log.jsonl"
+    if not saved.is_file():
+        return False
+    data = saved.read_bytes()
+    if not log.is_file() or log.read_bytes() != data:
+        digests.write_atomic(log, lambda p: p.write_bytes(data))
+    return True
 
 
 def _run_dir(cfg: Config, run: RunConfig) -> Path:
     return Path(cfg.train.runs_dir) / run.name
 
 
-def _checkpoint(cfg: Config, trainer: Trainer, fingerprint: str, scale: float, seconds: float) -> None:
-    """``seconds``: the run's training time so far, over every invocation (`pipe status` shows it)."""
-    save_checkpoint(_run_dir(cfg, trainer.run), {
+def _checkpoint(cfg: Config, trainer: Trainer, fingerprint: str, scale: float, seconds: float,
+                reader: StoreReader) -> None:
+    """``seconds``: the run's training time so far, over every invocation (`pipe status` shows it).
+    The checkpoint also holds what the export would write besides the weights (``export``) and a
+    copy of the log, so a repair from it restores both byte for byte."""
+    run_dir = _run_dir(cfg, trainer.run)
+    save_checkpoint(run_dir, {
         "fingerprint": fingerprint, "scale": scale, "seconds": round(seconds, 2),
-        "stream": {"batches_served": trainer.step}, "trainer": trainer.state_dict()})
+        "stream": {"batches_served": trainer.step}, "trainer": trainer.state_dict(),
+        "export": _export_meta(cfg, trainer, reader)}, log=run_dir / "log.jsonl")
+
+
+def _export_meta(cfg: Config, trainer: Trainer, reader: StoreReader) -> dict:
+    """cfg.json's inputs other than the SAE: extra keys, the sae-lens stamp, the run's settings."""
+    run = trainer.run
+    return {"extra_cfg": {
+        **sae_lens_metadata(reader.meta.get("model_id"), cfg.harvest.layer, cfg.harvest.hook),
+        "context_size": cfg.harvest.context_length,
+        "store": cfg.harvest.store, "run_name": run.name, "run_type": run.type,
+        "steps": trainer.step, "prepend_bos": True, "exclude_special_tokens": True,
+        **({"sets": list(cfg.sets)} if cfg.sets else {})},  # `pipe --set` overrides it trained under
+        "stamp": sae_lens_version(), "run": run.to_dict()}
 
 
 def _finish(cfg: Config, trainer: Trainer, reader: StoreReader, scale: float, fingerprint: str,
-            seconds: float, density_rows) -> dict:
+            seconds: float, density_rows, export: dict | None = None) -> dict:
     """Export the SAE (SAELens layout, with sparsity.safetensors measured on ``density_rows()``)
-    and write the run's summary."""
+    and write the run's summary. ``export``: the recorded `_export_meta` (a repair), else today's."""
     run, run_dir = trainer.run, _run_dir(cfg, trainer.run)
     files = None
+    export = export or _export_meta(cfg, trainer, reader)
     try:
         if trainer.status != "failed":
-            save_sae(trainer.sae, run_dir, scale=scale, extra_cfg={
-                **sae_lens_metadata(reader.meta.get("model_id"), cfg.harvest.layer, cfg.harvest.hook),
-                "context_size": cfg.harvest.context_length,
-                "store": cfg.harvest.store, "run_name": run.name, "run_type": run.type,
-                "steps": trainer.step, "prepend_bos": True, "exclude_special_tokens": True,
-                **({"sets": list(cfg.sets)} if cfg.sets else {})})  # `pipe --set` overrides it trained under
+            save_sae(trainer.sae, run_dir, scale=scale, extra_cfg=dict(export["extra_cfg"]),
+                     stamp=export["stamp"], run_dict=export["run"])
             save_sparsity(run_dir, feature_density(trainer.sae, density_rows(), scale))
             files = digests.record(run_dir)  # after every export file, whatever the export wrote
         summary = {"run": run.name, "type": run.type, "status": trainer.status, "message": trainer.message,
@@ -195,6 +237,14 @@ def _train(cfg: Config, *, run_names: list[str] | None, force: bool, show_progre
     if steps < 1:
         raise ConfigError(f"{cfg.path}: [train] tokens: {cfg.train.tokens} is less than one batch "
                           f"({cfg.train.batch_size})")
+    with contextlib.ExitStack() as held:
+        for run in selected:  # one writer per run folder: a second `pipe train` stops here, one line
+            held.enter_context(FolderLock(_run_dir(cfg, run), f"{_run_dir(cfg, run)}"))
+        return _train_locked(cfg, selected, reader, corpora, device, steps, force, show_progress, rank, world)
+
+
+def _train_locked(cfg: Config, selected: list[RunConfig], reader: StoreReader, corpora: list[str], device,
+                  steps: int, force: bool, show_progress: bool, rank: int, world: int) -> list[dict]:
     todo, summaries = [], []
     for run in selected:
         fp = run_fingerprint(run, reader, cfg.train.seed)
@@ -235,7 +285,7 @@ def _trim_log(path: Path, step: int) -> None:
         digests.write_atomic(path, lambda p: p.write_text(text))
 
 
-def _resume_state(cfg: Config, run: RunConfig, run_dir: Path) -> dict | None:
+def _resume_state(cfg: Config, run: RunConfig, run_dir: Path) -> Loaded | None:
     """The state of the run's newest intact checkpoint (a line says when a damaged newer one was
     passed over); ``RunError`` naming the damaged files and the restart command when none is intact."""
     try:
@@ -249,7 +299,7 @@ def _resume_state(cfg: Config, run: RunConfig, run_dir: Path) -> dict | None:
         path, what = loaded.skipped[0]
         console.print(f"[yellow]{run.name}: {path}: {what}; falling back to {loaded.folder.name}/, "
                       f"resuming from step {loaded.state['trainer']['step']}[/]", highlight=False)
-    return loaded.state
+    return loaded
 
 
 def _run_stats(trainers: list[Trainer]) -> tuple[str, list[dict]]:
@@ -273,13 +323,15 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
         trainer = Trainer(run, sae, steps)
         run_dir = _run_dir(cfg, run)
         run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = None if force else _resume_state(cfg, run, run_dir)
+        loaded = None if force else _resume_state(cfg, run, run_dir)
+        ckpt = None if loaded is None else loaded.state
         base_seconds[run.name] = 0.0
         if ckpt is not None and ckpt["fingerprint"] in run_fingerprints(run, reader, cfg.train.seed):
             trainer.load_state_dict(ckpt["trainer"])
             base_seconds[run.name] = float(ckpt.get("seconds", 0.0))
             saved_step[run.name] = trainer.step
-            _trim_log(run_dir / "log.jsonl", trainer.step)
+            if not _restore_log(loaded.folder, run_dir):  # an older checkpoint without a log copy
+                _trim_log(run_dir / "log.jsonl", trainer.step)
             console.print(f"{run.name}: resuming from step {trainer.step}")
         elif (run_dir / "log.jsonl").exists():
             (run_dir / "log.jsonl").unlink()  # a fresh start: the old log belongs to other weights
@@ -299,7 +351,8 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
     t0 = time.perf_counter()
 
     def checkpoint(t: Trainer) -> None:
-        _checkpoint(cfg, t, fingerprints[t.run.name], scale, base_seconds[t.run.name] + time.perf_counter() - t0)
+        _checkpoint(cfg, t, fingerprints[t.run.name], scale, base_seconds[t.run.name] + time.perf_counter() - t0,
+                    reader)
         saved_step[t.run.name] = t.step
 
     console.print(f"training {len(trainers)} run(s) ({', '.join(t.run.name for t in trainers)}) on {device}{share}, "
@@ -315,8 +368,9 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
                         continue
                     record = t.train_step(x, is_forget)
                     if record is not None:
-                        logs[t.run.name].write(json.dumps(record) + "\n")
-                        logs[t.run.name].flush()
+                        with naming(_run_dir(cfg, t.run) / "log.jsonl"):  # a full disk names the log
+                            logs[t.run.name].write(json.dumps(record) + "\n")
+                            logs[t.run.name].flush()
                         events.observe("train_log", run=t.run.name, record=record)
                     if t.status == "failed":
                         console.print(f"[red]{t.run.name}: {t.message}; last good checkpoint kept in "

@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from orthosae.common.errors import write_tensors
 from orthosae.common.store import StoreReader
+from orthosae.train.digests import write_atomic
 
 SPARSITY_FILENAME = "sparsity.safetensors"
 SPARSITY_ROWS = 16384
@@ -42,7 +44,6 @@ def feature_density(sae, rows: torch.Tensor, scale: float) -> torch.Tensor:
 def save_sparsity(run_dir: str | Path, density: torch.Tensor) -> Path:
     """``run_dir/sparsity.safetensors`` with SAELens' ``sparsity`` = log10(density + 1e-10)."""
     path = Path(run_dir) / SPARSITY_FILENAME
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"sparsity": torch.log10(density.float() + 1e-10).contiguous()}, str(tmp))
-    tmp.replace(path)
+    tensors = {"sparsity": torch.log10(density.float() + 1e-10).contiguous()}
+    write_atomic(path, lambda p: write_tensors(tensors, p, save_file))  # no temporary left on a full disk
     return path

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 
 from safetensors import safe_open
@@ -84,8 +85,15 @@ def export_problems(run_dir: Path, summary: dict | None = None, *, full: bool = 
     except ValueError as e:
         problems.append((str(run_dir / digests.DIGESTS), str(e).split(": ", 1)[-1]))
         files = None
-    if files is None and summary is not None:
-        files = summary.get("digests")  # the copy summary.json carries
+    copy = summary.get("digests") if summary is not None else None  # the copy summary.json carries
+    if files is None and copy is not None:
+        if not (run_dir / digests.DIGESTS).exists() and (run_dir / WEIGHTS_FILENAME).exists():
+            problems.append((str(run_dir / digests.DIGESTS), "missing (summary.json holds a copy)"))
+        files = copy
+    elif files is not None and copy is not None and files != copy:  # one of the two was changed: trust
+        problems.append((str(run_dir / digests.DIGESTS), "differs from the copy in summary.json "
+                         "(damaged or replaced)"))  # the copy only when it matches the files
+        files = copy
     if files is not None:
         problems += digests.check(run_dir, files, full=full)
     damaged = {p for p, _ in problems}
@@ -177,6 +185,15 @@ def check_run(cfg: Config, run: RunConfig, reader) -> dict:
         if ckpt is not None and (summary is None or summary.get("fingerprint") in fp):
             out["repair"] = (f"rewrite the export and summary.json from {ckpt.folder.name}/ "
                              f"(step {ckpt.state['trainer']['step']})")
+    damaged = [f for f in candidates(run_dir) if check_folder(f)]
+    if damaged and not needs_rewrite and out["state"] != "stale":
+        intact = [f for f in candidates(run_dir) if f not in damaged]
+        loaded = None if finished or not intact else load_latest(run_dir)
+        if finished or loaded is not None:  # the export or an older checkpoint holds the run: drop the bad ones
+            out["drop"] = [str(f) for f in damaged]
+            out["repair"] = (f"delete the damaged {', '.join(f.name + '/' for f in damaged)} ("
+                             + ("the export is intact" if finished else f"`pipe train` resumes from the intact "
+                                f"{loaded.folder.name}/ (step {loaded.state['trainer']['step']})") + ")")
     if out["problems"] and out["repair"] is None:
         out["advice"] = _advice(cfg, run, run_dir, needs_rewrite, finished)
     return out
@@ -205,8 +222,12 @@ def repair_run(cfg: Config, run: RunConfig, reader) -> str | None:
     result = check_run(cfg, run, reader)
     if result["repair"] is None:
         return None
+    if result.get("drop"):  # checkpoint folders the tool wrote, damaged, and needed by nothing
+        for folder in result["drop"]:
+            shutil.rmtree(folder)
+        return result["repair"]
     from orthosae.train.runner import run_fingerprints
     fp = run_fingerprints(run, reader, cfg.train.seed)
     ckpt = final_checkpoint(run_dir_of(cfg, run), fp, cfg.train.tokens // cfg.train.batch_size)
-    rewrite_export(cfg, run, reader, ckpt.state)
+    rewrite_export(cfg, run, reader, ckpt)
     return result["repair"]

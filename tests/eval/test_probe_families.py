@@ -104,7 +104,7 @@ def test_pipe_run_reports_the_four_families_and_caches_residuals(tmp_path, tiny_
     assert base["sae_top_1_test_accuracy"]["n"] == 2 and base["tpp_score"]["n"] == 2 and base["scr_score"]["n"] == 2
     assert "sae_top_1_test_accuracy" in md.split("## Conditions")[1] and "scr_score" in md.split("## Conditions")[1]
 
-    cache = sorted((tmp_path / "reports/cache").glob("*.pt"))
+    cache = sorted((tmp_path / "reports/cache").glob("*.safetensors"))
     assert [c.name.split("-")[0] for c in cache] == ["absorption", "probing", "probing"]  # the SCR cells: a probing file
     stamps = [c.stat().st_mtime_ns for c in cache]
     res = runner.invoke(main, ["--config", str(path), "eval"])

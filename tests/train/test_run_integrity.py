@@ -64,8 +64,8 @@ def reference(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def trained(reference) -> Path:
-    """The reference sweep restored where it was trained (a run's fingerprint holds its runs_dir, so
-    a copy elsewhere would be stale); returns its config."""
+    """The reference sweep restored where it was trained (its config and cfg.json name absolute
+    paths); returns its config."""
     work = reference.parent / "work"
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(reference, work)
@@ -127,11 +127,13 @@ def test_digests_are_recorded_and_an_intact_sweep_verifies(trained, tmp_path, mo
     runs = trained.parent / "runs"
     for name in RUNS:
         recorded = json.loads((runs / name / "digests.json").read_text())["files"]
-        assert set(recorded) == {"sae_weights.safetensors", "cfg.json", "sparsity.safetensors"}
+        assert set(recorded) == {"sae_weights.safetensors", "cfg.json", "sparsity.safetensors", "log.jsonl"}
         assert json.loads((runs / name / "summary.json").read_text())["digests"] == recorded
         for d in ("checkpoint", "checkpoint.prev"):
             assert set(json.loads((runs / name / d / "digests.json").read_text())["files"]) == {
-                "state.safetensors", "state.json"}
+                "state.safetensors", "state.json", "log.jsonl"}
+        # the final checkpoint's copy of the log is the log: a repair restores it from there
+        assert (runs / name / "checkpoint/log.jsonl").read_bytes() == (runs / name / "log.jsonl").read_bytes()
     res = pipe(trained, "verify", "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
@@ -154,7 +156,8 @@ def test_a_file_the_export_gains_is_covered_without_naming_it(tmp_path, monkeypa
     path = write_train_config(tmp_path, tokens=2560)
     assert pipe(path, "train").exit_code == 0
     recorded = json.loads((tmp_path / "runs/baseline/digests.json").read_text())["files"]
-    assert set(recorded) == {"sae_weights.safetensors", "cfg.json", "sparsity.safetensors", "extra.safetensors"}
+    assert set(recorded) == {"sae_weights.safetensors", "cfg.json", "sparsity.safetensors", "log.jsonl",
+                             "extra.safetensors"}
     (tmp_path / "runs/baseline/extra.safetensors").write_bytes(b"y" * 100)  # same size, other bytes
     res = pipe(path, "verify")
     assert res.exit_code == 1 and "extra.safetensors: sha256 differs" in res.output, res.output
@@ -292,7 +295,8 @@ def test_eacces_on_the_export_keeps_the_final_checkpoint(trained, tmp_path, refe
     line = error_line(pipe(trained, "train", "--run", "baseline"))
     assert f"cannot write {runs / 'baseline/sae_weights.safetensors'}: Permission denied [EACCES]" in line
     assert not (runs / "baseline/sae_weights.safetensors").exists()
-    assert not [p for p in (runs / "baseline").iterdir() if p.name.startswith(".")]  # no temporaries
+    assert not [p for p in (runs / "baseline").iterdir()  # no temporaries (the lock file is no temporary)
+                if p.name.startswith(".") and p.name != ".orthosae-lock"]
     monkeypatch.setattr(orthosae.train.export, "save_file", real)
     res = pipe(trained, "train", "--run", "baseline")
     assert res.exit_code == 0 and "resuming from step 160" in res.output, res.output
@@ -406,7 +410,8 @@ def test_every_command_answers_damage_with_one_line_or_a_mark(kind, trained):
     assert res.exit_code == 0 and res.exception is None, res.output
     doc = json.loads(pipe(trained, "status", "--json").stdout)
     assert doc["runs"][0]["status"] == ("damaged" if kind != "weights of another run" else "complete")
-    assert doc["report"]["state"] == "stale"
+    assert doc["report"]["state"] == "unreadable"  # cut short: not "stale (the runs changed since)"
+    assert doc["report"]["problem"].startswith(f"{report}: unreadable (JSONDecodeError")
     res = pipe(trained, "verify", "--json")
     assert res.exit_code == 1 and res.exception.__class__ is SystemExit, res.output
     assert not json.loads(res.stdout)["ok"]

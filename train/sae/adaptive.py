@@ -85,7 +85,7 @@ class AdaptiveOrthoSAE(FixedOrthoSAE):
 def sae_lens_classes() -> tuple[type, type]:
     """``(OrthoSAEGroupedSAE, OrthoSAEGroupedConfig)``, the sae_lens classes of architecture
     "orthosae_grouped", built on first call (imports sae_lens only then); they become module
-    globals here, so they pickle. Register them with ``train.export.register_with_sae_lens``."""
+    globals here, so they serialise by reference (copy, multiprocessing). Register them with ``train.export.register_with_sae_lens``."""
     if "OrthoSAEGroupedSAE" in globals():
         return globals()["OrthoSAEGroupedSAE"], globals()["OrthoSAEGroupedConfig"]
     from dataclasses import dataclass
