@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from orthosae.cli import main
 from orthosae.common import preempt
 from tests._synthetic import make_store
+from tests._preempted import train_preempted_at
 from tests._synthetic import write_config as write_train_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +105,6 @@ def digest(path: Path) -> str:
 
 def test_a_full_disk_during_a_checkpoint(tmp_path, monkeypatch):
     """A partial run (checkpoints at steps 40 and 45) resumed on a disk with 8 KiB left."""
-    from orthosae.train.trainer import Trainer
     make_store(str(tmp_path / "s.zarr"))
     stage = tmp_path / "stage"
     stage.mkdir()
@@ -112,16 +112,7 @@ def test_a_full_disk_during_a_checkpoint(tmp_path, monkeypatch):
     assert pipe(ref, "train").exit_code == 0  # the uninterrupted run
     reference = digest(stage / "runs/baseline/sae_weights.safetensors")
     shutil.rmtree(stage / "runs")
-    real = Trainer.train_step
-
-    def stop_at_45(self, x, is_forget):
-        out = real(self, x, is_forget)
-        if self.step == 45:
-            preempt.request()
-        return out
-    monkeypatch.setattr(Trainer, "train_step", stop_at_45)
-    assert pipe(ref, "train").exit_code == preempt.EXIT_PREEMPTED
-    preempt.clear()
+    train_preempted_at(monkeypatch, pipe, ref)
     mount = tmp_path / "disk"
     path = write_train_config(tmp_path, tokens=20_480)
     result = on_full_disk(tmp_path, mount, [(stage / "runs", "runs")],

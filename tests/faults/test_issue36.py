@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from orthosae.cli import main
 from orthosae.common import preempt
 from tests._synthetic import SWEEP, make_store
+from tests._preempted import train_preempted_at
 from tests._synthetic import write_config as write_train_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -251,24 +252,13 @@ def test_moving_the_runs_folder_or_the_device_leaves_runs_complete(sweep, tmp_pa
 
 def test_a_resume_with_another_checkpoint_every_resumes(tmp_path, monkeypatch):
     """Before: it restarted from step 0 and deleted the log."""
-    from orthosae.train.trainer import Trainer
     make_store(str(tmp_path / "s.zarr"))
     ref = tmp_path / "ref"
     ref.mkdir()
     assert pipe(write_train_config(ref, tokens=20_480), "--set", f"harvest.store={tmp_path / 's.zarr'}",
                 "train").exit_code == 0
     path = write_train_config(tmp_path, tokens=20_480)
-    real = Trainer.train_step
-
-    def stop_at_45(self, x, is_forget):
-        out = real(self, x, is_forget)
-        if self.step == 45:
-            preempt.request()
-        return out
-    monkeypatch.setattr(Trainer, "train_step", stop_at_45)
-    assert pipe(path, "train").exit_code == preempt.EXIT_PREEMPTED
-    monkeypatch.setattr(Trainer, "train_step", real)
-    preempt.clear()
+    train_preempted_at(monkeypatch, pipe, path)
     res = pipe(path, "--set", "train.checkpoint_every=25", "train")
     assert res.exit_code == 0 and "baseline: resuming from step 45" in res.output, res.output
     for f in ("sae_weights.safetensors", "log.jsonl"):

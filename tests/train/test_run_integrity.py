@@ -17,6 +17,7 @@ from orthosae.cli import main
 from tests._batch import RUNS
 from tests._synthetic import SWEEP, make_store
 from tests._synthetic import write_config as write_train_config
+from tests._preempted import train_preempted_at
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,20 +76,9 @@ def trained(reference) -> Path:
 @pytest.fixture
 def partial(tmp_path, monkeypatch) -> Path:
     """The sweep stopped (as by SIGTERM) at step 45: checkpoint/ at 45, checkpoint.prev/ at 40."""
-    from orthosae.train.trainer import Trainer
     make_store(str(tmp_path / "s.zarr"))
     path = config(tmp_path)
-    real = Trainer.train_step
-
-    def stop_at_45(self, x, is_forget):
-        out = real(self, x, is_forget)
-        if self.step == 45:
-            preempt.request()
-        return out
-    monkeypatch.setattr(Trainer, "train_step", stop_at_45)
-    assert pipe(path, "train").exit_code == preempt.EXIT_PREEMPTED
-    monkeypatch.setattr(Trainer, "train_step", real)
-    preempt.clear()
+    train_preempted_at(monkeypatch, pipe, path)
     for name in RUNS:
         steps = [json.loads((tmp_path / "runs" / name / d / "state.json").read_text())["trainer"]["step"]
                  for d in ("checkpoint", "checkpoint.prev")]
