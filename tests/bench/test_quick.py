@@ -46,7 +46,7 @@ EXPECTED = {
     "checkpoint_bench": ["plain s", "digests s", "\nsave ", "\nload "],
     "dead_features": ["| run | λ2_max | dead (all)", "| baseline |", "| seed-form-l0.3 |", "| rms-activity-a0-l30 |"],
     "eval_floor": ["| part | seconds | GFLOP | floor s | × the floor |", "| blocks |", "| sae |", "| head |",
-                   "| head, as before |", "| loss |", "| loss, as before |", "| pass |", "the pass is ×", "nats (bit-identical)"],
+                   "| head, as before |", "| loss |", "| loss, as before |", "| pass |", "| pass, as before |", "the pass is ×", "nats (bit-identical)"],
     "eval_prefix_bench": ["full forward", "prefix cache", "max |ΔCE per context| 0.00e+00 nats"],
     "gpu": ["no CUDA GPU here", "the GPU rows are not measured", "| device | measurement |", "| cpu | 1. harvest tok/s", "| cpu | 1. harvest fraction of measured bf16",
             "| cpu | 2. baseline step", "| cpu | 2. adaptive step", "| cpu | 2. regroup cost",
