@@ -149,7 +149,7 @@ def model_card(repo: str, cards: list[tuple[str, dict, dict, dict | None]]) -> s
                      f"{cfg.get('d_sae')} | {summary.get('steps')} | {summary.get('status')} |")
     lines += ["", "## Load", "", "```python", "from sae_lens import SAE"]
     if grouped:
-        lines += ["from train.export import register_with_sae_lens  # orthosae: the grouped architecture",
+        lines += ["from orthosae.train.export import register_with_sae_lens  # orthosae: the grouped architecture",
                   "register_with_sae_lens()"]
     lines += [f'sae = SAE.from_pretrained("{repo}", "{(grouped or [cards[0][0]])[0]}")', "```", ""]
     if grouped:
