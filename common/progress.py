@@ -3,7 +3,8 @@
 Without a terminal (a batch job, `pipe run > log 2>&1`) rich would print a bar only in its final
 state, so a log stays silent for the whole step. There every task prints one plain line instead,
 every ``[log] progress_seconds`` and at every ``progress_percent`` mark (0/25/50/75/100 % by
-default): time, description, done/total, percent, rate, elapsed, ETA and the task's live fields.
+default): time, description, done/total, percent, rate, elapsed, ETA and the task's live fields
+(with no total known: the count so far, and neither percent nor ETA).
 Every task also sends the same numbers, on the same cadence, to the event log (``common.events``),
 terminal or not.
 """
@@ -135,10 +136,13 @@ class StepProgress(Progress):
         if eta is None and speed and task.total is not None:
             eta = max(task.total - task.completed, 0) / speed
         if self.plain:
-            total = f"{task.total:,.0f}" if task.total is not None else "?"
-            parts = [time.strftime("%Y-%m-%d %H:%M:%S"), task.description,
-                     f"{task.completed:,.0f}/{total} {self.unit}", f"{task.percentage:.0f}%",
-                     f"{_rate(speed)} {self.unit}/s", f"elapsed {hms(task.elapsed)}", f"ETA {hms(eta)}"]
+            if task.total is None:  # a count with no end known: no "/?", no 0 %, no ETA that never comes
+                count, percent, until = f"{task.completed:,.0f} {self.unit} so far", "", ""
+            else:
+                count, percent = f"{task.completed:,.0f}/{task.total:,.0f} {self.unit}", f"{task.percentage:.0f}%"
+                until = f"ETA {hms(eta)}"
+            parts = [time.strftime("%Y-%m-%d %H:%M:%S"), task.description, count, percent,
+                     f"{_rate(speed)} {self.unit}/s", f"elapsed {hms(task.elapsed)}", until]
             if self.extra:
                 parts.append(self.extra.format(task=task))
             console.print(Text("  ".join(p for p in parts if p)), highlight=False)

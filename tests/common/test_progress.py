@@ -46,6 +46,19 @@ def test_plain_lines_at_each_quarter_and_every_interval(log_console):
                                          "ETA 0:02:30", "a step 25 L0 3.0 EV 0.900"]
 
 
+def test_a_count_without_a_total_shows_no_percent_and_no_eta(log_console):
+    """Corpus planning and the probing texts count items with no end known: the line says how many
+    so far, never "825/? item  0%  ETA -:--:--"."""
+    clock = Clock()
+    with cp.progress("item", get_time=clock) as bar:
+        task = bar.add_task("probing texts", total=None)
+        for i in range(1, 826):
+            clock.t = i * 0.1
+            bar.advance(task)
+    last = log_console.getvalue().splitlines()[-1].split("  ")[1:]
+    assert last == ["probing texts", "825 item so far", "10 item/s", "elapsed 0:01:22"], last
+
+
 def test_cadence_follows_configure(log_console):
     cp.configure(seconds=0, percent=50)
     clock = Clock()
