@@ -131,3 +131,14 @@ name = "adaptive"
 type = "adaptive"
 alpha = 0.04
 """
+
+# a baseline and a fixed-orthogonal SAE: plain SAELens architectures only
+BASELINE_AND_FIXED = """
+[[runs]]
+name = "baseline"
+type = "baseline"
+[[runs]]
+name = "fixed"
+type = "fixed"
+alpha = 0.1
+"""

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from orthosae.common.store import CorpusPlan, StoreWriter, to_storage
+from tests._configs import BASELINE_AND_FIXED
 
 D, T = 16, 9
 
@@ -82,14 +83,7 @@ def write_config(tmp_path, runs='[[runs]]\nname = "baseline"\ntype = "baseline"\
     return path
 
 
-SWEEP = """
-[[runs]]
-name = "baseline"
-type = "baseline"
-[[runs]]
-name = "fixed"
-type = "fixed"
-alpha = 0.1
+SWEEP = BASELINE_AND_FIXED + """
 [[runs]]
 name = "adaptive"
 type = "adaptive"

@@ -6,18 +6,11 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from orthosae.cli import main
-from tests._configs import tiny_eval, write_tiny_pipeline
+from tests._configs import BASELINE_AND_FIXED, tiny_eval, write_tiny_pipeline
 
 
 def write_config(tmp_path: Path, model_dir: Path) -> Path:
-    return write_tiny_pipeline(tmp_path, model_dir, rest="""
-    [[runs]]
-    name = "baseline"
-    type = "baseline"
-    [[runs]]
-    name = "fixed"
-    type = "fixed"
-    alpha = 0.1
+    return write_tiny_pipeline(tmp_path, model_dir, rest=BASELINE_AND_FIXED + """
     [[runs]]
     name = "adaptive-a0.0"
     type = "adaptive"

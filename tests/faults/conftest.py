@@ -10,22 +10,23 @@ import torch
 from click.testing import CliRunner
 
 from orthosae.cli import main
-from tests._configs import write_tiny_pipeline
+from orthosae.common import preempt
+from tests._configs import BASELINE_AND_FIXED, write_tiny_pipeline
 
 RUNS = ("baseline", "fixed")
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_request():
+    """A test that requests preemption in-process leaves no request behind for the next one."""
+    yield
+    preempt.clear()
 
 
 def finished_config(tmp: Path, model_dir: Path) -> Path:
     """The tiny model's pipeline, cut to what every artefact needs: two runs of 40 steps, an eval
     without the slow families (only reconstruction and CE), the browser on a few rows."""
-    return write_tiny_pipeline(tmp, model_dir, tokens=2560, rest=f"""
-    [[runs]]
-    name = "baseline"
-    type = "baseline"
-    [[runs]]
-    name = "fixed"
-    type = "fixed"
-    alpha = 0.1
+    return write_tiny_pipeline(tmp, model_dir, tokens=2560, rest=BASELINE_AND_FIXED + f"""
     [eval]
     reports_dir = "{tmp / 'reports'}"
     name = "tiny"

@@ -19,7 +19,6 @@ import pytest
 from click.testing import CliRunner
 
 from orthosae.cli import main
-from orthosae.common import preempt
 from tests._synthetic import make_store
 from tests._preempted import train_preempted_at
 from tests._synthetic import write_config as write_train_config
@@ -55,12 +54,6 @@ during = files()
 again = pipe(spec["argv"])
 print(json.dumps({"before": before, "full": full, "during": during, "again": again, "after": files()}))
 '''
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_request():
-    yield
-    preempt.clear()
 
 
 def pipe(path: Path, *args: str):

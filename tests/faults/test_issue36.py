@@ -16,18 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 from orthosae.cli import main
-from orthosae.common import preempt
 from tests._synthetic import SWEEP, make_store
 from tests._preempted import train_preempted_at
 from tests._synthetic import write_config as write_train_config
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_request():
-    yield
-    preempt.clear()
 
 
 def pipe(path: Path, *args: str):
