@@ -128,17 +128,18 @@ def _chunk_len(model: nn.Module, batch: int) -> int:
 def token_ce(model: nn.Module, input_ids: Tensor, hidden: Tensor | None = None, prefix=None) -> Tensor:
     """Per-token next-token CE ``[batch, T-1]`` (entry p is the loss of predicting token p+1).
 
-    The head runs on HEAD_ROWS rows (batch x positions) at a time on CPU (a logits budget's worth
-    on a GPU); its logits stay in the model's dtype and go to float32 (soft-capped, then the loss)
-    a few rows at a time, so the float32 rows stay in cache (``bench/eval_floor.py``). Each row's
-    loss is computed alone either way: the numbers equal ``head_logits`` + ``cross_entropy`` over
-    the same head calls."""
+    On CPU the head runs on HEAD_ROWS rows (batch x positions) at a time and its logits, kept in
+    the model's dtype, go to float32 (soft-capped, then the loss) CE_ROWS_BUDGET at a time, so the
+    float32 rows stay in cache (``bench/eval_floor.py``); on a GPU a logits budget's worth of
+    positions goes through both at once. Each row's loss is computed alone either way: the numbers
+    equal ``head_logits`` + ``cross_entropy`` over the same head calls."""
     if hidden is None:
         hidden = final_hidden(model, input_ids, prefix=prefix)
     B, T = input_ids.shape
     head = model.get_output_embeddings()
-    step = _chunk_len(model, B) if head.weight.device.type == "cuda" else max(1, HEAD_ROWS // B)
-    rows = max(1, CE_ROWS_BUDGET // head.weight.shape[0])
+    on_gpu = head.weight.device.type == "cuda"  # cache sizes and oneDNN's fast path are the CPU's
+    step = _chunk_len(model, B) if on_gpu else max(1, HEAD_ROWS // B)
+    rows = B * step if on_gpu else max(1, CE_ROWS_BUDGET // head.weight.shape[0])
     out = []
     for s in range(0, T - 1, step):
         e = min(s + step, T - 1)
