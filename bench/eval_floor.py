@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import statistics
 import sys
 import time
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from orthosae.common.config import load_config
 from orthosae.common.model import decoder_layers, load_model
 from orthosae.eval import downstream
-from orthosae.eval.downstream import (CE_ROWS_BUDGET, HEAD_ROWS, _chunk_len, final_hidden, head_logits, softcap,
-                                      splice, token_ce)
+from orthosae.eval.downstream import CE_ROWS_BUDGET, HEAD_ROWS, _chunk_len, final_hidden, softcap, splice, token_ce
 from orthosae.eval.prefix import PrefixCache
 from orthosae.eval.unlearning import _ce_per_context, clamp_features
 from orthosae.train.sae import make_sae
@@ -56,16 +55,16 @@ def gemm_rate(dtype: torch.dtype, n: int, repeats: int = 5) -> float:
     return 2 * n**3 / min(_time(lambda: torch.mm(a, b)) for _ in range(repeats))
 
 
-def ce_before(model, ids: torch.Tensor, hidden: torch.Tensor, step: int) -> torch.Tensor:
-    """Per-token CE as `token_ce` computed it before HEAD_ROWS and CE_ROWS_BUDGET: float32 logits of a
-    whole head call of ``step`` positions, one cross-entropy over them."""
-    B, T = ids.shape
-    out = []
-    for s in range(0, T - 1, step):
-        e = min(s + step, T - 1)
-        z = head_logits(model, hidden[:, s:e])
-        out.append(F.cross_entropy(z.flatten(0, 1), ids[:, s + 1:e + 1].flatten(), reduction="none").view(B, e - s))
-    return torch.cat(out, dim=1)
+@contextmanager
+def as_before(head_rows: int):
+    """`token_ce` as the eval ran it before HEAD_ROWS and CE_ROWS_BUDGET: head calls of ``head_rows``
+    rows, the loss over each whole call at once."""
+    saved = downstream.HEAD_ROWS, downstream.CE_ROWS_BUDGET
+    downstream.HEAD_ROWS, downstream.CE_ROWS_BUDGET = head_rows, 1 << 62
+    try:
+        yield
+    finally:
+        downstream.HEAD_ROWS, downstream.CE_ROWS_BUDGET = saved
 
 
 def block_flops_per_token(model, first: int, T: int) -> float:
@@ -151,12 +150,8 @@ def main() -> None:
                 _ce_per_context(model, ctx, bs, prefix=prefix)
 
         def whole_before():  # the same pass with the head calls and loss calls the eval made before
-            saved = downstream.HEAD_ROWS, downstream.CE_ROWS_BUDGET
-            downstream.HEAD_ROWS, downstream.CE_ROWS_BUDGET = bs * step_before, 1 << 62
-            try:
+            with as_before(bs * step_before):
                 whole()
-            finally:
-                downstream.HEAD_ROWS, downstream.CE_ROWS_BUDGET = saved
 
         a32, b32 = (torch.randn(c["gemm"], c["gemm"], generator=g) for _ in range(2))
         a16, b16 = a32.bfloat16(), b32.bfloat16()
@@ -176,8 +171,10 @@ def main() -> None:
                 times[k].append(_time(fn))
         sec = {k: min(v) for k, v in times.items()}
         # the numbers themselves: token_ce against the eval's computation before this bench's changes
-        diff = max((token_ce(model, ids, hidden=h) - ce_before(model, ids, h, step_before)).abs().max().item()
-                   for h, ids in zip(hidden, batches))
+        with as_before(bs * step_before):
+            before = [token_ce(model, ids, hidden=h) for h, ids in zip(hidden, batches)]
+        diff = max((token_ce(model, ids, hidden=h) - b).abs().max().item()
+                   for h, ids, b in zip(hidden, batches, before))
     rates = {dt: 2 * c["gemm"] ** 3 / sec[f"gemm {dtype_name(dt)}"] for dt in (torch.float32, torch.bfloat16)}
     bandwidth = 2 * src.numel() * 4 / sec["copy"]
 
