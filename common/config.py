@@ -401,6 +401,13 @@ class EvalConfig:
                                "hash of the seed and their tokens, so the store's order does not matter)")
     ce_contexts: int = _key(32, _positive, "held-out contexts for the spliced CE / KL scores")
     batch_size: int = _key(8, _positive, "contexts per model forward in eval")
+    primary_figure: str = _key("", doc="the report's primary unlearning figure, e.g. \"F_0.1\" (F(b) at a "
+                               "[eval.unlearning] retain_budgets value); \"\" = F at the largest budget. Judged "
+                               "against the baseline curve for every condition, Holm-corrected with primary_pairs")
+    primary_quality: str = _key("ce_loss_score", _choice("ce_loss_score", "explained_variance"),
+                                "the quality axis the primary figure is judged at")
+    primary_pairs: list = _key([], doc="[[condition A, condition B], ...]: seed-paired comparisons on the primary "
+                               "figure that join the Holm family (e.g. adaptive against fixed)")
     unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
     probing: ProbingConfig = field(default_factory=ProbingConfig)
     tpp: TppConfig = field(default_factory=TppConfig)
@@ -729,6 +736,14 @@ def _load(file: Path, raw: dict) -> Config:
     if fsc and fsc not in {r.condition for r in runs if r.type == "baseline"}:
         raise ConfigError(f"{file}: [eval.unlearning] forget_share_condition: {fsc!r} is not a baseline condition "
                           f"of [[runs]] (have: {', '.join(sorted({r.condition for r in runs if r.type == 'baseline'}))})")
+    budgets = [f"F_{b:g}" for b in evaluation.unlearning.retain_budgets]
+    if evaluation.primary_figure and evaluation.primary_figure not in budgets:
+        raise ConfigError(f"{file}: [eval] primary_figure: {evaluation.primary_figure!r} is not F(b) of a retain "
+                          f"budget (have: {', '.join(budgets)})")
+    for pair in evaluation.primary_pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(c in conditions for c in pair) and pair[0] != pair[1]):
+            raise ConfigError(f"{file}: [eval] primary_pairs: expected pairs of two different conditions of [[runs]], "
+                              f"got {pair!r} (have: {', '.join(sorted(conditions))})")
     if evaluation.spread.condition and evaluation.spread.condition not in conditions:
         raise ConfigError(f"{file}: [eval.spread] condition: {evaluation.spread.condition!r} is not a condition of "
                           f"[[runs]] (have: {', '.join(sorted(conditions))})")

@@ -1,33 +1,26 @@
-"""Seeds -> conditions: mean, 95 % interval and per-seed values of each metric, paired comparisons.
+"""Seeds -> conditions: mean, calibrated 95 % interval and per-seed values of each metric, paired comparisons.
 
 A *condition* is the set of runs whose settings are equal except the SAE init seed
 (``cfg.json`` ``orthosae``: type, every ``[train]`` key but ``seed``, every ``[train.ortho]`` key);
 its label is the run name without the ``-s<seed>`` suffix of a ``seeds = [...]`` expansion.
 
-Statistics (all in ``aggregate``):
+Statistics (all in ``aggregate``; the intervals themselves in ``eval/intervals.py``):
 
-- per metric and condition: the mean over seeds with a **95 % Student-t interval**
-  ``mean ± t_{0.975, n−1}·sd/√n`` (sd with n − 1), the sd, n and the per-seed values;
-- per pair of conditions and metric: the **paired differences** A_s − B_s over the seeds both have
-  (seed s of each shares its init seed and, as every run of one config, the data order), with the
-  t-interval of their mean;
-- "who wins": a winner only when the paired-difference interval excludes 0 with at least
-  ``MIN_SEEDS`` shared seeds, in the metric's better direction; a tie otherwise. Over all conditions,
-  the condition with the best mean wins a metric when it beats every other one that way; otherwise
-  the tie lists it with the conditions it does not separate from;
-- metrics with the eval's own error (``eval_error`` in ``eval/metrics.py``: every figure of the
-  unlearning sweep, from a bootstrap over held-out *documents*, ``eval/matched_damage.py``) get a
-  **seeds × documents bootstrap** instead: replicate i draws the condition's seeds with replacement
-  and averages their document-replicate i (the same documents for every run), so the interval holds
-  both the seed spread and the eval's error. Pairs take the paired version (shared seeds drawn
-  together, the same documents on both sides); a single shared seed leaves the eval's error alone,
-  which may separate two runs. Every interval draws its seeds afresh from ``SEED_DRAW``, so it
-  depends only on its own condition(s), never on the others in the report. ``eval_se`` is the RMS
-  of the runs' own document-bootstrap se;
+- per metric and condition: the mean over **every** seed of the condition with the calibrated 95 %
+  interval of ``eval/intervals.py`` (seed spread, the document error every seed shares for the
+  unlearning sweep's figures, Hall's skewness correction). A metric some seed lacks (an F(b) whose
+  sweep never reached b) is **n/a** for the condition, with "k of n reach" beside it: a mean of the
+  seeds that happened to reach it would describe other seeds than its interval. Below
+  ``MIN_SEEDS`` seeds: the mean, and "too few seeds" instead of an interval;
+- per pair of conditions and metric: the **paired differences** A_s − B_s over the seed ids both
+  have (the same init seed and data order), never by position, with the same interval;
 - the one L0 rule (``eval/metrics.py`` ``L0_MATCH``): conditions whose mean L0 differ by more are
   not compared;
-- who wins: frontier metrics (unlearning figures) by the frontier rule against the baseline curve
-  (``eval/frontier.py``); every other compared metric by the pairwise verdicts above.
+- frontier metrics (unlearning figures) by the frontier rule against the baseline curve
+  (``eval/frontier.py``); every other compared metric by the pairwise verdicts;
+- **primary comparisons** (``primary``: [eval] primary_figure against primary_quality for every
+  condition, and primary_pairs on the primary figure) are judged with Holm's correction over all of
+  them at family-wise 5 %; everything else is exploratory (nominal 95 % intervals, no correction).
 """
 from __future__ import annotations
 
@@ -39,42 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
+from orthosae.common.errors import UserError
 from orthosae.eval.frontier import frontier_verdict
-from orthosae.eval.matched_damage import interval
+from orthosae.eval.intervals import MIN_SEEDS, holm, mean_interval, paired_interval
 from orthosae.eval.metrics import L0_MATCH, Metric, budgets_of, l0_matched, registry
 
-MIN_SEEDS = 3
-SEED_DRAW = 7  # seeds the seeds × documents bootstrap's draws of seeds
 
-
-def _draws() -> np.random.Generator:
-    """A fresh generator for each interval: an interval then depends only on its own conditions,
-    not on which other conditions the report holds or their order (one shared stream did)."""
-    return np.random.default_rng(SEED_DRAW)
-
-# t_{0.975, df} for df = 1..30; beyond, the normal quantile with a 1/df correction (error < 1e-3)
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-         2.052, 2.048, 2.045, 2.042]
-
-
-def t975(df: int) -> float:
-    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom."""
-    if df < 1:
-        return math.nan
-    return _T975[df - 1] if df <= len(_T975) else 1.959964 + 2.4 / df
-
-
-def mean_interval(values: list[float]) -> dict:
-    """Mean, 95 % t-interval, sd (n − 1) and n of finite ``values`` (interval nan below 2 values)."""
-    xs = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    n = len(xs)
-    if not n:
-        return {"mean": math.nan, "ci95": [math.nan, math.nan], "sd": math.nan, "n": 0}
-    mean = sum(xs) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else math.nan
-    half = t975(n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
-    return {"mean": mean, "ci95": [mean - half, mean + half], "sd": sd, "n": n}
+class IncompleteConditionError(UserError):
+    """A condition with a failed or missing run: its seeds cannot be paired around the gap."""
 
 
 def _settings(result: dict) -> dict:
@@ -111,20 +76,35 @@ def group_conditions(results: dict[str, dict]) -> dict[str, list[str]]:
     return out
 
 
-def paired(a: dict[int, float], b: dict[int, float], higher: bool | None) -> dict:
-    """A − B on the seeds both have, its 95 % t-interval, and the verdict."""
-    seeds = sorted(s for s in set(a) & set(b) if math.isfinite(a[s]) and math.isfinite(b[s]))
-    diff = mean_interval([a[s] - b[s] for s in seeds])
-    out = {"seeds": seeds, "mean_diff": diff["mean"], "ci95": diff["ci95"], "n": diff["n"]}
-    lo, hi = diff["ci95"]
+def check_complete(results: dict[str, dict]) -> None:
+    """A failed run (``status: failed``) of any condition stops the aggregation, naming it: dropping
+    it would pair the others around a missing seed."""
+    for name, r in results.items():
+        if r.get("status") == "failed":
+            raise IncompleteConditionError(
+                f"{name}: the run failed ({r.get('message', 'no message')}); its condition's seeds are incomplete "
+                f"and would be paired around it: retrain it (`pipe train`) or remove that seed from the config")
+
+
+def _verdict(s: dict, higher: bool | None, what: str = "seed(s)") -> str:
+    lo, hi = s["ci95"]
     if higher is None:
-        out["verdict"] = "not compared"
-    elif len(seeds) < MIN_SEEDS:
-        out["verdict"] = f"no verdict: {len(seeds)} shared seed(s) < {MIN_SEEDS}"
-    elif lo > 0 or hi < 0:
-        out["verdict"] = "A" if (lo > 0) == higher else "B"
-    else:
-        out["verdict"] = "tie"
+        return "not compared"
+    if s["n"] < MIN_SEEDS:
+        return f"no verdict: {s['n']} shared {what} < {MIN_SEEDS}"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "no verdict: no interval"
+    if lo > 0 or hi < 0:
+        return "A" if (lo > 0) == higher else "B"
+    return "tie"
+
+
+def paired(a: dict, b: dict, higher: bool | None, reps_a: dict | None = None, reps_b: dict | None = None) -> dict:
+    """A − B on the seed ids both have (finite on both sides), its calibrated interval, the verdict."""
+    seeds = [s for s in set(a) & set(b) if math.isfinite(a[s]) and math.isfinite(b[s])]
+    s = paired_interval({k: a[k] for k in seeds}, {k: b[k] for k in seeds}, reps_a, reps_b)
+    out = {"seeds": s["seeds"], "mean_diff": s["mean"], "ci95": s["ci95"], "n": s["n"], "p": s["p"]}
+    out["verdict"] = _verdict(s, higher)
     return out
 
 
@@ -132,45 +112,29 @@ def _reps(values: list) -> np.ndarray:
     return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
-def condition_replicates(per_seed: dict, rng: np.random.Generator) -> np.ndarray:
-    """Seeds × documents bootstrap of a condition mean: replicate i averages document-replicate i
-    of the condition's seeds drawn with replacement (one seed: its document replicates)."""
-    seeds = list(per_seed)
-    R = np.stack([_reps(per_seed[s]) for s in seeds])  # [seeds, B]
-    if len(seeds) == 1:
-        return R[0]
-    draw = rng.integers(0, len(seeds), size=(R.shape[1], len(seeds)))
-    return np.nanmean(R[draw, np.arange(R.shape[1])[:, None]], axis=1)
-
-
-def paired_replicates(a: dict, b: dict, rng: np.random.Generator) -> tuple[np.ndarray, list]:
-    """Replicates of mean(A) − mean(B): paired on shared seeds (drawn together), else unpaired."""
-    shared = sorted((s for s in set(a) & set(b)), key=str)
-    if shared:
-        D = np.stack([_reps(a[s]) - _reps(b[s]) for s in shared])
-        if len(shared) == 1:
-            return D[0], shared
-        draw = rng.integers(0, len(shared), size=(D.shape[1], len(shared)))
-        return np.nanmean(D[draw, np.arange(D.shape[1])[:, None]], axis=1), shared
-    return condition_replicates(a, rng) - condition_replicates(b, rng), shared
-
-
-def boot_verdict(diff: np.ndarray, higher: bool | None) -> dict:
-    lo, hi = interval(diff)
-    out = {"mean_diff": float(np.nanmean(diff)) if np.isfinite(diff).any() else math.nan, "ci95": [lo, hi]}
-    if higher is None:
-        out["verdict"] = "not compared"
-    elif not (math.isfinite(lo) and math.isfinite(hi)):
-        out["verdict"] = "no verdict: no interval"
-    elif lo > 0 or hi < 0:
-        out["verdict"] = "A" if (lo > 0) == higher else "B"
-    else:
-        out["verdict"] = "tie"
+def summarise_condition(values: dict, reps: dict | None) -> dict:
+    """One metric of one condition: n/a unless every seed has it; else mean and calibrated interval."""
+    finite = {s: v for s, v in values.items() if math.isfinite(v)}
+    n = len(values)
+    out = {"per_seed": {str(s): v for s, v in values.items()}, "reached": f"{len(finite)} of {n}"}
+    if len(finite) < n:
+        out.update(mean=math.nan, ci95=[math.nan, math.nan], sd=math.nan, n=len(finite), too_few=False,
+                   interval=f"n/a: {len(finite)} of {n} seeds have it")
+        return out
+    R = np.stack([_reps(reps[s]) for s in values]) if reps else None
+    s = mean_interval(list(values.values()), R)
+    out.update({k: s[k] for k in ("mean", "ci95", "sd", "n", "too_few", "se", "df", "skew")})
+    out["interval"] = (f"too few seeds ({n} < {MIN_SEEDS})" if s["too_few"] else
+                       "calibrated t over seeds + shared document error" if reps else "calibrated t over seeds")
+    if reps:
+        out["doc_se"] = math.sqrt(s["doc_var"])
     return out
 
 
-def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None) -> dict:
-    """The report's ``conditions`` section (see the module docstring)."""
+def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None, primary: dict | None = None) -> dict:
+    """The report's ``conditions`` section (see the module docstring). ``primary``: {"figure",
+    "quality", "pairs"} (``[eval]`` primary_figure, primary_quality, primary_pairs) or None."""
+    check_complete(results)
     metrics = metrics if metrics is not None else registry(budgets_of(results))
     groups = group_conditions(results)
     conds: dict[str, dict] = {}
@@ -187,21 +151,11 @@ def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None) -> 
             if all(math.isnan(v) for v in values.values()):
                 continue
             per_seed[label][m.key] = values
-            summary = mean_interval(list(values.values()))
-            summary["per_seed"] = {str(s): v for s, v in values.items()}
             run_reps = {seed_of(results[n]): m.replicates(results[n]) for n in names}
-            if m.eval_error and all(r is not None for r in run_reps.values()):
+            has_reps = m.eval_error and all(r is not None for r in run_reps.values())
+            if has_reps:
                 reps[label][m.key] = run_reps
-                summary["ci95_seeds"] = summary["ci95"]
-                summary["ci95"] = interval(condition_replicates(run_reps, _draws()))
-                ses = [results[n].get(m.section, {}).get("intervals", {}).get("se", {}).get(m.field or m.key)
-                       for n in names]
-                ses = [e for e in ses if isinstance(e, (int, float)) and math.isfinite(e)]
-                summary["eval_se"] = math.sqrt(sum(e * e for e in ses) / len(ses)) if ses else math.nan
-                summary["interval"] = "seeds x documents bootstrap"
-            else:
-                summary["interval"] = "Student-t over seeds"
-            entry["metrics"][m.key] = summary
+            entry["metrics"][m.key] = summarise_condition(values, run_reps if has_reps else None)
         conds[label] = entry
 
     l0s = {c: e["metrics"].get("l0", {}).get("mean", math.nan) for c, e in conds.items()}
@@ -212,13 +166,10 @@ def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None) -> 
         for m in metrics:
             if m.key not in per_seed[a] or m.key not in per_seed[b]:
                 continue
-            if m.key in reps[a] and m.key in reps[b]:
-                diff, shared = paired_replicates(reps[a][m.key], reps[b][m.key], _draws())
-                p = boot_verdict(diff, m.higher)
-                p.update(seeds=shared, n=len(shared), interval="seeds x documents bootstrap")
-            else:
-                p = paired(per_seed[a][m.key], per_seed[b][m.key], m.higher)
-                p["interval"] = "Student-t over shared seeds"
+            both = m.key in reps[a] and m.key in reps[b]
+            p = paired(per_seed[a][m.key], per_seed[b][m.key], m.higher,
+                       reps[a][m.key] if both else None, reps[b][m.key] if both else None)
+            p["interval"] = "calibrated t over shared seeds" + (" + shared document error" if both else "")
             if not matched and m.higher is not None:
                 p["verdict"] = f"not compared: L0 {l0s[a]:.1f} vs {l0s[b]:.1f} (> {L0_MATCH:.0%} apart)"
             p["winner"] = {"A": a, "B": b}.get(p["verdict"], p["verdict"])
@@ -227,18 +178,20 @@ def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None) -> 
 
     finite = [v for v in l0s.values() if math.isfinite(v)]
     spread = (max(finite) / min(finite) - 1) if finite and min(finite) > 0 else math.nan
-    frontier = _frontier(conds, reps, metrics, l0s)
-    return {"method": "mean over seeds; intervals: seeds x documents bootstrap for the unlearning sweep's figures "
-                      f"(seed spread + the eval's error), Student-t over seeds otherwise; a winner only when the "
-                      f"interval of the difference excludes 0 (Student-t: with >= {MIN_SEEDS} shared seeds) "
-                      f"and the L0 of both lie within {L0_MATCH:.0%}",
-            "conditions": conds, "pairs": pairs, "frontier": frontier,
+    frontier = _frontier(conds, per_seed, reps, metrics, l0s)
+    prim = _primary(primary, conds, pairs, frontier) if primary else None
+    return {"method": "mean over every seed of a condition (n/a unless every seed has the figure); 95 % intervals: "
+                      "Student-t over seeds at Welch-Satterthwaite df with the document error the seeds share "
+                      f"and Hall's skewness correction (eval/intervals.py), none below {MIN_SEEDS} seeds; a winner "
+                      f"only when the interval of the seed-paired difference excludes 0 and the L0 of both lie "
+                      f"within {L0_MATCH:.0%}",
+            "conditions": conds, "pairs": pairs, "frontier": frontier, "primary": prim,
             "who_wins": _who_wins(conds, pairs, metrics, frontier),
             "l0": {"by_condition": l0s, "max_over_min_minus_1": spread, "rule": L0_MATCH,
                    "matched": bool(math.isfinite(spread) and spread <= L0_MATCH)}}
 
 
-def _frontier(conds: dict, reps: dict, metrics: list[Metric], l0s: dict) -> dict:
+def _frontier(conds: dict, per_seed: dict, reps: dict, metrics: list[Metric], l0s: dict) -> dict:
     """metric -> quality -> condition -> verdict against the baseline conditions' curve."""
     out: dict = {}
     base = [c for c, e in conds.items() if e["type"] == "baseline"]
@@ -246,25 +199,54 @@ def _frontier(conds: dict, reps: dict, metrics: list[Metric], l0s: dict) -> dict
         for q in (q for q in metrics if q.quality):
             table = {}
             for c, e in conds.items():
-                if e["type"] == "baseline" or m.key not in e["metrics"] or q.key not in e["metrics"]:
+                if e["type"] == "baseline" or m.key not in per_seed[c] or q.key not in per_seed[c]:
                     continue
-                curve = [_point(b, conds[b], reps[b], m, q) for b in base
-                         if m.key in conds[b]["metrics"] and q.key in conds[b]["metrics"] and l0_matched(l0s[b], l0s[c])]
-                v = frontier_verdict(curve, _point(c, e, reps[c], m, q))
-                table[c] = v
+                curve = [_point(b, conds[b], per_seed[b], reps[b], m, q) for b in base
+                         if m.key in per_seed[b] and q.key in per_seed[b] and l0_matched(l0s[b], l0s[c])]
+                table[c] = frontier_verdict(curve, _point(c, e, per_seed[c], reps[c], m, q))
             if table:
                 out.setdefault(m.key, {})[q.key] = table
     return out
 
 
-def _point(label: str, e: dict, reps: dict, m: Metric, q: Metric) -> dict:
-    s, x = e["metrics"][m.key], e["metrics"][q.key]
-    r = condition_replicates(reps[m.key], _draws()) if m.key in reps \
-        else np.full(1, np.nan)
-    return {"name": label, "x": x["mean"], "x_ci": x["ci95"], "y": s["mean"], "reps": r.tolist()}
+def _point(label: str, e: dict, per_seed: dict, reps: dict, m: Metric, q: Metric) -> dict:
+    return {"name": label, "x": e["metrics"][q.key]["mean"], "x_seeds": per_seed[q.key],
+            "y_seeds": per_seed[m.key], "reps": reps.get(m.key)}
+
+
+def _primary(primary: dict, conds: dict, pairs: list[dict], frontier: dict) -> dict:
+    """The primary comparisons, Holm-corrected together: every condition on the primary figure against
+    the baseline curve at the primary quality, and each primary pair on the primary figure."""
+    fig, quality = primary["figure"], primary["quality"]
+    family: dict[str, dict] = {}
+    for c, v in frontier.get(fig, {}).get(quality, {}).items():
+        family[f"{c} vs the baseline curve"] = {"kind": "frontier", "condition": c, **v}
+    for a, b in primary.get("pairs", []):
+        row = next((p for p in pairs if {p["a"], p["b"]} == {a, b}), None)
+        v = row["metrics"].get(fig) if row else None
+        if v is None:
+            family[f"{a} − {b}"] = {"kind": "pair", "verdict": "no verdict: pair not measured", "p": math.nan,
+                                    "gap": math.nan, "ci95": [math.nan, math.nan]}
+            continue
+        sign = 1 if row["a"] == a else -1
+        lo, hi = v["ci95"]
+        family[f"{a} − {b}"] = {"kind": "pair", "verdict": v["verdict"], "p": v["p"], "gap": sign * v["mean_diff"],
+                                "ci95": [sign * lo, sign * hi] if sign > 0 else [-hi, -lo], "seeds": v["seeds"]}
+    rejected = holm({k: (v["p"] if not v["verdict"].startswith(("no verdict", "not compared")) else math.nan)
+                     for k, v in family.items()})
+    for k, v in family.items():
+        if v["verdict"].startswith(("no verdict", "not compared")):
+            v["holm"] = v["verdict"]
+        elif rejected[k]:
+            v["holm"] = "above" if v["gap"] > 0 else "below"
+        else:
+            v["holm"] = "tie"
+    return {"figure": fig, "quality": quality, "comparisons": family, "rule": "Holm over these comparisons, "
+            "family-wise 5 %; gaps > 0 favour the first named"}
 
 
 def _who_wins(conds: dict, pairs: list[dict], metrics: list[Metric], frontier: dict) -> dict[str, str]:
+    """Exploratory verdicts per metric (nominal 95 %, no multiplicity correction)."""
     out = {}
     for m in metrics:
         if m.higher is None:
@@ -275,10 +257,7 @@ def _who_wins(conds: dict, pairs: list[dict], metrics: list[Metric], frontier: d
                 for q, table in frontier[m.key].items():
                     for c, v in table.items():
                         verdicts.setdefault(c, []).append(f"{v['verdict']} on {q}")
-                above = [c for c, vs in verdicts.items() if all(v.startswith("above") for v in vs)]
-                out[m.key] = ("above the baseline curve at equal quality: " + ", ".join(above) if above else
-                              "no condition lies above the baseline curve at equal quality") + " (" + "; ".join(
-                    f"{c}: {', '.join(vs)}" for c, vs in verdicts.items()) + ")"
+                out[m.key] = "; ".join(f"{c}: {', '.join(vs)}" for c, vs in verdicts.items())
             continue
         # references are label-using edits, not SAEs competing on quality: judged on the frontier only
         have = [c for c in conds if m.key in conds[c]["metrics"] and math.isfinite(conds[c]["metrics"][m.key]["mean"])
@@ -318,10 +297,15 @@ def _fmt(v: float) -> str:
 def _cell(s: dict | None, with_eval: bool = False) -> str:
     if not s:
         return "n/a"
+    if not math.isfinite(s["mean"]) and "of" in s.get("reached", ""):
+        return f"n/a ({s['reached']} seeds)"
     lo, hi = s["ci95"]
-    text = f"{_fmt(s['mean'])} [{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else _fmt(s["mean"])
-    if with_eval and math.isfinite(s.get("eval_se", math.nan)):
-        text += f" (seed sd {_fmt(s['sd'])}, eval se {_fmt(s['eval_se'])})"
+    if math.isfinite(lo) and math.isfinite(hi):
+        text = f"{_fmt(s['mean'])} [{_fmt(lo)}, {_fmt(hi)}]"
+    else:
+        text = _fmt(s["mean"]) + (" (too few seeds)" if s.get("too_few") and s.get("n", 0) > 1 else "")
+    if with_eval and math.isfinite(s.get("doc_se", math.nan)) and math.isfinite(s.get("sd", math.nan)):
+        text += f" (seed sd {_fmt(s['sd'])}, shared doc se {_fmt(s['doc_se'])})"
     return text
 
 
@@ -334,9 +318,10 @@ def conditions_markdown(agg: dict, plots: list[str], metrics: list[Metric] | Non
     metrics = metrics if metrics is not None else registry()
     present = [m for m in metrics if any(m.key in e["metrics"] for e in conds.values())]
     lines = ["", "## Conditions (runs that differ only by seed; mean [95 % interval])", "",
-             "Intervals: Student-t over seeds; for the unlearning sweep's figures a seeds × documents bootstrap "
-             "(seed spread and the eval's own error by held-out document together; with one seed, the eval's "
-             "error alone).", ""]
+             f"Intervals: Student-t over seeds with Hall's skewness correction; for the unlearning sweep's figures "
+             f"the document error every seed shares is added (eval/intervals.py; coverage measured in "
+             f"docs/evaluation.md). Fewer than {MIN_SEEDS} seeds: no interval. A figure some seed lacks is n/a, "
+             f"with how many seeds have it.", ""]
     for title, part in (("Quality", [m for m in present if m.section != "unlearning"]),
                         ("Unlearning", [m for m in present if m.section == "unlearning"])):
         if not part:

@@ -1,19 +1,21 @@
 """The frontier rule: an unlearning figure counts only against the baseline's curve at equal quality.
 
-The baseline family (baseline conditions, e.g. at several ``d_sae``) gives points (quality x,
-unlearning y), sorted by x. A condition at quality x_m is compared with the curve at x_m:
+The baseline family (baseline conditions, e.g. at several learning rates) gives points (quality x,
+unlearning y), sorted by their mean x. A condition at mean quality x_m is compared with the curve
+only where the curve was **measured** around x_m:
 
-- x_m inside the curve's x range: the gap is y_m − (the curve linearly interpolated at x_m);
-- x_m outside it, but within the 95 % quality interval of the curve's nearest end point (equal
-  quality within the error bars): the gap is taken against that end point;
-- x_m beyond the best-quality end and y_m above that point, or below the worst-quality end and y_m
-  below that point: compared with that end point (it dominates, or is dominated by, the curve);
-- otherwise: **no verdict** — nothing says what the baseline would score at that quality.
+- a baseline point at or below x_m and one at or above it, each within ``QUALITY_SPAN`` of x_m
+  (one point at x_m itself serves as both): the curve is interpolated linearly between them;
+- anywhere else: **no verdict: curve not measured here** — the baseline's F is not monotone in
+  quality, so neither an end point nor a long chord says what it would score at x_m.
 
-The gap's 95 % interval comes from its replicates (replicate i of every condition saw the same
-documents, ``eval/aggregate.py``): "above" when it excludes 0 upwards, "below" when downwards,
-"tie" when it holds 0. The x positions are the quality means (their intervals decide only the
-equal-quality case above).
+The gap is computed **per seed id** (seed s of the condition against seed s of both baseline
+points: the same init seed and data order), with the interpolation weight from that seed's own
+quality, t_s = (x_m,s − x̄_a) / (x̄_b − x̄_a): the condition's quality error enters the gap. Its
+interval is ``eval/intervals.py``'s calibrated one over those seeds, with the document replicates
+differenced replicate by replicate (the same documents for every run). "above" when the interval
+excludes 0 upwards, "below" downwards, "tie" when it holds 0; fewer than ``MIN_SEEDS`` shared seeds:
+no verdict.
 """
 from __future__ import annotations
 
@@ -21,54 +23,61 @@ import math
 
 import numpy as np
 
-from orthosae.eval.matched_damage import interval
+from orthosae.eval.intervals import MIN_SEEDS, mean_interval
+
+QUALITY_SPAN = 0.03  # the most a bracketing baseline point may lie from x_m (EV and CE-loss score: 0..1)
 
 
-def _finite(reps) -> np.ndarray:
-    return np.asarray([math.nan if v is None else v for v in reps], dtype=np.float64)
+def _no(verdict: str) -> dict:
+    return {"verdict": verdict, "gap": math.nan, "ci95": [math.nan, math.nan], "p": math.nan}
+
+
+def _ok(p: dict, seeds) -> bool:
+    return all(s in p["y_seeds"] and math.isfinite(p["y_seeds"][s]) for s in seeds)
+
+
+def bracket(curve: list[dict], x: float) -> tuple[dict, dict] | str:
+    """The two measured baseline points (a, b) with x_a <= x <= x_b, each within QUALITY_SPAN of x,
+    or why there are none."""
+    pts = sorted((p for p in curve if math.isfinite(p["x"])), key=lambda p: p["x"])
+    below = [p for p in pts if p["x"] <= x]
+    above = [p for p in pts if p["x"] >= x]
+    if not pts:
+        return "no verdict: no baseline curve"
+    if not below or not above or x - below[-1]["x"] > QUALITY_SPAN or above[0]["x"] - x > QUALITY_SPAN:
+        near = ", ".join(f"{p['name']} at {p['x']:.3f}" for p in pts)
+        return f"no verdict: curve not measured here (quality {x:.3f}; baseline points {near}; span ±{QUALITY_SPAN})"
+    return below[-1], above[0]
 
 
 def frontier_verdict(curve: list[dict], point: dict) -> dict:
-    """``curve``: baseline points, each {"x", "x_ci": [lo, hi], "y", "reps": [B]}; ``point``: the
-    condition's {"x", "x_ci", "y", "reps"}. Returns {"verdict", "gap", "ci95", "against"}."""
-    pts = sorted((p for p in curve if math.isfinite(p["x"]) and math.isfinite(p["y"])), key=lambda p: p["x"])
-    if not pts or not (math.isfinite(point["x"]) and math.isfinite(point["y"])):
-        return {"verdict": "no verdict: no baseline curve or no value", "gap": math.nan, "ci95": [math.nan] * 2}
-    xs = np.array([p["x"] for p in pts])
-    x = point["x"]
-    lo_end, hi_end = pts[0], pts[-1]
-
-    def within(end):
-        lo, hi = end.get("x_ci") or [math.nan, math.nan]
-        plo, phi = point.get("x_ci") or [math.nan, math.nan]
-        if math.isfinite(lo) and math.isfinite(plo):  # the two quality intervals overlap
-            return plo <= hi and lo <= phi
-        return math.isclose(x, end["x"], rel_tol=1e-9, abs_tol=1e-12)
-
-    if xs[0] <= x <= xs[-1] and len(pts) > 1:
-        k = min(int(np.searchsorted(xs, x, side="right")) - 1, len(pts) - 2)
-        a, b = pts[k], pts[k + 1]
-        t = (x - a["x"]) / (b["x"] - a["x"]) if b["x"] > a["x"] else 0.0
-        base_y = (1 - t) * a["y"] + t * b["y"]
-        base_reps = (1 - t) * _finite(a["reps"]) + t * _finite(b["reps"])
-        against = f"the curve between {a['name']} and {b['name']}"
-    else:
-        end = hi_end if x > xs[-1] else lo_end if x < xs[0] else hi_end
-        dominance = (x >= xs[-1] and point["y"] > hi_end["y"]) or (x <= xs[0] and point["y"] < lo_end["y"])
-        if not (within(end) or dominance):
-            side = "better" if x > xs[-1] else "worse"
-            return {"verdict": f"no verdict: quality {side} than the baseline curve reaches", "gap": math.nan,
-                    "ci95": [math.nan] * 2}
-        base_y, base_reps, against = end["y"], _finite(end["reps"]), end["name"]
-    gap = point["y"] - base_y
-    reps = _finite(point["reps"]) - base_reps
-    lo, hi = interval(reps)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        verdict = "no verdict: no interval"
-    elif lo > 0:
-        verdict = "above"
-    elif hi < 0:
-        verdict = "below"
-    else:
-        verdict = "tie"
-    return {"verdict": verdict, "gap": float(gap), "ci95": [lo, hi], "against": against}
+    """``curve``: baseline points, each {"name", "x" (mean quality), "x_seeds", "y_seeds": seed ->
+    value, "reps": seed -> document replicates or None}; ``point``: the condition, the same keys.
+    Returns {"verdict", "gap", "ci95", "p", "against", "seeds"}."""
+    if not math.isfinite(point["x"]):
+        return _no("no verdict: no quality")
+    found = bracket(curve, point["x"])
+    if isinstance(found, str):
+        return _no(found)
+    a, b = found
+    seeds = sorted(s for s in point["y_seeds"] if s in point["x_seeds"] and math.isfinite(point["x_seeds"][s]))
+    seeds = [s for s in seeds if _ok(point, [s]) and _ok(a, [s]) and _ok(b, [s])]
+    if len(seeds) < MIN_SEEDS:
+        out = _no(f"no verdict: {len(seeds)} seed(s) shared with {a['name']}/{b['name']} < {MIN_SEEDS}")
+        out["seeds"] = seeds
+        return out
+    span = b["x"] - a["x"]
+    t = {s: (point["x_seeds"][s] - a["x"]) / span if span > 0 else 0.0 for s in seeds}
+    gaps = [point["y_seeds"][s] - ((1 - t[s]) * a["y_seeds"][s] + t[s] * b["y_seeds"][s]) for s in seeds]
+    reps = None
+    if all(p.get("reps") for p in (point, a, b)):
+        def r(p, s):
+            return np.asarray([math.nan if v is None else v for v in p["reps"][s]], dtype=np.float64)
+        reps = np.stack([r(point, s) - ((1 - t[s]) * r(a, s) + t[s] * r(b, s)) for s in seeds])
+    s = mean_interval(gaps, reps)
+    lo, hi = s["ci95"]
+    verdict = ("no verdict: no interval" if not (math.isfinite(lo) and math.isfinite(hi))
+               else "above" if lo > 0 else "below" if hi < 0 else "tie")
+    against = a["name"] if a is b else f"the curve between {a['name']} and {b['name']}"
+    return {"verdict": verdict, "gap": s["mean"], "ci95": [lo, hi], "p": s["p"], "against": against,
+            "seeds": seeds}

@@ -28,6 +28,8 @@ from orthosae.eval.corpora import corpora_json, corpora_markdown  # noqa: E402
 from orthosae.eval.report_json import seal  # noqa: E402
 from orthosae.eval.spread import spread_markdown  # noqa: E402
 from orthosae.eval.curves import plot_training_curves  # noqa: E402
+from orthosae.eval.frontier import QUALITY_SPAN  # noqa: E402
+from orthosae.eval.intervals import MIN_SEEDS  # noqa: E402
 from orthosae.eval.metrics import Metric, budgets_of, registry  # noqa: E402
 
 HEADLINE_EV = "explained_variance"
@@ -154,12 +156,14 @@ training corpora (what α bounds with `weighting = "activity"`); random directio
 {_deviations(cfg)}
 
 ## Who wins
+{primary_markdown(agg.get("primary"))}
+### Exploratory (every other figure; nominal 95 % intervals, no multiplicity correction)
 One rule for every metric (`eval/aggregate.py`): conditions are compared only when their mean L0 lie
 within {int(round(agg["l0"]["rule"] * 100))} % of each other; a winner is named only when the 95 % interval of the
-difference excludes 0 (unlearning figures: seeds × documents bootstrap; others: Student-t over
-≥ 3 shared seeds), otherwise the verdict is a tie. Unlearning figures are judged on the frontier:
-a condition "wins" only where it lies above the baseline conditions' curve at equal reconstruction
-quality (CE-loss score and EV), the interval of that vertical gap excluding 0 (`eval/frontier.py`).
+seed-paired difference excludes 0 (calibrated t over ≥ {MIN_SEEDS} shared seeds, with the shared document
+error for unlearning figures; `eval/intervals.py`), otherwise the verdict is a tie. Unlearning figures are
+judged on the frontier: against the baseline conditions' curve where it was measured within
+±{QUALITY_SPAN} of the condition's quality (CE-loss score and EV; `eval/frontier.py`), else no verdict.
 
 {win}
 
@@ -264,6 +268,31 @@ def _sets_line(cfg: Config) -> str:
     return ("\n\nCommand-line overrides: " + " ".join(f"`--set {s}`" for s in sets)) if sets else ""
 
 
+def primary_of(cfg: Config) -> dict | None:
+    """[eval] primary_figure / primary_quality / primary_pairs as aggregate() takes them (None without
+    a retain budget: no F(b) to be primary)."""
+    budgets = cfg.eval.unlearning.retain_budgets
+    if not budgets or "loss" not in cfg.eval.unlearning.modes:
+        return None
+    return {"figure": cfg.eval.primary_figure or f"F_{max(budgets):g}", "quality": cfg.eval.primary_quality,
+            "pairs": [list(p) for p in cfg.eval.primary_pairs]}
+
+
+def primary_markdown(primary: dict | None) -> str:
+    """The primary comparisons with their Holm verdicts (gap, 95 % interval, p, seeds)."""
+    if not primary:
+        return "No primary figure (no loss-mode unlearning).\n"
+    lines = [f"### Primary: `{primary['figure']}` at equal `{primary['quality']}` ({primary['rule']})", "",
+             "| comparison | gap | 95 % interval | p | seeds | Holm verdict |", "|---|---:|---|---:|---:|---|"]
+    for name, v in primary["comparisons"].items():
+        lo, hi = v["ci95"]
+        ci = f"[{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) else "n/a"
+        lines.append(f"| {name} | {_fmt(v['gap'])} | {ci} | {_fmt(v['p'])} | {len(v.get('seeds', []))} | {v['holm']} |")
+    if not primary["comparisons"]:
+        lines.append("| (no condition to compare) | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
 def eval_settings(cfg: Config) -> dict:
     """The [eval] tables as report.json keeps them: a report made under other settings is not current."""
     return json.loads(json.dumps(dataclasses.asdict(cfg.eval), default=str))
@@ -278,7 +307,7 @@ def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict,
     references = references or {}
     every = {**results, **references}
     metrics = registry(budgets_of(every))
-    conditions = aggregate(every, metrics)  # seeds -> conditions (eval/aggregate.py), references beside the runs
+    conditions = aggregate(every, metrics, primary_of(cfg))  # seeds -> conditions (eval/aggregate.py), references beside the runs
     corpora = corpora_json(reader, frequencies)
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "orthosae_version": __version__,

@@ -26,6 +26,7 @@ from orthosae.common.corpora import load_mcq
 from orthosae.common.model import load_model, pick_device
 from orthosae.common.progress import console, progress
 from orthosae.common.store import StoreError, StoreReader, open_store_for
+from orthosae.eval.aggregate import IncompleteConditionError
 from orthosae.eval.conditioning import conditioning_report, feature_groups
 from orthosae.eval.core import FeatureActivity, Reconstruction
 from orthosae.eval.curves import training_curves
@@ -147,17 +148,21 @@ def _contexts(reader: StoreReader, names: list[str], n: int, bos: int) -> torch.
 
 
 def load_runs(cfg: Config, run_names: list[str] | None = None, device: torch.device | str = "cpu") -> list[LoadedRun]:
-    """The config's trained runs (failed ones left out, with a warning), their SAEs on `device`."""
-    out = []
+    """The config's trained runs, their SAEs on `device`. A failed run stops the eval, naming it:
+    leaving it out would pair its condition's other seeds around a missing one."""
+    summaries = []
     for run in [cfg.run(n) for n in run_names] if run_names else cfg.runs:
         run_dir = Path(cfg.train.runs_dir) / run.name
-        summary_path = run_dir / "summary.json"
-        if not summary_path.exists():
+        if not (run_dir / "summary.json").exists():
             raise StoreError(f"{run_dir}: run {run.name!r} is not trained yet (run `pipe train`)")
-        summary = read_summary(run_dir)
+        summaries.append((run, run_dir, read_summary(run_dir)))
+    for run, run_dir, summary in summaries:  # every status before any SAE loads
         if summary.get("status") == "failed":
-            console.print(f"[yellow]{run.name}: training failed ({summary.get('message')}); left out")
-            continue
+            raise IncompleteConditionError(
+                f"{run_dir}: run {run.name!r} failed in training ({summary.get('message') or summary.get('reason')}); "
+                f"its condition cannot be paired around it: retrain it or remove it from [[runs]] (or its seed)")
+    out = []
+    for run, run_dir, summary in summaries:
         require_intact_export(run_dir, summary)  # digests too: a swapped file loads, but is not this run
         sae, sae_cfg = load_sae(run_dir, device=device)
         out.append(LoadedRun(run=run, dir=run_dir, sae=sae.eval().requires_grad_(False), sae_cfg=sae_cfg,
@@ -279,11 +284,14 @@ def forget_share_ranking(a: Activity) -> torch.Tensor:
 
 
 def mean_direction(reader: StoreReader, cfg: Config, skip: frozenset[int]) -> torch.Tensor:
-    """Unit vector along mean(forget training rows) − mean(retain training rows), raw units."""
+    """Unit vector along mean(forget training rows) − mean(retain training rows), raw units, from
+    every training row of each role (special-token rows left out)."""
     means = []
+    info = reader.corpora()
     for role in ("forget", "retain"):
         total, n = None, 0
-        for rows in _rows(reader, _corpora(cfg, "train", role), cfg.eval.rows, skip):
+        names = _corpora(cfg, "train", role)
+        for rows in _rows(reader, names, sum(info[c].n_rows for c in names), skip):
             s = rows.double().sum(dim=0)
             total, n = (s if total is None else total + s), n + len(rows)
         means.append(total / max(n, 1))

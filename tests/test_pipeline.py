@@ -87,6 +87,26 @@ def test_eval_before_train_is_one_line_error(tmp_path, tiny_model_dir):
     assert res.exit_code == 2 and "is not trained yet (run `pipe train`)" in res.output
 
 
+def test_eval_refuses_a_failed_run_naming_it(tmp_path, tiny_model_dir, monkeypatch):
+    """A run that failed in training stops `pipe eval` (exit 2, one line naming it): left out, its
+    condition's other seeds would be paired around the missing one."""
+    import orthosae.eval.runner as eval_runner
+
+    path = write_config(tmp_path, tiny_model_dir)
+    for name in ("baseline", "fixed", "adaptive-a0.0", "adaptive-a0.2"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "summary.json").write_text("{}")
+    monkeypatch.setattr(eval_runner, "read_summary", lambda d: {"status": "failed", "message": "nan at step 7"}
+                        if d.name == "fixed" else {"status": "complete"})
+    runner = CliRunner()
+    assert runner.invoke(main, ["--config", str(path), "harvest"]).exit_code == 0
+    res = runner.invoke(main, ["--config", str(path), "eval"])
+    assert res.exit_code == 2, res.output
+    line = [ln for ln in res.output.splitlines() if "failed in training" in ln]
+    assert line and "run 'fixed' failed in training (nan at step 7)" in line[0]
+    assert not (tmp_path / "reports/tiny/report.json").exists()
+
+
 def test_who_wins_names_ties_instead_of_the_first_condition():
     from orthosae.eval.aggregate import aggregate
 
@@ -94,7 +114,7 @@ def test_who_wins_names_ties_instead_of_the_first_condition():
         return {"cfg": {"orthosae": {"type": kind, "train": {"seed": seed}, "ortho": {"alpha": 0.0}}},
                 "reconstruction": {"l0": 50.0, "explained_variance": ev}, "unlearning": {"unlearning_score": score}}
 
-    results = {f"{k}-s{s}": res(k, s, ev, 0.0) for s in range(3)
+    results = {f"{k}-s{s}": res(k, s, ev, 0.0) for s in range(5)
                for k, ev in (("baseline", 0.6 + 0.01 * s), ("fixed", 0.7 + 0.01 * s))}
     w = aggregate(results)["who_wins"]
     assert w["explained_variance"] == "fixed"  # +0.1 on every seed

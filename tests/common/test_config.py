@@ -108,6 +108,11 @@ def test_minimal_defaults(tmp_path):
      "[corpora.a] label_field: file:a.txt has no record fields"),
     (("layer = 1", "layer = 1\norder_seed = -1"), "[harvest] order_seed: must be >= 0"),
     (("tokens = 1000", "tokens = 1000\n[eval]\nfrequency_rows = -5"), "[eval] frequency_rows: must be >= 0"),
+    (("tokens = 1000", 'tokens = 1000\n[eval]\nprimary_figure = "F_0.2"'),
+     "[eval] primary_figure: 'F_0.2' is not F(b) of a retain budget (have: F_0.03, F_0.1)"),
+    (("tokens = 1000", 'tokens = 1000\n[eval]\nprimary_quality = "mse"'), "[eval] primary_quality: must be one of"),
+    (("tokens = 1000", 'tokens = 1000\n[[runs]]\nname = "b"\ntype = "baseline"\n[eval]\nprimary_pairs = [["b", "x"]]'),
+     "[eval] primary_pairs: expected pairs of two different conditions of [[runs]], got ['b', 'x'] (have: b)"),
 ])
 def test_bad_keys_are_named(tmp_path, edit, needle):
     assert needle in error_of(tmp_path, MINIMAL.replace(*edit))

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from orthosae.eval.aggregate import aggregate, conditions_markdown, group_conditions, mean_interval, paired, plot_conditions
+from orthosae.eval.aggregate import (IncompleteConditionError, aggregate, conditions_markdown, group_conditions, paired,
+                                     plot_conditions, summarise_condition)
 
 
 Z = np.random.default_rng(5).standard_normal(500)  # document draw i: the same documents for every run
@@ -23,104 +24,111 @@ def result(kind, seed, alpha=0.0, ev=math.nan, l0=10.0, sel=math.nan, sel_se=mat
             "conditioning": {"pairs": [{"decoder_rms_cross_cos": 0.05 + alpha}]}}
 
 
-def test_mean_and_t_interval_by_hand():
-    s = mean_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t_{0.975,2} = 4.303: half-width 4.303/√3 = 2.4843
-    assert s["mean"] == 2.0 and s["sd"] == pytest.approx(1.0) and s["n"] == 3
-    assert s["ci95"] == pytest.approx([2 - 2.48434, 2 + 2.48434], abs=1e-4)
-    s = mean_interval([5.0, 7.0, math.nan, 6.0, 6.0])  # nan dropped; sd √(2/3), t_{.975,3} = 3.182
-    assert s["n"] == 4 and s["ci95"][1] - 6.0 == pytest.approx(3.182 * math.sqrt(2 / 3) / 2, abs=1e-4)
-    assert math.isnan(mean_interval([4.0])["ci95"][0])
+def test_condition_summary_by_hand_and_too_few_seeds():
+    values = {s: v for s, v in enumerate([0.84, 0.85, 0.86, 0.87, 0.88])}
+    s = summarise_condition(values, None)
+    # symmetric: no skew correction; sd 0.015811, se 0.0070711, t_{0.975,4} = 2.776445
+    assert s["mean"] == pytest.approx(0.86) and s["n"] == 5 and s["reached"] == "5 of 5"
+    assert s["ci95"] == pytest.approx([0.86 - 2.776445 * 0.0070711, 0.86 + 2.776445 * 0.0070711], abs=1e-6)
+    three = summarise_condition({0: 1.0, 1: 2.0, 2: 3.0}, None)
+    assert three["mean"] == 2.0 and three["too_few"] and math.isnan(three["ci95"][0])
+    assert three["interval"].startswith("too few seeds (3 < 5)")
+
+
+def test_a_figure_some_seed_lacks_is_na_with_how_many_reach_it():
+    s = summarise_condition({0: 0.2, 1: math.nan, 2: 0.4, 3: 0.3, 4: 0.5}, None)
+    assert math.isnan(s["mean"]) and s["reached"] == "4 of 5" and s["interval"] == "n/a: 4 of 5 seeds have it"
 
 
 def test_paired_winner_only_when_the_interval_of_differences_excludes_zero():
-    a = {0: 1.0, 1: 2.0, 2: 3.0}
-    # differences 0.5, 0.6, 0.4: mean 0.5, sd 0.1, CI 0.5 ± 4.303·0.1/√3 = [0.2516, 0.7484] -> A wins,
-    # although the two conditions' own intervals overlap (the seeds pair them)
-    p = paired(a, {0: 0.5, 1: 1.4, 2: 2.6}, higher=True)
+    a = {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0, 4: 5.0}
+    # differences 0.5, 0.6, 0.4, 0.5, 0.5: mean 0.5, sd 0.070711, symmetric: 0.5 ± 2.776445·0.031623
+    p = paired(a, {k: v - d for (k, v), d in zip(a.items(), [0.5, 0.6, 0.4, 0.5, 0.5])}, higher=True)
     assert p["verdict"] == "A" and p["mean_diff"] == pytest.approx(0.5)
-    assert p["ci95"] == pytest.approx([0.25157, 0.74843], abs=1e-4)
-    assert paired(a, {0: 0.5, 1: 1.4, 2: 2.6}, higher=False)["verdict"] == "B"  # lower is better: B
-    # differences 0.5, -0.3, 0.1: mean 0.1, sd 0.4, CI 0.1 ± 0.9937 contains 0 -> tie
-    p = paired(a, {0: 0.5, 1: 2.3, 2: 2.9}, higher=True)
-    assert p["verdict"] == "tie" and p["ci95"] == pytest.approx([0.1 - 0.99374, 0.1 + 0.99374], abs=1e-4)
-    # only the seeds both have count; fewer than 3 -> no verdict
-    assert paired(a, {0: 0.0, 1: 0.0, 7: 0.0}, higher=True)["verdict"].startswith("no verdict: 2 shared seed")
+    assert p["ci95"] == pytest.approx([0.5 - 0.087798, 0.5 + 0.087798], abs=1e-5)
+    assert paired(a, {k: v - 0.5 for k, v in a.items()}, higher=False)["verdict"] == "B"  # lower is better
+    # differences 0.5, -0.3, 0.1, -0.1, 0.3: mean 0.1, sd 0.316228, symmetric: 0.1 ± 0.392649 holds 0 -> tie
+    p = paired(a, {k: v - d for (k, v), d in zip(a.items(), [0.5, -0.3, 0.1, -0.1, 0.3])}, higher=True)
+    assert p["verdict"] == "tie" and p["ci95"] == pytest.approx([0.1 - 0.392649, 0.1 + 0.392649], abs=1e-5)
+    # only the seed ids both have count; fewer than 5 -> no verdict
+    assert paired(a, {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.0, 7: 0.0}, higher=True)["verdict"] == \
+        "no verdict: 4 shared seed(s) < 5"
 
 
 def test_conditions_group_seeds_and_name_winners(tmp_path):
     results = {}
-    for s, (ev_b, ev_a, ev_a2) in enumerate([(0.80, 0.85, 0.80), (0.81, 0.86, 0.81), (0.82, 0.87, 0.825)]):
-        results[f"baseline-s{s}"] = result("baseline", s, ev=ev_b, l0=10.0 + 0.1 * s, sel=0.2, sel_se=0.01)
-        results[f"adaptive-alpha0-s{s}"] = result("adaptive", s, ev=ev_a, l0=10.2, sel=0.3 + 0.01 * s, sel_se=0.02)
-        results[f"adaptive-alpha0.04-s{s}"] = result("adaptive", s, alpha=0.04, ev=ev_a2, l0=10.1, sel=0.3)
+    for s in range(5):
+        results[f"baseline-s{s}"] = result("baseline", s, ev=0.80 + 0.01 * s, l0=10.0 + 0.1 * s, sel=0.2, sel_se=0.01)
+        results[f"adaptive-alpha0-s{s}"] = result("adaptive", s, ev=0.85 + 0.01 * s, l0=10.2, sel=0.3 + 0.01 * s,
+                                                  sel_se=0.02)
+        results[f"adaptive-alpha0.04-s{s}"] = result("adaptive", s, alpha=0.04, ev=0.80 + 0.01 * s + 0.005 * (s == 2),
+                                                     l0=10.1, sel=0.3)
     results["other-lr"] = result("baseline", 0, lr=1e-3, ev=0.5)  # differs by more than the seed: its own condition
     groups = group_conditions(results)
-    assert groups == {"baseline": ["baseline-s0", "baseline-s1", "baseline-s2"],
-                      "adaptive-alpha0": ["adaptive-alpha0-s0", "adaptive-alpha0-s1", "adaptive-alpha0-s2"],
-                      "adaptive-alpha0.04": ["adaptive-alpha0.04-s0", "adaptive-alpha0.04-s1", "adaptive-alpha0.04-s2"],
-                      "other-lr": ["other-lr"]}
+    assert groups["baseline"] == [f"baseline-s{s}" for s in range(5)] and groups["other-lr"] == ["other-lr"]
+    assert list(groups) == ["baseline", "adaptive-alpha0", "adaptive-alpha0.04", "other-lr"]
     agg = aggregate(results)
     ev = agg["conditions"]["adaptive-alpha0"]["metrics"]["explained_variance"]
-    assert ev["mean"] == pytest.approx(0.86) and ev["per_seed"] == {"0": 0.85, "1": 0.86, "2": 0.87}
-    assert ev["ci95"] == pytest.approx([0.86 - 4.303 * 0.01 / math.sqrt(3), 0.86 + 4.303 * 0.01 / math.sqrt(3)], abs=1e-5)
+    assert ev["mean"] == pytest.approx(0.87) and ev["per_seed"]["4"] == pytest.approx(0.89)
+    assert ev["ci95"] == pytest.approx([0.87 - 2.776445 * 0.0070711, 0.87 + 2.776445 * 0.0070711], abs=1e-6)
     sel = agg["conditions"]["baseline"]["metrics"]["best_selectivity"]
-    assert sel["eval_se"] == pytest.approx(0.01) and sel["sd"] == pytest.approx(0.0, abs=1e-12)
+    # every seed's replicates move with the same Z: all document error is shared, sd 0.01·sd(Z)
+    assert sel["doc_se"] == pytest.approx(0.01 * np.std(Z, ddof=1)) and sel["sd"] == pytest.approx(0.0, abs=1e-12)
     pair = next(p for p in agg["pairs"] if (p["a"], p["b"]) == ("baseline", "adaptive-alpha0"))
     # EV: adaptive-alpha0 − baseline = 0.05 on every seed -> sd 0, the interval is the point: adaptive wins
     assert pair["metrics"]["explained_variance"]["winner"] == "adaptive-alpha0"
     assert pair["metrics"]["explained_variance"]["mean_diff"] == pytest.approx(-0.05)
     pair = next(p for p in agg["pairs"] if (p["a"], p["b"]) == ("baseline", "adaptive-alpha0.04"))
-    assert pair["metrics"]["explained_variance"]["winner"] == "tie"  # diffs 0, 0, -0.005: the interval holds 0
-    # adaptive-alpha0 beats every condition with >= 3 shared seeds, but other-lr has 1 seed: no verdict -> tie
-    # adaptive-alpha0 beats every other condition with >= 3 shared seeds, but other-lr has 1 seed
+    assert pair["metrics"]["explained_variance"]["winner"] == "tie"  # diffs 0, 0, -0.005, 0, 0: holds 0
     assert agg["who_wins"]["explained_variance"] == ("no winner: best mean adaptive-alpha0; "
-                                                     "vs other-lr: no verdict: 1 shared seed(s) < 3")
+                                                     "vs other-lr: no verdict: 1 shared seed(s) < 5")
     del results["other-lr"]
     agg = aggregate(results)
     assert agg["who_wins"]["explained_variance"] == "adaptive-alpha0"
-    assert agg["who_wins"]["best_selectivity"].startswith("tie: adaptive-alpha0")  # equal to alpha0.04 on seed 0
-    assert agg["l0"]["matched"] and agg["l0"]["max_over_min_minus_1"] == pytest.approx(10.2 / 10.1 - 1)
+    assert agg["l0"]["matched"] and agg["l0"]["max_over_min_minus_1"] == pytest.approx(10.2 / 10.1 - 1)  # mean L0s 10.2, 10.2, 10.1
     md = conditions_markdown(agg, ["x.png"])
-    assert "| adaptive-alpha0 | adaptive | 0.0 | relu | 0, 1, 2 | 10.200" in md
-    assert "(seed sd 0.000, eval se 0.010)" in md and "→ adaptive-alpha0" in md and "within ±10 %" in md
+    assert "| adaptive-alpha0 | adaptive | 0.0 | relu | 0, 1, 2, 3, 4 | 10.200" in md
+    assert f"(seed sd 0.000, shared doc se {0.01 * np.std(Z, ddof=1):.3g})" in md and "→ adaptive-alpha0" in md
     json.dumps(agg)  # report.json-ready
     plots = plot_conditions(tmp_path, agg)
     assert plots == ["conditions_ev_vs_l0.png", "conditions_overlap_vs_alpha.png", "conditions_dead_fraction.png"]
     assert all((tmp_path / p).stat().st_size > 1000 for p in plots)
 
 
-def test_seeds_by_documents_interval_holds_both_errors_and_one_seed_may_win_on_eval_error_alone():
-    results = {f"baseline-s{s}": result("baseline", s, sel=0.20 + 0.05 * s, sel_se=0.03) for s in range(3)}
-    results |= {f"adaptive-s{s}": result("adaptive", s, sel=0.25 + 0.05 * s, sel_se=0.03) for s in range(3)}
+def test_document_error_shared_by_the_seeds_widens_the_interval_and_cancels_in_pairs():
+    results = {f"baseline-s{s}": result("baseline", s, sel=0.20 + 0.05 * s, sel_se=0.03) for s in range(5)}
+    results |= {f"adaptive-s{s}": result("adaptive", s, sel=0.25 + 0.05 * s, sel_se=0.03) for s in range(5)}
     agg = aggregate(results)
     sel = agg["conditions"]["baseline"]["metrics"]["best_selectivity"]
-    lo, hi = sel["ci95"]
-    assert sel["interval"] == "seeds x documents bootstrap"
-    # wider than the eval error alone (±1.96·0.03) because the seeds spread too
-    assert hi - lo > 2 * 1.96 * 0.03
-    # paired on seeds and documents: adaptive − baseline = 0.05 on every seed and every document draw
+    # seeds 0.20..0.40: sd 0.079057; shared document variance (0.03·sd(Z))²; df by Welch-Satterthwaite
+    seed_part, doc = 0.079057 ** 2 / 5, (0.03 * np.std(Z, ddof=1)) ** 2
+    se = math.sqrt(seed_part + doc)
+    df = (seed_part + doc) ** 2 / (seed_part ** 2 / 4)
+    from scipy import stats
+    assert sel["ci95"] == pytest.approx([0.3 - stats.t.ppf(0.975, df) * se, 0.3 + stats.t.ppf(0.975, df) * se], abs=1e-5)
+    # paired on seed ids and documents: adaptive − baseline = 0.05 on every seed and every document draw
     pair = agg["pairs"][0]["metrics"]["best_selectivity"]
     assert pair["ci95"] == pytest.approx([-0.05, -0.05]) and pair["winner"] == "adaptive"
-    # one seed each: a winner only when the eval's error alone separates them
-    one = {"baseline": result("baseline", 0, sel=0.20, sel_se=0.03),
-           "adaptive": result("adaptive", 0, sel=0.21, sel_se=0.03)}
-    one["adaptive"]["unlearning"]["replicates"]["best_selectivity"] = (0.21 + 0.03 * Z[::-1]).tolist()  # other noise
-    assert aggregate(one)["pairs"][0]["metrics"]["best_selectivity"]["winner"] == "tie"
-    one["adaptive"] = result("adaptive", 0, sel=0.60, sel_se=0.03)
-    assert aggregate(one)["pairs"][0]["metrics"]["best_selectivity"]["winner"] == "adaptive"
-    # EV has no eval error here: one seed never names a winner
-    one["adaptive"]["reconstruction"]["explained_variance"] = 0.9
-    one["baseline"]["reconstruction"]["explained_variance"] = 0.5
-    assert aggregate(one)["pairs"][0]["metrics"]["explained_variance"]["winner"].startswith("no verdict")
+    # one seed each: no verdict, whatever the eval's error says
+    one = {"baseline": result("baseline", 0, sel=0.20, sel_se=0.03), "adaptive": result("adaptive", 0, sel=0.60, sel_se=0.03)}
+    assert aggregate(one)["pairs"][0]["metrics"]["best_selectivity"]["winner"].startswith("no verdict: 1 shared")
+
+
+def test_a_failed_run_stops_the_aggregation_naming_it():
+    results = {f"adaptive-s{s}": result("adaptive", s, sel=0.3, sel_se=0.01) for s in range(5)}
+    results["adaptive-s3"]["status"] = "failed"
+    results["adaptive-s3"]["message"] = "non-finite loss at step 40"
+    with pytest.raises(IncompleteConditionError, match="adaptive-s3: the run failed .non-finite loss at step 40"):
+        aggregate(results)
 
 
 def test_an_interval_depends_only_on_its_own_conditions():
-    """Adding a condition, or reordering them, leaves every other condition's and pair's bootstrap
-    interval unchanged (one shared random stream used to shift them)."""
-    def runs(kind, lr, sel, n=4):
+    """Adding a condition, or reordering them, leaves every other condition's and pair's interval
+    unchanged."""
+    def runs(kind, lr, sel, n=5):
         return {f"{kind}-lr{lr}-s{s}": result(kind, s, lr=lr, sel=sel + 0.07 * s * (-1) ** s, sel_se=0.04)
                 for s in range(n)}
-    a, b, c = runs("baseline", 1e-3, 0.2), runs("adaptive", 4e-4, 0.3), runs("fixed", 4e-4, 0.25, n=3)
+    a, b, c = runs("baseline", 1e-3, 0.2), runs("adaptive", 4e-4, 0.3), runs("fixed", 4e-4, 0.25, n=6)
     two, three, shuffled = aggregate(a | b), aggregate(c | a | b), aggregate(b | c | a)
 
     def pair(agg, x, y):
@@ -166,3 +174,39 @@ def test_overlap_plot_takes_two_families_at_the_same_alpha(tmp_path):
     assert len(agg["conditions"]) == 4
     plots = plot_conditions(tmp_path, agg)
     assert "conditions_overlap_vs_alpha.png" in plots and (tmp_path / "conditions_overlap_vs_alpha.png").stat().st_size > 1000
+
+
+def test_primary_comparisons_are_holm_corrected_together():
+    """Two conditions against the baseline curve and one pair on the primary figure: Holm's rule over
+    the three p-values, by hand."""
+    def runs(kind, label, ev, sel, spread, alpha=0.0):
+        return {f"{label}-s{s}": result(kind, s, alpha=alpha, ev=ev, sel=sel + spread * d, sel_se=0.01)
+                for s, d in enumerate([-2, -1, 0, 1, 2])}
+    results = runs("baseline", "baseline", 0.80, 0.2, 0.01) | runs("adaptive", "adaptive", 0.80, 0.5, 0.02) \
+        | runs("fixed", "fixed", 0.80, 0.25, 0.034) | runs("fixed", "fixed-a0.04", 0.80, 0.26, 0.04, alpha=0.04)
+    for s in range(5):  # quality per seed equal to the baseline's: the gap is y − baseline y on each seed
+        results[f"adaptive-s{s}"]["reconstruction"]["explained_variance"] = 0.80
+    primary = {"figure": "best_selectivity_crossfit", "quality": "explained_variance", "pairs": [["adaptive", "fixed"]]}
+    for r in results.values():
+        r["unlearning"]["best_selectivity_crossfit"] = r["unlearning"]["best_selectivity"]
+        r["unlearning"]["replicates"]["best_selectivity_crossfit"] = r["unlearning"]["replicates"]["best_selectivity"]
+    agg = aggregate(results, primary=primary)
+    comp = agg["primary"]["comparisons"]
+    assert set(comp) == {"adaptive vs the baseline curve", "fixed vs the baseline curve",
+                         "fixed-a0.04 vs the baseline curve", "adaptive − fixed"}
+    p = {k: v["p"] for k, v in comp.items()}
+    order = sorted(p, key=p.get)
+    # Holm by hand: the i-th smallest p against 0.05 / (4 − i), stopping at the first failure
+    expect, going = {}, True
+    for i, k in enumerate(order):
+        going = going and p[k] <= 0.05 / (4 - i)
+        expect[k] = going
+    assert {k: v["holm"] in ("above", "below") for k, v in comp.items()} == expect
+    assert comp["adaptive vs the baseline curve"]["gap"] == pytest.approx(0.3)
+    assert comp["adaptive − fixed"]["gap"] == pytest.approx(0.25)
+    assert comp["adaptive vs the baseline curve"]["holm"] == "above"
+    # the fixed conditions: each nominally above (its 95 % interval excludes 0), but not after Holm
+    for c in ("fixed", "fixed-a0.04"):
+        v = comp[f"{c} vs the baseline curve"]
+        assert v["ci95"][0] > 0 and 0.025 < v["p"] < 0.05 and v["holm"] == "tie"
+        assert agg["frontier"]["best_selectivity_crossfit"]["explained_variance"][c]["verdict"] == "above"

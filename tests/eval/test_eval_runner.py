@@ -85,3 +85,30 @@ def test_rows_are_read_once_for_all_runs(tmp_path, monkeypatch):
         a = activity[r.name]
         assert torch.equal(a.forget_freq, freq) and torch.equal(a.forget_mass, mass)
         assert conditioning[r.name]["grouping"]
+
+
+def test_diff_of_means_direction_uses_every_training_row():
+    """The SAE-free reference's direction: mean of every forget training row minus every retain
+    row (special-token rows out), not the first [eval] rows."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from orthosae.eval.runner import mean_direction
+
+    g = torch.Generator().manual_seed(0)
+    data = {"f": torch.randn(50_000, 4, generator=g) + torch.tensor([1.0, 0, 0, 0]),
+            "r": torch.randn(30_000, 4, generator=g)}
+    data["f"][-10_000:] += torch.tensor([0, 5.0, 0, 0])  # the late rows move the mean: the first 20,000 miss it
+    tokens = {k: np.where(np.arange(len(v)) % 97 == 0, 2, 7) for k, v in data.items()}  # token 2: special
+    reader = SimpleNamespace(
+        corpora=lambda: {k: SimpleNamespace(n_rows=len(v)) for k, v in data.items()},
+        read_rows=lambda n, a, b: data[n][a:b], read_tokens=lambda n, a, b: tokens[n][a:b])
+    cfg = SimpleNamespace(corpora={"f": SimpleNamespace(split="train", role="forget"),
+                                   "r": SimpleNamespace(split="train", role="retain")},
+                          eval=SimpleNamespace(rows=20_000))
+    d = mean_direction(reader, cfg, frozenset({2}))
+    keep = {k: torch.from_numpy(tokens[k] != 2) for k in data}
+    want = data["f"][keep["f"]].double().mean(0) - data["r"][keep["r"]].double().mean(0)
+    assert torch.allclose(d, (want / want.norm()).float(), atol=1e-6)

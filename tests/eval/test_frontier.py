@@ -6,46 +6,76 @@ import math
 import numpy as np
 import pytest
 
-from orthosae.eval.frontier import frontier_verdict
+from orthosae.eval.frontier import QUALITY_SPAN, frontier_verdict
+from orthosae.eval.intervals import mean_interval
 
-NOISE = np.random.default_rng(0).standard_normal(400)
-
-
-def pt(name, x, y, sd=0.02, x_ci=None, noise=NOISE):
-    return {"name": name, "x": x, "x_ci": x_ci or [math.nan, math.nan], "y": y, "reps": (y + sd * noise).tolist()}
+SEEDS = [0, 1, 2, 3, 4, 5]
+NOISE = np.random.default_rng(0).standard_normal(400)  # document draw i: the same documents for every run
 
 
-# a baseline family at three qualities: unlearning falls as quality rises (as measured in the issue)
-CURVE = [pt("base-small", 0.80, 1.0), pt("base-mid", 0.90, 0.6), pt("base-big", 0.95, 0.4)]
+def pt(name, x, y, *, y_sd=0.0, x_sd=0.0, doc=0.02, seeds=SEEDS, rng_seed=1, reps=True):
+    """A condition: per-seed quality x and figure y around the given means, document replicates."""
+    rng = np.random.default_rng(rng_seed)
+    dev_y, dev_x = rng.standard_normal(len(seeds)), rng.standard_normal(len(seeds))
+    dev_y, dev_x = dev_y - dev_y.mean(), dev_x - dev_x.mean()  # means exactly as given
+    ys = {s: y + y_sd * d for s, d in zip(seeds, dev_y)}
+    xs = {s: x + x_sd * d for s, d in zip(seeds, dev_x)}
+    return {"name": name, "x": x, "x_seeds": xs, "y_seeds": ys,
+            "reps": {s: (ys[s] + doc * NOISE).tolist() for s in seeds} if reps else None}
 
 
-def test_above_tie_and_below_the_curve_at_equal_quality():
-    # at x = 0.85 the curve is at 0.8
-    other = np.random.default_rng(1).standard_normal(400)  # the method's own eval noise
-    above = frontier_verdict(CURVE, pt("m", 0.85, 1.0, noise=other))
-    assert above["verdict"] == "above" and above["gap"] == pytest.approx(0.2)
-    tie = frontier_verdict(CURVE, pt("m", 0.85, 0.81, noise=other))
-    assert tie["verdict"] == "tie" and tie["ci95"][0] < 0 < tie["ci95"][1]
-    below = frontier_verdict(CURVE, pt("m", 0.85, 0.6, noise=other))
-    assert below["verdict"] == "below" and below["ci95"][1] < 0
-    assert "base-small" in above["against"] and "base-mid" in above["against"]
+# a baseline family at three qualities 0.02 apart: unlearning falls as quality rises
+CURVE = [pt("base-small", 0.80, 1.0, y_sd=0.02), pt("base-mid", 0.82, 0.6, y_sd=0.02, rng_seed=2),
+         pt("base-big", 0.84, 0.4, y_sd=0.02, rng_seed=3)]
 
 
-def test_higher_unlearning_at_worse_quality_is_not_a_win():
-    # the method "wins" on raw unlearning (1.2 > every baseline point) but at a quality the curve
-    # never reaches: nothing says what a baseline that bad would score
-    v = frontier_verdict(CURVE, pt("m", 0.70, 1.2))
-    assert v["verdict"].startswith("no verdict")
-    # one baseline point, method worse in quality and higher in unlearning: no verdict either
-    assert frontier_verdict([CURVE[2]], pt("m", 0.88, 0.9))["verdict"].startswith("no verdict")
+def test_gap_against_the_interpolated_curve_by_hand():
+    # x = 0.81, halfway between base-small (1.0) and base-mid (0.6): the curve is at 0.8
+    m = pt("m", 0.81, 1.0, y_sd=0.05, rng_seed=9)
+    v = frontier_verdict(CURVE, m)
+    gaps = [m["y_seeds"][s] - (0.5 * CURVE[0]["y_seeds"][s] + 0.5 * CURVE[1]["y_seeds"][s]) for s in SEEDS]
+    reps = np.stack([np.asarray(m["reps"][s]) - 0.5 * np.asarray(CURVE[0]["reps"][s])
+                     - 0.5 * np.asarray(CURVE[1]["reps"][s]) for s in SEEDS])
+    assert v["gap"] == pytest.approx(0.2) and v["gap"] == pytest.approx(np.mean(gaps))
+    assert v["ci95"] == pytest.approx(mean_interval(gaps, reps)["ci95"])
+    assert v["verdict"] == "above" and "base-small" in v["against"] and "base-mid" in v["against"]
+    assert frontier_verdict(CURVE, pt("m", 0.81, 0.81, y_sd=0.05, rng_seed=9))["verdict"] == "tie"
+    assert frontier_verdict(CURVE, pt("m", 0.81, 0.6, y_sd=0.05, rng_seed=9))["verdict"] == "below"
 
 
-def test_outside_the_curve_dominance_and_equal_quality_within_error_bars():
-    # better quality than every baseline point and more unlearning than the best-quality one: above
-    assert frontier_verdict(CURVE, pt("m", 0.97, 0.6))["verdict"] == "above"
-    # worse quality than every baseline point and less unlearning than the worst-quality one: below
-    assert frontier_verdict(CURVE, pt("m", 0.75, 0.8))["verdict"] == "below"
-    # one baseline point; quality intervals overlap -> equal quality: compared directly
-    base = [pt("b", 0.90, 0.6, x_ci=[0.88, 0.92])]
-    assert frontier_verdict(base, pt("m", 0.89, 0.6, x_ci=[0.87, 0.91]))["verdict"] == "tie"
-    assert frontier_verdict(base, pt("m", 0.89, 0.3, x_ci=[0.87, 0.91]))["verdict"] == "below"
+def test_the_weight_follows_each_seeds_own_quality():
+    """Seed s at quality x_s is compared with the curve at x_s: a method whose seeds lie exactly on
+    the (per-seed) curve has gap 0 on every seed, though its quality varies."""
+    m = pt("m", 0.81, 0.8, x_sd=0.004, rng_seed=4)
+    for s in SEEDS:
+        t = (m["x_seeds"][s] - 0.80) / 0.02
+        m["y_seeds"][s] = (1 - t) * CURVE[0]["y_seeds"][s] + t * CURVE[1]["y_seeds"][s]
+    m["reps"] = None
+    v = frontier_verdict(CURVE, m)
+    assert v["gap"] == pytest.approx(0.0, abs=1e-12) and v["ci95"] == pytest.approx([0.0, 0.0], abs=1e-12)
+
+
+def test_no_verdict_where_the_curve_was_not_measured():
+    # beyond the best-quality end: once "dominance", now no verdict — the curve is not monotone
+    assert frontier_verdict(CURVE, pt("m", 0.86, 0.9))["verdict"].startswith("no verdict: curve not measured here")
+    # below the worst end
+    assert frontier_verdict(CURVE, pt("m", 0.78, 1.5))["verdict"].startswith("no verdict: curve not measured here")
+    # inside the range but the bracketing points are farther than QUALITY_SPAN: an empty segment
+    sparse = [CURVE[0], pt("far", 0.80 + 2 * QUALITY_SPAN + 0.01, 0.2, rng_seed=5)]
+    v = frontier_verdict(sparse, pt("m", 0.80 + QUALITY_SPAN + 0.005, 0.9))
+    assert v["verdict"].startswith("no verdict: curve not measured here") and math.isnan(v["gap"])
+    # at a measured point's quality exactly: compared with that point alone
+    v = frontier_verdict(CURVE, pt("m", 0.82, 0.9, y_sd=0.03))
+    assert v["against"] == "base-mid" and v["gap"] == pytest.approx(0.3)
+
+
+def test_pairs_by_seed_id_and_needs_enough_shared_seeds():
+    # the method's seeds 0..5 listed in another order: the same verdict (paired by id)
+    m = pt("m", 0.81, 1.0, y_sd=0.05, rng_seed=9)
+    shuffled = dict(m, y_seeds={s: m["y_seeds"][s] for s in reversed(SEEDS)},
+                    reps={s: m["reps"][s] for s in reversed(SEEDS)})
+    assert frontier_verdict(CURVE, shuffled)["ci95"] == pytest.approx(frontier_verdict(CURVE, m)["ci95"])
+    # only 4 seed ids shared with the baseline points: no verdict
+    few = pt("m", 0.81, 1.0, seeds=[0, 1, 2, 3, 7, 8])
+    v = frontier_verdict(CURVE, few)
+    assert v["verdict"] == "no verdict: 4 seed(s) shared with base-small/base-mid < 5" and v["seeds"] == [0, 1, 2, 3]

@@ -30,8 +30,8 @@ def test_one_registry_drives_report_md_and_report_json(tmp_path, monkeypatch):
                 "summary": {"type": kind}, "reconstruction": {"l0": 10.0, "explained_variance": 0.8},
                 "downstream": {}, "conditioning": {}, "curves": {}, "unlearning": {"toy_score": v, "rows": []}}
 
-    results = {f"baseline-s{s}": run("baseline", s, 0.1 * s) for s in range(3)}
-    results |= {f"adaptive-s{s}": run("adaptive", s, 1.0 + 0.1 * s) for s in range(3)}
+    results = {f"baseline-s{s}": run("baseline", s, 0.1 * s) for s in range(5)}
+    results |= {f"adaptive-s{s}": run("adaptive", s, 1.0 + 0.1 * s) for s in range(5)}
     monkeypatch.setattr(report, "_plots", lambda *a: [])
     from orthosae.common.config import load_config
     from tests._configs import ROOT
@@ -42,8 +42,8 @@ def test_one_registry_drives_report_md_and_report_json(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "report.json").read_text())
     md = (tmp_path / "report.md").read_text()
     assert any(m["key"] == "toy_score" for m in saved["metrics"])
-    assert saved["conditions"]["conditions"]["adaptive"]["metrics"]["toy_score"]["mean"] == pytest.approx(1.1)
-    assert saved["who_wins"]["toy_score"] == "adaptive"  # 3 seeds, paired differences all +1.0
+    assert saved["conditions"]["conditions"]["adaptive"]["metrics"]["toy_score"]["mean"] == pytest.approx(1.2)
+    assert saved["who_wins"]["toy_score"] == "adaptive"  # 5 seeds, paired differences all +1.0
     assert "toy score (registered once)" in md  # a column of the tables
     assert md.count("toy score (registered once)") >= 3  # runs table, conditions table, who wins
     assert "**toy score (registered once)** (`toy_score`): adaptive" in md
