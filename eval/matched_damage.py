@@ -199,27 +199,40 @@ def figures(mats: dict, wf: np.ndarray, wr: np.ndarray, budgets: Sequence[float]
         cov_f = (wf @ f["fired"].T) / (wf @ f["positions"])[:, None]
         cov_r = (wr @ r["fired"].T) / (wr @ r["positions"])[:, None]
     out["forget_coverage_at_best"], out["retain_coverage_at_best"] = cov_f[rows, best], cov_r[rows, best]
-    # F(b) on the sweep plus the unedited model at (0, 0)
-    z = np.zeros((B, 1))
-    R, F = np.hstack([z, ra]), np.hstack([z, fa])
-    Fd, Fr = np.hstack([z, inc[("forget", "domain")]]), np.hstack([z, inc[("forget", "rest")]])
-    for b in budgets:
-        vals = np.array([f_at_budget(R[i], F[i], b, Fd[i], Fr[i]) for i in range(B)])
-        tag = _budget_tag(b)
-        out[f"F_{tag}"], out[f"F_{tag}_domain"], out[f"F_{tag}_rest"] = vals[:, 0], vals[:, 1], vals[:, 2]
     # cross-fitting: choose on one half of the documents, score on the other
     hf, hr = halves(f["docs"]), halves(r["docs"])
     half = {}
+    z = np.zeros((B, 1))
     for h in (0, 1):  # a draw may hold no document of a half: its figures are nan there
         wfh, wrh = wf * (hf == h), wr * (hr == h)
-        fi = increases(f["edit_all"], f["clean_all"], f["n_all"], wfh)
+        fi = {p: increases(f[f"edit_{p}"], f[f"clean_{p}"], f[f"n_{p}"], wfh) for p in PARTS}
         ri = increases(r["edit_all"], r["clean_all"], r["n_all"], wrh)
         with np.errstate(invalid="ignore", divide="ignore"):
             clean_f = (wfh @ f["clean_all"]) / (wfh @ f["n_all"])
             clean_r = (wrh @ r["clean_all"]) / (wrh @ r["n_all"])
-            rel = fi / clean_f[:, None]
+            rel = fi["all"] / clean_f[:, None]
             qualifies = ri <= RETAIN_CE_TOLERANCE * clean_r[:, None]
-        half[h] = {"sel": fi - ri, "rel": rel, "rel_ok": np.where(qualifies, rel, np.nan)}
+        half[h] = {"sel": fi["all"] - ri, "rel": rel, "rel_ok": np.where(qualifies, rel, np.nan),
+                   # the sweep plus the unedited model at (0, 0), for F(b)
+                   "R": np.hstack([z, ri]), **{f"F_{p}": np.hstack([z, fi[p]]) for p in PARTS}}
+    # F(b), cross-fitted: the frontier's bracketing points and weight found on one half, the forget
+    # damage of that same interpolation scored on the other half; the two directions averaged
+    for b in budgets:
+        tag = _budget_tag(b)
+        scored = np.full((2, B, len(PARTS)), np.nan)
+        origin = np.zeros((2, B))
+        for h in (0, 1):
+            sel, other = half[h], half[1 - h]
+            for k in range(B):
+                w = budget_weights(sel["R"][k], sel["F_all"][k], b)
+                if w is None:
+                    continue
+                i, j, t = w
+                origin[h, k] = i == 0 and t > 0
+                scored[h, k] = [(1 - t) * other[f"F_{p}"][k, i] + t * other[f"F_{p}"][k, j] for p in PARTS]
+        vals = scored.mean(axis=0)
+        out[f"F_{tag}"], out[f"F_{tag}_domain"], out[f"F_{tag}_rest"] = vals[:, 0], vals[:, 1], vals[:, 2]
+        out[f"F_{tag}_origin"] = origin.mean(axis=0)  # 0, 0.5 or 1: halves whose F(b) rests on the origin chord
     out["best_selectivity_crossfit"] = crossfit(half[0]["sel"], half[1]["sel"], half[0]["sel"], half[1]["sel"])
     out["loss_unlearning_score_crossfit"] = crossfit(half[0]["rel"], half[1]["rel"], half[0]["rel_ok"],
                                                      half[1]["rel_ok"])
@@ -228,6 +241,39 @@ def figures(mats: dict, wf: np.ndarray, wr: np.ndarray, budgets: Sequence[float]
 
 def _budget_tag(b: float) -> str:
     return f"{b:g}"
+
+
+def rests_on_origin(mats: dict, budgets: Sequence[float]) -> bool:
+    """Whether some budget's F(b), on either half of the documents (every document once), would be
+    interpolated from the unedited model's (0, 0): no measured edit at or below b there. A budget no
+    setting reaches does not count (F(b) is then n/a, and smaller edits cannot help)."""
+    ones_f, ones_r = np.ones((1, mats["forget"]["docs"])), np.ones((1, mats["retain"]["docs"]))
+    point = figures(mats, ones_f, ones_r, budgets)
+    return any(point[f"F_{_budget_tag(b)}_origin"][0] > 0 for b in budgets)
+
+
+def bracket_points(rows: Sequence[dict], b: float) -> dict:
+    """The measured sweep points around retain ΔCE b (every held-out document once): each with its
+    setting, ΔCE forget and retain, their ratio and the forget ΔCE per clamped feature (a fractional
+    clamp counts its strength), so concentration (large edits per feature) and specificity (forget
+    per unit of retain) can be told apart. ``"origin"`` where the lower point is the unedited model."""
+    retain = np.array([0.0] + [x["retain_ce_increase"] for x in rows])
+    forget = np.array([0.0] + [x["forget_ce_increase"] for x in rows])
+    w = budget_weights(retain, forget, b)
+    if w is None:
+        return {"reached": False}
+
+    def point(k: int):
+        if k == 0:
+            return "origin"
+        x = rows[k - 1]
+        feats = max(x.get("n_features_used", x.get("n_features", 0)) - 1 + x.get("strength", 1.0), 1e-12)
+        ratio = x["forget_ce_increase"] / x["retain_ce_increase"] if x["retain_ce_increase"] > 0 else math.inf
+        return {"n_features": x.get("n_features"), "strength": x.get("strength", 1.0),
+                "retain_ce_increase": x["retain_ce_increase"], "forget_ce_increase": x["forget_ce_increase"],
+                "forget_over_retain": ratio, "forget_per_feature": x["forget_ce_increase"] / feats}
+    i, j, t = w
+    return {"reached": True, "lower": point(i), "upper": point(j), "t": t}
 
 
 def summarise(mats: dict, budgets: Sequence[float], n_boot: int = BOOTSTRAP_B) -> dict:

@@ -120,7 +120,11 @@ orthosae {__version__} · {time.strftime('%Y-%m-%d %H:%M:%S')}{_sets_line(cfg)}
 ## Unlearning at matched damage (loss mode: CE on held-out forget vs retain text)
 Each run's clamp sweep ({len(un.n_features_list)} n_features × {len(un.multipliers)} multipliers × {len(un.retain_thresholds)} retain thresholds)
 gives forget ΔCE against retain ΔCE. **F(b)** is the forget ΔCE at retain ΔCE = b on the sweep's upper frontier
-(with the unedited model at (0, 0)), interpolated, "n/a" where no setting reaches b (never extrapolated).
+(with the unedited model at (0, 0)), interpolated between measured points, "n/a" where no setting reaches b
+(never extrapolated); cross-fitted: the bracketing points and weight found on one half of the documents,
+the forget ΔCE scored on the other, both ways averaged. Where the smallest clamp already costs more than b,
+the sweep measures smaller edits (half the features down to one, then one feature at strength 1/2, 1/4,
+1/8) until b is bracketed; ⁰ marks an F(b) that still rests on the chord from the unedited model on a half.
 Cross-fitted figures choose the setting on one half of the held-out documents and score it on the other
 (then swap and average); "in sample" ones choose and score on the same text. Coverage: fraction of
 spliced positions where a clamped feature fired. 95 % intervals in brackets: bootstrap over
@@ -338,7 +342,9 @@ def _with_ci(m: Metric, result: dict) -> str:
     lo, hi = m.interval(result)
     if math.isnan(v):
         return "n/a"
-    return f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else _fmt(v)
+    text = f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else _fmt(v)
+    origin = result.get(m.section, {}).get(f"{m.field or m.key}_origin") if m.frontier else None
+    return text + " ⁰" if isinstance(origin, (int, float)) and origin > 0 else text
 
 
 def _write_json(path: Path, obj: dict) -> None:

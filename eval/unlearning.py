@@ -82,16 +82,21 @@ def select_features(forget_freq: Tensor | np.ndarray, retain_freq: Tensor | np.n
     return order[: int((fz != 0).sum().item())]
 
 
-def clamped_activations(f: Tensor, features: Tensor, multiplier: float) -> Tensor:
-    """f with each chosen feature that is active (> 0) set to −multiplier; all else untouched."""
+def clamped_activations(f: Tensor, features: Tensor, multiplier: float, last_strength: float = 1.0) -> Tensor:
+    """f with each chosen feature that is active (> 0) set to −multiplier; all else untouched.
+    ``last_strength`` s < 1 moves the last chosen feature only part of the way, f + s·(−multiplier − f):
+    the fractional clamp with which the sweep brackets a small retain budget (``bracket_ladder``)."""
     out = f.clone()
     sel = out[..., features]
-    out[..., features] = torch.where(sel > 0, torch.full_like(sel, -float(multiplier)), sel)
+    target = torch.full_like(sel, -float(multiplier))
+    if last_strength != 1.0 and sel.shape[-1]:
+        target[..., -1] = sel[..., -1] + float(last_strength) * (target[..., -1] - sel[..., -1])
+    out[..., features] = torch.where(sel > 0, target, sel)
     return out
 
 
 def clamp_features(sae: nn.Module, features: Sequence[int] | Tensor, multiplier: float, *,
-                   pi_from_clamped: bool = False, fired: list | None = None) -> ResidFn:
+                   pi_from_clamped: bool = False, fired: list | None = None, last_strength: float = 1.0) -> ResidFn:
     """resid -> decode(clamped f) + (resid − decode(f)), for ``eval.downstream.splice``.
 
     A grouped SAE's group-bias mix π is computed from the UNCLAMPED activations, so the clamp
@@ -113,7 +118,7 @@ def clamp_features(sae: nn.Module, features: Sequence[int] | Tensor, multiplier:
         if fired is not None:
             fired.append((f[..., idx] > 0).any(dim=-1).sum(dim=-1).double().cpu())
         error = x - sae.decode(f)
-        clamped = clamped_activations(f, idx, multiplier)
+        clamped = clamped_activations(f, idx, multiplier, last_strength)
         x_new = sae.decode(clamped, mix_from=f) if grouped else sae.decode(clamped)
         return (x_new + error).to(device=r.device, dtype=r.dtype)
 
@@ -321,6 +326,18 @@ def _mean(x: Tensor) -> float:
 # ---- the protocol ----
 
 DEFAULT_BUDGETS = (0.03, 0.1)
+BRACKET_STRENGTHS = (0.5, 0.25, 0.125)  # the fractional clamps of one feature, after 1 whole feature
+
+
+def bracket_ladder(n_smallest: int) -> list[tuple[int, float]]:
+    """Ever smaller edits below the sweep's smallest clamp (``n_smallest`` features), tried in order
+    until every retain budget is bracketed by a measured point: half the features each step down to
+    one feature, then the one feature at fractional strengths (``BRACKET_STRENGTHS``)."""
+    ns, n = [], n_smallest // 2
+    while n >= 1:
+        ns.append(n)
+        n //= 2
+    return [(n, 1.0) for n in ns] + [(1, s) for s in BRACKET_STRENGTHS]
 
 
 @torch.no_grad()
@@ -380,9 +397,27 @@ def run_unlearning(
                 settings.append((fields, (tuple(chosen.tolist()), float(mult)),
                                  lambda fired, c=chosen, m=float(mult): clamp_features(
                                      sae, c, m, pi_from_clamped=pi_from_clamped, fired=fired)))
-    result = run_sweep(model, tokenizer, layer, settings, baseline=baseline, do_mcq=do_mcq, do_loss=do_loss,
-                       forget_contexts=forget_contexts, retain_contexts=retain_contexts, batch_size=batch_size,
-                       chat=chat, progress=progress, retain_budgets=retain_budgets)
+    sweep = dict(baseline=baseline, do_mcq=do_mcq, do_loss=do_loss, forget_contexts=forget_contexts,
+                 retain_contexts=retain_contexts, batch_size=batch_size, chat=chat, retain_budgets=retain_budgets)
+    cache: dict = {}
+    result = run_sweep(model, tokenizer, layer, settings, progress=progress, cache=cache, **sweep)
+    # Damage bracketed by measurement: while some budget's F(b) would rest on the chord from the
+    # unedited model on either half of the documents, measure the next smaller edit (MCQs are not
+    # rerun for these: they bracket the loss figures only)
+    ladder = [] if not (do_loss and retain_budgets and n_features_list) else [
+        ({"retain_threshold": thr, "n_features": n, "n_features_used": len(ranked[:n]), "multiplier": float(mult),
+          "strength": st, "bracketing": True},
+         (tuple(ranked[:n].tolist()), float(mult), st),
+         lambda fired, c=ranked[:n], m=float(mult), st=st: clamp_features(
+             sae, c, m, pi_from_clamped=pi_from_clamped, fired=fired, last_strength=st))
+        for _, thr, ranked in ranked_by if len(ranked) for mult in [max(multipliers)]
+        for n, st in bracket_ladder(min(n_features_list)) if n <= len(ranked)]
+    added = 0
+    while ladder and md.rests_on_origin(cache["_mats"], retain_budgets):
+        settings.append(ladder.pop(0))
+        added += 1
+        result = run_sweep(model, tokenizer, layer, settings, cache=cache, **sweep)
+    result["bracketing_settings"] = added
     result["features"] = features
     return result
 
@@ -391,18 +426,21 @@ def run_unlearning(
 def run_sweep(model: nn.Module, tokenizer, layer: int, settings: list, *, baseline: dict, do_mcq: bool,
               do_loss: bool, forget_contexts: Tensor | None, retain_contexts: Tensor | None, batch_size: int,
               chat: bool = False, progress: Callable[[int], None] | None = None,
-              retain_budgets: Sequence[float] = DEFAULT_BUDGETS) -> dict:
+              retain_budgets: Sequence[float] = DEFAULT_BUDGETS, cache: dict | None = None) -> dict:
     """Every setting's edit at ``layer``, then the summary figures. ``settings``: (row fields, a
-    key equal for equal edits, ``make(fired) -> ResidFn``)."""
+    key equal for equal edits, ``make(fired) -> ResidFn``). ``cache``: edits measured by an earlier
+    call (the bracketing reruns the sweep with more settings); it also receives the per-document
+    sums (``_mats``). Bracketing settings (fields ``bracketing``) measure the loss figures only."""
     result: dict = {"rows": [], **baseline["summary"]}
     sets, clean = baseline.get("sets"), baseline.get("clean")
     prefix = baseline.get("prefix")
-    cache: dict = {}  # the same edit twice (few features qualify)
+    cache = {} if cache is None else cache  # the same edit twice (few features qualify)
     ctx_of_row: list = []  # per-context CE of each row's setting (matched damage; not in the report)
     mcq_of_row: list = []  # per-question results of each row's setting (cross-fitting; not in the report)
     for fields, key, make in settings:
         if key not in cache:
-            cache[key] = _evaluate_setting(model, tokenizer, layer, make, sets if do_mcq else None,
+            mcq_sets = sets if do_mcq and not fields.get("bracketing") else None  # brackets: loss figures only
+            cache[key] = _evaluate_setting(model, tokenizer, layer, make, mcq_sets,
                                            (forget_contexts, retain_contexts) if do_loss else None,
                                            batch_size, chat, baseline.get("domain"), prefix)
         row = {**fields, **{k: v for k, v in cache[key].items() if not k.startswith("_")}}
@@ -410,24 +448,26 @@ def run_sweep(model: nn.Module, tokenizer, layer: int, settings: list, *, baseli
         mcq_of_row.append(cache[key].get("_mcq"))
         if do_loss:
             row |= _loss_fields(row, clean)
-        if do_mcq:
+        if do_mcq and "forget_p_correct" in row:
             row |= _mcq_prob_fields(row, baseline["p_clean"])
         result["rows"].append(row)
         if progress is not None:
             progress(1)
 
     if do_mcq:
-        result["unlearning_score"] = unlearning_score(result["rows"])
-        result["best_mcq_prob_selectivity"] = max((r["mcq_prob_selectivity"] for r in result["rows"]),
-                                                  default=math.nan)
-        if result["rows"]:
-            result.update(mcq_crossfit(mcq_of_row, baseline["p_clean"]))
+        mcq_rows = [r for r in result["rows"] if "forget_p_correct" in r]
+        result["unlearning_score"] = unlearning_score(mcq_rows)
+        result["best_mcq_prob_selectivity"] = max((r["mcq_prob_selectivity"] for r in mcq_rows), default=math.nan)
+        if mcq_rows:
+            result.update(mcq_crossfit([m for m in mcq_of_row if m is not None], baseline["p_clean"]))
     if do_loss:
         result["loss_unlearning_score"] = loss_unlearning_score(result["rows"])
         result["best_selectivity"] = max((r["selectivity"] for r in result["rows"]), default=math.nan)
         if result["rows"]:
             mats = md.loss_matrices(baseline["clean_ctx"], ctx_of_row, baseline["docs"])
+            cache["_mats"] = mats
             summary = md.summarise(mats, retain_budgets)
+            result["brackets"] = {f"F_{b:g}": md.bracket_points(result["rows"], b) for b in retain_budgets}
             result.update(summary["values"])  # F(b), cross-fitted scores, ratio, coverage
             result["intervals"] = {"ci95": summary["ci95"], "se": summary["se"],
                                    "method": f"bootstrap over held-out documents ({md.BOOTSTRAP_B} draws; the "

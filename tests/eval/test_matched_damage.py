@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 import orthosae.eval.matched_damage as md
+from orthosae.eval.unlearning import bracket_ladder as md_ladder
+
 def _mats(forget_inc: np.ndarray, retain_inc: np.ndarray, tokens: float = 100.0, clean: float = 3.0) -> dict:
     """Sweep matrices with one context per document: ``*_inc`` ``[settings, docs]`` per-token CE
     increases; every document has ``tokens`` tokens at clean CE ``clean``; all tokens count as 'rest'."""
@@ -34,13 +36,44 @@ def _point(mats, budgets=(0.03, 0.1)):
 
 def test_stronger_clamp_raises_best_selectivity_but_not_f_of_b():
     # every setting removes 5 nats of forget CE per nat of retain CE: a stronger edit is only bigger
-    weak = (np.array([[0.1], [0.5]]), np.array([[0.02], [0.1]]))
-    strong = (np.array([[0.1], [0.5], [2.0]]), np.array([[0.02], [0.1], [0.4]]))
+    # four identical documents: both halves agree, so the cross-fitted F(b) is the in-sample one
+    weak = (np.repeat([[0.1], [0.5]], 4, axis=1), np.repeat([[0.02], [0.1]], 4, axis=1))
+    strong = (np.repeat([[0.1], [0.5], [2.0]], 4, axis=1), np.repeat([[0.02], [0.1], [0.4]], 4, axis=1))
     a, b = _point(_mats(*weak)), _point(_mats(*strong))
     assert b["best_selectivity"] > a["best_selectivity"] + 1.0  # 1.6 against 0.4
     assert a["F_0.03"] == pytest.approx(0.15) and b["F_0.03"] == pytest.approx(0.15)
     assert a["F_0.1"] == pytest.approx(0.5) and b["F_0.1"] == pytest.approx(0.5)
     assert a["selectivity_ratio_at_best"] < b["selectivity_ratio_at_best"] * 1.1  # the ratio does not reward size either
+
+
+def test_f_of_b_is_cross_fitted_between_halves_of_the_documents():
+    """The bracketing points and weight come from one half, the forget damage from the other."""
+    D = 8
+    h = md.halves(D)
+    # retain damage: setting 0 costs 0.02 on half 0 and 0.04 on half 1; setting 1 costs 0.06 on both
+    retain = np.stack([np.where(h == 0, 0.02, 0.04), np.full(D, 0.06)])
+    forget = np.stack([np.where(h == 0, 0.2, 0.4), np.where(h == 0, 0.5, 0.9)])
+    p = _point(_mats(forget, retain), budgets=(0.03,))
+    # half 0 chooses: b = 0.03 between 0.02 and 0.06, t = 0.25; scored on half 1: 0.75·0.4 + 0.25·0.9 = 0.525
+    # half 1 chooses: b = 0.03 between the origin and 0.04, t = 0.75; scored on half 0: 0.75·0.2 = 0.15
+    assert p["F_0.03"] == pytest.approx((0.525 + 0.15) / 2)
+    assert p["F_0.03_origin"] == 0.5  # half 1 rests on the chord from the unedited model
+    assert md.rests_on_origin(_mats(forget, retain), (0.03,)) and not md.rests_on_origin(_mats(forget, retain), (0.05,))
+
+
+def test_bracket_ladder_and_points_by_hand():
+    assert md_ladder(10) == [(5, 1.0), (2, 1.0), (1, 1.0), (1, 0.5), (1, 0.25), (1, 0.125)]
+    assert md_ladder(1) == [(1, 0.5), (1, 0.25), (1, 0.125)]
+    rows = [{"n_features": 10, "n_features_used": 10, "retain_ce_increase": 0.05, "forget_ce_increase": 0.5},
+            {"n_features": 1, "n_features_used": 1, "strength": 0.5, "retain_ce_increase": 0.01,
+             "forget_ce_increase": 0.2}]
+    got = md.bracket_points(rows, 0.03)
+    assert got["t"] == pytest.approx(0.5) and got["upper"]["n_features"] == 10
+    assert got["lower"]["forget_per_feature"] == pytest.approx(0.2 / 0.5)  # half a feature's clamp
+    assert got["lower"]["forget_over_retain"] == pytest.approx(20.0)
+    assert got["upper"]["forget_per_feature"] == pytest.approx(0.05) and got["upper"]["forget_over_retain"] == pytest.approx(10)
+    assert md.bracket_points(rows[:1], 0.03)["lower"] == "origin"
+    assert md.bracket_points(rows, 0.2) == {"reached": False}
 
 
 def test_f_of_b_is_not_extrapolated_and_uses_the_upper_frontier():
