@@ -261,7 +261,7 @@ def export_cache(ctx: click.Context, fmt: str, out: str | None, corpora: tuple[s
 def _store_urls(cfg, paths: tuple[str, ...]) -> list[str]:
     if paths:
         return list(paths)
-    return [cfg.harvest.store]
+    return [cfg.harvest.store_for(layer) for layer in cfg.layers]  # one store per harvested layer
 
 
 def _store_status(url: str) -> dict:
@@ -303,8 +303,10 @@ def _pipeline_status(cfg) -> dict:
     from orthosae.common.store import StoreReader, store_exists
     from orthosae.eval import report_is_current
     from orthosae.status import run_status
-    reader = StoreReader(cfg.harvest.store) if store_exists(cfg.harvest.store) else None
-    runs = [run_status(cfg, run, reader) for run in cfg.runs]
+    runs = []
+    for view in cfg.layer_views():  # each run beside its layer's store
+        reader = StoreReader(view.harvest.store) if store_exists(view.harvest.store) else None
+        runs += [run_status(view, run, reader) for run in view.runs]
     report = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.md"
     # current: made from the runs on disk (what `pipe run` checks), and those are the config's
     trained = all(r["status"] in ("complete", "early_stopped") for r in runs)
@@ -406,16 +408,17 @@ def verify(ctx: click.Context, stores: tuple[str, ...], as_json: bool, repair: b
             {"text": p.text, "kind": p.kind, "corpus": p.corpus, "chunk": p.chunk} for p in problems]})
     if cfg is not None:
         from orthosae.train.verify import check_run, repair_run
-        reader = StoreReader(cfg.harvest.store) if store_exists(cfg.harvest.store) else None
         doc["runs"] = []
         for run in cfg.runs:
-            result = check_run(cfg, run, reader)
+            view = cfg.view_of(run.name)  # the run beside its layer's store
+            reader = StoreReader(view.harvest.store) if store_exists(view.harvest.store) else None
+            result = check_run(view, run, reader)
             if repair and result["repair"]:
                 from orthosae.common.locks import FolderLock
                 with FolderLock(Path(result["dir"]), result["dir"]):  # not while `pipe train` writes it
-                    result["repaired"] = repair_run(cfg, run, reader)
+                    result["repaired"] = repair_run(view, run, reader)
                 result["problems_before"] = result["problems"]
-                result = {**check_run(cfg, run, reader), "repaired": result["repaired"],
+                result = {**check_run(view, run, reader), "repaired": result["repaired"],
                           "problems_before": result["problems_before"]}
             result["ok"] = not result["problems"]
             doc["runs"].append(result)
