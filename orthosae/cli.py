@@ -180,10 +180,11 @@ def run(ctx: click.Context) -> None:
             console.print(f"[green]{out}: report is current, left alone[/]")
         else:
             out = evaluate(cfg)
-    console.print(f"[green]pipeline done[/]: store [bold]{cfg.harvest.store}[/], runs "
+    console.print(f"[green]pipeline done[/]: store [bold]{', '.join(_store_urls(cfg, ()))}[/], runs "
                   f"[bold]{cfg.train.runs_dir}/[/], report [bold]{out}/report.md[/]")
     from orthosae.eval.browser import browser_hint
-    console.print(browser_hint(cfg))
+    for view in cfg.layer_views():
+        console.print(browser_hint(view))
 
 
 def _stop_between_stages(state: str) -> None:
@@ -203,8 +204,15 @@ def inspect_(ctx: click.Context, run_names: tuple[str, ...], top_k: int, max_row
     """Static HTML feature browser per run (top contexts, histograms, neighbours, logit effects)."""
     from orthosae.eval.browser import build_browser
     with _job(ctx, "inspect") as cfg:
-        root = build_browser(cfg, run_names=list(run_names) or None, top_k=top_k, max_rows=max_rows)
-    console.print(f"[green]inspect done[/]: feature browser in [bold]{root}/index.html[/] (open it from disk)")
+        for name in run_names:
+            cfg.run(name)
+        roots = []
+        for view in cfg.layer_views():  # several layers: a browser per layer, beside its report
+            names = [n for n in run_names if n in {r.name for r in view.runs}]
+            if view.runs and not (run_names and not names):
+                roots.append(build_browser(view, run_names=names or None, top_k=top_k, max_rows=max_rows))
+    for root in roots:
+        console.print(f"[green]inspect done[/]: feature browser in [bold]{root}/index.html[/] (open it from disk)")
 
 
 @main.command()
@@ -236,13 +244,23 @@ def push(ctx: click.Context, run_names: tuple[str, ...], repo: str, private: boo
 @click.option("--corpus", "corpora", multiple=True, help="store corpus to export (repeatable; default: "
               "the config's training corpora)")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--layer", "layer", type=int, default=None, help="the harvested layer to export (needed when "
+              "[harvest] layers lists several)")
 @click.pass_context
-def export_cache(ctx: click.Context, fmt: str, out: str | None, corpora: tuple[str, ...], dtype: str) -> None:
+def export_cache(ctx: click.Context, fmt: str, out: str | None, corpora: tuple[str, ...], dtype: str,
+                 layer: int | None) -> None:
     """Write the store's training rows as another tool's activation cache (SAELens)."""
     from orthosae.harvest.export_cache import export_saelens, saelens_snippet
     from orthosae.common.progress import progress
     from orthosae.common.store import open_store_for
     with _job(ctx, "export-cache") as cfg:
+        if layer is None and len(cfg.layers) > 1:
+            raise ConfigError(f"{cfg.path}: [harvest] layers: {', '.join(map(str, cfg.layers))} are harvested; "
+                              "pick one with --layer")
+        if layer is not None and layer not in cfg.layers:
+            raise ConfigError(f"{cfg.path}: --layer {layer}: not harvested ([harvest] layers: "
+                              f"{', '.join(map(str, cfg.layers))})")
+        cfg = cfg.at_layer(cfg.layers[0] if layer is None else layer)
         reader = open_store_for(cfg)
         names = list(corpora) or [n for n, c in cfg.corpora.items() if c.split == "train"]
         if out is None:
@@ -255,7 +273,7 @@ def export_cache(ctx: click.Context, fmt: str, out: str | None, corpora: tuple[s
             result = export_saelens(reader, names, Path(out), dtype=dtype, progress=lambda k: bar.advance(task, k))
     console.print(f"[green]export-cache done[/]: {result.contexts:,} contexts ({result.rows:,} rows, "
                   f"{', '.join(result.corpora)}) -> [bold]{result.path}[/]")
-    console.print(Text("SAELens: " + saelens_snippet(result, cfg.model.id)))
+    console.print(Text("SAELens:\n" + saelens_snippet(result, cfg.model.id)))
 
 
 def _store_urls(cfg, paths: tuple[str, ...]) -> list[str]:

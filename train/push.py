@@ -93,10 +93,12 @@ def stage(cfg: Config, run_names: list[str], repo: str, dest: Path | None = None
     dest = Path(dest) if dest is not None else staging_dir(cfg, repo)
     tmp = dest.with_name(dest.name + ".tmp")
     owned.remove(tmp, "pipe push")  # only ever a folder this command made
-    cards, reported = [], _report_runs(cfg)
+    cards, reported = [], {}
+    for layer in {cfg.run(name).layer for name in run_names}:  # each run's figures from its layer's report
+        reported.update(_report_runs(cfg.at_layer(layer)))
     owned.make(tmp)
     for name, run_dir in dirs.items():
-        _ensure_sparsity(cfg, run_dir)
+        _ensure_sparsity(cfg.view_of(name), run_dir)
         (tmp / name).mkdir()
         for f in FILES:
             shutil.copy2(run_dir / f, tmp / name / f)
@@ -131,7 +133,10 @@ def model_card(repo: str, cards: list[tuple[str, dict, dict, dict | None]]) -> s
     how it was trained, what the report measured, and how to load it."""
     meta = cards[0][1].get("metadata", {})
     model, hook = meta.get("model_name"), meta.get("hook_name")
-    layer = cards[0][1].get("hook_layer", meta.get("hook_layer"))
+    hooks = {name: c.get("metadata", {}).get("hook_name") for name, c, _, _ in cards}
+    layers = sorted({c.get("hook_layer", c.get("metadata", {}).get("hook_layer")) for _, c, _, _ in cards},
+                    key=str)
+    layer = ", ".join(map(str, layers))
     front = ["---", "library_name: saelens"]
     base = EMBEDDED_HUB_ID if model == EMBEDDED_GEMMA else model
     if base and re.match(r"^[\w.-]+/[\w.-]+$", str(base)) and not Path(str(base)).exists():  # a Hub id, not a path
@@ -139,13 +144,14 @@ def model_card(repo: str, cards: list[tuple[str, dict, dict, dict | None]]) -> s
     front += ["tags:", "- saelens", "- sparse-autoencoder", "- orthosae", "---"]
     grouped = [n for n, cfg, _, _ in cards if cfg.get("architecture") == GROUPED_ARCH]
     lines = front + ["", f"# {repo}", "",
-             f"Sparse autoencoders trained with orthosae on **{model}**, layer **{layer}**, "
-             f"hook `{hook}`, in SAELens' layout: one folder per SAE (`cfg.json`, `sae_weights.safetensors`, "
+             f"Sparse autoencoders trained with orthosae on **{model}**, layer{'s' if len(layers) > 1 else ''} "
+             f"**{layer}**, hook `{hook if len(layers) == 1 else 'blocks.<layer>.hook_resid_post'}`, in SAELens' layout: one folder per SAE (`cfg.json`, `sae_weights.safetensors`, "
              "`sparsity.safetensors` = log10 feature density on training rows). The weights work on raw "
              "activations (the training normalisation is folded in).", "",
-             "| SAE (folder) | type | architecture | d_in | d_sae | steps | status |", "|---|---|---|---|---|---|---|"]
+             "| SAE (folder) | hook | type | architecture | d_in | d_sae | steps | status |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, cfg, summary, _ in cards:
-        lines.append(f"| `{name}` | {summary.get('type')} | {cfg.get('architecture')} | {cfg.get('d_in')} | "
+        lines.append(f"| `{name}` | `{hooks[name]}` | {summary.get('type')} | {cfg.get('architecture')} | {cfg.get('d_in')} | "
                      f"{cfg.get('d_sae')} | {summary.get('steps')} | {summary.get('status')} |")
     lines += ["", "## Load", "", "```python", "from sae_lens import SAE"]
     if grouped:
