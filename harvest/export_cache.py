@@ -131,8 +131,8 @@ def _write(reader: StoreReader, corpora: list[str], info: dict, out: Path, shard
 
 def saelens_snippet(e: CacheExport, model_name: str) -> str:
     """The SAELens runner settings that read this cache (printed by the CLI, shown in docs/tools.md)."""
-    from orthosae.common.model import EMBEDDED_GEMMA, EMBEDDED_HUB_ID
-    model_name = EMBEDDED_HUB_ID if model_name == EMBEDDED_GEMMA else model_name
+    from orthosae.common.model import hub_model_id
+    model_name = hub_model_id(model_name)
     return (f"LanguageModelSAERunnerConfig(model_name={model_name!r}, hook_name={e.hook_name!r}, "
             f"context_size={e.context_size}, use_cached_activations=True, "
             f"cached_activations_path={str(e.path)!r}, training_tokens={e.rows}, "

@@ -39,6 +39,7 @@ def test_two_layers_train_in_one_pipe_run_and_sit_side_by_side(tmp_path, tiny_mo
         c = json.loads((tmp_path / "runs" / name / "cfg.json").read_text())
         assert c["metadata"]["hook_name"] == f"blocks.{layer}.hook_resid_post"
         assert c["store"] == str(tmp_path / f"s-L{layer}.zarr") and c["orthosae"]["layer"] == layer
+        assert c["model_source"] == str(tiny_model_dir)  # the local source, beside model_name
     w0 = load_file(tmp_path / "runs/baseline-L0/sae_weights.safetensors")["W_enc"]
     w1 = load_file(tmp_path / "runs/baseline-L1/sae_weights.safetensors")["W_enc"]
     assert not w0.equal(w1)  # the same seed on other rows: other weights

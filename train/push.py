@@ -24,7 +24,7 @@ from pathlib import Path
 from orthosae.common import owned
 from orthosae.common.config import Config, ConfigError
 from orthosae.common.errors import UserError
-from orthosae.common.model import EMBEDDED_GEMMA, EMBEDDED_HUB_ID
+from orthosae.common.model import hub_model_id
 from orthosae.train.export import CFG_FILENAME, GROUPED_ARCH, WEIGHTS_FILENAME
 from orthosae.train.sparsity import SPARSITY_FILENAME
 from orthosae.train.verify import read_summary, require_intact_export
@@ -138,7 +138,7 @@ def model_card(repo: str, cards: list[tuple[str, dict, dict, dict | None]]) -> s
                     key=str)
     layer = ", ".join(map(str, layers))
     front = ["---", "library_name: saelens"]
-    base = EMBEDDED_HUB_ID if model == EMBEDDED_GEMMA else model
+    base = hub_model_id(cards[0][1].get("model_source", model))  # exports before model_source: model_name
     if base and re.match(r"^[\w.-]+/[\w.-]+$", str(base)) and not Path(str(base)).exists():  # a Hub id, not a path
         front.append(f"base_model: {base}")
     front += ["tags:", "- saelens", "- sparse-autoencoder", "- orthosae", "---"]

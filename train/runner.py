@@ -174,6 +174,7 @@ def _export_meta(cfg: Config, trainer: Trainer, reader: StoreReader) -> dict:
     return {"extra_cfg": {
         **sae_lens_metadata(reader.meta.get("model_id"), cfg.harvest.layer, cfg.harvest.hook),
         "context_size": cfg.harvest.context_length,
+        "model_source": reader.meta.get("model_id"),  # what orthosae loaded; model_name is its Hub name
         "store": cfg.harvest.store, "run_name": run.name, "run_type": run.type,
         "steps": trainer.step, "prepend_bos": True, "exclude_special_tokens": True,
         **({"sets": list(cfg.sets)} if cfg.sets else {})},  # `pipe --set` overrides it trained under
