@@ -220,13 +220,15 @@ def inspect_(ctx: click.Context, run_names: tuple[str, ...], top_k: int, max_row
 @click.option("--repo", required=True, metavar="OWNER/NAME", help="Hugging Face model repo (created if absent)")
 @click.option("--private", is_flag=True, help="create the repo private")
 @click.option("--dry-run", is_flag=True, help="stage the repo's files and the model card only; upload nothing")
+@click.option("--format", "fmt", type=click.Choice(["saelens", "sparsify"]), default="saelens", show_default=True,
+              help="saelens: one SAELens folder per run; sparsify: <run>/layers.<L>/ in EleutherAI sparsify's layout")
 @click.pass_context
-def push(ctx: click.Context, run_names: tuple[str, ...], repo: str, private: bool, dry_run: bool) -> None:
-    """Upload trained runs to the Hugging Face Hub in SAELens' layout, with a model card."""
+def push(ctx: click.Context, run_names: tuple[str, ...], repo: str, private: bool, dry_run: bool, fmt: str) -> None:
+    """Upload trained runs to the Hugging Face Hub in SAELens' (or sparsify's) layout, with a model card."""
     from orthosae.train.push import PushError, check_repo, stage, upload
     with _job(ctx, "push") as cfg:
         check_repo(cfg, repo)
-        staged = stage(cfg, list(run_names), repo)
+        staged = stage(cfg, list(run_names), repo, fmt=fmt)
         console.print(f"staged {len(run_names)} run(s) + model card in [bold]{staged}/[/]")
         if dry_run:
             return
