@@ -51,6 +51,10 @@ if [ $test = 1 ]; then
   step "sae-bench 0.6.0 without its dependencies (test peer)" python -m pip install --no-deps sae-bench==0.6.0
   # the one module sae-bench's core and unlearning evals import that we lack
   step "tabulate (for sae-bench)" python -m pip install tabulate
+  # EleutherAI sparsify's loader reads our sparsify-layout exports in a test; its own pins would pull
+  # CUDA torch, so it goes in without dependencies, with the two small modules its import needs
+  step "eai-sparsify 1.3.3 without its dependencies (test peer)" \
+    python -m pip install --no-deps eai-sparsify==1.3.3 natsort==8.4.0 schedulefree==1.4.1
   # the optional run trackers, so the tests read back what each one logged (offline)
   step "run trackers: orthosae[wandb,trackio]" python -m pip install -e ".[wandb,trackio]"
 fi

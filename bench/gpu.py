@@ -147,7 +147,7 @@ def bench_harvest(c: dict, device, tmp: Path, peak: float | None) -> list[tuple]
         for _ in range(n):
             with ChunkWriter(store) as writer:
                 for k in range(chunks):
-                    writer.submit(plan, k, _chunk_activations(model, cfg, ctx[k], device), ctx[k])
+                    writer.submit(plan, k, _chunk_activations(model, cfg, ctx[k], device, [layer])[layer], ctx[k])
         return time.perf_counter() - t
 
     def forward_round(n: int) -> float:

@@ -70,6 +70,15 @@ def _safe_name(value):
                 "not starting with '.' or '-', at most 128 characters")
 
 
+def _layer_list(value):
+    bad = [v for v in value if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0)]
+    if bad:
+        return f"expected block indices (ints >= 0), got {bad[0]!r}"
+    dup = [v for i, v in enumerate(value) if v in value[:i]]
+    if dup:
+        return f"layer {dup[0]} listed twice"
+
+
 def _d_sae(value):
     return _positive(value) or (f"must be at most {MAX_D_SAE:,} (2^24 features), got {value!r}"
                                 if value > MAX_D_SAE else None)
@@ -95,9 +104,15 @@ class ModelConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class HarvestConfig:
-    layer: int = _key(check=_non_negative, doc="block index L; the hook is the residual stream after block L")
-    store: str = _key(doc="zarr store URL: a local path or any fsspec URL zarr accepts (s3://, gs://)")
-    hook: str = _key("resid_post", _choice("resid_post"), "residual stream after block `layer`")
+    layer: int | None = _key(None, _non_negative, "block index L; the hook is the residual stream after "
+                             "block L (or `layers`)")
+    layers: list = _key([], _layer_list, "several blocks in one model pass, e.g. [6, 12, 19]: every listed "
+                        "block is written, the pass stops after the deepest; one store per layer (`store` "
+                        "holds `{layer}`); each [[runs]] table then names its `layer`")
+    store: str = _key(doc="zarr store URL: a local path or any fsspec URL zarr accepts (s3://, gs://); "
+                      "`{layer}` in it is replaced by the layer (needed with several `layers`)")
+    hook: str = _key("resid_post", _choice("resid_post"), "residual stream after block `layer` (the same "
+                     "hook at every layer: the residual stream is the one hook harvested)")
     context_length: int = _key(128, _positive, "tokens per context including the leading BOS")
     batch_size: int = _key(8, _positive, "contexts per forward pass")
     chunk_tokens: int = _key(8192, _positive, "rows per zarr chunk (rounded down to whole contexts)")
@@ -108,6 +123,15 @@ class HarvestConfig:
     order_seed: int = _key(0, _non_negative, "seeds each corpus's document order, drawn before its token "
                            "budget is filled: stratified by label where the source has one (embedded:wiki: "
                            "topic; else `label_field`), shuffled otherwise; recorded in the store")
+
+    @property
+    def all_layers(self) -> tuple[int, ...]:
+        """Every harvested block: `layers`, or the one `layer`."""
+        return tuple(self.layers) if self.layers else (self.layer,)
+
+    def store_for(self, layer: int) -> str:
+        """The store of `layer`: `store` with `{layer}` replaced."""
+        return self.store.replace("{layer}", str(layer))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,6 +241,7 @@ class RunConfig:
     train: TrainConfig
     ortho: OrthoConfig
     overrides: dict = field(default_factory=dict)  # the keys this run's [[runs]] table set
+    layer: int | None = None  # the harvested block this run trains on ([[runs]] layer; one harvested: that one)
 
     @property
     def has_ortho(self) -> bool:
@@ -234,12 +259,12 @@ class RunConfig:
         return self.type == "adaptive"
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "type": self.type, "train": _asdict(self.train),
+        return {"name": self.name, "type": self.type, "layer": self.layer, "train": _asdict(self.train),
                 "ortho": _asdict(self.ortho), "overrides": dict(self.overrides)}
 
     @classmethod
     def of(cls, type: str, name: str | None = None, *, train: "TrainConfig | None" = None,
-           ortho: "OrthoConfig | None" = None, **keys) -> "RunConfig":
+           ortho: "OrthoConfig | None" = None, layer: int | None = None, **keys) -> "RunConfig":
         """A run from [train] / [train.ortho] keys over given (or default) sections: for notebooks,
         tests and benchmarks. Keys are checked against the sections' names, not validated."""
         unknown = set(keys) - TRAIN_KEYS - ORTHO_KEYS
@@ -247,7 +272,7 @@ class RunConfig:
             raise ConfigError(f"RunConfig.of: unknown key(s) {sorted(unknown)}")
         train = dataclasses.replace(train or TrainConfig(), **{k: v for k, v in keys.items() if k in TRAIN_KEYS})
         ortho = dataclasses.replace(ortho or OrthoConfig(), **{k: v for k, v in keys.items() if k in ORTHO_KEYS})
-        return cls(name=name or type, type=type, train=train, ortho=ortho, overrides=keys)
+        return cls(name=name or type, type=type, train=train, ortho=ortho, overrides=keys, layer=layer)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
@@ -256,7 +281,7 @@ class RunConfig:
             if key in ortho and ortho.pop(key) != neutral:
                 raise ConfigError(f"run {d['name']} [train.ortho] {key}: {REMOVED_WHY}")
         return cls(name=d["name"], type=d["type"], train=TrainConfig(**d["train"]),
-                   ortho=OrthoConfig(**ortho), overrides=dict(d.get("overrides", {})))
+                   ortho=OrthoConfig(**ortho), overrides=dict(d.get("overrides", {})), layer=d.get("layer"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -448,6 +473,29 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     sets: tuple[str, ...] = ()  # the `pipe --set KEY=VALUE` overrides applied over the file, in order
 
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The harvested blocks, in `[harvest]` order."""
+        return self.harvest.all_layers
+
+    def at_layer(self, layer: int) -> "Config":
+        """The config as one layer sees it: `[harvest] layer = L` and that layer's store, the runs on
+        it, and (several layers harvested) its report in `<reports_dir>/<name>/L<layer>/`. Every stage
+        reads a one-layer config as before; one with several layers is run one view at a time."""
+        if len(self.layers) == 1:
+            return self
+        harvest = dataclasses.replace(self.harvest, layer=layer, layers=[], store=self.harvest.store_for(layer))
+        ev = dataclasses.replace(self.eval, reports_dir=str(Path(self.eval.reports_dir) / self.eval.name),
+                                 name=f"L{layer}")
+        return dataclasses.replace(self, harvest=harvest, eval=ev, runs=[r for r in self.runs if r.layer == layer])
+
+    def layer_views(self) -> list["Config"]:
+        return [self.at_layer(layer) for layer in self.layers]
+
+    def view_of(self, run_name: str) -> "Config":
+        """The layer view that holds run `run_name`."""
+        return self.at_layer(self.run(run_name).layer)
+
     def run(self, name: str) -> RunConfig:
         for run in self.runs:
             if run.name == name:
@@ -543,12 +591,13 @@ def expand_run_table(table: dict, file: Path, where: str) -> list[tuple[str, dic
     List values of ``SWEEPABLE`` keys form a grid (their product, in the order the keys appear in
     the table, the first key varying slowest); ``seeds = [s, ...]`` varies fastest and sets each
     run's ``seed`` (its SAE init). The name is the table's name, then ``-<key><value>`` for each
-    list-valued key in table order, then ``-s<seed>`` when ``seeds`` is given:
+    list-valued key in table order, then ``-L<layer>`` when ``layer`` is a list (each block a run), then
+    ``-s<seed>`` when ``seeds`` is given:
     ``name = "adaptive"``, ``alpha = [0.0, 0.04]``, ``seeds = [0, 1]`` gives ``adaptive-alpha0-s0``,
     ``adaptive-alpha0-s1``, ``adaptive-alpha0.04-s0``, ``adaptive-alpha0.04-s1``. Keys with one
     value (not a list) stay out of the name."""
     name = table["name"]
-    fixed = {k: v for k, v in table.items() if k not in ("name", "type", "seeds")}
+    fixed = {k: v for k, v in table.items() if k not in ("name", "type", "seeds", "layer")}
     grid = []
     for key, value in fixed.items():
         if not isinstance(value, list) or key not in SWEEPABLE:
@@ -569,18 +618,29 @@ def expand_run_table(table: dict, file: Path, where: str) -> list[tuple[str, dic
         dup = [s for i, s in enumerate(seeds) if s in seeds[:i]]
         if dup:
             raise ConfigError(f"{file}: [[runs]] {name} seeds: seed {dup[0]!r} listed twice")
+    layers = table.get("layer")
+    if layers is not None:
+        listed = layers if isinstance(layers, list) else [layers]
+        problem = "empty list" if not listed else _layer_list(listed)
+        if problem:
+            raise ConfigError(f"{file}: [[runs]] {name} layer: {problem} (a harvested block, or a list of them)")
     out = []
     for point in itertools.product(*[[(k, v) for v in vs] for k, vs in grid]):
         run_name = name + "".join(f"-{k}{_name_value(v)}" for k, v in point)
-        for seed in seeds if seeds is not None else [None]:
-            overrides = {**fixed, **dict(point)}
-            if seed is not None:
-                overrides["seed"] = seed
-            out.append((run_name + (f"-s{seed}" if seed is not None else ""), overrides))
+        for layer in layers if isinstance(layers, list) else [layers]:
+            layer_name = run_name + (f"-L{layer}" if isinstance(layers, list) else "")
+            for seed in seeds if seeds is not None else [None]:
+                overrides = {**fixed, **dict(point)}
+                if layer is not None:
+                    overrides["layer"] = layer
+                if seed is not None:
+                    overrides["seed"] = seed
+                out.append((layer_name + (f"-s{seed}" if seed is not None else ""), overrides))
     return out
 
 
-def _build_runs(raw: Any, file: Path, train: TrainConfig, ortho: OrthoConfig) -> list[RunConfig]:
+def _build_runs(raw: Any, file: Path, train: TrainConfig, ortho: OrthoConfig,
+                layers: tuple[int, ...] = (None,)) -> list[RunConfig]:
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{file}: [[runs]]: expected at least one [[runs]] table")
     runs, seen = [], {}
@@ -603,7 +663,7 @@ def _build_runs(raw: Any, file: Path, train: TrainConfig, ortho: OrthoConfig) ->
             raise ConfigError(f"{file}: [[runs]] {name} type: must be one of "
                               f"{', '.join(RUN_TYPES)}, got {run_type!r}")
         for key in table:
-            if key in ("name", "type", "seeds"):
+            if key in ("name", "type", "seeds", "layer"):
                 continue
             if key not in RUN_OVERRIDABLE:
                 why = ("shared by all runs (one data stream); a run's SAE init seed is `seeds = [...]`"
@@ -618,12 +678,22 @@ def _build_runs(raw: Any, file: Path, train: TrainConfig, ortho: OrthoConfig) ->
                 raise ConfigError(f"{file}: [[runs]] {name} name: expanded run {run_name!r} collides with "
                                   f"the run of the same name from [[runs]] {seen[run_name]}")
             seen[run_name] = name
+            overrides = dict(overrides)
+            layer = overrides.pop("layer", None)
+            if layer is None and len(layers) > 1:
+                raise ConfigError(f"{file}: [[runs]] {name} layer: [harvest] layers holds several blocks "
+                                  f"({', '.join(map(str, layers))}): name the one this run trains on, or a list")
+            if layer is not None and layer not in layers:
+                raise ConfigError(f"{file}: [[runs]] {name} layer: {layer} is not harvested ([harvest] "
+                                  f"{'layers' if len(layers) > 1 else 'layer'}: {', '.join(map(str, layers))})")
+            layer = layers[0] if layer is None else layer
             # The run's sections, validated as the tables they would be.
             run_train = _build(TrainConfig, {**_asdict(train), **{k: v for k, v in overrides.items()
                                                                  if k in TRAIN_KEYS}}, f"[[runs]] {run_name}", file)
             run_ortho = _build(OrthoConfig, {**_asdict(ortho), **{k: v for k, v in overrides.items()
                                                                  if k in ORTHO_KEYS}}, f"[[runs]] {run_name}", file)
-            run = RunConfig(name=run_name, type=run_type, train=run_train, ortho=run_ortho, overrides=overrides)
+            run = RunConfig(name=run_name, type=run_type, train=run_train, ortho=run_ortho, overrides=overrides,
+                            layer=layer)
             _check_sparsity(run, overrides, file)
             runs.append(run)
     return runs
@@ -686,7 +756,7 @@ def _load(file: Path, raw: dict) -> Config:
             raise ConfigError(f"{file}: [{key}]: required section is missing")
 
     model = _build(ModelConfig, raw["model"], "[model]", file)
-    harvest = _build(HarvestConfig, raw["harvest"], "[harvest]", file)
+    harvest = _check_layers(_build(HarvestConfig, raw["harvest"], "[harvest]", file), file)
     if harvest.context_length < 2:
         raise ConfigError(f"{file}: [harvest] context_length: must be >= 2 (BOS + tokens)")
     if not isinstance(raw["corpora"], dict) or not raw["corpora"]:
@@ -714,7 +784,9 @@ def _load(file: Path, raw: dict) -> Config:
             raise ConfigError(f"{file}: [train] mix.{name}: must be a number > 0, got {share!r}")
     if len(train.adam_betas) != 2 or not all(_type_ok(b, float) and 0 <= b < 1 for b in train.adam_betas):
         raise ConfigError(f"{file}: [train] adam_betas: expected two numbers in [0, 1)")
-    runs = _build_runs(raw.get("runs", [{"name": "baseline", "type": "baseline"}]), file, train, ortho)
+    layers = harvest.all_layers  # no [[runs]]: a baseline at every harvested layer
+    default_runs = [{"name": "baseline", "type": "baseline", **({"layer": list(layers)} if len(layers) > 1 else {})}]
+    runs = _build_runs(raw.get("runs", default_runs), file, train, ortho, layers)
     roles = {c.role for c in corpora.values() if c.split == "train"}
     for run in runs:
         if run.grouped and roles != {"forget", "retain"}:
@@ -755,6 +827,22 @@ def _load(file: Path, raw: dict) -> Config:
                   ortho=ortho, runs=runs, eval=evaluation, log=log)
 
 
+def _check_layers(h: HarvestConfig, file: Path) -> HarvestConfig:
+    """`layer` or `layers`, not both; several layers need `{layer}` in the store path. One layer (either
+    form) comes back as `layer = N` with the store path filled in, so every stage reads it as before."""
+    if h.layer is not None and h.layers:
+        raise ConfigError(f"{file}: [harvest] layers: give `layer = N` or `layers = [...]`, not both")
+    if h.layer is None and not h.layers:
+        raise ConfigError(f"{file}: [harvest] layer: required key is missing (or `layers = [...]`)")
+    if len(h.all_layers) > 1:
+        if "{layer}" not in h.store:
+            raise ConfigError(f"{file}: [harvest] store: several layers are written to one store each: put "
+                              f"{{layer}} in the path, e.g. \"stores/model-L{{layer}}.zarr\", got {h.store!r}")
+        return h
+    layer = h.all_layers[0]
+    return dataclasses.replace(h, layer=layer, layers=[], store=h.store_for(layer))
+
+
 def _check_probing(ev: EvalConfig, file: Path) -> None:
     """Dataset names and the families' agreement, before any model loads."""
     for name in ev.probing.datasets:
@@ -792,9 +880,11 @@ def _check_scr(sc: ScrConfig, file: Path) -> None:
 
 def check_model_fits(cfg: Config, n_layers: int, d_model: int) -> None:
     """Checks that need the model's shape; called before any store is opened for writing."""
-    if cfg.harvest.layer >= n_layers:
-        raise ConfigError(f"{cfg.path}: [harvest] layer: {cfg.harvest.layer} is beyond the model's "
-                          f"{n_layers} blocks (0..{n_layers - 1})")
+    for layer in cfg.harvest.all_layers:
+        if layer >= n_layers:
+            key = "layers" if cfg.harvest.layers else "layer"
+            raise ConfigError(f"{cfg.path}: [harvest] {key}: {layer} is beyond the model's "
+                              f"{n_layers} blocks (0..{n_layers - 1})")
     if cfg.model.d_model is not None and cfg.model.d_model != d_model:
         raise ConfigError(f"{cfg.path}: [model] d_model: config says {cfg.model.d_model}, "
                           f"model {cfg.model.id} has {d_model}")

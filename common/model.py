@@ -18,6 +18,11 @@ from orthosae.common.wheels import cache_root
 
 EMBEDDED_GEMMA = "embedded:gemma-3-270m"
 EMBEDDED_HUB_ID = "google/gemma-3-270m"  # the Hub model it is a GGUF build of (model cards, SAELens)
+
+
+def hub_model_id(model_id: str | None) -> str | None:
+    """The Hub id of a model source: the embedded GGUF build's Hub model, else the id itself."""
+    return EMBEDDED_HUB_ID if model_id == EMBEDDED_GEMMA else model_id
 SOURCE_FILE = "orthosae-source.json"
 CACHE_FORMAT = "dense1"  # bump when the conversion changes, so old caches are rebuilt
 

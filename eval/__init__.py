@@ -4,12 +4,18 @@ from pathlib import Path
 
 from orthosae.eval.report import eval_settings
 from orthosae.eval.report_json import ReportUnreadable, read_report
-from orthosae.eval.runner import evaluate
+from orthosae.eval.layers import evaluate  # every harvested layer; one layer: eval.runner.evaluate
 
 
 def report_is_current(cfg) -> bool:
     """A report exists and was made from the runs as they are now (same training fingerprints) under
-    the same [eval] settings."""
+    the same [eval] settings (several layers: each layer's report, and the side-by-side one)."""
+    if len(cfg.layers) > 1:
+        return _is_current(cfg) and all(_is_current(v) for v in cfg.layer_views() if v.runs)
+    return _is_current(cfg)
+
+
+def _is_current(cfg) -> bool:
     path = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.json"
     if not path.exists():
         return False

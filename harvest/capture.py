@@ -1,4 +1,4 @@
-"""Run the model only up to block L and return the residual stream after it.
+"""Run the model only up to block L (the deepest of several) and return the residual stream after it.
 
 A forward hook on block L stores its output and raises, so the later blocks and the LM head (which
 dominates CPU cost for Gemma's 262k vocabulary) are never run. The same works for every
@@ -18,19 +18,33 @@ class _StopForward(Exception):
 @torch.no_grad()
 def residual_after_block(model: torch.nn.Module, layer: int, input_ids: torch.Tensor) -> torch.Tensor:
     """Residual stream after block `layer` for `input_ids` [batch, T] -> [batch, T, d_model]."""
-    captured: dict[str, torch.Tensor] = {}
+    return residuals_after_blocks(model, (layer,), input_ids)[layer]
 
-    def hook(_module, _args, output):
-        captured["resid"] = output[0] if isinstance(output, tuple) else output
-        raise _StopForward
 
-    handle = decoder_layers(model)[layer].register_forward_hook(hook)
+@torch.no_grad()
+def residuals_after_blocks(model: torch.nn.Module, layers, input_ids: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Residual stream after each block of `layers` in one forward pass, stopped after the deepest:
+    {layer: [batch, T, d_model]}. Each block's output is what the one-layer pass returns for it."""
+    captured: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+
+    def hook_for(layer: int):
+        def hook(_module, _args, output):
+            captured[layer] = output[0] if isinstance(output, tuple) else output
+            if layer == deepest:
+                raise _StopForward
+        return hook
+
+    blocks = decoder_layers(model)
+    handles = [blocks[layer].register_forward_hook(hook_for(layer)) for layer in sorted(set(layers))]
     try:
         model(input_ids=input_ids, use_cache=False)
     except _StopForward:
         pass
     finally:
-        handle.remove()
-    if "resid" not in captured:
-        raise RuntimeError(f"block {layer} never ran: the model's forward skipped it")
-    return captured["resid"]
+        for handle in handles:
+            handle.remove()
+    missing = [layer for layer in layers if layer not in captured]
+    if missing:
+        raise RuntimeError(f"block {missing[0]} never ran: the model's forward skipped it")
+    return captured

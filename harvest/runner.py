@@ -1,5 +1,9 @@
 """`pipe harvest`: one model pass per corpus into the zarr activation store.
 
+Several `[harvest] layers` share the pass: each chunk runs the model once, up to the deepest layer
+whose store lacks it, and is committed to each such layer's store (one store per layer, each with
+its own lock, resume and repair).
+
 Reads top to bottom: plan every corpus with the tokenizer alone (documents -> fixed contexts ->
 chunks; a bad corpus fails before the model loads; under N processes the main one plans and hands
 the plan to the others), load the model, take the store's write lock
@@ -12,6 +16,7 @@ lock is released and ``Preempted`` is raised (exit 75), so a rerun resumes.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
@@ -32,7 +37,7 @@ from orthosae.common.model import LoadedModel, load_model, load_tokenizer, pick_
 from orthosae.common.progress import console, progress
 from orthosae.common.store import (CorpusPlan, StoreError, StoreLock, StoreReader, StoreWriter, encode_rows,
                           store_exists)
-from orthosae.harvest.capture import residual_after_block
+from orthosae.harvest.capture import residuals_after_blocks
 from orthosae.harvest.writer import ChunkWriter, HostRows
 
 BOS_POLICY = "bos-first-not-stored"  # every context starts with BOS; its outlier row is not stored
@@ -57,10 +62,10 @@ def tokenizer_identity(tokenizer) -> str:
     return f"{type(tokenizer).__name__}:vocab={len(tokenizer)}:bos={tokenizer.bos_token_id}:sha={digest}"
 
 
-def store_identity(cfg: Config, lm: LoadedModel) -> dict:
+def store_identity(cfg: Config, lm: LoadedModel, layer: int | None = None) -> dict:
     return {
         "model_id": lm.model_id, "revision": lm.revision, "file_sha256": lm.file_sha256,
-        "layer": cfg.harvest.layer, "hook": cfg.harvest.hook, "d_model": lm.d_model,
+        "layer": cfg.harvest.layer if layer is None else layer, "hook": cfg.harvest.hook, "d_model": lm.d_model,
         "storage_dtype": cfg.harvest.storage_dtype, "context_length": cfg.harvest.context_length,
         "tokenizer": tokenizer_identity(lm.tokenizer), "bos_policy": BOS_POLICY,
         "compute_dtype": cfg.model.dtype, "package_version": __version__,
@@ -139,12 +144,14 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
 
 
 def _harvest(cfg: Config, *, force: bool, repair: bool, show_progress: bool) -> HarvestResult:
+    layers = cfg.layers
+    urls = {layer: cfg.harvest.store_for(layer) for layer in layers}  # one store per layer
+    label = ", ".join(urls.values())
     if force and repair:
-        raise StoreError(f"{cfg.harvest.store}: --force and --repair exclude each other "
+        raise StoreError(f"{label}: --force and --repair exclude each other "
                          "(--force re-harvests everything)")
     state = PartialState(cpu=pick_device(cfg.model.device).type == "cpu", timeout=COLLECTIVE_TIMEOUT)
     device = state.device if state.num_processes > 1 else pick_device(cfg.model.device)
-    url = cfg.harvest.store
     t_start = time.perf_counter()
     # Corpora first, with the tokenizer alone: a wrong path, a bad file or a corpus short of its
     # budget shows in seconds, not after the model has loaded.
@@ -158,75 +165,90 @@ def _harvest(cfg: Config, *, force: bool, repair: bool, show_progress: bool) -> 
         lm = load_model(cfg.model.id, revision=cfg.model.revision, dtype=cfg.model.dtype, device=str(device),
                         trust_remote_code=cfg.model.trust_remote_code)
         check_model_fits(cfg, lm.n_layers, lm.d_model)
-        identity = store_identity(cfg, lm)
+        identity = {layer: store_identity(cfg, lm, layer) for layer in layers}
 
-        lock = StoreLock(url)
+        locks = [StoreLock(urls[layer]) for layer in layers]
+        writers: dict[int, StoreWriter] = {}
         if state.is_main_process:
-            if force:
-                lock.acquire()
-                try:
-                    _remove_store(url)
-                except BaseException:
-                    lock.release()
-                    raise
-            elif not repair and store_exists(url) and _already_complete(url, identity, plans, cfg):
-                console.print(f"[green]{url}: complete, left alone[/] (use --force to harvest again)")
+            if not force and not repair and all(store_exists(urls[layer]) and _already_complete(
+                    urls[layer], identity[layer], plans, cfg) for layer in layers):
+                for layer in layers:
+                    console.print(f"[green]{urls[layer]}: complete, left alone[/] (use --force to harvest again)")
                 state.wait_for_everyone()
-                return HarvestResult(url, 0, time.perf_counter() - t_start, skipped=True)
-            else:
-                lock.acquire()
+                return HarvestResult(label, 0, time.perf_counter() - t_start, skipped=True)
+            held = []
             try:
-                writer = StoreWriter(url, identity, codec=cfg.harvest.codec, level=cfg.harvest.level)
-                for plan in plans:
-                    writer.ensure_corpus(plan)
-                if repair:
-                    _uncommit_damaged(writer)
+                for lock in locks:
+                    lock.acquire()
+                    held.append(lock)
+                for layer in layers:
+                    if force:
+                        _remove_store(urls[layer])
+                    writers[layer] = StoreWriter(urls[layer], identity[layer], codec=cfg.harvest.codec,
+                                                 level=cfg.harvest.level)
+                    for plan in plans:
+                        writers[layer].ensure_corpus(plan)
+                    if repair:
+                        _uncommit_damaged(writers[layer])
             except BaseException:
-                lock.release()
+                for lock in held:
+                    lock.release()
                 raise
         state.wait_for_everyone()
         if not state.is_main_process:
-            # the main process saw the same complete store before the barrier and has returned after
+            # the main process saw the same complete stores before the barrier and has returned after
             # it: no second barrier here, or a re-submitted job on a finished store hangs or dies
-            if _already_complete(url, identity, plans, cfg):
-                return HarvestResult(url, 0, time.perf_counter() - t_start, skipped=True)
-            writer = StoreWriter(url, identity, codec=cfg.harvest.codec, level=cfg.harvest.level, create=False)
+            if all(_already_complete(urls[layer], identity[layer], plans, cfg) for layer in layers):
+                return HarvestResult(label, 0, time.perf_counter() - t_start, skipped=True)
+            writers = {layer: StoreWriter(urls[layer], identity[layer], codec=cfg.harvest.codec,
+                                          level=cfg.harvest.level, create=False) for layer in layers}
 
         rows_written = 0
         try:
-            mine = [(p, k) for p in plans for k in writer.pending_chunks(p.name)
-                    if k % state.num_processes == state.process_index]
-            total = sum(_chunk_contexts(p, k) for p, k in mine) * (cfg.harvest.context_length - 1)
+            # a chunk is run once for every layer whose store lacks it, up to the deepest of those
+            pending = {(layer, p.name): set(writers[layer].pending_chunks(p.name)) for layer in layers for p in plans}
+            mine = []
+            for p in plans:
+                for k in sorted(set().union(*(pending[layer, p.name] for layer in layers))):
+                    if k % state.num_processes == state.process_index:
+                        mine.append((p, k, [layer for layer in layers if k in pending[layer, p.name]]))
+            total = sum(_chunk_contexts(p, k) for p, k, _ in mine) * (cfg.harvest.context_length - 1)
             left = len(mine)
-            # leaving the ChunkWriter block commits every chunk handed to it, stopped early or not
+            what = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
+            # leaving the ChunkWriter blocks commits every chunk handed to them, stopped early or not
             with (progress("tok", disable=not (show_progress and state.is_main_process)) as bar,
-                  ChunkWriter(writer) as chunks):  # compression and writes overlap the next forward
-                task = bar.add_task(f"harvest layer {cfg.harvest.layer}", total=total)
-                for plan, k in mine:
+                  contextlib.ExitStack() as stack):  # compression and writes overlap the next forward
+                chunks = {layer: stack.enter_context(ChunkWriter(writers[layer])) for layer in layers}
+                task = bar.add_task(f"harvest {what}", total=total)
+                for plan, k, chunk_layers in mine:
                     if preempt.requested():
                         break
                     bar.update(task, description=f"harvest {plan.name} chunk {k + 1}/{plan.n_chunks}")
                     ctx = contexts[plan.name][k * plan.contexts_per_chunk:(k + 1) * plan.contexts_per_chunk]
-                    acts = _chunk_activations(lm.model, cfg, ctx, device)
-                    chunks.submit(plan, k, acts, ctx)
-                    rows_written += acts.shape[0]
+                    acts = _chunk_activations(lm.model, cfg, ctx, device, chunk_layers)
+                    for layer in chunk_layers:
+                        chunks[layer].submit(plan, k, acts[layer], ctx)
+                    rows = acts[chunk_layers[0]].shape[0]
+                    rows_written += rows
                     left -= 1
-                    bar.advance(task, acts.shape[0])
+                    bar.advance(task, rows)
             # every process meets here, stopped early or not: no collective is added per chunk
             state.wait_for_everyone()
             complete = True
             if state.is_main_process:
-                complete = all([writer.finish_corpus(plan.name) for plan in plans])
-                writer.finish()
+                for writer in writers.values():
+                    complete = all([writer.finish_corpus(plan.name) for plan in plans]) and complete
+                    writer.finish()
         finally:
             if state.is_main_process:
-                lock.release()
+                for lock in locks:
+                    lock.release()
         # chunks left undone by this process, or (seen by the main process) by another one
         if left or not complete:
-            done = sum(int((writer.root[p.name]["committed"][:] != 0).sum()) for p in plans)
-            raise preempt.Preempted(f"{done}/{sum(p.n_chunks for p in plans)} chunks of {url} committed "
-                                    f"({rows_written:,} rows written by this process this time)")
-        return HarvestResult(url, rows_written, time.perf_counter() - t_start, skipped=False)
+            done = sum(int((w.root[p.name]["committed"][:] != 0).sum()) for w in writers.values() for p in plans)
+            raise preempt.Preempted(f"{done}/{sum(p.n_chunks for p in plans) * len(layers)} chunks of {label} "
+                                    f"committed ({rows_written:,} rows written by this process this time)")
+        return HarvestResult(label, rows_written, time.perf_counter() - t_start, skipped=False)
 
 
 def _chunk_contexts(plan: CorpusPlan, k: int) -> int:
@@ -234,27 +256,31 @@ def _chunk_contexts(plan: CorpusPlan, k: int) -> int:
 
 
 
-def _chunk_activations(model, cfg: Config, ctx: np.ndarray, device) -> HostRows:
-    """Rows of one chunk in storage dtype: positions 1..T-1 of each context, contexts in order.
+def _chunk_activations(model, cfg: Config, ctx: np.ndarray, device, layers: list[int]) -> dict[int, HostRows]:
+    """Rows of one chunk in storage dtype at each of `layers` (one forward pass per batch, stopped
+    after the deepest): positions 1..T-1 of each context, contexts in order.
 
     On CUDA the rows are copied into pinned host memory without waiting: the writer thread waits
     for the copy (`HostRows.ready`), the loop goes straight on to the next forward pass.
     """
     cuda = torch.device(device).type == "cuda"
     rows_per_ctx = ctx.shape[1] - 1
-    host = None
+    host: dict[int, torch.Tensor] = {}
     for i in range(0, len(ctx), cfg.harvest.batch_size):
         ids = torch.from_numpy(ctx[i:i + cfg.harvest.batch_size].astype(np.int64)).to(device, non_blocking=cuda)
-        resid = residual_after_block(model, cfg.harvest.layer, ids)[:, 1:]  # drop BOS rows
-        rows = encode_rows(resid.reshape(-1, resid.shape[-1]), cfg.harvest.storage_dtype)
-        if host is None:
-            host = torch.empty((len(ctx) * rows_per_ctx, rows.shape[1]), dtype=rows.dtype, pin_memory=cuda)
-        host[i * rows_per_ctx:i * rows_per_ctx + len(rows)].copy_(rows, non_blocking=cuda)
+        resids = residuals_after_blocks(model, layers, ids)
+        for layer in layers:
+            resid = resids[layer][:, 1:]  # drop BOS rows
+            rows = encode_rows(resid.reshape(-1, resid.shape[-1]), cfg.harvest.storage_dtype)
+            if layer not in host:
+                host[layer] = torch.empty((len(ctx) * rows_per_ctx, rows.shape[1]), dtype=rows.dtype,
+                                          pin_memory=cuda)
+            host[layer][i * rows_per_ctx:i * rows_per_ctx + len(rows)].copy_(rows, non_blocking=cuda)
     ready = None
     if cuda:
         ready = torch.cuda.Event()
         ready.record()
-    return HostRows(host, ready)
+    return {layer: HostRows(rows, ready) for layer, rows in host.items()}
 
 
 def _already_complete(url: str, identity: dict, plans: list[CorpusPlan], cfg: Config) -> bool:

@@ -180,10 +180,11 @@ def run(ctx: click.Context) -> None:
             console.print(f"[green]{out}: report is current, left alone[/]")
         else:
             out = evaluate(cfg)
-    console.print(f"[green]pipeline done[/]: store [bold]{cfg.harvest.store}[/], runs "
+    console.print(f"[green]pipeline done[/]: store [bold]{', '.join(_store_urls(cfg, ()))}[/], runs "
                   f"[bold]{cfg.train.runs_dir}/[/], report [bold]{out}/report.md[/]")
     from orthosae.eval.browser import browser_hint
-    console.print(browser_hint(cfg))
+    for view in cfg.layer_views():
+        console.print(browser_hint(view))
 
 
 def _stop_between_stages(state: str) -> None:
@@ -203,8 +204,15 @@ def inspect_(ctx: click.Context, run_names: tuple[str, ...], top_k: int, max_row
     """Static HTML feature browser per run (top contexts, histograms, neighbours, logit effects)."""
     from orthosae.eval.browser import build_browser
     with _job(ctx, "inspect") as cfg:
-        root = build_browser(cfg, run_names=list(run_names) or None, top_k=top_k, max_rows=max_rows)
-    console.print(f"[green]inspect done[/]: feature browser in [bold]{root}/index.html[/] (open it from disk)")
+        for name in run_names:
+            cfg.run(name)
+        roots = []
+        for view in cfg.layer_views():  # several layers: a browser per layer, beside its report
+            names = [n for n in run_names if n in {r.name for r in view.runs}]
+            if view.runs and not (run_names and not names):
+                roots.append(build_browser(view, run_names=names or None, top_k=top_k, max_rows=max_rows))
+    for root in roots:
+        console.print(f"[green]inspect done[/]: feature browser in [bold]{root}/index.html[/] (open it from disk)")
 
 
 @main.command()
@@ -212,13 +220,15 @@ def inspect_(ctx: click.Context, run_names: tuple[str, ...], top_k: int, max_row
 @click.option("--repo", required=True, metavar="OWNER/NAME", help="Hugging Face model repo (created if absent)")
 @click.option("--private", is_flag=True, help="create the repo private")
 @click.option("--dry-run", is_flag=True, help="stage the repo's files and the model card only; upload nothing")
+@click.option("--format", "fmt", type=click.Choice(["saelens", "sparsify"]), default="saelens", show_default=True,
+              help="saelens: one SAELens folder per run; sparsify: <run>/layers.<L>/ in EleutherAI sparsify's layout")
 @click.pass_context
-def push(ctx: click.Context, run_names: tuple[str, ...], repo: str, private: bool, dry_run: bool) -> None:
-    """Upload trained runs to the Hugging Face Hub in SAELens' layout, with a model card."""
+def push(ctx: click.Context, run_names: tuple[str, ...], repo: str, private: bool, dry_run: bool, fmt: str) -> None:
+    """Upload trained runs to the Hugging Face Hub in SAELens' (or sparsify's) layout, with a model card."""
     from orthosae.train.push import PushError, check_repo, stage, upload
     with _job(ctx, "push") as cfg:
         check_repo(cfg, repo)
-        staged = stage(cfg, list(run_names), repo)
+        staged = stage(cfg, list(run_names), repo, fmt=fmt)
         console.print(f"staged {len(run_names)} run(s) + model card in [bold]{staged}/[/]")
         if dry_run:
             return
@@ -236,13 +246,23 @@ def push(ctx: click.Context, run_names: tuple[str, ...], repo: str, private: boo
 @click.option("--corpus", "corpora", multiple=True, help="store corpus to export (repeatable; default: "
               "the config's training corpora)")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--layer", "layer", type=int, default=None, help="the harvested layer to export (needed when "
+              "[harvest] layers lists several)")
 @click.pass_context
-def export_cache(ctx: click.Context, fmt: str, out: str | None, corpora: tuple[str, ...], dtype: str) -> None:
+def export_cache(ctx: click.Context, fmt: str, out: str | None, corpora: tuple[str, ...], dtype: str,
+                 layer: int | None) -> None:
     """Write the store's training rows as another tool's activation cache (SAELens)."""
     from orthosae.harvest.export_cache import export_saelens, saelens_snippet
     from orthosae.common.progress import progress
     from orthosae.common.store import open_store_for
     with _job(ctx, "export-cache") as cfg:
+        if layer is None and len(cfg.layers) > 1:
+            raise ConfigError(f"{cfg.path}: [harvest] layers: {', '.join(map(str, cfg.layers))} are harvested; "
+                              "pick one with --layer")
+        if layer is not None and layer not in cfg.layers:
+            raise ConfigError(f"{cfg.path}: --layer {layer}: not harvested ([harvest] layers: "
+                              f"{', '.join(map(str, cfg.layers))})")
+        cfg = cfg.at_layer(cfg.layers[0] if layer is None else layer)
         reader = open_store_for(cfg)
         names = list(corpora) or [n for n, c in cfg.corpora.items() if c.split == "train"]
         if out is None:
@@ -255,13 +275,13 @@ def export_cache(ctx: click.Context, fmt: str, out: str | None, corpora: tuple[s
             result = export_saelens(reader, names, Path(out), dtype=dtype, progress=lambda k: bar.advance(task, k))
     console.print(f"[green]export-cache done[/]: {result.contexts:,} contexts ({result.rows:,} rows, "
                   f"{', '.join(result.corpora)}) -> [bold]{result.path}[/]")
-    console.print(Text("SAELens: " + saelens_snippet(result, cfg.model.id)))
+    console.print(Text("SAELens:\n" + saelens_snippet(result, cfg.model.id)))
 
 
 def _store_urls(cfg, paths: tuple[str, ...]) -> list[str]:
     if paths:
         return list(paths)
-    return [cfg.harvest.store]
+    return [cfg.harvest.store_for(layer) for layer in cfg.layers]  # one store per harvested layer
 
 
 def _store_status(url: str) -> dict:
@@ -303,8 +323,10 @@ def _pipeline_status(cfg) -> dict:
     from orthosae.common.store import StoreReader, store_exists
     from orthosae.eval import report_is_current
     from orthosae.status import run_status
-    reader = StoreReader(cfg.harvest.store) if store_exists(cfg.harvest.store) else None
-    runs = [run_status(cfg, run, reader) for run in cfg.runs]
+    runs = []
+    for view in cfg.layer_views():  # each run beside its layer's store
+        reader = StoreReader(view.harvest.store) if store_exists(view.harvest.store) else None
+        runs += [run_status(view, run, reader) for run in view.runs]
     report = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.md"
     # current: made from the runs on disk (what `pipe run` checks), and those are the config's
     trained = all(r["status"] in ("complete", "early_stopped") for r in runs)
@@ -406,16 +428,17 @@ def verify(ctx: click.Context, stores: tuple[str, ...], as_json: bool, repair: b
             {"text": p.text, "kind": p.kind, "corpus": p.corpus, "chunk": p.chunk} for p in problems]})
     if cfg is not None:
         from orthosae.train.verify import check_run, repair_run
-        reader = StoreReader(cfg.harvest.store) if store_exists(cfg.harvest.store) else None
         doc["runs"] = []
         for run in cfg.runs:
-            result = check_run(cfg, run, reader)
+            view = cfg.view_of(run.name)  # the run beside its layer's store
+            reader = StoreReader(view.harvest.store) if store_exists(view.harvest.store) else None
+            result = check_run(view, run, reader)
             if repair and result["repair"]:
                 from orthosae.common.locks import FolderLock
                 with FolderLock(Path(result["dir"]), result["dir"]):  # not while `pipe train` writes it
-                    result["repaired"] = repair_run(cfg, run, reader)
+                    result["repaired"] = repair_run(view, run, reader)
                 result["problems_before"] = result["problems"]
-                result = {**check_run(cfg, run, reader), "repaired": result["repaired"],
+                result = {**check_run(view, run, reader), "repaired": result["repaired"],
                           "problems_before": result["problems_before"]}
             result["ok"] = not result["problems"]
             doc["runs"].append(result)

@@ -14,7 +14,7 @@ D, T = 16, 9
 def make_store(url, d_model=D, complete=True, n_contexts=64):
     """Retain and forget rows drawn around different directions, like two topics would be."""
     ident = {"model_id": "tiny", "revision": "main", "file_sha256": None, "layer": 0, "hook": "resid_post",
-             "d_model": d_model, "storage_dtype": "float32", "context_length": T, "tokenizer": "t",
+             "d_model": d_model, "storage_dtype": "float32", "context_length": T, "tokenizer": "t:bos=2",
              "bos_policy": "bos-first-not-stored"}
     w = StoreWriter(url, ident)
     g = torch.Generator().manual_seed(0)

@@ -46,7 +46,9 @@ def test_the_finder_sees_imports_in_prose_and_code(tmp_path):
 def documented() -> list[tuple[str, str]]:
     found = {(p.relative_to(ROOT).as_posix(), s) for p in PAGES for s in our_imports(p.read_text())}
     card = model_card("you/sae", [("adaptive", {"architecture": GROUPED_ARCH}, {}, None)])
-    return sorted(found | {("the model card of `pipe push`", s) for s in our_imports(card)})
+    sparsify = model_card("you/sae", [("baseline", {"metadata": {"hook_layer": 3}}, {}, None)], "sparsify")
+    assert "from sparsify import SparseCoder" in sparsify
+    return sorted(found | {("the model card of `pipe push`", s) for s in our_imports(card) | our_imports(sparsify)})
 
 
 @pytest.mark.parametrize(("where", "statement"), documented())

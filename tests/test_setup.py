@@ -49,6 +49,7 @@ def test_clean_setup_says_what_it_installed_and_nothing_alarming(tmp_path):
         "-m pip install --upgrade pip", "-m pip install -e .[test]", "-m pip install sae-lens==6.54.12",
         "-m pip install --no-deps dictionary-learning==0.1.0",
         "-m pip install --no-deps sae-bench==0.6.0", "-m pip install tabulate",
+        "-m pip install --no-deps eai-sparsify==1.3.3 natsort==8.4.0 schedulefree==1.4.1",
         "-m pip install -e .[wandb,trackio]"]
 
 

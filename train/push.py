@@ -24,7 +24,7 @@ from pathlib import Path
 from orthosae.common import owned
 from orthosae.common.config import Config, ConfigError
 from orthosae.common.errors import UserError
-from orthosae.common.model import EMBEDDED_GEMMA, EMBEDDED_HUB_ID
+from orthosae.common.model import hub_model_id
 from orthosae.train.export import CFG_FILENAME, GROUPED_ARCH, WEIGHTS_FILENAME
 from orthosae.train.sparsity import SPARSITY_FILENAME
 from orthosae.train.verify import read_summary, require_intact_export
@@ -84,8 +84,9 @@ def _ensure_sparsity(cfg: Config, run_dir: Path) -> None:
     save_sparsity(run_dir, feature_density(sae, sparsity_rows(open_store_for(cfg), train_corpora(cfg)), 1.0))
 
 
-def stage(cfg: Config, run_names: list[str], repo: str, dest: Path | None = None) -> Path:
-    """The repo's files for ``run_names`` in ``dest`` (replaced), returns it."""
+def stage(cfg: Config, run_names: list[str], repo: str, dest: Path | None = None, fmt: str = "saelens") -> Path:
+    """The repo's files for ``run_names`` in ``dest`` (replaced), returns it. ``fmt``: "saelens" (one
+    SAELens folder per run) or "sparsify" (``<run>/layers.<L>/`` in sparsify's layout, train/sparsify_export.py)."""
     check_repo(cfg, repo)
     if not run_names:
         raise ConfigError(f"{cfg.path}: pipe push: name at least one run (have: {', '.join(r.name for r in cfg.runs)})")
@@ -93,19 +94,25 @@ def stage(cfg: Config, run_names: list[str], repo: str, dest: Path | None = None
     dest = Path(dest) if dest is not None else staging_dir(cfg, repo)
     tmp = dest.with_name(dest.name + ".tmp")
     owned.remove(tmp, "pipe push")  # only ever a folder this command made
-    cards, reported = [], _report_runs(cfg)
+    cards, reported = [], {}
+    for layer in {cfg.run(name).layer for name in run_names}:  # each run's figures from its layer's report
+        reported.update(_report_runs(cfg.at_layer(layer)))
     owned.make(tmp)
     for name, run_dir in dirs.items():
-        _ensure_sparsity(cfg, run_dir)
-        (tmp / name).mkdir()
-        for f in FILES:
-            shutil.copy2(run_dir / f, tmp / name / f)
+        if fmt == "sparsify":
+            from orthosae.train.sparsify_export import save_sparsify
+            save_sparsify(run_dir, tmp / name)
+        else:
+            _ensure_sparsity(cfg.view_of(name), run_dir)
+            (tmp / name).mkdir()
+            for f in FILES:
+                shutil.copy2(run_dir / f, tmp / name / f)
         summary = json.loads((run_dir / "summary.json").read_text())
         report = reported.get(name)
         if report is not None and report.get("summary", {}).get("fingerprint") != summary.get("fingerprint"):
             report = None  # the report measured other weights
         cards.append((name, json.loads((run_dir / CFG_FILENAME).read_text()), summary, report))
-    (tmp / "README.md").write_text(model_card(repo, cards))
+    (tmp / "README.md").write_text(model_card(repo, cards, fmt))
     (tmp / owned.MARK).unlink()  # the staged folder holds exactly what is uploaded
     owned.remove(dest, "pipe push", "README.md")
     tmp.rename(dest)
@@ -126,33 +133,48 @@ def _get(d: dict | None, *keys):
     return d
 
 
-def model_card(repo: str, cards: list[tuple[str, dict, dict, dict | None]]) -> str:
+def model_card(repo: str, cards: list[tuple[str, dict, dict, dict | None]], fmt: str = "saelens") -> str:
     """The repo's README.md: front matter for the Hub (library saelens), then per run what it is,
     how it was trained, what the report measured, and how to load it."""
     meta = cards[0][1].get("metadata", {})
     model, hook = meta.get("model_name"), meta.get("hook_name")
-    layer = cards[0][1].get("hook_layer", meta.get("hook_layer"))
-    front = ["---", "library_name: saelens"]
-    base = EMBEDDED_HUB_ID if model == EMBEDDED_GEMMA else model
+    hooks = {name: c.get("metadata", {}).get("hook_name") for name, c, _, _ in cards}
+    layers = sorted({c.get("hook_layer", c.get("metadata", {}).get("hook_layer")) for _, c, _, _ in cards},
+                    key=str)
+    layer = ", ".join(map(str, layers))
+    front = ["---", "library_name: saelens"] if fmt == "saelens" else ["---"]
+    base = hub_model_id(cards[0][1].get("model_source", model))  # exports before model_source: model_name
     if base and re.match(r"^[\w.-]+/[\w.-]+$", str(base)) and not Path(str(base)).exists():  # a Hub id, not a path
         front.append(f"base_model: {base}")
-    front += ["tags:", "- saelens", "- sparse-autoencoder", "- orthosae", "---"]
+    front += ["tags:", f"- {fmt}", "- sparse-autoencoder", "- orthosae", "---"]
     grouped = [n for n, cfg, _, _ in cards if cfg.get("architecture") == GROUPED_ARCH]
     lines = front + ["", f"# {repo}", "",
-             f"Sparse autoencoders trained with orthosae on **{model}**, layer **{layer}**, "
-             f"hook `{hook}`, in SAELens' layout: one folder per SAE (`cfg.json`, `sae_weights.safetensors`, "
+             f"Sparse autoencoders trained with orthosae on **{model}**, layer{'s' if len(layers) > 1 else ''} "
+             f"**{layer}**, hook `{hook if len(layers) == 1 else 'blocks.<layer>.hook_resid_post'}`, in SAELens' layout: one folder per SAE (`cfg.json`, `sae_weights.safetensors`, "
              "`sparsity.safetensors` = log10 feature density on training rows). The weights work on raw "
              "activations (the training normalisation is folded in).", "",
-             "| SAE (folder) | type | architecture | d_in | d_sae | steps | status |", "|---|---|---|---|---|---|---|"]
+             "| SAE (folder) | hook | type | architecture | d_in | d_sae | steps | status |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, cfg, summary, _ in cards:
-        lines.append(f"| `{name}` | {summary.get('type')} | {cfg.get('architecture')} | {cfg.get('d_in')} | "
+        lines.append(f"| `{name}` | `{hooks[name]}` | {summary.get('type')} | {cfg.get('architecture')} | {cfg.get('d_in')} | "
                      f"{cfg.get('d_sae')} | {summary.get('steps')} | {summary.get('status')} |")
-    lines += ["", "## Load", "", "```python", "from sae_lens import SAE"]
-    if grouped:
+    if fmt == "sparsify":
+        from orthosae.train.sparsify_export import hookpoint
+        point = f"{cards[0][0]}/{hookpoint(cards[0][1])}"
+        lines[len(front) + 3] = (f"Sparse autoencoders trained with orthosae on **{model}**, layer"
+                                 f"{'s' if len(layers) > 1 else ''} **{layer}**, in EleutherAI sparsify's layout: "
+                                 "`<SAE folder>/layers.<layer>/` holds `cfg.json` and `sae.safetensors` (raw "
+                                 "activations; a relu SAE is its top-k coder with k = d_sae, exactly).")
+        lines += ["", "## Load", "", "```python", "from sparsify import SparseCoder",
+                  f'sae = SparseCoder.load_from_hub("{repo}", hookpoint="{point}")', "```", ""]
+    else:
+        lines += ["", "## Load", "", "```python", "from sae_lens import SAE"]
+    if grouped and fmt != "sparsify":
         lines += ["from orthosae.train.export import register_with_sae_lens  # orthosae: the grouped architecture",
                   "register_with_sae_lens()"]
-    lines += [f'sae = SAE.from_pretrained("{repo}", "{(grouped or [cards[0][0]])[0]}")', "```", ""]
-    if grouped:
+    if fmt != "sparsify":
+        lines += [f'sae = SAE.from_pretrained("{repo}", "{(grouped or [cards[0][0]])[0]}")', "```", ""]
+    if grouped and fmt != "sparsify":
         lines += [f"{', '.join(f'`{n}`' for n in grouped)} "
                   f"{'is' if len(grouped) == 1 else 'are'} orthosae's grouped adaptive-orthogonal SAE "
                   f"(architecture `{GROUPED_ARCH}`: per-token group decoder biases), which sae_lens loads "

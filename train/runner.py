@@ -174,6 +174,7 @@ def _export_meta(cfg: Config, trainer: Trainer, reader: StoreReader) -> dict:
     return {"extra_cfg": {
         **sae_lens_metadata(reader.meta.get("model_id"), cfg.harvest.layer, cfg.harvest.hook),
         "context_size": cfg.harvest.context_length,
+        "model_source": reader.meta.get("model_id"),  # what orthosae loaded; model_name is its Hub name
         "store": cfg.harvest.store, "run_name": run.name, "run_type": run.type,
         "steps": trainer.step, "prepend_bos": True, "exclude_special_tokens": True,
         **({"sets": list(cfg.sets)} if cfg.sets else {})},  # `pipe --set` overrides it trained under
@@ -219,7 +220,14 @@ def train(cfg: Config, *, run_names: list[str] | None = None, force: bool = Fals
     """Train the config's runs (or `run_names`) in one pass; returns their summaries (this
     process's share of them under a multi-process launcher)."""
     events.set_stage("train")
-    summaries = _train(cfg, run_names=run_names, force=force, show_progress=show_progress)
+    for name in run_names or []:
+        cfg.run(name)  # an unknown name fails before any layer trains
+    summaries = []
+    for view in cfg.layer_views():  # several harvested layers: one pass over each layer's store
+        names = [n for n in run_names if n in {r.name for r in view.runs}] if run_names else None
+        if (run_names and not names) or not view.runs:
+            continue
+        summaries += _train(view, run_names=names, force=force, show_progress=show_progress)
     events.emit("stage_done", runs={s["run"]: s["status"] for s in summaries})
     return summaries
 

@@ -9,8 +9,10 @@ lines up with the rows the harvest stored:
   organisation by the name after the slash (EleutherAI, google, facebook: ``pythia-70m-deduped``,
   ``gemma-2-2b``, ``opt-125m``, as SAELens' own releases name them) and ``gpt2`` -> ``gpt2-small``;
   otherwise the hub id itself (``meta-llama/Llama-3.1-8B``, ``Qwen/Qwen2.5-7B``,
-  ``mistralai/Mistral-7B-v0.1``), which TransformerLens accepts as the official name. Local
-  directories and the embedded GGUF model keep their id: TransformerLens cannot load them by name.
+  ``mistralai/Mistral-7B-v0.1``), which TransformerLens accepts as the official name. The embedded
+  GGUF model is named as the Hub model it is a build of (``google/gemma-3-270m`` ->
+  ``gemma-3-270m``); the export keeps the local source in its own ``model_source`` key. Local
+  directories keep their path: TransformerLens cannot load them by name.
   Tested against TransformerLens' and SAELens' own tables (tests/train/test_sae_lens_names.py).
 - ``hook_name``: ``blocks.<L>.hook_resid_post``, the residual stream after block L before any
   final norm, exactly what the harvest stores for every family.
@@ -21,6 +23,8 @@ lines up with the rows the harvest stored:
 
 from __future__ import annotations
 
+from orthosae.common.model import hub_model_id
+
 # hub organisations whose models TransformerLens aliases by the bare name after the slash
 BARE_NAME_ORGS = ("EleutherAI/", "google/", "facebook/")
 SPECIAL_NAMES = {"gpt2": "gpt2-small"}
@@ -30,6 +34,7 @@ def sae_lens_model_name(model_id: str | None) -> str | None:
     """The name SAELens / TransformerLens use for the hub model ``model_id`` (see the module doc)."""
     if not isinstance(model_id, str):
         return model_id
+    model_id = hub_model_id(model_id)
     if model_id in SPECIAL_NAMES:
         return SPECIAL_NAMES[model_id]
     if model_id.startswith(BARE_NAME_ORGS) and model_id.count("/") == 1:

@@ -29,7 +29,8 @@ def test_saelens_activations_store_serves_the_exported_rows(tmp_path):
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert f"-> {out}" in res.output and "hook_name='blocks.0.hook_resid_post'" in res.output
     meta = json.loads((out / "orthosae_cache.json").read_text())
-    assert meta["corpora"] == ["retain", "forget"] and meta["context_size"] == T - 1  # training corpora only
+    # the context size the SAEs saw (cfg.json's), position 0 the unstored BOS row's placeholder
+    assert meta["corpora"] == ["retain", "forget"] and meta["context_size"] == T  # training corpora only
 
     # what the cache must hold: the store's contexts, chunk by chunk in chunk_order
     reader = StoreReader(str(tmp_path / "s.zarr"))
@@ -45,18 +46,29 @@ def test_saelens_activations_store_serves_the_exported_rows(tmp_path):
 
     batch = 4  # contexts per SAELens batch: 20 batches cover the 80 contexts once
     store = ActivationsStore(model=None, dataset=None, streaming=False, hook_name="blocks.0.hook_resid_post",
-                             hook_head_index=None, context_size=T - 1, d_in=D, n_batches_in_buffer=2,
+                             hook_head_index=None, context_size=T, d_in=D, n_batches_in_buffer=2,
                              total_training_tokens=acts.shape[0], store_batch_size_prompts=batch,
                              train_batch_size_tokens=16, prepend_bos=True, normalize_activations="none",
-                             device=torch.device("cpu"), dtype="float32", cached_activations_path=str(out))
+                             device=torch.device("cpu"), dtype="float32", cached_activations_path=str(out),
+                             exclude_special_tokens=torch.tensor([2]))
     got_acts, got_toks = zip(*[store.get_raw_llm_batch() for _ in range(80 // batch)])
-    assert torch.equal(torch.cat(got_acts), acts)
-    assert torch.equal(torch.cat(got_toks).long(), toks)
+    got_acts, got_toks = torch.cat(got_acts).view(80, T, D), torch.cat(got_toks).long().view(80, T)
+    assert torch.equal(got_acts[:, 1:].reshape(-1, D), acts) and not got_acts[:, 0].any()
+    assert torch.equal(got_toks[:, 1:].reshape(-1), toks) and (got_toks[:, 0] == 2).all()
     # and the training batches it serves (through its mixing buffer) are rows of the store
     store.current_row_idx = 0
     served = torch.cat([store.next_batch() for _ in range(5)])
     assert served.shape == (5 * 16, D)
-    assert (served[:, None, :] == acts[None]).all(-1).any(1).all()
+    assert (served[:, None, :] == acts[None]).all(-1).any(1).all()  # the BOS placeholder never served
+
+    # the snippet the command printed trains a SAELens SAE on the cache: offline, no model
+    snippet = res.output[res.output.index("SAELens:") + len("SAELens:"):]
+    scope: dict = {}
+    exec(compile(snippet, "snippet", "exec"), scope)
+    sae = scope["sae"]
+    assert type(sae).__name__ == "StandardTrainingSAE" and sae.W_enc.shape == (D, 4 * D)
+    assert scope["trainer"].n_training_samples >= 80 * T  # the cache's rows, one pass
+    assert torch.isfinite(sae.W_dec).all()
 
     # provenance columns name each row's corpus and context
     from datasets import Dataset

@@ -60,7 +60,7 @@ def test_staged_repo_file_by_file(piped):
     assert "library_name: saelens" in front and "- saelens" in front
     cfg_json = json.loads((tmp / "runs/adaptive/cfg.json").read_text())
     assert f"**{cfg_json['model_name']}**, layer **0**" in card and "hook `blocks.0.hook_resid_post`" in card
-    assert re.search(r"\| `adaptive` \| adaptive \| orthosae_grouped \| 64 \| 128 \| 50 \| complete \|", card)
+    assert re.search(r"\| `adaptive` \| `blocks.0.hook_resid_post` \| adaptive \| orthosae_grouped \| 64 \| 128 \| 50 \| complete \|", card)
     assert "register_with_sae_lens()" in card and 'SAE.from_pretrained("me/tiny-saes", "adaptive")' in card
     assert "base_model" not in front  # the tiny model is a local folder, not a Hub id
     assert "- `adaptive` (adaptive): d_sae = 128, tokens = 3200" in card and "alpha = 0.04" in card

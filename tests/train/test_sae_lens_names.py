@@ -37,7 +37,9 @@ def test_model_names_are_the_ones_transformer_lens_resolves_to_the_hub_id():
         name = sae_lens_model_name(hub_id)  # (the hub ignores case: EleutherAI/gpt-j-6b is TL's gpt-j-6B)
         assert name == hub_id or loading.get_official_model_name(name).lower() == hub_id.lower(), family
     assert sae_lens_model_name("/data/models/my-llama") == "/data/models/my-llama"
-    assert sae_lens_model_name("embedded:gemma-3-270m") == "embedded:gemma-3-270m"
+    # the embedded GGUF build: named as the Hub model it is built from, which TransformerLens loads
+    assert sae_lens_model_name("embedded:gemma-3-270m") == "gemma-3-270m"
+    assert loading.get_official_model_name("gemma-3-270m") == "google/gemma-3-270m"
 
 
 def test_names_match_saelens_own_releases():
