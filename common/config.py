@@ -429,8 +429,9 @@ class EvalConfig:
     primary_figure: str = _key("", doc="the report's primary unlearning figure, e.g. \"F_0.1\" (F(b) at a "
                                "[eval.unlearning] retain_budgets value); \"\" = F at the largest budget. Judged "
                                "against the baseline curve for every condition, Holm-corrected with primary_pairs")
-    primary_quality: str = _key("ce_loss_score", _choice("ce_loss_score", "explained_variance"),
-                                "the quality axis the primary figure is judged at")
+    primary_quality: str = _key("ce_loss_score_docs", _choice("ce_loss_score_docs", "explained_variance_docs"),
+                                "the quality axis the primary figure is judged at (both measured on the "
+                                "unlearning's held-out documents, bootstrapped with F(b))")
     primary_pairs: list = _key([], doc="[[condition A, condition B], ...]: seed-paired comparisons on the primary "
                                "figure that join the Holm family (e.g. adaptive against fixed)")
     unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)

@@ -211,7 +211,7 @@ def _frontier(conds: dict, per_seed: dict, reps: dict, metrics: list[Metric], l0
 
 def _point(label: str, e: dict, per_seed: dict, reps: dict, m: Metric, q: Metric) -> dict:
     return {"name": label, "x": e["metrics"][q.key]["mean"], "x_seeds": per_seed[q.key],
-            "y_seeds": per_seed[m.key], "reps": reps.get(m.key)}
+            "y_seeds": per_seed[m.key], "reps": reps.get(m.key), "x_reps": reps.get(q.key)}
 
 
 def _primary(primary: dict, conds: dict, pairs: list[dict], frontier: dict) -> dict:

@@ -11,7 +11,9 @@ only where the curve was **measured** around x_m:
 
 The gap is computed **per seed id** (seed s of the condition against seed s of both baseline
 points: the same init seed and data order), with the interpolation weight from that seed's own
-quality, t_s = (x_m,s − x̄_a) / (x̄_b − x̄_a): the condition's quality error enters the gap. Its
+quality, t_s = (x_m,s − x̄_a) / (x̄_b − x̄_a): the condition's quality error enters the gap (and,
+where the quality was bootstrapped over the same documents as the figure, ``x_reps``, each
+document replicate takes the weight of its own quality). Its
 interval is ``eval/intervals.py``'s calibrated one over those seeds, with the document replicates
 differenced replicate by replicate (the same documents for every run). "above" when the interval
 excludes 0 upwards, "below" downwards, "tie" when it holds 0; fewer than ``MIN_SEEDS`` shared seeds:
@@ -71,9 +73,12 @@ def frontier_verdict(curve: list[dict], point: dict) -> dict:
     gaps = [point["y_seeds"][s] - ((1 - t[s]) * a["y_seeds"][s] + t[s] * b["y_seeds"][s]) for s in seeds]
     reps = None
     if all(p.get("reps") for p in (point, a, b)):
-        def r(p, s):
-            return np.asarray([math.nan if v is None else v for v in p["reps"][s]], dtype=np.float64)
-        reps = np.stack([r(point, s) - ((1 - t[s]) * r(a, s) + t[s] * r(b, s)) for s in seeds])
+        def r(p, s, key="reps"):
+            return np.asarray([math.nan if v is None else v for v in p[key][s]], dtype=np.float64)
+
+        def weight(s):  # the quality of replicate i (the same documents) where it was bootstrapped with y
+            return (r(point, s, "x_reps") - a["x"]) / span if point.get("x_reps") and span > 0 else t[s]
+        reps = np.stack([r(point, s) - ((1 - weight(s)) * r(a, s) + weight(s) * r(b, s)) for s in seeds])
     s = mean_interval(gaps, reps)
     lo, hi = s["ci95"]
     verdict = ("no verdict: no interval" if not (math.isfinite(lo) and math.isfinite(hi))

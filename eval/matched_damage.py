@@ -15,7 +15,12 @@ once) and each bootstrap replicate (documents drawn with replacement).
   forget damage), sorted by retain damage; F(b) interpolates linearly between the two frontier
   points around b. Where no setting reaches retain damage b, F(b) is "not reached" (nan), never
   extrapolated. Beside it the same interpolation of the forget ΔCE on the forget text's domain
-  tokens and on the rest (``domain_tokens``).
+  tokens and on the rest (``domain_tokens``). F(b) is **cross-fitted**: the bracketing points and
+  weight are found on one half of the documents and the forget damage scored on the other, both
+  ways averaged (nan unless both halves reach b). ``F_<b>_origin`` (0, 0.5, 1): on how many halves
+  the lower bracketing point is the unedited model itself — the chord the sweep's ladder of smaller
+  edits (``eval/unlearning.py`` ``bracket_ladder``) exists to avoid; ``bracket_points`` describes
+  the measured points around b.
 - **Cross-fitting** (``crossfit``): documents of each corpus are split in two halves by a seeded
   permutation; the best setting is chosen on one half and scored on the other, then the halves
   swap and the two scores are averaged. No setting is ever scored on the documents that chose it.
@@ -163,10 +168,12 @@ def crossfit(score_a: np.ndarray, score_b: np.ndarray, choose_a: np.ndarray, cho
     return 0.5 * (pick(choose_a, score_b) + pick(choose_b, score_a))
 
 
-def loss_matrices(clean: dict, edited: list[dict], docs: dict) -> dict:
+def loss_matrices(clean: dict, edited: list[dict], docs: dict, quality: dict | None = None) -> dict:
     """Per-document sums of one run's sweep. ``clean[corpus]`` / ``edited[s][corpus]``: per-context
     arrays ``sum_<part>``, ``n_<part>`` and (edited) ``fired``, ``positions``; ``docs[corpus]``: the
-    context -> document index."""
+    context -> document index. ``quality[corpus]`` (optional): per-context sums with the SAE's
+    reconstruction spliced in — ``recon_all`` (CE), ``zero_all`` (CE zero-ablated), ``sse``, ``sx``
+    ``[n, d]``, ``sxx``, ``npos`` (explained variance) — for the quality figures on these documents."""
     out = {}
     for name in ("forget", "retain"):
         d = docs[name]
@@ -178,6 +185,9 @@ def loss_matrices(clean: dict, edited: list[dict], docs: dict) -> dict:
             m[f"edit_{part}"] = per_document(np.stack([e[name][f"sum_{part}"] for e in edited]), d, n_docs)
         m["fired"] = per_document(np.stack([e[name]["fired"] for e in edited]), d, n_docs)
         m["positions"] = per_document(clean[name]["positions"], d, n_docs)
+        for k, v in (quality or {}).get(name, {}).items():
+            m[k] = per_document(np.asarray(v, dtype=np.float64).T, d, n_docs).T if np.ndim(v) == 2 \
+                else per_document(v, d, n_docs)
         out[name] = m
     return out
 
@@ -199,6 +209,8 @@ def figures(mats: dict, wf: np.ndarray, wr: np.ndarray, budgets: Sequence[float]
         cov_f = (wf @ f["fired"].T) / (wf @ f["positions"])[:, None]
         cov_r = (wr @ r["fired"].T) / (wr @ r["positions"])[:, None]
     out["forget_coverage_at_best"], out["retain_coverage_at_best"] = cov_f[rows, best], cov_r[rows, best]
+    if "recon_all" in f:
+        out.update(quality_figures(f, r, wf, wr))
     # cross-fitting: choose on one half of the documents, score on the other
     hf, hr = halves(f["docs"]), halves(r["docs"])
     half = {}
@@ -237,6 +249,21 @@ def figures(mats: dict, wf: np.ndarray, wr: np.ndarray, budgets: Sequence[float]
     out["loss_unlearning_score_crossfit"] = crossfit(half[0]["rel"], half[1]["rel"], half[0]["rel_ok"],
                                                      half[1]["rel_ok"])
     return out
+
+
+def quality_figures(f: dict, r: dict, wf: np.ndarray, wr: np.ndarray) -> dict[str, np.ndarray]:
+    """CE-loss score and explained variance of the SAE on the forget and retain documents pooled,
+    under the same document weights as the unlearning figures (so a replicate of each is paired):
+    (CE_zero − CE_sae) / (CE_zero − CE_clean) and 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²."""
+    def pooled(key):
+        return wf @ f[key] + wr @ r[key]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        zero, recon, clean = pooled("zero_all"), pooled("recon_all"), pooled("clean_all")
+        ce_score = (zero - recon) / (zero - clean)
+        sx = pooled("sx")  # [B, d]
+        total = pooled("sxx") - (sx ** 2).sum(axis=1) / pooled("npos")
+        ev = 1.0 - pooled("sse") / total
+    return {"ce_loss_score_docs": ce_score, "explained_variance_docs": ev}
 
 
 def _budget_tag(b: float) -> str:

@@ -61,10 +61,14 @@ class Metric:
 
 _REGISTRY: list[Metric] = [
     Metric("l0", "reconstruction", None, "L0"),
-    Metric("explained_variance", "reconstruction", True, "EV", quality=True),
+    Metric("explained_variance", "reconstruction", True, "EV"),
     Metric("mse", "reconstruction", False, "MSE"),
     Metric("frac_dead", "reconstruction", False, "dead fraction"),
-    Metric("ce_loss_score", "downstream", True, "CE-loss score", quality=True),
+    Metric("ce_loss_score", "downstream", True, "CE-loss score"),
+    # the frontier's quality axes: measured on the unlearning's held-out documents, bootstrapped with F(b)
+    Metric("ce_loss_score_docs", "unlearning", True, "CE-loss score (unlearning documents)", eval_error=True,
+           quality=True),
+    Metric("explained_variance_docs", "unlearning", True, "EV (unlearning documents)", eval_error=True, quality=True),
     Metric("kl_div_score", "downstream", True, "KL score"),
     Metric("best_selectivity_crossfit", "unlearning", True, "best selectivity, cross-fitted (nats)",
            eval_error=True, frontier=True),

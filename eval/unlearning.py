@@ -57,7 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from orthosae.eval import matched_damage as md
-from orthosae.eval.downstream import ResidFn, final_hidden, softcap, splice, token_ce
+from orthosae.eval.downstream import ResidFn, final_hidden, sae_fn, softcap, splice, token_ce, zero_fn
 from orthosae.eval.prefix import PrefixCache
 from orthosae.train.sae import fold_decoder_norms, is_grouped
 
@@ -318,6 +318,29 @@ def _ce_per_context(model: nn.Module, contexts: Tensor, batch_size: int, domain:
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def reconstruction_per_context(model: nn.Module, layer: int, sae: nn.Module, forget_contexts: Tensor,
+                               retain_contexts: Tensor, batch_size: int, prefix: PrefixCache | None) -> dict:
+    """Per corpus and context, with the SAE's reconstruction spliced in (BOS left clean): the CE sums
+    (``recon_all``) and the sums explained variance needs — squared error, Σx, Σ‖x‖², positions."""
+    out = {}
+    for name, ctx in (("forget", forget_contexts), ("retain", retain_contexts)):
+        parts: list = []
+        recon = sae_fn(sae)
+
+        def fn(r: Tensor, parts=parts, recon=recon) -> Tensor:
+            x_hat = recon(r)
+            x = r.double()
+            parts.append(((x - x_hat.double()).pow(2).sum(dim=(-1, -2)).cpu(), x.sum(dim=-2).cpu(),
+                          x.pow(2).sum(dim=(-1, -2)).cpu(), torch.full(r.shape[:-2], r.shape[-2], dtype=torch.float64)))
+            return x_hat
+
+        with splice(model, layer, fn):
+            ce = _ce_per_context(model, ctx, batch_size, None, prefix)
+        sse, sx, sxx, npos = (torch.cat([p[i] for p in parts]).numpy() for i in range(4))
+        out[name] = {"recon_all": ce["sum_all"], "sse": sse, "sx": sx, "sxx": sxx, "npos": npos}
+    return out
+
+
 def _mean(x: Tensor) -> float:
     """Mean of a bool or float tensor (an accuracy, a mean probability); nan when empty."""
     return x.float().mean().item() if x.numel() else math.nan
@@ -397,6 +420,9 @@ def run_unlearning(
                 settings.append((fields, (tuple(chosen.tolist()), float(mult)),
                                  lambda fired, c=chosen, m=float(mult): clamp_features(
                                      sae, c, m, pi_from_clamped=pi_from_clamped, fired=fired)))
+    if do_loss and "zero_ctx" in baseline:  # quality on the unlearning's own documents (bootstrapped with F(b))
+        baseline = dict(baseline, recon_ctx=reconstruction_per_context(model, layer, sae, forget_contexts,
+                                                                       retain_contexts, batch_size, baseline["prefix"]))
     sweep = dict(baseline=baseline, do_mcq=do_mcq, do_loss=do_loss, forget_contexts=forget_contexts,
                  retain_contexts=retain_contexts, batch_size=batch_size, chat=chat, retain_budgets=retain_budgets)
     cache: dict = {}
@@ -464,7 +490,9 @@ def run_sweep(model: nn.Module, tokenizer, layer: int, settings: list, *, baseli
         result["loss_unlearning_score"] = loss_unlearning_score(result["rows"])
         result["best_selectivity"] = max((r["selectivity"] for r in result["rows"]), default=math.nan)
         if result["rows"]:
-            mats = md.loss_matrices(baseline["clean_ctx"], ctx_of_row, baseline["docs"])
+            mats = md.loss_matrices(baseline["clean_ctx"], ctx_of_row, baseline["docs"],
+                                    quality=({k: {**baseline["recon_ctx"][k], "zero_all": baseline["zero_ctx"][k]["sum_all"]}
+                                              for k in ("forget", "retain")} if "recon_ctx" in baseline else None))
             cache["_mats"] = mats
             summary = md.summarise(mats, retain_budgets)
             result["brackets"] = {f"F_{b:g}": md.bracket_points(result["rows"], b) for b in retain_budgets}
@@ -506,6 +534,10 @@ def unlearning_baseline(model: nn.Module, tokenizer, *, forget_mcqs, retain_mcqs
     if forget_contexts is not None and retain_contexts is not None:
         ctx = {"forget": forget_contexts, "retain": retain_contexts}
         out["clean_ctx"] = {k: _ce_per_context(model, v, batch_size, domain, prefix) for k, v in ctx.items()}
+        out["zero_ctx"] = {}  # the CE-loss score's floor on the same documents (BOS left clean, as spliced)
+        for k, v in ctx.items():
+            with splice(model, layer, zero_fn):
+                out["zero_ctx"][k] = _ce_per_context(model, v, batch_size, None, prefix)
         out["clean"] = {k: float(v["sum_all"].sum() / v["n_all"].sum()) for k, v in out["clean_ctx"].items()}
         for k, v in out["clean_ctx"].items():
             for part in ("domain", "rest"):

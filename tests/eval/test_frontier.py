@@ -79,3 +79,20 @@ def test_pairs_by_seed_id_and_needs_enough_shared_seeds():
     few = pt("m", 0.81, 1.0, seeds=[0, 1, 2, 3, 7, 8])
     v = frontier_verdict(CURVE, few)
     assert v["verdict"] == "no verdict: 4 seed(s) shared with base-small/base-mid < 5" and v["seeds"] == [0, 1, 2, 3]
+
+
+def test_document_replicates_take_the_weight_of_their_own_quality():
+    """With quality bootstrapped over the same documents (x_reps), replicate i of the gap interpolates
+    the curve at replicate i's quality."""
+    a, b = CURVE[0], CURVE[1]
+    m = pt("m", 0.81, 1.0, y_sd=0.05, rng_seed=9)
+    m["x_reps"] = {s: (0.81 + 0.001 * NOISE).tolist() for s in SEEDS}
+    v = frontier_verdict(CURVE, m)
+    s = SEEDS[0]
+    t = (0.81 + 0.001 * NOISE - 0.80) / 0.02
+    want = np.asarray(m["reps"][s]) - ((1 - t) * np.asarray(a["reps"][s]) + t * np.asarray(b["reps"][s]))
+    gaps = [m["y_seeds"][k] - (0.5 * a["y_seeds"][k] + 0.5 * b["y_seeds"][k]) for k in SEEDS]
+    reps = np.stack([want] + [np.asarray(m["reps"][k]) - ((1 - t) * np.asarray(a["reps"][k]) + t * np.asarray(b["reps"][k]))
+                              for k in SEEDS[1:]])
+    assert v["ci95"] == pytest.approx(mean_interval(gaps, reps)["ci95"])
+    assert v["ci95"] != pytest.approx(frontier_verdict(CURVE, dict(m, x_reps=None))["ci95"])

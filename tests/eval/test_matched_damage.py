@@ -140,3 +140,21 @@ def test_replicates_share_their_draws_across_runs():
     a = md.bootstrap_weights(np.arange(12), 50)
     b = md.bootstrap_weights(np.arange(12), 50)
     assert np.array_equal(a, b) and a.sum(axis=1).tolist() == [12] * 50
+
+
+def test_quality_figures_on_the_unlearning_documents_by_hand():
+    # two documents per corpus; CE sums over 10 tokens each
+    f = {"clean_all": np.array([20.0, 30.0]), "recon_all": np.array([22.0, 33.0]), "zero_all": np.array([60.0, 70.0]),
+         "sse": np.array([1.0, 2.0]), "sx": np.array([[1.0, 0.0], [3.0, 2.0]]), "sxx": np.array([5.0, 9.0]),
+         "npos": np.array([2.0, 2.0])}
+    r = {"clean_all": np.array([10.0, 10.0]), "recon_all": np.array([11.0, 12.0]), "zero_all": np.array([50.0, 40.0]),
+         "sse": np.array([0.5, 0.5]), "sx": np.array([[0.0, 1.0], [1.0, 1.0]]), "sxx": np.array([3.0, 4.0]),
+         "npos": np.array([2.0, 2.0])}
+    q = md.quality_figures(f, r, np.ones((1, 2)), np.ones((1, 2)))
+    # CE: zero 220, recon 78, clean 70: (220 − 78) / (220 − 70)
+    assert q["ce_loss_score_docs"][0] == pytest.approx(142 / 150)
+    # EV: sse 4, Σx = (5, 4) over 8 positions, Σ‖x‖² = 21: total 21 − 41/8 = 15.875
+    assert q["explained_variance_docs"][0] == pytest.approx(1 - 4 / 15.875)
+    # a replicate that draws forget document 1 twice and retain document 0 twice
+    q2 = md.quality_figures(f, r, np.array([[0.0, 2.0]]), np.array([[2.0, 0.0]]))
+    assert q2["ce_loss_score_docs"][0] == pytest.approx((140 + 100 - 66 - 22) / (140 + 100 - 60 - 20))

@@ -356,3 +356,90 @@ def test_mcq_crossfit_is_nan_without_questions_on_a_half():
     one = _setting([False], [True])
     out = ul.mcq_crossfit([one], {"forget": torch.ones(1), "retain": torch.ones(1)})
     assert math.isnan(out["unlearning_score_crossfit"]) and math.isnan(out["best_mcq_prob_selectivity_crossfit"])
+
+
+def test_sweep_brackets_a_budget_below_its_smallest_clamp(lm):
+    """A budget the smallest clamp already overshoots: the sweep measures smaller edits (fewer
+    features, then a fractional clamp) until the budget is bracketed, and F(b) no longer rests on
+    the chord from the unedited model."""
+    model, tok = lm
+    g = torch.Generator().manual_seed(0)
+    forget_freq, retain_freq = torch.rand(128, generator=g) * 0.2, torch.rand(128, generator=g) * 0.02
+    fc, rc = _contexts(1, n=8, T=12), _contexts(2, n=8, T=12)
+    base = ul.unlearning_baseline(model, tok, forget_mcqs=None, retain_mcqs=None, forget_contexts=fc,
+                                  retain_contexts=rc, batch_size=4, layer=LAYER)
+    sae = RandomSAE(64, 128, seed=7)  # both clamps raise retain and forget CE on this tiny model
+    args = dict(forget_mcqs=None, retain_mcqs=None, forget_contexts=fc, retain_contexts=rc, retain_thresholds=[0.01],
+                n_features_list=[4, 8], multipliers=[50.0], batch_size=4, baseline=base)
+    plain = ul.run_unlearning(model, tok, LAYER, sae, forget_freq, retain_freq, retain_budgets=[1e6], **args)
+    smallest = min(r["retain_ce_increase"] for r in plain["rows"])
+    assert smallest > 0 and plain["bracketing_settings"] == 0
+    b = smallest / 3
+    res = ul.run_unlearning(model, tok, LAYER, sae, forget_freq, retain_freq, retain_budgets=[b], **args)
+    extra = [r for r in res["rows"] if r.get("bracketing")]
+    assert res["bracketing_settings"] == len(extra) >= 1
+    ladder = ul.bracket_ladder(4)  # (2, 1), (1, 1), (1, 1/2), (1, 1/4), (1, 1/8)
+    assert [(r["n_features"], r["strength"]) for r in extra] == ladder[:len(extra)]
+    # on this random tiny model even 1/8 of one feature costs more than b: every edit of the ladder
+    # was measured, and F(b) is marked as resting on the origin chord
+    tag = f"F_{b:g}"
+    assert len(extra) == len(ladder) and min(r["retain_ce_increase"] for r in extra) > b
+    assert res[f"{tag}_origin"] > 0 and res["brackets"][tag]["lower"] == "origin"
+    # a fractional clamp's CE is a full forward with that clamp spliced in
+    for r in extra:
+        chosen = ul.select_features(forget_freq, retain_freq, 0.01)[:r["n_features"]]
+        edit = ul.clamp_features(ul.fold_decoder_norms(sae), chosen, 50.0, last_strength=r["strength"])
+        with torch.no_grad(), ul.splice(model, LAYER, edit):
+            ce = ul.token_ce(model, rc)[:, 1:].double().mean().item()
+        assert r["retain_ce"] == pytest.approx(ce, abs=1e-6)
+    assert res["brackets"][tag]["reached"] and plain["brackets"]["F_1e+06"] == {"reached": False}
+
+
+def test_bracketing_stops_at_the_first_edit_that_brackets_every_budget(lm, monkeypatch):
+    model, tok = lm
+    g = torch.Generator().manual_seed(0)
+    forget_freq, retain_freq = torch.rand(128, generator=g) * 0.2, torch.rand(128, generator=g) * 0.02
+    calls = []
+    monkeypatch.setattr(ul.md, "rests_on_origin", lambda mats, budgets: calls.append(1) or len(calls) <= 2)
+    res = ul.run_unlearning(model, tok, LAYER, RandomSAE(64, 128, seed=7), forget_freq, retain_freq,
+                            forget_mcqs=None, retain_mcqs=None, forget_contexts=_contexts(1, n=4, T=12),
+                            retain_contexts=_contexts(2, n=4, T=12), retain_thresholds=[0.01], n_features_list=[4, 8],
+                            multipliers=[50.0], batch_size=4, retain_budgets=[0.01])
+    # unbracketed after the sweep and after the first edit; bracketed after the second: two edits
+    assert res["bracketing_settings"] == 2 and len(calls) == 3
+    assert [(r["n_features"], r["strength"]) for r in res["rows"] if r.get("bracketing")] == [(2, 1.0), (1, 1.0)]
+
+
+def test_fractional_clamp_moves_the_last_feature_part_way():
+    f = torch.tensor([[2.0, 3.0, 0.0, 4.0]])
+    out = ul.clamped_activations(f, torch.tensor([0, 3]), 10.0, last_strength=0.25)
+    # feature 0 clamped fully to -10; feature 3 (the last chosen): 4 + 0.25 * (-10 - 4) = 0.5
+    assert out.tolist() == [[-10.0, 3.0, 0.0, 0.5]]
+    inactive = torch.tensor([[2.0, 3.0, 0.0, 0.0]])  # an inactive last feature stays untouched
+    assert ul.clamped_activations(inactive, torch.tensor([0, 3]), 10.0, last_strength=0.25).tolist() == \
+        [[-10.0, 3.0, 0.0, 0.0]]
+
+
+def test_quality_on_the_unlearning_documents_matches_an_independent_computation(lm):
+    """The CE-loss score and EV beside F(b) equal downstream.spliced_ce's score and a direct EV on
+    the same forget + retain contexts (every document once)."""
+    from orthosae.eval.downstream import spliced_ce
+
+    model, tok = lm
+    g = torch.Generator().manual_seed(0)
+    forget_freq, retain_freq = torch.rand(128, generator=g) * 0.2, torch.rand(128, generator=g) * 0.02
+    fc, rc = _contexts(1, n=4, T=12), _contexts(2, n=4, T=12)
+    sae = RandomSAE(64, 128, seed=7)
+    res = ul.run_unlearning(model, tok, LAYER, sae, forget_freq, retain_freq, forget_mcqs=None, retain_mcqs=None,
+                            forget_contexts=fc, retain_contexts=rc, retain_thresholds=[0.01], n_features_list=[4],
+                            multipliers=[50.0], batch_size=4, retain_budgets=[0.01])
+    folded = ul.fold_decoder_norms(sae)
+    want = spliced_ce(model, LAYER, {"s": folded}, torch.cat([fc, rc]), 4)["s"]["ce_loss_score"]
+    assert res["ce_loss_score_docs"] == pytest.approx(want, abs=1e-6)
+    with torch.no_grad():
+        hs = model(torch.cat([fc, rc]), output_hidden_states=True).hidden_states[LAYER + 1][:, 1:].double()
+        x = hs.reshape(-1, hs.shape[-1])
+        x_hat = folded.decode(folded.encode(x.float())).to(torch.bfloat16 if hs.dtype == torch.bfloat16 else x.dtype)
+        ev = 1 - (x - x_hat.double()).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert res["explained_variance_docs"] == pytest.approx(ev.item(), abs=1e-5)
+    assert len(res["replicates"]["ce_loss_score_docs"]) == 500
