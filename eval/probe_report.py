@@ -5,6 +5,8 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
+
 from orthosae.eval.aggregate import save_figure
 from orthosae.eval.metrics import Metric, register
 
@@ -30,7 +32,59 @@ def _table(header: list[str], rows: list[list]) -> str:
                      + ["| " + " | ".join(c if isinstance(c, str) else _num(c) for c in r) + " |" for r in rows])
 
 
-def probe_markdown(results: dict) -> str:
+def forget_topics(cfg) -> set[str]:
+    """The wiki topics the forget training corpora hold (their labels trained the adaptive grouping):
+    subset "forget" is the biology split, "forget:<topic>" another topic."""
+    from orthosae.common.corpora import FORGET_TOPIC
+
+    out = set()
+    for c in cfg.corpora.values():
+        if c.role == "forget" and str(c.source) == "embedded:wiki":
+            side, _, topic = str(c.subset or "").partition(":")
+            out.add(topic or FORGET_TOPIC)
+    return out
+
+
+def per_class_markdown(results: dict, names: list[str], forget: set[str]) -> str:
+    """Sparse probing and TPP per class of the topic dataset, forget-topic classes apart: a gain on
+    them may come from the labels that trained the grouping, not from the grouping's features."""
+    first = results[names[0]]
+    out = []
+    t = first.get("tpp", {})
+    if t.get("per_class"):
+        n = t.get("tpp_headline_n")
+        key = f"tpp_threshold_{n}_total_metric"
+        classes = sorted(t["per_class"], key=lambda c: (c in forget, c))
+        rows = []
+        for name in names:
+            per = results[name].get("tpp", {}).get("per_class", {})
+            rest = [per[c][key] for c in per if c not in forget and key in per[c]]
+            rows.append([name, *[per.get(c, {}).get(key, math.nan) for c in classes],
+                         float(np.mean(rest)) if rest else math.nan])
+        out.append(f"""
+TPP per class (n = {n}; **forget-topic classes**, whose labels trained the grouping, in bold), and the
+score without them:
+{_table(["run", *[f"**{c}**" if c in forget else c for c in classes], "without forget classes"], rows)}
+""")
+    p = first.get("probing", {}).get("datasets", {})
+    d = next((k for k, v in p.items() if set(v.get("per_class", {}).get("llm_test_accuracy", {})) & forget), None)
+    if d:
+        ks = sorted(int(k.split("_")[2]) for k in p[d]["per_class"] if k.startswith("sae_top_"))
+        key = f"sae_top_{ks[0]}_test_accuracy"
+        classes = sorted(p[d]["per_class"][key], key=lambda c: (c in forget, c))
+        rows = []
+        for name in names:
+            per = results[name].get("probing", {}).get("datasets", {}).get(d, {}).get("per_class", {}).get(key, {})
+            rest = [per[c] for c in per if c not in forget]
+            rows.append([name, *[per.get(c, math.nan) for c in classes], float(np.mean(rest)) if rest else math.nan])
+        out.append(f"""
+Sparse probing per class ({d}, SAE top-{ks[0]}; **forget-topic classes** in bold), and the mean without them:
+{_table(["run", *[f"**{c}**" if c in forget else c for c in classes], "without forget classes"], rows)}
+""")
+    return "".join(out)
+
+
+def probe_markdown(results: dict, forget: set[str] | None = None) -> str:
     names = [n for n in results if any(f in results[n] for f in ("probing", "tpp", "scr", "absorption"))]
     if not names:
         return ""
@@ -67,6 +121,8 @@ n latents per class zero-ablated (SAE error kept; the grouped SAE's π held at t
 headline `tpp_score` at n = {t.get('tpp_headline_n')}. Clean LLM probe accuracy:
 {', '.join(f'{c} {_num(a)}' for c, a in t.get('clean_accuracy', {}).items())}.
 """)
+    if forget:
+        out.append(per_class_markdown(results, names, forget))
     if "scr" in first:
         s = first["scr"]
         ns = sorted(int(k.split("_")[3]) for k in s if k.startswith("scr_metric_threshold_"))

@@ -33,7 +33,7 @@ from orthosae.eval.intervals import MIN_SEEDS  # noqa: E402
 from orthosae.eval.metrics import Metric, budgets_of, registry  # noqa: E402
 
 HEADLINE_EV = "explained_variance"
-from orthosae.eval.probe_report import probe_markdown, probe_plots  # noqa: E402
+from orthosae.eval.probe_report import forget_topics, probe_markdown, probe_plots  # noqa: E402
 
 
 def _get(result: dict, section: str, key: str) -> float:
@@ -330,7 +330,7 @@ def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict,
     report["plots"] = plots + condition_plots
     _write_json(out_dir / "report.json", report)
     (out_dir / "report.md").write_text(_markdown(cfg, reader, results, references, conditions, metrics, timings, plots)
-                                       + probe_markdown(results)
+                                       + probe_markdown(results, forget_topics(cfg))
                                        + conditions_markdown(conditions, condition_plots, metrics)
                                        + spread_markdown(spread)
                                        + "\n" + corpora_markdown(corpora))

@@ -37,3 +37,40 @@ def test_each_run_is_a_row_of_each_family_and_missing_values_say_n_a(tmp_path):
     assert probe_markdown({"baseline": {}}) == ""
     assert probe_plots(tmp_path, results) == ["sparse_probing.png", "tpp.png", "scr.png", "absorption.png"]
     assert all((tmp_path / f).stat().st_size > 0 for f in ("sparse_probing.png", "tpp.png", "scr.png", "absorption.png"))
+
+
+def test_per_class_tables_show_the_forget_topic_apart_by_hand():
+    """A TPP or probing gain on the forget topic may come from the labels that trained the grouping:
+    the per-class tables bold those classes and give the mean without them."""
+    def run(tpp_bio, tpp_geo, tpp_people, acc_bio, acc_geo):
+        r = _run(0.6, 0.05, 0.1)
+        r["tpp"]["per_class"] = {"Biology": {"tpp_threshold_4_total_metric": tpp_bio},
+                                 "Geography": {"tpp_threshold_4_total_metric": tpp_geo},
+                                 "People": {"tpp_threshold_4_total_metric": tpp_people}}
+        r["probing"]["datasets"]["embedded:wiki_topics"]["per_class"] = {
+            "llm_test_accuracy": {"Biology": 0.9, "Geography": 0.9},
+            "sae_top_1_test_accuracy": {"Biology": acc_bio, "Geography": acc_geo},
+            "sae_top_2_test_accuracy": {"Biology": 0.0, "Geography": 0.0}}
+        return r
+    results = {"baseline": run(0.1, 0.2, 0.4, 0.7, 0.6), "adaptive": run(0.9, 0.2, 0.4, 0.95, 0.6)}
+    md = probe_markdown(results, {"Biology"})
+    # columns: the other classes first, then the forget class, then the mean without it
+    assert "| run | Geography | People | **Biology** | without forget classes |" in md
+    assert "| adaptive | 0.200 | 0.400 | 0.900 | 0.300 |" in md  # (0.2 + 0.4) / 2: the gain is Biology's alone
+    assert "| baseline | 0.200 | 0.400 | 0.100 | 0.300 |" in md
+    assert "Sparse probing per class (embedded:wiki_topics, SAE top-1" in md
+    assert "| adaptive | 0.600 | 0.950 | 0.600 |" in md
+    assert "TPP per class" not in probe_markdown(results)  # no forget topic named: no per-class section
+
+
+def test_forget_topics_of_a_config():
+    from types import SimpleNamespace
+
+    from orthosae.eval.probe_report import forget_topics
+
+    def corpus(role, subset, source="embedded:wiki"):
+        return SimpleNamespace(role=role, subset=subset, source=source)
+    cfg = SimpleNamespace(corpora={"a": corpus("forget", "forget"), "b": corpus("retain", "retain"),
+                                   "c": corpus("forget", "forget:Physical sciences"),
+                                   "d": corpus("forget", None, source="file:x.jsonl")})
+    assert forget_topics(cfg) == {"Biology and health sciences", "Physical sciences"}
