@@ -183,6 +183,45 @@ def result_path(plan: dict, eval_name: str) -> Path:
     return Path(plan["out"]) / eval_name / f"{plan['release']}{RESULT_SUFFIX}"
 
 
+# ---- `pipe saebench`: one run of the config, the embedded texts as stand-ins ----
+
+STANDIN_TEXTS = "embedded:wiki_topics"  # five topics of held-out wiki extracts (eval/probe_data.py)
+
+
+def run_for_config(cfg, run_name: str, *, out: Path | None, device: str, n_batches: int, batch_size: int,
+                   probe_train: int, probe_test: int) -> dict[str, Path]:
+    """SAEBench core + sparse probing on ``runs_dir/<run_name>``; returns {eval: SAEBench's JSON}."""
+    import random
+
+    from orthosae.common.model import local_model_dir
+    from orthosae.common.progress import console
+    from orthosae.eval.probe_data import class_texts
+
+    cfg.run(run_name)  # a name the config does not have: one line naming the config
+    run_dir = Path(cfg.train.runs_dir) / run_name
+    source = json.loads((run_dir / "cfg.json").read_text()).get("model_source") if (run_dir / "cfg.json").is_file() else None
+    model_dir = local_model_dir(source) if source else None
+    if model_dir is None:
+        raise SaebenchError(f"{run_dir / 'cfg.json'}: model_source {source!r} is not the embedded model or a local "
+                            "folder; run SAEBench online for a Hub model")
+    if probe_train % 4 or probe_test % 4:
+        raise SaebenchError(f"--probe-train {probe_train} / --probe-test {probe_test}: must be multiples of 4 "
+                            "(SAEBench balances 2 genders x 2 classes)")
+    train, test = class_texts(STANDIN_TEXTS, probe_train // 2, probe_test // 2, 42, cfg.harvest.heldout_fraction,
+                              where="pipe saebench --probe-train / --probe-test")
+    core_texts = sorted({t for texts in (*train.values(), *test.values()) for t in texts})
+    random.Random(0).shuffle(core_texts)
+    work = Path(out) if out else Path(cfg.eval.reports_dir) / cfg.eval.name / "saebench" / run_name
+    with console.status(f"{run_name}: SAEBench's caches and stand-in datasets in {work}"):
+        plan = prepare(run_dir, work, model_dir=model_dir, core_texts=core_texts, probe=(train, test),
+                       release=f"orthosae-{run_name}", device=device,
+                       core={"n_batches": n_batches, "batch_size_prompts": batch_size},
+                       probing={"train_size": probe_train, "test_size": probe_test,
+                                "context_length": cfg.harvest.context_length})
+    console.print(f"{run_name}: SAEBench core + sparse probing, offline (its own progress bars follow)")
+    return launch(plan)
+
+
 # ---- inside the child: SAEBench's own runners ----
 
 
