@@ -151,6 +151,14 @@ def load_model(
                        d_model=int(text_cfg.hidden_size))
 
 
+def local_model_dir(model_id: str, cache_dir: Path | None = None) -> Path | None:
+    """The local folder ``model_id`` loads from: the embedded model's safetensors cache (converted on first
+    use), a local model folder as it is; None for a Hub id (its files are in the Hub's cache, if anywhere)."""
+    if model_id == EMBEDDED_GEMMA:
+        return _embedded_gemma_dir(cache_root(cache_dir))[0]
+    return Path(model_id) if Path(model_id).is_dir() else None
+
+
 def load_tokenizer(model_id: str, revision: str | None = "main", trust_remote_code: bool = False,
                    cache_dir: Path | None = None):
     """The model's tokenizer alone: seconds, so harvest can plan its corpora before the model loads."""

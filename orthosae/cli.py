@@ -239,6 +239,30 @@ def push(ctx: click.Context, run_names: tuple[str, ...], repo: str, private: boo
     console.print(f"[green]push done[/]: [bold]{url}[/]")
 
 
+@main.command("saebench")
+@click.argument("run_name", metavar="RUN")
+@click.option("--out", default=None, help="work folder: caches, stand-in datasets, SAEBench's JSON "
+              "(default: reports/<eval name>/saebench/RUN)")
+@click.option("--device", default="cpu", show_default=True, help="torch device SAEBench runs on")
+@click.option("--batches", default=4, show_default=True, type=click.IntRange(1),
+              help="core: reconstruction and sparsity/variance batches")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="core: contexts per batch")
+@click.option("--probe-train", default=120, show_default=True, type=click.IntRange(4),
+              help="sparse probing: probe_train_set_size (SAEBench: 4000)")
+@click.option("--probe-test", default=40, show_default=True, type=click.IntRange(4),
+              help="sparse probing: probe_test_set_size (SAEBench: 1000)")
+@click.pass_context
+def saebench(ctx: click.Context, run_name: str, out: str | None, device: str, batches: int, batch_size: int,
+             probe_train: int, probe_test: int) -> None:
+    """Run SAEBench's own core and sparse probing runners on one trained run, offline (docs/tools.md)."""
+    from orthosae.eval.saebench_runner import run_for_config
+    with _job(ctx, "saebench") as cfg:
+        paths = run_for_config(cfg, run_name, out=out, device=device, n_batches=batches, batch_size=batch_size,
+                               probe_train=probe_train, probe_test=probe_test)
+    for name, path in paths.items():
+        console.print(f"[green]SAEBench {name}[/]: [bold]{path}[/]")
+
+
 @main.command("export-cache")
 @click.option("--format", "fmt", type=click.Choice(["saelens"]), default="saelens", show_default=True,
               help="saelens: the Hugging Face datasets folder SAELens' cached-activation path reads")
