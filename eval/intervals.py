@@ -78,23 +78,31 @@ def mean_interval(values: Sequence[float], replicates: np.ndarray | None = None,
     if replicates is not None:
         doc = shared_document_variance(replicates)
         doc = 0.0 if not math.isfinite(doc) else doc
-    seed_part = out["sd"] ** 2 / n
-    se2 = seed_part + doc
-    if se2 <= 0:  # every seed equal and no document error: the interval is the point
-        out.update(se=0.0, ci95=[out["mean"], out["mean"]], doc_var=doc)
+    mean = out["mean"]
+    # in units of the largest deviation: values a few ulps apart would underflow sd², se³ and df
+    scale = max(float(np.abs(y - mean).max()), math.sqrt(doc))
+    if scale == 0:  # every seed equal and no document error: the interval is the point
+        out.update(se=0.0, ci95=[mean, mean], doc_var=doc)
+        return out
+    z = (y - mean) / scale
+    seed_part = float(np.var(z, ddof=1)) / n
+    se2 = seed_part + doc / scale ** 2
+    if se2 <= 0:  # deviations of float noise alone, all alike: the interval is the point
+        out.update(se=0.0, ci95=[mean, mean], doc_var=doc)
         return out
     se = math.sqrt(se2)
     df = se2 ** 2 / (seed_part ** 2 / (n - 1)) if seed_part > 0 else math.inf
-    m3 = float(np.mean((y - y.mean()) ** 3)) * n * n / ((n - 1) * (n - 2)) if n > 2 else 0.0
+    m3 = float(np.mean(z ** 3)) * n * n / ((n - 1) * (n - 2)) if n > 2 else 0.0
     skew = (m3 / n ** 2) / se ** 3
     a, b = skew / 3, skew / 6
     q = t_quantile(min(df, 1e6))
-    mean = out["mean"]
-    lo, hi = mean - se * _hall_inverse(q, a, b), mean - se * _hall_inverse(-q, a, b)
+    lo = mean - scale * se * _hall_inverse(q, a, b)
+    hi = mean - scale * se * _hall_inverse(-q, a, b)
     g = (lambda t: ((1 + a * t) ** 3 - 1) / (3 * a) + b) if abs(a) >= 1e-12 else (lambda t: t + b)
-    g0 = g(mean / se)  # the transformed statistic of mean = 0
+    with np.errstate(over="ignore"):
+        g0 = g(np.float64(mean) / (scale * se))  # the transformed statistic of mean = 0
     p = float(2 * stats.t.sf(abs(g0), min(df, 1e6)))
-    out.update(se=se, df=df, doc_var=doc, skew=skew, p=min(1.0, p))
+    out.update(se=scale * se, df=df, doc_var=doc, skew=skew, p=min(1.0, p))
     if not out["too_few"]:
         out["ci95"] = [float(lo), float(hi)]
     return out

@@ -184,3 +184,12 @@ def coverage_table(sims: int = SIMS) -> str:
 
 if __name__ == "__main__":
     print(coverage_table())
+
+
+def test_seeds_a_few_ulps_apart_do_not_divide_by_zero():
+    """Values 1e-160 apart underflowed sd² to 0 (hypothesis found it): computed in units of the
+    largest deviation, the interval is the same as for 1, 2, 3, 4, 5, scaled."""
+    tiny = mean_interval([1e-160, 2e-160, 3e-160, 4e-160, 5e-160])
+    plain = mean_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert tiny["df"] == pytest.approx(4.0) and tiny["ci95"] == pytest.approx([x * 1e-160 for x in plain["ci95"]])
+    assert mean_interval([0.8, 0.8, 0.8, 0.8, 0.8])["ci95"] == pytest.approx([0.8, 0.8])  # float-noise deviations
