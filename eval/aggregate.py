@@ -201,9 +201,12 @@ def _frontier(conds: dict, per_seed: dict, reps: dict, metrics: list[Metric], l0
             for c, e in conds.items():
                 if e["type"] == "baseline" or m.key not in per_seed[c] or q.key not in per_seed[c]:
                     continue
-                curve = [_point(b, conds[b], per_seed[b], reps[b], m, q) for b in base
-                         if m.key in per_seed[b] and q.key in per_seed[b] and l0_matched(l0s[b], l0s[c])]
-                table[c] = frontier_verdict(curve, _point(c, e, per_seed[c], reps[c], m, q))
+                measured = [b for b in base if m.key in per_seed[b] and q.key in per_seed[b]]
+                curve = [_point(b, conds[b], per_seed[b], reps[b], m, q) for b in measured
+                         if l0_matched(l0s[b], l0s[c])]
+                table[c] = frontier_verdict(curve, _point(c, e, per_seed[c], reps[c], m, q)) if curve or not measured \
+                    else {"verdict": f"not compared: no baseline condition's L0 within {L0_MATCH:.0%} of {l0s[c]:.1f}",
+                          "gap": math.nan, "ci95": [math.nan, math.nan], "p": math.nan}
             if table:
                 out.setdefault(m.key, {})[q.key] = table
     return out

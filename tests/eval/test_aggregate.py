@@ -210,3 +210,13 @@ def test_primary_comparisons_are_holm_corrected_together():
         v = comp[f"{c} vs the baseline curve"]
         assert v["ci95"][0] > 0 and 0.025 < v["p"] < 0.05 and v["holm"] == "tie"
         assert agg["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"][c]["verdict"] == "above"
+
+
+def test_a_condition_no_baseline_matches_in_l0_is_not_compared_on_the_frontier():
+    results = {f"baseline-s{s}": result("baseline", s, l0=50.0, sel=0.2, sel_se=0.01) for s in range(5)}
+    results |= {f"adaptive-s{s}": result("adaptive", s, l0=60.0, sel=0.4, sel_se=0.01) for s in range(5)}
+    for r in results.values():
+        r["unlearning"]["best_selectivity_crossfit"] = r["unlearning"]["best_selectivity"]
+        r["unlearning"]["explained_variance_docs"] = 0.8
+    v = aggregate(results)["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"]["adaptive"]
+    assert v["verdict"] == "not compared: no baseline condition's L0 within 10% of 60.0"
