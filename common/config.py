@@ -19,12 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orthosae.common import overrides, variants
-from orthosae.common.errors import UserError
-
-
-
-class ConfigError(UserError, ValueError):
-    """A config problem; the message is one line naming the file and key."""
+from orthosae.common.errors import ConfigError  # its home is errors.py (overrides.py raises it too)
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -684,15 +679,15 @@ def _build_runs(raw: Any, file: Path, train: TrainConfig, ortho: OrthoConfig,
                        else f"unknown key ({REMOVED_WHY})" if key in REMOVED_ORTHO_KEYS else "unknown key")
                 raise ConfigError(f"{file}: [[runs]] {name} {key}: {why}")
         expanded = expand_run_table(table, file, where)
-        for run_name, overrides in expanded:
+        for run_name, keys in expanded:
             if _safe_name(run_name):  # a grid value ends up in the name: "-activationa b" is no folder
                 raise ConfigError(f"{file}: [[runs]] {name} name: expanded run {_safe_name(run_name)}")
             if run_name in seen:
                 raise ConfigError(f"{file}: [[runs]] {name} name: expanded run {run_name!r} collides with "
                                   f"the run of the same name from [[runs]] {seen[run_name]}")
             seen[run_name] = name
-            overrides = dict(overrides)
-            layer = overrides.pop("layer", None)
+            keys = dict(keys)
+            layer = keys.pop("layer", None)
             if layer is None and len(layers) > 1:
                 raise ConfigError(f"{file}: [[runs]] {name} layer: [harvest] layers holds several blocks "
                                   f"({', '.join(map(str, layers))}): name the one this run trains on, or a list")
@@ -701,13 +696,13 @@ def _build_runs(raw: Any, file: Path, train: TrainConfig, ortho: OrthoConfig,
                                   f"{'layers' if len(layers) > 1 else 'layer'}: {', '.join(map(str, layers))})")
             layer = layers[0] if layer is None else layer
             # The run's sections, validated as the tables they would be.
-            run_train = _build(TrainConfig, {**_asdict(train), **{k: v for k, v in overrides.items()
+            run_train = _build(TrainConfig, {**_asdict(train), **{k: v for k, v in keys.items()
                                                                  if k in TRAIN_KEYS}}, f"[[runs]] {run_name}", file)
-            run_ortho = _build(OrthoConfig, {**_asdict(ortho), **{k: v for k, v in overrides.items()
+            run_ortho = _build(OrthoConfig, {**_asdict(ortho), **{k: v for k, v in keys.items()
                                                                  if k in ORTHO_KEYS}}, f"[[runs]] {run_name}", file)
-            run = RunConfig(name=run_name, type=run_type, train=run_train, ortho=run_ortho, overrides=overrides,
+            run = RunConfig(name=run_name, type=run_type, train=run_train, ortho=run_ortho, overrides=keys,
                             layer=layer)
-            _check_sparsity(run, overrides, file)
+            _check_sparsity(run, keys, file)
             runs.append(run)
     return runs
 

@@ -453,7 +453,7 @@ def plot_conditions(out_dir: Path, agg: dict) -> list[str]:
     made.append(save_figure(plt, fig, out_dir, "conditions_overlap_vs_alpha.png"))
 
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(conds) + 2), 4))
-    for i, (label, e) in enumerate(conds.items()):
+    for i, e in enumerate(conds.values()):
         y, yerr = mid_err(e["metrics"].get("frac_dead"))
         ax.bar(i, y if math.isfinite(y) else 0, yerr=yerr, capsize=3, color=f"C{i % 10}")
     ax.set_xticks(range(len(conds)), list(conds), rotation=30, ha="right", fontsize=7)

@@ -26,7 +26,7 @@ from orthosae.common.config import Config  # noqa: E402
 from orthosae.common.store import StoreReader  # noqa: E402
 from orthosae.eval.aggregate import aggregate, conditions_markdown, plot_conditions, plot_frontier  # noqa: E402
 from orthosae.eval.corpora import corpora_json, corpora_markdown  # noqa: E402
-from orthosae.eval.report_json import seal  # noqa: E402
+from orthosae.common.report_json import seal  # noqa: E402
 from orthosae.eval.spread import spread_markdown  # noqa: E402
 from orthosae.eval.curves import plot_training_curves  # noqa: E402
 from orthosae.eval.frontier import QUALITY_SPAN  # noqa: E402

@@ -24,7 +24,7 @@ from orthosae.common import events
 from orthosae.common.config import Config, ConfigError, RunConfig
 from orthosae.common.corpora import load_mcq
 from orthosae.common.model import load_model, pick_device
-from orthosae.common.progress import console, progress
+from orthosae.common.progress import progress
 from orthosae.common.store import StoreError, StoreReader, open_store_for
 from orthosae.eval.aggregate import IncompleteConditionError
 from orthosae.eval.conditioning import conditioning_report, feature_groups

@@ -53,7 +53,7 @@ def _report_runs(cfg: Config) -> dict:
     path = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.json"
     if not path.exists():
         return {}
-    from orthosae.eval.report_json import ReportUnreadable, read_report
+    from orthosae.common.report_json import ReportUnreadable, read_report
     try:
         return read_report(path)["runs"]
     except ReportUnreadable as e:  # the card would quote wrong figures

@@ -53,7 +53,7 @@ def test_run_config_reads_the_table():
     assert (RunConfig.of("fixed").has_ortho, RunConfig.of("fixed").grouped) == (True, False)
     assert (RunConfig.of("adaptive").has_ortho, RunConfig.of("adaptive").grouped) == (True, True)
     with pytest.raises(ValueError, match="run x type: unknown SAE variant 'magic' \\(known: baseline, fixed, adaptive\\)"):
-        RunConfig.of("magic", "x").has_ortho
+        _ = RunConfig.of("magic", "x").has_ortho
 
 
 @pytest.mark.parametrize("kind,key,reads", [
