@@ -121,7 +121,7 @@ def bench_harvest(c: dict, device, tmp: Path, peak: float | None) -> list[tuple]
     from transformers import AutoModelForCausalLM
 
     from orthosae.common.store import CorpusPlan, StoreWriter
-    from orthosae.harvest.capture import residual_after_block
+    from orthosae.common.capture import residual_after_block
     from orthosae.harvest.runner import _chunk_activations
     from orthosae.harvest.writer import ChunkWriter
 
@@ -147,7 +147,7 @@ def bench_harvest(c: dict, device, tmp: Path, peak: float | None) -> list[tuple]
         for _ in range(n):
             with ChunkWriter(store) as writer:
                 for k in range(chunks):
-                    writer.submit(plan, k, _chunk_activations(model, cfg, ctx[k], device, [layer])[layer], ctx[k])
+                    writer.submit(plan, k, _chunk_activations(model, cfg, ctx[k], device, [layer])[layer], ctx[k])  # noqa: F821 - called before `del model`
         return time.perf_counter() - t
 
     def forward_round(n: int) -> float:
@@ -156,7 +156,7 @@ def bench_harvest(c: dict, device, tmp: Path, peak: float | None) -> list[tuple]
         for _ in range(n):
             for k in range(chunks):
                 for i in range(0, n_ctx, 16):
-                    residual_after_block(model, layer, torch.from_numpy(ctx[k, i:i + 16].astype(np.int64)).to(device))
+                    residual_after_block(model, layer, torch.from_numpy(ctx[k, i:i + 16].astype(np.int64)).to(device))  # noqa: F821
         sync(device)
         return time.perf_counter() - t
 

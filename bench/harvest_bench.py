@@ -30,7 +30,7 @@ from orthosae.common.config import CorpusConfig
 from orthosae.common.corpora import load_documents, tokenize_corpus
 from orthosae.common.model import load_model
 from orthosae.common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
-from orthosae.harvest.capture import residual_after_block, residuals_after_blocks
+from orthosae.common.capture import residual_after_block, residuals_after_blocks
 
 FULL = dict(batches=4, batch=8, context=128, layer=12, repeats=3, layers="6,12,17")
 QUICK = dict(batches=1, batch=2, context=16, layer=0, repeats=1, layers="0,1")

@@ -19,7 +19,7 @@ import torch
 
 from orthosae.common.config import load_config
 from orthosae.common.model import pick_device, torch_dtype
-from orthosae.harvest.capture import residual_after_block
+from orthosae.common.capture import residual_after_block
 from orthosae.train.sae import make_sae
 from orthosae.train.trainer import Trainer
 

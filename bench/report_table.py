@@ -46,7 +46,6 @@ def main() -> None:
         if dec is None:  # a report from before these metrics: compute them from the export
             w = load_file(str(runs_dir / name / "sae_weights.safetensors"))
             dec, enc = max_cosine(w["W_dec"]).mean().item(), max_cosine(w["W_enc"].T).mean().item()
-        pair = (cond.get("pairs") or [{}])[0]
         print(f"| {name} | {rec['frac_dead']:.1%} | {rec['l0']:.1f} | {rec['explained_variance']:.3f} | "
               f"{' / '.join(map(str, cond['group_sizes']))} | {_num(RMS.value(r), 4)} | {_num(RMS_ACTIVITY.value(r), 4)} | "
               f"{_num(dec)} | {_num(enc)} | {_num(unl.get('best_selectivity'))} | {_num(unl.get('loss_unlearning_score'))} |")

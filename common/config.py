@@ -18,17 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orthosae.common import overrides
-from orthosae.common.errors import UserError
-
-
-
-class ConfigError(UserError, ValueError):
-    """A config problem; the message is one line naming the file and key."""
+from orthosae.common import overrides, variants
+from orthosae.common.errors import ConfigError  # its home is errors.py (overrides.py raises it too)
 
 
 DTYPES = ("float32", "bfloat16", "float16")
-RUN_TYPES = ("baseline", "fixed", "adaptive")
 
 
 def _choice(*options: str):
@@ -244,8 +238,17 @@ class RunConfig:
     layer: int | None = None  # the harvested block this run trains on ([[runs]] layer; one harvested: that one)
 
     @property
+    def variant(self) -> variants.Variant:
+        """The run type's entry in the variant table (common/variants.py)."""
+        v = variants.VARIANTS.get(self.type)
+        if v is None:
+            raise ConfigError(f"run {self.name} type: unknown SAE variant {self.type!r} "
+                              f"(known: {', '.join(variants.VARIANTS)})")
+        return v
+
+    @property
     def has_ortho(self) -> bool:
-        return self.type in ("fixed", "adaptive")
+        return self.variant.has_ortho
 
     @property
     def condition(self) -> str:
@@ -256,7 +259,7 @@ class RunConfig:
     @property
     def grouped(self) -> bool:
         """Learned feature groups with their own decoder biases (the method)."""
-        return self.type == "adaptive"
+        return self.variant.grouped
 
     def to_dict(self) -> dict:
         return {"name": self.name, "type": self.type, "layer": self.layer, "train": _asdict(self.train),
@@ -660,27 +663,31 @@ def _build_runs(raw: Any, file: Path, train: TrainConfig, ortho: OrthoConfig,
             raise ConfigError(f"{file}: {where} name: {_safe_name(name)}")
         if name in seen.values():
             raise ConfigError(f"{file}: {where} name: duplicate run name {name!r}")
-        if run_type not in RUN_TYPES:
+        variant = variants.VARIANTS.get(run_type) if isinstance(run_type, str) else None
+        if variant is None:
             raise ConfigError(f"{file}: [[runs]] {name} type: must be one of "
-                              f"{', '.join(RUN_TYPES)}, got {run_type!r}")
+                              f"{', '.join(variants.VARIANTS)}, got {run_type!r}")
         for key in table:
             if key in ("name", "type", "seeds", "layer"):
                 continue
+            if key in ORTHO_KEYS and key not in variant.ortho_keys:
+                raise ConfigError(f"{file}: [[runs]] {name} {key}: type {run_type!r} does not read [train.ortho] "
+                                  f"{key} (its keys: {', '.join(variant.ortho_keys) or 'none'})")
             if key not in RUN_OVERRIDABLE:
                 why = ("shared by all runs (one data stream); a run's SAE init seed is `seeds = [...]`"
                        if key == "seed" else "shared by all runs (one data stream)" if key in STREAM_KEYS
                        else f"unknown key ({REMOVED_WHY})" if key in REMOVED_ORTHO_KEYS else "unknown key")
                 raise ConfigError(f"{file}: [[runs]] {name} {key}: {why}")
         expanded = expand_run_table(table, file, where)
-        for run_name, overrides in expanded:
+        for run_name, keys in expanded:
             if _safe_name(run_name):  # a grid value ends up in the name: "-activationa b" is no folder
                 raise ConfigError(f"{file}: [[runs]] {name} name: expanded run {_safe_name(run_name)}")
             if run_name in seen:
                 raise ConfigError(f"{file}: [[runs]] {name} name: expanded run {run_name!r} collides with "
                                   f"the run of the same name from [[runs]] {seen[run_name]}")
             seen[run_name] = name
-            overrides = dict(overrides)
-            layer = overrides.pop("layer", None)
+            keys = dict(keys)
+            layer = keys.pop("layer", None)
             if layer is None and len(layers) > 1:
                 raise ConfigError(f"{file}: [[runs]] {name} layer: [harvest] layers holds several blocks "
                                   f"({', '.join(map(str, layers))}): name the one this run trains on, or a list")
@@ -689,13 +696,13 @@ def _build_runs(raw: Any, file: Path, train: TrainConfig, ortho: OrthoConfig,
                                   f"{'layers' if len(layers) > 1 else 'layer'}: {', '.join(map(str, layers))})")
             layer = layers[0] if layer is None else layer
             # The run's sections, validated as the tables they would be.
-            run_train = _build(TrainConfig, {**_asdict(train), **{k: v for k, v in overrides.items()
+            run_train = _build(TrainConfig, {**_asdict(train), **{k: v for k, v in keys.items()
                                                                  if k in TRAIN_KEYS}}, f"[[runs]] {run_name}", file)
-            run_ortho = _build(OrthoConfig, {**_asdict(ortho), **{k: v for k, v in overrides.items()
+            run_ortho = _build(OrthoConfig, {**_asdict(ortho), **{k: v for k, v in keys.items()
                                                                  if k in ORTHO_KEYS}}, f"[[runs]] {run_name}", file)
-            run = RunConfig(name=run_name, type=run_type, train=run_train, ortho=run_ortho, overrides=overrides,
+            run = RunConfig(name=run_name, type=run_type, train=run_train, ortho=run_ortho, overrides=keys,
                             layer=layer)
-            _check_sparsity(run, overrides, file)
+            _check_sparsity(run, keys, file)
             runs.append(run)
     return runs
 
@@ -791,7 +798,7 @@ def _load(file: Path, raw: dict) -> Config:
     roles = {c.role for c in corpora.values() if c.split == "train"}
     for run in runs:
         if run.grouped and roles != {"forget", "retain"}:
-            raise ConfigError(f"{file}: [[runs]] {run.name} type: \"adaptive\" groups features by their forget "
+            raise ConfigError(f"{file}: [[runs]] {run.name} type: \"{run.type}\" groups features by their forget "
                               f"vs retain activation mass, so [corpora] needs split = \"train\" corpora of both "
                               f"roles (have: {', '.join(sorted(roles))})")
     evaluation = _build(EvalConfig, raw.get("eval", {}), "[eval]", file)
@@ -806,9 +813,10 @@ def _load(file: Path, raw: dict) -> Config:
     _check_probing(evaluation, file)
     conditions = {r.condition for r in runs}
     fsc = evaluation.unlearning.forget_share_condition
-    if fsc and fsc not in {r.condition for r in runs if r.type == "baseline"}:
+    baselines = {r.condition for r in runs if r.variant.baseline}
+    if fsc and fsc not in baselines:
         raise ConfigError(f"{file}: [eval.unlearning] forget_share_condition: {fsc!r} is not a baseline condition "
-                          f"of [[runs]] (have: {', '.join(sorted({r.condition for r in runs if r.type == 'baseline'}))})")
+                          f"of [[runs]] (have: {', '.join(sorted(baselines))})")
     budgets = [f"F_{b:g}" for b in evaluation.unlearning.retain_budgets]
     if evaluation.primary_figure and evaluation.primary_figure not in budgets:
         raise ConfigError(f"{file}: [eval] primary_figure: {evaluation.primary_figure!r} is not F(b) of a retain "

@@ -21,6 +21,11 @@ class UserError(Exception):
     """An error the user can act on; its message is one line naming the file, key or path."""
 
 
+class ConfigError(UserError, ValueError):
+    """A config problem; the message is one line naming the file and key (``common/config.py``,
+    ``common/overrides.py``)."""
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty)."""
     text = str(e).strip()

@@ -25,6 +25,9 @@ import socket
 import time
 from pathlib import Path
 
+from orthosae.common.console import console
+from orthosae.common.errors import first_line
+
 FINAL = ("done", "failed", "preempted")
 
 
@@ -98,8 +101,6 @@ def _tell(event: str, fields: dict) -> None:
             fn(record)
         except Exception as e:  # noqa: BLE001 - reported once, then that listener is gone
             _listeners.remove(fn)
-            from orthosae.common.errors import first_line
-            from orthosae.common.progress import console
             console.print(f"[yellow]warning: {getattr(fn, 'name', 'listener')} stopped at event {event!r}: "
                           f"{type(e).__name__}: {first_line(e)}; the pipeline goes on[/]", highlight=False)
 

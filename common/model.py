@@ -115,7 +115,7 @@ def final_norm(model: nn.Module) -> nn.Module | None:
     """The norm applied after the last block (beside the blocks in the same parent), or None.
 
     Transformers folds it into the last ``output_hidden_states`` entry for every family tested
-    (tests/harvest/test_capture.py): that entry is final_norm(residual after the last block),
+    (tests/common/test_capture.py): that entry is final_norm(residual after the last block),
     while the harvest stores the residual itself (TransformerLens' ``hook_resid_post``).
     """
     path = decoder_layers_path(model)

@@ -13,11 +13,11 @@ import copy
 import tomllib
 from pathlib import Path
 
+from orthosae.common.errors import ConfigError
+
 
 def parse(text: str, file: Path) -> tuple[list[str], object]:
     """``"train.ortho.alpha=[0,0.04]"`` -> (["train", "ortho", "alpha"], [0, 0.04])."""
-    # local import: config imports this module
-    from orthosae.common.config import ConfigError
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -37,7 +37,6 @@ def parse(text: str, file: Path) -> tuple[list[str], object]:
 
 def apply(raw: dict, sets: list[str] | tuple[str, ...], file: Path) -> dict:
     """A copy of the parsed TOML ``raw`` with every ``--set`` applied, in order."""
-    from orthosae.common.config import ConfigError
     out = copy.deepcopy(raw)
     for text in sets:
         path, value = parse(text, file)

@@ -15,17 +15,13 @@ import os
 import sys
 import time
 
-from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Column
 from rich.text import Text
 
 from orthosae.common import events
-
-console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line (greppable)
-if not console.is_terminal:  # a log file has no width: tables (pipe status) must not cut run names to 80 columns
-    console.width = 200
+from orthosae.common.console import console
 
 # The cadence of plain lines and progress events; `configure` sets it from [log] (common/config.py).
 _cadence = {"seconds": 30.0, "percent": 25}

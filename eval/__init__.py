@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 from orthosae.eval.report import eval_settings
-from orthosae.eval.report_json import ReportUnreadable, read_report
+from orthosae.common.report_json import ReportUnreadable, read_report
 from orthosae.eval.layers import evaluate  # every harvested layer; one layer: eval.runner.evaluate
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from orthosae.common import variants
 from orthosae.common.errors import UserError
 from orthosae.eval.frontier import frontier_verdict
 from orthosae.eval.intervals import MIN_SEEDS, holm, mean_interval, paired_interval
@@ -143,7 +144,7 @@ def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None, pri
     for label, names in groups.items():
         first = _settings(results[names[0]])
         entry = {"runs": names, "seeds": [seed_of(results[n]) for n in names], "type": first.get("type"),
-                 "alpha": first.get("ortho", {}).get("alpha") if first.get("type") in ("fixed", "adaptive") else None,
+                 "alpha": first.get("ortho", {}).get("alpha") if variants.of(first.get("type")).has_ortho else None,
                  "activation": first.get("train", {}).get("activation", "relu"), "metrics": {}}
         per_seed[label], reps[label] = {}, {}
         for m in metrics:
@@ -194,12 +195,12 @@ def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None, pri
 def _frontier(conds: dict, per_seed: dict, reps: dict, metrics: list[Metric], l0s: dict) -> dict:
     """metric -> quality -> condition -> verdict against the baseline conditions' curve."""
     out: dict = {}
-    base = [c for c, e in conds.items() if e["type"] == "baseline"]
+    base = [c for c, e in conds.items() if variants.of(e["type"]).baseline]
     for m in (m for m in metrics if m.frontier):
         for q in (q for q in metrics if q.quality):
             table = {}
             for c, e in conds.items():
-                if e["type"] == "baseline" or m.key not in per_seed[c] or q.key not in per_seed[c]:
+                if variants.of(e["type"]).baseline or m.key not in per_seed[c] or q.key not in per_seed[c]:
                     continue
                 measured = [b for b in base if m.key in per_seed[b] and q.key in per_seed[b]]
                 curve = [_point(b, conds[b], per_seed[b], reps[b], m, q) for b in measured
@@ -380,7 +381,7 @@ def plot_frontier(out_dir: Path, agg: dict, metrics: list[Metric]) -> list[str]:
                         continue
                     pts.append((x["mean"], y["mean"], _err(x), _err(y), label))
                 pts.sort()
-                color = "k" if kind == "baseline" else f"C{k % 10}"
+                color = "k" if variants.of(kind).baseline else f"C{k % 10}"
                 if len(pts) > 1 and kind != "reference":
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color=color, alpha=0.5)
                 for n, (x, y, xe, ye, label) in enumerate(pts):
@@ -440,14 +441,14 @@ def plot_conditions(out_dir: Path, agg: dict) -> list[str]:
     # one series per family of conditions that differ only by α (e.g. exact and sketched adaptive)
     series: dict[str, list] = {}
     for label, e in conds.items():
-        if e["type"] in ("adaptive", "fixed") and e["alpha"] is not None and ov in e["metrics"]:
+        if variants.of(e["type"]).has_ortho and e["alpha"] is not None and ov in e["metrics"]:
             series.setdefault(re.sub(r"-alpha[^-]*", "", label), []).append((e["alpha"], e["metrics"][ov], e["type"]))
     for i, (family, pts) in enumerate(series.items()):
         for j, (alpha, s, kind) in enumerate(sorted(pts, key=lambda p: p[0])):
             y, yerr = mid_err(s)
-            ax.errorbar(alpha, y, yerr=yerr, fmt="o" if kind == "adaptive" else "s", capsize=3,
+            ax.errorbar(alpha, y, yerr=yerr, fmt="o" if variants.of(kind).grouped else "s", capsize=3,
                         color=f"C{i % 10}", label=family if j == 0 else None)
-    base = [e["metrics"][ov]["mean"] for e in conds.values() if e["type"] == "baseline" and ov in e["metrics"]]
+    base = [e["metrics"][ov]["mean"] for e in conds.values() if variants.of(e["type"]).baseline and ov in e["metrics"]]
     if base:
         ax.axhline(base[0], linestyle=":", color="grey", label="baseline (post-hoc groups)")
     ax.set(xlabel="α", ylabel=ov.replace("_", " ").replace("rms", "RMS"), title="Cross-group overlap vs α")
@@ -455,7 +456,7 @@ def plot_conditions(out_dir: Path, agg: dict) -> list[str]:
     made.append(save_figure(plt, fig, out_dir, "conditions_overlap_vs_alpha.png"))
 
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(conds) + 2), 4))
-    for i, (label, e) in enumerate(conds.items()):
+    for i, e in enumerate(conds.values()):
         y, yerr = mid_err(e["metrics"].get("frac_dead"))
         ax.bar(i, y if math.isfinite(y) else 0, yerr=yerr, capsize=3, color=f"C{i % 10}")
     ax.set_xticks(range(len(conds)), list(conds), rotation=30, ha="right", fontsize=7)

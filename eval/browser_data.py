@@ -5,7 +5,6 @@ them with a held-out ``Scan`` (eval/browser_scan.py) into one run's ``RunSite`` 
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from orthosae.common.model import final_norm
 from orthosae.common.store import StoreReader
 from orthosae.eval.browser_scan import HIST_LOG10, HIST_PER_DECADE, ROLES, Scan, ScanRange, heldout_frequencies
 from orthosae.eval.conditioning import feature_groups
-from orthosae.eval.report_json import ReportUnreadable, read_report
+from orthosae.common.report_json import ReportUnreadable, read_report
 from orthosae.eval.unlearning import select_features
 
 N_NEAREST = 8

@@ -16,7 +16,7 @@ from orthosae import __version__
 from orthosae.common.config import Config
 from orthosae.eval.metrics import budgets_of, registry
 from orthosae.eval.report import _table, eval_settings
-from orthosae.eval.report_json import ReportUnreadable, read_report, seal
+from orthosae.common.report_json import ReportUnreadable, read_report, seal
 from orthosae.eval.runner import evaluate as evaluate_layer
 
 

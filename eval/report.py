@@ -21,11 +21,12 @@ matplotlib.use("Agg")  # files only; no display on CI or batch nodes
 import matplotlib.pyplot as plt  # noqa: E402
 
 from orthosae import __version__  # noqa: E402
+from orthosae.common import variants  # noqa: E402
 from orthosae.common.config import Config  # noqa: E402
 from orthosae.common.store import StoreReader  # noqa: E402
 from orthosae.eval.aggregate import aggregate, conditions_markdown, plot_conditions, plot_frontier  # noqa: E402
 from orthosae.eval.corpora import corpora_json, corpora_markdown  # noqa: E402
-from orthosae.eval.report_json import seal  # noqa: E402
+from orthosae.common.report_json import seal  # noqa: E402
 from orthosae.eval.spread import spread_markdown  # noqa: E402
 from orthosae.eval.curves import plot_training_curves  # noqa: E402
 from orthosae.eval.frontier import QUALITY_SPAN  # noqa: E402
@@ -44,7 +45,7 @@ def _get(result: dict, section: str, key: str) -> float:
 def _alpha(result: dict) -> float:
     """α of a run with L_ortho (nan for the baseline, whose α means nothing)."""
     run = result.get("cfg", {}).get("orthosae", {})
-    return float(run["ortho"]["alpha"]) if run.get("type") in ("fixed", "adaptive") else math.nan
+    return float(run["ortho"]["alpha"]) if variants.of(run.get("type")).has_ortho else math.nan
 
 
 def _fmt(v, digits=3) -> str:
@@ -230,12 +231,13 @@ def _plots(out_dir: Path, results: dict, metrics: list[Metric] | None = None) ->
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, m in enumerate(m for m in (metrics or registry(budgets_of(results))) if m.frontier):
-        for kind, marker in (("adaptive", "o-"), ("fixed", "s--")):
+        for v in (v for v in variants.VARIANTS.values() if v.has_ortho):
             pts = sorted((_alpha(results[n]), m.value(results[n])) for n in names
-                         if results[n]["summary"].get("type") == kind)
+                         if results[n]["summary"].get("type") == v.name)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, color=f"C{i}", label=f"{kind}: {m.label}")
-        base = [m.value(results[n]) for n in names if results[n]["summary"].get("type") == "baseline"]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if v.grouped else "s--", color=f"C{i}",
+                        label=f"{v.name}: {m.label}")
+        base = [m.value(results[n]) for n in names if variants.of(results[n]["summary"].get("type")).baseline]
         if base and not math.isnan(base[0]):
             ax.axhline(base[0], linestyle=":", color=f"C{i}")
     ax.set(xlabel="α", ylabel="nats", title="Unlearning vs α (dotted: baseline; not at equal quality: see frontier.png)")

@@ -24,7 +24,7 @@ from orthosae.common import events
 from orthosae.common.config import Config, ConfigError, RunConfig
 from orthosae.common.corpora import load_mcq
 from orthosae.common.model import load_model, pick_device
-from orthosae.common.progress import console, progress
+from orthosae.common.progress import progress
 from orthosae.common.store import StoreError, StoreReader, open_store_for
 from orthosae.eval.aggregate import IncompleteConditionError
 from orthosae.eval.conditioning import conditioning_report, feature_groups
@@ -39,7 +39,7 @@ from orthosae.eval.matched_damage import domain_tokens
 from orthosae.eval.unlearning import run_sweep, run_unlearning, unlearning_baseline
 from orthosae.train.export import load_sae
 from orthosae.train.verify import read_summary, require_intact_export
-from orthosae.train.sae import SAE, FixedOrthoSAE, is_grouped
+from orthosae.train.sae import SAE, is_grouped
 from orthosae.train.sae.grouping import forget_share
 
 ROW_BATCH = 4096
@@ -228,7 +228,7 @@ def measure_conditioning(cfg: Config, runs: list[LoadedRun], activity: dict[str,
         if a.forget_mass is not None and a.retain_mass is not None:
             groups, n_groups, how = feature_groups(r.sae, a.forget_mass, a.retain_mass, cfg.ortho.groups)
             report = conditioning_report(r.sae, groups.cpu(), n_groups, activity=a.forget_mass + a.retain_mass)
-            if isinstance(r.sae, FixedOrthoSAE) and not is_grouped(r.sae):
+            if r.run.has_ortho and not r.run.grouped:
                 # the fixed SAE was trained against its contiguous blocks: how orthogonal are those?
                 report["trained_groups"] = conditioning_report(r.sae, r.sae.groups.cpu(), r.sae.n_groups,
                                                                activity=a.forget_mass + a.retain_mass)
@@ -368,7 +368,7 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, runs: list[LoadedRu
     t = time.perf_counter()
     settings = len(un.retain_thresholds) * len(un.n_features_list) * len(un.multipliers)
     ablated = {r.name for r in runs if is_grouped(r.sae)} if loss and un.pi_ablation else set()
-    ranked_refs = (_first_seeds([r for r in runs if r.run.type == "baseline"
+    ranked_refs = (_first_seeds([r for r in runs if r.run.variant.baseline
                                  and un.forget_share_condition in ("", r.run.condition)], un.forget_share_runs)
                    if loss and "forget_share" in un.references else [])
     dom_ref = loss and has_freqs and "diff_of_means" in un.references

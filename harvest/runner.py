@@ -37,7 +37,7 @@ from orthosae.common.model import LoadedModel, load_model, load_tokenizer, pick_
 from orthosae.common.progress import console, progress
 from orthosae.common.store import (CorpusPlan, StoreError, StoreLock, StoreReader, StoreWriter, encode_rows,
                           store_exists)
-from orthosae.harvest.capture import residuals_after_blocks
+from orthosae.common.capture import residuals_after_blocks
 from orthosae.harvest.writer import ChunkWriter, HostRows
 
 BOS_POLICY = "bos-first-not-stored"  # every context starts with BOS; its outlier row is not stored

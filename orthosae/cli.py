@@ -365,7 +365,7 @@ def _pipeline_status(cfg) -> dict:
 def _report_problem(path: Path) -> str | None:
     """What is wrong with a report.json that exists but does not read (cut short, not JSON, no
     permission): a damaged report is not the same as one made from other runs."""
-    from orthosae.eval.report_json import ReportUnreadable, read_report
+    from orthosae.common.report_json import ReportUnreadable, read_report
     if not path.exists():
         return None
     try:
@@ -451,7 +451,8 @@ def verify(ctx: click.Context, stores: tuple[str, ...], as_json: bool, repair: b
         doc["stores"].append({"url": url, "chunks": total, "ok": not problems, "problems": [
             {"text": p.text, "kind": p.kind, "corpus": p.corpus, "chunk": p.chunk} for p in problems]})
     if cfg is not None:
-        from orthosae.train.verify import check_run, repair_run
+        from orthosae.train.runner import repair_run
+        from orthosae.train.verify import check_run
         doc["runs"] = []
         for run in cfg.runs:
             view = cfg.view_of(run.name)  # the run beside its layer's store

@@ -8,7 +8,7 @@ from pathlib import Path
 from orthosae.common.config import Config, RunConfig
 from orthosae.common.store import StoreReader
 from orthosae.train.checkpoint import STATE_JSON, candidates, check_folder
-from orthosae.train.runner import run_fingerprints
+from orthosae.train.fingerprint import run_fingerprints
 from orthosae.train.verify import FINISHED, export_problems, load_summary
 
 

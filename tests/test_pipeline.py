@@ -33,7 +33,7 @@ def test_pipe_run_end_to_end_then_skips(tmp_path, tiny_model_dir):
     report = json.loads((out / "report.json").read_text())
     assert report["store"] == str(tmp_path / "s.zarr") and report["config"] == str(path)
     assert set(report["runs"]) == {"baseline", "fixed", "adaptive-a0.0", "adaptive-a0.2"}
-    for name, r in report["runs"].items():
+    for r in report["runs"].values():
         rec = r["reconstruction"]
         assert {"explained_variance", "explained_variance_legacy", "explained_variance_dictionary_learning",
                 "mse", "cossim", "l0", "l1", "l2_ratio", "relative_reconstruction_bias", "frac_dead",

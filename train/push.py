@@ -21,7 +21,7 @@ import re
 import shutil
 from pathlib import Path
 
-from orthosae.common import owned
+from orthosae.common import owned, variants
 from orthosae.common.config import Config, ConfigError
 from orthosae.common.errors import UserError
 from orthosae.common.model import hub_model_id
@@ -53,7 +53,7 @@ def _report_runs(cfg: Config) -> dict:
     path = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.json"
     if not path.exists():
         return {}
-    from orthosae.eval.report_json import ReportUnreadable, read_report
+    from orthosae.common.report_json import ReportUnreadable, read_report
     try:
         return read_report(path)["runs"]
     except ReportUnreadable as e:  # the card would quote wrong figures
@@ -198,9 +198,9 @@ def model_card(repo: str, cards: list[tuple[str, dict, dict, dict | None]], fmt:
         train, ortho = o.get("train", {}), o.get("ortho", {})
         keys = {k: train[k] for k in ("d_sae", "tokens", "batch_size", "lr", "l1_coefficient", "activation", "k",
                                       "target_l0", "seed") if k in train}
-        if o.get("type") in ("fixed", "adaptive"):
-            keys.update({k: ortho[k] for k in ("lambda2_max", "alpha", "alpha_mode", "groups", "weighting",
-                                               "regroup_every", "t0", "tau") if k in ortho})
+        read = variants.of(o.get("type")).ortho_keys
+        keys.update({k: ortho[k] for k in ("lambda2_max", "alpha", "alpha_mode", "groups", "weighting",
+                                           "regroup_every", "t0", "tau") if k in ortho and k in read})
         lines.append(f"- `{name}` ({o.get('type')}): " + ", ".join(f"{k} = {v}" for k, v in keys.items())
                      + (f"; command-line overrides: {', '.join(cfg['sets'])}" if cfg.get("sets") else ""))
     lines += ["", "Every setting, under its `pipeline.toml` name, is in each folder's `cfg.json` (`orthosae`)."]

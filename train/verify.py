@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 from pathlib import Path
 
 from safetensors import safe_open
@@ -29,6 +28,7 @@ from orthosae.common.errors import RunError, one_line
 from orthosae.train import digests
 from orthosae.train.checkpoint import NoIntactCheckpoint, candidates, check_folder, load_latest
 from orthosae.train.export import CFG_FILENAME, WEIGHTS_FILENAME
+from orthosae.train.fingerprint import run_fingerprints
 
 SUMMARY = "summary.json"
 FINISHED = ("complete", "early_stopped")
@@ -157,8 +157,7 @@ def final_checkpoint(run_dir: Path, fingerprints: tuple[str, ...], total_steps: 
 
 def check_run(cfg: Config, run: RunConfig, reader) -> dict:
     """One run's folder checked: ``{"run", "dir", "state", "problems": [{"file", "problem", "part"}],
-    "repair"}``. ``repair`` says what ``repair_run`` would do (None: nothing it can do, or nothing to do)."""
-    from orthosae.train.runner import run_fingerprints
+    "repair"}``. ``repair`` says what ``train.runner.repair_run`` would do (None: nothing it can do, or nothing to do)."""
     run_dir = run_dir_of(cfg, run)
     out = {"run": run.name, "dir": str(run_dir), "state": "not started", "problems": [], "repair": None}
     if not run_dir.exists():
@@ -200,7 +199,7 @@ def check_run(cfg: Config, run: RunConfig, reader) -> dict:
 
 
 def _advice(cfg: Config, run: RunConfig, run_dir: Path, needs_rewrite: bool, finished: bool) -> str:
-    """What to do about damage ``repair_run`` cannot mend."""
+    """What to do about damage ``train.runner.repair_run`` cannot mend."""
     restart = f"`{restart_command(cfg, run.name)}` trains it again"
     if needs_rewrite:
         return f"no intact final checkpoint of these settings to rewrite it from; {restart}"
@@ -213,21 +212,3 @@ def _advice(cfg: Config, run: RunConfig, run_dir: Path, needs_rewrite: bool, fin
     if loaded is None:
         return f"no intact checkpoint left to resume from; {restart}"
     return f"`pipe train` resumes from the intact {loaded.folder.name}/ (step {loaded.state['trainer']['step']})"
-
-
-def repair_run(cfg: Config, run: RunConfig, reader) -> str | None:
-    """Rewrite a damaged export (and summary.json) from the run's final checkpoint; returns what was
-    done, None when nothing could be."""
-    from orthosae.train.runner import rewrite_export
-    result = check_run(cfg, run, reader)
-    if result["repair"] is None:
-        return None
-    if result.get("drop"):  # checkpoint folders the tool wrote, damaged, and needed by nothing
-        for folder in result["drop"]:
-            shutil.rmtree(folder)
-        return result["repair"]
-    from orthosae.train.runner import run_fingerprints
-    fp = run_fingerprints(run, reader, cfg.train.seed)
-    ckpt = final_checkpoint(run_dir_of(cfg, run), fp, cfg.train.tokens // cfg.train.batch_size)
-    rewrite_export(cfg, run, reader, ckpt)
-    return result["repair"]

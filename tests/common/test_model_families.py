@@ -2,7 +2,7 @@
 stores exactly its own hidden states (end to end through `pipe harvest`).
 
 Tiny random-weight models from each family's `transformers` config (tests/_families.py); the
-capture itself, per family and block, is tests/harvest/test_capture.py.
+capture itself, per family and block, is tests/common/test_capture.py.
 """
 import pytest
 import torch

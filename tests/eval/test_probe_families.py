@@ -27,7 +27,7 @@ def _dataset(tmp_path: Path) -> Path:
 
 def _config(tmp_path: Path, model_dir: Path) -> Path:
     data = _dataset(tmp_path)
-    return write_tiny_pipeline(tmp_path, model_dir, rest=f"""
+    return write_tiny_pipeline(tmp_path, model_dir, rest="""
     [[runs]]
     name = "baseline"
     type = "baseline"
@@ -73,7 +73,7 @@ def test_pipe_run_reports_the_four_families_and_caches_residuals(tmp_path, tiny_
     assert res.exit_code == 0, res.output + repr(res.exception)
     out = tmp_path / "reports/tiny"
     report = json.loads((out / "report.json").read_text())
-    for name, r in report["runs"].items():
+    for r in report["runs"].values():
         p = r["probing"]
         assert 0 <= p["sae_top_1_test_accuracy"] <= 1 and 0 <= p["llm_test_accuracy"] <= 1
         ds = p["datasets"][next(iter(p["datasets"]))]

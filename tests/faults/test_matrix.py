@@ -190,7 +190,7 @@ def test_fault(artefact, how, command, work, finished):
         if command == "inspect":
             assert index_json(path, work) == index_json(finished / ARTEFACTS[artefact][0], finished)
         elif command == "run":  # the damaged report is not current: evaluated again, a sound report
-            from orthosae.eval.report_json import read_report
+            from orthosae.common.report_json import read_report
             assert read_report(path)["runs"].keys() == {"baseline", "fixed"}
             assert read_report(path)["runs"]["baseline"]["reconstruction"] == \
                 read_report(finished / ARTEFACTS[artefact][0])["runs"]["baseline"]["reconstruction"]

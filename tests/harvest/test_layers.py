@@ -10,7 +10,7 @@ from orthosae.cli import main
 from orthosae.common.config import ConfigError, load_config
 from orthosae.common.store import StoreReader
 from orthosae.harvest import harvest
-from orthosae.harvest.capture import residual_after_block, residuals_after_blocks
+from orthosae.common.capture import residual_after_block, residuals_after_blocks
 
 from tests._configs import write_harvest_config
 from tests._tiny import build_tiny_model
@@ -34,7 +34,7 @@ def layers_config(tmp_path, model_dir, layers=LAYERS, store="m-L{layer}.zarr", n
 def store_arrays(url: str) -> dict:
     reader = StoreReader(url)
     out = {}
-    for name, info in reader.corpora().items():
+    for name in reader.corpora():
         for arr in ("acts", "tokens", "context", "position", "committed"):
             out[name, arr] = reader.root[name][arr][:]
     return out

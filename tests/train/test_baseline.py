@@ -6,7 +6,8 @@ import pytest
 
 from tests._sae import D, run
 from orthosae.train.sae import make_sae
-from orthosae.train.sae.baseline import EXPORT_ARCHITECTURE, BaselineSAE
+from orthosae.common.variants import SAELENS_BY_ACTIVATION
+from orthosae.train.sae.baseline import BaselineSAE
 
 
 @pytest.mark.parametrize("activation,arch", [("relu", "standard"), ("topk", "topk"), ("batchtopk", "jumprelu")])
@@ -16,4 +17,4 @@ def test_export_architecture_follows_the_activation(activation, arch):
     keys = {} if activation == "relu" else {"activation": activation, "k": 3}
     for kind in ("baseline", "fixed"):
         sae = make_sae(run(kind, **keys), D)
-        assert isinstance(sae, BaselineSAE) and sae.architecture == arch == EXPORT_ARCHITECTURE[activation]
+        assert isinstance(sae, BaselineSAE) and sae.architecture == arch == SAELENS_BY_ACTIVATION[activation]

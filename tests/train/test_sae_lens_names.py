@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from orthosae.common.config import RunConfig
-from orthosae.harvest.capture import residual_after_block
+from orthosae.common.capture import residual_after_block
 from orthosae.train.export import load_sae, save_sae
 from orthosae.train.sae import make_sae
 from orthosae.train.sae_lens_names import sae_lens_metadata, sae_lens_model_name

@@ -53,7 +53,7 @@ def test_mix_sets_batch_composition(tmp_path):
     reader, _ = make_id_store(tmp_path)
     s = ActivationStream(reader, ["retain", "forget"], batch_size=20, buffer_rows=32, seed=0,
                          mix={"retain": 1.0, "forget": 3.0})
-    for x, f in take(s, 12):  # forget (48 rows) cycles its epochs more often than retain
+    for _x, f in take(s, 12):  # forget (48 rows) cycles its epochs more often than retain
         assert int(f.sum()) == 15
     assert _split_counts(10, [1, 1, 1]) == [4, 3, 3]
     assert _split_counts(4, [1, 100]) == [1, 3]  # every pool keeps at least one row

@@ -12,7 +12,7 @@ from orthosae.common.store import StoreError, StoreReader
 from orthosae.train import load_sae, train
 
 from tests._subprocess import run_script
-from tests._synthetic import D, SWEEP, T, make_store, write_config
+from tests._synthetic import D, SWEEP, make_store, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 def test_sweep_trains_all_variants_in_one_pass(tmp_path, monkeypatch):

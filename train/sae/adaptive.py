@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from orthosae.common.variants import GROUPED_ARCH
+
 from .base import activate, fold_activation_state
 from .fixed import FixedOrthoSAE
 from .ortho import group_onehot
-
-GROUPED_ARCH = "orthosae_grouped"
 
 
 def bias_mix(f: Tensor, groups: Tensor, n_groups: int, *, nonneg: bool = False, tau: float | Tensor = 0.0) -> Tensor:
@@ -66,9 +66,6 @@ def grouped_decode(f: Tensor, groups: Tensor, group_bias: Tensor, tau: float | T
 
 
 class AdaptiveOrthoSAE(FixedOrthoSAE):
-    grouped = True
-    architecture = GROUPED_ARCH
-
     def __init__(self, d_model, run, **kwargs):
         super().__init__(d_model, run, **kwargs)
         self.register_buffer("groups", self.groups.clone())  # learned: persistent from here on

@@ -1,6 +1,7 @@
 """The shared base of every SAE variant: weights, encode, decode, fold, and the loss.
 
-One file per architecture keyed by run type in ``SAE_CLASSES`` (``train/sae/__init__.py``), as
+One file per architecture, each named by its run type's line of the variant table
+(``common/variants.py``; built by ``make_sae``, ``train/sae/__init__.py``), as
 SAELens' ``saes/``: ``baseline.py`` (SAELens "standard" / "topk" / "jumprelu"), ``fixed.py``
 (+ L_ortho between fixed groups), ``adaptive.py`` (+ learned groups and group decoder biases, and
 its own SAELens class). This base holds what they share: a ReLU / TopK / BatchTopK encoder
@@ -175,8 +176,15 @@ class SAE(nn.Module):
     linear ``decode``, the loss ``training_forward`` and L_ortho between ``groups`` where the run
     has one. Variants set ``groups`` / ``n_groups`` (fixed) and override ``decode`` (adaptive)."""
 
-    grouped: bool = False  # ``is_grouped``
-    architecture: str  # the ``architecture`` of the export's cfg.json (SAELens' name where one fits)
+    @property
+    def grouped(self) -> bool:
+        """``is_grouped``: the run type's ``grouped`` in the variant table (common/variants.py)."""
+        return self.cfg.grouped
+
+    @property
+    def architecture(self) -> str:
+        """The ``architecture`` of the export's cfg.json (SAELens' name where one fits)."""
+        return self.cfg.variant.architecture(self.activation)
 
     def __init__(self, d_model: int, run: RunConfig, *, dtype: torch.dtype | str = torch.float32,
                  device: torch.device | str = "cpu"):

@@ -13,16 +13,10 @@ import torch
 
 from .base import SAE, require_uniform_norms
 
-# the SAELens architecture (and class) each activation exports as
-EXPORT_ARCHITECTURE = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu"}
-
 
 class BaselineSAE(SAE):
-    """ReLU / TopK / BatchTopK SAE (SAELens "standard" / "topk" / "jumprelu")."""
-
-    @property
-    def architecture(self) -> str:
-        return EXPORT_ARCHITECTURE[self.activation]
+    """ReLU / TopK / BatchTopK SAE (SAELens "standard" / "topk" / "jumprelu": ``SAELENS_BY_ACTIVATION``,
+    common/variants.py)."""
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""The harvest's capture (`harvest.capture.residual_after_block`, the hook the harvest runner uses)
+"""The harvest's capture (`common.capture.residual_after_block`, the hook the harvest runner uses)
 in every decoder-only family the tests cover (tests/_families.py).
 
 Per family and block L it must return the model's own `output_hidden_states` entry L+1 bit for bit
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from orthosae.common.model import decoder_layers, final_norm
-from orthosae.harvest.capture import residual_after_block
+from orthosae.common.capture import residual_after_block
 
 from tests._families import FAMILIES, IDS, N_LAYERS, family_forward
 
