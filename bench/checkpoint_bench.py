@@ -7,6 +7,7 @@ The state is a baseline SAE's checkpoint (W_enc, W_dec, biases and both Adam mom
 6·d_model·d_sae float32 values). Prints the median seconds of each and their ratio; the figures go
 into BENCHMARKS.md with this command. The Gemma-2-2B sweep is 2304 × 16384 (about 0.9 GB a run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,10 @@ def _state(d_model: int, d_sae: int) -> dict:
     g = torch.Generator().manual_seed(0)
     params = {"W_enc": (d_model, d_sae), "W_dec": (d_sae, d_model), "b_enc": (d_sae,), "b_dec": (d_model,)}
     sae = {k: torch.randn(*s, generator=g) for k, s in params.items()}
-    moments = {k: {"exp_avg": torch.randn(*s, generator=g), "exp_avg_sq": torch.rand(*s, generator=g)}
-               for k, s in params.items()}
+    moments = {
+        k: {"exp_avg": torch.randn(*s, generator=g), "exp_avg_sq": torch.rand(*s, generator=g)}
+        for k, s in params.items()
+    }
     return {"fingerprint": "bench", "trainer": {"step": 1, "sae": sae, "opt": {"state": moments}}}
 
 
@@ -89,8 +92,10 @@ def main() -> None:
             rows["load"][0].append(_time(lambda: _plain_load(run_dir)))
             rows["load"][1].append(_time(lambda: _load_checked(run_dir)))
     print(f"command: python -m bench.checkpoint_bench {shlex.join(sys.argv[1:])}".rstrip())
-    print(f"checkpoint of {n_bytes / 2**20:,.0f} MiB ({args.d_model} x {args.d_sae}, SAE + Adam), "
-          f"median of {args.repeats}; load average {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
+    print(
+        f"checkpoint of {n_bytes / 2**20:,.0f} MiB ({args.d_model} x {args.d_sae}, SAE + Adam), "
+        f"median of {args.repeats}; load average {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)"
+    )
     print(f"{'':6} {'plain s':>9} {'digests s':>10} {'ratio':>6}")
     for what, (plain, digested) in rows.items():
         p, d = statistics.median(plain), statistics.median(digested)

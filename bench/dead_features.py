@@ -9,6 +9,7 @@ at α below and at the random level and two λ2_max. Dead = never active on the 
 (group 1 = forget-leaning), beside L0, EV and the RMS cross-group cosine of the decoder. Runs go to
 a temporary folder; the config's own runs are left alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,13 @@ def main() -> None:
     ap.add_argument("--config", default="pipeline.toml")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--rms-lambda2", type=float, nargs="+", default=[3.0, 30.0])
-    ap.add_argument("--rms-alpha", type=float, nargs="+", default=[0.0, 0.04],
-                    help="α of the rms runs: below and at the random level 1/√d_model")
+    ap.add_argument(
+        "--rms-alpha",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.04],
+        help="α of the rms runs: below and at the random level 1/√d_model",
+    )
     ap.add_argument("--rms-weighting", nargs="+", default=["uniform", "activity"], choices=["uniform", "activity"])
     ap.add_argument("--no-prototype", action="store_true", help="leave out the seed-form runs")
     ap.add_argument("--quick", action="store_true", help="smoke check: 5 steps, one rms run")
@@ -45,27 +51,41 @@ def main() -> None:
     base = dict(train=cfg.train, ortho=cfg.ortho)
     runs = [RunConfig.of("baseline", **base)]
     if not args.no_prototype:
-        runs += [RunConfig.of("adaptive", f"seed-form-l{lam}", lambda2_max=lam, **PROTOTYPE, **base)
-                 for lam in (0.0, 0.3, 1.0)]
-    runs += [RunConfig.of("adaptive", f"rms-{wt}-a{a:g}-l{lam:g}", lambda2_max=lam, alpha_mode="rms", alpha=a,
-                          weighting=wt, **base)
-             for wt in args.rms_weighting for a in args.rms_alpha for lam in args.rms_lambda2]
+        runs += [
+            RunConfig.of("adaptive", f"seed-form-l{lam}", lambda2_max=lam, **PROTOTYPE, **base)
+            for lam in (0.0, 0.3, 1.0)
+        ]
+    runs += [
+        RunConfig.of(
+            "adaptive", f"rms-{wt}-a{a:g}-l{lam:g}", lambda2_max=lam, alpha_mode="rms", alpha=a, weighting=wt, **base
+        )
+        for wt in args.rms_weighting
+        for a in args.rms_alpha
+        for lam in args.rms_lambda2
+    ]
     reader = open_store_for(cfg)
     heldout = [n for n, c in cfg.corpora.items() if c.split == "heldout"]
     with tempfile.TemporaryDirectory(prefix="dead_features-") as tmp:
         tr = dataclasses.replace(cfg.train, runs_dir=tmp, tokens=args.steps * cfg.train.batch_size)
         train(dataclasses.replace(cfg, runs=runs, train=tr))
-        print(f"\ncommand: python -m bench.dead_features --config {args.config} --steps {args.steps} "
-              f"--rms-lambda2 {' '.join(map(str, args.rms_lambda2))} --rms-alpha {' '.join(map(str, args.rms_alpha))} "
-              f"--rms-weighting {' '.join(args.rms_weighting)}" + (" --no-prototype" if args.no_prototype else ""))
-        print(f"random RMS cosine 1/√d_model = {reader.d_model ** -0.5:.4f}\n")
-        print("| run | λ2_max | dead (all) | dead, group 0 / 1 (retain / forget-leaning) | group sizes | L0 | EV | RMS cross cos |")
+        print(
+            f"\ncommand: python -m bench.dead_features --config {args.config} --steps {args.steps} "
+            f"--rms-lambda2 {' '.join(map(str, args.rms_lambda2))} --rms-alpha {' '.join(map(str, args.rms_alpha))} "
+            f"--rms-weighting {' '.join(args.rms_weighting)}" + (" --no-prototype" if args.no_prototype else "")
+        )
+        print(f"random RMS cosine 1/√d_model = {reader.d_model**-0.5:.4f}\n")
+        print(
+            "| run | λ2_max | dead (all) | dead, group 0 / 1 (retain / forget-leaning) | group sizes | L0 | EV | RMS cross cos |"
+        )
         print("|---|---:|---:|---|---|---:|---:|---:|")
         for run in runs:
             sae, _ = load_sae(Path(tmp) / run.name)
             active = torch.zeros(sae.d_sae, dtype=torch.bool)
-            batches = [reader.read_rows(n, s, min(s + 4096, reader.corpora()[n].n_rows))
-                       for n in heldout for s in range(0, reader.corpora()[n].n_rows, 4096)]
+            batches = [
+                reader.read_rows(n, s, min(s + 4096, reader.corpora()[n].n_rows))
+                for n in heldout
+                for s in range(0, reader.corpora()[n].n_rows, 4096)
+            ]
             with torch.no_grad():
                 for x in batches:
                     active |= (sae.encode(x) > 0).any(0)
@@ -77,8 +97,10 @@ def main() -> None:
             else:
                 per, sizes, cos = ["–"], "–", float("nan")
             lam = f"{run.ortho.lambda2_max:g}" if run.has_ortho else "–"
-            print(f"| {run.name} | {lam} | {(~active).float().mean().item():.1%} | "
-                  f"{' / '.join(per)} | {sizes} | {rec['l0']:.1f} | {rec['explained_variance']:.3f} | {cos:.4f} |")
+            print(
+                f"| {run.name} | {lam} | {(~active).float().mean().item():.1%} | "
+                f"{' / '.join(per)} | {sizes} | {rec['l0']:.1f} | {rec['explained_variance']:.3f} | {cos:.4f} |"
+            )
 
 
 if __name__ == "__main__":

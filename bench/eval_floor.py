@@ -15,6 +15,7 @@ measured), and for the loss one read of the head's logits at the measured copy b
 kernel must read every logit once). Each part prints "×N the floor"; so does the whole pass.
 The contexts are random token ids (timing does not depend on the text), BOS first.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,7 @@ def block_flops_per_token(model, first: int, T: int) -> float:
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     blocks = decoder_layers(model)[first:]
-    linear = sum(m.in_features * m.out_features for b in blocks for m in b.modules()
-                 if isinstance(m, torch.nn.Linear))
+    linear = sum(m.in_features * m.out_features for b in blocks for m in b.modules() if isinstance(m, torch.nn.Linear))
     return 2 * linear + len(blocks) * 4 * heads * head_dim * (T + 1) / 2
 
 
@@ -83,9 +83,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="pipeline.toml")
     ap.add_argument("--contexts", type=int, help="contexts in the pass (default 16; --quick 4)")
-    ap.add_argument("--repeats", type=int, help="rounds, each timing every part once; the best kept (default 5; --quick 1)")
-    ap.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 is immune to the stalls "
-                    "other processes cause at every multi-threaded op's barrier on a loaded machine")
+    ap.add_argument(
+        "--repeats", type=int, help="rounds, each timing every part once; the best kept (default 5; --quick 1)"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: torch's); 1 is immune to the stalls "
+        "other processes cause at every multi-threaded op's barrier on a loaded machine",
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke check in seconds")
     args = ap.parse_args()
     if args.threads:
@@ -107,7 +113,7 @@ def main() -> None:
     sae = make_sae(run, lm.d_model)
     edit = clamp_features(sae, torch.arange(N_FEATURES), -10.0)
     prefix = PrefixCache(model, layer)
-    batches = [ctx[i:i + bs] for i in range(0, len(ctx), bs)]
+    batches = [ctx[i : i + bs] for i in range(0, len(ctx), bs)]
     step, step_before = max(1, HEAD_ROWS // bs), _chunk_len(model, bs)  # positions a head call: now, before
     ce_rows = max(1, CE_ROWS_BUDGET // vocab)
 
@@ -130,7 +136,7 @@ def main() -> None:
         def chunks(n: int = step):
             for h, ids in zip(hidden, batches):
                 for s in range(0, T - 1, n):
-                    yield h[:, s:min(s + n, T - 1)].contiguous(), ids[:, s + 1:min(s + n, T - 1) + 1]
+                    yield h[:, s : min(s + n, T - 1)].contiguous(), ids[:, s + 1 : min(s + n, T - 1) + 1]
 
         logits = {n: [head(h) for h, _ in chunks(n)] for n in (step, step_before)}
 
@@ -143,7 +149,7 @@ def main() -> None:
                 z, tgt = z.flatten(0, 1), tgt.flatten()
                 n = rows or len(z)
                 for r in range(0, len(z), n):
-                    F.cross_entropy(softcap(model, z[r:r + n].float()), tgt[r:r + n], reduction="none")
+                    F.cross_entropy(softcap(model, z[r : r + n].float()), tgt[r : r + n], reduction="none")
 
         def whole():
             with splice(model, layer, edit):
@@ -159,10 +165,19 @@ def main() -> None:
         dst = torch.empty_like(src)
         # every round times each part once, the rates included; the best round of each is kept, so
         # bursts of outside load hit a part only if they hit it in every round
-        parts = {"gemm float32": lambda: torch.mm(a32, b32), "gemm bfloat16": lambda: torch.mm(a16, b16),
-                 "copy": lambda: dst.copy_(src), "blocks": blocks, "sae": sae_edit, "head": head_gemm,
-                 "head, as before": lambda: head_gemm(step_before), "loss": lambda: loss(ce_rows),
-                 "loss, as before": lambda: loss(None, step_before), "pass": whole, "pass, as before": whole_before}
+        parts = {
+            "gemm float32": lambda: torch.mm(a32, b32),
+            "gemm bfloat16": lambda: torch.mm(a16, b16),
+            "copy": lambda: dst.copy_(src),
+            "blocks": blocks,
+            "sae": sae_edit,
+            "head": head_gemm,
+            "head, as before": lambda: head_gemm(step_before),
+            "loss": lambda: loss(ce_rows),
+            "loss, as before": lambda: loss(None, step_before),
+            "pass": whole,
+            "pass, as before": whole_before,
+        }
         for fn in parts.values():
             fn()  # warm-up: first calls pay for allocation and kernel selection
         times = {k: [] for k in parts}
@@ -173,49 +188,69 @@ def main() -> None:
         # the numbers themselves: token_ce against the eval's computation before this bench's changes
         with as_before(bs * step_before):
             before = [token_ce(model, ids, hidden=h) for h, ids in zip(hidden, batches)]
-        diff = max((token_ce(model, ids, hidden=h) - b).abs().max().item()
-                   for h, ids, b in zip(hidden, batches, before))
+        diff = max(
+            (token_ce(model, ids, hidden=h) - b).abs().max().item() for h, ids, b in zip(hidden, batches, before)
+        )
     rates = {dt: 2 * c["gemm"] ** 3 / sec[f"gemm {dtype_name(dt)}"] for dt in (torch.float32, torch.bfloat16)}
     bandwidth = 2 * src.numel() * 4 / sec["copy"]
 
     n_tok = c["contexts"] * T  # the model runs every position; the loss reads T - 1 of them
     n_pred = c["contexts"] * (T - 1)
     sae_dtype = sae.W_dec.dtype
-    flops = {"blocks": n_tok * block_flops_per_token(model, layer + 1, T),
-             "sae": n_pred * 3 * 2 * lm.d_model * sae.d_sae,  # encode, decode f, decode the clamped f
-             "head": n_pred * 2 * lm.d_model * vocab}
-    floor = {"blocks": flops["blocks"] / rates[dtype], "sae": flops["sae"] / rates[sae_dtype],
-             "head": flops["head"] / rates[dtype], "loss": n_pred * vocab * dtype.itemsize / bandwidth}
+    flops = {
+        "blocks": n_tok * block_flops_per_token(model, layer + 1, T),
+        "sae": n_pred * 3 * 2 * lm.d_model * sae.d_sae,  # encode, decode f, decode the clamped f
+        "head": n_pred * 2 * lm.d_model * vocab,
+    }
+    floor = {
+        "blocks": flops["blocks"] / rates[dtype],
+        "sae": flops["sae"] / rates[sae_dtype],
+        "head": flops["head"] / rates[dtype],
+        "loss": n_pred * vocab * dtype.itemsize / bandwidth,
+    }
     floor["pass"] = sum(floor.values())
     total_flops = sum(flops.values())
-    floor["loss, as before"], floor["head, as before"], floor["pass, as before"] = floor["loss"], floor["head"], floor["pass"]
+    floor["loss, as before"], floor["head, as before"], floor["pass, as before"] = (
+        floor["loss"],
+        floor["head"],
+        floor["pass"],
+    )
     flops["head, as before"] = flops["head"]
-    notes = {"blocks": f"{len(decoder_layers(model)) - layer - 1} blocks after layer {layer}, {dtype_name(dtype)}",
-             "sae": f"{run.type} SAE {lm.d_model}×{sae.d_sae}, {dtype_name(sae_dtype)}, clamp of {N_FEATURES} features",
-             "head": f"{lm.d_model}×{vocab:,}, {dtype_name(dtype)}, {bs * min(step, T - 1)} rows a call (`token_ce`)",
-             "head, as before": f"the same, {bs * min(step_before, T - 1)} rows a call (the eval before HEAD_ROWS)",
-             "loss": f"logits to float32, soft-cap, cross-entropy, {ce_rows} rows a call (`token_ce`); "
-                     "floor: one read of the logits",
-             "loss, as before": f"the same on the whole head call, {bs * min(step_before, T - 1)} rows at once "
-                                "(the eval before CE_ROWS_BUDGET)",
-             "pass": "`_ce_per_context` under the clamp, prefix cache warm",
-             "pass, as before": "the same with the head and loss calls as the eval made them before"}
-    print(f"{c['contexts']} contexts × {T} tokens, batch {bs}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, CPU, load average {os.getloadavg()[0]:.2f}\n"
-          f"measured rates: GEMM {c['gemm']}³ float32 {rates[torch.float32] / 1e9:,.1f} GFLOP/s, bfloat16 "
-          f"{rates[torch.bfloat16] / 1e9:,.1f} GFLOP/s; copy {bandwidth / 1e9:,.1f} GB/s\n")
+    notes = {
+        "blocks": f"{len(decoder_layers(model)) - layer - 1} blocks after layer {layer}, {dtype_name(dtype)}",
+        "sae": f"{run.type} SAE {lm.d_model}×{sae.d_sae}, {dtype_name(sae_dtype)}, clamp of {N_FEATURES} features",
+        "head": f"{lm.d_model}×{vocab:,}, {dtype_name(dtype)}, {bs * min(step, T - 1)} rows a call (`token_ce`)",
+        "head, as before": f"the same, {bs * min(step_before, T - 1)} rows a call (the eval before HEAD_ROWS)",
+        "loss": f"logits to float32, soft-cap, cross-entropy, {ce_rows} rows a call (`token_ce`); "
+        "floor: one read of the logits",
+        "loss, as before": f"the same on the whole head call, {bs * min(step_before, T - 1)} rows at once "
+        "(the eval before CE_ROWS_BUDGET)",
+        "pass": "`_ce_per_context` under the clamp, prefix cache warm",
+        "pass, as before": "the same with the head and loss calls as the eval made them before",
+    }
+    print(
+        f"{c['contexts']} contexts × {T} tokens, batch {bs}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, CPU, load average {os.getloadavg()[0]:.2f}\n"
+        f"measured rates: GEMM {c['gemm']}³ float32 {rates[torch.float32] / 1e9:,.1f} GFLOP/s, bfloat16 "
+        f"{rates[torch.bfloat16] / 1e9:,.1f} GFLOP/s; copy {bandwidth / 1e9:,.1f} GB/s\n"
+    )
     print("| part | seconds | GFLOP | floor s | × the floor | what |")
     print("|---|---:|---:|---:|---:|---|")
     for part in ("blocks", "sae", "head", "head, as before", "loss", "loss, as before", "pass", "pass, as before"):
         gf = f"{total_flops / 1e9:,.1f}" if part.startswith("pass") else f"{flops.get(part, 0) / 1e9:,.1f}"
-        print(f"| {part} | {sec[part]:.3f} | {gf} | {floor[part]:.3f} | ×{sec[part] / floor[part]:.2f} | "
-              f"{notes[part]} |")
+        print(
+            f"| {part} | {sec[part]:.3f} | {gf} | {floor[part]:.3f} | ×{sec[part] / floor[part]:.2f} | {notes[part]} |"
+        )
     parts = sum(sec[p] for p in ("blocks", "sae", "head", "loss"))
-    print(f"\nthe parts sum to {parts:.3f} s of the pass's {sec['pass']:.3f} s; "
-          f"the pass is ×{sec['pass'] / floor['pass']:.2f} the floor (before: ×{sec['pass, as before'] / floor['pass']:.2f}); "
-          f"speed-up ×{sec['pass, as before'] / sec['pass']:.2f}")
-    print(f"token_ce against the eval before HEAD_ROWS and CE_ROWS_BUDGET, every token of these contexts: "
-          f"max |ΔCE| {diff:.2e} nats ({'bit-identical' if diff == 0 else 'NOT bit-identical'})")
+    print(
+        f"\nthe parts sum to {parts:.3f} s of the pass's {sec['pass']:.3f} s; "
+        f"the pass is ×{sec['pass'] / floor['pass']:.2f} the floor (before: ×{sec['pass, as before'] / floor['pass']:.2f}); "
+        f"speed-up ×{sec['pass, as before'] / sec['pass']:.2f}"
+    )
+    print(
+        f"token_ce against the eval before HEAD_ROWS and CE_ROWS_BUDGET, every token of these contexts: "
+        f"max |ΔCE| {diff:.2e} nats ({'bit-identical' if diff == 0 else 'NOT bit-identical'})"
+    )
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -8,6 +8,7 @@ every context with a clamp spliced in at the layer (what each setting cost befor
 with ``eval.prefix.PrefixCache`` serving blocks 0..L (recorded once, outside the timing), then
 prints the median seconds of each and their ratio, and the largest CE difference between the two.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,9 +60,11 @@ def main() -> None:
                 cached.append(time.perf_counter() - t)
             diff = max(diff, float(abs(a["sum_all"] / a["n_all"] - b["sum_all"] / b["n_all"]).max()))
     f, c = statistics.median(full), statistics.median(cached)
-    print(f"{args.contexts} contexts x {ctx.shape[1]} tokens, layer {layer} of {lm.n_layers}, {cfg.model.dtype}, "
-          f"batch {bs}: full forward {f:.2f} s, prefix cache {c:.2f} s, ratio {f / c:.2f}x; "
-          f"max |ΔCE per context| {diff:.2e} nats")
+    print(
+        f"{args.contexts} contexts x {ctx.shape[1]} tokens, layer {layer} of {lm.n_layers}, {cfg.model.dtype}, "
+        f"batch {bs}: full forward {f:.2f} s, prefix cache {c:.2f} s, ratio {f / c:.2f}x; "
+        f"max |ΔCE per context| {diff:.2e} nats"
+    )
 
 
 if __name__ == "__main__":

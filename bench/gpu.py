@@ -26,6 +26,7 @@ CUDA it says so, measures the CPU and exits 0; `--quick` shrinks every size to a
 test suite runs it). Contenders alternate in short rounds (order rotated each round); figures are
 medians over rounds, ratios medians of per-round ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,33 +53,105 @@ LAYER = 19
 # chunks: contexts per harvest chunk (the reference's 16 × 1024 tokens); steps: (per round, rounds);
 # model: changes to Gemma-2-2B's config (quick sizes keep its shape of blocks, smaller); stream_ctx:
 # (contexts per chunk, context length, d_model) of the streamed store
-FULL = dict(T=1024, contexts=16, harvest_chunks=24, harvest_rounds=3, d_sae=16384, batch=4096,
-            steps=(10, 5), buffer=1_048_576, windows=2.5)
-QUICK = dict(T=256, contexts=16, harvest_chunks=4, harvest_rounds=2, d_sae=4096, batch=1024,
-             steps=(3, 2), buffer=131_072, windows=2.5)
+FULL = dict(
+    T=1024,
+    contexts=16,
+    harvest_chunks=24,
+    harvest_rounds=3,
+    d_sae=16384,
+    batch=4096,
+    steps=(10, 5),
+    buffer=1_048_576,
+    windows=2.5,
+)
+QUICK = dict(
+    T=256,
+    contexts=16,
+    harvest_chunks=4,
+    harvest_rounds=2,
+    d_sae=4096,
+    batch=1024,
+    steps=(3, 2),
+    buffer=131_072,
+    windows=2.5,
+)
 # the CPU's sizes: the same model and SAE widths, fewer tokens and rows (a 2304 × 16384 step at batch
 # 4096 takes ~13 s on a 2-core CPU)
-CPU = dict(T=256, contexts=2, harvest_chunks=2, harvest_rounds=2, d_sae=16384, batch=512,
-           steps=(1, 2), buffer=65_536, windows=2.5)
-CPU_QUICK = dict(T=32, contexts=2, harvest_chunks=2, harvest_rounds=1, d_sae=256, batch=64, steps=(1, 1),
-                 buffer=512, windows=2.5, layer=1, d=64, stream_ctx=(2, 32),
-                 model=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                            num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32, vocab_size=512))
+CPU = dict(
+    T=256,
+    contexts=2,
+    harvest_chunks=2,
+    harvest_rounds=2,
+    d_sae=16384,
+    batch=512,
+    steps=(1, 2),
+    buffer=65_536,
+    windows=2.5,
+)
+CPU_QUICK = dict(
+    T=32,
+    contexts=2,
+    harvest_chunks=2,
+    harvest_rounds=1,
+    d_sae=256,
+    batch=64,
+    steps=(1, 1),
+    buffer=512,
+    windows=2.5,
+    layer=1,
+    d=64,
+    stream_ctx=(2, 32),
+    model=dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        query_pre_attn_scalar=32,
+        vocab_size=512,
+    ),
+)
 SIZES = {("cuda", False): FULL, ("cuda", True): QUICK, ("cpu", False): CPU, ("cpu", True): CPU_QUICK}
 # dense bf16 tensor-core peak, TFLOP/s, by device name (first match); others: --peak-tflops
-PEAK_BF16_TFLOPS = [("H200", 989.4), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.4),
-                    ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0)]
+PEAK_BF16_TFLOPS = [
+    ("H200", 989.4),
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.4),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+]
 
 
 def gemma2_2b_config(**changes):
     """Gemma-2-2B's architecture (google/gemma-2-2b config.json), without downloading anything;
     ``changes`` shrink it for a smoke check."""
     from transformers import Gemma2Config
-    return Gemma2Config(**{**dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                                  num_attention_heads=8, num_key_value_heads=4, head_dim=256,
-                                  hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=256,
-                                  sliding_window=4096, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
-                                  bos_token_id=2, eos_token_id=1, pad_token_id=0), **changes})
+
+    return Gemma2Config(
+        **{
+            **dict(
+                vocab_size=256000,
+                hidden_size=2304,
+                intermediate_size=9216,
+                num_hidden_layers=26,
+                num_attention_heads=8,
+                num_key_value_heads=4,
+                head_dim=256,
+                hidden_activation="gelu_pytorch_tanh",
+                query_pre_attn_scalar=256,
+                sliding_window=4096,
+                attn_logit_softcapping=50.0,
+                final_logit_softcapping=30.0,
+                bos_token_id=2,
+                eos_token_id=1,
+                pad_token_id=0,
+            ),
+            **changes,
+        }
+    )
 
 
 def flops_per_token(cfg, blocks: int, T: int) -> float:
@@ -104,7 +177,7 @@ def interleave(contenders: dict, steps: int, rounds: int, warmup: int = 1) -> di
         run(warmup)
     names, out = list(contenders), {k: [] for k in contenders}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             out[name].append(contenders[name](steps) / steps)
     return out
 
@@ -117,11 +190,12 @@ def ratio(sec: dict, fast: str, slow: str) -> tuple[float, float, float]:
 
 # ------------------------------------------------------------------------------------------ harvest
 
+
 def bench_harvest(c: dict, device, tmp: Path, peak: float | None) -> list[tuple]:
     from transformers import AutoModelForCausalLM
 
-    from orthosae.common.store import CorpusPlan, StoreWriter
     from orthosae.common.capture import residual_after_block
+    from orthosae.common.store import CorpusPlan, StoreWriter
     from orthosae.harvest.runner import _chunk_activations
     from orthosae.harvest.writer import ChunkWriter
 
@@ -134,12 +208,30 @@ def bench_harvest(c: dict, device, tmp: Path, peak: float | None) -> list[tuple]
     ctx = torch.randint(3, mcfg.vocab_size, (chunks, n_ctx, T), generator=g, dtype=torch.int32).numpy()
     ctx[..., 0] = mcfg.bos_token_id
     cfg = SimpleNamespace(harvest=SimpleNamespace(batch_size=16, layer=layer, storage_dtype="bfloat16"))
-    ident = {"model_id": "bench", "revision": None, "file_sha256": None, "layer": layer, "hook": "resid_post",
-             "d_model": mcfg.hidden_size, "storage_dtype": "bfloat16", "context_length": T, "tokenizer": "t",
-             "bos_policy": "x"}
+    ident = {
+        "model_id": "bench",
+        "revision": None,
+        "file_sha256": None,
+        "layer": layer,
+        "hook": "resid_post",
+        "d_model": mcfg.hidden_size,
+        "storage_dtype": "bfloat16",
+        "context_length": T,
+        "tokenizer": "t",
+        "bos_policy": "x",
+    }
     store = StoreWriter(str(tmp / "harvest.zarr"), ident)
-    plan = CorpusPlan(name="c", role="retain", split="train", source="x", fingerprint="f", tokens_fingerprint="t",
-                      n_contexts=chunks * n_ctx, context_length=T, contexts_per_chunk=n_ctx)
+    plan = CorpusPlan(
+        name="c",
+        role="retain",
+        split="train",
+        source="x",
+        fingerprint="f",
+        tokens_fingerprint="t",
+        n_contexts=chunks * n_ctx,
+        context_length=T,
+        contexts_per_chunk=n_ctx,
+    )
     store.ensure_corpus(plan)
 
     def harvest_round(n: int) -> float:  # n: rounds of all chunks, the writer drained at the end
@@ -156,13 +248,16 @@ def bench_harvest(c: dict, device, tmp: Path, peak: float | None) -> list[tuple]
         for _ in range(n):
             for k in range(chunks):
                 for i in range(0, n_ctx, 16):
-                    residual_after_block(model, layer, torch.from_numpy(ctx[k, i:i + 16].astype(np.int64)).to(device))  # noqa: F821
+                    residual_after_block(model, layer, torch.from_numpy(ctx[k, i : i + 16].astype(np.int64)).to(device))  # noqa: F821
         sync(device)
         return time.perf_counter() - t
 
     sec = interleave({"harvest": harvest_round, "forward": forward_round}, 1, c["harvest_rounds"])
     tokens = chunks * n_ctx * T
-    harvest_tok_s, forward_tok_s = tokens / statistics.median(sec["harvest"]), tokens / statistics.median(sec["forward"])
+    harvest_tok_s, forward_tok_s = (
+        tokens / statistics.median(sec["harvest"]),
+        tokens / statistics.median(sec["forward"]),
+    )
     flops = flops_per_token(mcfg, layer + 1, T)
     achieved = harvest_tok_s * flops / 1e12
     frac = achieved / peak if peak else None
@@ -174,28 +269,43 @@ def bench_harvest(c: dict, device, tmp: Path, peak: float | None) -> list[tuple]
     size = f"{shape} to L{layer}, T {T}, {chunks * n_ctx} contexts, batch 16, bf16"
     peak_what = "peak bf16 FLOP/s" if device.type == "cuda" else "measured bf16 GEMM rate"
     return [
-        ("1. harvest tok/s (forward + pinned copy + zstd writes)", size, f"{harvest_tok_s:,.0f} tok/s",
-         "", None, f"forward alone {forward_tok_s:,.0f} tok/s; harvest / forward {rel:.3f} ({lo:.3f}–{hi:.3f})"),
-        (f"1. harvest fraction of {peak_what} (MFU)", size,
-         f"{frac:.1%} ({achieved:,.3g} TFLOP/s)" if frac is not None else f"{achieved:,.3g} TFLOP/s",
-         "≥ 40 %", None if frac is None else frac >= 0.40,
-         f"{flops / 1e9:.2f} GFLOP/token; {peak_what} {peak:,.3g} TFLOP/s" if peak else
-         "peak unknown for this GPU: pass --peak-tflops"),
+        (
+            "1. harvest tok/s (forward + pinned copy + zstd writes)",
+            size,
+            f"{harvest_tok_s:,.0f} tok/s",
+            "",
+            None,
+            f"forward alone {forward_tok_s:,.0f} tok/s; harvest / forward {rel:.3f} ({lo:.3f}–{hi:.3f})",
+        ),
+        (
+            f"1. harvest fraction of {peak_what} (MFU)",
+            size,
+            f"{frac:.1%} ({achieved:,.3g} TFLOP/s)" if frac is not None else f"{achieved:,.3g} TFLOP/s",
+            "≥ 40 %",
+            None if frac is None else frac >= 0.40,
+            f"{flops / 1e9:.2f} GFLOP/token; {peak_what} {peak:,.3g} TFLOP/s"
+            if peak
+            else "peak unknown for this GPU: pass --peak-tflops",
+        ),
     ]
 
 
 # ------------------------------------------------------------------------------------------ SAE step
 
+
 def reference_runs(c: dict) -> dict:
     """baseline / fixed / adaptive as configs/gemma-2-2b.toml sets them; λ2 on from step 1 (t0 = 1)."""
     from orthosae.common.config import load_config
+
     cfg = load_config(REFERENCE)
     out = {}
     for name in ("baseline", "fixed-a0.01", "adaptive-a0.0"):
         run = cfg.run(name)
-        out[run.type] = dataclasses.replace(run, ortho=dataclasses.replace(run.ortho, t0=1),
-                                            train=dataclasses.replace(run.train, d_sae=c["d_sae"],
-                                                                      batch_size=c["batch"]))
+        out[run.type] = dataclasses.replace(
+            run,
+            ortho=dataclasses.replace(run.ortho, t0=1),
+            train=dataclasses.replace(run.train, d_sae=c["d_sae"], batch_size=c["batch"]),
+        )
     return out
 
 
@@ -203,28 +313,49 @@ def sae_lens_step(d: int, d_sae: int, batch: int, lr: float, l1: float, device):
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
-    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=d_sae, l1_coefficient=l1, l1_warm_up_steps=100,
-                                                        device=str(device)))
-    cfg = SAETrainerConfig(total_training_samples=10**9 * batch, train_batch_size_samples=batch, lr=lr, lr_end=lr,
-                           lr_warm_up_steps=100, device=str(device))
+
+    sae = StandardTrainingSAE(
+        StandardTrainingSAEConfig(d_in=d, d_sae=d_sae, l1_coefficient=l1, l1_warm_up_steps=100, device=str(device))
+    )
+    cfg = SAETrainerConfig(
+        total_training_samples=10**9 * batch,
+        train_batch_size_samples=batch,
+        lr=lr,
+        lr_end=lr,
+        lr_warm_up_steps=100,
+        device=str(device),
+    )
     trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
 
     def step(x):  # SAETrainer.fit's per-batch work, less logging, evals and checkpoints
         trainer._train_step(trainer.sae, x)
         trainer.n_training_steps += 1
         trainer.n_training_samples += batch
+
     return step
 
 
 def dictionary_learning_step(d: int, d_sae: int, lr: float, l1: float, device):
-    trainer = standard_trainer_class()(steps=10**9, activation_dim=d, dict_size=d_sae, layer=0, lm_name="bench", lr=lr,
-                              l1_penalty=l1, warmup_steps=100, sparsity_warmup_steps=100, seed=0,
-                              device=str(device), wandb_name=None)
+    trainer = standard_trainer_class()(
+        steps=10**9,
+        activation_dim=d,
+        dict_size=d_sae,
+        layer=0,
+        lm_name="bench",
+        lr=lr,
+        l1_penalty=l1,
+        warmup_steps=100,
+        sparsity_warmup_steps=100,
+        seed=0,
+        device=str(device),
+        wandb_name=None,
+    )
     count = [0]
 
     def step(x):
         trainer.update(count[0], x)
         count[0] += 1
+
     return step
 
 
@@ -240,6 +371,7 @@ def timed(step, batches, device):
             count[0] += 1
         sync(device)
         return time.perf_counter() - t
+
     return run
 
 
@@ -249,8 +381,10 @@ def bench_sae(c: dict, device) -> list[tuple]:
 
     runs, d, batch = reference_runs(c), c.get("d", 2304), c["batch"]
     g = torch.Generator(device=device).manual_seed(0)
-    batches = [(torch.randn(batch, d, device=device, generator=g),
-                torch.rand(batch, device=device, generator=g) < 0.5) for _ in range(4)]
+    batches = [
+        (torch.randn(batch, d, device=device, generator=g), torch.rand(batch, device=device, generator=g) < 0.5)
+        for _ in range(4)
+    ]
 
     def trainers_at(precision: str) -> dict:
         """Each run type at ``[train] matmul_precision`` (the Trainer sets it around its step)."""
@@ -259,11 +393,13 @@ def bench_sae(c: dict, device) -> list[tuple]:
             run = dataclasses.replace(run, train=dataclasses.replace(run.train, matmul_precision=precision))
             out[kind] = Trainer(run, make_sae(run, d, device=device), total_steps=10**6)
         return out
+
     base = runs["baseline"].train
     refs, missing = {}, []
-    for name, make in (("sae_lens", lambda: sae_lens_step(d, c["d_sae"], batch, base.lr, base.l1_coefficient, device)),
-                       ("dictionary_learning", lambda: dictionary_learning_step(d, c["d_sae"], base.lr,
-                                                                                base.l1_coefficient, device))):
+    for name, make in (
+        ("sae_lens", lambda: sae_lens_step(d, c["d_sae"], batch, base.lr, base.l1_coefficient, device)),
+        ("dictionary_learning", lambda: dictionary_learning_step(d, c["d_sae"], base.lr, base.l1_coefficient, device)),
+    ):
         try:
             refs[name] = make()
         except ImportError as e:
@@ -276,18 +412,36 @@ def bench_sae(c: dict, device) -> list[tuple]:
         precision = "high" if tf32 else "highest"
         torch.set_float32_matmul_precision(precision)  # for the reference libraries' steps
         trainers = trainers_at(precision)
-        contenders = {kind: timed(lambda x, f, t=t: t.train_step(x, f), batches, device) for kind, t in trainers.items()}
+        contenders = {
+            kind: timed(lambda x, f, t=t: t.train_step(x, f), batches, device) for kind, t in trainers.items()
+        }
         contenders.update({name: timed(lambda x, f, s=s: s(x), batches, device) for name, s in refs.items()})
         sec = interleave(contenders, *c["steps"], warmup=2)
         mode = f"TF32 {'on' if tf32 else 'off'}" if device.type == "cuda" else "float32"
         for kind in trainers:
             assert trainers[kind].running, trainers[kind].message
-            out.append((f"2. {kind} step, {mode}", size, f"{batch / statistics.median(sec[kind]):,.0f} tok/s", "",
-                        None, f"{statistics.median(sec[kind]) * 1e3:.1f} ms a step"))
+            out.append(
+                (
+                    f"2. {kind} step, {mode}",
+                    size,
+                    f"{batch / statistics.median(sec[kind]):,.0f} tok/s",
+                    "",
+                    None,
+                    f"{statistics.median(sec[kind]) * 1e3:.1f} ms a step",
+                )
+            )
         for name in refs:
             med, lo, hi = ratio(sec, "baseline", name)
-            out.append((f"2. baseline vs {name} step, {mode}", size, f"×{med:.2f} ({lo:.2f}–{hi:.2f})", "≥ 1.5×",
-                        med >= 1.5, f"{name} {statistics.median(sec[name]) * 1e3:.1f} ms"))
+            out.append(
+                (
+                    f"2. baseline vs {name} step, {mode}",
+                    size,
+                    f"×{med:.2f} ({lo:.2f}–{hi:.2f})",
+                    "≥ 1.5×",
+                    med >= 1.5,
+                    f"{name} {statistics.median(sec[name]) * 1e3:.1f} ms",
+                )
+            )
         trainer = trainers["adaptive"]
         every = trainer.run.ortho.regroup_every
         x, fm = batches[0]
@@ -301,13 +455,22 @@ def bench_sae(c: dict, device) -> list[tuple]:
             sync(device)
             regroup.append(time.perf_counter() - t)
         cost = statistics.median(regroup) / (every * statistics.median(sec["adaptive"]))
-        out.append((f"2. regroup cost per {every} adaptive steps, {mode}", size, f"{cost:.2%}", "< 5 %", cost < 0.05,
-                    f"one regroup {statistics.median(regroup) * 1e3:.0f} ms"))
+        out.append(
+            (
+                f"2. regroup cost per {every} adaptive steps, {mode}",
+                size,
+                f"{cost:.2%}",
+                "< 5 %",
+                cost < 0.05,
+                f"one regroup {statistics.median(regroup) * 1e3:.0f} ms",
+            )
+        )
     torch.set_float32_matmul_precision("highest")
     return out + [(f"2. {m}", size, "skipped", "", None, "") for m in missing]
 
 
 # ------------------------------------------------------------------------------------------ stream
+
 
 def _rss_bytes(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -332,11 +495,30 @@ def bench_stream(c: dict, device, tmp: Path) -> list[tuple]:
     batch, buffer = c["batch"], c["buffer"]
     rows_per_chunk = n_ctx * (T - 1)
     chunks = int(c["windows"] * buffer // rows_per_chunk)
-    ident = {"model_id": "bench", "revision": None, "file_sha256": None, "layer": LAYER, "hook": "resid_post",
-             "d_model": d, "storage_dtype": "bfloat16", "context_length": T, "tokenizer": "t", "bos_policy": "x"}
+    ident = {
+        "model_id": "bench",
+        "revision": None,
+        "file_sha256": None,
+        "layer": LAYER,
+        "hook": "resid_post",
+        "d_model": d,
+        "storage_dtype": "bfloat16",
+        "context_length": T,
+        "tokenizer": "t",
+        "bos_policy": "x",
+    }
     writer = StoreWriter(str(tmp / "stream.zarr"), ident)
-    plan = CorpusPlan(name="retain", role="retain", split="train", source="x", fingerprint="f",
-                      tokens_fingerprint="t", n_contexts=chunks * n_ctx, context_length=T, contexts_per_chunk=n_ctx)
+    plan = CorpusPlan(
+        name="retain",
+        role="retain",
+        split="train",
+        source="x",
+        fingerprint="f",
+        tokens_fingerprint="t",
+        n_contexts=chunks * n_ctx,
+        context_length=T,
+        contexts_per_chunk=n_ctx,
+    )
     writer.ensure_corpus(plan)
     tokens = np.full((n_ctx, T), 7, dtype=np.int32)
 
@@ -344,14 +526,16 @@ def bench_stream(c: dict, device, tmp: Path) -> list[tuple]:
         g = torch.Generator(device=device).manual_seed(k)
         rows = torch.randn(rows_per_chunk, d, device=device, generator=g) * (1 + torch.arange(d, device=device) / d)
         writer.write_chunk(plan, k, to_storage(rows, "bfloat16"), tokens)
+
     with ThreadPoolExecutor(8) as pool:  # disjoint chunks: writers never share an object
         list(pool.map(write, range(chunks)))
     writer.finish_corpus("retain")
     writer.finish()
     reader = StoreReader(str(tmp / "stream.zarr"))
     n_batches = plan.n_rows // batch
-    stream = ActivationStream(reader, ["retain"], batch_size=batch, buffer_rows=buffer, seed=0, device=device,
-                              total_batches=n_batches)
+    stream = ActivationStream(
+        reader, ["retain"], batch_size=batch, buffer_rows=buffer, seed=0, device=device, total_batches=n_batches
+    )
     rss_before, reset = _rss_bytes("VmRSS"), _reset_peak_rss()
     it = iter(stream)
     next(it)  # the first window's read: paid once per training run
@@ -367,12 +551,24 @@ def bench_stream(c: dict, device, tmp: Path) -> list[tuple]:
     peak = _rss_bytes("VmHWM") if reset else 0
     bound = 2 * stream.chunks_per_window * rows_per_chunk * d * 2
     size = f"d {d}, batch {batch}, buffer {buffer:,} rows, {chunks} chunks"
-    peak_note = (f"peak RSS {peak / 2**30:.1f} GiB (before {rss_before / 2**30:.1f} GiB; two windows as stored "
-                 f"{bound / 2**30:.1f} GiB)" if reset else "peak RSS not measurable here (no /proc/self/clear_refs)")
+    peak_note = (
+        f"peak RSS {peak / 2**30:.1f} GiB (before {rss_before / 2**30:.1f} GiB; two windows as stored "
+        f"{bound / 2**30:.1f} GiB)"
+        if reset
+        else "peak RSS not measurable here (no /proc/self/clear_refs)"
+    )
     into = "the GPU" if device.type == "cuda" else "the CPU's tensors"
-    return [(f"3. ActivationStream rows/s into {into}", size, f"{rate:,.0f} rows/s", "≥ 700,000", rate >= 7e5,
-             f"longest wait for a batch {max(waits) * 1e3:.1f} ms over {len(waits)} batches "
-             f"({(len(waits) * batch) / (stream.chunks_per_window * rows_per_chunk):.1f} windows); {peak_note}")]
+    return [
+        (
+            f"3. ActivationStream rows/s into {into}",
+            size,
+            f"{rate:,.0f} rows/s",
+            "≥ 700,000",
+            rate >= 7e5,
+            f"longest wait for a batch {max(waits) * 1e3:.1f} ms over {len(waits)} batches "
+            f"({(len(waits) * batch) / (stream.chunks_per_window * rows_per_chunk):.1f} windows); {peak_note}",
+        )
+    ]
 
 
 def main() -> None:
@@ -385,8 +581,10 @@ def main() -> None:
     print(f"command: python -m bench.gpu {shlex.join(sys.argv[1:])}".rstrip())
     devices = [args.device] if args.device else ["cuda", "cpu"]
     if "cuda" in devices and not torch.cuda.is_available():
-        print("no CUDA GPU here (torch.cuda.is_available() is False): the GPU rows are not measured; "
-              "run this on a GPU machine for them")
+        print(
+            "no CUDA GPU here (torch.cuda.is_available() is False): the GPU rows are not measured; "
+            "run this on a GPU machine for them"
+        )
         devices.remove("cuda")
     start, table = time.perf_counter(), []
     for kind in devices:
@@ -394,23 +592,31 @@ def main() -> None:
         if kind == "cuda":
             name = torch.cuda.get_device_name(device)
             peak = peak_tflops(name, args.peak_tflops)
-            print(f"cuda: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}; "
-                  f"peak bf16 {f'{peak:,.0f} TFLOP/s' if peak else 'unknown'}")
+            print(
+                f"cuda: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}; "
+                f"peak bf16 {f'{peak:,.0f} TFLOP/s' if peak else 'unknown'}"
+            )
         else:
             peak = gemm_rate(torch.bfloat16, 256 if args.quick else 2048) / 1e12
-            print(f"cpu: {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-                  f"measured bf16 GEMM rate {peak:,.3g} TFLOP/s")
+            print(
+                f"cpu: {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+                f"measured bf16 GEMM rate {peak:,.3g} TFLOP/s"
+            )
         with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
-            for part, bench in (("harvest", lambda: bench_harvest(c, device, Path(tmp), peak)),
-                                ("sae", lambda: bench_sae(c, device)),
-                                ("stream", lambda: bench_stream(c, device, Path(tmp)))):
+            for part, bench in (
+                ("harvest", lambda: bench_harvest(c, device, Path(tmp), peak)),
+                ("sae", lambda: bench_sae(c, device)),
+                ("stream", lambda: bench_stream(c, device, Path(tmp))),
+            ):
                 if args.only in (None, part):
                     table += [(kind, *row) for row in bench()]
     print("\n| device | measurement | size | result | goal | met | notes |")
     print("|---|---|---|---|---|---|---|")
     for kind, what, size, result, goal, met, note in table:
-        print(f"| {kind} | {what} | {size} | {result} | {goal} | {'' if met is None else ('yes' if met else 'NO')} "
-              f"| {note} |")
+        print(
+            f"| {kind} | {what} | {size} | {result} | {goal} | {'' if met is None else ('yes' if met else 'NO')} "
+            f"| {note} |"
+        )
     print(f"\nTotal {time.perf_counter() - start:.0f} s.")
 
 

@@ -13,6 +13,7 @@ stopped after the deepest, one zarr write per layer) against one layer alone, ea
 passes interleaved: the shared pass should cost about one pass to the deepest layer plus the writes.
 Figures go into BENCHMARKS.md with this command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,11 +27,11 @@ import time
 import numpy as np
 import torch
 
+from orthosae.common.capture import residual_after_block, residuals_after_blocks
 from orthosae.common.config import CorpusConfig
 from orthosae.common.corpora import load_documents, tokenize_corpus
 from orthosae.common.model import load_model
 from orthosae.common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
-from orthosae.common.capture import residual_after_block, residuals_after_blocks
 
 FULL = dict(batches=4, batch=8, context=128, layer=12, repeats=3, layers="6,12,17")
 QUICK = dict(batches=1, batch=2, context=16, layer=0, repeats=1, layers="0,1")
@@ -48,12 +49,19 @@ def _contexts(tokenizer, n: int, T: int, random: bool = False) -> np.ndarray:
 
 def _full_forward(model, ctx: np.ndarray, batch: int) -> None:
     for i in range(0, len(ctx), batch):
-        model(torch.from_numpy(ctx[i:i + batch].astype(np.int64)), output_hidden_states=True)
+        model(torch.from_numpy(ctx[i : i + batch].astype(np.int64)), output_hidden_states=True)
 
 
 def _harvest(model, ctx: np.ndarray, batch: int, layer: int, writer: StoreWriter, plan: CorpusPlan) -> None:
-    rows = [to_storage(residual_after_block(model, layer, torch.from_numpy(ctx[i:i + batch].astype(np.int64)))[:, 1:]
-                       .reshape(-1, writer.identity["d_model"]), "bfloat16") for i in range(0, len(ctx), batch)]
+    rows = [
+        to_storage(
+            residual_after_block(model, layer, torch.from_numpy(ctx[i : i + batch].astype(np.int64)))[:, 1:].reshape(
+                -1, writer.identity["d_model"]
+            ),
+            "bfloat16",
+        )
+        for i in range(0, len(ctx), batch)
+    ]
     writer.write_chunk(plan, 0, np.concatenate(rows), ctx)
 
 
@@ -61,7 +69,7 @@ def _harvest_layers(model, ctx: np.ndarray, batch: int, layers: tuple[int, ...],
     """The harvest's multi-layer path: one pass per batch to the deepest layer, a chunk write per layer."""
     rows: dict[int, list] = {layer: [] for layer in layers}
     for i in range(0, len(ctx), batch):
-        resids = residuals_after_blocks(model, layers, torch.from_numpy(ctx[i:i + batch].astype(np.int64)))
+        resids = residuals_after_blocks(model, layers, torch.from_numpy(ctx[i : i + batch].astype(np.int64)))
         for layer in layers:
             rows[layer].append(to_storage(resids[layer][:, 1:].reshape(-1, resids[layer].shape[-1]), "bfloat16"))
     for layer in layers:
@@ -76,14 +84,34 @@ def bench_layers(dtype: str, ctx: np.ndarray, args) -> list[dict]:
     cases = [(layer,) for layer in layers] + [layers]
     times: dict[tuple, list] = {case: [] for case in cases}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        plan = CorpusPlan(name="c", role="retain", split="train", source="x", fingerprint="f", tokens_fingerprint="t",
-                          n_contexts=len(ctx), context_length=T, contexts_per_chunk=len(ctx))
+        plan = CorpusPlan(
+            name="c",
+            role="retain",
+            split="train",
+            source="x",
+            fingerprint="f",
+            tokens_fingerprint="t",
+            n_contexts=len(ctx),
+            context_length=T,
+            contexts_per_chunk=len(ctx),
+        )
         writers = {}
         for layer in layers:
-            writers[layer] = StoreWriter(f"{tmp}/L{layer}.zarr", {
-                "model_id": "bench", "revision": None, "file_sha256": None, "layer": layer, "hook": "resid_post",
-                "d_model": lm.d_model, "storage_dtype": "bfloat16", "context_length": T, "tokenizer": "t",
-                "bos_policy": "x"})
+            writers[layer] = StoreWriter(
+                f"{tmp}/L{layer}.zarr",
+                {
+                    "model_id": "bench",
+                    "revision": None,
+                    "file_sha256": None,
+                    "layer": layer,
+                    "hook": "resid_post",
+                    "d_model": lm.d_model,
+                    "storage_dtype": "bfloat16",
+                    "context_length": T,
+                    "tokenizer": "t",
+                    "bos_policy": "x",
+                },
+            )
             writers[layer].ensure_corpus(plan)
         _harvest_layers(lm.model, ctx[: args.batch], args.batch, layers, writers, plan)  # warm-up
         for _ in range(args.repeats):
@@ -99,12 +127,30 @@ def bench_dtype(dtype: str, ctx: np.ndarray, args) -> dict:
     T = ctx.shape[1]
     full, harv = [], []
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        ident = {"model_id": "bench", "revision": None, "file_sha256": None, "layer": args.layer,
-                 "hook": "resid_post", "d_model": lm.d_model, "storage_dtype": "bfloat16",
-                 "context_length": T, "tokenizer": "t", "bos_policy": "x"}
+        ident = {
+            "model_id": "bench",
+            "revision": None,
+            "file_sha256": None,
+            "layer": args.layer,
+            "hook": "resid_post",
+            "d_model": lm.d_model,
+            "storage_dtype": "bfloat16",
+            "context_length": T,
+            "tokenizer": "t",
+            "bos_policy": "x",
+        }
         writer = StoreWriter(f"{tmp}/b.zarr", ident)
-        plan = CorpusPlan(name="c", role="retain", split="train", source="x", fingerprint="f", tokens_fingerprint="t",
-                         n_contexts=len(ctx), context_length=T, contexts_per_chunk=len(ctx))
+        plan = CorpusPlan(
+            name="c",
+            role="retain",
+            split="train",
+            source="x",
+            fingerprint="f",
+            tokens_fingerprint="t",
+            n_contexts=len(ctx),
+            context_length=T,
+            contexts_per_chunk=len(ctx),
+        )
         writer.ensure_corpus(plan)
         _full_forward(lm.model, ctx[: args.batch], args.batch)  # warm-up
         tokens = ctx.size
@@ -125,8 +171,11 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--dtype", action="append", choices=["float32", "bfloat16"])
     p.add_argument("--model", default="embedded:gemma-3-270m", help="a model id or local folder")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke check in seconds: 1 batch of 2 × 16 random tokens, layer 0, 1 repeat")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke check in seconds: 1 batch of 2 × 16 random tokens, layer 0, 1 repeat",
+    )
     p.add_argument("--batches", type=int)
     p.add_argument("--batch", type=int)
     p.add_argument("--context", type=int)
@@ -143,14 +192,18 @@ def main() -> None:
     lm = load_model(args.model, device="cpu")
     ctx = _contexts(lm.tokenizer, args.batches * args.batch, args.context, random=args.quick)
     del lm
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(ctx)} contexts x {args.context} "
-          f"tokens, batch {args.batch}, layer {args.layer}, median of {args.repeats} alternating repeats")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(ctx)} contexts x {args.context} "
+        f"tokens, batch {args.batch}, layer {args.layer}, median of {args.repeats} alternating repeats"
+    )
     print("| compute dtype | full forward tok/s | harvest tok/s (to L + zarr write) | ratio | bytes/token on disk |")
     print("|---|---|---|---|---|")
     for dtype in [] if args.skip_dtypes else args.dtype or ["float32", "bfloat16"]:
         r = bench_dtype(dtype, ctx, args)
-        print(f"| {r['dtype']} | {r['full']:,.0f} | {r['harvest']:,.0f} | {r['ratio']:.2f} | "
-              f"{r['bytes']:,.0f} (2·d_model = {2 * r['d_model']:,}) |")
+        print(
+            f"| {r['dtype']} | {r['full']:,.0f} | {r['harvest']:,.0f} | {r['ratio']:.2f} | "
+            f"{r['bytes']:,.0f} (2·d_model = {2 * r['d_model']:,}) |"
+        )
     dtype = (args.dtype or ["bfloat16"])[-1]
     rows = bench_layers(dtype, ctx, args)
     deepest = next(r for r in rows if r["layers"] == (max(rows[-1]["layers"]),))

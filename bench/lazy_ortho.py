@@ -8,6 +8,7 @@ pass (runs go to a temporary folder; the config's own runs are left alone). Prin
 final decoder at unit row norm, with the run's own groups (fixed contiguous blocks for baseline
 and fixed runs), beside L0 and explained variance from the training log.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,14 +35,19 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, tokens=8 * cfg.train.batch_size))
     k = args.every
     runs = [RunConfig.of("baseline", train=cfg.train, ortho=cfg.ortho)]
-    runs += [RunConfig.of(kind, f"{kind}-every{e}", train=cfg.train, ortho=cfg.ortho, every=e)
-             for kind in ("fixed", "adaptive") for e in (1, k)]
+    runs += [
+        RunConfig.of(kind, f"{kind}-every{e}", train=cfg.train, ortho=cfg.ortho, every=e)
+        for kind in ("fixed", "adaptive")
+        for e in (1, k)
+    ]
     with tempfile.TemporaryDirectory(prefix="lazy_ortho-") as tmp:
         cfg = dataclasses.replace(cfg, runs=runs, train=dataclasses.replace(cfg.train, runs_dir=tmp))
         train(cfg)
         n_groups = cfg.ortho.groups
-        print(f"\ncommand: python -m bench.lazy_ortho --config {args.config} --every {k}"
-              + (" --quick" if args.quick else ""))
+        print(
+            f"\ncommand: python -m bench.lazy_ortho --config {args.config} --every {k}"
+            + (" --quick" if args.quick else "")
+        )
         print("| run | L_ortho (final W_dec, unit rows, own groups) | L0 | EV |")
         print("|---|---:|---:|---:|")
         for run in runs:

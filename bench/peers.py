@@ -4,6 +4,7 @@ sae-lens installs beside torch 2.13 as it is; dictionary_learning would pull a C
 `bash setup.sh --bench` installs it with `--no-deps`. Its package `__init__` imports nnsight only
 for `ActivationBuffer`, which no benchmark uses: a stub stands in for it.
 """
+
 from __future__ import annotations
 
 import sys

@@ -8,6 +8,7 @@ capture, batch × context as configured, compute dtype as configured), the secon
 training step per run type at the config's d_sae, batch and activation, and the whole config's
 time at those rates (harvest of every corpus's budget; every run's steps; eval not counted).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,16 +18,23 @@ from pathlib import Path
 
 import torch
 
+from orthosae.common.capture import residual_after_block
 from orthosae.common.config import load_config
 from orthosae.common.model import pick_device, torch_dtype
-from orthosae.common.capture import residual_after_block
 from orthosae.train.sae import make_sae
 from orthosae.train.trainer import Trainer
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs/pythia-70m.toml"
 # EleutherAI/pythia-70m-deduped's config.json, the fields that shape the model
-PYTHIA_70M = dict(vocab_size=50304, hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
-                  intermediate_size=2048, rotary_pct=0.25, max_position_embeddings=2048)
+PYTHIA_70M = dict(
+    vocab_size=50304,
+    hidden_size=512,
+    num_hidden_layers=6,
+    num_attention_heads=8,
+    intermediate_size=2048,
+    rotary_pct=0.25,
+    max_position_embeddings=2048,
+)
 
 
 def _rate(step, seconds: float) -> float:
@@ -43,8 +51,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke check: 0.2 s per rate, batch 64 and d_sae 512 (not the config's cost)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke check: 0.2 s per rate, batch 64 and d_sae 512 (not the config's cost)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.seconds = 0.2
@@ -53,14 +64,20 @@ def main() -> None:
     cfg, dev = load_config(CONFIG), pick_device(args.device)
     if args.quick:
         train = dataclasses.replace(cfg.train, batch_size=64, d_sae=512)
-        cfg = dataclasses.replace(cfg, train=train, runs=[dataclasses.replace(r, train=train) for r in cfg.runs],
-                                  harvest=dataclasses.replace(cfg.harvest, batch_size=2, context_length=64))
+        cfg = dataclasses.replace(
+            cfg,
+            train=train,
+            runs=[dataclasses.replace(r, train=train) for r in cfg.runs],
+            harvest=dataclasses.replace(cfg.harvest, batch_size=2, context_length=64),
+        )
     model = GPTNeoXForCausalLM(GPTNeoXConfig(**PYTHIA_70M)).to(dev, torch_dtype(cfg.model.dtype)).eval()
     ids = torch.randint(0, 50000, (cfg.harvest.batch_size, cfg.harvest.context_length), device=dev)
     tok_s = _rate(lambda: residual_after_block(model, cfg.harvest.layer, ids), args.seconds) * ids.numel()
     harvest_tokens = sum(c.tokens for c in cfg.corpora.values())
-    print(f"harvest to block {cfg.harvest.layer} ({cfg.model.dtype}, {dev}): {tok_s:,.0f} tok/s -> "
-          f"{harvest_tokens:,} tokens in {harvest_tokens / tok_s / 60:.1f} min")
+    print(
+        f"harvest to block {cfg.harvest.layer} ({cfg.model.dtype}, {dev}): {tok_s:,.0f} tok/s -> "
+        f"{harvest_tokens:,} tokens in {harvest_tokens / tok_s / 60:.1f} min"
+    )
     total = 0.0
     x = torch.randn(cfg.train.batch_size, PYTHIA_70M["hidden_size"], device=dev)
     forget = torch.arange(cfg.train.batch_size, device=dev) < cfg.train.batch_size // 3

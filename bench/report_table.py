@@ -6,6 +6,7 @@ Dead fraction, L0 and EV on held-out rows; group sizes; the RMS cross-group cosi
 decoder (normalised overlap); SAEBench's average max decoder / encoder cosine (computed from the
 exported weights when the report predates them); loss-mode selectivity and scores. Prints Markdown.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("report")
     ap.add_argument("--runs-dir", default=None, help="where the runs' exports are (default: the report's runs_dir)")
-    ap.add_argument("--quick", action="store_true",
-                    help="accepted like every bench's --quick (the smoke test passes it); it reads one report either way")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="accepted like every bench's --quick (the smoke test passes it); it reads one report either way",
+    )
     args = ap.parse_args()
     report = json.loads(Path(args.report).read_text())
     runs_dir = Path(args.runs_dir or report["runs_dir"])
-    print("| run | dead | L0 | EV | group sizes | RMS cross cos | activity-weighted | avg max dec cos | "
-          "avg max enc cos | best selectivity | loss score |")
+    print(
+        "| run | dead | L0 | EV | group sizes | RMS cross cos | activity-weighted | avg max dec cos | "
+        "avg max enc cos | best selectivity | loss score |"
+    )
     print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for name, r in report["runs"].items():
         rec, cond, unl = r["reconstruction"], r["conditioning"], r.get("unlearning", {})
@@ -46,9 +52,11 @@ def main() -> None:
         if dec is None:  # a report from before these metrics: compute them from the export
             w = load_file(str(runs_dir / name / "sae_weights.safetensors"))
             dec, enc = max_cosine(w["W_dec"]).mean().item(), max_cosine(w["W_enc"].T).mean().item()
-        print(f"| {name} | {rec['frac_dead']:.1%} | {rec['l0']:.1f} | {rec['explained_variance']:.3f} | "
-              f"{' / '.join(map(str, cond['group_sizes']))} | {_num(RMS.value(r), 4)} | {_num(RMS_ACTIVITY.value(r), 4)} | "
-              f"{_num(dec)} | {_num(enc)} | {_num(unl.get('best_selectivity'))} | {_num(unl.get('loss_unlearning_score'))} |")
+        print(
+            f"| {name} | {rec['frac_dead']:.1%} | {rec['l0']:.1f} | {rec['explained_variance']:.3f} | "
+            f"{' / '.join(map(str, cond['group_sizes']))} | {_num(RMS.value(r), 4)} | {_num(RMS_ACTIVITY.value(r), 4)} | "
+            f"{_num(dec)} | {_num(enc)} | {_num(unl.get('best_selectivity'))} | {_num(unl.get('loss_unlearning_score'))} |"
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ The sketched L_ortho itself lives here (``sketched_rms``): it was ``[train.ortho
 issue 25 removed it from the product, having measured that it trains badly (docs/method-results.md,
 "The sketched L_ortho"); its tests are ``tests/bench/test_sketch_noise.py``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,9 @@ class _SketchedRms(torch.autograd.Function):
         excess = s / torch.where(ok, m, torch.ones_like(m)) - alpha * alpha
         live = ok & (excess > 0)
         d_model = W.shape[1]
-        ctx.save_for_backward(W, L, T, C, torch.where(live, d_model / torch.where(ok, m, torch.ones_like(m)), 0.0),
-                              sq_norms)
+        ctx.save_for_backward(
+            W, L, T, C, torch.where(live, d_model / torch.where(ok, m, torch.ones_like(m)), 0.0), sq_norms
+        )
         ctx.n_groups = n_groups
         return d_model * torch.where(live, excess, torch.zeros_like(excess)).sum()
 
@@ -71,8 +73,15 @@ class _SketchedRms(torch.autograd.Function):
         return M.addcmul_(W, radial.unsqueeze(1), value=-1.0), None, None, None, None, None
 
 
-def sketched_rms(W: Tensor, groups: Tensor, n_groups: int, alpha: float, k: int,
-                 activity: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+def sketched_rms(
+    W: Tensor,
+    groups: Tensor,
+    n_groups: int,
+    alpha: float,
+    k: int,
+    activity: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """The rms L_ortho with each pair's Σ w_i w_j cos²_ij estimated through independent k-row
     Gaussian sketches S_g, S_h of both groups (E[SᵀS] = I): ‖S_g Ŵ_g Ŵ_hᵀ S_hᵀ‖²_F, unbiased in
     value and gradient (independent sides; the relu at α² biases the loss upward near α, as for
@@ -91,14 +100,20 @@ def sketched_rms(W: Tensor, groups: Tensor, n_groups: int, alpha: float, k: int,
     w = torch.ones(d_sae, dtype=W.dtype, device=W.device) if activity is None else activity.detach().to(W.dtype)
     norms = W.detach().norm(dim=1).clamp_min(1e-12)
     scale = w.sqrt() / norms  # √w_i / ‖W_i‖
-    S = torch.randn(k, d_sae, generator=generator, dtype=W.dtype).to(W.device) / k ** 0.5
+    S = torch.randn(k, d_sae, generator=generator, dtype=W.dtype).to(W.device) / k**0.5
     L = (S.unsqueeze(0) * (scale.unsqueeze(1) * onehot).T.unsqueeze(1)).reshape(n_groups * k, d_sae)
     return _SketchedRms.apply(W, L, n_groups, w @ onehot, alpha, norms.pow(2))
 
 
-
-def sketched_ortho_loss(W: Tensor, groups: Tensor, n_groups: int, alpha: float, k: int,
-                        activity: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+def sketched_ortho_loss(
+    W: Tensor,
+    groups: Tensor,
+    n_groups: int,
+    alpha: float,
+    k: int,
+    activity: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """``sketched_rms`` at full float32 precision, as L_ortho always runs (never TF32)."""
     with matmul_precision("highest"):
         return sketched_rms(W, groups, n_groups, alpha, k, activity, generator)
@@ -108,15 +123,23 @@ class SketchedAdaptiveSAE(AdaptiveOrthoSAE):
     """The adaptive SAE with the sketched L_ortho, as ``[train.ortho] sketch = k`` trained it before
     issue 25 (``bench/train_bench.py --only sketch`` times it). Build it with ``sketched_trainer``."""
 
-    def __init__(self, d_model: int, run: RunConfig, *, sketch: int, generator: torch.Generator | None = None,
-                 **kwargs):
+    def __init__(
+        self, d_model: int, run: RunConfig, *, sketch: int, generator: torch.Generator | None = None, **kwargs
+    ):
         super().__init__(d_model, run, **kwargs)
         self.sketch, self.generator = int(sketch), generator
 
     def ortho_loss(self, activity: Tensor | None = None) -> Tensor:
         o = self.cfg.ortho
-        return sketched_ortho_loss(self.directions(), self.groups, self.n_groups, o.alpha, self.sketch,
-                                   activity if o.weighting == "activity" else None, self.generator)
+        return sketched_ortho_loss(
+            self.directions(),
+            self.groups,
+            self.n_groups,
+            o.alpha,
+            self.sketch,
+            activity if o.weighting == "activity" else None,
+            self.generator,
+        )
 
 
 def sketched_trainer(run: RunConfig, d_model: int, total_steps: int, sketch: int) -> Trainer:
@@ -128,11 +151,20 @@ def sketched_trainer(run: RunConfig, d_model: int, total_steps: int, sketch: int
     return trainer
 
 
-def value_and_grad(W0: torch.Tensor, groups: torch.Tensor, n_groups: int, sketch: int = 0,
-                   generator: torch.Generator | None = None, **kw) -> tuple[float, torch.Tensor]:
+def value_and_grad(
+    W0: torch.Tensor,
+    groups: torch.Tensor,
+    n_groups: int,
+    sketch: int = 0,
+    generator: torch.Generator | None = None,
+    **kw,
+) -> tuple[float, torch.Tensor]:
     W = W0.clone().requires_grad_(True)
-    v = (sketched_ortho_loss(W, groups, n_groups, 0.0, sketch, generator=generator) if sketch
-         else ortho_loss(W, groups, n_groups, 0.0, "rms", **kw))
+    v = (
+        sketched_ortho_loss(W, groups, n_groups, 0.0, sketch, generator=generator)
+        if sketch
+        else ortho_loss(W, groups, n_groups, 0.0, "rms", **kw)
+    )
     v.backward()
     return v.item(), W.grad
 
@@ -150,7 +182,9 @@ def rows(name: str, W: torch.Tensor, groups: torch.Tensor, draws: int, ks: tuple
             errs.append(((g - exact_g).norm() / exact_g.norm()).item())
         out.append(f"| {name} | {k} | {exact_v:.4f} | {sum(vals) / draws / exact_v:.3f} | {sum(errs) / draws:.2f} |")
     v, g = value_and_grad(W, groups, G, gram_dtype="bfloat16")  # deterministic: one evaluation
-    out.append(f"| {name} | bf16 Grams | {exact_v:.4f} | {v / exact_v:.4f} | {((g - exact_g).norm() / exact_g.norm()).item():.4f} |")
+    out.append(
+        f"| {name} | bf16 Grams | {exact_v:.4f} | {v / exact_v:.4f} | {((g - exact_g).norm() / exact_g.norm()).item():.4f} |"
+    )
     return out
 
 
@@ -174,8 +208,13 @@ def main() -> None:
         shapes.add(tuple(W.shape))
     for shape in sorted(shapes):  # the same sizes at random (initialisation-like) directions
         rand = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-        for line in rows(f"random unit rows ({shape[0]}×{shape[1]})", rand / rand.norm(dim=1, keepdim=True),
-                         contiguous_groups(shape[0], 2), args.draws, ks):
+        for line in rows(
+            f"random unit rows ({shape[0]}×{shape[1]})",
+            rand / rand.norm(dim=1, keepdim=True),
+            contiguous_groups(shape[0], 2),
+            args.draws,
+            ks,
+        ):
             print(line)
     print(f"\n{args.draws} draws per k; uniform pair weights, α = 0.")
 

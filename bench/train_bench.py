@@ -20,6 +20,7 @@ Under outside CPU load, libgomp's active spin-waiting (OMP_WAIT_POLICY unset) wa
 cores except while the stream's reader thread runs torch ops (more OpenMP threads than CPUs throttle
 the spinning), which favours the store in row 1: on a shared machine use OMP_WAIT_POLICY=PASSIVE.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,16 +45,39 @@ from orthosae.train.trainer import Trainer
 
 # (steps per round, rounds) per comparison: short rounds keep each pair adjacent in time (bursty noise);
 # the stream's round is one shuffle window (buffer_rows / batch steps) so its reads are amortised fairly.
-FULL = dict(rows=200_000, d=640, d_sae=4096, batch=4096, stream=(16, 3), ortho=(4, 4),
-            big=(2304, 16384, 4096), big_rounds=(4, 3), lib=(2, 4), lib_big=(1, 4), sketch=(2, 6), sketch_big=(2, 5))
+FULL = dict(
+    rows=200_000,
+    d=640,
+    d_sae=4096,
+    batch=4096,
+    stream=(16, 3),
+    ortho=(4, 4),
+    big=(2304, 16384, 4096),
+    big_rounds=(4, 3),
+    lib=(2, 4),
+    lib_big=(1, 4),
+    sketch=(2, 6),
+    sketch_big=(2, 5),
+)
 # a smoke check in seconds (the test suite runs it): every contender, tiny sizes, one round
-QUICK = dict(rows=4_096, d=64, d_sae=256, batch=256, stream=(2, 1), ortho=(4, 1),
-             big=(96, 384, 128), big_rounds=(4, 1), lib=(1, 1), lib_big=(1, 1), sketch=(1, 1), sketch_big=(1, 1))
+QUICK = dict(
+    rows=4_096,
+    d=64,
+    d_sae=256,
+    batch=256,
+    stream=(2, 1),
+    ortho=(4, 1),
+    big=(96, 384, 128),
+    big_rounds=(4, 1),
+    lib=(1, 1),
+    lib_big=(1, 1),
+    sketch=(1, 1),
+    sketch_big=(1, 1),
+)
 SKETCH = 32  # rows of the L_ortho sketch (issue 15's k)
 TOTAL_STEPS = 10**6  # schedules' horizon: warm-ups pass, no decay inside the benchmark
 CONTEXT = 128  # rows per context = CONTEXT - 1 (BOS not stored), as the harvest lays them out
-ORTHO = dict(lambda2_max=0.1, t0=1, alpha=0.0, groups=2, weights="decoder", regroup_every=100,
-             stats_decay=0.99)
+ORTHO = dict(lambda2_max=0.1, t0=1, alpha=0.0, groups=2, weights="decoder", regroup_every=100, stats_decay=0.99)
 # row 2's adaptive contenders: (label, run-name tag, [train.ortho] settings); the first one's regroup is timed
 ORTHO_CONTENDERS = [
     ("exact, every step", "-e1", {}),
@@ -76,28 +100,59 @@ def synthetic_rows(n: int, d: int, seed: int = 0) -> torch.Tensor:
 def write_store(url: str, rows: torch.Tensor) -> StoreReader:
     """One retain corpus written chunk by chunk with the harvest's layout (bf16 bits, zstd level 3)."""
     T, d = CONTEXT, rows.shape[1]
-    ident = {"model_id": "bench", "revision": None, "file_sha256": None, "layer": 0, "hook": "resid_post",
-             "d_model": d, "storage_dtype": "bfloat16", "context_length": T, "tokenizer": "t", "bos_policy": "x"}
+    ident = {
+        "model_id": "bench",
+        "revision": None,
+        "file_sha256": None,
+        "layer": 0,
+        "hook": "resid_post",
+        "d_model": d,
+        "storage_dtype": "bfloat16",
+        "context_length": T,
+        "tokenizer": "t",
+        "bos_policy": "x",
+    }
     w = StoreWriter(url, ident, codec="zstd", level=3)
-    plan = CorpusPlan(name="retain", role="retain", split="train", source="synthetic", fingerprint="f",
-                     tokens_fingerprint="t", n_contexts=len(rows) // (T - 1), context_length=T,
-                     contexts_per_chunk=8192 // (T - 1))
+    plan = CorpusPlan(
+        name="retain",
+        role="retain",
+        split="train",
+        source="synthetic",
+        fingerprint="f",
+        tokens_fingerprint="t",
+        n_contexts=len(rows) // (T - 1),
+        context_length=T,
+        contexts_per_chunk=8192 // (T - 1),
+    )
     w.ensure_corpus(plan)
     for k in range(plan.n_chunks):
         c0, c1 = k * plan.contexts_per_chunk, min((k + 1) * plan.contexts_per_chunk, plan.n_contexts)
-        acts = rows[c0 * (T - 1):c1 * (T - 1)]
+        acts = rows[c0 * (T - 1) : c1 * (T - 1)]
         w.write_chunk(plan, k, to_storage(acts, "bfloat16"), np.ones((c1 - c0, T), dtype=np.int32))
     w.finish_corpus("retain")
     w.finish()
     return StoreReader(url)
 
 
-def our_run(kind: str, d: int, d_sae: int, batch: int, tag: str = "", every: int = 1, sketch: int = 0,
-            groups: int = 2, gram_dtype: str = "float32", alpha_mode: str = "rms") -> Trainer:
+def our_run(
+    kind: str,
+    d: int,
+    d_sae: int,
+    batch: int,
+    tag: str = "",
+    every: int = 1,
+    sketch: int = 0,
+    groups: int = 2,
+    gram_dtype: str = "float32",
+    alpha_mode: str = "rms",
+) -> Trainer:
     """A run's Trainer as `train.runner` builds it (default [train] settings)."""
-    run = RunConfig.of(kind, f"{kind}-{d}x{d_sae}{tag}", train=TrainConfig(d_sae=d_sae, batch_size=batch),
-                       ortho=OrthoConfig(**{**ORTHO, "groups": groups}, every=every,
-                                         gram_dtype=gram_dtype, alpha_mode=alpha_mode))
+    run = RunConfig.of(
+        kind,
+        f"{kind}-{d}x{d_sae}{tag}",
+        train=TrainConfig(d_sae=d_sae, batch_size=batch),
+        ortho=OrthoConfig(**{**ORTHO, "groups": groups}, every=every, gram_dtype=gram_dtype, alpha_mode=alpha_mode),
+    )
     if sketch:  # the sketched L_ortho left the product (issue 25); its SAE lives beside its measurement
         return sketched_trainer(run, d, TOTAL_STEPS, sketch)
     return Trainer(run, make_sae(run, d), TOTAL_STEPS)
@@ -113,21 +168,24 @@ def timed(step):
             step(count[0])
             count[0] += 1
         return time.perf_counter() - t
+
     return run
 
 
 def our_step(trainer: Trainer, batches):
     """One `Trainer.train_step` on `batches(i) -> (x, is_forget)` (λ2 = λ2_max from step 1: t0 = 1)."""
+
     def step(i: int) -> None:
         trainer.train_step(*batches(i))
         assert trainer.running, trainer.message
+
     return step
 
 
 def memory_batches(rows: torch.Tensor, batch: int, forget_frac: float = 0.0):
     fm = torch.rand(batch, generator=torch.Generator().manual_seed(1)) < forget_frac
     n = len(rows) // batch
-    return lambda i: (rows[(i % n) * batch:(i % n + 1) * batch], fm)
+    return lambda i: (rows[(i % n) * batch : (i % n + 1) * batch], fm)
 
 
 def interleave(contenders: dict, steps_rounds: tuple[int, int]) -> dict[str, list[float]]:
@@ -137,7 +195,7 @@ def interleave(contenders: dict, steps_rounds: tuple[int, int]) -> dict[str, lis
         run(1)
     names, out = list(contenders), {k: [] for k in contenders}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             out[name].append(contenders[name](steps) / steps)
     return out
 
@@ -145,8 +203,13 @@ def interleave(contenders: dict, steps_rounds: tuple[int, int]) -> dict[str, lis
 def pair(sec: dict, a: str, b: str, batch: int) -> dict:
     """Throughput of a and b and the ratio tok/s(a) / tok/s(b) per round (paired: adjacent in time)."""
     ratios = [tb / ta for ta, tb in zip(sec[a], sec[b])]
-    return {"a": batch / statistics.median(sec[a]), "b": batch / statistics.median(sec[b]),
-            "ratio": statistics.median(ratios), "lo": min(ratios), "hi": max(ratios)}
+    return {
+        "a": batch / statistics.median(sec[a]),
+        "b": batch / statistics.median(sec[b]),
+        "ratio": statistics.median(ratios),
+        "lo": min(ratios),
+        "hi": max(ratios),
+    }
 
 
 def bench_stream(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
@@ -167,22 +230,36 @@ def bench_stream(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
         it.close()  # stops and joins the reader thread before the next contender runs
         return elapsed
 
-    sec = interleave({"store": from_store, "memory": timed(our_step(rs_mem, memory_batches(rows, c["batch"])))},
-                     c["stream"])
+    sec = interleave(
+        {"store": from_store, "memory": timed(our_step(rs_mem, memory_batches(rows, c["batch"])))}, c["stream"]
+    )
     p = pair(sec, "store", "memory", c["batch"])
     mb = reader.size_on_disk() / 2**20
-    return [("1. zarr store → train vs in-memory → train", f"{c['d']}×{c['d_sae']}, batch {c['batch']}",
-             p["a"], p["b"], f"ratio {p['ratio']:.3f} ({p['lo']:.3f}–{p['hi']:.3f})", "≥ 0.90",
-             p["ratio"] >= 0.9, f"{len(rows):,} rows, {mb:.0f} MiB on disk, buffer {buffer_rows} rows")]
+    return [
+        (
+            "1. zarr store → train vs in-memory → train",
+            f"{c['d']}×{c['d_sae']}, batch {c['batch']}",
+            p["a"],
+            p["b"],
+            f"ratio {p['ratio']:.3f} ({p['lo']:.3f}–{p['hi']:.3f})",
+            "≥ 0.90",
+            p["ratio"] >= 0.9,
+            f"{len(rows):,} rows, {mb:.0f} MiB on disk, buffer {buffer_rows} rows",
+        )
+    ]
 
 
 def bench_ortho(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
     out = []
     big_rows = synthetic_rows(4 * c["big"][2], c["big"][0], seed=2)
-    for (d, d_sae, batch), data, rounds in [((c["d"], c["d_sae"], c["batch"]), rows, c["ortho"]),
-                                            (c["big"], big_rows, c["big_rounds"])]:
-        runs = {"baseline": our_run("baseline", d, d_sae, batch),
-                **{what: our_run("adaptive", d, d_sae, batch, tag, **kw) for what, tag, kw in ORTHO_CONTENDERS}}
+    for (d, d_sae, batch), data, rounds in [
+        ((c["d"], c["d_sae"], c["batch"]), rows, c["ortho"]),
+        (c["big"], big_rows, c["big_rounds"]),
+    ]:
+        runs = {
+            "baseline": our_run("baseline", d, d_sae, batch),
+            **{what: our_run("adaptive", d, d_sae, batch, tag, **kw) for what, tag, kw in ORTHO_CONTENDERS},
+        }
         batches = memory_batches(data, batch, forget_frac=0.5)
         # 4 steps per round (FULL, QUICK): every round holds one whole lazy period of every = 4
         sec = interleave({k: timed(our_step(rs, batches)) for k, rs in runs.items()}, rounds)
@@ -201,9 +278,18 @@ def bench_ortho(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
             over = p["ratio"] - 1  # baseline speed / adaptive speed - 1 = extra time per step
             over_rg = statistics.median((a + regroup) / b for a, b in zip(sec[what], sec["baseline"])) - 1
             note = f"{over_rg:+.1%} with regroup every {every_n} steps ({regroup * 1e3:.0f} ms/step)"
-            out.append((f"2. L_ortho: adaptive ({what}) vs baseline step", f"{d}×{d_sae}, batch {batch}",
-                        p["b"], p["a"], f"overhead {over:+.1%} ({p['lo'] - 1:+.1%}…{p['hi'] - 1:+.1%})",
-                        f"≤ {goal:.0%}", over <= goal, note))
+            out.append(
+                (
+                    f"2. L_ortho: adaptive ({what}) vs baseline step",
+                    f"{d}×{d_sae}, batch {batch}",
+                    p["b"],
+                    p["a"],
+                    f"overhead {over:+.1%} ({p['lo'] - 1:+.1%}…{p['hi'] - 1:+.1%})",
+                    f"≤ {goal:.0%}",
+                    over <= goal,
+                    note,
+                )
+            )
     return out
 
 
@@ -212,13 +298,16 @@ def bench_sketch(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
     2 and 8 groups, at both sizes; short rounds (no lazy contender needs a whole period here)."""
     out = []
     big_rows = synthetic_rows(4 * c["big"][2], c["big"][0], seed=2)
-    for (d, d_sae, batch), data, rounds in [((c["d"], c["d_sae"], c["batch"]), rows, c["sketch"]),
-                                            (c["big"], big_rows, c["sketch_big"])]:
+    for (d, d_sae, batch), data, rounds in [
+        ((c["d"], c["d_sae"], c["batch"]), rows, c["sketch"]),
+        (c["big"], big_rows, c["sketch_big"]),
+    ]:
         runs = {"baseline": our_run("baseline", d, d_sae, batch)}
         for groups in (2, 8):
             runs[f"exact, {groups} groups"] = our_run("adaptive", d, d_sae, batch, f"-x{groups}", groups=groups)
-            runs[f"sketched, k = {SKETCH}, {groups} groups"] = our_run("adaptive", d, d_sae, batch, f"-k{groups}",
-                                                                      sketch=SKETCH, groups=groups)
+            runs[f"sketched, k = {SKETCH}, {groups} groups"] = our_run(
+                "adaptive", d, d_sae, batch, f"-k{groups}", sketch=SKETCH, groups=groups
+            )
         batches = memory_batches(data, batch, forget_frac=0.5)
         sec = interleave({k: timed(our_step(rs, batches)) for k, rs in runs.items()}, rounds)
         for name in runs:
@@ -227,26 +316,52 @@ def bench_sketch(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
             p = pair(sec, "baseline", name, batch)
             over = p["ratio"] - 1
             goal = 0.03 if name.startswith("sketched") else 0.10
-            out.append((f"4. L_ortho {name} vs baseline step", f"{d}×{d_sae}, batch {batch}", p["b"], p["a"],
-                        f"overhead {over:+.1%} ({p['lo'] - 1:+.1%}…{p['hi'] - 1:+.1%})", f"≤ {goal:.0%}",
-                        over <= goal, f"{len(sec[name])} rounds"))
+            out.append(
+                (
+                    f"4. L_ortho {name} vs baseline step",
+                    f"{d}×{d_sae}, batch {batch}",
+                    p["b"],
+                    p["a"],
+                    f"overhead {over:+.1%} ({p['lo'] - 1:+.1%}…{p['hi'] - 1:+.1%})",
+                    f"≤ {goal:.0%}",
+                    over <= goal,
+                    f"{len(sec[name])} rounds",
+                )
+            )
     return out
 
 
 def dictionary_learning_trainer(d: int, d_sae: int, lr: float, l1: float):
-    return standard_trainer_class()(steps=TOTAL_STEPS, activation_dim=d, dict_size=d_sae, layer=0, lm_name="bench",
-                           lr=lr, l1_penalty=l1, warmup_steps=100, sparsity_warmup_steps=100, seed=0,
-                           device="cpu", wandb_name=None)
+    return standard_trainer_class()(
+        steps=TOTAL_STEPS,
+        activation_dim=d,
+        dict_size=d_sae,
+        layer=0,
+        lm_name="bench",
+        lr=lr,
+        l1_penalty=l1,
+        warmup_steps=100,
+        sparsity_warmup_steps=100,
+        seed=0,
+        device="cpu",
+        wandb_name=None,
+    )
 
 
 def sae_lens_trainer(d: int, d_sae: int, batch: int, lr: float, l1: float):
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
-    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=d_sae, l1_coefficient=l1,
-                                                        l1_warm_up_steps=100))
-    cfg = SAETrainerConfig(total_training_samples=TOTAL_STEPS * batch, train_batch_size_samples=batch, lr=lr,
-                           lr_end=lr, lr_warm_up_steps=100, device="cpu")  # lr_end: set by the runner config
+
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=d_sae, l1_coefficient=l1, l1_warm_up_steps=100))
+    cfg = SAETrainerConfig(
+        total_training_samples=TOTAL_STEPS * batch,
+        train_batch_size_samples=batch,
+        lr=lr,
+        lr_end=lr,
+        lr_warm_up_steps=100,
+        device="cpu",
+    )  # lr_end: set by the runner config
     return SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
 
 
@@ -254,8 +369,10 @@ def bench_libraries(c: dict, tmp: Path, rows: torch.Tensor) -> list[tuple]:
     """Our baseline step against the two libraries' at both sizes (skipped peers said once)."""
     big_rows = synthetic_rows(4 * c["big"][2], c["big"][0], seed=2)
     out, skipped = [], set()
-    for (d, d_sae, batch), data, rounds in [((c["d"], c["d_sae"], c["batch"]), rows, c["lib"]),
-                                            (c["big"], big_rows, c["lib_big"])]:
+    for (d, d_sae, batch), data, rounds in [
+        ((c["d"], c["d_sae"], c["batch"]), rows, c["lib"]),
+        (c["big"], big_rows, c["lib_big"]),
+    ]:
         out += _libraries_at(d, d_sae, batch, data, rounds, skipped)
     for line in sorted(skipped):
         print(line)
@@ -279,19 +396,31 @@ def _libraries_at(d: int, d_sae: int, batch: int, rows: torch.Tensor, rounds: tu
             sl._train_step(sl.sae, batches(i)[0])
             sl.n_training_steps += 1
             sl.n_training_samples += batch
+
         contenders["sae_lens"] = timed(sl_step)
     except ImportError as e:
         skipped.add(missing_peer("sae_lens", e))
     sec = interleave(contenders, rounds)
     out = []
-    for ref, note in [("dictionary_learning", "StandardTrainer.update (ConstrainedAdam, no clipping)"),
-                      ("sae_lens", "SAETrainer._train_step (StandardTrainingSAE, clip 1.0)")]:
+    for ref, note in [
+        ("dictionary_learning", "StandardTrainer.update (ConstrainedAdam, no clipping)"),
+        ("sae_lens", "SAETrainer._train_step (StandardTrainingSAE, clip 1.0)"),
+    ]:
         if ref not in sec:
             continue
         p = pair(sec, "ours", ref, batch)
-        out.append((f"3. ours vs {ref}", f"{d}×{d_sae}, batch {batch}", p["a"], p["b"],
-                    f"speed ×{p['ratio']:.3f} ({p['lo']:.3f}–{p['hi']:.3f})", "≥ 1.00", p["ratio"] >= 1.0,
-                    f"{note}; {len(sec['ours'])} rounds"))
+        out.append(
+            (
+                f"3. ours vs {ref}",
+                f"{d}×{d_sae}, batch {batch}",
+                p["a"],
+                p["b"],
+                f"speed ×{p['ratio']:.3f} ({p['lo']:.3f}–{p['hi']:.3f})",
+                "≥ 1.00",
+                p["ratio"] >= 1.0,
+                f"{note}; {len(sec['ours'])} rounds",
+            )
+        )
     return out
 
 
@@ -305,22 +434,30 @@ def main() -> None:
     policy = os.environ.get("OMP_WAIT_POLICY")
     env = f"OMP_WAIT_POLICY={policy} " if policy else ""
     print(f"command: {env}python -m bench.train_bench {shlex.join(sys.argv[1:])}".rstrip())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (default), CPU, OMP_WAIT_POLICY "
-          f"{policy or 'unset'}; contenders alternate in rounds, order rotated\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads (default), CPU, OMP_WAIT_POLICY "
+        f"{policy or 'unset'}; contenders alternate in rounds, order rotated\n"
+    )
     rows = synthetic_rows(c["rows"], c["d"])
     table = []
     with tempfile.TemporaryDirectory(prefix="train_bench-") as tmp:
-        for name, bench in (("stream", bench_stream), ("ortho", bench_ortho), ("libraries", bench_libraries),
-                            ("sketch", bench_sketch)):
+        for name, bench in (
+            ("stream", bench_stream),
+            ("ortho", bench_ortho),
+            ("libraries", bench_libraries),
+            ("sketch", bench_sketch),
+        ):
             if args.only in (None, name):
                 table += bench(c, Path(tmp), rows)
     print("| measurement | size | ours / A tok/s | reference / B tok/s | result | goal | met | notes |")
     print("|---|---|---:|---:|---|---|---|---|")
     for name, size, a, b, result, goal, met, note in table:
         print(f"| {name} | {size} | {a:,.0f} | {b:,.0f} | {result} | {goal} | {'yes' if met else 'NO'} | {note} |")
-    print(f"\ntokens/s are medians over rounds; ratios are medians of per-round ratios (min–max). "
-          f"Row 2: A = adaptive, B = baseline. Total {time.perf_counter() - start:.0f} s; load average "
-          f"{load:.2f} at start, {os.getloadavg()[0]:.2f} at end ({os.cpu_count()} CPUs).")
+    print(
+        f"\ntokens/s are medians over rounds; ratios are medians of per-round ratios (min–max). "
+        f"Row 2: A = adaptive, B = baseline. Total {time.perf_counter() - start:.0f} s; load average "
+        f"{load:.2f} at start, {os.getloadavg()[0]:.2f} at end ({os.cpu_count()} CPUs)."
+    )
 
 
 if __name__ == "__main__":

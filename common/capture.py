@@ -4,6 +4,7 @@ A forward hook on block L stores its output and raises, so the later blocks and 
 dominates CPU cost for Gemma's 262k vocabulary) are never run. The same works for every
 decoder-only model whose blocks `common.model.decoder_layers` finds.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,6 +34,7 @@ def residuals_after_blocks(model: torch.nn.Module, layers, input_ids: torch.Tens
             captured[layer] = output[0] if isinstance(output, tuple) else output
             if layer == deepest:
                 raise _StopForward
+
         return hook
 
     blocks = decoder_layers(model)

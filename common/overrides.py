@@ -7,6 +7,7 @@ key of the ``[[runs]]`` table named ``<name>`` (before seeds and grids expand it
 value (``3e-4``, ``[0, 0.04]``, ``true``, ``"cpu"``); a bare word that is not TOML is taken as a
 string, so ``--set train.device=cpu`` works without shell quoting.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,9 @@ def parse(text: str, file: Path) -> tuple[list[str], object]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         if not raw.strip() or any(c in raw for c in "[]{}\"'=,"):
-            raise ConfigError(f"{file}: --set {text}: {raw.strip()!r} is not a TOML value "
-                              f"(numbers, true/false, \"strings\", [lists])") from None
+            raise ConfigError(
+                f'{file}: --set {text}: {raw.strip()!r} is not a TOML value (numbers, true/false, "strings", [lists])'
+            ) from None
         value = raw.strip()  # a bare word: a string
     return path, value
 
@@ -54,7 +56,7 @@ def apply(raw: dict, sets: list[str] | tuple[str, ...], file: Path) -> dict:
         for i, part in enumerate(path[:-1]):
             node = table.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{file}: --set {text}: {'.'.join(path[:i + 1])} is a value, not a table")
+                raise ConfigError(f"{file}: --set {text}: {'.'.join(path[: i + 1])} is a value, not a table")
             table = node
         if isinstance(table.get(path[-1]), dict):
             raise ConfigError(f"{file}: --set {text}: {key_of(path)} is a table; set one of its keys")

@@ -4,6 +4,7 @@ Staging and temporary folders (export-cache's ``<out>.tmp`` / ``<out>.shards``, 
 browser's pages, `pipe push`'s staging) sit beside paths the user chooses; a folder of the same name
 that the tool did not make (the user's own data) is refused with one line, never deleted.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -38,6 +39,7 @@ def remove(folder: Path, what: str, *signs: str) -> None:
     if not folder.exists() and not folder.is_symlink():
         return
     if folder.is_symlink() or not folder.is_dir() or not is_ours(folder, *signs):
-        raise NotOursError(f"{folder}: exists and was not made by {what}; it is left alone: move it away "
-                           "or choose another path")
+        raise NotOursError(
+            f"{folder}: exists and was not made by {what}; it is left alone: move it away or choose another path"
+        )
     shutil.rmtree(folder)

@@ -12,6 +12,7 @@ seconds, and a deferred region never starts once a signal is in. A second signal
 with the signal's default action; both resume points are safe to be killed at (atomic checkpoint
 swap, chunk committed last).
 """
+
 from __future__ import annotations
 
 import os
@@ -85,6 +86,7 @@ def _repeat(signum: int) -> None:
 
 def _handler(signum, _frame) -> None:
     from orthosae.common.progress import console
+
     name = signal.Signals(signum).name
     if _state["retry"]:  # our own repeat (_repeat), not the user's second signal
         _raise_now(_state["requested"])
@@ -94,8 +96,12 @@ def _handler(signum, _frame) -> None:
         return
     _state["requested"] = name
     if _state["deferred"]:
-        console.print(Text(f"{name}: finishing the chunk or step in hand, then saving "
-                           f"(send it again to stop at once)", style="yellow"))
+        console.print(
+            Text(
+                f"{name}: finishing the chunk or step in hand, then saving (send it again to stop at once)",
+                style="yellow",
+            )
+        )
     else:
         _raise_now(name)
 
@@ -117,6 +123,7 @@ def deferred():
 def handle_signals():
     """Install the handler for SIGTERM and SIGINT (main thread only), restore the old ones after."""
     import threading
+
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -8,6 +8,7 @@ default): time, description, done/total, percent, rate, elapsed, ETA and the tas
 Every task also sends the same numbers, on the same cadence, to the event log (``common.events``),
 terminal or not.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,15 @@ import os
 import sys
 import time
 
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Column
 from rich.text import Text
 
@@ -47,6 +55,7 @@ def quiet_library_bars() -> None:
     if console.is_terminal:
         return
     from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()  # "Loading weights"; also turns off huggingface_hub's bars
     if "datasets" in sys.modules:  # imported by its callers only: not worth importing here
         sys.modules["datasets"].disable_progress_bars()
@@ -82,8 +91,7 @@ class StepProgress(Progress):
 
     def __init__(self, *columns, unit: str, extra: str, plain: bool, quiet: bool, get_time=None):
         # plain: no live display (it would print only its last frame into a log); tasks still count
-        super().__init__(*columns, console=console, disable=quiet or plain, transient=False,
-                         get_time=get_time)
+        super().__init__(*columns, console=console, disable=quiet or plain, transient=False, get_time=get_time)
         self.unit, self.extra, self.plain, self.quiet = unit, extra, plain, quiet
         self._shown: dict = {}  # task id -> (time, percent mark, completed) of its last line
         self._base: dict = {}  # task id -> completed when added (a resumed task starts part done)
@@ -118,8 +126,7 @@ class StepProgress(Progress):
         mark = math.inf if done else int(task.percentage // _cadence["percent"]) if task.total else 0
         last = self._shown.get(task_id)  # (time, mark, completed) of the task's last line
         moved = last is None or task.completed != last[2]
-        if not (force or last is None or mark > last[1]
-                or (moved and now - last[0] >= _cadence["seconds"])):
+        if not (force or last is None or mark > last[1] or (moved and now - last[0] >= _cadence["seconds"])):
             return  # a field or description update alone does not print
         self._shown[task_id] = (now, mark, task.completed)
         self._report(task)
@@ -137,15 +144,30 @@ class StepProgress(Progress):
             else:
                 count, percent = f"{task.completed:,.0f}/{task.total:,.0f} {self.unit}", f"{task.percentage:.0f}%"
                 until = f"ETA {hms(eta)}"
-            parts = [time.strftime("%Y-%m-%d %H:%M:%S"), task.description, count, percent,
-                     f"{_rate(speed)} {self.unit}/s", f"elapsed {hms(task.elapsed)}", until]
+            parts = [
+                time.strftime("%Y-%m-%d %H:%M:%S"),
+                task.description,
+                count,
+                percent,
+                f"{_rate(speed)} {self.unit}/s",
+                f"elapsed {hms(task.elapsed)}",
+                until,
+            ]
             if self.extra:
                 parts.append(self.extra.format(task=task))
             console.print(Text("  ".join(p for p in parts if p)), highlight=False)
-        events.emit("progress", task=task.description, done=task.completed, total=task.total,
-                    unit=self.unit, percent=round(task.percentage, 1), rate=_round(speed, 4),
-                    elapsed_s=_round(task.elapsed, 1), eta_s=_round(eta, 1),
-                    **{k: v for k, v in task.fields.items() if _json_field(v)})
+        events.emit(
+            "progress",
+            task=task.description,
+            done=task.completed,
+            total=task.total,
+            unit=self.unit,
+            percent=round(task.percentage, 1),
+            rate=_round(speed, 4),
+            elapsed_s=_round(task.elapsed, 1),
+            eta_s=_round(eta, 1),
+            **{k: v for k, v in task.fields.items() if _json_field(v)},
+        )
 
 
 def _rate(speed: float | None) -> str:
@@ -161,11 +183,18 @@ def _round(x: float | None, digits: int) -> float | None:
 def progress(unit: str = "tok", *, disable: bool = False, extra: str = "", get_time=None) -> Progress:
     """A bar: description, done/total, rate, elapsed, ETA, and optional live fields ({task.fields});
     without a terminal, plain lines on the `[log]` cadence instead (module docstring)."""
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               RateColumn(unit), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     if extra:
         # one line on a terminal: what the bar leaves of its width, then "…" (a log line has it all)
         width = max(16, console.width - 80)
         columns.append(TextColumn(extra, table_column=Column(no_wrap=True, overflow="ellipsis", max_width=width)))
-    return StepProgress(*columns, unit=unit, extra=extra, plain=not console.is_terminal, quiet=disable,
-                        get_time=get_time)
+    return StepProgress(
+        *columns, unit=unit, extra=extra, plain=not console.is_terminal, quiet=disable, get_time=get_time
+    )

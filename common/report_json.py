@@ -2,6 +2,7 @@
 reader (`pipe status`, `pipe push`'s model card, `pipe run`'s "is the report current", the feature
 browser) tells a report cut short, flipped or swapped for another JSON file from a real one, instead
 of quoting wrong figures. Light on imports: `pipe status` reads it and must stay instant."""
+
 from __future__ import annotations
 
 import hashlib

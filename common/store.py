@@ -15,6 +15,7 @@ idempotent, and `committed[k]` (its own zarr chunk) is set only after the rows a
 Sharding is not used: a shard groups several chunks into one object, which would make commit
 units share objects across writers; chunks are already ~10 MB objects at the default size.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,8 +38,18 @@ from orthosae.common.events import process_alive
 
 SCHEMA = 1
 # Attributes that must match for a store to be reused (resume, train, eval).
-IDENTITY_KEYS = ("model_id", "revision", "file_sha256", "layer", "hook", "d_model", "storage_dtype",
-                 "context_length", "tokenizer", "bos_policy")
+IDENTITY_KEYS = (
+    "model_id",
+    "revision",
+    "file_sha256",
+    "layer",
+    "hook",
+    "d_model",
+    "storage_dtype",
+    "context_length",
+    "tokenizer",
+    "bos_policy",
+)
 LOCK_NAME = "orthosae-lock"
 
 
@@ -114,11 +125,12 @@ def _compressors(codec: str, level: int):
 class CorpusPlan:
     """One corpus group: planned by the harvest before its first chunk is written (fixed from then
     on), kept in the group's attrs, and read back by `StoreReader.corpora` with its progress."""
+
     name: str
     role: str
     split: str
     source: str
-    fingerprint: str         # of the documents
+    fingerprint: str  # of the documents
     tokens_fingerprint: str  # of the tokenised contexts
     n_contexts: int
     context_length: int
@@ -207,7 +219,8 @@ class StoreLock:
                 if self._alive(holder):
                     raise StoreError(
                         f"{self.url}: another writer holds the store (pid {holder.get('pid')} on "
-                        f"{holder.get('host')}, lock {self.path}); wait for it or stop it") from None
+                        f"{holder.get('host')}, lock {self.path}); wait for it or stop it"
+                    ) from None
                 self.fs.rm(self.path)  # stale lock of a killed run
         raise StoreError(f"{self.url}: could not take the write lock {self.path}")
 
@@ -219,18 +232,19 @@ class StoreLock:
 
 def _names_store(method):
     """A store metadata write the disk refuses (a bare ``write()``) names the store in its one line."""
+
     @functools.wraps(method)
     def wrapped(self, *args, **kwargs):
         with naming(self.url):
             return method(self, *args, **kwargs)
+
     return wrapped
 
 
 class StoreWriter:
     """Creates or reopens a store for harvesting; refuses one that holds something else."""
 
-    def __init__(self, url: str, identity: dict[str, Any], *, codec: str = "zstd", level: int = 3,
-                 create: bool = True):
+    def __init__(self, url: str, identity: dict[str, Any], *, codec: str = "zstd", level: int = 3, create: bool = True):
         with naming(url):  # a metadata write the disk refuses names the store
             self._open(url, identity, codec, level, create)
 
@@ -245,8 +259,10 @@ class StoreWriter:
                 raise StoreError(f"{url}: exists but is not an orthosae store (no 'orthosae' attrs)")
             for key in IDENTITY_KEYS:
                 if stored.get(key) != identity.get(key):
-                    raise StoreError(f"{url}: holds {key}={stored.get(key)!r}, config wants "
-                                     f"{identity.get(key)!r}; use another [harvest] store or --force")
+                    raise StoreError(
+                        f"{url}: holds {key}={stored.get(key)!r}, config wants "
+                        f"{identity.get(key)!r}; use another [harvest] store or --force"
+                    )
         elif create:
             self.root = zarr.open_group(store=_zarr_location(url), mode="w", zarr_format=3)
             self.root.attrs["orthosae"] = {**identity, "schema": SCHEMA, "complete": False}
@@ -261,31 +277,45 @@ class StoreWriter:
             group = self.root[plan.name]
             for key in ("fingerprint", "tokens_fingerprint", "n_contexts", "contexts_per_chunk"):
                 if group.attrs.get(key) != getattr(plan, key):
-                    raise StoreError(f"{self.url}/{plan.name}: holds {key}={group.attrs.get(key)!r}, "
-                                     f"this harvest plans {getattr(plan, key)!r}; rerun with --force")
+                    raise StoreError(
+                        f"{self.url}/{plan.name}: holds {key}={group.attrs.get(key)!r}, "
+                        f"this harvest plans {getattr(plan, key)!r}; rerun with --force"
+                    )
             return group
         group = self.root.create_group(plan.name)
         rows, chunk = plan.n_rows, plan.rows_per_chunk
         comp = _compressors(self.codec, self.level)
-        group.create_array("acts", shape=(rows, d_model), chunks=(chunk, d_model),
-                           dtype=numpy_storage_dtype(self.identity["storage_dtype"]),
-                           compressors=comp, fill_value=0)
-        group.create_array("tokens", shape=(rows,), chunks=(chunk,), dtype="int32", compressors=comp,
-                           fill_value=0)
-        group.create_array("context", shape=(rows,), chunks=(chunk,), dtype="int32", compressors=comp,
-                           fill_value=0)
-        group.create_array("position", shape=(rows,), chunks=(chunk,), dtype="int16", compressors=comp,
-                           fill_value=0)
+        group.create_array(
+            "acts",
+            shape=(rows, d_model),
+            chunks=(chunk, d_model),
+            dtype=numpy_storage_dtype(self.identity["storage_dtype"]),
+            compressors=comp,
+            fill_value=0,
+        )
+        group.create_array("tokens", shape=(rows,), chunks=(chunk,), dtype="int32", compressors=comp, fill_value=0)
+        group.create_array("context", shape=(rows,), chunks=(chunk,), dtype="int32", compressors=comp, fill_value=0)
+        group.create_array("position", shape=(rows,), chunks=(chunk,), dtype="int16", compressors=comp, fill_value=0)
         # One flag per zarr chunk: writers never read-modify-write each other's flags.
-        group.create_array("committed", shape=(plan.n_chunks,), chunks=(1,), dtype="int64",
-                           fill_value=0, compressors=None)
-        group.attrs.update({
-            "role": plan.role, "split": plan.split, "source": plan.source,
-            "fingerprint": plan.fingerprint, "tokens_fingerprint": plan.tokens_fingerprint,
-            "n_contexts": plan.n_contexts, "rows_per_context": plan.rows_per_context,
-            "contexts_per_chunk": plan.contexts_per_chunk, "n_chunks": plan.n_chunks,
-            "n_rows": rows, "complete": False, "composition": plan.composition,
-        })
+        group.create_array(
+            "committed", shape=(plan.n_chunks,), chunks=(1,), dtype="int64", fill_value=0, compressors=None
+        )
+        group.attrs.update(
+            {
+                "role": plan.role,
+                "split": plan.split,
+                "source": plan.source,
+                "fingerprint": plan.fingerprint,
+                "tokens_fingerprint": plan.tokens_fingerprint,
+                "n_contexts": plan.n_contexts,
+                "rows_per_context": plan.rows_per_context,
+                "contexts_per_chunk": plan.contexts_per_chunk,
+                "n_chunks": plan.n_chunks,
+                "n_rows": rows,
+                "complete": False,
+                "composition": plan.composition,
+            }
+        )
         return group
 
     def pending_chunks(self, name: str) -> list[int]:
@@ -300,20 +330,25 @@ class StoreWriter:
         rows = tokens[:, 1:].reshape(-1).astype(np.int32)  # BOS (position 0) is not stored
         start, stop = first_ctx * plan.rows_per_context, (first_ctx + n_ctx) * plan.rows_per_context
         if acts.shape != (stop - start, self.identity["d_model"]):
-            raise StoreError(f"{self.url}/{plan.name}: chunk {k} got acts {acts.shape}, "
-                             f"expected {(stop - start, self.identity['d_model'])}")
+            raise StoreError(
+                f"{self.url}/{plan.name}: chunk {k} got acts {acts.shape}, "
+                f"expected {(stop - start, self.identity['d_model'])}"
+            )
         try:
             group["acts"][start:stop] = acts
             group["tokens"][start:stop] = rows
-            group["context"][start:stop] = np.repeat(np.arange(first_ctx, first_ctx + n_ctx, dtype=np.int32),
-                                                     plan.rows_per_context)
+            group["context"][start:stop] = np.repeat(
+                np.arange(first_ctx, first_ctx + n_ctx, dtype=np.int32), plan.rows_per_context
+            )
             group["position"][start:stop] = np.tile(np.arange(1, plan.context_length, dtype=np.int16), n_ctx)
             group["committed"][k] = chunk_digest(acts, rows)
         except OSError as e:  # disk full, read-only, no permission: the chunk stays uncommitted
             if e.filename is None:  # a refused write() names no file: name the corpus group
                 e = OSError(e.errno, e.strerror, f"{self.url}/{plan.name}")
-            raise StoreError(f"{self.url}/{plan.name}: chunk {k} not written, {os_error_line(e)}; "
-                             "the committed chunks are as they were (rerun `pipe harvest` once it can write)") from None
+            raise StoreError(
+                f"{self.url}/{plan.name}: chunk {k} not written, {os_error_line(e)}; "
+                "the committed chunks are as they were (rerun `pipe harvest` once it can write)"
+            ) from None
 
     @_names_store
     def uncommit(self, name: str, chunks: list[int]) -> None:
@@ -382,11 +417,19 @@ class StoreReader:
             a = dict(group.attrs)
             committed = _read_committed(group["committed"])
             out[name] = CorpusPlan(
-                name=name, role=a["role"], split=a["split"], source=a["source"],
-                fingerprint=a["fingerprint"], tokens_fingerprint=a["tokens_fingerprint"],
-                n_contexts=int(a["n_contexts"]), context_length=int(a["rows_per_context"]) + 1,
-                contexts_per_chunk=int(a["contexts_per_chunk"]), composition=a.get("composition") or {},
-                chunks_done=int((committed != 0).sum()), complete=bool(a.get("complete")))
+                name=name,
+                role=a["role"],
+                split=a["split"],
+                source=a["source"],
+                fingerprint=a["fingerprint"],
+                tokens_fingerprint=a["tokens_fingerprint"],
+                n_contexts=int(a["n_contexts"]),
+                context_length=int(a["rows_per_context"]) + 1,
+                contexts_per_chunk=int(a["contexts_per_chunk"]),
+                composition=a.get("composition") or {},
+                chunks_done=int((committed != 0).sum()),
+                complete=bool(a.get("complete")),
+            )
         return out
 
     def require_complete(self, names: list[str] | None = None) -> None:
@@ -396,8 +439,10 @@ class StoreReader:
                 raise StoreError(f"{self.url}: has no corpus group {name!r} (has: {', '.join(groups)})")
             info = groups[name]
             if not info.complete or info.chunks_done != info.n_chunks:  # a commit flag lost since
-                raise StoreError(f"{self.url}/{name}: incomplete ({info.chunks_done}/{info.n_chunks} "
-                                 "chunks); rerun `pipe harvest` to finish it")
+                raise StoreError(
+                    f"{self.url}/{name}: incomplete ({info.chunks_done}/{info.n_chunks} "
+                    "chunks); rerun `pipe harvest` to finish it"
+                )
 
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of a corpus as float32."""
@@ -424,10 +469,16 @@ class StoreReader:
         todo = [k for k in chunks if k < len(committed) and committed[k] and (name, k) not in self._verified]
         for k in todo:
             if not self._fs.exists(self._chunk_path(name, arr, k)):
-                raise StoreError(f"{self.url}/{name}/{_chunk_file(arr, k)}: chunk {k} of {name} is missing on "
-                                 "disk, though committed; `pipe harvest --repair` re-harvests it")
-        whole = todo and start == todo[0] * per and stop == min((todo[-1] + 1) * per, arr.shape[0]) \
+                raise StoreError(
+                    f"{self.url}/{name}/{_chunk_file(arr, k)}: chunk {k} of {name} is missing on "
+                    "disk, though committed; `pipe harvest --repair` re-harvests it"
+                )
+        whole = (
+            todo
+            and start == todo[0] * per
+            and stop == min((todo[-1] + 1) * per, arr.shape[0])
             and len(todo) == len(chunks)
+        )
         if whole and array == "acts":  # the usual read (a stream window's piece): check what is read
             out = self._read(name, arr, start, stop, chunks)
             tokens = self._read(name, group["tokens"], start, stop, chunks)
@@ -437,8 +488,13 @@ class StoreReader:
             return out
         for k in todo:  # a part of a chunk, or tokens alone: the whole chunk is checked once
             lo, hi = k * per, min((k + 1) * per, arr.shape[0])
-            self._check_digest(name, group, k, self._read(name, group["acts"], lo, hi, range(k, k + 1)),
-                               self._read(name, group["tokens"], lo, hi, range(k, k + 1)))
+            self._check_digest(
+                name,
+                group,
+                k,
+                self._read(name, group["acts"], lo, hi, range(k, k + 1)),
+                self._read(name, group["tokens"], lo, hi, range(k, k + 1)),
+            )
         return self._read(name, arr, start, stop, chunks)
 
     def _read(self, name: str, arr: zarr.Array, start: int, stop: int, chunks: range) -> np.ndarray:
@@ -446,16 +502,20 @@ class StoreReader:
             return arr[start:stop]
         except Exception as e:  # noqa: BLE001 - codec and I/O errors name no chunk themselves
             bad = _first_bad_chunk(arr, chunks)
-            raise StoreError(f"{self.url}/{name}/{_chunk_file(arr, bad)}: chunk {bad} of {name} is unreadable "
-                             f"({type(e).__name__}: {first_line(e)}); `pipe harvest --repair` re-harvests it") from None
+            raise StoreError(
+                f"{self.url}/{name}/{_chunk_file(arr, bad)}: chunk {bad} of {name} is unreadable "
+                f"({type(e).__name__}: {first_line(e)}); `pipe harvest --repair` re-harvests it"
+            ) from None
 
     def _check_digest(self, name: str, group: zarr.Group, k: int, acts: np.ndarray, tokens: np.ndarray) -> None:
         """A chunk read back must be the one committed: a file swapped for another chunk's (or one
         stored without a codec checksum, then changed) decodes fine and would train on wrong rows."""
         if chunk_digest(acts, tokens) != int(self._committed(name)[k]):
             files = ", ".join(f"{self.url}/{name}/{_chunk_file(group[a], k)}" for a in ("acts", "tokens", "committed"))
-            raise StoreError(f"{files}: chunk {k} of {name} does not match its commit checksum (changed after "
-                             "it was written: damaged or replaced); `pipe harvest --repair` re-harvests it")
+            raise StoreError(
+                f"{files}: chunk {k} of {name} does not match its commit checksum (changed after "
+                "it was written: damaged or replaced); `pipe harvest --repair` re-harvests it"
+            )
         self._verified.add((name, k))
 
     def _committed(self, name: str) -> np.ndarray:
@@ -487,23 +547,29 @@ class StoreReader:
                 problems.append(Problem(f"{self.url}: attribute orthosae.{key} is missing", "layout"))
         for name, info in self.corpora().items():
             group = self.root[name]
-            expect = {"acts": (info.n_rows, self.d_model), "tokens": (info.n_rows,),
-                      "context": (info.n_rows,), "position": (info.n_rows,), "committed": (info.n_chunks,)}
-            bad_layout = [arr for arr, shape in expect.items()
-                          if arr not in group or tuple(group[arr].shape) != shape]
+            expect = {
+                "acts": (info.n_rows, self.d_model),
+                "tokens": (info.n_rows,),
+                "context": (info.n_rows,),
+                "position": (info.n_rows,),
+                "committed": (info.n_chunks,),
+            }
+            bad_layout = [arr for arr, shape in expect.items() if arr not in group or tuple(group[arr].shape) != shape]
             for arr in bad_layout:
-                problems.append(Problem(f"{self.url}/{name}/{arr}: missing or shape != {expect[arr]}",
-                                        "layout", name))
+                problems.append(Problem(f"{self.url}/{name}/{arr}: missing or shape != {expect[arr]}", "layout", name))
             if bad_layout:
                 continue
             for k in range(info.n_chunks):
                 if progress:
                     progress(name, k, info.n_chunks)
-                problems += [Problem(f"{self.url}/{name} chunk {k} ({files}): {what}", kind, name, k)
-                             for kind, files, what in _check_chunk(group, info, k)]
+                problems += [
+                    Problem(f"{self.url}/{name} chunk {k} ({files}): {what}", kind, name, k)
+                    for kind, files, what in _check_chunk(group, info, k)
+                ]
             if info.chunks_done == info.n_chunks and not info.complete:
-                problems.append(Problem(f"{self.url}/{name}: all chunks written but not marked complete",
-                                        "unmarked", name))
+                problems.append(
+                    Problem(f"{self.url}/{name}: all chunks written but not marked complete", "unmarked", name)
+                )
         return problems
 
 
@@ -512,7 +578,7 @@ def _first_bad_chunk(arr: zarr.Array, chunks: range) -> int:
     per = arr.chunks[0]
     for k in chunks:
         try:
-            arr[k * per:(k + 1) * per]
+            arr[k * per : (k + 1) * per]
         except Exception:  # noqa: BLE001
             return k
     return chunks[0] if chunks else 0
@@ -537,6 +603,7 @@ class Problem:
     """One finding of `verify`. kind: "unwritten" (harvest incomplete), "damaged" (a committed chunk
     that does not read back as written: re-harvesting it mends it), "unmarked" (the complete flag
     lags; any harvest sets it), "layout" (wrong arrays or metadata: only --force mends it)."""
+
     text: str
     kind: str
     corpus: str | None = None
@@ -553,22 +620,22 @@ def _check_chunk(group: zarr.Group, info: CorpusPlan, k: int) -> list[tuple[str,
     try:
         digest = int(group["committed"][k])
     except Exception as e:  # noqa: BLE001 - codec and I/O errors name no chunk themselves
-        return [("damaged", _chunk_file(group["committed"], k),
-                 f"unreadable ({type(e).__name__}: {first_line(e)})")]
+        return [("damaged", _chunk_file(group["committed"], k), f"unreadable ({type(e).__name__}: {first_line(e)})")]
     if digest == 0:
         return [("unwritten", _chunk_file(group["acts"], k), "not written (harvest incomplete)")]
     start, stop = k * info.rows_per_chunk, min((k + 1) * info.rows_per_chunk, info.n_rows)
     r = info.rows_per_context
     first_ctx, n_ctx = start // r, (stop - start) // r
-    expected = {"context": np.repeat(np.arange(first_ctx, first_ctx + n_ctx, dtype=np.int32), r),
-                "position": np.tile(np.arange(1, r + 1, dtype=np.int16), n_ctx)}
+    expected = {
+        "context": np.repeat(np.arange(first_ctx, first_ctx + n_ctx, dtype=np.int32), r),
+        "position": np.tile(np.arange(1, r + 1, dtype=np.int16), n_ctx),
+    }
     rows, found = {}, []
     for arr in ("acts", "tokens", "context", "position"):
         try:
             rows[arr] = group[arr][start:stop]
         except Exception as e:  # noqa: BLE001
-            found.append(("damaged", _chunk_file(group[arr], k),
-                          f"unreadable ({type(e).__name__}: {first_line(e)})"))
+            found.append(("damaged", _chunk_file(group[arr], k), f"unreadable ({type(e).__name__}: {first_line(e)})"))
     if "acts" in rows and "tokens" in rows and chunk_digest(rows["acts"], rows["tokens"]) != digest:
         # One digest covers acts and tokens: it cannot tell which of them (or the digest) changed.
         files = ", ".join(_chunk_file(group[a], k) for a in ("acts", "tokens", "committed"))
@@ -583,16 +650,18 @@ def open_store_for(cfg: Config) -> StoreReader:
     """The config's store, checked to hold what the config describes, complete."""
     reader = StoreReader(cfg.harvest.store)
     meta = reader.meta
-    want = {"layer": cfg.harvest.layer, "hook": cfg.harvest.hook,
-            "context_length": cfg.harvest.context_length}
+    want = {"layer": cfg.harvest.layer, "hook": cfg.harvest.hook, "context_length": cfg.harvest.context_length}
     if cfg.model.d_model is not None:
         want["d_model"] = cfg.model.d_model
     for key, value in want.items():
         if meta.get(key) != value:
-            raise StoreError(f"{cfg.harvest.store}: holds {key}={meta.get(key)!r}, {cfg.path} wants "
-                             f"{value!r} ([harvest]/[model] {key}); harvest into another store")
+            raise StoreError(
+                f"{cfg.harvest.store}: holds {key}={meta.get(key)!r}, {cfg.path} wants "
+                f"{value!r} ([harvest]/[model] {key}); harvest into another store"
+            )
     if meta.get("model_id") != cfg.model.id:
-        raise StoreError(f"{cfg.harvest.store}: holds activations of {meta.get('model_id')}, "
-                         f"{cfg.path} [model] id is {cfg.model.id}")
+        raise StoreError(
+            f"{cfg.harvest.store}: holds activations of {meta.get('model_id')}, {cfg.path} [model] id is {cfg.model.id}"
+        )
     reader.require_complete(list(cfg.corpora))
     return reader

@@ -16,6 +16,7 @@ The backends import lazily: the default (``"none"``) needs neither package. wand
 ``WANDB_MODE=offline`` without network (``wandb sync`` later), files under ``WANDB_DIR``. trackio:
 local SQLite under ``TRACKIO_DIR`` (``trackio show`` opens the dashboard).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,12 @@ def _scalars(d: dict, prefix: str) -> dict:
                 out[key] = v
         elif isinstance(v, dict):
             out.update(_scalars(v, key))
-        elif isinstance(v, list) and v and len(v) <= 16 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                                 for x in v):
+        elif (
+            isinstance(v, list)
+            and v
+            and len(v) <= 16
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        ):
             out.update({f"{key}/{i}": x for i, x in enumerate(v) if math.isfinite(x)})
     return out
 
@@ -55,11 +60,20 @@ class _Wandb:
 
     def __init__(self, project: str):
         import wandb
+
         self.wandb, self.project = wandb, project
 
     def open(self, name: str, run_id: str, group: str, config: dict | None, job_type: str):
-        return self.wandb.init(project=self.project, name=name, id=run_id, group=group, job_type=job_type,
-                               config=config, resume="allow", reinit="create_new")
+        return self.wandb.init(
+            project=self.project,
+            name=name,
+            id=run_id,
+            group=group,
+            job_type=job_type,
+            config=config,
+            resume="allow",
+            reinit="create_new",
+        )
 
     def log(self, run, metrics: dict, step: int | None) -> None:
         run.log(metrics, step=step)
@@ -76,12 +90,14 @@ class _Trackio:
 
     def __init__(self, project: str):
         import trackio
+
         self.trackio, self.project = trackio, project
 
     def open(self, name: str, run_id: str, group: str, config: dict | None, job_type: str):
         # trackio names runs (no separate id); a run trained again under a new fingerprint is a new name
-        return self.trackio.init(project=self.project, name=name, group=group, config=config,
-                                 resume="allow", embed=False)
+        return self.trackio.init(
+            project=self.project, name=name, group=group, config=config, resume="allow", embed=False
+        )
 
     def log(self, run, metrics: dict, step: int | None) -> None:
         run.log(metrics, step=step)
@@ -103,8 +119,9 @@ class Tracker:
 
     def _start(self, name: str, fingerprint: str, config: dict | None, job_type: str):
         if name not in self.open:
-            self.open[name] = self.backend.open(name, tracked_id(self.group, name, fingerprint), self.group,
-                                                config, job_type)
+            self.open[name] = self.backend.open(
+                name, tracked_id(self.group, name, fingerprint), self.group, config, job_type
+            )
         return self.open[name]
 
     def _close(self, name: str) -> None:
@@ -118,19 +135,32 @@ class Tracker:
             self._start(rec["run"], rec["fingerprint"], rec["config"], "train")
         elif event == "train_log" and rec["run"] in self.open:
             record = rec["record"]
-            self.backend.log(self.open[rec["run"]], _scalars({k: v for k, v in record.items() if k != "step"},
-                                                            "train"), record.get("step"))
+            self.backend.log(
+                self.open[rec["run"]],
+                _scalars({k: v for k, v in record.items() if k != "step"}, "train"),
+                record.get("step"),
+            )
         elif event == "run_done" and rec["run"] in self.open:
-            self.backend.summary(self.open[rec["run"]], {"status": rec.get("status"), "steps": rec.get("step"),
-                                                         "seconds": rec.get("seconds")})
+            self.backend.summary(
+                self.open[rec["run"]],
+                {"status": rec.get("status"), "steps": rec.get("step"), "seconds": rec.get("seconds")},
+            )
             self._close(rec["run"])
         elif event == "progress" and stage == "harvest" and int(os.environ.get("RANK", 0)) == 0:
             run = self._start("harvest", self.cfg.harvest.store, self._harvest_config(), "harvest")
-            self.backend.log(run, {f"harvest/{k}": rec[k] for k in ("percent", "done", "rate", "elapsed_s")
-                                   if isinstance(rec.get(k), (int, float))}, None)
+            self.backend.log(
+                run,
+                {
+                    f"harvest/{k}": rec[k]
+                    for k in ("percent", "done", "rate", "elapsed_s")
+                    if isinstance(rec.get(k), (int, float))
+                },
+                None,
+            )
         elif event == "stage_done" and stage == "harvest" and "harvest" in self.open:
-            self.backend.summary(self.open["harvest"], {"harvest/rows": rec.get("rows"),
-                                                        "harvest/seconds": rec.get("seconds")})
+            self.backend.summary(
+                self.open["harvest"], {"harvest/rows": rec.get("rows"), "harvest/seconds": rec.get("seconds")}
+            )
             self._close("harvest")
         elif event == "stage_done" and stage == "eval":
             self._report(Path(rec["report"]).with_suffix(".json"))
@@ -140,8 +170,13 @@ class Tracker:
 
     def _harvest_config(self) -> dict:
         from dataclasses import asdict
-        return {"model": asdict(self.cfg.model), "harvest": asdict(self.cfg.harvest), "config": str(self.cfg.path),
-                "sets": list(self.cfg.sets)}
+
+        return {
+            "model": asdict(self.cfg.model),
+            "harvest": asdict(self.cfg.harvest),
+            "config": str(self.cfg.path),
+            "sets": list(self.cfg.sets),
+        }
 
     def _report(self, path: Path) -> None:
         """Each run's report figures into the tracked run that trained those weights."""
@@ -153,9 +188,16 @@ class Tracker:
                 figures.update(_scalars(r.get(family) or {}, f"eval/{family}"))
             cfg_json = r.get("cfg") or {}
             # the config again (the training's, from its cfg.json): a resumed trackio run keeps only what init gets
-            config = {**cfg_json.get("orthosae", {}), "fingerprint": fingerprint, "store": cfg_json.get("store"),
-                      "model": cfg_json.get("model_name"), "layer": cfg_json.get("hook_layer"),
-                      "hook": self.cfg.harvest.hook, "config": str(self.cfg.path), "sets": cfg_json.get("sets", [])}
+            config = {
+                **cfg_json.get("orthosae", {}),
+                "fingerprint": fingerprint,
+                "store": cfg_json.get("store"),
+                "model": cfg_json.get("model_name"),
+                "layer": cfg_json.get("hook_layer"),
+                "hook": self.cfg.harvest.hook,
+                "config": str(self.cfg.path),
+                "sets": cfg_json.get("sets", []),
+            }
             run = self._start(name, fingerprint, config, "train")
             self.backend.summary(run, figures)
             self._close(name)
@@ -163,8 +205,16 @@ class Tracker:
 
 def run_config(cfg, run, fingerprint: str) -> dict:
     """What a tracked run's config holds: the run's settings and where its data came from."""
-    return {**run.to_dict(), "fingerprint": fingerprint, "store": cfg.harvest.store, "model": cfg.model.id,
-            "layer": cfg.harvest.layer, "hook": cfg.harvest.hook, "config": str(cfg.path), "sets": list(cfg.sets)}
+    return {
+        **run.to_dict(),
+        "fingerprint": fingerprint,
+        "store": cfg.harvest.store,
+        "model": cfg.model.id,
+        "layer": cfg.harvest.layer,
+        "hook": cfg.harvest.hook,
+        "config": str(cfg.path),
+        "sets": list(cfg.sets),
+    }
 
 
 def attach(cfg) -> Tracker | None:
@@ -172,6 +222,7 @@ def attach(cfg) -> Tracker | None:
     if cfg.log.tracker == "none":
         return None
     from orthosae.common import events
+
     backend = {"wandb": _Wandb, "trackio": _Trackio}[cfg.log.tracker](cfg.log.tracker_project)
     tracker = Tracker(cfg, backend)
     events.listen(tracker)

@@ -19,8 +19,16 @@ GROUPED_ARCH = "orthosae_grouped"  # the grouped SAE's own SAELens architecture 
 # The [train.ortho] keys, by what reads them: every L_ortho reads the first, learned groups the second
 # (tests/common/test_variants.py checks that together they are [train.ortho], each key once).
 ORTHO_FORM_KEYS = ("lambda2_max", "alpha", "alpha_mode", "weights", "weighting", "groups", "gram_dtype", "every")
-GROUPING_KEYS = ("t0", "regroup_every", "regroup_min_mass", "regroup_margin", "stats_decay", "tau",
-                 "stop_eff_rank", "stop_max_cos")
+GROUPING_KEYS = (
+    "t0",
+    "regroup_every",
+    "regroup_min_mass",
+    "regroup_margin",
+    "stats_decay",
+    "tau",
+    "stop_eff_rank",
+    "stop_max_cos",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,9 +67,31 @@ def of(type_name: str | None) -> Variant:
     return VARIANTS.get(type_name, OTHER) if isinstance(type_name, str) else OTHER
 
 
-register(Variant(name="baseline", sae_class="orthosae.train.sae.baseline:BaselineSAE", has_ortho=False,
-                 grouped=False, baseline=True))
-register(Variant(name="fixed", sae_class="orthosae.train.sae.fixed:FixedOrthoSAE", has_ortho=True, grouped=False,
-                 ortho_keys=ORTHO_FORM_KEYS))
-register(Variant(name="adaptive", sae_class="orthosae.train.sae.adaptive:AdaptiveOrthoSAE", has_ortho=True,
-                 grouped=True, saelens_architecture=GROUPED_ARCH, ortho_keys=ORTHO_FORM_KEYS + GROUPING_KEYS))
+register(
+    Variant(
+        name="baseline",
+        sae_class="orthosae.train.sae.baseline:BaselineSAE",
+        has_ortho=False,
+        grouped=False,
+        baseline=True,
+    )
+)
+register(
+    Variant(
+        name="fixed",
+        sae_class="orthosae.train.sae.fixed:FixedOrthoSAE",
+        has_ortho=True,
+        grouped=False,
+        ortho_keys=ORTHO_FORM_KEYS,
+    )
+)
+register(
+    Variant(
+        name="adaptive",
+        sae_class="orthosae.train.sae.adaptive:AdaptiveOrthoSAE",
+        has_ortho=True,
+        grouped=True,
+        saelens_architecture=GROUPED_ARCH,
+        ortho_keys=ORTHO_FORM_KEYS + GROUPING_KEYS,
+    )
+)

@@ -1,10 +1,11 @@
 """`pipe eval`: reconstruction, downstream, conditioning and unlearning reports across runs."""
+
 import json
 from pathlib import Path
 
-from orthosae.eval.report import eval_settings
 from orthosae.common.report_json import ReportUnreadable, read_report
 from orthosae.eval.layers import evaluate  # every harvested layer; one layer: eval.runner.evaluate
+from orthosae.eval.report import eval_settings
 
 
 def report_is_current(cfg) -> bool:

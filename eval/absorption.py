@@ -29,6 +29,7 @@ Matched against sae_bench 0.6.0 ``evals/absorption`` (cross-checked in tests/tes
    probe F1 exceeds ``min_probe_f1``, and only when at least ``min_letters`` letters do.
 The SAE is evaluated with unit-norm decoder rows (norms folded into the encoder), as SAEBench's are.
 """
+
 from __future__ import annotations
 
 import math
@@ -108,21 +109,40 @@ def prompt_ids(tokenizer, prompts: list[str], template: str) -> tuple[Tensor, Te
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(rows), T), pad, dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
+        ids[i, : len(r)] = torch.tensor(r)
     lengths = torch.tensor([len(r) for r in rows])
-    usable = [not tail or r[-len(tail):] == tail for r in rows]
+    usable = [not tail or r[-len(tail) :] == tail for r in rows]
     positions = lengths - len(tail) - 1
     return ids, lengths, positions, usable
 
 
-def prompt_sets(model, tokenizer, layer: int, *, words: int, test_fraction: float, icl_examples: int,
-                template: str, seed: int, batch_tokens: int, cache_dir, store_meta: dict, progress=None
-                ) -> tuple[PromptSet, PromptSet, dict, bool]:
+def prompt_sets(
+    model,
+    tokenizer,
+    layer: int,
+    *,
+    words: int,
+    test_fraction: float,
+    icl_examples: int,
+    template: str,
+    seed: int,
+    batch_tokens: int,
+    cache_dir,
+    store_meta: dict,
+    progress=None,
+) -> tuple[PromptSet, PromptSet, dict, bool]:
     """(train, test, stats, cache hit): the prompts' residuals at the word, computed once per store."""
     from orthosae.eval.probe_data import cache_path, cached, residuals
 
-    recipe = {"dataset": "first_letter", "words": words, "test_fraction": test_fraction, "icl": icl_examples,
-              "template": template, "seed": seed, "format": 1}
+    recipe = {
+        "dataset": "first_letter",
+        "words": words,
+        "test_fraction": test_fraction,
+        "icl": icl_examples,
+        "template": template,
+        "seed": seed,
+        "format": 1,
+    }
 
     def build() -> dict:
         rng = random.Random(seed + 1)
@@ -134,24 +154,39 @@ def prompt_sets(model, tokenizer, layer: int, *, words: int, test_fraction: floa
             keep = torch.tensor(usable, dtype=torch.bool)
             acts = residuals(model, layer, ids[keep], lengths[keep], batch_tokens, progress, positions=positions[keep])
             kept = [w for w, u in zip(ws, usable) if u]
-            out[split] = {"words": kept, "letters": torch.tensor([LETTERS.index(first_letter(w).strip().lower())
-                                                                  for w in kept]), "acts": acts}
+            out[split] = {
+                "words": kept,
+                "letters": torch.tensor([LETTERS.index(first_letter(w).strip().lower()) for w in kept]),
+                "acts": acts,
+            }
             out[f"{split}_dropped"] = len(ws) - len(kept)
         return out
 
     value, hit = cached(cache_path(cache_dir, "absorption", store_meta, recipe), build)
-    stats = {"alphabetic_vocab": value["vocab_size"], "train_words": len(value["train"]["words"]),
-             "test_words": len(value["test"]["words"]),
-             "dropped_words": value["train_dropped"] + value["test_dropped"]}
+    stats = {
+        "alphabetic_vocab": value["vocab_size"],
+        "train_words": len(value["train"]["words"]),
+        "test_words": len(value["test"]["words"]),
+        "dropped_words": value["train_dropped"] + value["test_dropped"],
+    }
     return PromptSet(**value["train"]), PromptSet(**value["test"]), stats, hit
 
 
 # ---- probes ----
 
 
-def train_multi_probe(x: Tensor, y: Tensor, *, epochs: int = 50, lr: float = 1e-2, end_lr: float = 1e-5,
-                      weight_decay: float = 1e-6, batch_size: int = 4096, l1: float = 0.0, seed: int = 0
-                      ) -> nn.Linear:
+def train_multi_probe(
+    x: Tensor,
+    y: Tensor,
+    *,
+    epochs: int = 50,
+    lr: float = 1e-2,
+    end_lr: float = 1e-5,
+    weight_decay: float = 1e-6,
+    batch_size: int = 4096,
+    l1: float = 0.0,
+    seed: int = 0,
+) -> nn.Linear:
     """SAEBench ``train_multi_probe``: one-vs-rest logistic probes ``[n_classes, d]`` trained jointly
     (BCE with pos_weight = negatives / positives, Adam, exponential lr decay; optional L1 on weights)."""
     g = torch.Generator().manual_seed(seed)
@@ -166,7 +201,7 @@ def train_multi_probe(x: Tensor, y: Tensor, *, epochs: int = 50, lr: float = 1e-
         for _ in range(epochs):
             order = torch.randperm(len(x), generator=g)
             for s in range(0, len(x), batch_size):
-                b = order[s:s + batch_size]
+                b = order[s : s + batch_size]
                 loss = loss_fn(probe(x[b]), y[b])
                 if l1:
                     loss = loss + l1 * probe.weight.abs().sum(-1).mean()
@@ -187,6 +222,7 @@ def f1(y: np.ndarray, pred: np.ndarray) -> float:
 @dataclass
 class LetterProbe:
     """The LLM probe and its per-letter F1 on the test words (SAE-independent: once per store)."""
+
     weight: Tensor  # [26, d]
     bias: Tensor  # [26]
     f1: dict[str, float]
@@ -199,13 +235,17 @@ def letter_probe(train: PromptSet, test: PromptSet, seed: int) -> LetterProbe:
     probe = train_multi_probe(x, y, epochs=50, lr=1e-2, weight_decay=1e-4, seed=seed)
     scores = probe(test.acts.float())
     truth = test.letters.numpy()
-    f1s = {L: f1(truth == i, (scores[:, i] > 0).numpy()) for i, L in enumerate(LETTERS)
-           if (truth == i).any() and (train.letters == i).any()}
+    f1s = {
+        L: f1(truth == i, (scores[:, i] > 0).numpy())
+        for i, L in enumerate(LETTERS)
+        if (truth == i).any() and (train.letters == i).any()
+    }
     return LetterProbe(probe.weight.detach().clone(), probe.bias.detach().clone(), f1s, scores.detach())
 
 
-def k_sparse_probes(f_train: Tensor, letters: Tensor, max_k: int, seed: int
-                    ) -> dict[int, dict[int, tuple[Tensor, Tensor, float]]]:
+def k_sparse_probes(
+    f_train: Tensor, letters: Tensor, max_k: int, seed: int
+) -> dict[int, dict[int, tuple[Tensor, Tensor, float]]]:
     """SAEBench ``train_k_sparse_probes`` on precomputed latents: {k: {letter: (latents, coef, bias)}}."""
     from sklearn.linear_model import LogisticRegression
 
@@ -240,8 +280,9 @@ def split_features(f1_by_k: dict[int, float], feats_by_k: dict[int, list[int]], 
 # ---- absorption of one word ----
 
 
-def word_absorption(sae_acts: Tensor, act_probe_proj: float, cos_sims: Tensor, main_ids: list[int]
-                    ) -> tuple[float, bool]:
+def word_absorption(
+    sae_acts: Tensor, act_probe_proj: float, cos_sims: Tensor, main_ids: list[int]
+) -> tuple[float, bool]:
     """SAEBench ``calculate_absorption`` for one word: (absorption fraction, full absorption)."""
     proj = sae_acts.float() * cos_sims
     main_proj = float(proj[main_ids].sum()) if main_ids else 0.0
@@ -250,8 +291,9 @@ def word_absorption(sae_acts: Tensor, act_probe_proj: float, cos_sims: Tensor, m
     absorbers &= (cos_sims >= FRACTION_PROBE_COS) & (proj > 0)
     cand = proj[absorbers]
     top_total = float(cand.topk(min(MAX_ABSORBING_LATENTS, cand.numel())).values.sum()) if cand.numel() else 0.0
-    proportion = (top_total / act_probe_proj if act_probe_proj else
-                  math.copysign(math.inf, top_total) if top_total else math.nan)
+    proportion = (
+        top_total / act_probe_proj if act_probe_proj else math.copysign(math.inf, top_total) if top_total else math.nan
+    )
     if main_proj >= act_probe_proj or not proportion >= PROJECTION_PROPORTION:
         fraction = 0.0
     elif main_proj <= 0.0:
@@ -263,20 +305,34 @@ def word_absorption(sae_acts: Tensor, act_probe_proj: float, cos_sims: Tensor, m
     full = all(float(sae_acts[i]) < EPS for i in main_ids) and act_probe_proj > 0
     if full:
         top = int(proj.topk(min(TOPK_FEATS, len(proj))).indices[0])
-        full = (float(cos_sims[top]) >= FULL_ABSORPTION_PROBE_COS
-                and float(proj[top]) / act_probe_proj >= PROJECTION_PROPORTION)
+        full = (
+            float(cos_sims[top]) >= FULL_ABSORPTION_PROBE_COS
+            and float(proj[top]) / act_probe_proj >= PROJECTION_PROPORTION
+        )
     return fraction, bool(full)
 
 
 @torch.no_grad()
-def run_absorption(sae, train: PromptSet, test: PromptSet, probe: LetterProbe, *, max_k: int, f1_jump: float,
-                   min_probe_f1: float, min_letters: int, seed: int, batch_rows: int = 4096) -> dict:
+def run_absorption(
+    sae,
+    train: PromptSet,
+    test: PromptSet,
+    probe: LetterProbe,
+    *,
+    max_k: int,
+    f1_jump: float,
+    min_probe_f1: float,
+    min_letters: int,
+    seed: int,
+    batch_rows: int = 4096,
+) -> dict:
     """Absorption of one SAE (decoder rows at unit norm) on the cached prompt residuals."""
     device, dtype = sae.W_dec.device, sae.W_dec.dtype
 
     def encode(x: Tensor) -> Tensor:
-        return torch.cat([sae.encode(x[s:s + batch_rows].to(device, dtype)).float().cpu()
-                          for s in range(0, len(x), batch_rows)])
+        return torch.cat(
+            [sae.encode(x[s : s + batch_rows].to(device, dtype)).float().cpu() for s in range(0, len(x), batch_rows)]
+        )
 
     f_train, f_test = encode(train.acts.float()), encode(test.acts.float())
     probes = k_sparse_probes(f_train, train.letters, max_k, seed)
@@ -301,12 +357,17 @@ def run_absorption(sae, train: PromptSet, test: PromptSet, probe: LetterProbe, *
             fr, fu = word_absorption(f_test[j], float(test.acts[j].float() @ unit), cos, main)
             fractions.append(fr)
             full.append(fu)
-        letters[L] = {"probe_f1": probe.f1[L], "sparse_f1_by_k": f1_by_k, "split_latents": main,
-                      "num_split_features": len(main), "num_probe_true_positives": len(tp),
-                      "mean_absorption_fraction": float(np.sum(fractions) / len(tp)) if tp else math.nan,
-                      "full_absorption_rate": float(np.sum(full) / len(tp)) if tp else math.nan,
-                      "num_full_absorption": int(np.sum(full)),
-                      "absorbing_latents": _absorbers(f_test, tp, cos, main)}
+        letters[L] = {
+            "probe_f1": probe.f1[L],
+            "sparse_f1_by_k": f1_by_k,
+            "split_latents": main,
+            "num_split_features": len(main),
+            "num_probe_true_positives": len(tp),
+            "mean_absorption_fraction": float(np.sum(fractions) / len(tp)) if tp else math.nan,
+            "full_absorption_rate": float(np.sum(full) / len(tp)) if tp else math.nan,
+            "num_full_absorption": int(np.sum(full)),
+            "absorbing_latents": _absorbers(f_test, tp, cos, main),
+        }
     return aggregate(letters, min_probe_f1, min_letters)
 
 
@@ -328,15 +389,23 @@ def aggregate(letters: dict[str, dict], min_probe_f1: float, min_letters: int) -
     """SAEBench's means over the letters whose probe F1 exceeds the threshold (and that have true
     positives), or nan with the reason when fewer than ``min_letters`` pass."""
     passing = [L for L, r in letters.items() if r["probe_f1"] > min_probe_f1 and r["num_probe_true_positives"] > 0]
-    out = {"letters": letters, "passing_letters": "".join(passing), "min_probe_f1": min_probe_f1,
-           "min_letters": min_letters}
+    out = {
+        "letters": letters,
+        "passing_letters": "".join(passing),
+        "min_probe_f1": min_probe_f1,
+        "min_letters": min_letters,
+    }
     if len(passing) < max(min_letters, 1):
-        out.update(mean_absorption_fraction_score=math.nan, mean_full_absorption_score=math.nan,
-                   mean_num_split_features=math.nan,
-                   not_scored=f"{len(passing)} letter(s) pass probe F1 > {min_probe_f1}, fewer than {min_letters}")
+        out.update(
+            mean_absorption_fraction_score=math.nan,
+            mean_full_absorption_score=math.nan,
+            mean_num_split_features=math.nan,
+            not_scored=f"{len(passing)} letter(s) pass probe F1 > {min_probe_f1}, fewer than {min_letters}",
+        )
         return out
     out.update(
         mean_absorption_fraction_score=float(np.mean([letters[L]["mean_absorption_fraction"] for L in passing])),
         mean_full_absorption_score=float(np.mean([letters[L]["full_absorption_rate"] for L in passing])),
-        mean_num_split_features=float(np.mean([letters[L]["num_split_features"] for L in passing])))
+        mean_num_split_features=float(np.mean([letters[L]["num_split_features"] for L in passing])),
+    )
     return out

@@ -22,6 +22,7 @@ Statistics (all in ``aggregate``; the intervals themselves in ``eval/intervals.p
   condition, and primary_pairs on the primary figure) are judged with Holm's correction over all of
   them at family-wise 5 %; everything else is exploratory (nominal 95 % intervals, no correction).
 """
+
 from __future__ import annotations
 
 import json
@@ -84,7 +85,8 @@ def check_complete(results: dict[str, dict]) -> None:
         if r.get("status") == "failed":
             raise IncompleteConditionError(
                 f"{name}: the run failed ({r.get('message', 'no message')}); its condition's seeds are incomplete "
-                f"and would be paired around it: retrain it (`pipe train`) or remove that seed from the config")
+                f"and would be paired around it: retrain it (`pipe train`) or remove that seed from the config"
+            )
 
 
 def _verdict(s: dict, higher: bool | None, what: str = "seed(s)") -> str:
@@ -119,14 +121,25 @@ def summarise_condition(values: dict, reps: dict | None) -> dict:
     n = len(values)
     out = {"per_seed": {str(s): v for s, v in values.items()}, "reached": f"{len(finite)} of {n}"}
     if len(finite) < n:
-        out.update(mean=math.nan, ci95=[math.nan, math.nan], sd=math.nan, n=len(finite), too_few=False,
-                   interval=f"n/a: {len(finite)} of {n} seeds have it")
+        out.update(
+            mean=math.nan,
+            ci95=[math.nan, math.nan],
+            sd=math.nan,
+            n=len(finite),
+            too_few=False,
+            interval=f"n/a: {len(finite)} of {n} seeds have it",
+        )
         return out
     R = np.stack([_reps(reps[s]) for s in values]) if reps else None
     s = mean_interval(list(values.values()), R)
     out.update({k: s[k] for k in ("mean", "ci95", "sd", "n", "too_few", "se", "df", "skew")})
-    out["interval"] = (f"too few seeds ({n} < {MIN_SEEDS})" if s["too_few"] else
-                       "calibrated t over seeds + shared document error" if reps else "calibrated t over seeds")
+    out["interval"] = (
+        f"too few seeds ({n} < {MIN_SEEDS})"
+        if s["too_few"]
+        else "calibrated t over seeds + shared document error"
+        if reps
+        else "calibrated t over seeds"
+    )
     if reps:
         out["doc_se"] = math.sqrt(s["doc_var"])
     return out
@@ -143,9 +156,14 @@ def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None, pri
     reps: dict[str, dict[str, dict]] = {}  # label -> metric -> seed -> document replicates
     for label, names in groups.items():
         first = _settings(results[names[0]])
-        entry = {"runs": names, "seeds": [seed_of(results[n]) for n in names], "type": first.get("type"),
-                 "alpha": first.get("ortho", {}).get("alpha") if variants.of(first.get("type")).has_ortho else None,
-                 "activation": first.get("train", {}).get("activation", "relu"), "metrics": {}}
+        entry = {
+            "runs": names,
+            "seeds": [seed_of(results[n]) for n in names],
+            "type": first.get("type"),
+            "alpha": first.get("ortho", {}).get("alpha") if variants.of(first.get("type")).has_ortho else None,
+            "activation": first.get("train", {}).get("activation", "relu"),
+            "metrics": {},
+        }
         per_seed[label], reps[label] = {}, {}
         for m in metrics:
             values = {seed_of(results[n]): m.value(results[n]) for n in names}
@@ -168,8 +186,13 @@ def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None, pri
             if m.key not in per_seed[a] or m.key not in per_seed[b]:
                 continue
             both = m.key in reps[a] and m.key in reps[b]
-            p = paired(per_seed[a][m.key], per_seed[b][m.key], m.higher,
-                       reps[a][m.key] if both else None, reps[b][m.key] if both else None)
+            p = paired(
+                per_seed[a][m.key],
+                per_seed[b][m.key],
+                m.higher,
+                reps[a][m.key] if both else None,
+                reps[b][m.key] if both else None,
+            )
             p["interval"] = "calibrated t over shared seeds" + (" + shared document error" if both else "")
             if not matched and m.higher is not None:
                 p["verdict"] = f"not compared: L0 {l0s[a]:.1f} vs {l0s[b]:.1f} (> {L0_MATCH:.0%} apart)"
@@ -181,15 +204,24 @@ def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None, pri
     spread = (max(finite) / min(finite) - 1) if finite and min(finite) > 0 else math.nan
     frontier = _frontier(conds, per_seed, reps, metrics, l0s)
     prim = _primary(primary, conds, pairs, frontier) if primary else None
-    return {"method": "mean over every seed of a condition (n/a unless every seed has the figure); 95 % intervals: "
-                      "Student-t over seeds at Welch-Satterthwaite df with the document error the seeds share "
-                      f"and Hall's skewness correction (eval/intervals.py), none below {MIN_SEEDS} seeds; a winner "
-                      f"only when the interval of the seed-paired difference excludes 0 and the L0 of both lie "
-                      f"within {L0_MATCH:.0%}",
-            "conditions": conds, "pairs": pairs, "frontier": frontier, "primary": prim,
-            "who_wins": _who_wins(conds, pairs, metrics, frontier),
-            "l0": {"by_condition": l0s, "max_over_min_minus_1": spread, "rule": L0_MATCH,
-                   "matched": bool(math.isfinite(spread) and spread <= L0_MATCH)}}
+    return {
+        "method": "mean over every seed of a condition (n/a unless every seed has the figure); 95 % intervals: "
+        "Student-t over seeds at Welch-Satterthwaite df with the document error the seeds share "
+        f"and Hall's skewness correction (eval/intervals.py), none below {MIN_SEEDS} seeds; a winner "
+        f"only when the interval of the seed-paired difference excludes 0 and the L0 of both lie "
+        f"within {L0_MATCH:.0%}",
+        "conditions": conds,
+        "pairs": pairs,
+        "frontier": frontier,
+        "primary": prim,
+        "who_wins": _who_wins(conds, pairs, metrics, frontier),
+        "l0": {
+            "by_condition": l0s,
+            "max_over_min_minus_1": spread,
+            "rule": L0_MATCH,
+            "matched": bool(math.isfinite(spread) and spread <= L0_MATCH),
+        },
+    }
 
 
 def _frontier(conds: dict, per_seed: dict, reps: dict, metrics: list[Metric], l0s: dict) -> dict:
@@ -203,19 +235,33 @@ def _frontier(conds: dict, per_seed: dict, reps: dict, metrics: list[Metric], l0
                 if variants.of(e["type"]).baseline or m.key not in per_seed[c] or q.key not in per_seed[c]:
                     continue
                 measured = [b for b in base if m.key in per_seed[b] and q.key in per_seed[b]]
-                curve = [_point(b, conds[b], per_seed[b], reps[b], m, q) for b in measured
-                         if l0_matched(l0s[b], l0s[c])]
-                table[c] = frontier_verdict(curve, _point(c, e, per_seed[c], reps[c], m, q)) if curve or not measured \
-                    else {"verdict": f"not compared: no baseline condition's L0 within {L0_MATCH:.0%} of {l0s[c]:.1f}",
-                          "gap": math.nan, "ci95": [math.nan, math.nan], "p": math.nan}
+                curve = [
+                    _point(b, conds[b], per_seed[b], reps[b], m, q) for b in measured if l0_matched(l0s[b], l0s[c])
+                ]
+                table[c] = (
+                    frontier_verdict(curve, _point(c, e, per_seed[c], reps[c], m, q))
+                    if curve or not measured
+                    else {
+                        "verdict": f"not compared: no baseline condition's L0 within {L0_MATCH:.0%} of {l0s[c]:.1f}",
+                        "gap": math.nan,
+                        "ci95": [math.nan, math.nan],
+                        "p": math.nan,
+                    }
+                )
             if table:
                 out.setdefault(m.key, {})[q.key] = table
     return out
 
 
 def _point(label: str, e: dict, per_seed: dict, reps: dict, m: Metric, q: Metric) -> dict:
-    return {"name": label, "x": e["metrics"][q.key]["mean"], "x_seeds": per_seed[q.key],
-            "y_seeds": per_seed[m.key], "reps": reps.get(m.key), "x_reps": reps.get(q.key)}
+    return {
+        "name": label,
+        "x": e["metrics"][q.key]["mean"],
+        "x_seeds": per_seed[q.key],
+        "y_seeds": per_seed[m.key],
+        "reps": reps.get(m.key),
+        "x_reps": reps.get(q.key),
+    }
 
 
 def _primary(primary: dict, conds: dict, pairs: list[dict], frontier: dict) -> dict:
@@ -229,15 +275,30 @@ def _primary(primary: dict, conds: dict, pairs: list[dict], frontier: dict) -> d
         row = next((p for p in pairs if {p["a"], p["b"]} == {a, b}), None)
         v = row["metrics"].get(fig) if row else None
         if v is None:
-            family[f"{a} − {b}"] = {"kind": "pair", "verdict": "no verdict: pair not measured", "p": math.nan,
-                                    "gap": math.nan, "ci95": [math.nan, math.nan]}
+            family[f"{a} − {b}"] = {
+                "kind": "pair",
+                "verdict": "no verdict: pair not measured",
+                "p": math.nan,
+                "gap": math.nan,
+                "ci95": [math.nan, math.nan],
+            }
             continue
         sign = 1 if row["a"] == a else -1
         lo, hi = v["ci95"]
-        family[f"{a} − {b}"] = {"kind": "pair", "verdict": v["verdict"], "p": v["p"], "gap": sign * v["mean_diff"],
-                                "ci95": [sign * lo, sign * hi] if sign > 0 else [-hi, -lo], "seeds": v["seeds"]}
-    rejected = holm({k: (v["p"] if not v["verdict"].startswith(("no verdict", "not compared")) else math.nan)
-                     for k, v in family.items()})
+        family[f"{a} − {b}"] = {
+            "kind": "pair",
+            "verdict": v["verdict"],
+            "p": v["p"],
+            "gap": sign * v["mean_diff"],
+            "ci95": [sign * lo, sign * hi] if sign > 0 else [-hi, -lo],
+            "seeds": v["seeds"],
+        }
+    rejected = holm(
+        {
+            k: (v["p"] if not v["verdict"].startswith(("no verdict", "not compared")) else math.nan)
+            for k, v in family.items()
+        }
+    )
     for k, v in family.items():
         if v["verdict"].startswith(("no verdict", "not compared")):
             v["holm"] = v["verdict"]
@@ -245,8 +306,12 @@ def _primary(primary: dict, conds: dict, pairs: list[dict], frontier: dict) -> d
             v["holm"] = "above" if v["gap"] > 0 else "below"
         else:
             v["holm"] = "tie"
-    return {"figure": fig, "quality": quality, "comparisons": family, "rule": "Holm over these comparisons, "
-            "family-wise 5 %; gaps > 0 favour the first named"}
+    return {
+        "figure": fig,
+        "quality": quality,
+        "comparisons": family,
+        "rule": "Holm over these comparisons, family-wise 5 %; gaps > 0 favour the first named",
+    }
 
 
 def _who_wins(conds: dict, pairs: list[dict], metrics: list[Metric], frontier: dict) -> dict[str, str]:
@@ -264,8 +329,13 @@ def _who_wins(conds: dict, pairs: list[dict], metrics: list[Metric], frontier: d
                 out[m.key] = "; ".join(f"{c}: {', '.join(vs)}" for c, vs in verdicts.items())
             continue
         # references are label-using edits, not SAEs competing on quality: judged on the frontier only
-        have = [c for c in conds if m.key in conds[c]["metrics"] and math.isfinite(conds[c]["metrics"][m.key]["mean"])
-                and conds[c]["type"] != "reference"]
+        have = [
+            c
+            for c in conds
+            if m.key in conds[c]["metrics"]
+            and math.isfinite(conds[c]["metrics"][m.key]["mean"])
+            and conds[c]["type"] != "reference"
+        ]
         if len(have) < 2:
             continue
         best = (max if m.higher else min)(have, key=lambda c: conds[c]["metrics"][m.key]["mean"])
@@ -285,11 +355,13 @@ def _who_wins(conds: dict, pairs: list[dict], metrics: list[Metric], frontier: d
             out[m.key] = "tie: " + ", ".join([best, *level])
         else:
             out[m.key] = f"no winner: best mean {best}; " + "; ".join(
-                f"vs {o}: {'tie' if v == 'tie' else v}" for o, v in level.items())
+                f"vs {o}: {'tie' if v == 'tie' else v}" for o, v in level.items()
+            )
     return out
 
 
 # ---------------------------------------------------------------- report.md and plots
+
 
 def _fmt(v: float) -> str:
     if not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -321,35 +393,62 @@ def conditions_markdown(agg: dict, plots: list[str], metrics: list[Metric] | Non
         return ""
     metrics = metrics if metrics is not None else registry()
     present = [m for m in metrics if any(m.key in e["metrics"] for e in conds.values())]
-    lines = ["", "## Conditions (runs that differ only by seed; mean [95 % interval])", "",
-             f"Intervals: Student-t over seeds with Hall's skewness correction; for the unlearning sweep's figures "
-             f"the document error every seed shares is added (eval/intervals.py; coverage measured in "
-             f"docs/evaluation.md). Fewer than {MIN_SEEDS} seeds: no interval. A figure some seed lacks is n/a, "
-             f"with how many seeds have it.", ""]
-    for title, part in (("Quality", [m for m in present if m.section != "unlearning"]),
-                        ("Unlearning", [m for m in present if m.section == "unlearning"])):
+    lines = [
+        "",
+        "## Conditions (runs that differ only by seed; mean [95 % interval])",
+        "",
+        f"Intervals: Student-t over seeds with Hall's skewness correction; for the unlearning sweep's figures "
+        f"the document error every seed shares is added (eval/intervals.py; coverage measured in "
+        f"docs/evaluation.md). Fewer than {MIN_SEEDS} seeds: no interval. A figure some seed lacks is n/a, "
+        f"with how many seeds have it.",
+        "",
+    ]
+    for title, part in (
+        ("Quality", [m for m in present if m.section != "unlearning"]),
+        ("Unlearning", [m for m in present if m.section == "unlearning"]),
+    ):
         if not part:
             continue
-        lines += [f"{title}:", "", "| condition | type | α | activation | seeds | " + " | ".join(m.label for m in part) + " |",
-                  "|" + "---|" * (5 + len(part))]
+        lines += [
+            f"{title}:",
+            "",
+            "| condition | type | α | activation | seeds | " + " | ".join(m.label for m in part) + " |",
+            "|" + "---|" * (5 + len(part)),
+        ]
         for label, e in conds.items():
-            lines.append(f"| {label} | {e['type']} | {'' if e['alpha'] is None else e['alpha']} | {e['activation']} | "
-                         f"{', '.join(str(s) for s in e['seeds'])} | "
-                         + " | ".join(_cell(e["metrics"].get(m.key), m.eval_error) for m in part) + " |")
+            lines.append(
+                f"| {label} | {e['type']} | {'' if e['alpha'] is None else e['alpha']} | {e['activation']} | "
+                f"{', '.join(str(s) for s in e['seeds'])} | "
+                + " | ".join(_cell(e["metrics"].get(m.key), m.eval_error) for m in part)
+                + " |"
+            )
         lines.append("")
     lines += ["Per-seed values:", ""]
     for label, e in conds.items():
-        lines.append(f"- **{label}**: " + "; ".join(
-            f"{m.key} " + ", ".join(f"s{s}={_fmt(v)}" for s, v in e["metrics"][m.key]["per_seed"].items())
-            for m in present if m.key in e["metrics"]))
+        lines.append(
+            f"- **{label}**: "
+            + "; ".join(
+                f"{m.key} " + ", ".join(f"s{s}={_fmt(v)}" for s, v in e["metrics"][m.key]["per_seed"].items())
+                for m in present
+                if m.key in e["metrics"]
+            )
+        )
     l0 = agg["l0"]
-    lines += ["", f"L0 across conditions: max/min − 1 = {_fmt(l0['max_over_min_minus_1'])} "
-                  f"({'within' if l0['matched'] else 'NOT within'} ±{int(round(L0_MATCH * 100))} %, the one L0 rule: "
-                  "conditions further apart are not compared).", "",
-              f"Pairwise (A − B; {agg['method']}):", ""]
+    lines += [
+        "",
+        f"L0 across conditions: max/min − 1 = {_fmt(l0['max_over_min_minus_1'])} "
+        f"({'within' if l0['matched'] else 'NOT within'} ±{int(round(L0_MATCH * 100))} %, the one L0 rule: "
+        "conditions further apart are not compared).",
+        "",
+        f"Pairwise (A − B; {agg['method']}):",
+        "",
+    ]
     for p in agg["pairs"]:
-        verdicts = [f"{m} {_fmt(v['mean_diff'])} [{_fmt(v['ci95'][0])}, {_fmt(v['ci95'][1])}] → {v['winner']}"
-                    for m, v in p["metrics"].items() if v["verdict"] != "not compared"]
+        verdicts = [
+            f"{m} {_fmt(v['mean_diff'])} [{_fmt(v['ci95'][0])}, {_fmt(v['ci95'][1])}] → {v['winner']}"
+            for m, v in p["metrics"].items()
+            if v["verdict"] != "not compared"
+        ]
         lines.append(f"- {p['a']} vs {p['b']}: " + "; ".join(verdicts))
     lines += ["", *[f"![{p}]({p})" for p in plots], ""]
     return "\n".join(lines)
@@ -377,7 +476,12 @@ def plot_frontier(out_dir: Path, agg: dict, metrics: list[Metric]) -> list[str]:
                 pts = []
                 for label, e in conds.items():
                     x, y = e["metrics"].get(xm.key), e["metrics"].get(ym.key)
-                    if e["type"] != kind or not x or not y or not (math.isfinite(x["mean"]) and math.isfinite(y["mean"])):
+                    if (
+                        e["type"] != kind
+                        or not x
+                        or not y
+                        or not (math.isfinite(x["mean"]) and math.isfinite(y["mean"]))
+                    ):
                         continue
                     pts.append((x["mean"], y["mean"], _err(x), _err(y), label))
                 pts.sort()
@@ -385,15 +489,25 @@ def plot_frontier(out_dir: Path, agg: dict, metrics: list[Metric]) -> list[str]:
                 if len(pts) > 1 and kind != "reference":
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color=color, alpha=0.5)
                 for n, (x, y, xe, ye, label) in enumerate(pts):
-                    ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="*" if kind == "reference" else "o", capsize=3,
-                                color=color, label=kind if n == 0 else None)
+                    ax.errorbar(
+                        x,
+                        y,
+                        xerr=xe,
+                        yerr=ye,
+                        fmt="*" if kind == "reference" else "o",
+                        capsize=3,
+                        color=color,
+                        label=kind if n == 0 else None,
+                    )
                     ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
             if not any(ym.key in e["metrics"] for e in conds.values()):
                 ax.text(0.5, 0.5, "not reached / not measured by any run", ha="center", transform=ax.transAxes)
             ax.axhline(0, color="grey", lw=0.5)
             ax.set(xlabel=f"{xm.label} (better →)", ylabel=ym.label)
             ax.legend(fontsize=6)
-    fig.suptitle("Unlearning on the reconstruction frontier (95 % bars on both axes; black: baseline curve)", fontsize=9)
+    fig.suptitle(
+        "Unlearning on the reconstruction frontier (95 % bars on both axes; black: baseline curve)", fontsize=9
+    )
     return [save_figure(plt, fig, out_dir, "frontier.png")]
 
 
@@ -436,8 +550,11 @@ def plot_conditions(out_dir: Path, agg: dict) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     # the activity-weighted one is what α bounds under the default weighting
-    ov = "rms_cross_cos_activity" if any("rms_cross_cos_activity" in e["metrics"] for e in conds.values()) \
+    ov = (
+        "rms_cross_cos_activity"
+        if any("rms_cross_cos_activity" in e["metrics"] for e in conds.values())
         else "rms_cross_cos"
+    )
     # one series per family of conditions that differ only by α (e.g. exact and sketched adaptive)
     series: dict[str, list] = {}
     for label, e in conds.items():
@@ -446,8 +563,15 @@ def plot_conditions(out_dir: Path, agg: dict) -> list[str]:
     for i, (family, pts) in enumerate(series.items()):
         for j, (alpha, s, kind) in enumerate(sorted(pts, key=lambda p: p[0])):
             y, yerr = mid_err(s)
-            ax.errorbar(alpha, y, yerr=yerr, fmt="o" if variants.of(kind).grouped else "s", capsize=3,
-                        color=f"C{i % 10}", label=family if j == 0 else None)
+            ax.errorbar(
+                alpha,
+                y,
+                yerr=yerr,
+                fmt="o" if variants.of(kind).grouped else "s",
+                capsize=3,
+                color=f"C{i % 10}",
+                label=family if j == 0 else None,
+            )
     base = [e["metrics"][ov]["mean"] for e in conds.values() if variants.of(e["type"]).baseline and ov in e["metrics"]]
     if base:
         ax.axhline(base[0], linestyle=":", color="grey", label="baseline (post-hoc groups)")

@@ -44,6 +44,7 @@ eval/browser_pages.py (HTML, ``write_site``). What is computed, and from what:
 
 Activations are in the SAE's own units (what ``sae.encode`` returns on raw rows).
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,16 @@ from orthosae.common.model import load_model, pick_device
 from orthosae.common.progress import console, progress
 from orthosae.common.store import StoreError, open_store_for
 from orthosae.eval import browser_pages
-from orthosae.eval.browser_data import (TokenText, assemble, decoder_neighbours, eval_roles, final_norm_gain, logit_effects,
-                                        scan_groups, store_arrays)
+from orthosae.eval.browser_data import (
+    TokenText,
+    assemble,
+    decoder_neighbours,
+    eval_roles,
+    final_norm_gain,
+    logit_effects,
+    scan_groups,
+    store_arrays,
+)
 from orthosae.eval.browser_scan import HIST_PER_DECADE, TOP_K, scan_heldout, scan_ranges
 from orthosae.train.export import load_sae
 from orthosae.train.verify import read_summary, require_intact_export
@@ -95,19 +104,30 @@ def _trained_runs(cfg: Config, run_names: list[str] | None) -> list[tuple]:
     return out
 
 
-def build_browser(cfg: Config, *, run_names: list[str] | None = None, top_k: int = TOP_K,
-                  max_rows: int = 0, show_progress: bool = True) -> Path:
+def build_browser(
+    cfg: Config,
+    *,
+    run_names: list[str] | None = None,
+    top_k: int = TOP_K,
+    max_rows: int = 0,
+    show_progress: bool = True,
+) -> Path:
     """Write the feature browser of each trained run; returns the inspect root (its index.html
     lists the runs)."""
     heldout = [n for n, c in cfg.corpora.items() if c.split == "heldout"]
     if not heldout:
-        raise ConfigError(f"{cfg.path}: [corpora]: inspect needs a corpus with split = \"heldout\"")
+        raise ConfigError(f'{cfg.path}: [corpora]: inspect needs a corpus with split = "heldout"')
     reader = open_store_for(cfg)
     runs = _trained_runs(cfg, run_names)
     root = inspect_root(cfg)
     t0 = time.perf_counter()
-    lm = load_model(cfg.model.id, revision=cfg.model.revision, dtype=cfg.model.dtype,
-                    device=cfg.model.device, trust_remote_code=cfg.model.trust_remote_code)
+    lm = load_model(
+        cfg.model.id,
+        revision=cfg.model.revision,
+        dtype=cfg.model.dtype,
+        device=cfg.model.device,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
     W_U = lm.model.get_output_embeddings().weight.detach().float()  # [vocab, d_model]
     gain, logit_note = final_norm_gain(lm.model, lm.d_model)
     tok = TokenText(lm.tokenizer)
@@ -123,8 +143,15 @@ def build_browser(cfg: Config, *, run_names: list[str] | None = None, top_k: int
             sae.eval().requires_grad_(False)
             t = time.perf_counter()
             task = bar.add_task(f"{run.name}: held-out rows", total=total_rows)
-            scan = scan_heldout(sae, reader, heldout, top_k=top_k, max_rows=max_rows, device=device,
-                                on_rows=lambda k: bar.advance(task, k))
+            scan = scan_heldout(
+                sae,
+                reader,
+                heldout,
+                top_k=top_k,
+                max_rows=max_rows,
+                device=device,
+                on_rows=lambda k: bar.advance(task, k),
+            )
             timings["scan_s"] = round(time.perf_counter() - t, 2)
             t = time.perf_counter()
             task = bar.add_task(f"{run.name}: logit effects", total=sae.W_dec.shape[0])
@@ -133,24 +160,48 @@ def build_browser(cfg: Config, *, run_names: list[str] | None = None, top_k: int
             t = time.perf_counter()
             groups, n_groups, grouping = scan_groups(sae, scan, cfg.ortho.groups)
             neighbours = decoder_neighbours(sae.W_dec, groups.to(sae.W_dec.device))
-            meta = {"config": str(cfg.path), "store": cfg.harvest.store, "run_dir": str(run_dir),
-                    "model": cfg.model.id, "layer": cfg.harvest.layer, "hook": cfg.harvest.hook,
-                    "fingerprint": summary.get("fingerprint"), "status": summary.get("status"),
-                    "logit_effect": logit_note, "activation_units": "sae.encode on raw rows",
-                    "histogram": f"log10(activation), {HIST_PER_DECADE} bins per decade",
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            site = assemble(run.name, run.type, sae.cpu(), scan, store_arrays(reader, scan.ranges), tok,
-                            lm.tokenizer.bos_token_id, groups, n_groups, grouping, neighbours, logits,
-                            list(un.retain_thresholds), list(un.n_features_list), meta,
-                            eval_roles(report, run.name, summary.get("fingerprint")))
+            meta = {
+                "config": str(cfg.path),
+                "store": cfg.harvest.store,
+                "run_dir": str(run_dir),
+                "model": cfg.model.id,
+                "layer": cfg.harvest.layer,
+                "hook": cfg.harvest.hook,
+                "fingerprint": summary.get("fingerprint"),
+                "status": summary.get("status"),
+                "logit_effect": logit_note,
+                "activation_units": "sae.encode on raw rows",
+                "histogram": f"log10(activation), {HIST_PER_DECADE} bins per decade",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            site = assemble(
+                run.name,
+                run.type,
+                sae.cpu(),
+                scan,
+                store_arrays(reader, scan.ranges),
+                tok,
+                lm.tokenizer.bos_token_id,
+                groups,
+                n_groups,
+                grouping,
+                neighbours,
+                logits,
+                list(un.retain_thresholds),
+                list(un.n_features_list),
+                meta,
+                eval_roles(report, run.name, summary.get("fingerprint")),
+            )
             timings["assemble_s"] = round(time.perf_counter() - t, 2)
             t = time.perf_counter()
             site.meta["timings"] = timings
             browser_pages.write_site(site, root / run.name)
             timings["write_s"] = round(time.perf_counter() - t, 2)
             (root / run.name / "timings.json").write_text(json.dumps(timings, indent=2))
-            console.print(f"  {run.name}: {root / run.name / 'index.html'} "
-                          f"({sum(timings.values()) - model_s:.0f} s)", highlight=False)
+            console.print(
+                f"  {run.name}: {root / run.name / 'index.html'} ({sum(timings.values()) - model_s:.0f} s)",
+                highlight=False,
+            )
     present = sorted(p.name for p in root.iterdir() if (p / "index.json").is_file())
     (root / "index.html").write_text(browser_pages.runs_page(cfg.eval.name, present))
     return root

@@ -3,6 +3,7 @@
 them with a held-out ``Scan`` (eval/browser_scan.py) into one run's ``RunSite`` for the pages;
 ``eval_roles`` reads from ``pipe eval``'s report.json which latents its probing evals recorded.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,10 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from orthosae.common.model import final_norm
+from orthosae.common.report_json import ReportUnreadable, read_report
 from orthosae.common.store import StoreReader
 from orthosae.eval.browser_scan import HIST_LOG10, HIST_PER_DECADE, ROLES, Scan, ScanRange, heldout_frequencies
 from orthosae.eval.conditioning import feature_groups
-from orthosae.common.report_json import ReportUnreadable, read_report
 from orthosae.eval.unlearning import select_features
 
 N_NEAREST = 8
@@ -42,7 +43,7 @@ def decoder_neighbours(W_dec: Tensor, groups: Tensor, n: int = N_NEAREST) -> dic
     k = min(n, max(d_sae - 1, 1))
     out = {key: [] for key in ("in_ids", "in_cos", "out_ids", "out_cos", "max_in")}
     for s in range(0, d_sae, COS_BLOCK):
-        cos = U[s:s + COS_BLOCK] @ U.T  # [b, d_sae]
+        cos = U[s : s + COS_BLOCK] @ U.T  # [b, d_sae]
         rows = torch.arange(s, s + cos.shape[0], device=U.device)
         cos[torch.arange(cos.shape[0]), rows] = -math.inf  # not its own neighbour
         same = groups[rows][:, None] == groups[None, :]
@@ -73,15 +74,16 @@ def final_norm_gain(model: nn.Module, d_model: int) -> tuple[Tensor, str]:
 
 
 @torch.no_grad()
-def logit_effects(W_dec: Tensor, W_U: Tensor, gain: Tensor, n: int = N_LOGITS,
-                  on_features: Callable[[int], None] | None = None) -> dict[str, Tensor]:
+def logit_effects(
+    W_dec: Tensor, W_U: Tensor, gain: Tensor, n: int = N_LOGITS, on_features: Callable[[int], None] | None = None
+) -> dict[str, Tensor]:
     """Top-n promoted and suppressed token ids and values of ``(W_dec[i] ⊙ gain) @ W_Uᵀ``, per feature."""
     dev = W_U.device
     WU = W_U.detach()
     Wg = (W_dec.detach().float().to(dev) * gain.to(dev)).to(WU.dtype)
     out = {key: [] for key in ("up_ids", "up_vals", "down_ids", "down_vals")}
     for s in range(0, Wg.shape[0], LOGIT_BLOCK):
-        eff = (Wg[s:s + LOGIT_BLOCK] @ WU.T).float()  # [b, vocab]
+        eff = (Wg[s : s + LOGIT_BLOCK] @ WU.T).float()  # [b, vocab]
         v, i = torch.topk(eff, n, dim=1)
         out["up_ids"].append(i.cpu())
         out["up_vals"].append(v.cpu())
@@ -106,8 +108,9 @@ def group_overlaps(W_dec: Tensor, groups: Tensor, n_groups: int) -> list[dict]:
         for h in range(g + 1, n_groups):
             if sizes[g] and sizes[h]:
                 fro = math.sqrt(max((grams[g] * grams[h]).sum().item(), 0.0))
-                out.append({"groups": [g, h], "overlap_fro": fro,
-                            "rms_cross_cos": fro / math.sqrt(sizes[g] * sizes[h])})
+                out.append(
+                    {"groups": [g, h], "overlap_fro": fro, "rms_cross_cos": fro / math.sqrt(sizes[g] * sizes[h])}
+                )
     return out
 
 
@@ -120,6 +123,7 @@ def group_label(g: int, n_groups: int) -> str:
 
 
 # ---------------------------------------------------------------------------- pipe eval's latent roles
+
 
 def _ints(x) -> list[int]:
     """A report's list of latent ids (anything else: none)."""
@@ -141,35 +145,66 @@ def _roles_of_entry(entry: dict) -> tuple[dict[int, list[dict]], list[str]]:
         for name, d in datasets.items():
             for cls, ids in ((d or {}).get("top_latents") or {}).items():
                 ids = _ints(ids)
-                add(ids, False, eval="sparse_probing", role="top_latent", dataset=name, **{"class": cls},
+                add(
+                    ids,
+                    False,
+                    eval="sparse_probing",
+                    role="top_latent",
+                    dataset=name,
+                    **{"class": cls},
                     text=f"sparse probing, {name}: one of the {len(ids)} latents of largest class mean "
-                         f"difference for class {cls!r} (the SAE top-k probes pick among them)")
+                    f"difference for class {cls!r} (the SAE top-k probes pick among them)",
+                )
     tpp = entry.get("tpp") or {}
     if isinstance(tpp.get("ablated_latents"), dict):
         families.append("tpp")
         for cls, ids in tpp["ablated_latents"].items():
             ids = _ints(ids)
             for r, i in enumerate(ids):
-                roles.setdefault(i, []).append({
-                    "eval": "tpp", "role": "ablated", "dataset": tpp.get("dataset"), "class": cls, "rank": r + 1,
-                    "of": len(ids), "text": f"TPP, {tpp.get('dataset')}: ablated for class {cls!r}, rank {r + 1} "
-                                            f"by probe effect (in the ablation for every n \u2265 {r + 1})"})
+                roles.setdefault(i, []).append(
+                    {
+                        "eval": "tpp",
+                        "role": "ablated",
+                        "dataset": tpp.get("dataset"),
+                        "class": cls,
+                        "rank": r + 1,
+                        "of": len(ids),
+                        "text": f"TPP, {tpp.get('dataset')}: ablated for class {cls!r}, rank {r + 1} "
+                        f"by probe effect (in the ablation for every n \u2265 {r + 1})",
+                    }
+                )
     letters = (entry.get("absorption") or {}).get("letters")
-    if isinstance(letters, dict) and any(isinstance(v, dict) and ("split_latents" in v or "absorbing_latents" in v)
-                                         for v in letters.values()):
+    if isinstance(letters, dict) and any(
+        isinstance(v, dict) and ("split_latents" in v or "absorbing_latents" in v) for v in letters.values()
+    ):
         families.append("absorption")
         for L, v in letters.items():
             v = v or {}
             split = _ints(v.get("split_latents"))
-            add(split, False, eval="absorption", role="split", dataset="first_letter", **{"class": L},
+            add(
+                split,
+                False,
+                eval="absorption",
+                role="split",
+                dataset="first_letter",
+                **{"class": L},
                 text=f"absorption: main latent of letter {L.upper()!r} (the k-sparse probe's "
-                     f"{len(split)} split latent{'s' if len(split) != 1 else ''})")
+                f"{len(split)} split latent{'s' if len(split) != 1 else ''})",
+            )
             absorbing = _ints(v.get("absorbing_latents"))
             for r, i in enumerate(absorbing):
-                roles.setdefault(i, []).append({
-                    "eval": "absorption", "role": "absorbing", "dataset": "first_letter", "class": L, "rank": r + 1,
-                    "of": len(absorbing), "text": f"absorption: absorbing latent of letter {L.upper()!r}, rank "
-                                                  f"{r + 1} (fires on its words where the main latents do not)"})
+                roles.setdefault(i, []).append(
+                    {
+                        "eval": "absorption",
+                        "role": "absorbing",
+                        "dataset": "first_letter",
+                        "class": L,
+                        "rank": r + 1,
+                        "of": len(absorbing),
+                        "text": f"absorption: absorbing latent of letter {L.upper()!r}, rank "
+                        f"{r + 1} (fires on its words where the main latents do not)",
+                    }
+                )
     return roles, families
 
 
@@ -195,19 +230,30 @@ def eval_roles(report_path: Path, run: str, fingerprint: str | None) -> tuple[di
         return unknown(f"{report_path} has no entry for run {run!r}")
     reported = (entry.get("summary") or {}).get("fingerprint")
     if fingerprint is not None and reported != fingerprint:
-        return unknown(f"{report_path} is of another training of {run!r} (fingerprint {reported}, "
-                       f"now {fingerprint}); run `pipe eval` again")
+        return unknown(
+            f"{report_path} is of another training of {run!r} (fingerprint {reported}, "
+            f"now {fingerprint}); run `pipe eval` again"
+        )
     roles, families = _roles_of_entry(entry)
     if not families:
-        return unknown(f"{report_path} records no latents for run {run!r} (sparse probing, TPP and "
-                       f"absorption off, or a report from before they were recorded)")
-    note = (f"from {report_path}: " + ", ".join(families) +
-            (f"; not recorded: {', '.join(f for f in ('sparse_probing', 'tpp', 'absorption') if f not in families)}"
-             if len(families) < 3 else ""))
+        return unknown(
+            f"{report_path} records no latents for run {run!r} (sparse probing, TPP and "
+            f"absorption off, or a report from before they were recorded)"
+        )
+    note = (
+        f"from {report_path}: "
+        + ", ".join(families)
+        + (
+            f"; not recorded: {', '.join(f for f in ('sparse_probing', 'tpp', 'absorption') if f not in families)}"
+            if len(families) < 3
+            else ""
+        )
+    )
     return roles, {**info, "known": True, "evals": families, "note": note}
 
 
 # ---------------------------------------------------------------------------- assembling the site
+
 
 def _num(x, sig: int = 4):
     """A JSON number rounded to `sig` significant digits; None for nan/inf."""
@@ -237,6 +283,7 @@ class TokenText:
 @dataclass
 class RunSite:
     """Everything the pages of one run are made from."""
+
     run: str
     run_type: str
     meta: dict
@@ -247,8 +294,10 @@ class RunSite:
 
 def store_arrays(reader: StoreReader, ranges: list[ScanRange]) -> dict[str, dict[str, np.ndarray]]:
     """Token id, context and position of every scanned row, per corpus (what the pages show)."""
-    return {c.name: {a: reader.read_array(c.name, a, 0, c.n_rows) for a in ("tokens", "context", "position")}
-            for c in ranges}
+    return {
+        c.name: {a: reader.read_array(c.name, a, 0, c.n_rows) for a in ("tokens", "context", "position")}
+        for c in ranges
+    }
 
 
 def scan_groups(sae: nn.Module, scan: Scan, n_groups: int) -> tuple[Tensor, int, str]:
@@ -259,14 +308,31 @@ def scan_groups(sae: nn.Module, scan: Scan, n_groups: int) -> tuple[Tensor, int,
     return feature_groups(sae, *mass, n_groups, rows=" per row on held-out forget vs retain rows")
 
 
-def assemble(run: str, run_type: str, sae: nn.Module, scan: Scan, arrays: dict, tok: TokenText,
-             bos_id: int | None, groups: Tensor, n_groups: int, grouping: str, neighbours: dict,
-             logits: dict | None, retain_thresholds: list[float], n_features_list: list[int],
-             meta: dict, roles: tuple[dict[int, list[dict]], dict] | None = None) -> RunSite:
+def assemble(
+    run: str,
+    run_type: str,
+    sae: nn.Module,
+    scan: Scan,
+    arrays: dict,
+    tok: TokenText,
+    bos_id: int | None,
+    groups: Tensor,
+    n_groups: int,
+    grouping: str,
+    neighbours: dict,
+    logits: dict | None,
+    retain_thresholds: list[float],
+    n_features_list: list[int],
+    meta: dict,
+    roles: tuple[dict[int, list[dict]], dict] | None = None,
+) -> RunSite:
     """One run's site; ``roles``: ``eval_roles``'s answer (None: not looked up, so unknown)."""
     d_sae = sae.W_dec.shape[0]
-    role_of, roles_info = roles if roles is not None else (
-        {}, {"known": False, "evals": [], "note": "roles in pipe eval's probing evals unknown: not looked up"})
+    role_of, roles_info = (
+        roles
+        if roles is not None
+        else ({}, {"known": False, "evals": [], "note": "roles in pipe eval's probing evals unknown: not looked up"})
+    )
     n_f, n_r = scan.n_rows["forget"], scan.n_rows["retain"]
     hf = heldout_frequencies(scan)
     freq_f, freq_r, freq, share = hf["freq_forget"], hf["freq_retain"], hf["freq"], hf["forget_share"]
@@ -282,25 +348,50 @@ def assemble(run: str, run_type: str, sae: nn.Module, scan: Scan, arrays: dict, 
             shown = ranked[: max(n_features_list)] if n_features_list else ranked
             for rank, i in enumerate(shown):
                 clamp_rank.setdefault(i, []).append({"retain_threshold": thr, "rank": rank + 1})
-            selections.append({
-                "retain_threshold": thr, "n_eligible": len(ranked),
-                "n_features_list": list(n_features_list),
-                "features": [{"id": i, "rank": r + 1, "group": int(groups[i]), "freq_forget": _num(freq_f[i]),
-                              "freq_retain": _num(freq_r[i])} for r, i in enumerate(shown)],
-                "forget_leaning_among_top": {str(n): int(sum(int(groups[i]) == n_groups - 1 for i in ranked[:n]))
-                                             for n in n_features_list},
-            })
+            selections.append(
+                {
+                    "retain_threshold": thr,
+                    "n_eligible": len(ranked),
+                    "n_features_list": list(n_features_list),
+                    "features": [
+                        {
+                            "id": i,
+                            "rank": r + 1,
+                            "group": int(groups[i]),
+                            "freq_forget": _num(freq_f[i]),
+                            "freq_retain": _num(freq_r[i]),
+                        }
+                        for r, i in enumerate(shown)
+                    ],
+                    "forget_leaning_among_top": {
+                        str(n): int(sum(int(groups[i]) == n_groups - 1 for i in ranked[:n])) for n in n_features_list
+                    },
+                }
+            )
 
     # index rows, then per-feature details made one at a time as they are written (at d_sae 16k
     # the details of all features would take GBs). Plain lists: per-element tensor indexing is slow.
     tv, ti = scan.top_vals.T.tolist(), scan.top_ids.T.tolist()  # [d_sae][k]
     tw = scan.top_win.permute(1, 0, 2).tolist()  # [d_sae][k][window]
     arrays = {name: {key: a.tolist() for key, a in arr.items()} for name, arr in arrays.items()}
-    col = {key: t.tolist() for key, t in {
-        "groups": groups, "silent": silent, "share": share, "freq": freq, "freq_f": freq_f, "freq_r": freq_r,
-        "mean_act": mean_act, "max_act": scan.max_act, "max_in": neighbours["max_in"],
-        "count_f": scan.count["forget"], "count_r": scan.count["retain"],
-        "mass_f": scan.mass["forget"] / max(n_f, 1), "mass_r": scan.mass["retain"] / max(n_r, 1)}.items()}
+    col = {
+        key: t.tolist()
+        for key, t in {
+            "groups": groups,
+            "silent": silent,
+            "share": share,
+            "freq": freq,
+            "freq_f": freq_f,
+            "freq_r": freq_r,
+            "mean_act": mean_act,
+            "max_act": scan.max_act,
+            "max_in": neighbours["max_in"],
+            "count_f": scan.count["forget"],
+            "count_r": scan.count["retain"],
+            "mass_f": scan.mass["forget"] / max(n_f, 1),
+            "mass_r": scan.mass["retain"] / max(n_r, 1),
+        }.items()
+    }
     before, _ = scan.window
 
     def top_token(i: int) -> str | None:
@@ -309,12 +400,22 @@ def assemble(run: str, run_type: str, sae: nn.Module, scan: Scan, arrays: dict, 
         c, row = scan.range_of(ti[i][0])
         return tok(arrays[c.name]["tokens"][row])
 
-    features = [{"id": i, "group": col["groups"][i], "silent": col["silent"][i],
-                 "forget_share": _num(col["share"][i]), "freq": _num(col["freq"][i]),
-                 "freq_forget": _num(col["freq_f"][i]), "freq_retain": _num(col["freq_r"][i]),
-                 "mean_act": _num(col["mean_act"][i]), "max_act": _num(col["max_act"][i]),
-                 "max_cos_in_group": _num(col["max_in"][i]), "top_token": top_token(i)}
-                for i in range(d_sae)]
+    features = [
+        {
+            "id": i,
+            "group": col["groups"][i],
+            "silent": col["silent"][i],
+            "forget_share": _num(col["share"][i]),
+            "freq": _num(col["freq"][i]),
+            "freq_forget": _num(col["freq_f"][i]),
+            "freq_retain": _num(col["freq_r"][i]),
+            "mean_act": _num(col["mean_act"][i]),
+            "max_act": _num(col["max_act"][i]),
+            "max_cos_in_group": _num(col["max_in"][i]),
+            "top_token": top_token(i),
+        }
+        for i in range(d_sae)
+    ]
 
     def top_contexts(i: int) -> list[dict]:
         tops = []
@@ -333,9 +434,21 @@ def assemble(run: str, run_type: str, sae: nn.Module, scan: Scan, arrays: dict, 
                     continue
                 ids.append(arr["tokens"][row - before + k])
                 acts.append(_num(a))
-            tops.append({"act": _num(v), "corpus": c.name, "role": c.role, "row": row,
-                         "context": arr["context"][row], "position": pos, "focus": focus, "bos": bos,
-                         "tokens": [tok(t) for t in ids], "token_ids": ids, "acts": acts})
+            tops.append(
+                {
+                    "act": _num(v),
+                    "corpus": c.name,
+                    "role": c.role,
+                    "row": row,
+                    "context": arr["context"][row],
+                    "position": pos,
+                    "focus": focus,
+                    "bos": bos,
+                    "tokens": [tok(t) for t in ids],
+                    "token_ids": ids,
+                    "acts": acts,
+                }
+            )
         return tops
 
     def details():
@@ -346,47 +459,83 @@ def assemble(run: str, run_type: str, sae: nn.Module, scan: Scan, arrays: dict, 
             hf_i, hr_i = hist["forget"][i], hist["retain"][i]
             nz = [b for b in range(len(hf_i)) if hf_i[b] or hr_i[b]]
             lo_b, hi_b = (nz[0], nz[-1] + 1) if nz else (0, 0)
-            near = {key: [{"id": k, "cos": _num(c), "group": col["groups"][k]}
-                          for k, c in zip(near_cols[f"{key}_ids"][i], near_cols[f"{key}_cos"][i]) if k >= 0]
-                    for key in ("in", "out")}
+            near = {
+                key: [
+                    {"id": k, "cos": _num(c), "group": col["groups"][k]}
+                    for k, c in zip(near_cols[f"{key}_ids"][i], near_cols[f"{key}_cos"][i])
+                    if k >= 0
+                ]
+                for key in ("in", "out")
+            }
             detail = {
-                **row, "run": run, "group_label": labels[row["group"]],
-                "count_forget": col["count_f"][i], "count_retain": col["count_r"][i],
-                "mass_forget_per_row": _num(col["mass_f"][i]), "mass_retain_per_row": _num(col["mass_r"][i]),
-                "histogram": {"log10_lo": HIST_LOG10[0] + lo_b / HIST_PER_DECADE,
-                              "bins_per_decade": HIST_PER_DECADE,
-                              "forget": hf_i[lo_b:hi_b], "retain": hr_i[lo_b:hi_b]},
+                **row,
+                "run": run,
+                "group_label": labels[row["group"]],
+                "count_forget": col["count_f"][i],
+                "count_retain": col["count_r"][i],
+                "mass_forget_per_row": _num(col["mass_f"][i]),
+                "mass_retain_per_row": _num(col["mass_r"][i]),
+                "histogram": {
+                    "log10_lo": HIST_LOG10[0] + lo_b / HIST_PER_DECADE,
+                    "bins_per_decade": HIST_PER_DECADE,
+                    "forget": hf_i[lo_b:hi_b],
+                    "retain": hr_i[lo_b:hi_b],
+                },
                 "top": top_contexts(i),
-                "nearest_in_group": near["in"], "nearest_other_groups": near["out"],
+                "nearest_in_group": near["in"],
+                "nearest_other_groups": near["out"],
                 "unlearning_selection": clamp_rank.get(i, []),
                 "eval_roles": role_of.get(i, []),
             }
             if logit_cols is not None:
                 detail["logits"] = {
-                    "promoted": [{"t": tok(t), "id": t, "v": _num(v)}
-                                 for t, v in zip(logit_cols["up_ids"][i], logit_cols["up_vals"][i])],
-                    "suppressed": [{"t": tok(t), "id": t, "v": _num(v)}
-                                   for t, v in zip(logit_cols["down_ids"][i], logit_cols["down_vals"][i])]}
+                    "promoted": [
+                        {"t": tok(t), "id": t, "v": _num(v)}
+                        for t, v in zip(logit_cols["up_ids"][i], logit_cols["up_vals"][i])
+                    ],
+                    "suppressed": [
+                        {"t": tok(t), "id": t, "v": _num(v)}
+                        for t, v in zip(logit_cols["down_ids"][i], logit_cols["down_vals"][i])
+                    ],
+                }
             yield detail
 
     sizes = torch.bincount(groups, minlength=n_groups).tolist()
     alive = torch.bincount(groups[~silent], minlength=n_groups).tolist()
     gdata = {
-        "run": run, "grouping": grouping, "n_groups": n_groups, "labels": labels,
-        "sizes": sizes, "alive_on_heldout": alive,
-        "mean_forget_share": [_num(share[(groups == g) & ~silent].nanmean()) if alive[g] else None
-                              for g in range(n_groups)],
-        "overlap": [{**o, "overlap_fro": _num(o["overlap_fro"]), "rms_cross_cos": _num(o["rms_cross_cos"])}
-                    for o in group_overlaps(sae.W_dec, groups, n_groups)],
+        "run": run,
+        "grouping": grouping,
+        "n_groups": n_groups,
+        "labels": labels,
+        "sizes": sizes,
+        "alive_on_heldout": alive,
+        "mean_forget_share": [
+            _num(share[(groups == g) & ~silent].nanmean()) if alive[g] else None for g in range(n_groups)
+        ],
+        "overlap": [
+            {**o, "overlap_fro": _num(o["overlap_fro"]), "rms_cross_cos": _num(o["rms_cross_cos"])}
+            for o in group_overlaps(sae.W_dec, groups, n_groups)
+        ],
         "random_rms_cross_cos": _num(1 / math.sqrt(sae.W_dec.shape[1])),
         "unlearning": selections,
-        "unlearning_note": ("SAEBench get_top_features on held-out frequencies: features with retain "
-                            "frequency below the threshold, by forget frequency; the top n are clamped "
-                            "for each n in [eval.unlearning] n_features_list"),
+        "unlearning_note": (
+            "SAEBench get_top_features on held-out frequencies: features with retain "
+            "frequency below the threshold, by forget frequency; the top n are clamped "
+            "for each n in [eval.unlearning] n_features_list"
+        ),
     }
-    meta = {**meta, "run": run, "run_type": run_type, "d_sae": d_sae, "grouping": grouping,
-            "n_groups": n_groups, "group_labels": labels, "rows": {"forget": n_f, "retain": n_r},
-            "corpora": [{"name": c.name, "role": c.role, "rows": c.n_rows} for c in scan.ranges],
-            "top_k": int(scan.top_vals.shape[0]), "window": list(scan.window), "eval_roles": roles_info}
+    meta = {
+        **meta,
+        "run": run,
+        "run_type": run_type,
+        "d_sae": d_sae,
+        "grouping": grouping,
+        "n_groups": n_groups,
+        "group_labels": labels,
+        "rows": {"forget": n_f, "retain": n_r},
+        "corpora": [{"name": c.name, "role": c.role, "rows": c.n_rows} for c in scan.ranges],
+        "top_k": int(scan.top_vals.shape[0]),
+        "window": list(scan.window),
+        "eval_roles": roles_info,
+    }
     return RunSite(run=run, run_type=run_type, meta=meta, features=features, details=details(), groups=gdata)
-

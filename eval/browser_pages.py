@@ -5,6 +5,7 @@ Data is embedded as JSON in ``<script type="application/json">`` (index, groups)
 ``features/<i>.js`` files that call ``orthosaeFeature({...})`` (feature page). Text from the data
 (token strings, names) is put into the page with ``textContent`` only, never as markup.
 """
+
 from __future__ import annotations
 
 import html
@@ -321,11 +322,15 @@ for (const s of G.unlearning) {
 
 
 def runs_page(name: str, runs: list[str]) -> str:
-    items = "\n".join(f'<li><a href="{html.escape(r)}/index.html">{html.escape(r)}</a> · '
-                      f'<a href="{html.escape(r)}/groups.html">groups</a></li>' for r in runs)
-    return _page(f"orthosae feature browser · {name}",
-                 f"<header><h1>orthosae · feature browser · {html.escape(name)}</h1></header>"
-                 f"<main><ul>\n{items}\n</ul></main>")
+    items = "\n".join(
+        f'<li><a href="{html.escape(r)}/index.html">{html.escape(r)}</a> · '
+        f'<a href="{html.escape(r)}/groups.html">groups</a></li>'
+        for r in runs
+    )
+    return _page(
+        f"orthosae feature browser · {name}",
+        f"<header><h1>orthosae · feature browser · {html.escape(name)}</h1></header><main><ul>\n{items}\n</ul></main>",
+    )
 
 
 def _dump(obj) -> str:
@@ -354,4 +359,3 @@ def write_site(site: RunSite, out: Path) -> Path:
     owned.remove(out, "pipe inspect", "index.json", "feature.html")
     tmp.rename(out)
     return out
-

@@ -7,6 +7,7 @@ top-k; a batch holds whole contexts, so each context appears once), each with th
 activations on a window of tokens around its max token (``WINDOW`` before / after, never crossing
 the context). Memory is k·d_sae·window floats, whatever the number of rows.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,6 +32,7 @@ ROLES = ("forget", "retain")
 class ScanRange:
     """The rows of one corpus the scan reads (whole contexts from its front), and where they sit
     among all scanned rows; the store's ``CorpusInfo`` describes the whole corpus."""
+
     name: str
     role: str
     n_rows: int  # rows scanned (whole contexts)
@@ -41,6 +43,7 @@ class ScanRange:
 @dataclass
 class Scan:
     """What one pass over the held-out rows keeps per feature (tensors on the CPU)."""
+
     ranges: list[ScanRange]
     n_rows: dict[str, int]  # role -> rows
     count: dict[str, Tensor]  # role -> [d_sae] int64 rows with f > 0
@@ -95,9 +98,17 @@ def scan_ranges(info: dict, names: list[str], max_rows: int = 0) -> list[ScanRan
 
 
 @torch.no_grad()
-def scan_heldout(sae: nn.Module, reader: StoreReader, names: list[str], *, top_k: int = TOP_K,
-                 window: tuple[int, int] = WINDOW, max_rows: int = 0, device: torch.device | str = "cpu",
-                 on_rows: Callable[[int], None] | None = None) -> Scan:
+def scan_heldout(
+    sae: nn.Module,
+    reader: StoreReader,
+    names: list[str],
+    *,
+    top_k: int = TOP_K,
+    window: tuple[int, int] = WINDOW,
+    max_rows: int = 0,
+    device: torch.device | str = "cpu",
+    on_rows: Callable[[int], None] | None = None,
+) -> Scan:
     """One pass over the rows of corpora ``names`` (all rows, or the first ``max_rows`` of each,
     rounded down to whole contexts), keeping per-feature statistics and the top-k contexts (each
     context once, at its max-activating row)."""
@@ -142,11 +153,18 @@ def scan_heldout(sae: nn.Module, reader: StoreReader, names: list[str], *, top_k
             if on_rows:
                 on_rows(f.shape[0])
     cpu = lambda t: t.cpu()  # noqa: E731
-    return Scan(ranges=ranges, n_rows=n_rows, count={r: cpu(v) for r, v in count.items()},
-                mass={r: cpu(v) for r, v in mass.items()},
-                hist={r: cpu(v).reshape(d_sae, nb) for r, v in hist.items()},
-                max_act=cpu(top_vals[0]).clamp_min(0), top_vals=cpu(top_vals), top_ids=cpu(top_ids),
-                top_win=cpu(top_win), window=window)
+    return Scan(
+        ranges=ranges,
+        n_rows=n_rows,
+        count={r: cpu(v) for r, v in count.items()},
+        mass={r: cpu(v) for r, v in mass.items()},
+        hist={r: cpu(v).reshape(d_sae, nb) for r, v in hist.items()},
+        max_act=cpu(top_vals[0]).clamp_min(0),
+        top_vals=cpu(top_vals),
+        top_ids=cpu(top_ids),
+        top_win=cpu(top_win),
+        window=window,
+    )
 
 
 def heldout_frequencies(scan: Scan) -> dict[str, Tensor]:
@@ -157,9 +175,11 @@ def heldout_frequencies(scan: Scan) -> dict[str, Tensor]:
     share = forget_share(scan.mass["forget"] / max(n_f, 1), scan.mass["retain"] / max(n_r, 1))
     if not (n_f and n_r):
         share = torch.full_like(share, math.nan)
-    return {"freq_forget": scan.count["forget"].double() / max(n_f, 1),
-            "freq_retain": scan.count["retain"].double() / max(n_r, 1),
-            "freq": count.double() / max(n_f + n_r, 1), "forget_share": share,
-            "mean_act": (scan.mass["forget"] + scan.mass["retain"]) / count.clamp_min(1),
-            "silent": count == 0}
-
+    return {
+        "freq_forget": scan.count["forget"].double() / max(n_f, 1),
+        "freq_retain": scan.count["retain"].double() / max(n_r, 1),
+        "freq": count.double() / max(n_f + n_r, 1),
+        "forget_share": share,
+        "mean_act": (scan.mass["forget"] + scan.mass["retain"]) / count.clamp_min(1),
+        "silent": count == 0,
+    }

@@ -43,8 +43,9 @@ from orthosae.train.sae.ortho import gram, group_indices, ortho_loss
 RANK_RTOL = 1e-10  # on eigenvalues (σ²) of the Gram, i.e. σ relative 1e-5, in float64
 
 
-def feature_groups(sae: nn.Module, forget_mass: Tensor | None, retain_mass: Tensor | None,
-                   n_groups: int, *, rows: str = "") -> tuple[Tensor, int, str]:
+def feature_groups(
+    sae: nn.Module, forget_mass: Tensor | None, retain_mass: Tensor | None, n_groups: int, *, rows: str = ""
+) -> tuple[Tensor, int, str]:
     """(groups [d_sae] on the CPU, G, how): the run's own groups (grouped SAE), else training's rule
     applied post hoc to the same statistic (forget share of activation mass per row, from the
     given forget / retain masses), so every run type is grouped alike; one group without masses.
@@ -56,8 +57,11 @@ def feature_groups(sae: nn.Module, forget_mass: Tensor | None, retain_mass: Tens
     if forget_mass is None or retain_mass is None:
         return current, 1, "single group"
     # features silent on both corpora (nan share) keep group 0
-    return (assign_groups(forget_share(forget_mass.cpu(), retain_mass.cpu()), current, n_groups), n_groups,
-            f"post hoc (forget share of activation mass{rows})")
+    return (
+        assign_groups(forget_share(forget_mass.cpu(), retain_mass.cpu()), current, n_groups),
+        n_groups,
+        f"post hoc (forget share of activation mass{rows})",
+    )
 
 
 def _groups_of(sae: nn.Module, groups: Tensor | None, n_groups: int | None) -> tuple[Tensor, int]:
@@ -106,8 +110,9 @@ def _pair_stats(Gg: Tensor, Gh: Tensor, Qg: Tensor, Qh: Tensor) -> dict[str, flo
 
 
 @torch.no_grad()
-def conditioning_report(sae: nn.Module, groups: Tensor | None = None, n_groups: int | None = None,
-                        activity: Tensor | None = None) -> dict:
+def conditioning_report(
+    sae: nn.Module, groups: Tensor | None = None, n_groups: int | None = None, activity: Tensor | None = None
+) -> dict:
     """Condition numbers, effective ranks, cross-group overlaps and angles (JSON-able dict).
 
     ``activity`` ([d_sae] activation mass per row): adds each pair's activity-weighted RMS cosine
@@ -116,7 +121,7 @@ def conditioning_report(sae: nn.Module, groups: Tensor | None = None, n_groups: 
     mats = {"decoder": sae.W_dec.detach().cpu(), "encoder": sae.W_enc.detach().cpu().T}  # rows = features
     idx = group_indices(groups, G)
     d_model = mats["decoder"].shape[1]
-    report: dict = {"n_groups": G, "group_sizes": [len(i) for i in idx], "random_rms_cross_cos": d_model ** -0.5}
+    report: dict = {"n_groups": G, "group_sizes": [len(i) for i in idx], "random_rms_cross_cos": d_model**-0.5}
     grams, bases = {}, {}
     for name, W in mats.items():
         h = group_health(W, groups, G)
@@ -136,8 +141,14 @@ def conditioning_report(sae: nn.Module, groups: Tensor | None = None, n_groups: 
                     # the pair alone, as L_ortho measures it: d_model · Σ w_i w_j cos² / (Σw_g Σw_h)
                     pair_groups = torch.where(groups == g, 0, torch.where(groups == h, 1, -1))
                     keep = pair_groups >= 0
-                    loss = ortho_loss(mats["decoder"][keep].double(), pair_groups[keep], 2, 0.0, "rms",
-                                      activity=activity[keep].double().cpu().clamp_min(0))
+                    loss = ortho_loss(
+                        mats["decoder"][keep].double(),
+                        pair_groups[keep],
+                        2,
+                        0.0,
+                        "rms",
+                        activity=activity[keep].double().cpu().clamp_min(0),
+                    )
                     row["decoder_rms_cross_cos_activity"] = math.sqrt(loss.item() / d_model)
             pairs.append(row)
     report["pairs"] = pairs

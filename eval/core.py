@@ -70,9 +70,19 @@ class Reconstruction:
 
     def __init__(self, sae: nn.Module):
         self.sae = sae
-        self.per_token: dict[str, list[Tensor]] = {k: [] for k in (
-            "l0", "l1", "l2_norm_in", "l2_norm_out", "l2_ratio", "cossim", "mse_saebench",
-            "explained_variance_legacy")}
+        self.per_token: dict[str, list[Tensor]] = {
+            k: []
+            for k in (
+                "l0",
+                "l1",
+                "l2_norm_in",
+                "l2_norm_out",
+                "l2_ratio",
+                "cossim",
+                "mse_saebench",
+                "explained_variance_legacy",
+            )
+        }
         self.rel_bias: list[Tensor] = []
         self.n = 0
         self.sums = None  # float64 sums over rows: x, x², resid, resid² per dim; active per feature
@@ -102,7 +112,7 @@ class Reconstruction:
         centred = (x - x.mean(dim=0)).pow(2).sum(dim=-1)
         per_token["explained_variance_legacy"].append((1 - sse / centred).to(f64))
         # Equation 10 of arXiv:2404.16014, one value per batch as in SAEBench
-        self.rel_bias.append(((norm_out.pow(2).mean() / (x * x_hat).sum(dim=-1).mean())).to(f64).reshape(1))
+        self.rel_bias.append((norm_out.pow(2).mean() / (x * x_hat).sum(dim=-1).mean()).to(f64).reshape(1))
 
         xd, rd = x.to(f64), resid.to(f64)
         parts = (xd.sum(0), xd.pow(2).sum(0), rd.sum(0), rd.pow(2).sum(0), (f > 0).sum(0).to(f64))

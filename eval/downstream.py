@@ -93,12 +93,12 @@ def zero_fn(r: Tensor) -> Tensor:
     return torch.zeros_like(r)
 
 
-def final_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None,
-                 prefix=None) -> Tensor:
+def final_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None, prefix=None) -> Tensor:
     """Hidden states after the final norm, ``[batch, T, d_model]`` (everything but the LM head).
 
     ``prefix`` (an ``eval.prefix.PrefixCache``): blocks up to its layer come from its cache when
     this batch was run before, so only the later blocks run."""
+
     def run() -> Tensor:
         out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
@@ -144,9 +144,13 @@ def token_ce(model: nn.Module, input_ids: Tensor, hidden: Tensor | None = None, 
     for s in range(0, T - 1, step):
         e = min(s + step, T - 1)
         logits = head(hidden[:, s:e].contiguous()).flatten(0, 1)  # contiguous: see head_logits
-        target = input_ids[:, s + 1:e + 1].flatten()
-        ce = torch.cat([F.cross_entropy(softcap(model, logits[r:r + rows].float()), target[r:r + rows],
-                                        reduction="none") for r in range(0, logits.shape[0], rows)])
+        target = input_ids[:, s + 1 : e + 1].flatten()
+        ce = torch.cat(
+            [
+                F.cross_entropy(softcap(model, logits[r : r + rows].float()), target[r : r + rows], reduction="none")
+                for r in range(0, logits.shape[0], rows)
+            ]
+        )
         out.append(ce.view(B, e - s))
     return torch.cat(out, dim=1)
 
@@ -173,7 +177,7 @@ def spliced_ce(
     ce: dict[str, list] = {"clean": [], "zero": [], **{n: [] for n in saes}}
     kl: dict[str, list] = {"zero": [], **{n: [] for n in saes}}
     for i in range(0, contexts.shape[0], batch_size):
-        ids = torch.as_tensor(contexts[i:i + batch_size], dtype=torch.long, device=device)
+        ids = torch.as_tensor(contexts[i : i + batch_size], dtype=torch.long, device=device)
         hid = {"clean": final_hidden(model, ids, prefix=prefix)}
         for name, sae in saes.items():
             with splice(model, layer, sae_fn(sae)):
@@ -206,8 +210,11 @@ def spliced_ce(
     for name in saes:
         ce_sae, kl_sae = mean(ce[name]), mean(kl[name])
         out[name] = {
-            "ce_loss_without_sae": ce_clean, "ce_loss_with_sae": ce_sae, "ce_loss_with_ablation": ce_zero,
-            "kl_div_with_sae": kl_sae, "kl_div_with_ablation": kl_zero,
+            "ce_loss_without_sae": ce_clean,
+            "ce_loss_with_sae": ce_sae,
+            "ce_loss_with_ablation": ce_zero,
+            "kl_div_with_sae": kl_sae,
+            "kl_div_with_ablation": kl_zero,
             "ce_loss_score": (ce_zero - ce_sae) / (ce_zero - ce_clean),
             "kl_div_score": (kl_zero - kl_sae) / kl_zero,
             "ce_loss_increase": ce_sae - ce_clean,

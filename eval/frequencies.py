@@ -7,6 +7,7 @@ documents. A sampled context is chosen by a hash of the seed and its tokens, not
 the store, so the same store in another order gives the same sample and the same frequencies.
 Each row is read once and encoded once per SAE (`eval.runner._feed`), for every count together.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,10 @@ def sample_contexts(reader: StoreReader, name: str, n_contexts: int, seed: int) 
         return np.arange(info.n_contexts)
     tokens = reader.read_tokens(name, 0, info.n_rows).astype("<i4").reshape(info.n_contexts, -1)
     salt = seed.to_bytes(8, "little")
-    keys = np.array([int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8, salt=salt).digest(), "little")
-                     for row in tokens], dtype=np.uint64)
+    keys = np.array(
+        [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8, salt=salt).digest(), "little") for row in tokens],
+        dtype=np.uint64,
+    )
     return np.sort(np.argsort(keys, kind="stable")[:n_contexts])
 
 
@@ -60,14 +63,24 @@ def resample_plan(plan: dict[str, np.ndarray], *seeds: int) -> dict[str, np.ndar
     return out
 
 
-def frequency_batches(reader: StoreReader, names: list[str], n_rows: int, seed: int,
-                      skip_tokens: frozenset[int] = frozenset(), batch_rows: int = BATCH_ROWS) -> Iterator[torch.Tensor]:
+def frequency_batches(
+    reader: StoreReader,
+    names: list[str],
+    n_rows: int,
+    seed: int,
+    skip_tokens: frozenset[int] = frozenset(),
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[torch.Tensor]:
     """Raw rows of the planned contexts (`frequency_plan`); see `plan_batches`."""
     return plan_batches(reader, frequency_plan(reader, names, n_rows, seed), skip_tokens, batch_rows)
 
 
-def plan_batches(reader: StoreReader, plan: dict[str, np.ndarray], skip_tokens: frozenset[int] = frozenset(),
-                 batch_rows: int = BATCH_ROWS) -> Iterator[torch.Tensor]:
+def plan_batches(
+    reader: StoreReader,
+    plan: dict[str, np.ndarray],
+    skip_tokens: frozenset[int] = frozenset(),
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[torch.Tensor]:
     """Raw rows of a plan's contexts (sorted, repeats allowed), chunk by chunk (each chunk read once),
     in batches of at most `batch_rows`; rows whose token is in `skip_tokens` (BOS, EOS, padding) are
     left out."""
@@ -82,20 +95,32 @@ def plan_batches(reader: StoreReader, plan: dict[str, np.ndarray], skip_tokens: 
             rows = reader.read_rows(name, lo, hi)
             tokens = torch.from_numpy(reader.read_tokens(name, lo, hi).astype("int64"))
             # the chosen contexts' rows within the span read, a context drawn twice twice
-            index = torch.from_numpy(((mine - mine[0]).astype("int64")[:, None] * c.rows_per_context
-                                      + np.arange(c.rows_per_context)).reshape(-1)
-                                     + int(mine[0]) * c.rows_per_context - lo)
+            index = torch.from_numpy(
+                (
+                    (mine - mine[0]).astype("int64")[:, None] * c.rows_per_context + np.arange(c.rows_per_context)
+                ).reshape(-1)
+                + int(mine[0]) * c.rows_per_context
+                - lo
+            )
             if len(skip):
                 index = index[~torch.isin(tokens[index], skip)]
             rows = rows[index]
             for start in range(0, len(rows), batch_rows):
-                yield rows[start:start + batch_rows]
+                yield rows[start : start + batch_rows]
 
 
 def describe(n_rows: int, seed: int, counted: dict[str, int]) -> dict:
     """What the frequencies were counted on, for the report: the setting and the rows per corpus."""
-    how = ("every row of the training corpora" if n_rows == 0 else
-           f"a seeded sample of about {n_rows:,} rows (frequency_seed {seed}): whole contexts chosen by a "
-           "hash of their tokens, spread over all documents")
-    return {"frequency_rows": n_rows, "frequency_seed": seed, "sample": how, "rows_counted": counted,
-            "special_tokens": "BOS, EOS and padding rows left out"}
+    how = (
+        "every row of the training corpora"
+        if n_rows == 0
+        else f"a seeded sample of about {n_rows:,} rows (frequency_seed {seed}): whole contexts chosen by a "
+        "hash of their tokens, spread over all documents"
+    )
+    return {
+        "frequency_rows": n_rows,
+        "frequency_seed": seed,
+        "sample": how,
+        "rows_counted": counted,
+        "special_tokens": "BOS, EOS and padding rows left out",
+    }

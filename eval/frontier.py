@@ -19,6 +19,7 @@ differenced replicate by replicate (the same documents for every run). "above" w
 excludes 0 upwards, "below" downwards, "tie" when it holds 0; fewer than ``MIN_SEEDS`` shared seeds:
 no verdict.
 """
+
 from __future__ import annotations
 
 import math
@@ -73,16 +74,24 @@ def frontier_verdict(curve: list[dict], point: dict) -> dict:
     gaps = [point["y_seeds"][s] - ((1 - t[s]) * a["y_seeds"][s] + t[s] * b["y_seeds"][s]) for s in seeds]
     reps = None
     if all(p.get("reps") for p in (point, a, b)):
+
         def r(p, s, key="reps"):
             return np.asarray([math.nan if v is None else v for v in p[key][s]], dtype=np.float64)
 
         def weight(s):  # the quality of replicate i (the same documents) where it was bootstrapped with y
             return (r(point, s, "x_reps") - a["x"]) / span if point.get("x_reps") and span > 0 else t[s]
+
         reps = np.stack([r(point, s) - ((1 - weight(s)) * r(a, s) + weight(s) * r(b, s)) for s in seeds])
     s = mean_interval(gaps, reps)
     lo, hi = s["ci95"]
-    verdict = ("no verdict: no interval" if not (math.isfinite(lo) and math.isfinite(hi))
-               else "above" if lo > 0 else "below" if hi < 0 else "tie")
+    verdict = (
+        "no verdict: no interval"
+        if not (math.isfinite(lo) and math.isfinite(hi))
+        else "above"
+        if lo > 0
+        else "below"
+        if hi < 0
+        else "tie"
+    )
     against = a["name"] if a is b else f"the curve between {a['name']} and {b['name']}"
-    return {"verdict": verdict, "gap": s["mean"], "ci95": [lo, hi], "p": s["p"], "against": against,
-            "seeds": seeds}
+    return {"verdict": verdict, "gap": s["mean"], "ci95": [lo, hi], "p": s["p"], "against": against, "seeds": seeds}

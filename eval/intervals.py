@@ -23,6 +23,7 @@ docs/evaluation.md) is 93–97 % at 6 and 12 seeds for normal and right-skewed (
 seeds with document noise of the size the experiment measured; the former percentile seeds ×
 documents bootstrap covered 86–92 % where the seeds spread most (seed sd 0.12).
 """
+
 from __future__ import annotations
 
 import math
@@ -61,17 +62,25 @@ def _hall_inverse(y: float, a: float, b: float) -> float:
     return (np.cbrt(3 * a * (y - b) + 1) - 1) / a
 
 
-def mean_interval(values: Sequence[float], replicates: np.ndarray | None = None, *,
-                  min_seeds: int = MIN_SEEDS) -> dict:
+def mean_interval(values: Sequence[float], replicates: np.ndarray | None = None, *, min_seeds: int = MIN_SEEDS) -> dict:
     """Mean of per-seed ``values`` and its calibrated 95 % interval (see the module docstring).
     ``replicates``: ``[n, B]`` document replicates of the same seeds, or None (no document error).
     Returns mean, ci95, se, df, n, sd (over seeds), doc_var (shared document variance), skew (of
     the studentised mean), p (two-sided, of mean = 0), and ``too_few`` when n < ``min_seeds``."""
     y = np.asarray(values, dtype=np.float64)
     n = len(y)
-    out = {"mean": float(y.mean()) if n else math.nan, "ci95": [math.nan, math.nan], "se": math.nan,
-           "df": math.nan, "n": n, "sd": float(np.std(y, ddof=1)) if n > 1 else math.nan,
-           "doc_var": 0.0, "skew": 0.0, "p": math.nan, "too_few": n < min_seeds}
+    out = {
+        "mean": float(y.mean()) if n else math.nan,
+        "ci95": [math.nan, math.nan],
+        "se": math.nan,
+        "df": math.nan,
+        "n": n,
+        "sd": float(np.std(y, ddof=1)) if n > 1 else math.nan,
+        "doc_var": 0.0,
+        "skew": 0.0,
+        "p": math.nan,
+        "too_few": n < min_seeds,
+    }
     if n < 2 or not np.isfinite(y).all():
         return out
     doc = 0.0
@@ -86,14 +95,14 @@ def mean_interval(values: Sequence[float], replicates: np.ndarray | None = None,
         return out
     z = (y - mean) / scale
     seed_part = float(np.var(z, ddof=1)) / n
-    se2 = seed_part + doc / scale ** 2
+    se2 = seed_part + doc / scale**2
     if se2 <= 0:  # deviations of float noise alone, all alike: the interval is the point
         out.update(se=0.0, ci95=[mean, mean], doc_var=doc)
         return out
     se = math.sqrt(se2)
-    df = se2 ** 2 / (seed_part ** 2 / (n - 1)) if seed_part > 0 else math.inf
-    m3 = float(np.mean(z ** 3)) * n * n / ((n - 1) * (n - 2)) if n > 2 else 0.0
-    skew = (m3 / n ** 2) / se ** 3
+    df = se2**2 / (seed_part**2 / (n - 1)) if seed_part > 0 else math.inf
+    m3 = float(np.mean(z**3)) * n * n / ((n - 1) * (n - 2)) if n > 2 else 0.0
+    skew = (m3 / n**2) / se**3
     a, b = skew / 3, skew / 6
     q = t_quantile(min(df, 1e6))
     lo = mean - scale * se * _hall_inverse(q, a, b)
@@ -108,8 +117,9 @@ def mean_interval(values: Sequence[float], replicates: np.ndarray | None = None,
     return out
 
 
-def paired_interval(a: Mapping, b: Mapping, reps_a: Mapping | None = None, reps_b: Mapping | None = None,
-                    *, min_seeds: int = MIN_SEEDS) -> dict:
+def paired_interval(
+    a: Mapping, b: Mapping, reps_a: Mapping | None = None, reps_b: Mapping | None = None, *, min_seeds: int = MIN_SEEDS
+) -> dict:
     """A − B over the seed ids both have (paired by id, never by position): the mean difference and
     its calibrated interval; the document replicates of both sides are differenced replicate by
     replicate (the same documents). Adds ``seeds``: the shared ids."""

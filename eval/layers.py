@@ -4,6 +4,7 @@ comparisons, aggregates and "who wins" among runs of the same layer only), then 
 report, `<reports_dir>/<name>/report.md` + `report.json`, puts every layer's runs next to each other.
 
 A one-layer config is evaluated exactly as before (its report in `<reports_dir>/<name>/`)."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ from pathlib import Path
 
 from orthosae import __version__
 from orthosae.common.config import Config
+from orthosae.common.report_json import ReportUnreadable, read_report, seal
 from orthosae.eval.metrics import budgets_of, registry
 from orthosae.eval.report import _table, eval_settings
-from orthosae.common.report_json import ReportUnreadable, read_report, seal
 from orthosae.eval.runner import evaluate as evaluate_layer
 
 
@@ -57,20 +58,31 @@ def write_side_by_side(cfg: Config) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     reports = layer_reports(cfg)
     every = {name: r for rep in reports.values() for name, r in rep["runs"].items()}
-    metrics = [m for m in registry(budgets_of(every)) if m.runs_table
-               and any(not math.isnan(m.value(r)) for r in every.values())]
+    metrics = [
+        m
+        for m in registry(budgets_of(every))
+        if m.runs_table and any(not math.isnan(m.value(r)) for r in every.values())
+    ]
     runs = {}
     for layer, rep in reports.items():
         for name, r in rep["runs"].items():
-            runs[name] = {"layer": layer, "report": f"L{layer}/report.json",
-                          "summary": {"fingerprint": r.get("summary", {}).get("fingerprint")},
-                          "type": r.get("cfg", {}).get("orthosae", {}).get("type"),
-                          "figures": {m.key: m.value(r) for m in metrics}}
-    report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "orthosae_version": __version__,
-              "config": str(cfg.path), "sets": list(cfg.sets), "layers": {str(layer): f"L{layer}/report.json"
-                                                                           for layer in reports},
-              "eval_settings": eval_settings(cfg), "runs": runs,
-              "metrics": [{"key": m.key, "label": m.label, "higher_is_better": m.higher} for m in metrics]}
+            runs[name] = {
+                "layer": layer,
+                "report": f"L{layer}/report.json",
+                "summary": {"fingerprint": r.get("summary", {}).get("fingerprint")},
+                "type": r.get("cfg", {}).get("orthosae", {}).get("type"),
+                "figures": {m.key: m.value(r) for m in metrics},
+            }
+    report = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "orthosae_version": __version__,
+        "config": str(cfg.path),
+        "sets": list(cfg.sets),
+        "layers": {str(layer): f"L{layer}/report.json" for layer in reports},
+        "eval_settings": eval_settings(cfg),
+        "runs": runs,
+        "metrics": [{"key": m.key, "label": m.label, "higher_is_better": m.higher} for m in metrics],
+    }
     text = seal(json.dumps(report, indent=1, allow_nan=True))
     (out_dir / "report.json").write_text(text)
     (out_dir / "report.md").write_text(_markdown(cfg, reports, runs, metrics))
@@ -79,22 +91,43 @@ def write_side_by_side(cfg: Config) -> Path:
 
 def _markdown(cfg: Config, reports: dict, runs: dict, metrics: list) -> str:
     layers = list(reports)
-    lines = [f"# orthosae report: {len(layers)} layers side by side", "",
-             f"Config `{cfg.path}` · layers {', '.join(map(str, layers))} ({cfg.harvest.hook}), one store each "
-             f"(`{cfg.harvest.store}`). Each layer's full report (comparisons among that layer's runs): "
-             + ", ".join(f"[L{layer}](L{layer}/report.md)" for layer in layers) + ".", ""]
+    lines = [
+        f"# orthosae report: {len(layers)} layers side by side",
+        "",
+        f"Config `{cfg.path}` · layers {', '.join(map(str, layers))} ({cfg.harvest.hook}), one store each "
+        f"(`{cfg.harvest.store}`). Each layer's full report (comparisons among that layer's runs): "
+        + ", ".join(f"[L{layer}](L{layer}/report.md)" for layer in layers)
+        + ".",
+        "",
+    ]
     # the same run (its name without -L<layer>) at every layer: one row, a column per layer
     headline = [m for m in metrics if m.key in ("explained_variance", "l0", "ce_loss_score")]
     rows: dict[str, dict] = {}
     for name, r in runs.items():
         rows.setdefault(_base_name(name, r["layer"]), {})[r["layer"]] = r
     for m in headline:
-        lines += [f"## {m.label} by layer", "",
-                  _table(["run"] + [f"L{layer}" for layer in layers],
-                         [[base] + [cells[layer]["figures"][m.key] if layer in cells else "-" for layer in layers]
-                          for base, cells in rows.items()]), ""]
-    lines += ["## Every run", "",
-              _table(["layer", "run", "type"] + [m.label for m in metrics],
-                     [[r["layer"], name, r["type"]] + [r["figures"][m.key] for m in metrics]
-                      for name, r in sorted(runs.items(), key=lambda kv: (kv[1]["layer"], kv[0]))]), ""]
+        lines += [
+            f"## {m.label} by layer",
+            "",
+            _table(
+                ["run"] + [f"L{layer}" for layer in layers],
+                [
+                    [base] + [cells[layer]["figures"][m.key] if layer in cells else "-" for layer in layers]
+                    for base, cells in rows.items()
+                ],
+            ),
+            "",
+        ]
+    lines += [
+        "## Every run",
+        "",
+        _table(
+            ["layer", "run", "type"] + [m.label for m in metrics],
+            [
+                [r["layer"], name, r["type"]] + [r["figures"][m.key] for m in metrics]
+                for name, r in sorted(runs.items(), key=lambda kv: (kv[1]["layer"], kv[0]))
+            ],
+        ),
+        "",
+    ]
     return "\n".join(lines)

@@ -29,6 +29,7 @@ once) and each bootstrap replicate (documents drawn with replacement).
   and replicate i of run B saw the same documents, and ``eval/aggregate.py`` combines replicates
   across seeds (a seeds × documents bootstrap).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -97,7 +98,7 @@ def interval(replicates: Sequence[float]) -> list[float]:
 def halves(n_docs: int, seed: int = CROSSFIT_SEED) -> np.ndarray:
     """0/1 per document: a seeded split into two halves (sizes differ by at most one)."""
     h = np.zeros(n_docs, dtype=np.int64)
-    h[np.random.default_rng(seed).permutation(n_docs)[n_docs // 2:]] = 1
+    h[np.random.default_rng(seed).permutation(n_docs)[n_docs // 2 :]] = 1
     return h
 
 
@@ -161,10 +162,12 @@ def f_at_budget(retain: np.ndarray, forget: np.ndarray, b: float, *others: np.nd
 def crossfit(score_a: np.ndarray, score_b: np.ndarray, choose_a: np.ndarray, choose_b: np.ndarray) -> np.ndarray:
     """``[B]``: the setting chosen by ``choose_*`` (``[B, S]``, argmax; rows all nan -> no setting,
     score 0) on one half, scored by ``score_*`` on the other; the two directions averaged."""
+
     def pick(choose, score):
         ok = np.isfinite(choose).any(axis=1)
         idx = np.argmax(np.where(np.isfinite(choose), choose, -np.inf), axis=1)
         return np.where(ok, score[np.arange(len(score)), idx], 0.0)
+
     return 0.5 * (pick(choose_a, score_b) + pick(choose_b, score_a))
 
 
@@ -186,8 +189,11 @@ def loss_matrices(clean: dict, edited: list[dict], docs: dict, quality: dict | N
         m["fired"] = per_document(np.stack([e[name]["fired"] for e in edited]), d, n_docs)
         m["positions"] = per_document(clean[name]["positions"], d, n_docs)
         for k, v in (quality or {}).get(name, {}).items():
-            m[k] = per_document(np.asarray(v, dtype=np.float64).T, d, n_docs).T if np.ndim(v) == 2 \
+            m[k] = (
+                per_document(np.asarray(v, dtype=np.float64).T, d, n_docs).T
+                if np.ndim(v) == 2
                 else per_document(v, d, n_docs)
+            )
         out[name] = m
     return out
 
@@ -197,8 +203,11 @@ def figures(mats: dict, wf: np.ndarray, wr: np.ndarray, budgets: Sequence[float]
     ``[B, Dr]`` (a point estimate is B = 1 with all weights 1). Returns name -> ``[B]``."""
     f, r = mats["forget"], mats["retain"]
     B = len(wf)
-    inc = {(c, p): increases(m[f"edit_{p}"], m[f"clean_{p}"], m[f"n_{p}"], w)
-           for c, m, w in (("forget", f, wf), ("retain", r, wr)) for p in PARTS}
+    inc = {
+        (c, p): increases(m[f"edit_{p}"], m[f"clean_{p}"], m[f"n_{p}"], w)
+        for c, m, w in (("forget", f, wf), ("retain", r, wr))
+        for p in PARTS
+    }
     fa, ra = inc[("forget", "all")], inc[("retain", "all")]
     sel = fa - ra
     out: dict[str, np.ndarray] = {"best_selectivity": np.nanmax(sel, axis=1) if sel.shape[1] else np.full(B, np.nan)}
@@ -224,9 +233,14 @@ def figures(mats: dict, wf: np.ndarray, wr: np.ndarray, budgets: Sequence[float]
             clean_r = (wrh @ r["clean_all"]) / (wrh @ r["n_all"])
             rel = fi["all"] / clean_f[:, None]
             qualifies = ri <= RETAIN_CE_TOLERANCE * clean_r[:, None]
-        half[h] = {"sel": fi["all"] - ri, "rel": rel, "rel_ok": np.where(qualifies, rel, np.nan),
-                   # the sweep plus the unedited model at (0, 0), for F(b)
-                   "R": np.hstack([z, ri]), **{f"F_{p}": np.hstack([z, fi[p]]) for p in PARTS}}
+        half[h] = {
+            "sel": fi["all"] - ri,
+            "rel": rel,
+            "rel_ok": np.where(qualifies, rel, np.nan),
+            # the sweep plus the unedited model at (0, 0), for F(b)
+            "R": np.hstack([z, ri]),
+            **{f"F_{p}": np.hstack([z, fi[p]]) for p in PARTS},
+        }
     # F(b), cross-fitted: the frontier's bracketing points and weight found on one half, the forget
     # damage of that same interpolation scored on the other half; the two directions averaged
     for b in budgets:
@@ -246,8 +260,9 @@ def figures(mats: dict, wf: np.ndarray, wr: np.ndarray, budgets: Sequence[float]
         out[f"F_{tag}"], out[f"F_{tag}_domain"], out[f"F_{tag}_rest"] = vals[:, 0], vals[:, 1], vals[:, 2]
         out[f"F_{tag}_origin"] = origin.mean(axis=0)  # 0, 0.5 or 1: halves whose F(b) rests on the origin chord
     out["best_selectivity_crossfit"] = crossfit(half[0]["sel"], half[1]["sel"], half[0]["sel"], half[1]["sel"])
-    out["loss_unlearning_score_crossfit"] = crossfit(half[0]["rel"], half[1]["rel"], half[0]["rel_ok"],
-                                                     half[1]["rel_ok"])
+    out["loss_unlearning_score_crossfit"] = crossfit(
+        half[0]["rel"], half[1]["rel"], half[0]["rel_ok"], half[1]["rel_ok"]
+    )
     return out
 
 
@@ -255,13 +270,15 @@ def quality_figures(f: dict, r: dict, wf: np.ndarray, wr: np.ndarray) -> dict[st
     """CE-loss score and explained variance of the SAE on the forget and retain documents pooled,
     under the same document weights as the unlearning figures (so a replicate of each is paired):
     (CE_zero − CE_sae) / (CE_zero − CE_clean) and 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²."""
+
     def pooled(key):
         return wf @ f[key] + wr @ r[key]
+
     with np.errstate(invalid="ignore", divide="ignore"):
         zero, recon, clean = pooled("zero_all"), pooled("recon_all"), pooled("clean_all")
         ce_score = (zero - recon) / (zero - clean)
         sx = pooled("sx")  # [B, d]
-        total = pooled("sxx") - (sx ** 2).sum(axis=1) / pooled("npos")
+        total = pooled("sxx") - (sx**2).sum(axis=1) / pooled("npos")
         ev = 1.0 - pooled("sse") / total
     return {"ce_loss_score_docs": ce_score, "explained_variance_docs": ev}
 
@@ -296,9 +313,15 @@ def bracket_points(rows: Sequence[dict], b: float) -> dict:
         x = rows[k - 1]
         feats = max(x.get("n_features_used", x.get("n_features", 0)) - 1 + x.get("strength", 1.0), 1e-12)
         ratio = x["forget_ce_increase"] / x["retain_ce_increase"] if x["retain_ce_increase"] > 0 else math.inf
-        return {"n_features": x.get("n_features"), "strength": x.get("strength", 1.0),
-                "retain_ce_increase": x["retain_ce_increase"], "forget_ce_increase": x["forget_ce_increase"],
-                "forget_over_retain": ratio, "forget_per_feature": x["forget_ce_increase"] / feats}
+        return {
+            "n_features": x.get("n_features"),
+            "strength": x.get("strength", 1.0),
+            "retain_ce_increase": x["retain_ce_increase"],
+            "forget_ce_increase": x["forget_ce_increase"],
+            "forget_over_retain": ratio,
+            "forget_per_feature": x["forget_ce_increase"] / feats,
+        }
+
     i, j, t = w
     return {"reached": True, "lower": point(i), "upper": point(j), "t": t}
 
@@ -310,10 +333,12 @@ def summarise(mats: dict, budgets: Sequence[float], n_boot: int = BOOTSTRAP_B) -
     wf = bootstrap_weights(np.arange(mats["forget"]["docs"]), n_boot, BOOTSTRAP_SEED)
     wr = bootstrap_weights(np.arange(mats["retain"]["docs"]), n_boot, BOOTSTRAP_SEED + 1)
     reps = figures(mats, wf, wr, budgets)
-    return {"values": point,
-            "ci95": {k: interval(v) for k, v in reps.items()},
-            "se": {k: float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else math.nan for k, v in reps.items()},
-            "replicates": {k: [round(float(x), 6) if math.isfinite(x) else None for x in v] for k, v in reps.items()}}
+    return {
+        "values": point,
+        "ci95": {k: interval(v) for k, v in reps.items()},
+        "se": {k: float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else math.nan for k, v in reps.items()},
+        "replicates": {k: [round(float(x), 6) if math.isfinite(x) else None for x in v] for k, v in reps.items()},
+    }
 
 
 def draws_fingerprint(docs: dict[str, np.ndarray]) -> str:

@@ -12,6 +12,7 @@ holds them).
   a condition wins it only above the baseline's curve at equal quality.
 - ``quality``: an axis of that frontier (reconstruction quality).
 """
+
 from __future__ import annotations
 
 import math
@@ -66,27 +67,49 @@ _REGISTRY: list[Metric] = [
     Metric("frac_dead", "reconstruction", False, "dead fraction"),
     Metric("ce_loss_score", "downstream", True, "CE-loss score"),
     # the frontier's quality axes: measured on the unlearning's held-out documents, bootstrapped with F(b)
-    Metric("ce_loss_score_docs", "unlearning", True, "CE-loss score (unlearning documents)", eval_error=True,
-           quality=True),
+    Metric(
+        "ce_loss_score_docs", "unlearning", True, "CE-loss score (unlearning documents)", eval_error=True, quality=True
+    ),
     Metric("explained_variance_docs", "unlearning", True, "EV (unlearning documents)", eval_error=True, quality=True),
     Metric("kl_div_score", "downstream", True, "KL score"),
-    Metric("best_selectivity_crossfit", "unlearning", True, "best selectivity, cross-fitted (nats)",
-           eval_error=True, frontier=True),
+    Metric(
+        "best_selectivity_crossfit",
+        "unlearning",
+        True,
+        "best selectivity, cross-fitted (nats)",
+        eval_error=True,
+        frontier=True,
+    ),
     Metric("best_selectivity", "unlearning", True, "best selectivity, in sample (nats)", eval_error=True),
     Metric("selectivity_ratio_at_best", "unlearning", None, "ΔCE_f / ΔCE_r at the best setting", eval_error=True),
     Metric("forget_coverage_at_best", "unlearning", None, "forget coverage at the best setting", eval_error=True),
     Metric("retain_coverage_at_best", "unlearning", None, "retain coverage at the best setting", eval_error=True),
-    Metric("loss_unlearning_score_crossfit", "unlearning", True, "loss unlearning score, cross-fitted",
-           eval_error=True),
+    Metric(
+        "loss_unlearning_score_crossfit", "unlearning", True, "loss unlearning score, cross-fitted", eval_error=True
+    ),
     Metric("unlearning_score_crossfit", "unlearning", True, "MCQ unlearning score (SAEBench rule), cross-fitted"),
     Metric("unlearning_score", "unlearning", True, "MCQ unlearning score (SAEBench), in sample"),
     Metric("best_mcq_prob_selectivity_crossfit", "unlearning", True, "MCQ p(right) selectivity, cross-fitted"),
     Metric("best_mcq_prob_selectivity", "unlearning", True, "MCQ p(right) selectivity, in sample"),
     # eval/conditioning.py: ‖W_gᵀW_h‖_F / (‖W_g‖_F‖W_h‖_F) of the decoder, named rms_cross_cos everywhere
-    Metric("rms_cross_cos", "conditioning", None, "RMS cross-group cos", field="decoder_rms_cross_cos",
-           old_fields=("decoder_overlap_fro_normalized",), runs_table=False),
-    Metric("rms_cross_cos_activity", "conditioning", None, "activity-weighted RMS cross-group cos",
-           field="decoder_rms_cross_cos_activity", old_fields=("decoder_rms_cos_activity",), runs_table=False),
+    Metric(
+        "rms_cross_cos",
+        "conditioning",
+        None,
+        "RMS cross-group cos",
+        field="decoder_rms_cross_cos",
+        old_fields=("decoder_overlap_fro_normalized",),
+        runs_table=False,
+    ),
+    Metric(
+        "rms_cross_cos_activity",
+        "conditioning",
+        None,
+        "activity-weighted RMS cross-group cos",
+        field="decoder_rms_cross_cos_activity",
+        old_fields=("decoder_rms_cos_activity",),
+        runs_table=False,
+    ),
 ]
 
 
@@ -102,8 +125,16 @@ def budget_metrics(budgets: Sequence[float]) -> list[Metric]:
     out = []
     for b in budgets:
         tag = f"{b:g}"
-        out.append(Metric(f"F_{tag}", "unlearning", True, f"F({tag}): forget ΔCE at retain ΔCE {tag}",
-                          eval_error=True, frontier=True))
+        out.append(
+            Metric(
+                f"F_{tag}",
+                "unlearning",
+                True,
+                f"F({tag}): forget ΔCE at retain ΔCE {tag}",
+                eval_error=True,
+                frontier=True,
+            )
+        )
         for part, what in (("domain", "domain tokens"), ("rest", "other tokens")):
             out.append(Metric(f"F_{tag}_{part}", "unlearning", None, f"F({tag}) on forget {what}", eval_error=True))
     return out

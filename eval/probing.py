@@ -19,6 +19,7 @@ Matched against sae_bench 0.6.0 ``evals/sparse_probing`` (cross-checked in tests
    (the same objective, deterministic). The optional full-width SAE probe is not run.
 5. Accuracy per class on the test rows; each figure is the class average, then the dataset average.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,9 @@ from orthosae.eval.probe_data import Split
 POSITIVE, NEGATIVE = 1, 0  # SAEBench dataset_info labels
 
 
-def prepare_probe_rows(sizes: dict[str, int], cls: str, generator: torch.Generator | None = None
-                       ) -> tuple[list[tuple[str, int]], Tensor]:
+def prepare_probe_rows(
+    sizes: dict[str, int], cls: str, generator: torch.Generator | None = None
+) -> tuple[list[tuple[str, int]], Tensor]:
     """Which rows SAEBench's ``prepare_probe_data`` (one-vs-rest) takes, as (class, index) pairs,
     and their labels: the same random draws in the same order as SAEBench's, so one seed gives
     SAEBench's selection."""
@@ -73,14 +75,17 @@ def fit_probe(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, 
 @dataclass
 class ClassRows:
     """One class's probe rows, drawn once: train / test (class, index) pairs and labels."""
+
     train: list[tuple[str, int]]
     y_train: Tensor
     test: list[tuple[str, int]]
     y_test: Tensor
 
     def gather(self, pooled_train: dict[str, Tensor], pooled_test: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        return (torch.stack([pooled_train[c][i] for c, i in self.train]),
-                torch.stack([pooled_test[c][i] for c, i in self.test]))
+        return (
+            torch.stack([pooled_train[c][i] for c, i in self.train]),
+            torch.stack([pooled_test[c][i] for c, i in self.test]),
+        )
 
 
 def class_rows(train: Split, test: Split, seed: int) -> dict[str, ClassRows]:
@@ -98,6 +103,7 @@ def class_rows(train: Split, test: Split, seed: int) -> dict[str, ClassRows]:
 @dataclass
 class LlmProbes:
     """The SAE-independent half of one dataset: pooled residuals, rows, full-width and top-k probes."""
+
     name: str
     pooled_train: dict[str, Tensor]
     pooled_test: dict[str, Tensor]
@@ -134,14 +140,15 @@ def pooled_latents(sae, split: Split, batch_rows: int = 4096) -> dict[str, Tenso
         text = torch.arange(len(acts))[:, None].expand_as(mask)[mask]
         sums = torch.zeros(len(acts), sae.d_sae, dtype=torch.float32)
         for s in range(0, len(x), batch_rows):
-            f = sae.encode(x[s:s + batch_rows].to(device, dtype)).float().cpu()
-            sums.index_add_(0, text[s:s + batch_rows], f)
+            f = sae.encode(x[s : s + batch_rows].to(device, dtype)).float().cpu()
+            sums.index_add_(0, text[s : s + batch_rows], f)
         out[c] = sums / mask.sum(1).clamp_min(1)[:, None].float()
     return out
 
 
-def sae_probing(llm: LlmProbes, latents_train: dict[str, Tensor], latents_test: dict[str, Tensor],
-                k_values: list[int], seed: int) -> dict:
+def sae_probing(
+    llm: LlmProbes, latents_train: dict[str, Tensor], latents_test: dict[str, Tensor], k_values: list[int], seed: int
+) -> dict:
     """One dataset's figures for one SAE (LLM figures beside them), class-averaged, per class, and
     the latents each class's top-k probe picked (the browser shows them)."""
     acc: dict[str, dict[str, float]] = {m: dict(v) for m, v in llm.accuracy.items()}

@@ -7,6 +7,7 @@ registry (``eval/metrics.py``); runs are compared only as conditions (``eval/agg
 without seeds is a one-seed condition) under one L0 rule, and the one "who wins" section reads
 those verdicts, unlearning figures by the frontier rule (``eval/frontier.py``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,15 +24,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from orthosae import __version__  # noqa: E402
 from orthosae.common import variants  # noqa: E402
 from orthosae.common.config import Config  # noqa: E402
+from orthosae.common.report_json import seal  # noqa: E402
 from orthosae.common.store import StoreReader  # noqa: E402
 from orthosae.eval.aggregate import aggregate, conditions_markdown, plot_conditions, plot_frontier  # noqa: E402
 from orthosae.eval.corpora import corpora_json, corpora_markdown  # noqa: E402
-from orthosae.common.report_json import seal  # noqa: E402
-from orthosae.eval.spread import spread_markdown  # noqa: E402
 from orthosae.eval.curves import plot_training_curves  # noqa: E402
 from orthosae.eval.frontier import QUALITY_SPAN  # noqa: E402
 from orthosae.eval.intervals import MIN_SEEDS  # noqa: E402
 from orthosae.eval.metrics import Metric, budgets_of, registry  # noqa: E402
+from orthosae.eval.spread import spread_markdown  # noqa: E402
 
 HEADLINE_EV = "explained_variance"
 from orthosae.eval.probe_report import forget_topics, probe_markdown, probe_plots  # noqa: E402
@@ -52,7 +53,9 @@ def _fmt(v, digits=3) -> str:
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e6 and not math.isnan(v):
         return str(int(v))  # counts (questions, group sizes) read as counts
     if isinstance(v, float):
-        return "n/a" if math.isnan(v) else f"{v:.{digits}g}" if abs(v) >= 1e4 or abs(v) < 1e-3 and v else f"{v:.{digits}f}"
+        return (
+            "n/a" if math.isnan(v) else f"{v:.{digits}g}" if abs(v) >= 1e4 or abs(v) < 1e-3 and v else f"{v:.{digits}f}"
+        )
     return str(v)
 
 
@@ -62,55 +65,148 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def _markdown(cfg: Config, reader: StoreReader, results: dict, references: dict, agg: dict, metrics: list[Metric],
-              timings: dict, plots: list[str]) -> str:
+def _markdown(
+    cfg: Config,
+    reader: StoreReader,
+    results: dict,
+    references: dict,
+    agg: dict,
+    metrics: list[Metric],
+    timings: dict,
+    plots: list[str],
+) -> str:
     names = list(results)
-    rec = [[n, results[n]["summary"].get("type"), _fmt(_alpha(results[n]), 2),
-            *[_get(results[n], "reconstruction", k) for k in
-              ("l0", HEADLINE_EV, "explained_variance_legacy", "explained_variance_dictionary_learning",
-               "mse", "cossim", "l2_ratio", "relative_reconstruction_bias", "frac_dead", "freq_over_10_percent")]]
-           for n in names]
-    down = [[n, *[_get(results[n], "downstream", k) for k in
-                  ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation", "ce_loss_score",
-                   "kl_div_with_sae", "kl_div_score")]] for n in names]
+    rec = [
+        [
+            n,
+            results[n]["summary"].get("type"),
+            _fmt(_alpha(results[n]), 2),
+            *[
+                _get(results[n], "reconstruction", k)
+                for k in (
+                    "l0",
+                    HEADLINE_EV,
+                    "explained_variance_legacy",
+                    "explained_variance_dictionary_learning",
+                    "mse",
+                    "cossim",
+                    "l2_ratio",
+                    "relative_reconstruction_bias",
+                    "frac_dead",
+                    "freq_over_10_percent",
+                )
+            ],
+        ]
+        for n in names
+    ]
+    down = [
+        [
+            n,
+            *[
+                _get(results[n], "downstream", k)
+                for k in (
+                    "ce_loss_without_sae",
+                    "ce_loss_with_sae",
+                    "ce_loss_with_ablation",
+                    "ce_loss_score",
+                    "kl_div_with_sae",
+                    "kl_div_score",
+                )
+            ],
+        ]
+        for n in names
+    ]
     # F(b) and the other frontier figures always have their column ("n/a": not reached / not measured)
-    unl_metrics = [m for m in metrics if m.section == "unlearning" and m.runs_table
-                   and (m.frontier or any(not math.isnan(m.value(r)) for r in {**results, **references}.values()))]
+    unl_metrics = [
+        m
+        for m in metrics
+        if m.section == "unlearning"
+        and m.runs_table
+        and (m.frontier or any(not math.isnan(m.value(r)) for r in {**results, **references}.values()))
+    ]
     unl = [[n, *[_with_ci(m, r) for m in unl_metrics]] for n, r in {**results, **references}.items()]
-    ablation = [[n, a.get("n_features"), a.get("multiplier"), a.get("selectivity_pi_from_unclamped", math.nan),
-                 a.get("selectivity", math.nan)] for n in names
-                for a in [results[n].get("unlearning", {}).get("ablation_pi_from_clamped")] if a]
-    sweep = [[n, _fmt(row.get("retain_threshold", math.nan)) if "retain_threshold" in row else "", row.get("n_features", ""),
-              row.get("multiplier", row.get("scale", "")),
-              *[row.get(k, math.nan) for k in ("forget_ce_increase", "retain_ce_increase", "forget_ce_increase_domain",
-                                               "forget_ce_increase_rest", "selectivity", "selectivity_ratio",
-                                               "forget_coverage", "retain_coverage")]]
-             for n, r in {**results, **references}.items() for row in r.get("unlearning", {}).get("rows", [])]
+    ablation = [
+        [
+            n,
+            a.get("n_features"),
+            a.get("multiplier"),
+            a.get("selectivity_pi_from_unclamped", math.nan),
+            a.get("selectivity", math.nan),
+        ]
+        for n in names
+        for a in [results[n].get("unlearning", {}).get("ablation_pi_from_clamped")]
+        if a
+    ]
+    sweep = [
+        [
+            n,
+            _fmt(row.get("retain_threshold", math.nan)) if "retain_threshold" in row else "",
+            row.get("n_features", ""),
+            row.get("multiplier", row.get("scale", "")),
+            *[
+                row.get(k, math.nan)
+                for k in (
+                    "forget_ce_increase",
+                    "retain_ce_increase",
+                    "forget_ce_increase_domain",
+                    "forget_ce_increase_rest",
+                    "selectivity",
+                    "selectivity_ratio",
+                    "forget_coverage",
+                    "retain_coverage",
+                )
+            ],
+        ]
+        for n, r in {**results, **references}.items()
+        for row in r.get("unlearning", {}).get("rows", [])
+    ]
     cond = [_conditioning_row(n, results[n].get("conditioning", {})) for n in names]
-    trained = [_conditioning_row(n, results[n]["conditioning"]["trained_groups"]) for n in names
-               if "trained_groups" in results[n].get("conditioning", {})]
+    trained = [
+        _conditioning_row(n, results[n]["conditioning"]["trained_groups"])
+        for n in names
+        if "trained_groups" in results[n].get("conditioning", {})
+    ]
     labels = {m.key: m.label for m in metrics}
-    win = "\n".join(f"- **{labels.get(k, k)}** (`{k}`): {w}" for k, w in agg["who_wins"].items()) \
+    win = (
+        "\n".join(f"- **{labels.get(k, k)}** (`{k}`): {w}" for k, w in agg["who_wins"].items())
         or "- fewer than two conditions"
+    )
     un = cfg.eval.unlearning
     first = next((r.get("unlearning", {}) for r in results.values() if r.get("unlearning", {}).get("documents")), {})
     docs = first.get("documents", {})
     meta = reader.meta
     d_model = int(meta.get("d_model") or 0)
     wide = any(min(results[n].get("conditioning", {}).get("group_sizes") or [0]) >= d_model > 0 for n in names)
-    angle_note = ("\nGroups with at least d_model features each span the whole residual space, so their "
-                  "principal angles are 0 by dimension count alone; read the RMS cosine column for them.\n"
-                  if wide else "")
-    cond_header = ["run", "grouping", "n_g", "decoder σ_max/σ_min", "eff. rank / min(n_g, d)", "max |cos| in group",
-                   "RMS cross-group cos", "activity-weighted RMS cross cos", "mean principal angle (°)", "avg max dec. cos", "avg max enc. cos"]
-    random_level = d_model ** -0.5 if d_model else math.nan
-    trained_table = (f"\nFixed runs, on the contiguous blocks they were trained against:\n"
-                     f"{_table(cond_header, trained)}\n" if trained else "")
+    angle_note = (
+        "\nGroups with at least d_model features each span the whole residual space, so their "
+        "principal angles are 0 by dimension count alone; read the RMS cosine column for them.\n"
+        if wide
+        else ""
+    )
+    cond_header = [
+        "run",
+        "grouping",
+        "n_g",
+        "decoder σ_max/σ_min",
+        "eff. rank / min(n_g, d)",
+        "max |cos| in group",
+        "RMS cross-group cos",
+        "activity-weighted RMS cross cos",
+        "mean principal angle (°)",
+        "avg max dec. cos",
+        "avg max enc. cos",
+    ]
+    random_level = d_model**-0.5 if d_model else math.nan
+    trained_table = (
+        f"\nFixed runs, on the contiguous blocks they were trained against:\n{_table(cond_header, trained)}\n"
+        if trained
+        else ""
+    )
     return f"""# orthosae report: {cfg.eval.name}
 
-Config `{cfg.path}` · store `{reader.url}` ({meta.get('model_id')}, layer {meta.get('layer')} {meta.get('hook')},
-d_model {meta.get('d_model')}) · runs {', '.join(f'`{cfg.train.runs_dir}/{n}`' for n in names)} ·
-orthosae {__version__} · {time.strftime('%Y-%m-%d %H:%M:%S')}{_sets_line(cfg)}
+Config `{cfg.path}` · store `{reader.url}` ({meta.get("model_id")}, layer {meta.get("layer")} {meta.get("hook")},
+d_model {meta.get("d_model")}) · runs {", ".join(f"`{cfg.train.runs_dir}/{n}`" for n in names)} ·
+orthosae {__version__} · {time.strftime("%Y-%m-%d %H:%M:%S")}{_sets_line(cfg)}
 
 ## Reconstruction (held-out rows; headline EV = `{HEADLINE_EV}`, the corrected SAELens definition)
 {_table(["run", "type", "α", "L0", "EV", "EV legacy (SAEBench)", "EV dictionary_learning", "MSE", "cos sim", "L2 ratio", "rel. bias", "dead", "dense (> 10 %)"], rec)}
@@ -173,7 +269,7 @@ judged on the frontier: against the baseline conditions' curve where it was meas
 {win}
 
 ## Plots
-{chr(10).join(f'![{p}]({p})' for p in plots)}
+{chr(10).join(f"![{p}]({p})" for p in plots)}
 
 ## Eval wall time (s)
 {_table(["family", "seconds"], [[k, v] for k, v in timings.items()])}
@@ -184,11 +280,19 @@ def _conditioning_row(name: str, c: dict) -> list:
     pair = (c.get("pairs") or [{}])[0]
     per_group = lambda xs: " / ".join(_fmt(x) for x in xs)  # noqa: E731
     dec = c.get("decoder", {})
-    return [name, c.get("grouping", "given"), per_group(c.get("group_sizes", [])), per_group(dec.get("cond", [])),
-            per_group(dec.get("eff_rank_frac", [])), per_group(dec.get("max_cos", [])),
-            pair.get("decoder_rms_cross_cos", math.nan), pair.get("decoder_rms_cross_cos_activity", math.nan),
-            pair.get("decoder_mean_angle_deg", math.nan),
-            c.get("average_max_decoder_cosine_sim", math.nan), c.get("average_max_encoder_cosine_sim", math.nan)]
+    return [
+        name,
+        c.get("grouping", "given"),
+        per_group(c.get("group_sizes", [])),
+        per_group(dec.get("cond", [])),
+        per_group(dec.get("eff_rank_frac", [])),
+        per_group(dec.get("max_cos", [])),
+        pair.get("decoder_rms_cross_cos", math.nan),
+        pair.get("decoder_rms_cross_cos_activity", math.nan),
+        pair.get("decoder_mean_angle_deg", math.nan),
+        c.get("average_max_decoder_cosine_sim", math.nan),
+        c.get("average_max_encoder_cosine_sim", math.nan),
+    ]
 
 
 def _deviations(cfg: Config) -> str:
@@ -198,18 +302,25 @@ def _deviations(cfg: Config) -> str:
     items = [
         f"- Settings grid: {settings} (retain thresholds {un.retain_thresholds} × n_features "
         f"{un.n_features_list} × multipliers {un.multipliers}) against SAEBench's 16 (2 × 2 × 4). The MCQ "
-        "score is 1 − min over settings, so fewer settings bias it low." if settings < 16 else
-        f"- Settings grid: {settings} settings (SAEBench: 16).",
+        "score is 1 − min over settings, so fewer settings bias it low."
+        if settings < 16
+        else f"- Settings grid: {settings} settings (SAEBench: 16).",
         "- Multipliers are in activation units of this model's layer (SAEBench's 25–200 are for Gemma-2-2B)."
-        if max(un.multipliers, default=0) > 200 else "",
-        "- MCQ filter: a question counts only if the base model answers all 24 orderings right." if un.all_permutations
+        if max(un.multipliers, default=0) > 200
+        else "",
+        "- MCQ filter: a question counts only if the base model answers all 24 orderings right."
+        if un.all_permutations
         else "- MCQ filter: the given order only (SAEBench needs all 24 orderings right).",
         "- Zero-ablation in the CE-loss score zeroes positions 1.. (the positions the SAE replaces); SAEBench "
         "zeroes BOS too (`ablate_bos=True` reproduces it).",
         "- Feature frequencies for selection mask BOS, EOS and padding rows, as SAEBench does; they are "
-        "counted on " + ("every row of the training corpora." if cfg.eval.frequency_rows == 0 else
-                         f"a seeded sample of about {cfg.eval.frequency_rows:,} training rows spread over all "
-                         "documents (see Corpora)."),
+        "counted on "
+        + (
+            "every row of the training corpora."
+            if cfg.eval.frequency_rows == 0
+            else f"a seeded sample of about {cfg.eval.frequency_rows:,} training rows spread over all "
+            "documents (see Corpora)."
+        ),
         "- The SAE runs in float32 during interventions; SAEBench casts it to the model's dtype.",
         "- Loss mode (CE on held-out forget vs retain text) and its scores are ours, not SAEBench's.",
         "- Grouped SAEs: π from the unclamped activations during the clamp (see Unlearning).",
@@ -224,23 +335,32 @@ def _plots(out_dir: Path, results: dict, metrics: list[Metric] | None = None) ->
     fig, ax = plt.subplots(figsize=(6, 4))
     for n in names:
         ax.scatter(_get(results[n], "reconstruction", "l0"), _get(results[n], "reconstruction", HEADLINE_EV))
-        ax.annotate(n, (_get(results[n], "reconstruction", "l0"), _get(results[n], "reconstruction", HEADLINE_EV)),
-                    fontsize=7)
+        ax.annotate(
+            n, (_get(results[n], "reconstruction", "l0"), _get(results[n], "reconstruction", HEADLINE_EV)), fontsize=7
+        )
     ax.set(xlabel="L0 (active features per token)", ylabel="explained variance", title="Reconstruction vs L0")
     made.append(_save(fig, out_dir, "recon_vs_l0.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, m in enumerate(m for m in (metrics or registry(budgets_of(results))) if m.frontier):
         for v in (v for v in variants.VARIANTS.values() if v.has_ortho):
-            pts = sorted((_alpha(results[n]), m.value(results[n])) for n in names
-                         if results[n]["summary"].get("type") == v.name)
+            pts = sorted(
+                (_alpha(results[n]), m.value(results[n])) for n in names if results[n]["summary"].get("type") == v.name
+            )
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if v.grouped else "s--", color=f"C{i}",
-                        label=f"{v.name}: {m.label}")
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    "o-" if v.grouped else "s--",
+                    color=f"C{i}",
+                    label=f"{v.name}: {m.label}",
+                )
         base = [m.value(results[n]) for n in names if variants.of(results[n]["summary"].get("type")).baseline]
         if base and not math.isnan(base[0]):
             ax.axhline(base[0], linestyle=":", color=f"C{i}")
-    ax.set(xlabel="α", ylabel="nats", title="Unlearning vs α (dotted: baseline; not at equal quality: see frontier.png)")
+    ax.set(
+        xlabel="α", ylabel="nats", title="Unlearning vs α (dotted: baseline; not at equal quality: see frontier.png)"
+    )
     ax.legend(fontsize=6)
     made.append(_save(fig, out_dir, "unlearning_vs_alpha.png"))
 
@@ -249,8 +369,13 @@ def _plots(out_dir: Path, results: dict, metrics: list[Metric] | None = None) ->
     for i, n in enumerate(names):
         conds = results[n].get("conditioning", {}).get("decoder", {}).get("cond", [])
         for g, c in enumerate(conds):
-            ax.bar(i + g * width, c if c and math.isfinite(c) else 0, width, color=f"C{g}",
-                   label=f"group {g}" if i == 0 else None)
+            ax.bar(
+                i + g * width,
+                c if c and math.isfinite(c) else 0,
+                width,
+                color=f"C{g}",
+                label=f"group {g}" if i == 0 else None,
+            )
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
     ax.set(ylabel="σ_max / σ_min (decoder)", title="Condition number per feature group")
     ax.set_yscale("log")
@@ -280,16 +405,23 @@ def primary_of(cfg: Config) -> dict | None:
     budgets = cfg.eval.unlearning.retain_budgets
     if not budgets or "loss" not in cfg.eval.unlearning.modes:
         return None
-    return {"figure": cfg.eval.primary_figure or f"F_{max(budgets):g}", "quality": cfg.eval.primary_quality,
-            "pairs": [list(p) for p in cfg.eval.primary_pairs]}
+    return {
+        "figure": cfg.eval.primary_figure or f"F_{max(budgets):g}",
+        "quality": cfg.eval.primary_quality,
+        "pairs": [list(p) for p in cfg.eval.primary_pairs],
+    }
 
 
 def primary_markdown(primary: dict | None) -> str:
     """The primary comparisons with their Holm verdicts (gap, 95 % interval, p, seeds)."""
     if not primary:
         return "No primary figure (no loss-mode unlearning).\n"
-    lines = [f"### Primary: `{primary['figure']}` at equal `{primary['quality']}` ({primary['rule']})", "",
-             "| comparison | gap | 95 % interval | p | seeds | Holm verdict |", "|---|---:|---|---:|---:|---|"]
+    lines = [
+        f"### Primary: `{primary['figure']}` at equal `{primary['quality']}` ({primary['rule']})",
+        "",
+        "| comparison | gap | 95 % interval | p | seeds | Holm verdict |",
+        "|---|---:|---|---:|---:|---|",
+    ]
     for name, v in primary["comparisons"].items():
         lo, hi = v["ci95"]
         ci = f"[{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) else "n/a"
@@ -304,8 +436,16 @@ def eval_settings(cfg: Config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg.eval), default=str))
 
 
-def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict, timings: dict,
-                 frequencies: dict | None = None, references: dict | None = None, spread: dict | None = None) -> Path:
+def write_report(
+    out_dir: Path,
+    cfg: Config,
+    reader: StoreReader,
+    results: dict,
+    timings: dict,
+    frequencies: dict | None = None,
+    references: dict | None = None,
+    spread: dict | None = None,
+) -> Path:
     """frequencies: what feature frequencies were counted on (eval/frequencies.describe); references:
     the label-using unlearning references measured beside the runs; spread: `[eval.spread]`'s
     decomposition (eval/spread.py)."""
@@ -313,29 +453,54 @@ def write_report(out_dir: Path, cfg: Config, reader: StoreReader, results: dict,
     references = references or {}
     every = {**results, **references}
     metrics = registry(budgets_of(every))
-    conditions = aggregate(every, metrics, primary_of(cfg))  # seeds -> conditions (eval/aggregate.py), references beside the runs
+    conditions = aggregate(
+        every, metrics, primary_of(cfg)
+    )  # seeds -> conditions (eval/aggregate.py), references beside the runs
     corpora = corpora_json(reader, frequencies)
     report = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "orthosae_version": __version__,
-        "config": str(cfg.path), "sets": list(getattr(cfg, "sets", ())), "store": reader.url,
-        "store_meta": reader.meta, "corpora": corpora,
-        "runs_dir": cfg.train.runs_dir, "eval_settings": eval_settings(cfg),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "orthosae_version": __version__,
+        "config": str(cfg.path),
+        "sets": list(getattr(cfg, "sets", ())),
+        "store": reader.url,
+        "store_meta": reader.meta,
+        "corpora": corpora,
+        "runs_dir": cfg.train.runs_dir,
+        "eval_settings": eval_settings(cfg),
         "headline_explained_variance": HEADLINE_EV,
-        "metrics": [{"key": m.key, "section": m.section, "higher_is_better": m.higher, "label": m.label,
-                     "eval_error": m.eval_error, "frontier": m.frontier, "quality": m.quality} for m in metrics],
-        "runs": results, "references": references, "conditions": conditions,
-        "who_wins": conditions["who_wins"], "spread": spread, "timings_s": timings, "plots": [],
+        "metrics": [
+            {
+                "key": m.key,
+                "section": m.section,
+                "higher_is_better": m.higher,
+                "label": m.label,
+                "eval_error": m.eval_error,
+                "frontier": m.frontier,
+                "quality": m.quality,
+            }
+            for m in metrics
+        ],
+        "runs": results,
+        "references": references,
+        "conditions": conditions,
+        "who_wins": conditions["who_wins"],
+        "spread": spread,
+        "timings_s": timings,
+        "plots": [],
     }
     _write_json(out_dir / "report.json", report)  # the measurements first: a failing plot must not lose them
     plots = _plots(out_dir, results, metrics) + probe_plots(out_dir, results)
     condition_plots = plot_frontier(out_dir, conditions, metrics) + plot_conditions(out_dir, conditions)
     report["plots"] = plots + condition_plots
     _write_json(out_dir / "report.json", report)
-    (out_dir / "report.md").write_text(_markdown(cfg, reader, results, references, conditions, metrics, timings, plots)
-                                       + probe_markdown(results, forget_topics(cfg))
-                                       + conditions_markdown(conditions, condition_plots, metrics)
-                                       + spread_markdown(spread)
-                                       + "\n" + corpora_markdown(corpora))
+    (out_dir / "report.md").write_text(
+        _markdown(cfg, reader, results, references, conditions, metrics, timings, plots)
+        + probe_markdown(results, forget_topics(cfg))
+        + conditions_markdown(conditions, condition_plots, metrics)
+        + spread_markdown(spread)
+        + "\n"
+        + corpora_markdown(corpora)
+    )
     return out_dir
 
 

@@ -7,6 +7,7 @@ spliced CE/KL (one pass serves all runs) -> unlearning (the SAE-independent base
 -> report.json / report.md / plots. Each ``measure_*`` function returns its own result per run (a
 report.json section, or a dataclass where a family yields more); only ``evaluate`` puts them together.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,15 +33,15 @@ from orthosae.eval.core import FeatureActivity, Reconstruction
 from orthosae.eval.curves import training_curves
 from orthosae.eval.downstream import spliced_ce
 from orthosae.eval.frequencies import describe, frequency_plan, plan_batches, resample_plan
+from orthosae.eval.matched_damage import domain_tokens
 from orthosae.eval.probe_families import ProbeResults, measure_probe_families
 from orthosae.eval.report import write_report
 from orthosae.eval.spread import decompose, figure_keys
-from orthosae.eval.matched_damage import domain_tokens
 from orthosae.eval.unlearning import run_sweep, run_unlearning, unlearning_baseline
 from orthosae.train.export import load_sae
-from orthosae.train.verify import read_summary, require_intact_export
 from orthosae.train.sae import SAE, is_grouped
 from orthosae.train.sae.grouping import forget_share
+from orthosae.train.verify import read_summary, require_intact_export
 
 ROW_BATCH = 4096
 
@@ -48,6 +49,7 @@ ROW_BATCH = 4096
 @dataclass
 class LoadedRun:
     """One trained run as eval finds it: its config, folder, SAE (on the eval device) and files."""
+
     run: RunConfig
     dir: Path
     sae: SAE
@@ -63,6 +65,7 @@ class LoadedRun:
 class Activity:
     """One run's feature frequency (fraction of rows with f > 0) and activation mass (mean f per
     row) on the forget / retain training rows; None where the config has no such corpus."""
+
     forget_freq: Tensor | None = None
     retain_freq: Tensor | None = None
     forget_mass: Tensor | None = None
@@ -77,6 +80,7 @@ class Activity:
 class Reference:
     """A label-using unlearning reference measured on the runs' sweep: the run whose features it
     edits (None: no SAE), what it is, and its report.json ``unlearning`` section."""
+
     of: str | None
     how: str
     unlearning: dict
@@ -85,6 +89,7 @@ class Reference:
 @dataclass(frozen=True)
 class Unlearning:
     """``measure_unlearning``'s result: each run's ``unlearning`` section, and the references."""
+
     runs: dict[str, dict]
     references: dict[str, Reference]
     spread: dict | None = None  # `[eval.spread]`'s decomposition (eval/spread.py)
@@ -93,6 +98,7 @@ class Unlearning:
 @dataclass
 class RunResult:
     """One run's entry in report.json (``to_json``), assembled by ``evaluate`` from every family."""
+
     summary: dict
     sae_cfg: dict
     reconstruction: dict
@@ -104,8 +110,14 @@ class RunResult:
 
     def quality(self) -> dict:
         """The sections a reference reports as its own: the SAE it edits with, unedited."""
-        return {"summary": self.summary, "cfg": self.sae_cfg, "reconstruction": self.reconstruction,
-                "conditioning": self.conditioning, "curves": self.curves, "downstream": self.downstream}
+        return {
+            "summary": self.summary,
+            "cfg": self.sae_cfg,
+            "reconstruction": self.reconstruction,
+            "conditioning": self.conditioning,
+            "curves": self.curves,
+            "downstream": self.downstream,
+        }
 
     def to_json(self) -> dict:
         out = self.quality()
@@ -119,8 +131,9 @@ def _corpora(cfg: Config, split: str, role: str | None = None) -> list[str]:
     return [n for n, c in cfg.corpora.items() if c.split == split and (role is None or c.role == role)]
 
 
-def _rows(reader: StoreReader, names: list[str], n_rows: int, skip_tokens: frozenset[int] = frozenset()
-          ) -> Iterator[torch.Tensor]:
+def _rows(
+    reader: StoreReader, names: list[str], n_rows: int, skip_tokens: frozenset[int] = frozenset()
+) -> Iterator[torch.Tensor]:
     """Up to n_rows raw rows, shared across `names` in proportion to their size, in batches; rows
     whose token is in ``skip_tokens`` are left out (counted in n_rows all the same)."""
     info = reader.corpora()
@@ -137,8 +150,9 @@ def _rows(reader: StoreReader, names: list[str], n_rows: int, skip_tokens: froze
 
 def special_tokens(tokenizer) -> frozenset[int]:
     """BOS, EOS and padding ids: SAEBench masks them out of the feature frequencies it selects by."""
-    return frozenset(t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
-                     if t is not None)
+    return frozenset(
+        t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None
+    )
 
 
 def _contexts(reader: StoreReader, names: list[str], n: int, bos: int) -> torch.Tensor:
@@ -160,13 +174,15 @@ def load_runs(cfg: Config, run_names: list[str] | None = None, device: torch.dev
         if summary.get("status") == "failed":
             raise IncompleteConditionError(
                 f"{run_dir}: run {run.name!r} failed in training ({summary.get('message') or summary.get('reason')}); "
-                f"its condition cannot be paired around it: retrain it or remove it from [[runs]] (or its seed)")
+                f"its condition cannot be paired around it: retrain it or remove it from [[runs]] (or its seed)"
+            )
     out = []
     for run, run_dir, summary in summaries:
         require_intact_export(run_dir, summary)  # digests too: a swapped file loads, but is not this run
         sae, sae_cfg = load_sae(run_dir, device=device)
-        out.append(LoadedRun(run=run, dir=run_dir, sae=sae.eval().requires_grad_(False), sae_cfg=sae_cfg,
-                             summary=summary))
+        out.append(
+            LoadedRun(run=run, dir=run_dir, sae=sae.eval().requires_grad_(False), sae_cfg=sae_cfg, summary=summary)
+        )
     if not out:
         raise StoreError(f"{cfg.train.runs_dir}: no trained run to evaluate")
     return out
@@ -195,8 +211,9 @@ def measure_reconstruction(cfg: Config, reader: StoreReader, runs: list[LoadedRu
     return out
 
 
-def measure_activity(cfg: Config, reader: StoreReader, runs: list[LoadedRun], skip: frozenset[int],
-                     draw: tuple[int, ...] | None = None) -> tuple[dict[str, Activity], dict]:
+def measure_activity(
+    cfg: Config, reader: StoreReader, runs: list[LoadedRun], skip: frozenset[int], draw: tuple[int, ...] | None = None
+) -> tuple[dict[str, Activity], dict]:
     """Feature frequency and mass on the training corpora without special-token rows (the groups
     of conditioning and unlearning's selection need them): every row, or the `[eval]
     frequency_rows` sample spread over all documents (eval/frequencies.py), each row encoded once
@@ -218,8 +235,7 @@ def measure_activity(cfg: Config, reader: StoreReader, runs: list[LoadedRun], sk
     return activity, describe(cfg.eval.frequency_rows, cfg.eval.frequency_seed, counted)
 
 
-def measure_conditioning(cfg: Config, runs: list[LoadedRun], activity: dict[str, Activity], advance
-                         ) -> dict[str, dict]:
+def measure_conditioning(cfg: Config, runs: list[LoadedRun], activity: dict[str, Activity], advance) -> dict[str, dict]:
     """Run -> its report.json ``conditioning``: of the groups the activity implies (eval/conditioning.py
     ``feature_groups``), or one group without both a forget and a retain training corpus."""
     out = {}
@@ -230,8 +246,9 @@ def measure_conditioning(cfg: Config, runs: list[LoadedRun], activity: dict[str,
             report = conditioning_report(r.sae, groups.cpu(), n_groups, activity=a.forget_mass + a.retain_mass)
             if r.run.has_ortho and not r.run.grouped:
                 # the fixed SAE was trained against its contiguous blocks: how orthogonal are those?
-                report["trained_groups"] = conditioning_report(r.sae, r.sae.groups.cpu(), r.sae.n_groups,
-                                                               activity=a.forget_mass + a.retain_mass)
+                report["trained_groups"] = conditioning_report(
+                    r.sae, r.sae.groups.cpu(), r.sae.n_groups, activity=a.forget_mass + a.retain_mass
+                )
         else:
             report, how = conditioning_report(r.sae), "single group"
         report["grouping"] = how
@@ -250,15 +267,25 @@ def measure_downstream(cfg: Config, reader: StoreReader, lm, runs: list[LoadedRu
     """Run -> its report.json ``downstream`` (spliced CE / KL; one pass of the model serves all runs)."""
     contexts = _contexts(reader, _corpora(cfg, "heldout"), cfg.eval.ce_contexts, lm.tokenizer.bos_token_id)
     task = bar.add_task("spliced CE / KL", total=len(contexts))
-    return spliced_ce(lm.model, cfg.harvest.layer, {r.name: r.sae for r in runs}, contexts,
-                      cfg.eval.batch_size, progress=lambda k: bar.advance(task, k))
+    return spliced_ce(
+        lm.model,
+        cfg.harvest.layer,
+        {r.name: r.sae for r in runs},
+        contexts,
+        cfg.eval.batch_size,
+        progress=lambda k: bar.advance(task, k),
+    )
 
 
 def _contexts_all(reader: StoreReader, names: list[str], per_corpus: int, bos: int) -> torch.Tensor:
     """``per_corpus`` contexts from the front of each corpus (0 = all of them), in store order."""
     info = reader.corpora()
-    return torch.cat([reader.contexts(n, 0, info[n].n_contexts if per_corpus == 0 else
-                                      min(per_corpus, info[n].n_contexts), bos) for n in names])
+    return torch.cat(
+        [
+            reader.contexts(n, 0, info[n].n_contexts if per_corpus == 0 else min(per_corpus, info[n].n_contexts), bos)
+            for n in names
+        ]
+    )
 
 
 def token_counts(reader: StoreReader, names: list[str]) -> np.ndarray:
@@ -268,7 +295,7 @@ def token_counts(reader: StoreReader, names: list[str]) -> np.ndarray:
     for n in names:
         c = np.bincount(reader.read_tokens(n, 0, info[n].n_rows).astype(np.int64))
         counts = np.pad(counts, (0, max(0, len(c) - len(counts))))
-        counts[:len(c)] += c
+        counts[: len(c)] += c
     return counts
 
 
@@ -277,9 +304,10 @@ def forget_share_ranking(a: Activity) -> torch.Tensor:
     activation mass (the adaptive grouping's statistic, applied post hoc), then forget frequency."""
     share = forget_share(a.forget_mass, a.retain_mass).double().cpu()
     share = torch.nan_to_num(share, nan=-1.0)
-    active = (a.forget_freq.cpu() > 0)
-    order = sorted(torch.nonzero(active).flatten().tolist(),
-                   key=lambda i: (-share[i].item(), -a.forget_freq[i].item(), i))
+    active = a.forget_freq.cpu() > 0
+    order = sorted(
+        torch.nonzero(active).flatten().tolist(), key=lambda i: (-share[i].item(), -a.forget_freq[i].item(), i)
+    )
     return torch.tensor(order, dtype=torch.long)
 
 
@@ -301,12 +329,14 @@ def mean_direction(reader: StoreReader, cfg: Config, skip: frozenset[int]) -> to
 
 def project_out(direction: Tensor, scale: float, fired: list | None = None):
     """resid -> resid − scale·(resid·d̂)d̂ (the SAE-free reference edit; every position is edited)."""
+
     def fn(r: Tensor) -> Tensor:
         d = direction.to(device=r.device)
         x = r.float()
         if fired is not None:
             fired.append(torch.full(r.shape[:-2] or (1,), float(r.shape[-2]), dtype=torch.float64))
         return (x - scale * (x @ d)[..., None] * d).to(r.dtype)
+
     return fn
 
 
@@ -331,19 +361,26 @@ def reference_entry(ref: Reference, base: RunResult | None) -> dict:
     """A reference's entry beside the runs in report.json: its unlearning, the quality it edits at."""
     if base is not None:  # the SAE's own quality: the reference uses its features
         out = base.quality()
-        out["cfg"] = {**out["cfg"], "orthosae": {**out["cfg"].get("orthosae", {}), "type": "reference",
-                                                 "reference": ref.how}}
+        out["cfg"] = {
+            **out["cfg"],
+            "orthosae": {**out["cfg"].get("orthosae", {}), "type": "reference", "reference": ref.how},
+        }
     else:  # no SAE: the model itself, reconstruction perfect by definition
-        out = {"cfg": {"orthosae": {"type": "reference", "reference": ref.how}},
-               "reconstruction": {"explained_variance": 1.0}, "downstream": {"ce_loss_score": 1.0},
-               "conditioning": {}, "curves": {}}
+        out = {
+            "cfg": {"orthosae": {"type": "reference", "reference": ref.how}},
+            "reconstruction": {"explained_variance": 1.0},
+            "downstream": {"ce_loss_score": 1.0},
+            "conditioning": {},
+            "curves": {},
+        }
     out["summary"] = {"type": "reference", "reference": ref.how, "of": ref.of}
     out["unlearning"] = ref.unlearning
     return out
 
 
-def measure_unlearning(cfg: Config, reader: StoreReader, lm, runs: list[LoadedRun], activity: dict[str, Activity],
-                       bar, timings: dict) -> Unlearning:
+def measure_unlearning(
+    cfg: Config, reader: StoreReader, lm, runs: list[LoadedRun], activity: dict[str, Activity], bar, timings: dict
+) -> Unlearning:
     """Every run's sweep, and the label-using references' sweeps."""
     un, bos = cfg.eval.unlearning, lm.tokenizer.bos_token_id
     t = time.perf_counter()
@@ -355,54 +392,115 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, runs: list[LoadedRu
     retain_q = load_mcq(un.retain_questions, un.retain_subjects, cap) if mcq else None
     fc = _contexts_all(reader, _corpora(cfg, "heldout", "forget"), un.loss_contexts, bos) if loss else None
     rc = _contexts_all(reader, _corpora(cfg, "heldout", "retain"), un.loss_contexts, bos) if loss else None
-    domain = (domain_tokens(token_counts(reader, _corpora(cfg, "train", "forget")),
-                            token_counts(reader, _corpora(cfg, "train", "retain")), un.domain_ratio,
-                            un.domain_min_count) if loss and has_freqs else None)
+    domain = (
+        domain_tokens(
+            token_counts(reader, _corpora(cfg, "train", "forget")),
+            token_counts(reader, _corpora(cfg, "train", "retain")),
+            un.domain_ratio,
+            un.domain_min_count,
+        )
+        if loss and has_freqs
+        else None
+    )
     task = bar.add_task("unlearning baseline (unmodified model)", total=1)
-    baseline = unlearning_baseline(lm.model, lm.tokenizer, forget_mcqs=forget_q, retain_mcqs=retain_q,
-                                   forget_contexts=fc, retain_contexts=rc, batch_size=cfg.eval.batch_size,
-                                   chat=un.chat_template, all_permutations=un.all_permutations,
-                                   layer=cfg.harvest.layer, domain=domain)
+    baseline = unlearning_baseline(
+        lm.model,
+        lm.tokenizer,
+        forget_mcqs=forget_q,
+        retain_mcqs=retain_q,
+        forget_contexts=fc,
+        retain_contexts=rc,
+        batch_size=cfg.eval.batch_size,
+        chat=un.chat_template,
+        all_permutations=un.all_permutations,
+        layer=cfg.harvest.layer,
+        domain=domain,
+    )
     bar.advance(task)  # stops its clock; an open task would keep counting through the interventions
     timings["unlearning_baseline"] = time.perf_counter() - t
     t = time.perf_counter()
     settings = len(un.retain_thresholds) * len(un.n_features_list) * len(un.multipliers)
     ablated = {r.name for r in runs if is_grouped(r.sae)} if loss and un.pi_ablation else set()
-    ranked_refs = (_first_seeds([r for r in runs if r.run.variant.baseline
-                                 and un.forget_share_condition in ("", r.run.condition)], un.forget_share_runs)
-                   if loss and "forget_share" in un.references else [])
+    ranked_refs = (
+        _first_seeds(
+            [r for r in runs if r.run.variant.baseline and un.forget_share_condition in ("", r.run.condition)],
+            un.forget_share_runs,
+        )
+        if loss and "forget_share" in un.references
+        else []
+    )
     dom_ref = loss and has_freqs and "diff_of_means" in un.references
     spread = cfg.eval.spread
-    spread_runs = (_first_seeds([r for r in runs if r.run.condition == spread.condition
-                                 and activity[r.name].both_roles], spread.runs) if loss and spread.condition else [])
-    total = (settings * len(runs) + len(ablated) + len(un.n_features_list) * len(un.multipliers) * len(ranked_refs)
-             + (len(un.projection_scales) if dom_ref else 0) + settings * spread.selection_draws * len(spread_runs))
+    spread_runs = (
+        _first_seeds(
+            [r for r in runs if r.run.condition == spread.condition and activity[r.name].both_roles], spread.runs
+        )
+        if loss and spread.condition
+        else []
+    )
+    total = (
+        settings * len(runs)
+        + len(ablated)
+        + len(un.n_features_list) * len(un.multipliers) * len(ranked_refs)
+        + (len(un.projection_scales) if dom_ref else 0)
+        + settings * spread.selection_draws * len(spread_runs)
+    )
     task = bar.add_task("unlearning interventions", total=total)
-    args = dict(forget_mcqs=forget_q, retain_mcqs=retain_q, forget_contexts=fc, retain_contexts=rc,
-                retain_thresholds=un.retain_thresholds, n_features_list=un.n_features_list,
-                multipliers=un.multipliers, batch_size=cfg.eval.batch_size, chat=un.chat_template,
-                all_permutations=un.all_permutations, baseline=baseline, retain_budgets=un.retain_budgets,
-                progress=lambda k: bar.advance(task, k))
+    args = dict(
+        forget_mcqs=forget_q,
+        retain_mcqs=retain_q,
+        forget_contexts=fc,
+        retain_contexts=rc,
+        retain_thresholds=un.retain_thresholds,
+        n_features_list=un.n_features_list,
+        multipliers=un.multipliers,
+        batch_size=cfg.eval.batch_size,
+        chat=un.chat_template,
+        all_permutations=un.all_permutations,
+        baseline=baseline,
+        retain_budgets=un.retain_budgets,
+        progress=lambda k: bar.advance(task, k),
+    )
     sections: dict[str, dict] = {}
     for r in runs:
         a = activity[r.name]
         if not a.both_roles:
             continue
-        section = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, a.forget_freq,
-                                 a.retain_freq, **args)
+        section = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, a.forget_freq, a.retain_freq, **args)
         if r.name in ablated:
             # ablation: π follows the clamp, so the clamp also removes group bias; at the largest
             # setting only (the one where it can matter most), against the main clamp's same setting
-            big = dict(args, forget_mcqs=None, retain_mcqs=None, n_features_list=[max(un.n_features_list)],
-                       multipliers=[max(un.multipliers)], retain_thresholds=un.retain_thresholds[:1])
-            ablation = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, a.forget_freq,
-                                      a.retain_freq, pi_from_clamped=True, **big)
-            main = [x for x in section["rows"] if x["n_features"] == max(un.n_features_list)
-                    and x["multiplier"] == max(un.multipliers) and x["retain_threshold"] == un.retain_thresholds[0]]
+            big = dict(
+                args,
+                forget_mcqs=None,
+                retain_mcqs=None,
+                n_features_list=[max(un.n_features_list)],
+                multipliers=[max(un.multipliers)],
+                retain_thresholds=un.retain_thresholds[:1],
+            )
+            ablation = run_unlearning(
+                lm.model,
+                lm.tokenizer,
+                cfg.harvest.layer,
+                r.sae,
+                a.forget_freq,
+                a.retain_freq,
+                pi_from_clamped=True,
+                **big,
+            )
+            main = [
+                x
+                for x in section["rows"]
+                if x["n_features"] == max(un.n_features_list)
+                and x["multiplier"] == max(un.multipliers)
+                and x["retain_threshold"] == un.retain_thresholds[0]
+            ]
             section["ablation_pi_from_clamped"] = {
-                "n_features": max(un.n_features_list), "multiplier": max(un.multipliers),
+                "n_features": max(un.n_features_list),
+                "multiplier": max(un.multipliers),
                 "selectivity": ablation["rows"][0]["selectivity"],
-                "selectivity_pi_from_unclamped": main[0]["selectivity"] if main else math.nan}
+                "selectivity_pi_from_unclamped": main[0]["selectivity"] if main else math.nan,
+            }
         sections[r.name] = section
     timings["unlearning_interventions"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -410,19 +508,42 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, runs: list[LoadedRu
     ref_args = dict(args, forget_mcqs=None, retain_mcqs=None)
     for r in ranked_refs:
         a = activity[r.name]
-        res = run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, a.forget_freq, a.retain_freq,
-                             ranking=forget_share_ranking(a), **ref_args)
+        res = run_unlearning(
+            lm.model,
+            lm.tokenizer,
+            cfg.harvest.layer,
+            r.sae,
+            a.forget_freq,
+            a.retain_freq,
+            ranking=forget_share_ranking(a),
+            **ref_args,
+        )
         references[_ref_name(r.name, "+forget-share")] = Reference(
-            r.name, "forget_share: the SAE's features ranked by forget share of activation mass", res)
+            r.name, "forget_share: the SAE's features ranked by forget share of activation mass", res
+        )
     if dom_ref:
         d = mean_direction(reader, cfg, special_tokens(lm.tokenizer))
-        sweep = [({"scale": float(s)}, ("project", float(s)), lambda fired, s=float(s): project_out(d, s, fired))
-                 for s in un.projection_scales]
-        res = run_sweep(lm.model, lm.tokenizer, cfg.harvest.layer, sweep, baseline=baseline, do_mcq=False,
-                        do_loss=True, forget_contexts=fc, retain_contexts=rc, batch_size=cfg.eval.batch_size,
-                        progress=lambda k: bar.advance(task, k), retain_budgets=un.retain_budgets)
+        sweep = [
+            ({"scale": float(s)}, ("project", float(s)), lambda fired, s=float(s): project_out(d, s, fired))
+            for s in un.projection_scales
+        ]
+        res = run_sweep(
+            lm.model,
+            lm.tokenizer,
+            cfg.harvest.layer,
+            sweep,
+            baseline=baseline,
+            do_mcq=False,
+            do_loss=True,
+            forget_contexts=fc,
+            retain_contexts=rc,
+            batch_size=cfg.eval.batch_size,
+            progress=lambda k: bar.advance(task, k),
+            retain_budgets=un.retain_budgets,
+        )
         references["diff-of-means"] = Reference(
-            None, "diff_of_means: forget − retain mean direction projected out (no SAE)", res)
+            None, "diff_of_means: forget − retain mean direction projected out (no SAE)", res
+        )
     if references:
         timings["unlearning_references"] = time.perf_counter() - t
     decomposition = None
@@ -434,12 +555,19 @@ def measure_unlearning(cfg: Config, reader: StoreReader, lm, runs: list[LoadedRu
             drawn, _ = measure_activity(cfg, reader, spread_runs, skip, draw=(spread.seed, d))
             for r in spread_runs:
                 a = drawn[r.name]
-                draws[r.name].append(run_unlearning(lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, a.forget_freq,
-                                                    a.retain_freq, **ref_args))
+                draws[r.name].append(
+                    run_unlearning(
+                        lm.model, lm.tokenizer, cfg.harvest.layer, r.sae, a.forget_freq, a.retain_freq, **ref_args
+                    )
+                )
         main = {r.name: sections[r.name] for r in runs if r.run.condition == spread.condition and r.name in sections}
-        decomposition = {"condition": spread.condition, "runs": len(spread_runs),
-                         "selection_draws": spread.selection_draws, "seed": spread.seed,
-                         "figures": decompose(main, draws, figure_keys(un.retain_budgets))}
+        decomposition = {
+            "condition": spread.condition,
+            "runs": len(spread_runs),
+            "selection_draws": spread.selection_draws,
+            "seed": spread.seed,
+            "figures": decompose(main, draws, figure_keys(un.retain_budgets)),
+        }
         timings["unlearning_spread"] = time.perf_counter() - t
     return Unlearning(runs=sections, references=references, spread=decomposition)
 
@@ -449,12 +577,17 @@ def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: 
     reader = open_store_for(cfg)
     runs = load_runs(cfg, run_names, device=pick_device(cfg.model.device))  # on the model's device
     if not _corpora(cfg, "heldout"):
-        raise ConfigError(f"{cfg.path}: [corpora]: eval needs a corpus with split = \"heldout\"")
+        raise ConfigError(f'{cfg.path}: [corpora]: eval needs a corpus with split = "heldout"')
     timings: dict[str, float] = {}
     with progress("item", disable=not show_progress) as bar:
         t = time.perf_counter()
-        lm = load_model(cfg.model.id, revision=cfg.model.revision, dtype=cfg.model.dtype,
-                        device=cfg.model.device, trust_remote_code=cfg.model.trust_remote_code)
+        lm = load_model(
+            cfg.model.id,
+            revision=cfg.model.revision,
+            dtype=cfg.model.dtype,
+            device=cfg.model.device,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
         timings["model_load"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -476,15 +609,32 @@ def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: 
         probes = measure_probe_families(cfg, reader, lm, runs, bar, timings)
 
     # the one place the families' results become report.json entries
-    results = {r.name: RunResult(summary=r.summary, sae_cfg=r.sae_cfg, reconstruction=reconstruction[r.name],
-                                 conditioning=conditioning[r.name], curves=curves[r.name],
-                                 downstream=downstream[r.name], unlearning=unlearning.runs.get(r.name, {}),
-                                 probes=probes.get(r.name, ProbeResults()))
-               for r in runs}
-    references = {name: reference_entry(ref, results[ref.of] if ref.of else None)
-                  for name, ref in unlearning.references.items()}
+    results = {
+        r.name: RunResult(
+            summary=r.summary,
+            sae_cfg=r.sae_cfg,
+            reconstruction=reconstruction[r.name],
+            conditioning=conditioning[r.name],
+            curves=curves[r.name],
+            downstream=downstream[r.name],
+            unlearning=unlearning.runs.get(r.name, {}),
+            probes=probes.get(r.name, ProbeResults()),
+        )
+        for r in runs
+    }
+    references = {
+        name: reference_entry(ref, results[ref.of] if ref.of else None) for name, ref in unlearning.references.items()
+    }
     out_dir = Path(cfg.eval.reports_dir) / cfg.eval.name
-    write_report(out_dir, cfg, reader, {name: r.to_json() for name, r in results.items()}, timings,
-                 frequencies=frequencies, references=references, spread=unlearning.spread)
+    write_report(
+        out_dir,
+        cfg,
+        reader,
+        {name: r.to_json() for name, r in results.items()},
+        timings,
+        frequencies=frequencies,
+        references=references,
+        spread=unlearning.spread,
+    )
     events.emit("stage_done", report=str(out_dir / "report.md"), runs=[r.name for r in runs])
     return out_dir

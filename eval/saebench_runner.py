@@ -22,6 +22,7 @@ The environment variables are read when huggingface_hub / datasets are imported,
 in a child process (``python -m orthosae.eval.saebench_runner PLAN.json``) with that environment.
 SAEBench writes its own JSON: ``<out>/<release>_custom_sae_eval_results.json`` per eval folder.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,8 +59,9 @@ def official_model_name(model_name: str) -> str:
     try:
         return get_official_model_name(model_name)
     except ValueError:
-        raise SaebenchError(f"cfg.json model_name {model_name!r}: TransformerLens has no model of that name, so "
-                            "SAEBench cannot load it") from None
+        raise SaebenchError(
+            f"cfg.json model_name {model_name!r}: TransformerLens has no model of that name, so SAEBench cannot load it"
+        ) from None
 
 
 def seed_model_cache(hub_cache: Path, repo_id: str, model_dir: Path) -> Path:
@@ -97,11 +99,15 @@ def write_core_texts(out_dir: Path, texts: list[str]) -> Path:
 def probe_rows(classes: dict[str, list[str]]) -> tuple[list[dict], dict[str, str]]:
     """bias_in_bios rows for labelled texts: class i -> profession PROBE_CLASSES[i], gender 0/1 alternating."""
     if len(classes) != len(PROBE_CLASSES):  # SAEBench's filter_dataset looks up every chosen class
-        raise SaebenchError(f"sparse probing stand-in: {len(classes)} classes; {PROBE_DATASET} needs "
-                            f"{len(PROBE_CLASSES)}")
+        raise SaebenchError(
+            f"sparse probing stand-in: {len(classes)} classes; {PROBE_DATASET} needs {len(PROBE_CLASSES)}"
+        )
     mapping = {label: PROBE_CLASSES[i] for i, label in enumerate(sorted(classes))}
-    rows = [{"hard_text": t, "profession": int(mapping[label]), "gender": j % 2}
-            for label in sorted(classes) for j, t in enumerate(classes[label])]
+    rows = [
+        {"hard_text": t, "profession": int(mapping[label]), "gender": j % 2}
+        for label in sorted(classes)
+        for j, t in enumerate(classes[label])
+    ]
     return rows, mapping
 
 
@@ -117,8 +123,13 @@ def seed_probe_dataset(datasets_cache: Path, train: dict[str, list[str]], test: 
         for split, rows in (("train", train_rows), ("test", test_rows)):
             files[split] = str(Path(tmp) / f"{split}.jsonl")
             Path(files[split]).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        builder = Json(cache_dir=str(Path(tmp) / "cache"), dataset_name="bias_in_bios", config_name="default",
-                       hash=STANDIN_HASH, data_files=files)
+        builder = Json(
+            cache_dir=str(Path(tmp) / "cache"),
+            dataset_name="bias_in_bios",
+            config_name="default",
+            hash=STANDIN_HASH,
+            data_files=files,
+        )
         builder.download_and_prepare()
         final.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(builder.cache_dir, final)  # datasets names the folder default-<files digest>; the Hub's is default
@@ -128,9 +139,18 @@ def seed_probe_dataset(datasets_cache: Path, train: dict[str, list[str]], test: 
 # ---- the plan and the child process ----
 
 
-def prepare(run_dir: Path, work: Path, *, model_dir: Path, core_texts: list[str] | None,
-            probe: tuple[dict, dict] | None, release: str, device: str = "cpu", core: dict | None = None,
-            probing: dict | None = None) -> Path:
+def prepare(
+    run_dir: Path,
+    work: Path,
+    *,
+    model_dir: Path,
+    core_texts: list[str] | None,
+    probe: tuple[dict, dict] | None,
+    release: str,
+    device: str = "cpu",
+    core: dict | None = None,
+    probing: dict | None = None,
+) -> Path:
     """Write the caches, the local datasets and ``work/plan.json``; return the plan's path."""
     run_dir, work = Path(run_dir).resolve(), Path(work).resolve()
     cfg_path = run_dir / "cfg.json"
@@ -141,9 +161,18 @@ def prepare(run_dir: Path, work: Path, *, model_dir: Path, core_texts: list[str]
         raise SaebenchError(f"{cfg_path}: no model_name")
     repo_id = official_model_name(model_name)
     seed_model_cache(work / "hub", repo_id, model_dir)
-    plan = {"run_dir": str(run_dir), "release": release, "device": device, "model_name": model_name,
-            "repo_id": repo_id, "hub_cache": str(work / "hub"), "datasets_cache": str(work / "datasets"),
-            "out": str(work / "results"), "artifacts": str(work / "artifacts"), "evals": []}
+    plan = {
+        "run_dir": str(run_dir),
+        "release": release,
+        "device": device,
+        "model_name": model_name,
+        "repo_id": repo_id,
+        "hub_cache": str(work / "hub"),
+        "datasets_cache": str(work / "datasets"),
+        "out": str(work / "results"),
+        "artifacts": str(work / "artifacts"),
+        "evals": [],
+    }
     if core_texts is not None:
         plan["evals"].append("core")
         plan["core"] = {"dataset": str(write_core_texts(work / "core_texts", core_texts)), **(core or {})}
@@ -160,22 +189,32 @@ def offline_env(plan: dict) -> dict[str, str]:
     jaxtyping's runtime shape checks off: sparse probing's ``train_probe_on_activations`` (@jaxtyped) binds
     ``train_dataset_size`` to a class's N rows, then its own call of ``train_sklearn_probe`` (@beartype)
     passes 2N rows under the same name and is refused (probe_training.py, sae-bench 0.6.0, jaxtyping 0.3)."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "HF_HUB_CACHE": plan["hub_cache"], "HF_DATASETS_CACHE": plan["datasets_cache"],
-            "HF_HUB_DISABLE_TELEMETRY": "1", "JAXTYPING_DISABLE": "1"}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_CACHE": plan["hub_cache"],
+        "HF_DATASETS_CACHE": plan["datasets_cache"],
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "JAXTYPING_DISABLE": "1",
+    }
 
 
 def launch(plan_path: Path, timeout: float | None = None) -> dict[str, Path]:
     """Run SAEBench in a child process with ``offline_env``; return {eval: its JSON}. Raises
     SaebenchError naming the eval whose JSON SAEBench did not write (its runner logs and skips)."""
     plan = json.loads(Path(plan_path).read_text())
-    proc = subprocess.run([sys.executable, "-m", "orthosae.eval.saebench_runner", str(plan_path)],
-                          env=offline_env(plan), timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orthosae.eval.saebench_runner", str(plan_path)], env=offline_env(plan), timeout=timeout
+    )
     out = {e: result_path(plan, e) for e in plan["evals"]}
     missing = [e for e, p in out.items() if not p.is_file()]
     if proc.returncode != 0 or missing:
-        raise SaebenchError(f"SAEBench {', '.join(missing) or 'run'} on {plan['run_dir']}: no result JSON "
-                            f"(exit {proc.returncode}; its log is above)")
+        raise SaebenchError(
+            f"SAEBench {', '.join(missing) or 'run'} on {plan['run_dir']}: no result JSON "
+            f"(exit {proc.returncode}; its log is above)"
+        )
     return out
 
 
@@ -188,8 +227,17 @@ def result_path(plan: dict, eval_name: str) -> Path:
 STANDIN_TEXTS = "embedded:wiki_topics"  # five topics of held-out wiki extracts (eval/probe_data.py)
 
 
-def run_for_config(cfg, run_name: str, *, out: Path | None, device: str, n_batches: int, batch_size: int,
-                   probe_train: int, probe_test: int) -> dict[str, Path]:
+def run_for_config(
+    cfg,
+    run_name: str,
+    *,
+    out: Path | None,
+    device: str,
+    n_batches: int,
+    batch_size: int,
+    probe_train: int,
+    probe_test: int,
+) -> dict[str, Path]:
     """SAEBench core + sparse probing on ``runs_dir/<run_name>``; returns {eval: SAEBench's JSON}."""
     import random
 
@@ -199,25 +247,43 @@ def run_for_config(cfg, run_name: str, *, out: Path | None, device: str, n_batch
 
     cfg.run(run_name)  # a name the config does not have: one line naming the config
     run_dir = Path(cfg.train.runs_dir) / run_name
-    source = json.loads((run_dir / "cfg.json").read_text()).get("model_source") if (run_dir / "cfg.json").is_file() else None
+    source = (
+        json.loads((run_dir / "cfg.json").read_text()).get("model_source") if (run_dir / "cfg.json").is_file() else None
+    )
     model_dir = local_model_dir(source) if source else None
     if model_dir is None:
-        raise SaebenchError(f"{run_dir / 'cfg.json'}: model_source {source!r} is not the embedded model or a local "
-                            "folder; run SAEBench online for a Hub model")
+        raise SaebenchError(
+            f"{run_dir / 'cfg.json'}: model_source {source!r} is not the embedded model or a local "
+            "folder; run SAEBench online for a Hub model"
+        )
     if probe_train % 4 or probe_test % 4:
-        raise SaebenchError(f"--probe-train {probe_train} / --probe-test {probe_test}: must be multiples of 4 "
-                            "(SAEBench balances 2 genders x 2 classes)")
-    train, test = class_texts(STANDIN_TEXTS, probe_train // 2, probe_test // 2, 42, cfg.harvest.heldout_fraction,
-                              where="pipe saebench --probe-train / --probe-test")
+        raise SaebenchError(
+            f"--probe-train {probe_train} / --probe-test {probe_test}: must be multiples of 4 "
+            "(SAEBench balances 2 genders x 2 classes)"
+        )
+    train, test = class_texts(
+        STANDIN_TEXTS,
+        probe_train // 2,
+        probe_test // 2,
+        42,
+        cfg.harvest.heldout_fraction,
+        where="pipe saebench --probe-train / --probe-test",
+    )
     core_texts = sorted({t for texts in (*train.values(), *test.values()) for t in texts})
     random.Random(0).shuffle(core_texts)
     work = Path(out) if out else Path(cfg.eval.reports_dir) / cfg.eval.name / "saebench" / run_name
     with console.status(f"{run_name}: SAEBench's caches and stand-in datasets in {work}"):
-        plan = prepare(run_dir, work, model_dir=model_dir, core_texts=core_texts, probe=(train, test),
-                       release=f"orthosae-{run_name}", device=device,
-                       core={"n_batches": n_batches, "batch_size_prompts": batch_size},
-                       probing={"train_size": probe_train, "test_size": probe_test,
-                                "context_length": cfg.harvest.context_length})
+        plan = prepare(
+            run_dir,
+            work,
+            model_dir=model_dir,
+            core_texts=core_texts,
+            probe=(train, test),
+            release=f"orthosae-{run_name}",
+            device=device,
+            core={"n_batches": n_batches, "batch_size_prompts": batch_size},
+            probing={"train_size": probe_train, "test_size": probe_test, "context_length": cfg.harvest.context_length},
+        )
     console.print(f"{run_name}: SAEBench core + sparse probing, offline (its own progress bars follow)")
     return launch(plan)
 
@@ -229,13 +295,20 @@ def run_core(plan: dict, sae) -> None:
     from sae_bench.evals.core.main import multiple_evals
 
     c = plan["core"]
-    multiple_evals(selected_saes=[(plan["release"], sae)], dataset=c["dataset"],
-                   n_eval_reconstruction_batches=c.get("n_batches", 4),
-                   n_eval_sparsity_variance_batches=c.get("n_batches", 4),
-                   eval_batch_size_prompts=c.get("batch_size_prompts", 8),
-                   compute_featurewise_density_statistics=True, compute_featurewise_weight_based_metrics=True,
-                   context_size=int(sae.cfg.context_size), output_folder=str(Path(plan["out"]) / "core"),
-                   dtype="float32", device=plan["device"], force_rerun=True)
+    multiple_evals(
+        selected_saes=[(plan["release"], sae)],
+        dataset=c["dataset"],
+        n_eval_reconstruction_batches=c.get("n_batches", 4),
+        n_eval_sparsity_variance_batches=c.get("n_batches", 4),
+        eval_batch_size_prompts=c.get("batch_size_prompts", 8),
+        compute_featurewise_density_statistics=True,
+        compute_featurewise_weight_based_metrics=True,
+        context_size=int(sae.cfg.context_size),
+        output_folder=str(Path(plan["out"]) / "core"),
+        dtype="float32",
+        device=plan["device"],
+        force_rerun=True,
+    )
 
 
 def run_sparse_probing(plan: dict, sae) -> None:
@@ -243,12 +316,25 @@ def run_sparse_probing(plan: dict, sae) -> None:
     from sae_bench.evals.sparse_probing.main import run_eval
 
     p = plan["sparse_probing"]
-    config = SparseProbingEvalConfig(model_name=plan["model_name"], dataset_names=[PROBE_DATASET],
-                                     probe_train_set_size=p["train_size"], probe_test_set_size=p["test_size"],
-                                     context_length=p.get("context_length", 128), llm_batch_size=p.get("llm_batch_size", 16),
-                                     llm_dtype="float32", k_values=p.get("k_values", [1, 2, 5]))
-    run_eval(config, [(plan["release"], sae)], plan["device"], str(Path(plan["out"]) / "sparse_probing"),
-             force_rerun=True, save_activations=False, artifacts_path=plan["artifacts"])
+    config = SparseProbingEvalConfig(
+        model_name=plan["model_name"],
+        dataset_names=[PROBE_DATASET],
+        probe_train_set_size=p["train_size"],
+        probe_test_set_size=p["test_size"],
+        context_length=p.get("context_length", 128),
+        llm_batch_size=p.get("llm_batch_size", 16),
+        llm_dtype="float32",
+        k_values=p.get("k_values", [1, 2, 5]),
+    )
+    run_eval(
+        config,
+        [(plan["release"], sae)],
+        plan["device"],
+        str(Path(plan["out"]) / "sparse_probing"),
+        force_rerun=True,
+        save_activations=False,
+        artifacts_path=plan["artifacts"],
+    )
 
 
 def main(plan_path: str) -> int:

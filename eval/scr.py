@@ -26,6 +26,7 @@ gender (column 2) by a **language** pair (``embedded:wiki_topic_language``, ``ev
    direction 1, where SAEBench leaves the metric out). Several topic pairs are averaged key by key
    (``general_utils.average_results_dictionaries``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,11 +53,15 @@ def scr_sets(topics: list[str], languages: list[str], q: int) -> dict[str, tuple
     def first(t: str, lang: str, k: int) -> list[tuple[str, int]]:
         return [(cell(t, lang), i) for i in range(k)]
 
-    pos_neg = {"topic": (first(t1, l1, q) + first(t1, l2, q), first(t2, l1, q) + first(t2, l2, q)),
-               "language": (first(t1, l1, q) + first(t2, l1, q), first(t1, l2, q) + first(t2, l2, q)),
-               "biased": (first(t1, l1, 2 * q), first(t2, l2, 2 * q))}
-    return {s: (p + n, torch.tensor([POSITIVE] * len(p) + [NEGATIVE] * len(n), dtype=torch.int))
-            for s, (p, n) in pos_neg.items()}
+    pos_neg = {
+        "topic": (first(t1, l1, q) + first(t1, l2, q), first(t2, l1, q) + first(t2, l2, q)),
+        "language": (first(t1, l1, q) + first(t2, l1, q), first(t1, l2, q) + first(t2, l2, q)),
+        "biased": (first(t1, l1, 2 * q), first(t2, l2, 2 * q)),
+    }
+    return {
+        s: (p + n, torch.tensor([POSITIVE] * len(p) + [NEGATIVE] * len(n), dtype=torch.int))
+        for s, (p, n) in pos_neg.items()
+    }
 
 
 def gather(x: dict[str, Tensor], rows: list[tuple[str, int]]) -> Tensor:
@@ -77,6 +82,7 @@ def scr_score(ablated: float, base: float, oracle: float) -> float:
 @dataclass
 class ScrPair:
     """The SAE-independent half of one topic pair: pooled residuals, sets, probes, clean accuracies."""
+
     topics: list[str]
     languages: list[str]
     pooled_train: dict[str, Tensor]
@@ -91,8 +97,9 @@ class ScrPair:
         return f"{' / '.join(self.topics)} x {' / '.join(self.languages)}"
 
 
-def scr_llm(topics: list[str], languages: list[str], train: Split, test: Split, train_size: int, test_size: int,
-            seed: int) -> ScrPair:
+def scr_llm(
+    topics: list[str], languages: list[str], train: Split, test: Split, train_size: int, test_size: int, seed: int
+) -> ScrPair:
     """Sets, probes and clean accuracies of one topic pair (``train_size`` / ``test_size``: texts per set)."""
     pooled_train, pooled_test = train.pooled(), test.pooled()
     sets_tr, sets_te = scr_sets(topics, languages, train_size // 4), scr_sets(topics, languages, test_size // 4)
@@ -101,14 +108,18 @@ def scr_llm(topics: list[str], languages: list[str], train: Split, test: Split, 
         (rows, y), (rows_te, y_te) = sets_tr[s], sets_te[s]
         probe, _ = fit_probe(gather(pooled_train, rows), y, gather(pooled_test, rows_te), y_te, seed)
         probes[s] = probe_weight(probe)
-    clean = {f"{p} on {s}": accuracy(gather(pooled_test, sets_te[s][0]), sets_te[s][1], *probes[p])
-             for p in SETS for s in ("topic", "language")}
+    clean = {
+        f"{p} on {s}": accuracy(gather(pooled_test, sets_te[s][0]), sets_te[s][1], *probes[p])
+        for p in SETS
+        for s in ("topic", "language")
+    }
     return ScrPair(list(topics), list(languages), pooled_train, pooled_test, sets_tr, sets_te, probes, clean)
 
 
 @torch.no_grad()
-def run_scr_pair(pair: ScrPair, latents_train: dict[str, Tensor], latents_test: dict[str, Tensor], W_dec: Tensor,
-                 n_values: list[int]) -> dict:
+def run_scr_pair(
+    pair: ScrPair, latents_train: dict[str, Tensor], latents_test: dict[str, Tensor], W_dec: Tensor, n_values: list[int]
+) -> dict:
     """SCR of one SAE on one topic pair; ``W_dec`` [d_sae, d_model] on the CPU."""
     W_dec = W_dec.float().cpu()
     base = {d: pair.clean[f"biased on {scored}"] for d, (_, scored) in DIRECTIONS.items()}
@@ -146,8 +157,9 @@ def headline_n(n_values: list[int]) -> int:
     return max(below) if below else min(n_values)
 
 
-def run_scr(pairs: list[ScrPair], latents: list[tuple[dict[str, Tensor], dict[str, Tensor]]], W_dec: Tensor,
-            n_values: list[int]) -> dict:
+def run_scr(
+    pairs: list[ScrPair], latents: list[tuple[dict[str, Tensor], dict[str, Tensor]]], W_dec: Tensor, n_values: list[int]
+) -> dict:
     """SCR of one SAE: each pair's figures and their key-by-key mean (SAEBench's average over pairs)."""
     per_pair = [run_scr_pair(p, *lat, W_dec, n_values) for p, lat in zip(pairs, latents)]
     keys = [k for k, v in per_pair[0].items() if isinstance(v, float)]

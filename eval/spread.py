@@ -9,6 +9,7 @@ seeds holds the SAE's part and each run's own selection noise (every seed is sco
 documents, so their error is mostly shared and does not show in it), so the SAE's part is what the
 seed spread leaves after the selection's: sae_sd = √max(0, seed_sd² − selection_sd²).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,19 +33,27 @@ def decompose(main: dict[str, dict], draws: dict[str, list[dict]], keys: list[st
     for key in keys:
         values = {run: float(sec.get(key, math.nan)) for run, sec in main.items()}
         per_run = {run: [float(d.get(key, math.nan)) for d in ds] for run, ds in draws.items()}
-        within = [np.var([x for x in v if math.isfinite(x)], ddof=1) for v in per_run.values()
-                  if sum(math.isfinite(x) for x in v) >= 2]
+        within = [
+            np.var([x for x in v if math.isfinite(x)], ddof=1)
+            for v in per_run.values()
+            if sum(math.isfinite(x) for x in v) >= 2
+        ]
         ses = [sec.get("intervals", {}).get("se", {}).get(key, math.nan) for sec in main.values()]
         ses = [s for s in ses if s is not None and math.isfinite(s)]
         seed_sd = _sd(list(values.values()))
         selection_sd = float(math.sqrt(np.mean(within))) if within else math.nan
         out[key] = {
-            "seed_sd": seed_sd, "selection_sd": selection_sd,
+            "seed_sd": seed_sd,
+            "selection_sd": selection_sd,
             "documents_sd": float(math.sqrt(np.mean(np.square(ses)))) if ses else math.nan,
-            "sae_sd": (math.sqrt(max(0.0, seed_sd ** 2 - selection_sd ** 2))
-                       if math.isfinite(seed_sd) and math.isfinite(selection_sd) else math.nan),
+            "sae_sd": (
+                math.sqrt(max(0.0, seed_sd**2 - selection_sd**2))
+                if math.isfinite(seed_sd) and math.isfinite(selection_sd)
+                else math.nan
+            ),
             "n_seeds": sum(math.isfinite(x) for x in values.values()),
-            "values": values, "draws": per_run,
+            "values": values,
+            "draws": per_run,
         }
     return out
 
@@ -56,13 +65,20 @@ def _f(x: float) -> str:
 def spread_markdown(spread: dict | None) -> str:
     if not spread:
         return ""
-    lines = ["", "## Where the spread comes from", "",
-             f"Condition `{spread['condition']}`: {spread['runs']} run(s) × {spread['selection_draws']} bootstrap "
-             "draws of the selection rows; documents: the runs' bootstrap over held-out documents; seeds: "
-             "every run of the condition (docs/evaluation.md).", "",
-             "| figure | sd over seeds | selection rows | eval documents | SAE (seeds − selection) | seeds |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        "## Where the spread comes from",
+        "",
+        f"Condition `{spread['condition']}`: {spread['runs']} run(s) × {spread['selection_draws']} bootstrap "
+        "draws of the selection rows; documents: the runs' bootstrap over held-out documents; seeds: "
+        "every run of the condition (docs/evaluation.md).",
+        "",
+        "| figure | sd over seeds | selection rows | eval documents | SAE (seeds − selection) | seeds |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for key, d in spread["figures"].items():
-        lines.append(f"| {key} | {_f(d['seed_sd'])} | {_f(d['selection_sd'])} | {_f(d['documents_sd'])} | "
-                     f"{_f(d['sae_sd'])} | {d['n_seeds']} |")
+        lines.append(
+            f"| {key} | {_f(d['seed_sd'])} | {_f(d['selection_sd'])} | {_f(d['documents_sd'])} | "
+            f"{_f(d['sae_sd'])} | {d['n_seeds']} |"
+        )
     return "\n".join(lines) + "\n"

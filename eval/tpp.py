@@ -22,6 +22,7 @@ Matched against sae_bench 0.6.0 ``evals/scr_and_tpp/main.py`` with ``perform_scr
    test negatives at every accuracy call; here each class's test rows are drawn once, so clean and
    ablated accuracies are counted on the same texts.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -76,8 +77,13 @@ def tpp_scores(class_accuracies: dict[str, dict[int, dict[str, float]]], clean: 
 
 
 @torch.no_grad()
-def run_tpp(llm: LlmProbes, latents_train: dict[str, Tensor], latents_test: dict[str, Tensor], W_dec: Tensor,
-            n_values: list[int]) -> dict:
+def run_tpp(
+    llm: LlmProbes,
+    latents_train: dict[str, Tensor],
+    latents_test: dict[str, Tensor],
+    W_dec: Tensor,
+    n_values: list[int],
+) -> dict:
     """TPP of one SAE on one dataset; ``W_dec`` [d_sae, d_model] on the CPU."""
     W_dec = W_dec.float().cpu()
     probes = {c: probe_weight(p) for c, p in llm.probes.items()}
@@ -95,15 +101,27 @@ def run_tpp(llm: LlmProbes, latents_train: dict[str, Tensor], latents_test: dict
         by_class[c] = {}
         for n in n_values:
             chosen = top_n(effects, n)
-            by_class[c][n] = {j: accuracy(ablate_pooled(test_x[j], test_f[j], W_dec, chosen), test_y[j], *probes[j])
-                              for j in llm.rows}
+            by_class[c][n] = {
+                j: accuracy(ablate_pooled(test_x[j], test_f[j], W_dec, chosen), test_y[j], *probes[j]) for j in llm.rows
+            }
         chosen_latents[c] = top_n(effects, HEADLINE_N).tolist()
     overall, per_class = tpp_scores(by_class, clean)
-    headline = HEADLINE_N if HEADLINE_N in n_values else max(n for n in n_values if n <= HEADLINE_N) \
-        if min(n_values) <= HEADLINE_N else min(n_values)
-    out = {"tpp_score": overall[f"tpp_threshold_{headline}_total_metric"], "tpp_headline_n": headline,
-           "tpp_intended": overall[f"tpp_threshold_{headline}_intended_diff_only"],
-           "tpp_unintended": overall[f"tpp_threshold_{headline}_unintended_diff_only"],
-           **overall, "dataset": llm.name, "clean_accuracy": clean, "per_class": per_class,
-           "ablated_latents": chosen_latents}
+    headline = (
+        HEADLINE_N
+        if HEADLINE_N in n_values
+        else max(n for n in n_values if n <= HEADLINE_N)
+        if min(n_values) <= HEADLINE_N
+        else min(n_values)
+    )
+    out = {
+        "tpp_score": overall[f"tpp_threshold_{headline}_total_metric"],
+        "tpp_headline_n": headline,
+        "tpp_intended": overall[f"tpp_threshold_{headline}_intended_diff_only"],
+        "tpp_unintended": overall[f"tpp_threshold_{headline}_unintended_diff_only"],
+        **overall,
+        "dataset": llm.name,
+        "clean_accuracy": clean,
+        "per_class": per_class,
+        "ablated_latents": chosen_latents,
+    }
     return out

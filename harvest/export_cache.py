@@ -16,6 +16,7 @@ the corpora's chunks are interleaved in proportion to their size rather than wri
 after the other: each window of the cache holds the corpora in the mix the store has. bfloat16
 has no Arrow type: rows are written as float32 (exact for bf16 and float16) or float16.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ import numpy as np
 from orthosae.common import owned
 from orthosae.common.errors import one_line, os_error_line
 from orthosae.common.store import StoreError, StoreReader
+
 
 @dataclass(frozen=True)
 class CacheExport:
@@ -62,8 +64,9 @@ def chunk_order(n_chunks: dict[str, int]) -> list[tuple[str, int]]:
     return [(name, k) for _, name, k in sorted(items)]
 
 
-def export_saelens(reader: StoreReader, corpora: list[str], out: Path, *, dtype: str = "float32",
-                   progress=None) -> CacheExport:
+def export_saelens(
+    reader: StoreReader, corpora: list[str], out: Path, *, dtype: str = "float32", progress=None
+) -> CacheExport:
     """Write ``corpora`` of ``reader`` to ``out`` (replaced when it exists); returns what was written."""
     from datasets import Array2D, Features, Sequence, Value
 
@@ -79,9 +82,14 @@ def export_saelens(reader: StoreReader, corpora: list[str], out: Path, *, dtype:
         raise StoreError(f"{reader.url}: corpora {corpora} differ in rows per context {sorted(ctx)}")
     stored, d_in, hook = ctx.pop(), reader.d_model, hook_name(reader.meta)
     context_size, bos = stored + 1, bos_token_id(reader)
-    features = Features({hook: Array2D(shape=(context_size, d_in), dtype=dtype),
-                         "token_ids": Sequence(Value("int32"), length=context_size),
-                         "corpus": Value("string"), "context": Value("int32")})
+    features = Features(
+        {
+            hook: Array2D(shape=(context_size, d_in), dtype=dtype),
+            "token_ids": Sequence(Value("int32"), length=context_size),
+            "corpus": Value("string"),
+            "context": Value("int32"),
+        }
+    )
     out = Path(out)
     if out.exists() and not (out / "orthosae_cache.json").is_file():
         raise StoreError(f"{out}: exists and is not a cache this command wrote; choose another --out")
@@ -91,8 +99,9 @@ def export_saelens(reader: StoreReader, corpora: list[str], out: Path, *, dtype:
         owned.remove(folder, "pipe export-cache")
     try:
         owned.make(shards_dir)
-        contexts = _write(reader, corpora, info, out, shards_dir, tmp, features, hook, context_size, d_in,
-                          dtype, progress, bos)
+        contexts = _write(
+            reader, corpora, info, out, shards_dir, tmp, features, hook, context_size, d_in, dtype, progress, bos
+        )
     except OSError as e:  # disk full, quota, read-only: one line naming the path (arrow often names none)
         if e.filename is None:
             e = OSError(e.errno, e.strerror or one_line(e), str(tmp if tmp.exists() else shards_dir))
@@ -101,14 +110,36 @@ def export_saelens(reader: StoreReader, corpora: list[str], out: Path, *, dtype:
         raise StoreError(f"{os_error_line(e)}; export-cache stopped, {out} left as it was") from None
     finally:
         shutil.rmtree(shards_dir, ignore_errors=True)
-    return CacheExport(path=out, hook_name=hook, context_size=context_size, d_in=d_in,
-                       contexts=contexts, rows=contexts * context_size, corpora=list(corpora), bos_token_id=bos)
+    return CacheExport(
+        path=out,
+        hook_name=hook,
+        context_size=context_size,
+        d_in=d_in,
+        contexts=contexts,
+        rows=contexts * context_size,
+        corpora=list(corpora),
+        bos_token_id=bos,
+    )
 
 
-def _write(reader: StoreReader, corpora: list[str], info: dict, out: Path, shards_dir: Path, tmp: Path,
-           features, hook: str, context_size: int, d_in: int, dtype: str, progress, bos: int) -> int:
+def _write(
+    reader: StoreReader,
+    corpora: list[str],
+    info: dict,
+    out: Path,
+    shards_dir: Path,
+    tmp: Path,
+    features,
+    hook: str,
+    context_size: int,
+    d_in: int,
+    dtype: str,
+    progress,
+    bos: int,
+) -> int:
     """The shards, then the whole cache in ``tmp``, renamed over ``out``; returns the contexts written."""
     from datasets import Dataset, concatenate_datasets
+
     shards, contexts = [], 0
     for name, k in chunk_order({n: info[n].n_chunks for n in corpora}):
         c = info[name]
@@ -119,10 +150,15 @@ def _write(reader: StoreReader, corpora: list[str], info: dict, out: Path, shard
         acts[:, 1:] = reader.read_rows(name, start, stop).numpy().astype(dtype).reshape(n_ctx, stored, d_in)
         tokens = np.full((n_ctx, context_size), bos, dtype=np.int32)
         tokens[:, 1:] = reader.read_tokens(name, start, stop).astype(np.int32).reshape(n_ctx, stored)
-        shard = Dataset.from_dict({
-            hook: acts, "token_ids": tokens, "corpus": [name] * n_ctx,
-            "context": np.arange(start // stored, start // stored + n_ctx, dtype=np.int32),
-        }, features=features)
+        shard = Dataset.from_dict(
+            {
+                hook: acts,
+                "token_ids": tokens,
+                "corpus": [name] * n_ctx,
+                "context": np.arange(start // stored, start // stored + n_ctx, dtype=np.int32),
+            },
+            features=features,
+        )
         path = shards_dir / f"{len(shards):06d}"
         shard.save_to_disk(str(path))
         shards.append(path)
@@ -132,12 +168,25 @@ def _write(reader: StoreReader, corpora: list[str], info: dict, out: Path, shard
     whole = concatenate_datasets([Dataset.load_from_disk(str(p)) for p in shards])
     owned.make(tmp)
     whole.save_to_disk(str(tmp))
-    (tmp / "orthosae_cache.json").write_text(json.dumps({
-        "store": reader.url, "store_meta": reader.meta, "corpora": corpora, "hook_name": hook,
-        "context_size": context_size, "d_in": d_in, "dtype": dtype, "bos_token_id": bos,
-        "bos_row": "position 0 of each context is zeros with token_ids = bos_token_id (BOS rows are not "
-        "stored): exclude_special_tokens drops it", "order": "chunks interleaved "
-        "by position (harvest/export_cache.py chunk_order)"}, indent=1, default=str))
+    (tmp / "orthosae_cache.json").write_text(
+        json.dumps(
+            {
+                "store": reader.url,
+                "store_meta": reader.meta,
+                "corpora": corpora,
+                "hook_name": hook,
+                "context_size": context_size,
+                "d_in": d_in,
+                "dtype": dtype,
+                "bos_token_id": bos,
+                "bos_row": "position 0 of each context is zeros with token_ids = bos_token_id (BOS rows are not "
+                "stored): exclude_special_tokens drops it",
+                "order": "chunks interleaved by position (harvest/export_cache.py chunk_order)",
+            },
+            indent=1,
+            default=str,
+        )
+    )
     del whole
     (tmp / owned.MARK).unlink()  # the cache is the user's once it is in place
     if out.exists():
@@ -155,6 +204,7 @@ def saelens_snippet(e: CacheExport, model_name: str) -> str:
     needs neither: it trains from any iterator of activation batches, here the ``ActivationsStore``
     over the cache (no model, no dataset)."""
     from orthosae.common.model import hub_model_id
+
     batch = 1 << min(12, max(4, (e.rows // 16).bit_length() - 1))  # 4096 rows, fewer on a small cache
     return f"""# {hub_model_id(model_name)} {e.hook_name}: {e.contexts:,} contexts of {e.context_size} tokens
 import torch

@@ -14,6 +14,7 @@ N processes (accelerate / torchrun) write disjoint chunks of one store. On SIGTE
 the CLI) each process commits the chunk in hand and stops; all meet at the existing barrier, the
 lock is released and ``Preempted`` is raised (exit 75), so a rerun resumes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,14 +31,19 @@ from rich.text import Text
 
 from orthosae import __version__
 from orthosae.common import events, preempt
+from orthosae.common.capture import residuals_after_blocks
 from orthosae.common.config import Config, check_model_fits
-from orthosae.common.corpora import (CorpusError, composition, fingerprint, load_documents, tokenize_corpus,
-                            tokens_fingerprint)
+from orthosae.common.corpora import (
+    CorpusError,
+    composition,
+    fingerprint,
+    load_documents,
+    tokenize_corpus,
+    tokens_fingerprint,
+)
 from orthosae.common.model import LoadedModel, load_model, load_tokenizer, pick_device
 from orthosae.common.progress import console, progress
-from orthosae.common.store import (CorpusPlan, StoreError, StoreLock, StoreReader, StoreWriter, encode_rows,
-                          store_exists)
-from orthosae.common.capture import residuals_after_blocks
+from orthosae.common.store import CorpusPlan, StoreError, StoreLock, StoreReader, StoreWriter, encode_rows, store_exists
 from orthosae.harvest.writer import ChunkWriter, HostRows
 
 BOS_POLICY = "bos-first-not-stored"  # every context starts with BOS; its outlier row is not stored
@@ -64,11 +70,18 @@ def tokenizer_identity(tokenizer) -> str:
 
 def store_identity(cfg: Config, lm: LoadedModel, layer: int | None = None) -> dict:
     return {
-        "model_id": lm.model_id, "revision": lm.revision, "file_sha256": lm.file_sha256,
-        "layer": cfg.harvest.layer if layer is None else layer, "hook": cfg.harvest.hook, "d_model": lm.d_model,
-        "storage_dtype": cfg.harvest.storage_dtype, "context_length": cfg.harvest.context_length,
-        "tokenizer": tokenizer_identity(lm.tokenizer), "bos_policy": BOS_POLICY,
-        "compute_dtype": cfg.model.dtype, "package_version": __version__,
+        "model_id": lm.model_id,
+        "revision": lm.revision,
+        "file_sha256": lm.file_sha256,
+        "layer": cfg.harvest.layer if layer is None else layer,
+        "hook": cfg.harvest.hook,
+        "d_model": lm.d_model,
+        "storage_dtype": cfg.harvest.storage_dtype,
+        "context_length": cfg.harvest.context_length,
+        "tokenizer": tokenizer_identity(lm.tokenizer),
+        "bos_policy": BOS_POLICY,
+        "compute_dtype": cfg.model.dtype,
+        "package_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -80,20 +93,34 @@ def plan_corpora(cfg: Config, tokenizer) -> tuple[list[CorpusPlan], dict[str, np
     per_chunk = max(1, cfg.harvest.chunk_tokens // (T - 1))
     plans, contexts = [], {}
     for name, c in cfg.corpora.items():
-        docs = load_documents(c, heldout_fraction=cfg.harvest.heldout_fraction, order_seed=cfg.harvest.order_seed,
-                              max_chars=c.tokens * 12)  # bounds tokenization; ~4 chars/token
+        docs = load_documents(
+            c, heldout_fraction=cfg.harvest.heldout_fraction, order_seed=cfg.harvest.order_seed, max_chars=c.tokens * 12
+        )  # bounds tokenization; ~4 chars/token
         wanted = c.tokens // T
         ctx, doc_tokens = tokenize_corpus(docs.texts, tokenizer, T, wanted)
         if len(ctx) == 0:
-            raise CorpusError(f"{cfg.path}: [corpora.{name}]: no complete context of {T} tokens in "
-                              f"{c.source} ({c.split} split)")
+            raise CorpusError(
+                f"{cfg.path}: [corpora.{name}]: no complete context of {T} tokens in {c.source} ({c.split} split)"
+            )
         if len(ctx) < wanted:
-            console.print(f"[yellow]{name}: corpus holds {len(ctx) * T:,} tokens, "
-                          f"fewer than the budget {c.tokens:,}; harvesting all of it")
-        plans.append(CorpusPlan(name=name, role=c.role, split=c.split, source=c.source,
-                               fingerprint=fingerprint(docs.texts), tokens_fingerprint=tokens_fingerprint(ctx),
-                               n_contexts=len(ctx), context_length=T, contexts_per_chunk=per_chunk,
-                               composition=composition(docs, doc_tokens)))
+            console.print(
+                f"[yellow]{name}: corpus holds {len(ctx) * T:,} tokens, "
+                f"fewer than the budget {c.tokens:,}; harvesting all of it"
+            )
+        plans.append(
+            CorpusPlan(
+                name=name,
+                role=c.role,
+                split=c.split,
+                source=c.source,
+                fingerprint=fingerprint(docs.texts),
+                tokens_fingerprint=tokens_fingerprint(ctx),
+                n_contexts=len(ctx),
+                context_length=T,
+                contexts_per_chunk=per_chunk,
+                composition=composition(docs, doc_tokens),
+            )
+        )
         contexts[name] = ctx
     return plans, contexts
 
@@ -124,13 +151,14 @@ def _remove_store(url: str) -> None:
     fs, path = fsspec.core.url_to_fs(url)
     if fs.exists(path):
         if not store_exists(url):
-            raise StoreError(f"{url}: exists and is not a zarr store; --force deletes only a store, "
-                             "so it is left alone: choose another [harvest] store or move it away")
+            raise StoreError(
+                f"{url}: exists and is not a zarr store; --force deletes only a store, "
+                "so it is left alone: choose another [harvest] store or move it away"
+            )
         fs.rm(path, recursive=True)
 
 
-def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
-            show_progress: bool = True) -> HarvestResult:
+def harvest(cfg: Config, *, force: bool = False, repair: bool = False, show_progress: bool = True) -> HarvestResult:
     """Harvest every corpus of `cfg` into its store (resuming a partial one).
 
     repair: verify the store first and un-commit every chunk that fails, so only those chunks are
@@ -138,8 +166,13 @@ def harvest(cfg: Config, *, force: bool = False, repair: bool = False,
     """
     events.set_stage("harvest")
     result = _harvest(cfg, force=force, repair=repair, show_progress=show_progress)
-    events.emit("stage_done", store=result.store, rows=result.rows_written,
-                seconds=round(result.seconds, 2), skipped=result.skipped)
+    events.emit(
+        "stage_done",
+        store=result.store,
+        rows=result.rows_written,
+        seconds=round(result.seconds, 2),
+        skipped=result.skipped,
+    )
     return result
 
 
@@ -148,30 +181,39 @@ def _harvest(cfg: Config, *, force: bool, repair: bool, show_progress: bool) -> 
     urls = {layer: cfg.harvest.store_for(layer) for layer in layers}  # one store per layer
     label = ", ".join(urls.values())
     if force and repair:
-        raise StoreError(f"{label}: --force and --repair exclude each other "
-                         "(--force re-harvests everything)")
+        raise StoreError(f"{label}: --force and --repair exclude each other (--force re-harvests everything)")
     state = PartialState(cpu=pick_device(cfg.model.device).type == "cpu", timeout=COLLECTIVE_TIMEOUT)
     device = state.device if state.num_processes > 1 else pick_device(cfg.model.device)
     t_start = time.perf_counter()
     # Corpora first, with the tokenizer alone: a wrong path, a bad file or a corpus short of its
     # budget shows in seconds, not after the model has loaded.
-    tokenizer = load_tokenizer(cfg.model.id, revision=cfg.model.revision,
-                               trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model.id, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
     plans, contexts = _plan_once(cfg, tokenizer, state)
     # From here a signal only asks to stop (common/preempt.py): the model load ends, the chunk in
     # hand is committed, every process meets at the barrier below, the lock is released, then
     # Preempted. (Planning, above, stops at once: no process has reached a barrier yet.)
     with preempt.deferred():
-        lm = load_model(cfg.model.id, revision=cfg.model.revision, dtype=cfg.model.dtype, device=str(device),
-                        trust_remote_code=cfg.model.trust_remote_code)
+        lm = load_model(
+            cfg.model.id,
+            revision=cfg.model.revision,
+            dtype=cfg.model.dtype,
+            device=str(device),
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
         check_model_fits(cfg, lm.n_layers, lm.d_model)
         identity = {layer: store_identity(cfg, lm, layer) for layer in layers}
 
         locks = [StoreLock(urls[layer]) for layer in layers]
         writers: dict[int, StoreWriter] = {}
         if state.is_main_process:
-            if not force and not repair and all(store_exists(urls[layer]) and _already_complete(
-                    urls[layer], identity[layer], plans, cfg) for layer in layers):
+            if (
+                not force
+                and not repair
+                and all(
+                    store_exists(urls[layer]) and _already_complete(urls[layer], identity[layer], plans, cfg)
+                    for layer in layers
+                )
+            ):
                 for layer in layers:
                     console.print(f"[green]{urls[layer]}: complete, left alone[/] (use --force to harvest again)")
                 state.wait_for_everyone()
@@ -184,8 +226,9 @@ def _harvest(cfg: Config, *, force: bool, repair: bool, show_progress: bool) -> 
                 for layer in layers:
                     if force:
                         _remove_store(urls[layer])
-                    writers[layer] = StoreWriter(urls[layer], identity[layer], codec=cfg.harvest.codec,
-                                                 level=cfg.harvest.level)
+                    writers[layer] = StoreWriter(
+                        urls[layer], identity[layer], codec=cfg.harvest.codec, level=cfg.harvest.level
+                    )
                     for plan in plans:
                         writers[layer].ensure_corpus(plan)
                     if repair:
@@ -200,8 +243,12 @@ def _harvest(cfg: Config, *, force: bool, repair: bool, show_progress: bool) -> 
             # it: no second barrier here, or a re-submitted job on a finished store hangs or dies
             if all(_already_complete(urls[layer], identity[layer], plans, cfg) for layer in layers):
                 return HarvestResult(label, 0, time.perf_counter() - t_start, skipped=True)
-            writers = {layer: StoreWriter(urls[layer], identity[layer], codec=cfg.harvest.codec,
-                                          level=cfg.harvest.level, create=False) for layer in layers}
+            writers = {
+                layer: StoreWriter(
+                    urls[layer], identity[layer], codec=cfg.harvest.codec, level=cfg.harvest.level, create=False
+                )
+                for layer in layers
+            }
 
         rows_written = 0
         try:
@@ -216,15 +263,17 @@ def _harvest(cfg: Config, *, force: bool, repair: bool, show_progress: bool) -> 
             left = len(mine)
             what = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
             # leaving the ChunkWriter blocks commits every chunk handed to them, stopped early or not
-            with (progress("tok", disable=not (show_progress and state.is_main_process)) as bar,
-                  contextlib.ExitStack() as stack):  # compression and writes overlap the next forward
+            with (
+                progress("tok", disable=not (show_progress and state.is_main_process)) as bar,
+                contextlib.ExitStack() as stack,
+            ):  # compression and writes overlap the next forward
                 chunks = {layer: stack.enter_context(ChunkWriter(writers[layer])) for layer in layers}
                 task = bar.add_task(f"harvest {what}", total=total)
                 for plan, k, chunk_layers in mine:
                     if preempt.requested():
                         break
                     bar.update(task, description=f"harvest {plan.name} chunk {k + 1}/{plan.n_chunks}")
-                    ctx = contexts[plan.name][k * plan.contexts_per_chunk:(k + 1) * plan.contexts_per_chunk]
+                    ctx = contexts[plan.name][k * plan.contexts_per_chunk : (k + 1) * plan.contexts_per_chunk]
                     acts = _chunk_activations(lm.model, cfg, ctx, device, chunk_layers)
                     for layer in chunk_layers:
                         chunks[layer].submit(plan, k, acts[layer], ctx)
@@ -246,14 +295,15 @@ def _harvest(cfg: Config, *, force: bool, repair: bool, show_progress: bool) -> 
         # chunks left undone by this process, or (seen by the main process) by another one
         if left or not complete:
             done = sum(int((w.root[p.name]["committed"][:] != 0).sum()) for w in writers.values() for p in plans)
-            raise preempt.Preempted(f"{done}/{sum(p.n_chunks for p in plans) * len(layers)} chunks of {label} "
-                                    f"committed ({rows_written:,} rows written by this process this time)")
+            raise preempt.Preempted(
+                f"{done}/{sum(p.n_chunks for p in plans) * len(layers)} chunks of {label} "
+                f"committed ({rows_written:,} rows written by this process this time)"
+            )
         return HarvestResult(label, rows_written, time.perf_counter() - t_start, skipped=False)
 
 
 def _chunk_contexts(plan: CorpusPlan, k: int) -> int:
     return min((k + 1) * plan.contexts_per_chunk, plan.n_contexts) - k * plan.contexts_per_chunk
-
 
 
 def _chunk_activations(model, cfg: Config, ctx: np.ndarray, device, layers: list[int]) -> dict[int, HostRows]:
@@ -267,15 +317,14 @@ def _chunk_activations(model, cfg: Config, ctx: np.ndarray, device, layers: list
     rows_per_ctx = ctx.shape[1] - 1
     host: dict[int, torch.Tensor] = {}
     for i in range(0, len(ctx), cfg.harvest.batch_size):
-        ids = torch.from_numpy(ctx[i:i + cfg.harvest.batch_size].astype(np.int64)).to(device, non_blocking=cuda)
+        ids = torch.from_numpy(ctx[i : i + cfg.harvest.batch_size].astype(np.int64)).to(device, non_blocking=cuda)
         resids = residuals_after_blocks(model, layers, ids)
         for layer in layers:
             resid = resids[layer][:, 1:]  # drop BOS rows
             rows = encode_rows(resid.reshape(-1, resid.shape[-1]), cfg.harvest.storage_dtype)
             if layer not in host:
-                host[layer] = torch.empty((len(ctx) * rows_per_ctx, rows.shape[1]), dtype=rows.dtype,
-                                          pin_memory=cuda)
-            host[layer][i * rows_per_ctx:i * rows_per_ctx + len(rows)].copy_(rows, non_blocking=cuda)
+                host[layer] = torch.empty((len(ctx) * rows_per_ctx, rows.shape[1]), dtype=rows.dtype, pin_memory=cuda)
+            host[layer][i * rows_per_ctx : i * rows_per_ctx + len(rows)].copy_(rows, non_blocking=cuda)
     ready = None
     if cuda:
         ready = torch.cuda.Event()

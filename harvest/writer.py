@@ -13,6 +13,7 @@ the harvest loop at the next `submit` or at `close`; chunks queued behind it are
 uncommitted. `close` (also on leaving a `with` block, whatever the reason) commits everything
 queued before it returns.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,6 +33,7 @@ _STOP = object()
 class HostRows:
     """A chunk's rows in host memory, perhaps still arriving from the GPU: `ready` is the CUDA
     event recorded after the copies, None when the rows are already there (CPU harvest)."""
+
     rows: torch.Tensor  # [rows, d_model]: store.encode_rows's bits
     ready: torch.cuda.Event | None = None
 
@@ -57,8 +59,9 @@ class ChunkWriter:
         self._error: BaseException | None = None
         self._error_lock = threading.Lock()
         self._raised = False
-        self._threads = [threading.Thread(target=self._run, name=f"chunk-writer-{i}", daemon=True)
-                         for i in range(workers)]
+        self._threads = [
+            threading.Thread(target=self._run, name=f"chunk-writer-{i}", daemon=True) for i in range(workers)
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -70,8 +73,7 @@ class ChunkWriter:
                     return
                 if self._error is None:  # after a failure, later chunks are dropped uncommitted
                     plan, k, acts, tokens = item
-                    self.writer.write_chunk(plan, k, acts.numpy() if isinstance(acts, HostRows) else acts,
-                                            tokens)
+                    self.writer.write_chunk(plan, k, acts.numpy() if isinstance(acts, HostRows) else acts, tokens)
             except BaseException as e:  # noqa: BLE001 - handed to the harvest loop, which re-raises
                 with self._error_lock:
                     self._error = self._error or e

@@ -6,6 +6,7 @@ One package, four stages that live at the top of the repository and install unde
 ``orthosae.eval``; the CLI (``orthosae.cli``, the ``pipe`` command) and ``pipe status``
 (``orthosae.status``) sit here.
 """
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

@@ -5,6 +5,7 @@ an unexpected error); 2 bad input (config, store, corpus, model, export or run f
 naming it) or a write the disk refused (full, read-only, permission); 75 preempted by SIGTERM /
 SIGINT after saving the work in hand (rerun the same command to resume).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,12 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 def _preempted(ctx: click.Context, e: preempt.Preempted) -> None:
     preempt.acknowledge()
     resume = shlex.join(["pipe", *ctx.meta.get("argv", [])])
-    console.print(Text.assemble((f"preempted ({e.signal_name})", "bold yellow"), f": {e.saved}; "
-                                f"resume with `{resume}` (exit {EXIT_PREEMPTED})"))
+    console.print(
+        Text.assemble(
+            (f"preempted ({e.signal_name})", "bold yellow"),
+            f": {e.saved}; resume with `{resume}` (exit {EXIT_PREEMPTED})",
+        )
+    )
     events.finish("preempted", EXIT_PREEMPTED, signal=e.signal_name, saved=e.saved, resume=resume)
     sys.exit(EXIT_PREEMPTED)
 
@@ -84,11 +89,22 @@ def _job(ctx: click.Context, command: str):
 
 
 @click.group(cls=_Cli)
-@click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True,
-              type=click.Path(dir_okay=False), help="pipeline config (TOML)")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="override a config key, e.g. --set train.lr=3e-4 --set train.ortho.alpha=[0,0.04] "
-              "(repeatable; checked as the file is; docs/tools.md)")
+@click.option(
+    "--config",
+    "config_path",
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="pipeline config (TOML)",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a config key, e.g. --set train.lr=3e-4 --set train.ortho.alpha=[0,0.04] "
+    "(repeatable; checked as the file is; docs/tools.md)",
+)
 @click.pass_context
 def main(ctx: click.Context, config_path: str, sets: tuple[str, ...]) -> None:
     """orthosae: harvest activations, train orthogonal grouped SAEs, evaluate unlearning."""
@@ -111,30 +127,38 @@ def _human_bytes(n: float) -> str:
 
 @main.command()
 @click.option("--force", is_flag=True, help="delete a complete store and harvest again")
-@click.option("--repair", is_flag=True, help="verify the store, then re-harvest only the chunks "
-              "that fail")
+@click.option("--repair", is_flag=True, help="verify the store, then re-harvest only the chunks that fail")
 @click.pass_context
 def harvest(ctx: click.Context, force: bool, repair: bool) -> None:
     """Run the model once up to [harvest] layer and cache its residual stream (resumable)."""
     from orthosae.harvest import harvest as run_harvest
+
     with _job(ctx, "harvest") as cfg:
         result = run_harvest(cfg, force=force, repair=repair)
     from accelerate import PartialState
+
     if PartialState().is_main_process and not result.skipped:
         rate = result.rows_written / max(result.seconds, 1e-9)
-        console.print(f"[green]harvest done[/]: {result.rows_written:,} rows in {result.seconds:.0f} s "
-                      f"({rate:,.0f} tok/s, model load included) -> [bold]{result.store}[/]")
+        console.print(
+            f"[green]harvest done[/]: {result.rows_written:,} rows in {result.seconds:.0f} s "
+            f"({rate:,.0f} tok/s, model load included) -> [bold]{result.store}[/]"
+        )
 
 
 @main.command()
-@click.option("--run", "run_names", multiple=True, help="train only this run (repeatable); "
-              "lets a scheduler spread runs over GPUs")
-@click.option("--force", is_flag=True, help="train the runs again from step 0, whatever their folders "
-              "hold (complete, checkpointed or damaged)")
+@click.option(
+    "--run", "run_names", multiple=True, help="train only this run (repeatable); lets a scheduler spread runs over GPUs"
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="train the runs again from step 0, whatever their folders hold (complete, checkpointed or damaged)",
+)
 @click.pass_context
 def train(ctx: click.Context, run_names: tuple[str, ...], force: bool) -> None:
     """Stream the store into every [[runs]] SAE (one pass over the data for all of them)."""
     from orthosae.train import train as run_train
+
     with _job(ctx, "train") as cfg:
         summaries = run_train(cfg, run_names=list(run_names) or None, force=force)
     console.print(f"[green]train done[/]: {len(summaries)} run(s) in [bold]{cfg.train.runs_dir}/[/]")
@@ -144,8 +168,11 @@ def train(ctx: click.Context, run_names: tuple[str, ...], force: bool) -> None:
 def _exit_if_a_run_failed(cfg, summaries: list[dict], then: str) -> None:
     failed = [s for s in summaries if s["status"] == "failed"]
     if failed:
-        _fail("; ".join(f"run {s['run']} failed: {s['message']}" for s in failed)
-              + f" (see {cfg.train.runs_dir}/<run>/summary.json){then}", EXIT_RUN_FAILED)
+        _fail(
+            "; ".join(f"run {s['run']} failed: {s['message']}" for s in failed)
+            + f" (see {cfg.train.runs_dir}/<run>/summary.json){then}",
+            EXIT_RUN_FAILED,
+        )
 
 
 @main.command("eval")
@@ -154,6 +181,7 @@ def _exit_if_a_run_failed(cfg, summaries: list[dict], then: str) -> None:
 def eval_(ctx: click.Context, run_names: tuple[str, ...]) -> None:
     """Reconstruction, downstream CE/KL, conditioning and unlearning reports across runs."""
     from orthosae.eval import evaluate
+
     with _job(ctx, "eval") as cfg:
         out = evaluate(cfg, run_names=list(run_names) or None)
     console.print(f"[green]eval done[/]: report in [bold]{out}/report.md[/] (+ report.json, plots)")
@@ -166,6 +194,7 @@ def run(ctx: click.Context) -> None:
     from orthosae.eval import evaluate, report_is_current
     from orthosae.harvest import harvest as run_harvest
     from orthosae.train import train as run_train
+
     with _job(ctx, "run") as cfg:
         console.rule("1/3 harvest")
         run_harvest(cfg)
@@ -180,9 +209,12 @@ def run(ctx: click.Context) -> None:
             console.print(f"[green]{out}: report is current, left alone[/]")
         else:
             out = evaluate(cfg)
-    console.print(f"[green]pipeline done[/]: store [bold]{', '.join(_store_urls(cfg, ()))}[/], runs "
-                  f"[bold]{cfg.train.runs_dir}/[/], report [bold]{out}/report.md[/]")
+    console.print(
+        f"[green]pipeline done[/]: store [bold]{', '.join(_store_urls(cfg, ()))}[/], runs "
+        f"[bold]{cfg.train.runs_dir}/[/], report [bold]{out}/report.md[/]"
+    )
     from orthosae.eval.browser import browser_hint
+
     for view in cfg.layer_views():
         console.print(browser_hint(view))
 
@@ -195,14 +227,25 @@ def _stop_between_stages(state: str) -> None:
 
 @main.command("inspect")
 @click.option("--run", "run_names", multiple=True, help="only this run (repeatable; default: every trained run)")
-@click.option("--top-k", default=20, show_default=True, type=click.IntRange(1, 500),
-              help="top-activating held-out rows kept per feature")
-@click.option("--max-rows", default=0, show_default=True, type=click.IntRange(0),
-              help="rows read per held-out corpus, whole contexts (0 = all)")
+@click.option(
+    "--top-k",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 500),
+    help="top-activating held-out rows kept per feature",
+)
+@click.option(
+    "--max-rows",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="rows read per held-out corpus, whole contexts (0 = all)",
+)
 @click.pass_context
 def inspect_(ctx: click.Context, run_names: tuple[str, ...], top_k: int, max_rows: int) -> None:
     """Static HTML feature browser per run (top contexts, histograms, neighbours, logit effects)."""
     from orthosae.eval.browser import build_browser
+
     with _job(ctx, "inspect") as cfg:
         for name in run_names:
             cfg.run(name)
@@ -220,12 +263,19 @@ def inspect_(ctx: click.Context, run_names: tuple[str, ...], top_k: int, max_row
 @click.option("--repo", required=True, metavar="OWNER/NAME", help="Hugging Face model repo (created if absent)")
 @click.option("--private", is_flag=True, help="create the repo private")
 @click.option("--dry-run", is_flag=True, help="stage the repo's files and the model card only; upload nothing")
-@click.option("--format", "fmt", type=click.Choice(["saelens", "sparsify"]), default="saelens", show_default=True,
-              help="saelens: one SAELens folder per run; sparsify: <run>/layers.<L>/ in EleutherAI sparsify's layout")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["saelens", "sparsify"]),
+    default="saelens",
+    show_default=True,
+    help="saelens: one SAELens folder per run; sparsify: <run>/layers.<L>/ in EleutherAI sparsify's layout",
+)
 @click.pass_context
 def push(ctx: click.Context, run_names: tuple[str, ...], repo: str, private: bool, dry_run: bool, fmt: str) -> None:
     """Upload trained runs to the Hugging Face Hub in SAELens' (or sparsify's) layout, with a model card."""
     from orthosae.train.push import PushError, check_repo, stage, upload
+
     with _job(ctx, "push") as cfg:
         check_repo(cfg, repo)
         staged = stage(cfg, list(run_names), repo, fmt=fmt)
@@ -241,51 +291,105 @@ def push(ctx: click.Context, run_names: tuple[str, ...], repo: str, private: boo
 
 @main.command("saebench")
 @click.argument("run_name", metavar="RUN")
-@click.option("--out", default=None, help="work folder: caches, stand-in datasets, SAEBench's JSON "
-              "(default: reports/<eval name>/saebench/RUN)")
+@click.option(
+    "--out",
+    default=None,
+    help="work folder: caches, stand-in datasets, SAEBench's JSON (default: reports/<eval name>/saebench/RUN)",
+)
 @click.option("--device", default="cpu", show_default=True, help="torch device SAEBench runs on")
-@click.option("--batches", default=4, show_default=True, type=click.IntRange(1),
-              help="core: reconstruction and sparsity/variance batches")
+@click.option(
+    "--batches",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1),
+    help="core: reconstruction and sparsity/variance batches",
+)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="core: contexts per batch")
-@click.option("--probe-train", default=120, show_default=True, type=click.IntRange(4),
-              help="sparse probing: probe_train_set_size (SAEBench: 4000)")
-@click.option("--probe-test", default=40, show_default=True, type=click.IntRange(4),
-              help="sparse probing: probe_test_set_size (SAEBench: 1000)")
+@click.option(
+    "--probe-train",
+    default=120,
+    show_default=True,
+    type=click.IntRange(4),
+    help="sparse probing: probe_train_set_size (SAEBench: 4000)",
+)
+@click.option(
+    "--probe-test",
+    default=40,
+    show_default=True,
+    type=click.IntRange(4),
+    help="sparse probing: probe_test_set_size (SAEBench: 1000)",
+)
 @click.pass_context
-def saebench(ctx: click.Context, run_name: str, out: str | None, device: str, batches: int, batch_size: int,
-             probe_train: int, probe_test: int) -> None:
+def saebench(
+    ctx: click.Context,
+    run_name: str,
+    out: str | None,
+    device: str,
+    batches: int,
+    batch_size: int,
+    probe_train: int,
+    probe_test: int,
+) -> None:
     """Run SAEBench's own core and sparse probing runners on one trained run, offline (docs/tools.md)."""
     from orthosae.eval.saebench_runner import run_for_config
+
     with _job(ctx, "saebench") as cfg:
-        paths = run_for_config(cfg, run_name, out=out, device=device, n_batches=batches, batch_size=batch_size,
-                               probe_train=probe_train, probe_test=probe_test)
+        paths = run_for_config(
+            cfg,
+            run_name,
+            out=out,
+            device=device,
+            n_batches=batches,
+            batch_size=batch_size,
+            probe_train=probe_train,
+            probe_test=probe_test,
+        )
     for name, path in paths.items():
         console.print(f"[green]SAEBench {name}[/]: [bold]{path}[/]")
 
 
 @main.command("export-cache")
-@click.option("--format", "fmt", type=click.Choice(["saelens"]), default="saelens", show_default=True,
-              help="saelens: the Hugging Face datasets folder SAELens' cached-activation path reads")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["saelens"]),
+    default="saelens",
+    show_default=True,
+    help="saelens: the Hugging Face datasets folder SAELens' cached-activation path reads",
+)
 @click.option("--out", default=None, help="output folder (default: the store's path + '-saelens')")
-@click.option("--corpus", "corpora", multiple=True, help="store corpus to export (repeatable; default: "
-              "the config's training corpora)")
+@click.option(
+    "--corpus",
+    "corpora",
+    multiple=True,
+    help="store corpus to export (repeatable; default: the config's training corpora)",
+)
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
-@click.option("--layer", "layer", type=int, default=None, help="the harvested layer to export (needed when "
-              "[harvest] layers lists several)")
+@click.option(
+    "--layer",
+    "layer",
+    type=int,
+    default=None,
+    help="the harvested layer to export (needed when [harvest] layers lists several)",
+)
 @click.pass_context
-def export_cache(ctx: click.Context, fmt: str, out: str | None, corpora: tuple[str, ...], dtype: str,
-                 layer: int | None) -> None:
+def export_cache(
+    ctx: click.Context, fmt: str, out: str | None, corpora: tuple[str, ...], dtype: str, layer: int | None
+) -> None:
     """Write the store's training rows as another tool's activation cache (SAELens)."""
-    from orthosae.harvest.export_cache import export_saelens, saelens_snippet
     from orthosae.common.progress import progress
     from orthosae.common.store import open_store_for
+    from orthosae.harvest.export_cache import export_saelens, saelens_snippet
+
     with _job(ctx, "export-cache") as cfg:
         if layer is None and len(cfg.layers) > 1:
-            raise ConfigError(f"{cfg.path}: [harvest] layers: {', '.join(map(str, cfg.layers))} are harvested; "
-                              "pick one with --layer")
+            raise ConfigError(
+                f"{cfg.path}: [harvest] layers: {', '.join(map(str, cfg.layers))} are harvested; pick one with --layer"
+            )
         if layer is not None and layer not in cfg.layers:
-            raise ConfigError(f"{cfg.path}: --layer {layer}: not harvested ([harvest] layers: "
-                              f"{', '.join(map(str, cfg.layers))})")
+            raise ConfigError(
+                f"{cfg.path}: --layer {layer}: not harvested ([harvest] layers: {', '.join(map(str, cfg.layers))})"
+            )
         cfg = cfg.at_layer(cfg.layers[0] if layer is None else layer)
         reader = open_store_for(cfg)
         names = list(corpora) or [n for n, c in cfg.corpora.items() if c.split == "train"]
@@ -297,8 +401,10 @@ def export_cache(ctx: click.Context, fmt: str, out: str | None, corpora: tuple[s
         with progress("chunk") as bar:
             task = bar.add_task("export-cache", total=sum(info[n].n_chunks for n in names if n in info))
             result = export_saelens(reader, names, Path(out), dtype=dtype, progress=lambda k: bar.advance(task, k))
-    console.print(f"[green]export-cache done[/]: {result.contexts:,} contexts ({result.rows:,} rows, "
-                  f"{', '.join(result.corpora)}) -> [bold]{result.path}[/]")
+    console.print(
+        f"[green]export-cache done[/]: {result.contexts:,} contexts ({result.rows:,} rows, "
+        f"{', '.join(result.corpora)}) -> [bold]{result.path}[/]"
+    )
     console.print(Text("SAELens:\n" + saelens_snippet(result, cfg.model.id)))
 
 
@@ -310,15 +416,30 @@ def _store_urls(cfg, paths: tuple[str, ...]) -> list[str]:
 
 def _store_status(url: str) -> dict:
     from orthosae.common.store import StoreReader, store_exists
+
     if not store_exists(url):
         return {"url": url, "state": "missing"}
     reader = StoreReader(url)
-    return {"url": url, "state": "complete" if reader.complete else "incomplete",
-            "size_bytes": reader.size_on_disk(), "meta": dict(reader.meta),
-            "corpora": [{"name": name, "role": g.role, "split": g.split, "tokens": g.n_rows,
-                         "contexts": g.n_contexts, "chunks_done": g.chunks_done, "chunks": g.n_chunks,
-                         "complete": g.complete, "composition": g.composition or None}
-                        for name, g in reader.corpora().items()]}
+    return {
+        "url": url,
+        "state": "complete" if reader.complete else "incomplete",
+        "size_bytes": reader.size_on_disk(),
+        "meta": dict(reader.meta),
+        "corpora": [
+            {
+                "name": name,
+                "role": g.role,
+                "split": g.split,
+                "tokens": g.n_rows,
+                "contexts": g.n_contexts,
+                "chunks_done": g.chunks_done,
+                "chunks": g.n_chunks,
+                "complete": g.complete,
+                "composition": g.composition or None,
+            }
+            for name, g in reader.corpora().items()
+        ],
+    }
 
 
 def _print_store(s: dict) -> None:
@@ -329,15 +450,26 @@ def _print_store(s: dict) -> None:
     m = s["meta"]
     state = "[green]complete[/]" if s["state"] == "complete" else "[yellow]incomplete[/]"
     console.print(f"[bold]{url}[/]  {state}  {_human_bytes(s['size_bytes'])} on disk")
-    console.print(f"  model {m['model_id']} (rev {m.get('revision')}, sha256 {str(m.get('file_sha256'))[:12]}) "
-                  f"layer {m['layer']} {m['hook']}  d_model {m['d_model']}  {m['storage_dtype']}  "
-                  f"T={m['context_length']}  created {m.get('created')}", highlight=False)
+    console.print(
+        f"  model {m['model_id']} (rev {m.get('revision')}, sha256 {str(m.get('file_sha256'))[:12]}) "
+        f"layer {m['layer']} {m['hook']}  d_model {m['d_model']}  {m['storage_dtype']}  "
+        f"T={m['context_length']}  created {m.get('created')}",
+        highlight=False,
+    )
     table = Table("corpus", "role", "split", "tokens", "contexts", "chunks", "state")
     for g in s["corpora"]:
-        table.add_row(g["name"], g["role"], g["split"], f"{g['tokens']:,}", f"{g['contexts']:,}",
-                      f"{g['chunks_done']}/{g['chunks']}", "complete" if g["complete"] else "incomplete")
+        table.add_row(
+            g["name"],
+            g["role"],
+            g["split"],
+            f"{g['tokens']:,}",
+            f"{g['contexts']:,}",
+            f"{g['chunks_done']}/{g['chunks']}",
+            "complete" if g["complete"] else "incomplete",
+        )
     console.print(table)
     from orthosae.common.corpora import composition_text
+
     for g in s["corpora"]:  # the document order and what each corpus holds (documents, tokens per label)
         console.print(Text(f"  {g['name']}: {composition_text(g['composition'])}"))
 
@@ -347,6 +479,7 @@ def _pipeline_status(cfg) -> dict:
     from orthosae.common.store import StoreReader, store_exists
     from orthosae.eval import report_is_current
     from orthosae.status import run_status
+
     runs = []
     for view in cfg.layer_views():  # each run beside its layer's store
         reader = StoreReader(view.harvest.store) if store_exists(view.harvest.store) else None
@@ -355,17 +488,28 @@ def _pipeline_status(cfg) -> dict:
     # current: made from the runs on disk (what `pipe run` checks), and those are the config's
     trained = all(r["status"] in ("complete", "early_stopped") for r in runs)
     problem = _report_problem(report.with_suffix(".json"))
-    state = ("missing" if not report.with_suffix(".json").exists() else "unreadable" if problem
-             else "current" if trained and report_is_current(cfg) else "stale")
-    return {"runs_dir": cfg.train.runs_dir, "runs": runs,
-            "report": {"path": str(report), "state": state, **({"problem": problem} if problem else {})},
-            "last_job": events.last_job(cfg)}
+    state = (
+        "missing"
+        if not report.with_suffix(".json").exists()
+        else "unreadable"
+        if problem
+        else "current"
+        if trained and report_is_current(cfg)
+        else "stale"
+    )
+    return {
+        "runs_dir": cfg.train.runs_dir,
+        "runs": runs,
+        "report": {"path": str(report), "state": state, **({"problem": problem} if problem else {})},
+        "last_job": events.last_job(cfg),
+    }
 
 
 def _report_problem(path: Path) -> str | None:
     """What is wrong with a report.json that exists but does not read (cut short, not JSON, no
     permission): a damaged report is not the same as one made from other runs."""
     from orthosae.common.report_json import ReportUnreadable, read_report
+
     if not path.exists():
         return None
     try:
@@ -380,26 +524,56 @@ def _fmt(value, spec: str) -> str:
 
 
 def _print_pipeline(p: dict) -> None:
-    table = Table("run", "type", "status", "step", "L0", "EV (batch)", "elapsed", "checkpoint",
-                  title=f"runs in {p['runs_dir']}/", title_justify="left")
-    colours = {"complete": "green", "early_stopped": "yellow", "failed": "red", "damaged": "red", "partial": "yellow",
-               "stale": "yellow"}
+    table = Table(
+        "run",
+        "type",
+        "status",
+        "step",
+        "L0",
+        "EV (batch)",
+        "elapsed",
+        "checkpoint",
+        title=f"runs in {p['runs_dir']}/",
+        title_justify="left",
+    )
+    colours = {
+        "complete": "green",
+        "early_stopped": "yellow",
+        "failed": "red",
+        "damaged": "red",
+        "partial": "yellow",
+        "stale": "yellow",
+    }
     for r in p["runs"]:
         status = r["status"] + (f" ({r['message']})" if r["message"] else "")
-        table.add_row(r["run"], r["type"], Text(status, style=colours.get(r["status"], "")),
-                      f"{r['step']}/{r['total_steps']}", _fmt(r["l0"], ".1f"), _fmt(r["ev"], ".3f"),
-                      "-" if r["seconds"] is None else hms(r["seconds"]), _fmt(r["checkpoint_step"], "d"))
+        table.add_row(
+            r["run"],
+            r["type"],
+            Text(status, style=colours.get(r["status"], "")),
+            f"{r['step']}/{r['total_steps']}",
+            _fmt(r["l0"], ".1f"),
+            _fmt(r["ev"], ".3f"),
+            "-" if r["seconds"] is None else hms(r["seconds"]),
+            _fmt(r["checkpoint_step"], "d"),
+        )
     console.print(table)
     report = p["report"]
     colour = {"current": "green", "stale": "yellow", "missing": "yellow", "unreadable": "red"}[report["state"]]
-    why = {"stale": " (the runs changed since: `pipe eval` writes it again)",
-           "unreadable": f" ({report.get('problem')}; `pipe eval` writes it again)"}.get(report["state"], "")
+    why = {
+        "stale": " (the runs changed since: `pipe eval` writes it again)",
+        "unreadable": f" ({report.get('problem')}; `pipe eval` writes it again)",
+    }.get(report["state"], "")
     console.print(Text.assemble("report ", (report["path"], "bold"), ": ", (report["state"], colour), why))
     job = p["last_job"]
     if job:
-        console.print(Text(f"last job: {job['command']} started {job['started']}: {job['state']}"
-                           + (f" (exit {job['exit_code']})" if job["exit_code"] is not None else "")
-                           + (f": {job['detail']}" if job.get("detail") else "") + f"; events in {job['events']}"))
+        console.print(
+            Text(
+                f"last job: {job['command']} started {job['started']}: {job['state']}"
+                + (f" (exit {job['exit_code']})" if job["exit_code"] is not None else "")
+                + (f": {job['detail']}" if job.get("detail") else "")
+                + f"; events in {job['events']}"
+            )
+        )
 
 
 @main.command()
@@ -411,8 +585,10 @@ def status(ctx: click.Context, stores: tuple[str, ...], as_json: bool) -> None:
     (status, step, last L0 / EV, elapsed, checkpoint) and whether the report is current. With
     STORE arguments: those stores only."""
     cfg = None if stores else _config(ctx)
-    doc = {"config": None if cfg is None else str(cfg.path),
-           "stores": [_store_status(url) for url in _store_urls(cfg, stores)]}
+    doc = {
+        "config": None if cfg is None else str(cfg.path),
+        "stores": [_store_status(url) for url in _store_urls(cfg, stores)],
+    }
     if cfg is not None:
         doc.update(_pipeline_status(cfg))
     if as_json:
@@ -435,24 +611,45 @@ def verify(ctx: click.Context, stores: tuple[str, ...], as_json: bool, repair: b
     With STORE arguments: those stores only."""
     from orthosae.common.progress import progress
     from orthosae.common.store import StoreReader, store_exists
+
     cfg = None if stores else _config(ctx)
     doc: dict = {"config": None if cfg is None else str(cfg.path), "stores": []}
     for url in _store_urls(cfg, stores):
         if cfg is not None and not store_exists(url):  # the run folders are checked all the same
-            doc["stores"].append({"url": url, "chunks": 0, "ok": False, "problems": [
-                {"text": f"{url}: no zarr store here (`pipe harvest` makes it); run folders checked without "
-                 "their data fingerprint", "kind": "missing", "corpus": None, "chunk": None}]})
+            doc["stores"].append(
+                {
+                    "url": url,
+                    "chunks": 0,
+                    "ok": False,
+                    "problems": [
+                        {
+                            "text": f"{url}: no zarr store here (`pipe harvest` makes it); run folders checked without "
+                            "their data fingerprint",
+                            "kind": "missing",
+                            "corpus": None,
+                            "chunk": None,
+                        }
+                    ],
+                }
+            )
             continue
         reader = StoreReader(url)
         total = sum(g.n_chunks for g in reader.corpora().values())
         with progress("chunk") as bar:
             task = bar.add_task(f"verify {url}", total=total)
             problems = reader.check(progress=lambda *_: bar.advance(task))
-        doc["stores"].append({"url": url, "chunks": total, "ok": not problems, "problems": [
-            {"text": p.text, "kind": p.kind, "corpus": p.corpus, "chunk": p.chunk} for p in problems]})
+        doc["stores"].append(
+            {
+                "url": url,
+                "chunks": total,
+                "ok": not problems,
+                "problems": [{"text": p.text, "kind": p.kind, "corpus": p.corpus, "chunk": p.chunk} for p in problems],
+            }
+        )
     if cfg is not None:
         from orthosae.train.runner import repair_run
         from orthosae.train.verify import check_run
+
         doc["runs"] = []
         for run in cfg.runs:
             view = cfg.view_of(run.name)  # the run beside its layer's store
@@ -460,11 +657,15 @@ def verify(ctx: click.Context, stores: tuple[str, ...], as_json: bool, repair: b
             result = check_run(view, run, reader)
             if repair and result["repair"]:
                 from orthosae.common.locks import FolderLock
+
                 with FolderLock(Path(result["dir"]), result["dir"]):  # not while `pipe train` writes it
                     result["repaired"] = repair_run(view, run, reader)
                 result["problems_before"] = result["problems"]
-                result = {**check_run(view, run, reader), "repaired": result["repaired"],
-                          "problems_before": result["problems_before"]}
+                result = {
+                    **check_run(view, run, reader),
+                    "repaired": result["repaired"],
+                    "problems_before": result["problems_before"],
+                }
             result["ok"] = not result["problems"]
             doc["runs"].append(result)
     doc["ok"] = all(x["ok"] for x in doc["stores"] + doc.get("runs", []))
@@ -490,8 +691,12 @@ def _print_verify(doc: dict) -> None:
         for p in r["problems"]:
             console.print(Text(f"{p['file']}: {p['problem']}", style="red"))
         if r["problems"]:
-            console.print(Text(f"{r['run']}: " + (f"`pipe verify --repair` will {r['repair']}" if r["repair"]
-                                                   else r.get("advice", ""))))
+            console.print(
+                Text(
+                    f"{r['run']}: "
+                    + (f"`pipe verify --repair` will {r['repair']}" if r["repair"] else r.get("advice", ""))
+                )
+            )
         elif r["state"] != "not started":
             console.print(Text(f"{r['run']}: ok ({r['state']}, {r['dir']})", style="green"))
 

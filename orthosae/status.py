@@ -1,5 +1,6 @@
 """Where each run of a config stands, read from its folder alone (`pipe status`): nothing is loaded
 but JSON, so it is instant on a sweep that is training elsewhere."""
+
 from __future__ import annotations
 
 import json
@@ -50,17 +51,32 @@ def run_status(cfg: Config, run: RunConfig, reader: StoreReader | None) -> dict:
     damage = _damage(run_dir, summary, summary_damage)
     ckpt, ckpt_damage = _checkpoint_meta(run_dir)
     ckpt_step = ckpt["trainer"]["step"] if ckpt else None
-    out = {"run": run.name, "type": run.type, "dir": str(run_dir), "status": "not started", "step": 0,
-           "total_steps": cfg.train.tokens // cfg.train.batch_size, "l0": None, "ev": None,
-           "seconds": None, "checkpoint_step": ckpt_step, "message": ""}
+    out = {
+        "run": run.name,
+        "type": run.type,
+        "dir": str(run_dir),
+        "status": "not started",
+        "step": 0,
+        "total_steps": cfg.train.tokens // cfg.train.batch_size,
+        "l0": None,
+        "ev": None,
+        "seconds": None,
+        "checkpoint_step": ckpt_step,
+        "message": "",
+    }
     if summary is not None and (fps is None or summary.get("fingerprint") in fps):
         last = summary.get("final") or {}
-        out.update(status=summary.get("status"), step=summary.get("steps"), seconds=summary.get("seconds"),
-                   message=summary.get("message", ""))
+        out.update(
+            status=summary.get("status"),
+            step=summary.get("steps"),
+            seconds=summary.get("seconds"),
+            message=summary.get("message", ""),
+        )
         if ckpt_damage and summary.get("status") in FINISHED:  # the export is what counts; say it all the same
             path, what = ckpt_damage[0]
-            out["message"] = (f"{path}: {what}; the export is intact, `pipe verify --repair` deletes the "
-                              "damaged checkpoint")
+            out["message"] = (
+                f"{path}: {what}; the export is intact, `pipe verify --repair` deletes the damaged checkpoint"
+            )
     elif ckpt is not None and (fps is None or ckpt.get("fingerprint") in fps):
         last = ckpt["trainer"].get("last") or {}
         out.update(status="partial", step=ckpt_step, seconds=ckpt.get("seconds"))
@@ -76,6 +92,8 @@ def run_status(cfg: Config, run: RunConfig, reader: StoreReader | None) -> dict:
         damage = ckpt_damage  # checkpoints, none intact: not a run that never started
     if damage:
         path, what = damage[0]
-        out.update(status="damaged", message=f"{path}: {what}; `pipe verify` names every damaged file, "
-                                             "`pipe verify --repair` mends what it can")
+        out.update(
+            status="damaged",
+            message=f"{path}: {what}; `pipe verify` names every damaged file, `pipe verify --repair` mends what it can",
+        )
     return out

@@ -1,5 +1,6 @@
 """``feature_activity``: eval/core.py's ``FeatureActivity`` over one SAE's batches (the product
 feeds every run's accumulator from one read, eval/runner.py ``_feed``)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable

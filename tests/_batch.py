@@ -1,4 +1,5 @@
 """A batch job's config over the synthetic store (its event logs in the test's folder) and its event log."""
+
 from pathlib import Path
 
 from orthosae.common import events
@@ -11,12 +12,18 @@ RUNS = ("baseline", "fixed", "adaptive")
 def batch_config(tmp_path: Path, **kwargs) -> Path:
     """test_train's synthetic-store sweep (160 steps), its event logs in tmp_path, a progress event
     every update."""
-    return write_train_config(tmp_path, tokens=20_480, runs=SWEEP + f"""
+    return write_train_config(
+        tmp_path,
+        tokens=20_480,
+        runs=SWEEP
+        + f"""
 [eval]
-reports_dir = "{tmp_path / 'reports'}"
+reports_dir = "{tmp_path / "reports"}"
 [log]
 progress_seconds = 0
-""", **kwargs)
+""",
+        **kwargs,
+    )
 
 
 def event_log(tmp_path: Path, command: str) -> list[dict]:

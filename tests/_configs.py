@@ -10,8 +10,17 @@ DOCS = ROOT / "tests/fixtures/docs.jsonl"
 MCQ = ROOT / "tests/fixtures/mcq.jsonl"
 
 
-def write_tiny_pipeline(tmp: Path, model_dir: Path, *, retain_heldout_tokens: int = 160, d_sae: int = 128,
-                        tokens: int = 6400, t0: int = 50, regroup_every: int = 20, rest: str = "") -> Path:
+def write_tiny_pipeline(
+    tmp: Path,
+    model_dir: Path,
+    *,
+    retain_heldout_tokens: int = 160,
+    d_sae: int = 128,
+    tokens: int = 6400,
+    t0: int = 50,
+    regroup_every: int = 20,
+    rest: str = "",
+) -> Path:
     """``p.toml`` in ``tmp``: the tiny model, four corpora from the fixture documents, a short
     training; ``rest`` adds the [[runs]] and [eval] tables."""
     text = textwrap.dedent(f"""
@@ -20,7 +29,7 @@ def write_tiny_pipeline(tmp: Path, model_dir: Path, *, retain_heldout_tokens: in
     device = "cpu"
     [harvest]
     layer = 0
-    store = "{tmp / 's.zarr'}"
+    store = "{tmp / "s.zarr"}"
     context_length = 16
     chunk_tokens = 60
     heldout_fraction = 0.3
@@ -44,7 +53,7 @@ def write_tiny_pipeline(tmp: Path, model_dir: Path, *, retain_heldout_tokens: in
     tokens = 160
     [train]
     device = "cpu"  # these tests mean CPU, also on a GPU box (bitwise resume holds on CPU)
-    runs_dir = "{tmp / 'runs'}"
+    runs_dir = "{tmp / "runs"}"
     d_sae = {d_sae}
     batch_size = 64
     tokens = {tokens}
@@ -68,7 +77,7 @@ def tiny_eval(tmp: Path, n_features_list: tuple[int, ...] = (2, 4)) -> str:
     ``tmp/reports/tiny``, MCQ questions from the fixture file (indented as the ``rest`` it joins)."""
     return f"""
     [eval]
-    reports_dir = "{tmp / 'reports'}"
+    reports_dir = "{tmp / "reports"}"
     name = "tiny"
     rows = 500
     ce_contexts = 4
@@ -114,7 +123,7 @@ def write_harvest_config(tmp_path, model_dir, *, store="s.zarr", layer=0, storag
     [train]
     device = "cpu"  # these tests mean CPU, also on a GPU box
     [eval]
-    reports_dir = "{tmp_path / 'reports'}"  # the CLI's event logs go here, not into the checkout
+    reports_dir = "{tmp_path / "reports"}"  # the CLI's event logs go here, not into the checkout
     """
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))

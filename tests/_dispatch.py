@@ -49,8 +49,9 @@ class HostReads(TorchDispatchMode):
             self.reads.append(name)
         elif name in ("aten::nonzero", "aten::masked_select"):
             self.reads.append(name)
-        elif name == "aten::index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
-                                          for i in args[1] if i is not None):
+        elif name == "aten::index" and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None
+        ):
             self.reads.append("boolean-mask index")
         return func(*args, **(kwargs or {}))
 

@@ -47,8 +47,9 @@ class RandomSAE(_LinearReluSAE):
 
     def __init__(self, d_model: int, d_sae: int, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
-        super().__init__(torch.randn(d_model, d_sae, generator=g) / d_model**0.5,
-                         torch.randn(d_sae, d_model, generator=g) * 0.3)
+        super().__init__(
+            torch.randn(d_model, d_sae, generator=g) / d_model**0.5, torch.randn(d_sae, d_model, generator=g) * 0.3
+        )
         with torch.no_grad():
             self.b_enc.copy_(torch.randn(self.d_sae, generator=g) * 0.1 - 0.05)
             self.b_dec.copy_(torch.randn(self.d_model, generator=g) * 0.1)

@@ -1,4 +1,5 @@
 """A `pipe train` stopped as SIGTERM would stop it, at a chosen step (in-process)."""
+
 from __future__ import annotations
 
 from orthosae.common import preempt
@@ -16,6 +17,7 @@ def train_preempted_at(monkeypatch, pipe, path, step: int = 45, *args: str) -> N
         if self.step == step:
             preempt.request()
         return out
+
     monkeypatch.setattr(Trainer, "train_step", stop_at)
     try:
         assert pipe(path, *args, "train").exit_code == preempt.EXIT_PREEMPTED

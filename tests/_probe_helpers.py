@@ -1,4 +1,5 @@
 """Small SAEs and labelled residuals shared by the probing, TPP and absorption tests."""
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,9 @@ class RandomSAE(_LinearReluSAE):
         return self.W_dec.device
 
 
-def labelled_tokens(classes: list[str], n: int, T: int, d: int, seed: int = 0, signal: float = 1.5
-                    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def labelled_tokens(
+    classes: list[str], n: int, T: int, d: int, seed: int = 0, signal: float = 1.5
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Per class ``[n, T, d]`` token residuals (class c shifted along its own direction) and a mask
     with a random number of trailing padded positions (zeroed, as SAEBench zeroes them)."""
     g = torch.Generator().manual_seed(seed)
@@ -44,8 +46,9 @@ def labelled_tokens(classes: list[str], n: int, T: int, d: int, seed: int = 0, s
     return acts, masks
 
 
-def prepare_probe_data(acts: dict[str, Tensor], cls: str, generator: torch.Generator | None = None
-                       ) -> tuple[Tensor, Tensor]:
+def prepare_probe_data(
+    acts: dict[str, Tensor], cls: str, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """SAEBench ``prepare_probe_data`` (one-vs-rest) from ``prepare_probe_rows``: (rows, int labels),
     shuffled, to compare with SAEBench's own."""
     rows, labels = prepare_probe_rows({c: len(v) for c, v in acts.items()}, cls, generator)

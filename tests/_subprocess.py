@@ -27,20 +27,39 @@ def _env(env: dict | None) -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
 
 
-def run_script(tmp_path: Path, code: str, *args: str, launcher: list[str] | None = None,
-               env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_script(
+    tmp_path: Path,
+    code: str,
+    *args: str,
+    launcher: list[str] | None = None,
+    env: dict | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
     """Write ``code`` to a file under tmp_path and run it (``launcher`` defaults to this Python)."""
-    return subprocess.run(_command(tmp_path, code, args, launcher), cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=_env(env))
+    return subprocess.run(
+        _command(tmp_path, code, args, launcher),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(env),
+    )
 
 
-def start_script(tmp_path: Path, code: str, *args: str, log: Path, launcher: list[str] | None = None,
-                 env: dict | None = None) -> subprocess.Popen:
+def start_script(
+    tmp_path: Path, code: str, *args: str, log: Path, launcher: list[str] | None = None, env: dict | None = None
+) -> subprocess.Popen:
     """As ``run_script``, but returns at once, stdout and stderr going to the file ``log`` as in a
     batch job, so the test can signal the process while it works."""
     with open(log, "w") as out:  # the child holds its own handle
-        return subprocess.Popen(_command(tmp_path, code, args, launcher), cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT, text=True, env=_env(env))
+        return subprocess.Popen(
+            _command(tmp_path, code, args, launcher),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(env),
+        )
 
 
 def wait_exit(proc: subprocess.Popen, timeout: float, log: Path) -> int:
@@ -52,5 +71,6 @@ def wait_exit(proc: subprocess.Popen, timeout: float, log: Path) -> int:
         proc.send_signal(signal.SIGUSR1)
         time.sleep(2)
         proc.kill()
-        raise AssertionError(f"still running after {timeout} s; its log and stacks:\n"
-                             f"{log.read_text()[-6000:]}") from None
+        raise AssertionError(
+            f"still running after {timeout} s; its log and stacks:\n{log.read_text()[-6000:]}"
+        ) from None

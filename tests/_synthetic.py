@@ -1,5 +1,6 @@
 """A synthetic store (retain and forget rows around different directions) and a small `pipe train`
 config over it: the fixtures of the train, preemption, status, event-log and integrity tests."""
+
 import textwrap
 
 import numpy as np
@@ -13,15 +14,36 @@ D, T = 16, 9
 
 def make_store(url, d_model=D, complete=True, n_contexts=64):
     """Retain and forget rows drawn around different directions, like two topics would be."""
-    ident = {"model_id": "tiny", "revision": "main", "file_sha256": None, "layer": 0, "hook": "resid_post",
-             "d_model": d_model, "storage_dtype": "float32", "context_length": T, "tokenizer": "t:bos=2",
-             "bos_policy": "bos-first-not-stored"}
+    ident = {
+        "model_id": "tiny",
+        "revision": "main",
+        "file_sha256": None,
+        "layer": 0,
+        "hook": "resid_post",
+        "d_model": d_model,
+        "storage_dtype": "float32",
+        "context_length": T,
+        "tokenizer": "t:bos=2",
+        "bos_policy": "bos-first-not-stored",
+    }
     w = StoreWriter(url, ident)
     g = torch.Generator().manual_seed(0)
-    for name, role, split, offset in [("retain", "retain", "train", 0), ("forget", "forget", "train", 1),
-                                      ("retain_heldout", "retain", "heldout", 0)]:
-        p = CorpusPlan(name=name, role=role, split=split, source="x", fingerprint=name, tokens_fingerprint=name,
-                      n_contexts=n_contexts, context_length=T, contexts_per_chunk=8)
+    for name, role, split, offset in [
+        ("retain", "retain", "train", 0),
+        ("forget", "forget", "train", 1),
+        ("retain_heldout", "retain", "heldout", 0),
+    ]:
+        p = CorpusPlan(
+            name=name,
+            role=role,
+            split=split,
+            source="x",
+            fingerprint=name,
+            tokens_fingerprint=name,
+            n_contexts=n_contexts,
+            context_length=T,
+            contexts_per_chunk=8,
+        )
         w.ensure_corpus(p)
         base = torch.zeros(d_model)
         base[offset] = 3.0
@@ -34,9 +56,11 @@ def make_store(url, d_model=D, complete=True, n_contexts=64):
     w.finish()
 
 
-def write_config(tmp_path, runs='[[runs]]\nname = "baseline"\ntype = "baseline"\n', tokens=40_960,
-                 extra_train="", store="s.zarr"):
-    text = textwrap.dedent(f"""
+def write_config(
+    tmp_path, runs='[[runs]]\nname = "baseline"\ntype = "baseline"\n', tokens=40_960, extra_train="", store="s.zarr"
+):
+    text = (
+        textwrap.dedent(f"""
     [model]
     id = "tiny"
     device = "cpu"
@@ -59,7 +83,7 @@ def write_config(tmp_path, runs='[[runs]]\nname = "baseline"\ntype = "baseline"\
     tokens = 100
     [train]
     device = "cpu"  # these tests mean CPU, also on a GPU box (bitwise resume holds on CPU)
-    runs_dir = "{tmp_path / 'runs'}"
+    runs_dir = "{tmp_path / "runs"}"
     d_sae = 64
     batch_size = 128
     tokens = {tokens}
@@ -75,7 +99,9 @@ def write_config(tmp_path, runs='[[runs]]\nname = "baseline"\ntype = "baseline"\
     lambda2_max = 0.5
     t0 = 100
     regroup_every = 50
-    """) + runs
+    """)
+        + runs
+    )
     if "[eval]" not in runs:  # event logs go to the test's folder, never the checkout's reports/
         text += f'\n[eval]\nreports_dir = "{tmp_path / "reports"}"\n'
     path = tmp_path / "p.toml"
@@ -83,10 +109,13 @@ def write_config(tmp_path, runs='[[runs]]\nname = "baseline"\ntype = "baseline"\
     return path
 
 
-SWEEP = BASELINE_AND_FIXED + """
+SWEEP = (
+    BASELINE_AND_FIXED
+    + """
 [[runs]]
 name = "adaptive"
 type = "adaptive"
 alpha = 0.0
 every = 3
 """
+)

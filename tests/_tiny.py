@@ -7,8 +7,7 @@ import torch
 _SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]  # ids 0..3, as in Gemma
 
 
-def build_tiny_model(out_dir: Path, d_model: int = 64, n_layers: int = 2, vocab: int = 512,
-                     seed: int = 0) -> Path:
+def build_tiny_model(out_dir: Path, d_model: int = 64, n_layers: int = 2, vocab: int = 512, seed: int = 0) -> Path:
     """Write a random-weight Gemma2 model and a byte-level tokenizer that `load_model` can load."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
@@ -16,11 +15,21 @@ def build_tiny_model(out_dir: Path, d_model: int = 64, n_layers: int = 2, vocab:
     tokenizer = byte_tokenizer()
     if len(tokenizer) > vocab:
         raise ValueError(f"tiny model: vocab {vocab} < tokenizer size {len(tokenizer)}")
-    config = Gemma2Config(vocab_size=vocab, hidden_size=d_model, num_hidden_layers=n_layers,
-                          intermediate_size=2 * d_model, num_attention_heads=2,
-                          num_key_value_heads=1, head_dim=d_model // 2,
-                          query_pre_attn_scalar=d_model // 2, max_position_embeddings=1024,
-                          sliding_window=256, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    config = Gemma2Config(
+        vocab_size=vocab,
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        intermediate_size=2 * d_model,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=d_model // 2,
+        query_pre_attn_scalar=d_model // 2,
+        max_position_embeddings=1024,
+        sliding_window=256,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
     with torch.random.fork_rng(devices=[]):  # deterministic without touching the caller's RNG
         torch.manual_seed(seed)
         model = Gemma2ForCausalLM(config)
@@ -41,6 +50,8 @@ def byte_tokenizer():
     tok.decoder = decoders.ByteLevel()
     # Like Gemma, plain encode() prepends <bos>; corpora.tokenize_corpus asks for no specials.
     tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>")
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )

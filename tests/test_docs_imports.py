@@ -5,6 +5,7 @@ works only with the repository root on the path; a user who installed the packag
 elsewhere gets ModuleNotFoundError. Each `from <module> import <names>` of ours is run in a fresh
 interpreter whose working directory is a temporary folder and whose path holds no checkout.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,14 +27,18 @@ IMPORT = re.compile(r"from\s+([A-Za-z_][\w.]*)\s+import\s+([A-Za-z_][\w]*(?:\s*,
 
 def our_imports(text: str) -> set[str]:
     """`from m import a, b` statements of this package's modules named in ``text``."""
-    return {f"from {m} import {', '.join(n.strip() for n in names.split(','))}"
-            for m, names in IMPORT.findall(text) if m.split(".")[0] in OURS}
+    return {
+        f"from {m} import {', '.join(n.strip() for n in names.split(','))}"
+        for m, names in IMPORT.findall(text)
+        if m.split(".")[0] in OURS
+    }
 
 
 def run_outside(statement: str, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([sys.executable, "-c", statement], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", statement], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_the_finder_sees_imports_in_prose_and_code(tmp_path):

@@ -1,6 +1,7 @@
 """The README and docs/ as a reader meets them: every relative link in README.md and docs/*.md points
 to a file that exists, and to a heading that exists in it when the link names one (#anchor, GitHub's
 slug rule); the README links every docs page and opens with the two fresh-machine commands."""
+
 import re
 from pathlib import Path
 
@@ -34,8 +35,9 @@ def anchors(page: Path) -> set[str]:
 
 
 def relative_links(page: Path) -> list[str]:
-    return [t for t in LINK.findall(_outside_code(page.read_text()))
-            if not re.match(r"[a-z][a-z0-9+.-]*:", t)]  # http:, https:, mailto: are not checked here
+    return [
+        t for t in LINK.findall(_outside_code(page.read_text())) if not re.match(r"[a-z][a-z0-9+.-]*:", t)
+    ]  # http:, https:, mailto: are not checked here
 
 
 def test_slug_follows_github():

@@ -3,6 +3,7 @@
 Run with `pytest -m slow`. Budgets are shrunk from pipeline.toml so it takes minutes, but every
 other key is the shipped default: the same model, layer, corpora, runs and eval protocol.
 """
+
 import json
 import re
 from pathlib import Path
@@ -36,9 +37,18 @@ def test_embedded_default_pipe_run(tmp_path):
     # 4,096 tokens (~40 lead extracts) of the wheel, which lists its articles sorted by topic: the
     # seeded, stratified order puts every retain topic in them (the front held Arts alone)
     comp = store.corpora()["retain"].composition
-    assert set(comp["labels"]) == {"Arts", "Everyday life", "Geography", "History", "Mathematics", "People",
-                                   "Philosophy and religion", "Physical sciences", "Society and social sciences",
-                                   "Technology"}, comp
+    assert set(comp["labels"]) == {
+        "Arts",
+        "Everyday life",
+        "Geography",
+        "History",
+        "Mathematics",
+        "People",
+        "Philosophy and religion",
+        "Physical sciences",
+        "Society and social sciences",
+        "Technology",
+    }, comp
     assert runner.invoke(main, ["--config", str(path), "verify"]).exit_code == 0
     report = json.loads((tmp_path / "reports/default/report.json").read_text())
     assert {"baseline", "fixed-a0.04", "adaptive-a0.0"} <= set(report["runs"])

@@ -1,5 +1,6 @@
 """Runs at two layers (issue 37): one `pipe run` harvests both in one pass, trains both layers' runs,
 evaluates each layer's runs against its own store and puts them side by side in one report."""
+
 import json
 from pathlib import Path
 
@@ -8,12 +9,15 @@ from safetensors.torch import load_file
 
 from orthosae.cli import main
 from orthosae.common.config import load_config
-
 from tests._configs import tiny_eval, write_tiny_pipeline
 
 
 def test_two_layers_train_in_one_pipe_run_and_sit_side_by_side(tmp_path, tiny_model_dir):
-    path = write_tiny_pipeline(tmp_path, tiny_model_dir, tokens=1280, rest="""
+    path = write_tiny_pipeline(
+        tmp_path,
+        tiny_model_dir,
+        tokens=1280,
+        rest="""
     [[runs]]
     name = "baseline"
     type = "baseline"
@@ -23,10 +27,13 @@ def test_two_layers_train_in_one_pipe_run_and_sit_side_by_side(tmp_path, tiny_mo
     type = "fixed"
     alpha = 0.1
     layer = 1
-    """ + tiny_eval(tmp_path) + """
+    """
+        + tiny_eval(tmp_path)
+        + """
     [eval.probing]
     enabled = false
-    """)
+    """,
+    )
     text = path.read_text().replace("layer = 0\n", "layers = [0, 1]\n", 1)
     path.write_text(text.replace(f'store = "{tmp_path / "s.zarr"}"', f'store = "{tmp_path / "s-L{layer}.zarr"}"'))
     cfg = load_config(path)
@@ -64,8 +71,7 @@ def test_two_layers_train_in_one_pipe_run_and_sit_side_by_side(tmp_path, tiny_mo
     status = json.loads(runner.invoke(main, ["--config", str(path), "status", "--json"]).output)
     assert [r["run"] for r in status["runs"]] == ["baseline-L0", "baseline-L1", "fixed"]
     assert status["report"]["state"] == "current"
-    staged = runner.invoke(main, ["--config", str(path), "push", "baseline-L0", "fixed", "--repo", "me/x",
-                                  "--dry-run"])
+    staged = runner.invoke(main, ["--config", str(path), "push", "baseline-L0", "fixed", "--repo", "me/x", "--dry-run"])
     assert staged.exit_code == 0, staged.output
     card = (out / "hub/me--x/README.md").read_text()
     assert "layers **0, 1**" in card and "| `baseline-L0` | `blocks.0.hook_resid_post` |" in card

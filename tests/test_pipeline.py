@@ -1,4 +1,5 @@
 """`pipe run` on the tiny model: harvest -> train -> eval writes the report; a rerun skips all three."""
+
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,11 @@ from tests._configs import BASELINE_AND_FIXED, tiny_eval, write_tiny_pipeline
 
 
 def write_config(tmp_path: Path, model_dir: Path) -> Path:
-    return write_tiny_pipeline(tmp_path, model_dir, rest=BASELINE_AND_FIXED + """
+    return write_tiny_pipeline(
+        tmp_path,
+        model_dir,
+        rest=BASELINE_AND_FIXED
+        + """
     [[runs]]
     name = "adaptive-a0.0"
     type = "adaptive"
@@ -18,7 +23,9 @@ def write_config(tmp_path: Path, model_dir: Path) -> Path:
     name = "adaptive-a0.2"
     type = "adaptive"
     alpha = 0.2
-    """ + tiny_eval(tmp_path))
+    """
+        + tiny_eval(tmp_path),
+    )
 
 
 def test_pipe_run_end_to_end_then_skips(tmp_path, tiny_model_dir):
@@ -27,17 +34,34 @@ def test_pipe_run_end_to_end_then_skips(tmp_path, tiny_model_dir):
     res = runner.invoke(main, ["--config", str(path), "run"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     out = tmp_path / "reports/tiny"
-    for f in ("report.json", "report.md", "recon_vs_l0.png", "unlearning_vs_alpha.png",
-              "condition_numbers.png", "training_curves.png", "frontier.png"):
+    for f in (
+        "report.json",
+        "report.md",
+        "recon_vs_l0.png",
+        "unlearning_vs_alpha.png",
+        "condition_numbers.png",
+        "training_curves.png",
+        "frontier.png",
+    ):
         assert (out / f).stat().st_size > 0, f
     report = json.loads((out / "report.json").read_text())
     assert report["store"] == str(tmp_path / "s.zarr") and report["config"] == str(path)
     assert set(report["runs"]) == {"baseline", "fixed", "adaptive-a0.0", "adaptive-a0.2"}
     for r in report["runs"].values():
         rec = r["reconstruction"]
-        assert {"explained_variance", "explained_variance_legacy", "explained_variance_dictionary_learning",
-                "mse", "cossim", "l0", "l1", "l2_ratio", "relative_reconstruction_bias", "frac_dead",
-                "freq_over_10_percent"} <= rec.keys()
+        assert {
+            "explained_variance",
+            "explained_variance_legacy",
+            "explained_variance_dictionary_learning",
+            "mse",
+            "cossim",
+            "l0",
+            "l1",
+            "l2_ratio",
+            "relative_reconstruction_bias",
+            "frac_dead",
+            "freq_over_10_percent",
+        } <= rec.keys()
         assert {"ce_loss_score", "kl_div_score", "ce_loss_with_sae", "ce_loss_without_sae"} <= r["downstream"].keys()
         u = r["unlearning"]
         assert len(u["rows"]) == 2 and "loss_unlearning_score" in u and "unlearning_score" in u
@@ -54,12 +78,18 @@ def test_pipe_run_end_to_end_then_skips(tmp_path, tiny_model_dir):
     md = (out / "report.md").read_text()
     assert str(tmp_path / "s.zarr") in md and md.count("## Who wins") == 1 and "explained_variance" in md
     assert "F(0.03): forget ΔCE at retain ΔCE 0.03" in md and "![frontier.png](frontier.png)" in md
-    assert set(report["timings_s"]) >= {"reconstruction", "downstream", "unlearning_baseline",
-                                              "unlearning_interventions", "conditioning"}
+    assert set(report["timings_s"]) >= {
+        "reconstruction",
+        "downstream",
+        "unlearning_baseline",
+        "unlearning_interventions",
+        "conditioning",
+    }
     # the corpora's order and composition as the store recorded them, and what frequencies counted
     groups = report["corpora"]["groups"]
-    assert all(g["composition"]["order_seed"] == 0 and g["composition"]["tokens"] == g["tokens"]
-               for g in groups.values()), groups
+    assert all(
+        g["composition"]["order_seed"] == 0 and g["composition"]["tokens"] == g["tokens"] for g in groups.values()
+    ), groups
     freq = report["corpora"]["feature_frequencies"]
     assert freq["frequency_rows"] == 0 and freq["sample"] == "every row of the training corpora"
     train_rows = {g["role"]: g["tokens"] for g in groups.values() if g["split"] == "train"}
@@ -96,8 +126,11 @@ def test_eval_refuses_a_failed_run_naming_it(tmp_path, tiny_model_dir, monkeypat
     for name in ("baseline", "fixed", "adaptive-a0.0", "adaptive-a0.2"):
         (tmp_path / "runs" / name).mkdir(parents=True)
         (tmp_path / "runs" / name / "summary.json").write_text("{}")
-    monkeypatch.setattr(eval_runner, "read_summary", lambda d: {"status": "failed", "message": "nan at step 7"}
-                        if d.name == "fixed" else {"status": "complete"})
+    monkeypatch.setattr(
+        eval_runner,
+        "read_summary",
+        lambda d: {"status": "failed", "message": "nan at step 7"} if d.name == "fixed" else {"status": "complete"},
+    )
     runner = CliRunner()
     assert runner.invoke(main, ["--config", str(path), "harvest"]).exit_code == 0
     res = runner.invoke(main, ["--config", str(path), "eval"])
@@ -111,11 +144,17 @@ def test_who_wins_names_ties_instead_of_the_first_condition():
     from orthosae.eval.aggregate import aggregate
 
     def res(kind, seed, ev, score):
-        return {"cfg": {"orthosae": {"type": kind, "train": {"seed": seed}, "ortho": {"alpha": 0.0}}},
-                "reconstruction": {"l0": 50.0, "explained_variance": ev}, "unlearning": {"unlearning_score": score}}
+        return {
+            "cfg": {"orthosae": {"type": kind, "train": {"seed": seed}, "ortho": {"alpha": 0.0}}},
+            "reconstruction": {"l0": 50.0, "explained_variance": ev},
+            "unlearning": {"unlearning_score": score},
+        }
 
-    results = {f"{k}-s{s}": res(k, s, ev, 0.0) for s in range(5)
-               for k, ev in (("baseline", 0.6 + 0.01 * s), ("fixed", 0.7 + 0.01 * s))}
+    results = {
+        f"{k}-s{s}": res(k, s, ev, 0.0)
+        for s in range(5)
+        for k, ev in (("baseline", 0.6 + 0.01 * s), ("fixed", 0.7 + 0.01 * s))
+    }
     w = aggregate(results)["who_wins"]
     assert w["explained_variance"] == "fixed"  # +0.1 on every seed
     assert w["unlearning_score"] == "tie: baseline, fixed"  # equal everywhere: no first-listed winner
@@ -124,7 +163,10 @@ def test_who_wins_names_ties_instead_of_the_first_condition():
 def test_spread_decomposition_and_no_pi_ablation(tmp_path, tiny_model_dir):
     """`[eval.spread]` reruns a condition's unlearning on bootstrap draws of the selection rows and
     reports the three parts; `pi_ablation = false` skips the grouped runs' π ablation."""
-    path = write_tiny_pipeline(tmp_path, tiny_model_dir, rest="""
+    path = write_tiny_pipeline(
+        tmp_path,
+        tiny_model_dir,
+        rest="""
     [[runs]]
     name = "baseline"
     type = "baseline"
@@ -136,7 +178,9 @@ def test_spread_decomposition_and_no_pi_ablation(tmp_path, tiny_model_dir):
     [[runs]]
     name = "adaptive"
     type = "adaptive"
-    """ + tiny_eval(tmp_path) + """
+    """
+        + tiny_eval(tmp_path)
+        + """
     modes = ["loss"]
     retain_budgets = [0.005, 0.1]
     pi_ablation = false
@@ -147,7 +191,8 @@ def test_spread_decomposition_and_no_pi_ablation(tmp_path, tiny_model_dir):
     condition = "baseline"
     runs = 2
     selection_draws = 2
-    """)
+    """,
+    )
     res = CliRunner().invoke(main, ["--config", str(path), "run"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     out = tmp_path / "reports/tiny"
@@ -168,7 +213,10 @@ def test_spread_decomposition_and_no_pi_ablation(tmp_path, tiny_model_dir):
     # tiny's held-out text is one document per corpus: no half to score on, so every cross-fitted
     # figure (F(b) included) is n/a, and the decomposition counts no seed for it
     assert report["runs"]["baseline-s0"]["unlearning"]["documents"] == {
-        "forget": 1, "retain": 1, "draws": report["runs"]["baseline-s0"]["unlearning"]["documents"]["draws"]}
+        "forget": 1,
+        "retain": 1,
+        "draws": report["runs"]["baseline-s0"]["unlearning"]["documents"]["draws"],
+    }
     for f in spread["figures"].values():
         assert f["n_seeds"] == sum(math.isfinite(v) for v in f["values"].values()) == 0
     assert "unlearning_spread" in report["timings_s"]
@@ -176,20 +224,29 @@ def test_spread_decomposition_and_no_pi_ablation(tmp_path, tiny_model_dir):
 
 
 def test_spread_condition_must_be_a_condition(tmp_path, tiny_model_dir):
-    path = write_tiny_pipeline(tmp_path, tiny_model_dir, rest="""
+    path = write_tiny_pipeline(
+        tmp_path,
+        tiny_model_dir,
+        rest="""
     [[runs]]
     name = "baseline"
     type = "baseline"
     seeds = [0, 1]
-    """ + tiny_eval(tmp_path) + """
+    """
+        + tiny_eval(tmp_path)
+        + """
     [eval.spread]
     condition = "baseline-s0"
-    """)
+    """,
+    )
     res = CliRunner().invoke(main, ["--config", str(path), "eval"])
     assert res.exit_code == 2
     assert "[eval.spread] condition: 'baseline-s0' is not a condition of [[runs]] (have: baseline)" in res.output
-    path.write_text(path.read_text().replace('condition = "baseline-s0"', 'condition = "baseline"').replace(
-        "[eval.spread]", 'forget_share_condition = "fixed"\n    [eval.spread]'))
+    path.write_text(
+        path.read_text()
+        .replace('condition = "baseline-s0"', 'condition = "baseline"')
+        .replace("[eval.spread]", 'forget_share_condition = "fixed"\n    [eval.spread]')
+    )
     res = CliRunner().invoke(main, ["--config", str(path), "eval"])
     assert res.exit_code == 2
     assert "[eval.unlearning] forget_share_condition: 'fixed' is not a baseline condition" in res.output

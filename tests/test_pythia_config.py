@@ -4,6 +4,7 @@
 tokenizer from the hub first (corpora are planned with it before the model loads): offline, that
 is where it must stop, with one line naming the model and exit 2, having written no store.
 """
+
 import json
 import os
 import subprocess
@@ -52,14 +53,21 @@ def test_harvest_offline_stops_at_the_hub_download_with_one_line(tmp_path):
     """HF_HUB_OFFLINE and an empty HF_HOME: the same message as with no network at all (there,
     huggingface_hub first retries for ~1 min and logs each retry)."""
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "orthosae.cli", "--config", str(CONFIG), "harvest"],
-                          cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orthosae.cli", "--config", str(CONFIG), "harvest"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1, lines
-    assert lines[0].startswith("error: model 'EleutherAI/pythia-70m-deduped': loading the tokenizer "
-                               "failed: We couldn't connect to 'https://huggingface.co'"), lines[0]
+    assert lines[0].startswith(
+        "error: model 'EleutherAI/pythia-70m-deduped': loading the tokenizer "
+        "failed: We couldn't connect to 'https://huggingface.co'"
+    ), lines[0]
     assert not (tmp_path / "stores").exists()  # nothing written but the event log
     [log] = (tmp_path / "reports/pythia-70m/events").glob("harvest-*.jsonl")
     last = json.loads(log.read_text().splitlines()[-1])

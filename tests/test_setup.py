@@ -1,4 +1,5 @@
 """setup.sh with a stand-in venv whose pip prints what real pip prints: cheap, offline, no installs."""
+
 import os
 import subprocess
 from pathlib import Path
@@ -32,8 +33,13 @@ def run_setup(tmp_path: Path, *args: str, fail_on: str = "") -> subprocess.Compl
     (bin_dir / "python").write_text(FAKE_PYTHON)
     (bin_dir / "python").chmod(0o755)
     (bin_dir / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
-    return subprocess.run(["bash", str(tmp_path / "setup.sh"), *args], capture_output=True, text=True,
-                          env={**os.environ, "FAIL_ON": fail_on}, timeout=60)
+    return subprocess.run(
+        ["bash", str(tmp_path / "setup.sh"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FAIL_ON": fail_on},
+        timeout=60,
+    )
 
 
 def test_clean_setup_says_what_it_installed_and_nothing_alarming(tmp_path):
@@ -46,11 +52,15 @@ def test_clean_setup_says_what_it_installed_and_nothing_alarming(tmp_path):
     assert "setup: orthosae and its dependencies" in text and "setup: sae-lens 6.54.12" in text
     calls = (tmp_path / ".venv/bin/calls").read_text().splitlines()
     assert [c for c in calls if "install" in c] == [
-        "-m pip install --upgrade pip", "-m pip install -e .[test]", "-m pip install sae-lens==6.54.12",
+        "-m pip install --upgrade pip",
+        "-m pip install -e .[test]",
+        "-m pip install sae-lens==6.54.12",
         "-m pip install --no-deps dictionary-learning==0.1.0",
-        "-m pip install --no-deps sae-bench==0.6.0", "-m pip install tabulate",
+        "-m pip install --no-deps sae-bench==0.6.0",
+        "-m pip install tabulate",
         "-m pip install --no-deps eai-sparsify==1.3.3 natsort==8.4.0 schedulefree==1.4.1",
-        "-m pip install -e .[wandb,trackio]"]
+        "-m pip install -e .[wandb,trackio]",
+    ]
 
 
 def test_bench_installs_the_benchmark_peers_only(tmp_path):
@@ -58,8 +68,11 @@ def test_bench_installs_the_benchmark_peers_only(tmp_path):
     assert out.returncode == 0, out.stderr
     calls = (tmp_path / ".venv/bin/calls").read_text().splitlines()
     assert [c for c in calls if "install" in c] == [
-        "-m pip install --upgrade pip", "-m pip install -e .[test]", "-m pip install sae-lens==6.54.12",
-        "-m pip install --no-deps dictionary-learning==0.1.0"]
+        "-m pip install --upgrade pip",
+        "-m pip install -e .[test]",
+        "-m pip install sae-lens==6.54.12",
+        "-m pip install --no-deps dictionary-learning==0.1.0",
+    ]
 
 
 def test_an_unknown_option_stops_before_installing_anything(tmp_path):

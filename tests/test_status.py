@@ -1,11 +1,12 @@
 """`pipe status`: the store, every run (status, step, L0 / EV, elapsed, checkpoint), whether the
 report is current and how the last job ended; `--json` for scripts."""
+
 import json
 
 from click.testing import CliRunner
 
-from orthosae.common import preempt
 from orthosae.cli import main
+from orthosae.common import preempt
 from tests._batch import RUNS, batch_config
 from tests._synthetic import make_store
 
@@ -18,14 +19,19 @@ def status(path) -> dict:
 
 def test_status_follows_a_pipeline_through_preemption_training_and_report(tmp_path, monkeypatch):
     from orthosae.train.trainer import Trainer
+
     make_store(str(tmp_path / "s.zarr"))
     path = batch_config(tmp_path)
     doc = status(path)
     assert doc["config"] == str(path) and doc["stores"][0]["state"] == "complete"
     assert {c["name"]: c["chunks_done"] for c in doc["stores"][0]["corpora"]} == {
-        "retain": 8, "forget": 8, "retain_heldout": 8}
+        "retain": 8,
+        "forget": 8,
+        "retain_heldout": 8,
+    }
     assert [(r["run"], r["status"], r["step"], r["total_steps"]) for r in doc["runs"]] == [
-        (n, "not started", 0, 160) for n in RUNS]
+        (n, "not started", 0, 160) for n in RUNS
+    ]
     assert doc["report"]["state"] == "missing" and doc["last_job"] is None
 
     real = Trainer.train_step
@@ -35,6 +41,7 @@ def test_status_follows_a_pipeline_through_preemption_training_and_report(tmp_pa
         if self.step == 45:
             preempt.request()
         return out
+
     monkeypatch.setattr(Trainer, "train_step", stop_at_45)
     assert CliRunner().invoke(main, ["--config", str(path), "train"]).exit_code == 75
     monkeypatch.setattr(Trainer, "train_step", real)
@@ -56,15 +63,25 @@ def test_status_follows_a_pipeline_through_preemption_training_and_report(tmp_pa
     summaries = {n: json.loads((tmp_path / "runs" / n / "summary.json").read_text()) for n in RUNS}
     from orthosae.common.config import load_config
     from orthosae.eval.report import eval_settings
+
     report.write_text(json.dumps({"runs": {n: {"summary": s} for n, s in summaries.items()}}))
     assert status(path)["report"]["state"] == "stale"  # no eval_settings: made under unknown [eval] settings
-    report.write_text(json.dumps({"runs": {n: {"summary": s} for n, s in summaries.items()},
-                                  "eval_settings": eval_settings(load_config(path))}))
+    report.write_text(
+        json.dumps(
+            {
+                "runs": {n: {"summary": s} for n, s in summaries.items()},
+                "eval_settings": eval_settings(load_config(path)),
+            }
+        )
+    )
     assert status(path)["report"]["state"] == "current"
     path.write_text(path.read_text().replace("alpha = 0.1", "alpha = 0.2"))
     doc = status(path)
-    assert {r["run"]: r["status"] for r in doc["runs"]} == {"baseline": "complete", "fixed": "stale",
-                                                             "adaptive": "complete"}
+    assert {r["run"]: r["status"] for r in doc["runs"]} == {
+        "baseline": "complete",
+        "fixed": "stale",
+        "adaptive": "complete",
+    }
     assert doc["report"]["state"] == "stale"
 
     res = CliRunner().invoke(main, ["--config", str(path), "status"])  # the human view, on stderr

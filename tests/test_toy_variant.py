@@ -16,14 +16,20 @@ from tests._toy_variant import TOY
 def test_a_toy_variant_runs_through_train_eval_and_report(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(variants, "VARIANTS", dict(variants.VARIANTS))  # the table as it was, after the test
     variants.register(TOY)  # the one line
-    path = write_tiny_pipeline(tmp_path, tiny_model_dir, tokens=1920, rest="""
+    path = write_tiny_pipeline(
+        tmp_path,
+        tiny_model_dir,
+        tokens=1920,
+        rest="""
     [[runs]]
     name = "baseline"
     type = "baseline"
     [[runs]]
     name = "toy"
     type = "toy"
-    """ + tiny_eval(tmp_path, (2,)))
+    """
+        + tiny_eval(tmp_path, (2,)),
+    )
     res = CliRunner().invoke(main, ["--config", str(path), "run"])
     assert res.exit_code == 0, res.output + repr(res.exception)
 

@@ -7,6 +7,7 @@ latest and the previous checkpoint, and a write the disk refuses (full, read-onl
 they were. Loading checks the digests: a damaged latest checkpoint falls back to the previous one;
 when none is intact, ``NoIntactCheckpoint`` names every damaged file.
 """
+
 from __future__ import annotations
 
 import json
@@ -113,6 +114,7 @@ def _read(folder: Path) -> dict[str, Any]:
 class Loaded:
     """A checkpoint read back: ``state``, the ``folder`` it came from, and the newer ones skipped as
     damaged (``skipped``: (path, what is wrong))."""
+
     state: dict[str, Any]
     folder: Path
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -163,5 +165,6 @@ def optimizer_state(opt: torch.optim.Optimizer) -> dict:
 
 
 def load_optimizer_state(opt: torch.optim.Optimizer, saved: dict) -> None:
-    opt.load_state_dict({"state": {int(k): v for k, v in saved["state"].items()},
-                         "param_groups": saved["param_groups"]})
+    opt.load_state_dict(
+        {"state": {int(k): v for k, v in saved["state"].items()}, "param_groups": saved["param_groups"]}
+    )

@@ -8,6 +8,7 @@ digest file is the folder's commit mark: written atomically after every file it 
 Which files: every plain file of the folder except the digest file itself, hidden files (temporary
 writes) and ``EXCLUDED`` ones, so a file an export gains later is covered with no change here.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,14 +42,17 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 def covered_files(folder: Path) -> list[str]:
     """The names ``record`` covers: plain, non-hidden files of ``folder`` outside ``EXCLUDED``."""
-    return sorted(p.name for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.name not in EXCLUDED)
+    return sorted(
+        p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name not in EXCLUDED
+    )
 
 
 def record(folder: Path) -> dict[str, dict]:
     """Write ``folder/digests.json`` for its files (atomically, last); returns ``{name: {sha256, bytes}}``."""
-    files = {name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
-             for name in covered_files(folder)}
+    files = {
+        name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+        for name in covered_files(folder)
+    }
     text = json.dumps({"algorithm": "sha256", "files": files}, indent=2) + "\n"
     write_atomic(folder / DIGESTS, lambda p: p.write_text(text))
     return files

@@ -63,9 +63,18 @@ WEIGHTS_FILENAME = "sae_weights.safetensors"
 CFG_FILENAME = "cfg.json"
 DEFAULT_SAE_LENS_FORMAT = "6.0.0"
 METADATA_KEYS = (
-    "model_name", "hook_name", "hook_layer", "hook_head_index", "context_size", "prepend_bos",
-    "dataset_path", "dataset_trust_remote_code", "model_from_pretrained_kwargs", "seqpos_slice",
-    "exclude_special_tokens", "neuronpedia_id",
+    "model_name",
+    "hook_name",
+    "hook_layer",
+    "hook_head_index",
+    "context_size",
+    "prepend_bos",
+    "dataset_path",
+    "dataset_trust_remote_code",
+    "model_from_pretrained_kwargs",
+    "seqpos_slice",
+    "exclude_special_tokens",
+    "neuronpedia_id",
 )
 
 
@@ -103,8 +112,15 @@ def export_tensors(sae: SAE, scale: float) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_sae(sae: SAE, run_dir: str | Path, *, scale: float, extra_cfg: dict[str, Any] | None = None,
-             stamp: str | None = None, run_dict: dict | None = None) -> Path:
+def save_sae(
+    sae: SAE,
+    run_dir: str | Path,
+    *,
+    scale: float,
+    extra_cfg: dict[str, Any] | None = None,
+    stamp: str | None = None,
+    run_dict: dict | None = None,
+) -> Path:
     """Write ``sae_weights.safetensors`` + ``cfg.json`` (SAELens layout) into ``run_dir``; returns it.
     ``stamp`` (cfg.json's sae_lens_version) / ``run_dict``: what a repair restores (the export's own stamp and run
     settings, as recorded in the checkpoint), instead of today's installed sae-lens and settings."""
@@ -169,28 +185,38 @@ def load_sae(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[S
         if cfg.get("orthosae"):
             run = RunConfig.from_dict(cfg["orthosae"])
         elif cfg.get("architecture", "standard") == "standard":
-            run = RunConfig(name=run_dir.name, type="baseline", train=TrainConfig(d_sae=cfg["d_sae"], l1_coefficient=0.0),
-                            ortho=OrthoConfig())
+            run = RunConfig(
+                name=run_dir.name,
+                type="baseline",
+                train=TrainConfig(d_sae=cfg["d_sae"], l1_coefficient=0.0),
+                ortho=OrthoConfig(),
+            )
         else:
             raise ValueError(f"architecture {cfg.get('architecture')!r} without an 'orthosae' section")
         sae = make_sae(run, cfg["d_in"], dtype=cfg.get("dtype", "float32"), device=device)
         tensors = load_file(str(w_path), device=str(device))
     except Exception as e:  # noqa: BLE001 - one line naming the path, whatever went wrong
         raise ExportError(f"cannot load SAE from {run_dir}: {type(e).__name__}: {e}".replace("\n", " ")) from None
-    expected = ({"W_enc", "W_dec", "b_enc", "b_dec"} | ({"group_bias", "groups", "tau"} if is_grouped(sae) else set())
-                | ({"threshold"} if sae.activation == "batchtopk" else set()))
+    expected = (
+        {"W_enc", "W_dec", "b_enc", "b_dec"}
+        | ({"group_bias", "groups", "tau"} if is_grouped(sae) else set())
+        | ({"threshold"} if sae.activation == "batchtopk" else set())
+    )
     if set(tensors) != expected:
         raise ExportError(f"cannot load SAE from {run_dir}: tensors {sorted(tensors)} != expected {sorted(expected)}")
     with torch.no_grad():
         for name, t in tensors.items():
             target = getattr(sae, name)
             if t.shape != target.shape:
-                raise ExportError(f"cannot load SAE from {run_dir}: {name} has shape {tuple(t.shape)}, expected {tuple(target.shape)}")
+                raise ExportError(
+                    f"cannot load SAE from {run_dir}: {name} has shape {tuple(t.shape)}, expected {tuple(target.shape)}"
+                )
             target.copy_(t.to(target.dtype))
     return sae, cfg
 
 
 # ---------------------------------------------------------------- sae_lens integration (optional)
+
 
 def register_with_sae_lens() -> tuple[type, type]:
     """Register architecture "orthosae_grouped" with sae_lens (idempotent); returns (SAE class, config class).
@@ -211,8 +237,15 @@ def register_with_sae_lens() -> tuple[type, type]:
 # What SAEBench 0.6.0 reads from ``sae.cfg`` that sae_lens 6 keeps in ``cfg.metadata``: the same
 # fields, with the same defaults, that its own ``general_utils._standardize_sae_cfg`` copies over.
 SAEBENCH_CFG_FIELDS = (
-    "hook_name", "hook_layer", "hook_head_index", "model_name", "context_size", "prepend_bos",
-    "exclude_special_tokens", "dataset_trust_remote_code", "model_from_pretrained_kwargs",
+    "hook_name",
+    "hook_layer",
+    "hook_head_index",
+    "model_name",
+    "context_size",
+    "prepend_bos",
+    "exclude_special_tokens",
+    "dataset_trust_remote_code",
+    "model_from_pretrained_kwargs",
 )
 
 
@@ -241,7 +274,9 @@ def load_for_saebench(run_dir: str | Path, device: torch.device | str = "cpu", *
         if fold_decoder_norms:
             fold_sae_lens_decoder_norms(sae)
     except Exception as e:  # noqa: BLE001 - one line naming the path, whatever went wrong
-        raise ExportError(f"cannot load SAE from {run_dir} with sae_lens: {type(e).__name__}: {e}".replace("\n", " ")) from None
+        raise ExportError(
+            f"cannot load SAE from {run_dir} with sae_lens: {type(e).__name__}: {e}".replace("\n", " ")
+        ) from None
     cfg, meta = sae.cfg, sae.cfg.metadata
     values = {k: getattr(meta, k, None) for k in SAEBENCH_CFG_FIELDS}
     if not values["hook_name"]:
@@ -249,8 +284,10 @@ def load_for_saebench(run_dir: str | Path, device: torch.device | str = "cpu", *
     if values["hook_layer"] is None:
         m = re.search(r"blocks\.(\d+)\.", str(values["hook_name"]))
         if m is None:
-            raise ExportError(f"cannot use {run_dir} with SAEBench: no hook_layer in cfg.json metadata "
-                              f"and none in hook_name {values['hook_name']!r}")
+            raise ExportError(
+                f"cannot use {run_dir} with SAEBench: no hook_layer in cfg.json metadata "
+                f"and none in hook_name {values['hook_name']!r}"
+            )
         values["hook_layer"] = int(m.group(1))
     values["model_from_pretrained_kwargs"] = values["model_from_pretrained_kwargs"] or {}
     for k, v in values.items():

@@ -1,6 +1,7 @@
 """A run's fingerprint: changes when anything that shapes its weights changes (settings or cached
 data). `pipe train` skips a finished run whose summary holds one of ``run_fingerprints``; `pipe
 verify` and `pipe status` call a run stale when it holds none."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +10,6 @@ from dataclasses import asdict
 
 from orthosae.common.config import OrthoConfig, RunConfig
 from orthosae.common.store import StoreReader
-
 
 # keys added after runs were trained, at their defaults: they count only when set, so older runs stay complete
 _LATER_DEFAULTS = {"activation": "relu", "k": 0, "target_l0": 0.0, "l0_gain": 0.03, "matmul_precision": "highest"}
@@ -50,8 +50,14 @@ def _fingerprint(run: RunConfig, reader: StoreReader, stream_seed: int | None, o
     train = _set_keys(run.train, _LATER_DEFAULTS)
     if not legacy:
         train = {k: v for k, v in train.items() if k not in NOT_WEIGHTS}
-    items = [run.type, train, _set_keys(ortho, _LATER_ORTHO_DEFAULTS), data,
-             reader.meta.get("model_id"), reader.meta.get("layer")]
+    items = [
+        run.type,
+        train,
+        _set_keys(ortho, _LATER_ORTHO_DEFAULTS),
+        data,
+        reader.meta.get("model_id"),
+        reader.meta.get("layer"),
+    ]
     if stream_seed is not None and stream_seed != run.train.seed:
         items.append({"stream_seed": stream_seed})
     blob = json.dumps(items, sort_keys=True, default=str)

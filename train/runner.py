@@ -14,12 +14,13 @@ Under ``torchrun`` / ``accelerate launch`` (N processes), rank r trains runs r, 
 selection and streams the store itself: no collective is needed, and since a run depends on the
 data order and its own settings only, every run's weights equal a one-process ``pipe train``.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -31,19 +32,26 @@ from orthosae.common.errors import RunError, naming, os_error_line
 from orthosae.common.locks import FolderLock
 from orthosae.common.model import pick_device
 from orthosae.common.progress import console, progress
-from orthosae.common.tracker import run_config
 from orthosae.common.store import StoreReader, open_store_for
+from orthosae.common.tracker import run_config
 from orthosae.train import digests
 from orthosae.train.checkpoint import LOG, Loaded, NoIntactCheckpoint, load_latest, save_checkpoint
 from orthosae.train.export import sae_lens_version, save_sae
+from orthosae.train.fingerprint import run_fingerprint, run_fingerprints
 from orthosae.train.sae import make_sae
 from orthosae.train.sae_lens_names import sae_lens_metadata
 from orthosae.train.sparsity import feature_density, save_sparsity, sparsity_rows
 from orthosae.train.stream import ActivationStream, estimate_scale
 from orthosae.train.trainer import Trainer
-from orthosae.train.fingerprint import run_fingerprint, run_fingerprints
-from orthosae.train.verify import (FINISHED, check_run, export_problems, final_checkpoint, load_summary,
-                                   restart_command, run_dir_of)
+from orthosae.train.verify import (
+    FINISHED,
+    check_run,
+    export_problems,
+    final_checkpoint,
+    load_summary,
+    restart_command,
+    run_dir_of,
+)
 
 
 def train_corpora(cfg: Config) -> list[str]:
@@ -69,12 +77,17 @@ def _finished_run(cfg: Config, run: RunConfig, reader: StoreReader, fingerprints
         if summary is None and (run_dir / "checkpoint").exists():
             return None  # an unfinished run's summary: training resumes from its checkpoint
         path, what = damage[0]
-        raise RunError(f"{path}: {what}; no intact final checkpoint in {run_dir} to rewrite it from: "
-                       f"`{restart_command(cfg, run.name)}` trains the run again")
+        raise RunError(
+            f"{path}: {what}; no intact final checkpoint in {run_dir} to rewrite it from: "
+            f"`{restart_command(cfg, run.name)}` trains the run again"
+        )
     path, what = damage[0]
     more = f" (+{len(damage) - 1} more)" if len(damage) > 1 else ""
-    console.print(f"[yellow]{run.name}: {path}: {what}{more}; rewriting the export from "
-                  f"{ckpt.folder.name}/ (step {ckpt.state['trainer']['step']})[/]", highlight=False)
+    console.print(
+        f"[yellow]{run.name}: {path}: {what}{more}; rewriting the export from "
+        f"{ckpt.folder.name}/ (step {ckpt.state['trainer']['step']})[/]",
+        highlight=False,
+    )
     return rewrite_export(cfg, run, reader, ckpt)
 
 
@@ -90,8 +103,16 @@ def rewrite_export(cfg: Config, run: RunConfig, reader: StoreReader, ckpt: Loade
     if trainer.status == "running":  # the periodic checkpoint at the last step, before the final one
         trainer.status = "complete"
     corpora = train_corpora(cfg)
-    return _finish(cfg, trainer, reader, float(state["scale"]), state["fingerprint"],
-                   float(state.get("seconds", 0.0)), lambda: sparsity_rows(reader, corpora), state.get("export"))
+    return _finish(
+        cfg,
+        trainer,
+        reader,
+        float(state["scale"]),
+        state["fingerprint"],
+        float(state.get("seconds", 0.0)),
+        lambda: sparsity_rows(reader, corpora),
+        state.get("export"),
+    )
 
 
 def _restore_log(folder: Path, run_dir: Path) -> bool:
@@ -110,33 +131,58 @@ def _run_dir(cfg: Config, run: RunConfig) -> Path:
     return Path(cfg.train.runs_dir) / run.name
 
 
-def _checkpoint(cfg: Config, trainer: Trainer, fingerprint: str, scale: float, seconds: float,
-                reader: StoreReader) -> None:
+def _checkpoint(
+    cfg: Config, trainer: Trainer, fingerprint: str, scale: float, seconds: float, reader: StoreReader
+) -> None:
     """``seconds``: the run's training time so far, over every invocation (`pipe status` shows it).
     The checkpoint also holds what the export would write besides the weights (``export``) and a
     copy of the log, so a repair from it restores both byte for byte."""
     run_dir = _run_dir(cfg, trainer.run)
-    save_checkpoint(run_dir, {
-        "fingerprint": fingerprint, "scale": scale, "seconds": round(seconds, 2),
-        "stream": {"batches_served": trainer.step}, "trainer": trainer.state_dict(),
-        "export": _export_meta(cfg, trainer, reader)}, log=run_dir / "log.jsonl")
+    save_checkpoint(
+        run_dir,
+        {
+            "fingerprint": fingerprint,
+            "scale": scale,
+            "seconds": round(seconds, 2),
+            "stream": {"batches_served": trainer.step},
+            "trainer": trainer.state_dict(),
+            "export": _export_meta(cfg, trainer, reader),
+        },
+        log=run_dir / "log.jsonl",
+    )
 
 
 def _export_meta(cfg: Config, trainer: Trainer, reader: StoreReader) -> dict:
     """cfg.json's inputs other than the SAE: extra keys, the sae-lens stamp, the run's settings."""
     run = trainer.run
-    return {"extra_cfg": {
-        **sae_lens_metadata(reader.meta.get("model_id"), cfg.harvest.layer, cfg.harvest.hook),
-        "context_size": cfg.harvest.context_length,
-        "model_source": reader.meta.get("model_id"),  # what orthosae loaded; model_name is its Hub name
-        "store": cfg.harvest.store, "run_name": run.name, "run_type": run.type,
-        "steps": trainer.step, "prepend_bos": True, "exclude_special_tokens": True,
-        **({"sets": list(cfg.sets)} if cfg.sets else {})},  # `pipe --set` overrides it trained under
-        "stamp": sae_lens_version(), "run": run.to_dict()}
+    return {
+        "extra_cfg": {
+            **sae_lens_metadata(reader.meta.get("model_id"), cfg.harvest.layer, cfg.harvest.hook),
+            "context_size": cfg.harvest.context_length,
+            "model_source": reader.meta.get("model_id"),  # what orthosae loaded; model_name is its Hub name
+            "store": cfg.harvest.store,
+            "run_name": run.name,
+            "run_type": run.type,
+            "steps": trainer.step,
+            "prepend_bos": True,
+            "exclude_special_tokens": True,
+            **({"sets": list(cfg.sets)} if cfg.sets else {}),
+        },  # `pipe --set` overrides it trained under
+        "stamp": sae_lens_version(),
+        "run": run.to_dict(),
+    }
 
 
-def _finish(cfg: Config, trainer: Trainer, reader: StoreReader, scale: float, fingerprint: str,
-            seconds: float, density_rows, export: dict | None = None) -> dict:
+def _finish(
+    cfg: Config,
+    trainer: Trainer,
+    reader: StoreReader,
+    scale: float,
+    fingerprint: str,
+    seconds: float,
+    density_rows,
+    export: dict | None = None,
+) -> dict:
     """Export the SAE (SAELens layout, with sparsity.safetensors measured on ``density_rows()``)
     and write the run's summary. ``export``: the recorded `_export_meta` (a repair), else today's."""
     run, run_dir = trainer.run, _run_dir(cfg, trainer.run)
@@ -144,22 +190,46 @@ def _finish(cfg: Config, trainer: Trainer, reader: StoreReader, scale: float, fi
     export = export or _export_meta(cfg, trainer, reader)
     try:
         if trainer.status != "failed":
-            save_sae(trainer.sae, run_dir, scale=scale, extra_cfg=dict(export["extra_cfg"]),
-                     stamp=export["stamp"], run_dict=export["run"])
+            save_sae(
+                trainer.sae,
+                run_dir,
+                scale=scale,
+                extra_cfg=dict(export["extra_cfg"]),
+                stamp=export["stamp"],
+                run_dict=export["run"],
+            )
             save_sparsity(run_dir, feature_density(trainer.sae, density_rows(), scale))
             files = digests.record(run_dir)  # after every export file, whatever the export wrote
-        summary = {"run": run.name, "type": run.type, "status": trainer.status, "message": trainer.message,
-                   "steps": trainer.step, "seconds": round(seconds, 2), "fingerprint": fingerprint,
-                   "activation_scale": scale, "store": cfg.harvest.store, "config": str(cfg.path),
-                   "final": trainer.last, **({"digests": files} if files is not None else {})}
+        summary = {
+            "run": run.name,
+            "type": run.type,
+            "status": trainer.status,
+            "message": trainer.message,
+            "steps": trainer.step,
+            "seconds": round(seconds, 2),
+            "fingerprint": fingerprint,
+            "activation_scale": scale,
+            "store": cfg.harvest.store,
+            "config": str(cfg.path),
+            "final": trainer.last,
+            **({"digests": files} if files is not None else {}),
+        }
         text = json.dumps(summary, indent=2)
         digests.write_atomic(run_dir / "summary.json", lambda p: p.write_text(text))
     except OSError as e:
-        raise RunError(f"{os_error_line(e)}; {run.name}'s final checkpoint is kept: rerun `pipe train` "
-                       "to export it") from None
-    events.emit("run_done", run=run.name, status=trainer.status, step=trainer.step,
-                l0=trainer.last.get("l0"), ev=trainer.last.get("ev_batch"), seconds=round(seconds, 2),
-                **({"reason": trainer.message} if trainer.status == "failed" else {}))
+        raise RunError(
+            f"{os_error_line(e)}; {run.name}'s final checkpoint is kept: rerun `pipe train` to export it"
+        ) from None
+    events.emit(
+        "run_done",
+        run=run.name,
+        status=trainer.status,
+        step=trainer.step,
+        l0=trainer.last.get("l0"),
+        ev=trainer.last.get("ev_batch"),
+        seconds=round(seconds, 2),
+        **({"reason": trainer.message} if trainer.status == "failed" else {}),
+    )
     return summary
 
 
@@ -169,8 +239,9 @@ def process_share() -> tuple[int, int, int]:
     return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
 
 
-def train(cfg: Config, *, run_names: list[str] | None = None, force: bool = False,
-          show_progress: bool = True) -> list[dict]:
+def train(
+    cfg: Config, *, run_names: list[str] | None = None, force: bool = False, show_progress: bool = True
+) -> list[dict]:
     """Train the config's runs (or `run_names`) in one pass; returns their summaries (this
     process's share of them under a multi-process launcher)."""
     events.set_stage("train")
@@ -197,16 +268,27 @@ def _train(cfg: Config, *, run_names: list[str] | None, force: bool, show_progre
         device = torch.device("cuda", local_rank)  # one GPU per process
     steps = cfg.train.tokens // cfg.train.batch_size
     if steps < 1:
-        raise ConfigError(f"{cfg.path}: [train] tokens: {cfg.train.tokens} is less than one batch "
-                          f"({cfg.train.batch_size})")
+        raise ConfigError(
+            f"{cfg.path}: [train] tokens: {cfg.train.tokens} is less than one batch ({cfg.train.batch_size})"
+        )
     with contextlib.ExitStack() as held:
         for run in selected:  # one writer per run folder: a second `pipe train` stops here, one line
             held.enter_context(FolderLock(_run_dir(cfg, run), f"{_run_dir(cfg, run)}"))
         return _train_locked(cfg, selected, reader, corpora, device, steps, force, show_progress, rank, world)
 
 
-def _train_locked(cfg: Config, selected: list[RunConfig], reader: StoreReader, corpora: list[str], device,
-                  steps: int, force: bool, show_progress: bool, rank: int, world: int) -> list[dict]:
+def _train_locked(
+    cfg: Config,
+    selected: list[RunConfig],
+    reader: StoreReader,
+    corpora: list[str],
+    device,
+    steps: int,
+    force: bool,
+    show_progress: bool,
+    rank: int,
+    world: int,
+) -> list[dict]:
     todo, summaries = [], []
     for run in selected:
         fp = run_fingerprint(run, reader, cfg.train.seed)
@@ -225,8 +307,19 @@ def _train_locked(cfg: Config, selected: list[RunConfig], reader: StoreReader, c
     # From here a signal only asks to stop: the step in hand ends, every run is checkpointed
     # (common/preempt.py); before, nothing is in hand and it stops at once.
     with preempt.deferred():
-        return summaries + _train_loop(cfg, todo, reader, corpora, device, steps, scale, mean, force,
-                                       show_progress, f" (process {rank} of {world})" if world > 1 else "")
+        return summaries + _train_loop(
+            cfg,
+            todo,
+            reader,
+            corpora,
+            device,
+            steps,
+            scale,
+            mean,
+            force,
+            show_progress,
+            f" (process {rank} of {world})" if world > 1 else "",
+        )
 
 
 def _trim_log(path: Path, step: int) -> None:
@@ -253,29 +346,46 @@ def _resume_state(cfg: Config, run: RunConfig, run_dir: Path) -> Loaded | None:
     try:
         loaded = load_latest(run_dir)
     except NoIntactCheckpoint as e:
-        raise RunError(f"{e}; no intact checkpoint of {run.name} left to resume from: "
-                       f"`{restart_command(cfg, run.name)}` trains it again") from None
+        raise RunError(
+            f"{e}; no intact checkpoint of {run.name} left to resume from: "
+            f"`{restart_command(cfg, run.name)}` trains it again"
+        ) from None
     if loaded is None:
         return None
     if loaded.skipped:
         path, what = loaded.skipped[0]
-        console.print(f"[yellow]{run.name}: {path}: {what}; falling back to {loaded.folder.name}/, "
-                      f"resuming from step {loaded.state['trainer']['step']}[/]", highlight=False)
+        console.print(
+            f"[yellow]{run.name}: {path}: {what}; falling back to {loaded.folder.name}/, "
+            f"resuming from step {loaded.state['trainer']['step']}[/]",
+            highlight=False,
+        )
     return loaded
 
 
 def _run_stats(trainers: list[Trainer]) -> tuple[str, list[dict]]:
     """Each run's step, L0 and batch EV (the latest log record): live text and event fields."""
-    runs = [{"run": t.run.name, "step": t.step, "l0": t.last.get("l0"), "ev": t.last.get("ev_batch")}
-            for t in trainers]
-    text = " | ".join(f"{r['run']} step {r['step']}" + (f" L0 {r['l0']:.1f} EV {r['ev']:.3f}"
-                                                      if r["l0"] is not None and r["ev"] is not None else "")
-                      for r in runs)
+    runs = [{"run": t.run.name, "step": t.step, "l0": t.last.get("l0"), "ev": t.last.get("ev_batch")} for t in trainers]
+    text = " | ".join(
+        f"{r['run']} step {r['step']}"
+        + (f" L0 {r['l0']:.1f} EV {r['ev']:.3f}" if r["l0"] is not None and r["ev"] is not None else "")
+        for r in runs
+    )
     return text, runs
 
 
-def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str], device, steps: int,
-                scale: float, mean, force: bool, show_progress: bool, share: str) -> list[dict]:
+def _train_loop(
+    cfg: Config,
+    todo: list,
+    reader: StoreReader,
+    corpora: list[str],
+    device,
+    steps: int,
+    scale: float,
+    mean,
+    force: bool,
+    show_progress: bool,
+    share: str,
+) -> list[dict]:
     """Build (or resume) one Trainer per run, stream the store through all of them, export them."""
     summaries, trainers, fingerprints, logs = [], [], {}, {}
     base_seconds, saved_step = {}, {}  # per run: training time and checkpoint step before this call
@@ -299,26 +409,38 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
             (run_dir / "log.jsonl").unlink()  # a fresh start: the old log belongs to other weights
         trainers.append(trainer)
         fingerprints[run.name] = fp
-        events.observe("run_start", run=run.name, fingerprint=fp, step=trainer.step,
-                       config=run_config(cfg, run, fp))  # for a run tracker (common/tracker.py)
+        events.observe(
+            "run_start", run=run.name, fingerprint=fp, step=trainer.step, config=run_config(cfg, run, fp)
+        )  # for a run tracker (common/tracker.py)
         logs[run.name] = open(run_dir / "log.jsonl", "a")
 
     running = [t.step for t in trainers if t.running]
     start = min(running) if running else steps
-    stream = ActivationStream(reader, corpora, batch_size=cfg.train.batch_size,
-                              buffer_rows=cfg.train.buffer_rows, seed=cfg.train.seed,
-                              mix=cfg.train.mix or None, heldout_rows=cfg.train.heldout_rows,
-                              device=device, scale=scale, total_batches=steps)
+    stream = ActivationStream(
+        reader,
+        corpora,
+        batch_size=cfg.train.batch_size,
+        buffer_rows=cfg.train.buffer_rows,
+        seed=cfg.train.seed,
+        mix=cfg.train.mix or None,
+        heldout_rows=cfg.train.heldout_rows,
+        device=device,
+        scale=scale,
+        total_batches=steps,
+    )
     stream.load_state_dict({"batches_served": start})
     t0 = time.perf_counter()
 
     def checkpoint(t: Trainer) -> None:
-        _checkpoint(cfg, t, fingerprints[t.run.name], scale, base_seconds[t.run.name] + time.perf_counter() - t0,
-                    reader)
+        _checkpoint(
+            cfg, t, fingerprints[t.run.name], scale, base_seconds[t.run.name] + time.perf_counter() - t0, reader
+        )
         saved_step[t.run.name] = t.step
 
-    console.print(f"training {len(trainers)} run(s) ({', '.join(t.run.name for t in trainers)}) on {device}{share}, "
-                  f"{steps} steps of {cfg.train.batch_size} rows from {cfg.harvest.store}")
+    console.print(
+        f"training {len(trainers)} run(s) ({', '.join(t.run.name for t in trainers)}) on {device}{share}, "
+        f"{steps} steps of {cfg.train.batch_size} rows from {cfg.harvest.store}"
+    )
     stopped = False
     try:
         with progress("step", disable=not show_progress, extra="{task.fields[stats]}") as bar:
@@ -335,8 +457,10 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
                             logs[t.run.name].flush()
                         events.observe("train_log", run=t.run.name, record=record)
                     if t.status == "failed":
-                        console.print(f"[red]{t.run.name}: {t.message}; last good checkpoint kept in "
-                                      f"{_run_dir(cfg, t.run) / 'checkpoint'}[/]")
+                        console.print(
+                            f"[red]{t.run.name}: {t.message}; last good checkpoint kept in "
+                            f"{_run_dir(cfg, t.run) / 'checkpoint'}[/]"
+                        )
                     elif t.running and t.step % cfg.train.checkpoint_every == 0:
                         checkpoint(t)
                 text, runs = _run_stats(trainers)
@@ -372,10 +496,13 @@ def _train_loop(cfg: Config, todo: list, reader: StoreReader, corpora: list[str]
         seconds = base_seconds[t.run.name] + time.perf_counter() - t0
         summaries.append(_finish(cfg, t, reader, scale, fingerprints[t.run.name], seconds, density_rows))
         colour = {"complete": "green", "early_stopped": "yellow", "failed": "red"}[t.status]
-        console.print(f"[{colour}]{t.run.name}[/]: {t.status} at step {t.step}  "
-                      f"L0 {t.last.get('l0', float('nan')):.1f}  "
-                      f"EV (batch) {t.last.get('ev_batch', float('nan')):.3f}  -> {_run_dir(cfg, t.run)}"
-                      + (f"  ({t.message})" if t.message else ""), highlight=False)
+        console.print(
+            f"[{colour}]{t.run.name}[/]: {t.status} at step {t.step}  "
+            f"L0 {t.last.get('l0', float('nan')):.1f}  "
+            f"EV (batch) {t.last.get('ev_batch', float('nan')):.3f}  -> {_run_dir(cfg, t.run)}"
+            + (f"  ({t.message})" if t.message else ""),
+            highlight=False,
+        )
     if stopped:
         raise preempt.Preempted(f"checkpoints in {cfg.train.runs_dir}/: {', '.join(saved)} of {steps}")
     return summaries

@@ -44,5 +44,9 @@ def sae_lens_model_name(model_id: str | None) -> str | None:
 
 def sae_lens_metadata(model_id: str | None, layer: int, hook: str = "resid_post") -> dict:
     """The ``cfg.json`` metadata keys that place an SAE on its model and hook in SAELens."""
-    return {"model_name": sae_lens_model_name(model_id), "hook_name": f"blocks.{layer}.hook_{hook}",
-            "hook_layer": layer, "model_from_pretrained_kwargs": {"center_writing_weights": False}}
+    return {
+        "model_name": sae_lens_model_name(model_id),
+        "hook_name": f"blocks.{layer}.hook_{hook}",
+        "hook_layer": layer,
+        "model_from_pretrained_kwargs": {"center_writing_weights": False},
+    }

@@ -10,6 +10,7 @@ inference) and the grouped SAE (its per-token group decoder bias) have no sparsi
 with one line. The hookpoint is the block's module path below sparsify's ``base_model``
 (``layers.<L>``, the residual stream after block L, what the harvest stores).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,23 +40,47 @@ def save_sparsify(run_dir: str | Path, dest: str | Path) -> Path:
     sae, cfg = load_sae(run_dir)
     activation = sae.cfg.train.activation
     if is_grouped(sae):
-        raise SparsifyExportError(f"{run_dir}: the grouped SAE decodes with per-token group biases, which "
-                                  "sparsify's coder has no place for; export it in SAELens' layout")
+        raise SparsifyExportError(
+            f"{run_dir}: the grouped SAE decodes with per-token group biases, which "
+            "sparsify's coder has no place for; export it in SAELens' layout"
+        )
     if activation == "batchtopk":
-        raise SparsifyExportError(f"{run_dir}: a batchtopk SAE encodes with a learned threshold at inference, "
-                                  "which sparsify's top-k coder cannot express")
+        raise SparsifyExportError(
+            f"{run_dir}: a batchtopk SAE encodes with a learned threshold at inference, "
+            "which sparsify's top-k coder cannot express"
+        )
     k = sae.cfg.train.k if activation == "topk" else sae.d_sae  # relu: every positive latent
     folder = Path(dest) / hookpoint(cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {"encoder.weight": sae.W_enc.detach().T.contiguous(), "encoder.bias": sae.b_enc.detach(),
-               "W_dec": sae.W_dec.detach().contiguous(), "b_dec": sae.b_dec.detach()}
+    tensors = {
+        "encoder.weight": sae.W_enc.detach().T.contiguous(),
+        "encoder.bias": sae.b_enc.detach(),
+        "W_dec": sae.W_dec.detach().contiguous(),
+        "b_dec": sae.b_dec.detach(),
+    }
     save_file({n: t.float().cpu() for n, t in tensors.items()}, str(folder / WEIGHTS))
-    (folder / "cfg.json").write_text(json.dumps({
-        "activation": "topk", "expansion_factor": max(1, sae.d_sae // sae.d_model), "normalize_decoder": False,
-        "num_latents": sae.d_sae, "k": k, "multi_topk": False, "skip_connection": False, "transcode": False,
-        "d_in": sae.d_model,
-        # sparsify drops keys it does not know: where the SAE came from, for a reader
-        "orthosae": {"run_name": cfg.get("run_name"), "run_type": cfg.get("run_type"),
-                     "activation": activation, "model_name": cfg.get("metadata", {}).get("model_name"),
-                     "hook_name": cfg.get("metadata", {}).get("hook_name")}}, indent=1))
+    (folder / "cfg.json").write_text(
+        json.dumps(
+            {
+                "activation": "topk",
+                "expansion_factor": max(1, sae.d_sae // sae.d_model),
+                "normalize_decoder": False,
+                "num_latents": sae.d_sae,
+                "k": k,
+                "multi_topk": False,
+                "skip_connection": False,
+                "transcode": False,
+                "d_in": sae.d_model,
+                # sparsify drops keys it does not know: where the SAE came from, for a reader
+                "orthosae": {
+                    "run_name": cfg.get("run_name"),
+                    "run_type": cfg.get("run_type"),
+                    "activation": activation,
+                    "model_name": cfg.get("metadata", {}).get("model_name"),
+                    "hook_name": cfg.get("metadata", {}).get("hook_name"),
+                },
+            },
+            indent=1,
+        )
+    )
     return folder

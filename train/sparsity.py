@@ -5,6 +5,7 @@ SAELens' loaders and SAEBench's autointerp read it to pick live features.
 Measured on the exported SAE after training, not accumulated during it: the density of the
 weights that ship, over the first rows of each training corpus in proportion to its size.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,8 +27,7 @@ def sparsity_rows(reader: StoreReader, corpora: list[str], rows: int = SPARSITY_
     once per sweep and shared by its runs)."""
     info = reader.corpora()
     total = sum(info[c].n_rows for c in corpora)
-    return torch.cat([reader.read_rows(c, 0, min(info[c].n_rows, -(-rows * info[c].n_rows // total)))
-                      for c in corpora])
+    return torch.cat([reader.read_rows(c, 0, min(info[c].n_rows, -(-rows * info[c].n_rows // total))) for c in corpora])
 
 
 @torch.no_grad()
@@ -36,7 +36,7 @@ def feature_density(sae, rows: torch.Tensor, scale: float) -> torch.Tensor:
     fires (``sae.encode`` > 0), float32 on CPU."""
     fired = torch.zeros(sae.d_sae, dtype=torch.float64)
     for lo in range(0, rows.shape[0], BATCH):
-        x = rows[lo:lo + BATCH].to(sae.device, sae.dtype) * scale
+        x = rows[lo : lo + BATCH].to(sae.device, sae.dtype) * scale
         fired += (sae.encode(x) > 0).sum(0).double().cpu()
     return (fired / max(rows.shape[0], 1)).float()
 

@@ -17,6 +17,7 @@ stored (bf16 bits: 2 bytes a value) and batches travel as stored; the conversion
 scale are applied on the device. Host memory: per pool, the window being served and the one read
 ahead (each at most `buffer_rows` rows, as stored), plus `prefetch` batches.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -64,7 +65,7 @@ def _split_counts(batch_size: int, shares: list[float]) -> list[int]:
     exact = [batch_size * s / total for s in shares]
     counts = [max(1, int(e)) for e in exact]
     order = sorted(range(len(shares)), key=lambda i: exact[i] - int(exact[i]), reverse=True)
-    for i in order[:max(0, batch_size - sum(counts))]:
+    for i in order[: max(0, batch_size - sum(counts))]:
         counts[i] += 1
     return counts
 
@@ -72,16 +73,17 @@ def _split_counts(batch_size: int, shares: list[float]) -> list[int]:
 @dataclass(frozen=True)
 class _Window:
     """One window's rows as stored, in piece order; it serves rows `stored[perm]` in turn."""
-    stored: np.ndarray     # [n, d_model]: uint16 (bf16 bits), float16 or float32
+
+    stored: np.ndarray  # [n, d_model]: uint16 (bf16 bits), float16 or float32
     is_forget: np.ndarray  # [n] bool
-    perm: np.ndarray       # [n] int64
+    perm: np.ndarray  # [n] int64
 
     def __len__(self) -> int:
         return len(self.perm)
 
     def gather(self, pos: int, n: int, out_x: torch.Tensor, out_f: torch.Tensor) -> None:
         """Rows perm[pos:pos + n] into out_x / out_f (one copy, straight into the batch)."""
-        idx = self.perm[pos:pos + n]
+        idx = self.perm[pos : pos + n]
         torch.index_select(rows_as_torch(self.stored), 0, torch.from_numpy(idx), out=out_x)
         out_f.copy_(torch.from_numpy(self.is_forget[idx]))
 
@@ -90,8 +92,15 @@ class _PoolRows:
     """Rows of one pool from absolute position `start_row` up to `end_row` (None: forever), window
     after window; the next window is read in the background while this one is served."""
 
-    def __init__(self, stream: "ActivationStream", pool: _Pool, start_row: int, end_row: int | None,
-                 windows: ThreadPoolExecutor, pieces: ThreadPoolExecutor):
+    def __init__(
+        self,
+        stream: "ActivationStream",
+        pool: _Pool,
+        start_row: int,
+        end_row: int | None,
+        windows: ThreadPoolExecutor,
+        pieces: ThreadPoolExecutor,
+    ):
         self.stream, self.pool, self.pieces, self.windows = stream, pool, pieces, windows
         self.plan = stream._window_plan(pool, start_row, end_row)
         self.current: _Window | None = None
@@ -119,17 +128,28 @@ class _PoolRows:
                 del future
                 self.ahead = self._read_next()
             k = min(n - done, len(self.current) - self.pos)
-            self.current.gather(self.pos, k, out_x[done:done + k], out_f[done:done + k])
+            self.current.gather(self.pos, k, out_x[done : done + k], out_f[done : done + k])
             self.pos, done = self.pos + k, done + k
 
 
 class ActivationStream:
     """Batches (x [B, d_model] float32 on `device`, is_forget [B] bool) from the store's train corpora."""
 
-    def __init__(self, reader: StoreReader, corpora: list[str], *, batch_size: int, buffer_rows: int,
-                 seed: int, mix: dict[str, float] | None = None, heldout_rows: int = 0,
-                 device: torch.device | str = "cpu", scale: float = 1.0, prefetch: int = 4,
-                 total_batches: int | None = None):
+    def __init__(
+        self,
+        reader: StoreReader,
+        corpora: list[str],
+        *,
+        batch_size: int,
+        buffer_rows: int,
+        seed: int,
+        mix: dict[str, float] | None = None,
+        heldout_rows: int = 0,
+        device: torch.device | str = "cpu",
+        scale: float = 1.0,
+        prefetch: int = 4,
+        total_batches: int | None = None,
+    ):
         self.reader, self.batch_size, self.seed = reader, batch_size, seed
         self.total_batches = total_batches  # the reader never reads ahead past the last batch
         self.device, self.scale, self.prefetch = torch.device(device), scale, prefetch
@@ -143,7 +163,8 @@ class ActivationStream:
                 raise ValueError(f"{reader.url}/{name}: heldout_rows={heldout_rows} leaves no rows to train on")
             pieces_of[name] = [
                 _Piece(name, s, min(s + g.rows_per_chunk, usable), g.role == "forget")
-                for s in range(0, usable, g.rows_per_chunk)]
+                for s in range(0, usable, g.rows_per_chunk)
+            ]
         if mix:
             counts = _split_counts(batch_size, [mix[n] for n in corpora])
             self.pools = [_Pool(i, tuple(pieces_of[n]), c) for i, (n, c) in enumerate(zip(corpora, counts))]
@@ -160,7 +181,7 @@ class ActivationStream:
         rng = np.random.default_rng([self.seed, pool.index, epoch])
         order = rng.permutation(len(pool.pieces))
         w = self.chunks_per_window
-        return [[pool.pieces[i] for i in order[j:j + w]] for j in range(0, len(order), w)]
+        return [[pool.pieces[i] for i in order[j : j + w]] for j in range(0, len(order), w)]
 
     def _window_plan(self, pool: _Pool, start_row: int, end_row: int | None) -> Iterator[tuple]:
         """(epoch, w, pieces, skip) of each window serving rows [start_row, end_row): seek by
@@ -180,16 +201,18 @@ class ActivationStream:
                 skip = 0
             epoch += 1
 
-    def _read_window(self, pool: _Pool, epoch: int, w: int, pieces: list[_Piece],
-                     threads: ThreadPoolExecutor | None = None) -> _Window:
+    def _read_window(
+        self, pool: _Pool, epoch: int, w: int, pieces: list[_Piece], threads: ThreadPoolExecutor | None = None
+    ) -> _Window:
         sizes = [p.rows for p in pieces]
         bounds = np.cumsum([0, *sizes])
         stored = np.empty((bounds[-1], self.reader.d_model), dtype=numpy_storage_dtype(self.reader.storage_dtype))
 
         def read(i: int) -> None:
             p = pieces[i]
-            stored[bounds[i]:bounds[i + 1]] = self.reader.read_stored(p.corpus, p.start, p.stop)
-        for _ in (threads.map(read, range(len(pieces))) if threads else map(read, range(len(pieces)))):
+            stored[bounds[i] : bounds[i + 1]] = self.reader.read_stored(p.corpus, p.start, p.stop)
+
+        for _ in threads.map(read, range(len(pieces))) if threads else map(read, range(len(pieces))):
             pass  # map raises a reader's error here
         perm = np.random.default_rng([self.seed, pool.index, epoch, w, 1]).permutation(len(stored))
         return _Window(stored, np.repeat([p.is_forget for p in pieces], sizes), perm)
@@ -204,15 +227,23 @@ class ActivationStream:
         with ThreadPoolExecutor(READ_THREADS, "stream-read") as threads:
             windows = ThreadPoolExecutor(len(self.pools), "stream-window")
             try:
-                sources = [_PoolRows(self, pool, start_batch * pool.rows_per_batch,
-                                     None if end is None else end * pool.rows_per_batch, windows, threads)
-                           for pool in self.pools]
+                sources = [
+                    _PoolRows(
+                        self,
+                        pool,
+                        start_batch * pool.rows_per_batch,
+                        None if end is None else end * pool.rows_per_batch,
+                        windows,
+                        threads,
+                    )
+                    for pool in self.pools
+                ]
                 for _ in itertools.count(start_batch) if end is None else range(start_batch, end):
                     x = torch.empty((rows, self.reader.d_model), dtype=dtype, pin_memory=pin)
                     f = torch.empty(rows, dtype=torch.bool, pin_memory=pin)
                     at = 0
                     for source, pool in zip(sources, self.pools):
-                        source.take(x[at:at + pool.rows_per_batch], f[at:at + pool.rows_per_batch])
+                        source.take(x[at : at + pool.rows_per_batch], f[at : at + pool.rows_per_batch])
                         at += pool.rows_per_batch
                     yield x, f
             finally:

@@ -15,6 +15,7 @@ the loss ``SAE.training_forward``), the architecture's own file (``train/sae/ada
 group-bias decode), ``train/sae/ortho.py`` (L_ortho, and the matmul precision) and
 ``train/sae/grouping.py`` (group statistics, the regroup rule, group health).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,8 +73,9 @@ class Schedules:
         lam2 = self.lambda2(t)
         k = self.run.ortho.every
         due = self.run.has_ortho and t % k == 0
-        return Coefficients(lr=self.lr(t), lambda1=self.lambda1(t), lambda2=lam2,
-                            ortho_weight=lam2 * k if due else 0.0, ortho_due=due)
+        return Coefficients(
+            lr=self.lr(t), lambda1=self.lambda1(t), lambda2=lam2, ortho_weight=lam2 * k if due else 0.0, ortho_due=due
+        )
 
 
 class L0Controller:
@@ -142,8 +144,11 @@ class Trainer:
         self._bad_value = torch.where(first_bad, out.total.detach().float(), self._bad_value)
         # the norm before clipping (logged): clipping hides exploding gradients, the log must not
         params = [p for p in self.sae.parameters() if p.grad is not None]
-        grad_norm = (torch.nn.utils.clip_grad_norm_(params, tr.grad_clip) if tr.grad_clip
-                     else torch.nn.utils.get_total_norm([p.grad for p in params]))
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(params, tr.grad_clip)
+            if tr.grad_clip
+            else torch.nn.utils.get_total_norm([p.grad for p in params])
+        )
         self.opt.step()
         self.sae.normalize_decoder()
         self.step = t + 1
@@ -194,31 +199,59 @@ class Trainer:
     def regroup(self) -> RegroupReport:
         """Re-assign the SAE's feature groups from the statistics (rule: ``grouping.assign_groups``)."""
         sae, o = self.sae, self.run.ortho
-        new = assign_groups(self.group_stats.forget_share(), sae.groups, o.groups, mass=self.group_stats.mass(),
-                            min_mass=o.regroup_min_mass, margin=o.regroup_margin)
+        new = assign_groups(
+            self.group_stats.forget_share(),
+            sae.groups,
+            o.groups,
+            mass=self.group_stats.mass(),
+            min_mass=o.regroup_min_mass,
+            margin=o.regroup_margin,
+        )
         n_moved = int((new != sae.groups).sum().item())
         sae.groups.copy_(new)
-        report = RegroupReport(step=self.step, n_moved=n_moved, health=group_health(sae.directions(), sae.groups, o.groups))
+        report = RegroupReport(
+            step=self.step, n_moved=n_moved, health=group_health(sae.directions(), sae.groups, o.groups)
+        )
         if report.empty_groups:  # L_ortho is 0 and the group's health nan: say so, the stop rule cannot
-            warnings.warn(f"{self.run.name}: feature group(s) {report.empty_groups} empty after the regroup "
-                          f"at step {self.step}; L_ortho has nothing to act on", stacklevel=2)
+            warnings.warn(
+                f"{self.run.name}: feature group(s) {report.empty_groups} empty after the regroup "
+                f"at step {self.step}; L_ortho has nothing to act on",
+                stacklevel=2,
+            )
         return report
 
     def _group_sizes(self) -> list[int]:
         return torch.bincount(self.sae.groups, minlength=self.run.ortho.groups).tolist()
 
     @torch.no_grad()
-    def _record(self, out, c: Coefficients, x: Tensor, active: Tensor, dead: Tensor,
-                regroup: RegroupReport | None, grad_norm: Tensor) -> dict:
+    def _record(
+        self,
+        out,
+        c: Coefficients,
+        x: Tensor,
+        active: Tensor,
+        dead: Tensor,
+        regroup: RegroupReport | None,
+        grad_norm: Tensor,
+    ) -> dict:
         """The log line: the training forward's own terms (pre-step weights, as the loss saw them)."""
         x = x.to(out.x_hat.dtype)
         resid = (x - out.x_hat).pow(2).sum(-1).mean()
         total_var = (x - x.mean(0)).pow(2).sum(-1).mean()
-        rec = {"step": self.step, "lr": c.lr, "lambda1": float(c.lambda1), "lambda2": c.lambda2,
-               "recon": float(out.recon), "sparse": float(out.sparse), "total": float(out.total),
-               "l0": float(active.sum(dim=-1, dtype=torch.float32).mean()),
-               "ev_batch": explained_variance(float(resid), float(total_var)),
-               "dead": int(dead.sum()), "dead_frac": float(dead.float().mean()), "grad_norm": float(grad_norm)}
+        rec = {
+            "step": self.step,
+            "lr": c.lr,
+            "lambda1": float(c.lambda1),
+            "lambda2": c.lambda2,
+            "recon": float(out.recon),
+            "sparse": float(out.sparse),
+            "total": float(out.total),
+            "l0": float(active.sum(dim=-1, dtype=torch.float32).mean()),
+            "ev_batch": explained_variance(float(resid), float(total_var)),
+            "dead": int(dead.sum()),
+            "dead_frac": float(dead.float().mean()),
+            "grad_norm": float(grad_norm),
+        }
         if self.run.has_ortho:
             # the latest evaluated value (lazy L_ortho); none yet right after a resume on a skipped step
             rec["ortho"] = None if self._last_ortho is None else float(self._last_ortho)
@@ -226,16 +259,28 @@ class Trainer:
             rec["group_sizes"] = self._group_sizes()
         if regroup is not None:
             h = regroup.health
-            rec.update(regrouped=True, n_moved=regroup.n_moved, cond=h.cond, eff_rank_frac=h.eff_rank_frac,
-                       max_cos=h.max_cos, empty_groups=regroup.empty_groups)
+            rec.update(
+                regrouped=True,
+                n_moved=regroup.n_moved,
+                cond=h.cond,
+                eff_rank_frac=h.eff_rank_frac,
+                max_cos=h.max_cos,
+                empty_groups=regroup.empty_groups,
+            )
         return {k: [_finite(u) for u in v] if isinstance(v, list) else _finite(v) for k, v in rec.items()}
 
     # ---- checkpoint state
 
     def state_dict(self) -> dict:
-        state = {"step": self.step, "status": self.status, "message": self.message, "last": self.last,
-                 "sae": self.sae.state_dict(), "opt": optimizer_state(self.opt),
-                 "steps_since_fired": self.steps_since_fired}
+        state = {
+            "step": self.step,
+            "status": self.status,
+            "message": self.message,
+            "last": self.last,
+            "sae": self.sae.state_dict(),
+            "opt": optimizer_state(self.opt),
+            "steps_since_fired": self.steps_since_fired,
+        }
         if self.group_stats is not None:
             state["group_stats"] = self.group_stats.state_dict()
         state["generator"] = self.generator.get_state()
@@ -252,15 +297,21 @@ class Trainer:
         self.generator.set_state(state["generator"])
         if "l1_scale" in state:
             self.l0_control.scale = state["l1_scale"].to(self.l0_control.scale)
-        self.step, self.status, self.message, self.last = state["step"], state["status"], state["message"], state["last"]
+        self.step, self.status, self.message, self.last = (
+            state["step"],
+            state["status"],
+            state["message"],
+            state["last"],
+        )
 
 
 # ---- dead-feature resampling (optional, `[train] resample_dead`), after Anthropic's recipe, simplified
 
 
 @torch.no_grad()
-def resample_dead(sae, opt: torch.optim.Optimizer, dead: torch.Tensor, x: torch.Tensor,
-                  generator: torch.Generator | None = None) -> int:
+def resample_dead(
+    sae, opt: torch.optim.Optimizer, dead: torch.Tensor, x: torch.Tensor, generator: torch.Generator | None = None
+) -> int:
     """Dead features get the direction of the reconstruction error of rows drawn in proportion to
     their squared error, so they restart where the SAE is worst; the encoder column is scaled to
     0.2 × the mean norm of live columns, the encoder bias zeroed and the Adam moments of those
@@ -273,8 +324,9 @@ def resample_dead(sae, opt: torch.optim.Optimizer, dead: torch.Tensor, x: torch.
     weights = err.pow(2).sum(-1)
     if float(weights.sum()) == 0:
         return 0
-    picks = torch.multinomial(weights.float().cpu(), len(idx), replacement=len(idx) > len(x),
-                              generator=generator).to(err.device)
+    picks = torch.multinomial(weights.float().cpu(), len(idx), replacement=len(idx) > len(x), generator=generator).to(
+        err.device
+    )
     dirs = err[picks]
     dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     live = ~dead

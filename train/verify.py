@@ -15,6 +15,7 @@ export is a pure function of the checkpointed SAE and the settings. A damaged ch
 mended: training falls back to the previous one, and ``pipe train --run NAME --force`` restarts a
 run with nothing intact left.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,15 @@ def read_summary(run_dir: Path) -> dict | None:
 
 def _expected_shapes(cfg: dict) -> dict[str, tuple]:
     d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
-    shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,),
-              "threshold": (d_sae,), "groups": (d_sae,), "tau": ()}
+    shapes = {
+        "W_enc": (d_in, d_sae),
+        "W_dec": (d_sae, d_in),
+        "b_enc": (d_sae,),
+        "b_dec": (d_in,),
+        "threshold": (d_sae,),
+        "groups": (d_sae,),
+        "tau": (),
+    }
     if "n_groups" in cfg:
         shapes["group_bias"] = (int(cfg["n_groups"]), d_in)
     return shapes
@@ -91,8 +99,9 @@ def export_problems(run_dir: Path, summary: dict | None = None, *, full: bool = 
             problems.append((str(run_dir / digests.DIGESTS), "missing (summary.json holds a copy)"))
         files = copy
     elif files is not None and copy is not None and files != copy:  # one of the two was changed: trust
-        problems.append((str(run_dir / digests.DIGESTS), "differs from the copy in summary.json "
-                         "(damaged or replaced)"))  # the copy only when it matches the files
+        problems.append(
+            (str(run_dir / digests.DIGESTS), "differs from the copy in summary.json (damaged or replaced)")
+        )  # the copy only when it matches the files
         files = copy
     if files is not None:
         problems += digests.check(run_dir, files, full=full)
@@ -131,8 +140,9 @@ def require_intact_export(run_dir: Path, summary: dict | None = None) -> None:
     if damage:
         path, what = damage[0]
         more = f" (+{len(damage) - 1} more)" if len(damage) > 1 else ""
-        raise RunError(f"{path}: {what}{more}; `pipe verify --repair` rewrites the export from the run's "
-                       "final checkpoint")
+        raise RunError(
+            f"{path}: {what}{more}; `pipe verify --repair` rewrites the export from the run's final checkpoint"
+        )
 
 
 def checkpoint_problems(run_dir: Path, *, full: bool = True) -> list[tuple[str, str]]:
@@ -172,9 +182,15 @@ def check_run(cfg: Config, run: RunConfig, reader) -> dict:
     finished = summary is not None and summary.get("status") in FINISHED
     if finished or (damage and (run_dir / WEIGHTS_FILENAME).exists()):  # a summary that does not read
         add("export", export_problems(run_dir, summary))
-    out["state"] = (summary.get("status") if summary is not None
-                    else "damaged" if any(p["part"] == "summary" for p in out["problems"])
-                    else "partial" if candidates(run_dir) else "not started")
+    out["state"] = (
+        summary.get("status")
+        if summary is not None
+        else "damaged"
+        if any(p["part"] == "summary" for p in out["problems"])
+        else "partial"
+        if candidates(run_dir)
+        else "not started"
+    )
     fp = run_fingerprints(run, reader, cfg.train.seed) if reader is not None else None
     if summary is not None and fp is not None and summary.get("fingerprint") not in fp:
         out["state"] = "stale"
@@ -182,17 +198,25 @@ def check_run(cfg: Config, run: RunConfig, reader) -> dict:
     if needs_rewrite and fp is not None:
         ckpt = final_checkpoint(run_dir, fp, cfg.train.tokens // cfg.train.batch_size)
         if ckpt is not None and (summary is None or summary.get("fingerprint") in fp):
-            out["repair"] = (f"rewrite the export and summary.json from {ckpt.folder.name}/ "
-                             f"(step {ckpt.state['trainer']['step']})")
+            out["repair"] = (
+                f"rewrite the export and summary.json from {ckpt.folder.name}/ (step {ckpt.state['trainer']['step']})"
+            )
     damaged = [f for f in candidates(run_dir) if check_folder(f)]
     if damaged and not needs_rewrite and out["state"] != "stale":
         intact = [f for f in candidates(run_dir) if f not in damaged]
         loaded = None if finished or not intact else load_latest(run_dir)
         if finished or loaded is not None:  # the export or an older checkpoint holds the run: drop the bad ones
             out["drop"] = [str(f) for f in damaged]
-            out["repair"] = (f"delete the damaged {', '.join(f.name + '/' for f in damaged)} ("
-                             + ("the export is intact" if finished else f"`pipe train` resumes from the intact "
-                                f"{loaded.folder.name}/ (step {loaded.state['trainer']['step']})") + ")")
+            out["repair"] = (
+                f"delete the damaged {', '.join(f.name + '/' for f in damaged)} ("
+                + (
+                    "the export is intact"
+                    if finished
+                    else f"`pipe train` resumes from the intact "
+                    f"{loaded.folder.name}/ (step {loaded.state['trainer']['step']})"
+                )
+                + ")"
+            )
     if out["problems"] and out["repair"] is None:
         out["advice"] = _advice(cfg, run, run_dir, needs_rewrite, finished)
     return out

@@ -1,4 +1,5 @@
 """bench/gpu.py's FLOP count and peak table (its run without a GPU: tests/bench/test_quick.py)."""
+
 from bench.gpu import flops_per_token, gemma2_2b_config, peak_tflops
 
 

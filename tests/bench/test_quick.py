@@ -4,6 +4,7 @@ Timings are not checked (the machine is noisy); what is checked is that the scri
 with today's code, prints the header of its table and a row for each contender, and that a
 benchmark peer that is not installed is skipped with a line saying how to install it.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -18,8 +19,14 @@ BENCHES = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in 
 
 
 def run_bench(name: str, *args: str, env: dict | None = None) -> str:
-    out = subprocess.run([sys.executable, "-m", f"bench.{name}", *map(str, args)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout
 
@@ -45,22 +52,65 @@ def args_of(name: str, config: Path, tmp: Path, model: Path) -> list:
 EXPECTED = {
     "checkpoint_bench": ["plain s", "digests s", "\nsave ", "\nload "],
     "dead_features": ["| run | λ2_max | dead (all)", "| baseline |", "| seed-form-l0.3 |", "| rms-activity-a0-l30 |"],
-    "eval_floor": ["| part | seconds | GFLOP | floor s | × the floor |", "| blocks |", "| sae |", "| head |",
-                   "| head, as before |", "| loss |", "| loss, as before |", "| pass |", "| pass, as before |", "the pass is ×", "nats (bit-identical)"],
+    "eval_floor": [
+        "| part | seconds | GFLOP | floor s | × the floor |",
+        "| blocks |",
+        "| sae |",
+        "| head |",
+        "| head, as before |",
+        "| loss |",
+        "| loss, as before |",
+        "| pass |",
+        "| pass, as before |",
+        "the pass is ×",
+        "nats (bit-identical)",
+    ],
     "eval_prefix_bench": ["full forward", "prefix cache", "max |ΔCE per context| 0.00e+00 nats"],
-    "gpu": ["no CUDA GPU here", "the GPU rows are not measured", "| device | measurement |", "| cpu | 1. harvest tok/s", "| cpu | 1. harvest fraction of measured bf16",
-            "| cpu | 2. baseline step", "| cpu | 2. adaptive step", "| cpu | 2. regroup cost",
-            "| cpu | 3. ActivationStream rows/s"],
-    "harvest_bench": ["| compute dtype | full forward tok/s", "| float32 |", "| bfloat16 |", "peak RSS",
-                      "| layers harvested | tok/s |", "| 0 |", "| 1 |", "| 0, 1 |"],
-    "lazy_ortho": ["| run | L_ortho", "| baseline |", "| fixed-every1 |", "| fixed-every4 |", "| adaptive-every1 |",
-                   "| adaptive-every4 |"],
+    "gpu": [
+        "no CUDA GPU here",
+        "the GPU rows are not measured",
+        "| device | measurement |",
+        "| cpu | 1. harvest tok/s",
+        "| cpu | 1. harvest fraction of measured bf16",
+        "| cpu | 2. baseline step",
+        "| cpu | 2. adaptive step",
+        "| cpu | 2. regroup cost",
+        "| cpu | 3. ActivationStream rows/s",
+    ],
+    "harvest_bench": [
+        "| compute dtype | full forward tok/s",
+        "| float32 |",
+        "| bfloat16 |",
+        "peak RSS",
+        "| layers harvested | tok/s |",
+        "| 0 |",
+        "| 1 |",
+        "| 0, 1 |",
+    ],
+    "lazy_ortho": [
+        "| run | L_ortho",
+        "| baseline |",
+        "| fixed-every1 |",
+        "| fixed-every4 |",
+        "| adaptive-every1 |",
+        "| adaptive-every4 |",
+    ],
     "pythia_cost": ["harvest to block", "train baseline:", "training, all 4 runs:"],
     "report_table": ["| run | dead | L0 | EV |", "| baseline |", "| adaptive |"],
-    "sketch_noise": ["| directions | k |", "| adaptive (trained, 64×64) | 8 |", "| random unit rows (64×64) | 32 |",
-                     "| bf16 Grams |"],
-    "train_bench": ["| measurement | size |", "1. zarr store → train vs in-memory", "2. L_ortho: adaptive (exact",
-                    "3. ours vs dictionary_learning", "3. ours vs sae_lens", "4. L_ortho sketched"],
+    "sketch_noise": [
+        "| directions | k |",
+        "| adaptive (trained, 64×64) | 8 |",
+        "| random unit rows (64×64) | 32 |",
+        "| bf16 Grams |",
+    ],
+    "train_bench": [
+        "| measurement | size |",
+        "1. zarr store → train vs in-memory",
+        "2. L_ortho: adaptive (exact",
+        "3. ours vs dictionary_learning",
+        "3. ours vs sae_lens",
+        "4. L_ortho sketched",
+    ],
 }
 
 
@@ -92,7 +142,9 @@ def test_a_missing_peer_is_skipped_with_how_to_install_it(tmp_path):
     env = {**__import__("os").environ, "PYTHONPATH": f"{hide}:{ROOT}"}
     stdout = run_bench("train_bench", "--quick", "--only", "libraries", env=env)
     for peer in ("dictionary_learning", "sae_lens"):
-        assert (f"skipped: {peer} is not installed ({peer} hidden by the test); install the benchmark peers "
-                f"with `bash setup.sh --bench`") in stdout
+        assert (
+            f"skipped: {peer} is not installed ({peer} hidden by the test); install the benchmark peers "
+            f"with `bash setup.sh --bench`"
+        ) in stdout
         assert f"3. ours vs {peer}" not in stdout
     assert "| measurement | size |" in stdout

@@ -10,9 +10,9 @@ import torch
 
 from bench.sketch_noise import sketched_ortho_loss, sketched_rms, sketched_trainer
 from orthosae.common.config import RunConfig
+from orthosae.train.sae import contiguous_groups, make_sae, ortho_loss
 from tests._dispatch import HostReads, MatmulPrecisions
 from tests._sae import COMMON, D, S, run
-from orthosae.train.sae import contiguous_groups, make_sae, ortho_loss
 
 
 def test_sketched_ortho_is_unbiased_in_value_and_gradient():
@@ -26,8 +26,11 @@ def test_sketched_ortho_is_unbiased_in_value_and_gradient():
 
     def value_and_grad(sketch=0, generator=None):
         W = W0.clone().requires_grad_(True)
-        v = (sketched_ortho_loss(W, groups, 2, 0.0, sketch, w, generator) if sketch
-             else ortho_loss(W, groups, 2, 0.0, "rms", activity=w))
+        v = (
+            sketched_ortho_loss(W, groups, 2, 0.0, sketch, w, generator)
+            if sketch
+            else ortho_loss(W, groups, 2, 0.0, "rms", activity=w)
+        )
         v.backward()
         return v.detach(), W.grad
 
@@ -56,7 +59,7 @@ def test_sketched_ortho_backward_equals_autograd_of_the_same_sketch(alpha):
     ours = sketched_rms(W, groups, 4, alpha, 5, w, torch.Generator().manual_seed(3))
     ours.backward()
     R = W0.clone().requires_grad_(True)
-    S = torch.randn(5, 90, generator=torch.Generator().manual_seed(3), dtype=torch.float64) / 5 ** 0.5
+    S = torch.randn(5, 90, generator=torch.Generator().manual_seed(3), dtype=torch.float64) / 5**0.5
     V = R / R.norm(dim=1, keepdim=True) * w.sqrt()[:, None]
     ref, live = R.new_zeros(()), 0
     for g in range(4):
@@ -64,8 +67,8 @@ def test_sketched_ortho_backward_equals_autograd_of_the_same_sketch(alpha):
             a, b = groups == g, groups == h
             if a.any() and b.any():
                 s = ((S[:, a] @ V[a]) @ (S[:, b] @ V[b]).T).pow(2).sum() / (w[a].sum() * w[b].sum())
-                live += int(s > alpha ** 2)
-                ref = ref + 8 * torch.relu(s - alpha ** 2)
+                live += int(s > alpha**2)
+                ref = ref + 8 * torch.relu(s - alpha**2)
     ref.backward()
     assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
     assert torch.allclose(W.grad, R.grad, atol=1e-12, rtol=0)
@@ -74,6 +77,7 @@ def test_sketched_ortho_backward_equals_autograd_of_the_same_sketch(alpha):
 
 def test_sketched_training_is_deterministic_and_resumes_bitwise(tmp_path):
     from orthosae.train.checkpoint import load_checkpoint, save_checkpoint
+
     r = run("adaptive", regroup_every=5, log_every=1000)
     x = [torch.randn(32, D, generator=torch.Generator().manual_seed(i)) for i in range(12)]
     fg = torch.arange(32) < 16
@@ -115,8 +119,9 @@ def test_sketched_training_never_reads_the_device_and_runs_l_ortho_at_full_preci
     torch.set_float32_matmul_precision("high")
     try:
         with MatmulPrecisions() as mode:
-            sketched_ortho_loss(W, contiguous_groups(S, 2), 2, 0.0, 4, torch.rand(S),
-                                torch.Generator().manual_seed(0)).backward()
+            sketched_ortho_loss(
+                W, contiguous_groups(S, 2), 2, 0.0, 4, torch.rand(S), torch.Generator().manual_seed(0)
+            ).backward()
     finally:
         torch.set_float32_matmul_precision("highest")
     assert mode.seen and set(mode.seen) == {"highest"}

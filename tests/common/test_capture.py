@@ -7,13 +7,13 @@ The last entry has the final norm folded in for every family here: the harvest k
 before it (TransformerLens' `blocks.L.hook_resid_post`), and the final norm of that row is the
 entry, bit for bit.
 """
+
 import pytest
 import torch
 from torch import nn
 
-from orthosae.common.model import decoder_layers, final_norm
 from orthosae.common.capture import residual_after_block
-
+from orthosae.common.model import decoder_layers, final_norm
 from tests._families import FAMILIES, IDS, N_LAYERS, family_forward
 
 

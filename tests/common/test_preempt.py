@@ -1,6 +1,7 @@
 """Batch jobs: SIGTERM / SIGINT mid-train and mid-harvest save the work in hand and exit 75; the
 rerun ends bit-identical to an uninterrupted run. The CLI runs in a subprocess writing to a log file
 and the signal is sent once its event log shows progress, as a scheduler would."""
+
 import json
 import os
 import signal
@@ -13,17 +14,17 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from orthosae.common import events, preempt
 from orthosae.cli import main
+from orthosae.common import events, preempt
 from orthosae.common.config import load_config
 from orthosae.common.store import StoreReader
 from orthosae.harvest import harvest
-from tests._subprocess import start_script, wait_exit
+from orthosae.train import train
+from tests._batch import RUNS, batch_config, event_log
 from tests._configs import write_harvest_config
 from tests._stores import assert_same_store, store_files
-from tests._batch import RUNS, batch_config, event_log
+from tests._subprocess import start_script, wait_exit
 from tests._synthetic import make_store
-from orthosae.train import train
 
 # The CLI as `pipe` runs it, each step or chunk slowed a little so the signal lands mid-run.
 SLOW_CLI = """
@@ -60,11 +61,13 @@ def wait_for(proc, condition, what: str, timeout: float = 120) -> None:
 
 def progressed(events_dir: Path, minimum: int):
     """A progress event with at least `minimum` done in any event log of the folder."""
+
     def check():
         for path in events_dir.glob("*.jsonl"):
             if any(e["event"] == "progress" and e["done"] >= minimum for e in events.read(path)):
                 return True
         return False
+
     return check
 
 
@@ -104,13 +107,17 @@ def test_sigterm_mid_train_checkpoints_exits_75_and_resumes_bitwise(tmp_path, re
     job.mkdir()
     path = batch_config(job, store="../s.zarr")
     log = tmp_path / "train.log"
-    sigterm_after_progress(start_script(tmp_path, SLOW_CLI, 0.01, "--config", path, "train", log=log),
-                           job / "reports/default/events", 10, "training progress", log)
+    sigterm_after_progress(
+        start_script(tmp_path, SLOW_CLI, 0.01, "--config", path, "train", log=log),
+        job / "reports/default/events",
+        10,
+        "training progress",
+        log,
+    )
     text = log.read_text()
     assert "SIGTERM: finishing the chunk or step in hand" in text
     assert f"resume with `pipe --config {path} train` (exit 75)" in text, text[-2000:]
-    steps = {n: json.loads((job / "runs" / n / "checkpoint/state.json").read_text())["trainer"]["step"]
-             for n in RUNS}
+    steps = {n: json.loads((job / "runs" / n / "checkpoint/state.json").read_text())["trainer"]["step"] for n in RUNS}
     assert len(set(steps.values())) == 1 and 10 <= steps["baseline"] < 160, steps  # all saved mid-run
     assert not any((job / "runs" / n / "summary.json").exists() for n in RUNS)
     last = event_log(job, "train")[-1]
@@ -127,6 +134,7 @@ def test_preempted_at_any_step_resumes_to_the_same_weights_and_log(tmp_path, ref
     """A stop at step 123 (no checkpoint_every multiple, mid lazy-L_ortho period) is bitwise too, and
     the run's log.jsonl reads as the uninterrupted one's: nothing logged twice."""
     from orthosae.train.trainer import Trainer
+
     job = tmp_path / "job"
     job.mkdir()
     cfg = load_config(batch_config(job, store="../s.zarr"))
@@ -137,6 +145,7 @@ def test_preempted_at_any_step_resumes_to_the_same_weights_and_log(tmp_path, ref
         if self.step == 123:
             preempt.request()
         return out
+
     monkeypatch.setattr(Trainer, "train_step", stop_at_123)
     with pytest.raises(preempt.Preempted, match=r"baseline step 123, fixed step 123, adaptive step 123 of 160"):
         train(cfg, show_progress=False)
@@ -154,8 +163,13 @@ def test_sigterm_mid_harvest_commits_the_chunk_and_resumes_to_the_same_store(tmp
     path = write_harvest_config(tmp_path, tiny_model_dir)
     path.write_text(path.read_text() + "[log]\nprogress_seconds = 0\n")
     log = tmp_path / "harvest.log"
-    sigterm_after_progress(start_script(tmp_path, SLOW_CLI, 0.2, "--config", path, "harvest", log=log),
-                           tmp_path / "reports/default/events", 1, "harvest progress", log)
+    sigterm_after_progress(
+        start_script(tmp_path, SLOW_CLI, 0.2, "--config", path, "harvest", log=log),
+        tmp_path / "reports/default/events",
+        1,
+        "harvest progress",
+        log,
+    )
     text = log.read_text()
     assert f"resume with `pipe --config {path} harvest` (exit 75)" in text, text[-2000:]
     reader = StoreReader(str(tmp_path / "s.zarr"))
@@ -190,9 +204,12 @@ def test_signal_before_the_loop_stops_at_once_with_75(tmp_path):
     """Before the step loop nothing is in hand: the job does not wait, it exits 75 and says so."""
     make_store(str(tmp_path / "s.zarr"))
     path = batch_config(tmp_path)
-    code = SLOW_CLI.replace("from orthosae.cli import main", "import orthosae.train.runner\n"
-                            "orthosae.train.runner.estimate_scale = lambda *a, **k: time.sleep(60)\n"
-                            "from orthosae.cli import main")
+    code = SLOW_CLI.replace(
+        "from orthosae.cli import main",
+        "import orthosae.train.runner\n"
+        "orthosae.train.runner.estimate_scale = lambda *a, **k: time.sleep(60)\n"
+        "from orthosae.cli import main",
+    )
     log = tmp_path / "train.log"
     proc = start_script(tmp_path, code, 0, "--config", path, "train", log=log)
     try:
@@ -256,8 +273,16 @@ def test_sigterm_to_one_of_two_harvest_processes_stops_both_without_a_hang(tmp_p
     path = write_harvest_config(tmp_path, tiny_model_dir)
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     log = tmp_path / "torchrun.log"
-    proc = start_script(tmp_path, TWO_RANKS, "--config", path, "harvest", log=log, env={"OMP_NUM_THREADS": "1"},
-                        launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29531"])
+    proc = start_script(
+        tmp_path,
+        TWO_RANKS,
+        "--config",
+        path,
+        "harvest",
+        log=log,
+        env={"OMP_NUM_THREADS": "1"},
+        launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29531"],
+    )
     evdir = tmp_path / "reports/default/events"
     try:
         # rank 1 writes odd chunks: its first commit shows it is in the chunk loop
@@ -279,12 +304,14 @@ def test_sigterm_to_one_of_two_harvest_processes_stops_both_without_a_hang(tmp_p
 def test_pipe_run_stops_between_stages_after_a_late_signal(tmp_path, tiny_model_dir, monkeypatch):
     """A signal during harvest's last chunk lets harvest finish; `pipe run` then stops before train."""
     import orthosae.harvest as harvest_pkg
+
     real = harvest_pkg.harvest
 
     def signalled_at_the_end(cfg, **kwargs):
         result = real(cfg, **kwargs)
         preempt.request()  # as if SIGTERM came while the last chunk was being written
         return result
+
     monkeypatch.setattr(harvest_pkg, "harvest", signalled_at_the_end)
     path = write_harvest_config(tmp_path, tiny_model_dir)
     # the harvest tests' config has a [train] table (device = "cpu"): add the runs folder to it

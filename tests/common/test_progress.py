@@ -1,4 +1,5 @@
 """Progress without a terminal: plain lines on the [log] cadence; with one, rich's bar; events always."""
+
 import io
 import json
 import re
@@ -42,8 +43,15 @@ def test_plain_lines_at_each_quarter_and_every_interval(log_console):
     done = [int(re.search(r"  (\d+)/100 step", line).group(1)) for line in lines]
     # 0 %, every 30 s (15 steps) and the quarter marks 25/50/75/100 %
     assert done == [0, 15, 25, 40, 50, 65, 75, 90, 100], lines
-    assert lines[2].split("  ")[1:] == ["train", "25/100 step", "25%", "0.5 step/s", "elapsed 0:00:50",
-                                         "ETA 0:02:30", "a step 25 L0 3.0 EV 0.900"]
+    assert lines[2].split("  ")[1:] == [
+        "train",
+        "25/100 step",
+        "25%",
+        "0.5 step/s",
+        "elapsed 0:00:50",
+        "ETA 0:02:30",
+        "a step 25 L0 3.0 EV 0.900",
+    ]
 
 
 def test_a_count_without_a_total_shows_no_percent_and_no_eta(log_console):
@@ -114,7 +122,14 @@ def test_progress_events_carry_numbers_and_run_fields(tmp_path, log_console):
     lines = [json.loads(line) for line in log.path.read_text().splitlines()]
     assert [e["event"] for e in lines] == ["start", "progress", "progress", "progress", "progress", "progress", "done"]
     p = lines[2]
-    assert (p["stage"], p["task"], p["done"], p["total"], p["unit"], p["percent"]) == ("train", "train", 1, 4, "step", 25.0)
+    assert (p["stage"], p["task"], p["done"], p["total"], p["unit"], p["percent"]) == (
+        "train",
+        "train",
+        1,
+        4,
+        "step",
+        25.0,
+    )
     assert p["rate"] == 1.0 and p["eta_s"] == 3.0 and p["runs"] == [{"run": "a", "step": 1, "l0": 2.0, "ev": 0.5}]
     assert lines[-1]["exit_code"] == 0 and log.path.parent == tmp_path / "r" / "events"
     assert log.path.name.startswith("train-") and log.path.suffix == ".jsonl"
@@ -126,10 +141,12 @@ def test_tables_keep_whole_run_names_in_a_log_file():
     from rich.table import Table
 
     from orthosae.common.progress import console
+
     assert not console.is_terminal  # pytest captures: no terminal, as in a batch job's log
     table = Table("run", "type", "status", "step", "L0", "EV (batch)", "elapsed", "checkpoint")
-    table.add_row("adaptive-sketch-alpha0.04-s2", "adaptive", "complete", "1000/1000", "64.0", "0.760",
-                  "0:16:21", "1000")
+    table.add_row(
+        "adaptive-sketch-alpha0.04-s2", "adaptive", "complete", "1000/1000", "64.0", "0.760", "0:16:21", "1000"
+    )
     with console.capture() as cap:
         console.print(table)
     assert "adaptive-sketch-alpha0.04-s2" in cap.get() and "1000/1000" in cap.get()

@@ -1,4 +1,5 @@
 """Store schema: the row codec, round trip, commit flags, corruption named by chunk, one writer at a time."""
+
 import dataclasses
 import os
 import subprocess
@@ -8,11 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from orthosae.common.store import (StoreError, StoreLock, StoreReader, StoreWriter, decode_rows, encode_rows,
-                          numpy_storage_dtype, rows_as_numpy, rows_as_torch, to_storage, torch_storage_dtype)
-
+from orthosae.common.store import (
+    StoreError,
+    StoreLock,
+    StoreReader,
+    StoreWriter,
+    decode_rows,
+    encode_rows,
+    numpy_storage_dtype,
+    rows_as_numpy,
+    rows_as_torch,
+    to_storage,
+    torch_storage_dtype,
+)
 from tests._configs import ROOT
-from tests._stores import D, IDENTITY, T, fill, plan
+from tests._stores import IDENTITY, D, T, fill, plan
+
 
 def test_bf16_round_trip_is_bf16_rounding():
     x = torch.randn(100, D) * 1e4
@@ -98,9 +110,16 @@ def flip_byte(path):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("chunk_file, truncate", [("tokens/c/1", False), ("context/c/1", False),
-                                                  ("position/c/1", False), ("committed/c/1", False),
-                                                  ("committed/c/1", True)])
+@pytest.mark.parametrize(
+    "chunk_file, truncate",
+    [
+        ("tokens/c/1", False),
+        ("context/c/1", False),
+        ("position/c/1", False),
+        ("committed/c/1", False),
+        ("committed/c/1", True),
+    ],
+)
 def test_verify_names_the_array_and_chunk_file(tmp_path, chunk_file, truncate):
     url, _ = complete_store(tmp_path)
     path = tmp_path / "s.zarr/c" / chunk_file
@@ -150,8 +169,7 @@ def test_second_writer_is_refused_and_stale_lock_taken_over(tmp_path):
     mine = StoreLock(url)
     mine.acquire()  # the holder is dead: its lock is stale and is taken over
     code = f"from common.store import StoreLock; StoreLock({url!r}).acquire()"
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           cwd=ROOT)
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert other.returncode != 0 and f"pid {os.getpid()}" in other.stderr
     mine.release()
     assert not mine.fs.exists(mine.path)

@@ -1,6 +1,7 @@
 """`[log] tracker`: wandb (offline) and trackio (local SQLite) get one tracked run per SAE run,
 grouped by config, with the run's config, the training curves as logged, the harvest's progress
 and the report's figures; read back from each tracker's own files. The default needs neither."""
+
 import json
 import subprocess
 import sys
@@ -9,18 +10,23 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orthosae.common import events
 from orthosae.cli import main
+from orthosae.common import events
 from orthosae.common.tracker import tracked_id
 from tests._configs import BASELINE_AND_ADAPTIVE, tiny_eval, write_tiny_pipeline
 
 
-
 def run_pipeline(tmp: Path, model_dir: Path, tracker: str) -> Path:
-    path = write_tiny_pipeline(tmp, model_dir, tokens=1920, rest=BASELINE_AND_ADAPTIVE + tiny_eval(tmp, (2,)) +
-                               "\n[log]\nprogress_seconds = 0\n")
-    res = CliRunner().invoke(main, ["--config", str(path), "--set", f"log.tracker={tracker}",
-                                    "--set", "log.tracker_project=orthosae-test", "run"])
+    path = write_tiny_pipeline(
+        tmp,
+        model_dir,
+        tokens=1920,
+        rest=BASELINE_AND_ADAPTIVE + tiny_eval(tmp, (2,)) + "\n[log]\nprogress_seconds = 0\n",
+    )
+    res = CliRunner().invoke(
+        main,
+        ["--config", str(path), "--set", f"log.tracker={tracker}", "--set", "log.tracker_project=orthosae-test", "run"],
+    )
     assert res.exit_code == 0, res.output + repr(res.exception)
     return path
 
@@ -37,6 +43,7 @@ def wandb_records(path: Path) -> list:
     """The records of a wandb offline run file (LevelDB log framing: 32 KiB blocks, 7-byte headers
     after a 7-byte ':W&B' file header; each record a wandb_internal_pb2.Record)."""
     from wandb.proto import wandb_internal_pb2 as pb
+
     data = path.read_bytes()
     assert data[:4] == b":W&B"
     pos, block, buf, chunks = 7, 32768, b"", []
@@ -45,11 +52,11 @@ def wandb_records(path: Path) -> list:
         if left < 7:
             pos += left
             continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
         if kind == 0:  # block padding
             pos += left
             continue
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind == 1:
             chunks.append(chunk)
         elif kind == 2:
@@ -82,15 +89,17 @@ def test_wandb_offline_run_per_sae_run_with_curves_config_and_report(tmp_path, t
         recs = wandb_records(f)
         run = next((r.run for r in recs if r.WhichOneof("record_type") == "run"), None)
         if run is None:  # a file wandb-core had not written its run record to (seen once under load):
-            continue     # every tracked run and figure is still required below
+            continue  # every tracked run and figure is still required below
         meta.setdefault(run.run_id, (run.display_name, run.run_group, run.project, _items(run.config.update)))
         runs.setdefault(run.run_id, []).extend(recs)
     report = report_runs(tmp_path)
     # the overrides are recorded in the report too
     sets = ["log.tracker=wandb", "log.tracker_project=orthosae-test"]
     assert json.loads((tmp_path / "reports/tiny/report.json").read_text())["sets"] == sets
-    assert "Command-line overrides: `--set log.tracker=wandb` `--set log.tracker_project=orthosae-test`" in \
-        (tmp_path / "reports/tiny/report.md").read_text()
+    assert (
+        "Command-line overrides: `--set log.tracker=wandb` `--set log.tracker_project=orthosae-test`"
+        in (tmp_path / "reports/tiny/report.md").read_text()
+    )
     assert json.loads((tmp_path / "runs/adaptive/cfg.json").read_text())["sets"] == sets
     assert {m[0] for m in meta.values()} == {"baseline", "adaptive", "harvest"}
     for name in ("baseline", "adaptive"):
@@ -109,12 +118,14 @@ def test_wandb_offline_run_per_sae_run_with_curves_config_and_report(tmp_path, t
             if r.WhichOneof("record_type") == "summary":
                 summary.update(_items(r.summary.update))
         assert summary["eval/reconstruction/explained_variance"] == pytest.approx(
-            report[name]["reconstruction"]["explained_variance"])
+            report[name]["reconstruction"]["explained_variance"]
+        )
         assert summary["eval/downstream/ce_loss_score"] == pytest.approx(report[name]["downstream"]["ce_loss_score"])
         assert summary["status"] == "complete"
     harvest = next(rid for rid, m in meta.items() if m[0] == "harvest")
-    percents = [_items(r.history.item).get("harvest/percent") for r in runs[harvest]
-                if r.WhichOneof("record_type") == "history"]
+    percents = [
+        _items(r.history.item).get("harvest/percent") for r in runs[harvest] if r.WhichOneof("record_type") == "history"
+    ]
     assert percents and max(p for p in percents if p is not None) == 100
 
 
@@ -122,6 +133,7 @@ def test_trackio_local_run_per_sae_run_with_curves_config_and_report(tmp_path, t
     pytest.importorskip("trackio")
     monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
     import trackio.sqlite_storage as storage
+
     monkeypatch.setattr(storage, "TRACKIO_DIR", tmp_path / "trackio")  # read at import: point it here too
     run_pipeline(tmp_path, tiny_model_dir, "trackio")
     S = storage.SQLiteStorage
@@ -135,27 +147,33 @@ def test_trackio_local_run_per_sae_run_with_curves_config_and_report(tmp_path, t
         assert curve == [(rec["step"], pytest.approx(rec["recon"])) for rec in logged(tmp_path, name)]
         figures = next(e for e in logs if "eval/reconstruction/explained_variance" in e)
         assert figures["eval/reconstruction/explained_variance"] == pytest.approx(
-            report[name]["reconstruction"]["explained_variance"])
+            report[name]["reconstruction"]["explained_variance"]
+        )
     assert max(e.get("harvest/percent", 0) for e in S.get_logs("orthosae-test", "harvest")) == 100
 
 
 def test_default_needs_no_tracker_package_and_a_missing_one_fails_in_one_line(tmp_path, tiny_model_dir, monkeypatch):
     path = write_tiny_pipeline(tmp_path, tiny_model_dir, tokens=640, rest=BASELINE_AND_ADAPTIVE)
     # the default imports neither package (a fresh interpreter: the test process has sae_lens -> wandb)
-    script = ("import sys; from click.testing import CliRunner; from orthosae.cli import main; "
-              f"codes = [CliRunner().invoke(main, ['--config', {str(path)!r}, c]).exit_code for c in ('harvest', 'train')]; "
-              "print(codes, 'wandb' in sys.modules, 'trackio' in sys.modules)")
+    script = (
+        "import sys; from click.testing import CliRunner; from orthosae.cli import main; "
+        f"codes = [CliRunner().invoke(main, ['--config', {str(path)!r}, c]).exit_code for c in ('harvest', 'train')]; "
+        "print(codes, 'wandb' in sys.modules, 'trackio' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.stdout.strip().splitlines()[-1] == "[0, 0] False False", out.stdout + out.stderr
     assert not (tmp_path / "wandb").exists()
 
     import importlib.util
+
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a))
     res = CliRunner().invoke(main, ["--config", str(path), "--set", "log.tracker=trackio", "train"])
     assert res.exit_code == 2, res.output
-    assert res.output.strip() == (f"error: {path}: [log] tracker: 'trackio' is not installed: pip install "
-                                  "'orthosae[trackio]' (or set tracker = \"none\") (from --set log.tracker=trackio)")
+    assert res.output.strip() == (
+        f"error: {path}: [log] tracker: 'trackio' is not installed: pip install "
+        "'orthosae[trackio]' (or set tracker = \"none\") (from --set log.tracker=trackio)"
+    )
 
 
 def test_a_failing_listener_is_dropped_with_one_warning(capsys):

@@ -15,11 +15,15 @@ from tests.common.test_config import TWO_ROLES, error_of
 def test_the_shipped_table():
     """Each variant's answers, written out: the baseline is the frontier's curve and SAELens' own
     architecture; fixed adds L_ortho (its form's keys); adaptive adds learned groups and their keys."""
-    table = {v.name: (v.has_ortho, v.grouped, v.baseline, v.architecture("relu"), v.architecture("batchtopk"))
-             for v in variants.VARIANTS.values()}
-    assert table == {"baseline": (False, False, True, "standard", "jumprelu"),
-                     "fixed": (True, False, False, "standard", "jumprelu"),
-                     "adaptive": (True, True, False, GROUPED_ARCH, GROUPED_ARCH)}
+    table = {
+        v.name: (v.has_ortho, v.grouped, v.baseline, v.architecture("relu"), v.architecture("batchtopk"))
+        for v in variants.VARIANTS.values()
+    }
+    assert table == {
+        "baseline": (False, False, True, "standard", "jumprelu"),
+        "fixed": (True, False, False, "standard", "jumprelu"),
+        "adaptive": (True, True, False, GROUPED_ARCH, GROUPED_ARCH),
+    }
     assert variants.VARIANTS["baseline"].ortho_keys == ()
     assert "tau" not in variants.VARIANTS["fixed"].ortho_keys and "alpha" in variants.VARIANTS["fixed"].ortho_keys
     assert set(variants.VARIANTS["adaptive"].ortho_keys) == ORTHO_KEYS
@@ -52,15 +56,20 @@ def test_register_is_idempotent_and_refuses_a_second_declaration(monkeypatch):
 def test_run_config_reads_the_table():
     assert (RunConfig.of("fixed").has_ortho, RunConfig.of("fixed").grouped) == (True, False)
     assert (RunConfig.of("adaptive").has_ortho, RunConfig.of("adaptive").grouped) == (True, True)
-    with pytest.raises(ValueError, match="run x type: unknown SAE variant 'magic' \\(known: baseline, fixed, adaptive\\)"):
+    with pytest.raises(
+        ValueError, match="run x type: unknown SAE variant 'magic' \\(known: baseline, fixed, adaptive\\)"
+    ):
         _ = RunConfig.of("magic", "x").has_ortho
 
 
-@pytest.mark.parametrize("kind,key,reads", [
-    ("baseline", "alpha = 0.1", "none"),
-    ("fixed", "tau = 0.1", ", ".join(variants.ORTHO_FORM_KEYS)),
-    ("fixed", "regroup_every = [5, 10]", ", ".join(variants.ORTHO_FORM_KEYS)),
-])
+@pytest.mark.parametrize(
+    "kind,key,reads",
+    [
+        ("baseline", "alpha = 0.1", "none"),
+        ("fixed", "tau = 0.1", ", ".join(variants.ORTHO_FORM_KEYS)),
+        ("fixed", "regroup_every = [5, 10]", ", ".join(variants.ORTHO_FORM_KEYS)),
+    ],
+)
 def test_a_run_may_set_only_the_ortho_keys_its_variant_reads(tmp_path, kind, key, reads):
     msg = error_of(tmp_path, TWO_ROLES + f'[[runs]]\nname = "x"\ntype = "{kind}"\n{key}\n')
     name = key.split(" ")[0]

@@ -1,4 +1,5 @@
 """Fixtures of eval's tests: the feature browser's site, built once for its four test files."""
+
 import pytest
 from click.testing import CliRunner
 

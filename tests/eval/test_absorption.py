@@ -1,4 +1,5 @@
 """First-letter absorption (eval/absorption.py) against sae_bench 0.6.0's own functions."""
+
 from __future__ import annotations
 
 import random
@@ -7,8 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from orthosae.eval.absorption import (LETTERS, aggregate, alpha_words, f1, first_letter, icl_prompt, split_features,
-                             word_absorption)
+from orthosae.eval.absorption import (
+    LETTERS,
+    aggregate,
+    alpha_words,
+    f1,
+    first_letter,
+    icl_prompt,
+    split_features,
+    word_absorption,
+)
 from tests._probe_helpers import RandomSAE
 
 calc = pytest.importorskip("sae_bench.evals.absorption.feature_absorption_calculator", reason="sae_bench not installed")
@@ -78,8 +87,14 @@ def test_planted_absorbing_latent_is_counted_and_matches_saebench_calculator():
         cos = torch.nn.functional.cosine_similarity(u[None], sae.W_dec, dim=-1)
         ours = [word_absorption(sae.encode(acts[w]), float(acts[w] @ u), cos, [0]) for w in words]
         random.seed(0)
-        c = calc.FeatureAbsorptionCalculator(model=StubModel(acts), icl_word_list=words, max_icl_examples=3,
-                                             base_template=TEMPLATE, word_token_pos=-2, batch_size=7)
+        c = calc.FeatureAbsorptionCalculator(
+            model=StubModel(acts),
+            icl_word_list=words,
+            max_icl_examples=3,
+            base_template=TEMPLATE,
+            word_token_pos=-2,
+            batch_size=7,
+        )
         theirs = c.calculate_absorption(sae, words, u, [0], layer=0, show_progress=False).word_results
     assert [w.word for w in theirs] == words
     for (fr, full), t in zip(ours, theirs):
@@ -109,8 +124,13 @@ def test_word_absorption_matches_saebench_on_random_cases():
         with torch.no_grad():
             cos = torch.nn.functional.cosine_similarity(u[None], sae.W_dec, dim=-1)
             ours = [word_absorption(sae.encode(acts[w]), float(acts[w] @ u), cos, main) for w in words]
-            c = calc.FeatureAbsorptionCalculator(model=StubModel(acts), icl_word_list=words, max_icl_examples=2,
-                                                 base_template=TEMPLATE, word_token_pos=-2)
+            c = calc.FeatureAbsorptionCalculator(
+                model=StubModel(acts),
+                icl_word_list=words,
+                max_icl_examples=2,
+                base_template=TEMPLATE,
+                word_token_pos=-2,
+            )
             theirs = c.calculate_absorption(sae, words, u, main, layer=0, show_progress=False).word_results
         for (fr, full), t in zip(ours, theirs):
             assert fr == pytest.approx(float(t.absorption_fraction), abs=1e-5)
@@ -131,8 +151,11 @@ def test_split_features_and_f1_match_saebench():
     df = pd.DataFrame(rows)
     ksp.add_feature_splits_to_metrics_df(df, max_k_value=10, f1_jump_threshold=0.03)
     for row in rows:
-        ours = split_features({k: row[f"f1_sparse_sae_{k}"] for k in range(1, 11)},
-                              {k: row[f"sparse_sae_k_{k}_feats"].tolist() for k in range(1, 11)}, 0.03)
+        ours = split_features(
+            {k: row[f"f1_sparse_sae_{k}"] for k in range(1, 11)},
+            {k: row[f"sparse_sae_k_{k}_feats"].tolist() for k in range(1, 11)},
+            0.03,
+        )
         assert ours == df[df["letter"] == row["letter"]]["split_feats"].iloc[0]
     from sklearn.metrics import f1_score
 
@@ -150,11 +173,23 @@ def test_aggregate_matches_saebench():
         fr = rng.uniform(0, 1, n_tp).round(3)
         full = rng.random(n_tp) < 0.4
         split = list(range(int(rng.integers(1, 4))))
-        raw += [{"letter": L, "absorption_fraction": f, "is_full_absorption": bool(u), "num_probe_true_positives": n_tp,
-                 "split_feats": split} for f, u in zip(fr, full)]
-        letters[L] = {"probe_f1": 0.9 if L != "e" else 0.3, "num_probe_true_positives": n_tp,
-                      "mean_absorption_fraction": float(fr.sum() / n_tp), "full_absorption_rate": float(full.sum() / n_tp),
-                      "num_split_features": len(split)}
+        raw += [
+            {
+                "letter": L,
+                "absorption_fraction": f,
+                "is_full_absorption": bool(u),
+                "num_probe_true_positives": n_tp,
+                "split_feats": split,
+            }
+            for f, u in zip(fr, full)
+        ]
+        letters[L] = {
+            "probe_f1": 0.9 if L != "e" else 0.3,
+            "num_probe_true_positives": n_tp,
+            "mean_absorption_fraction": float(fr.sum() / n_tp),
+            "full_absorption_rate": float(full.sum() / n_tp),
+            "num_split_features": len(split),
+        }
     agg = ab_main._aggregate_results_df(pd.DataFrame(raw))
     ours = aggregate(letters, min_probe_f1=0.6, min_letters=2)
     kept = agg[agg["letter"] != "e"]

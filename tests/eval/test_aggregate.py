@@ -1,13 +1,20 @@
 """eval/aggregate.py: seeds -> conditions, t-intervals, paired verdicts, checked by hand."""
+
 import json
 import math
 
 import numpy as np
 import pytest
 
-from orthosae.eval.aggregate import (IncompleteConditionError, aggregate, conditions_markdown, group_conditions, paired,
-                                     plot_conditions, summarise_condition)
-
+from orthosae.eval.aggregate import (
+    IncompleteConditionError,
+    aggregate,
+    conditions_markdown,
+    group_conditions,
+    paired,
+    plot_conditions,
+    summarise_condition,
+)
 
 Z = np.random.default_rng(5).standard_normal(500)  # document draw i: the same documents for every run
 
@@ -15,13 +22,23 @@ Z = np.random.default_rng(5).standard_normal(500)  # document draw i: the same d
 def result(kind, seed, alpha=0.0, ev=math.nan, l0=10.0, sel=math.nan, sel_se=math.nan, lr=4e-4):
     unl = {"best_selectivity": sel}
     if math.isfinite(sel_se):  # document-bootstrap replicates, as eval/unlearning.py writes them
-        unl |= {"replicates": {"best_selectivity": (sel + sel_se * Z).tolist()},
-                "intervals": {"se": {"best_selectivity": sel_se}, "ci95": {}}}
-    return {"cfg": {"orthosae": {"name": "x", "type": kind, "train": {"seed": seed, "lr": lr, "activation": "relu"},
-                                 "ortho": {"alpha": alpha}}},
-            "reconstruction": {"l0": l0, "explained_variance": ev, "frac_dead": 0.1 * seed},
-            "unlearning": unl,
-            "conditioning": {"pairs": [{"decoder_rms_cross_cos": 0.05 + alpha}]}}
+        unl |= {
+            "replicates": {"best_selectivity": (sel + sel_se * Z).tolist()},
+            "intervals": {"se": {"best_selectivity": sel_se}, "ci95": {}},
+        }
+    return {
+        "cfg": {
+            "orthosae": {
+                "name": "x",
+                "type": kind,
+                "train": {"seed": seed, "lr": lr, "activation": "relu"},
+                "ortho": {"alpha": alpha},
+            }
+        },
+        "reconstruction": {"l0": l0, "explained_variance": ev, "frac_dead": 0.1 * seed},
+        "unlearning": unl,
+        "conditioning": {"pairs": [{"decoder_rms_cross_cos": 0.05 + alpha}]},
+    }
 
 
 def test_condition_summary_by_hand_and_too_few_seeds():
@@ -51,18 +68,22 @@ def test_paired_winner_only_when_the_interval_of_differences_excludes_zero():
     p = paired(a, {k: v - d for (k, v), d in zip(a.items(), [0.5, -0.3, 0.1, -0.1, 0.3])}, higher=True)
     assert p["verdict"] == "tie" and p["ci95"] == pytest.approx([0.1 - 0.392649, 0.1 + 0.392649], abs=1e-5)
     # only the seed ids both have count; fewer than 5 -> no verdict
-    assert paired(a, {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.0, 7: 0.0}, higher=True)["verdict"] == \
-        "no verdict: 4 shared seed(s) < 5"
+    assert (
+        paired(a, {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.0, 7: 0.0}, higher=True)["verdict"]
+        == "no verdict: 4 shared seed(s) < 5"
+    )
 
 
 def test_conditions_group_seeds_and_name_winners(tmp_path):
     results = {}
     for s in range(5):
         results[f"baseline-s{s}"] = result("baseline", s, ev=0.80 + 0.01 * s, l0=10.0 + 0.1 * s, sel=0.2, sel_se=0.01)
-        results[f"adaptive-alpha0-s{s}"] = result("adaptive", s, ev=0.85 + 0.01 * s, l0=10.2, sel=0.3 + 0.01 * s,
-                                                  sel_se=0.02)
-        results[f"adaptive-alpha0.04-s{s}"] = result("adaptive", s, alpha=0.04, ev=0.80 + 0.01 * s + 0.005 * (s == 2),
-                                                     l0=10.1, sel=0.3)
+        results[f"adaptive-alpha0-s{s}"] = result(
+            "adaptive", s, ev=0.85 + 0.01 * s, l0=10.2, sel=0.3 + 0.01 * s, sel_se=0.02
+        )
+        results[f"adaptive-alpha0.04-s{s}"] = result(
+            "adaptive", s, alpha=0.04, ev=0.80 + 0.01 * s + 0.005 * (s == 2), l0=10.1, sel=0.3
+        )
     results["other-lr"] = result("baseline", 0, lr=1e-3, ev=0.5)  # differs by more than the seed: its own condition
     groups = group_conditions(results)
     assert groups["baseline"] == [f"baseline-s{s}" for s in range(5)] and groups["other-lr"] == ["other-lr"]
@@ -80,12 +101,15 @@ def test_conditions_group_seeds_and_name_winners(tmp_path):
     assert pair["metrics"]["explained_variance"]["mean_diff"] == pytest.approx(-0.05)
     pair = next(p for p in agg["pairs"] if (p["a"], p["b"]) == ("baseline", "adaptive-alpha0.04"))
     assert pair["metrics"]["explained_variance"]["winner"] == "tie"  # diffs 0, 0, -0.005, 0, 0: holds 0
-    assert agg["who_wins"]["explained_variance"] == ("no winner: best mean adaptive-alpha0; "
-                                                     "vs other-lr: no verdict: 1 shared seed(s) < 5")
+    assert agg["who_wins"]["explained_variance"] == (
+        "no winner: best mean adaptive-alpha0; vs other-lr: no verdict: 1 shared seed(s) < 5"
+    )
     del results["other-lr"]
     agg = aggregate(results)
     assert agg["who_wins"]["explained_variance"] == "adaptive-alpha0"
-    assert agg["l0"]["matched"] and agg["l0"]["max_over_min_minus_1"] == pytest.approx(10.2 / 10.1 - 1)  # mean L0s 10.2, 10.2, 10.1
+    assert agg["l0"]["matched"] and agg["l0"]["max_over_min_minus_1"] == pytest.approx(
+        10.2 / 10.1 - 1
+    )  # mean L0s 10.2, 10.2, 10.1
     md = conditions_markdown(agg, ["x.png"])
     assert "| adaptive-alpha0 | adaptive | 0.0 | relu | 0, 1, 2, 3, 4 | 10.200" in md
     assert f"(seed sd 0.000, shared doc se {0.01 * np.std(Z, ddof=1):.3g})" in md and "→ adaptive-alpha0" in md
@@ -101,16 +125,22 @@ def test_document_error_shared_by_the_seeds_widens_the_interval_and_cancels_in_p
     agg = aggregate(results)
     sel = agg["conditions"]["baseline"]["metrics"]["best_selectivity"]
     # seeds 0.20..0.40: sd 0.079057; shared document variance (0.03·sd(Z))²; df by Welch-Satterthwaite
-    seed_part, doc = 0.079057 ** 2 / 5, (0.03 * np.std(Z, ddof=1)) ** 2
+    seed_part, doc = 0.079057**2 / 5, (0.03 * np.std(Z, ddof=1)) ** 2
     se = math.sqrt(seed_part + doc)
-    df = (seed_part + doc) ** 2 / (seed_part ** 2 / 4)
+    df = (seed_part + doc) ** 2 / (seed_part**2 / 4)
     from scipy import stats
-    assert sel["ci95"] == pytest.approx([0.3 - stats.t.ppf(0.975, df) * se, 0.3 + stats.t.ppf(0.975, df) * se], abs=1e-5)
+
+    assert sel["ci95"] == pytest.approx(
+        [0.3 - stats.t.ppf(0.975, df) * se, 0.3 + stats.t.ppf(0.975, df) * se], abs=1e-5
+    )
     # paired on seed ids and documents: adaptive − baseline = 0.05 on every seed and every document draw
     pair = agg["pairs"][0]["metrics"]["best_selectivity"]
     assert pair["ci95"] == pytest.approx([-0.05, -0.05]) and pair["winner"] == "adaptive"
     # one seed each: no verdict, whatever the eval's error says
-    one = {"baseline": result("baseline", 0, sel=0.20, sel_se=0.03), "adaptive": result("adaptive", 0, sel=0.60, sel_se=0.03)}
+    one = {
+        "baseline": result("baseline", 0, sel=0.20, sel_se=0.03),
+        "adaptive": result("adaptive", 0, sel=0.60, sel_se=0.03),
+    }
     assert aggregate(one)["pairs"][0]["metrics"]["best_selectivity"]["winner"].startswith("no verdict: 1 shared")
 
 
@@ -125,9 +155,12 @@ def test_a_failed_run_stops_the_aggregation_naming_it():
 def test_an_interval_depends_only_on_its_own_conditions():
     """Adding a condition, or reordering them, leaves every other condition's and pair's interval
     unchanged."""
+
     def runs(kind, lr, sel, n=5):
-        return {f"{kind}-lr{lr}-s{s}": result(kind, s, lr=lr, sel=sel + 0.07 * s * (-1) ** s, sel_se=0.04)
-                for s in range(n)}
+        return {
+            f"{kind}-lr{lr}-s{s}": result(kind, s, lr=lr, sel=sel + 0.07 * s * (-1) ** s, sel_se=0.04) for s in range(n)
+        }
+
     a, b, c = runs("baseline", 1e-3, 0.2), runs("adaptive", 4e-4, 0.3), runs("fixed", 4e-4, 0.25, n=6)
     two, three, shuffled = aggregate(a | b), aggregate(c | a | b), aggregate(b | c | a)
 
@@ -138,15 +171,20 @@ def test_an_interval_depends_only_on_its_own_conditions():
 
     for agg in (three, shuffled):
         for cond in ("baseline-lr0.001", "adaptive-lr0.0004"):
-            assert (agg["conditions"][cond]["metrics"]["best_selectivity"]["ci95"]
-                    == two["conditions"][cond]["metrics"]["best_selectivity"]["ci95"])
+            assert (
+                agg["conditions"][cond]["metrics"]["best_selectivity"]["ci95"]
+                == two["conditions"][cond]["metrics"]["best_selectivity"]["ci95"]
+            )
         assert pair(agg, "adaptive-lr0.0004", "baseline-lr0.001") == pytest.approx(
-            pair(two, "adaptive-lr0.0004", "baseline-lr0.001"), abs=1e-12)
+            pair(two, "adaptive-lr0.0004", "baseline-lr0.001"), abs=1e-12
+        )
 
 
 def test_conditions_further_apart_in_l0_than_the_rule_are_not_compared():
-    results = {"baseline": result("baseline", 0, l0=50.0, sel=0.2, sel_se=0.01),
-               "adaptive": result("adaptive", 0, l0=60.0, sel=0.9, sel_se=0.01)}
+    results = {
+        "baseline": result("baseline", 0, l0=50.0, sel=0.2, sel_se=0.01),
+        "adaptive": result("adaptive", 0, l0=60.0, sel=0.9, sel_se=0.01),
+    }
     v = aggregate(results)["pairs"][0]["metrics"]["best_selectivity"]
     assert v["verdict"].startswith("not compared: L0") and v["winner"].startswith("not compared")
 
@@ -173,27 +211,45 @@ def test_overlap_plot_takes_two_families_at_the_same_alpha(tmp_path):
     agg = aggregate(results)
     assert len(agg["conditions"]) == 4
     plots = plot_conditions(tmp_path, agg)
-    assert "conditions_overlap_vs_alpha.png" in plots and (tmp_path / "conditions_overlap_vs_alpha.png").stat().st_size > 1000
+    assert (
+        "conditions_overlap_vs_alpha.png" in plots
+        and (tmp_path / "conditions_overlap_vs_alpha.png").stat().st_size > 1000
+    )
 
 
 def test_primary_comparisons_are_holm_corrected_together():
     """Two conditions against the baseline curve and one pair on the primary figure: Holm's rule over
     the three p-values, by hand."""
+
     def runs(kind, label, ev, sel, spread, alpha=0.0):
-        return {f"{label}-s{s}": result(kind, s, alpha=alpha, ev=ev, sel=sel + spread * d, sel_se=0.01)
-                for s, d in enumerate([-2, -1, 0, 1, 2])}
-    results = runs("baseline", "baseline", 0.80, 0.2, 0.01) | runs("adaptive", "adaptive", 0.80, 0.5, 0.02) \
-        | runs("fixed", "fixed", 0.80, 0.25, 0.034) | runs("fixed", "fixed-a0.04", 0.80, 0.26, 0.04, alpha=0.04)
-    primary = {"figure": "best_selectivity_crossfit", "quality": "explained_variance_docs",
-               "pairs": [["adaptive", "fixed"]]}
+        return {
+            f"{label}-s{s}": result(kind, s, alpha=alpha, ev=ev, sel=sel + spread * d, sel_se=0.01)
+            for s, d in enumerate([-2, -1, 0, 1, 2])
+        }
+
+    results = (
+        runs("baseline", "baseline", 0.80, 0.2, 0.01)
+        | runs("adaptive", "adaptive", 0.80, 0.5, 0.02)
+        | runs("fixed", "fixed", 0.80, 0.25, 0.034)
+        | runs("fixed", "fixed-a0.04", 0.80, 0.26, 0.04, alpha=0.04)
+    )
+    primary = {
+        "figure": "best_selectivity_crossfit",
+        "quality": "explained_variance_docs",
+        "pairs": [["adaptive", "fixed"]],
+    }
     for r in results.values():  # quality on every seed equal to the baseline's: the gap is y − baseline y per seed
         r["unlearning"]["explained_variance_docs"] = 0.80
         r["unlearning"]["best_selectivity_crossfit"] = r["unlearning"]["best_selectivity"]
         r["unlearning"]["replicates"]["best_selectivity_crossfit"] = r["unlearning"]["replicates"]["best_selectivity"]
     agg = aggregate(results, primary=primary)
     comp = agg["primary"]["comparisons"]
-    assert set(comp) == {"adaptive vs the baseline curve", "fixed vs the baseline curve",
-                         "fixed-a0.04 vs the baseline curve", "adaptive − fixed"}
+    assert set(comp) == {
+        "adaptive vs the baseline curve",
+        "fixed vs the baseline curve",
+        "fixed-a0.04 vs the baseline curve",
+        "adaptive − fixed",
+    }
     p = {k: v["p"] for k, v in comp.items()}
     order = sorted(p, key=p.get)
     # Holm by hand: the i-th smallest p against 0.05 / (4 − i), stopping at the first failure

@@ -1,4 +1,5 @@
 """eval.browser (`pipe inspect`): where the site goes, and its errors as one line."""
+
 from click.testing import CliRunner
 
 from orthosae.cli import main

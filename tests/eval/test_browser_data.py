@@ -1,5 +1,6 @@
 """eval.browser_data: the site's JSON holds what a direct computation gives (features, groups, top
 contexts, neighbours, unlearning selection, logit effects)."""
+
 import json
 from pathlib import Path
 
@@ -10,9 +11,9 @@ import torch
 from orthosae.common.config import load_config
 from orthosae.eval.browser_scan import WINDOW
 from orthosae.eval.unlearning import select_features
-from tests._browser_site import TOP_K, direct, feature
 from orthosae.train.export import load_sae
 from orthosae.train.sae.grouping import assign_groups, forget_share
+from tests._browser_site import TOP_K, direct, feature
 
 
 @pytest.mark.parametrize("run", ["baseline", "adaptive"])
@@ -87,8 +88,11 @@ def test_json_matches_direct_computation(site, run):
             assert len(t["acts"]) - 1 - t["focus"] == min(WINDOW[1], cfg.harvest.context_length - 1 - t["position"])
             checked_tops += 1
         hist = d["histogram"]
-        assert sum(hist["forget"]) == d["count_forget"] == int((sum(
-            (r["f"][:, i] > 0).sum() for r in rows.values() if r["role"] == "forget")))
+        assert (
+            sum(hist["forget"])
+            == d["count_forget"]
+            == int((sum((r["f"][:, i] > 0).sum() for r in rows.values() if r["role"] == "forget")))
+        )
         assert sum(hist["retain"]) == d["count_retain"]
         if d["nearest_in_group"]:
             j = d["nearest_in_group"][0]["id"]

@@ -1,5 +1,6 @@
 """eval.browser_pages: the pages are self-contained and render in a real browser (headless
 Chromium, skipped where it is not installed)."""
+
 import json
 import re
 import shutil
@@ -29,10 +30,24 @@ def test_site_is_self_contained(site):
 
 def _chromium(tmp_path: Path, url: str, *extra: str) -> str:
     res = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000", *extra, url],
-        capture_output=True, text=True, timeout=120)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            "--virtual-time-budget=5000",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     return res.stdout
 
@@ -54,7 +69,7 @@ def test_pages_render_in_headless_chromium(site, tmp_path):
     dom = _chromium(tmp_path, (root / "adaptive/feature.html").as_uri() + f"#{best}", "--dump-dom")
     assert f"feature #{best}" in dom
     spans = re.findall(r'<span class="tok tok-on[^"]*"[^>]*>', dom)
-    alpha = [float((re.search(r'rgba?\(234, 88, 12(?:, ([0-9.]+))?\)', s).group(1) or 1)) for s in spans]
+    alpha = [float((re.search(r"rgba?\(234, 88, 12(?:, ([0-9.]+))?\)", s).group(1) or 1)) for s in spans]
     assert len(alpha) >= 1 and max(alpha) == 1.0 and min(alpha) > 0  # tokens shaded by activation
     assert 'class="tok tok-on tok-focus"' in dom  # the top token is outlined
     assert dom.count('class="ctx"') == len(feature(root, "adaptive", best)["top"])
@@ -65,6 +80,10 @@ def test_pages_render_in_headless_chromium(site, tmp_path):
     assert dom.count('<tr class="group">') == 2 and "forget-leaning" in dom and 'class="selection"' in dom
 
     shot = tmp_path / "feature.png"
-    _chromium(tmp_path, (root / "adaptive/feature.html").as_uri() + f"#{best}", f"--screenshot={shot}",
-              "--window-size=1200,900")
+    _chromium(
+        tmp_path,
+        (root / "adaptive/feature.html").as_uri() + f"#{best}",
+        f"--screenshot={shot}",
+        "--window-size=1200,900",
+    )
     assert shot.stat().st_size > 10_000

@@ -1,6 +1,7 @@
 """eval.browser_data ``eval_roles``: a feature's page and JSON name where ``pipe eval``'s sparse
 probing, TPP and absorption recorded it in report.json; without a report (or one that lacks these
 fields, or is of another training) the site says the roles are unknown, and builds all the same."""
+
 import json
 import re
 import shutil
@@ -22,11 +23,17 @@ def _entry(fingerprint) -> dict:
     """A report.json run entry with known latent roles (and the figures beside them)."""
     return {
         "summary": {"fingerprint": fingerprint},
-        "probing": {"sae_top_1_test_accuracy": 0.9, "datasets": {
-            "toy_ds": {"sae_top_1_test_accuracy": 0.9, "top_latents": {"cats": [3, 11], "dogs": [5]}}}},
+        "probing": {
+            "sae_top_1_test_accuracy": 0.9,
+            "datasets": {"toy_ds": {"sae_top_1_test_accuracy": 0.9, "top_latents": {"cats": [3, 11], "dogs": [5]}}},
+        },
         "tpp": {"tpp_score": 0.1, "dataset": "toy_ds", "ablated_latents": {"cats": [11, 7, 3], "dogs": []}},
-        "absorption": {"letters": {"a": {"split_latents": [11], "absorbing_latents": [9, 3]},
-                                   "b": {"split_latents": [4, 5], "absorbing_latents": []}}},
+        "absorption": {
+            "letters": {
+                "a": {"split_latents": [11], "absorbing_latents": [9, 3]},
+                "b": {"split_latents": [4, 5], "absorbing_latents": []},
+            }
+        },
     }
 
 
@@ -42,12 +49,25 @@ def test_roles_from_a_planted_report(tmp_path):
     assert info["known"] and info["evals"] == ["sparse_probing", "tpp", "absorption"]
     got = {i: sorted((x["eval"], x["role"], x["class"], x["rank"]) for x in v) for i, v in roles.items()}
     assert got == {
-        3: sorted([("sparse_probing", "top_latent", "cats", None), ("tpp", "ablated", "cats", 3),
-                   ("absorption", "absorbing", "a", 2)]),
-        11: sorted([("sparse_probing", "top_latent", "cats", None), ("tpp", "ablated", "cats", 1),
-                    ("absorption", "split", "a", None)]),
+        3: sorted(
+            [
+                ("sparse_probing", "top_latent", "cats", None),
+                ("tpp", "ablated", "cats", 3),
+                ("absorption", "absorbing", "a", 2),
+            ]
+        ),
+        11: sorted(
+            [
+                ("sparse_probing", "top_latent", "cats", None),
+                ("tpp", "ablated", "cats", 1),
+                ("absorption", "split", "a", None),
+            ]
+        ),
         5: sorted([("sparse_probing", "top_latent", "dogs", None), ("absorption", "split", "b", None)]),
-        7: [("tpp", "ablated", "cats", 2)], 9: [("absorption", "absorbing", "a", 1)], 4: [("absorption", "split", "b", None)]}
+        7: [("tpp", "ablated", "cats", 2)],
+        9: [("absorption", "absorbing", "a", 1)],
+        4: [("absorption", "split", "b", None)],
+    }
     text = " | ".join(x["text"] for x in roles[11])
     assert "toy_ds" in text and "'cats'" in text and "letter 'A'" in text and "rank 1" in text
 
@@ -96,8 +116,9 @@ def planted(site):
     fingerprint = json.loads((Path(cfg.train.runs_dir) / "adaptive/summary.json").read_text())["fingerprint"]
     root = Path(cfg.eval.reports_dir) / "planted"
     _write(root / "report.json", {"adaptive": _entry(fingerprint)})
-    res = CliRunner().invoke(main, ["--config", str(path), "--set", "eval.name=planted", "inspect",
-                                    "--run", "adaptive", "--top-k", "2"])
+    res = CliRunner().invoke(
+        main, ["--config", str(path), "--set", "eval.name=planted", "inspect", "--run", "adaptive", "--top-k", "2"]
+    )
     assert res.exit_code == 0, res.output + repr(res.exception)
     return root / "inspect"
 
@@ -107,17 +128,34 @@ def test_planted_report_names_the_roles_in_the_data(planted):
     assert meta["known"] and meta["evals"] == ["sparse_probing", "tpp", "absorption"]
     d11 = feature(planted, "adaptive", 11)
     assert sorted((r["eval"], r["role"], r["class"]) for r in d11["eval_roles"]) == [
-        ("absorption", "split", "a"), ("sparse_probing", "top_latent", "cats"), ("tpp", "ablated", "cats")]
+        ("absorption", "split", "a"),
+        ("sparse_probing", "top_latent", "cats"),
+        ("tpp", "ablated", "cats"),
+    ]
     assert [(r["eval"], r["rank"]) for r in feature(planted, "adaptive", 9)["eval_roles"]] == [("absorption", 1)]
     assert feature(planted, "adaptive", 0)["eval_roles"] == []
 
 
 def _dom(tmp_path: Path, url: str) -> str:
     res = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000", "--dump-dom", url],
-        capture_output=True, text=True, timeout=120)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     return res.stdout
 

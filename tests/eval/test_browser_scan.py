@@ -1,4 +1,5 @@
 """eval.browser_scan: the streaming pass keeps what one pass over all held-out rows would."""
+
 import math
 
 import pytest
@@ -12,17 +13,19 @@ from tests._browser_site import TOP_K, direct
 def test_streaming_top_k_equals_top_k_over_all_contexts(site, monkeypatch, max_rows):
     """Small batches (2 contexts each) so the running top-k is merged many times."""
     import orthosae.eval.browser_scan as browser_scan
+
     path, _, _ = site
     cfg, sae, rows = direct(path, "adaptive")
     reader = open_store_for(cfg)
     monkeypatch.setattr(browser_scan, "ROW_BATCH", 2 * (cfg.harvest.context_length - 1))
     calls = []
-    scan = browser_scan.scan_heldout(sae, reader, list(rows), top_k=TOP_K, window=(3, 2), max_rows=max_rows,
-                                on_rows=calls.append)
+    scan = browser_scan.scan_heldout(
+        sae, reader, list(rows), top_k=TOP_K, window=(3, 2), max_rows=max_rows, on_rows=calls.append
+    )
     rpc = cfg.harvest.context_length - 1
     keep = {n: len(r["f"]) if not max_rows else max_rows // rpc * rpc for n, r in rows.items()}
     assert len(calls) > (4 if not max_rows else 1) and sum(calls) == sum(keep.values())
-    f = torch.cat([r["f"][:keep[n]] for n, r in rows.items()])  # global row ids follow this order
+    f = torch.cat([r["f"][: keep[n]] for n, r in rows.items()])  # global row ids follow this order
     ctx_max = f.reshape(-1, rpc, f.shape[1]).amax(1)
     kk = min(TOP_K, ctx_max.shape[0])  # fewer contexts than k: the rest stay empty
     assert torch.equal(scan.top_vals[:kk], torch.topk(ctx_max, kk, dim=0).values)
@@ -41,7 +44,7 @@ def test_streaming_top_k_equals_top_k_over_all_contexts(site, monkeypatch, max_r
                 got = float(scan.top_win[j, i, k])
                 assert (float(f[g + off, i]) == got) if same_ctx else math.isnan(got)
     for role in ("forget", "retain"):
-        fr = torch.cat([r["f"][:keep[n]] for n, r in rows.items() if r["role"] == role])
+        fr = torch.cat([r["f"][: keep[n]] for n, r in rows.items() if r["role"] == role])
         assert torch.equal(scan.count[role], (fr > 0).sum(0))
         assert torch.allclose(scan.mass[role], fr.double().sum(0))
         assert int(scan.hist[role].sum()) == int((fr > 0).sum())

@@ -73,6 +73,7 @@ def test_post_hoc_groups_use_activation_mass_like_training():
     """Feature 0 fires more often on retain rows but carries more mass on forget rows: grouped as
     forget-leaning, by the statistic training regroups on."""
     from orthosae.eval.conditioning import feature_groups
+
     sae = _sae(torch.eye(3))
     groups, n_groups, how = feature_groups(sae, torch.tensor([2.0, 0.0, 0.0]), torch.tensor([0.5, 1.0, 0.0]), 2)
     assert groups.tolist() == [1, 0, 0] and n_groups == 2 and "mass" in how

@@ -27,8 +27,14 @@ def _batches(acts: torch.Tensor) -> list[torch.Tensor]:
 
 def test_identity_sae_is_perfect():
     m = reconstruction_metrics(IdentitySAE(D), _batches(_acts()))
-    for k in ("explained_variance", "explained_variance_legacy", "explained_variance_dictionary_learning",
-              "cossim", "l2_ratio", "relative_reconstruction_bias"):
+    for k in (
+        "explained_variance",
+        "explained_variance_legacy",
+        "explained_variance_dictionary_learning",
+        "cossim",
+        "l2_ratio",
+        "relative_reconstruction_bias",
+    ):
         assert m[k] == pytest.approx(1.0, abs=1e-6), k
     assert m["mse"] == pytest.approx(0.0, abs=1e-10)
     assert m["l0"] == pytest.approx(D, abs=1e-9)  # one of relu(x), relu(-x) per dim
@@ -39,7 +45,9 @@ def test_zero_sae_scores_nothing():
     acts = _acts()
     m = reconstruction_metrics(ZeroSAE(D), _batches(acts))
     assert m["explained_variance_legacy"] <= 0.0
-    assert m["explained_variance"] <= 0.0 and m["explained_variance_dictionary_learning"] == pytest.approx(0.0, abs=1e-9)
+    assert m["explained_variance"] <= 0.0 and m["explained_variance_dictionary_learning"] == pytest.approx(
+        0.0, abs=1e-9
+    )
     assert m["l0"] == 0 and m["l1"] == 0 and m["cossim"] == 0 and m["l2_ratio"] == 0
     assert m["frac_dead"] == 1.0 and m["freq_over_10_percent"] == 0.0
     assert m["mse"] == pytest.approx(acts.pow(2).sum(-1).mean().item(), rel=1e-5)
@@ -76,8 +84,9 @@ class _FakeSAE:
 
     def __init__(self, sae):
         self._sae = sae
-        self.cfg = SimpleNamespace(hook_name="blocks.0.hook_resid_post", hook_head_index=None,
-                                   hook_layer=0, d_sae=sae.d_sae)
+        self.cfg = SimpleNamespace(
+            hook_name="blocks.0.hook_resid_post", hook_head_index=None, hook_layer=0, d_sae=sae.d_sae
+        )
         self.device = torch.device("cpu")
 
     def encode(self, x):
@@ -96,13 +105,27 @@ def test_matches_saebench_core():
     model = SimpleNamespace(run_with_cache=lambda *a, **k: (None, {"blocks.0.hook_resid_post": next(it)}))
     with torch.no_grad():
         ref, feat = core.get_sparsity_and_variance_metrics(
-            _FakeSAE(sae), model, store, n_batches=NB, compute_l2_norms=True,
-            compute_sparsity_metrics=True, compute_variance_metrics=True,
-            compute_featurewise_density_statistics=True, eval_batch_size_prompts=B, model_kwargs={})
+            _FakeSAE(sae),
+            model,
+            store,
+            n_batches=NB,
+            compute_l2_norms=True,
+            compute_sparsity_metrics=True,
+            compute_variance_metrics=True,
+            compute_featurewise_density_statistics=True,
+            eval_batch_size_prompts=B,
+            model_kwargs={},
+        )
     m = reconstruction_metrics(sae, _batches(acts))
-    for ours, theirs in [("l0", "l0"), ("l1", "l1"), ("cossim", "cossim"), ("mse_saebench", "mse"),
-                         ("explained_variance_legacy", "explained_variance_legacy"), ("l2_ratio", "l2_ratio"),
-                         ("relative_reconstruction_bias", "relative_reconstruction_bias")]:
+    for ours, theirs in [
+        ("l0", "l0"),
+        ("l1", "l1"),
+        ("cossim", "cossim"),
+        ("mse_saebench", "mse"),
+        ("explained_variance_legacy", "explained_variance_legacy"),
+        ("l2_ratio", "l2_ratio"),
+        ("relative_reconstruction_bias", "relative_reconstruction_bias"),
+    ]:
         assert m[ours] == pytest.approx(ref[theirs], rel=1e-4, abs=1e-4), ours
     freq, _ = feature_activity(sae, _batches(acts))
     assert torch.allclose(freq.float(), torch.tensor(feat["feature_density"]), atol=1e-6)

@@ -33,7 +33,8 @@ def _block_out(model, ids):
     """Block LAYER's output, captured by a plain hook."""
     seen = {}
     h = decoder_layers(model)[LAYER].register_forward_hook(
-        lambda m, i, o: seen.__setitem__("x", (o[0] if isinstance(o, tuple) else o).clone()))
+        lambda m, i, o: seen.__setitem__("x", (o[0] if isinstance(o, tuple) else o).clone())
+    )
     try:
         with torch.no_grad():
             model(ids)
@@ -64,9 +65,17 @@ def test_token_ce_in_row_slices_is_bit_identical_to_one_loss_per_chunk(model, co
         with torch.no_grad():
             hidden = ds.final_hidden(m, contexts)
             ce = ds.token_ce(m, contexts, hidden=hidden)
-            expected = torch.cat([F.cross_entropy(ds.head_logits(m, hidden[:, s:min(s + 3, 11)]).flatten(0, 1),
-                                                  contexts[:, s + 1:s + 4].flatten(), reduction="none").view(5, -1)
-                                  for s in range(0, 11, 3)], dim=1)
+            expected = torch.cat(
+                [
+                    F.cross_entropy(
+                        ds.head_logits(m, hidden[:, s : min(s + 3, 11)]).flatten(0, 1),
+                        contexts[:, s + 1 : s + 4].flatten(),
+                        reduction="none",
+                    ).view(5, -1)
+                    for s in range(0, 11, 3)
+                ],
+                dim=1,
+            )
     finally:
         model.float()
     assert ce.shape == (5, 11) and ce.dtype == torch.float32

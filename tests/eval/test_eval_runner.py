@@ -1,4 +1,5 @@
 """Eval's passes over the store: the rows are read once for all runs; the LM-head slice fits the device."""
+
 from collections import Counter
 from types import SimpleNamespace
 
@@ -8,23 +9,45 @@ import torch
 from orthosae.common.config import RunConfig
 from orthosae.common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
 from orthosae.eval.core import reconstruction_metrics
-from tests._activity import feature_activity
 from orthosae.eval.frequencies import frequency_batches
 from orthosae.eval.runner import LoadedRun, _rows, measure_activity, measure_conditioning, measure_reconstruction
+from tests._activity import feature_activity
 
 D, T = 16, 9
 
 
 def make_store(tmp_path) -> StoreReader:
     url = str(tmp_path / "s.zarr")
-    ident = {"model_id": "m", "revision": None, "file_sha256": None, "layer": 0, "hook": "resid_post",
-             "d_model": D, "storage_dtype": "float32", "context_length": T, "tokenizer": "t", "bos_policy": "x"}
+    ident = {
+        "model_id": "m",
+        "revision": None,
+        "file_sha256": None,
+        "layer": 0,
+        "hook": "resid_post",
+        "d_model": D,
+        "storage_dtype": "float32",
+        "context_length": T,
+        "tokenizer": "t",
+        "bos_policy": "x",
+    }
     w = StoreWriter(url, ident)
     rng = np.random.default_rng(0)
-    for name, role, split, n in [("retain", "retain", "train", 40), ("forget", "forget", "train", 30),
-                                 ("heldout", "retain", "heldout", 50)]:
-        p = CorpusPlan(name=name, role=role, split=split, source="x", fingerprint="f", tokens_fingerprint="t",
-                       n_contexts=n, context_length=T, contexts_per_chunk=4)
+    for name, role, split, n in [
+        ("retain", "retain", "train", 40),
+        ("forget", "forget", "train", 30),
+        ("heldout", "retain", "heldout", 50),
+    ]:
+        p = CorpusPlan(
+            name=name,
+            role=role,
+            split=split,
+            source="x",
+            fingerprint="f",
+            tokens_fingerprint="t",
+            n_contexts=n,
+            context_length=T,
+            contexts_per_chunk=4,
+        )
         w.ensure_corpus(p)
         for k in range(p.n_chunks):
             c0, c1 = k * 4, min((k + 1) * 4, n)
@@ -36,19 +59,33 @@ def make_store(tmp_path) -> StoreReader:
 
 
 def config():
-    corpora = {"retain": SimpleNamespace(split="train", role="retain"),
-               "forget": SimpleNamespace(split="train", role="forget"),
-               "heldout": SimpleNamespace(split="heldout", role="retain")}
-    return SimpleNamespace(corpora=corpora, eval=SimpleNamespace(rows=300, frequency_rows=0, frequency_seed=0), ortho=SimpleNamespace(groups=2))
+    corpora = {
+        "retain": SimpleNamespace(split="train", role="retain"),
+        "forget": SimpleNamespace(split="train", role="forget"),
+        "heldout": SimpleNamespace(split="heldout", role="retain"),
+    }
+    return SimpleNamespace(
+        corpora=corpora,
+        eval=SimpleNamespace(rows=300, frequency_rows=0, frequency_seed=0),
+        ortho=SimpleNamespace(groups=2),
+    )
 
 
 def loaded(tmp_path, kinds):
     from orthosae.train.sae import make_sae
+
     out = []
     for i, kind in enumerate(kinds):
         run = RunConfig.of(kind, f"{kind}-{i}", d_sae=48, seed=i)
-        out.append(LoadedRun(run=run, dir=tmp_path / run.name, sae=make_sae(run, D).eval().requires_grad_(False),
-                             sae_cfg={}, summary={}))
+        out.append(
+            LoadedRun(
+                run=run,
+                dir=tmp_path / run.name,
+                sae=make_sae(run, D).eval().requires_grad_(False),
+                sae_cfg={},
+                summary={},
+            )
+        )
     return out
 
 
@@ -59,6 +96,7 @@ def test_rows_are_read_once_for_all_runs(tmp_path, monkeypatch):
     def counted(self, name, start, stop):
         reads[name] += 1
         return real_read(self, name, start, stop)
+
     monkeypatch.setattr(StoreReader, "read_rows", counted)
     monkeypatch.setattr("orthosae.eval.runner.ROW_BATCH", 64)  # several batches per corpus
     cfg = config()
@@ -98,16 +136,24 @@ def test_diff_of_means_direction_uses_every_training_row():
     from orthosae.eval.runner import mean_direction
 
     g = torch.Generator().manual_seed(0)
-    data = {"f": torch.randn(50_000, 4, generator=g) + torch.tensor([1.0, 0, 0, 0]),
-            "r": torch.randn(30_000, 4, generator=g)}
+    data = {
+        "f": torch.randn(50_000, 4, generator=g) + torch.tensor([1.0, 0, 0, 0]),
+        "r": torch.randn(30_000, 4, generator=g),
+    }
     data["f"][-10_000:] += torch.tensor([0, 5.0, 0, 0])  # the late rows move the mean: the first 20,000 miss it
     tokens = {k: np.where(np.arange(len(v)) % 97 == 0, 2, 7) for k, v in data.items()}  # token 2: special
     reader = SimpleNamespace(
         corpora=lambda: {k: SimpleNamespace(n_rows=len(v)) for k, v in data.items()},
-        read_rows=lambda n, a, b: data[n][a:b], read_tokens=lambda n, a, b: tokens[n][a:b])
-    cfg = SimpleNamespace(corpora={"f": SimpleNamespace(split="train", role="forget"),
-                                   "r": SimpleNamespace(split="train", role="retain")},
-                          eval=SimpleNamespace(rows=20_000))
+        read_rows=lambda n, a, b: data[n][a:b],
+        read_tokens=lambda n, a, b: tokens[n][a:b],
+    )
+    cfg = SimpleNamespace(
+        corpora={
+            "f": SimpleNamespace(split="train", role="forget"),
+            "r": SimpleNamespace(split="train", role="retain"),
+        },
+        eval=SimpleNamespace(rows=20_000),
+    )
     d = mean_direction(reader, cfg, frozenset({2}))
     keep = {k: torch.from_numpy(tokens[k] != 2) for k in data}
     want = data["f"][keep["f"]].double().mean(0) - data["r"][keep["r"]].double().mean(0)

@@ -1,14 +1,15 @@
 """Feature frequencies come from the whole training corpora or a seeded sample spread over them:
 the same numbers whatever order the store holds its contexts in, never the front rows alone."""
+
 import numpy as np
 import pytest
 import torch
 
 from orthosae.common.config import RunConfig
 from orthosae.common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
-from tests._activity import feature_activity
 from orthosae.eval.frequencies import describe, frequency_batches, frequency_plan, plan_batches, resample_plan
 from orthosae.train.sae import make_sae
+from tests._activity import feature_activity
 
 D, T = 16, 9
 R = T - 1
@@ -31,14 +32,33 @@ def corpora_data(seed=0):
 
 
 def write_store(url, data, order=None, contexts_per_chunk=4) -> StoreReader:
-    ident = {"model_id": "m", "revision": None, "file_sha256": None, "layer": 0, "hook": "resid_post",
-             "d_model": D, "storage_dtype": "float32", "context_length": T, "tokenizer": "t", "bos_policy": "x"}
+    ident = {
+        "model_id": "m",
+        "revision": None,
+        "file_sha256": None,
+        "layer": 0,
+        "hook": "resid_post",
+        "d_model": D,
+        "storage_dtype": "float32",
+        "context_length": T,
+        "tokenizer": "t",
+        "bos_policy": "x",
+    }
     w = StoreWriter(url, ident)
     for name, (acts, tokens) in data.items():
         perm = np.arange(len(acts)) if order is None else order[name]
         acts, tokens = acts[perm], tokens[perm]
-        p = CorpusPlan(name=name, role=name, split="train", source="x", fingerprint="f", tokens_fingerprint="t",
-                       n_contexts=len(acts), context_length=T, contexts_per_chunk=contexts_per_chunk)
+        p = CorpusPlan(
+            name=name,
+            role=name,
+            split="train",
+            source="x",
+            fingerprint="f",
+            tokens_fingerprint="t",
+            n_contexts=len(acts),
+            context_length=T,
+            contexts_per_chunk=contexts_per_chunk,
+        )
         w.ensure_corpus(p)
         for k in range(p.n_chunks):
             c0, c1 = k * contexts_per_chunk, min((k + 1) * contexts_per_chunk, len(acts))
@@ -59,8 +79,10 @@ def stores(tmp_path):
     data = corpora_data()
     rng = np.random.default_rng(7)
     order = {name: rng.permutation(len(acts)) for name, (acts, _) in data.items()}
-    return (write_store(str(tmp_path / "a.zarr"), data),
-            write_store(str(tmp_path / "b.zarr"), data, order=order, contexts_per_chunk=7))
+    return (
+        write_store(str(tmp_path / "a.zarr"), data),
+        write_store(str(tmp_path / "b.zarr"), data, order=order, contexts_per_chunk=7),
+    )
 
 
 def freqs(sae, reader, names, n_rows, seed=0):
@@ -127,5 +149,6 @@ def test_a_bootstrap_draw_counts_a_context_as_often_as_it_was_drawn(stores):
     assert torch.equal(rows, expect)  # each drawn context's rows, once per draw of it, in plan order
     # with no repeats, plan_batches is frequency_batches
     same = torch.cat(list(plan_batches(a, plan, frozenset({SPECIAL}), batch_rows=50)))
-    assert torch.equal(same, torch.cat(list(frequency_batches(a, ["retain", "forget"], 0, 0, frozenset({SPECIAL}),
-                                                              batch_rows=50))))
+    assert torch.equal(
+        same, torch.cat(list(frequency_batches(a, ["retain", "forget"], 0, 0, frozenset({SPECIAL}), batch_rows=50)))
+    )

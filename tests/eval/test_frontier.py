@@ -1,4 +1,5 @@
 """eval/frontier.py: above / tie / below the baseline curve at equal quality, on constructed numbers."""
+
 from __future__ import annotations
 
 import math
@@ -20,13 +21,21 @@ def pt(name, x, y, *, y_sd=0.0, x_sd=0.0, doc=0.02, seeds=SEEDS, rng_seed=1, rep
     dev_y, dev_x = dev_y - dev_y.mean(), dev_x - dev_x.mean()  # means exactly as given
     ys = {s: y + y_sd * d for s, d in zip(seeds, dev_y)}
     xs = {s: x + x_sd * d for s, d in zip(seeds, dev_x)}
-    return {"name": name, "x": x, "x_seeds": xs, "y_seeds": ys,
-            "reps": {s: (ys[s] + doc * NOISE).tolist() for s in seeds} if reps else None}
+    return {
+        "name": name,
+        "x": x,
+        "x_seeds": xs,
+        "y_seeds": ys,
+        "reps": {s: (ys[s] + doc * NOISE).tolist() for s in seeds} if reps else None,
+    }
 
 
 # a baseline family at three qualities 0.02 apart: unlearning falls as quality rises
-CURVE = [pt("base-small", 0.80, 1.0, y_sd=0.02), pt("base-mid", 0.82, 0.6, y_sd=0.02, rng_seed=2),
-         pt("base-big", 0.84, 0.4, y_sd=0.02, rng_seed=3)]
+CURVE = [
+    pt("base-small", 0.80, 1.0, y_sd=0.02),
+    pt("base-mid", 0.82, 0.6, y_sd=0.02, rng_seed=2),
+    pt("base-big", 0.84, 0.4, y_sd=0.02, rng_seed=3),
+]
 
 
 def test_gap_against_the_interpolated_curve_by_hand():
@@ -34,8 +43,12 @@ def test_gap_against_the_interpolated_curve_by_hand():
     m = pt("m", 0.81, 1.0, y_sd=0.05, rng_seed=9)
     v = frontier_verdict(CURVE, m)
     gaps = [m["y_seeds"][s] - (0.5 * CURVE[0]["y_seeds"][s] + 0.5 * CURVE[1]["y_seeds"][s]) for s in SEEDS]
-    reps = np.stack([np.asarray(m["reps"][s]) - 0.5 * np.asarray(CURVE[0]["reps"][s])
-                     - 0.5 * np.asarray(CURVE[1]["reps"][s]) for s in SEEDS])
+    reps = np.stack(
+        [
+            np.asarray(m["reps"][s]) - 0.5 * np.asarray(CURVE[0]["reps"][s]) - 0.5 * np.asarray(CURVE[1]["reps"][s])
+            for s in SEEDS
+        ]
+    )
     assert v["gap"] == pytest.approx(0.2) and v["gap"] == pytest.approx(np.mean(gaps))
     assert v["ci95"] == pytest.approx(mean_interval(gaps, reps)["ci95"])
     assert v["verdict"] == "above" and "base-small" in v["against"] and "base-mid" in v["against"]
@@ -72,8 +85,9 @@ def test_no_verdict_where_the_curve_was_not_measured():
 def test_pairs_by_seed_id_and_needs_enough_shared_seeds():
     # the method's seeds 0..5 listed in another order: the same verdict (paired by id)
     m = pt("m", 0.81, 1.0, y_sd=0.05, rng_seed=9)
-    shuffled = dict(m, y_seeds={s: m["y_seeds"][s] for s in reversed(SEEDS)},
-                    reps={s: m["reps"][s] for s in reversed(SEEDS)})
+    shuffled = dict(
+        m, y_seeds={s: m["y_seeds"][s] for s in reversed(SEEDS)}, reps={s: m["reps"][s] for s in reversed(SEEDS)}
+    )
     assert frontier_verdict(CURVE, shuffled)["ci95"] == pytest.approx(frontier_verdict(CURVE, m)["ci95"])
     # only 4 seed ids shared with the baseline points: no verdict
     few = pt("m", 0.81, 1.0, seeds=[0, 1, 2, 3, 7, 8])
@@ -92,7 +106,12 @@ def test_document_replicates_take_the_weight_of_their_own_quality():
     t = (0.81 + 0.001 * NOISE - 0.80) / 0.02
     want = np.asarray(m["reps"][s]) - ((1 - t) * np.asarray(a["reps"][s]) + t * np.asarray(b["reps"][s]))
     gaps = [m["y_seeds"][k] - (0.5 * a["y_seeds"][k] + 0.5 * b["y_seeds"][k]) for k in SEEDS]
-    reps = np.stack([want] + [np.asarray(m["reps"][k]) - ((1 - t) * np.asarray(a["reps"][k]) + t * np.asarray(b["reps"][k]))
-                              for k in SEEDS[1:]])
+    reps = np.stack(
+        [want]
+        + [
+            np.asarray(m["reps"][k]) - ((1 - t) * np.asarray(a["reps"][k]) + t * np.asarray(b["reps"][k]))
+            for k in SEEDS[1:]
+        ]
+    )
     assert v["ci95"] == pytest.approx(mean_interval(gaps, reps)["ci95"])
     assert v["ci95"] != pytest.approx(frontier_verdict(CURVE, dict(m, x_reps=None))["ci95"])

@@ -1,19 +1,28 @@
 """eval/intervals.py: coverage measured by simulation with a known truth, and numbers by hand."""
+
 import math
 import zlib
 
 import numpy as np
 import pytest
 
-from orthosae.eval.intervals import (MIN_SEEDS, holm, mean_interval, paired_interval, shared_document_variance,
-                                     t_quantile)
+from orthosae.eval.intervals import (
+    MIN_SEEDS,
+    holm,
+    mean_interval,
+    paired_interval,
+    shared_document_variance,
+    t_quantile,
+)
 
 B = 500  # document replicates per run, as the eval draws
 SIMS = 2000
 # Noise of the measured size (RESULTS.md, "where the spread comes from"): seed sd 0.03 (baseline) to
 # 0.12-0.19 (orthogonal SAEs), eval documents' se about 0.025, partly shared by every seed.
-NOISE = {"seed sd 0.12, documents 0.025 per seed": (0.12, 0.0, 0.025),
-         "seed sd 0.03, documents 0.015 shared + 0.02 per seed": (0.03, 0.015, 0.02)}
+NOISE = {
+    "seed sd 0.12, documents 0.025 per seed": (0.12, 0.0, 0.025),
+    "seed sd 0.03, documents 0.015 shared + 0.02 per seed": (0.03, 0.015, 0.02),
+}
 
 
 def _seed_effects(rng, dist: str, n: int, sd: float) -> np.ndarray:
@@ -65,8 +74,12 @@ def test_paired_gap_interval_covers_the_true_gap(dist, n):
         ya, ra = _simulate(rng, dist, n, NOISE["seed sd 0.12, documents 0.025 per seed"], truth=0.4)
         yb, rb = _simulate(rng, "normal", n, NOISE["seed sd 0.03, documents 0.015 shared + 0.02 per seed"], truth=0.3)
         seeds = list(range(10, 10 + 2 * n, 2))  # ids with gaps: pairing is by id
-        p = paired_interval(dict(zip(seeds, ya)), dict(zip(seeds[::-1], yb[::-1])),
-                            dict(zip(seeds, ra)), dict(zip(seeds[::-1], rb[::-1])))
+        p = paired_interval(
+            dict(zip(seeds, ya)),
+            dict(zip(seeds[::-1], yb[::-1])),
+            dict(zip(seeds, ra)),
+            dict(zip(seeds[::-1], rb[::-1])),
+        )
         hits += p["ci95"][0] <= 0.1 <= p["ci95"][1]
     assert 0.93 <= hits / (2 * SIMS) <= 0.97, hits / (2 * SIMS)
 
@@ -127,7 +140,7 @@ def test_document_error_adds_to_the_seed_part():
     assert out["doc_var"] == pytest.approx(np.var([0.0, 0.2, -0.2, 0.1, -0.1], ddof=1))
     assert out["se"] == pytest.approx(math.sqrt(2.5 / 5 + out["doc_var"]))
     seed_part = 2.5 / 5
-    assert out["df"] == pytest.approx(out["se"] ** 4 / (seed_part ** 2 / 4))
+    assert out["df"] == pytest.approx(out["se"] ** 4 / (seed_part**2 / 4))
 
 
 def test_pairs_by_seed_id_not_by_position():
@@ -157,8 +170,10 @@ def test_p_value_agrees_with_the_interval():
 
 def coverage_table(sims: int = SIMS) -> str:
     """The table docs/evaluation.md prints: `python -m tests.eval.test_intervals` (about a minute)."""
-    lines = ["| seeds | seed distribution | noise | former percentile bootstrap | calibrated (Hall-t) |",
-             "|---:|---|---|---:|---:|"]
+    lines = [
+        "| seeds | seed distribution | noise | former percentile bootstrap | calibrated (Hall-t) |",
+        "|---:|---|---|---:|---:|",
+    ]
     for dist in ("normal", "gamma", "lognormal"):
         for n in (3, 4, 5, 6, 12):
             for noise in NOISE:

@@ -1,4 +1,5 @@
 """eval.matched_damage: F(b) at matched retain damage, cross-fitting by document, document bootstrap."""
+
 from __future__ import annotations
 
 import math
@@ -9,20 +10,38 @@ import pytest
 import orthosae.eval.matched_damage as md
 from orthosae.eval.unlearning import bracket_ladder as md_ladder
 
+
 def _mats(forget_inc: np.ndarray, retain_inc: np.ndarray, tokens: float = 100.0, clean: float = 3.0) -> dict:
     """Sweep matrices with one context per document: ``*_inc`` ``[settings, docs]`` per-token CE
     increases; every document has ``tokens`` tokens at clean CE ``clean``; all tokens count as 'rest'."""
     out = {}
     for name, inc in (("forget", forget_inc), ("retain", retain_inc)):
         S, D = inc.shape
-        clean_ctx = {"sum_all": np.full(D, clean * tokens), "n_all": np.full(D, tokens),
-                     "sum_domain": np.zeros(D), "n_domain": np.zeros(D),
-                     "sum_rest": np.full(D, clean * tokens), "n_rest": np.full(D, tokens),
-                     "positions": np.full(D, tokens)}
-        out[name] = (clean_ctx, [{"sum_all": (clean + inc[s]) * tokens, "n_all": np.full(D, tokens),
-                                  "sum_domain": np.zeros(D), "n_domain": np.zeros(D),
-                                  "sum_rest": (clean + inc[s]) * tokens, "n_rest": np.full(D, tokens),
-                                  "fired": np.full(D, tokens / 2), "positions": np.full(D, tokens)} for s in range(S)])
+        clean_ctx = {
+            "sum_all": np.full(D, clean * tokens),
+            "n_all": np.full(D, tokens),
+            "sum_domain": np.zeros(D),
+            "n_domain": np.zeros(D),
+            "sum_rest": np.full(D, clean * tokens),
+            "n_rest": np.full(D, tokens),
+            "positions": np.full(D, tokens),
+        }
+        out[name] = (
+            clean_ctx,
+            [
+                {
+                    "sum_all": (clean + inc[s]) * tokens,
+                    "n_all": np.full(D, tokens),
+                    "sum_domain": np.zeros(D),
+                    "n_domain": np.zeros(D),
+                    "sum_rest": (clean + inc[s]) * tokens,
+                    "n_rest": np.full(D, tokens),
+                    "fired": np.full(D, tokens / 2),
+                    "positions": np.full(D, tokens),
+                }
+                for s in range(S)
+            ],
+        )
     clean = {k: v[0] for k, v in out.items()}
     edited = [{k: out[k][1][s] for k in out} for s in range(forget_inc.shape[0])]
     docs = {k: np.arange(v.shape[1]) for k, v in (("forget", forget_inc), ("retain", retain_inc))}
@@ -43,7 +62,9 @@ def test_stronger_clamp_raises_best_selectivity_but_not_f_of_b():
     assert b["best_selectivity"] > a["best_selectivity"] + 1.0  # 1.6 against 0.4
     assert a["F_0.03"] == pytest.approx(0.15) and b["F_0.03"] == pytest.approx(0.15)
     assert a["F_0.1"] == pytest.approx(0.5) and b["F_0.1"] == pytest.approx(0.5)
-    assert a["selectivity_ratio_at_best"] < b["selectivity_ratio_at_best"] * 1.1  # the ratio does not reward size either
+    assert (
+        a["selectivity_ratio_at_best"] < b["selectivity_ratio_at_best"] * 1.1
+    )  # the ratio does not reward size either
 
 
 def test_f_of_b_is_cross_fitted_between_halves_of_the_documents():
@@ -64,14 +85,17 @@ def test_f_of_b_is_cross_fitted_between_halves_of_the_documents():
 def test_bracket_ladder_and_points_by_hand():
     assert md_ladder(10) == [(5, 1.0), (2, 1.0), (1, 1.0), (1, 0.5), (1, 0.25), (1, 0.125)]
     assert md_ladder(1) == [(1, 0.5), (1, 0.25), (1, 0.125)]
-    rows = [{"n_features": 10, "n_features_used": 10, "retain_ce_increase": 0.05, "forget_ce_increase": 0.5},
-            {"n_features": 1, "n_features_used": 1, "strength": 0.5, "retain_ce_increase": 0.01,
-             "forget_ce_increase": 0.2}]
+    rows = [
+        {"n_features": 10, "n_features_used": 10, "retain_ce_increase": 0.05, "forget_ce_increase": 0.5},
+        {"n_features": 1, "n_features_used": 1, "strength": 0.5, "retain_ce_increase": 0.01, "forget_ce_increase": 0.2},
+    ]
     got = md.bracket_points(rows, 0.03)
     assert got["t"] == pytest.approx(0.5) and got["upper"]["n_features"] == 10
     assert got["lower"]["forget_per_feature"] == pytest.approx(0.2 / 0.5)  # half a feature's clamp
     assert got["lower"]["forget_over_retain"] == pytest.approx(20.0)
-    assert got["upper"]["forget_per_feature"] == pytest.approx(0.05) and got["upper"]["forget_over_retain"] == pytest.approx(10)
+    assert got["upper"]["forget_per_feature"] == pytest.approx(0.05) and got["upper"][
+        "forget_over_retain"
+    ] == pytest.approx(10)
     assert md.bracket_points(rows[:1], 0.03)["lower"] == "origin"
     assert md.bracket_points(rows, 0.2) == {"reached": False}
 
@@ -123,7 +147,7 @@ def test_document_bootstrap_is_wider_than_context_bootstrap_on_correlated_window
 def test_document_ids_follow_eos_in_the_stream():
     eos, bos = 1, 2
     stream = [5, 5, 5, eos, 6, 6, 6, 6, 6, 6, 6, eos, 7, 7]  # doc 0 (3 tokens), doc 1 (8), doc 2
-    ctx = np.array([[bos, *stream[i:i + 4]] for i in range(0, 12, 4)])
+    ctx = np.array([[bos, *stream[i : i + 4]] for i in range(0, 12, 4)])
     # context 0: 5 5 5 EOS -> doc 0; context 1: 6 6 6 6 -> doc 1; context 2: 6 6 6 EOS -> doc 1
     assert md.document_ids(ctx, eos).tolist() == [0, 1, 1]
 
@@ -144,12 +168,24 @@ def test_replicates_share_their_draws_across_runs():
 
 def test_quality_figures_on_the_unlearning_documents_by_hand():
     # two documents per corpus; CE sums over 10 tokens each
-    f = {"clean_all": np.array([20.0, 30.0]), "recon_all": np.array([22.0, 33.0]), "zero_all": np.array([60.0, 70.0]),
-         "sse": np.array([1.0, 2.0]), "sx": np.array([[1.0, 0.0], [3.0, 2.0]]), "sxx": np.array([5.0, 9.0]),
-         "npos": np.array([2.0, 2.0])}
-    r = {"clean_all": np.array([10.0, 10.0]), "recon_all": np.array([11.0, 12.0]), "zero_all": np.array([50.0, 40.0]),
-         "sse": np.array([0.5, 0.5]), "sx": np.array([[0.0, 1.0], [1.0, 1.0]]), "sxx": np.array([3.0, 4.0]),
-         "npos": np.array([2.0, 2.0])}
+    f = {
+        "clean_all": np.array([20.0, 30.0]),
+        "recon_all": np.array([22.0, 33.0]),
+        "zero_all": np.array([60.0, 70.0]),
+        "sse": np.array([1.0, 2.0]),
+        "sx": np.array([[1.0, 0.0], [3.0, 2.0]]),
+        "sxx": np.array([5.0, 9.0]),
+        "npos": np.array([2.0, 2.0]),
+    }
+    r = {
+        "clean_all": np.array([10.0, 10.0]),
+        "recon_all": np.array([11.0, 12.0]),
+        "zero_all": np.array([50.0, 40.0]),
+        "sse": np.array([0.5, 0.5]),
+        "sx": np.array([[0.0, 1.0], [1.0, 1.0]]),
+        "sxx": np.array([3.0, 4.0]),
+        "npos": np.array([2.0, 2.0]),
+    }
     q = md.quality_figures(f, r, np.ones((1, 2)), np.ones((1, 2)))
     # CE: zero 220, recon 78, clean 70: (220 − 78) / (220 − 70)
     assert q["ce_loss_score_docs"][0] == pytest.approx(142 / 150)

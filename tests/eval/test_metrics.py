@@ -1,4 +1,5 @@
 """eval.metrics: one registry drives report.md and report.json; old reports read under renamed keys."""
+
 import json
 import math
 from types import SimpleNamespace
@@ -22,13 +23,20 @@ def test_rms_cross_cos_is_read_under_its_name_and_under_the_name_old_reports_use
 def test_one_registry_drives_report_md_and_report_json(tmp_path, monkeypatch):
     import orthosae.eval.metrics as metrics
     import orthosae.eval.report as report
+
     monkeypatch.setattr(metrics, "_REGISTRY", list(metrics._REGISTRY))  # undone after the test
     metrics.register(metrics.Metric("toy_score", "unlearning", True, "toy score (registered once)"))
 
     def run(kind, seed, v):
-        return {"cfg": {"orthosae": {"type": kind, "train": {"seed": seed}, "ortho": {"alpha": 0.0}}},
-                "summary": {"type": kind}, "reconstruction": {"l0": 10.0, "explained_variance": 0.8},
-                "downstream": {}, "conditioning": {}, "curves": {}, "unlearning": {"toy_score": v, "rows": []}}
+        return {
+            "cfg": {"orthosae": {"type": kind, "train": {"seed": seed}, "ortho": {"alpha": 0.0}}},
+            "summary": {"type": kind},
+            "reconstruction": {"l0": 10.0, "explained_variance": 0.8},
+            "downstream": {},
+            "conditioning": {},
+            "curves": {},
+            "unlearning": {"toy_score": v, "rows": []},
+        }
 
     results = {f"baseline-s{s}": run("baseline", s, 0.1 * s) for s in range(5)}
     results |= {f"adaptive-s{s}": run("adaptive", s, 1.0 + 0.1 * s) for s in range(5)}

@@ -1,4 +1,5 @@
 """eval.prefix: an intervention rerun from the cached block output gives the full forward's CE."""
+
 from __future__ import annotations
 
 import torch

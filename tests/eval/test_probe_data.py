@@ -1,4 +1,5 @@
 """eval.probe_data: the probing texts, their tokenization and the embedded datasets."""
+
 from __future__ import annotations
 
 import json

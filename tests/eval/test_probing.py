@@ -1,4 +1,5 @@
 """Sparse probing (eval/probing.py) against sae_bench 0.6.0's own functions."""
+
 from __future__ import annotations
 
 import pytest
@@ -66,8 +67,9 @@ def test_sparse_probing_accuracies_match_saebench():
     for k in (1, 2, 5):
         theirs = _saebench_top_k(pt, train.pooled(), test.pooled(), k, 7)
         assert llm.accuracy[f"llm_top_{k}_test_accuracy"] == pytest.approx(theirs, abs=1e-12)
-    assert llm.accuracy["llm_test_accuracy"] == pytest.approx(_saebench_top_k(pt, train.pooled(), test.pooled(),
-                                                                              None, 7), abs=1e-12)
+    assert llm.accuracy["llm_test_accuracy"] == pytest.approx(
+        _saebench_top_k(pt, train.pooled(), test.pooled(), None, 7), abs=1e-12
+    )
     sae = RandomSAE(16, 48, seed=3)
     ftr, fte = pooled_latents(sae, train), pooled_latents(sae, test)
     ours = sae_probing(llm, ftr, fte, [1, 2, 5], seed=7)

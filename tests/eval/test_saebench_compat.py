@@ -31,8 +31,15 @@ D, S, SCALE, LAYER, VOCAB, CTX = 16, 32, 0.25, 1, 40, 8
 PAD, EOS, BOS = 0, 1, 2
 HOOK = f"blocks.{LAYER}.hook_resid_post"
 # what train/runner.py writes (hook_layer included); the grouped case below leaves it out
-EXTRA = {"model_name": "tiny-ht", "hook_name": HOOK, "hook_layer": LAYER, "context_size": CTX,
-         "prepend_bos": True, "exclude_special_tokens": True, "run_name": "t"}
+EXTRA = {
+    "model_name": "tiny-ht",
+    "hook_name": HOOK,
+    "hook_layer": LAYER,
+    "context_size": CTX,
+    "prepend_bos": True,
+    "exclude_special_tokens": True,
+    "run_name": "t",
+}
 COMMON = dict(d_sae=S, l1_coefficient=1e-3, seed=3, lr=3e-2, lr_warmup_steps=0, l1_warmup_steps=0)
 RUNS = {
     "standard": RunConfig.of("baseline", **COMMON),
@@ -42,11 +49,26 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = HookedTransformerConfig(n_layers=2, d_model=D, d_head=4, n_heads=4, d_mlp=32, n_ctx=CTX, d_vocab=VOCAB,
-                                  act_fn="gelu", normalization_type="LN", device="cpu", seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=D,
+        d_head=4,
+        n_heads=4,
+        d_mlp=32,
+        n_ctx=CTX,
+        d_vocab=VOCAB,
+        act_fn="gelu",
+        normalization_type="LN",
+        device="cpu",
+        seed=0,
+    )
     m = HookedTransformer(cfg).eval()
-    m.tokenizer = SimpleNamespace(pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS,  # SAEBench masks these
-                                  padding_side="right")  # read by HookedTransformer.forward
+    m.tokenizer = SimpleNamespace(
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        bos_token_id=BOS,  # SAEBench masks these
+        padding_side="right",
+    )  # read by HookedTransformer.forward
     return m
 
 
@@ -94,10 +116,18 @@ def _export(tmp_path, arch: str, model) -> tuple:
 
 
 def _run_core(sae, model):
-    cfg = CoreEvalConfig(batch_size_prompts=3, n_eval_reconstruction_batches=2, n_eval_sparsity_variance_batches=2,
-                         compute_kl=True, compute_ce_loss=True, compute_l2_norms=True, compute_sparsity_metrics=True,
-                         compute_variance_metrics=True, compute_featurewise_density_statistics=True,
-                         compute_featurewise_weight_based_metrics=True)
+    cfg = CoreEvalConfig(
+        batch_size_prompts=3,
+        n_eval_reconstruction_batches=2,
+        n_eval_sparsity_variance_batches=2,
+        compute_kl=True,
+        compute_ce_loss=True,
+        compute_l2_norms=True,
+        compute_sparsity_metrics=True,
+        compute_variance_metrics=True,
+        compute_featurewise_density_statistics=True,
+        compute_featurewise_weight_based_metrics=True,
+    )
     with torch.no_grad():
         return core.run_evals(sae, TokenStore(), model, cfg)
 
@@ -139,8 +169,9 @@ def test_load_for_saebench_runs_core_and_unlearning_selection(tmp_path, model, a
     ours, _ = load_sae(run_dir)  # the reference: our own loader, no sae_lens
     store = TokenStore()
     with torch.no_grad():
-        batches = [model.run_with_cache(store.get_batch_tokens(3), names_filter=HOOK)[1][HOOK].reshape(-1, D)
-                   for _ in range(2)]
+        batches = [
+            model.run_with_cache(store.get_batch_tokens(3), names_filter=HOOK)[1][HOOK].reshape(-1, D) for _ in range(2)
+        ]
     x = torch.cat(batches)
     with torch.no_grad():
         f, xh = ours.encode(x), ours(x)
@@ -148,10 +179,12 @@ def test_load_for_saebench_runs_core_and_unlearning_selection(tmp_path, model, a
     metrics, feats = _run_core(sae, model)
     assert metrics["sparsity"]["l0"] == pytest.approx((f > 0).sum(-1).float().mean().item(), rel=1e-5)
     assert metrics["reconstruction_quality"]["cossim"] == pytest.approx(
-        torch.nn.functional.cosine_similarity(x, xh, dim=-1).mean().item(), rel=1e-4)
+        torch.nn.functional.cosine_similarity(x, xh, dim=-1).mean().item(), rel=1e-4
+    )
     # SAEBench's "mse": per-token squared error divided by the tokens in its batch
     assert metrics["reconstruction_quality"]["mse"] == pytest.approx(
-        (x - xh).pow(2).sum(-1).mean().item() / (3 * CTX), rel=1e-4)
+        (x - xh).pow(2).sum(-1).mean().item() / (3 * CTX), rel=1e-4
+    )
     for k in ("kl_div_score", "kl_div_with_sae"):
         assert np.isfinite(metrics["model_behavior_preservation"][k]), k
     assert np.isfinite(metrics["model_performance_preservation"]["ce_loss_score"])
@@ -174,8 +207,13 @@ def test_load_for_saebench_runs_core_and_unlearning_selection(tmp_path, model, a
     tokens = _tokens(9, 2)
     with torch.no_grad():
         before = model(tokens)
-        ul_metrics.modify_model(model, sae, intervention_method="clamp_feature_activation",
-                                features_to_ablate=[int(i) for i in top[:4]], multiplier=20.0)
+        ul_metrics.modify_model(
+            model,
+            sae,
+            intervention_method="clamp_feature_activation",
+            features_to_ablate=[int(i) for i in top[:4]],
+            multiplier=20.0,
+        )
         try:
             after = model(tokens)
         finally:

@@ -7,6 +7,7 @@ Hub config, here the seeded cache's), 3 blocks, d_model 32, the byte-level test 
 per byte). The reference figures come from the transformers model's own hidden states and our own
 loader (no TransformerLens, no sae_lens), on the tokens we build by hand.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,14 @@ def exported(tmp_path_factory):
     for i in range(12):
         rows = acts[torch.randperm(len(acts), generator=torch.Generator().manual_seed(i))[:64]]
         trainer.train_step(SCALE * rows, torch.arange(64) < 32)
-    extra = {**sae_lens_metadata("gpt2", LAYER), "context_size": CTX, "model_source": str(model_dir),
-             "prepend_bos": True, "exclude_special_tokens": True, "run_name": "baseline"}
+    extra = {
+        **sae_lens_metadata("gpt2", LAYER),
+        "context_size": CTX,
+        "model_source": str(model_dir),
+        "prepend_bos": True,
+        "exclude_special_tokens": True,
+        "run_name": "baseline",
+    }
     save_sae(sae, root / "run", scale=SCALE, extra_cfg=extra)
     return root, model_dir, model
 
@@ -88,7 +95,12 @@ def test_probe_rows_map_classes_to_professions():
     rows, mapping = sr.probe_rows({"b": ["x", "y"], "a": ["z", "w", "v"], "e": ["e"], "d": ["d"], "c": ["c"]})
     assert mapping == {"a": "0", "b": "1", "c": "2", "d": "6", "e": "9"}
     assert [(r["hard_text"], r["profession"], r["gender"]) for r in rows[:5]] == [
-        ("z", 0, 0), ("w", 0, 1), ("v", 0, 0), ("x", 1, 0), ("y", 1, 1)]
+        ("z", 0, 0),
+        ("w", 0, 1),
+        ("v", 0, 0),
+        ("x", 1, 0),
+        ("y", 1, 1),
+    ]
     assert [r["profession"] for r in rows[5:]] == [2, 6, 9]
     with pytest.raises(sr.SaebenchError, match="1 classes"):
         sr.probe_rows({"a": ["x"]})
@@ -107,11 +119,16 @@ def test_bad_inputs_name_the_path(tmp_path, exported):
 def test_saebench_runners_offline(tmp_path, exported):
     root, model_dir, model = exported
     texts = _core_texts()
-    plan_path = sr.prepare(root / "run", tmp_path / "work", model_dir=model_dir, core_texts=texts,
-                           probe=(_probe_texts(20, 0), _probe_texts(10, 1000)), release="orthosae-baseline",
-                           core={"n_batches": N_BATCHES, "batch_size_prompts": BATCH},
-                           probing={"train_size": 40, "test_size": 20, "context_length": 32, "llm_batch_size": 8,
-                                    "k_values": [1, 2]})
+    plan_path = sr.prepare(
+        root / "run",
+        tmp_path / "work",
+        model_dir=model_dir,
+        core_texts=texts,
+        probe=(_probe_texts(20, 0), _probe_texts(10, 1000)),
+        release="orthosae-baseline",
+        core={"n_batches": N_BATCHES, "batch_size_prompts": BATCH},
+        probing={"train_size": 40, "test_size": 20, "context_length": 32, "llm_batch_size": 8, "k_values": [1, 2]},
+    )
     out = sr.launch(plan_path, timeout=300)
     core, probing = (json.loads(out[e].read_text()) for e in ("core", "sparse_probing"))
 
@@ -125,14 +142,24 @@ def test_saebench_runners_offline(tmp_path, exported):
     m = core["eval_result_metrics"]
     assert m["sparsity"]["l0"] == pytest.approx((f > 0).sum(-1).float().mean().item(), rel=1e-5)
     assert m["reconstruction_quality"]["cossim"] == pytest.approx(
-        torch.nn.functional.cosine_similarity(x, xh, dim=-1).mean().item(), rel=1e-4)
+        torch.nn.functional.cosine_similarity(x, xh, dim=-1).mean().item(), rel=1e-4
+    )
     resid = (x - xh).pow(2).sum(-1)
     # SAEBench 0.6.0's explained_variance: 1 - E|x - x̂|² / (E|x|² - (mean over dims of E[x_d²])²)
     assert m["reconstruction_quality"]["explained_variance"] == pytest.approx(
-        (1 - resid.mean() / (x.pow(2).sum(-1).mean() - x.pow(2).mean(0).mean() ** 2)).item(), rel=1e-4)
-    assert m["reconstruction_quality"]["explained_variance_legacy"] == pytest.approx(np.mean(np.concatenate([
-        (1 - r / (b - b.mean(0)).pow(2).sum(-1)).numpy()
-        for r, b in zip(resid.split(BATCH * (CTX - 1)), x.split(BATCH * (CTX - 1)))])), rel=1e-4)
+        (1 - resid.mean() / (x.pow(2).sum(-1).mean() - x.pow(2).mean(0).mean() ** 2)).item(), rel=1e-4
+    )
+    assert m["reconstruction_quality"]["explained_variance_legacy"] == pytest.approx(
+        np.mean(
+            np.concatenate(
+                [
+                    (1 - r / (b - b.mean(0)).pow(2).sum(-1)).numpy()
+                    for r, b in zip(resid.split(BATCH * (CTX - 1)), x.split(BATCH * (CTX - 1)))
+                ]
+            )
+        ),
+        rel=1e-4,
+    )
     density = np.array([d["feature_density"] for d in core["eval_result_details"]])
     np.testing.assert_allclose(density, (f > 0).float().mean(0).numpy(), atol=1e-6)
     assert m["token_stats"]["total_tokens_eval_sparsity_variance"] == BATCH * N_BATCHES * CTX
@@ -141,7 +168,9 @@ def test_saebench_runners_offline(tmp_path, exported):
 
     p = probing["eval_result_metrics"]
     assert probing["eval_config"]["dataset_names"] == [sr.PROBE_DATASET]
-    assert set(probing["eval_result_unstructured"][f"{sr.PROBE_DATASET}_results"]["llm_test_accuracy"]) == set(sr.PROBE_CLASSES)
+    assert set(probing["eval_result_unstructured"][f"{sr.PROBE_DATASET}_results"]["llm_test_accuracy"]) == set(
+        sr.PROBE_CLASSES
+    )
     assert p["llm"]["llm_test_accuracy"] > 0.9  # the classes differ in every byte
     for key in ("sae_test_accuracy", "sae_top_1_test_accuracy", "sae_top_2_test_accuracy"):
         assert 0.0 <= p["sae"][key] <= 1.0, key

@@ -1,14 +1,21 @@
 """SCR (eval/scr.py) against sae_bench 0.6.0's scr_and_tpp functions (perform_scr = True) on the same
 tensors, a planted language latent, the topic x language texts and the [eval.scr] config errors."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 import torch
 
 from orthosae.common.corpora import is_heldout
-from orthosae.eval.probe_data import ProbeDataError, Split, _embedded_texts, _wiki, cell, class_texts, \
-    topic_language_dataset
+from orthosae.eval.probe_data import (
+    ProbeDataError,
+    Split,
+    _embedded_texts,
+    _wiki,
+    cell,
+    class_texts,
+    topic_language_dataset,
+)
 from orthosae.eval.probing import pooled_latents
 from orthosae.eval.scr import gather, run_scr, run_scr_pair, scr_effects, scr_llm, scr_sets
 from orthosae.eval.tpp import top_n
@@ -21,8 +28,11 @@ from sae_bench.sae_bench_utils import activation_collection, dataset_info  # noq
 
 TOPICS, LANGS = ["prof", "nurse"], ["male", "female"]
 # our set -> SAEBench's key of its positives and of its negatives (profession = topic, gender = language)
-THEIR_KEYS = {"topic": ("professor / nurse", "nurse_data_only"), "language": ("male / female", "female_data_only"),
-              "biased": ("male_professor / female_nurse", "female_nurse_data_only")}
+THEIR_KEYS = {
+    "topic": ("professor / nurse", "nurse_data_only"),
+    "language": ("male / female", "female_data_only"),
+    "biased": ("male_professor / female_nurse", "female_nurse_data_only"),
+}
 THEIR_PROBE = {"topic": "professor / nurse", "language": "male / female", "biased": "male_professor / female_nurse"}
 
 
@@ -60,10 +70,15 @@ def test_sets_are_get_spurious_corr_data():
     q, meta = 3, dataset_info.dataset_metadata["LabHC/bias_in_bios"]
     prof = {"prof": meta["column1_mapping"]["professor"], "nurse": meta["column1_mapping"]["nurse"]}
     gender = {"male": meta["column2_mapping"]["male"], "female": meta["column2_mapping"]["female"]}
-    rows = [{"hard_text": f"{cell(t, g)}#{i}", "profession": prof[t], "gender": gender[g]}
-            for t in TOPICS for g in LANGS for i in range(2 * q + 1)]  # SAEBench wants > 2q in the biased cells
-    theirs = dc.get_spurious_corr_data(pd.DataFrame(rows), ("professor", "nurse"), ("male", "female"),
-                                       "LabHC/bias_in_bios", q, 42)
+    rows = [
+        {"hard_text": f"{cell(t, g)}#{i}", "profession": prof[t], "gender": gender[g]}
+        for t in TOPICS
+        for g in LANGS
+        for i in range(2 * q + 1)
+    ]  # SAEBench wants > 2q in the biased cells
+    theirs = dc.get_spurious_corr_data(
+        pd.DataFrame(rows), ("professor", "nurse"), ("male", "female"), "LabHC/bias_in_bios", q, 42
+    )
     for s, (rows_s, y) in scr_sets(TOPICS, LANGS, q).items():
         names = [f"{c}#{i}" for c, i in rows_s]
         pos, neg = THEIR_KEYS[s]
@@ -83,8 +98,9 @@ def test_accuracies_effects_ablation_and_scores_match_saebench():
     classes = list(dataset_info.PAIRED_CLASS_KEYS)
     train6, test6 = _their_sets(train, q), _their_sets(test, q)
     with torch.no_grad():
-        clean = main.get_probe_test_accuracy(probes, classes, activation_collection.create_meaned_model_activations(test6),
-                                             500, perform_scr=True)
+        clean = main.get_probe_test_accuracy(
+            probes, classes, activation_collection.create_meaned_model_activations(test6), 500, perform_scr=True
+        )
         for s, their in THEIR_PROBE.items():
             for on in ("topic", "language"):
                 key = their if s == on else f"{their} probe on {THEIR_PROBE[on]} data"
@@ -95,8 +111,9 @@ def test_accuracies_effects_ablation_and_scores_match_saebench():
             mine = scr_effects(gather(pooled_latents(sae, train), rows), y, pair.probes[s][0], sae.W_dec)
             torch.testing.assert_close(mine, effects[THEIR_PROBE[s]], rtol=1e-4, atol=1e-6)
             for n in n_values:
-                assert set(top_n(mine, n).tolist()) == \
-                    set(torch.nonzero(main.select_top_n_features(effects[THEIR_PROBE[s]], n, s)).flatten().tolist())
+                assert set(top_n(mine, n).tolist()) == set(
+                    torch.nonzero(main.select_top_n_features(effects[THEIR_PROBE[s]], n, s)).flatten().tolist()
+                )
         ablated = main.perform_feature_ablations(probes, sae, 8, test6, effects, n_values, classes, 500, True)
     theirs = main.get_scr_plotting_dict(ablated, clean)
     assert pair.clean["biased on topic"] < pair.clean["biased on language"]  # so SAEBench sets scr_metric
@@ -135,8 +152,9 @@ def test_planted_language_latent_recovers_the_oracle_and_an_unrelated_one_does_n
     without = BasisSAE(eye[[2, 3, 4, 5, 6, 7]])  # noise axes only: neither language nor topic
     out = {}
     for name, sae in (("with", with_language), ("without", without)):
-        out[name] = run_scr([pair], [(pooled_latents(sae, train), pooled_latents(sae, test))],
-                            sae.W_dec.detach(), [1, 2])
+        out[name] = run_scr(
+            [pair], [(pooled_latents(sae, train), pooled_latents(sae, test))], sae.W_dec.detach(), [1, 2]
+        )
     planted = out["with"]["pairs"][pair.name]
     assert planted["ablated_latents"]["dir1"][0] == 1 and planted["metric_direction"] == 1
     assert planted["ablated_accuracy"]["dir1"]["1"] == pytest.approx(planted["oracle_accuracy_dir1"], abs=0.02)
@@ -157,5 +175,3 @@ def test_topic_language_texts_are_held_out_english_and_topic_matched_french():
     too_few = r"^\[eval\.scr\] train_size / test_size: .* class 'People\|en' has \d+ texts, fewer than 100 \+ 100"
     with pytest.raises(ProbeDataError, match=too_few):
         class_texts(name, 100, 100, seed=0, heldout_fraction=0.1, where="[eval.scr]")
-
-

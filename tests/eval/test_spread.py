@@ -1,5 +1,6 @@
 """`[eval.spread]`: the seed spread of an unlearning figure split into selection rows, eval
 documents and the SAE."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """TPP (eval/tpp.py) against sae_bench 0.6.0's scr_and_tpp functions on the same precomputed tensors."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,7 +33,9 @@ def test_effects_selection_and_ablation_match_saebench():
         ours = class_effects(torch.stack([pooled_f[c][i] for c, i in rows]), labels, w, sae.W_dec.detach())
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
         for n in (2, 5, 20):
-            assert set(top_n(ours, n).tolist()) == set(torch.nonzero(tpp.select_top_n_features(theirs, n, cls)).flatten().tolist())
+            assert set(top_n(ours, n).tolist()) == set(
+                torch.nonzero(tpp.select_top_n_features(theirs, n, cls)).flatten().tolist()
+            )
     chosen = top_n(ours, 5)
     mask_F = torch.zeros(64, dtype=torch.bool)
     mask_F[chosen] = True
@@ -56,8 +59,9 @@ def test_saebench_ablation_leaks_encode_of_padding_ours_does_not():
         f = sae.encode(x)
         direct = (x - f[..., chosen] @ sae.W_dec[chosen]) * m[..., None]
         direct = direct.sum(1) / m.sum(1, keepdim=True)
-        ours = ablate_pooled(_split(acts, masks).pooled()["w"], pooled_latents(sae, _split(acts, masks))["w"],
-                             sae.W_dec, chosen)
+        ours = ablate_pooled(
+            _split(acts, masks).pooled()["w"], pooled_latents(sae, _split(acts, masks))["w"], sae.W_dec, chosen
+        )
         theirs = tpp.ablated_precomputed_activations(x, sae, mask_F, 8)
     torch.testing.assert_close(ours, direct, rtol=1e-4, atol=1e-4)
     padded = (~m).any(1)
@@ -96,8 +100,7 @@ def test_planted_class_latent_is_ablated_and_only_its_probe_drops():
         for i in range(3):
             sae.W_enc[:, 20 + i] = torch.eye(d)[i]
             sae.W_dec[20 + i] = torch.eye(d)[i]
-    out = run_tpp(llm, pooled_latents(sae, split["train"]), pooled_latents(sae, split["test"]), sae.W_dec,
-                  [1, 2])
+    out = run_tpp(llm, pooled_latents(sae, split["train"]), pooled_latents(sae, split["test"]), sae.W_dec, [1, 2])
     assert out["ablated_latents"]["w"][0] == 20
     per = out["per_class"]["w"]
     assert per["tpp_threshold_1_intended_diff_only"] >= 0.4

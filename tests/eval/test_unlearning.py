@@ -12,14 +12,41 @@ import orthosae.eval.unlearning as ul
 from tests._identity_sae import IdentitySAE, RandomSAE
 
 LAYER = 0
-GEMMA_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}"
-                  "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
 QUESTIONS = [
-    {"subject": "anatomy", "question": "Which organ pumps blood?", "choices": ["Lung", "Heart", "Liver", "Kidney"], "answer": 1},
-    {"subject": "virology", "question": "What does a virus need?", "choices": ["A host cell", "Sun", "Soil", "Salt"], "answer": 0},
-    {"subject": "anatomy", "question": "How many chambers has the heart?", "choices": ["2", "3", "4", "5"], "answer": 2},
-    {"subject": "high_school_geography", "question": "Largest ocean?", "choices": ["Atlantic", "Indian", "Arctic", "Pacific"], "answer": 3},
-    {"subject": "human_aging", "question": "Which sense often declines with age?", "choices": ["Hearing", "None", "Taste only", "Smell only"], "answer": 0},
+    {
+        "subject": "anatomy",
+        "question": "Which organ pumps blood?",
+        "choices": ["Lung", "Heart", "Liver", "Kidney"],
+        "answer": 1,
+    },
+    {
+        "subject": "virology",
+        "question": "What does a virus need?",
+        "choices": ["A host cell", "Sun", "Soil", "Salt"],
+        "answer": 0,
+    },
+    {
+        "subject": "anatomy",
+        "question": "How many chambers has the heart?",
+        "choices": ["2", "3", "4", "5"],
+        "answer": 2,
+    },
+    {
+        "subject": "high_school_geography",
+        "question": "Largest ocean?",
+        "choices": ["Atlantic", "Indian", "Arctic", "Pacific"],
+        "answer": 3,
+    },
+    {
+        "subject": "human_aging",
+        "question": "Which sense often declines with age?",
+        "choices": ["Hearing", "None", "Taste only", "Smell only"],
+        "answer": 0,
+    },
 ]
 
 
@@ -88,6 +115,7 @@ def test_fold_decoder_norms():
 def _grouped_sae(d: int = 6, d_sae: int = 8):
     from orthosae.common.config import RunConfig
     from orthosae.train.sae import make_sae
+
     sae = make_sae(RunConfig.of("adaptive", d_sae=d_sae, tau=0.05, seed=2), d)
     with torch.no_grad():
         sae.group_bias.copy_(torch.randn(2, d, generator=torch.Generator().manual_seed(3)))
@@ -137,17 +165,20 @@ def test_select_features_respects_retain_threshold():
 
 
 def test_unlearning_score_by_hand_and_saebench():
-    rows = [{"forget_accuracy": 0.6, "retain_accuracy": 0.995},
-            {"forget_accuracy": 0.3, "retain_accuracy": 0.98},  # too much collateral: ignored
-            {"forget_accuracy": 0.7, "retain_accuracy": 0.99}]
+    rows = [
+        {"forget_accuracy": 0.6, "retain_accuracy": 0.995},
+        {"forget_accuracy": 0.3, "retain_accuracy": 0.98},  # too much collateral: ignored
+        {"forget_accuracy": 0.7, "retain_accuracy": 0.99},
+    ]
     assert ul.unlearning_score(rows) == pytest.approx(0.4)
     assert ul.unlearning_score(rows[1:2]) == 0.0
     assert math.isnan(ul.unlearning_score([{"forget_accuracy": math.nan, "retain_accuracy": 1.0}]))
     main = pytest.importorskip("sae_bench.evals.unlearning.main", reason="sae_bench not installed")
     import pandas as pd
 
-    df = pd.DataFrame({"wmdp-bio": [r["forget_accuracy"] for r in rows],
-                       "all_side_effects_mcq": [r["retain_accuracy"] for r in rows]})
+    df = pd.DataFrame(
+        {"wmdp-bio": [r["forget_accuracy"] for r in rows], "all_side_effects_mcq": [r["retain_accuracy"] for r in rows]}
+    )
     assert ul.unlearning_score(rows) == pytest.approx(main.get_unlearning_scores(df))
 
 
@@ -168,8 +199,9 @@ def test_prompt_format_matches_saebench(lm):
     with pytest.raises(ValueError):
         ul.mcq_prompt(q["question"], q["choices"], "x", tokenizer=tok, chat=True)
     tok.chat_template = GEMMA_TEMPLATE
-    chat_ref = metrics.convert_wmdp_data_to_prompt(q["question"], q["choices"], prompt_format="GEMMA_INST_FORMAT",
-                                                   pre_question=pre)
+    chat_ref = metrics.convert_wmdp_data_to_prompt(
+        q["question"], q["choices"], prompt_format="GEMMA_INST_FORMAT", pre_question=pre
+    )
     assert ul.mcq_prompt(q["question"], q["choices"], q["subject"], tokenizer=tok, chat=True) == chat_ref
     ids = ul._encode(tok, chat_ref, chat=True)
     assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id
@@ -226,9 +258,22 @@ def test_base_correct_filter(lm, monkeypatch):
 
     monkeypatch.setattr(ul, "mcq_scores", fake)
     freq = torch.tensor([0.3] + [0.0] * 127, dtype=torch.float64)
-    res = ul.run_unlearning(model, tok, LAYER, IdentitySAE(64), freq, torch.zeros(128), forget_mcqs=QUESTIONS[:3],
-                            retain_mcqs=QUESTIONS[3:], forget_contexts=None, retain_contexts=None,
-                            retain_thresholds=[0.01], n_features_list=[1], multipliers=[10.0], batch_size=4)
+    res = ul.run_unlearning(
+        model,
+        tok,
+        LAYER,
+        IdentitySAE(64),
+        freq,
+        torch.zeros(128),
+        forget_mcqs=QUESTIONS[:3],
+        retain_mcqs=QUESTIONS[3:],
+        forget_contexts=None,
+        retain_contexts=None,
+        retain_thresholds=[0.01],
+        n_features_list=[1],
+        multipliers=[10.0],
+        batch_size=4,
+    )
     assert res["forget_base_correct"] == 2 and res["retain_base_correct"] == 1
     kept = [s for p, s in seen if not p]
     assert kept[0] == [QUESTIONS[0]["question"], QUESTIONS[2]["question"]] and kept[1] == [QUESTIONS[3]["question"]]
@@ -245,16 +290,35 @@ def test_run_unlearning_end_to_end(lm):
     g = torch.Generator().manual_seed(0)
     forget_freq, retain_freq = torch.rand(128, generator=g) * 0.2, torch.rand(128, generator=g) * 0.02
     steps = []
-    res = ul.run_unlearning(model, tok, LAYER, IdentitySAE(64), forget_freq, retain_freq,
-                            forget_mcqs=QUESTIONS[:3], retain_mcqs=QUESTIONS[3:],
-                            forget_contexts=_contexts(1), retain_contexts=_contexts(2),
-                            retain_thresholds=[0.01, 1e-9], n_features_list=[2, 5], multipliers=[5.0, 50.0],
-                            batch_size=4, progress=steps.append, all_permutations=False)
+    res = ul.run_unlearning(
+        model,
+        tok,
+        LAYER,
+        IdentitySAE(64),
+        forget_freq,
+        retain_freq,
+        forget_mcqs=QUESTIONS[:3],
+        retain_mcqs=QUESTIONS[3:],
+        forget_contexts=_contexts(1),
+        retain_contexts=_contexts(2),
+        retain_thresholds=[0.01, 1e-9],
+        n_features_list=[2, 5],
+        multipliers=[5.0, 50.0],
+        batch_size=4,
+        progress=steps.append,
+        all_permutations=False,
+    )
     assert len(res["rows"]) == 8 and sum(steps) == 8
     assert len(res["features"]["0.01"]) == 5 and res["features"]["1e-09"] == []
     for r in res["rows"]:
-        assert {"forget_accuracy", "retain_accuracy", "forget_ce_increase", "retain_ce_increase",
-                "selectivity", "selectivity_ratio"} <= set(r)
+        assert {
+            "forget_accuracy",
+            "retain_accuracy",
+            "forget_ce_increase",
+            "retain_ce_increase",
+            "selectivity",
+            "selectivity_ratio",
+        } <= set(r)
         if r["retain_threshold"] == 1e-9:  # nothing qualifies: no intervention at all
             assert r["n_features_used"] == 0 and r["forget_ce_increase"] == 0.0 and r["retain_ce_increase"] == 0.0
         else:
@@ -276,16 +340,46 @@ def test_sweep_reports_matched_damage_coverage_and_domain_split(lm):
     fc, rc = _contexts(1, n=6, T=12), _contexts(2, n=6, T=12)
     fc[:, 5] = tok.eos_token_id  # document boundaries inside the windows
     domain = np.array(sorted(set(fc[:, 2:].flatten().tolist()) - set(rc[:, 2:].flatten().tolist()))[:20])
-    base = ul.unlearning_baseline(model, tok, forget_mcqs=None, retain_mcqs=None, forget_contexts=fc,
-                                  retain_contexts=rc, batch_size=4, layer=LAYER, domain=domain)
+    base = ul.unlearning_baseline(
+        model,
+        tok,
+        forget_mcqs=None,
+        retain_mcqs=None,
+        forget_contexts=fc,
+        retain_contexts=rc,
+        batch_size=4,
+        layer=LAYER,
+        domain=domain,
+    )
     sae = RandomSAE(64, 128, seed=4)
-    res = ul.run_unlearning(model, tok, LAYER, sae, forget_freq, retain_freq, forget_mcqs=None, retain_mcqs=None,
-                            forget_contexts=fc, retain_contexts=rc, retain_thresholds=[0.01],
-                            n_features_list=[2, 8], multipliers=[5.0, 50.0], batch_size=4, baseline=base,
-                            retain_budgets=[0.01, 1e6])
+    res = ul.run_unlearning(
+        model,
+        tok,
+        LAYER,
+        sae,
+        forget_freq,
+        retain_freq,
+        forget_mcqs=None,
+        retain_mcqs=None,
+        forget_contexts=fc,
+        retain_contexts=rc,
+        retain_thresholds=[0.01],
+        n_features_list=[2, 8],
+        multipliers=[5.0, 50.0],
+        batch_size=4,
+        baseline=base,
+        retain_budgets=[0.01, 1e6],
+    )
     assert base["prefix"].hits > 0  # every setting reran only the blocks after the layer
-    for key in ("F_0.01", "F_0.01_domain", "F_0.01_rest", "best_selectivity_crossfit",
-                "loss_unlearning_score_crossfit", "selectivity_ratio_at_best", "forget_coverage_at_best"):
+    for key in (
+        "F_0.01",
+        "F_0.01_domain",
+        "F_0.01_rest",
+        "best_selectivity_crossfit",
+        "loss_unlearning_score_crossfit",
+        "selectivity_ratio_at_best",
+        "forget_coverage_at_best",
+    ):
         assert key in res and key in res["intervals"]["ci95"] and len(res["replicates"][key]) == 500
     assert math.isnan(res["F_1e+06"])  # a budget no setting reaches is reported as not reached
     assert res["forget_documents"] >= 2
@@ -295,17 +389,33 @@ def test_sweep_reports_matched_damage_coverage_and_domain_split(lm):
     ctx = base["clean_ctx"]["forget"]
     n_dom, n_rest = ctx["n_domain"].sum(), ctx["n_rest"].sum()
     assert n_dom > 0
-    assert (n_dom * row["forget_ce_increase_domain"] + n_rest * row["forget_ce_increase_rest"]) / (n_dom + n_rest) \
-        == pytest.approx(row["forget_ce_increase"], abs=1e-9)
+    assert (n_dom * row["forget_ce_increase_domain"] + n_rest * row["forget_ce_increase_rest"]) / (
+        n_dom + n_rest
+    ) == pytest.approx(row["forget_ce_increase"], abs=1e-9)
     # the same CE as a full forward with the clamp spliced in
     chosen = ul.select_features(forget_freq, retain_freq, 0.01)[:8]
     with torch.no_grad(), ul.splice(model, LAYER, ul.clamp_features(ul.fold_decoder_norms(sae), chosen, 50.0)):
         ce = ul.token_ce(model, fc)[:, 1:].double().mean().item()
     assert row["forget_ce"] == pytest.approx(ce, abs=1e-6)
     # the label-using reference: a given ranking instead of SAEBench's selection
-    ref = ul.run_unlearning(model, tok, LAYER, sae, forget_freq, retain_freq, forget_mcqs=None, retain_mcqs=None,
-                            forget_contexts=fc, retain_contexts=rc, retain_thresholds=[0.01], n_features_list=[2],
-                            multipliers=[50.0], batch_size=4, baseline=base, ranking=torch.arange(127, -1, -1))
+    ref = ul.run_unlearning(
+        model,
+        tok,
+        LAYER,
+        sae,
+        forget_freq,
+        retain_freq,
+        forget_mcqs=None,
+        retain_mcqs=None,
+        forget_contexts=fc,
+        retain_contexts=rc,
+        retain_thresholds=[0.01],
+        n_features_list=[2],
+        multipliers=[50.0],
+        batch_size=4,
+        baseline=base,
+        ranking=torch.arange(127, -1, -1),
+    )
     assert ref["features"] == {"ranking": [127, 126]} and math.isnan(ref["rows"][0]["retain_threshold"])
 
 
@@ -366,11 +476,28 @@ def test_sweep_brackets_a_budget_below_its_smallest_clamp(lm):
     g = torch.Generator().manual_seed(0)
     forget_freq, retain_freq = torch.rand(128, generator=g) * 0.2, torch.rand(128, generator=g) * 0.02
     fc, rc = _contexts(1, n=8, T=12), _contexts(2, n=8, T=12)
-    base = ul.unlearning_baseline(model, tok, forget_mcqs=None, retain_mcqs=None, forget_contexts=fc,
-                                  retain_contexts=rc, batch_size=4, layer=LAYER)
+    base = ul.unlearning_baseline(
+        model,
+        tok,
+        forget_mcqs=None,
+        retain_mcqs=None,
+        forget_contexts=fc,
+        retain_contexts=rc,
+        batch_size=4,
+        layer=LAYER,
+    )
     sae = RandomSAE(64, 128, seed=7)  # both clamps raise retain and forget CE on this tiny model
-    args = dict(forget_mcqs=None, retain_mcqs=None, forget_contexts=fc, retain_contexts=rc, retain_thresholds=[0.01],
-                n_features_list=[4, 8], multipliers=[50.0], batch_size=4, baseline=base)
+    args = dict(
+        forget_mcqs=None,
+        retain_mcqs=None,
+        forget_contexts=fc,
+        retain_contexts=rc,
+        retain_thresholds=[0.01],
+        n_features_list=[4, 8],
+        multipliers=[50.0],
+        batch_size=4,
+        baseline=base,
+    )
     plain = ul.run_unlearning(model, tok, LAYER, sae, forget_freq, retain_freq, retain_budgets=[1e6], **args)
     smallest = min(r["retain_ce_increase"] for r in plain["rows"])
     assert smallest > 0 and plain["bracketing_settings"] == 0
@@ -379,7 +506,7 @@ def test_sweep_brackets_a_budget_below_its_smallest_clamp(lm):
     extra = [r for r in res["rows"] if r.get("bracketing")]
     assert res["bracketing_settings"] == len(extra) >= 1
     ladder = ul.bracket_ladder(4)  # (2, 1), (1, 1), (1, 1/2), (1, 1/4), (1, 1/8)
-    assert [(r["n_features"], r["strength"]) for r in extra] == ladder[:len(extra)]
+    assert [(r["n_features"], r["strength"]) for r in extra] == ladder[: len(extra)]
     # on this random tiny model even 1/8 of one feature costs more than b: every edit of the ladder
     # was measured, and F(b) is marked as resting on the origin chord
     tag = f"F_{b:g}"
@@ -387,7 +514,7 @@ def test_sweep_brackets_a_budget_below_its_smallest_clamp(lm):
     assert res[f"{tag}_origin"] > 0 and res["brackets"][tag]["lower"] == "origin"
     # a fractional clamp's CE is a full forward with that clamp spliced in
     for r in extra:
-        chosen = ul.select_features(forget_freq, retain_freq, 0.01)[:r["n_features"]]
+        chosen = ul.select_features(forget_freq, retain_freq, 0.01)[: r["n_features"]]
         edit = ul.clamp_features(ul.fold_decoder_norms(sae), chosen, 50.0, last_strength=r["strength"])
         with torch.no_grad(), ul.splice(model, LAYER, edit):
             ce = ul.token_ce(model, rc)[:, 1:].double().mean().item()
@@ -401,10 +528,23 @@ def test_bracketing_stops_at_the_first_edit_that_brackets_every_budget(lm, monke
     forget_freq, retain_freq = torch.rand(128, generator=g) * 0.2, torch.rand(128, generator=g) * 0.02
     calls = []
     monkeypatch.setattr(ul.md, "rests_on_origin", lambda mats, budgets: calls.append(1) or len(calls) <= 2)
-    res = ul.run_unlearning(model, tok, LAYER, RandomSAE(64, 128, seed=7), forget_freq, retain_freq,
-                            forget_mcqs=None, retain_mcqs=None, forget_contexts=_contexts(1, n=4, T=12),
-                            retain_contexts=_contexts(2, n=4, T=12), retain_thresholds=[0.01], n_features_list=[4, 8],
-                            multipliers=[50.0], batch_size=4, retain_budgets=[0.01])
+    res = ul.run_unlearning(
+        model,
+        tok,
+        LAYER,
+        RandomSAE(64, 128, seed=7),
+        forget_freq,
+        retain_freq,
+        forget_mcqs=None,
+        retain_mcqs=None,
+        forget_contexts=_contexts(1, n=4, T=12),
+        retain_contexts=_contexts(2, n=4, T=12),
+        retain_thresholds=[0.01],
+        n_features_list=[4, 8],
+        multipliers=[50.0],
+        batch_size=4,
+        retain_budgets=[0.01],
+    )
     # unbracketed after the sweep and after the first edit; bracketed after the second: two edits
     assert res["bracketing_settings"] == 2 and len(calls) == 3
     assert [(r["n_features"], r["strength"]) for r in res["rows"] if r.get("bracketing")] == [(2, 1.0), (1, 1.0)]
@@ -416,8 +556,9 @@ def test_fractional_clamp_moves_the_last_feature_part_way():
     # feature 0 clamped fully to -10; feature 3 (the last chosen): 4 + 0.25 * (-10 - 4) = 0.5
     assert out.tolist() == [[-10.0, 3.0, 0.0, 0.5]]
     inactive = torch.tensor([[2.0, 3.0, 0.0, 0.0]])  # an inactive last feature stays untouched
-    assert ul.clamped_activations(inactive, torch.tensor([0, 3]), 10.0, last_strength=0.25).tolist() == \
-        [[-10.0, 3.0, 0.0, 0.0]]
+    assert ul.clamped_activations(inactive, torch.tensor([0, 3]), 10.0, last_strength=0.25).tolist() == [
+        [-10.0, 3.0, 0.0, 0.0]
+    ]
 
 
 def test_quality_on_the_unlearning_documents_matches_an_independent_computation(lm):
@@ -430,9 +571,23 @@ def test_quality_on_the_unlearning_documents_matches_an_independent_computation(
     forget_freq, retain_freq = torch.rand(128, generator=g) * 0.2, torch.rand(128, generator=g) * 0.02
     fc, rc = _contexts(1, n=4, T=12), _contexts(2, n=4, T=12)
     sae = RandomSAE(64, 128, seed=7)
-    res = ul.run_unlearning(model, tok, LAYER, sae, forget_freq, retain_freq, forget_mcqs=None, retain_mcqs=None,
-                            forget_contexts=fc, retain_contexts=rc, retain_thresholds=[0.01], n_features_list=[4],
-                            multipliers=[50.0], batch_size=4, retain_budgets=[0.01])
+    res = ul.run_unlearning(
+        model,
+        tok,
+        LAYER,
+        sae,
+        forget_freq,
+        retain_freq,
+        forget_mcqs=None,
+        retain_mcqs=None,
+        forget_contexts=fc,
+        retain_contexts=rc,
+        retain_thresholds=[0.01],
+        n_features_list=[4],
+        multipliers=[50.0],
+        batch_size=4,
+        retain_budgets=[0.01],
+    )
     folded = ul.fold_decoder_norms(sae)
     want = spliced_ce(model, LAYER, {"s": folded}, torch.cat([fc, rc]), 4)["s"]["ce_loss_score"]
     assert res["ce_loss_score_docs"] == pytest.approx(want, abs=1e-6)

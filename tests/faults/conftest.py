@@ -1,5 +1,6 @@
 """One tiny finished pipeline (store, two trained runs, a report, a feature browser, a probe cache),
 built once per session: each fault case works on a copy of it."""
+
 from __future__ import annotations
 
 import shutil
@@ -26,30 +27,42 @@ def _no_leftover_request():
 def finished_config(tmp: Path, model_dir: Path) -> Path:
     """The tiny model's pipeline, cut to what every artefact needs: two runs of 40 steps, an eval
     without the slow families (only reconstruction and CE), the browser on a few rows."""
-    return write_tiny_pipeline(tmp, model_dir, tokens=2560, rest=BASELINE_AND_FIXED + f"""
+    return write_tiny_pipeline(
+        tmp,
+        model_dir,
+        tokens=2560,
+        rest=BASELINE_AND_FIXED
+        + f"""
     [eval]
-    reports_dir = "{tmp / 'reports'}"
+    reports_dir = "{tmp / "reports"}"
     name = "tiny"
     rows = 200
     ce_contexts = 2
     batch_size = 4
     [eval.unlearning]
     modes = []
-    """)
+    """,
+    )
 
 
 def cache_value() -> dict:
     """What the probe cache holds in the matrix: nested tensors, lists of text and numbers, as
     eval/probe_data.py and eval/absorption.py cache them."""
     g = torch.Generator().manual_seed(0)
-    return {"train": {"ids": {"a": torch.randint(0, 9, (3, 4), generator=g)},
-                      "acts": {"a": torch.randn(3, 4, generator=g).to(torch.bfloat16)},
-                      "mask": {"a": torch.rand(3, 4, generator=g) > 0.5}, "words": ["ab", "cd"]},
-            "vocab_size": 52}
+    return {
+        "train": {
+            "ids": {"a": torch.randint(0, 9, (3, 4), generator=g)},
+            "acts": {"a": torch.randn(3, 4, generator=g).to(torch.bfloat16)},
+            "mask": {"a": torch.rand(3, 4, generator=g) > 0.5},
+            "words": ["ab", "cd"],
+        },
+        "vocab_size": 52,
+    }
 
 
 def cache_file(work: Path) -> Path:
     from orthosae.eval.probe_data import cache_path
+
     return cache_path(work / "reports/cache", "probing", {"model_id": "tiny"}, {"dataset": "fault-matrix"})
 
 
@@ -57,6 +70,7 @@ def cache_file(work: Path) -> Path:
 def finished(tmp_path_factory, tiny_model_dir) -> Path:
     """The pristine finished pipeline (do not change it: `work` copies it); returns its folder."""
     from orthosae.eval.probe_data import cached
+
     root = tmp_path_factory.mktemp("faults") / "pristine"
     root.mkdir()
     path = finished_config(root, tiny_model_dir)
@@ -86,4 +100,5 @@ def work(finished):
             (dest / "s.zarr").symlink_to(finished / "s.zarr")
         (dest / "p.toml").write_text((finished / "p.toml").read_text().replace(str(finished), str(dest)))
         return dest
+
     return make

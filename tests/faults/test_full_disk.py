@@ -5,6 +5,7 @@ room again the rerun gives what an uninterrupted run gives.
 
 The commands run in-process in one helper process per case (`INNER`), inside the namespace: the
 tmpfs and what it holds vanish with it, so the helper reports back as JSON."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,13 +20,13 @@ import pytest
 from click.testing import CliRunner
 
 from orthosae.cli import main
-from tests._synthetic import make_store
 from tests._preempted import train_preempted_at
+from tests._synthetic import make_store
 from tests._synthetic import write_config as write_train_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
-INNER = r'''
+INNER = r"""
 import hashlib, json, os, shutil, subprocess, sys
 from pathlib import Path
 spec = json.loads(Path(sys.argv[1]).read_text())
@@ -53,31 +54,42 @@ during = files()
 (mnt / "filler").unlink()
 again = pipe(spec["argv"])
 print(json.dumps({"before": before, "full": full, "during": during, "again": again, "after": files()}))
-'''
+"""
 
 
 def pipe(path: Path, *args: str):
     return CliRunner().invoke(main, ["--config", str(path), *args])
 
 
-def on_full_disk(tmp_path: Path, mount: Path, copy: list[tuple[Path, str]], argv: list[str], *, free: int,
-                 size: str = "4m") -> dict:
+def on_full_disk(
+    tmp_path: Path, mount: Path, copy: list[tuple[Path, str]], argv: list[str], *, free: int, size: str = "4m"
+) -> dict:
     """Mount a ``size`` tmpfs at ``mount``, copy ``copy`` in, fill it to ``free`` bytes, run ``argv``,
     then free the space and run it again; what the helper saw, as JSON."""
     if os.geteuid() != 0:
         pytest.skip("not root: no tmpfs can be mounted here (run the suite as root, or in a container)")
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {tmp_path}"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {tmp_path}"], capture_output=True, text=True
+    )
     if probe.returncode != 0:
         pytest.skip(f"root, but no private mount namespace with a tmpfs here: {probe.stderr.strip()}")
     mount.mkdir(parents=True, exist_ok=True)
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"mount": str(mount), "size": size, "free": free, "argv": argv,
-                                "copy": [[str(s), d] for s, d in copy]}))
+    spec.write_text(
+        json.dumps(
+            {"mount": str(mount), "size": size, "free": free, "argv": argv, "copy": [[str(s), d] for s, d in copy]}
+        )
+    )
     script = tmp_path / "inner.py"
     script.write_text(INNER)
-    out = subprocess.run(["unshare", "-m", sys.executable, str(script), str(spec)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        ["unshare", "-m", sys.executable, str(script), str(spec)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -108,8 +120,13 @@ def test_a_full_disk_during_a_checkpoint(tmp_path, monkeypatch):
     train_preempted_at(monkeypatch, pipe, ref)
     mount = tmp_path / "disk"
     path = write_train_config(tmp_path, tokens=20_480)
-    result = on_full_disk(tmp_path, mount, [(stage / "runs", "runs")],
-                          ["--config", str(path), "--set", f"train.runs_dir={mount / 'runs'}", "train"], free=8192)
+    result = on_full_disk(
+        tmp_path,
+        mount,
+        [(stage / "runs", "runs")],
+        ["--config", str(path), "--set", f"train.runs_dir={mount / 'runs'}", "train"],
+        free=8192,
+    )
     line = one_line(result, mount)
     assert "runs/baseline" in line, line
     kept = {k: v for k, v in result["before"].items() if "checkpoint" in k}
@@ -130,9 +147,13 @@ def test_a_full_disk_during_the_final_export(tmp_path):
     weights.unlink()
     mount = tmp_path / "disk"
     path = write_train_config(tmp_path, tokens=5120)
-    result = on_full_disk(tmp_path, mount, [(stage / "runs", "runs")],
-                          ["--config", str(path), "--set", f"train.runs_dir={mount / 'runs'}", "train"],
-                          free=8192)  # two pages: the lock's note fits, the weights (12 KiB) do not
+    result = on_full_disk(
+        tmp_path,
+        mount,
+        [(stage / "runs", "runs")],
+        ["--config", str(path), "--set", f"train.runs_dir={mount / 'runs'}", "train"],
+        free=8192,
+    )  # two pages: the lock's note fits, the weights (12 KiB) do not
     line = one_line(result, mount)
     assert f"{mount}/runs/baseline/sae_weights.safetensors" in line, line
     assert {k: result["during"][k] for k in result["before"]} == result["before"]  # nothing earlier changed
@@ -148,9 +169,13 @@ def test_a_full_disk_during_export_cache(tmp_path):
     stage = tmp_path / "stage"
     assert pipe(path, "export-cache", "--out", str(stage / "cache")).exit_code == 0  # the earlier export
     mount = tmp_path / "disk"
-    result = on_full_disk(tmp_path, mount, [(stage, "out")],
-                          ["--config", str(path), "export-cache", "--out", str(mount / "out/cache")],
-                          free=64 * 1024)
+    result = on_full_disk(
+        tmp_path,
+        mount,
+        [(stage, "out")],
+        ["--config", str(path), "export-cache", "--out", str(mount / "out/cache")],
+        free=64 * 1024,
+    )
     one_line(result, mount)
     assert result["during"] == result["before"]  # the earlier cache, byte for byte; nothing beside it
     assert result["again"]["code"] == 0, result["again"]
@@ -161,20 +186,28 @@ def test_a_full_disk_during_the_harvest(tmp_path, tiny_model_dir):
     """Chunks committed before the disk filled read back as written; the rerun completes the store
     to what a harvest with room makes."""
     from tests._configs import write_harvest_config
+
     clean = write_harvest_config(tmp_path, tiny_model_dir, store="clean.zarr", name="clean.toml")
     assert pipe(clean, "harvest").exit_code == 0
     mount = tmp_path / "disk"
     (tmp_path / "earlier").mkdir()
     (tmp_path / "earlier/notes.txt").write_text("earlier file")
     path = write_harvest_config(tmp_path, tiny_model_dir, store="disk/s.zarr")
-    result = on_full_disk(tmp_path, mount, [(tmp_path / "earlier", "earlier")], ["--config", str(path), "harvest"],
-                          free=200 * 1024)  # the metadata fits, then some chunks
+    result = on_full_disk(
+        tmp_path, mount, [(tmp_path / "earlier", "earlier")], ["--config", str(path), "harvest"], free=200 * 1024
+    )  # the metadata fits, then some chunks
     line = one_line(result, mount)
     assert f"{mount}/s.zarr" in line and "chunk" in line, line
     assert result["during"]["earlier/notes.txt"] == result["before"]["earlier/notes.txt"]
     assert result["again"]["code"] == 0, result["again"]
-    clean_files = {str(p.relative_to(tmp_path / "clean.zarr")): digest(p)
-                   for p in (tmp_path / "clean.zarr").rglob("*") if p.is_file() and p.name != "zarr.json"}
-    after = {k.removeprefix("s.zarr/"): v for k, v in result["after"].items()
-             if k.startswith("s.zarr/") and not k.endswith("zarr.json")}
+    clean_files = {
+        str(p.relative_to(tmp_path / "clean.zarr")): digest(p)
+        for p in (tmp_path / "clean.zarr").rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    }
+    after = {
+        k.removeprefix("s.zarr/"): v
+        for k, v in result["after"].items()
+        if k.startswith("s.zarr/") and not k.endswith("zarr.json")
+    }
     assert after == clean_files  # every chunk and commit flag as the clean harvest wrote it

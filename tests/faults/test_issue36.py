@@ -1,6 +1,7 @@
 """Issue 36, defect by defect: each test failed on the code before the fix (checked against main).
 
 On the synthetic store (no model) wherever the defect allows it, so they run in seconds."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from orthosae.cli import main
-from tests._synthetic import SWEEP, make_store
 from tests._preempted import train_preempted_at
+from tests._synthetic import SWEEP, make_store
 from tests._synthetic import write_config as write_train_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,13 +61,17 @@ def sweep(trained_sweep, tmp_path) -> Path:
 
 # ---------------------------------------------------------------- 1: names that become paths
 
-@pytest.mark.parametrize("where,sets", [
-    ("[[runs]] #1 name", ["runs.baseline.name=.."]),
-    ("[[runs]] #1 name", ["runs.baseline.name=a/b"]),
-    ("[[runs]] #1 name", ['runs.baseline.name="~x"']),
-    ("[eval] name", ["eval.name=.."]),
-    ("[[runs]] adaptive name", ['runs.adaptive.activation=["relu", "to pk"]']),
-])
+
+@pytest.mark.parametrize(
+    "where,sets",
+    [
+        ("[[runs]] #1 name", ["runs.baseline.name=.."]),
+        ("[[runs]] #1 name", ["runs.baseline.name=a/b"]),
+        ("[[runs]] #1 name", ['runs.baseline.name="~x"']),
+        ("[eval] name", ["eval.name=.."]),
+        ("[[runs]] adaptive name", ['runs.adaptive.activation=["relu", "to pk"]']),
+    ],
+)
 def test_a_name_that_is_no_safe_folder_is_refused_at_load(tmp_path, where, sets):
     """Before: `..` trained into the parent of runs_dir and `pipe inspect --run ..` deleted reports/."""
     make_store(str(tmp_path / "s.zarr"))
@@ -81,8 +86,10 @@ def test_a_dotdot_run_name_in_the_file_is_refused(tmp_path):
     make_store(str(tmp_path / "s.zarr"))
     path = write_train_config(tmp_path, runs='[[runs]]\nname = ".."\ntype = "baseline"\n')
     line = error_line(pipe(path, "train"))
-    assert line == (f"error: {path}: [[runs]] #1 name: '..' is not a safe name (it names a folder): letters, "
-                    "digits and ._+- only, not starting with '.' or '-', at most 128 characters")
+    assert line == (
+        f"error: {path}: [[runs]] #1 name: '..' is not a safe name (it names a folder): letters, "
+        "digits and ._+- only, not starting with '.' or '-', at most 128 characters"
+    )
     assert not (tmp_path / "digests.json").exists()
 
 
@@ -95,6 +102,7 @@ def test_a_corpus_name_is_a_safe_name_too(tmp_path):
 def test_harvest_force_deletes_only_a_store(tmp_path, tiny_model_dir):
     """`harvest --force` on a path that holds something else: refused, left as it was."""
     from tests._configs import write_harvest_config
+
     path = write_harvest_config(tmp_path, tiny_model_dir)
     (tmp_path / "s.zarr").mkdir()
     (tmp_path / "s.zarr/thesis.tex").write_text("mine")
@@ -112,6 +120,7 @@ def test_the_browser_replaces_only_its_own_folder(tmp_path):
 
     def site():
         return RunSite(run="baseline", run_type="baseline", meta={}, features=[], details=iter([]), groups={})
+
     out = tmp_path / "inspect/baseline"
     out.mkdir(parents=True)
     (out / "notes.txt").write_text("mine")
@@ -125,6 +134,7 @@ def test_the_browser_replaces_only_its_own_folder(tmp_path):
 
 
 # ---------------------------------------------------------------- 2: export-cache's side folders
+
 
 @pytest.mark.parametrize("side", [".tmp", ".shards"])
 def test_export_cache_leaves_a_foreign_side_folder_alone(tmp_path, side):
@@ -142,6 +152,7 @@ def test_export_cache_leaves_a_foreign_side_folder_alone(tmp_path, side):
 
 def test_export_cache_clears_what_a_killed_export_left(tmp_path):
     from orthosae.common import owned
+
     make_store(str(tmp_path / "s.zarr"))
     path = write_train_config(tmp_path)
     owned.make(tmp_path / "cache.shards")  # a killed export's shards: marked, so ours to clear
@@ -169,8 +180,13 @@ time.sleep(120)
 def _holder(tmp_path: Path, folder: Path, code: str = HOLD) -> subprocess.Popen:
     script = tmp_path / "hold.py"
     script.write_text(code)
-    proc = subprocess.Popen([sys.executable, str(script), str(folder)], cwd=ROOT, stdout=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(folder)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -197,9 +213,12 @@ def test_a_second_train_on_a_run_gets_one_line_naming_the_holder(sweep, tmp_path
 def test_a_second_harvest_on_a_store_gets_one_line_naming_the_holder(tmp_path, tiny_model_dir):
     from orthosae.common.store import StoreLock
     from tests._configs import write_harvest_config
+
     path = write_harvest_config(tmp_path, tiny_model_dir)
-    code = ("import sys, time\nfrom orthosae.common.store import StoreLock\nStoreLock(sys.argv[1]).acquire()\n"
-            "print('held', flush=True)\ntime.sleep(120)\n")
+    code = (
+        "import sys, time\nfrom orthosae.common.store import StoreLock\nStoreLock(sys.argv[1]).acquire()\n"
+        "print('held', flush=True)\ntime.sleep(120)\n"
+    )
     proc = _holder(tmp_path, tmp_path / "s.zarr", code)
     try:
         line = error_line(pipe(path, "harvest"))
@@ -228,11 +247,18 @@ def test_a_log_changed_after_training_is_named_by_verify_and_restored(sweep, tmp
 
 # ---------------------------------------------------------------- 4: what the fingerprint holds
 
+
 def test_moving_the_runs_folder_or_the_device_leaves_runs_complete(sweep, tmp_path):
     """Before: every run went stale (runs_dir and device were part of the fingerprint)."""
     shutil.move(tmp_path / "runs", tmp_path / "moved")
-    sets = ["--set", f"train.runs_dir={tmp_path / 'moved'}", "--set", "train.device=cpu",
-            "--set", "train.checkpoint_every=7"]
+    sets = [
+        "--set",
+        f"train.runs_dir={tmp_path / 'moved'}",
+        "--set",
+        "train.device=cpu",
+        "--set",
+        "train.checkpoint_every=7",
+    ]
     doc = json.loads(pipe(sweep, *sets, "status", "--json").stdout)
     assert [r["status"] for r in doc["runs"]] == ["complete"] * 3
     before = tree(tmp_path / "moved")
@@ -246,8 +272,10 @@ def test_a_resume_with_another_checkpoint_every_resumes(tmp_path, monkeypatch):
     make_store(str(tmp_path / "s.zarr"))
     ref = tmp_path / "ref"
     ref.mkdir()
-    assert pipe(write_train_config(ref, tokens=20_480), "--set", f"harvest.store={tmp_path / 's.zarr'}",
-                "train").exit_code == 0
+    assert (
+        pipe(write_train_config(ref, tokens=20_480), "--set", f"harvest.store={tmp_path / 's.zarr'}", "train").exit_code
+        == 0
+    )
     path = write_train_config(tmp_path, tokens=20_480)
     train_preempted_at(monkeypatch, pipe, path)
     res = pipe(path, "--set", "train.checkpoint_every=25", "train")
@@ -258,15 +286,19 @@ def test_a_resume_with_another_checkpoint_every_resumes(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- 5: no pickle
 
+
 def test_a_crafted_cache_file_runs_no_code(tmp_path):
     """Before: eval/probe_data.py read the cache with torch.load(weights_only=False)."""
     import torch
+
     from orthosae.eval.probe_data import cache_path, cached
+
     marker = tmp_path / "owned"
 
     class Evil:
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
+
     path = cache_path(tmp_path, "probing", {"model_id": "m"}, {"dataset": "d"})
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"x": Evil()}, path)  # what an attacker would put at the cache's name
@@ -278,12 +310,17 @@ def test_a_crafted_cache_file_runs_no_code(tmp_path):
 
 
 def test_no_pickle_in_the_package():
-    out = subprocess.run(["grep", "-rn", r"weights_only=False\|pickle", "orthosae", "common", "harvest", "train",
-                          "eval"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        ["grep", "-rn", r"weights_only=False\|pickle", "orthosae", "common", "harvest", "train", "eval"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 1 and out.stdout == "", out.stdout
 
 
 # ---------------------------------------------------------------- 6 and 10: damaged chunks in every stage
+
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])
 def test_a_damaged_chunk_stops_train_with_one_line(tmp_path, damage):
@@ -299,16 +336,21 @@ def test_a_damaged_chunk_stops_train_with_one_line(tmp_path, damage):
 
 def test_a_chunk_swapped_for_another_is_refused_on_read(tmp_path):
     from orthosae.common.store import StoreError, StoreReader
+
     make_store(str(tmp_path / "s.zarr"))
     shutil.copyfile(tmp_path / "s.zarr/retain/acts/c/5/0", tmp_path / "s.zarr/retain/acts/c/4/0")
     reader = StoreReader(str(tmp_path / "s.zarr"))
     assert reader.read_rows("retain", 0, 4 * 64).shape == (256, 16)  # other chunks read as before
-    with pytest.raises(StoreError, match=r"retain/acts/c/4/0, .*: chunk 4 of retain does not match its commit "
-                                         r"checksum .*`pipe harvest --repair`"):
+    with pytest.raises(
+        StoreError,
+        match=r"retain/acts/c/4/0, .*: chunk 4 of retain does not match its commit "
+        r"checksum .*`pipe harvest --repair`",
+    ):
         reader.read_rows("retain", 4 * 64 + 3, 4 * 64 + 9)
 
 
 # ---------------------------------------------------------------- 7: push verifies first
+
 
 def test_push_refuses_a_truncated_weights_file(sweep, tmp_path):
     """Before: a 1000-byte weights file was staged with exit 0."""
@@ -330,9 +372,11 @@ def test_push_refuses_a_truncated_report(sweep, tmp_path):
 
 # ---------------------------------------------------------------- 8: repair byte for byte
 
+
 def test_repair_keeps_the_sae_lens_stamp_the_export_had(sweep, tmp_path, monkeypatch):
     """Before: cfg.json's sae_lens_version was restamped with the sae-lens installed at repair time."""
     import orthosae.train.export
+
     cfg_json = tmp_path / "runs/fixed/cfg.json"
     original = cfg_json.read_bytes()
     cfg_json.unlink()
@@ -344,8 +388,14 @@ def test_repair_keeps_the_sae_lens_stamp_the_export_had(sweep, tmp_path, monkeyp
 
 # ---------------------------------------------------------------- 10: numbers no allocation can hold
 
-@pytest.mark.parametrize("value,why", [("99999999999999999999", "is beyond a 64-bit integer"),
-                                       ("100000000", "must be at most 16,777,216 (2^24 features)")])
+
+@pytest.mark.parametrize(
+    "value,why",
+    [
+        ("99999999999999999999", "is beyond a 64-bit integer"),
+        ("100000000", "must be at most 16,777,216 (2^24 features)"),
+    ],
+)
 def test_an_absurd_d_sae_is_refused_at_load(tmp_path, value, why):
     """Before: accepted, then a traceback from randn."""
     path = write_train_config(tmp_path)
@@ -354,6 +404,7 @@ def test_an_absurd_d_sae_is_refused_at_load(tmp_path, value, why):
 
 
 # ---------------------------------------------------------------- 11: messages that say what is wrong
+
 
 def test_status_tells_a_truncated_report_from_a_stale_one(sweep, tmp_path):
     report = tmp_path / "reports/default/report.json"
@@ -371,8 +422,10 @@ def test_verify_offers_a_repair_for_a_damaged_checkpoint_of_a_finished_run(sweep
     state.write_bytes(state.read_bytes()[:100])
     res = pipe(sweep, "verify")
     assert res.exit_code == 1 and f"{state}: 100 bytes" in res.output, res.output
-    assert ("adaptive: `pipe verify --repair` will delete the damaged checkpoint/ (the export is intact)"
-            in res.output.replace("\n", " ")), res.output
+    assert (
+        "adaptive: `pipe verify --repair` will delete the damaged checkpoint/ (the export is intact)"
+        in res.output.replace("\n", " ")
+    ), res.output
     weights = (tmp_path / "runs/adaptive/sae_weights.safetensors").read_bytes()
     assert pipe(sweep, "verify", "--repair").exit_code == 0
     assert not state.parent.exists() and pipe(sweep, "verify").exit_code == 0
@@ -387,23 +440,39 @@ def test_verify_without_a_store_still_checks_the_runs(sweep, tmp_path):
     doc = json.loads(pipe(sweep, "verify", "--json").stdout)
     assert doc["stores"][0]["problems"][0]["kind"] == "missing" and not doc["ok"]
     assert [(r["run"], [p["file"] for p in r["problems"]]) for r in doc["runs"]] == [
-        ("baseline", []), ("fixed", [str(weights)]), ("adaptive", [])]
+        ("baseline", []),
+        ("fixed", [str(weights)]),
+        ("adaptive", []),
+    ]
 
 
 def test_a_chunk_write_that_names_no_file_names_the_store(tmp_path, monkeypatch):
     """A refused write() has no file name: the one line names the store's corpus, never `?`."""
     import errno
+
     import numpy as np
+
     from orthosae.common.store import CorpusPlan, StoreError, StoreWriter
     from tests._stores import IDENTITY
+
     w = StoreWriter(str(tmp_path / "s.zarr"), IDENTITY)
-    plan = CorpusPlan(name="c", role="retain", split="train", source="x", fingerprint="f", tokens_fingerprint="t",
-                      n_contexts=2, context_length=3, contexts_per_chunk=2)
+    plan = CorpusPlan(
+        name="c",
+        role="retain",
+        split="train",
+        source="x",
+        fingerprint="f",
+        tokens_fingerprint="t",
+        n_contexts=2,
+        context_length=3,
+        contexts_per_chunk=2,
+    )
     w.ensure_corpus(plan)
     import zarr.storage._local as local
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(local, "_put", full)
     with pytest.raises(StoreError, match=rf"cannot write {tmp_path / 's.zarr'}/c: No space left on device \[ENOSPC\]"):
         w.write_chunk(plan, 0, np.zeros((4, IDENTITY["d_model"]), np.float32), np.zeros((2, 3), np.int32))

@@ -16,6 +16,7 @@ only these outcomes (docs/operations.md, Guarantees):
 
 Test ids carry the matrix size: ``<artefacts>x<damages>x<commands>``.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,31 +38,69 @@ STORE_READERS = ("train", "eval", "export-cache", "verify")
 # error must name ({w}: the pipeline's folder), outcome per command where it is not `error`)
 RUN_FILE = {"train": "restored", "verify": "flagged", "verify --repair": "restored", "status": "flagged"}
 ARTEFACTS = {
-    "store chunk": ("s.zarr/retain/acts/c/1/0", "s.zarr/retain/acts/c/2/0", STORE_READERS,
-                    "{w}/s.zarr/retain", {"verify": "flagged"}),
-    "manifest": ("s.zarr/retain/committed/c/1", "s.zarr/retain/committed/c/2", STORE_READERS,
-                 "{w}/s.zarr/retain", {"verify": "flagged"}),
-    "run weights": ("runs/baseline/sae_weights.safetensors", "runs/fixed/sae_weights.safetensors", RUN_READERS,
-                    "{path}", RUN_FILE),
+    "store chunk": (
+        "s.zarr/retain/acts/c/1/0",
+        "s.zarr/retain/acts/c/2/0",
+        STORE_READERS,
+        "{w}/s.zarr/retain",
+        {"verify": "flagged"},
+    ),
+    "manifest": (
+        "s.zarr/retain/committed/c/1",
+        "s.zarr/retain/committed/c/2",
+        STORE_READERS,
+        "{w}/s.zarr/retain",
+        {"verify": "flagged"},
+    ),
+    "run weights": (
+        "runs/baseline/sae_weights.safetensors",
+        "runs/fixed/sae_weights.safetensors",
+        RUN_READERS,
+        "{path}",
+        RUN_FILE,
+    ),
     "cfg.json": ("runs/baseline/cfg.json", "runs/fixed/cfg.json", RUN_READERS, "{path}", RUN_FILE),
-    "sparsity": ("runs/baseline/sparsity.safetensors", "runs/fixed/sparsity.safetensors", RUN_READERS,
-                 "{path}", RUN_FILE),
+    "sparsity": (
+        "runs/baseline/sparsity.safetensors",
+        "runs/fixed/sparsity.safetensors",
+        RUN_READERS,
+        "{path}",
+        RUN_FILE,
+    ),
     "digests": ("runs/baseline/digests.json", "runs/fixed/digests.json", RUN_READERS, "{path}", RUN_FILE),
-    "checkpoint": ("runs/baseline/checkpoint/state.safetensors", "runs/fixed/checkpoint/state.safetensors",
-                   ("train", "verify", "verify --repair", "status"), "{path}",
-                   {"train": "same", "verify": "flagged", "verify --repair": "dropped", "status": "flagged"}),
+    "checkpoint": (
+        "runs/baseline/checkpoint/state.safetensors",
+        "runs/fixed/checkpoint/state.safetensors",
+        ("train", "verify", "verify --repair", "status"),
+        "{path}",
+        {"train": "same", "verify": "flagged", "verify --repair": "dropped", "status": "flagged"},
+    ),
     "log": ("runs/baseline/log.jsonl", "runs/fixed/log.jsonl", RUN_READERS, "{path}", RUN_FILE),
-    "report.json": ("reports/tiny/report.json", "runs/baseline/summary.json", ("status", "push", "run"),
-                    "{path}", {"status": "flagged", "run": "same", "push|deleted": "unevaluated"}),
+    "report.json": (
+        "reports/tiny/report.json",
+        "runs/baseline/summary.json",
+        ("status", "push", "run"),
+        "{path}",
+        {"status": "flagged", "run": "same", "push|deleted": "unevaluated"},
+    ),
     "caches": (None, None, ("eval",), "{path}", {"eval": "same"}),  # the probe cache: path from cache_file()
-    "browser data": ("reports/tiny/inspect/baseline/index.json", "reports/tiny/inspect/fixed/index.json",
-                     ("inspect",), "{path}", {"inspect": "same"}),
+    "browser data": (
+        "reports/tiny/inspect/baseline/index.json",
+        "reports/tiny/inspect/fixed/index.json",
+        ("inspect",),
+        "{path}",
+        {"inspect": "same"},
+    ),
 }
 DAMAGES = ("deleted", "truncated", "one byte flipped", "replaced by another run's", "unreadable")
 COMMANDS = sorted({c for v in ARTEFACTS.values() for c in v[2]})
 SIZE = f"{len(ARTEFACTS)}x{len(DAMAGES)}x{len(COMMANDS)}"
-CASES = [pytest.param(a, d, c, id=f"{SIZE}:{a}|{d}|{c}")
-         for a, (_, _, readers, _, _) in ARTEFACTS.items() for d in DAMAGES for c in readers]
+CASES = [
+    pytest.param(a, d, c, id=f"{SIZE}:{a}|{d}|{c}")
+    for a, (_, _, readers, _, _) in ARTEFACTS.items()
+    for d in DAMAGES
+    for c in readers
+]
 
 
 def target(work: Path, artefact: str) -> tuple[Path, Path | None]:
@@ -76,7 +115,7 @@ def damage(path: Path, other: Path, how: str) -> None:
         path.unlink()
     elif how == "truncated":
         data = path.read_bytes()
-        path.write_bytes(data[:len(data) // 2])
+        path.write_bytes(data[: len(data) // 2])
     elif how == "one byte flipped":
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0x01
@@ -145,6 +184,7 @@ def test_fault(artefact, how, command, work, finished):
 
     if artefact == "caches":  # eval's probe-data read (eval/probe_data.py `cached`), in-process
         from orthosae.eval.probe_data import cached
+
         value, hit = cached(path, cache_value)
         assert not hit  # never read as data: rebuilt
         assert torch.equal(value["train"]["acts"]["a"], cache_value()["train"]["acts"]["a"])
@@ -166,8 +206,9 @@ def test_fault(artefact, how, command, work, finished):
             if named in run["message"]:
                 assert run["status"] in ("damaged", "complete"), run
             else:  # a change status cannot see from sizes: what it shows undamaged
-                assert {k: v for k, v in doc.items() if k != "last_job"} == \
-                    {k: v for k, v in undamaged_status.items() if k != "last_job"}
+                assert {k: v for k, v in doc.items() if k != "last_job"} == {
+                    k: v for k, v in undamaged_status.items() if k != "last_job"
+                }
     elif outcome == "flagged":
         assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
         assert named in res.output.replace("\n", "") or named in res.output, res.output
@@ -178,8 +219,9 @@ def test_fault(artefact, how, command, work, finished):
     elif outcome == "dropped":
         assert res.exit_code == 0 and "delete the damaged checkpoint/" in res.output, res.output
         assert not path.parent.exists()
-        assert (work / "runs/baseline/sae_weights.safetensors").read_bytes() == \
-            (finished / "runs/baseline/sae_weights.safetensors").read_bytes()
+        assert (work / "runs/baseline/sae_weights.safetensors").read_bytes() == (
+            finished / "runs/baseline/sae_weights.safetensors"
+        ).read_bytes()
         assert pipe(work, "verify").exit_code == 0
     elif outcome == "unevaluated":  # no report at all: the card says so, as before any `pipe eval`
         assert res.exit_code == 0, res.output
@@ -191,9 +233,12 @@ def test_fault(artefact, how, command, work, finished):
             assert index_json(path, work) == index_json(finished / ARTEFACTS[artefact][0], finished)
         elif command == "run":  # the damaged report is not current: evaluated again, a sound report
             from orthosae.common.report_json import read_report
+
             assert read_report(path)["runs"].keys() == {"baseline", "fixed"}
-            assert read_report(path)["runs"]["baseline"]["reconstruction"] == \
-                read_report(finished / ARTEFACTS[artefact][0])["runs"]["baseline"]["reconstruction"]
+            assert (
+                read_report(path)["runs"]["baseline"]["reconstruction"]
+                == read_report(finished / ARTEFACTS[artefact][0])["runs"]["baseline"]["reconstruction"]
+            )
         else:  # train on a finished run whose checkpoint is damaged: left alone
             for f in ("sae_weights.safetensors", "cfg.json", "log.jsonl"):
                 assert (work / "runs/baseline" / f).read_bytes() == (finished / "runs/baseline" / f).read_bytes()

@@ -1,5 +1,6 @@
 """`pipe export-cache --format saelens`: SAELens' own ActivationsStore reads the exported cache
 and serves the store's rows, in the interleaved order, bit for bit."""
+
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ from click.testing import CliRunner
 from orthosae.cli import main
 from orthosae.common.store import StoreReader
 from orthosae.harvest.export_cache import chunk_order
-from tests._synthetic import D, SWEEP, T, make_store, write_config
+from tests._synthetic import SWEEP, D, T, make_store, write_config
 
 
 def test_chunk_order_interleaves_corpora_in_proportion():
@@ -45,12 +46,25 @@ def test_saelens_activations_store_serves_the_exported_rows(tmp_path):
     assert acts.shape == (80 * (T - 1), D)
 
     batch = 4  # contexts per SAELens batch: 20 batches cover the 80 contexts once
-    store = ActivationsStore(model=None, dataset=None, streaming=False, hook_name="blocks.0.hook_resid_post",
-                             hook_head_index=None, context_size=T, d_in=D, n_batches_in_buffer=2,
-                             total_training_tokens=acts.shape[0], store_batch_size_prompts=batch,
-                             train_batch_size_tokens=16, prepend_bos=True, normalize_activations="none",
-                             device=torch.device("cpu"), dtype="float32", cached_activations_path=str(out),
-                             exclude_special_tokens=torch.tensor([2]))
+    store = ActivationsStore(
+        model=None,
+        dataset=None,
+        streaming=False,
+        hook_name="blocks.0.hook_resid_post",
+        hook_head_index=None,
+        context_size=T,
+        d_in=D,
+        n_batches_in_buffer=2,
+        total_training_tokens=acts.shape[0],
+        store_batch_size_prompts=batch,
+        train_batch_size_tokens=16,
+        prepend_bos=True,
+        normalize_activations="none",
+        device=torch.device("cpu"),
+        dtype="float32",
+        cached_activations_path=str(out),
+        exclude_special_tokens=torch.tensor([2]),
+    )
     got_acts, got_toks = zip(*[store.get_raw_llm_batch() for _ in range(80 // batch)])
     got_acts, got_toks = torch.cat(got_acts).view(80, T, D), torch.cat(got_toks).long().view(80, T)
     assert torch.equal(got_acts[:, 1:].reshape(-1, D), acts) and not got_acts[:, 0].any()
@@ -62,7 +76,7 @@ def test_saelens_activations_store_serves_the_exported_rows(tmp_path):
     assert (served[:, None, :] == acts[None]).all(-1).any(1).all()  # the BOS placeholder never served
 
     # the snippet the command printed trains a SAELens SAE on the cache: offline, no model
-    snippet = res.output[res.output.index("SAELens:") + len("SAELens:"):]
+    snippet = res.output[res.output.index("SAELens:") + len("SAELens:") :]
     scope: dict = {}
     exec(compile(snippet, "snippet", "exec"), scope)
     sae = scope["sae"]
@@ -72,6 +86,7 @@ def test_saelens_activations_store_serves_the_exported_rows(tmp_path):
 
     # provenance columns name each row's corpus and context
     from datasets import Dataset
+
     ds = Dataset.load_from_disk(str(out))
     assert list(zip(ds["corpus"], ds["context"])) == where
 
@@ -85,6 +100,7 @@ def test_export_cache_refuses_a_folder_it_did_not_write(tmp_path):
     res = CliRunner().invoke(main, ["--config", str(path), "export-cache", "--out", str(mine)])
     assert res.exit_code == 2 and "is not a cache this command wrote" in res.output
     assert (mine / "keep.txt").read_text() == "x"
-    res = CliRunner().invoke(main, ["--config", str(path), "export-cache", "--corpus", "nope", "--out",
-                                    str(tmp_path / "c")])
+    res = CliRunner().invoke(
+        main, ["--config", str(path), "export-cache", "--corpus", "nope", "--out", str(tmp_path / "c")]
+    )
     assert res.exit_code == 2 and "has no corpus 'nope'" in res.output, res.output

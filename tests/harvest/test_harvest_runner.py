@@ -1,4 +1,5 @@
 """Harvest on a tiny random-weight Gemma2: equals a direct forward, resumes after kill -9, scales out."""
+
 import itertools
 import json
 import os
@@ -19,11 +20,11 @@ from orthosae.common.config import ConfigError, load_config
 from orthosae.common.store import StoreError, StoreLock, StoreReader
 from orthosae.harvest import harvest
 from orthosae.harvest.runner import COLLECTIVE_TIMEOUT
-
 from tests._configs import DOCS
 from tests._configs import write_harvest_config as write_config
 from tests._stores import arrays, assert_same_store, store_files
 from tests._subprocess import run_script
+
 
 def test_rows_equal_direct_forward(tmp_path, tiny_model_dir):
     cfg = load_config(write_config(tmp_path, tiny_model_dir))
@@ -98,8 +99,11 @@ def labelled_config(tmp_path, model_dir, store: str, name: str, seed: int = 0) -
     its order stratified by `label_field`."""
     corpus = tmp_path / "topics.jsonl"
     words = ["alpha", "beta", "gamma", "delta", "epsilon"]
-    rows = [{"text": f"{topic} {i}: " + " ".join(words[(i * j) % 5] for j in range(8 + i % 5)), "topic": topic}
-            for topic, n in (("arts", 40), ("history", 25), ("maths", 8)) for i in range(n)]
+    rows = [
+        {"text": f"{topic} {i}: " + " ".join(words[(i * j) % 5] for j in range(8 + i % 5)), "topic": topic}
+        for topic, n in (("arts", 40), ("history", 25), ("maths", 8))
+        for i in range(n)
+    ]
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = write_config(tmp_path, model_dir, store=store, name=name)
     text = path.read_text().replace(f'source = "file:{DOCS}"', f'source = "file:{corpus}"\nlabel_field = "topic"')
@@ -165,8 +169,13 @@ def test_two_processes_equal_one(tmp_path, tiny_model_dir):
     harvest(one, show_progress=False)
     two = write_config(tmp_path, tiny_model_dir, store="two.zarr", name="two.toml")
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    out = run_script(tmp_path, TWO_RANKS, two, launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29517"],
-                     env={"OMP_NUM_THREADS": "1"})
+    out = run_script(
+        tmp_path,
+        TWO_RANKS,
+        two,
+        launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29517"],
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert StoreReader(str(tmp_path / "two.zarr")).complete
     assert_same_store(str(tmp_path / "one.zarr"), str(tmp_path / "two.zarr"))
@@ -175,8 +184,14 @@ def test_two_processes_equal_one(tmp_path, tiny_model_dir):
     assert out.stdout.count(f"collective timeout {COLLECTIVE_TIMEOUT}") == 2, out.stdout
     assert COLLECTIVE_TIMEOUT >= timedelta(hours=12)
     # a re-submitted job on the finished store: every rank says so and exits 0
-    again = run_script(tmp_path, TWO_RANKS, two, launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29519"],
-                       env={"OMP_NUM_THREADS": "1"}, timeout=120)
+    again = run_script(
+        tmp_path,
+        TWO_RANKS,
+        two,
+        launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29519"],
+        env={"OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "complete, left alone" in again.stdout + again.stderr
 
@@ -186,8 +201,14 @@ def test_two_processes_fail_together_on_a_bad_corpus(tmp_path, tiny_model_dir):
     path = write_config(tmp_path, tiny_model_dir)
     path.write_text(path.read_text().replace(f"file:{DOCS}", f"file:{tmp_path / 'missing.jsonl'}", 1))
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    out = run_script(tmp_path, TWO_RANKS, path, launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29521"],
-                     env={"OMP_NUM_THREADS": "1"}, timeout=120)
+    out = run_script(
+        tmp_path,
+        TWO_RANKS,
+        path,
+        launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29521"],
+        env={"OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
     assert out.returncode != 0
     assert (out.stdout + out.stderr).count("missing.jsonl: no such file") >= 2, out.stderr[-3000:]
     assert re.findall(r"planned on rank \d", out.stdout) == ["planned on rank 0"], out.stdout
@@ -226,14 +247,14 @@ def test_repair_reharvests_only_damaged_chunks_to_a_clean_store(tmp_path, tiny_m
     assert store_files(clean.harvest.store) == store_files(store)  # byte for byte
     assert StoreReader(str(store)).complete and StoreReader(str(store)).check() == []
     assert (store / "retain/acts/c/0/0").stat().st_mtime_ns == untouched
-    assert "nothing to repair" in CliRunner().invoke(main, ["--config", str(path), "harvest",
-                                                           "--repair"]).output
+    assert "nothing to repair" in CliRunner().invoke(main, ["--config", str(path), "harvest", "--repair"]).output
 
 
 @pytest.mark.parametrize("scheme", ["memory", "file"])
 def test_store_through_an_fsspec_url(tmp_path, tiny_model_dir, scheme):
     """harvest, status, verify, repair and the training stream on a URL, as on s3:// or gs://."""
     import fsspec
+
     from orthosae.train.stream import ActivationStream
 
     local = load_config(write_config(tmp_path, tiny_model_dir, store="local.zarr", name="local.toml"))
@@ -315,14 +336,16 @@ def test_cli_status_and_verify_name_corrupted_chunk(tmp_path, tiny_model_dir):
     assert res.exit_code == 1 and "retain chunk 2" in res.output, res.output
 
 
-@pytest.mark.parametrize("content, match", [
-    (None, "no such file"),
-    ('{"text": "caf\xe9"}\n'.encode("latin-1"), "not UTF-8 at byte offset 13"),
-    (b'{"text": "a few words"}\n{"text": "and a few more"}\n', "no complete context of 16 tokens"),
-    (b'{"text": "a line"}\nnot json\n', "line 2 is not JSON"),
-])
-def test_bad_corpus_fails_in_one_line_before_the_model_loads(tmp_path, tiny_model_dir, monkeypatch,
-                                                              content, match):
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (None, "no such file"),
+        ('{"text": "caf\xe9"}\n'.encode("latin-1"), "not UTF-8 at byte offset 13"),
+        (b'{"text": "a few words"}\n{"text": "and a few more"}\n', "no complete context of 16 tokens"),
+        (b'{"text": "a line"}\nnot json\n', "line 2 is not JSON"),
+    ],
+)
+def test_bad_corpus_fails_in_one_line_before_the_model_loads(tmp_path, tiny_model_dir, monkeypatch, content, match):
     bad = tmp_path / "bad.jsonl"
     if content is not None:
         bad.write_bytes(content)
@@ -331,6 +354,7 @@ def test_bad_corpus_fails_in_one_line_before_the_model_loads(tmp_path, tiny_mode
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the corpora were checked")
+
     monkeypatch.setattr("orthosae.harvest.runner.load_model", no_model)
     res = CliRunner().invoke(main, ["--config", str(path), "harvest"])
     assert res.exit_code == 2, res.output
@@ -341,8 +365,8 @@ def test_bad_corpus_fails_in_one_line_before_the_model_loads(tmp_path, tiny_mode
 
 def test_train_and_eval_refuse_a_store_of_another_model(tmp_path, tiny_model_dir):
     """Same layer, d_model and context length, other weights: only model_id tells the stores apart."""
-    from tests._tiny import build_tiny_model
     from orthosae.common.store import open_store_for
+    from tests._tiny import build_tiny_model
 
     harvest(load_config(write_config(tmp_path, tiny_model_dir)), show_progress=False)
     other = build_tiny_model(tmp_path / "other_model", seed=1)
@@ -364,8 +388,7 @@ def test_cli_bad_config_is_one_line(tmp_path, tiny_model_dir):
     assert "[harvest] layer: expected int" in res.output and len(res.output.strip().splitlines()) == 1
 
 
-def test_chunks_are_written_behind_the_forward_pass_and_writer_errors_surface(tmp_path, tiny_model_dir,
-                                                                              monkeypatch):
+def test_chunks_are_written_behind_the_forward_pass_and_writer_errors_surface(tmp_path, tiny_model_dir, monkeypatch):
     """The harvest loop hands chunks to the writer thread; its failure stops the harvest with that
     error, the lock is released and the chunks committed before it stay (a rerun resumes)."""
     import threading
@@ -380,6 +403,7 @@ def test_chunks_are_written_behind_the_forward_pass_and_writer_errors_surface(tm
         if len(threads) == 3:
             raise OSError("No space left on device")
         real_write(self, plan, k, acts, tokens)
+
     monkeypatch.setattr(StoreWriter, "write_chunk", failing_write)
     with pytest.raises(OSError, match="No space left on device"):
         harvest(cfg, show_progress=False)

@@ -1,5 +1,6 @@
 """Several layers in one harvest pass (issue 37): each layer's store equals a one-layer harvest's, bit
 for bit; resume and repair work per layer; the config keys fail with one line."""
+
 from pathlib import Path
 
 import numpy as np
@@ -7,11 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from orthosae.cli import main
+from orthosae.common.capture import residual_after_block, residuals_after_blocks
 from orthosae.common.config import ConfigError, load_config
 from orthosae.common.store import StoreReader
 from orthosae.harvest import harvest
-from orthosae.common.capture import residual_after_block, residuals_after_blocks
-
 from tests._configs import write_harvest_config
 from tests._tiny import build_tiny_model
 
@@ -42,6 +42,7 @@ def store_arrays(url: str) -> dict:
 
 def test_capture_of_several_blocks_equals_one_block_each(deep_model_dir):
     from orthosae.common.model import load_model
+
     lm = load_model(str(deep_model_dir), dtype="float32", device="cpu")
     ids = __import__("torch").randint(4, 200, (2, 12))
     many = residuals_after_blocks(lm.model, LAYERS, ids)
@@ -55,8 +56,11 @@ def test_three_layer_harvest_equals_three_single_layer_harvests(tmp_path, deep_m
     result = harvest(cfg, show_progress=False)
     assert not result.skipped
     for layer in LAYERS:
-        single = load_config(write_harvest_config(tmp_path, deep_model_dir, store=f"one-L{layer}.zarr",
-                                                  layer=layer, name=f"one{layer}.toml"))
+        single = load_config(
+            write_harvest_config(
+                tmp_path, deep_model_dir, store=f"one-L{layer}.zarr", layer=layer, name=f"one{layer}.toml"
+            )
+        )
         harvest(single, show_progress=False)
         many, one = StoreReader(cfg.harvest.store_for(layer)), StoreReader(single.harvest.store)
         assert many.complete and many.meta["layer"] == layer
@@ -80,6 +84,7 @@ def test_resume_and_repair_per_layer(tmp_path, deep_model_dir):
     clean = {layer: store_arrays(cfg.harvest.store_for(layer)) for layer in LAYERS}
     # un-commit two chunks of layer 2 only, and damage a chunk file of layer 3
     from orthosae.common.store import StoreWriter
+
     w = StoreWriter(cfg.harvest.store_for(2), StoreReader(cfg.harvest.store_for(2)).meta, create=False)
     w.uncommit("retain", [1, 4])
     path = Path(cfg.harvest.store_for(3)) / "retain" / "acts" / "c" / "2" / "0"
@@ -108,21 +113,29 @@ def test_cli_verify_and_status_name_every_layer_store(tmp_path, deep_model_dir):
         assert f"m-L{layer}.zarr: ok" in out.output
     status = runner.invoke(main, ["--config", str(path), "status", "--json"])
     import json
+
     doc = json.loads(status.output)
     assert [s["meta"]["layer"] for s in doc["stores"]] == [1, 2]
 
 
-@pytest.mark.parametrize("harvest_keys, runs, message", [
-    ("layers = [0, 1]\nlayer = 0", "", "[harvest] layers: give `layer = N` or `layers = [...]`, not both"),
-    ("layers = [0, 0]", "", "[harvest] layers: layer 0 listed twice"),
-    ("layers = [0, -1]", "", "[harvest] layers: expected block indices (ints >= 0), got -1"),
-    ("", "", "[harvest] layer: required key is missing (or `layers = [...]`)"),
-    ("layers = [0, 1]", "# no layer", "[[runs]] b layer: [harvest] layers holds several blocks (0, 1): name the "
-     "one this run trains on, or a list"),
-    ("layers = [0, 1]", "layer = 5", "[[runs]] b layer: 5 is not harvested ([harvest] layers: 0, 1)"),
-    ("layer = 1", "layer = 0", "[[runs]] b layer: 0 is not harvested ([harvest] layer: 1)"),
-    ("layers = [0, 1]", "layer = []", "[[runs]] b layer: empty list"),
-])
+@pytest.mark.parametrize(
+    "harvest_keys, runs, message",
+    [
+        ("layers = [0, 1]\nlayer = 0", "", "[harvest] layers: give `layer = N` or `layers = [...]`, not both"),
+        ("layers = [0, 0]", "", "[harvest] layers: layer 0 listed twice"),
+        ("layers = [0, -1]", "", "[harvest] layers: expected block indices (ints >= 0), got -1"),
+        ("", "", "[harvest] layer: required key is missing (or `layers = [...]`)"),
+        (
+            "layers = [0, 1]",
+            "# no layer",
+            "[[runs]] b layer: [harvest] layers holds several blocks (0, 1): name the "
+            "one this run trains on, or a list",
+        ),
+        ("layers = [0, 1]", "layer = 5", "[[runs]] b layer: 5 is not harvested ([harvest] layers: 0, 1)"),
+        ("layer = 1", "layer = 0", "[[runs]] b layer: 0 is not harvested ([harvest] layer: 1)"),
+        ("layers = [0, 1]", "layer = []", "[[runs]] b layer: empty list"),
+    ],
+)
 def test_layer_keys_fail_with_one_line(tmp_path, tiny_model_dir, harvest_keys, runs, message):
     path = write_harvest_config(tmp_path, tiny_model_dir, store="s-L{layer}.zarr")
     text = path.read_text().replace("layer = 0\n", harvest_keys + "\n")
@@ -147,13 +160,19 @@ def test_several_layers_need_a_layer_placeholder(tmp_path, tiny_model_dir):
 def test_runs_pick_and_expand_layers(tmp_path, tiny_model_dir):
     path = write_harvest_config(tmp_path, tiny_model_dir, store="s-L{layer}.zarr")
     text = path.read_text().replace("layer = 0\n", "layers = [0, 1]\n")
-    text += ('[[runs]]\nname = "b"\ntype = "baseline"\nlayer = [0, 1]\nseeds = [3, 4]\n'
-             '[[runs]]\nname = "one"\ntype = "baseline"\nlayer = 1\n')
+    text += (
+        '[[runs]]\nname = "b"\ntype = "baseline"\nlayer = [0, 1]\nseeds = [3, 4]\n'
+        '[[runs]]\nname = "one"\ntype = "baseline"\nlayer = 1\n'
+    )
     path.write_text(text)
     cfg = load_config(path)
     assert [(r.name, r.layer, r.train.seed, r.condition) for r in cfg.runs] == [
-        ("b-L0-s3", 0, 3, "b-L0"), ("b-L0-s4", 0, 4, "b-L0"), ("b-L1-s3", 1, 3, "b-L1"),
-        ("b-L1-s4", 1, 4, "b-L1"), ("one", 1, 0, "one")]
+        ("b-L0-s3", 0, 3, "b-L0"),
+        ("b-L0-s4", 0, 4, "b-L0"),
+        ("b-L1-s3", 1, 3, "b-L1"),
+        ("b-L1-s4", 1, 4, "b-L1"),
+        ("one", 1, 0, "one"),
+    ]
     assert "layer" not in cfg.runs[0].overrides and cfg.runs[0].to_dict()["layer"] == 0
     view = cfg.at_layer(1)
     assert (view.harvest.layer, view.harvest.store) == (1, str(tmp_path / "s-L1.zarr"))
@@ -161,8 +180,9 @@ def test_runs_pick_and_expand_layers(tmp_path, tiny_model_dir):
     assert view.eval.reports_dir.endswith("reports/default") and view.eval.name == "L1"
     assert cfg.view_of("b-L0-s4").harvest.layer == 0
     # one layer: the config is its own view, the store path filled in, every run on that layer
-    single = load_config(write_harvest_config(tmp_path, tiny_model_dir, store="x-L{layer}.zarr", layer=1,
-                                              name="single.toml"))
+    single = load_config(
+        write_harvest_config(tmp_path, tiny_model_dir, store="x-L{layer}.zarr", layer=1, name="single.toml")
+    )
     assert single.at_layer(1) is single and single.harvest.store == str(tmp_path / "x-L1.zarr")
     assert [r.layer for r in single.runs] == [1]
     # no [[runs]] table and several layers: a baseline at each

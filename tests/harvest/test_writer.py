@@ -1,4 +1,5 @@
 """The harvest's background chunk writer: same bytes as serial writes, errors surface, bounded queue."""
+
 import threading
 from pathlib import Path
 
@@ -8,7 +9,6 @@ import torch
 
 from orthosae.common.store import StoreWriter, encode_rows, to_storage
 from orthosae.harvest.writer import ChunkWriter, HostRows
-
 from tests._stores import IDENTITY, T, plan
 
 
@@ -19,7 +19,7 @@ def chunks(p, seed=0):
     acts = torch.from_numpy(rng.standard_normal((p.n_rows, IDENTITY["d_model"])).astype(np.float32))
     for k in range(p.n_chunks):
         c0, c1 = k * p.contexts_per_chunk, min((k + 1) * p.contexts_per_chunk, p.n_contexts)
-        yield k, acts[c0 * (T - 1):c1 * (T - 1)], ctx[c0:c1]
+        yield k, acts[c0 * (T - 1) : c1 * (T - 1)], ctx[c0:c1]
 
 
 def files(root: Path) -> dict[str, bytes]:

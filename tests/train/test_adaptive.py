@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from tests._sae import D, adaptive, coeffs, run
 from orthosae.train.sae import bias_mix, make_sae
 from orthosae.train.trainer import Trainer
+from tests._sae import D, adaptive, coeffs, run
 
 
 def test_group_bias_is_applied_per_token():
@@ -14,12 +14,14 @@ def test_group_bias_is_applied_per_token():
     with torch.no_grad():
         a.group_bias.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 10.0, 0.0]]))
         a.b_dec.copy_(torch.tensor([0.0, 0.0, 5.0]))
-    f = torch.tensor([
-        [1.0, 2.0, 0.0, 0.0],  # only group 0 → + group_bias[0]
-        [0.0, 0.0, 0.5, 0.0],  # only group 1 → + group_bias[1]
-        [0.0, 0.0, 0.0, 0.0],  # nothing active → b_dec only
-        [1.0, 0.0, 3.0, 0.0],  # π = (1/4, 3/4)
-    ])
+    f = torch.tensor(
+        [
+            [1.0, 2.0, 0.0, 0.0],  # only group 0 → + group_bias[0]
+            [0.0, 0.0, 0.5, 0.0],  # only group 1 → + group_bias[1]
+            [0.0, 0.0, 0.0, 0.0],  # nothing active → b_dec only
+            [1.0, 0.0, 3.0, 0.0],  # π = (1/4, 3/4)
+        ]
+    )
     extra = a.decode(f) - f @ a.W_dec
     want = torch.tensor([[1.0, 0.0, 5.0], [0.0, 10.0, 5.0], [0.0, 0.0, 5.0], [0.25, 7.5, 5.0]])
     torch.testing.assert_close(extra, want)
@@ -54,8 +56,19 @@ def test_group_bias_mix_is_smooth_as_activity_vanishes():
 def test_group_biases_learn_different_offsets():
     torch.manual_seed(0)
     d = 8
-    r = run("adaptive", d_sae=32, lambda2_max=0.1, t0=10, regroup_every=5, l1_coefficient=1e-3, seed=1,
-            lr=1e-2, lr_warmup_steps=0, lr_decay_frac=0.0, grad_clip=0.0)
+    r = run(
+        "adaptive",
+        d_sae=32,
+        lambda2_max=0.1,
+        t0=10,
+        regroup_every=5,
+        l1_coefficient=1e-3,
+        seed=1,
+        lr=1e-2,
+        lr_warmup_steps=0,
+        lr_decay_frac=0.0,
+        grad_clip=0.0,
+    )
     trainer = Trainer(r, make_sae(r, d), 30)
     mu_f, mu_r = torch.zeros(d), torch.zeros(d)
     mu_f[0], mu_r[1] = 4.0, 4.0

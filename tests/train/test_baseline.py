@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests._sae import D, run
-from orthosae.train.sae import make_sae
 from orthosae.common.variants import SAELENS_BY_ACTIVATION
+from orthosae.train.sae import make_sae
 from orthosae.train.sae.baseline import BaselineSAE
+from tests._sae import D, run
 
 
 @pytest.mark.parametrize("activation,arch", [("relu", "standard"), ("topk", "topk"), ("batchtopk", "jumprelu")])

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from orthosae.common.config import RunConfig
-from tests._sae import COMMON, D, run
 from orthosae.train.checkpoint import (
     CHECKPOINT,
     PREVIOUS,
@@ -21,6 +20,7 @@ from orthosae.train.checkpoint import (
 )
 from orthosae.train.sae import make_sae
 from orthosae.train.trainer import Trainer
+from tests._sae import COMMON, D, run
 
 X = [torch.randn(32, D, generator=torch.Generator().manual_seed(i)) for i in range(12)]
 FG = torch.arange(32) < 16
@@ -33,8 +33,14 @@ def trained(r, steps, trainer=None):
     return trainer
 
 
-@pytest.mark.parametrize("keys", [{"regroup_every": 5}, {"activation": "batchtopk", "k": 3},
-                                  {"target_l0": 4.0, "resample_dead": True, "dead_window": 3}])
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"regroup_every": 5},
+        {"activation": "batchtopk", "k": 3},
+        {"target_l0": 4.0, "resample_dead": True, "dead_window": 3},
+    ],
+)
 def test_a_trainer_resumed_from_a_checkpoint_ends_bit_identical(tmp_path, keys):
     """Weights, Adam moments, group statistics, the run's random stream, the BatchTopK threshold and
     the target-L0 scale all travel: 6 steps + save + load + 6 steps equals 12 steps, bit for bit;

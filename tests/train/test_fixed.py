@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tests._sae import D, run
 from orthosae.train.sae import is_grouped, make_sae, ortho_loss
+from tests._sae import D, run
 
 
 def test_fixed_groups_are_contiguous_and_not_persistent():

@@ -23,7 +23,13 @@ def test_group_stats_normalise_by_row_counts():
     assert math.isnan(r[2].item())
     cur = torch.tensor([0, 0, 1])
     assert assign_groups(r, cur, 2).tolist() == [1, 1, 1]  # dead feature 2 keeps its group
-    assert assign_groups(torch.tensor([0.0, 0.2, 0.5, 0.99, 1.0]), torch.zeros(5, dtype=torch.long), 3).tolist() == [0, 0, 1, 2, 2]
+    assert assign_groups(torch.tensor([0.0, 0.2, 0.5, 0.99, 1.0]), torch.zeros(5, dtype=torch.long), 3).tolist() == [
+        0,
+        0,
+        1,
+        2,
+        2,
+    ]
     assert assign_groups(None, cur, 2).tolist() == cur.tolist()
     only_retain = GroupStats(3, decay=0.0)
     only_retain.update(f, torch.zeros(10, dtype=torch.bool))
@@ -61,7 +67,9 @@ def test_degeneracy_measures_do_not_depend_on_group_size():
         assert stop_reason(h, stop_eff_rank=0.1, stop_max_cos=0.999) is None
     assert max(conds) > 50 * min(conds)  # the condition number measures n_g / d_model
     assert 0.6 < min(fracs) and max(fracs) < 1.0  # the effective-rank fraction does not
-    collapsed = torch.randn(200, 2, generator=g, dtype=torch.float64) @ torch.randn(2, d, generator=g, dtype=torch.float64)
+    collapsed = torch.randn(200, 2, generator=g, dtype=torch.float64) @ torch.randn(
+        2, d, generator=g, dtype=torch.float64
+    )
     reason = stop_reason(group_health(collapsed, torch.zeros(200, dtype=torch.long), 1), 0.1, 1.1)
     assert reason and "effective rank" in reason
     twins = torch.cat([W[:10], W[:1]])

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from tests._dispatch import MatmulDtypes, MaxNumel
-from tests._sae import coeffs, run
 from orthosae.train.sae import contiguous_groups, make_sae, ortho_loss
 from orthosae.train.sae.ortho import matmul_precision
+from tests._dispatch import MatmulDtypes, MaxNumel
+from tests._sae import coeffs, run
 
 
 def naive_ortho_loss(W, groups, n_groups, alpha=0.0, mode="rms", activity=None, eps=1e-12):
@@ -30,7 +30,7 @@ def naive_ortho_loss(W, groups, n_groups, alpha=0.0, mode="rms", activity=None, 
             C = A @ B.T
             if mode == "seed":
                 M = C - alpha * torch.eye(C.shape[0], C.shape[1], dtype=W.dtype)
-                total = total + (torch.sqrt(M.pow(2).sum() + eps) - eps ** 0.5)
+                total = total + (torch.sqrt(M.pow(2).sum() + eps) - eps**0.5)
                 continue
             C = torch.relu(C.abs() - alpha).pow(2) if mode == "hinge" else C.pow(2)
             if activity is None:
@@ -47,7 +47,11 @@ def naive_ortho_loss(W, groups, n_groups, alpha=0.0, mode="rms", activity=None, 
 
 def loss_of(W, groups, n_groups, alpha=0.0, mode="rms", naive=False, **kw):
     """The product's L_ortho, or with ``naive=True`` the explicit reference above."""
-    return naive_ortho_loss(W, groups, n_groups, alpha, mode, **kw) if naive else ortho_loss(W, groups, n_groups, alpha, mode, **kw)
+    return (
+        naive_ortho_loss(W, groups, n_groups, alpha, mode, **kw)
+        if naive
+        else ortho_loss(W, groups, n_groups, alpha, mode, **kw)
+    )
 
 
 def test_ortho_seed_form_by_hand():
@@ -130,16 +134,19 @@ def test_activity_weighted_ortho_gram_equals_naive_and_weights_pairs(mode):
     torch.testing.assert_close(vals[0], vals[1], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-9)
     # equal weights are the unweighted mean; a zero-weight feature neither counts nor moves
-    torch.testing.assert_close(loss_of(W0, groups, 2, 0.1, mode, activity=torch.full((23,), 3.0, dtype=torch.float64)),
-                               loss_of(W0, groups, 2, 0.1, mode))
+    torch.testing.assert_close(
+        loss_of(W0, groups, 2, 0.1, mode, activity=torch.full((23,), 3.0, dtype=torch.float64)),
+        loss_of(W0, groups, 2, 0.1, mode),
+    )
     w0 = w.clone()
     w0[4] = 0.0
     W = W0.clone().requires_grad_(True)
     loss_of(W, groups, 2, 0.0, mode, activity=w0).backward()
     assert W.grad[4].abs().max() == 0
     keep = torch.arange(23) != 4
-    torch.testing.assert_close(loss_of(W0, groups, 2, 0.0, mode, activity=w0),
-                               loss_of(W0[keep], groups[keep], 2, 0.0, mode, activity=w0[keep]))
+    torch.testing.assert_close(
+        loss_of(W0, groups, 2, 0.0, mode, activity=w0), loss_of(W0[keep], groups[keep], 2, 0.0, mode, activity=w0[keep])
+    )
     silent = torch.where(groups == 1, 0.0, 1.0).to(torch.float64)  # a group with no activity: 0
     assert loss_of(W0, groups, 2, 0.0, mode, activity=silent).item() == 0.0
 

@@ -1,6 +1,7 @@
 """`pipe push`: the staged repo file by file, sae_lens loading it from disk (and through its Hub
 loader, pointed at the staged files), and the upload receiving that folder and repo; only the
 network calls (create_repo, create_commit) are replaced."""
+
 import json
 import re
 from pathlib import Path
@@ -13,10 +14,9 @@ from safetensors.torch import load_file
 from orthosae.cli import main
 from orthosae.common.config import load_config
 from orthosae.common.store import StoreReader
-from tests._configs import BASELINE_AND_ADAPTIVE, tiny_eval, write_tiny_pipeline
 from orthosae.train.export import load_sae
 from orthosae.train.sparsity import feature_density, sparsity_rows
-
+from tests._configs import BASELINE_AND_ADAPTIVE, tiny_eval, write_tiny_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +43,20 @@ def test_every_export_writes_sparsity(piped):
 
 def test_staged_repo_file_by_file(piped):
     tmp, path = piped
-    res = CliRunner().invoke(main, ["--config", str(path), "push", "baseline", "adaptive", "--repo", "me/tiny-saes",
-                                    "--dry-run"])
+    res = CliRunner().invoke(
+        main, ["--config", str(path), "push", "baseline", "adaptive", "--repo", "me/tiny-saes", "--dry-run"]
+    )
     assert res.exit_code == 0, res.output + repr(res.exception)
     staged = tmp / "reports/tiny/hub/me--tiny-saes"
     assert str(staged) in res.output.replace("\n", "")
     assert sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()) == [
-        "README.md", *[f"{r}/{f}" for r in ("adaptive", "baseline")
-                       for f in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors")]]
+        "README.md",
+        *[
+            f"{r}/{f}"
+            for r in ("adaptive", "baseline")
+            for f in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors")
+        ],
+    ]
     for run in ("baseline", "adaptive"):
         for f in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
             assert (staged / run / f).read_bytes() == (tmp / "runs" / run / f).read_bytes(), (run, f)
@@ -60,7 +66,10 @@ def test_staged_repo_file_by_file(piped):
     assert "library_name: saelens" in front and "- saelens" in front
     cfg_json = json.loads((tmp / "runs/adaptive/cfg.json").read_text())
     assert f"**{cfg_json['model_name']}**, layer **0**" in card and "hook `blocks.0.hook_resid_post`" in card
-    assert re.search(r"\| `adaptive` \| `blocks.0.hook_resid_post` \| adaptive \| orthosae_grouped \| 64 \| 128 \| 50 \| complete \|", card)
+    assert re.search(
+        r"\| `adaptive` \| `blocks.0.hook_resid_post` \| adaptive \| orthosae_grouped \| 64 \| 128 \| 50 \| complete \|",
+        card,
+    )
     assert "register_with_sae_lens()" in card and 'SAE.from_pretrained("me/tiny-saes", "adaptive")' in card
     assert "base_model" not in front  # the tiny model is a local folder, not a Hub id
     assert "- `adaptive` (adaptive): d_sae = 128, tokens = 3200" in card and "alpha = 0.04" in card
@@ -69,8 +78,11 @@ def test_staged_repo_file_by_file(piped):
     for run in ("baseline", "adaptive"):
         row = next(ln for ln in card.splitlines() if ln.startswith(f"| `{run}` | ") and ln.count("|") > 9)
         cells = [c.strip() for c in row.strip("|").split("|")][1:]
-        want = [report[run]["reconstruction"]["l0"], report[run]["reconstruction"]["explained_variance"],
-                report[run]["reconstruction"]["mse"]]
+        want = [
+            report[run]["reconstruction"]["l0"],
+            report[run]["reconstruction"]["explained_variance"],
+            report[run]["reconstruction"]["mse"],
+        ]
         assert [float(c) for c in cells[:3]] == pytest.approx(want, rel=1e-3)
 
 
@@ -78,9 +90,11 @@ def test_sae_lens_loads_the_staged_saes(piped, monkeypatch):
     from sae_lens import SAE
 
     from orthosae.train.export import register_with_sae_lens
+
     tmp, path = piped
-    res = CliRunner().invoke(main, ["--config", str(path), "push", "baseline", "adaptive", "--repo", "me/tiny-saes",
-                                    "--dry-run"])
+    res = CliRunner().invoke(
+        main, ["--config", str(path), "push", "baseline", "adaptive", "--repo", "me/tiny-saes", "--dry-run"]
+    )
     assert res.exit_code == 0, res.output
     staged = tmp / "reports/tiny/hub/me--tiny-saes"
     reader = StoreReader(str(tmp / "s.zarr"))
@@ -94,11 +108,13 @@ def test_sae_lens_loads_the_staged_saes(piped, monkeypatch):
 
     # sae_lens' Hub loader, with hf_hub_download answering from the staged folder (the network)
     import sae_lens.loading.pretrained_sae_loaders as loaders
+
     asked = []
 
     def from_staged(repo_id, filename, **kw):
         asked.append((repo_id, filename))
         return str(staged / filename)
+
     monkeypatch.setattr(loaders, "hf_hub_download", from_staged)
     sae, _, log_sparsity = SAE.from_pretrained_with_cfg_and_sparsity("me/tiny-saes", "adaptive")
     assert ("me/tiny-saes", "adaptive/sparsity.safetensors") in asked
@@ -110,6 +126,7 @@ def test_upload_sends_the_staged_folder_to_the_repo(piped, monkeypatch):
     """create_repo and upload_folder are the calls that reach the network: they record what they
     get; the files are what huggingface_hub's own folder walk (the one upload_folder runs) adds."""
     from huggingface_hub import HfApi
+
     tmp, path = piped
     calls = {}
 
@@ -118,17 +135,20 @@ def test_upload_sends_the_staged_folder_to_the_repo(piped, monkeypatch):
 
     def upload_folder(self, *, repo_id, folder_path, **kw):
         calls["upload"] = (repo_id, Path(folder_path), kw)
-        calls["ops"] = self._prepare_upload_folder_additions(folder_path, "", allow_patterns=None,
-                                                             ignore_patterns=None, token=None,
-                                                             repo_type=kw.get("repo_type"))
+        calls["ops"] = self._prepare_upload_folder_additions(
+            folder_path, "", allow_patterns=None, ignore_patterns=None, token=None, repo_type=kw.get("repo_type")
+        )
 
         class Info:
             commit_url = f"https://huggingface.co/{repo_id}/commit/abc"
+
         return Info()
 
     def validate_yaml(self, content, **kw):  # the Hub checks the card's metadata: parse it here
         import yaml
+
         calls["card_meta"] = yaml.safe_load(content.split("---")[1])
+
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     monkeypatch.setattr(HfApi, "_validate_yaml", validate_yaml)
@@ -141,25 +161,35 @@ def test_upload_sends_the_staged_folder_to_the_repo(piped, monkeypatch):
     assert repo_id == "me/tiny-saes" and folder == staged and kw["repo_type"] == "model"
     assert calls["card_meta"]["library_name"] == "saelens" and "saelens" in calls["card_meta"]["tags"]
     sent = {op.path_in_repo: Path(op.path_or_fileobj) for op in calls["ops"]}
-    assert sorted(sent) == ["README.md", "adaptive/cfg.json", "adaptive/sae_weights.safetensors",
-                            "adaptive/sparsity.safetensors"]
+    assert sorted(sent) == [
+        "README.md",
+        "adaptive/cfg.json",
+        "adaptive/sae_weights.safetensors",
+        "adaptive/sparsity.safetensors",
+    ]
     assert all(p == staged / name for name, p in sent.items())
-    assert (staged / "adaptive/sae_weights.safetensors").read_bytes() == \
-        (tmp / "runs/adaptive/sae_weights.safetensors").read_bytes()
+    assert (staged / "adaptive/sae_weights.safetensors").read_bytes() == (
+        tmp / "runs/adaptive/sae_weights.safetensors"
+    ).read_bytes()
 
 
 def test_push_bad_input_and_network_failure(piped, monkeypatch):
     from huggingface_hub import HfApi
+
     tmp, path = piped
     runner = CliRunner()
-    for args, needle, code in [(["nope", "--repo", "me/x"], "no [[runs]] entry named 'nope'", 2),
-                               (["baseline", "--repo", "not a repo"], "--repo not a repo: expected OWNER/NAME", 2)]:
+    for args, needle, code in [
+        (["nope", "--repo", "me/x"], "no [[runs]] entry named 'nope'", 2),
+        (["baseline", "--repo", "not a repo"], "--repo not a repo: expected OWNER/NAME", 2),
+    ]:
         res = runner.invoke(main, ["--config", str(path), "push", *args])
         assert res.exit_code == code and needle in res.output and len(res.output.strip().splitlines()) == 1, res.output
 
     def offline(self, *a, **kw):
         import httpx
+
         raise httpx.ConnectError("[Errno -2] Name or service not known")
+
     monkeypatch.setattr(HfApi, "create_repo", offline)
     res = runner.invoke(main, ["--config", str(path), "push", "baseline", "--repo", "me/x"])
     assert res.exit_code == 1 and "upload of" in res.output and "Name or service not known" in res.output, res.output

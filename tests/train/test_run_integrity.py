@@ -1,6 +1,7 @@
 """Run folders as trustworthy as the store: digests, `pipe verify [--json] [--repair]` for runs,
 `pipe status` marking damage, checkpoint fallback, the restart command, and every user-facing error
 one line with exit 2 (damaged inputs, a full disk, a refused permission, a read-only runs folder)."""
+
 import errno
 import json
 import os
@@ -12,12 +13,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orthosae.common import preempt
 from orthosae.cli import main
+from orthosae.common import preempt
 from tests._batch import RUNS
+from tests._preempted import train_preempted_at
 from tests._synthetic import SWEEP, make_store
 from tests._synthetic import write_config as write_train_config
-from tests._preempted import train_preempted_at
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,8 +39,9 @@ def pipe(path: Path, *args: str):
 
 
 def folder_bytes(root: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name not in skip}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name not in skip
+    }
 
 
 def error_line(res) -> str:
@@ -80,8 +82,10 @@ def partial(tmp_path, monkeypatch) -> Path:
     path = config(tmp_path)
     train_preempted_at(monkeypatch, pipe, path)
     for name in RUNS:
-        steps = [json.loads((tmp_path / "runs" / name / d / "state.json").read_text())["trainer"]["step"]
-                 for d in ("checkpoint", "checkpoint.prev")]
+        steps = [
+            json.loads((tmp_path / "runs" / name / d / "state.json").read_text())["trainer"]["step"]
+            for d in ("checkpoint", "checkpoint.prev")
+        ]
         assert steps == [45, 40], (name, steps)
     return path
 
@@ -113,6 +117,7 @@ def truncate(path: Path, fraction: float) -> None:
 
 # ------------------------------------------------------------------ digests, verify, status
 
+
 def test_digests_are_recorded_and_an_intact_sweep_verifies(trained, tmp_path, monkeypatch):
     runs = trained.parent / "runs"
     for name in RUNS:
@@ -121,7 +126,10 @@ def test_digests_are_recorded_and_an_intact_sweep_verifies(trained, tmp_path, mo
         assert json.loads((runs / name / "summary.json").read_text())["digests"] == recorded
         for d in ("checkpoint", "checkpoint.prev"):
             assert set(json.loads((runs / name / d / "digests.json").read_text())["files"]) == {
-                "state.safetensors", "state.json", "log.jsonl"}
+                "state.safetensors",
+                "state.json",
+                "log.jsonl",
+            }
         # the final checkpoint's copy of the log is the log: a repair restores it from there
         assert (runs / name / "checkpoint/log.jsonl").read_bytes() == (runs / name / "log.jsonl").read_bytes()
     res = pipe(trained, "verify", "--json")
@@ -135,31 +143,44 @@ def test_digests_are_recorded_and_an_intact_sweep_verifies(trained, tmp_path, mo
 
 def test_a_file_the_export_gains_is_covered_without_naming_it(tmp_path, monkeypatch):
     import orthosae.train.runner
+
     real = orthosae.train.runner.save_sae
 
     def with_extra(sae, run_dir, **kw):
         out = real(sae, run_dir, **kw)
         (Path(run_dir) / "extra.safetensors").write_bytes(b"x" * 100)
         return out
+
     monkeypatch.setattr(orthosae.train.runner, "save_sae", with_extra)
     make_store(str(tmp_path / "s.zarr"))
     path = write_train_config(tmp_path, tokens=2560)
     assert pipe(path, "train").exit_code == 0
     recorded = json.loads((tmp_path / "runs/baseline/digests.json").read_text())["files"]
-    assert set(recorded) == {"sae_weights.safetensors", "cfg.json", "sparsity.safetensors", "log.jsonl",
-                             "extra.safetensors"}
+    assert set(recorded) == {
+        "sae_weights.safetensors",
+        "cfg.json",
+        "sparsity.safetensors",
+        "log.jsonl",
+        "extra.safetensors",
+    }
     (tmp_path / "runs/baseline/extra.safetensors").write_bytes(b"y" * 100)  # same size, other bytes
     res = pipe(path, "verify")
     assert res.exit_code == 1 and "extra.safetensors: sha256 differs" in res.output, res.output
 
 
 DAMAGE = {
-    "truncated weights": ("baseline/sae_weights.safetensors", lambda runs: truncate(
-        runs / "baseline/sae_weights.safetensors", 0.5)),
-    "broken cfg.json": ("baseline/cfg.json", lambda runs: (runs / "baseline/cfg.json").write_text(
-        (runs / "baseline/cfg.json").read_text()[:-40])),
-    "weights of another run": ("baseline/sae_weights.safetensors", lambda runs: shutil.copy(
-        runs / "fixed/sae_weights.safetensors", runs / "baseline/sae_weights.safetensors")),
+    "truncated weights": (
+        "baseline/sae_weights.safetensors",
+        lambda runs: truncate(runs / "baseline/sae_weights.safetensors", 0.5),
+    ),
+    "broken cfg.json": (
+        "baseline/cfg.json",
+        lambda runs: (runs / "baseline/cfg.json").write_text((runs / "baseline/cfg.json").read_text()[:-40]),
+    ),
+    "weights of another run": (
+        "baseline/sae_weights.safetensors",
+        lambda runs: shutil.copy(runs / "fixed/sae_weights.safetensors", runs / "baseline/sae_weights.safetensors"),
+    ),
     "broken summary.json": ("baseline/summary.json", lambda runs: (runs / "baseline/summary.json").write_text("{")),
 }
 
@@ -219,6 +240,7 @@ def test_a_damaged_export_without_a_final_checkpoint_names_the_restart(trained, 
 
 # ------------------------------------------------------------------ checkpoints
 
+
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(partial, tmp_path, reference):
     runs = tmp_path / "runs"
     truncate(runs / "baseline/checkpoint/state.safetensors", 1 / 3)
@@ -255,18 +277,23 @@ def test_both_checkpoints_damaged_give_one_line_with_the_restart_command(partial
 
 # ------------------------------------------------------------------ writes that cannot complete
 
+
 def test_enospc_during_a_checkpoint_leaves_the_run_as_it_was(partial, tmp_path, reference, monkeypatch):
     import orthosae.train.checkpoint
+
     runs = tmp_path / "runs"
     real = orthosae.train.checkpoint.save_file
 
     def disk_full(tensors, path):
         Path(path).write_bytes(b"\0" * 1000)  # part of the file made it to disk
         raise OSError(errno.ENOSPC, "No space left on device", path)
+
     monkeypatch.setattr(orthosae.train.checkpoint, "save_file", disk_full)
     before = folder_bytes(runs, skip=("log.jsonl",))
     line = error_line(pipe(partial, "train"))
-    assert f"cannot write {runs / 'baseline/checkpoint.tmp/state.safetensors'}: No space left on device [ENOSPC]" in line
+    assert (
+        f"cannot write {runs / 'baseline/checkpoint.tmp/state.safetensors'}: No space left on device [ENOSPC]" in line
+    )
     assert folder_bytes(runs, skip=("log.jsonl",)) == before  # no checkpoint.tmp/ left, both checkpoints kept
     monkeypatch.setattr(orthosae.train.checkpoint, "save_file", real)
     assert pipe(partial, "train").exit_code == 0
@@ -275,18 +302,23 @@ def test_enospc_during_a_checkpoint_leaves_the_run_as_it_was(partial, tmp_path, 
 
 def test_eacces_on_the_export_keeps_the_final_checkpoint(trained, tmp_path, reference, monkeypatch):
     import orthosae.train.export
+
     runs = trained.parent / "runs"
     shutil.rmtree(runs / "baseline")  # trained again below, to the export
     real = orthosae.train.export.save_file
 
     def denied(tensors, path):
         raise PermissionError(errno.EACCES, "Permission denied", path)
+
     monkeypatch.setattr(orthosae.train.export, "save_file", denied)
     line = error_line(pipe(trained, "train", "--run", "baseline"))
     assert f"cannot write {runs / 'baseline/sae_weights.safetensors'}: Permission denied [EACCES]" in line
     assert not (runs / "baseline/sae_weights.safetensors").exists()
-    assert not [p for p in (runs / "baseline").iterdir()  # no temporaries (the lock file is no temporary)
-                if p.name.startswith(".") and p.name != ".orthosae-lock"]
+    assert not [
+        p
+        for p in (runs / "baseline").iterdir()  # no temporaries (the lock file is no temporary)
+        if p.name.startswith(".") and p.name != ".orthosae-lock"
+    ]
     monkeypatch.setattr(orthosae.train.export, "save_file", real)
     res = pipe(trained, "train", "--run", "baseline")
     assert res.exit_code == 0 and "resuming from step 160" in res.output, res.output
@@ -309,19 +341,25 @@ def _read_only_pipe(tmp_path: Path, runs: Path, *argv: str) -> subprocess.Comple
         for p in [runs, *runs.rglob("*")]:
             p.chmod(p.stat().st_mode & ~0o222)
         try:
-            return subprocess.run([sys.executable, "-m", "orthosae.cli", *argv], cwd=ROOT, env=env,
-                                  capture_output=True, text=True, timeout=300)
+            return subprocess.run(
+                [sys.executable, "-m", "orthosae.cli", *argv],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
         finally:
             for p in [runs, *runs.rglob("*")]:
                 p.chmod(p.stat().st_mode | 0o200)
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", f'mount --bind -o ro "{runs}" "{runs}"'],
-                           capture_output=True)
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f'mount --bind -o ro "{runs}" "{runs}"'], capture_output=True)
     if probe.returncode != 0:
         pytest.skip("root without mount namespaces: no way to make a folder read-only here")
     script = tmp_path / "read_only.py"
     script.write_text(READ_ONLY)
-    return subprocess.run([sys.executable, str(script), str(runs), *argv], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(script), str(runs), *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def assert_read_only_refused(tmp_path: Path, folder: Path, *argv: str) -> str:
@@ -344,9 +382,11 @@ def test_a_read_only_runs_folder_gives_one_line(partial, tmp_path):
 
 def test_enospc_during_a_chunk_write_leaves_the_store_as_it_was(tmp_path, tiny_model_dir, monkeypatch):
     import zarr.storage._local as local
+
     from orthosae.common.store import StoreReader
     from tests._configs import write_harvest_config
     from tests._stores import assert_same_store, store_files
+
     clean = write_harvest_config(tmp_path, tiny_model_dir, store="clean.zarr", name="clean.toml")
     assert pipe(clean, "harvest").exit_code == 0
     path = write_harvest_config(tmp_path, tiny_model_dir)
@@ -360,6 +400,7 @@ def test_enospc_during_a_chunk_write_leaves_the_store_as_it_was(tmp_path, tiny_m
             if calls["n"] == 3:
                 raise OSError(errno.ENOSPC, "No space left on device", str(path_))
         return real(path_, value, *args, **kwargs)
+
     monkeypatch.setattr(local, "_put", full_after_some)
     line = error_line(pipe(path, "harvest"))
     assert str(store) in line and "chunk" in line and "No space left on device [ENOSPC]" in line, line
@@ -377,9 +418,10 @@ def test_enospc_during_a_chunk_write_leaves_the_store_as_it_was(tmp_path, tiny_m
 
 WALK = {
     **{k: v[1] for k, v in DAMAGE.items()},
-    "truncated checkpoints": lambda runs: [truncate(runs / "baseline" / d / "state.safetensors", 1 / 3)
-                                           for d in ("checkpoint", "checkpoint.prev")]
-                                          + [truncate(runs / "baseline/sae_weights.safetensors", 0.5)],
+    "truncated checkpoints": lambda runs: (
+        [truncate(runs / "baseline" / d / "state.safetensors", 1 / 3) for d in ("checkpoint", "checkpoint.prev")]
+        + [truncate(runs / "baseline/sae_weights.safetensors", 0.5)]
+    ),
     "unreadable digests.json": lambda runs: (runs / "baseline/digests.json").write_text("[1,"),
 }
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from orthosae.common.config import RunConfig
-from tests._sae import D, S, adaptive, all_variants, coeffs, run
 from orthosae.train.sae import AdaptiveOrthoSAE, BaselineSAE, FixedOrthoSAE, contiguous_groups, is_grouped, make_sae
 from orthosae.train.sae.base import fold_decoder_norms
 from orthosae.train.trainer import Trainer
+from tests._sae import D, S, adaptive, all_variants, coeffs, run
 
 
 def test_make_sae_types_and_unknown():
@@ -128,12 +128,23 @@ def test_topk_training_lands_on_k_and_learns(tmp_path):
                 last = rec
         assert last["recon"] < first and last["l0"] == pytest.approx(2.0, abs=1e-6 if act == "batchtopk" else 0.01)
         archs[(kind, act)] = sae.architecture
-    assert archs == {("baseline", "topk"): "topk", ("fixed", "batchtopk"): "jumprelu",
-                     ("adaptive", "topk"): "orthosae_grouped", ("adaptive", "batchtopk"): "orthosae_grouped"}
+    assert archs == {
+        ("baseline", "topk"): "topk",
+        ("fixed", "batchtopk"): "jumprelu",
+        ("adaptive", "topk"): "orthosae_grouped",
+        ("adaptive", "batchtopk"): "orthosae_grouped",
+    }
 
 
-@pytest.mark.parametrize("kind,keys", [("baseline", {}), ("fixed", {"activation": "batchtopk", "k": 3}),
-                                       ("adaptive", {}), ("adaptive", {"activation": "topk", "k": 3})])
+@pytest.mark.parametrize(
+    "kind,keys",
+    [
+        ("baseline", {}),
+        ("fixed", {"activation": "batchtopk", "k": 3}),
+        ("adaptive", {}),
+        ("adaptive", {"activation": "topk", "k": 3}),
+    ],
+)
 def test_folding_decoder_norms_keeps_reconstructions_and_unit_rows(kind, keys):
     """W_dec rows at norm c (as an export's 1/scale): the fold moves c into the encoder (f scales by
     c), keeps x̂, and for the grouped SAE scales τ by c so the bias mix π is unchanged; batchtopk's

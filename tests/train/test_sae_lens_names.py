@@ -7,18 +7,18 @@ random model of the family, converted to a TransformerLens `HookedTransformer` t
 `from_pretrained` does it, gives at the export's `hook_name` the rows the harvest's capture stores,
 and the SAE that `sae_lens.SAE.load_from_disk` returns encodes both alike.
 """
+
 import json
 
 import pytest
 import torch
 
-from orthosae.common.config import RunConfig
 from orthosae.common.capture import residual_after_block
+from orthosae.common.config import RunConfig
 from orthosae.train.export import load_sae, save_sae
 from orthosae.train.sae import make_sae
 from orthosae.train.sae_lens_names import sae_lens_metadata, sae_lens_model_name
-
-from tests._families import D, FAMILIES, VOCAB, save_tiny_family
+from tests._families import FAMILIES, VOCAB, D, save_tiny_family
 
 LAYER = 1
 IDS = torch.randint(4, VOCAB, (2, 10), generator=torch.Generator().manual_seed(0))
@@ -46,8 +46,11 @@ def test_names_match_saelens_own_releases():
     """SAEBench's Pythia-70M SAEs, Joseph Bloom's GPT-2 small SAEs and Gemma Scope, as SAELens lists them."""
     directory = pytest.importorskip("sae_lens.loading.pretrained_saes_directory")
     releases = directory.get_pretrained_saes_directory()
-    for release, hub_id in (("sae_bench_pythia70m_sweep_standard_ctx128_0712", "EleutherAI/pythia-70m-deduped"),
-                            ("gpt2-small-res-jb", "gpt2"), ("gemma-scope-2b-pt-res", "google/gemma-2-2b")):
+    for release, hub_id in (
+        ("sae_bench_pythia70m_sweep_standard_ctx128_0712", "EleutherAI/pythia-70m-deduped"),
+        ("gpt2-small-res-jb", "gpt2"),
+        ("gemma-scope-2b-pt-res", "google/gemma-2-2b"),
+    ):
         assert releases[release].model == sae_lens_model_name(hub_id), release
     pythia = releases["sae_bench_pythia70m_sweep_standard_ctx128_0712"].saes_map
     for layer in (3, 4):  # its SAE ids are the hook name plus the trainer
@@ -65,8 +68,13 @@ def _hooked_transformer(model_dir, hf_model, tokenizer, **kwargs):
     cfg = loading.get_pretrained_model_config(str(model_dir), fold_ln=True, device="cpu")
     state = loading.get_pretrained_state_dict(str(model_dir), cfg, hf_model=hf_model)
     model = HookedTransformer(cfg, tokenizer=tokenizer)
-    model.load_and_process_state_dict(state, fold_ln=True, center_unembed=True, fold_value_biases=True,
-                                      center_writing_weights=kwargs.get("center_writing_weights", True))
+    model.load_and_process_state_dict(
+        state,
+        fold_ln=True,
+        center_unembed=True,
+        fold_value_biases=True,
+        center_writing_weights=kwargs.get("center_writing_weights", True),
+    )
     return model.eval()
 
 

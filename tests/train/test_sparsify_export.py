@@ -1,5 +1,6 @@
 """Exports in EleutherAI sparsify's layout (issue 37): sparsify's own loader reads them, and its coder
 reproduces orthosae's encode / decode on raw rows (relu runs exactly, with k = d_sae)."""
+
 import json
 
 import pytest
@@ -10,7 +11,6 @@ from orthosae.cli import main
 from orthosae.common.errors import UserError
 from orthosae.train.export import load_sae
 from orthosae.train.sparsify_export import save_sparsify
-
 from tests._configs import BASELINE_AND_ADAPTIVE, write_tiny_pipeline
 
 sparsify = pytest.importorskip("sparsify", reason="test peer: setup.sh --test installs eai-sparsify --no-deps")
@@ -19,7 +19,12 @@ sparsify = pytest.importorskip("sparsify", reason="test peer: setup.sh --test in
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("sparsify")
-    path = write_tiny_pipeline(tmp, tiny_model_dir, tokens=1280, rest=BASELINE_AND_ADAPTIVE + """
+    path = write_tiny_pipeline(
+        tmp,
+        tiny_model_dir,
+        tokens=1280,
+        rest=BASELINE_AND_ADAPTIVE
+        + """
     [[runs]]
     name = "topk"
     type = "baseline"
@@ -30,7 +35,9 @@ def trained(tmp_path_factory, tiny_model_dir):
     type = "baseline"
     activation = "batchtopk"
     k = 8
-    """ + f'[eval]\nreports_dir = "{tmp / "reports"}"\n')
+    """
+        + f'[eval]\nreports_dir = "{tmp / "reports"}"\n',
+    )
     runner = CliRunner()
     for cmd in ("harvest", "train"):
         res = runner.invoke(main, ["--config", str(path), cmd])
@@ -66,8 +73,10 @@ def test_what_sparsify_cannot_express_is_refused(trained, run, why):
 
 def test_push_format_sparsify_stages_the_layout_and_its_card(trained):
     tmp, path = trained
-    res = CliRunner().invoke(main, ["--config", str(path), "push", "baseline", "topk", "--repo", "me/sp",
-                                    "--format", "sparsify", "--dry-run"])
+    res = CliRunner().invoke(
+        main,
+        ["--config", str(path), "push", "baseline", "topk", "--repo", "me/sp", "--format", "sparsify", "--dry-run"],
+    )
     assert res.exit_code == 0, res.output
     staged = tmp / "reports/default/hub/me--sp"
     for run in ("baseline", "topk"):
@@ -76,6 +85,7 @@ def test_push_format_sparsify_stages_the_layout_and_its_card(trained):
     card = (staged / "README.md").read_text()
     assert 'SparseCoder.load_from_hub("me/sp", hookpoint="baseline/layers.0")' in card
     assert "library_name: saelens" not in card and "- sparsify" in card
-    res = CliRunner().invoke(main, ["--config", str(path), "push", "adaptive", "--repo", "me/sp",
-                                    "--format", "sparsify", "--dry-run"])
+    res = CliRunner().invoke(
+        main, ["--config", str(path), "push", "adaptive", "--repo", "me/sp", "--format", "sparsify", "--dry-run"]
+    )
     assert res.exit_code == 2 and "per-token group biases" in res.output

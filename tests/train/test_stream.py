@@ -1,4 +1,5 @@
 """Streaming loader: each row once per epoch, deterministic, seekable, memory set by the buffer."""
+
 import threading
 import weakref
 
@@ -7,7 +8,6 @@ import pytest
 import torch
 
 from orthosae.train.stream import ActivationStream, _split_counts, estimate_scale
-
 from tests._stores import ID_D as D
 from tests._stores import make_id_store
 
@@ -51,8 +51,9 @@ def test_deterministic_and_resume_seeks_to_same_batches(tmp_path):
 
 def test_mix_sets_batch_composition(tmp_path):
     reader, _ = make_id_store(tmp_path)
-    s = ActivationStream(reader, ["retain", "forget"], batch_size=20, buffer_rows=32, seed=0,
-                         mix={"retain": 1.0, "forget": 3.0})
+    s = ActivationStream(
+        reader, ["retain", "forget"], batch_size=20, buffer_rows=32, seed=0, mix={"retain": 1.0, "forget": 3.0}
+    )
     for _x, f in take(s, 12):  # forget (48 rows) cycles its epochs more often than retain
         assert int(f.sum()) == 15
     assert _split_counts(10, [1, 1, 1]) == [4, 3, 3]
@@ -69,6 +70,7 @@ def test_heldout_rows_never_served(tmp_path):
 def reference_batches(s: ActivationStream, start: int, n: int, reads: list):
     """Batches start..start+n-1 of `s` as the synchronous reader before read-ahead made them: each
     window read whole, permuted, served in slices; `reads` collects the windows it read."""
+
     def pool_rows(pool, start_row):
         epoch, skip = divmod(start_row, pool.rows)
         while True:
@@ -95,21 +97,23 @@ def reference_batches(s: ActivationStream, start: int, n: int, reads: list):
             while len(acts) < pool.rows_per_batch:
                 more_a, more_f = next(sources[i])
                 acts, forget = torch.cat([acts, more_a]), torch.cat([forget, more_f])
-            xs.append(acts[:pool.rows_per_batch])
-            fs.append(forget[:pool.rows_per_batch])
-            pending[i] = (acts[pool.rows_per_batch:], forget[pool.rows_per_batch:])
+            xs.append(acts[: pool.rows_per_batch])
+            fs.append(forget[: pool.rows_per_batch])
+            pending[i] = (acts[pool.rows_per_batch :], forget[pool.rows_per_batch :])
         out.append((torch.cat(xs) * s.scale, torch.cat(fs)))
     return out
 
 
-@pytest.mark.parametrize("storage, kw, start, total", [
-    ("bfloat16", dict(batch_size=10, buffer_rows=32, scale=0.37), 0, 40),
-    ("float32", dict(batch_size=10, buffer_rows=48), 17, 41),  # a resumed stream
-    ("float16", dict(batch_size=20, buffer_rows=32, mix={"retain": 1.0, "forget": 3.0}, heldout_rows=8), 5, 30),
-    ("bfloat16", dict(batch_size=7, buffer_rows=8), 3, 50),  # windows smaller than a batch
-])
-def test_read_ahead_serves_the_batches_of_the_synchronous_reader(tmp_path, monkeypatch, storage, kw, start,
-                                                                 total):
+@pytest.mark.parametrize(
+    "storage, kw, start, total",
+    [
+        ("bfloat16", dict(batch_size=10, buffer_rows=32, scale=0.37), 0, 40),
+        ("float32", dict(batch_size=10, buffer_rows=48), 17, 41),  # a resumed stream
+        ("float16", dict(batch_size=20, buffer_rows=32, mix={"retain": 1.0, "forget": 3.0}, heldout_rows=8), 5, 30),
+        ("bfloat16", dict(batch_size=7, buffer_rows=8), 3, 50),  # windows smaller than a batch
+    ],
+)
+def test_read_ahead_serves_the_batches_of_the_synchronous_reader(tmp_path, monkeypatch, storage, kw, start, total):
     """Same rows, same order, same values: a resumed run sees what an uninterrupted one saw, before
     and after read-ahead; and no window past the last batch is read."""
     reader, _ = make_id_store(tmp_path, storage=storage)
@@ -122,6 +126,7 @@ def test_read_ahead_serves_the_batches_of_the_synchronous_reader(tmp_path, monke
     def counted(self, pool, epoch, w, *args):
         reads.append((pool.index, epoch, w))
         return real_read(self, pool, epoch, w, *args)
+
     monkeypatch.setattr(ActivationStream, "_read_window", counted)
     got = list(s)
     assert len(got) == total - start and s.batches_served == total
@@ -141,6 +146,7 @@ def test_next_window_is_read_while_the_current_one_is_served(tmp_path, monkeypat
         if (epoch, w) != (0, 0):
             later_window.set()
         return real_read(self, pool, epoch, w, *args)
+
     monkeypatch.setattr(ActivationStream, "_read_window", watched)
     it = iter(s)
     next(it)
@@ -174,13 +180,13 @@ def test_host_memory_is_bounded_by_the_buffer_not_the_cache(tmp_path, monkeypatc
         count(size - rows * D * 2, 0)
         weakref.finalize(held, count, -size, -1)  # ... until they are freed
         return window
+
     monkeypatch.setattr(ActivationStream, "_read_window", tracked)
 
     for size in (8, 64):  # contexts per corpus: an 8x larger cache
         reader, n = make_id_store(tmp_path, n_contexts=(size, size), storage="bfloat16")
         url = reader.url
-        s = ActivationStream(reader, ["retain", "forget"], batch_size=16, buffer_rows=32, seed=0, mix=mix,
-                             prefetch=2)
+        s = ActivationStream(reader, ["retain", "forget"], batch_size=16, buffer_rows=32, seed=0, mix=mix, prefetch=2)
         take(s, 2 * n // 16)  # two epochs
     (bytes8, windows8, biggest8), (bytes64, windows64, biggest64) = peak.values()
     pools = 2 if mix else 1

@@ -130,8 +130,9 @@ def test_topk_exports_load_with_load_sae_and_sae_lens(tmp_path, run_type, activa
     """TopK exports as SAELens "topk" (k in cfg.json), BatchTopK as "jumprelu" with the learned
     threshold (as SAELens saves BatchTopK); the grouped SAE keeps its own architecture for both."""
     base = RUNS[run_type]
-    RUNS[f"{run_type}-{activation}"] = RunConfig.of(run_type, train=base.train, ortho=base.ortho,
-                                                    activation=activation, k=3, l1_coefficient=0.0)
+    RUNS[f"{run_type}-{activation}"] = RunConfig.of(
+        run_type, train=base.train, ortho=base.ortho, activation=activation, k=3, l1_coefficient=0.0
+    )
     try:
         sae = trained(f"{run_type}-{activation}")
     finally:
@@ -141,7 +142,8 @@ def test_topk_exports_load_with_load_sae_and_sae_lens(tmp_path, run_type, activa
     save_sae(sae, tmp_path, scale=SCALE, extra_cfg=EXTRA)
     ours, cfg = load_sae(tmp_path)
     assert cfg["architecture"] == {"adaptive": "orthosae_grouped"}.get(
-        run_type, {"topk": "topk", "batchtopk": "jumprelu"}[activation])
+        run_type, {"topk": "topk", "batchtopk": "jumprelu"}[activation]
+    )
     x_raw = raw_batch()
     with torch.no_grad():
         f = ours.encode(x_raw)
@@ -156,7 +158,8 @@ def test_topk_exports_load_with_load_sae_and_sae_lens(tmp_path, run_type, activa
     register_with_sae_lens()
     theirs = sae_lens.SAE.load_from_disk(tmp_path)
     assert type(theirs).__name__ == {"adaptive": "OrthoSAEGroupedSAE"}.get(
-        run_type, {"topk": "TopKSAE", "batchtopk": "JumpReLUSAE"}[activation])
+        run_type, {"topk": "TopKSAE", "batchtopk": "JumpReLUSAE"}[activation]
+    )
     with torch.no_grad():
         torch.testing.assert_close(theirs.encode(x_raw), f)
         torch.testing.assert_close(theirs(x_raw), ours(x_raw))

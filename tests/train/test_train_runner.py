@@ -1,4 +1,5 @@
 """`pipe train` end to end on a synthetic store: one pass for a sweep, resume, NaN, bad input."""
+
 import json
 import signal
 from pathlib import Path
@@ -10,11 +11,12 @@ from safetensors.torch import load_file
 from orthosae.common.config import load_config
 from orthosae.common.store import StoreError, StoreReader
 from orthosae.train import load_sae, train
-
 from tests._subprocess import run_script
-from tests._synthetic import D, SWEEP, make_store, write_config
+from tests._synthetic import SWEEP, D, make_store, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
 def test_sweep_trains_all_variants_in_one_pass(tmp_path, monkeypatch):
     make_store(str(tmp_path / "s.zarr"))
     reads = {"n": 0}
@@ -23,6 +25,7 @@ def test_sweep_trains_all_variants_in_one_pass(tmp_path, monkeypatch):
     def counting(self, name, start, stop):
         reads["n"] += 1
         return real(self, name, start, stop)
+
     monkeypatch.setattr(StoreReader, "read_rows", counting)
     one = load_config(write_config(tmp_path / "one" if (tmp_path / "one").mkdir() is None else None))
     make_store(str(tmp_path / "one" / "s.zarr"))
@@ -81,15 +84,19 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     make_store(str(tmp_path / "s.zarr"))
     ref_cfg = load_config(write_config(tmp_path, runs=SWEEP))
     train(ref_cfg, show_progress=False)
-    reference = {n: load_file(str(tmp_path / "runs" / n / "sae_weights.safetensors")) for n in ("baseline", "fixed", "adaptive")}
+    reference = {
+        n: load_file(str(tmp_path / "runs" / n / "sae_weights.safetensors")) for n in ("baseline", "fixed", "adaptive")
+    }
     killed_dir = tmp_path / "k"
     killed_dir.mkdir()
     path = write_config(killed_dir, runs=SWEEP, store="../s.zarr")
     # 3 runs checkpoint together: dying after the 5th checkpoint leaves runs at different steps.
     out = run_script(tmp_path, KILLER, path, 5)
     assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
-    steps = {n: json.loads((killed_dir / "runs" / n / "checkpoint/state.json").read_text())["trainer"]["step"]
-             for n in ("baseline", "fixed")}
+    steps = {
+        n: json.loads((killed_dir / "runs" / n / "checkpoint/state.json").read_text())["trainer"]["step"]
+        for n in ("baseline", "fixed")
+    }
     assert steps == {"baseline": 80, "fixed": 80}
     train(load_config(path), show_progress=False)
     for name, ref in reference.items():
@@ -103,6 +110,7 @@ def test_nan_stops_run_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     make_store(str(tmp_path / "s.zarr"))
     cfg = load_config(write_config(tmp_path, runs=SWEEP))
     from orthosae.train.sae.fixed import FixedOrthoSAE
+
     real = FixedOrthoSAE.training_forward
     calls = {"n": 0}
 
@@ -113,6 +121,7 @@ def test_nan_stops_run_and_keeps_last_checkpoint(tmp_path, monkeypatch):
             if calls["n"] > 100:
                 out.total = out.total * float("nan")
         return out
+
     monkeypatch.setattr(FixedOrthoSAE, "training_forward", poisoned)
     summaries = {s["run"]: s for s in train(cfg, show_progress=False)}
     assert summaries["fixed"]["status"] == "failed" and "nan at step 100" in summaries["fixed"]["message"]
@@ -127,9 +136,11 @@ def test_a_nan_between_log_steps_is_caught_before_a_preemption_checkpoint(tmp_pa
     them (step 102 here) reads it first, so a run whose loss went nan at step 100 fails instead of
     saving nan weights to resume from."""
     from orthosae.common import preempt
+
     make_store(str(tmp_path / "s.zarr"))
     cfg = load_config(write_config(tmp_path, runs=SWEEP))
     from orthosae.train.sae.fixed import FixedOrthoSAE
+
     real = FixedOrthoSAE.training_forward
     calls = {"n": 0}
 
@@ -142,6 +153,7 @@ def test_a_nan_between_log_steps_is_caught_before_a_preemption_checkpoint(tmp_pa
             if calls["n"] == 102:
                 preempt.request()  # SIGTERM during step 101: stop after it
         return out
+
     monkeypatch.setattr(FixedOrthoSAE, "training_forward", poisoned)
     try:
         with pytest.raises(preempt.Preempted):
@@ -180,6 +192,7 @@ def test_two_processes_share_the_sweep_and_equal_one(tmp_path):
     """Under torchrun, rank r trains runs r, r+N, …; every run's weights equal a one-process sweep,
     resampling included (each run has its own random stream)."""
     import sys
+
     make_store(str(tmp_path / "s.zarr"))
     sweep = SWEEP + '[[runs]]\nname = "resampled"\ntype = "baseline"\nresample_dead = true\ndead_window = 20\n'
     one = load_config(write_config(tmp_path, runs=sweep, tokens=10_240))
@@ -188,8 +201,13 @@ def test_two_processes_share_the_sweep_and_equal_one(tmp_path):
     two_dir.mkdir()
     path = write_config(two_dir, runs=sweep, tokens=10_240, store="../s.zarr")
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    out = run_script(tmp_path, TRAIN_SCRIPT, path, launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29523"],
-                     env={"OMP_NUM_THREADS": "1"})
+    out = run_script(
+        tmp_path,
+        TRAIN_SCRIPT,
+        path,
+        launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29523"],
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     log = out.stdout + out.stderr
     assert "process 0 of 2" in log and "process 1 of 2" in log
@@ -203,7 +221,10 @@ def test_target_l0_controller_lands_within_5_percent(tmp_path):
     """ReLU runs with `target_l0` end within ±5 % of it (L0 of the exported SAE on the training rows,
     the distribution the controller sees); λ1 is what moved. A TopK run in the same sweep sits at k."""
     make_store(str(tmp_path / "s.zarr"))
-    cfg = load_config(write_config(tmp_path, runs="""
+    cfg = load_config(
+        write_config(
+            tmp_path,
+            runs="""
 [[runs]]
 name = "b"
 type = "baseline"
@@ -215,7 +236,9 @@ type = "fixed"
 activation = "topk"
 k = 7
 l1_coefficient = 0.0
-"""))
+""",
+        )
+    )
     summaries = train(cfg, show_progress=False)
     assert [s["run"] for s in summaries] == ["b-target_l06-s0", "b-target_l08-s0", "topk"]
     reader = StoreReader(str(tmp_path / "s.zarr"))
@@ -248,8 +271,9 @@ def test_run_fingerprints_survive_keys_added_later():
             return {"retain": SimpleNamespace(tokens_fingerprint="t")}
 
     def fp(kind, **ortho):
-        return run_fingerprint(RunConfig.of(kind, "r", train=TrainConfig(d_sae=64), ortho=OrthoConfig(**ortho)),
-                               Reader(), 0)
+        return run_fingerprint(
+            RunConfig.of(kind, "r", train=TrainConfig(d_sae=64), ortho=OrthoConfig(**ortho)), Reader(), 0
+        )
 
     def known(kind):  # what a finished run's summary may hold and still count as complete
         return run_fingerprints(RunConfig.of(kind, "r", train=TrainConfig(d_sae=64)), Reader(), 0)

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from tests._dispatch import HostReads, MatmulPrecisions
-from tests._sae import D, S, all_variants, run
 from orthosae.train.sae import contiguous_groups, make_sae
 from orthosae.train.trainer import L0Controller, Schedules, Trainer, resample_dead
+from tests._dispatch import HostReads, MatmulPrecisions
+from tests._sae import D, S, all_variants, run
 
 
 def test_lambda2_schedule():
@@ -32,8 +32,9 @@ def test_lambda2_schedule():
 
 
 def test_lambda1_and_lr_schedules():
-    s = Schedules(run("baseline", lr=1.0, lr_warmup_steps=10, lr_decay_frac=0.2, l1_coefficient=2.0,
-                      l1_warmup_steps=4), 100)
+    s = Schedules(
+        run("baseline", lr=1.0, lr_warmup_steps=10, lr_decay_frac=0.2, l1_coefficient=2.0, l1_warmup_steps=4), 100
+    )
     assert s.lr(0) == pytest.approx(0.1) and s.lr(9) == 1.0 and s.lr(50) == 1.0 and s.lr(90) == pytest.approx(0.5)
     assert [s.lambda1(t) for t in (0, 1, 3, 50)] == pytest.approx([0.5, 1.0, 2.0, 2.0])
     assert Schedules(run("baseline", l1_coefficient=2.0, l1_warmup_steps=0), 10).lambda1(0) == 2.0
@@ -160,8 +161,9 @@ def test_trained_cross_group_overlap_follows_alpha():
     g = torch.Generator().manual_seed(0)
     dictionary = torch.randn(48, 16, generator=g)
     dictionary /= dictionary.norm(dim=1, keepdim=True)
-    batches = [((torch.rand(256, 48, generator=g) < 0.08) * torch.rand(256, 48, generator=g)) @ dictionary
-               for _ in range(150)]
+    batches = [
+        ((torch.rand(256, 48, generator=g) < 0.08) * torch.rand(256, 48, generator=g)) @ dictionary for _ in range(150)
+    ]
     fg = torch.arange(256) < 128
 
     def trained_rms(**keys) -> float:
@@ -187,6 +189,7 @@ def test_trained_cross_group_overlap_follows_alpha():
 def test_log_record_comes_from_the_step_forward_pass():
     """The log's recon and ev_batch are what the loss saw (pre-step weights), not a second decode."""
     import copy
+
     r = run("adaptive", log_every=1, lr=0.1, lr_warmup_steps=0)
     trainer = Trainer(r, make_sae(r, D), 10)
     x, fg = torch.randn(32, D) * 3, torch.arange(32) < 16
@@ -202,11 +205,16 @@ def test_log_record_comes_from_the_step_forward_pass():
     assert rec["grad_norm"] > 0 and rec["group_sizes"] == [12, 12]
 
 
-@pytest.mark.parametrize("kind,keys", [
-    ("adaptive", {}), ("adaptive", {"alpha_mode": "hinge"}), ("fixed", {}),
-    ("baseline", {"activation": "batchtopk", "k": 3, "l1_coefficient": 0.0}),
-    ("baseline", {"target_l0": 3.0}),
-])
+@pytest.mark.parametrize(
+    "kind,keys",
+    [
+        ("adaptive", {}),
+        ("adaptive", {"alpha_mode": "hinge"}),
+        ("fixed", {}),
+        ("baseline", {"activation": "batchtopk", "k": 3, "l1_coefficient": 0.0}),
+        ("baseline", {"target_l0": 3.0}),
+    ],
+)
 def test_training_steps_that_do_not_log_never_read_the_device(kind, keys):
     """Between log, checkpoint and regroup steps a training step runs without one host read (issue
     13): the NaN guard and the target-L0 controller stay on the device, group indices are cached
@@ -231,6 +239,7 @@ def test_tf32_applies_to_the_sae_but_never_to_l_ortho():
     of a step; every product of L_ortho, forward and backward, runs at "highest"; the process-wide
     setting is restored after the step."""
     from orthosae.train.sae.ortho import ortho_loss as loss_fn
+
     W = torch.randn(S, D, requires_grad=True)
     torch.set_float32_matmul_precision("high")
     try:

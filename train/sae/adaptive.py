@@ -51,17 +51,25 @@ def bias_mix(f: Tensor, groups: Tensor, n_groups: int, *, nonneg: bool = False, 
     return mass / torch.where(tot > 0, tot, torch.ones_like(tot))
 
 
-def grouped_decode(f: Tensor, groups: Tensor, group_bias: Tensor, tau: float | Tensor,
-                   linear: Callable[[Tensor], Tensor], *, nonneg: bool = False,
-                   mix_from: Tensor | None = None) -> Tensor:
+def grouped_decode(
+    f: Tensor,
+    groups: Tensor,
+    group_bias: Tensor,
+    tau: float | Tensor,
+    linear: Callable[[Tensor], Tensor],
+    *,
+    nonneg: bool = False,
+    mix_from: Tensor | None = None,
+) -> Tensor:
     """x̂ = linear(f) + Σ_g π_g·group_bias[g] per token, where ``linear(f) = f @ W_dec + b_dec``.
     One definition for training and for the SAELens class of the export (below).
 
     ``mix_from``: compute π from these activations instead of f. An intervention that clamps
     features passes the unclamped ones, so it edits the features alone and does not also remove
     the clamped group's bias (a second intervention a plain SAE would not get)."""
-    pi = bias_mix(f if mix_from is None else mix_from, groups, group_bias.shape[0],
-                  nonneg=nonneg and mix_from is None, tau=tau)
+    pi = bias_mix(
+        f if mix_from is None else mix_from, groups, group_bias.shape[0], nonneg=nonneg and mix_from is None, tau=tau
+    )
     return linear(f) + pi @ group_bias
 
 
@@ -73,11 +81,13 @@ class AdaptiveOrthoSAE(FixedOrthoSAE):
         self.register_buffer("tau", torch.tensor(float(run.ortho.tau), dtype=self.dtype, device=self.device))
 
     def decode(self, f: Tensor, *, nonneg: bool = False, mix_from: Tensor | None = None) -> Tensor:
-        return grouped_decode(f, self.groups, self.group_bias, self.tau, super().decode, nonneg=nonneg,
-                              mix_from=mix_from)
+        return grouped_decode(
+            f, self.groups, self.group_bias, self.tau, super().decode, nonneg=nonneg, mix_from=mix_from
+        )
 
 
 # ---------------------------------------------------------------- the export's SAELens class
+
 
 def sae_lens_classes() -> tuple[type, type]:
     """``(OrthoSAEGroupedSAE, OrthoSAEGroupedConfig)``, the sae_lens classes of architecture
@@ -124,12 +134,14 @@ def sae_lens_classes() -> tuple[type, type]:
         def encode(self, x: torch.Tensor) -> torch.Tensor:
             sae_in = self.process_sae_in(x)
             hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
-            return self.hook_sae_acts_post(activate(hidden_pre, self.cfg.activation, self.cfg.k,
-                                                    getattr(self, "threshold", None)))
+            return self.hook_sae_acts_post(
+                activate(hidden_pre, self.cfg.activation, self.cfg.k, getattr(self, "threshold", None))
+            )
 
         def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-            out = grouped_decode(feature_acts, self.groups, self.group_bias, self.tau,
-                                 lambda f: f @ self.W_dec + self.b_dec)
+            out = grouped_decode(
+                feature_acts, self.groups, self.group_bias, self.tau, lambda f: f @ self.W_dec + self.b_dec
+            )
             out = self.hook_sae_recons(out)
             out = self.run_time_activation_norm_fn_out(out)
             return self.reshape_fn_out(out, self.d_head)
@@ -142,8 +154,13 @@ def sae_lens_classes() -> tuple[type, type]:
         @torch.no_grad()
         def fold_and_get_W_dec_norm(self) -> torch.Tensor:
             norms = self.get_W_dec_norm()
-            fold_activation_state(norms, activation=self.cfg.activation, grouped=True, tau=self.tau,
-                                  threshold=getattr(self, "threshold", None))
+            fold_activation_state(
+                norms,
+                activation=self.cfg.activation,
+                grouped=True,
+                tau=self.tau,
+                threshold=getattr(self, "threshold", None),
+            )
             return super().fold_and_get_W_dec_norm()
 
     for cls in (OrthoSAEGroupedConfig, OrthoSAEGroupedSAE):

@@ -42,6 +42,7 @@ Decoder rows have unit norm in training, so TopK on pre-activations is the same 
 ``rescale_acts_by_decoder_norm``. The L1 term is computed and logged for every activation; with
 topk / batchtopk it is usually weighted 0 (``l1_coefficient = 0``), as in SAELens' TopK recipes.
 """
+
 from __future__ import annotations
 
 import copy
@@ -58,6 +59,7 @@ from . import ortho
 @dataclass(frozen=True)
 class Coefficients:
     """One step's coefficient values, all from the Trainer's schedules."""
+
     lr: float
     lambda1: float | Tensor  # λ1 after its warm-up (a device scalar under the target-L0 controller)
     lambda2: float  # λ2(t), the nominal weight of L_ortho (logged)
@@ -68,6 +70,7 @@ class Coefficients:
 @dataclass
 class TrainOutput:
     """The training forward pass: the named loss terms with the activations they came from."""
+
     total: Tensor  # scalar, for backward
     recon: Tensor  # the terms, as computed (detach before logging)
     sparse: Tensor
@@ -113,8 +116,7 @@ def batch_topk(pre: Tensor, k: int) -> Tensor:
     return torch.zeros_like(flat).scatter(-1, top.indices, top.values).reshape(acts.shape)
 
 
-def activate(pre: Tensor, activation: str, k: int, threshold: Tensor | None = None, *,
-             inplace: bool = False) -> Tensor:
+def activate(pre: Tensor, activation: str, k: int, threshold: Tensor | None = None, *, inplace: bool = False) -> Tensor:
     """Feature activations at inference from pre-activations: the one encode of every variant and
     of the grouped SAELens class (batchtopk: SAELens' JumpReLU on the learned threshold, so a
     token's L0 depends on itself alone). ``inplace``: relu may overwrite ``pre``."""
@@ -133,13 +135,16 @@ def require_uniform_norms(norms: Tensor) -> None:
     uniform scale, so a grouped SAE with non-uniform decoder norms cannot be folded (nor a TopK SAE,
     whose choice of the k largest would change)."""
     if not torch.allclose(norms, norms.mean().expand_as(norms), rtol=1e-3):
-        raise ValueError("folding non-uniform decoder norms would change the group-bias mix π "
-                         "(orthosae_grouped) or the TopK choice (topk)")
+        raise ValueError(
+            "folding non-uniform decoder norms would change the group-bias mix π "
+            "(orthosae_grouped) or the TopK choice (topk)"
+        )
 
 
 @torch.no_grad()
-def fold_activation_state(norms: Tensor, *, activation: str, grouped: bool, tau: Tensor | None = None,
-                          threshold: Tensor | None = None) -> None:
+def fold_activation_state(
+    norms: Tensor, *, activation: str, grouped: bool, tau: Tensor | None = None, threshold: Tensor | None = None
+) -> None:
     """What folding decoder norms n into the encoder (W_enc·n, b_enc·n, W_dec/n: f_i scales by n_i,
     reconstructions unchanged) must do beyond those three products: refuse non-uniform norms where
     they would change the output (grouped: the mix π; topk: the choice of the k largest), scale the
@@ -160,8 +165,13 @@ def fold_decoder_norms(sae: nn.Module) -> nn.Module:
     out = copy.deepcopy(sae)
     n = out.W_dec.norm(dim=1)
     n = torch.where(n > 0, n, torch.ones_like(n))
-    fold_activation_state(n, activation=getattr(out, "activation", "relu"), grouped=is_grouped(out),
-                          tau=getattr(out, "tau", None), threshold=getattr(out, "threshold", None))
+    fold_activation_state(
+        n,
+        activation=getattr(out, "activation", "relu"),
+        grouped=is_grouped(out),
+        tau=getattr(out, "tau", None),
+        threshold=getattr(out, "threshold", None),
+    )
     out.W_enc.mul_(n.to(out.W_enc.dtype))
     out.b_enc.mul_(n.to(out.b_enc.dtype))
     out.W_dec.div_(n[:, None].to(out.W_dec.dtype))
@@ -186,8 +196,14 @@ class SAE(nn.Module):
         """The ``architecture`` of the export's cfg.json (SAELens' name where one fits)."""
         return self.cfg.variant.architecture(self.activation)
 
-    def __init__(self, d_model: int, run: RunConfig, *, dtype: torch.dtype | str = torch.float32,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        d_model: int,
+        run: RunConfig,
+        *,
+        dtype: torch.dtype | str = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
         super().__init__()
         self.cfg = run
         self.d_model, self.d_sae = int(d_model), int(run.train.d_sae)
@@ -228,8 +244,7 @@ class SAE(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         """Feature activations at inference (batchtopk: the learned threshold, per token)."""
         # inplace: relu_ reuses addmm's output (its backward does not need it)
-        f = activate(self.pre_activations(x), self.activation, self.k, getattr(self, "threshold", None),
-                     inplace=True)
+        f = activate(self.pre_activations(x), self.activation, self.k, getattr(self, "threshold", None), inplace=True)
         return f.reshape(*x.shape[:-1], self.d_sae)
 
     def encode_train(self, x: Tensor) -> Tensor:
@@ -276,9 +291,16 @@ class SAE(nn.Module):
         if not self.cfg.has_ortho:
             return None
         o = self.cfg.ortho
-        return ortho.ortho_loss(self.directions(), self.groups, self.n_groups, o.alpha, o.alpha_mode,
-                                activity=activity if o.weighting == "activity" else None,
-                                index=self.group_index(), gram_dtype=o.gram_dtype)
+        return ortho.ortho_loss(
+            self.directions(),
+            self.groups,
+            self.n_groups,
+            o.alpha,
+            o.alpha_mode,
+            activity=activity if o.weighting == "activity" else None,
+            index=self.group_index(),
+            gram_dtype=o.gram_dtype,
+        )
 
     def training_forward(self, x: Tensor, c: Coefficients) -> TrainOutput:
         """One step's loss: recon + λ1·sparse + w·L_ortho, with the terms and f, x̂ for logging."""
@@ -297,8 +319,9 @@ class SAE(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and c.ortho_weight != 0.0):
                 ortho_term = self.ortho_loss(mass.detach())
         total = recon + c.lambda1 * sparse + (c.ortho_weight * ortho_term if c.ortho_weight != 0.0 else 0.0)
-        return TrainOutput(total=total, recon=recon, sparse=sparse, ortho=ortho_term, f=f.detach(),
-                           x_hat=x_hat.detach())
+        return TrainOutput(
+            total=total, recon=recon, sparse=sparse, ortho=ortho_term, f=f.detach(), x_hat=x_hat.detach()
+        )
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -21,5 +21,6 @@ class FixedOrthoSAE(BaselineSAE):
     def __init__(self, d_model, run, **kwargs):
         super().__init__(d_model, run, **kwargs)
         self.n_groups = int(run.ortho.groups)
-        self.register_buffer("groups", ortho.contiguous_groups(self.d_sae, self.n_groups, self.W_dec.device),
-                             persistent=False)
+        self.register_buffer(
+            "groups", ortho.contiguous_groups(self.d_sae, self.n_groups, self.W_dec.device), persistent=False
+        )

@@ -87,12 +87,20 @@ def forget_share(forget_mass: Tensor, retain_mass: Tensor) -> Tensor:
     """The forget share r_i = m_forget,i / (m_forget,i + m_retain,i) per feature (``[eval.unlearning]
     references``' "forget_share" ranks by it); nan where both are 0."""
     tot = forget_mass + retain_mass
-    return torch.where(tot > 0, forget_mass / torch.where(tot > 0, tot, torch.ones_like(tot)),
-                       torch.full_like(tot, math.nan))
+    return torch.where(
+        tot > 0, forget_mass / torch.where(tot > 0, tot, torch.ones_like(tot)), torch.full_like(tot, math.nan)
+    )
 
 
-def assign_groups(r: Tensor | None, groups: Tensor, n_groups: int, *, mass: Tensor | None = None,
-                  min_mass: float = 0.0, margin: float = 0.0) -> Tensor:
+def assign_groups(
+    r: Tensor | None,
+    groups: Tensor,
+    n_groups: int,
+    *,
+    mass: Tensor | None = None,
+    min_mass: float = 0.0,
+    margin: float = 0.0,
+) -> Tensor:
     """New group per feature: the bin of its forget share r in G equal bins of [0, 1]. A feature
     keeps its current group (``groups``) where r is nan (no mass), where ``mass`` < ``min_mass``, or
     where r lies within ``margin`` of its current bin."""
@@ -130,19 +138,20 @@ def max_cosine(A: Tensor, B: Tensor | None = None, *, absolute: bool = False, bl
     Bn = An if B is None else B / B.norm(dim=1, keepdim=True).clamp_min(1e-12)
     out = torch.empty(An.shape[0], dtype=An.dtype, device=An.device)
     for start in range(0, An.shape[0], block):
-        C = An[start:start + block] @ Bn.T
+        C = An[start : start + block] @ Bn.T
         if absolute:
             C = C.abs()
         if B is None:  # a row is not its own neighbour
             rows = torch.arange(C.shape[0], device=C.device)
             C[rows, rows + start] = -math.inf
-        out[start:start + block] = C.max(dim=1).values
+        out[start : start + block] = C.max(dim=1).values
     return out
 
 
 @dataclass(frozen=True)
 class GroupHealth:
     """Per group (lists of length G): size, condition number, effective-rank fraction, max |cos|."""
+
     sizes: list[int]
     cond: list[float]
     eff_rank: list[float]  # exp(entropy of σ/Σσ)
@@ -177,6 +186,7 @@ def group_health(W: Tensor, groups: Tensor, n_groups: int) -> GroupHealth:
 @dataclass(frozen=True)
 class RegroupReport:
     """What one regroup did: features moved, and each group's health afterwards."""
+
     step: int
     n_moved: int
     health: GroupHealth

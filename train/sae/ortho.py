@@ -136,7 +136,9 @@ def ortho_loss(
     between regroups. ``gram_dtype``: the rms form's Gram input precision (``gram_rms``).
     """
     if W.ndim != 2 or groups.shape != (W.shape[0],):
-        raise ValueError(f"ortho_loss: W must be [d_sae, d_model] and groups [d_sae]; got {tuple(W.shape)}, {tuple(groups.shape)}")
+        raise ValueError(
+            f"ortho_loss: W must be [d_sae, d_model] and groups [d_sae]; got {tuple(W.shape)}, {tuple(groups.shape)}"
+        )
     if gram_dtype != "float32" and mode != "rms":
         raise ValueError(f"ortho_loss: gram_dtype {gram_dtype!r} is for the exact rms form only")
     if mode not in ALPHA_MODES:
@@ -218,8 +220,14 @@ class _GramRms(torch.autograd.Function):
         return dW, None, None, None, None, None
 
 
-def gram_rms(W: Tensor, index: list[Tensor], n_groups: int, alpha: float, activity: Tensor | None = None,
-             dtype: torch.dtype | None = None) -> Tensor:
+def gram_rms(
+    W: Tensor,
+    index: list[Tensor],
+    n_groups: int,
+    alpha: float,
+    activity: Tensor | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
     """The exact rms L_ortho, ``Σ_{g<h} d_model·relu(Σ w_i w_j cos²_ij / (Σw_g·Σw_h) − α²)``, through
     d_model × d_model Grams (``_GramRms``). ``dtype`` is the Grams' input precision (None: W's): bfloat16 halves
     their cost on hardware with bf16 matmuls (CPUs with AVX512-BF16/AMX, GPUs' tensor cores), with
@@ -236,10 +244,10 @@ def _pair_hinge(A: Tensor, B: Tensor, alpha: float, wa: Tensor | None = None, wb
     """One pair's hinge term from row blocks of ``A Bᵀ`` (A, B: unit rows; wa, wb: their activity)."""
     total = A.new_zeros(())
     for start in range(0, A.shape[0], HINGE_BLOCK):
-        C = A[start:start + HINGE_BLOCK] @ B.T  # cosines (rows are unit vectors)
+        C = A[start : start + HINGE_BLOCK] @ B.T  # cosines (rows are unit vectors)
         C = torch.relu(C.abs() - alpha).pow(2)
         if wa is not None:
-            C = C * wa[start:start + HINGE_BLOCK, None] * wb[None, :]
+            C = C * wa[start : start + HINGE_BLOCK, None] * wb[None, :]
         total = total + C.sum()
     n = A.shape[0] * B.shape[0] if wa is None else _positive(wa.sum() * wb.sum())
     return A.shape[1] * (total / n)
