@@ -95,7 +95,7 @@ def mean_interval(values: Sequence[float], replicates: np.ndarray | None = None,
         return out
     z = (y - mean) / scale
     seed_part = float(np.var(z, ddof=1)) / n
-    se2 = seed_part + doc / scale**2
+    se2 = seed_part + doc / scale / scale  # scale² may underflow
     if se2 <= 0:  # deviations of float noise alone, all alike: the interval is the point
         out.update(se=0.0, ci95=[mean, mean], doc_var=doc)
         return out
