@@ -207,7 +207,7 @@ def _markdown(
 Config `{cfg.path}` · store `{reader.url}` ({meta.get("model_id")}, layer {meta.get("layer")} {meta.get("hook")},
 d_model {meta.get("d_model")}) · runs {", ".join(f"`{cfg.train.runs_dir}/{n}`" for n in names)} ·
 orthosae {__version__} · {time.strftime("%Y-%m-%d %H:%M:%S")}{_sets_line(cfg)}
-
+{summary_markdown(agg)}
 ## Reconstruction (held-out rows; headline EV = `{HEADLINE_EV}`, the corrected SAELens definition)
 {_table(["run", "type", "α", "L0", "EV", "EV legacy (SAEBench)", "EV dictionary_learning", "MSE", "cos sim", "L2 ratio", "rel. bias", "dead", "dense (> 10 %)"], rec)}
 
@@ -410,6 +410,50 @@ def primary_of(cfg: Config) -> dict | None:
         "quality": cfg.eval.primary_quality,
         "pairs": [list(p) for p in cfg.eval.primary_pairs],
     }
+
+
+def summary_markdown(agg: dict) -> str:
+    """The report's first table: one row per condition on the primary question, 7 columns —
+    condition, type, seeds, quality, the primary figure (mean [95 % interval]), its Holm verdict
+    against the baseline curve, and how many seeds reach the budget."""
+    primary = agg.get("primary")
+    if not primary:
+        return ""
+    fig, quality = primary["figure"], primary["quality"]
+
+    def cell(s):
+        if not s:
+            return "n/a"
+        lo, hi = s["ci95"]
+        if not math.isfinite(s["mean"]):
+            return f"n/a ({s.get('reached', '')})"
+        return (
+            f"{_fmt(s['mean'])} [{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) else f"{_fmt(s['mean'])} (too few seeds)"
+        )
+
+    rows = []
+    for label, e in agg["conditions"].items():
+        if e["type"] == "reference":
+            continue
+        v = primary["comparisons"].get(f"{label} vs the baseline curve")
+        rows.append(
+            [
+                label,
+                e["type"],
+                len(e["seeds"]),
+                cell(e["metrics"].get(quality)),
+                cell(e["metrics"].get(fig)),
+                "baseline curve" if v is None else v["holm"],
+                e["metrics"].get(fig, {}).get("reached", "n/a"),
+            ]
+        )
+    header = ["condition", "type", "seeds", quality, f"{fig} [95 %]", "vs the baseline (Holm)", "seeds reaching b"]
+    return f"""
+## Summary: `{fig}` at equal `{quality}`
+{_table(header, rows)}
+
+Full tables, pairs and the exploratory verdicts follow; "Who wins" holds the primary family with its gaps.
+"""
 
 
 def primary_markdown(primary: dict | None) -> str:
