@@ -89,12 +89,12 @@ def check_complete(results: dict[str, dict]) -> None:
             )
 
 
-def _verdict(s: dict, higher: bool | None, what: str = "seed(s)") -> str:
+def _verdict(s: dict, higher: bool | None) -> str:
     lo, hi = s["ci95"]
     if higher is None:
         return "not compared"
     if s["n"] < MIN_SEEDS:
-        return f"no verdict: {s['n']} shared {what} < {MIN_SEEDS}"
+        return f"no verdict: {s['n']} shared seed(s) < {MIN_SEEDS}"
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "no verdict: no interval"
     if lo > 0 or hi < 0:
@@ -290,7 +290,7 @@ def _primary(primary: dict, conds: dict, pairs: list[dict], frontier: dict) -> d
             "verdict": v["verdict"],
             "p": v["p"],
             "gap": sign * v["mean_diff"],
-            "ci95": [sign * lo, sign * hi] if sign > 0 else [-hi, -lo],
+            "ci95": [lo, hi] if sign > 0 else [-hi, -lo],
             "seeds": v["seeds"],
         }
     rejected = holm(
@@ -370,7 +370,9 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) >= 1e3 or (abs(v) < 1e-2 and v) else f"{v:.3f}"
 
 
-def _cell(s: dict | None, with_eval: bool = False) -> str:
+def condition_cell(s: dict | None, with_eval: bool = False) -> str:
+    """One condition's metric as report.md shows it: mean [95 % interval], "n/a (k of n seeds)", or
+    the mean alone where there are too few seeds for an interval."""
     if not s:
         return "n/a"
     if not math.isfinite(s["mean"]) and "of" in s.get("reached", ""):
@@ -419,7 +421,7 @@ def conditions_markdown(agg: dict, plots: list[str], metrics: list[Metric] | Non
             lines.append(
                 f"| {label} | {e['type']} | {'' if e['alpha'] is None else e['alpha']} | {e['activation']} | "
                 f"{', '.join(str(s) for s in e['seeds'])} | "
-                + " | ".join(_cell(e["metrics"].get(m.key), m.eval_error) for m in part)
+                + " | ".join(condition_cell(e["metrics"].get(m.key), m.eval_error) for m in part)
                 + " |"
             )
         lines.append("")

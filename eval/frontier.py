@@ -35,8 +35,8 @@ def _no(verdict: str) -> dict:
     return {"verdict": verdict, "gap": math.nan, "ci95": [math.nan, math.nan], "p": math.nan}
 
 
-def _ok(p: dict, seeds) -> bool:
-    return all(s in p["y_seeds"] and math.isfinite(p["y_seeds"][s]) for s in seeds)
+def _has(p: dict, seed) -> bool:
+    return seed in p["y_seeds"] and math.isfinite(p["y_seeds"][seed])
 
 
 def bracket(curve: list[dict], x: float) -> tuple[dict, dict] | str:
@@ -63,8 +63,9 @@ def frontier_verdict(curve: list[dict], point: dict) -> dict:
     if isinstance(found, str):
         return _no(found)
     a, b = found
-    seeds = sorted(s for s in point["y_seeds"] if s in point["x_seeds"] and math.isfinite(point["x_seeds"][s]))
-    seeds = [s for s in seeds if _ok(point, [s]) and _ok(a, [s]) and _ok(b, [s])]
+    seeds = sorted(
+        s for s in point["x_seeds"] if math.isfinite(point["x_seeds"][s]) and all(_has(p, s) for p in (point, a, b))
+    )
     if len(seeds) < MIN_SEEDS:
         out = _no(f"no verdict: {len(seeds)} seed(s) shared with {a['name']}/{b['name']} < {MIN_SEEDS}")
         out["seeds"] = seeds

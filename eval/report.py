@@ -26,7 +26,13 @@ from orthosae.common import variants  # noqa: E402
 from orthosae.common.config import Config  # noqa: E402
 from orthosae.common.report_json import seal  # noqa: E402
 from orthosae.common.store import StoreReader  # noqa: E402
-from orthosae.eval.aggregate import aggregate, conditions_markdown, plot_conditions, plot_frontier  # noqa: E402
+from orthosae.eval.aggregate import (  # noqa: E402
+    aggregate,
+    condition_cell,
+    conditions_markdown,
+    plot_conditions,
+    plot_frontier,
+)
 from orthosae.eval.corpora import corpora_json, corpora_markdown  # noqa: E402
 from orthosae.eval.curves import plot_training_curves  # noqa: E402
 from orthosae.eval.frontier import QUALITY_SPAN  # noqa: E402
@@ -420,17 +426,6 @@ def summary_markdown(agg: dict) -> str:
     if not primary:
         return ""
     fig, quality = primary["figure"], primary["quality"]
-
-    def cell(s):
-        if not s:
-            return "n/a"
-        lo, hi = s["ci95"]
-        if not math.isfinite(s["mean"]):
-            return f"n/a ({s.get('reached', '')})"
-        return (
-            f"{_fmt(s['mean'])} [{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) else f"{_fmt(s['mean'])} (too few seeds)"
-        )
-
     rows = []
     for label, e in agg["conditions"].items():
         if e["type"] == "reference":
@@ -441,8 +436,8 @@ def summary_markdown(agg: dict) -> str:
                 label,
                 e["type"],
                 len(e["seeds"]),
-                cell(e["metrics"].get(quality)),
-                cell(e["metrics"].get(fig)),
+                condition_cell(e["metrics"].get(quality)),
+                condition_cell(e["metrics"].get(fig)),
                 "baseline curve" if v is None else v["holm"],
                 e["metrics"].get(fig, {}).get("reached", "n/a"),
             ]

@@ -507,7 +507,8 @@ def run_unlearning(
     result = run_sweep(model, tokenizer, layer, settings, progress=progress, cache=cache, **sweep)
     # Damage bracketed by measurement: while some budget's F(b) would rest on the chord from the
     # unedited model on either half of the documents, measure the next smaller edit (MCQs are not
-    # rerun for these: they bracket the loss figures only)
+    # rerun for these: they bracket the loss figures only), at the sweep's strongest multiplier
+    mult = max(multipliers, default=0.0)
     ladder = (
         []
         if not (do_loss and retain_budgets and n_features_list)
@@ -528,7 +529,6 @@ def run_unlearning(
             )
             for _, thr, ranked in ranked_by
             if len(ranked)
-            for mult in [max(multipliers)]
             for n, st in bracket_ladder(min(n_features_list))
             if n <= len(ranked)
         ]

@@ -71,6 +71,6 @@ def test_summary_table_opens_the_report_with_the_primary_question():
         in md
     )
     assert "| baseline | baseline | 6 | 0.900 [0.890, 0.910] | 0.500 [0.400, 0.600] | baseline curve | 6 of 6 |" in md
-    assert "| adaptive | adaptive | 6 | 0.900 [0.880, 0.920] | n/a (5 of 6) | above | 5 of 6 |" in md
+    assert "| adaptive | adaptive | 6 | 0.900 [0.880, 0.920] | n/a (5 of 6 seeds) | above | 5 of 6 |" in md
     assert "diff-of-means" not in md  # references are not SAEs on the frontier
     assert summary_markdown({"primary": None, "conditions": {}}) == ""
