@@ -25,6 +25,12 @@ from orthosae.common.errors import ConfigError  # its home is errors.py (overrid
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+def budget_key(b: float, part: str = "") -> str:
+    """The report's key of F at retain budget ``b`` ([eval.unlearning] retain_budgets): ``F_0.1``, and
+    with a ``part`` its split or flag, ``F_0.1_domain``, ``F_0.1_origin``."""
+    return f"F_{b:g}_{part}" if part else f"F_{b:g}"
+
+
 def _choice(*options: str):
     def check(value):
         if value not in options:
@@ -1059,7 +1065,7 @@ def _load(file: Path, raw: dict) -> Config:
             f"{file}: [eval.unlearning] forget_share_condition: {fsc!r} is not a baseline condition "
             f"of [[runs]] (have: {', '.join(sorted(baselines))})"
         )
-    budgets = [f"F_{b:g}" for b in evaluation.unlearning.retain_budgets]
+    budgets = [budget_key(b) for b in evaluation.unlearning.retain_budgets]
     if evaluation.primary_figure and evaluation.primary_figure not in budgets:
         raise ConfigError(
             f"{file}: [eval] primary_figure: {evaluation.primary_figure!r} is not F(b) of a retain "

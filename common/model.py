@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -15,6 +16,9 @@ from torch import nn
 from orthosae.common.errors import UserError, first_line
 from orthosae.common.progress import quiet_library_bars
 from orthosae.common.wheels import cache_root
+
+if TYPE_CHECKING:  # annotations only: config reads no model
+    from orthosae.common.config import ModelConfig
 
 EMBEDDED_GEMMA = "embedded:gemma-3-270m"
 EMBEDDED_HUB_ID = "google/gemma-3-270m"  # the Hub model it is a GGUF build of (model cards, SAELens)
@@ -130,6 +134,18 @@ def final_norm(model: nn.Module) -> nn.Module | None:
         if isinstance(norm, nn.Module):
             return norm
     return None
+
+
+def load_configured(model: ModelConfig, device: str | None = None) -> LoadedModel:
+    """The model of a config's [model] table; ``device`` overrides its device (one accelerate
+    process's own)."""
+    return load_model(
+        model.id,
+        revision=model.revision,
+        dtype=model.dtype,
+        device=device or model.device,
+        trust_remote_code=model.trust_remote_code,
+    )
 
 
 def load_model(

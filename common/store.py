@@ -158,6 +158,21 @@ class CorpusPlan:
     def n_chunks(self) -> int:
         return -(-self.n_contexts // self.contexts_per_chunk)
 
+    def summary(self) -> dict:
+        """The group as `pipe status --json` and report.json's "corpora" show it (composition None in
+        a store harvested before it was recorded)."""
+        return {
+            "role": self.role,
+            "split": self.split,
+            "source": self.source,
+            "tokens": self.n_rows,
+            "contexts": self.n_contexts,
+            "chunks_done": self.chunks_done,
+            "chunks": self.n_chunks,
+            "complete": self.complete,
+            "composition": self.composition or None,
+        }
+
 
 def _zarr_location(url: str) -> str:
     """What to hand zarr for `url`. zarr opens file:// URLs through fsspec's LocalFileSystem, which

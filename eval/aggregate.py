@@ -35,6 +35,8 @@ import numpy as np
 
 from orthosae.common import variants
 from orthosae.common.errors import UserError
+from orthosae.common.markdown import cell
+from orthosae.eval.figures import save_figure
 from orthosae.eval.frontier import frontier_verdict
 from orthosae.eval.intervals import MIN_SEEDS, holm, mean_interval, paired_interval
 from orthosae.eval.metrics import L0_MATCH, Metric, budgets_of, l0_matched, registry
@@ -363,13 +365,6 @@ def _who_wins(conds: dict, pairs: list[dict], metrics: list[Metric], frontier: d
 # ---------------------------------------------------------------- report.md and plots
 
 
-def _fmt(v: float) -> str:
-    if not isinstance(v, (int, float)) or not math.isfinite(v):
-        return "n/a"
-    v = 0.0 if abs(v) < 1e-12 else v  # float noise of a zero spread
-    return f"{v:.3g}" if abs(v) >= 1e3 or (abs(v) < 1e-2 and v) else f"{v:.3f}"
-
-
 def condition_cell(s: dict | None, with_eval: bool = False) -> str:
     """One condition's metric as report.md shows it: mean [95 % interval], "n/a (k of n seeds)", or
     the mean alone where there are too few seeds for an interval."""
@@ -379,11 +374,11 @@ def condition_cell(s: dict | None, with_eval: bool = False) -> str:
         return f"n/a ({s['reached']} seeds)"
     lo, hi = s["ci95"]
     if math.isfinite(lo) and math.isfinite(hi):
-        text = f"{_fmt(s['mean'])} [{_fmt(lo)}, {_fmt(hi)}]"
+        text = f"{cell(s['mean'])} [{cell(lo)}, {cell(hi)}]"
     else:
-        text = _fmt(s["mean"]) + (" (too few seeds)" if s.get("too_few") and s.get("n", 0) > 1 else "")
+        text = cell(s["mean"]) + (" (too few seeds)" if s.get("too_few") and s.get("n", 0) > 1 else "")
     if with_eval and math.isfinite(s.get("doc_se", math.nan)) and math.isfinite(s.get("sd", math.nan)):
-        text += f" (seed sd {_fmt(s['sd'])}, shared doc se {_fmt(s['doc_se'])})"
+        text += f" (seed sd {cell(s['sd'])}, shared doc se {cell(s['doc_se'])})"
     return text
 
 
@@ -430,7 +425,7 @@ def conditions_markdown(agg: dict, plots: list[str], metrics: list[Metric] | Non
         lines.append(
             f"- **{label}**: "
             + "; ".join(
-                f"{m.key} " + ", ".join(f"s{s}={_fmt(v)}" for s, v in e["metrics"][m.key]["per_seed"].items())
+                f"{m.key} " + ", ".join(f"s{s}={cell(v)}" for s, v in e["metrics"][m.key]["per_seed"].items())
                 for m in present
                 if m.key in e["metrics"]
             )
@@ -438,7 +433,7 @@ def conditions_markdown(agg: dict, plots: list[str], metrics: list[Metric] | Non
     l0 = agg["l0"]
     lines += [
         "",
-        f"L0 across conditions: max/min − 1 = {_fmt(l0['max_over_min_minus_1'])} "
+        f"L0 across conditions: max/min − 1 = {cell(l0['max_over_min_minus_1'])} "
         f"({'within' if l0['matched'] else 'NOT within'} ±{int(round(L0_MATCH * 100))} %, the one L0 rule: "
         "conditions further apart are not compared).",
         "",
@@ -447,7 +442,7 @@ def conditions_markdown(agg: dict, plots: list[str], metrics: list[Metric] | Non
     ]
     for p in agg["pairs"]:
         verdicts = [
-            f"{m} {_fmt(v['mean_diff'])} [{_fmt(v['ci95'][0])}, {_fmt(v['ci95'][1])}] → {v['winner']}"
+            f"{m} {cell(v['mean_diff'])} [{cell(v['ci95'][0])}, {cell(v['ci95'][1])}] → {v['winner']}"
             for m, v in p["metrics"].items()
             if v["verdict"] != "not compared"
         ]
@@ -589,11 +584,3 @@ def plot_conditions(out_dir: Path, agg: dict) -> list[str]:
     ax.set(ylabel="dead fraction", title="Dead features per condition (95 % interval)")
     made.append(save_figure(plt, fig, out_dir, "conditions_dead_fraction.png"))
     return made
-
-
-def save_figure(plt, fig, out_dir: Path, name: str) -> str:
-    """Lay out, write at the report's dpi, close; the file's name (report and probe plots)."""
-    fig.tight_layout()
-    fig.savefig(out_dir / name, dpi=110)
-    plt.close(fig)
-    return name

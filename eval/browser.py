@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 
 from orthosae.common.config import Config, ConfigError
-from orthosae.common.model import load_model, pick_device
+from orthosae.common.model import load_configured, pick_device
 from orthosae.common.progress import console, progress
 from orthosae.common.store import StoreError, open_store_for
 from orthosae.eval import browser_pages
@@ -121,13 +121,7 @@ def build_browser(
     runs = _trained_runs(cfg, run_names)
     root = inspect_root(cfg)
     t0 = time.perf_counter()
-    lm = load_model(
-        cfg.model.id,
-        revision=cfg.model.revision,
-        dtype=cfg.model.dtype,
-        device=cfg.model.device,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
+    lm = load_configured(cfg.model)
     W_U = lm.model.get_output_embeddings().weight.detach().float()  # [vocab, d_model]
     gain, logit_note = final_norm_gain(lm.model, lm.d_model)
     tok = TokenText(lm.tokenizer)

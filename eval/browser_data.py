@@ -21,6 +21,7 @@ from orthosae.common.store import StoreReader
 from orthosae.eval.browser_scan import HIST_LOG10, HIST_PER_DECADE, ROLES, Scan, ScanRange, heldout_frequencies
 from orthosae.eval.conditioning import feature_groups
 from orthosae.eval.unlearning import select_features
+from orthosae.train.sae.ortho import unit_rows
 
 N_NEAREST = 8
 N_LOGITS = 12
@@ -28,16 +29,11 @@ COS_BLOCK = 1024  # decoder rows per block of cosines
 LOGIT_BLOCK = 128  # features per block of logit effects ([block, vocab] floats at a time)
 
 
-def _unit_rows(W: Tensor) -> Tensor:
-    W = W.detach().float()
-    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
 @torch.no_grad()
 def decoder_neighbours(W_dec: Tensor, groups: Tensor, n: int = N_NEAREST) -> dict[str, Tensor]:
     """Per feature: the n nearest features by decoder cosine in its own group and in the others
     (ids, cosines; id -1 where a group has fewer), and the max cosine within its group."""
-    U = _unit_rows(W_dec)
+    U = unit_rows(W_dec.detach().float())
     d_sae = U.shape[0]
     groups = groups.to(U.device)
     k = min(n, max(d_sae - 1, 1))
@@ -100,7 +96,7 @@ def group_overlaps(W_dec: Tensor, groups: Tensor, n_groups: int) -> list[dict]:
     """Per pair g < h of non-empty groups: ‖W_gᵀW_h‖_F over unit decoder rows, and divided by
     ‖W_g‖_F‖W_h‖_F (= √(n_g·n_h)), the RMS cross-group cosine (``rms_cross_cos``, as in
     eval/conditioning.py); from d_model² Grams, never the n_g × n_h product."""
-    U = _unit_rows(W_dec).double()
+    U = unit_rows(W_dec.detach().float()).double()
     grams = [U[groups == g].T @ U[groups == g] for g in range(n_groups)]
     sizes = [int((groups == g).sum()) for g in range(n_groups)]
     out = []
@@ -255,7 +251,7 @@ def eval_roles(report_path: Path, run: str, fingerprint: str | None) -> tuple[di
 # ---------------------------------------------------------------------------- assembling the site
 
 
-def _num(x, sig: int = 4):
+def _rounded(x, sig: int = 4):
     """A JSON number rounded to `sig` significant digits; None for nan/inf."""
     x = float(x)
     if not math.isfinite(x):
@@ -358,8 +354,8 @@ def assemble(
                             "id": i,
                             "rank": r + 1,
                             "group": int(groups[i]),
-                            "freq_forget": _num(freq_f[i]),
-                            "freq_retain": _num(freq_r[i]),
+                            "freq_forget": _rounded(freq_f[i]),
+                            "freq_retain": _rounded(freq_r[i]),
                         }
                         for r, i in enumerate(shown)
                     ],
@@ -405,13 +401,13 @@ def assemble(
             "id": i,
             "group": col["groups"][i],
             "silent": col["silent"][i],
-            "forget_share": _num(col["share"][i]),
-            "freq": _num(col["freq"][i]),
-            "freq_forget": _num(col["freq_f"][i]),
-            "freq_retain": _num(col["freq_r"][i]),
-            "mean_act": _num(col["mean_act"][i]),
-            "max_act": _num(col["max_act"][i]),
-            "max_cos_in_group": _num(col["max_in"][i]),
+            "forget_share": _rounded(col["share"][i]),
+            "freq": _rounded(col["freq"][i]),
+            "freq_forget": _rounded(col["freq_f"][i]),
+            "freq_retain": _rounded(col["freq_r"][i]),
+            "mean_act": _rounded(col["mean_act"][i]),
+            "max_act": _rounded(col["max_act"][i]),
+            "max_cos_in_group": _rounded(col["max_in"][i]),
             "top_token": top_token(i),
         }
         for i in range(d_sae)
@@ -433,10 +429,10 @@ def assemble(
                     focus -= k < before
                     continue
                 ids.append(arr["tokens"][row - before + k])
-                acts.append(_num(a))
+                acts.append(_rounded(a))
             tops.append(
                 {
-                    "act": _num(v),
+                    "act": _rounded(v),
                     "corpus": c.name,
                     "role": c.role,
                     "row": row,
@@ -461,7 +457,7 @@ def assemble(
             lo_b, hi_b = (nz[0], nz[-1] + 1) if nz else (0, 0)
             near = {
                 key: [
-                    {"id": k, "cos": _num(c), "group": col["groups"][k]}
+                    {"id": k, "cos": _rounded(c), "group": col["groups"][k]}
                     for k, c in zip(near_cols[f"{key}_ids"][i], near_cols[f"{key}_cos"][i])
                     if k >= 0
                 ]
@@ -473,8 +469,8 @@ def assemble(
                 "group_label": labels[row["group"]],
                 "count_forget": col["count_f"][i],
                 "count_retain": col["count_r"][i],
-                "mass_forget_per_row": _num(col["mass_f"][i]),
-                "mass_retain_per_row": _num(col["mass_r"][i]),
+                "mass_forget_per_row": _rounded(col["mass_f"][i]),
+                "mass_retain_per_row": _rounded(col["mass_r"][i]),
                 "histogram": {
                     "log10_lo": HIST_LOG10[0] + lo_b / HIST_PER_DECADE,
                     "bins_per_decade": HIST_PER_DECADE,
@@ -490,11 +486,11 @@ def assemble(
             if logit_cols is not None:
                 detail["logits"] = {
                     "promoted": [
-                        {"t": tok(t), "id": t, "v": _num(v)}
+                        {"t": tok(t), "id": t, "v": _rounded(v)}
                         for t, v in zip(logit_cols["up_ids"][i], logit_cols["up_vals"][i])
                     ],
                     "suppressed": [
-                        {"t": tok(t), "id": t, "v": _num(v)}
+                        {"t": tok(t), "id": t, "v": _rounded(v)}
                         for t, v in zip(logit_cols["down_ids"][i], logit_cols["down_vals"][i])
                     ],
                 }
@@ -510,13 +506,13 @@ def assemble(
         "sizes": sizes,
         "alive_on_heldout": alive,
         "mean_forget_share": [
-            _num(share[(groups == g) & ~silent].nanmean()) if alive[g] else None for g in range(n_groups)
+            _rounded(share[(groups == g) & ~silent].nanmean()) if alive[g] else None for g in range(n_groups)
         ],
         "overlap": [
-            {**o, "overlap_fro": _num(o["overlap_fro"]), "rms_cross_cos": _num(o["rms_cross_cos"])}
+            {**o, "overlap_fro": _rounded(o["overlap_fro"]), "rms_cross_cos": _rounded(o["rms_cross_cos"])}
             for o in group_overlaps(sae.W_dec, groups, n_groups)
         ],
-        "random_rms_cross_cos": _num(1 / math.sqrt(sae.W_dec.shape[1])),
+        "random_rms_cross_cos": _rounded(1 / math.sqrt(sae.W_dec.shape[1])),
         "unlearning": selections,
         "unlearning_note": (
             "SAEBench get_top_features on held-out frequencies: features with retain "

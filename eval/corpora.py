@@ -8,19 +8,9 @@ from orthosae.common.store import StoreReader
 
 
 def corpora_json(reader: StoreReader, frequencies: dict | None) -> dict:
-    """report.json `corpora`: per corpus its role, split, tokens, contexts and composition (None for a
-    store harvested before the order was recorded); `feature_frequencies`: eval/frequencies.describe."""
-    groups = {
-        name: {
-            "role": g.role,
-            "split": g.split,
-            "source": g.source,
-            "tokens": g.n_rows,
-            "contexts": g.n_contexts,
-            "composition": g.composition or None,
-        }
-        for name, g in reader.corpora().items()
-    }
+    """report.json `corpora`: per corpus its `CorpusPlan.summary` (role, split, tokens, contexts,
+    progress, composition); `feature_frequencies`: eval/frequencies.describe."""
+    groups = {name: g.summary() for name, g in reader.corpora().items()}
     return {"groups": groups, "feature_frequencies": frequencies}
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from orthosae import __version__
 from orthosae.common.config import Config
+from orthosae.common.markdown import table
 from orthosae.common.report_json import ReportUnreadable, read_report, seal
 from orthosae.eval.metrics import budgets_of, registry
-from orthosae.eval.report import _table, eval_settings
+from orthosae.eval.report import eval_settings
 from orthosae.eval.runner import evaluate as evaluate_layer
 
 
@@ -109,7 +110,7 @@ def _markdown(cfg: Config, reports: dict, runs: dict, metrics: list) -> str:
         lines += [
             f"## {m.label} by layer",
             "",
-            _table(
+            table(
                 ["run"] + [f"L{layer}" for layer in layers],
                 [
                     [base] + [cells[layer]["figures"][m.key] if layer in cells else "-" for layer in layers]
@@ -121,7 +122,7 @@ def _markdown(cfg: Config, reports: dict, runs: dict, metrics: list) -> str:
     lines += [
         "## Every run",
         "",
-        _table(
+        table(
             ["layer", "run", "type"] + [m.label for m in metrics],
             [
                 [r["layer"], name, r["type"]] + [r["figures"][m.key] for m in metrics]

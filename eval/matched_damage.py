@@ -38,10 +38,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from orthosae.common.config import budget_key
+
 BOOTSTRAP_B = 500
 BOOTSTRAP_SEED = 0
 CROSSFIT_SEED = 1
 RETAIN_CE_TOLERANCE = 0.01  # loss_unlearning_score: retain CE may rise by 1 % (eval/unlearning.py)
+SELECTIVITY_EPS = 1e-3  # nats: the selectivity ratio's floor on retain damage
 PARTS = ("all", "domain", "rest")
 
 
@@ -214,7 +217,7 @@ def figures(mats: dict, wf: np.ndarray, wr: np.ndarray, budgets: Sequence[float]
     best = np.argmax(np.where(np.isfinite(sel), sel, -np.inf), axis=1)
     rows = np.arange(B)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out["selectivity_ratio_at_best"] = fa[rows, best] / (np.maximum(ra[rows, best], 0.0) + 1e-3)
+        out["selectivity_ratio_at_best"] = fa[rows, best] / (np.maximum(ra[rows, best], 0.0) + SELECTIVITY_EPS)
         cov_f = (wf @ f["fired"].T) / (wf @ f["positions"])[:, None]
         cov_r = (wr @ r["fired"].T) / (wr @ r["positions"])[:, None]
     out["forget_coverage_at_best"], out["retain_coverage_at_best"] = cov_f[rows, best], cov_r[rows, best]
@@ -244,7 +247,6 @@ def figures(mats: dict, wf: np.ndarray, wr: np.ndarray, budgets: Sequence[float]
     # F(b), cross-fitted: the frontier's bracketing points and weight found on one half, the forget
     # damage of that same interpolation scored on the other half; the two directions averaged
     for b in budgets:
-        tag = _budget_tag(b)
         scored = np.full((2, B, len(PARTS)), np.nan)
         origin = np.zeros((2, B))
         for h in (0, 1):
@@ -257,8 +259,8 @@ def figures(mats: dict, wf: np.ndarray, wr: np.ndarray, budgets: Sequence[float]
                 origin[h, k] = i == 0 and t > 0
                 scored[h, k] = [(1 - t) * other[f"F_{p}"][k, i] + t * other[f"F_{p}"][k, j] for p in PARTS]
         vals = scored.mean(axis=0)
-        out[f"F_{tag}"], out[f"F_{tag}_domain"], out[f"F_{tag}_rest"] = vals[:, 0], vals[:, 1], vals[:, 2]
-        out[f"F_{tag}_origin"] = origin.mean(axis=0)  # 0, 0.5 or 1: halves whose F(b) rests on the origin chord
+        out[budget_key(b)], out[budget_key(b, "domain")], out[budget_key(b, "rest")] = vals.T
+        out[budget_key(b, "origin")] = origin.mean(axis=0)  # 0, 0.5 or 1: halves whose F(b) rests on the origin chord
     out["best_selectivity_crossfit"] = crossfit(half[0]["sel"], half[1]["sel"], half[0]["sel"], half[1]["sel"])
     out["loss_unlearning_score_crossfit"] = crossfit(
         half[0]["rel"], half[1]["rel"], half[0]["rel_ok"], half[1]["rel_ok"]
@@ -283,17 +285,13 @@ def quality_figures(f: dict, r: dict, wf: np.ndarray, wr: np.ndarray) -> dict[st
     return {"ce_loss_score_docs": ce_score, "explained_variance_docs": ev}
 
 
-def _budget_tag(b: float) -> str:
-    return f"{b:g}"
-
-
 def rests_on_origin(mats: dict, budgets: Sequence[float]) -> bool:
     """Whether some budget's F(b), on either half of the documents (every document once), would be
     interpolated from the unedited model's (0, 0): no measured edit at or below b there. A budget no
     setting reaches does not count (F(b) is then n/a, and smaller edits cannot help)."""
     ones_f, ones_r = np.ones((1, mats["forget"]["docs"])), np.ones((1, mats["retain"]["docs"]))
     point = figures(mats, ones_f, ones_r, budgets)
-    return any(point[f"F_{_budget_tag(b)}_origin"][0] > 0 for b in budgets)
+    return any(point[budget_key(b, "origin")][0] > 0 for b in budgets)
 
 
 def bracket_points(rows: Sequence[dict], b: float) -> dict:

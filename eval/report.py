@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from orthosae import __version__  # noqa: E402
 from orthosae.common import variants  # noqa: E402
-from orthosae.common.config import Config  # noqa: E402
+from orthosae.common.config import Config, budget_key  # noqa: E402
+from orthosae.common.markdown import cell, table  # noqa: E402
 from orthosae.common.report_json import seal  # noqa: E402
 from orthosae.common.store import StoreReader  # noqa: E402
 from orthosae.eval.aggregate import (  # noqa: E402
@@ -35,10 +36,12 @@ from orthosae.eval.aggregate import (  # noqa: E402
 )
 from orthosae.eval.corpora import corpora_json, corpora_markdown  # noqa: E402
 from orthosae.eval.curves import plot_training_curves  # noqa: E402
+from orthosae.eval.figures import save_figure  # noqa: E402
 from orthosae.eval.frontier import QUALITY_SPAN  # noqa: E402
 from orthosae.eval.intervals import MIN_SEEDS  # noqa: E402
 from orthosae.eval.metrics import Metric, budgets_of, registry  # noqa: E402
 from orthosae.eval.spread import spread_markdown  # noqa: E402
+from orthosae.train.digests import write_atomic  # noqa: E402
 
 HEADLINE_EV = "explained_variance"
 from orthosae.eval.probe_report import forget_topics, probe_markdown, probe_plots  # noqa: E402
@@ -53,22 +56,6 @@ def _alpha(result: dict) -> float:
     """α of a run with L_ortho (nan for the baseline, whose α means nothing)."""
     run = result.get("cfg", {}).get("orthosae", {})
     return float(run["ortho"]["alpha"]) if variants.of(run.get("type")).has_ortho else math.nan
-
-
-def _fmt(v, digits=3) -> str:
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e6 and not math.isnan(v):
-        return str(int(v))  # counts (questions, group sizes) read as counts
-    if isinstance(v, float):
-        return (
-            "n/a" if math.isnan(v) else f"{v:.{digits}g}" if abs(v) >= 1e4 or abs(v) < 1e-3 and v else f"{v:.{digits}f}"
-        )
-    return str(v)
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _markdown(
@@ -86,7 +73,7 @@ def _markdown(
         [
             n,
             results[n]["summary"].get("type"),
-            _fmt(_alpha(results[n]), 2),
+            cell(_alpha(results[n]), 2),
             *[
                 _get(results[n], "reconstruction", k)
                 for k in (
@@ -146,7 +133,7 @@ def _markdown(
     sweep = [
         [
             n,
-            _fmt(row.get("retain_threshold", math.nan)) if "retain_threshold" in row else "",
+            cell(row.get("retain_threshold", math.nan)) if "retain_threshold" in row else "",
             row.get("n_features", ""),
             row.get("multiplier", row.get("scale", "")),
             *[
@@ -204,7 +191,7 @@ def _markdown(
     ]
     random_level = d_model**-0.5 if d_model else math.nan
     trained_table = (
-        f"\nFixed runs, on the contiguous blocks they were trained against:\n{_table(cond_header, trained)}\n"
+        f"\nFixed runs, on the contiguous blocks they were trained against:\n{table(cond_header, trained)}\n"
         if trained
         else ""
     )
@@ -215,10 +202,10 @@ d_model {meta.get("d_model")}) · runs {", ".join(f"`{cfg.train.runs_dir}/{n}`" 
 orthosae {__version__} · {time.strftime("%Y-%m-%d %H:%M:%S")}{_sets_line(cfg)}
 {summary_markdown(agg)}
 ## Reconstruction (held-out rows; headline EV = `{HEADLINE_EV}`, the corrected SAELens definition)
-{_table(["run", "type", "α", "L0", "EV", "EV legacy (SAEBench)", "EV dictionary_learning", "MSE", "cos sim", "L2 ratio", "rel. bias", "dead", "dense (> 10 %)"], rec)}
+{table(["run", "type", "α", "L0", "EV", "EV legacy (SAEBench)", "EV dictionary_learning", "MSE", "cos sim", "L2 ratio", "rel. bias", "dead", "dense (> 10 %)"], rec)}
 
 ## Downstream (SAE spliced in at layer {cfg.harvest.layer}; BOS position left clean)
-{_table(["run", "CE clean", "CE with SAE", "CE zero-abl.", "CE-loss score", "KL with SAE", "KL score"], down)}
+{table(["run", "CE clean", "CE with SAE", "CE zero-abl.", "CE-loss score", "KL with SAE", "KL score"], down)}
 
 ## Unlearning at matched damage (loss mode: CE on held-out forget vs retain text)
 Each run's clamp sweep ({len(un.n_features_list)} n_features × {len(un.multipliers)} multipliers × {len(un.retain_thresholds)} retain thresholds)
@@ -237,11 +224,11 @@ training text (≥ {un.domain_min_count} forget occurrences). References (label-
 `+forget-share` = the same SAE's features ranked by forget share of activation mass; `diff-of-means` =
 no SAE, the forget − retain mean direction projected out at the layer with strength s.
 
-{_table(["run", *[m.label for m in unl_metrics]], unl)}
+{table(["run", *[m.label for m in unl_metrics]], unl)}
 
 The sweep, per setting (ΔCE in nats; domain / rest: forget ΔCE on domain tokens / on the others):
 
-{_table(["run", "retain thr.", "n_features", "multiplier / s", "forget ΔCE", "retain ΔCE", "forget ΔCE domain", "forget ΔCE rest", "selectivity", "ΔCE_f / ΔCE_r", "forget coverage", "retain coverage"], sweep)}
+{table(["run", "retain thr.", "n_features", "multiplier / s", "forget ΔCE", "retain ΔCE", "forget ΔCE domain", "forget ΔCE rest", "selectivity", "ΔCE_f / ΔCE_r", "forget coverage", "retain coverage"], sweep)}
 
 MCQ p(right) selectivity: the drop of the right answer's probability on forget questions minus
 that on retain questions (base-correct questions, best setting). The grouped SAE's bias mix π is
@@ -249,15 +236,15 @@ computed from the unclamped activations, so its clamp edits the chosen features 
 SAE's does. Ablation at the largest setting, where π follows the clamp (the clamp then also takes
 the clamped group's bias away):
 
-{_table(["run", "n_features", "multiplier", "selectivity (π from unclamped)", "selectivity (π follows the clamp)"], ablation) if ablation else "(no grouped run)"}
+{table(["run", "n_features", "multiplier", "selectivity (π from unclamped)", "selectivity (π follows the clamp)"], ablation) if ablation else "(no grouped run)"}
 
 ## Feature groups (per group, g0 / g1 / …: group 1 of 2 is forget-leaning)
 Degeneracy is read from the effective-rank fraction and the largest within-group |cos|; σ_max/σ_min
 depends on n_g alone for random directions (thousands near n_g = d_model), so it stands beside n_g.
 RMS cross-group cosine of the decoder, over all features and weighted by activation mass on the
 training corpora (what α bounds with `weighting = "activity"`); random directions sit at
-1/√d_model = {_fmt(random_level)}.
-{_table(cond_header, cond)}
+1/√d_model = {cell(random_level)}.
+{table(cond_header, cond)}
 {trained_table}{angle_note}
 ## Deviations from SAEBench
 {_deviations(cfg)}
@@ -278,13 +265,13 @@ judged on the frontier: against the baseline conditions' curve where it was meas
 {chr(10).join(f"![{p}]({p})" for p in plots)}
 
 ## Eval wall time (s)
-{_table(["family", "seconds"], [[k, v] for k, v in timings.items()])}
+{table(["family", "seconds"], [[k, v] for k, v in timings.items()])}
 """
 
 
 def _conditioning_row(name: str, c: dict) -> list:
     pair = (c.get("pairs") or [{}])[0]
-    per_group = lambda xs: " / ".join(_fmt(x) for x in xs)  # noqa: E731
+    per_group = lambda xs: " / ".join(cell(x) for x in xs)  # noqa: E731
     dec = c.get("decoder", {})
     return [
         name,
@@ -345,7 +332,7 @@ def _plots(out_dir: Path, results: dict, metrics: list[Metric] | None = None) ->
             n, (_get(results[n], "reconstruction", "l0"), _get(results[n], "reconstruction", HEADLINE_EV)), fontsize=7
         )
     ax.set(xlabel="L0 (active features per token)", ylabel="explained variance", title="Reconstruction vs L0")
-    made.append(_save(fig, out_dir, "recon_vs_l0.png"))
+    made.append(save_figure(plt, fig, out_dir, "recon_vs_l0.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, m in enumerate(m for m in (metrics or registry(budgets_of(results))) if m.frontier):
@@ -368,7 +355,7 @@ def _plots(out_dir: Path, results: dict, metrics: list[Metric] | None = None) ->
         xlabel="α", ylabel="nats", title="Unlearning vs α (dotted: baseline; not at equal quality: see frontier.png)"
     )
     ax.legend(fontsize=6)
-    made.append(_save(fig, out_dir, "unlearning_vs_alpha.png"))
+    made.append(save_figure(plt, fig, out_dir, "unlearning_vs_alpha.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / max(1, max(len(results[n].get("conditioning", {}).get("decoder", {}).get("cond", [])) for n in names))
@@ -386,17 +373,10 @@ def _plots(out_dir: Path, results: dict, metrics: list[Metric] | None = None) ->
     ax.set(ylabel="σ_max / σ_min (decoder)", title="Condition number per feature group")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
-    made.append(_save(fig, out_dir, "condition_numbers.png"))
+    made.append(save_figure(plt, fig, out_dir, "condition_numbers.png"))
 
-    made.append(_save(plot_training_curves(results), out_dir, "training_curves.png"))
+    made.append(save_figure(plt, plot_training_curves(results), out_dir, "training_curves.png"))
     return made
-
-
-def _save(fig, out_dir: Path, name: str) -> str:
-    fig.tight_layout()
-    fig.savefig(out_dir / name, dpi=110)
-    plt.close(fig)
-    return name
 
 
 def _sets_line(cfg: Config) -> str:
@@ -412,7 +392,7 @@ def primary_of(cfg: Config) -> dict | None:
     if not budgets or "loss" not in cfg.eval.unlearning.modes:
         return None
     return {
-        "figure": cfg.eval.primary_figure or f"F_{max(budgets):g}",
+        "figure": cfg.eval.primary_figure or budget_key(max(budgets)),
         "quality": cfg.eval.primary_quality,
         "pairs": [list(p) for p in cfg.eval.primary_pairs],
     }
@@ -445,7 +425,7 @@ def summary_markdown(agg: dict) -> str:
     header = ["condition", "type", "seeds", quality, f"{fig} [95 %]", "vs the baseline (Holm)", "seeds reaching b"]
     return f"""
 ## Summary: `{fig}` at equal `{quality}`
-{_table(header, rows)}
+{table(header, rows)}
 
 Full tables, pairs and the exploratory verdicts follow; "Who wins" holds the primary family with its gaps.
 """
@@ -463,8 +443,8 @@ def primary_markdown(primary: dict | None) -> str:
     ]
     for name, v in primary["comparisons"].items():
         lo, hi = v["ci95"]
-        ci = f"[{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) else "n/a"
-        lines.append(f"| {name} | {_fmt(v['gap'])} | {ci} | {_fmt(v['p'])} | {len(v.get('seeds', []))} | {v['holm']} |")
+        ci = f"[{cell(lo)}, {cell(hi)}]" if math.isfinite(lo) else "n/a"
+        lines.append(f"| {name} | {cell(v['gap'])} | {ci} | {cell(v['p'])} | {len(v.get('seeds', []))} | {v['holm']} |")
     if not primary["comparisons"]:
         lines.append("| (no condition to compare) | | | | | |")
     return "\n".join(lines) + "\n"
@@ -548,15 +528,14 @@ def _with_ci(m: Metric, result: dict) -> str:
     lo, hi = m.interval(result)
     if math.isnan(v):
         return "n/a"
-    text = f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else _fmt(v)
+    text = f"{cell(v)} [{cell(lo)}, {cell(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else cell(v)
     origin = result.get(m.section, {}).get(f"{m.field or m.key}_origin") if m.frontier else None
     return text + " ⁰" if isinstance(origin, (int, float)) and origin > 0 else text
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(seal(json.dumps(obj, indent=1, default=_json_default, allow_nan=True)))  # its digest in it
-    tmp.rename(path)
+    text = seal(json.dumps(obj, indent=1, default=_json_default, allow_nan=True))  # its digest in it
+    write_atomic(path, lambda p: p.write_text(text))
 
 
 def _json_default(obj):

@@ -24,7 +24,7 @@ from torch import Tensor
 from orthosae.common import events
 from orthosae.common.config import Config, ConfigError, RunConfig
 from orthosae.common.corpora import load_mcq
-from orthosae.common.model import load_model, pick_device
+from orthosae.common.model import load_configured, pick_device
 from orthosae.common.progress import progress
 from orthosae.common.store import StoreError, StoreReader, open_store_for
 from orthosae.eval.aggregate import IncompleteConditionError
@@ -581,13 +581,7 @@ def evaluate(cfg: Config, *, run_names: list[str] | None = None, show_progress: 
     timings: dict[str, float] = {}
     with progress("item", disable=not show_progress) as bar:
         t = time.perf_counter()
-        lm = load_model(
-            cfg.model.id,
-            revision=cfg.model.revision,
-            dtype=cfg.model.dtype,
-            device=cfg.model.device,
-            trust_remote_code=cfg.model.trust_remote_code,
-        )
+        lm = load_configured(cfg.model)
         timings["model_load"] = time.perf_counter() - t
 
         t = time.perf_counter()

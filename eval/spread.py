@@ -16,9 +16,11 @@ import math
 
 import numpy as np
 
+from orthosae.common.config import budget_key
+
 
 def figure_keys(budgets: list[float]) -> list[str]:
-    return [f"F_{b:g}" for b in budgets] + ["best_selectivity_crossfit"]
+    return [budget_key(b) for b in budgets] + ["best_selectivity_crossfit"]
 
 
 def _sd(values: list[float]) -> float:

@@ -41,7 +41,7 @@ from orthosae.common.corpora import (
     tokenize_corpus,
     tokens_fingerprint,
 )
-from orthosae.common.model import LoadedModel, load_model, load_tokenizer, pick_device
+from orthosae.common.model import LoadedModel, load_configured, load_tokenizer, pick_device
 from orthosae.common.progress import console, progress
 from orthosae.common.store import CorpusPlan, StoreError, StoreLock, StoreReader, StoreWriter, encode_rows, store_exists
 from orthosae.harvest.writer import ChunkWriter, HostRows
@@ -193,13 +193,7 @@ def _harvest(cfg: Config, *, force: bool, repair: bool, show_progress: bool) -> 
     # hand is committed, every process meets at the barrier below, the lock is released, then
     # Preempted. (Planning, above, stops at once: no process has reached a barrier yet.)
     with preempt.deferred():
-        lm = load_model(
-            cfg.model.id,
-            revision=cfg.model.revision,
-            dtype=cfg.model.dtype,
-            device=str(device),
-            trust_remote_code=cfg.model.trust_remote_code,
-        )
+        lm = load_configured(cfg.model, str(device))
         check_model_fits(cfg, lm.n_layers, lm.d_model)
         identity = {layer: store_identity(cfg, lm, layer) for layer in layers}
 

@@ -425,20 +425,7 @@ def _store_status(url: str) -> dict:
         "state": "complete" if reader.complete else "incomplete",
         "size_bytes": reader.size_on_disk(),
         "meta": dict(reader.meta),
-        "corpora": [
-            {
-                "name": name,
-                "role": g.role,
-                "split": g.split,
-                "tokens": g.n_rows,
-                "contexts": g.n_contexts,
-                "chunks_done": g.chunks_done,
-                "chunks": g.n_chunks,
-                "complete": g.complete,
-                "composition": g.composition or None,
-            }
-            for name, g in reader.corpora().items()
-        ],
+        "corpora": [{"name": name, **g.summary()} for name, g in reader.corpora().items()],
     }
 
 

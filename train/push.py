@@ -17,7 +17,6 @@ sees exactly the staged files. The Hub token comes from ``huggingface-cli login`
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 from orthosae.common import owned, variants
 from orthosae.common.config import Config, ConfigError
 from orthosae.common.errors import UserError
+from orthosae.common.markdown import cell
 from orthosae.common.model import hub_model_id
 from orthosae.train.export import CFG_FILENAME, GROUPED_ARCH, WEIGHTS_FILENAME
 from orthosae.train.sparsity import SPARSITY_FILENAME
@@ -129,12 +129,6 @@ def stage(cfg: Config, run_names: list[str], repo: str, dest: Path | None = None
     return dest
 
 
-def _num(v) -> str:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return "–" if v is None else str(v)
-    return "–" if isinstance(v, float) and not math.isfinite(v) else f"{v:.4g}"
-
-
 def _get(d: dict | None, *keys):
     for k in keys:
         if not isinstance(d, dict):
@@ -217,7 +211,7 @@ def model_card(repo: str, cards: list[tuple[str, dict, dict, dict | None]], fmt:
     if measured:
         lines += ["", "| SAE | " + " | ".join(label for _, _, label in FIGURES) + " |", "|---|" + "---|" * len(FIGURES)]
         lines += [
-            f"| `{n}` | " + " | ".join(_num(_get(r, sec, key)) for sec, key, _ in FIGURES) + " |" for n, r in measured
+            f"| `{n}` | " + " | ".join(cell(_get(r, sec, key)) for sec, key, _ in FIGURES) + " |" for n, r in measured
         ]
         lines += [
             "",

@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+from orthosae.common.store import CorpusPlan
 from orthosae.eval.corpora import corpora_json, corpora_markdown
 from orthosae.eval.frequencies import describe
 
@@ -15,11 +16,16 @@ COMP = {
 
 
 def _reader():
-    def corpus(role, split, comp):
-        return SimpleNamespace(role=role, split=split, n_rows=56789, n_contexts=99, source="x", composition=comp)
+    def corpus(name, role, split, comp):  # 99 contexts of 574 rows = 56,826 tokens, in 50-context chunks (2)
+        return CorpusPlan(
+            name, role, split, "x", "f", "t", 99, 575, 50, composition=comp or {}, chunks_done=1, complete=False
+        )
 
     return SimpleNamespace(
-        corpora=lambda: {"wiki": corpus("retain", "train", COMP), "old": corpus("forget", "heldout", None)}
+        corpora=lambda: {
+            "wiki": corpus("wiki", "retain", "train", COMP),
+            "old": corpus("old", "forget", "heldout", None),
+        }
     )
 
 
@@ -30,16 +36,19 @@ def test_section_holds_each_corpus_as_recorded_and_what_frequencies_counted():
         "role": "retain",
         "split": "train",
         "source": "x",
-        "tokens": 56789,
+        "tokens": 56826,
         "contexts": 99,
+        "chunks_done": 1,
+        "chunks": 2,
+        "complete": False,
         "composition": COMP,
     }
     assert section["groups"]["old"]["composition"] is None and section["feature_frequencies"] == freq
     md = corpora_markdown(section)
     assert (
-        "| wiki | retain | train | 56,789 | 1,234 | stratified by topic (seed 3) | Arts 1,000 / 50,000, People 234 / 6,789 |"
+        "| wiki | retain | train | 56,826 | 1,234 | stratified by topic (seed 3) | Arts 1,000 / 50,000, People 234 / 6,789 |"
         in md
     )
-    assert "| old | forget | heldout | 56,789 | ? | order and composition not recorded" in md
+    assert "| old | forget | heldout | 56,826 | ? | order and composition not recorded" in md
     assert "rows counted: forget 10, retain 2,000" in md and "every row of the training corpora" in md
     assert "Feature frequencies" not in corpora_markdown(corpora_json(_reader(), None))

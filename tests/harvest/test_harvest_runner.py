@@ -355,7 +355,7 @@ def test_bad_corpus_fails_in_one_line_before_the_model_loads(tmp_path, tiny_mode
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the corpora were checked")
 
-    monkeypatch.setattr("orthosae.harvest.runner.load_model", no_model)
+    monkeypatch.setattr("orthosae.harvest.runner.load_configured", no_model)
     res = CliRunner().invoke(main, ["--config", str(path), "harvest"])
     assert res.exit_code == 2, res.output
     assert match in res.output and str(bad) in res.output

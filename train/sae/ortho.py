@@ -112,7 +112,8 @@ def _positive(m: float | Tensor) -> float | Tensor:
     return m if isinstance(m, float) else torch.where(m > 0, m, torch.ones_like(m))
 
 
-def _unit_rows(W: Tensor) -> Tensor:
+def unit_rows(W: Tensor) -> Tensor:
+    """Each row scaled to norm 1 (an all-zero row stays zero)."""
     return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
@@ -154,7 +155,7 @@ def _ortho_loss(W, groups, n_groups, alpha, mode, eps, activity, index, gram_dty
     pairs = [(g, h) for g in range(n_groups) for h in range(g + 1, n_groups) if len(idx[g]) and len(idx[h])]
     total = W.new_zeros(())
     if mode == "hinge":
-        W = _unit_rows(W)
+        W = unit_rows(W)
         for g, h in pairs:
             wg, wh = (None, None) if activity is None else (activity[idx[g]], activity[idx[h]])
             total = total + _pair_hinge(W[idx[g]], W[idx[h]], alpha, wg, wh)
