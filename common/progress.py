@@ -18,7 +18,6 @@ import time
 
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     ProgressColumn,
     TextColumn,
@@ -71,6 +70,21 @@ class RateColumn(ProgressColumn):
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
         return Text(f"{speed:,.0f} {self.unit}/s" if speed else f"- {self.unit}/s", style="cyan")
+
+
+class CountColumn(ProgressColumn):
+    """done/total, or the count alone while no total is known (never "825/?")."""
+
+    def render(self, task) -> Text:
+        done = f"{task.completed:,.0f}"
+        return Text(done if task.total is None else f"{done}/{task.total:,.0f}", style="progress.download")
+
+
+class EtaColumn(TimeRemainingColumn):
+    """Time remaining; nothing while no total is known (an ETA that never comes is noise)."""
+
+    def render(self, task) -> Text:
+        return Text("") if task.total is None else super().render(task)
 
 
 def hms(seconds: float | None) -> str:
@@ -186,10 +200,10 @@ def progress(unit: str = "tok", *, disable: bool = False, extra: str = "", get_t
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        CountColumn(),
         RateColumn(unit),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        EtaColumn(),
     ]
     if extra:
         # one line on a terminal: what the bar leaves of its width, then "…" (a log line has it all)

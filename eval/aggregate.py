@@ -29,14 +29,12 @@ import json
 import math
 import re
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 
 from orthosae.common import variants
 from orthosae.common.errors import UserError
 from orthosae.common.markdown import cell
-from orthosae.eval.figures import save_figure
 from orthosae.eval.frontier import frontier_verdict
 from orthosae.eval.intervals import MIN_SEEDS, holm, mean_interval, paired_interval
 from orthosae.eval.metrics import L0_MATCH, Metric, budgets_of, l0_matched, registry
@@ -449,138 +447,3 @@ def conditions_markdown(agg: dict, plots: list[str], metrics: list[Metric] | Non
         lines.append(f"- {p['a']} vs {p['b']}: " + "; ".join(verdicts))
     lines += ["", *[f"![{p}]({p})" for p in plots], ""]
     return "\n".join(lines)
-
-
-def plot_frontier(out_dir: Path, agg: dict, metrics: list[Metric]) -> list[str]:
-    """frontier.png: each frontier metric (rows) against each quality metric (columns), means with
-    95 % bars on both axes; conditions of one type joined as a curve, references as stars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    conds = agg["conditions"]
-    ys = [m for m in metrics if m.frontier]  # every one, so the report always shows where F(b) stands
-    xs = [m for m in metrics if m.quality and any(m.key in e["metrics"] for e in conds.values())]
-    if not ys or not xs:
-        return []
-    fig, axes = plt.subplots(len(ys), len(xs), figsize=(5.5 * len(xs), 3.8 * len(ys)), squeeze=False)
-    types = sorted({e["type"] for e in conds.values()})
-    for i, ym in enumerate(ys):
-        for j, xm in enumerate(xs):
-            ax = axes[i][j]
-            for k, kind in enumerate(types):
-                pts = []
-                for label, e in conds.items():
-                    x, y = e["metrics"].get(xm.key), e["metrics"].get(ym.key)
-                    if (
-                        e["type"] != kind
-                        or not x
-                        or not y
-                        or not (math.isfinite(x["mean"]) and math.isfinite(y["mean"]))
-                    ):
-                        continue
-                    pts.append((x["mean"], y["mean"], _err(x), _err(y), label))
-                pts.sort()
-                color = "k" if variants.of(kind).baseline else f"C{k % 10}"
-                if len(pts) > 1 and kind != "reference":
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color=color, alpha=0.5)
-                for n, (x, y, xe, ye, label) in enumerate(pts):
-                    ax.errorbar(
-                        x,
-                        y,
-                        xerr=xe,
-                        yerr=ye,
-                        fmt="*" if kind == "reference" else "o",
-                        capsize=3,
-                        color=color,
-                        label=kind if n == 0 else None,
-                    )
-                    ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-            if not any(ym.key in e["metrics"] for e in conds.values()):
-                ax.text(0.5, 0.5, "not reached / not measured by any run", ha="center", transform=ax.transAxes)
-            ax.axhline(0, color="grey", lw=0.5)
-            ax.set(xlabel=f"{xm.label} (better →)", ylabel=ym.label)
-            ax.legend(fontsize=6)
-    fig.suptitle(
-        "Unlearning on the reconstruction frontier (95 % bars on both axes; black: baseline curve)", fontsize=9
-    )
-    return [save_figure(plt, fig, out_dir, "frontier.png")]
-
-
-def _err(s: dict) -> list:
-    lo, hi = s["ci95"]
-    m = s["mean"]
-    return [[m - lo if math.isfinite(lo) else 0], [hi - m if math.isfinite(hi) else 0]]
-
-
-def plot_conditions(out_dir: Path, agg: dict) -> list[str]:
-    """EV vs L0, RMS cross-group cosine vs α, dead fraction: means with 95 % bars. (Unlearning
-    figures are plotted against quality instead: ``plot_frontier``.)"""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    conds = agg["conditions"]
-    if not conds:
-        return []
-
-    def mid_err(s):
-        if not s:
-            return math.nan, [[0], [0]]
-        lo, hi = s["ci95"]
-        m = s["mean"]
-        return m, [[m - lo if math.isfinite(lo) else 0], [hi - m if math.isfinite(hi) else 0]]
-
-    made = []
-    for metric, name, ylabel in (("explained_variance", "conditions_ev_vs_l0.png", "explained variance"),):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for i, (label, e) in enumerate(conds.items()):
-            x, xerr = mid_err(e["metrics"].get("l0"))
-            y, yerr = mid_err(e["metrics"].get(metric))
-            if math.isfinite(x) and math.isfinite(y):
-                ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=3, color=f"C{i % 10}", label=label)
-        ax.set(xlabel="L0 (mean, 95 % interval over seeds)", ylabel=ylabel, title=f"{ylabel} vs L0 per condition")
-        ax.legend(fontsize=6)
-        made.append(save_figure(plt, fig, out_dir, name))
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    # the activity-weighted one is what α bounds under the default weighting
-    ov = (
-        "rms_cross_cos_activity"
-        if any("rms_cross_cos_activity" in e["metrics"] for e in conds.values())
-        else "rms_cross_cos"
-    )
-    # one series per family of conditions that differ only by α (e.g. exact and sketched adaptive)
-    series: dict[str, list] = {}
-    for label, e in conds.items():
-        if variants.of(e["type"]).has_ortho and e["alpha"] is not None and ov in e["metrics"]:
-            series.setdefault(re.sub(r"-alpha[^-]*", "", label), []).append((e["alpha"], e["metrics"][ov], e["type"]))
-    for i, (family, pts) in enumerate(series.items()):
-        for j, (alpha, s, kind) in enumerate(sorted(pts, key=lambda p: p[0])):
-            y, yerr = mid_err(s)
-            ax.errorbar(
-                alpha,
-                y,
-                yerr=yerr,
-                fmt="o" if variants.of(kind).grouped else "s",
-                capsize=3,
-                color=f"C{i % 10}",
-                label=family if j == 0 else None,
-            )
-    base = [e["metrics"][ov]["mean"] for e in conds.values() if variants.of(e["type"]).baseline and ov in e["metrics"]]
-    if base:
-        ax.axhline(base[0], linestyle=":", color="grey", label="baseline (post-hoc groups)")
-    ax.set(xlabel="α", ylabel=ov.replace("_", " ").replace("rms", "RMS"), title="Cross-group overlap vs α")
-    ax.legend(fontsize=6)
-    made.append(save_figure(plt, fig, out_dir, "conditions_overlap_vs_alpha.png"))
-
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(conds) + 2), 4))
-    for i, e in enumerate(conds.values()):
-        y, yerr = mid_err(e["metrics"].get("frac_dead"))
-        ax.bar(i, y if math.isfinite(y) else 0, yerr=yerr, capsize=3, color=f"C{i % 10}")
-    ax.set_xticks(range(len(conds)), list(conds), rotation=30, ha="right", fontsize=7)
-    ax.set(ylabel="dead fraction", title="Dead features per condition (95 % interval)")
-    made.append(save_figure(plt, fig, out_dir, "conditions_dead_fraction.png"))
-    return made

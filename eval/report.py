@@ -31,9 +31,8 @@ from orthosae.eval.aggregate import (  # noqa: E402
     aggregate,
     condition_cell,
     conditions_markdown,
-    plot_conditions,
-    plot_frontier,
 )
+from orthosae.eval.condition_plots import plot_conditions, plot_frontier  # noqa: E402
 from orthosae.eval.corpora import corpora_json, corpora_markdown  # noqa: E402
 from orthosae.eval.curves import plot_training_curves  # noqa: E402
 from orthosae.eval.figures import save_figure  # noqa: E402

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 from rich.console import Console
+from rich.progress import Task
 
 import orthosae.common.progress as cp
 from orthosae.common import events
@@ -150,3 +151,14 @@ def test_tables_keep_whole_run_names_in_a_log_file():
     with console.capture() as cap:
         console.print(table)
     assert "adaptive-sketch-alpha0.04-s2" in cap.get() and "1000/1000" in cap.get()
+
+
+def test_terminal_columns_show_a_count_without_a_total_and_no_eta():
+    """On a terminal: "825" and no ETA while no total is known; "825/1,000" and an ETA with one."""
+    clock = Clock()
+    open_ended = Task(0, "probing texts", None, 825, _get_time=clock)
+    bounded = Task(1, "harvest", 1000, 825, _get_time=clock)
+    assert cp.CountColumn().render(open_ended).plain == "825"
+    assert cp.CountColumn().render(bounded).plain == "825/1,000"
+    assert cp.EtaColumn().render(open_ended).plain == ""
+    assert cp.EtaColumn().render(bounded).plain == "-:--:--"  # no speed yet: rich's own placeholder

@@ -12,9 +12,9 @@ from orthosae.eval.aggregate import (
     conditions_markdown,
     group_conditions,
     paired,
-    plot_conditions,
     summarise_condition,
 )
+from orthosae.eval.condition_plots import plot_conditions
 
 Z = np.random.default_rng(5).standard_normal(500)  # document draw i: the same documents for every run
 
