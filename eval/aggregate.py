@@ -150,56 +150,13 @@ def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None, pri
     "quality", "pairs"} (``[eval]`` primary_figure, primary_quality, primary_pairs) or None."""
     check_complete(results)
     metrics = metrics if metrics is not None else registry(budgets_of(results))
-    groups = group_conditions(results)
     conds: dict[str, dict] = {}
     per_seed: dict[str, dict[str, dict]] = {}  # label -> metric -> seed -> value
     reps: dict[str, dict[str, dict]] = {}  # label -> metric -> seed -> document replicates
-    for label, names in groups.items():
-        first = _settings(results[names[0]])
-        entry = {
-            "runs": names,
-            "seeds": [seed_of(results[n]) for n in names],
-            "type": first.get("type"),
-            "alpha": first.get("ortho", {}).get("alpha") if variants.of(first.get("type")).has_ortho else None,
-            "activation": first.get("train", {}).get("activation", "relu"),
-            "metrics": {},
-        }
-        per_seed[label], reps[label] = {}, {}
-        for m in metrics:
-            values = {seed_of(results[n]): m.value(results[n]) for n in names}
-            if all(math.isnan(v) for v in values.values()):
-                continue
-            per_seed[label][m.key] = values
-            run_reps = {seed_of(results[n]): m.replicates(results[n]) for n in names}
-            has_reps = m.eval_error and all(r is not None for r in run_reps.values())
-            if has_reps:
-                reps[label][m.key] = run_reps
-            entry["metrics"][m.key] = summarise_condition(values, run_reps if has_reps else None)
-        conds[label] = entry
-
+    for label, names in group_conditions(results).items():
+        conds[label], per_seed[label], reps[label] = _condition(results, names, metrics)
     l0s = {c: e["metrics"].get("l0", {}).get("mean", math.nan) for c, e in conds.items()}
-    pairs = []
-    for a, b in combinations(conds, 2):
-        row = {"a": a, "b": b, "metrics": {}}
-        matched = l0_matched(l0s[a], l0s[b])
-        for m in metrics:
-            if m.key not in per_seed[a] or m.key not in per_seed[b]:
-                continue
-            both = m.key in reps[a] and m.key in reps[b]
-            p = paired(
-                per_seed[a][m.key],
-                per_seed[b][m.key],
-                m.higher,
-                reps[a][m.key] if both else None,
-                reps[b][m.key] if both else None,
-            )
-            p["interval"] = "calibrated t over shared seeds" + (" + shared document error" if both else "")
-            if not matched and m.higher is not None:
-                p["verdict"] = f"not compared: L0 {l0s[a]:.1f} vs {l0s[b]:.1f} (> {L0_MATCH:.0%} apart)"
-            p["winner"] = {"A": a, "B": b}.get(p["verdict"], p["verdict"])
-            row["metrics"][m.key] = p
-        pairs.append(row)
-
+    pairs = [_pair(a, b, per_seed, reps, metrics, l0s) for a, b in combinations(conds, 2)]
     finite = [v for v in l0s.values() if math.isfinite(v)]
     spread = (max(finite) / min(finite) - 1) if finite and min(finite) > 0 else math.nan
     frontier = _frontier(conds, per_seed, reps, metrics, l0s)
@@ -222,6 +179,49 @@ def aggregate(results: dict[str, dict], metrics: list[Metric] | None = None, pri
             "matched": bool(math.isfinite(spread) and spread <= L0_MATCH),
         },
     }
+
+
+def _condition(results: dict, names: list[str], metrics: list[Metric]) -> tuple[dict, dict, dict]:
+    """One condition's entry, and its per-seed values and document replicates by metric."""
+    first = _settings(results[names[0]])
+    entry = {
+        "runs": names,
+        "seeds": [seed_of(results[n]) for n in names],
+        "type": first.get("type"),
+        "alpha": first.get("ortho", {}).get("alpha") if variants.of(first.get("type")).has_ortho else None,
+        "activation": first.get("train", {}).get("activation", "relu"),
+        "metrics": {},
+    }
+    per_seed, reps = {}, {}
+    for m in metrics:
+        values = {seed_of(results[n]): m.value(results[n]) for n in names}
+        if all(math.isnan(v) for v in values.values()):
+            continue
+        per_seed[m.key] = values
+        run_reps = {seed_of(results[n]): m.replicates(results[n]) for n in names}
+        has_reps = m.eval_error and all(r is not None for r in run_reps.values())
+        if has_reps:
+            reps[m.key] = run_reps
+        entry["metrics"][m.key] = summarise_condition(values, run_reps if has_reps else None)
+    return entry, per_seed, reps
+
+
+def _pair(a: str, b: str, per_seed: dict, reps: dict, metrics: list[Metric], l0s: dict) -> dict:
+    """Conditions a and b compared seed-paired on every metric both have (A − B)."""
+    row = {"a": a, "b": b, "metrics": {}}
+    matched = l0_matched(l0s[a], l0s[b])
+    for m in metrics:
+        if m.key not in per_seed[a] or m.key not in per_seed[b]:
+            continue
+        both = m.key in reps[a] and m.key in reps[b]
+        ra, rb = (reps[a][m.key], reps[b][m.key]) if both else (None, None)
+        p = paired(per_seed[a][m.key], per_seed[b][m.key], m.higher, ra, rb)
+        p["interval"] = "calibrated t over shared seeds" + (" + shared document error" if both else "")
+        if not matched and m.higher is not None:
+            p["verdict"] = f"not compared: L0 {l0s[a]:.1f} vs {l0s[b]:.1f} (> {L0_MATCH:.0%} apart)"
+        p["winner"] = {"A": a, "B": b}.get(p["verdict"], p["verdict"])
+        row["metrics"][m.key] = p
+    return row
 
 
 def _frontier(conds: dict, per_seed: dict, reps: dict, metrics: list[Metric], l0s: dict) -> dict:
@@ -402,22 +402,7 @@ def conditions_markdown(agg: dict, plots: list[str], metrics: list[Metric] | Non
         ("Quality", [m for m in present if m.section != "unlearning"]),
         ("Unlearning", [m for m in present if m.section == "unlearning"]),
     ):
-        if not part:
-            continue
-        lines += [
-            f"{title}:",
-            "",
-            "| condition | type | α | activation | seeds | " + " | ".join(m.label for m in part) + " |",
-            "|" + "---|" * (5 + len(part)),
-        ]
-        for label, e in conds.items():
-            lines.append(
-                f"| {label} | {e['type']} | {'' if e['alpha'] is None else e['alpha']} | {e['activation']} | "
-                f"{', '.join(str(s) for s in e['seeds'])} | "
-                + " | ".join(condition_cell(e["metrics"].get(m.key), m.eval_error) for m in part)
-                + " |"
-            )
-        lines.append("")
+        lines += _condition_table(title, part, conds) if part else []
     lines += ["Per-seed values:", ""]
     for label, e in conds.items():
         lines.append(
@@ -428,8 +413,32 @@ def conditions_markdown(agg: dict, plots: list[str], metrics: list[Metric] | Non
                 if m.key in e["metrics"]
             )
         )
+    lines += _pairwise_lines(agg)
+    lines += ["", *[f"![{p}]({p})" for p in plots], ""]
+    return "\n".join(lines)
+
+
+def _condition_table(title: str, part: list[Metric], conds: dict) -> list[str]:
+    lines = [
+        f"{title}:",
+        "",
+        "| condition | type | α | activation | seeds | " + " | ".join(m.label for m in part) + " |",
+        "|" + "---|" * (5 + len(part)),
+    ]
+    for label, e in conds.items():
+        lines.append(
+            f"| {label} | {e['type']} | {'' if e['alpha'] is None else e['alpha']} | {e['activation']} | "
+            f"{', '.join(str(s) for s in e['seeds'])} | "
+            + " | ".join(condition_cell(e["metrics"].get(m.key), m.eval_error) for m in part)
+            + " |"
+        )
+    return [*lines, ""]
+
+
+def _pairwise_lines(agg: dict) -> list[str]:
+    """The L0 rule's line, then each pair's verdicts on the metrics it compared."""
     l0 = agg["l0"]
-    lines += [
+    lines = [
         "",
         f"L0 across conditions: max/min − 1 = {cell(l0['max_over_min_minus_1'])} "
         f"({'within' if l0['matched'] else 'NOT within'} ±{int(round(L0_MATCH * 100))} %, the one L0 rule: "
@@ -445,5 +454,4 @@ def conditions_markdown(agg: dict, plots: list[str], metrics: list[Metric] | Non
             if v["verdict"] != "not compared"
         ]
         lines.append(f"- {p['a']} vs {p['b']}: " + "; ".join(verdicts))
-    lines += ["", *[f"![{p}]({p})" for p in plots], ""]
-    return "\n".join(lines)
+    return lines

@@ -202,12 +202,18 @@ def spliced_ce(
         if progress is not None:
             progress(B)
 
+    return _ce_metrics(ce, kl, list(saes))
+
+
+def _ce_metrics(ce: dict[str, list], kl: dict[str, list], names: list[str]) -> dict[str, dict[str, float]]:
+    """Per SAE: its CE and KL beside the clean and zero-ablated passes', and the scores."""
+
     def mean(xs: list) -> float:
         return torch.cat(xs).double().mean().item()
 
     ce_clean, ce_zero, kl_zero = mean(ce["clean"]), mean(ce["zero"]), mean(kl["zero"])
     out = {}
-    for name in saes:
+    for name in names:
         ce_sae, kl_sae = mean(ce[name]), mean(kl[name])
         out[name] = {
             "ce_loss_without_sae": ce_clean,

@@ -201,6 +201,45 @@ def loss_matrices(clean: dict, edited: list[dict], docs: dict, quality: dict | N
     return out
 
 
+def _half_figures(f: dict, r: dict, wfh: np.ndarray, wrh: np.ndarray) -> dict[str, np.ndarray]:
+    """One half's selectivity, relative forget increase (and where retain qualifies), and the
+    frontier's points: the sweep plus the unedited model at (0, 0), for F(b)."""
+    z = np.zeros((len(wfh), 1))
+    fi = {p: increases(f[f"edit_{p}"], f[f"clean_{p}"], f[f"n_{p}"], wfh) for p in PARTS}
+    ri = increases(r["edit_all"], r["clean_all"], r["n_all"], wrh)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        clean_f = (wfh @ f["clean_all"]) / (wfh @ f["n_all"])
+        clean_r = (wrh @ r["clean_all"]) / (wrh @ r["n_all"])
+        rel = fi["all"] / clean_f[:, None]
+        qualifies = ri <= RETAIN_CE_TOLERANCE * clean_r[:, None]
+    return {
+        "sel": fi["all"] - ri,
+        "rel": rel,
+        "rel_ok": np.where(qualifies, rel, np.nan),
+        "R": np.hstack([z, ri]),
+        **{f"F_{p}": np.hstack([z, fi[p]]) for p in PARTS},
+    }
+
+
+def _crossfit_budget(half: dict, b: float) -> tuple[np.ndarray, np.ndarray]:
+    """F(b), cross-fitted: the frontier's bracketing points and weight found on one half, the forget
+    damage of that same interpolation scored on the other half; the two directions averaged.
+    Returns ``[B, len(PARTS)]`` and the share of halves resting on the origin chord ``[B]``."""
+    B = len(half[0]["R"])
+    scored = np.full((2, B, len(PARTS)), np.nan)
+    origin = np.zeros((2, B))
+    for h in (0, 1):
+        sel, other = half[h], half[1 - h]
+        for k in range(B):
+            w = budget_weights(sel["R"][k], sel["F_all"][k], b)
+            if w is None:
+                continue
+            i, j, t = w
+            origin[h, k] = i == 0 and t > 0
+            scored[h, k] = [(1 - t) * other[f"F_{p}"][k, i] + t * other[f"F_{p}"][k, j] for p in PARTS]
+    return scored.mean(axis=0), origin.mean(axis=0)
+
+
 def figures(mats: dict, wf: np.ndarray, wr: np.ndarray, budgets: Sequence[float]) -> dict[str, np.ndarray]:
     """Every summary figure of one run's sweep under document weights ``wf`` ``[B, Df]`` and ``wr``
     ``[B, Dr]`` (a point estimate is B = 1 with all weights 1). Returns name -> ``[B]``."""
@@ -225,42 +264,12 @@ def figures(mats: dict, wf: np.ndarray, wr: np.ndarray, budgets: Sequence[float]
         out.update(quality_figures(f, r, wf, wr))
     # cross-fitting: choose on one half of the documents, score on the other
     hf, hr = halves(f["docs"]), halves(r["docs"])
-    half = {}
-    z = np.zeros((B, 1))
-    for h in (0, 1):  # a draw may hold no document of a half: its figures are nan there
-        wfh, wrh = wf * (hf == h), wr * (hr == h)
-        fi = {p: increases(f[f"edit_{p}"], f[f"clean_{p}"], f[f"n_{p}"], wfh) for p in PARTS}
-        ri = increases(r["edit_all"], r["clean_all"], r["n_all"], wrh)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            clean_f = (wfh @ f["clean_all"]) / (wfh @ f["n_all"])
-            clean_r = (wrh @ r["clean_all"]) / (wrh @ r["n_all"])
-            rel = fi["all"] / clean_f[:, None]
-            qualifies = ri <= RETAIN_CE_TOLERANCE * clean_r[:, None]
-        half[h] = {
-            "sel": fi["all"] - ri,
-            "rel": rel,
-            "rel_ok": np.where(qualifies, rel, np.nan),
-            # the sweep plus the unedited model at (0, 0), for F(b)
-            "R": np.hstack([z, ri]),
-            **{f"F_{p}": np.hstack([z, fi[p]]) for p in PARTS},
-        }
-    # F(b), cross-fitted: the frontier's bracketing points and weight found on one half, the forget
-    # damage of that same interpolation scored on the other half; the two directions averaged
+    # a draw may hold no document of a half: its figures are nan there
+    half = {h: _half_figures(f, r, wf * (hf == h), wr * (hr == h)) for h in (0, 1)}
     for b in budgets:
-        scored = np.full((2, B, len(PARTS)), np.nan)
-        origin = np.zeros((2, B))
-        for h in (0, 1):
-            sel, other = half[h], half[1 - h]
-            for k in range(B):
-                w = budget_weights(sel["R"][k], sel["F_all"][k], b)
-                if w is None:
-                    continue
-                i, j, t = w
-                origin[h, k] = i == 0 and t > 0
-                scored[h, k] = [(1 - t) * other[f"F_{p}"][k, i] + t * other[f"F_{p}"][k, j] for p in PARTS]
-        vals = scored.mean(axis=0)
+        vals, origin = _crossfit_budget(half, b)
         out[budget_key(b)], out[budget_key(b, "domain")], out[budget_key(b, "rest")] = vals.T
-        out[budget_key(b, "origin")] = origin.mean(axis=0)  # 0, 0.5 or 1: halves whose F(b) rests on the origin chord
+        out[budget_key(b, "origin")] = origin  # 0, 0.5 or 1: halves whose F(b) rests on the origin chord
     out["best_selectivity_crossfit"] = crossfit(half[0]["sel"], half[1]["sel"], half[0]["sel"], half[1]["sel"])
     out["loss_unlearning_score_crossfit"] = crossfit(
         half[0]["rel"], half[1]["rel"], half[0]["rel_ok"], half[1]["rel_ok"]

@@ -459,33 +459,13 @@ def run_unlearning(
             all_permutations=all_permutations,
             layer=layer,
         )
-    features: dict[str, list] = {}
-    settings = []  # (row fields, the resid edit given a `fired` list)
     ranked_by = (
         [(str(t), float(t), select_features(forget_freq, retain_freq, t)) for t in retain_thresholds]
         if ranking is None
         else [("ranking", math.nan, torch.as_tensor(ranking, dtype=torch.long))]
     )
-    for label, thr, ranked in ranked_by:
-        features[label] = ranked[: max(n_features_list, default=0)].tolist()
-        for n_feat in n_features_list:
-            chosen = ranked[:n_feat]
-            for mult in multipliers:
-                fields = {
-                    "retain_threshold": thr,
-                    "n_features": int(n_feat),
-                    "n_features_used": len(chosen),
-                    "multiplier": float(mult),
-                }
-                settings.append(
-                    (
-                        fields,
-                        (tuple(chosen.tolist()), float(mult)),
-                        lambda fired, c=chosen, m=float(mult): clamp_features(
-                            sae, c, m, pi_from_clamped=pi_from_clamped, fired=fired
-                        ),
-                    )
-                )
+    features = {label: ranked[: max(n_features_list, default=0)].tolist() for label, _, ranked in ranked_by}
+    settings = _clamp_settings(sae, ranked_by, n_features_list, multipliers, pi_from_clamped)
     if do_loss and "zero_ctx" in baseline:  # quality on the unlearning's own documents (bootstrapped with F(b))
         baseline = dict(
             baseline,
@@ -507,32 +487,9 @@ def run_unlearning(
     result = run_sweep(model, tokenizer, layer, settings, progress=progress, cache=cache, **sweep)
     # Damage bracketed by measurement: while some budget's F(b) would rest on the chord from the
     # unedited model on either half of the documents, measure the next smaller edit (MCQs are not
-    # rerun for these: they bracket the loss figures only), at the sweep's strongest multiplier
-    mult = max(multipliers, default=0.0)
-    ladder = (
-        []
-        if not (do_loss and retain_budgets and n_features_list)
-        else [
-            (
-                {
-                    "retain_threshold": thr,
-                    "n_features": n,
-                    "n_features_used": len(ranked[:n]),
-                    "multiplier": float(mult),
-                    "strength": st,
-                    "bracketing": True,
-                },
-                (tuple(ranked[:n].tolist()), float(mult), st),
-                lambda fired, c=ranked[:n], m=float(mult), st=st: clamp_features(
-                    sae, c, m, pi_from_clamped=pi_from_clamped, fired=fired, last_strength=st
-                ),
-            )
-            for _, thr, ranked in ranked_by
-            if len(ranked)
-            for n, st in bracket_ladder(min(n_features_list))
-            if n <= len(ranked)
-        ]
-    )
+    # rerun for these: they bracket the loss figures only)
+    bracket = do_loss and retain_budgets and n_features_list
+    ladder = _ladder_settings(sae, ranked_by, n_features_list, multipliers, pi_from_clamped) if bracket else []
     added = 0
     while ladder and md.rests_on_origin(cache["_mats"], retain_budgets):
         settings.append(ladder.pop(0))
@@ -541,6 +498,53 @@ def run_unlearning(
     result["bracketing_settings"] = added
     result["features"] = features
     return result
+
+
+def _clamp_settings(sae, ranked_by, n_features_list, multipliers, pi_from_clamped: bool) -> list:
+    """The sweep's settings, (row fields, a key equal for equal edits, the resid edit given a
+    ``fired`` list): per ranking, each n_features × multiplier clamp."""
+    settings = []
+    for _, thr, ranked in ranked_by:
+        for n_feat in n_features_list:
+            chosen = ranked[:n_feat]
+            for mult in multipliers:
+                fields = {
+                    "retain_threshold": thr,
+                    "n_features": int(n_feat),
+                    "n_features_used": len(chosen),
+                    "multiplier": float(mult),
+                }
+                edit = lambda fired, c=chosen, m=float(mult): clamp_features(  # noqa: E731
+                    sae, c, m, pi_from_clamped=pi_from_clamped, fired=fired
+                )
+                settings.append((fields, (tuple(chosen.tolist()), float(mult)), edit))
+    return settings
+
+
+def _ladder_settings(sae, ranked_by, n_features_list, multipliers, pi_from_clamped: bool) -> list:
+    """The bracketing ladder's settings (``bracket_ladder`` below the smallest clamp), in the order
+    they are tried, at the sweep's strongest multiplier."""
+    mult = float(max(multipliers, default=0.0))
+    return [
+        (
+            {
+                "retain_threshold": thr,
+                "n_features": n,
+                "n_features_used": len(ranked[:n]),
+                "multiplier": mult,
+                "strength": st,
+                "bracketing": True,
+            },
+            (tuple(ranked[:n].tolist()), mult, st),
+            lambda fired, c=ranked[:n], st=st: clamp_features(
+                sae, c, mult, pi_from_clamped=pi_from_clamped, fired=fired, last_strength=st
+            ),
+        )
+        for _, thr, ranked in ranked_by
+        if len(ranked)
+        for n, st in bracket_ladder(min(n_features_list))
+        if n <= len(ranked)
+    ]
 
 
 @torch.no_grad()
@@ -598,48 +602,52 @@ def run_sweep(
             progress(1)
 
     if do_mcq:
-        mcq_rows = [r for r in result["rows"] if "forget_p_correct" in r]
-        result["unlearning_score"] = unlearning_score(mcq_rows)
-        result["best_mcq_prob_selectivity"] = max((r["mcq_prob_selectivity"] for r in mcq_rows), default=math.nan)
-        if mcq_rows:
-            result.update(mcq_crossfit([m for m in mcq_of_row if m is not None], baseline["p_clean"]))
+        _mcq_summary(result, mcq_of_row, baseline)
     if do_loss:
         result["loss_unlearning_score"] = loss_unlearning_score(result["rows"])
         result["best_selectivity"] = max((r["selectivity"] for r in result["rows"]), default=math.nan)
         if result["rows"]:
-            mats = md.loss_matrices(
-                baseline["clean_ctx"],
-                ctx_of_row,
-                baseline["docs"],
-                quality=(
-                    {
-                        k: {**baseline["recon_ctx"][k], "zero_all": baseline["zero_ctx"][k]["sum_all"]}
-                        for k in ("forget", "retain")
-                    }
-                    if "recon_ctx" in baseline
-                    else None
-                ),
-            )
-            cache["_mats"] = mats
-            summary = md.summarise(mats, retain_budgets)
-            result["brackets"] = {budget_key(b): md.bracket_points(result["rows"], b) for b in retain_budgets}
-            result.update(summary["values"])  # F(b), cross-fitted scores, ratio, coverage
-            result["intervals"] = {
-                "ci95": summary["ci95"],
-                "se": summary["se"],
-                "method": f"bootstrap over held-out documents ({md.BOOTSTRAP_B} draws; the "
-                "best setting and the frontier refitted in each draw)",
-            }
-            result["replicates"] = summary["replicates"]
-            result["documents"] = {
-                "forget": mats["forget"]["docs"],
-                "retain": mats["retain"]["docs"],
-                "draws": baseline["draws"],
-            }
-            result["retain_budgets"] = list(retain_budgets)
-            result["best_selectivity_se"] = summary["se"]["best_selectivity"]
-            result["best_selectivity_ci95"] = summary["ci95"]["best_selectivity"]
+            cache["_mats"] = _loss_summary(result, ctx_of_row, baseline, retain_budgets)
     return result
+
+
+def _mcq_summary(result: dict, mcq_of_row: list, baseline: dict) -> None:
+    """The MCQ mode's figures over the rows that answered questions (into ``result``)."""
+    mcq_rows = [r for r in result["rows"] if "forget_p_correct" in r]
+    result["unlearning_score"] = unlearning_score(mcq_rows)
+    result["best_mcq_prob_selectivity"] = max((r["mcq_prob_selectivity"] for r in mcq_rows), default=math.nan)
+    if mcq_rows:
+        result.update(mcq_crossfit([m for m in mcq_of_row if m is not None], baseline["p_clean"]))
+
+
+def _loss_summary(result: dict, ctx_of_row: list, baseline: dict, retain_budgets: Sequence[float]) -> dict:
+    """The loss mode's matched-damage figures, brackets and bootstrap intervals (into ``result``);
+    the per-document sums they came from."""
+    quality = (
+        {k: {**baseline["recon_ctx"][k], "zero_all": baseline["zero_ctx"][k]["sum_all"]} for k in ("forget", "retain")}
+        if "recon_ctx" in baseline
+        else None
+    )
+    mats = md.loss_matrices(baseline["clean_ctx"], ctx_of_row, baseline["docs"], quality=quality)
+    summary = md.summarise(mats, retain_budgets)
+    result["brackets"] = {budget_key(b): md.bracket_points(result["rows"], b) for b in retain_budgets}
+    result.update(summary["values"])  # F(b), cross-fitted scores, ratio, coverage
+    result["intervals"] = {
+        "ci95": summary["ci95"],
+        "se": summary["se"],
+        "method": f"bootstrap over held-out documents ({md.BOOTSTRAP_B} draws; the "
+        "best setting and the frontier refitted in each draw)",
+    }
+    result["replicates"] = summary["replicates"]
+    result["documents"] = {
+        "forget": mats["forget"]["docs"],
+        "retain": mats["retain"]["docs"],
+        "draws": baseline["draws"],
+    }
+    result["retain_budgets"] = list(retain_budgets)
+    result["best_selectivity_se"] = summary["se"]["best_selectivity"]
+    result["best_selectivity_ci95"] = summary["ci95"]["best_selectivity"]
+    return mats
 
 
 @torch.no_grad()
