@@ -183,9 +183,32 @@ def test_quality_replicates_at_a_single_point_curve_keep_weight_zero():
     """One baseline point at x itself (span 0): every replicate compares with that point, whatever
     the condition's quality replicates say (no division by the zero span)."""
     base = pt("a", 0.8, 0.5)
-    m = pt("m", 0.8, 1.0, y_sd=0.05, rng_seed=9)
+    m = pt("m", 0.8, 1.0, y_sd=0.05, rng_seed=9, doc=0.05)  # a document error the gap keeps (0.03)
     m["x_reps"] = {s: (0.8 + 0.01 * NOISE).tolist() for s in SEEDS}
     v = frontier_verdict([base], m)
     reps = np.stack([np.asarray(m["reps"][s]) - np.asarray(base["reps"][s]) for s in SEEDS])
     gaps = [m["y_seeds"][s] - base["y_seeds"][s] for s in SEEDS]
     assert v["ci95"] == pytest.approx(mean_interval(gaps, reps)["ci95"]) and v["verdict"] == "above"
+
+
+def test_quality_replicates_weigh_each_document_replicate_by_hand():
+    """Between a (0.80) and b (0.82): replicate i of seed s takes the weight of its own quality,
+    w_i = (x_rep_i − 0.80) / 0.02, so the replicate gap is y_i − ((1 − w_i)·a_i + w_i·b_i)."""
+    a, b = CURVE[0], CURVE[1]
+    m = pt("m", 0.81, 1.0, y_sd=0.05, rng_seed=9, doc=0.05)
+    m["x_reps"] = {s: (0.81 + 0.005 * NOISE[::-1]).tolist() for s in SEEDS}
+    v = frontier_verdict(CURVE, m)
+    w = (np.asarray(m["x_reps"][0]) - 0.80) / 0.02
+    reps = np.stack(
+        [np.asarray(m["reps"][s]) - ((1 - w) * np.asarray(a["reps"][s]) + w * np.asarray(b["reps"][s])) for s in SEEDS]
+    )
+    gaps = [m["y_seeds"][s] - 0.5 * (a["y_seeds"][s] + b["y_seeds"][s]) for s in SEEDS]
+    assert v["ci95"] == pytest.approx(mean_interval(gaps, reps)["ci95"])
+    assert v["ci95"] != pytest.approx(mean_interval(gaps, None)["ci95"])  # the replicates count
+
+
+def test_a_point_exactly_on_the_curve_ties():
+    """Every seed on the curve and no document error: gap 0, interval [0, 0], a tie (not above,
+    not below: the interval must exclude 0)."""
+    v = frontier_verdict([flat("a", 0.8, 0.5)], flat("m", 0.8, 0.5))
+    assert v["ci95"] == [0.0, 0.0] and v["verdict"] == "tie"

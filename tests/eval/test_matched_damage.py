@@ -502,3 +502,34 @@ def test_draws_fingerprint_identifies_the_documents():
     assert md.draws_fingerprint(same) == fp
     assert md.draws_fingerprint({"forget": np.array([0, 1, 1]), "retain": np.array([0, 1])}) != fp
     assert md.draws_fingerprint({"forget2": np.array([0, 0, 1]), "retain": np.array([0, 1])}) != fp
+
+
+def test_loss_score_retain_rule_holds_at_exactly_one_percent():
+    # clean CE 1.0; retain rises 0.01 per token: (50.5 − 50) / 50 = 0.01 = 1 % of 1.0 exactly
+    # (checked: both sides are the same float), so it qualifies: relative forget rise 0.2 / 1.0
+    assert (1.01 * 50 - 50) / 50 == 0.01 * 1.0
+    m = _parts(np.full((1, 4), 0.2), np.full((1, 4), 0.2), np.full((1, 4), 0.01), clean=1.0)
+    assert _point(m, budgets=())["loss_unlearning_score_crossfit"] == pytest.approx(0.2)
+
+
+def test_ce_loss_score_of_a_zero_ablation_as_good_as_clean_is_inf_without_warning():
+    import warnings
+
+    f = {k: np.array([v]) for k, v in (("clean_all", 10.0), ("recon_all", 12.0), ("zero_all", 10.0))}
+    f.update(sse=np.array([1.0]), sx=np.array([[1.0]]), sxx=np.array([2.0]), npos=np.array([2.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = md.quality_figures(f, f, np.ones((1, 1)), np.ones((1, 1)))
+    assert q["ce_loss_score_docs"][0] == -math.inf  # (20 − 24) / 0
+    # EV: sse 2, Σx = 2 over 4 positions, Σx² = 4: total 4 − 4/4 = 3
+    assert q["explained_variance_docs"][0] == pytest.approx(1 - 2 / 3)
+
+
+def test_se_needs_two_finite_replicates():
+    f_inc, r_inc = np.array([0.1, 0.2, 0.6]), np.array([0.0, 0.1])
+    m = _parts(f_inc[None], f_inc[None], r_inc[None])
+    wf = np.random.default_rng(md.BOOTSTRAP_SEED).multinomial(3, [1 / 3] * 3, size=2)
+    wr = np.random.default_rng(md.BOOTSTRAP_SEED + 1).multinomial(2, [1 / 2] * 2, size=2)
+    want = wf @ f_inc / 3 - wr @ r_inc / 2
+    s = md.summarise(m, budgets=(), n_boot=2)
+    assert s["se"]["best_selectivity"] == pytest.approx(float(np.std(want, ddof=1)))
