@@ -276,3 +276,40 @@ def test_a_condition_no_baseline_matches_in_l0_is_not_compared_on_the_frontier()
         r["unlearning"]["explained_variance_docs"] = 0.8
     v = aggregate(results)["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"]["adaptive"]
     assert v["verdict"] == "not compared: no baseline condition's L0 within 10% of 60.0"
+
+
+# ---- the report's cells, character for character (issue 35, mutation testing)
+
+
+def test_fmt_and_condition_cell_by_hand():
+    from orthosae.eval.aggregate import _fmt, condition_cell
+
+    # three decimals; .3g from 1000 up and below 0.01 (but not for 0); float noise under 1e-12 is 0
+    assert [_fmt(v) for v in (0.5, -0.5, 999.4, 1000.0, 0.0123, 0.00999, -0.005, 1e-13, 0.0)] == [
+        "0.500",
+        "-0.500",
+        "999.400",
+        "1e+03",
+        "0.012",
+        "0.00999",
+        "-0.005",
+        "0.000",
+        "0.000",
+    ]
+    assert [_fmt(v) for v in (math.nan, math.inf, "0.5", None)] == ["n/a"] * 4
+    assert _fmt(3) == "3.000"  # an int counts as a number
+    s = {"mean": 0.86, "ci95": [0.84, 0.88], "n": 5, "too_few": False, "reached": "5 of 5"}
+    assert condition_cell(s) == "0.860 [0.840, 0.880]"
+    assert condition_cell({**s, "sd": 0.01, "doc_se": 0.002}, with_eval=True) == (
+        "0.860 [0.840, 0.880] (seed sd 0.010, shared doc se 0.002)"
+    )
+    assert condition_cell({**s, "sd": 0.01, "doc_se": 0.002}) == "0.860 [0.840, 0.880]"  # not an eval figure
+    assert condition_cell({**s, "sd": math.nan, "doc_se": 0.002}, with_eval=True) == "0.860 [0.840, 0.880]"
+    assert condition_cell({**s, "sd": 0.01}, with_eval=True) == "0.860 [0.840, 0.880]"  # no document error
+    few = {"mean": 2.0, "ci95": [math.nan, math.nan], "n": 3, "too_few": True, "reached": "3 of 3"}
+    assert condition_cell(few) == "2.000 (too few seeds)"
+    assert condition_cell({**few, "n": 1}) == "2.000"  # one seed: nothing to say about an interval
+    assert condition_cell({**few, "ci95": [1.0, math.nan], "too_few": False}) == "2.000"
+    assert condition_cell({"mean": math.nan, "ci95": [math.nan, math.nan], "reached": "2 of 5"}) == "n/a (2 of 5 seeds)"
+    assert condition_cell({"mean": math.nan, "ci95": [math.nan, math.nan], "reached": "5"}) == "n/a"
+    assert condition_cell(None) == "n/a" and condition_cell({}) == "n/a"

@@ -81,8 +81,10 @@ def sae():
     return make_sae(RunConfig.of("baseline", "b", d_sae=48, seed=0), D).eval().requires_grad_(False)
 
 
-@pytest.fixture
-def stores(tmp_path):
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """The same corpora written twice, the second in another order and chunking (read only)."""
+    tmp_path = tmp_path_factory.mktemp("stores")
     data = corpora_data()
     rng = np.random.default_rng(7)
     order = {name: rng.permutation(len(acts)) for name, (acts, _) in data.items()}

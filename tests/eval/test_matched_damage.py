@@ -496,7 +496,7 @@ def test_summarise_replicates_match_an_independent_bootstrap():
 def test_draws_fingerprint_identifies_the_documents():
     a = {"forget": np.array([0, 0, 1]), "retain": np.array([0, 1])}
     fp = md.draws_fingerprint(a)
-    assert len(fp) == 16 and int(fp, 16) >= 0
+    assert len(fp) == 16 and set(fp) <= set("0123456789abcdef")
     # the same documents in another dict order or integer width: the same draws
     same = {"retain": np.array([0, 1], dtype=np.int32), "forget": [0, 0, 1]}
     assert md.draws_fingerprint(same) == fp

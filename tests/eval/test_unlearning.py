@@ -323,7 +323,18 @@ def test_run_unlearning_end_to_end(lm):
             assert r["n_features_used"] == 0 and r["forget_ce_increase"] == 0.0 and r["retain_ce_increase"] == 0.0
         else:
             assert r["forget_ce_increase"] != 0.0
-    assert "unlearning_score" in res and res["loss_unlearning_score"] >= 0.0
+    # the two scores from the rows by hand: SAEBench's (1 − the least forget accuracy among settings
+    # with retain accuracy >= 0.99, a setting below it counting as 1) and the loss score (the largest
+    # relative forget rise among settings whose retain CE rose <= 1 %, else 0)
+    mcq = [r for r in res["rows"] if not (math.isnan(r["forget_accuracy"]) or math.isnan(r["retain_accuracy"]))]
+    want = 1 - min(1.0 if r["retain_accuracy"] < 0.99 else r["forget_accuracy"] for r in mcq) if mcq else math.nan
+    assert res["unlearning_score"] == pytest.approx(want, nan_ok=True)
+    ok = [
+        r["forget_ce_increase"] / r["forget_ce_clean"]
+        for r in res["rows"]
+        if r["retain_ce_increase"] <= 0.01 * r["retain_ce_clean"]
+    ]
+    assert res["loss_unlearning_score"] == pytest.approx(max([0.0, *ok]))
     assert {"unlearning_score_crossfit", "best_mcq_prob_selectivity_crossfit"} <= set(res)
     p_clean = {k: res[f"{k}_p_correct_clean"] for k in ("forget", "retain")}
     for r in res["rows"]:  # nan where the random tiny model gets no question right (no base-correct set)
