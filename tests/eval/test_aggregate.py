@@ -74,7 +74,7 @@ def test_paired_winner_only_when_the_interval_of_differences_excludes_zero():
     )
 
 
-def test_conditions_group_seeds_and_name_winners(tmp_path):
+def test_conditions_group_seeds_and_name_winners():
     results = {}
     for s in range(5):
         results[f"baseline-s{s}"] = result("baseline", s, ev=0.80 + 0.01 * s, l0=10.0 + 0.1 * s, sel=0.2, sel_se=0.01)
@@ -114,7 +114,13 @@ def test_conditions_group_seeds_and_name_winners(tmp_path):
     assert "| adaptive-alpha0 | adaptive | 0.0 | relu | 0, 1, 2, 3, 4 | 10.200" in md
     assert f"(seed sd 0.000, shared doc se {0.01 * np.std(Z, ddof=1):.3g})" in md and "→ adaptive-alpha0" in md
     json.dumps(agg)  # report.json-ready
-    plots = plot_conditions(tmp_path, agg)
+
+
+def test_condition_plots_are_written(tmp_path):
+    results = {
+        f"{k}-s{s}": result(k, s, ev=0.8 + 0.01 * s, l0=10.0) for k in ("baseline", "adaptive") for s in range(5)
+    }
+    plots = plot_conditions(tmp_path, aggregate(results))
     assert plots == ["conditions_ev_vs_l0.png", "conditions_overlap_vs_alpha.png", "conditions_dead_fraction.png"]
     assert all((tmp_path / p).stat().st_size > 1000 for p in plots)
 
