@@ -252,7 +252,7 @@ def figures(mats: dict, wf: np.ndarray, wr: np.ndarray, budgets: Sequence[float]
     }
     fa, ra = inc[("forget", "all")], inc[("retain", "all")]
     sel = fa - ra
-    out: dict[str, np.ndarray] = {"best_selectivity": np.nanmax(sel, axis=1) if sel.shape[1] else np.full(B, np.nan)}
+    out: dict[str, np.ndarray] = {"best_selectivity": np.nanmax(sel, axis=1)}  # loss_matrices: >= 1 setting
     best = np.argmax(np.where(np.isfinite(sel), sel, -np.inf), axis=1)
     rows = np.arange(B)
     with np.errstate(invalid="ignore", divide="ignore"):

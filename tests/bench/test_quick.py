@@ -41,6 +41,7 @@ def args_of(name: str, config: Path, tmp: Path, model: Path) -> list:
         "gpu": ["--quick"],  # no GPU here: it says so and measures the CPU only
         "harvest_bench": ["--quick", "--model", model],
         "lazy_ortho": ["--quick", "--config", config],
+        "mutation": ["--quick"],  # checks its plan only: a measurement takes minutes per module
         "pythia_cost": ["--quick"],
         "report_table": ["--quick", tmp / "reports/tiny/report.json"],
         "sketch_noise": ["--quick", tmp / "runs/adaptive"],
@@ -95,6 +96,7 @@ EXPECTED = {
         "| adaptive-every1 |",
         "| adaptive-every4 |",
     ],
+    "mutation": ["| module | mutants | killed |", "| eval/matched_damage.py |", "| common/overrides.py |"],
     "pythia_cost": ["harvest to block", "train baseline:", "training, all 4 runs:"],
     "report_table": ["| run | dead | L0 | EV |", "| baseline |", "| adaptive |"],
     "sketch_noise": [

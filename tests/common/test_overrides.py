@@ -3,6 +3,7 @@ recorded in cfg.json, counted in the run fingerprints so only the runs a setting
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -202,3 +203,70 @@ def test_a_run_finished_under_an_earlier_fingerprint_is_left_alone(tmp_path, mon
     res = runner.invoke(main, ["--config", str(path), "train", "--run", "baseline"])
     assert res.exit_code == 0 and "left alone" not in res.output, res.output
     assert json.loads(summary.read_text())["fingerprint"] == doc["fingerprint"]
+
+
+# ---- parse / apply / blames one by one (every message and branch pinned: issue 35, mutation testing)
+
+
+def test_parse_splits_at_the_first_equals_sign_and_reads_toml_or_a_bare_word():
+    from orthosae.common.overrides import parse
+
+    f = Path("p.toml")
+    assert parse("train.ortho.alpha=[0,0.04]", f) == (["train", "ortho", "alpha"], [0, 0.04])
+    # the first "=" splits: the value may hold more of them
+    assert parse('train.device="a=b"', f) == (["train", "device"], "a=b")
+    # a bare word is a string, whatever letters it holds (X, upper case)
+    assert parse("train.device=CPUX", f) == (["train", "device"], "CPUX")
+    assert parse(" log.tracker = none ", f) == (["log", "tracker"], "none")
+    with pytest.raises(ConfigError, match=r"^p\.toml: --set train\.\.lr=1: empty part in key 'train\.\.lr'$"):
+        parse("train..lr=1", f)
+    with pytest.raises(ConfigError, match=r"^p\.toml: --set =1: expected KEY=VALUE"):
+        parse("=1", f)
+    with pytest.raises(ConfigError, match=r"^p\.toml: --set train\.lr=: '' is not a TOML value"):
+        parse("train.lr=", f)
+
+
+def test_apply_copies_deeply_and_names_the_key_that_is_not_a_table():
+    from orthosae.common.overrides import apply
+
+    f = Path("p.toml")
+    raw = {"train": {"lr": 1, "ortho": {"alpha": 0.0}}, "runs": [{"name": "a", "type": "fixed"}]}
+    out = apply(raw, ["train.lr=2", "train.ortho.alpha=0.5", "runs.a.alpha=0.1", "eval.new.key=3"], f)
+    assert out == {
+        "train": {"lr": 2, "ortho": {"alpha": 0.5}},
+        "runs": [{"name": "a", "type": "fixed", "alpha": 0.1}],
+        "eval": {"new": {"key": 3}},
+    }
+    # the input is untouched, nested tables and the runs list included (a shallow copy would share them)
+    assert raw == {"train": {"lr": 1, "ortho": {"alpha": 0.0}}, "runs": [{"name": "a", "type": "fixed"}]}
+    # a.b is a value: the message names a.b (path[: i + 1] at i = 1), not a, not a.b.c
+    with pytest.raises(ConfigError, match=r"^p\.toml: --set a\.b\.c\.d=1: a\.b is a value, not a table$"):
+        apply({"a": {"b": 5}}, ["a.b.c.d=1"], f)
+    with pytest.raises(ConfigError, match=r"^p\.toml: --set runs\.x=1: a run's key is runs\.<name>\.<key>$"):
+        apply(raw, ["runs.x=1"], f)
+    # no [[runs]] at all: an empty list of names, not a crash
+    with pytest.raises(ConfigError, match=r"^p\.toml: --set runs\.a\.k=1: no \[\[runs\]\] table named 'a' \(have: \)$"):
+        apply({}, ["runs.a.k=1"], f)
+
+
+def test_blames_matches_the_key_an_error_names():
+    from orthosae.common.overrides import blames
+
+    # a run's key: both the run's name and the key must be in the message
+    assert blames("[[runs]] a k: must be > 0", "runs.a.k=1")
+    assert not blames("[[runs]] b k: must be > 0", "runs.a.k=1")  # another run's k
+    assert not blames("[[runs]] a j: must be > 0", "runs.a.k=1")  # another key of run a
+    assert blames("[[runs]] fixed-a0.1 alpha: x", "runs.fixed-a0.1.alpha=1")  # a dotted run name
+    # a whole section
+    assert blames("[train] unknown key", "train=1")
+    assert not blames("[harvest] unknown key", "train=1")
+    # a key of a table; the text's value may hold "=" (the key ends at the first one)
+    assert blames("[train] device: bad", 'train.device="a=b"')
+    assert blames("[train.ortho] alpha: must be >= 0", "train.ortho.alpha=-1")
+    assert not blames("[train.ortho] beta: must be >= 0", "train.ortho.alpha=-1")
+    # a [train] key checked again in a run: "[[runs]] <run> <key>:"; the last part of the key counts
+    assert blames("[[runs]] adaptive alpha: must be >= 0", "train.ortho.alpha=-1")
+    assert blames("[[runs]] adaptive lr: must be > 0", "train.lr=-1")
+    assert not blames("[[runs]] adaptive ortho: x", "train.ortho.alpha=-1")
+    assert not blames("[[runs]] adaptive lr: x", "harvest.lr=1")  # not a [train] key
+    assert not blames("[corpora.retain] lr: x", "train.lr=1")  # not a run's message

@@ -74,7 +74,7 @@ def test_paired_winner_only_when_the_interval_of_differences_excludes_zero():
     )
 
 
-def test_conditions_group_seeds_and_name_winners(tmp_path):
+def test_conditions_group_seeds_and_name_winners():
     results = {}
     for s in range(5):
         results[f"baseline-s{s}"] = result("baseline", s, ev=0.80 + 0.01 * s, l0=10.0 + 0.1 * s, sel=0.2, sel_se=0.01)
@@ -114,7 +114,13 @@ def test_conditions_group_seeds_and_name_winners(tmp_path):
     assert "| adaptive-alpha0 | adaptive | 0.0 | relu | 0, 1, 2, 3, 4 | 10.200" in md
     assert f"(seed sd 0.000, shared doc se {0.01 * np.std(Z, ddof=1):.3g})" in md and "→ adaptive-alpha0" in md
     json.dumps(agg)  # report.json-ready
-    plots = plot_conditions(tmp_path, agg)
+
+
+def test_condition_plots_are_written(tmp_path):
+    results = {
+        f"{k}-s{s}": result(k, s, ev=0.8 + 0.01 * s, l0=10.0) for k in ("baseline", "adaptive") for s in range(5)
+    }
+    plots = plot_conditions(tmp_path, aggregate(results))
     assert plots == ["conditions_ev_vs_l0.png", "conditions_overlap_vs_alpha.png", "conditions_dead_fraction.png"]
     assert all((tmp_path / p).stat().st_size > 1000 for p in plots)
 
@@ -276,3 +282,95 @@ def test_a_condition_no_baseline_matches_in_l0_is_not_compared_on_the_frontier()
         r["unlearning"]["explained_variance_docs"] = 0.8
     v = aggregate(results)["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"]["adaptive"]
     assert v["verdict"] == "not compared: no baseline condition's L0 within 10% of 60.0"
+
+
+# ---- the report's cells, character for character (issue 35, mutation testing)
+
+
+def test_fmt_and_condition_cell_by_hand():
+    from orthosae.eval.aggregate import _fmt, condition_cell
+
+    # three decimals; .3g from 1000 up and below 0.01 (but not for 0); float noise under 1e-12 is 0
+    assert [_fmt(v) for v in (0.5, -0.5, 999.4, 1000.0, 0.0123, 0.00999, -0.005, 1e-13, 0.0)] == [
+        "0.500",
+        "-0.500",
+        "999.400",
+        "1e+03",
+        "0.012",
+        "0.00999",
+        "-0.005",
+        "0.000",
+        "0.000",
+    ]
+    assert [_fmt(v) for v in (math.nan, math.inf, "0.5", None)] == ["n/a"] * 4
+    assert _fmt(3) == "3.000"  # an int counts as a number
+    s = {"mean": 0.86, "ci95": [0.84, 0.88], "n": 5, "too_few": False, "reached": "5 of 5"}
+    assert condition_cell(s) == "0.860 [0.840, 0.880]"
+    assert condition_cell({**s, "sd": 0.01, "doc_se": 0.002}, with_eval=True) == (
+        "0.860 [0.840, 0.880] (seed sd 0.010, shared doc se 0.002)"
+    )
+    assert condition_cell({**s, "sd": 0.01, "doc_se": 0.002}) == "0.860 [0.840, 0.880]"  # not an eval figure
+    assert condition_cell({**s, "sd": math.nan, "doc_se": 0.002}, with_eval=True) == "0.860 [0.840, 0.880]"
+    assert condition_cell({**s, "sd": 0.01}, with_eval=True) == "0.860 [0.840, 0.880]"  # no document error
+    few = {"mean": 2.0, "ci95": [math.nan, math.nan], "n": 3, "too_few": True, "reached": "3 of 3"}
+    assert condition_cell(few) == "2.000 (too few seeds)"
+    assert condition_cell({**few, "n": 1}) == "2.000"  # one seed: nothing to say about an interval
+    assert condition_cell({**few, "ci95": [1.0, math.nan], "too_few": False}) == "2.000"
+    assert condition_cell({"mean": math.nan, "ci95": [math.nan, math.nan], "reached": "2 of 5"}) == "n/a (2 of 5 seeds)"
+    assert condition_cell({"mean": math.nan, "ci95": [math.nan, math.nan], "reached": "5"}) == "n/a"
+    assert condition_cell(None) == "n/a" and condition_cell({}) == "n/a"
+
+
+def test_conditions_markdown_in_full():
+    """The report's conditions section, line for line. By hand: EV 0.80..0.84 has mean 0.82 and
+    half-width 2.776445 · 0.0070711 = 0.0196; dead fraction 0.1 · seed: 0.2 ± 2.776445 · 0.070711;
+    the baseline's selectivity has no seed spread, only the shared document error 0.01 · sd(Z),
+    so its interval is 0.2 ± 1.96 · 0.0096; the lone fixed seed has no interval and no selectivity;
+    the pairwise lines leave out the metrics that are not compared (L0, the overlap)."""
+    results = {}
+    for s in range(5):
+        results[f"baseline-s{s}"] = result("baseline", s, ev=0.80 + 0.01 * s, l0=10.0, sel=0.2, sel_se=0.01)
+        results[f"adaptive-s{s}"] = result("adaptive", s, alpha=0.04, ev=0.85 + 0.01 * s, l0=10.0, sel=0.3)
+    results["fixed-s0"] = result("fixed", 0, ev=0.9, l0=10.0, sel=math.nan)
+    got = conditions_markdown(aggregate(results), ["a.png", "b.png"]).split("\n")
+    assert got == [
+        "",
+        "## Conditions (runs that differ only by seed; mean [95 % interval])",
+        "",
+        "Intervals: Student-t over seeds with Hall's skewness correction; for the unlearning sweep's figures the document error every seed shares is added (eval/intervals.py; coverage measured in docs/evaluation.md). Fewer than 5 seeds: no interval. A figure some seed lacks is n/a, with how many seeds have it.",
+        "",
+        "Quality:",
+        "",
+        "| condition | type | α | activation | seeds | L0 | EV | dead fraction | RMS cross-group cos |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| baseline | baseline |  | relu | 0, 1, 2, 3, 4 | 10.000 [10.000, 10.000] | 0.820 [0.800, 0.840] | 0.200 [0.00368, 0.396] | 0.050 [0.050, 0.050] |",
+        "| adaptive | adaptive | 0.04 | relu | 0, 1, 2, 3, 4 | 10.000 [10.000, 10.000] | 0.870 [0.850, 0.890] | 0.200 [0.00368, 0.396] | 0.090 [0.090, 0.090] |",
+        "| fixed | fixed | 0.0 | relu | 0 | 10.000 | 0.900 | 0.000 | 0.050 |",
+        "",
+        "Unlearning:",
+        "",
+        "| condition | type | α | activation | seeds | best selectivity, in sample (nats) |",
+        "|---|---|---|---|---|---|",
+        "| baseline | baseline |  | relu | 0, 1, 2, 3, 4 | 0.200 [0.181, 0.219] (seed sd 0.000, shared doc se 0.0096) |",
+        "| adaptive | adaptive | 0.04 | relu | 0, 1, 2, 3, 4 | 0.300 [0.300, 0.300] |",
+        "| fixed | fixed | 0.0 | relu | 0 | n/a |",
+        "",
+        "Per-seed values:",
+        "",
+        "- **baseline**: l0 s0=10.000, s1=10.000, s2=10.000, s3=10.000, s4=10.000; explained_variance s0=0.800, s1=0.810, s2=0.820, s3=0.830, s4=0.840; frac_dead s0=0.000, s1=0.100, s2=0.200, s3=0.300, s4=0.400; best_selectivity s0=0.200, s1=0.200, s2=0.200, s3=0.200, s4=0.200; rms_cross_cos s0=0.050, s1=0.050, s2=0.050, s3=0.050, s4=0.050",
+        "- **adaptive**: l0 s0=10.000, s1=10.000, s2=10.000, s3=10.000, s4=10.000; explained_variance s0=0.850, s1=0.860, s2=0.870, s3=0.880, s4=0.890; frac_dead s0=0.000, s1=0.100, s2=0.200, s3=0.300, s4=0.400; best_selectivity s0=0.300, s1=0.300, s2=0.300, s3=0.300, s4=0.300; rms_cross_cos s0=0.090, s1=0.090, s2=0.090, s3=0.090, s4=0.090",
+        "- **fixed**: l0 s0=10.000; explained_variance s0=0.900; frac_dead s0=0.000; rms_cross_cos s0=0.050",
+        "",
+        "L0 across conditions: max/min − 1 = 0.000 (within ±10 %, the one L0 rule: conditions further apart are not compared).",
+        "",
+        "Pairwise (A − B; mean over every seed of a condition (n/a unless every seed has the figure); 95 % intervals: Student-t over seeds at Welch-Satterthwaite df with the document error the seeds share and Hall's skewness correction (eval/intervals.py), none below 5 seeds; a winner only when the interval of the seed-paired difference excludes 0 and the L0 of both lie within 10%):",
+        "",
+        "- baseline vs adaptive: explained_variance -0.050 [-0.050, -0.050] → adaptive; frac_dead 0.000 [0.000, 0.000] → tie; best_selectivity -0.100 [-0.100, -0.100] → adaptive",
+        "- baseline vs fixed: explained_variance -0.100 [n/a, n/a] → no verdict: 1 shared seed(s) < 5; frac_dead 0.000 [n/a, n/a] → no verdict: 1 shared seed(s) < 5",
+        "- adaptive vs fixed: explained_variance -0.050 [n/a, n/a] → no verdict: 1 shared seed(s) < 5; frac_dead 0.000 [n/a, n/a] → no verdict: 1 shared seed(s) < 5",
+        "",
+        "![a.png](a.png)",
+        "![b.png](b.png)",
+        "",
+    ]
+    assert conditions_markdown({"conditions": {}}, []) == ""

@@ -7,7 +7,14 @@ import torch
 
 from orthosae.common.config import RunConfig
 from orthosae.common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
-from orthosae.eval.frequencies import describe, frequency_batches, frequency_plan, plan_batches, resample_plan
+from orthosae.eval.frequencies import (
+    describe,
+    frequency_batches,
+    frequency_plan,
+    plan_batches,
+    resample_plan,
+    sample_contexts,
+)
 from orthosae.train.sae import make_sae
 from tests._activity import feature_activity
 
@@ -74,8 +81,10 @@ def sae():
     return make_sae(RunConfig.of("baseline", "b", d_sae=48, seed=0), D).eval().requires_grad_(False)
 
 
-@pytest.fixture
-def stores(tmp_path):
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """The same corpora written twice, the second in another order and chunking (read only)."""
+    tmp_path = tmp_path_factory.mktemp("stores")
     data = corpora_data()
     rng = np.random.default_rng(7)
     order = {name: rng.permutation(len(acts)) for name, (acts, _) in data.items()}
@@ -129,9 +138,37 @@ def test_sample_is_seeded_sized_and_spread_over_the_whole_corpus(stores, sae):
 
 
 def test_describe_states_the_setting_and_the_rows():
-    d = describe(0, 0, {"forget": 10, "retain": 20})
-    assert d["sample"] == "every row of the training corpora" and d["rows_counted"] == {"forget": 10, "retain": 20}
-    assert "about 5,000 rows (frequency_seed 3)" in describe(5000, 3, {})["sample"]
+    assert describe(0, 0, {"forget": 10, "retain": 20}) == {
+        "frequency_rows": 0,
+        "frequency_seed": 0,
+        "sample": "every row of the training corpora",
+        "rows_counted": {"forget": 10, "retain": 20},
+        "special_tokens": "BOS, EOS and padding rows left out",
+    }
+    d = describe(5000, 3, {})
+    assert (d["frequency_rows"], d["frequency_seed"], d["rows_counted"]) == (5000, 3, {})
+    assert d["sample"] == (
+        "a seeded sample of about 5,000 rows (frequency_seed 3): whole contexts chosen by a hash of their "
+        "tokens, spread over all documents"
+    )
+
+
+def test_the_sample_is_the_contexts_of_smallest_salted_hash(stores):
+    """The rule by hand: blake2b (8 bytes, salted with the seed's 8 little-endian bytes) of each
+    context's int32 tokens; the n smallest, in store order."""
+    import hashlib
+
+    a, _ = stores
+    tokens = a.read_tokens("forget", 0, 60 * R).astype("<i4").reshape(60, R)
+    for seed in (0, 5):
+        salt = seed.to_bytes(8, "little")
+        keys = [
+            int.from_bytes(hashlib.blake2b(t.tobytes(), digest_size=8, salt=salt).digest(), "little") for t in tokens
+        ]
+        want = sorted(sorted(range(60), key=lambda i: keys[i])[:7])
+        assert sample_contexts(a, "forget", 7, seed).tolist() == want
+    assert sample_contexts(a, "forget", 60, 0).tolist() == list(range(60))  # all of them: every context
+    assert sample_contexts(a, "forget", 61, 0).tolist() == list(range(60))
 
 
 def test_a_bootstrap_draw_counts_a_context_as_often_as_it_was_drawn(stores):

@@ -115,3 +115,100 @@ def test_document_replicates_take_the_weight_of_their_own_quality():
     )
     assert v["ci95"] == pytest.approx(mean_interval(gaps, reps)["ci95"])
     assert v["ci95"] != pytest.approx(frontier_verdict(CURVE, dict(m, x_reps=None))["ci95"])
+
+
+# ---- every message and boundary pinned (issue 35, mutation testing)
+
+
+def flat(name, x, y, seeds=SEEDS, **kw):
+    """A point whose seeds all sit at (x, y) exactly, with no document replicates."""
+    return {
+        "name": name,
+        "x": x,
+        "x_seeds": {s: x for s in seeds},
+        "y_seeds": {s: y for s in seeds},
+        "reps": None,
+        **kw,
+    }
+
+
+def test_no_verdict_results_carry_every_field_as_nan():
+    v = frontier_verdict(CURVE, {**flat("m", 0.8, 1.0), "x": math.nan})
+    assert v["verdict"] == "no verdict: no quality" and set(v) == {"verdict", "gap", "ci95", "p"}
+    assert math.isnan(v["gap"]) and math.isnan(v["p"]) and all(math.isnan(c) for c in v["ci95"])
+    assert frontier_verdict([], flat("m", 0.8, 1.0))["verdict"] == "no verdict: no baseline curve"
+    assert frontier_verdict([flat("b", math.nan, 1.0)], flat("m", 0.8, 1.0))["verdict"] == (
+        "no verdict: no baseline curve"
+    )
+
+
+def test_bracket_needs_a_near_point_on_each_side():
+    # below 0.1 away, above 0.01 away: either side too far is no verdict, with the points named
+    v = frontier_verdict([flat("a", 0.5, 1.0), flat("b", 0.61, 1.0)], flat("m", 0.6, 1.0))
+    assert v["verdict"] == (
+        "no verdict: curve not measured here (quality 0.600; baseline points a at 0.500, b at 0.610; span ±0.03)"
+    )
+    # both exactly QUALITY_SPAN away (0.03 − 0 and 0.06 − 0.03 are exact in binary): still measured
+    assert 0.06 - 0.03 == QUALITY_SPAN
+    v = frontier_verdict([flat("a", 0.0, 1.0), flat("b", 0.06, 0.0)], flat("m", 0.03, 1.0))
+    assert v["against"] == "the curve between a and b" and v["gap"] == pytest.approx(0.5)
+    # the nearest point above is the bracket, not the one after it
+    curve = [flat("a", 0.5, 1.0), flat("b", 0.51, 0.0), flat("c", 0.7, 0.0)]
+    v = frontier_verdict(curve, flat("m", 0.505, 1.0))
+    assert v["against"] == "the curve between a and b" and v["gap"] == pytest.approx(0.5)
+
+
+def test_exactly_min_seeds_shared_give_a_verdict_with_every_field():
+    from orthosae.eval.intervals import MIN_SEEDS
+
+    seeds = list(range(MIN_SEEDS))
+    base = flat("a", 0.8, 1.0, seeds)
+    m = flat("m", 0.8, 1.0, seeds)
+    m["y_seeds"] = {s: 1.0 + 0.1 * (s + 1) for s in seeds}  # gaps 0.1 .. 0.5 against the one point
+    v = frontier_verdict([base], m)
+    gaps = [0.1 * (s + 1) for s in seeds]
+    want = mean_interval(gaps)
+    assert set(v) == {"verdict", "gap", "ci95", "p", "against", "seeds"}
+    assert v["seeds"] == seeds and v["against"] == "a" and v["verdict"] == "above"
+    assert v["gap"] == pytest.approx(0.3) and v["p"] == pytest.approx(want["p"])
+    assert v["ci95"] == pytest.approx(want["ci95"])
+    # one seed fewer: no verdict, naming the count
+    m4 = {**m, "x_seeds": {s: 0.8 for s in seeds[:-1]}}
+    v = frontier_verdict([base], m4)
+    assert v["verdict"] == f"no verdict: {MIN_SEEDS - 1} seed(s) shared with a/a < {MIN_SEEDS}"
+    assert v["seeds"] == seeds[:-1]
+
+
+def test_quality_replicates_at_a_single_point_curve_keep_weight_zero():
+    """One baseline point at x itself (span 0): every replicate compares with that point, whatever
+    the condition's quality replicates say (no division by the zero span)."""
+    base = pt("a", 0.8, 0.5)
+    m = pt("m", 0.8, 1.0, y_sd=0.05, rng_seed=9, doc=0.05)  # a document error the gap keeps (0.03)
+    m["x_reps"] = {s: (0.8 + 0.01 * NOISE).tolist() for s in SEEDS}
+    v = frontier_verdict([base], m)
+    reps = np.stack([np.asarray(m["reps"][s]) - np.asarray(base["reps"][s]) for s in SEEDS])
+    gaps = [m["y_seeds"][s] - base["y_seeds"][s] for s in SEEDS]
+    assert v["ci95"] == pytest.approx(mean_interval(gaps, reps)["ci95"]) and v["verdict"] == "above"
+
+
+def test_quality_replicates_weigh_each_document_replicate_by_hand():
+    """Between a (0.80) and b (0.82): replicate i of seed s takes the weight of its own quality,
+    w_i = (x_rep_i − 0.80) / 0.02, so the replicate gap is y_i − ((1 − w_i)·a_i + w_i·b_i)."""
+    a, b = CURVE[0], CURVE[1]
+    m = pt("m", 0.81, 1.0, y_sd=0.05, rng_seed=9, doc=0.05)
+    m["x_reps"] = {s: (0.81 + 0.005 * NOISE[::-1]).tolist() for s in SEEDS}
+    v = frontier_verdict(CURVE, m)
+    w = (np.asarray(m["x_reps"][0]) - 0.80) / 0.02
+    reps = np.stack(
+        [np.asarray(m["reps"][s]) - ((1 - w) * np.asarray(a["reps"][s]) + w * np.asarray(b["reps"][s])) for s in SEEDS]
+    )
+    gaps = [m["y_seeds"][s] - 0.5 * (a["y_seeds"][s] + b["y_seeds"][s]) for s in SEEDS]
+    assert v["ci95"] == pytest.approx(mean_interval(gaps, reps)["ci95"])
+    assert v["ci95"] != pytest.approx(mean_interval(gaps, None)["ci95"])  # the replicates count
+
+
+def test_a_point_exactly_on_the_curve_ties():
+    """Every seed on the curve and no document error: gap 0, interval [0, 0], a tie (not above,
+    not below: the interval must exclude 0)."""
+    v = frontier_verdict([flat("a", 0.8, 0.5)], flat("m", 0.8, 0.5))
+    assert v["ci95"] == [0.0, 0.0] and v["verdict"] == "tie"
