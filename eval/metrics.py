@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 from orthosae.common.config import budget_key
 
+# the reconstruction's headline explained variance: the corrected SAELens definition
+HEADLINE_EV = "explained_variance"
+
 # Two conditions are compared only when their mean L0 lie within 10 % of each other (max/min − 1):
 # the one L0 rule of the report, its tables and its verdicts.
 L0_MATCH = 0.10
