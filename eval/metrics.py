@@ -1,9 +1,10 @@
 """The one registry of reported metrics: key, section, direction, label — and the one L0 rule.
 
 Every table of report.md, the ``conditions`` of report.json, the frontier plots and the "who wins"
-section read their metrics from here, so a metric registered once appears in all of them. Another
-eval adds its figures with ``register(Metric(...))`` at import time (its section is the run's report.json section that
-holds them).
+section read their metrics from here, so a metric registered once appears in all of them. The core,
+conditioning and unlearning families' figures are listed below, in the report's column order; every
+other family declares its own in its ``Family.metrics`` and ``eval/families.py`` ``register`` adds
+them here (a metric's section is the run's report.json section that holds it).
 
 - ``higher``: True / False = which direction is better; None = reported, never compared.
 - ``eval_error``: the run carries document-bootstrap replicates of it (``unlearning.replicates``),

@@ -23,9 +23,9 @@ from orthosae.common.config import Config, budget_key
 from orthosae.common.markdown import cell, table
 from orthosae.common.report_json import seal
 from orthosae.common.store import StoreReader
+from orthosae.eval import families
 from orthosae.eval.aggregate import aggregate, condition_cell, conditions_markdown, plot_conditions, plot_frontier
 from orthosae.eval.corpora import corpora_json, corpora_markdown
-from orthosae.eval.families import FAMILIES
 from orthosae.eval.family import ReportView
 from orthosae.eval.frontier import QUALITY_SPAN
 from orthosae.eval.intervals import MIN_SEEDS
@@ -48,7 +48,7 @@ orthosae {__version__} · {time.strftime("%Y-%m-%d %H:%M:%S")}{_sets_line(cfg)}
 def family_sections(view: ReportView) -> str:
     """Each family's report.md section in the table's order, then the notes they share, once each."""
     out, notes = [], []
-    for family in FAMILIES.values():
+    for family in families.FAMILIES.values():
         text = family.markdown(view)
         out.append(text)
         if text and family.note and family.note not in notes:
@@ -89,7 +89,7 @@ def _markdown(view: ReportView, agg: dict, timings: dict, plots: list[str]) -> s
 
 def family_plots(view: ReportView) -> list[str]:
     """Each family's plots, in the table's order."""
-    return [name for family in FAMILIES.values() for name in family.plots(view)]
+    return [name for family in families.FAMILIES.values() for name in family.plots(view)]
 
 
 def _sets_line(cfg: Config) -> str:
