@@ -1,6 +1,6 @@
 """The one shape of an eval family, and what the families share.
 
-A family (core, conditioning, curves, unlearning, sparse probing, TPP, SCR, absorption, or a new one)
+A family (core, conditioning, unlearning, sparse probing, TPP, SCR, absorption, or a new one)
 is a ``Family``: the report.json sections it fills in each run's entry, one entry point
 ``measure(ctx, runs) -> {run name: {section: dict}}``, the metrics it adds to the registry
 (``eval/metrics.py``), its report.md section ``markdown(view)`` and its ``plots(view)``. The table of
