@@ -1,9 +1,11 @@
 """The one registry of reported metrics: key, section, direction, label — and the one L0 rule.
 
 Every table of report.md, the ``conditions`` of report.json, the frontier plots and the "who wins"
-section read their metrics from here, so a metric registered once appears in all of them. Another
-eval adds its figures with ``register(Metric(...))`` at import time (its section is the run's report.json section that
-holds them).
+section read their metrics from here, so a metric registered once appears in all of them. Each eval
+family declares its figures in its ``Family.metrics`` and ``eval/families.py`` ``register`` adds
+them here; the core, conditioning and unlearning families' are ``BUILT_IN`` below (their columns
+interleave, so one list keeps the report's order) and those families name them with ``built_in``.
+A metric's section is the run's report.json section that holds it.
 
 - ``higher``: True / False = which direction is better; None = reported, never compared.
 - ``eval_error``: the run carries document-bootstrap replicates of it (``unlearning.replicates``),
@@ -20,6 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orthosae.common.config import budget_key
+
+# the reconstruction's headline explained variance: the corrected SAELens definition
+HEADLINE_EV = "explained_variance"
 
 # Two conditions are compared only when their mean L0 lie within 10 % of each other (max/min − 1):
 # the one L0 rule of the report, its tables and its verdicts.
@@ -62,7 +67,9 @@ class Metric:
         return ci if ci else [math.nan, math.nan]
 
 
-_REGISTRY: list[Metric] = [
+# the core, conditioning and unlearning families' figures, in the report's column order (the families
+# interleave here: downstream's KL score sits between unlearning's quality axes and its figures)
+BUILT_IN: tuple[Metric, ...] = (
     Metric("l0", "reconstruction", None, "L0"),
     Metric("explained_variance", "reconstruction", True, "EV"),
     Metric("mse", "reconstruction", False, "MSE"),
@@ -112,13 +119,24 @@ _REGISTRY: list[Metric] = [
         old_fields=("decoder_rms_cos_activity",),
         runs_table=False,
     ),
-]
+)
+_REGISTRY: list[Metric] = list(BUILT_IN)
+
+
+def built_in(*sections: str) -> tuple[Metric, ...]:
+    """The built-in metrics of these report.json sections (a family's ``metrics``)."""
+    return tuple(m for m in BUILT_IN if m.section in sections)
 
 
 def register(metric: Metric) -> Metric:
-    """Add (or replace, by key) a metric; returns it."""
+    """Add a metric, or replace the one of its key where it stands (so the same metric registered
+    again keeps its column); returns it."""
     global _REGISTRY
-    _REGISTRY = [m for m in _REGISTRY if m.key != metric.key] + [metric]
+    keys = [m.key for m in _REGISTRY]
+    if metric.key in keys:
+        _REGISTRY[keys.index(metric.key)] = metric
+    else:
+        _REGISTRY = [*_REGISTRY, metric]
     return metric
 
 

@@ -1,16 +1,16 @@
-"""`pipe eval`'s sparse probing, TPP, SCR and absorption for every run: the model's residuals on the
-probing texts and the first-letter prompts are computed once per store (cached under
-``<reports_dir>/cache``), the LLM probes once per eval, and each SAE then costs encodes and small
-probe fits. Each family's time goes to report.json ``timings_s``."""
+"""`pipe eval`'s sparse probing, TPP, SCR and absorption: four families (eval/families.py), each
+with its ``measure(ctx, runs)``. The model's residuals on the probing texts and the first-letter
+prompts are computed once per store (cached under ``<reports_dir>/cache``), the LLM probes once per
+eval (sparse probing and TPP share them: ``EvalContext.once``), and each SAE then costs encodes and
+small probe fits. Each family's time goes to report.json ``timings_s``."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from orthosae.common.progress import console
 from orthosae.eval.absorption import letter_probe, prompt_sets, run_absorption
+from orthosae.eval.family import EvalContext, LoadedRun
 from orthosae.eval.probe_data import TRAINED_ON, dataset_activations, topic_language_dataset
 from orthosae.eval.probing import llm_probes, pooled_latents, sae_probing, summarize
 from orthosae.eval.scr import run_scr, scr_llm
@@ -22,128 +22,158 @@ def _cache_dir(cfg) -> Path:
     return Path(cfg.eval.reports_dir) / "cache"
 
 
-@dataclass
-class ProbeResults:
-    """One run's report.json ``probing``, ``tpp``, ``scr`` and ``absorption`` (empty: the family is off)."""
-
-    probing: dict = field(default_factory=dict)
-    tpp: dict = field(default_factory=dict)
-    scr: dict = field(default_factory=dict)
-    absorption: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {name: getattr(self, name) for name in ("probing", "tpp", "scr", "absorption") if getattr(self, name)}
+def _saes(ctx: EvalContext, runs: list[LoadedRun]) -> dict:
+    """Each run's SAE with unit-norm decoder rows, as SAEBench's SAEs have (once per eval)."""
+    return ctx.once("probe_saes", lambda: {r.name: fold_decoder_norms(r.sae) for r in runs})
 
 
-def measure_probe_families(cfg, reader, lm, runs, bar, timings: dict) -> dict[str, ProbeResults]:
-    """Run -> its ``ProbeResults`` (eval/runner.py ``LoadedRun`` list in)."""
-    pr, tp, sc, ab = cfg.eval.probing, cfg.eval.tpp, cfg.eval.scr, cfg.eval.absorption
-    out = {r.name: ProbeResults() for r in runs}
-    if not (pr.enabled or tp.enabled or sc.enabled or ab.enabled):
-        return out
-    saes = {r.name: fold_decoder_norms(r.sae) for r in runs}  # SAEBench's SAEs have unit-norm decoders
-    # forwards of about max(2048, the eval's own batch) tokens: short texts batch wider
-    tokens = max(2048, cfg.eval.batch_size * cfg.harvest.context_length)
-    common = dict(
-        model=lm.model,
-        tokenizer=lm.tokenizer,
+def _common(ctx: EvalContext) -> dict:
+    """The arguments every family's residuals take: the model, and forwards of about max(2048, the
+    eval's own batch) tokens (short texts batch wider)."""
+    cfg = ctx.cfg
+    return dict(
+        model=ctx.lm.model,
+        tokenizer=ctx.lm.tokenizer,
         layer=cfg.harvest.layer,
-        batch_tokens=tokens,
+        batch_tokens=max(2048, cfg.eval.batch_size * cfg.harvest.context_length),
         cache_dir=_cache_dir(cfg),
-        store_meta=reader.meta,
+        store_meta=ctx.reader.meta,
     )
-    if pr.enabled or tp.enabled:
-        t = time.perf_counter()
-        names = list(pr.datasets) if pr.enabled else [tp.dataset]
-        task = bar.add_task("probing texts (once per store)", total=None)
-        llm, latents = {}, {}
-        for name in names:
-            train, test, hit = dataset_activations(
-                name,
-                train_size=pr.train_size,
-                test_size=pr.test_size,
-                context_length=pr.context_length,
-                seed=pr.seed,
-                heldout_fraction=cfg.harvest.heldout_fraction,
-                progress=lambda k: bar.advance(task, k),
-                **common,
-            )
-            llm[name] = llm_probes(name, train, test, pr.k_values, pr.seed)
-            latents[name] = {
-                r.name: (pooled_latents(saes[r.name], train), pooled_latents(saes[r.name], test)) for r in runs
-            }
-            if hit:
-                console.print(f"probing: {name}: residuals from the cache")
-        timings["probing_data"] = time.perf_counter() - t
-        if pr.enabled:
-            t = time.perf_counter()
-            for r in runs:
-                probing = out[r.name].probing = summarize(
-                    {n: sae_probing(llm[n], *latents[n][r.name], pr.k_values, pr.seed) for n in names}
+
+
+def _probe_data(ctx: EvalContext, runs: list[LoadedRun]) -> tuple[list[str], dict, dict]:
+    """The probing datasets' names, LLM probes and each run's pooled latents (train, test), once for
+    sparse probing and TPP: ``[eval.probing] datasets``, or TPP's one dataset with probing off."""
+    pr, tp = ctx.cfg.eval.probing, ctx.cfg.eval.tpp
+
+    def make():
+        with ctx.timed("probing_data"):
+            names = list(pr.datasets) if pr.enabled else [tp.dataset]
+            advance, saes = ctx.task("probing texts (once per store)", None), _saes(ctx, runs)
+            llm, latents = {}, {}
+            for name in names:
+                train, test, hit = dataset_activations(
+                    name,
+                    train_size=pr.train_size,
+                    test_size=pr.test_size,
+                    context_length=pr.context_length,
+                    seed=pr.seed,
+                    heldout_fraction=ctx.cfg.harvest.heldout_fraction,
+                    progress=advance,
+                    **_common(ctx),
                 )
-                probing["trained_on"] = {n: TRAINED_ON.get(n, "unknown: a user dataset") for n in names}
-                probing["sizes"] = {
-                    "train_per_class": pr.train_size,
-                    "test_per_class": pr.test_size,
-                    "context_length": pr.context_length,
+                llm[name] = llm_probes(name, train, test, pr.k_values, pr.seed)
+                latents[name] = {
+                    r.name: (pooled_latents(saes[r.name], train), pooled_latents(saes[r.name], test)) for r in runs
                 }
-            timings["probing"] = time.perf_counter() - t
-        if tp.enabled:
-            t = time.perf_counter()
-            for r in runs:
-                out[r.name].tpp = run_tpp(
-                    llm[tp.dataset], *latents[tp.dataset][r.name], saes[r.name].W_dec, tp.n_values
-                )
-            timings["tpp"] = time.perf_counter() - t
-    if sc.enabled:
-        t = time.perf_counter()
-        task = bar.add_task("SCR texts (once per store)", total=None)
-        pairs, latents = [], {r.name: [] for r in runs}
-        for topics in sc.topic_pairs:  # cells of size/2 texts: the biased set takes 2 quarters of two of them
-            train, test, hit = dataset_activations(
-                topic_language_dataset(topics, sc.languages),
-                train_size=sc.train_size // 2,
-                test_size=sc.test_size // 2,
-                context_length=sc.context_length,
-                seed=sc.seed,
-                heldout_fraction=cfg.harvest.heldout_fraction,
-                progress=lambda k: bar.advance(task, k),
-                where="[eval.scr]",
-                **common,
-            )
-            pairs.append(scr_llm(topics, sc.languages, train, test, sc.train_size, sc.test_size, sc.seed))
-            for r in runs:
-                latents[r.name].append((pooled_latents(saes[r.name], train), pooled_latents(saes[r.name], test)))
-            if hit:
-                console.print(f"SCR: {pairs[-1].name}: residuals from the cache")
-        timings["scr_data"] = time.perf_counter() - t
-        t = time.perf_counter()
+                if hit:
+                    console.print(f"probing: {name}: residuals from the cache")
+            return names, llm, latents
+
+    return ctx.once("probe_data", make)
+
+
+def measure_probing(ctx: EvalContext, runs: list[LoadedRun]) -> dict[str, dict]:
+    """Run -> its report.json ``probing`` (nothing with ``[eval.probing]`` off)."""
+    pr = ctx.cfg.eval.probing
+    if not pr.enabled:
+        return {}
+    names, llm, latents = _probe_data(ctx, runs)
+    out = {}
+    with ctx.timed("probing"):
         for r in runs:
-            scr = out[r.name].scr = run_scr(pairs, latents[r.name], saes[r.name].W_dec, sc.n_values)
+            probing = summarize({n: sae_probing(llm[n], *latents[n][r.name], pr.k_values, pr.seed) for n in names})
+            probing["trained_on"] = {n: TRAINED_ON.get(n, "unknown: a user dataset") for n in names}
+            probing["sizes"] = {
+                "train_per_class": pr.train_size,
+                "test_per_class": pr.test_size,
+                "context_length": pr.context_length,
+            }
+            out[r.name] = {"probing": probing}
+    return out
+
+
+def measure_tpp(ctx: EvalContext, runs: list[LoadedRun]) -> dict[str, dict]:
+    """Run -> its report.json ``tpp`` (nothing with ``[eval.tpp]`` off)."""
+    tp = ctx.cfg.eval.tpp
+    if not tp.enabled:
+        return {}
+    _, llm, latents = _probe_data(ctx, runs)
+    saes = _saes(ctx, runs)
+    with ctx.timed("tpp"):
+        return {
+            r.name: {"tpp": run_tpp(llm[tp.dataset], *latents[tp.dataset][r.name], saes[r.name].W_dec, tp.n_values)}
+            for r in runs
+        }
+
+
+def _scr_data(ctx: EvalContext, runs: list[LoadedRun]) -> tuple[list, dict]:
+    """Each topic pair's LLM probes, and each run's pooled latents per pair (train, test)."""
+    sc, saes = ctx.cfg.eval.scr, _saes(ctx, runs)
+    advance = ctx.task("SCR texts (once per store)", None)
+    pairs, latents = [], {r.name: [] for r in runs}
+    for topics in sc.topic_pairs:  # cells of size/2 texts: the biased set takes 2 quarters of two of them
+        train, test, hit = dataset_activations(
+            topic_language_dataset(topics, sc.languages),
+            train_size=sc.train_size // 2,
+            test_size=sc.test_size // 2,
+            context_length=sc.context_length,
+            seed=sc.seed,
+            heldout_fraction=ctx.cfg.harvest.heldout_fraction,
+            progress=advance,
+            where="[eval.scr]",
+            **_common(ctx),
+        )
+        pairs.append(scr_llm(topics, sc.languages, train, test, sc.train_size, sc.test_size, sc.seed))
+        for r in runs:
+            latents[r.name].append((pooled_latents(saes[r.name], train), pooled_latents(saes[r.name], test)))
+        if hit:
+            console.print(f"SCR: {pairs[-1].name}: residuals from the cache")
+    return pairs, latents
+
+
+def measure_scr(ctx: EvalContext, runs: list[LoadedRun]) -> dict[str, dict]:
+    """Run -> its report.json ``scr`` (nothing with ``[eval.scr]`` off)."""
+    sc = ctx.cfg.eval.scr
+    if not sc.enabled:
+        return {}
+    with ctx.timed("scr_data"):
+        pairs, latents = _scr_data(ctx, runs)
+    saes, out = _saes(ctx, runs), {}
+    with ctx.timed("scr"):
+        for r in runs:
+            scr = run_scr(pairs, latents[r.name], saes[r.name].W_dec, sc.n_values)
             scr["sizes"] = {
                 "train_per_set": sc.train_size,
                 "test_per_set": sc.test_size,
                 "context_length": sc.context_length,
             }
             scr["trained_on"] = "no: English held-out extracts; French and Spanish never reach a training corpus"
-        timings["scr"] = time.perf_counter() - t
-    if ab.enabled:
-        t = time.perf_counter()
-        task = bar.add_task("first-letter prompts (once per store)", total=None)
-        train, test, stats, hit = prompt_sets(
+            out[r.name] = {"scr": scr}
+    return out
+
+
+def measure_absorption(ctx: EvalContext, runs: list[LoadedRun]) -> dict[str, dict]:
+    """Run -> its report.json ``absorption`` (nothing with ``[eval.absorption]`` off)."""
+    ab = ctx.cfg.eval.absorption
+    if not ab.enabled:
+        return {}
+    saes = _saes(ctx, runs)
+    with ctx.timed("absorption_data"):
+        train, test, stats, _ = prompt_sets(
             words=ab.words,
             test_fraction=ab.test_fraction,
             icl_examples=ab.icl_examples,
             template=ab.prompt_template,
             seed=ab.seed,
-            progress=lambda k: bar.advance(task, k),
-            **common,
+            progress=ctx.task("first-letter prompts (once per store)", None),
+            **_common(ctx),
         )
         probe = letter_probe(train, test, ab.seed)
-        timings["absorption_data"] = time.perf_counter() - t
-        t = time.perf_counter()
+    out = {}
+    with ctx.timed("absorption"):
         for r in runs:
-            absorption = out[r.name].absorption = run_absorption(
+            absorption = run_absorption(
                 saes[r.name],
                 train,
                 test,
@@ -156,5 +186,5 @@ def measure_probe_families(cfg, reader, lm, runs, bar, timings: dict) -> dict[st
             )
             absorption.update(stats)
             absorption["probe_f1"] = probe.f1
-        timings["absorption"] = time.perf_counter() - t
+            out[r.name] = {"absorption": absorption}
     return out

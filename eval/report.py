@@ -5,7 +5,9 @@ after its fix); SAEBench's legacy per-token form and dictionary_learning's form 
 beside it under their own names. The metrics compared, their labels and directions come from one
 registry (``eval/metrics.py``); runs are compared only as conditions (``eval/aggregate.py``: a run
 without seeds is a one-seed condition) under one L0 rule, and the one "who wins" section reads
-those verdicts, unlearning figures by the frontier rule (``eval/frontier.py``).
+those verdicts, unlearning figures by the frontier rule (``eval/frontier.py``). Each eval family
+(``eval/families.py``) writes its own report.md section and plots; this module writes what spans
+them: the header, the summary, "who wins", the conditions, the spread and the corpora.
 """
 
 from __future__ import annotations
@@ -16,238 +18,52 @@ import math
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on CI or batch nodes
-import matplotlib.pyplot as plt  # noqa: E402
-
-from orthosae import __version__  # noqa: E402
-from orthosae.common import variants  # noqa: E402
-from orthosae.common.config import Config, budget_key  # noqa: E402
-from orthosae.common.markdown import cell, table  # noqa: E402
-from orthosae.common.report_json import seal  # noqa: E402
-from orthosae.common.store import StoreReader  # noqa: E402
-from orthosae.eval.aggregate import (  # noqa: E402
-    aggregate,
-    condition_cell,
-    conditions_markdown,
-)
-from orthosae.eval.condition_plots import plot_conditions, plot_frontier  # noqa: E402
-from orthosae.eval.corpora import corpora_json, corpora_markdown  # noqa: E402
-from orthosae.eval.curves import plot_training_curves  # noqa: E402
-from orthosae.eval.figures import save_figure  # noqa: E402
-from orthosae.eval.frontier import QUALITY_SPAN  # noqa: E402
-from orthosae.eval.intervals import MIN_SEEDS  # noqa: E402
-from orthosae.eval.metrics import Metric, budgets_of, registry  # noqa: E402
-from orthosae.eval.spread import spread_markdown  # noqa: E402
-from orthosae.train.digests import write_atomic  # noqa: E402
-
-HEADLINE_EV = "explained_variance"
-from orthosae.eval.probe_report import forget_topics, probe_markdown, probe_plots  # noqa: E402
+from orthosae import __version__
+from orthosae.common.config import Config, budget_key
+from orthosae.common.markdown import cell, table
+from orthosae.common.report_json import seal
+from orthosae.common.store import StoreReader
+from orthosae.eval import families
+from orthosae.eval.aggregate import aggregate, condition_cell, conditions_markdown
+from orthosae.eval.condition_plots import plot_conditions, plot_frontier
+from orthosae.eval.corpora import corpora_json, corpora_markdown
+from orthosae.eval.family import ReportView
+from orthosae.eval.frontier import QUALITY_SPAN
+from orthosae.eval.intervals import MIN_SEEDS
+from orthosae.eval.metrics import HEADLINE_EV, Metric, budgets_of, registry
+from orthosae.eval.spread import spread_markdown
+from orthosae.train.digests import write_atomic
 
 
-def _get(result: dict, section: str, key: str) -> float:
-    value = result.get(section, {}).get(key)
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
+def _header(view: ReportView) -> str:
+    cfg, meta = view.cfg, view.reader.meta
+    runs = ", ".join(f"`{cfg.train.runs_dir}/{n}`" for n in view.names)
+    return f"""# orthosae report: {cfg.eval.name}
+
+Config `{cfg.path}` · store `{view.reader.url}` ({meta.get("model_id")}, layer {meta.get("layer")} {meta.get("hook")},
+d_model {meta.get("d_model")}) · runs {runs} ·
+orthosae {__version__} · {time.strftime("%Y-%m-%d %H:%M:%S")}{_sets_line(cfg)}
+"""
 
 
-def _alpha(result: dict) -> float:
-    """α of a run with L_ortho (nan for the baseline, whose α means nothing)."""
-    run = result.get("cfg", {}).get("orthosae", {})
-    return float(run["ortho"]["alpha"]) if variants.of(run.get("type")).has_ortho else math.nan
+def family_sections(view: ReportView) -> str:
+    """Each family's report.md section in the table's order, then the notes they share, once each."""
+    out, notes = [], []
+    for family in families.FAMILIES.values():
+        text = family.markdown(view)
+        out.append(text)
+        if text and family.note and family.note not in notes:
+            notes.append(family.note)
+    return "".join(out + notes)
 
 
-def _markdown(
-    cfg: Config,
-    reader: StoreReader,
-    results: dict,
-    references: dict,
-    agg: dict,
-    metrics: list[Metric],
-    timings: dict,
-    plots: list[str],
-) -> str:
-    names = list(results)
-    rec = [
-        [
-            n,
-            results[n]["summary"].get("type"),
-            cell(_alpha(results[n]), 2),
-            *[
-                _get(results[n], "reconstruction", k)
-                for k in (
-                    "l0",
-                    HEADLINE_EV,
-                    "explained_variance_legacy",
-                    "explained_variance_dictionary_learning",
-                    "mse",
-                    "cossim",
-                    "l2_ratio",
-                    "relative_reconstruction_bias",
-                    "frac_dead",
-                    "freq_over_10_percent",
-                )
-            ],
-        ]
-        for n in names
-    ]
-    down = [
-        [
-            n,
-            *[
-                _get(results[n], "downstream", k)
-                for k in (
-                    "ce_loss_without_sae",
-                    "ce_loss_with_sae",
-                    "ce_loss_with_ablation",
-                    "ce_loss_score",
-                    "kl_div_with_sae",
-                    "kl_div_score",
-                )
-            ],
-        ]
-        for n in names
-    ]
-    # F(b) and the other frontier figures always have their column ("n/a": not reached / not measured)
-    unl_metrics = [
-        m
-        for m in metrics
-        if m.section == "unlearning"
-        and m.runs_table
-        and (m.frontier or any(not math.isnan(m.value(r)) for r in {**results, **references}.values()))
-    ]
-    unl = [[n, *[_with_ci(m, r) for m in unl_metrics]] for n, r in {**results, **references}.items()]
-    ablation = [
-        [
-            n,
-            a.get("n_features"),
-            a.get("multiplier"),
-            a.get("selectivity_pi_from_unclamped", math.nan),
-            a.get("selectivity", math.nan),
-        ]
-        for n in names
-        for a in [results[n].get("unlearning", {}).get("ablation_pi_from_clamped")]
-        if a
-    ]
-    sweep = [
-        [
-            n,
-            cell(row.get("retain_threshold", math.nan)) if "retain_threshold" in row else "",
-            row.get("n_features", ""),
-            row.get("multiplier", row.get("scale", "")),
-            *[
-                row.get(k, math.nan)
-                for k in (
-                    "forget_ce_increase",
-                    "retain_ce_increase",
-                    "forget_ce_increase_domain",
-                    "forget_ce_increase_rest",
-                    "selectivity",
-                    "selectivity_ratio",
-                    "forget_coverage",
-                    "retain_coverage",
-                )
-            ],
-        ]
-        for n, r in {**results, **references}.items()
-        for row in r.get("unlearning", {}).get("rows", [])
-    ]
-    cond = [_conditioning_row(n, results[n].get("conditioning", {})) for n in names]
-    trained = [
-        _conditioning_row(n, results[n]["conditioning"]["trained_groups"])
-        for n in names
-        if "trained_groups" in results[n].get("conditioning", {})
-    ]
+def who_wins_markdown(agg: dict, metrics: list[Metric]) -> str:
     labels = {m.key: m.label for m in metrics}
     win = (
         "\n".join(f"- **{labels.get(k, k)}** (`{k}`): {w}" for k, w in agg["who_wins"].items())
         or "- fewer than two conditions"
     )
-    un = cfg.eval.unlearning
-    first = next((r.get("unlearning", {}) for r in results.values() if r.get("unlearning", {}).get("documents")), {})
-    docs = first.get("documents", {})
-    meta = reader.meta
-    d_model = int(meta.get("d_model") or 0)
-    wide = any(min(results[n].get("conditioning", {}).get("group_sizes") or [0]) >= d_model > 0 for n in names)
-    angle_note = (
-        "\nGroups with at least d_model features each span the whole residual space, so their "
-        "principal angles are 0 by dimension count alone; read the RMS cosine column for them.\n"
-        if wide
-        else ""
-    )
-    cond_header = [
-        "run",
-        "grouping",
-        "n_g",
-        "decoder σ_max/σ_min",
-        "eff. rank / min(n_g, d)",
-        "max |cos| in group",
-        "RMS cross-group cos",
-        "activity-weighted RMS cross cos",
-        "mean principal angle (°)",
-        "avg max dec. cos",
-        "avg max enc. cos",
-    ]
-    random_level = d_model**-0.5 if d_model else math.nan
-    trained_table = (
-        f"\nFixed runs, on the contiguous blocks they were trained against:\n{table(cond_header, trained)}\n"
-        if trained
-        else ""
-    )
-    return f"""# orthosae report: {cfg.eval.name}
-
-Config `{cfg.path}` · store `{reader.url}` ({meta.get("model_id")}, layer {meta.get("layer")} {meta.get("hook")},
-d_model {meta.get("d_model")}) · runs {", ".join(f"`{cfg.train.runs_dir}/{n}`" for n in names)} ·
-orthosae {__version__} · {time.strftime("%Y-%m-%d %H:%M:%S")}{_sets_line(cfg)}
-{summary_markdown(agg)}
-## Reconstruction (held-out rows; headline EV = `{HEADLINE_EV}`, the corrected SAELens definition)
-{table(["run", "type", "α", "L0", "EV", "EV legacy (SAEBench)", "EV dictionary_learning", "MSE", "cos sim", "L2 ratio", "rel. bias", "dead", "dense (> 10 %)"], rec)}
-
-## Downstream (SAE spliced in at layer {cfg.harvest.layer}; BOS position left clean)
-{table(["run", "CE clean", "CE with SAE", "CE zero-abl.", "CE-loss score", "KL with SAE", "KL score"], down)}
-
-## Unlearning at matched damage (loss mode: CE on held-out forget vs retain text)
-Each run's clamp sweep ({len(un.n_features_list)} n_features × {len(un.multipliers)} multipliers × {len(un.retain_thresholds)} retain thresholds)
-gives forget ΔCE against retain ΔCE. **F(b)** is the forget ΔCE at retain ΔCE = b on the sweep's upper frontier
-(with the unedited model at (0, 0)), interpolated between measured points, "n/a" where no setting reaches b
-(never extrapolated); cross-fitted: the bracketing points and weight found on one half of the documents,
-the forget ΔCE scored on the other, both ways averaged. Where the smallest clamp already costs more than b,
-the sweep measures smaller edits (half the features down to one, then one feature at strength 1/2, 1/4,
-1/8) until b is bracketed; ⁰ marks an F(b) that still rests on the chord from the unedited model on a half.
-Cross-fitted figures choose the setting on one half of the held-out documents and score it on the other
-(then swap and average); "in sample" ones choose and score on the same text. Coverage: fraction of
-spliced positions where a clamped feature fired. 95 % intervals in brackets: bootstrap over
-{docs.get("forget", "?")} forget and {docs.get("retain", "?")} retain held-out documents. Domain tokens:
-{first.get("n_domain_tokens", "?")} token ids ≥ {un.domain_ratio:g}× more frequent in forget than retain
-training text (≥ {un.domain_min_count} forget occurrences). References (label-using, rows below the runs):
-`+forget-share` = the same SAE's features ranked by forget share of activation mass; `diff-of-means` =
-no SAE, the forget − retain mean direction projected out at the layer with strength s.
-
-{table(["run", *[m.label for m in unl_metrics]], unl)}
-
-The sweep, per setting (ΔCE in nats; domain / rest: forget ΔCE on domain tokens / on the others):
-
-{table(["run", "retain thr.", "n_features", "multiplier / s", "forget ΔCE", "retain ΔCE", "forget ΔCE domain", "forget ΔCE rest", "selectivity", "ΔCE_f / ΔCE_r", "forget coverage", "retain coverage"], sweep)}
-
-MCQ p(right) selectivity: the drop of the right answer's probability on forget questions minus
-that on retain questions (base-correct questions, best setting). The grouped SAE's bias mix π is
-computed from the unclamped activations, so its clamp edits the chosen features only, as a plain
-SAE's does. Ablation at the largest setting, where π follows the clamp (the clamp then also takes
-the clamped group's bias away):
-
-{table(["run", "n_features", "multiplier", "selectivity (π from unclamped)", "selectivity (π follows the clamp)"], ablation) if ablation else "(no grouped run)"}
-
-## Feature groups (per group, g0 / g1 / …: group 1 of 2 is forget-leaning)
-Degeneracy is read from the effective-rank fraction and the largest within-group |cos|; σ_max/σ_min
-depends on n_g alone for random directions (thousands near n_g = d_model), so it stands beside n_g.
-RMS cross-group cosine of the decoder, over all features and weighted by activation mass on the
-training corpora (what α bounds with `weighting = "activity"`); random directions sit at
-1/√d_model = {cell(random_level)}.
-{table(cond_header, cond)}
-{trained_table}{angle_note}
-## Deviations from SAEBench
-{_deviations(cfg)}
-
+    return f"""
 ## Who wins
 {primary_markdown(agg.get("primary"))}
 ### Exploratory (every other figure; nominal 95 % intervals, no multiplicity correction)
@@ -259,7 +75,11 @@ judged on the frontier: against the baseline conditions' curve where it was meas
 ±{QUALITY_SPAN} of the condition's quality (CE-loss score and EV; `eval/frontier.py`), else no verdict.
 
 {win}
+"""
 
+
+def _markdown(view: ReportView, agg: dict, timings: dict, plots: list[str]) -> str:
+    return f"""{_header(view)}{summary_markdown(agg)}{family_sections(view)}{who_wins_markdown(agg, view.metrics)}
 ## Plots
 {chr(10).join(f"![{p}]({p})" for p in plots)}
 
@@ -268,114 +88,9 @@ judged on the frontier: against the baseline conditions' curve where it was meas
 """
 
 
-def _conditioning_row(name: str, c: dict) -> list:
-    pair = (c.get("pairs") or [{}])[0]
-    per_group = lambda xs: " / ".join(cell(x) for x in xs)  # noqa: E731
-    dec = c.get("decoder", {})
-    return [
-        name,
-        c.get("grouping", "given"),
-        per_group(c.get("group_sizes", [])),
-        per_group(dec.get("cond", [])),
-        per_group(dec.get("eff_rank_frac", [])),
-        per_group(dec.get("max_cos", [])),
-        pair.get("decoder_rms_cross_cos", math.nan),
-        pair.get("decoder_rms_cross_cos_activity", math.nan),
-        pair.get("decoder_mean_angle_deg", math.nan),
-        c.get("average_max_decoder_cosine_sim", math.nan),
-        c.get("average_max_encoder_cosine_sim", math.nan),
-    ]
-
-
-def _deviations(cfg: Config) -> str:
-    """What differs from SAEBench 0.6.0, so no figure here is read as a SAEBench figure unawares."""
-    un = cfg.eval.unlearning
-    settings = len(un.retain_thresholds) * len(un.n_features_list) * len(un.multipliers)
-    items = [
-        f"- Settings grid: {settings} (retain thresholds {un.retain_thresholds} × n_features "
-        f"{un.n_features_list} × multipliers {un.multipliers}) against SAEBench's 16 (2 × 2 × 4). The MCQ "
-        "score is 1 − min over settings, so fewer settings bias it low."
-        if settings < 16
-        else f"- Settings grid: {settings} settings (SAEBench: 16).",
-        "- Multipliers are in activation units of this model's layer (SAEBench's 25–200 are for Gemma-2-2B)."
-        if max(un.multipliers, default=0) > 200
-        else "",
-        "- MCQ filter: a question counts only if the base model answers all 24 orderings right."
-        if un.all_permutations
-        else "- MCQ filter: the given order only (SAEBench needs all 24 orderings right).",
-        "- Zero-ablation in the CE-loss score zeroes positions 1.. (the positions the SAE replaces); SAEBench "
-        "zeroes BOS too (`ablate_bos=True` reproduces it).",
-        "- Feature frequencies for selection mask BOS, EOS and padding rows, as SAEBench does; they are "
-        "counted on "
-        + (
-            "every row of the training corpora."
-            if cfg.eval.frequency_rows == 0
-            else f"a seeded sample of about {cfg.eval.frequency_rows:,} training rows spread over all "
-            "documents (see Corpora)."
-        ),
-        "- The SAE runs in float32 during interventions; SAEBench casts it to the model's dtype.",
-        "- Loss mode (CE on held-out forget vs retain text) and its scores are ours, not SAEBench's.",
-        "- Grouped SAEs: π from the unclamped activations during the clamp (see Unlearning).",
-    ]
-    return "\n".join(i for i in items if i)
-
-
-def _plots(out_dir: Path, results: dict, metrics: list[Metric] | None = None) -> list[str]:
-    names = list(results)
-    made = []
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for n in names:
-        ax.scatter(_get(results[n], "reconstruction", "l0"), _get(results[n], "reconstruction", HEADLINE_EV))
-        ax.annotate(
-            n, (_get(results[n], "reconstruction", "l0"), _get(results[n], "reconstruction", HEADLINE_EV)), fontsize=7
-        )
-    ax.set(xlabel="L0 (active features per token)", ylabel="explained variance", title="Reconstruction vs L0")
-    made.append(save_figure(plt, fig, out_dir, "recon_vs_l0.png"))
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, m in enumerate(m for m in (metrics or registry(budgets_of(results))) if m.frontier):
-        for v in (v for v in variants.VARIANTS.values() if v.has_ortho):
-            pts = sorted(
-                (_alpha(results[n]), m.value(results[n])) for n in names if results[n]["summary"].get("type") == v.name
-            )
-            if pts:
-                ax.plot(
-                    [p[0] for p in pts],
-                    [p[1] for p in pts],
-                    "o-" if v.grouped else "s--",
-                    color=f"C{i}",
-                    label=f"{v.name}: {m.label}",
-                )
-        base = [m.value(results[n]) for n in names if variants.of(results[n]["summary"].get("type")).baseline]
-        if base and not math.isnan(base[0]):
-            ax.axhline(base[0], linestyle=":", color=f"C{i}")
-    ax.set(
-        xlabel="α", ylabel="nats", title="Unlearning vs α (dotted: baseline; not at equal quality: see frontier.png)"
-    )
-    ax.legend(fontsize=6)
-    made.append(save_figure(plt, fig, out_dir, "unlearning_vs_alpha.png"))
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.8 / max(1, max(len(results[n].get("conditioning", {}).get("decoder", {}).get("cond", [])) for n in names))
-    for i, n in enumerate(names):
-        conds = results[n].get("conditioning", {}).get("decoder", {}).get("cond", [])
-        for g, c in enumerate(conds):
-            ax.bar(
-                i + g * width,
-                c if c and math.isfinite(c) else 0,
-                width,
-                color=f"C{g}",
-                label=f"group {g}" if i == 0 else None,
-            )
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
-    ax.set(ylabel="σ_max / σ_min (decoder)", title="Condition number per feature group")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    made.append(save_figure(plt, fig, out_dir, "condition_numbers.png"))
-
-    made.append(save_figure(plt, plot_training_curves(results), out_dir, "training_curves.png"))
-    return made
+def family_plots(view: ReportView) -> list[str]:
+    """Each family's plots, in the table's order."""
+    return [name for family in families.FAMILIES.values() for name in family.plots(view)]
 
 
 def _sets_line(cfg: Config) -> str:
@@ -486,18 +201,7 @@ def write_report(
         "runs_dir": cfg.train.runs_dir,
         "eval_settings": eval_settings(cfg),
         "headline_explained_variance": HEADLINE_EV,
-        "metrics": [
-            {
-                "key": m.key,
-                "section": m.section,
-                "higher_is_better": m.higher,
-                "label": m.label,
-                "eval_error": m.eval_error,
-                "frontier": m.frontier,
-                "quality": m.quality,
-            }
-            for m in metrics
-        ],
+        "metrics": [_metric_json(m) for m in metrics],
         "runs": results,
         "references": references,
         "conditions": conditions,
@@ -507,13 +211,13 @@ def write_report(
         "plots": [],
     }
     _write_json(out_dir / "report.json", report)  # the measurements first: a failing plot must not lose them
-    plots = _plots(out_dir, results, metrics) + probe_plots(out_dir, results)
+    view = ReportView(cfg, reader, results, references, metrics, out_dir)
+    plots = family_plots(view)
     condition_plots = plot_frontier(out_dir, conditions, metrics) + plot_conditions(out_dir, conditions)
     report["plots"] = plots + condition_plots
     _write_json(out_dir / "report.json", report)
     (out_dir / "report.md").write_text(
-        _markdown(cfg, reader, results, references, conditions, metrics, timings, plots)
-        + probe_markdown(results, forget_topics(cfg))
+        _markdown(view, conditions, timings, plots)
         + conditions_markdown(conditions, condition_plots, metrics)
         + spread_markdown(spread)
         + "\n"
@@ -522,14 +226,16 @@ def write_report(
     return out_dir
 
 
-def _with_ci(m: Metric, result: dict) -> str:
-    v = m.value(result)
-    lo, hi = m.interval(result)
-    if math.isnan(v):
-        return "n/a"
-    text = f"{cell(v)} [{cell(lo)}, {cell(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else cell(v)
-    origin = result.get(m.section, {}).get(f"{m.field or m.key}_origin") if m.frontier else None
-    return text + " ⁰" if isinstance(origin, (int, float)) and origin > 0 else text
+def _metric_json(m: Metric) -> dict:
+    return {
+        "key": m.key,
+        "section": m.section,
+        "higher_is_better": m.higher,
+        "label": m.label,
+        "eval_error": m.eval_error,
+        "frontier": m.frontier,
+        "quality": m.quality,
+    }
 
 
 def _write_json(path: Path, obj: dict) -> None:

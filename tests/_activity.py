@@ -1,5 +1,5 @@
 """``feature_activity``: eval/core.py's ``FeatureActivity`` over one SAE's batches (the product
-feeds every run's accumulator from one read, eval/runner.py ``_feed``)."""
+feeds every run's accumulator from one read, eval/family.py ``feed``)."""
 
 from __future__ import annotations
 

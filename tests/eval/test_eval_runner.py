@@ -9,8 +9,11 @@ import torch
 from orthosae.common.config import RunConfig
 from orthosae.common.store import CorpusPlan, StoreReader, StoreWriter, to_storage
 from orthosae.eval.core import reconstruction_metrics
+from orthosae.eval.family import LoadedRun, measure_activity
+from orthosae.eval.family import read_rows as _rows
+from orthosae.eval.family_conditioning import measure_conditioning
+from orthosae.eval.family_core import measure_reconstruction
 from orthosae.eval.frequencies import frequency_batches
-from orthosae.eval.runner import LoadedRun, _rows, measure_activity, measure_conditioning, measure_reconstruction
 from tests._activity import feature_activity
 
 D, T = 16, 9
@@ -98,7 +101,7 @@ def test_rows_are_read_once_for_all_runs(tmp_path, monkeypatch):
         return real_read(self, name, start, stop)
 
     monkeypatch.setattr(StoreReader, "read_rows", counted)
-    monkeypatch.setattr("orthosae.eval.runner.ROW_BATCH", 64)  # several batches per corpus
+    monkeypatch.setattr("orthosae.eval.family.ROW_BATCH", 64)  # several batches per corpus
     cfg = config()
 
     one = loaded(tmp_path, ["baseline"])
@@ -133,7 +136,7 @@ def test_diff_of_means_direction_uses_every_training_row():
     import numpy as np
     import torch
 
-    from orthosae.eval.runner import mean_direction
+    from orthosae.eval.family_unlearning import mean_direction
 
     g = torch.Generator().manual_seed(0)
     data = {

@@ -40,7 +40,7 @@ def test_one_registry_drives_report_md_and_report_json(tmp_path, monkeypatch):
 
     results = {f"baseline-s{s}": run("baseline", s, 0.1 * s) for s in range(5)}
     results |= {f"adaptive-s{s}": run("adaptive", s, 1.0 + 0.1 * s) for s in range(5)}
-    monkeypatch.setattr(report, "_plots", lambda *a: [])
+    monkeypatch.setattr(report, "family_plots", lambda view: [])
     from orthosae.common.config import load_config
     from tests._configs import ROOT
 

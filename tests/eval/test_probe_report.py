@@ -2,7 +2,35 @@
 
 import math
 
-from orthosae.eval.probe_report import probe_markdown, probe_plots
+from orthosae.eval.probe_report import (
+    absorption_markdown,
+    absorption_plot,
+    probing_markdown,
+    probing_plot,
+    scr_markdown,
+    scr_plot,
+    tpp_markdown,
+    tpp_plot,
+)
+
+
+def probe_markdown(results: dict, forget: set[str] = frozenset()) -> str:
+    """The four families' sections, in the families' order (eval/families.py)."""
+    return (
+        probing_markdown(results, forget)
+        + tpp_markdown(results, forget)
+        + scr_markdown(results)
+        + absorption_markdown(results)
+    )
+
+
+def probe_plots(out_dir, results: dict) -> list[str]:
+    return (
+        probing_plot(out_dir, results)
+        + tpp_plot(out_dir, results)
+        + scr_plot(out_dir, results)
+        + absorption_plot(out_dir, results)
+    )
 
 
 def _run(top1, tpp, absorption, scr=0.4):

@@ -24,7 +24,7 @@ def test_report_json_is_written_before_the_plots(tmp_path, monkeypatch):
         raise RuntimeError("plot failed")
 
     monkeypatch.setattr(report, "plot_conditions", broken)
-    monkeypatch.setattr(report, "_plots", lambda out_dir, results, *_: [])
+    monkeypatch.setattr(report, "family_plots", lambda view: [])
     from orthosae.common.config import EvalConfig
 
     cfg = SimpleNamespace(path="p.toml", train=SimpleNamespace(runs_dir="runs"), eval=EvalConfig())
