@@ -89,7 +89,10 @@ def _d_sae(value):
 
 
 def _key(default=dataclasses.MISSING, check=None, doc: str = ""):
-    """A config key: default, optional validator returning an error string, and its documentation."""
+    """A config key: default, optional validator returning an error string, and its documentation.
+
+    The sections below declare their keys one a line, as the README's tables list them, between
+    ``# fmt: off`` and ``# fmt: on``: the formatter would spread each long doc over five lines."""
     meta = {"check": check, "doc": doc}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
@@ -108,26 +111,11 @@ class ModelConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class HarvestConfig:
-    layer: int | None = _key(
-        None, _non_negative, "block index L; the hook is the residual stream after block L (or `layers`)"
-    )
-    layers: list = _key(
-        [],
-        _layer_list,
-        "several blocks in one model pass, e.g. [6, 12, 19]: every listed "
-        "block is written, the pass stops after the deepest; one store per layer (`store` "
-        "holds `{layer}`); each [[runs]] table then names its `layer`",
-    )
-    store: str = _key(
-        doc="zarr store URL: a local path or any fsspec URL zarr accepts (s3://, gs://); "
-        "`{layer}` in it is replaced by the layer (needed with several `layers`)"
-    )
-    hook: str = _key(
-        "resid_post",
-        _choice("resid_post"),
-        "residual stream after block `layer` (the same "
-        "hook at every layer: the residual stream is the one hook harvested)",
-    )
+    # fmt: off
+    layer: int | None = _key(None, _non_negative, "block index L; the hook is the residual stream after block L (or `layers`)")
+    layers: list = _key([], _layer_list, "several blocks in one model pass, e.g. [6, 12, 19]: every listed block is written, the pass stops after the deepest; one store per layer (`store` holds `{layer}`); each [[runs]] table then names its `layer`")
+    store: str = _key(doc="zarr store URL: a local path or any fsspec URL zarr accepts (s3://, gs://); `{layer}` in it is replaced by the layer (needed with several `layers`)")
+    hook: str = _key("resid_post", _choice("resid_post"), "residual stream after block `layer` (the same hook at every layer: the residual stream is the one hook harvested)")
     context_length: int = _key(128, _positive, "tokens per context including the leading BOS")
     batch_size: int = _key(8, _positive, "contexts per forward pass")
     chunk_tokens: int = _key(8192, _positive, "rows per zarr chunk (rounded down to whole contexts)")
@@ -135,13 +123,8 @@ class HarvestConfig:
     level: int = _key(3, _non_negative, "compression level")
     storage_dtype: str = _key("bfloat16", _choice(*DTYPES), "bfloat16 is stored as uint16 bit patterns")
     heldout_fraction: float = _key(0.1, _fraction, "documents (by text hash) kept out of training splits")
-    order_seed: int = _key(
-        0,
-        _non_negative,
-        "seeds each corpus's document order, drawn before its token "
-        "budget is filled: stratified by label where the source has one (embedded:wiki: "
-        "topic; else `label_field`), shuffled otherwise; recorded in the store",
-    )
+    order_seed: int = _key(0, _non_negative, "seeds each corpus's document order, drawn before its token budget is filled: stratified by label where the source has one (embedded:wiki: topic; else `label_field`), shuffled otherwise; recorded in the store")
+    # fmt: on
 
     @property
     def all_layers(self) -> tuple[int, ...]:
@@ -159,27 +142,22 @@ class CorpusConfig:
     (with the [harvest] keys shared by every corpus: heldout_fraction, order_seed)."""
 
     name: str
+    # fmt: off
     source: str = _key(doc='"embedded:wiki", "hf:<dataset>" or "file:<path.jsonl|.txt>"')
     role: str = _key(check=_choice("retain", "forget"), doc="what unlearning should keep or remove")
     split: str = _key("train", _choice("train", "heldout"), "heldout documents are never trained on")
     tokens: int = _key(check=_positive, doc="token budget for this corpus (rows stored = budget minus BOS)")
-    subset: str | None = _key(
-        None,
-        doc='embedded:wiki: "retain"/"forget" (biology is forget), or '
-        '"retain:<topic>"/"forget:<topic>" around another topic; hf: dataset config name',
-    )
+    subset: str | None = _key(None, doc='embedded:wiki: "retain"/"forget" (biology is forget), or "retain:<topic>"/"forget:<topic>" around another topic; hf: dataset config name')
     hf_split: str = _key("train", doc="hf datasets split to read")
     text_field: str = _key("text", doc="field holding the document text (hf and jsonl)")
     min_chars: int = _key(1, _non_negative, "drop documents shorter than this (WikiText blank lines)")
-    label_field: str | None = _key(
-        None,
-        doc="hf and .jsonl/.json: record field holding a document's label "
-        "(its order is stratified by it); embedded:wiki always uses its topic",
-    )
+    label_field: str | None = _key(None, doc="hf and .jsonl/.json: record field holding a document's label (its order is stratified by it); embedded:wiki always uses its topic")
+    # fmt: on
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
+    # fmt: off
     runs_dir: str = _key("runs", doc="one folder per run: sae_weights.safetensors, cfg.json, log.jsonl")
     d_sae: int = _key(2048, _d_sae, "dictionary size")
     batch_size: int = _key(1024, _positive, "activation rows per optimiser step")
@@ -189,128 +167,46 @@ class TrainConfig:
     adam_betas: list = _key([0.9, 0.999], doc="Adam (beta1, beta2)")
     lr_warmup_steps: int = _key(100, _non_negative, "linear lr warm-up")
     lr_decay_frac: float = _key(0.2, _fraction, "final fraction of steps with linear decay to 0")
-    l1_coefficient: float = _key(
-        5.0,
-        _non_negative,
-        "λ1, weight of L_sparse (the start value when `target_l0` is set; may be 0 with topk / batchtopk)",
-    )
+    l1_coefficient: float = _key(5.0, _non_negative, "λ1, weight of L_sparse (the start value when `target_l0` is set; may be 0 with topk / batchtopk)")
     l1_warmup_steps: int = _key(100, _non_negative, "λ1 ramps linearly from 0 (SAELens style)")
     grad_clip: float = _key(1.0, _non_negative, "max gradient norm (0 = off)")
-    normalize: bool = _key(
-        True, doc="scale activations to E‖x‖² = d_model (SAELens' convention); scale saved in cfg.json"
-    )
-    buffer_rows: int = _key(
-        65536,
-        _positive,
-        "shuffle window; loader memory is set by this, not the cache: "
-        "per corpus pool the window served and the next, read ahead, as stored",
-    )
+    normalize: bool = _key(True, doc="scale activations to E‖x‖² = d_model (SAELens' convention); scale saved in cfg.json")
+    buffer_rows: int = _key(65536, _positive, "shuffle window; loader memory is set by this, not the cache: per corpus pool the window served and the next, read ahead, as stored")
     heldout_rows: int = _key(0, _non_negative, "rows at the end of each train group also kept out")
-    seed: int = _key(
-        0,
-        doc="seeds the shared data stream (order, sampling) and the SAE init of runs "
-        "without `seeds`; a run's `seeds = [...]` entry sets its own init seed here",
-    )
+    seed: int = _key(0, doc="seeds the shared data stream (order, sampling) and the SAE init of runs without `seeds`; a run's `seeds = [...]` entry sets its own init seed here")
     device: str = _key("auto", doc='"auto", "cpu", "cuda", "cuda:N"')
-    matmul_precision: str = _key(
-        "highest",
-        _choice("highest", "high"),
-        "float32 matmuls: highest = full "
-        "fp32; high = TF32 on CUDA (~3× faster, ~1e-3 relative error per "
-        "product); L_ortho stays fp32 (docs/method.md, Precision)",
-    )
+    matmul_precision: str = _key("highest", _choice("highest", "high"), "float32 matmuls: highest = full fp32; high = TF32 on CUDA (~3× faster, ~1e-3 relative error per product); L_ortho stays fp32 (docs/method.md, Precision)")
     checkpoint_every: int = _key(500, _positive, "steps between checkpoints")
     log_every: int = _key(10, _positive, "steps between JSONL log lines")
     dead_window: int = _key(200, _positive, "steps a feature may stay silent before it counts as dead")
     resample_dead: bool = _key(False, doc="re-initialise dead features from high-loss rows")
-    activation: str = _key(
-        "relu",
-        _choice("relu", "topk", "batchtopk"),
-        "relu (L1-penalised), topk (the k "
-        "largest per row) or batchtopk (the k·batch largest over the batch; a learned "
-        "threshold at inference), SAELens' recipes",
-    )
+    activation: str = _key("relu", _choice("relu", "topk", "batchtopk"), "relu (L1-penalised), topk (the k largest per row) or batchtopk (the k·batch largest over the batch; a learned threshold at inference), SAELens' recipes")
     k: int = _key(0, _non_negative, "active features per token for topk / batchtopk (batchtopk: on average)")
-    target_l0: float = _key(
-        0.0,
-        _non_negative,
-        "relu only: adapt λ1 during training so the batch L0 lands "
-        "here (0 = off, λ1 fixed; see docs/method.md, Seeds, grids and equal sparsity)",
-    )
-    l0_gain: float = _key(
-        0.03,
-        _positive,
-        "target_l0 controller: λ1 *= exp(gain·log(L0_batch/target_l0)) "
-        "per step after the λ1 warm-up (log error clipped to ±1)",
-    )
+    target_l0: float = _key(0.0, _non_negative, "relu only: adapt λ1 during training so the batch L0 lands here (0 = off, λ1 fixed; see docs/method.md, Seeds, grids and equal sparsity)")
+    l0_gain: float = _key(0.03, _positive, "target_l0 controller: λ1 *= exp(gain·log(L0_batch/target_l0)) per step after the λ1 warm-up (log error clipped to ±1)")
+    # fmt: on
 
 
 @dataclass(frozen=True, kw_only=True)
 class OrthoConfig:
-    lambda2_max: float = _key(
-        30.0,
-        _non_negative,
-        "λ2_max: weight of L_ortho once warmed up (per pair "
-        "of features in the rms and hinge modes; see docs/method.md)",
-    )
+    # fmt: off
+    lambda2_max: float = _key(30.0, _non_negative, "λ2_max: weight of L_ortho once warmed up (per pair of features in the rms and hinge modes; see docs/method.md)")
     t0: int = _key(500, _positive, "steps over which λ2(t) = λ2_max·min(1, t/t0) ramps (adaptive)")
-    alpha: float = _key(
-        0.0,
-        _non_negative,
-        "α: allowed cosine of sharing between groups (rms: allowed RMS "
-        "cosine; hinge: allowed |cos| per pair); random unit vectors sit at 1/√d_model",
-    )
-    alpha_mode: str = _key(
-        "rms",
-        _choice("rms", "hinge", "seed"),
-        "form of L_ortho: rms (mean squared "
-        "cosine beyond α²), hinge (Σ relu(|cos|−α)² per pair), seed (‖W_gᵀW_h − αI‖_F)",
-    )
+    alpha: float = _key(0.0, _non_negative, "α: allowed cosine of sharing between groups (rms: allowed RMS cosine; hinge: allowed |cos| per pair); random unit vectors sit at 1/√d_model")
+    alpha_mode: str = _key("rms", _choice("rms", "hinge", "seed"), "form of L_ortho: rms (mean squared cosine beyond α²), hinge (Σ relu(|cos|−α)² per pair), seed (‖W_gᵀW_h − αI‖_F)")
     weights: str = _key("decoder", _choice("decoder", "encoder"), "which weights L_ortho constrains")
-    weighting: str = _key(
-        "activity",
-        _choice("activity", "uniform"),
-        "rms / hinge: weigh each pair of "
-        "features by their activation mass in the batch (activity) or equally (uniform)",
-    )
+    weighting: str = _key("activity", _choice("activity", "uniform"), "rms / hinge: weigh each pair of features by their activation mass in the batch (activity) or equally (uniform)")
     groups: int = _key(2, _positive, "number of feature groups G")
     regroup_every: int = _key(100, _positive, "n: steps between group re-assignments (none at the last step)")
-    regroup_min_mass: float = _key(
-        1e-4,
-        _non_negative,
-        "a feature moves only with at least this EMA "
-        "activation mass per row (normalised units): one stray activation moves nothing",
-    )
-    regroup_margin: float = _key(
-        0.05,
-        _fraction,
-        "hysteresis: a feature leaves its group only when its forget share is this far past the group's bin edge",
-    )
-    gram_dtype: str = _key(
-        "float32",
-        _choice("float32", "bfloat16"),
-        "rms: input precision of the exact "
-        "L_ortho's d_model × d_model Grams (float32 accumulation either way); bfloat16 halves "
-        "their cost where bf16 matmuls are fast (docs/design.md, The cost of L_ortho)",
-    )
-    every: int = _key(
-        1,
-        _positive,
-        "apply L_ortho every k steps with weight k·λ2(t) (lazy "
-        "regularisation: cost ÷ k; 1 = every step, the exact loss)",
-    )
+    regroup_min_mass: float = _key(1e-4, _non_negative, "a feature moves only with at least this EMA activation mass per row (normalised units): one stray activation moves nothing")
+    regroup_margin: float = _key(0.05, _fraction, "hysteresis: a feature leaves its group only when its forget share is this far past the group's bin edge")
+    gram_dtype: str = _key("float32", _choice("float32", "bfloat16"), "rms: input precision of the exact L_ortho's d_model × d_model Grams (float32 accumulation either way); bfloat16 halves their cost where bf16 matmuls are fast (docs/design.md, The cost of L_ortho)")
+    every: int = _key(1, _positive, "apply L_ortho every k steps with weight k·λ2(t) (lazy regularisation: cost ÷ k; 1 = every step, the exact loss)")
     stats_decay: float = _key(0.99, _fraction, "EMA decay of per-feature forget/retain activation mass")
-    tau: float = _key(
-        0.05,
-        _non_negative,
-        "τ in the group-bias mix π_g = m_g/(Σm + τ): smooth as a token's activation mass Σm → 0 (activation units)",
-    )
-    stop_eff_rank: float = _key(
-        0.1, _fraction, "stop early when a group's effective rank / min(n_g, d_model) falls below this (0 = never)"
-    )
-    stop_max_cos: float = _key(
-        0.999, _positive, "stop early when two features of one group reach this |cos| (duplicates; > 1 = never)"
-    )
+    tau: float = _key(0.05, _non_negative, "τ in the group-bias mix π_g = m_g/(Σm + τ): smooth as a token's activation mass Σm → 0 (activation units)")
+    stop_eff_rank: float = _key(0.1, _fraction, "stop early when a group's effective rank / min(n_g, d_model) falls below this (0 = never)")
+    stop_max_cos: float = _key(0.999, _positive, "stop early when two features of one group reach this |cos| (duplicates; > 1 = never)")
+    # fmt: on
 
 
 # [train.ortho] keys removed from the product, with their old neutral value: a config (or --set) that
@@ -409,70 +305,28 @@ class RunConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class UnlearningConfig:
+    # fmt: off
     modes: list = _key(["mcq", "loss"], doc='"mcq" (SAEBench accuracy) and/or "loss" (CE selectivity)')
     forget_questions: str = _key("embedded:mmlu", doc="MCQ source for the forget set")
     forget_subjects: list = _key(["high_school_biology", "college_biology", "virology", "medical_genetics", "anatomy"])
     retain_questions: str = _key("embedded:mmlu", doc="MCQ source for the retain set")
-    retain_subjects: list = _key(
-        ["high_school_us_history", "college_computer_science", "high_school_geography", "human_aging"]
-    )
+    retain_subjects: list = _key(["high_school_us_history", "college_computer_science", "high_school_geography", "human_aging"])
     max_questions: int = _key(0, _non_negative, "cap per set (0 = all)")
     chat_template: bool = _key(False, doc="wrap prompts in the tokenizer's chat template (-it models)")
-    all_permutations: bool = _key(
-        True,
-        doc="SAEBench: a question counts only if the base model "
-        "answers all 24 orderings right (false: the given order only)",
-    )
+    all_permutations: bool = _key(True, doc="SAEBench: a question counts only if the base model answers all 24 orderings right (false: the given order only)")
     retain_thresholds: list = _key([0.01], _positive, "max feature frequency on retain rows")
     n_features_list: list = _key([10, 20], _positive, "how many forget features to clamp")
     multipliers: list = _key([25.0, 50.0], _positive, "clamp value −multiplier in activation units")
-    loss_contexts: int = _key(
-        0,
-        _non_negative,
-        "held-out contexts per corpus for the loss-based mode (0 = every held-out context the store has)",
-    )
-    retain_budgets: list = _key(
-        [0.03, 0.1],
-        _positive,
-        "retain ΔCE budgets b (nats) at which F(b), the forget "
-        "ΔCE at matched retain damage, is reported (docs/evaluation.md)",
-    )
-    domain_ratio: float = _key(
-        4.0,
-        _positive,
-        "a token is a forget-domain token when its frequency in forget "
-        "training text is at least this many times its (+1-smoothed) retain frequency",
-    )
-    domain_min_count: int = _key(
-        10, _positive, "a forget-domain token also occurs at least this many times in forget training text"
-    )
-    references: list = _key(
-        ["forget_share", "diff_of_means"],
-        doc="label-using references measured on the same "
-        "curve: forget_share (baseline features ranked by forget share of activation mass), "
-        "diff_of_means (SAE-free: project the forget − retain mean direction out at the layer)",
-    )
-    projection_scales: list = _key(
-        [0.5, 1.0, 2.0],
-        _positive,
-        "diff_of_means: the edit's strengths s in x − s·(x·d̂)d̂ (1 = the direction projected out)",
-    )
-    forget_share_condition: str = _key(
-        "",
-        doc="the baseline condition (a run name without its -s<seed>) whose "
-        'runs get the forget_share reference ("" = every baseline run)',
-    )
-    forget_share_runs: int = _key(
-        0,
-        _non_negative,
-        "how many runs of each such condition, lowest seeds first, "
-        "get the forget_share reference (0 = all): each costs a full clamp sweep",
-    )
-    pi_ablation: bool = _key(
-        True,
-        doc="grouped SAEs: also rerun the largest setting with π following the "
-        "clamp, so the clamp removes group bias too (one more pass per grouped run)",
-    )
+    loss_contexts: int = _key(0, _non_negative, "held-out contexts per corpus for the loss-based mode (0 = every held-out context the store has)")
+    retain_budgets: list = _key([0.03, 0.1], _positive, "retain ΔCE budgets b (nats) at which F(b), the forget ΔCE at matched retain damage, is reported (docs/evaluation.md)")
+    domain_ratio: float = _key(4.0, _positive, "a token is a forget-domain token when its frequency in forget training text is at least this many times its (+1-smoothed) retain frequency")
+    domain_min_count: int = _key(10, _positive, "a forget-domain token also occurs at least this many times in forget training text")
+    references: list = _key(["forget_share", "diff_of_means"], doc="label-using references measured on the same curve: forget_share (baseline features ranked by forget share of activation mass), diff_of_means (SAE-free: project the forget − retain mean direction out at the layer)")
+    projection_scales: list = _key([0.5, 1.0, 2.0], _positive, "diff_of_means: the edit's strengths s in x − s·(x·d̂)d̂ (1 = the direction projected out)")
+    forget_share_condition: str = _key("", doc='the baseline condition (a run name without its -s<seed>) whose runs get the forget_share reference ("" = every baseline run)')
+    forget_share_runs: int = _key(0, _non_negative, "how many runs of each such condition, lowest seeds first, get the forget_share reference (0 = all): each costs a full clamp sweep")
+    pi_ablation: bool = _key(True, doc="grouped SAEs: also rerun the largest setting with π following the clamp, so the clamp removes group bias too (one more pass per grouped run)")
+    # fmt: on
 
 
 def _int_list(value):
@@ -490,17 +344,15 @@ PROBING_DATASETS = ("embedded:wiki_topics", "embedded:wiki_language", "embedded:
 
 @dataclass(frozen=True, kw_only=True)
 class ProbingConfig:
+    # fmt: off
     enabled: bool = _key(False, doc="run SAEBench sparse probing (docs/evaluation.md)")
-    datasets: list = _key(
-        list(PROBING_DATASETS),
-        doc='"embedded:wiki_topics" | "embedded:wiki_language" | '
-        '"embedded:mmlu_categories" | "hf:<SAEBench dataset>" | "file:<.jsonl with text, label>"',
-    )
+    datasets: list = _key(list(PROBING_DATASETS), doc='"embedded:wiki_topics" | "embedded:wiki_language" | "embedded:mmlu_categories" | "hf:<SAEBench dataset>" | "file:<.jsonl with text, label>"')
     train_size: int = _key(4000, _positive, "probe training texts per class (SAEBench: 4000)")
     test_size: int = _key(1000, _positive, "probe test texts per class (SAEBench: 1000)")
     context_length: int = _key(128, _positive, "tokens per text incl. BOS (longer texts are truncated)")
     k_values: list = _key([1, 2, 5], _int_list, "top-k sizes of the LLM and SAE probes (mean-difference selection)")
     seed: int = _key(42, doc="seeds the text sample, the probes' negatives and the probes")
+    # fmt: on
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -534,23 +386,16 @@ def _quarters(value):
 
 @dataclass(frozen=True, kw_only=True)
 class ScrConfig:
+    # fmt: off
     enabled: bool = _key(False, doc="run SAEBench SCR (spurious correlation removal): wiki topic x language")
-    topic_pairs: list = _key(
-        [["People", "Geography"]],
-        doc="[[topic 1, topic 2], ...]: the probed attribute, "
-        "English wiki topic names with a French / Spanish counterpart; pairs are averaged",
-    )
+    topic_pairs: list = _key([["People", "Geography"]], doc="[[topic 1, topic 2], ...]: the probed attribute, English wiki topic names with a French / Spanish counterpart; pairs are averaged")
     languages: list = _key(["en", "fr"], doc="the spurious attribute: two of en (held-out extracts), fr, es")
-    train_size: int = _key(
-        64,
-        _quarters,
-        "texts per probe training set (SAEBench: 4000): biased set = "
-        "size/2 of (topic 1, lang 1) + size/2 of (topic 2, lang 2)",
-    )
+    train_size: int = _key(64, _quarters, "texts per probe training set (SAEBench: 4000): biased set = size/2 of (topic 1, lang 1) + size/2 of (topic 2, lang 2)")
     test_size: int = _key(32, _quarters, "texts per balanced test set, a quarter per cell (SAEBench: 1000)")
     context_length: int = _key(128, _positive, "tokens per text incl. BOS (SAEBench: 128)")
     n_values: list = _key([2, 5, 10, 20, 50, 100, 500], _int_list, "latents zero-ablated (SAEBench's grid)")
     seed: int = _key(42, doc="seeds the text sample and the probes")
+    # fmt: on
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -569,59 +414,28 @@ class AbsorptionConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SpreadConfig:
-    condition: str = _key(
-        "",
-        doc="a condition (a run name without its -s<seed>) whose seed-to-seed spread of "
-        "F(b) and cross-fitted selectivity is split into SAE seed, selection rows and eval "
-        'documents (docs/evaluation.md); "" = off',
-    )
+    # fmt: off
+    condition: str = _key("", doc='a condition (a run name without its -s<seed>) whose seed-to-seed spread of F(b) and cross-fitted selectivity is split into SAE seed, selection rows and eval documents (docs/evaluation.md); "" = off')
     runs: int = _key(3, _positive, "how many of the condition's runs (lowest seeds first) get the draws")
-    selection_draws: int = _key(
-        3,
-        _positive,
-        "bootstrap draws of the selection rows per run (the training "
-        "contexts frequencies are counted on, drawn with replacement)",
-    )
+    selection_draws: int = _key(3, _positive, "bootstrap draws of the selection rows per run (the training contexts frequencies are counted on, drawn with replacement)")
     seed: int = _key(0, _non_negative, "seeds the draws")
+    # fmt: on
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
+    # fmt: off
     reports_dir: str = _key("reports", doc="reports/<name>/ gets report.json, report.md, *.png")
     name: str = _key("default", _safe_name, "report folder name")
     rows: int = _key(20000, _positive, "held-out rows for reconstruction metrics")
-    frequency_rows: int = _key(
-        0,
-        _non_negative,
-        "training rows feature frequencies (unlearning's selection, "
-        "post-hoc groups) are counted on: 0 = every row of the training corpora; N = a "
-        "seeded sample of about N rows, whole contexts spread over all documents",
-    )
-    frequency_seed: int = _key(
-        0,
-        _non_negative,
-        "seeds the frequency_rows sample (contexts chosen by a "
-        "hash of the seed and their tokens, so the store's order does not matter)",
-    )
+    frequency_rows: int = _key(0, _non_negative, "training rows feature frequencies (unlearning's selection, post-hoc groups) are counted on: 0 = every row of the training corpora; N = a seeded sample of about N rows, whole contexts spread over all documents")
+    frequency_seed: int = _key(0, _non_negative, "seeds the frequency_rows sample (contexts chosen by a hash of the seed and their tokens, so the store's order does not matter)")
     ce_contexts: int = _key(32, _positive, "held-out contexts for the spliced CE / KL scores")
     batch_size: int = _key(8, _positive, "contexts per model forward in eval")
-    primary_figure: str = _key(
-        "",
-        doc='the report\'s primary unlearning figure, e.g. "F_0.1" (F(b) at a '
-        '[eval.unlearning] retain_budgets value); "" = F at the largest budget. Judged '
-        "against the baseline curve for every condition, Holm-corrected with primary_pairs",
-    )
-    primary_quality: str = _key(
-        "ce_loss_score_docs",
-        _choice("ce_loss_score_docs", "explained_variance_docs"),
-        "the quality axis the primary figure is judged at (both measured on the "
-        "unlearning's held-out documents, bootstrapped with F(b))",
-    )
-    primary_pairs: list = _key(
-        [],
-        doc="[[condition A, condition B], ...]: seed-paired comparisons on the primary "
-        "figure that join the Holm family (e.g. adaptive against fixed)",
-    )
+    primary_figure: str = _key("", doc="the report's primary unlearning figure, e.g. \"F_0.1\" (F(b) at a [eval.unlearning] retain_budgets value); \"\" = F at the largest budget. Judged against the baseline curve for every condition, Holm-corrected with primary_pairs")
+    primary_quality: str = _key("ce_loss_score_docs", _choice("ce_loss_score_docs", "explained_variance_docs"), "the quality axis the primary figure is judged at (both measured on the unlearning's held-out documents, bootstrapped with F(b))")
+    primary_pairs: list = _key([], doc="[[condition A, condition B], ...]: seed-paired comparisons on the primary figure that join the Holm family (e.g. adaptive against fixed)")
+    # fmt: on
     unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
     probing: ProbingConfig = field(default_factory=ProbingConfig)
     tpp: TppConfig = field(default_factory=TppConfig)
@@ -637,25 +451,12 @@ def _percent(value):
 
 @dataclass(frozen=True, kw_only=True)
 class LogConfig:
-    progress_seconds: float = _key(
-        30.0,
-        _non_negative,
-        "seconds between plain progress lines (printed "
-        "instead of bars without a terminal: batch jobs, `> log`) and between "
-        "progress events in the event log (0 = at every update)",
-    )
-    progress_percent: int = _key(
-        25, _percent, "also a line and an event at every this many percent (25: 0/25/50/75/100 %)"
-    )
-    tracker: str = _key(
-        "none",
-        _choice("none", "wandb", "trackio"),
-        "run tracker: wandb (`pip install "
-        "'orthosae[wandb]'`; WANDB_MODE=offline without network) or trackio (local SQLite; "
-        "`pip install 'orthosae[trackio]'`): one tracked run per SAE run, grouped by config "
-        "(docs/tools.md)",
-    )
+    # fmt: off
+    progress_seconds: float = _key(30.0, _non_negative, "seconds between plain progress lines (printed instead of bars without a terminal: batch jobs, `> log`) and between progress events in the event log (0 = at every update)")
+    progress_percent: int = _key(25, _percent, "also a line and an event at every this many percent (25: 0/25/50/75/100 %)")
+    tracker: str = _key("none", _choice("none", "wandb", "trackio"), "run tracker: wandb (`pip install 'orthosae[wandb]'`; WANDB_MODE=offline without network) or trackio (local SQLite; `pip install 'orthosae[trackio]'`): one tracked run per SAE run, grouped by config (docs/tools.md)")
     tracker_project: str = _key("orthosae", doc="the tracker's project the runs are logged to")
+    # fmt: on
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,6 +20,7 @@ local SQLite under ``TRACKIO_DIR`` (``trackio show`` opens the dashboard).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -55,16 +56,27 @@ def tracked_id(group: str, name: str, fingerprint: str) -> str:
     return hashlib.sha256(f"{group}/{name}/{fingerprint}".encode()).hexdigest()[:16]
 
 
-class _Wandb:
-    name = "wandb"
+class _Backend:
+    """What the trackers do alike: the package imported on first use (the default needs neither),
+    a logged step, a finished run; each names itself and opens runs and summaries its own way."""
+
+    name: str
 
     def __init__(self, project: str):
-        import wandb
+        self.lib, self.project = importlib.import_module(self.name), project
 
-        self.wandb, self.project = wandb, project
+    def log(self, run, metrics: dict, step: int | None) -> None:
+        run.log(metrics, step=step)
+
+    def close(self, run) -> None:
+        run.finish()
+
+
+class _Wandb(_Backend):
+    name = "wandb"
 
     def open(self, name: str, run_id: str, group: str, config: dict | None, job_type: str):
-        return self.wandb.init(
+        return self.lib.init(
             project=self.project,
             name=name,
             id=run_id,
@@ -75,38 +87,19 @@ class _Wandb:
             reinit="create_new",
         )
 
-    def log(self, run, metrics: dict, step: int | None) -> None:
-        run.log(metrics, step=step)
-
     def summary(self, run, metrics: dict) -> None:
         run.summary.update(metrics)
 
-    def close(self, run) -> None:
-        run.finish()
 
-
-class _Trackio:
+class _Trackio(_Backend):
     name = "trackio"
-
-    def __init__(self, project: str):
-        import trackio
-
-        self.trackio, self.project = trackio, project
 
     def open(self, name: str, run_id: str, group: str, config: dict | None, job_type: str):
         # trackio names runs (no separate id); a run trained again under a new fingerprint is a new name
-        return self.trackio.init(
-            project=self.project, name=name, group=group, config=config, resume="allow", embed=False
-        )
-
-    def log(self, run, metrics: dict, step: int | None) -> None:
-        run.log(metrics, step=step)
+        return self.lib.init(project=self.project, name=name, group=group, config=config, resume="allow", embed=False)
 
     def summary(self, run, metrics: dict) -> None:
         run.log(metrics)  # no summary table: the figures as one last logged step
-
-    def close(self, run) -> None:
-        run.finish()
 
 
 class Tracker:

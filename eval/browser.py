@@ -49,14 +49,23 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from orthosae.common.config import Config, ConfigError
+import torch
+from rich.progress import Progress
+from torch import Tensor
+
+from orthosae.common.config import Config, ConfigError, RunConfig
 from orthosae.common.model import load_configured, pick_device
 from orthosae.common.progress import console, progress
-from orthosae.common.store import StoreError, open_store_for
+from orthosae.common.store import StoreError, StoreReader, open_store_for
 from orthosae.eval import browser_pages
 from orthosae.eval.browser_data import (
+    RunSite,
     TokenText,
     assemble,
     decoder_neighbours,
@@ -104,6 +113,108 @@ def _trained_runs(cfg: Config, run_names: list[str] | None) -> list[tuple]:
     return out
 
 
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """``timings[key]``: the seconds the block took."""
+    t = time.perf_counter()
+    yield
+    timings[key] = round(time.perf_counter() - t, 2)
+
+
+@dataclass(frozen=True)
+class _Model:
+    """What the pages take from the model (never run on text): the unembedding, the final norm's
+    gain and a line saying what it is, the tokens' text."""
+
+    W_U: Tensor  # [vocab, d_model]
+    gain: Tensor
+    logit_note: str
+    tok: TokenText
+    bos_id: int | None
+
+    @classmethod
+    def load(cls, cfg: Config) -> _Model:
+        lm = load_configured(cfg.model)
+        W_U = lm.model.get_output_embeddings().weight.detach().float()
+        gain, note = final_norm_gain(lm.model, lm.d_model)
+        return cls(W_U, gain, note, TokenText(lm.tokenizer), lm.tokenizer.bos_token_id)
+
+
+def _run_meta(cfg: Config, run_dir: Path, summary: dict, logit_note: str) -> dict:
+    """The site's ``meta``: where its run and data come from and what its figures mean."""
+    return {
+        "config": str(cfg.path),
+        "store": cfg.harvest.store,
+        "run_dir": str(run_dir),
+        "model": cfg.model.id,
+        "layer": cfg.harvest.layer,
+        "hook": cfg.harvest.hook,
+        "fingerprint": summary.get("fingerprint"),
+        "status": summary.get("status"),
+        "logit_effect": logit_note,
+        "activation_units": "sae.encode on raw rows",
+        "histogram": f"log10(activation), {HIST_PER_DECADE} bins per decade",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+@dataclass(frozen=True)
+class _Inspect:
+    """One `pipe inspect`: what each run's site is made with."""
+
+    cfg: Config
+    reader: StoreReader
+    heldout: list[str]  # the held-out corpora scanned
+    model: _Model
+    device: torch.device
+    top_k: int
+    max_rows: int
+    bar: Progress
+    total_rows: int  # rows scanned per run
+
+    def site(self, run: RunConfig, run_dir: Path, summary: dict, timings: dict[str, float]) -> RunSite:
+        """One run's site: the held-out scan, the logit effects, then the weights-only analyses."""
+        cfg, bar, un = self.cfg, self.bar, self.cfg.eval.unlearning
+        sae, _ = load_sae(run_dir, device=self.device)
+        sae.eval().requires_grad_(False)
+        with _timed(timings, "scan_s"):
+            task = bar.add_task(f"{run.name}: held-out rows", total=self.total_rows)
+            scan = scan_heldout(
+                sae,
+                self.reader,
+                self.heldout,
+                top_k=self.top_k,
+                max_rows=self.max_rows,
+                device=self.device,
+                on_rows=partial(bar.advance, task),
+            )
+        with _timed(timings, "logits_s"):
+            task = bar.add_task(f"{run.name}: logit effects", total=sae.W_dec.shape[0])
+            logits = logit_effects(sae.W_dec, self.model.W_U, self.model.gain, on_features=partial(bar.advance, task))
+        with _timed(timings, "assemble_s"):
+            groups, n_groups, grouping = scan_groups(sae, scan, cfg.ortho.groups)
+            neighbours = decoder_neighbours(sae.W_dec, groups.to(sae.W_dec.device))
+            report = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.json"
+            return assemble(
+                run.name,
+                run.type,
+                sae.cpu(),
+                scan,
+                store_arrays(self.reader, scan.ranges),
+                self.model.tok,
+                self.model.bos_id,
+                groups,
+                n_groups,
+                grouping,
+                neighbours,
+                logits,
+                list(un.retain_thresholds),
+                list(un.n_features_list),
+                _run_meta(cfg, run_dir, summary, self.model.logit_note),
+                eval_roles(report, run.name, summary.get("fingerprint")),
+            )
+
+
 def build_browser(
     cfg: Config,
     *,
@@ -121,76 +232,18 @@ def build_browser(
     runs = _trained_runs(cfg, run_names)
     root = inspect_root(cfg)
     t0 = time.perf_counter()
-    lm = load_configured(cfg.model)
-    W_U = lm.model.get_output_embeddings().weight.detach().float()  # [vocab, d_model]
-    gain, logit_note = final_norm_gain(lm.model, lm.d_model)
-    tok = TokenText(lm.tokenizer)
+    model = _Model.load(cfg)
     device = pick_device(cfg.model.device)
-    un = cfg.eval.unlearning
-    report = Path(cfg.eval.reports_dir) / cfg.eval.name / "report.json"
     model_s = time.perf_counter() - t0
     total_rows = sum(c.n_rows for c in scan_ranges(reader.corpora(), heldout, max_rows))
     with progress("row", disable=not show_progress) as bar:
+        inspect = _Inspect(cfg, reader, heldout, model, device, top_k, max_rows, bar, total_rows)
         for run, run_dir, summary in runs:
             timings = {"model_load_s": round(model_s, 2)}
-            sae, sae_cfg = load_sae(run_dir, device=device)
-            sae.eval().requires_grad_(False)
-            t = time.perf_counter()
-            task = bar.add_task(f"{run.name}: held-out rows", total=total_rows)
-            scan = scan_heldout(
-                sae,
-                reader,
-                heldout,
-                top_k=top_k,
-                max_rows=max_rows,
-                device=device,
-                on_rows=lambda k: bar.advance(task, k),
-            )
-            timings["scan_s"] = round(time.perf_counter() - t, 2)
-            t = time.perf_counter()
-            task = bar.add_task(f"{run.name}: logit effects", total=sae.W_dec.shape[0])
-            logits = logit_effects(sae.W_dec, W_U, gain, on_features=lambda k: bar.advance(task, k))
-            timings["logits_s"] = round(time.perf_counter() - t, 2)
-            t = time.perf_counter()
-            groups, n_groups, grouping = scan_groups(sae, scan, cfg.ortho.groups)
-            neighbours = decoder_neighbours(sae.W_dec, groups.to(sae.W_dec.device))
-            meta = {
-                "config": str(cfg.path),
-                "store": cfg.harvest.store,
-                "run_dir": str(run_dir),
-                "model": cfg.model.id,
-                "layer": cfg.harvest.layer,
-                "hook": cfg.harvest.hook,
-                "fingerprint": summary.get("fingerprint"),
-                "status": summary.get("status"),
-                "logit_effect": logit_note,
-                "activation_units": "sae.encode on raw rows",
-                "histogram": f"log10(activation), {HIST_PER_DECADE} bins per decade",
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-            site = assemble(
-                run.name,
-                run.type,
-                sae.cpu(),
-                scan,
-                store_arrays(reader, scan.ranges),
-                tok,
-                lm.tokenizer.bos_token_id,
-                groups,
-                n_groups,
-                grouping,
-                neighbours,
-                logits,
-                list(un.retain_thresholds),
-                list(un.n_features_list),
-                meta,
-                eval_roles(report, run.name, summary.get("fingerprint")),
-            )
-            timings["assemble_s"] = round(time.perf_counter() - t, 2)
-            t = time.perf_counter()
-            site.meta["timings"] = timings
-            browser_pages.write_site(site, root / run.name)
-            timings["write_s"] = round(time.perf_counter() - t, 2)
+            site = inspect.site(run, run_dir, summary, timings)
+            with _timed(timings, "write_s"):
+                site.meta["timings"] = timings
+                browser_pages.write_site(site, root / run.name)
             (root / run.name / "timings.json").write_text(json.dumps(timings, indent=2))
             console.print(
                 f"  {run.name}: {root / run.name / 'index.html'} ({sum(timings.values()) - model_s:.0f} s)",

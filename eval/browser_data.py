@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
 
 import numpy as np
@@ -126,82 +127,94 @@ def _ints(x) -> list[int]:
     return [int(i) for i in x if isinstance(i, int) and not isinstance(i, bool)] if isinstance(x, list) else []
 
 
+def _where(eval_: str, role: str, dataset: str | None, cls: str) -> dict:
+    """The start of a latent's role: which eval, which role in it, on which dataset and class."""
+    return {"eval": eval_, "role": role, "dataset": dataset, "class": cls}
+
+
+def _listed(roles: dict[int, list[dict]], ids: list[int], where: dict, text: str) -> None:
+    """Latents an eval recorded as a set (no rank), each with the same text."""
+    for i in ids:
+        roles.setdefault(i, []).append({**where, "text": text, "rank": None, "of": len(ids)})
+
+
+def _ranked(roles: dict[int, list[dict]], ids: list[int], where: dict, text: Callable[[int], str]) -> None:
+    """Latents an eval recorded in rank order; ``text(rank)`` says where each stands."""
+    for r, i in enumerate(ids):
+        roles.setdefault(i, []).append({**where, "rank": r + 1, "of": len(ids), "text": text(r + 1)})
+
+
+def _sparse_probing_roles(entry: dict, roles: dict[int, list[dict]]) -> bool:
+    """Sparse probing's top latents per dataset and class; whether the entry records them."""
+    datasets = (entry.get("probing") or {}).get("datasets")
+    if not (isinstance(datasets, dict) and any(isinstance(d, dict) and "top_latents" in d for d in datasets.values())):
+        return False
+    for name, d in datasets.items():
+        for cls, ids in ((d or {}).get("top_latents") or {}).items():
+            ids = _ints(ids)
+            text = (
+                f"sparse probing, {name}: one of the {len(ids)} latents of largest class mean "
+                f"difference for class {cls!r} (the SAE top-k probes pick among them)"
+            )
+            _listed(roles, ids, _where("sparse_probing", "top_latent", name, cls), text)
+    return True
+
+
+def _tpp_roles(entry: dict, roles: dict[int, list[dict]]) -> bool:
+    """TPP's ablated latents per class, by probe effect; whether the entry records them."""
+    tpp = entry.get("tpp") or {}
+    if not isinstance(tpp.get("ablated_latents"), dict):
+        return False
+    dataset = tpp.get("dataset")
+    for cls, ids in tpp["ablated_latents"].items():
+
+        def text(r: int) -> str:
+            return (
+                f"TPP, {dataset}: ablated for class {cls!r}, rank {r} "
+                f"by probe effect (in the ablation for every n \u2265 {r})"
+            )
+
+        _ranked(roles, _ints(ids), _where("tpp", "ablated", dataset, cls), text)
+    return True
+
+
+def _absorption_roles(entry: dict, roles: dict[int, list[dict]]) -> bool:
+    """Absorption's split and absorbing latents per letter; whether the entry records them."""
+    letters = (entry.get("absorption") or {}).get("letters")
+    if not (
+        isinstance(letters, dict)
+        and any(isinstance(v, dict) and ("split_latents" in v or "absorbing_latents" in v) for v in letters.values())
+    ):
+        return False
+    for L, v in letters.items():
+        v = v or {}
+        split = _ints(v.get("split_latents"))
+        text = (
+            f"absorption: main latent of letter {L.upper()!r} (the k-sparse probe's "
+            f"{len(split)} split latent{'s' if len(split) != 1 else ''})"
+        )
+        _listed(roles, split, _where("absorption", "split", "first_letter", L), text)
+
+        def absorbing(r: int) -> str:
+            return (
+                f"absorption: absorbing latent of letter {L.upper()!r}, rank "
+                f"{r} (fires on its words where the main latents do not)"
+            )
+
+        where = _where("absorption", "absorbing", "first_letter", L)
+        _ranked(roles, _ints(v.get("absorbing_latents")), where, absorbing)
+    return True
+
+
 def _roles_of_entry(entry: dict) -> tuple[dict[int, list[dict]], list[str]]:
     """Feature id -> its roles in one run's report.json entry, and the evals that recorded latents."""
     roles: dict[int, list[dict]] = {}
-    families: list[str] = []
-
-    def add(ids: list[int], ranked: bool, **role) -> None:
-        for r, i in enumerate(ids):
-            roles.setdefault(i, []).append({**role, "rank": r + 1 if ranked else None, "of": len(ids)})
-
-    datasets = (entry.get("probing") or {}).get("datasets")
-    if isinstance(datasets, dict) and any(isinstance(d, dict) and "top_latents" in d for d in datasets.values()):
-        families.append("sparse_probing")
-        for name, d in datasets.items():
-            for cls, ids in ((d or {}).get("top_latents") or {}).items():
-                ids = _ints(ids)
-                add(
-                    ids,
-                    False,
-                    eval="sparse_probing",
-                    role="top_latent",
-                    dataset=name,
-                    **{"class": cls},
-                    text=f"sparse probing, {name}: one of the {len(ids)} latents of largest class mean "
-                    f"difference for class {cls!r} (the SAE top-k probes pick among them)",
-                )
-    tpp = entry.get("tpp") or {}
-    if isinstance(tpp.get("ablated_latents"), dict):
-        families.append("tpp")
-        for cls, ids in tpp["ablated_latents"].items():
-            ids = _ints(ids)
-            for r, i in enumerate(ids):
-                roles.setdefault(i, []).append(
-                    {
-                        "eval": "tpp",
-                        "role": "ablated",
-                        "dataset": tpp.get("dataset"),
-                        "class": cls,
-                        "rank": r + 1,
-                        "of": len(ids),
-                        "text": f"TPP, {tpp.get('dataset')}: ablated for class {cls!r}, rank {r + 1} "
-                        f"by probe effect (in the ablation for every n \u2265 {r + 1})",
-                    }
-                )
-    letters = (entry.get("absorption") or {}).get("letters")
-    if isinstance(letters, dict) and any(
-        isinstance(v, dict) and ("split_latents" in v or "absorbing_latents" in v) for v in letters.values()
-    ):
-        families.append("absorption")
-        for L, v in letters.items():
-            v = v or {}
-            split = _ints(v.get("split_latents"))
-            add(
-                split,
-                False,
-                eval="absorption",
-                role="split",
-                dataset="first_letter",
-                **{"class": L},
-                text=f"absorption: main latent of letter {L.upper()!r} (the k-sparse probe's "
-                f"{len(split)} split latent{'s' if len(split) != 1 else ''})",
-            )
-            absorbing = _ints(v.get("absorbing_latents"))
-            for r, i in enumerate(absorbing):
-                roles.setdefault(i, []).append(
-                    {
-                        "eval": "absorption",
-                        "role": "absorbing",
-                        "dataset": "first_letter",
-                        "class": L,
-                        "rank": r + 1,
-                        "of": len(absorbing),
-                        "text": f"absorption: absorbing latent of letter {L.upper()!r}, rank "
-                        f"{r + 1} (fires on its words where the main latents do not)",
-                    }
-                )
-    return roles, families
+    recorded = {  # in this order: a feature's roles are listed as its page shows them
+        "sparse_probing": _sparse_probing_roles(entry, roles),
+        "tpp": _tpp_roles(entry, roles),
+        "absorption": _absorption_roles(entry, roles),
+    }
+    return roles, [family for family, found in recorded.items() if found]
 
 
 def eval_roles(report_path: Path, run: str, fingerprint: str | None) -> tuple[dict[int, list[dict]], dict]:
@@ -304,6 +317,238 @@ def scan_groups(sae: nn.Module, scan: Scan, n_groups: int) -> tuple[Tensor, int,
     return feature_groups(sae, *mass, n_groups, rows=" per row on held-out forget vs retain rows")
 
 
+def _unlearning_selections(
+    hf: dict[str, Tensor], groups: Tensor, n_groups: int, retain_thresholds: list[float], n_features_list: list[int]
+) -> tuple[list[dict], dict[int, list[dict]]]:
+    """SAEBench's unlearning selection at each retain threshold (held-out frequencies): the groups
+    page's tables, and feature id -> its rank at each threshold where it is shown."""
+    freq_f, freq_r = hf["freq_forget"], hf["freq_retain"]
+    selections = []
+    clamp_rank: dict[int, list[dict]] = {}
+    for thr in retain_thresholds:
+        ranked = select_features(freq_f, freq_r, thr).tolist()
+        shown = ranked[: max(n_features_list)] if n_features_list else ranked
+        for rank, i in enumerate(shown):
+            clamp_rank.setdefault(i, []).append({"retain_threshold": thr, "rank": rank + 1})
+        selections.append(
+            {
+                "retain_threshold": thr,
+                "n_eligible": len(ranked),
+                "n_features_list": list(n_features_list),
+                "features": [
+                    {
+                        "id": i,
+                        "rank": r + 1,
+                        "group": int(groups[i]),
+                        "freq_forget": _rounded(freq_f[i]),
+                        "freq_retain": _rounded(freq_r[i]),
+                    }
+                    for r, i in enumerate(shown)
+                ],
+                "forget_leaning_among_top": {
+                    str(n): int(sum(int(groups[i]) == n_groups - 1 for i in ranked[:n])) for n in n_features_list
+                },
+            }
+        )
+    return selections, clamp_rank
+
+
+class _Columns:
+    """A run's per-feature data as plain lists (per-element tensor indexing is slow), and what a
+    feature's index row and top contexts are made from them."""
+
+    def __init__(
+        self,
+        scan: Scan,
+        hf: dict[str, Tensor],
+        groups: Tensor,
+        neighbours: dict,
+        arrays: dict,
+        tok: TokenText,
+        bos_id: int | None,
+    ):
+        n_f, n_r = scan.n_rows["forget"], scan.n_rows["retain"]
+        self.col = {
+            key: t.tolist()
+            for key, t in {
+                "groups": groups,
+                "silent": hf["silent"],
+                "share": hf["forget_share"],
+                "freq": hf["freq"],
+                "freq_f": hf["freq_forget"],
+                "freq_r": hf["freq_retain"],
+                "mean_act": hf["mean_act"],
+                "max_act": scan.max_act,
+                "max_in": neighbours["max_in"],
+                "count_f": scan.count["forget"],
+                "count_r": scan.count["retain"],
+                "mass_f": scan.mass["forget"] / max(n_f, 1),
+                "mass_r": scan.mass["retain"] / max(n_r, 1),
+            }.items()
+        }
+        self.tv, self.ti = scan.top_vals.T.tolist(), scan.top_ids.T.tolist()  # [d_sae][k]
+        self.tw = scan.top_win.permute(1, 0, 2).tolist()  # [d_sae][k][window]
+        self.arrays = {name: {key: a.tolist() for key, a in arr.items()} for name, arr in arrays.items()}
+        self.scan, self.tok, self.bos_id, self.before = scan, tok, bos_id, scan.window[0]
+
+    def top_token(self, i: int) -> str | None:
+        if not self.tv[i][0] > 0:
+            return None
+        c, row = self.scan.range_of(self.ti[i][0])
+        return self.tok(self.arrays[c.name]["tokens"][row])
+
+    def index_row(self, i: int) -> dict:
+        col = self.col
+        return {
+            "id": i,
+            "group": col["groups"][i],
+            "silent": col["silent"][i],
+            "forget_share": _rounded(col["share"][i]),
+            "freq": _rounded(col["freq"][i]),
+            "freq_forget": _rounded(col["freq_f"][i]),
+            "freq_retain": _rounded(col["freq_r"][i]),
+            "mean_act": _rounded(col["mean_act"][i]),
+            "max_act": _rounded(col["max_act"][i]),
+            "max_cos_in_group": _rounded(col["max_in"][i]),
+            "top_token": self.top_token(i),
+        }
+
+    def top_contexts(self, i: int) -> list[dict]:
+        """Feature i's top contexts, best first, up to its first silent one."""
+        return [self._context(i, j, v) for j, v in enumerate(takewhile(lambda v: v > 0, self.tv[i]))]
+
+    def _context(self, i: int, j: int, v: float) -> dict:
+        """Feature i's j-th top context: the window around its max token, BOS in front where it reaches
+        position 0, tokens outside the context left out."""
+        before, bos_id = self.before, self.bos_id
+        c, row = self.scan.range_of(self.ti[i][j])
+        arr = self.arrays[c.name]
+        pos = arr["position"][row]
+        bos = pos <= before and bos_id is not None  # the window reaches position 0
+        ids, acts = ([int(bos_id)], [None]) if bos else ([], [])
+        focus = len(ids) + before
+        for k, a in enumerate(self.tw[i][j]):
+            if math.isnan(a):  # outside the context
+                focus -= k < before
+                continue
+            ids.append(arr["tokens"][row - before + k])
+            acts.append(_rounded(a))
+        return {
+            "act": _rounded(v),
+            "corpus": c.name,
+            "role": c.role,
+            "row": row,
+            "context": arr["context"][row],
+            "position": pos,
+            "focus": focus,
+            "bos": bos,
+            "tokens": [self.tok(t) for t in ids],
+            "token_ids": ids,
+            "acts": acts,
+        }
+
+
+def _histogram(forget: list[int], retain: list[int]) -> dict:
+    """A feature's histogram, cut to the bins from its first non-empty one to its last."""
+    nz = [b for b in range(len(forget)) if forget[b] or retain[b]]
+    lo_b, hi_b = (nz[0], nz[-1] + 1) if nz else (0, 0)
+    return {
+        "log10_lo": HIST_LOG10[0] + lo_b / HIST_PER_DECADE,
+        "bins_per_decade": HIST_PER_DECADE,
+        "forget": forget[lo_b:hi_b],
+        "retain": retain[lo_b:hi_b],
+    }
+
+
+def _nearest(ids: list[int], cos: list[float], groups: list[int]) -> list[dict]:
+    return [{"id": k, "cos": _rounded(c), "group": groups[k]} for k, c in zip(ids, cos) if k >= 0]
+
+
+def _token_effects(ids: list[int], vals: list[float], tok: TokenText) -> list[dict]:
+    return [{"t": tok(t), "id": t, "v": _rounded(v)} for t, v in zip(ids, vals)]
+
+
+def _details(
+    run: str,
+    features: list[dict],
+    cols: _Columns,
+    labels: list[str],
+    neighbours: dict,
+    logits: dict | None,
+    clamp_rank: dict[int, list[dict]],
+    role_of: dict[int, list[dict]],
+) -> Iterator[dict]:
+    """Each feature's page data, made one at a time as it is written (at d_sae 16k the details of
+    all features would take GBs)."""
+    col, tok = cols.col, cols.tok
+    near = {key: neighbours[key].tolist() for key in ("in_ids", "in_cos", "out_ids", "out_cos")}
+    hist = {r: cols.scan.hist[r].tolist() for r in ROLES}
+    logit_cols = {key: t.tolist() for key, t in logits.items()} if logits is not None else None
+    for i, row in enumerate(features):
+        detail = {
+            **row,
+            "run": run,
+            "group_label": labels[row["group"]],
+            "count_forget": col["count_f"][i],
+            "count_retain": col["count_r"][i],
+            "mass_forget_per_row": _rounded(col["mass_f"][i]),
+            "mass_retain_per_row": _rounded(col["mass_r"][i]),
+            "histogram": _histogram(hist["forget"][i], hist["retain"][i]),
+            "top": cols.top_contexts(i),
+            "nearest_in_group": _nearest(near["in_ids"][i], near["in_cos"][i], col["groups"]),
+            "nearest_other_groups": _nearest(near["out_ids"][i], near["out_cos"][i], col["groups"]),
+            "unlearning_selection": clamp_rank.get(i, []),
+            "eval_roles": role_of.get(i, []),
+        }
+        if logit_cols is not None:
+            detail["logits"] = {
+                "promoted": _token_effects(logit_cols["up_ids"][i], logit_cols["up_vals"][i], tok),
+                "suppressed": _token_effects(logit_cols["down_ids"][i], logit_cols["down_vals"][i], tok),
+            }
+        yield detail
+
+
+def _groups_data(
+    run: str,
+    sae: nn.Module,
+    groups: Tensor,
+    n_groups: int,
+    grouping: str,
+    labels: list[str],
+    hf: dict[str, Tensor],
+    selections: list[dict],
+) -> dict:
+    """The groups page's data: sizes, mean forget share, cross-group overlap, unlearning selection."""
+    silent, share = hf["silent"], hf["forget_share"]
+    alive = torch.bincount(groups[~silent], minlength=n_groups).tolist()
+    return {
+        "run": run,
+        "grouping": grouping,
+        "n_groups": n_groups,
+        "labels": labels,
+        "sizes": torch.bincount(groups, minlength=n_groups).tolist(),
+        "alive_on_heldout": alive,
+        "mean_forget_share": [
+            _rounded(share[(groups == g) & ~silent].nanmean()) if alive[g] else None for g in range(n_groups)
+        ],
+        "overlap": [
+            {**o, "overlap_fro": _rounded(o["overlap_fro"]), "rms_cross_cos": _rounded(o["rms_cross_cos"])}
+            for o in group_overlaps(sae.W_dec, groups, n_groups)
+        ],
+        "random_rms_cross_cos": _rounded(1 / math.sqrt(sae.W_dec.shape[1])),
+        "unlearning": selections,
+        "unlearning_note": (
+            "SAEBench get_top_features on held-out frequencies: features with retain "
+            "frequency below the threshold, by forget frequency; the top n are clamped "
+            "for each n in [eval.unlearning] n_features_list"
+        ),
+    }
+
+
+def _roles_not_looked_up() -> tuple[dict, dict]:
+    return {}, {"known": False, "evals": [], "note": "roles in pipe eval's probing evals unknown: not looked up"}
+
+
 def assemble(
     run: str,
     run_type: str,
@@ -324,202 +569,16 @@ def assemble(
 ) -> RunSite:
     """One run's site; ``roles``: ``eval_roles``'s answer (None: not looked up, so unknown)."""
     d_sae = sae.W_dec.shape[0]
-    role_of, roles_info = (
-        roles
-        if roles is not None
-        else ({}, {"known": False, "evals": [], "note": "roles in pipe eval's probing evals unknown: not looked up"})
-    )
+    role_of, roles_info = roles if roles is not None else _roles_not_looked_up()
     n_f, n_r = scan.n_rows["forget"], scan.n_rows["retain"]
     hf = heldout_frequencies(scan)
-    freq_f, freq_r, freq, share = hf["freq_forget"], hf["freq_retain"], hf["freq"], hf["forget_share"]
-    mean_act, silent = hf["mean_act"], hf["silent"]
     labels = [group_label(g, n_groups) for g in range(n_groups)]
-
-    # SAEBench's unlearning selection at each retain threshold (held-out frequencies)
-    selections = []
-    clamp_rank: dict[int, list[dict]] = {}
-    if n_f and n_r:
-        for thr in retain_thresholds:
-            ranked = select_features(freq_f, freq_r, thr).tolist()
-            shown = ranked[: max(n_features_list)] if n_features_list else ranked
-            for rank, i in enumerate(shown):
-                clamp_rank.setdefault(i, []).append({"retain_threshold": thr, "rank": rank + 1})
-            selections.append(
-                {
-                    "retain_threshold": thr,
-                    "n_eligible": len(ranked),
-                    "n_features_list": list(n_features_list),
-                    "features": [
-                        {
-                            "id": i,
-                            "rank": r + 1,
-                            "group": int(groups[i]),
-                            "freq_forget": _rounded(freq_f[i]),
-                            "freq_retain": _rounded(freq_r[i]),
-                        }
-                        for r, i in enumerate(shown)
-                    ],
-                    "forget_leaning_among_top": {
-                        str(n): int(sum(int(groups[i]) == n_groups - 1 for i in ranked[:n])) for n in n_features_list
-                    },
-                }
-            )
-
-    # index rows, then per-feature details made one at a time as they are written (at d_sae 16k
-    # the details of all features would take GBs). Plain lists: per-element tensor indexing is slow.
-    tv, ti = scan.top_vals.T.tolist(), scan.top_ids.T.tolist()  # [d_sae][k]
-    tw = scan.top_win.permute(1, 0, 2).tolist()  # [d_sae][k][window]
-    arrays = {name: {key: a.tolist() for key, a in arr.items()} for name, arr in arrays.items()}
-    col = {
-        key: t.tolist()
-        for key, t in {
-            "groups": groups,
-            "silent": silent,
-            "share": share,
-            "freq": freq,
-            "freq_f": freq_f,
-            "freq_r": freq_r,
-            "mean_act": mean_act,
-            "max_act": scan.max_act,
-            "max_in": neighbours["max_in"],
-            "count_f": scan.count["forget"],
-            "count_r": scan.count["retain"],
-            "mass_f": scan.mass["forget"] / max(n_f, 1),
-            "mass_r": scan.mass["retain"] / max(n_r, 1),
-        }.items()
-    }
-    before, _ = scan.window
-
-    def top_token(i: int) -> str | None:
-        if not tv[i][0] > 0:
-            return None
-        c, row = scan.range_of(ti[i][0])
-        return tok(arrays[c.name]["tokens"][row])
-
-    features = [
-        {
-            "id": i,
-            "group": col["groups"][i],
-            "silent": col["silent"][i],
-            "forget_share": _rounded(col["share"][i]),
-            "freq": _rounded(col["freq"][i]),
-            "freq_forget": _rounded(col["freq_f"][i]),
-            "freq_retain": _rounded(col["freq_r"][i]),
-            "mean_act": _rounded(col["mean_act"][i]),
-            "max_act": _rounded(col["max_act"][i]),
-            "max_cos_in_group": _rounded(col["max_in"][i]),
-            "top_token": top_token(i),
-        }
-        for i in range(d_sae)
-    ]
-
-    def top_contexts(i: int) -> list[dict]:
-        tops = []
-        for j, v in enumerate(tv[i]):
-            if not v > 0:
-                break
-            c, row = scan.range_of(ti[i][j])
-            arr = arrays[c.name]
-            pos = arr["position"][row]
-            bos = pos <= before and bos_id is not None  # the window reaches position 0
-            ids, acts = ([int(bos_id)], [None]) if bos else ([], [])
-            focus = len(ids) + before
-            for k, a in enumerate(tw[i][j]):
-                if math.isnan(a):  # outside the context
-                    focus -= k < before
-                    continue
-                ids.append(arr["tokens"][row - before + k])
-                acts.append(_rounded(a))
-            tops.append(
-                {
-                    "act": _rounded(v),
-                    "corpus": c.name,
-                    "role": c.role,
-                    "row": row,
-                    "context": arr["context"][row],
-                    "position": pos,
-                    "focus": focus,
-                    "bos": bos,
-                    "tokens": [tok(t) for t in ids],
-                    "token_ids": ids,
-                    "acts": acts,
-                }
-            )
-        return tops
-
-    def details():
-        near_cols = {key: neighbours[key].tolist() for key in ("in_ids", "in_cos", "out_ids", "out_cos")}
-        hist = {r: scan.hist[r].tolist() for r in ROLES}
-        logit_cols = {key: t.tolist() for key, t in logits.items()} if logits is not None else None
-        for i, row in enumerate(features):
-            hf_i, hr_i = hist["forget"][i], hist["retain"][i]
-            nz = [b for b in range(len(hf_i)) if hf_i[b] or hr_i[b]]
-            lo_b, hi_b = (nz[0], nz[-1] + 1) if nz else (0, 0)
-            near = {
-                key: [
-                    {"id": k, "cos": _rounded(c), "group": col["groups"][k]}
-                    for k, c in zip(near_cols[f"{key}_ids"][i], near_cols[f"{key}_cos"][i])
-                    if k >= 0
-                ]
-                for key in ("in", "out")
-            }
-            detail = {
-                **row,
-                "run": run,
-                "group_label": labels[row["group"]],
-                "count_forget": col["count_f"][i],
-                "count_retain": col["count_r"][i],
-                "mass_forget_per_row": _rounded(col["mass_f"][i]),
-                "mass_retain_per_row": _rounded(col["mass_r"][i]),
-                "histogram": {
-                    "log10_lo": HIST_LOG10[0] + lo_b / HIST_PER_DECADE,
-                    "bins_per_decade": HIST_PER_DECADE,
-                    "forget": hf_i[lo_b:hi_b],
-                    "retain": hr_i[lo_b:hi_b],
-                },
-                "top": top_contexts(i),
-                "nearest_in_group": near["in"],
-                "nearest_other_groups": near["out"],
-                "unlearning_selection": clamp_rank.get(i, []),
-                "eval_roles": role_of.get(i, []),
-            }
-            if logit_cols is not None:
-                detail["logits"] = {
-                    "promoted": [
-                        {"t": tok(t), "id": t, "v": _rounded(v)}
-                        for t, v in zip(logit_cols["up_ids"][i], logit_cols["up_vals"][i])
-                    ],
-                    "suppressed": [
-                        {"t": tok(t), "id": t, "v": _rounded(v)}
-                        for t, v in zip(logit_cols["down_ids"][i], logit_cols["down_vals"][i])
-                    ],
-                }
-            yield detail
-
-    sizes = torch.bincount(groups, minlength=n_groups).tolist()
-    alive = torch.bincount(groups[~silent], minlength=n_groups).tolist()
-    gdata = {
-        "run": run,
-        "grouping": grouping,
-        "n_groups": n_groups,
-        "labels": labels,
-        "sizes": sizes,
-        "alive_on_heldout": alive,
-        "mean_forget_share": [
-            _rounded(share[(groups == g) & ~silent].nanmean()) if alive[g] else None for g in range(n_groups)
-        ],
-        "overlap": [
-            {**o, "overlap_fro": _rounded(o["overlap_fro"]), "rms_cross_cos": _rounded(o["rms_cross_cos"])}
-            for o in group_overlaps(sae.W_dec, groups, n_groups)
-        ],
-        "random_rms_cross_cos": _rounded(1 / math.sqrt(sae.W_dec.shape[1])),
-        "unlearning": selections,
-        "unlearning_note": (
-            "SAEBench get_top_features on held-out frequencies: features with retain "
-            "frequency below the threshold, by forget frequency; the top n are clamped "
-            "for each n in [eval.unlearning] n_features_list"
-        ),
-    }
+    # the selection ranks on both frequencies: none without forget and retain rows
+    thresholds = retain_thresholds if n_f and n_r else []
+    selections, clamp_rank = _unlearning_selections(hf, groups, n_groups, thresholds, n_features_list)
+    cols = _Columns(scan, hf, groups, neighbours, arrays, tok, bos_id)
+    features = [cols.index_row(i) for i in range(d_sae)]
+    details = _details(run, features, cols, labels, neighbours, logits, clamp_rank, role_of)
     meta = {
         **meta,
         "run": run,
@@ -534,4 +593,5 @@ def assemble(
         "window": list(scan.window),
         "eval_roles": roles_info,
     }
-    return RunSite(run=run, run_type=run_type, meta=meta, features=features, details=details(), groups=gdata)
+    gdata = _groups_data(run, sae, groups, n_groups, grouping, labels, hf, selections)
+    return RunSite(run=run, run_type=run_type, meta=meta, features=features, details=details, groups=gdata)

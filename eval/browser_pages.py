@@ -86,8 +86,11 @@ def _json_script(element_id: str, text: str) -> str:
     return f'<script type="application/json" id="{element_id}">{safe}</script>'
 
 
-def index_page(run: str, index_json: str) -> str:
-    body = """<header><h1>orthosae · feature browser · @@RUN@@</h1>
+# ---------------------------------------------------------------------------- the index page
+# Every feature in a sortable, filterable table, a page of rows at a time.
+
+# the markup, and where the data goes
+_INDEX_MARKUP = """<header><h1>orthosae · feature browser · @@RUN@@</h1>
 <a href="groups.html">groups</a><a href="../index.html">all runs</a><span id="summary" class="muted"></span></header>
 <main>
 <div class="controls">
@@ -101,8 +104,10 @@ def index_page(run: str, index_json: str) -> str:
 <p class="note" id="note"></p>
 </main>
 @@DATA:data:index_json@@
-<script>@@JS@@
-const DATA = JSON.parse(document.getElementById('data').textContent);
+"""
+
+# its data, columns and controls
+_INDEX_SETUP_JS = """const DATA = JSON.parse(document.getElementById('data').textContent);
 const META = DATA.meta, ROWS = DATA.features, PAGE = 250;
 const COLS = [
   ['id', 'feature', 'l'], ['group', 'group', 'l'], ['forget_share', 'forget share'],
@@ -124,7 +129,10 @@ for (const [k, label, cls] of COLS) {
   if (th.classList.contains('sort')) th.onclick = () => { sortDesc = sortKey === k ? !sortDesc : k !== 'id'; sortKey = k; page = 0; render(); };
   head.append(th);
 }
-function filtered() {
+"""
+
+# the table: filtered, sorted, a page at a time
+_INDEX_TABLE_JS = """function filtered() {
   const g = gsel.value, silent = document.getElementById('silent').checked, q = document.getElementById('q').value;
   let rows = ROWS.filter(r => (g === 'all' || r.group === +g) && (silent || !r.silent) &&
                               (!q || (r.top_token || '').includes(q)));
@@ -158,18 +166,22 @@ for (const id of ['group', 'silent', 'q']) document.getElementById(id).oninput =
 document.getElementById('prev').onclick = () => { page = Math.max(0, page - 1); render(); };
 document.getElementById('next').onclick = () => { page += 1; render(); };
 render();
-</script>"""
-    return _page(f"orthosae features · {run}", body, run, {"index_json": index_json})
+"""
 
 
-def feature_page(run: str, meta_json: str) -> str:
-    body = """<header><h1 id="title">orthosae · @@RUN@@</h1>
+# ---------------------------------------------------------------------------- the feature page
+# One page for all features: it loads the data of the one its URL names (feature.html#<i>).
+
+# the markup, and where the data goes
+_FEATURE_MARKUP = """<header><h1 id="title">orthosae · @@RUN@@</h1>
 <a href="index.html">all features</a><a href="groups.html">groups</a>
 <a id="prevf" href="#">&larr; prev</a><a id="nextf" href="#">next &rarr;</a></header>
 <main id="main"><p class="muted">loading…</p></main>
 @@DATA:meta:meta_json@@
-<script>@@JS@@
-const META = JSON.parse(document.getElementById('meta').textContent);
+"""
+
+# loads features/<i>.js for the feature in the URL's #
+_FEATURE_LOAD_JS = """const META = JSON.parse(document.getElementById('meta').textContent);
 const width = String(META.d_sae - 1).length;
 function load() {
   const id = parseInt(location.hash.slice(1) || '0', 10);
@@ -181,7 +193,10 @@ function load() {
       el('p', {text: `feature ${id}: no data file (features/ missing, or id out of range 0..${META.d_sae - 1})`}));
   document.head.append(s);
 }
-function statTable(rows) {
+"""
+
+# the figures table and the forget / retain frequency bars
+_FEATURE_STATS_JS = """function statTable(rows) {
   const t = el('table');
   for (const [k, v] of rows) t.append(el('tr', {}, el('th', {class: 'l', text: k}), el('td', {class: 'l'}, v)));
   return t;
@@ -192,7 +207,10 @@ function freqBars(d) {
       el('span', {class: 'bar', style: `width:${Math.max(1, w * (x || 0) / m)}px;background:${color}`}), ' ' + pct(x));
   return el('div', {}, row('forget', d.freq_forget, '#c2410c'), row('retain', d.freq_retain, '#1d4ed8'));
 }
-function histogram(h) {
+"""
+
+# the activation histogram (SVG), forget stacked on retain
+_FEATURE_HISTOGRAM_JS = """function histogram(h) {
   const NS = 'http://www.w3.org/2000/svg', W = 440, H = 170, L = 46, B = 28, n = h.forget.length;
   const svg = document.createElementNS(NS, 'svg');
   svg.setAttribute('width', W); svg.setAttribute('height', H); svg.setAttribute('class', 'hist');
@@ -216,7 +234,10 @@ function histogram(h) {
   mk('text', {x: (W + L) / 2, y: H - 2, 'font-size': 11, 'text-anchor': 'middle'}, 'activation (log scale) · forget (orange) over retain (blue)');
   return svg;
 }
-function context(ex, maxAct) {
+"""
+
+# one top context: its tokens shaded by the activation
+_FEATURE_CONTEXT_JS = """function context(ex, maxAct) {
   const toks = el('span', {class: 'toks'});
   ex.tokens.forEach((t, k) => {
     const a = ex.acts[k], bos = ex.bos && k === 0, cls = ['tok'];
@@ -230,7 +251,10 @@ function context(ex, maxAct) {
   return el('div', {class: 'ctx'}, el('span', {class: 'act', text: fmt(ex.act)}),
             el('span', {class: 'where', text: `${ex.corpus} · ctx ${ex.context} · pos ${ex.position}`}), toks);
 }
-function neighbourTable(list) {
+"""
+
+# neighbours, logit effects and roles in the probing evals
+_FEATURE_TABLES_JS = """function neighbourTable(list) {
   const t = el('table', {}, el('tr', {}, el('th', {class: 'l', text: 'feature'}), el('th', {text: 'cos'}), el('th', {class: 'l', text: 'group'})));
   for (const n of list) t.append(el('tr', {}, el('td', {class: 'l'}, el('a', {href: '#' + n.id, text: '#' + n.id})),
       el('td', {}, fmt(n.cos)), el('td', {class: 'l'}, chip(META.group_labels[n.group]))));
@@ -248,7 +272,10 @@ function evalRoles(roles) {
   if (!roles.length) return el('div', {}, el('p', {class: 'muted roles-none', text: 'none: not among the latents these evals recorded'}), note);
   return el('div', {}, el('ul', {class: 'roles'}, ...roles.map(r => el('li', {class: 'role', text: r.text}))), note);
 }
-function orthosaeFeature(d) {
+"""
+
+# the page of the feature whose features/<i>.js just loaded
+_FEATURE_RENDER_JS = """function orthosaeFeature(d) {
   document.title = `feature ${d.id} · ${d.run}`;
   document.getElementById('title').textContent = `orthosae · ${d.run} · feature #${d.id}`;
   const main = document.getElementById('main');
@@ -281,17 +308,20 @@ function orthosaeFeature(d) {
 }
 window.addEventListener('hashchange', load);
 load();
-</script>"""
-    return _page(f"orthosae feature · {run}", body, run, {"meta_json": meta_json})
+"""
 
 
-def groups_page(run: str, groups_json: str) -> str:
-    body = """<header><h1>orthosae · groups · @@RUN@@</h1>
+# ---------------------------------------------------------------------------- the groups page
+
+# the markup, and where the data goes
+_GROUPS_MARKUP = """<header><h1>orthosae · groups · @@RUN@@</h1>
 <a href="index.html">all features</a><a href="../index.html">all runs</a></header>
 <main id="main"></main>
 @@DATA:data:groups_json@@
-<script>@@JS@@
-const G = JSON.parse(document.getElementById('data').textContent);
+"""
+
+# sizes, cross-group overlap, the unlearning selection
+_GROUPS_JS = """const G = JSON.parse(document.getElementById('data').textContent);
 const main = document.getElementById('main');
 const sizes = el('table', {}, el('tr', {}, ...['group', 'features', 'active on held-out rows', 'mean forget share']
     .map((t, i) => el('th', {class: i ? '' : 'l', text: t}))));
@@ -317,7 +347,37 @@ for (const s of G.unlearning) {
       el('td', {}, s.n_features_list.filter(n => n >= f.rank).join(', ') || '\u2013')));
   main.append(t);
 }
-</script>"""
+"""
+
+
+# ---------------------------------------------------------------------------- the pages, from their pieces
+
+
+def _body(markup: str, *scripts: str) -> str:
+    """A page's body: its markup, then one script of the common functions (@@JS@@) and ``scripts``."""
+    return markup + "<script>@@JS@@\n" + "".join(scripts) + "</script>"
+
+
+def index_page(run: str, index_json: str) -> str:
+    body = _body(_INDEX_MARKUP, _INDEX_SETUP_JS, _INDEX_TABLE_JS)
+    return _page(f"orthosae features · {run}", body, run, {"index_json": index_json})
+
+
+def feature_page(run: str, meta_json: str) -> str:
+    body = _body(
+        _FEATURE_MARKUP,
+        _FEATURE_LOAD_JS,
+        _FEATURE_STATS_JS,
+        _FEATURE_HISTOGRAM_JS,
+        _FEATURE_CONTEXT_JS,
+        _FEATURE_TABLES_JS,
+        _FEATURE_RENDER_JS,
+    )
+    return _page(f"orthosae feature · {run}", body, run, {"meta_json": meta_json})
+
+
+def groups_page(run: str, groups_json: str) -> str:
+    body = _body(_GROUPS_MARKUP, _GROUPS_JS)
     return _page(f"orthosae groups · {run}", body, run, {"groups_json": groups_json})
 
 

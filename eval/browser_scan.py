@@ -97,6 +97,63 @@ def scan_ranges(info: dict, names: list[str], max_rows: int = 0) -> list[ScanRan
     return ranges
 
 
+class _Running:
+    """What the pass keeps as it goes, on its device: per role the rows, active counts, activation
+    mass and a flat histogram; per feature the running top-k contexts."""
+
+    def __init__(self, d_sae: int, top_k: int, window: tuple[int, int], dev: torch.device):
+        self.d_sae, self.nb, self.top_k, self.window = d_sae, n_hist_bins(), top_k, window
+        self.count = {r: torch.zeros(d_sae, dtype=torch.int64, device=dev) for r in ROLES}
+        self.mass = {r: torch.zeros(d_sae, dtype=torch.float64, device=dev) for r in ROLES}
+        self.hist = {r: torch.zeros(d_sae * self.nb, dtype=torch.int64, device=dev) for r in ROLES}
+        self.n_rows = {r: 0 for r in ROLES}
+        before, after = window
+        self.top_vals = torch.full((top_k, d_sae), -math.inf, device=dev)
+        self.top_ids = torch.full((top_k, d_sae), -1, dtype=torch.int64, device=dev)
+        self.top_win = torch.full((top_k, d_sae, before + 1 + after), math.nan, device=dev)
+
+    def add(self, f: Tensor, c: ScanRange, start: int) -> None:
+        """One batch's activations ``f [rows, d_sae]``: whole contexts of ``c`` from its row ``start``."""
+        d_sae, nb = self.d_sae, self.nb
+        active = f > 0
+        self.count[c.role] += active.sum(dim=0)
+        self.mass[c.role] += f.sum(dim=0, dtype=torch.float64)
+        self.n_rows[c.role] += f.shape[0]
+        rows, feats = active.nonzero(as_tuple=True)
+        self.hist[c.role] += torch.bincount(feats * nb + _hist_bins(f[rows, feats]), minlength=d_sae * nb)
+        self._merge_top(f, c, start)
+
+    def _merge_top(self, f: Tensor, c: ScanRange, start: int) -> None:
+        # top-k contexts: each context's max row per feature (a batch holds whole contexts, so
+        # no context is seen twice), this batch's best contexts merged with the running best
+        rpc, (before, after) = c.rows_per_context, self.window
+        cmax, carg = f.reshape(-1, rpc, self.d_sae).max(dim=1)  # [contexts, d_sae]
+        vals, cidx = torch.topk(cmax, min(self.top_k, cmax.shape[0]), dim=0)
+        idx = cidx * rpc + carg.gather(0, cidx)  # the max row of each chosen context
+        win = _windows(f, idx, rpc, before, after)
+        all_vals = torch.cat([self.top_vals, vals])
+        all_ids = torch.cat([self.top_ids, idx + c.offset + start])
+        all_win = torch.cat([self.top_win, win])
+        self.top_vals, sel = torch.topk(all_vals, self.top_k, dim=0)
+        self.top_ids = all_ids.gather(0, sel)
+        self.top_win = all_win.gather(0, sel[..., None].expand(-1, -1, all_win.shape[-1]))
+
+    def scan(self, ranges: list[ScanRange]) -> Scan:
+        """What was kept, on the CPU."""
+        return Scan(
+            ranges=ranges,
+            n_rows=self.n_rows,
+            count={r: v.cpu() for r, v in self.count.items()},
+            mass={r: v.cpu() for r, v in self.mass.items()},
+            hist={r: v.cpu().reshape(self.d_sae, self.nb) for r, v in self.hist.items()},
+            max_act=self.top_vals[0].cpu().clamp_min(0),
+            top_vals=self.top_vals.cpu(),
+            top_ids=self.top_ids.cpu(),
+            top_win=self.top_win.cpu(),
+            window=self.window,
+        )
+
+
 @torch.no_grad()
 def scan_heldout(
     sae: nn.Module,
@@ -112,59 +169,19 @@ def scan_heldout(
     """One pass over the rows of corpora ``names`` (all rows, or the first ``max_rows`` of each,
     rounded down to whole contexts), keeping per-feature statistics and the top-k contexts (each
     context once, at its max-activating row)."""
-    info = reader.corpora()
-    d_sae = sae.W_dec.shape[0]
     dev = torch.device(device)
-    before, after = window
-    ranges = scan_ranges(info, names, max_rows)
-    nb = n_hist_bins()
-    count = {r: torch.zeros(d_sae, dtype=torch.int64, device=dev) for r in ROLES}
-    mass = {r: torch.zeros(d_sae, dtype=torch.float64, device=dev) for r in ROLES}
-    hist = {r: torch.zeros(d_sae * nb, dtype=torch.int64, device=dev) for r in ROLES}
-    n_rows = {r: 0 for r in ROLES}
-    top_vals = torch.full((top_k, d_sae), -math.inf, device=dev)
-    top_ids = torch.full((top_k, d_sae), -1, dtype=torch.int64, device=dev)
-    top_win = torch.full((top_k, d_sae, before + 1 + after), math.nan, device=dev)
+    ranges = scan_ranges(reader.corpora(), names, max_rows)
+    running = _Running(sae.W_dec.shape[0], top_k, window, dev)
     for c in ranges:
         step = max(1, ROW_BATCH // c.rows_per_context) * c.rows_per_context
         for start in range(0, c.n_rows, step):
             stop = min(start + step, c.n_rows)
             x = reader.read_rows(c.name, start, stop).to(device=dev, dtype=sae.W_dec.dtype)
             f = sae.encode(x).float()
-            active = f > 0
-            count[c.role] += active.sum(dim=0)
-            mass[c.role] += f.sum(dim=0, dtype=torch.float64)
-            n_rows[c.role] += f.shape[0]
-            rows, feats = active.nonzero(as_tuple=True)
-            hist[c.role] += torch.bincount(feats * nb + _hist_bins(f[rows, feats]), minlength=d_sae * nb)
-            # top-k contexts: each context's max row per feature (a batch holds whole contexts, so
-            # no context is seen twice), this batch's best contexts merged with the running best
-            rpc = c.rows_per_context
-            cmax, carg = f.reshape(-1, rpc, d_sae).max(dim=1)  # [contexts, d_sae]
-            vals, cidx = torch.topk(cmax, min(top_k, cmax.shape[0]), dim=0)
-            idx = cidx * rpc + carg.gather(0, cidx)  # the max row of each chosen context
-            win = _windows(f, idx, rpc, before, after)
-            all_vals = torch.cat([top_vals, vals])
-            all_ids = torch.cat([top_ids, idx + c.offset + start])
-            all_win = torch.cat([top_win, win])
-            top_vals, sel = torch.topk(all_vals, top_k, dim=0)
-            top_ids = all_ids.gather(0, sel)
-            top_win = all_win.gather(0, sel[..., None].expand(-1, -1, all_win.shape[-1]))
+            running.add(f, c, start)
             if on_rows:
                 on_rows(f.shape[0])
-    cpu = lambda t: t.cpu()  # noqa: E731
-    return Scan(
-        ranges=ranges,
-        n_rows=n_rows,
-        count={r: cpu(v) for r, v in count.items()},
-        mass={r: cpu(v) for r, v in mass.items()},
-        hist={r: cpu(v).reshape(d_sae, nb) for r, v in hist.items()},
-        max_act=cpu(top_vals[0]).clamp_min(0),
-        top_vals=cpu(top_vals),
-        top_ids=cpu(top_ids),
-        top_win=cpu(top_win),
-        window=window,
-    )
+    return running.scan(ranges)
 
 
 def heldout_frequencies(scan: Scan) -> dict[str, Tensor]:

@@ -225,22 +225,15 @@ def _stop_between_stages(state: str) -> None:
         raise preempt.Preempted(state)
 
 
+def _int_option(name: str, default: int, low: int, help: str, high: int | None = None):
+    """An integer option of at least ``low`` (and at most ``high``), its default shown in --help."""
+    return click.option(name, default=default, show_default=True, type=click.IntRange(low, high), help=help)
+
+
 @main.command("inspect")
 @click.option("--run", "run_names", multiple=True, help="only this run (repeatable; default: every trained run)")
-@click.option(
-    "--top-k",
-    default=20,
-    show_default=True,
-    type=click.IntRange(1, 500),
-    help="top-activating held-out rows kept per feature",
-)
-@click.option(
-    "--max-rows",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0),
-    help="rows read per held-out corpus, whole contexts (0 = all)",
-)
+@_int_option("--top-k", 20, 1, "top-activating held-out rows kept per feature", high=500)
+@_int_option("--max-rows", 0, 0, "rows read per held-out corpus, whole contexts (0 = all)")
 @click.pass_context
 def inspect_(ctx: click.Context, run_names: tuple[str, ...], top_k: int, max_rows: int) -> None:
     """Static HTML feature browser per run (top contexts, histograms, neighbours, logit effects)."""
@@ -297,28 +290,10 @@ def push(ctx: click.Context, run_names: tuple[str, ...], repo: str, private: boo
     help="work folder: caches, stand-in datasets, SAEBench's JSON (default: reports/<eval name>/saebench/RUN)",
 )
 @click.option("--device", default="cpu", show_default=True, help="torch device SAEBench runs on")
-@click.option(
-    "--batches",
-    default=4,
-    show_default=True,
-    type=click.IntRange(1),
-    help="core: reconstruction and sparsity/variance batches",
-)
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="core: contexts per batch")
-@click.option(
-    "--probe-train",
-    default=120,
-    show_default=True,
-    type=click.IntRange(4),
-    help="sparse probing: probe_train_set_size (SAEBench: 4000)",
-)
-@click.option(
-    "--probe-test",
-    default=40,
-    show_default=True,
-    type=click.IntRange(4),
-    help="sparse probing: probe_test_set_size (SAEBench: 1000)",
-)
+@_int_option("--batches", 4, 1, "core: reconstruction and sparsity/variance batches")
+@_int_option("--batch-size", 8, 1, "core: contexts per batch")
+@_int_option("--probe-train", 120, 4, "sparse probing: probe_train_set_size (SAEBench: 4000)")
+@_int_option("--probe-test", 40, 4, "sparse probing: probe_test_set_size (SAEBench: 1000)")
 @click.pass_context
 def saebench(
     ctx: click.Context,
