@@ -415,8 +415,8 @@ class AbsorptionConfig:
 @dataclass(frozen=True, kw_only=True)
 class SpreadConfig:
     # fmt: off
-    condition: str = _key("", doc='a condition (a run name without its -s<seed>) whose seed-to-seed spread of F(b) and cross-fitted selectivity is split into SAE seed, selection rows and eval documents (docs/evaluation.md); "" = off')
     runs: int = _key(3, _positive, "how many of the condition's runs (lowest seeds first) get the draws")
+    condition: str = _key("", doc='a condition (a run name without its -s<seed>) whose seed-to-seed spread of F(b) and cross-fitted selectivity is split into SAE seed, selection rows and eval documents (docs/evaluation.md); "" = off')
     selection_draws: int = _key(3, _positive, "bootstrap draws of the selection rows per run (the training contexts frequencies are counted on, drawn with replacement)")
     seed: int = _key(0, _non_negative, "seeds the draws")
     # fmt: on

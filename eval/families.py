@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from orthosae.eval import family_conditioning, family_core, family_unlearning, metrics
 from orthosae.eval import probe_families as probes
-from orthosae.eval import probe_report as probe_sections
+from orthosae.eval import probe_report as ps
 from orthosae.eval.family import Family
 
 FAMILIES: dict[str, Family] = {}
@@ -35,81 +35,47 @@ def quality_sections() -> tuple[str, ...]:
     return tuple(s for f in FAMILIES.values() if f.quality for s in f.sections)
 
 
-# the core, conditioning and unlearning figures are the registry's built-in ones (eval/metrics.py
-# BUILT_IN: their columns interleave); registering them again keeps their places
+def _built_in(module, *sections: str) -> dict:
+    """A family whose file holds ``measure``, ``markdown`` and ``plots`` and whose figures are the
+    registry's built-in ones of ``sections`` (eval/metrics.py BUILT_IN: the core, conditioning and
+    unlearning columns interleave; registering them again keeps their places)."""
+    return dict(
+        measure=module.measure, markdown=module.markdown, plots=module.plots, metrics=metrics.built_in(*sections)
+    )
+
+
 register(
     Family(
         name="core",
         sections=("reconstruction", "downstream", "curves"),
-        measure=family_core.measure,
-        markdown=family_core.markdown,
-        plots=family_core.plots,
-        metrics=metrics.built_in("reconstruction", "downstream"),
         quality=True,
+        **_built_in(family_core, "reconstruction", "downstream"),
     )
 )
 register(
     Family(
-        name="conditioning",
-        sections=("conditioning",),
-        measure=family_conditioning.measure,
-        markdown=family_conditioning.markdown,
-        plots=family_conditioning.plots,
-        metrics=metrics.built_in("conditioning"),
-        quality=True,
+        name="conditioning", sections=("conditioning",), quality=True, **_built_in(family_conditioning, "conditioning")
     )
 )
-register(
-    Family(
-        name="unlearning",
-        sections=("unlearning",),
-        measure=family_unlearning.measure,
-        markdown=family_unlearning.markdown,
-        plots=family_unlearning.plots,
-        metrics=metrics.built_in("unlearning"),  # and F(b) per retain budget: metrics.registry(budgets)
+# and F(b) per retain budget: metrics.registry(budgets)
+register(Family(name="unlearning", sections=("unlearning",), **_built_in(family_unlearning, "unlearning")))
+# the four SAEBench probe families: name (its config section and report.json section), measure,
+# report.md section, plots, metrics; they share probe_report's note on sizes
+for _name, _measure, _section, _plots, _metrics in (
+    ("probing", probes.measure_probing, ps.probing_section, ps.probing_plots, ps.PROBING_METRICS),
+    ("tpp", probes.measure_tpp, ps.tpp_section, ps.tpp_plots, ps.TPP_METRICS),
+    ("scr", probes.measure_scr, ps.scr_section, ps.scr_plots, ps.SCR_METRICS),
+    ("absorption", probes.measure_absorption, ps.absorption_section, ps.absorption_plots, ps.ABSORPTION_METRICS),
+):
+    register(
+        Family(
+            name=_name,
+            sections=(_name,),
+            measure=_measure,
+            markdown=_section,
+            plots=_plots,
+            metrics=_metrics,
+            note=ps.NOTE,
+            switch=_name,
+        )
     )
-)
-register(
-    Family(
-        name="probing",
-        sections=("probing",),
-        measure=probes.measure_probing,
-        markdown=probe_sections.probing_section,
-        plots=probe_sections.probing_plots,
-        metrics=probe_sections.PROBING_METRICS,
-        note=probe_sections.NOTE,
-    )
-)
-register(
-    Family(
-        name="tpp",
-        sections=("tpp",),
-        measure=probes.measure_tpp,
-        markdown=probe_sections.tpp_section,
-        plots=probe_sections.tpp_plots,
-        metrics=probe_sections.TPP_METRICS,
-        note=probe_sections.NOTE,
-    )
-)
-register(
-    Family(
-        name="scr",
-        sections=("scr",),
-        measure=probes.measure_scr,
-        markdown=probe_sections.scr_section,
-        plots=probe_sections.scr_plots,
-        metrics=probe_sections.SCR_METRICS,
-        note=probe_sections.NOTE,
-    )
-)
-register(
-    Family(
-        name="absorption",
-        sections=("absorption",),
-        measure=probes.measure_absorption,
-        markdown=probe_sections.absorption_section,
-        plots=probe_sections.absorption_plots,
-        metrics=probe_sections.ABSORPTION_METRICS,
-        note=probe_sections.NOTE,
-    )
-)

@@ -250,3 +250,7 @@ class Family:
     metrics: tuple[Metric, ...] = ()  # its figures in the registry: conditions, intervals, who wins
     quality: bool = False  # the SAE unedited: a reference editing with the SAE reports these sections as its own
     note: str = ""  # report.md text several families share, printed once after their sections
+    switch: str = ""  # its [eval.<switch>] section's `enabled` turns it on and off ("" = always on)
+
+    def enabled(self, cfg) -> bool:
+        return not self.switch or getattr(cfg.eval, self.switch).enabled

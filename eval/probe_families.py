@@ -73,31 +73,32 @@ def _probe_data(ctx: EvalContext, runs: list[LoadedRun]) -> tuple[list[str], dic
     return ctx.once("probe_data", make)
 
 
+def _sizes(section, per: str) -> dict:
+    """The sizes a probe family ran at (report.json ``sizes``): texts per class or set, and length."""
+    return {
+        f"train_per_{per}": section.train_size,
+        f"test_per_{per}": section.test_size,
+        "context_length": section.context_length,
+    }
+
+
 def measure_probing(ctx: EvalContext, runs: list[LoadedRun]) -> dict[str, dict]:
-    """Run -> its report.json ``probing`` (nothing with ``[eval.probing]`` off)."""
+    """Run -> its report.json ``probing`` (the family is on: ``[eval.probing] enabled``)."""
     pr = ctx.cfg.eval.probing
-    if not pr.enabled:
-        return {}
     names, llm, latents = _probe_data(ctx, runs)
     out = {}
     with ctx.timed("probing"):
         for r in runs:
             probing = summarize({n: sae_probing(llm[n], *latents[n][r.name], pr.k_values, pr.seed) for n in names})
             probing["trained_on"] = {n: TRAINED_ON.get(n, "unknown: a user dataset") for n in names}
-            probing["sizes"] = {
-                "train_per_class": pr.train_size,
-                "test_per_class": pr.test_size,
-                "context_length": pr.context_length,
-            }
+            probing["sizes"] = _sizes(pr, "class")
             out[r.name] = {"probing": probing}
     return out
 
 
 def measure_tpp(ctx: EvalContext, runs: list[LoadedRun]) -> dict[str, dict]:
-    """Run -> its report.json ``tpp`` (nothing with ``[eval.tpp]`` off)."""
+    """Run -> its report.json ``tpp`` (the family is on: ``[eval.tpp] enabled``)."""
     tp = ctx.cfg.eval.tpp
-    if not tp.enabled:
-        return {}
     _, llm, latents = _probe_data(ctx, runs)
     saes = _saes(ctx, runs)
     with ctx.timed("tpp"):
@@ -133,31 +134,23 @@ def _scr_data(ctx: EvalContext, runs: list[LoadedRun]) -> tuple[list, dict]:
 
 
 def measure_scr(ctx: EvalContext, runs: list[LoadedRun]) -> dict[str, dict]:
-    """Run -> its report.json ``scr`` (nothing with ``[eval.scr]`` off)."""
+    """Run -> its report.json ``scr`` (the family is on: ``[eval.scr] enabled``)."""
     sc = ctx.cfg.eval.scr
-    if not sc.enabled:
-        return {}
     with ctx.timed("scr_data"):
         pairs, latents = _scr_data(ctx, runs)
     saes, out = _saes(ctx, runs), {}
     with ctx.timed("scr"):
         for r in runs:
             scr = run_scr(pairs, latents[r.name], saes[r.name].W_dec, sc.n_values)
-            scr["sizes"] = {
-                "train_per_set": sc.train_size,
-                "test_per_set": sc.test_size,
-                "context_length": sc.context_length,
-            }
+            scr["sizes"] = _sizes(sc, "set")
             scr["trained_on"] = "no: English held-out extracts; French and Spanish never reach a training corpus"
             out[r.name] = {"scr": scr}
     return out
 
 
 def measure_absorption(ctx: EvalContext, runs: list[LoadedRun]) -> dict[str, dict]:
-    """Run -> its report.json ``absorption`` (nothing with ``[eval.absorption]`` off)."""
+    """Run -> its report.json ``absorption`` (the family is on: ``[eval.absorption] enabled``)."""
     ab = ctx.cfg.eval.absorption
-    if not ab.enabled:
-        return {}
     saes = _saes(ctx, runs)
     with ctx.timed("absorption_data"):
         train, test, stats, _ = prompt_sets(

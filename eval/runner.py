@@ -57,7 +57,7 @@ def load_runs(cfg: Config, run_names: list[str] | None = None, device: torch.dev
 def measure(ctx: EvalContext, runs: list[LoadedRun]) -> dict[str, dict]:
     """Run -> its report.json entry: its summary and cfg.json, then each family's sections."""
     entries = {r.name: {"summary": r.summary, "cfg": r.sae_cfg} for r in runs}
-    for family in families.FAMILIES.values():
+    for family in (f for f in families.FAMILIES.values() if f.enabled(ctx.cfg)):
         for name, sections in family.measure(ctx, runs).items():
             entries[name].update(sections)
     return entries
