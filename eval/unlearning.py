@@ -446,24 +446,13 @@ def run_unlearning(
     sae = fold_decoder_norms(sae) if fold else sae
     do_mcq = bool(forget_mcqs) and bool(retain_mcqs)
     do_loss = forget_contexts is not None and retain_contexts is not None
+    contexts = dict(forget_contexts=forget_contexts, retain_contexts=retain_contexts)
     if baseline is None:
+        mcqs = dict(forget_mcqs=forget_mcqs, retain_mcqs=retain_mcqs, all_permutations=all_permutations)
         baseline = unlearning_baseline(
-            model,
-            tokenizer,
-            forget_mcqs=forget_mcqs,
-            retain_mcqs=retain_mcqs,
-            forget_contexts=forget_contexts,
-            retain_contexts=retain_contexts,
-            batch_size=batch_size,
-            chat=chat,
-            all_permutations=all_permutations,
-            layer=layer,
+            model, tokenizer, batch_size=batch_size, chat=chat, layer=layer, **mcqs, **contexts
         )
-    ranked_by = (
-        [(str(t), float(t), select_features(forget_freq, retain_freq, t)) for t in retain_thresholds]
-        if ranking is None
-        else [("ranking", math.nan, torch.as_tensor(ranking, dtype=torch.long))]
-    )
+    ranked_by = _rankings(forget_freq, retain_freq, retain_thresholds, ranking)
     features = {label: ranked[: max(n_features_list, default=0)].tolist() for label, _, ranked in ranked_by}
     settings = _clamp_settings(sae, ranked_by, n_features_list, multipliers, pi_from_clamped)
     if do_loss and "zero_ctx" in baseline:  # quality on the unlearning's own documents (bootstrapped with F(b))
@@ -473,16 +462,8 @@ def run_unlearning(
                 model, layer, sae, forget_contexts, retain_contexts, batch_size, baseline["prefix"]
             ),
         )
-    sweep = dict(
-        baseline=baseline,
-        do_mcq=do_mcq,
-        do_loss=do_loss,
-        forget_contexts=forget_contexts,
-        retain_contexts=retain_contexts,
-        batch_size=batch_size,
-        chat=chat,
-        retain_budgets=retain_budgets,
-    )
+    flags = dict(do_mcq=do_mcq, do_loss=do_loss, batch_size=batch_size, chat=chat, retain_budgets=retain_budgets)
+    sweep = dict(baseline=baseline, **flags, **contexts)
     cache: dict = {}
     result = run_sweep(model, tokenizer, layer, settings, progress=progress, cache=cache, **sweep)
     # Damage bracketed by measurement: while some budget's F(b) would rest on the chord from the
@@ -498,6 +479,14 @@ def run_unlearning(
     result["bracketing_settings"] = added
     result["features"] = features
     return result
+
+
+def _rankings(forget_freq, retain_freq, retain_thresholds, ranking) -> list[tuple[str, float, Tensor]]:
+    """(label, retain threshold, features in order): SAEBench's selection at each threshold, or the
+    given ``ranking`` (threshold nan)."""
+    if ranking is not None:
+        return [("ranking", math.nan, torch.as_tensor(ranking, dtype=torch.long))]
+    return [(str(t), float(t), select_features(forget_freq, retain_freq, t)) for t in retain_thresholds]
 
 
 def _clamp_settings(sae, ranked_by, n_features_list, multipliers, pi_from_clamped: bool) -> list:
