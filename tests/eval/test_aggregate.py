@@ -374,3 +374,17 @@ def test_conditions_markdown_in_full():
         "",
     ]
     assert conditions_markdown({"conditions": {}}, []) == ""
+
+
+def test_who_wins_ties_and_leaves_references_out():
+    """Equal mean EV (0.82: the same five values in another seed order) ties; the reference's far
+    better EV wins its pairs but a label-using edit does not compete on quality."""
+    results = {}
+    for s in range(5):
+        results[f"baseline-s{s}"] = result("baseline", s, ev=0.80 + 0.01 * s, l0=10.0)
+        results[f"adaptive-s{s}"] = result("adaptive", s, ev=0.80 + 0.01 * ((3 * s) % 5), l0=10.0)
+        results[f"ref-s{s}"] = result("reference", s, ev=0.99, l0=10.0)
+    agg = aggregate(results)
+    assert agg["who_wins"] == {"explained_variance": "tie: baseline, adaptive", "frac_dead": "tie: baseline, adaptive"}
+    winners = {(p["a"], p["b"]): p["metrics"]["explained_variance"]["winner"] for p in agg["pairs"]}
+    assert winners == {("baseline", "adaptive"): "tie", ("baseline", "ref"): "ref", ("adaptive", "ref"): "ref"}
