@@ -102,14 +102,17 @@ def leave_out(path: Path, names: list[str]) -> None:
 
 
 def fast_tests(files: list[str]) -> list[str]:
-    """The node ids of the tests in ``files`` that take none of ``SLOW_FIXTURES``."""
-    out = []
-    for f in files:
-        for n in ast.parse((ROOT / f).read_text()).body:
-            if isinstance(n, ast.FunctionDef) and n.name.startswith("test"):
-                if not {a.arg for a in n.args.args} & SLOW_FIXTURES and "plot" not in n.name:
-                    out.append(f"{f}::{n.name}")
-    return out
+    """pytest's selection for ``files``: the files, less (``-k``) the tests that take one of
+    ``SLOW_FIXTURES`` or draw. Tests added later join the selection without changing it."""
+    slow = [
+        n.name
+        for f in files
+        for n in ast.parse((ROOT / f).read_text()).body
+        if isinstance(n, ast.FunctionDef)
+        and n.name.startswith("test")
+        and ({a.arg for a in n.args.args} & SLOW_FIXTURES or "plot" in n.name)
+    ]
+    return [*files, "-k", f"not ({' or '.join(slow)})"] if slow else list(files)
 
 
 def mutmut(where: Path, *args: str) -> str:

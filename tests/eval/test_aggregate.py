@@ -388,3 +388,74 @@ def test_who_wins_ties_and_leaves_references_out():
     assert agg["who_wins"] == {"explained_variance": "tie: baseline, adaptive", "frac_dead": "tie: baseline, adaptive"}
     winners = {(p["a"], p["b"]): p["metrics"]["explained_variance"]["winner"] for p in agg["pairs"]}
     assert winners == {("baseline", "adaptive"): "tie", ("baseline", "ref"): "ref", ("adaptive", "ref"): "ref"}
+
+
+def test_primary_pairs_named_either_way_and_a_pair_not_measured():
+    """A primary pair named (B, A) reports B − A: the gap and interval of the stored A − B negated
+    and swapped; a pair of conditions never compared is "not measured", excluded from Holm."""
+    results = {}
+    for s, d in enumerate([-2, -1, 0, 1, 2]):
+        results[f"adaptive-s{s}"] = result("adaptive", s, sel=0.5 + 0.02 * d, sel_se=0.01)
+        results[f"fixed-s{s}"] = result("fixed", s, sel=0.25 + 0.01 * d * d, sel_se=0.01)
+    primary = {
+        "figure": "best_selectivity",
+        "quality": "explained_variance",
+        "pairs": [["fixed", "adaptive"], ["fixed", "nope"]],
+    }
+    agg = aggregate(results, primary=primary)
+    prim = agg["primary"]
+    assert (prim["figure"], prim["quality"]) == ("best_selectivity", "explained_variance")
+    assert prim["rule"] == "Holm over these comparisons, family-wise 5 %; gaps > 0 favour the first named"
+    (row,) = agg["pairs"]
+    assert (row["a"], row["b"]) == ("adaptive", "fixed")
+    stored = row["metrics"]["best_selectivity"]
+    got = prim["comparisons"]["fixed − adaptive"]
+    # fixed − adaptive: 0.25 + 0.01·(4, 1, 0, 1, 4) − (0.5 + 0.02·(−2..2)): mean 0.27 − 0.5 = −0.23
+    assert got["gap"] == pytest.approx(-0.23) and got["gap"] == -stored["mean_diff"]
+    assert got["ci95"] == [-stored["ci95"][1], -stored["ci95"][0]] and got["ci95"][1] < 0
+    assert got["kind"] == "pair" and got["verdict"] == stored["verdict"] == "A" and got["p"] == stored["p"]
+    assert got["seeds"] == [0, 1, 2, 3, 4] and got["holm"] == "below"  # the only test in the family
+    missing = prim["comparisons"]["fixed − nope"]
+    assert missing["kind"] == "pair" and missing["verdict"] == missing["holm"] == "no verdict: pair not measured"
+    assert math.isnan(missing["p"]) and math.isnan(missing["gap"]) and all(math.isnan(c) for c in missing["ci95"])
+    assert set(prim["comparisons"]) == {"fixed − adaptive", "fixed − nope"}
+
+
+def test_primary_frontier_entries_carry_the_condition():
+    results = {}
+    for s, d in enumerate([-2, -1, 0, 1, 2]):
+        for kind, sel, spread, se in (("baseline", 0.2, 0.01, 0.01), ("adaptive", 0.5, 0.02, 0.03)):
+            r = result(kind, s, ev=0.8, sel=sel + spread * d, sel_se=se)
+            u = r["unlearning"]
+            u["explained_variance_docs"] = 0.8
+            u["best_selectivity_crossfit"] = u["best_selectivity"]
+            u["replicates"]["best_selectivity_crossfit"] = u["replicates"]["best_selectivity"]
+            results[f"{kind}-s{s}"] = r
+    primary = {"figure": "best_selectivity_crossfit", "quality": "explained_variance_docs", "pairs": []}
+    agg = aggregate(results, primary=primary)
+    (entry,) = agg["primary"]["comparisons"].values()
+    front = agg["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"]["adaptive"]
+    assert entry == {"kind": "frontier", "condition": "adaptive", **front, "holm": "above"}
+    # the frontier's gap per seed, 0.3 + 0.01·d, with each seed's document replicates differenced:
+    # (0.5 + 0.02·d + 0.03·Z) − (0.2 + 0.01·d + 0.01·Z) = gap + 0.02·Z, a shared document error
+    from orthosae.eval.intervals import mean_interval
+
+    gaps = [0.3 + 0.01 * d for d in (-2, -1, 0, 1, 2)]
+    want = mean_interval(gaps, np.stack([g + 0.02 * Z for g in gaps]))
+    assert front["gap"] == pytest.approx(0.3) and front["ci95"] == pytest.approx(want["ci95"])
+    assert want["ci95"] != pytest.approx(mean_interval(gaps)["ci95"])  # the replicates widen it
+
+
+def test_settings_and_condition_key_of_a_result_without_them():
+    from orthosae.eval.aggregate import condition_key, seed_of
+
+    assert seed_of({}) is None and seed_of({"cfg": {}}) is None
+    assert condition_key({}) == condition_key({"cfg": {"orthosae": {}}}) == "[null, {}, {}, null]"
+    r = {"cfg": {"orthosae": {"type": "fixed", "train": {"seed": 3, "lr": 1.0}, "ortho": {"alpha": 0.1}}}}
+    assert condition_key(r) == '["fixed", {"lr": 1.0}, {"alpha": 0.1}, null]'
+
+
+def test_fmt_keeps_a_value_of_exactly_1e_12():
+    from orthosae.eval.aggregate import _fmt
+
+    assert _fmt(1e-12) == "1e-12" and _fmt(9.9e-13) == "0.000"
