@@ -11,7 +11,9 @@ each module is measured in a staged src-layout copy, ``build/mutation/<module>/s
 where path and import name agree; the copy's ``orthosae`` shadows the editable install.
 
 Prints per module: mutants, killed (a timeout counts as killed), survived, no tests; then the total.
-``--survivors``: each surviving mutant as file:line and the line it became.
+``--survivors``: each surviving mutant as file:line and the line it became. ``--recheck``: rerun
+only the mutants the last run of a module left alive, against today's tests (killed mutants stay
+killed while tests are only added; the selection must be unchanged, or mutmut reruns everything).
 """
 
 from __future__ import annotations
@@ -148,11 +150,21 @@ def functions(path: Path) -> dict[str, list[str]]:
     }
 
 
-def measure(module: str, survivors: bool) -> dict:
-    where = stage(module)
-    (where / "mutmut.log").write_text(mutmut(where, "run", "--max-children", "2"))
+def measure(module: str, survivors: bool, recheck: bool = False) -> dict:
+    where = STAGE / Path(module).stem
     copy = where / "mutants" / "src" / "orthosae" / module
-    codes = json.loads(copy.with_name(copy.name + ".meta").read_text())["exit_code_by_key"]
+    meta = copy.with_name(copy.name + ".meta")
+    if recheck and meta.exists():  # today's tests against the mutants the last run left alive
+        shutil.copytree(
+            ROOT / "tests", where / "tests", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+        )
+        alive = [n for n, c in json.loads(meta.read_text())["exit_code_by_key"].items() if c not in KILLED]
+        if alive:
+            (where / "mutmut.log").write_text(mutmut(where, "run", "--max-children", "2", *alive))
+    else:
+        where = stage(module)
+        (where / "mutmut.log").write_text(mutmut(where, "run", "--max-children", "2"))
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
     out = {
         "mutants": len(codes),
         "killed": sum(1 for c in codes.values() if c in KILLED),
@@ -176,6 +188,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("modules", nargs="*", help=f"default: all of {', '.join(MODULES)}")
     ap.add_argument("--survivors", action="store_true", help="list every mutant not killed, file:line and diff")
+    ap.add_argument(
+        "--recheck",
+        action="store_true",
+        help="rerun only the mutants the last run left alive, against today's tests (valid while tests are only added)",
+    )
     ap.add_argument("--quick", action="store_true", help="check the plan (modules, test files) and print it")
     args = ap.parse_args()
     modules = args.modules or list(MODULES)
@@ -190,7 +207,7 @@ def main() -> None:
     total = {"mutants": 0, "killed": 0, "survived": 0, "no tests": 0}
     lists = {}
     for m in modules:
-        r = measure(m, args.survivors)
+        r = measure(m, args.survivors, args.recheck)
         for k in total:
             total[k] += r[k]
         lists[m] = r.get("list", [])
