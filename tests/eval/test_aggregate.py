@@ -459,3 +459,31 @@ def test_fmt_keeps_a_value_of_exactly_1e_12():
     from orthosae.eval.aggregate import _fmt
 
     assert _fmt(1e-12) == "1e-12" and _fmt(9.9e-13) == "0.000"
+
+
+def test_conditions_markdown_l0_apart_and_only_unlearning_columns():
+    from orthosae.eval.aggregate import condition_cell
+    from orthosae.eval.metrics import registry
+
+    assert condition_cell({"mean": math.nan, "ci95": [math.nan, math.nan]}) == "n/a"  # no "reached"
+    results = {}
+    for s, d in enumerate([-2, -1, 0, 1, 2]):
+        results[f"baseline-s{s}"] = result("baseline", s, l0=10.0, sel=0.2 + 0.01 * d)
+        results[f"adaptive-s{s}"] = result("adaptive", s, l0=12.0, sel=0.3 + 0.02 * d)
+    sel = [m for m in registry() if m.key == "best_selectivity"]
+    agg = aggregate(results, metrics=[m for m in registry() if m.key in ("l0", "best_selectivity")])
+    text = conditions_markdown(agg, [], metrics=sel).split("\n")
+    # L0 12 / 10 − 1 = 0.2: further apart than the rule's 10 %
+    assert (
+        "L0 across conditions: max/min − 1 = 0.200 (NOT within ±10 %, the one L0 rule: "
+        "conditions further apart are not compared)."
+    ) in text
+    assert "Quality:" not in text and "Unlearning:" in text  # only the metrics asked for
+    # baseline − adaptive per seed: −0.1 − 0.01·d (mean −0.1, sd 0.0158), not compared across L0
+    v = agg["pairs"][0]["metrics"]["best_selectivity"]
+    lo, hi = v["ci95"]
+    assert (
+        lo < hi
+        and f"- baseline vs adaptive: best_selectivity -0.100 [{lo:.3f}, {hi:.3f}] → not compared: L0 10.0 vs 12.0 (> 10% apart)"
+        in text
+    )

@@ -645,7 +645,7 @@ def test_mcq_prompt_text_by_hand():
     body = "The following are multiple choice questions (with answers) about x.\nQ?\nA. a\nB. b"
     assert chat == f"<user>{body}</user>userAnswer: ("
     for tok in (None, type("NoTemplate", (FakeTokenizer,), {"chat_template": None})()):
-        with pytest.raises(ValueError, match="chat=True needs a tokenizer with a chat template"):
+        with pytest.raises(ValueError, match="^chat=True needs a tokenizer with a chat template$"):
             ul.mcq_prompt("Q?", ["a"], "x", tokenizer=tok, chat=True)
 
 
@@ -654,6 +654,7 @@ def test_letter_token_ids_keep_single_tokens_once():
     # kept is not repeated
     tok = FakeTokenizer(single={" A": 300, " B": 66})
     assert ul.letter_token_ids(tok, 3) == [[65, 300], [66], [67]]
+    assert ul.letter_token_ids(tok) == [[65, 300], [66], [67], [68]]  # four choices unless told
     tok = FakeTokenizer(single={"C": 999, " C": 998})
     assert ul.letter_token_ids(tok, 3)[2] == [999, 998]
     multi = FakeTokenizer(single={"D": 500})
@@ -663,6 +664,12 @@ def test_letter_token_ids_keep_single_tokens_once():
 
 
 def test_encode_adds_bos_once():
+    class WithEos(FakeTokenizer):  # a tokenizer whose specials are BOS and a closing EOS (id 2)
+        def encode(self, text, add_special_tokens=True):
+            return super().encode(text, add_special_tokens) + ([2] if add_special_tokens else [])
+
+    assert ul._encode(WithEos(), "ab", chat=False) == [1, 97, 98, 2]  # the base prompt: its specials
+    assert ul._encode(WithEos(), "ab", chat=True) == [1, 97, 98]  # a chat template holds its own
     tok = FakeTokenizer()
     assert ul._encode(tok, "ab", chat=False) == [1, 97, 98]  # the tokenizer's own BOS
     assert ul._encode(tok, "ab", chat=True) == [1, 97, 98]  # the template holds none here: added
@@ -749,3 +756,5 @@ def test_bracket_ladder_by_hand():
     assert ul.bracket_ladder(0) == [(1, 0.5), (1, 0.25), (1, 0.125)]
     assert ul.bracket_ladder(3) == [(1, 1.0), (1, 0.5), (1, 0.25), (1, 0.125)]
     assert ul.bracket_ladder(8) == [(4, 1.0), (2, 1.0), (1, 1.0), (1, 0.5), (1, 0.25), (1, 0.125)]
+    # halving by whole features: 12 -> 6, 3, 1 (not 1.5)
+    assert [n for n, st in ul.bracket_ladder(12) if st == 1.0] == [6, 3, 1]
