@@ -400,7 +400,7 @@ def test_primary_pairs_named_either_way_and_a_pair_not_measured():
     primary = {
         "figure": "best_selectivity",
         "quality": "explained_variance",
-        "pairs": [["fixed", "adaptive"], ["fixed", "nope"]],
+        "pairs": [["fixed", "nope"], ["fixed", "adaptive"]],
     }
     agg = aggregate(results, primary=primary)
     prim = agg["primary"]
@@ -418,7 +418,9 @@ def test_primary_pairs_named_either_way_and_a_pair_not_measured():
     missing = prim["comparisons"]["fixed − nope"]
     assert missing["kind"] == "pair" and missing["verdict"] == missing["holm"] == "no verdict: pair not measured"
     assert math.isnan(missing["p"]) and math.isnan(missing["gap"]) and all(math.isnan(c) for c in missing["ci95"])
-    assert set(prim["comparisons"]) == {"fixed − adaptive", "fixed − nope"}
+    assert list(prim["comparisons"]) == ["fixed − nope", "fixed − adaptive"]  # past the one not measured
+    no_pairs = aggregate(results, primary={"figure": "best_selectivity", "quality": "explained_variance"})
+    assert no_pairs["primary"]["comparisons"] == {}  # "pairs" may be left out
 
 
 def test_primary_frontier_entries_carry_the_condition():
@@ -466,6 +468,9 @@ def test_conditions_markdown_l0_apart_and_only_unlearning_columns():
     from orthosae.eval.metrics import registry
 
     assert condition_cell({"mean": math.nan, "ci95": [math.nan, math.nan]}) == "n/a"  # no "reached"
+    few = {"mean": 2.0, "ci95": [math.nan, math.nan], "too_few": True}
+    assert condition_cell(few) == "2.000" and condition_cell({**few, "n": 2}) == "2.000 (too few seeds)"
+    assert condition_cell({"mean": 2.0, "ci95": [1.0, 3.0], "doc_se": 0.1}, with_eval=True) == "2.000 [1.000, 3.000]"
     results = {}
     for s, d in enumerate([-2, -1, 0, 1, 2]):
         results[f"baseline-s{s}"] = result("baseline", s, l0=10.0, sel=0.2 + 0.01 * d)

@@ -758,3 +758,15 @@ def test_bracket_ladder_by_hand():
     assert ul.bracket_ladder(8) == [(4, 1.0), (2, 1.0), (1, 1.0), (1, 0.5), (1, 0.25), (1, 0.125)]
     # halving by whole features: 12 -> 6, 3, 1 (not 1.5)
     assert [n for n, st in ul.bracket_ladder(12) if st == 1.0] == [6, 3, 1]
+
+
+def test_mcq_crossfit_retain_rule_at_its_boundary_and_a_half_without_retain_questions():
+    # retain questions 0..3 in halves {0, 2} and {1, 3}: one of two right on each, 0.5 >= 0.5
+    # qualifies; every forget question forgotten: 1 − 0 both ways
+    s = _setting([False, False], [True, True, False, False])
+    p_clean = {"forget": torch.ones(2), "retain": torch.ones(4)}
+    assert ul.mcq_crossfit([s], p_clean, min_retain=0.5)["unlearning_score_crossfit"] == 1.0
+    assert ul.mcq_crossfit([s], p_clean, min_retain=0.51)["unlearning_score_crossfit"] == 0.0
+    # one retain question: the odd half has none, so neither figure exists
+    out = ul.mcq_crossfit([_setting([False, False], [True])], {"forget": torch.ones(2), "retain": torch.ones(1)})
+    assert math.isnan(out["unlearning_score_crossfit"]) and math.isnan(out["best_mcq_prob_selectivity_crossfit"])
