@@ -770,3 +770,18 @@ def test_mcq_crossfit_retain_rule_at_its_boundary_and_a_half_without_retain_ques
     # one retain question: the odd half has none, so neither figure exists
     out = ul.mcq_crossfit([_setting([False, False], [True])], {"forget": torch.ones(2), "retain": torch.ones(1)})
     assert math.isnan(out["unlearning_score_crossfit"]) and math.isnan(out["best_mcq_prob_selectivity_crossfit"])
+
+
+def test_select_features_keeps_index_order_among_many_ties():
+    # 100 features of equal forget frequency (beyond the size where an unstable sort keeps order),
+    # then one more frequent: it first, the tied ones by index
+    forget = np.full(101, 0.5)
+    forget[100] = 0.9
+    assert ul.select_features(forget, np.zeros(101), 0.01).tolist() == [100, *range(100)]
+
+
+def test_mcq_prob_selectivity_crossfit_subtracts_the_retain_drop():
+    # forget p falls 0.8 -> 0.2 (drop 0.6), retain p 0.7 -> 0.6 (drop 0.1) on every question: 0.5
+    s = _setting([False] * 4, [True] * 4, forget_p=[0.2] * 4, retain_p=[0.6] * 4)
+    out = ul.mcq_crossfit([s], {"forget": torch.full((4,), 0.8), "retain": torch.full((4,), 0.7)})
+    assert out["best_mcq_prob_selectivity_crossfit"] == pytest.approx(0.5)
