@@ -785,3 +785,26 @@ def test_mcq_prob_selectivity_crossfit_subtracts_the_retain_drop():
     s = _setting([False] * 4, [True] * 4, forget_p=[0.2] * 4, retain_p=[0.6] * 4)
     out = ul.mcq_crossfit([s], {"forget": torch.full((4,), 0.8), "retain": torch.full((4,), 0.7)})
     assert out["best_mcq_prob_selectivity_crossfit"] == pytest.approx(0.5)
+
+
+def test_clamped_activations_fractional_strength_by_hand():
+    # the last of three chosen features moves part way (s = 0.5: 4 + 0.5·(−10 − 4) = −3), the
+    # others clamp fully; s = 2 overshoots: 4 + 2·(−14) = −24
+    f = torch.tensor([[1.0, 2.0, 0.5, 4.0]])
+    assert ul.clamped_activations(f, torch.tensor([0, 1, 3]), 10.0, 0.5).tolist() == [[-10.0, -10.0, 0.5, -3.0]]
+    assert ul.clamped_activations(f, torch.tensor([3]), 10.0, 2.0).tolist() == [[1.0, 2.0, 0.5, -24.0]]
+    # no feature chosen, [batch, positions, features]: nothing changes
+    f3 = torch.ones(1, 2, 4)
+    assert torch.equal(ul.clamped_activations(f3, torch.tensor([], dtype=torch.long), 10.0, 0.5), f3)
+
+
+def test_clamp_features_keeps_dtype_passes_the_strength_and_counts_a_lone_sequence():
+    sae = IdentitySAE(4)
+    r = torch.tensor([[[4.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]], dtype=torch.float64)
+    out = ul.clamp_features(sae, [0], 10.0, last_strength=0.25)(r)
+    # the SAE is float32; the edit returns the residual's own dtype; 4 + 0.25·(−10 − 4) = 0.5
+    assert out.dtype == torch.float64 and out[0, :, 0].tolist() == [0.5, 0.0]
+    fired = []
+    ul.clamp_features(sae, [], 10.0, fired=fired)(r[0])  # one sequence [positions, d]: one count
+    ul.clamp_features(sae, [0], 10.0, fired=fired)(r[0])
+    assert [f.tolist() for f in fired] == [[0.0], 1.0]

@@ -356,3 +356,11 @@ def test_an_empty_run_folder_is_not_started(tmp_path):
     cfg = cfg_of(tmp_path)
     (tmp_path / "runs/r").mkdir(parents=True)
     assert verify.check_run(cfg, RUN, None)["state"] == "not started"
+
+
+def test_a_long_error_is_cut_at_120_characters(tmp_path):
+    export(tmp_path, cfg={"d_in": "x" * 200, "d_sae": 3})
+    (tmp_path / "digests.json").unlink()
+    (problem,) = verify.export_problems(tmp_path)
+    msg = "invalid literal for int() with base 10: '" + "x" * 200 + "'"
+    assert problem == (str(tmp_path / "cfg.json"), f"unreadable (ValueError: {msg[:120]})")
