@@ -492,3 +492,91 @@ def test_conditions_markdown_l0_apart_and_only_unlearning_columns():
         and f"- baseline vs adaptive: best_selectivity -0.100 [{lo:.3f}, {hi:.3f}] → not compared: L0 10.0 vs 12.0 (> 10% apart)"
         in text
     )
+
+
+def test_group_conditions_labels_by_hand():
+    # one condition whose runs strip to different labels: the first run's label names it
+    results = {"a-s0": result("baseline", 0), "b-s1": result("baseline", 1)}
+    assert group_conditions(results) == {"a": ["a-s0", "b-s1"]}
+    # two conditions stripping to the same label: the second is primed
+    results = {"x-s0": result("baseline", 0, lr=1e-3), "x": result("baseline", 5, lr=2e-3)}
+    assert group_conditions(results) == {"x": ["x-s0"], "x'": ["x"]}
+    from orthosae.eval.aggregate import condition_label
+
+    assert condition_label("a-sNone", None) == "a-sNone" and condition_label("a-s3-s3", 3) == "a-s3"
+
+
+def test_paired_by_hand_finite_seeds_replicates_and_exact_ends():
+    from orthosae.eval.intervals import paired_interval
+
+    a = {s: 1.0 + 0.1 * s for s in range(6)}
+    b = {s: 0.5 + 0.05 * s for s in range(6)}
+    a_nan = {**a, 0: math.nan}
+    assert paired(a_nan, b, higher=True)["seeds"] == [1, 2, 3, 4, 5]  # a seed nan on one side is left out
+    reps_a = {s: (a[s] + 0.03 * Z).tolist() for s in range(6)}
+    reps_b = {s: (b[s] + 0.01 * Z).tolist() for s in range(6)}
+    want = paired_interval(a, b, reps_a, reps_b)
+    got = paired(a, b, True, reps_a, reps_b)
+    assert got["ci95"] == pytest.approx(want["ci95"]) and got["ci95"] != pytest.approx(paired(a, b, True)["ci95"])
+    # equal on every seed: the interval is [0, 0], which holds 0: a tie either way round
+    assert paired(a, a, higher=True)["ci95"] == [0.0, 0.0] and paired(a, a, higher=True)["verdict"] == "tie"
+    # differences that overflow: no interval
+    huge = paired({s: 1e308 for s in range(5)}, {s: -1e308 for s in range(5)}, higher=True)
+    assert huge["verdict"] == "no verdict: no interval"
+
+
+def test_who_wins_text_by_hand():
+    results = {}
+    for s in range(5):
+        # EV: baseline mean 0.82, adaptive 0.83 but noisy (a tie), one other run
+        results[f"baseline-s{s}"] = result("baseline", s, ev=0.80 + 0.01 * s, l0=10.0)
+        results[f"adaptive-s{s}"] = result("adaptive", s, ev=0.83 + 0.05 * (-1) ** s - 0.01 * (s == 4), l0=10.0)
+    tie = aggregate(results)["who_wins"]["explained_variance"]
+    assert tie == "tie: adaptive, baseline"  # the best mean first, the pair found whichever side it is on
+    results["other"] = result("fixed", 0, ev=0.5, l0=10.0)
+    assert aggregate(results)["who_wins"]["explained_variance"] == (
+        "no winner: best mean adaptive; vs baseline: tie; vs other: no verdict: 1 shared seed(s) < 5"
+    )
+    # dead fraction, lower is better: the baseline's is 0.2 lower on every seed
+    del results["other"]
+    for s in range(5):
+        results[f"adaptive-s{s}"]["reconstruction"]["frac_dead"] += 0.2
+    assert aggregate(results)["who_wins"]["frac_dead"] == "baseline"
+
+
+def test_frontier_who_wins_and_a_baseline_without_the_quality():
+    results = {}
+    for s, d in enumerate([-2, -1, 0, 1, 2]):
+        for kind, sel in (("baseline", 0.2), ("adaptive", 0.5)):
+            r = result(kind, s, ev=0.8, sel=sel + 0.01 * d, sel_se=0.01)
+            r["unlearning"]["best_selectivity_crossfit"] = r["unlearning"]["best_selectivity"]
+            if kind == "adaptive":
+                r["unlearning"]["explained_variance_docs"] = 0.8
+            results[f"{kind}-s{s}"] = r
+    agg = aggregate(results)
+    # the baseline has the figure but not the quality: no curve, no verdict
+    v = agg["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"]["adaptive"]
+    assert v["verdict"] == "no verdict: no baseline curve"
+    assert (
+        agg["who_wins"]["best_selectivity_crossfit"]
+        == "adaptive: no verdict: no baseline curve on explained_variance_docs"
+    )
+    for r in results.values():
+        r["unlearning"]["explained_variance_docs"] = 0.8
+    agg = aggregate(results)
+    v = agg["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"]["adaptive"]
+    assert v["against"] == "baseline" and v["verdict"] == "above"
+    wins = agg["who_wins"]
+    assert wins["best_selectivity_crossfit"] == "adaptive: above on explained_variance_docs"
+    assert wins["best_selectivity"] == "adaptive"  # metrics after a frontier one are still judged
+
+
+def test_a_condition_no_baseline_matches_in_l0_carries_nan_fields():
+    results = {f"baseline-s{s}": result("baseline", s, l0=50.0, sel=0.2, sel_se=0.01) for s in range(5)}
+    results |= {f"adaptive-s{s}": result("adaptive", s, l0=60.0, sel=0.4, sel_se=0.01) for s in range(5)}
+    for r in results.values():
+        r["unlearning"]["best_selectivity_crossfit"] = r["unlearning"]["best_selectivity"]
+        r["unlearning"]["explained_variance_docs"] = 0.8
+    v = aggregate(results)["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"]["adaptive"]
+    assert set(v) == {"verdict", "gap", "ci95", "p"}
+    assert math.isnan(v["gap"]) and math.isnan(v["p"]) and all(math.isnan(c) for c in v["ci95"])
