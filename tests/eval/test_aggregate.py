@@ -580,3 +580,35 @@ def test_a_condition_no_baseline_matches_in_l0_carries_nan_fields():
     v = aggregate(results)["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"]["adaptive"]
     assert set(v) == {"verdict", "gap", "ci95", "p"}
     assert math.isnan(v["gap"]) and math.isnan(v["p"]) and all(math.isnan(c) for c in v["ci95"])
+
+
+def test_condition_entries_and_keys_by_hand():
+    from pathlib import Path
+
+    from orthosae.eval.aggregate import check_complete, condition_key
+    from orthosae.eval.metrics import registry
+
+    results = {f"fixed-s{s}": result("fixed", s, alpha=0.1, l0=10.0) for s in range(2)}
+    for r in results.values():
+        del r["cfg"]["orthosae"]["train"]["activation"]  # written before activations were a setting
+    results["adaptive"] = result("adaptive", 0, l0=12.0)
+    del results["adaptive"]["cfg"]["orthosae"]["ortho"]
+    l0 = [m for m in registry() if m.key == "l0"]
+    agg = aggregate(results, metrics=l0)
+    e = agg["conditions"]["fixed"]
+    assert (e["runs"], e["seeds"], e["type"], e["alpha"], e["activation"]) == (
+        ["fixed-s0", "fixed-s1"],
+        [0, 1],
+        "fixed",
+        0.1,
+        "relu",
+    )
+    assert set(e["metrics"]) == {"l0"} and agg["conditions"]["adaptive"]["alpha"] is None
+    assert agg["l0"]["by_condition"] == {"fixed": 10.0, "adaptive": 12.0}
+    assert math.isnan(aggregate(results, metrics=[])["l0"]["by_condition"]["fixed"])  # no L0 measured
+    # the key sorts the settings and writes what JSON cannot hold as text
+    a = {"cfg": {"orthosae": {"type": "fixed", "train": {"lr": 1, "b": Path("x")}}}}
+    b = {"cfg": {"orthosae": {"type": "fixed", "train": {"b": Path("x"), "lr": 1}}}}
+    assert condition_key(a) == condition_key(b) == '["fixed", {"b": "x", "lr": 1}, {}, null]'
+    with pytest.raises(IncompleteConditionError, match=r"^r: the run failed \(no message\); its condition's seeds"):
+        check_complete({"r": {"status": "failed"}})
