@@ -644,7 +644,7 @@ def test_mcq_prompt_text_by_hand():
     chat = ul.mcq_prompt("Q?", ["a", "b"], "x", tokenizer=FakeTokenizer(), chat=True)
     body = "The following are multiple choice questions (with answers) about x.\nQ?\nA. a\nB. b"
     assert chat == f"<user>{body}</user>userAnswer: ("
-    for tok in (None, type("NoTemplate", (FakeTokenizer,), {"chat_template": None})()):
+    for tok in (None, object(), type("NoTemplate", (FakeTokenizer,), {"chat_template": None})()):
         with pytest.raises(ValueError, match="^chat=True needs a tokenizer with a chat template$"):
             ul.mcq_prompt("Q?", ["a"], "x", tokenizer=tok, chat=True)
 
