@@ -11,7 +11,9 @@ each module is measured in a staged src-layout copy, ``build/mutation/<module>/s
 where path and import name agree; the copy's ``orthosae`` shadows the editable install.
 
 Prints per module: mutants, killed (a timeout counts as killed), survived, no tests; then the total.
-``--survivors``: each surviving mutant as file:line and the line it became.
+``--survivors``: each surviving mutant as file:line and the line it became. ``--recheck``: rerun
+only the mutants the last run of a module left alive, against today's tests (killed mutants stay
+killed while tests are only added; the selection must be unchanged, or mutmut reruns everything).
 """
 
 from __future__ import annotations
@@ -102,14 +104,17 @@ def leave_out(path: Path, names: list[str]) -> None:
 
 
 def fast_tests(files: list[str]) -> list[str]:
-    """The node ids of the tests in ``files`` that take none of ``SLOW_FIXTURES``."""
-    out = []
-    for f in files:
-        for n in ast.parse((ROOT / f).read_text()).body:
-            if isinstance(n, ast.FunctionDef) and n.name.startswith("test"):
-                if not {a.arg for a in n.args.args} & SLOW_FIXTURES and "plot" not in n.name:
-                    out.append(f"{f}::{n.name}")
-    return out
+    """pytest's selection for ``files``: the files, less (``-k``) the tests that take one of
+    ``SLOW_FIXTURES`` or draw. Tests added later join the selection without changing it."""
+    slow = [
+        n.name
+        for f in files
+        for n in ast.parse((ROOT / f).read_text()).body
+        if isinstance(n, ast.FunctionDef)
+        and n.name.startswith("test")
+        and ({a.arg for a in n.args.args} & SLOW_FIXTURES or "plot" in n.name)
+    ]
+    return [*files, "-k", f"not ({' or '.join(slow)})"] if slow else list(files)
 
 
 def mutmut(where: Path, *args: str) -> str:
@@ -145,11 +150,21 @@ def functions(path: Path) -> dict[str, list[str]]:
     }
 
 
-def measure(module: str, survivors: bool) -> dict:
-    where = stage(module)
-    (where / "mutmut.log").write_text(mutmut(where, "run", "--max-children", "2"))
+def measure(module: str, survivors: bool, recheck: bool = False) -> dict:
+    where = STAGE / Path(module).stem
     copy = where / "mutants" / "src" / "orthosae" / module
-    codes = json.loads(copy.with_name(copy.name + ".meta").read_text())["exit_code_by_key"]
+    meta = copy.with_name(copy.name + ".meta")
+    if recheck and meta.exists():  # today's tests against the mutants the last run left alive
+        shutil.copytree(
+            ROOT / "tests", where / "tests", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+        )
+        alive = [n for n, c in json.loads(meta.read_text())["exit_code_by_key"].items() if c not in KILLED]
+        if alive:
+            (where / "mutmut.log").write_text(mutmut(where, "run", "--max-children", "2", *alive))
+    else:
+        where = stage(module)
+        (where / "mutmut.log").write_text(mutmut(where, "run", "--max-children", "2"))
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
     out = {
         "mutants": len(codes),
         "killed": sum(1 for c in codes.values() if c in KILLED),
@@ -173,6 +188,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("modules", nargs="*", help=f"default: all of {', '.join(MODULES)}")
     ap.add_argument("--survivors", action="store_true", help="list every mutant not killed, file:line and diff")
+    ap.add_argument(
+        "--recheck",
+        action="store_true",
+        help="rerun only the mutants the last run left alive, against today's tests (valid while tests are only added)",
+    )
     ap.add_argument("--quick", action="store_true", help="check the plan (modules, test files) and print it")
     args = ap.parse_args()
     modules = args.modules or list(MODULES)
@@ -187,7 +207,7 @@ def main() -> None:
     total = {"mutants": 0, "killed": 0, "survived": 0, "no tests": 0}
     lists = {}
     for m in modules:
-        r = measure(m, args.survivors)
+        r = measure(m, args.survivors, args.recheck)
         for k in total:
             total[k] += r[k]
         lists[m] = r.get("list", [])

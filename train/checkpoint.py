@@ -98,7 +98,7 @@ def check_folder(folder: Path, *, full: bool = True) -> list[tuple[str, str]]:
     try:
         files = digests.read(folder)
     except ValueError as e:
-        return [(str(folder / digests.DIGESTS), str(e).split(": ", 1)[-1])]
+        return [(str(folder / digests.DIGESTS), str(e).rsplit(": ", 1)[-1])]
     if files is None:
         return [(str(folder / n), "missing") for n in (STATE_TENSORS, STATE_JSON) if not (folder / n).is_file()]
     missing = [(str(folder / n), "not in its digests.json") for n in (STATE_TENSORS, STATE_JSON) if n not in files]

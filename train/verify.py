@@ -91,7 +91,7 @@ def export_problems(run_dir: Path, summary: dict | None = None, *, full: bool = 
     try:
         files = digests.read(run_dir)
     except ValueError as e:
-        problems.append((str(run_dir / digests.DIGESTS), str(e).split(": ", 1)[-1]))
+        problems.append((str(run_dir / digests.DIGESTS), str(e).rsplit(": ", 1)[-1]))
         files = None
     copy = summary.get("digests") if summary is not None else None  # the copy summary.json carries
     if files is None and copy is not None:

@@ -362,3 +362,241 @@ def test_conditions_markdown_in_full():
         "",
     ]
     assert conditions_markdown({"conditions": {}}, []) == ""
+
+
+def test_who_wins_ties_and_leaves_references_out():
+    """Equal mean EV (0.82: the same five values in another seed order) ties; the reference's far
+    better EV wins its pairs but a label-using edit does not compete on quality."""
+    results = {}
+    for s in range(5):
+        results[f"baseline-s{s}"] = result("baseline", s, ev=0.80 + 0.01 * s, l0=10.0)
+        results[f"adaptive-s{s}"] = result("adaptive", s, ev=0.80 + 0.01 * ((3 * s) % 5), l0=10.0)
+        results[f"ref-s{s}"] = result("reference", s, ev=0.99, l0=10.0)
+    agg = aggregate(results)
+    assert agg["who_wins"] == {"explained_variance": "tie: baseline, adaptive", "frac_dead": "tie: baseline, adaptive"}
+    winners = {(p["a"], p["b"]): p["metrics"]["explained_variance"]["winner"] for p in agg["pairs"]}
+    assert winners == {("baseline", "adaptive"): "tie", ("baseline", "ref"): "ref", ("adaptive", "ref"): "ref"}
+
+
+def test_primary_pairs_named_either_way_and_a_pair_not_measured():
+    """A primary pair named (B, A) reports B − A: the gap and interval of the stored A − B negated
+    and swapped; a pair of conditions never compared is "not measured", excluded from Holm."""
+    results = {}
+    for s, d in enumerate([-2, -1, 0, 1, 2]):
+        results[f"adaptive-s{s}"] = result("adaptive", s, sel=0.5 + 0.02 * d, sel_se=0.01)
+        results[f"fixed-s{s}"] = result("fixed", s, sel=0.25 + 0.01 * d * d, sel_se=0.01)
+    primary = {
+        "figure": "best_selectivity",
+        "quality": "explained_variance",
+        "pairs": [["fixed", "nope"], ["fixed", "adaptive"]],
+    }
+    agg = aggregate(results, primary=primary)
+    prim = agg["primary"]
+    assert (prim["figure"], prim["quality"]) == ("best_selectivity", "explained_variance")
+    assert prim["rule"] == "Holm over these comparisons, family-wise 5 %; gaps > 0 favour the first named"
+    (row,) = agg["pairs"]
+    assert (row["a"], row["b"]) == ("adaptive", "fixed")
+    stored = row["metrics"]["best_selectivity"]
+    got = prim["comparisons"]["fixed − adaptive"]
+    # fixed − adaptive: 0.25 + 0.01·(4, 1, 0, 1, 4) − (0.5 + 0.02·(−2..2)): mean 0.27 − 0.5 = −0.23
+    assert got["gap"] == pytest.approx(-0.23) and got["gap"] == -stored["mean_diff"]
+    assert got["ci95"] == [-stored["ci95"][1], -stored["ci95"][0]] and got["ci95"][1] < 0
+    assert got["kind"] == "pair" and got["verdict"] == stored["verdict"] == "A" and got["p"] == stored["p"]
+    assert got["seeds"] == [0, 1, 2, 3, 4] and got["holm"] == "below"  # the only test in the family
+    missing = prim["comparisons"]["fixed − nope"]
+    assert missing["kind"] == "pair" and missing["verdict"] == missing["holm"] == "no verdict: pair not measured"
+    assert math.isnan(missing["p"]) and math.isnan(missing["gap"]) and all(math.isnan(c) for c in missing["ci95"])
+    assert list(prim["comparisons"]) == ["fixed − nope", "fixed − adaptive"]  # past the one not measured
+    no_pairs = aggregate(results, primary={"figure": "best_selectivity", "quality": "explained_variance"})
+    assert no_pairs["primary"]["comparisons"] == {}  # "pairs" may be left out
+
+
+def test_primary_frontier_entries_carry_the_condition():
+    results = {}
+    for s, d in enumerate([-2, -1, 0, 1, 2]):
+        for kind, sel, spread, se in (("baseline", 0.2, 0.01, 0.01), ("adaptive", 0.5, 0.02, 0.03)):
+            r = result(kind, s, ev=0.8, sel=sel + spread * d, sel_se=se)
+            u = r["unlearning"]
+            u["explained_variance_docs"] = 0.8
+            u["best_selectivity_crossfit"] = u["best_selectivity"]
+            u["replicates"]["best_selectivity_crossfit"] = u["replicates"]["best_selectivity"]
+            results[f"{kind}-s{s}"] = r
+    primary = {"figure": "best_selectivity_crossfit", "quality": "explained_variance_docs", "pairs": []}
+    agg = aggregate(results, primary=primary)
+    (entry,) = agg["primary"]["comparisons"].values()
+    front = agg["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"]["adaptive"]
+    assert entry == {"kind": "frontier", "condition": "adaptive", **front, "holm": "above"}
+    # the frontier's gap per seed, 0.3 + 0.01·d, with each seed's document replicates differenced:
+    # (0.5 + 0.02·d + 0.03·Z) − (0.2 + 0.01·d + 0.01·Z) = gap + 0.02·Z, a shared document error
+    from orthosae.eval.intervals import mean_interval
+
+    gaps = [0.3 + 0.01 * d for d in (-2, -1, 0, 1, 2)]
+    want = mean_interval(gaps, np.stack([g + 0.02 * Z for g in gaps]))
+    assert front["gap"] == pytest.approx(0.3) and front["ci95"] == pytest.approx(want["ci95"])
+    assert want["ci95"] != pytest.approx(mean_interval(gaps)["ci95"])  # the replicates widen it
+
+
+def test_settings_and_condition_key_of_a_result_without_them():
+    from orthosae.eval.aggregate import condition_key, seed_of
+
+    assert seed_of({}) is None and seed_of({"cfg": {}}) is None
+    assert condition_key({}) == condition_key({"cfg": {"orthosae": {}}}) == "[null, {}, {}, null]"
+    r = {"cfg": {"orthosae": {"type": "fixed", "train": {"seed": 3, "lr": 1.0}, "ortho": {"alpha": 0.1}}}}
+    assert condition_key(r) == '["fixed", {"lr": 1.0}, {"alpha": 0.1}, null]'
+
+
+def test_fmt_keeps_a_value_of_exactly_1e_12():
+    from orthosae.eval.aggregate import _fmt
+
+    assert _fmt(1e-12) == "1e-12" and _fmt(9.9e-13) == "0.000"
+
+
+def test_conditions_markdown_l0_apart_and_only_unlearning_columns():
+    from orthosae.eval.aggregate import condition_cell
+    from orthosae.eval.metrics import registry
+
+    assert condition_cell({"mean": math.nan, "ci95": [math.nan, math.nan]}) == "n/a"  # no "reached"
+    few = {"mean": 2.0, "ci95": [math.nan, math.nan], "too_few": True}
+    assert condition_cell(few) == "2.000" and condition_cell({**few, "n": 2}) == "2.000 (too few seeds)"
+    assert condition_cell({"mean": 2.0, "ci95": [1.0, 3.0], "doc_se": 0.1}, with_eval=True) == "2.000 [1.000, 3.000]"
+    results = {}
+    for s, d in enumerate([-2, -1, 0, 1, 2]):
+        results[f"baseline-s{s}"] = result("baseline", s, l0=10.0, sel=0.2 + 0.01 * d)
+        results[f"adaptive-s{s}"] = result("adaptive", s, l0=12.0, sel=0.3 + 0.02 * d)
+    sel = [m for m in registry() if m.key == "best_selectivity"]
+    agg = aggregate(results, metrics=[m for m in registry() if m.key in ("l0", "best_selectivity")])
+    text = conditions_markdown(agg, [], metrics=sel).split("\n")
+    # L0 12 / 10 − 1 = 0.2: further apart than the rule's 10 %
+    assert (
+        "L0 across conditions: max/min − 1 = 0.200 (NOT within ±10 %, the one L0 rule: "
+        "conditions further apart are not compared)."
+    ) in text
+    assert "Quality:" not in text and "Unlearning:" in text  # only the metrics asked for
+    # baseline − adaptive per seed: −0.1 − 0.01·d (mean −0.1, sd 0.0158), not compared across L0
+    v = agg["pairs"][0]["metrics"]["best_selectivity"]
+    lo, hi = v["ci95"]
+    assert (
+        lo < hi
+        and f"- baseline vs adaptive: best_selectivity -0.100 [{lo:.3f}, {hi:.3f}] → not compared: L0 10.0 vs 12.0 (> 10% apart)"
+        in text
+    )
+
+
+def test_group_conditions_labels_by_hand():
+    # one condition whose runs strip to different labels: the first run's label names it
+    results = {"a-s0": result("baseline", 0), "b-s1": result("baseline", 1)}
+    assert group_conditions(results) == {"a": ["a-s0", "b-s1"]}
+    # two conditions stripping to the same label: the second is primed
+    results = {"x-s0": result("baseline", 0, lr=1e-3), "x": result("baseline", 5, lr=2e-3)}
+    assert group_conditions(results) == {"x": ["x-s0"], "x'": ["x"]}
+    from orthosae.eval.aggregate import condition_label
+
+    assert condition_label("a-sNone", None) == "a-sNone" and condition_label("a-s3-s3", 3) == "a-s3"
+
+
+def test_paired_by_hand_finite_seeds_replicates_and_exact_ends():
+    from orthosae.eval.intervals import paired_interval
+
+    a = {s: 1.0 + 0.1 * s for s in range(6)}
+    b = {s: 0.5 + 0.05 * s for s in range(6)}
+    a_nan = {**a, 0: math.nan}
+    assert paired(a_nan, b, higher=True)["seeds"] == [1, 2, 3, 4, 5]  # a seed nan on one side is left out
+    reps_a = {s: (a[s] + 0.03 * Z).tolist() for s in range(6)}
+    reps_b = {s: (b[s] + 0.01 * Z).tolist() for s in range(6)}
+    want = paired_interval(a, b, reps_a, reps_b)
+    got = paired(a, b, True, reps_a, reps_b)
+    assert got["ci95"] == pytest.approx(want["ci95"]) and got["ci95"] != pytest.approx(paired(a, b, True)["ci95"])
+    # equal on every seed: the interval is [0, 0], which holds 0: a tie either way round
+    assert paired(a, a, higher=True)["ci95"] == [0.0, 0.0] and paired(a, a, higher=True)["verdict"] == "tie"
+    # differences that overflow: no interval
+    huge = paired({s: 1e308 for s in range(5)}, {s: -1e308 for s in range(5)}, higher=True)
+    assert huge["verdict"] == "no verdict: no interval"
+
+
+def test_who_wins_text_by_hand():
+    results = {}
+    for s in range(5):
+        # EV: baseline mean 0.82, adaptive 0.83 but noisy (a tie), one other run
+        results[f"baseline-s{s}"] = result("baseline", s, ev=0.80 + 0.01 * s, l0=10.0)
+        results[f"adaptive-s{s}"] = result("adaptive", s, ev=0.83 + 0.05 * (-1) ** s - 0.01 * (s == 4), l0=10.0)
+    tie = aggregate(results)["who_wins"]["explained_variance"]
+    assert tie == "tie: adaptive, baseline"  # the best mean first, the pair found whichever side it is on
+    results["other"] = result("fixed", 0, ev=0.5, l0=10.0)
+    assert aggregate(results)["who_wins"]["explained_variance"] == (
+        "no winner: best mean adaptive; vs baseline: tie; vs other: no verdict: 1 shared seed(s) < 5"
+    )
+    # dead fraction, lower is better: the baseline's is 0.2 lower on every seed
+    del results["other"]
+    for s in range(5):
+        results[f"adaptive-s{s}"]["reconstruction"]["frac_dead"] += 0.2
+    assert aggregate(results)["who_wins"]["frac_dead"] == "baseline"
+
+
+def test_frontier_who_wins_and_a_baseline_without_the_quality():
+    results = {}
+    for s, d in enumerate([-2, -1, 0, 1, 2]):
+        for kind, sel in (("baseline", 0.2), ("adaptive", 0.5)):
+            r = result(kind, s, ev=0.8, sel=sel + 0.01 * d, sel_se=0.01)
+            r["unlearning"]["best_selectivity_crossfit"] = r["unlearning"]["best_selectivity"]
+            if kind == "adaptive":
+                r["unlearning"]["explained_variance_docs"] = 0.8
+            results[f"{kind}-s{s}"] = r
+    agg = aggregate(results)
+    # the baseline has the figure but not the quality: no curve, no verdict
+    v = agg["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"]["adaptive"]
+    assert v["verdict"] == "no verdict: no baseline curve"
+    assert (
+        agg["who_wins"]["best_selectivity_crossfit"]
+        == "adaptive: no verdict: no baseline curve on explained_variance_docs"
+    )
+    for r in results.values():
+        r["unlearning"]["explained_variance_docs"] = 0.8
+    agg = aggregate(results)
+    v = agg["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"]["adaptive"]
+    assert v["against"] == "baseline" and v["verdict"] == "above"
+    wins = agg["who_wins"]
+    assert wins["best_selectivity_crossfit"] == "adaptive: above on explained_variance_docs"
+    assert wins["best_selectivity"] == "adaptive"  # metrics after a frontier one are still judged
+
+
+def test_a_condition_no_baseline_matches_in_l0_carries_nan_fields():
+    results = {f"baseline-s{s}": result("baseline", s, l0=50.0, sel=0.2, sel_se=0.01) for s in range(5)}
+    results |= {f"adaptive-s{s}": result("adaptive", s, l0=60.0, sel=0.4, sel_se=0.01) for s in range(5)}
+    for r in results.values():
+        r["unlearning"]["best_selectivity_crossfit"] = r["unlearning"]["best_selectivity"]
+        r["unlearning"]["explained_variance_docs"] = 0.8
+    v = aggregate(results)["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"]["adaptive"]
+    assert set(v) == {"verdict", "gap", "ci95", "p"}
+    assert math.isnan(v["gap"]) and math.isnan(v["p"]) and all(math.isnan(c) for c in v["ci95"])
+
+
+def test_condition_entries_and_keys_by_hand():
+    from pathlib import Path
+
+    from orthosae.eval.aggregate import check_complete, condition_key
+    from orthosae.eval.metrics import registry
+
+    results = {f"fixed-s{s}": result("fixed", s, alpha=0.1, l0=10.0) for s in range(2)}
+    for r in results.values():
+        del r["cfg"]["orthosae"]["train"]["activation"]  # written before activations were a setting
+    results["adaptive"] = result("adaptive", 0, l0=12.0)
+    del results["adaptive"]["cfg"]["orthosae"]["ortho"]
+    l0 = [m for m in registry() if m.key == "l0"]
+    agg = aggregate(results, metrics=l0)
+    e = agg["conditions"]["fixed"]
+    assert (e["runs"], e["seeds"], e["type"], e["alpha"], e["activation"]) == (
+        ["fixed-s0", "fixed-s1"],
+        [0, 1],
+        "fixed",
+        0.1,
+        "relu",
+    )
+    assert set(e["metrics"]) == {"l0"} and agg["conditions"]["adaptive"]["alpha"] is None
+    assert agg["l0"]["by_condition"] == {"fixed": 10.0, "adaptive": 12.0}
+    assert math.isnan(aggregate(results, metrics=[])["l0"]["by_condition"]["fixed"])  # no L0 measured
+    # the key sorts the settings and writes what JSON cannot hold as text
+    a = {"cfg": {"orthosae": {"type": "fixed", "train": {"lr": 1, "b": Path("x")}}}}
+    b = {"cfg": {"orthosae": {"type": "fixed", "train": {"b": Path("x"), "lr": 1}}}}
+    assert condition_key(a) == condition_key(b) == '["fixed", {"b": "x", "lr": 1}, {}, null]'
+    with pytest.raises(IncompleteConditionError, match=r"^r: the run failed \(no message\); its condition's seeds"):
+        check_complete({"r": {"status": "failed"}})

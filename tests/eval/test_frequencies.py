@@ -116,7 +116,10 @@ def test_every_row_is_counted_once_without_special_tokens(stores, sae):
     tokens = data[1][:, 1:].reshape(-1)
     expect = torch.from_numpy(data[0].reshape(-1, D)[tokens != SPECIAL])
     assert torch.equal(rows, expect)  # store order, every row once, special-token rows left out
-    assert all(len(b) <= 50 for b in frequency_batches(a, ["retain"], 0, 0, batch_rows=50))
+    # a chunk holds 4 contexts of 8 rows: batches of 10 cut each chunk's 32 rows into 10, 10, 10, 2
+    # (the bound of 50 this checked before could not fail: no chunk reaches 50 rows)
+    sizes = [len(b) for b in frequency_batches(a, ["retain"], 0, 0, batch_rows=10)]
+    assert sizes == [10, 10, 10, 2] * 30
 
 
 def test_sample_is_seeded_sized_and_spread_over_the_whole_corpus(stores, sae):

@@ -212,3 +212,9 @@ def test_a_point_exactly_on_the_curve_ties():
     not below: the interval must exclude 0)."""
     v = frontier_verdict([flat("a", 0.8, 0.5)], flat("m", 0.8, 0.5))
     assert v["ci95"] == [0.0, 0.0] and v["verdict"] == "tie"
+
+
+def test_a_gap_that_overflows_has_no_interval():
+    """Figures of ±1e308 are finite but their difference is not: the interval is nan, no verdict."""
+    v = frontier_verdict([flat("a", 0.8, -1e308)], flat("m", 0.8, 1e308))
+    assert v["verdict"] == "no verdict: no interval" and v["gap"] == math.inf

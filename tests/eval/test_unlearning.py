@@ -644,8 +644,8 @@ def test_mcq_prompt_text_by_hand():
     chat = ul.mcq_prompt("Q?", ["a", "b"], "x", tokenizer=FakeTokenizer(), chat=True)
     body = "The following are multiple choice questions (with answers) about x.\nQ?\nA. a\nB. b"
     assert chat == f"<user>{body}</user>userAnswer: ("
-    for tok in (None, type("NoTemplate", (FakeTokenizer,), {"chat_template": None})()):
-        with pytest.raises(ValueError, match="chat=True needs a tokenizer with a chat template"):
+    for tok in (None, object(), type("NoTemplate", (FakeTokenizer,), {"chat_template": None})()):
+        with pytest.raises(ValueError, match="^chat=True needs a tokenizer with a chat template$"):
             ul.mcq_prompt("Q?", ["a"], "x", tokenizer=tok, chat=True)
 
 
@@ -654,6 +654,7 @@ def test_letter_token_ids_keep_single_tokens_once():
     # kept is not repeated
     tok = FakeTokenizer(single={" A": 300, " B": 66})
     assert ul.letter_token_ids(tok, 3) == [[65, 300], [66], [67]]
+    assert ul.letter_token_ids(tok) == [[65, 300], [66], [67], [68]]  # four choices unless told
     tok = FakeTokenizer(single={"C": 999, " C": 998})
     assert ul.letter_token_ids(tok, 3)[2] == [999, 998]
     multi = FakeTokenizer(single={"D": 500})
@@ -663,6 +664,12 @@ def test_letter_token_ids_keep_single_tokens_once():
 
 
 def test_encode_adds_bos_once():
+    class WithEos(FakeTokenizer):  # a tokenizer whose specials are BOS and a closing EOS (id 2)
+        def encode(self, text, add_special_tokens=True):
+            return super().encode(text, add_special_tokens) + ([2] if add_special_tokens else [])
+
+    assert ul._encode(WithEos(), "ab", chat=False) == [1, 97, 98, 2]  # the base prompt: its specials
+    assert ul._encode(WithEos(), "ab", chat=True) == [1, 97, 98]  # a chat template holds its own
     tok = FakeTokenizer()
     assert ul._encode(tok, "ab", chat=False) == [1, 97, 98]  # the tokenizer's own BOS
     assert ul._encode(tok, "ab", chat=True) == [1, 97, 98]  # the template holds none here: added
@@ -749,3 +756,55 @@ def test_bracket_ladder_by_hand():
     assert ul.bracket_ladder(0) == [(1, 0.5), (1, 0.25), (1, 0.125)]
     assert ul.bracket_ladder(3) == [(1, 1.0), (1, 0.5), (1, 0.25), (1, 0.125)]
     assert ul.bracket_ladder(8) == [(4, 1.0), (2, 1.0), (1, 1.0), (1, 0.5), (1, 0.25), (1, 0.125)]
+    # halving by whole features: 12 -> 6, 3, 1 (not 1.5)
+    assert [n for n, st in ul.bracket_ladder(12) if st == 1.0] == [6, 3, 1]
+
+
+def test_mcq_crossfit_retain_rule_at_its_boundary_and_a_half_without_retain_questions():
+    # retain questions 0..3 in halves {0, 2} and {1, 3}: one of two right on each, 0.5 >= 0.5
+    # qualifies; every forget question forgotten: 1 − 0 both ways
+    s = _setting([False, False], [True, True, False, False])
+    p_clean = {"forget": torch.ones(2), "retain": torch.ones(4)}
+    assert ul.mcq_crossfit([s], p_clean, min_retain=0.5)["unlearning_score_crossfit"] == 1.0
+    assert ul.mcq_crossfit([s], p_clean, min_retain=0.51)["unlearning_score_crossfit"] == 0.0
+    # one retain question: the odd half has none, so neither figure exists
+    out = ul.mcq_crossfit([_setting([False, False], [True])], {"forget": torch.ones(2), "retain": torch.ones(1)})
+    assert math.isnan(out["unlearning_score_crossfit"]) and math.isnan(out["best_mcq_prob_selectivity_crossfit"])
+
+
+def test_select_features_keeps_index_order_among_many_ties():
+    # 100 features of equal forget frequency (beyond the size where an unstable sort keeps order),
+    # then one more frequent: it first, the tied ones by index
+    forget = np.full(101, 0.5)
+    forget[100] = 0.9
+    assert ul.select_features(forget, np.zeros(101), 0.01).tolist() == [100, *range(100)]
+
+
+def test_mcq_prob_selectivity_crossfit_subtracts_the_retain_drop():
+    # forget p falls 0.8 -> 0.2 (drop 0.6), retain p 0.7 -> 0.6 (drop 0.1) on every question: 0.5
+    s = _setting([False] * 4, [True] * 4, forget_p=[0.2] * 4, retain_p=[0.6] * 4)
+    out = ul.mcq_crossfit([s], {"forget": torch.full((4,), 0.8), "retain": torch.full((4,), 0.7)})
+    assert out["best_mcq_prob_selectivity_crossfit"] == pytest.approx(0.5)
+
+
+def test_clamped_activations_fractional_strength_by_hand():
+    # the last of three chosen features moves part way (s = 0.5: 4 + 0.5·(−10 − 4) = −3), the
+    # others clamp fully; s = 2 overshoots: 4 + 2·(−14) = −24
+    f = torch.tensor([[1.0, 2.0, 0.5, 4.0]])
+    assert ul.clamped_activations(f, torch.tensor([0, 1, 3]), 10.0, 0.5).tolist() == [[-10.0, -10.0, 0.5, -3.0]]
+    assert ul.clamped_activations(f, torch.tensor([3]), 10.0, 2.0).tolist() == [[1.0, 2.0, 0.5, -24.0]]
+    # no feature chosen, [batch, positions, features]: nothing changes
+    f3 = torch.ones(1, 2, 4)
+    assert torch.equal(ul.clamped_activations(f3, torch.tensor([], dtype=torch.long), 10.0, 0.5), f3)
+
+
+def test_clamp_features_keeps_dtype_passes_the_strength_and_counts_a_lone_sequence():
+    sae = IdentitySAE(4)
+    r = torch.tensor([[[4.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]], dtype=torch.float64)
+    out = ul.clamp_features(sae, [0], 10.0, last_strength=0.25)(r)
+    # the SAE is float32; the edit returns the residual's own dtype; 4 + 0.25·(−10 − 4) = 0.5
+    assert out.dtype == torch.float64 and out[0, :, 0].tolist() == [0.5, 0.0]
+    fired = []
+    ul.clamp_features(sae, [], 10.0, fired=fired)(r[0])  # one sequence [positions, d]: one count
+    ul.clamp_features(sae, [0], 10.0, fired=fired)(r[0])
+    assert [f.tolist() for f in fired] == [[0.0], 1.0]

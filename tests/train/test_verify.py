@@ -133,8 +133,13 @@ def test_no_digests_at_all_checks_cfg_then_the_weights_header(tmp_path):
     assert verify.export_problems(tmp_path) == [(w, "missing"), (c, "unreadable (KeyError: 'd_sae')")]
     (tmp_path / "cfg.json").write_text('{"d_in": 2, "d_sae": 3}')
     (tmp_path / "sae_weights.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"not json")
-    found = verify.export_problems(tmp_path)
-    assert len(found) == 1 and found[0][0] == w and found[0][1].startswith("unreadable (SafetensorError: ")
+    assert verify.export_problems(tmp_path) == [
+        (
+            w,
+            "unreadable (SafetensorError: Error while deserializing header: invalid JSON in header: "
+            "expected ident at line 1 column 2)",
+        )
+    ]
     assert verify.export_problems(tmp_path, full=False) == []  # sizes only: the header is not read
 
 
@@ -166,7 +171,15 @@ def checkpoint(run_dir, step, status="complete", fingerprint="fp"):
 
 @pytest.fixture
 def fingerprints(monkeypatch):
-    monkeypatch.setattr(verify, "run_fingerprints", lambda run, reader, seed: ("fp", "fp-old"))
+    """The settings' fingerprints "fp" and "fp-old"; each call's arguments recorded."""
+    calls = []
+
+    def known(run, reader, seed):
+        calls.append((run, reader, seed))
+        return ("fp", "fp-old")
+
+    monkeypatch.setattr(verify, "run_fingerprints", known)
+    return calls
 
 
 def test_final_checkpoint_only_of_a_finished_run_of_these_settings(tmp_path):
@@ -304,3 +317,55 @@ def test_check_run_advice_where_nothing_can_be_mended(tmp_path, fingerprints):
     out = verify.check_run(cfg, RUN, object())
     assert out["state"] == "partial" and out["repair"] is None and "drop" not in out
     assert out["advice"].startswith("no intact checkpoint left to resume from")
+
+
+def test_a_folder_name_holding_colons_does_not_leak_into_the_problem(tmp_path):
+    """digests.read names the file, "<path>: unreadable (...)": the problem is what follows the
+    last ": ", whatever the path holds (it used to split at the first, keeping part of the path)."""
+    run_dir = tmp_path / "a: b"
+    summary = export(run_dir)
+    (run_dir / "digests.json").write_text("[1,")
+    assert verify.export_problems(run_dir, summary) == [(str(run_dir / "digests.json"), "unreadable (JSONDecodeError)")]
+
+
+def test_the_summary_copy_stands_in_for_a_missing_digest_file(tmp_path):
+    summary = export(tmp_path)
+    (tmp_path / "digests.json").unlink()
+    flip(tmp_path / "sae_weights.safetensors")
+    d, w = str(tmp_path / "digests.json"), str(tmp_path / "sae_weights.safetensors")
+    assert verify.export_problems(tmp_path, summary) == [
+        (d, "missing (summary.json holds a copy)"),
+        (w, "sha256 differs from the recorded one (damaged or replaced)"),
+    ]
+    with pytest.raises(RunError, match=r"digests\.json: missing \(summary\.json holds a copy\) \(\+1 more\)"):
+        verify.require_intact_export(tmp_path, summary)
+
+
+def test_check_run_uses_the_summary_copy_the_seed_and_whole_steps(tmp_path, fingerprints):
+    # 55 tokens in batches of 10: 5 whole steps, so a running checkpoint at step 5 is final
+    cfg, run_dir = cfg_of(tmp_path, tokens=55), tmp_path / "runs/r"
+    cfg.train.seed = 7
+    checkpoint(run_dir, 5, status="running")
+    export(run_dir)
+    (run_dir / "digests.json").unlink()
+    reader = object()
+    out = verify.check_run(cfg, RUN, reader)
+    assert fingerprints[-1] == (RUN, reader, 7)
+    assert out["problems"] == [
+        {"file": str(run_dir / "digests.json"), "problem": "missing (summary.json holds a copy)", "part": "export"}
+    ]
+    assert out["repair"] == "rewrite the export and summary.json from checkpoint/ (step 5)"
+
+
+def test_an_empty_run_folder_is_not_started(tmp_path):
+    cfg = cfg_of(tmp_path)
+    (tmp_path / "runs/r").mkdir(parents=True)
+    assert verify.check_run(cfg, RUN, None)["state"] == "not started"
+
+
+def test_a_long_error_is_cut_at_120_characters(tmp_path):
+    export(tmp_path, cfg={"d_in": "x" * 200, "d_sae": 3})
+    (tmp_path / "digests.json").unlink()
+    (problem,) = verify.export_problems(tmp_path)
+    msg = "invalid literal for int() with base 10: '" + "x" * 200 + "'"
+    assert problem == (str(tmp_path / "cfg.json"), f"unreadable (ValueError: {msg[:120]})")
