@@ -28,3 +28,7 @@ def test_cells_by_kind_and_size():
 
 def test_table_lays_out_header_rule_and_cells():
     assert table(["run", "EV"], [["a", 0.5], ["b", None]]) == "| run | EV |\n|---|---|\n| a | 0.500 |\n| b | n/a |"
+
+
+def test_a_value_of_exactly_1e_12_is_kept_and_below_it_is_zero():
+    assert cell(1e-12) == "1e-12" and cell(9.9e-13) == "0.000"

@@ -445,12 +445,6 @@ def test_settings_and_condition_key_of_a_result_without_them():
     assert condition_key(r) == '["fixed", {"lr": 1.0}, {"alpha": 0.1}, null]'
 
 
-def test_fmt_keeps_a_value_of_exactly_1e_12():
-    from orthosae.eval.aggregate import _fmt
-
-    assert _fmt(1e-12) == "1e-12" and _fmt(9.9e-13) == "0.000"
-
-
 def test_conditions_markdown_l0_apart_and_only_unlearning_columns():
     from orthosae.eval.aggregate import condition_cell
     from orthosae.eval.metrics import registry
