@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from orthosae.common.config import load_config
-from orthosae.common.model import decoder_layers, load_model
+from orthosae.common.model import decoder_layers, load_configured
 from orthosae.eval import downstream
 from orthosae.eval.downstream import CE_ROWS_BUDGET, HEAD_ROWS, _chunk_len, final_hidden, softcap, splice, token_ce
 from orthosae.eval.prefix import PrefixCache
@@ -101,7 +101,7 @@ def main() -> None:
     c["repeats"] = args.repeats or c["repeats"]
     print(f"command: python -m bench.eval_floor {shlex.join(sys.argv[1:])}".rstrip())
     cfg = load_config(args.config)
-    lm = load_model(cfg.model.id, revision=cfg.model.revision, dtype=cfg.model.dtype, device="cpu")
+    lm = load_configured(cfg.model, "cpu")
     model, layer, bs, T = lm.model, cfg.harvest.layer, cfg.eval.batch_size, cfg.harvest.context_length
     dtype = next(model.parameters()).dtype
     head = model.get_output_embeddings()

@@ -18,7 +18,7 @@ import time
 import torch
 
 from orthosae.common.config import load_config
-from orthosae.common.model import load_model
+from orthosae.common.model import load_configured
 from orthosae.common.store import StoreReader
 from orthosae.eval.downstream import splice
 from orthosae.eval.prefix import PrefixCache
@@ -35,7 +35,7 @@ def main() -> None:
     if args.quick:
         args.contexts, args.repeats = 2, 1
     cfg = load_config(args.config)
-    lm = load_model(cfg.model.id, revision=cfg.model.revision, dtype=cfg.model.dtype, device="cpu")
+    lm = load_configured(cfg.model, "cpu")
     reader = StoreReader(cfg.harvest.store)
     ctx = reader.contexts("forget_heldout", 0, args.contexts, lm.tokenizer.bos_token_id)
     layer, bs = cfg.harvest.layer, cfg.eval.batch_size

@@ -16,7 +16,7 @@ def cell(v, digits: int = 3) -> str:
         return v
     if v is None:
         return "n/a"
-    if isinstance(v, (bool, numbers.Integral)):
+    if isinstance(v, numbers.Integral):  # bool too
         return str(v)
     if not isinstance(v, numbers.Real):
         return str(v)
@@ -25,6 +25,12 @@ def cell(v, digits: int = 3) -> str:
         return "n/a"
     v = 0.0 if abs(v) < 1e-12 else v  # float noise of a zero spread
     return f"{v:.{digits}g}" if abs(v) >= 1e4 or 0 < abs(v) < 1e-2 else f"{v:.{digits}f}"
+
+
+def with_interval(v, lo, hi) -> str:
+    """ "v [lo, hi]", or v alone where the interval is not there (either end nan or infinite)."""
+    bounded = all(isinstance(x, numbers.Real) and math.isfinite(x) for x in (lo, hi))
+    return f"{cell(v)} [{cell(lo)}, {cell(hi)}]" if bounded else cell(v)
 
 
 def table(header: list[str], rows: list[list], digits: int = 3) -> str:

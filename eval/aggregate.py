@@ -34,7 +34,7 @@ import numpy as np
 
 from orthosae.common import variants
 from orthosae.common.errors import UserError
-from orthosae.common.markdown import cell
+from orthosae.common.markdown import cell, with_interval
 from orthosae.eval.frontier import frontier_verdict
 from orthosae.eval.intervals import MIN_SEEDS, holm, mean_interval, paired_interval
 from orthosae.eval.metrics import L0_MATCH, Metric, budgets_of, l0_matched, registry
@@ -370,11 +370,9 @@ def condition_cell(s: dict | None, with_eval: bool = False) -> str:
         return "n/a"
     if not math.isfinite(s["mean"]) and "of" in s.get("reached", ""):
         return f"n/a ({s['reached']} seeds)"
-    lo, hi = s["ci95"]
-    if math.isfinite(lo) and math.isfinite(hi):
-        text = f"{cell(s['mean'])} [{cell(lo)}, {cell(hi)}]"
-    else:
-        text = cell(s["mean"]) + (" (too few seeds)" if s.get("too_few") and s.get("n", 0) > 1 else "")
+    text = with_interval(s["mean"], *s["ci95"])
+    if not all(math.isfinite(x) for x in s["ci95"]) and s.get("too_few") and s.get("n", 0) > 1:
+        text += " (too few seeds)"
     if with_eval and math.isfinite(s.get("doc_se", math.nan)) and math.isfinite(s.get("sd", math.nan)):
         text += f" (seed sd {cell(s['sd'])}, shared doc se {cell(s['doc_se'])})"
     return text

@@ -22,7 +22,7 @@ from torch import Tensor  # noqa: E402
 from orthosae.common import variants  # noqa: E402
 from orthosae.common.config import Config  # noqa: E402
 from orthosae.common.corpora import load_mcq  # noqa: E402
-from orthosae.common.markdown import cell, table  # noqa: E402
+from orthosae.common.markdown import cell, table, with_interval  # noqa: E402
 from orthosae.common.store import StoreReader  # noqa: E402
 from orthosae.eval.family import (  # noqa: E402
     Activity,
@@ -353,7 +353,7 @@ def with_ci(m: Metric, result: dict) -> str:
     lo, hi = m.interval(result)
     if math.isnan(v):
         return "n/a"
-    text = f"{cell(v)} [{cell(lo)}, {cell(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else cell(v)
+    text = with_interval(v, lo, hi)
     origin = result.get(m.section, {}).get(f"{m.field or m.key}_origin") if m.frontier else None
     return text + " ⁰" if isinstance(origin, (int, float)) and origin > 0 else text
 

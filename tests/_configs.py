@@ -5,6 +5,10 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from click.testing import CliRunner
+
+from orthosae.cli import main
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "tests/fixtures/docs.jsonl"
 MCQ = ROOT / "tests/fixtures/mcq.jsonl"
@@ -151,3 +155,12 @@ name = "fixed"
 type = "fixed"
 alpha = 0.1
 """
+
+
+def run_tiny(tmp: Path, model_dir: Path, runs: str) -> Path:
+    """`pipe run` on a tiny pipeline of these ``[[runs]]`` tables (2 features clamped; the report in
+    ``tmp/reports/tiny``), checked to exit 0; the config's path."""
+    path = write_tiny_pipeline(tmp, model_dir, tokens=1920, rest=runs + tiny_eval(tmp, (2,)))
+    res = CliRunner().invoke(main, ["--config", str(path), "run"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return path

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from orthosae.common.markdown import cell, table
+from orthosae.common.markdown import cell, table, with_interval
 
 
 def test_cells_by_kind_and_size():
@@ -32,3 +32,9 @@ def test_table_lays_out_header_rule_and_cells():
 
 def test_a_value_of_exactly_1e_12_is_kept_and_below_it_is_zero():
     assert cell(1e-12) == "1e-12" and cell(9.9e-13) == "0.000"
+
+
+def test_with_interval_shows_the_bounds_only_where_both_are_finite():
+    assert with_interval(0.86, 0.84, 0.88) == "0.860 [0.840, 0.880]"
+    assert with_interval(0.86, math.nan, 0.88) == "0.860" and with_interval(0.86, 0.84, math.inf) == "0.860"
+    assert with_interval(math.nan, math.nan, math.nan) == "n/a"

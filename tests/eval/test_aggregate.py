@@ -274,13 +274,18 @@ def test_primary_comparisons_are_holm_corrected_together():
         assert agg["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"][c]["verdict"] == "above"
 
 
-def test_a_condition_no_baseline_matches_in_l0_is_not_compared_on_the_frontier():
+def _l0_apart_verdict() -> dict:
+    """adaptive at L0 60 against a baseline at L0 50 (20 % apart), on the cross-fitted frontier."""
     results = {f"baseline-s{s}": result("baseline", s, l0=50.0, sel=0.2, sel_se=0.01) for s in range(5)}
     results |= {f"adaptive-s{s}": result("adaptive", s, l0=60.0, sel=0.4, sel_se=0.01) for s in range(5)}
     for r in results.values():
         r["unlearning"]["best_selectivity_crossfit"] = r["unlearning"]["best_selectivity"]
         r["unlearning"]["explained_variance_docs"] = 0.8
-    v = aggregate(results)["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"]["adaptive"]
+    return aggregate(results)["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"]["adaptive"]
+
+
+def test_a_condition_no_baseline_matches_in_l0_is_not_compared_on_the_frontier():
+    v = _l0_apart_verdict()
     assert v["verdict"] == "not compared: no baseline condition's L0 within 10% of 60.0"
 
 
@@ -554,12 +559,7 @@ def test_frontier_who_wins_and_a_baseline_without_the_quality():
 
 
 def test_a_condition_no_baseline_matches_in_l0_carries_nan_fields():
-    results = {f"baseline-s{s}": result("baseline", s, l0=50.0, sel=0.2, sel_se=0.01) for s in range(5)}
-    results |= {f"adaptive-s{s}": result("adaptive", s, l0=60.0, sel=0.4, sel_se=0.01) for s in range(5)}
-    for r in results.values():
-        r["unlearning"]["best_selectivity_crossfit"] = r["unlearning"]["best_selectivity"]
-        r["unlearning"]["explained_variance_docs"] = 0.8
-    v = aggregate(results)["frontier"]["best_selectivity_crossfit"]["explained_variance_docs"]["adaptive"]
+    v = _l0_apart_verdict()
     assert set(v) == {"verdict", "gap", "ci95", "p"}
     assert math.isnan(v["gap"]) and math.isnan(v["p"]) and all(math.isnan(c) for c in v["ci95"])
 
